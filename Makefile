@@ -1,0 +1,35 @@
+# The two set-up commands of the README: `make reproduce` and `make test`.
+# Each creates (or reuses) a local virtualenv and installs what it needs from nothing.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build from the local disk here; on a CUDA machine set TORCH="torch" (or a CUDA wheel spec).
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+PROFILE ?= quick
+OUT ?= results
+
+.PHONY: reproduce test install lab bench clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+reproduce: install
+	$(BIN)/ctrkit reproduce --dataset both --profile $(PROFILE) --out $(OUT) --figures figures
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lab: install
+	$(BIN)/jupyter lab notebooks/
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,0 +1,147 @@
+"""The `ctrkit` command. Each subcommand parses its flags here and calls one library function.
+
+Errors meant for the user are CtrkitError: printed as one line `ctrkit: error: ...`, exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ctrkit.utils import CtrkitError
+
+
+def _kv(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctrkit", description="Mutual learning for CTR models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic Criteo-/Avazu-shaped raw file with a hidden ground truth")
+    s.add_argument("dataset", choices=["criteo", "avazu"])
+    s.add_argument("--rows", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=2021)
+    s.add_argument("--gzip", action="store_true", help="write train.txt.gz / train.csv.gz")
+
+    s = sub.add_parser("prepare", help="raw Criteo/Avazu files (or a hub id) -> processed dataset directory")
+    s.add_argument("dataset", help="criteo or avazu")
+    s.add_argument("--raw", required=True, help="file, .gz file, directory with train/valid/test, or hf://<hub id>")
+    s.add_argument("--out", required=True)
+    s.add_argument("--protocol", default="x4_001", help="x4_001, x4_002 or x1 (BARS)")
+    s.add_argument("--on-bad-lines", default="error", choices=["error", "skip"])
+    s.add_argument("--seed", type=int, default=2021)
+    s.add_argument("--force", action="store_true")
+
+    s = sub.add_parser("info", help="rows per split, CTR and vocabulary sizes of a processed dataset")
+    s.add_argument("data")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("pretrain", help="train one model with the BARS protocol")
+    s.add_argument("--data", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--preset", default="quick")
+    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=2021)
+    s.add_argument("--out", default=None)
+    s.add_argument("--set", dest="overrides", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("mutual", help="train N peers mutually (or a control: alone, kd, ensemble)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--peers", required=True, help="comma-separated model names, e.g. DeepFM,DCN,PNN,FiBiNET")
+    s.add_argument("--init", required=True, choices=["scratch", "pretrained"])
+    s.add_argument("--ckpt-dir", default=None, help="folder with one `pretrain --out` folder per model")
+    s.add_argument("--mode", default="mutual", choices=["mutual", "alone", "kd", "ensemble"])
+    s.add_argument("--weight", type=float, default=1.0)
+    s.add_argument("--divergence", default="mse", choices=["mse", "kl"])
+    s.add_argument("--warmup-steps", type=int, default=0)
+    s.add_argument("--preset", default="quick")
+    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=2021)
+    s.add_argument("--store", default=None)
+    s.add_argument("--out", default=None)
+    s.add_argument("--force", action="store_true")
+    s.add_argument("--distributed", action="store_true", help="peer-per-rank under torchrun")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("table", help="print a result table from a results store")
+    s.add_argument("name")
+    s.add_argument("--store", required=True)
+    s.add_argument("--format", default="md", choices=["md", "csv", "tex"])
+
+    s = sub.add_parser("reproduce", help="run the notebooks with papermill: every table and figure")
+    s.add_argument("--dataset", default="both", choices=["criteo", "avazu", "both"])
+    s.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
+    s.add_argument("--data", default=None, help="processed or raw data (full profile: the real data you bring)")
+    s.add_argument("--out", default="results")
+    s.add_argument("--figures", default=None, help="also copy the figures here (the README's command: figures/)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--force", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = COMMANDS[args.command](args)
+    except CtrkitError as e:
+        print(f"ctrkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ctrkit: interrupted", file=sys.stderr)
+        return 130
+    if getattr(args, "json", False) and result is not None:
+        # Contract: with --json the last line printed is one JSON object.
+        print(json.dumps(result, default=str))
+    return 0
+
+
+def cmd_synth(args):
+    raise NotImplementedError("synth")
+
+
+def cmd_prepare(args):
+    raise NotImplementedError("prepare")
+
+
+def cmd_info(args):
+    raise NotImplementedError("info")
+
+
+def cmd_pretrain(args):
+    raise NotImplementedError("pretrain")
+
+
+def cmd_mutual(args):
+    raise NotImplementedError("mutual")
+
+
+def cmd_table(args):
+    raise NotImplementedError("table")
+
+
+def cmd_reproduce(args):
+    raise NotImplementedError("reproduce")
+
+
+COMMANDS = {
+    "synth": lambda a: cmd_synth(a),
+    "prepare": lambda a: cmd_prepare(a),
+    "info": lambda a: cmd_info(a),
+    "pretrain": lambda a: cmd_pretrain(a),
+    "mutual": lambda a: cmd_mutual(a),
+    "table": lambda a: cmd_table(a),
+    "reproduce": lambda a: cmd_reproduce(a),
+}
+
+if __name__ == "__main__":
+    sys.exit(main())
