@@ -1,0 +1,176 @@
+"""The experiment results store: an append-only JSON-lines file, one record per peer per run.
+
+Guarantees:
+- one run's records go in with ONE locked write + fsync, stamped with an append id and the
+  number of records in that append; on read, an append with fewer complete lines than it claims
+  (a writer killed mid-write) is dropped entirely, so a run is either fully in or not at all;
+- two processes appending at once never interleave (a `filelock` lock file next to the store);
+- a torn last line is ignored on read, and the next append starts on a fresh line;
+- records are tidy-readable (`to_frame`) and exportable (`to_csv`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+from filelock import FileLock
+
+from ctrkit.utils import CtrkitError, atomic_path
+
+# Columns every record is expected to carry, in the order the tidy frame shows them first.
+COLUMNS = [
+    "run_key", "dataset", "fingerprint", "mode", "init", "seed", "n_peers", "peer_index", "peer",
+    "peers", "partners", "weight", "divergence", "preset", "epochs",
+    "valid_auc", "valid_logloss", "test_auc", "test_logloss",
+    "pretrained_test_auc", "partners_pretrained_auc", "ensemble_test_auc", "ensemble_test_logloss",
+    "seconds", "config", "env_info", "append_id", "append_size", "written_at",
+]
+
+
+class ResultsStore:
+    """An append-only results file. `path` is created on the first append."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if self.path.exists() and self.path.is_dir():
+            raise CtrkitError(f"results store {self.path} is a directory, expected a .jsonl file")
+        self._lock = FileLock(str(self.path) + ".lock")
+
+    # ---- write -------------------------------------------------------------------------------
+    def append(self, records: Iterable[dict]) -> int:
+        """Append all of one run's records at once; returns how many were written."""
+        records = [dict(r) for r in records]
+        if not records:
+            return 0
+        append_id = uuid.uuid4().hex
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        lines = []
+        for r in records:
+            r.update(append_id=append_id, append_size=len(records), written_at=stamp)
+            try:
+                lines.append(json.dumps(r, default=_json_default, allow_nan=True))
+            except (TypeError, ValueError) as e:
+                raise CtrkitError(f"results store {self.path}: record is not JSON-serialisable: {e}") from e
+        payload = ("\n".join(lines) + "\n").encode()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            with open(self.path, "ab+") as f:
+                # A writer killed mid-line leaves no newline at the end: start on a fresh line so
+                # the torn fragment stays one bad line instead of corrupting our first record.
+                if f.seek(0, os.SEEK_END) > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        payload = b"\n" + payload
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+        return len(records)
+
+    # ---- read --------------------------------------------------------------------------------
+    def records(self, latest_only: bool = True) -> list[dict]:
+        """Complete records in file order. With `latest_only`, a run re-run with --force keeps
+        only its newest append (by run_key)."""
+        if not self.path.exists():
+            return []
+        raw = self.path.read_bytes()
+        lines = raw.split(b"\n")
+        good: list[dict] = []
+        bad = 0
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                # the last line torn by a killed writer is expected; anything else is worth a word
+                if i != len(lines) - 1:
+                    bad += 1
+                continue
+            good.append(rec)
+        if bad:
+            warnings.warn(f"results store {self.path}: skipped {bad} unreadable line(s) "
+                          "(left by a writer that was killed mid-write)", stacklevel=2)
+        # Drop appends that did not make it in whole.
+        counts: dict[str, int] = {}
+        for r in good:
+            counts[r.get("append_id")] = counts.get(r.get("append_id"), 0) + 1
+        complete = [r for r in good if r.get("append_id") is None
+                    or counts[r["append_id"]] == r.get("append_size", counts[r["append_id"]])]
+        if latest_only:
+            last_append = {}
+            for r in complete:
+                if r.get("run_key") is not None:
+                    last_append[r["run_key"]] = r.get("append_id")
+            complete = [r for r in complete
+                        if r.get("run_key") is None or last_append[r["run_key"]] == r.get("append_id")]
+        return complete
+
+    def run_keys(self) -> set[str]:
+        return {r["run_key"] for r in self.records(latest_only=False) if r.get("run_key")}
+
+    def has_run(self, run_key: str) -> bool:
+        return run_key in self.run_keys()
+
+    def to_frame(self, latest_only: bool = True) -> pd.DataFrame:
+        return records_to_frame(self.records(latest_only=latest_only))
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        return export_csv(self.to_frame(), path)
+
+    def __len__(self) -> int:
+        return len(self.records())
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({str(self.path)!r})"
+
+
+def records_to_frame(records: list[dict]) -> pd.DataFrame:
+    """Tidy frame: one row per peer per run; lists and dicts (partners, config, env) as JSON text."""
+    rows = []
+    for r in records:
+        rows.append({k: (json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v)
+                     for k, v in r.items()})
+    df = pd.DataFrame(rows)
+    for c in COLUMNS:
+        if c not in df.columns:
+            df[c] = None
+    extra = [c for c in df.columns if c not in COLUMNS]
+    return df[COLUMNS + extra].reset_index(drop=True)
+
+
+def export_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return path
+
+
+def read_results(source) -> pd.DataFrame:
+    """A store path (.jsonl), a tidy CSV export, a ResultsStore or a DataFrame -> tidy DataFrame."""
+    if isinstance(source, pd.DataFrame):
+        return source
+    if isinstance(source, ResultsStore):
+        return source.to_frame()
+    path = Path(source)
+    if not path.exists():
+        raise CtrkitError(f"results store {path} does not exist")
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    return ResultsStore(path).to_frame()
+
+
+def _json_default(o):
+    # numpy scalars and paths show up in records; everything else is a bug worth failing on
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")

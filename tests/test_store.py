@@ -1,0 +1,119 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from ctrkit.store import ResultsStore, read_results
+from ctrkit.utils import CtrkitError
+
+
+def _run(run_key, n=3, **extra):
+    return [dict(run_key=run_key, peer=f"M{i}", peer_index=i, test_auc=0.7 + i / 100,
+                 partners=[f"M{j}" for j in range(n) if j != i], config={"lr": 1e-3}, **extra)
+            for i in range(n)]
+
+
+def test_append_read_roundtrip_and_tidy_frame(tmp_path):
+    s = ResultsStore(tmp_path / "r.jsonl")
+    assert s.records() == [] and len(s.to_frame()) == 0
+    assert s.append(_run("a")) == 3
+    s.append(_run("b", n=2))
+    recs = s.records()
+    assert [r["run_key"] for r in recs] == ["a"] * 3 + ["b"] * 2
+    assert len({r["append_id"] for r in recs}) == 2
+    df = s.to_frame()
+    assert list(df.columns[:4]) == ["run_key", "dataset", "fingerprint", "mode"]
+    assert df["test_auc"].tolist() == pytest.approx([0.70, 0.71, 0.72, 0.70, 0.71])
+    assert json.loads(df["partners"].iloc[0]) == ["M1", "M2"]
+    assert s.has_run("a") and not s.has_run("c")
+    out = s.to_csv(tmp_path / "r.csv")
+    back = read_results(out)
+    assert back["test_auc"].tolist() == pytest.approx(df["test_auc"].tolist())
+    assert read_results(tmp_path / "r.jsonl").shape == df.shape
+
+
+def test_forced_rerun_keeps_latest_append(tmp_path):
+    s = ResultsStore(tmp_path / "r.jsonl")
+    s.append(_run("a"))
+    s.append([dict(r, test_auc=0.9) for r in _run("a")])
+    assert [r["test_auc"] for r in s.records()] == [0.9, 0.9, 0.9]
+    assert len(s.records(latest_only=False)) == 6
+
+
+def test_torn_last_line_is_ignored_and_next_append_is_clean(tmp_path):
+    path = tmp_path / "r.jsonl"
+    s = ResultsStore(path)
+    s.append(_run("a"))
+    # a writer killed in the middle of its append: the first record whole, the second torn
+    other = ResultsStore(tmp_path / "scratch.jsonl")
+    other.append(_run("dead"))
+    payload = (tmp_path / "scratch.jsonl").read_bytes()
+    cut = payload.index(b"\n") + 25
+    with open(path, "ab") as f:
+        f.write(payload[:cut])
+    assert [r["run_key"] for r in s.records()] == ["a"] * 3  # the partial run is not half-counted
+    assert not s.has_run("dead")
+    s.append(_run("b"))
+    with pytest.warns(UserWarning, match="unreadable"):
+        keys = [r["run_key"] for r in s.records()]
+    assert keys == ["a"] * 3 + ["b"] * 3
+
+
+_WRITER = textwrap.dedent("""
+    import sys
+    from ctrkit.store import ResultsStore
+    s = ResultsStore(sys.argv[1])
+    tag = sys.argv[2]
+    for k in range(int(sys.argv[3])):
+        # big records make a torn interleaving likely if the lock did not work
+        s.append([{"run_key": f"{tag}-{k}", "peer_index": i, "pad": "x" * 20000} for i in range(4)])
+""")
+
+
+def test_two_concurrent_writers_lose_nothing(tmp_path):
+    path = tmp_path / "r.jsonl"
+    script = tmp_path / "w.py"
+    script.write_text(_WRITER)
+    procs = [subprocess.Popen([sys.executable, str(script), str(path), tag, "40"]) for tag in ("p", "q")]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 * 40 * 4
+    assert all(json.loads(line)["pad"] == "x" * 20000 for line in lines)
+    keys = ResultsStore(path).run_keys()
+    assert keys == {f"{t}-{k}" for t in "pq" for k in range(40)}
+
+
+def test_killed_writer_process_leaves_store_readable(tmp_path):
+    path = tmp_path / "r.jsonl"
+    ResultsStore(path).append(_run("a"))
+    # a real process killed (SIGKILL) after writing part of its payload, without the newline
+    code = textwrap.dedent(f"""
+        import os, signal
+        with open({str(path)!r}, "ab") as f:
+            f.write(b'{{"run_key": "dead", "peer_index": 0, "append_id": "z", "append_size": 2}}\\n{{"run_key": "de')
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    rc = subprocess.run([sys.executable, "-c", code]).returncode
+    assert rc == -signal.SIGKILL
+    s = ResultsStore(path)
+    assert s.run_keys() == {"a"}  # one of two lines of "dead" made it: the run does not count
+    s.append(_run("b"))
+    with pytest.warns(UserWarning):
+        assert s.run_keys() == {"a", "b"}
+
+
+def test_store_path_errors(tmp_path):
+    with pytest.raises(CtrkitError, match="directory"):
+        ResultsStore(tmp_path)
+    with pytest.raises(CtrkitError, match="does not exist"):
+        read_results(tmp_path / "missing.jsonl")
+    with pytest.raises(CtrkitError, match="serialisable"):
+        ResultsStore(tmp_path / "x.jsonl").append([{"run_key": "a", "bad": object()}])
+    assert not os.path.exists(tmp_path / "x.jsonl")
+    assert isinstance(read_results(pd.DataFrame({"a": [1]})), pd.DataFrame)
