@@ -1,0 +1,255 @@
+"""Building blocks shared by every ctrkit model, so peers compared in mutual learning share exactly
+the same embedding, first-order and MLP semantics (only their interaction part differs).
+
+Shapes: B = batch, F = number of fields, d = embedding dim, P = F*(F-1)/2 field pairs.
+
+Design notes
+------------
+* One fused embedding table. All fields live in ONE ``[sum(vocab_sizes), d]`` matrix and a field's
+  local index ``x_f`` is looked up at row ``offset_f + x_f``. FuxiCTR and DeepCTR-Torch keep one
+  ``nn.Embedding`` per field and call F lookups plus a ``torch.stack``; a single gather of ``B*F``
+  rows is one kernel launch instead of F (matters on GPU, where small launches dominate), one
+  backward scatter instead of F, no stack copy, and one parameter tensor for the optimizer and the
+  embedding regularizer instead of F (fewer Adam kernels per step on CPU and GPU). The maths is the
+  same: rows of different fields never mix.
+* Initialisation follows FuxiCTR (the code behind the BARS numbers): embeddings ``N(0, 1e-4)``,
+  every ``nn.Linear`` Xavier-normal with zero bias, bilinear weights Xavier-normal, cross-layer
+  biases zero (see ``reset_parameters``).
+* Pairwise interactions are vectorised with ``triu_indices`` (no Python loop over pairs). The
+  field_interaction bilinear layer is computed as one batched matmul over pairs, ``[P, B, d] x
+  [P, d, d]``; FuxiCTR's ``matmul(left.unsqueeze(2), W)`` broadcasts ``W`` to ``[B, P, d, d]``,
+  which is what runs out of 24 GB at batch 10,000.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F_
+from torch import nn
+
+from ctrkit.utils import CtrkitError
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leakyrelu": nn.LeakyReLU,
+               "elu": nn.ELU, "gelu": nn.GELU, "selu": nn.SELU, "silu": nn.SiLU}
+EMBEDDING_INIT_STD = 1e-4  # FuxiCTR's default embedding_initializer: normal_(std=1e-4)
+
+
+def make_activation(name: str) -> nn.Module:
+    """``"ReLU"``/``"relu"``/... -> a fresh activation module (case-insensitive, FuxiCTR names)."""
+    key = str(name).lower()
+    if key not in ACTIVATIONS:
+        raise CtrkitError(f"activation {name!r} is unknown; valid: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[key]()
+
+
+def triu_pairs(num_fields: int) -> torch.Tensor:
+    """``[2, P]`` long tensor of field pairs (i, j), i < j, in row-major order
+    (0,1), (0,2), ..., (1,2), ... -- the order of ``itertools.combinations`` and of FuxiCTR."""
+    return torch.triu_indices(num_fields, num_fields, offset=1)
+
+
+class FeatureEmbedding(nn.Module):
+    """All fields' embeddings from one fused table (see module docstring for why).
+
+    Args: ``field_sizes`` (vocab size per field, every index incl. padding/OOV), ``embedding_dim``.
+    Input: ``X`` int32 or int64 ``[B, F]`` of per-field LOCAL indices in ``[0, vocab_size_f)``.
+    Output: ``[B, F, d]`` float32.
+    """
+
+    def __init__(self, field_sizes: Sequence[int], embedding_dim: int):
+        super().__init__()
+        sizes = [int(s) for s in field_sizes]
+        self.num_fields = len(sizes)
+        self.embedding_dim = int(embedding_dim)
+        self.weight = nn.Parameter(torch.empty(sum(sizes), self.embedding_dim))
+        offsets = torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0)
+        # int32 offsets keep an int32 batch int32 (no widening copy); fall back to int64 for huge vocabularies
+        dtype = torch.int32 if sum(sizes) < 2**31 else torch.long
+        # not persistent: offsets follow from field_sizes, which every checkpoint stores anyway
+        self.register_buffer("offsets", offsets.to(dtype), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=EMBEDDING_INIT_STD)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        idx = X.to(self.offsets.dtype) + self.offsets  # [B, F] global rows
+        return F_.embedding(idx, self.weight)
+
+
+class LinearTerm(nn.Module):
+    """First-order (logistic-regression) term: sum over fields of a learned scalar weight per
+    feature value, plus an optional bias. The weights are a 1-dim ``FeatureEmbedding`` (an
+    embedding parameter for the regularizer, as in FuxiCTR).
+
+    Input: ``X`` int ``[B, F]``. Output: ``[B]``.
+    """
+
+    def __init__(self, field_sizes: Sequence[int], use_bias: bool = True):
+        super().__init__()
+        self.embedding = FeatureEmbedding(field_sizes, 1)
+        self.bias = nn.Parameter(torch.zeros(1)) if use_bias else None
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        out = self.embedding(X).sum(dim=(1, 2))
+        return out + self.bias if self.bias is not None else out
+
+
+class FMInteraction(nn.Module):
+    """Factorization-machine second-order term (Rendle 2010):
+    ``sum_{i<j} <e_i, e_j> = 0.5 * sum_k ((sum_i e_ik)^2 - sum_i e_ik^2)``, O(F*d).
+
+    Input: ``[B, F, d]``. Output: ``[B]``.
+    """
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        square_of_sum = emb.sum(dim=1).pow(2)
+        sum_of_square = emb.pow(2).sum(dim=1)
+        return 0.5 * (square_of_sum - sum_of_square).sum(dim=1)
+
+
+class MLP(nn.Module):
+    """Feed-forward block, FuxiCTR's MLP_Block order per hidden layer:
+    ``Linear -> [BatchNorm1d] -> activation -> [Dropout]``, then an optional ``Linear(.., output_dim)``.
+
+    Args: ``input_dim``, ``hidden_units`` (list of ints, may be empty), ``activation`` (name),
+    ``dropout`` (probability after each hidden layer), ``batch_norm``, ``output_dim`` (None: return
+    the last hidden layer).
+    Input: ``[B, input_dim]``. Output: ``[B, output_dim]`` or ``[B, hidden_units[-1]]``
+    (or ``[B, input_dim]`` when there are no hidden units and no output layer).
+    """
+
+    def __init__(self, input_dim: int, hidden_units: Sequence[int], activation: str = "ReLU",
+                 dropout: float = 0.0, batch_norm: bool = False, output_dim: int | None = None):
+        super().__init__()
+        layers: list[nn.Module] = []
+        dims = [int(input_dim)] + [int(h) for h in hidden_units]
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            layers.append(nn.Linear(d_in, d_out))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(d_out))
+            layers.append(make_activation(activation))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        if output_dim is not None:
+            layers.append(nn.Linear(dims[-1], int(output_dim)))
+        self.output_dim = int(output_dim) if output_dim is not None else dims[-1]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CrossNet(nn.Module):
+    """DCN v1 cross network (Wang et al. 2017): ``x_{l+1} = x_0 * (x_l . w_l) + b_l + x_l``,
+    one weight vector ``w_l`` and bias ``b_l`` of size D per layer.
+
+    Input: ``[B, D]``. Output: ``[B, D]``.
+    """
+
+    def __init__(self, input_dim: int, num_layers: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_layers, input_dim))
+        self.bias = nn.Parameter(torch.zeros(num_layers, input_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # FuxiCTR: each w_l is nn.Linear(D, 1) with xavier_normal, i.e. N(0, 2 / (D + 1)); b_l zeros
+        nn.init.normal_(self.weight, std=(2.0 / (self.weight.shape[1] + 1)) ** 0.5)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for w, b in zip(self.weight, self.bias):  # loop over layers (few), not over features
+            x = x0 * (x @ w).unsqueeze(1) + b + x
+        return x
+
+
+class InnerProduct(nn.Module):
+    """IPNN product layer (Qu et al. 2016): all pairwise inner products ``<e_i, e_j>``, i < j, in
+    ``triu_pairs`` order. One ``bmm`` gives the ``[B, F, F]`` Gram matrix (F*F*d flops per row,
+    smaller than gathering ``[B, P, d]`` pairs), then the upper triangle is taken by flat index.
+
+    Input: ``[B, F, d]``. Output: ``[B, P]``.
+    """
+
+    def __init__(self, num_fields: int):
+        super().__init__()
+        i, j = triu_pairs(num_fields)
+        self.register_buffer("flat_index", i * num_fields + j, persistent=False)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        gram = torch.bmm(emb, emb.transpose(1, 2))  # [B, F, F]
+        return gram.flatten(1).index_select(1, self.flat_index)
+
+
+class SENet(nn.Module):
+    """FiBiNET's SENET field re-weighting (Huang et al. 2019; FuxiCTR SqueezeExcitation):
+    ``z = mean_d(E)`` ``[B, F]``; ``a = act(W2 relu(W1 z))`` with ``W1: F -> max(1, F // r)`` and
+    ``W2`` back to F, both bias-free; output ``E * a``.
+
+    Input: ``[B, F, d]``. Output: ``[B, F, d]``.
+    """
+
+    def __init__(self, num_fields: int, reduction_ratio: float = 3, excitation_activation: str = "ReLU"):
+        super().__init__()
+        reduced = max(1, int(num_fields / reduction_ratio))
+        self.excitation = nn.Sequential(nn.Linear(num_fields, reduced, bias=False), nn.ReLU(),
+                                        nn.Linear(reduced, num_fields, bias=False),
+                                        make_activation(excitation_activation))
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        a = self.excitation(emb.mean(dim=-1))
+        return emb * a.unsqueeze(-1)
+
+
+BILINEAR_TYPES = ("field_all", "field_each", "field_interaction")
+
+
+class Bilinear(nn.Module):
+    """FiBiNET bilinear interaction: for each pair i < j, ``p_ij = (e_i W) * e_j`` with
+    ``W`` shared by all fields (``field_all``: ``[d, d]``), one per left field (``field_each``:
+    ``[F, d, d]``) or one per pair (``field_interaction``: ``[P, d, d]``).
+
+    field_all/field_each project each field once (``[B, F, d]``) and gather pairs. field_interaction
+    works field-major: ``[P, B, d] x [P, d, d]`` as one ``bmm``, so no ``[B, P, d, d]`` tensor exists.
+
+    Input: ``[B, F, d]``. Output: ``[B, P, d]``.
+    """
+
+    def __init__(self, num_fields: int, embedding_dim: int, bilinear_type: str = "field_interaction"):
+        super().__init__()
+        if bilinear_type not in BILINEAR_TYPES:
+            raise CtrkitError(f"bilinear_type {bilinear_type!r} is unknown; valid: {list(BILINEAR_TYPES)}")
+        self.bilinear_type = bilinear_type
+        i, j = triu_pairs(num_fields)
+        self.register_buffer("left", i, persistent=False)
+        self.register_buffer("right", j, persistent=False)
+        n = {"field_all": (), "field_each": (num_fields,), "field_interaction": (len(i),)}[bilinear_type]
+        self.weight = nn.Parameter(torch.empty(*n, embedding_dim, embedding_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_normal_(self.weight)  # FuxiCTR: xavier_normal_ on the whole (stacked) tensor
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        if self.bilinear_type == "field_interaction":
+            fe = emb.transpose(0, 1)  # [F, B, d] view; index_select makes [P, B, d] contiguous
+            out = torch.bmm(fe.index_select(0, self.left), self.weight) * fe.index_select(0, self.right)
+            return out.transpose(0, 1)  # [B, P, d] (a view; flatten() copies once)
+        if self.bilinear_type == "field_all":
+            hidden = emb @ self.weight
+        else:  # field_each: field f uses W_f
+            hidden = torch.bmm(emb.transpose(0, 1), self.weight).transpose(0, 1)
+        return hidden.index_select(1, self.left) * emb.index_select(1, self.right)
+
+
+def reset_parameters(module: nn.Module) -> None:
+    """FuxiCTR's initialisation for a whole model: Xavier-normal weights and zero biases for every
+    ``nn.Linear``; layers with their own ``reset_parameters`` (embeddings, cross, bilinear) keep it."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
