@@ -1,0 +1,408 @@
+"""`ctrkit reproduce`: run the notebooks in order with papermill, collect tables and figures, index them.
+
+Also the small helpers the notebooks call so they stay thin (one `parameters` cell of literals, then
+ctrkit calls): `settings()` turns the parameters + a profile into paths and sizes, `dataset()` gets the
+data, `data_tables()` writes the data statistics as tidy CSV, `save_table()` writes CSV + Markdown.
+
+Output layout (everything under OUT):
+    data/<dataset>/            processed data (synthetic for smoke/quick, prepared from --data for full)
+    <dataset>/pretrained/      pretrained checkpoints from 01, reused by 02-04 and the widget
+    <dataset>/store.jsonl      the results store (one record per peer per run); results.csv its export
+    tables/<dataset>_*.csv|md  every table          figures/<dataset>_*.png|svg   every figure
+    notebooks/<dataset>/*.ipynb  the executed notebooks
+    .done/<job>.json           marker of a finished notebook with the hash of its parameters
+    index.md, index.html       links to all of the above
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ctrkit.utils import CtrkitError, atomic_path, write_json_atomic
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+DATASETS = ("criteo", "avazu")
+PER_DATASET = ("00_data", "01_baselines", "02_scratch_vs_finetune", "03_partners", "04_peer_count")
+ONCE = ("05_architectures", "06_explore")
+NOTEBOOKS = PER_DATASET + ONCE
+
+# Sizes per profile, as data, so the notebooks' parameter cells stay plain literals.
+#   rows: synthetic rows (None: the real data of --data); preset: model/train preset of ctrkit.presets;
+#   epochs: pretraining epochs (None: the preset's); finetune_epochs: epochs of every mutual/alone run;
+#   seeds: seeds of every run that gets error bars; k: largest peer count of 04 (peers = peers_k[:N]).
+PROFILES: dict[str, dict] = {
+    "smoke": {
+        "rows": 3000, "preset": "smoke", "epochs": 1, "finetune_epochs": 1, "seeds": [2021, 2022],
+        "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "k": 5,
+        "peers_k": ["DeepFM", "DCN", "PNN", "FiBiNET", "FM"], "execution_timeout": 600,
+    },
+    "quick": {
+        "rows": 60000, "preset": "quick", "epochs": 2, "finetune_epochs": 1, "seeds": [2021, 2022, 2023],
+        "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "k": 5,
+        "peers_k": ["DeepFM", "DCN", "PNN", "FiBiNET", "FM"], "execution_timeout": 1800,
+    },
+    "full": {
+        "rows": None, "preset": "bars", "epochs": None, "finetune_epochs": 1, "seeds": [2021, 2022, 2023],
+        "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "k": 5,
+        "peers_k": ["DeepFM", "DCN", "PNN", "FiBiNET", "FM"], "execution_timeout": None,
+    },
+}
+
+
+def profile(name: str) -> dict:
+    """A copy of one profile's sizes; CtrkitError listing the valid names otherwise."""
+    if name not in PROFILES:
+        raise CtrkitError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
+    return json.loads(json.dumps(PROFILES[name]))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved parameters of one notebook run: the profile's sizes plus where everything goes."""
+
+    dataset: str
+    profile: str
+    out: Path
+    device: str = "auto"
+    data_dir: Path | None = None
+    rows: int | None = None
+    preset: str = "quick"
+    epochs: int | None = None
+    finetune_epochs: int = 1
+    seeds: list[int] = field(default_factory=lambda: [2021])
+    models: list[str] = field(default_factory=list)
+    k: int = 5
+    peers_k: list[str] = field(default_factory=list)
+    progress: bool = False
+
+    @property
+    def seed(self) -> int:
+        return self.seeds[0]
+
+    @property
+    def data_path(self) -> Path:
+        return self.out / "data" / self.dataset
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / self.dataset
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "pretrained"
+
+    @property
+    def store(self) -> Path:
+        return self.run_dir / "store.jsonl"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.run_dir / "results.csv"
+
+    @property
+    def tables(self) -> Path:
+        return self.out / "tables"
+
+    @property
+    def figures(self) -> Path:
+        return self.out / "figures"
+
+    def table(self, name: str) -> Path:
+        """Stem of a table file: tables/<dataset>_<name> (.csv and .md are added by save_table)."""
+        return self.tables / f"{self.dataset}_{name}"
+
+    def figure(self, name: str) -> Path:
+        """Stem of a figure file: figures/<dataset>_<name> (.png and .svg are added by ctrkit.plots)."""
+        return self.figures / f"{self.dataset}_{name}"
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def settings(
+    *, dataset: str, profile: str = "quick", out: str = "results", data_dir: str | None = None,
+    device: str = "auto", rows: int | None = None, seeds: Sequence[int] | None = None,
+    epochs: int | None = None, progress: bool = False,
+) -> Settings:
+    """The notebooks' first call: parameters (None = the profile's value) -> resolved Settings."""
+    if dataset not in DATASETS:
+        raise CtrkitError(f"parameter dataset={dataset!r}; valid: {', '.join(DATASETS)}")
+    prof = globals()["profile"](profile)
+    if profile == "full" and not data_dir:
+        raise CtrkitError("profile full runs the BARS protocol on real data: pass data_dir (--data DIR)")
+    if seeds is not None and (not seeds or not all(isinstance(s, int) for s in seeds)):
+        raise CtrkitError(f"parameter seeds must be a non-empty list of integers, got {seeds!r}")
+    for name, value in (("rows", rows), ("epochs", epochs)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise CtrkitError(f"parameter {name} must be a positive integer or None, got {value!r}")
+    return Settings(
+        dataset=dataset, profile=profile, out=Path(out).resolve(), device=device,
+        data_dir=Path(data_dir).resolve() if data_dir else None,
+        rows=rows if rows is not None else prof["rows"], preset=prof["preset"],
+        epochs=epochs if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
+        seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"], k=prof["k"],
+        peers_k=prof["peers_k"], progress=progress,
+    )
+
+
+def dataset(cfg: Settings):
+    """The CTRData of a run: synthetic rows (smoke/quick), or the user's data (processed dir or raw)."""
+    from ctrkit import data as ctrdata
+
+    if cfg.data_dir is None:
+        if not cfg.rows:
+            raise CtrkitError(f"profile {cfg.profile}: no data_dir and no synthetic row count")
+        return ctrdata.synthetic_dataset(cfg.dataset, cfg.rows, cfg.data_path)
+    if not cfg.data_dir.exists():
+        raise CtrkitError(f"--data {cfg.data_dir}: no such file or directory")
+    if (cfg.data_dir / "feature_map.json").exists():
+        return ctrdata.load(cfg.data_dir)
+    # Raw files: prepare once into OUT/data/<dataset> (prepare itself is a no-op when already done).
+    if (cfg.data_path / "feature_map.json").exists():
+        return ctrdata.load(cfg.data_path)
+    return ctrdata.load(ctrdata.prepare(cfg.dataset, cfg.data_dir, cfg.data_path, progress=cfg.progress))
+
+
+def save_table(df: pd.DataFrame, stem: str | Path, *, floatfmt: str = ".4f") -> pd.DataFrame:
+    """Write a table as <stem>.csv and <stem>.md (atomically) and return it for display."""
+    stem = Path(stem)
+    with atomic_path(stem.with_name(stem.name + ".csv")) as tmp:
+        df.to_csv(tmp, index=False)
+    with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
+        tmp.write_text(df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    return df
+
+
+def read_table(stem: str | Path) -> pd.DataFrame:
+    path = Path(stem)
+    path = path if path.suffix == ".csv" else path.with_name(path.name + ".csv")
+    if not path.exists():
+        raise CtrkitError(f"table {path} does not exist: run the notebook that writes it first")
+    return pd.read_csv(path)
+
+
+def data_tables(data, cfg: Settings, *, top_fields: int = 6) -> dict[str, Path]:
+    """Data statistics as tidy CSV: rows and CTR per split, vocabulary sizes, rank-frequency of fields.
+
+    The frequency table covers the `top_fields` fields with the largest vocabularies (the long tails).
+    """
+    splits = []
+    for split in ("train", "valid", "test"):
+        _, y = data.numpy(split)
+        splits.append({"dataset": cfg.dataset, "split": split, "rows": int(len(y)),
+                       "clicks": int(np.asarray(y).sum()), "ctr": float(np.asarray(y).mean()) if len(y) else np.nan})
+    fields = [f["name"] for f in data.feature_map["fields"]]
+    vocab = pd.DataFrame({"dataset": cfg.dataset, "field": fields, "vocab_size": data.field_sizes})
+    X, _ = data.numpy("train")
+    freq = []
+    for i in np.argsort(-np.asarray(data.field_sizes), kind="stable")[:top_fields]:
+        counts = np.sort(np.bincount(np.asarray(X[:, i]), minlength=1))[::-1]
+        counts = counts[counts > 0]
+        freq.append(pd.DataFrame({"dataset": cfg.dataset, "field": fields[i],
+                                  "rank": np.arange(1, len(counts) + 1), "count": counts}))
+    save_table(pd.DataFrame(splits), cfg.table("data_splits"))
+    save_table(vocab, cfg.table("data_vocab"))
+    freq_csv = cfg.table("data_frequency").with_name(cfg.table("data_frequency").name + ".csv")
+    with atomic_path(freq_csv) as tmp:
+        pd.concat(freq, ignore_index=True).to_csv(tmp, index=False)  # long: CSV only, no Markdown
+    return {"splits": cfg.table("data_splits").with_name(f"{cfg.dataset}_data_splits.csv"),
+            "vocab": cfg.table("data_vocab").with_name(f"{cfg.dataset}_data_vocab.csv"),
+            "frequency": freq_csv}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The runner.
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Job:
+    notebook: str
+    dataset: str
+    parameters: dict
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}_{self.notebook}" if self.notebook in PER_DATASET else self.notebook
+
+
+def plan(*, dataset: str = "both", profile: str = "quick", data: str | None = None, out: str = "results",
+         device: str = "auto") -> list[Job]:
+    """The notebook runs of a reproduction, in order, each with its papermill parameters."""
+    globals()["profile"](profile)
+    if dataset not in (*DATASETS, "both"):
+        raise CtrkitError(f"--dataset {dataset!r}; valid: criteo, avazu, both")
+    datasets = list(DATASETS) if dataset == "both" else [dataset]
+    if profile == "full" and not data:
+        raise CtrkitError("--profile full is the BARS protocol on real data: --data DIR is required "
+                          "(a processed dataset dir or raw files; with --dataset both, DIR/criteo and DIR/avazu)")
+    out = str(Path(out).resolve())
+    jobs = []
+    for ds in datasets:
+        data_dir = None
+        if data:
+            data_dir = Path(data).resolve()
+            if len(datasets) > 1:
+                data_dir = data_dir / ds
+            if not data_dir.exists():
+                raise CtrkitError(f"--data: {data_dir} does not exist"
+                                  + (" (with --dataset both, --data DIR needs DIR/criteo and DIR/avazu)"
+                                     if len(datasets) > 1 else ""))
+            data_dir = str(data_dir)
+        params = {"dataset": ds, "data_dir": data_dir, "profile": profile, "device": device, "out": out}
+        jobs += [Job(nb, ds, dict(params)) for nb in PER_DATASET]
+    # Dataset-independent notebooks run once, on the first dataset (06 needs its data and checkpoints).
+    first = jobs[0].parameters
+    jobs += [Job(nb, first["dataset"], dict(first)) for nb in ONCE]
+    return jobs
+
+
+def _notebook_path(name: str, notebooks_dir: Path) -> Path:
+    path = notebooks_dir / f"{name}.ipynb"
+    if not path.exists():
+        raise CtrkitError(f"notebook {path} is missing (run from a full clone of ctrkit)")
+    return path
+
+
+def run(
+    *, dataset: str = "both", profile: str = "quick", data: str | None = None, out: str = "results",
+    figures: str | None = None, device: str = "auto", force: bool = False, progress: bool = True,
+    notebooks_dir: str | Path | None = None, only: Sequence[str] | None = None, log=print,
+) -> dict:
+    """Run the notebooks of `plan()` with papermill; skip those already done with the same parameters.
+
+    A failing notebook raises CtrkitError naming the notebook, the cell and the error; the partly
+    executed notebook is kept as <name>.failed.ipynb and finished notebooks stay done.
+    Returns {"out", "index", "tables", "figures", "notebooks", "ran", "skipped", "seconds"}.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from ctrkit.utils import resolve_device
+
+    resolve_device(device)  # fail early on --device cuda without CUDA
+    nb_dir = Path(notebooks_dir) if notebooks_dir else NOTEBOOK_DIR
+    jobs = plan(dataset=dataset, profile=profile, data=data, out=out, device=device)
+    if only:
+        unknown = sorted(set(only) - set(NOTEBOOKS))
+        if unknown:
+            raise CtrkitError(f"unknown notebook(s) {unknown}; valid: {', '.join(NOTEBOOKS)}")
+        jobs = [j for j in jobs if j.notebook in only]
+    out_dir = Path(out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timeout = PROFILES[profile]["execution_timeout"]
+    ran, skipped, t0 = [], [], time.perf_counter()
+    for i, job in enumerate(jobs, 1):
+        src = _notebook_path(job.notebook, nb_dir)
+        digest = _sha({"parameters": job.parameters, "notebook": hashlib.sha256(src.read_bytes()).hexdigest()})
+        marker = out_dir / ".done" / f"{job.name}.json"
+        dest = out_dir / "notebooks" / job.dataset / f"{job.notebook}.ipynb" if job.notebook in PER_DATASET \
+            else out_dir / "notebooks" / f"{job.notebook}.ipynb"
+        if not force and marker.exists() and dest.exists():
+            try:
+                done = json.loads(marker.read_text()).get("hash")
+            except (OSError, json.JSONDecodeError):
+                done = None
+            if done == digest:
+                log(f"[{i}/{len(jobs)}] {job.name}: done before with the same parameters, skipped")
+                skipped.append(job.name)
+                continue
+        log(f"[{i}/{len(jobs)}] {job.name} ...")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(f".{dest.stem}.partial.ipynb")
+        failed = dest.with_name(f"{dest.stem}.failed.ipynb")
+        marker.unlink(missing_ok=True)
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(src), str(partial), parameters=job.parameters, kernel_name="python3",
+                cwd=str(out_dir), progress_bar=progress, log_output=False, execution_timeout=timeout,
+            )
+        except PapermillExecutionError as e:
+            partial.replace(failed) if partial.exists() else None
+            evalue = " ".join(str(e.evalue).split())[:300]
+            raise CtrkitError(f"notebook {job.notebook} ({job.dataset}) failed in cell {e.cell_index}: "
+                              f"{e.ename}: {evalue} (executed notebook: {failed})") from None
+        except Exception as e:  # kernel died, timeout, missing kernel: still name the notebook
+            partial.replace(failed) if partial.exists() else None
+            msg = " ".join(str(e).split())[:300]
+            raise CtrkitError(f"notebook {job.notebook} ({job.dataset}) did not run: {type(e).__name__}: {msg}") from None
+        partial.replace(dest)
+        failed.unlink(missing_ok=True)
+        seconds = time.perf_counter() - start
+        write_json_atomic(marker, {"hash": digest, "parameters": job.parameters, "seconds": round(seconds, 1),
+                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        log(f"[{i}/{len(jobs)}] {job.name}: {seconds:.0f} s -> {dest}")
+        ran.append(job.name)
+    result = write_index(out_dir, profile=profile)
+    if figures:
+        result["copied_figures"] = copy_figures(out_dir / "figures", figures)
+    result.update(ran=ran, skipped=skipped, seconds=round(time.perf_counter() - t0, 1))
+    return result
+
+
+def copy_figures(src: str | Path, dest: str | Path) -> list[str]:
+    """Copy every PNG/SVG figure from `src` into `dest` (atomically per file)."""
+    copied = []
+    for path in sorted(Path(src).glob("*")):
+        if path.suffix in (".png", ".svg"):
+            with atomic_path(Path(dest) / path.name) as tmp:
+                shutil.copyfile(path, tmp)
+            copied.append(str(Path(dest) / path.name))
+    return copied
+
+
+def write_index(out: str | Path, *, profile: str | None = None) -> dict:
+    """OUT/index.md and OUT/index.html linking the executed notebooks, tables and figures."""
+    out = Path(out)
+    notebooks = sorted(p for p in (out / "notebooks").rglob("*.ipynb") if not p.name.startswith("."))
+    tables = sorted((out / "tables").glob("*.csv"))
+    figures = sorted((out / "figures").glob("*.png"))
+    rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
+    md = [f"# ctrkit reproduction{f' (profile {profile})' if profile else ''}", "",
+          f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "", "## Notebooks", ""]
+    md += [f"- [{rel(p)}]({rel(p)})" + (" (FAILED)" if p.stem.endswith(".failed") else "") for p in notebooks]
+    md += ["", "## Tables", ""]
+    for p in tables:
+        mdp = p.with_suffix(".md")
+        md.append(f"- [{p.stem}]({rel(p)}) (CSV)" + (f", [Markdown]({rel(mdp)})" if mdp.exists() else ""))
+    md += ["", "## Figures", ""]
+    for p in figures:
+        svg = p.with_suffix(".svg")
+        md += [f"### {p.stem}", "", f"![{p.stem}]({rel(p)})", "",
+               f"[PNG]({rel(p)})" + (f" · [SVG]({rel(svg)})" if svg.exists() else ""), ""]
+    with atomic_path(out / "index.md") as tmp:
+        tmp.write_text("\n".join(md) + "\n")
+    # HTML: same content, tables inlined (Markdown tables rendered by pandas), figures as <img>.
+    h = [f"<!doctype html><meta charset='utf-8'><title>ctrkit reproduction</title>",
+         "<style>body{font-family:sans-serif;max-width:960px;margin:auto}img{max-width:100%}"
+         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
+         f"<h1>ctrkit reproduction{html.escape(f' (profile {profile})' if profile else '')}</h1>", "<h2>Notebooks</h2><ul>"]
+    h += [f"<li><a href='{html.escape(rel(p))}'>{html.escape(rel(p))}</a></li>" for p in notebooks]
+    h.append("</ul><h2>Tables</h2>")
+    for p in tables:
+        h.append(f"<h3><a href='{html.escape(rel(p))}'>{html.escape(p.stem)}</a></h3>")
+        if p.with_suffix(".md").exists():  # only the small tables have a Markdown twin; inline those
+            try:
+                h.append(pd.read_csv(p).to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0))
+            except (pd.errors.ParserError, pd.errors.EmptyDataError):
+                pass
+    h.append("<h2>Figures</h2>")
+    for p in figures:
+        h.append(f"<h3>{html.escape(p.stem)}</h3><img src='{html.escape(rel(p))}' alt='{html.escape(p.stem)}'>")
+    with atomic_path(out / "index.html") as tmp:
+        tmp.write_text("\n".join(h) + "\n")
+    return {"out": str(out), "index": str(out / "index.md"), "html": str(out / "index.html"),
+            "notebooks": [str(p) for p in notebooks], "tables": [str(p) for p in tables],
+            "figures": [str(p) for p in figures]}
