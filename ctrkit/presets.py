@@ -1,0 +1,91 @@
+"""Model + training presets as data (``ctrkit/presets.json``) and the BARS published numbers
+(``ctrkit/bars.json``).
+
+``get(model, preset, dataset=None, protocol=None) -> Preset`` with ``.model`` (hyperparameters for
+``ctrkit.models.build``) and ``.train`` (TrainConfig fields: batch_size, lr, embedding_regularizer,
+net_regularizer, epochs, patience, monitor). Presets: ``smoke`` (tiny, tests), ``quick`` (2-core
+CPU), ``bars`` (the BARS winning configuration; needs dataset + protocol).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+
+from ctrkit.models import MODELS, canonical_name
+from ctrkit.utils import CtrkitError
+
+DATASETS = ("criteo", "avazu")
+PROTOCOLS = ("x1", "x4_001", "x4_002")
+TRAIN_KEYS = ("batch_size", "lr", "embedding_regularizer", "net_regularizer", "epochs", "patience", "monitor")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model_name: str
+    model: dict
+    train: dict
+    dataset: str | None = None
+    protocol: str | None = None
+    source: dict = field(default_factory=dict)  # bars: source file, BARS model_id and seed
+
+
+@lru_cache(maxsize=None)
+def _load(filename: str) -> dict:
+    return json.loads(resources.files("ctrkit").joinpath(filename).read_text())
+
+
+def names() -> list[str]:
+    return ["smoke", "quick", "bars"]
+
+
+def _split(dataset: str | None, protocol: str | None) -> tuple[str, str]:
+    if dataset is not None and protocol is None and "_" in dataset:  # accept "criteo_x4_001"
+        dataset, protocol = dataset.split("_", 1)
+    if dataset is None or protocol is None:
+        raise CtrkitError(f"preset 'bars' needs dataset (one of {', '.join(DATASETS)}) and protocol "
+                          f"(one of {', '.join(PROTOCOLS)})")
+    if dataset not in DATASETS:
+        raise CtrkitError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    if protocol not in PROTOCOLS:
+        raise CtrkitError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    return dataset, protocol
+
+
+def get(model: str, preset: str, dataset: str | None = None, protocol: str | None = None) -> Preset:
+    """The `preset` for `model`. smoke/quick ignore dataset/protocol; bars requires them."""
+    name = canonical_name(model)
+    if preset not in names():
+        raise CtrkitError(f"unknown preset {preset!r}; valid: {', '.join(names())}")
+    data = _load("presets.json")
+    if preset != "bars":
+        entry, source = data[preset][name], {}
+    else:
+        dataset, protocol = _split(dataset, protocol)
+        entry = data["bars"][name][f"{dataset}_{protocol}"]
+        source = {k: entry[k] for k in ("source", "model_id", "seed")}
+    # deep copies: callers may edit their preset without changing the cached table
+    return Preset(name=preset, model_name=name, model=copy.deepcopy(entry["model"]),
+                  train=copy.deepcopy(entry["train"]), dataset=dataset, protocol=protocol, source=source)
+
+
+def bars_results(model: str | None = None, dataset: str | None = None,
+                 protocol: str | None = None) -> list[dict]:
+    """BARS leaderboard rows for our models (keys model, dataset, protocol, auc, logloss, bars_name,
+    running_steps, paper), optionally filtered. Source: ``bars.json`` 'source'."""
+    rows = _load("bars.json")["results"]
+    if model is not None:
+        model = canonical_name(model)
+    return [dict(r) for r in rows
+            if (model is None or r["model"] == model) and (dataset is None or r["dataset"] == dataset)
+            and (protocol is None or r["protocol"] == protocol)]
+
+
+def bars_source() -> str:
+    return _load("bars.json")["source"]
+
+
+__all__ = ["Preset", "get", "names", "bars_results", "bars_source", "DATASETS", "PROTOCOLS", "TRAIN_KEYS", "MODELS"]
