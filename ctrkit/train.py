@@ -1,0 +1,573 @@
+"""Pretraining one CTR model with the BARS/FuxiCTR protocol, on in-memory tensors, fast.
+
+Protocol (FuxiCTR's BaseModel.fit, which produced the BARS numbers): Adam, binary cross-entropy on
+logits, L2 on the embedding tables (`embedding_regularizer`) and on the other parameters
+(`net_regularizer`), gradient-norm clipping at 10, validation every epoch on a monitor (AUC, or
+AUC - logloss), learning rate x0.1 on every epoch without improvement, early stopping after
+`patience` such epochs, the best weights restored at the end, then one test evaluation.
+
+Speed: a whole split lives in one tensor on the training device; a batch is an `index_select` of
+a per-epoch permutation drawn from a seeded torch.Generator (no DataLoader, no per-sample Python);
+the training loss is accumulated on the device and read only every `check_every` steps.
+
+The pieces the mutual trainer reuses: `make_optimizer`, `Tracker`, `epoch_batches`,
+`NonFiniteCheck`, `resolve_amp` / `amp_context`, `predict`, `evaluate`, `load_checkpoint`,
+`load_pretrained`, `rng_state` / `set_rng_state`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ctrkit import metrics
+from ctrkit.models import build, embedding_parameters
+from ctrkit.utils import (CtrkitError, env_info, resolve_device, seed_everything, torch_save_atomic,
+                          write_json_atomic)
+
+__all__ = ["TrainConfig", "fit", "predict", "evaluate", "make_optimizer", "Tracker", "epoch_batches",
+           "NonFiniteCheck", "NonFiniteLossError", "resolve_amp", "amp_context", "load_checkpoint",
+           "load_pretrained", "rng_state", "set_rng_state", "monitor_score", "count_parameters"]
+
+AMP_CHOICES = ("auto", "bf16", "off")
+# Monitors as FuxiCTR writes them: a metric name, or {metric: weight} summed (BARS: AUC - logloss).
+_MONITOR_ALIASES = {"auc": {"auc": 1.0}, "logloss": {"logloss": -1.0},
+                    "auc-logloss": {"auc": 1.0, "logloss": -1.0}}
+
+
+class NonFiniteLossError(CtrkitError):
+    """Training produced a NaN/inf loss; the message names the epoch and the step."""
+
+
+def _parse_regularizer(name: str, value: Any) -> float:
+    # FuxiCTR configs write the regularizer as 1e-05, "1e-05" or "l2(1.e-5)"; all mean an L2 weight.
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text.startswith("l2(") and text.endswith(")"):
+            text = text[3:-1]
+        try:
+            value = float(text)
+        except ValueError:
+            raise CtrkitError(f"train config {name}: expected a number or l2(number), got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise CtrkitError(f"train config {name}: expected a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _parse_monitor(value: Any) -> dict[str, float]:
+    if isinstance(value, str):
+        key = value.replace(" ", "").lower()
+        if key not in _MONITOR_ALIASES:
+            raise CtrkitError(f"train config monitor: unknown {value!r}; valid: AUC, logloss, AUC-logloss "
+                              f"or a dict like {{\"AUC\": 1, \"logloss\": -1}}")
+        return dict(_MONITOR_ALIASES[key])
+    if isinstance(value, dict) and value:
+        out = {}
+        for k, w in value.items():
+            if str(k).lower() not in metrics.METRICS or isinstance(w, bool) or not isinstance(w, (int, float)):
+                raise CtrkitError(f"train config monitor: bad entry {k!r}: {w!r}; metrics: AUC, logloss")
+            out[str(k).lower()] = float(w)
+        return out
+    raise CtrkitError(f"train config monitor: expected AUC, logloss, AUC-logloss or a dict, got {value!r}")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything `fit` needs besides the model and the data (the `train` part of a preset)."""
+
+    epochs: int = 10
+    batch_size: int = 4096
+    lr: float = 1e-3
+    embedding_regularizer: float = 0.0
+    net_regularizer: float = 0.0
+    clip_grad_norm: float | None = 10.0
+    monitor: Any = "AUC"
+    patience: int = 2
+    lr_decay: float = 0.1
+    min_lr: float = 1e-6
+    eval_batch_size: int = 65536
+    amp: str = "auto"
+    device: str = "auto"
+    seed: int = 2021
+    progress: bool = True
+    # Steps between host syncs (non-finite check, progress refresh): rare enough to keep the device busy.
+    check_every: int = 100
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "patience", "eval_batch_size", "seed", "check_every"):
+            v = getattr(self, name)
+            lo = 0 if name in ("patience", "seed") else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise CtrkitError(f"train config {name}: expected an int >= {lo}, got {v!r}")
+        for name in ("lr", "lr_decay", "min_lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise CtrkitError(f"train config {name}: expected a number > 0, got {v!r}")
+            setattr(self, name, float(v))
+        self.embedding_regularizer = _parse_regularizer("embedding_regularizer", self.embedding_regularizer)
+        self.net_regularizer = _parse_regularizer("net_regularizer", self.net_regularizer)
+        if self.clip_grad_norm is not None:
+            v = self.clip_grad_norm
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise CtrkitError(f"train config clip_grad_norm: expected a number > 0 or null, got {v!r}")
+            self.clip_grad_norm = float(v)
+        _parse_monitor(self.monitor)
+        if self.amp not in AMP_CHOICES:
+            raise CtrkitError(f"train config amp: expected one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+        if not isinstance(self.device, str):
+            self.device = str(self.device)
+        if not isinstance(self.progress, bool):
+            raise CtrkitError(f"train config progress: expected true or false, got {self.progress!r}")
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TrainConfig":
+        d = dict(d or {})
+        unknown = sorted(set(d) - set(cls.keys()))
+        if unknown:
+            raise CtrkitError(f"unknown train config key(s) {', '.join(unknown)}; valid: {', '.join(cls.keys())}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _as_config(config: TrainConfig | dict | None) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config
+    return TrainConfig.from_dict(config)
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
+    """Adam with FuxiCTR's L2 regularizers as per-group weight decay.
+
+    FuxiCTR adds `lambda / 2 * ||W||_2^2` (its `(lambda / p) * ||W||_p^p` with p = 2) over the
+    embedding tables (lambda = embedding_regularizer) and over all other parameters
+    (lambda = net_regularizer) to the loss. Its gradient is `lambda * W`, which is exactly what
+    Adam's (coupled, not AdamW) `weight_decay = lambda` adds to the gradient, without building the
+    norm into the graph every step. One difference: FuxiCTR clips the gradient norm after adding the
+    regularizer's gradient, weight decay is added after clipping; they agree whenever the norm stays
+    under the clip threshold (tested).
+    """
+    emb = embedding_parameters(model)
+    emb_ids = {id(p) for p in emb}
+    net = [p for p in model.parameters() if id(p) not in emb_ids]
+    groups = [g for g in ({"params": [p for p in emb if p.requires_grad], "weight_decay": config.embedding_regularizer,
+                           "name": "embedding"},
+                          {"params": [p for p in net if p.requires_grad], "weight_decay": config.net_regularizer,
+                           "name": "net"}) if g["params"]]
+    if not groups:
+        raise CtrkitError("make_optimizer: the model has no trainable parameters")
+    return torch.optim.Adam(groups, lr=config.lr)
+
+
+def monitor_score(monitor: Any, valid_metrics: dict) -> float:
+    """The monitored value (always maximised): e.g. AUC, -logloss or AUC - logloss."""
+    return float(sum(w * valid_metrics[k] for k, w in _parse_monitor(monitor).items()))
+
+
+class Tracker:
+    """Per-model epoch bookkeeping of FuxiCTR's protocol: plateau LR decay, early stop, best weights.
+
+    `on_epoch_end(epoch, valid_metrics, model)` returns True when training should stop. An epoch
+    improves when the monitor beats the best so far by more than `min_delta` (FuxiCTR: 1e-6);
+    every other epoch multiplies the LR by `lr_decay` (floor `min_lr`) and counts towards
+    `patience`. The best weights are kept in memory (CPU copies) for `restore_best`.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, min_delta: float = 1e-6):
+        self.config = config
+        self.monitor = config.monitor
+        self.patience = config.patience
+        # torch's scheduler with patience=0 and an absolute threshold is FuxiCTR's lr_decay rule.
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=config.lr_decay, patience=0, threshold=min_delta,
+            threshold_mode="abs", min_lr=config.min_lr)
+        self.min_delta = min_delta
+        self.best_score = -math.inf
+        self.best_epoch: int | None = None
+        self.best_metrics: dict | None = None
+        self.best_state: dict | None = None
+        self.bad_epochs = 0
+        self.improved = False
+        self.stopped = False
+
+    def on_epoch_end(self, epoch: int, valid_metrics: dict, model: nn.Module) -> bool:
+        score = monitor_score(self.monitor, valid_metrics)
+        if not math.isfinite(score):
+            raise NonFiniteLossError(f"epoch {epoch}: the validation monitor is {score} (metrics {valid_metrics})")
+        self.improved = score > self.best_score + self.min_delta
+        self.scheduler.step(score)
+        if self.improved:
+            self.best_score, self.best_epoch, self.best_metrics = score, epoch, dict(valid_metrics)
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        self.stopped = self.bad_epochs >= self.patience
+        return self.stopped
+
+    @property
+    def lr(self) -> float:
+        return float(self.scheduler.optimizer.param_groups[0]["lr"])
+
+    def restore_best(self, model: nn.Module) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict:
+        return {"scheduler": self.scheduler.state_dict(), "best_score": self.best_score,
+                "best_epoch": self.best_epoch, "best_metrics": self.best_metrics, "best_state": self.best_state,
+                "bad_epochs": self.bad_epochs, "improved": self.improved, "stopped": self.stopped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        for k in ("best_score", "best_epoch", "best_metrics", "best_state", "bad_epochs", "improved", "stopped"):
+            setattr(self, k, state[k])
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """One epoch of shuffled row indices, as views of one permutation drawn on the CPU generator
+    (same order on every device), moved to `device` once. The last batch may be smaller."""
+    perm = torch.randperm(n, generator=generator)
+    return perm.to(device).split(batch_size)
+
+
+def _cpu_has_amx_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def resolve_amp(device: torch.device | str, amp: str) -> torch.dtype | None:
+    """bf16 autocast dtype or None. auto: bf16 on CUDA with bf16 support and on CPUs with AMX
+    (where bf16 matmuls have hardware support); fp32 master weights either way."""
+    device = torch.device(device)
+    if amp not in AMP_CHOICES:
+        raise CtrkitError(f"amp: expected one of {', '.join(AMP_CHOICES)}, got {amp!r}")
+    if amp == "off":
+        return None
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    elif device.type == "cpu":
+        supported = _cpu_has_amx_bf16()
+    else:
+        supported = False
+    if amp == "bf16":
+        if device.type == "cuda" and not supported:
+            raise CtrkitError(f"amp=bf16: the CUDA device {device} has no bf16 support; use amp=off")
+        return torch.bfloat16
+    return torch.bfloat16 if supported else None
+
+
+def amp_context(device: torch.device | str, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+class NonFiniteCheck:
+    """Finds the first step with a NaN/inf loss without a host sync per step: the step number is
+    recorded on the device and read only by `check()` (every `check_every` steps, epoch end)."""
+
+    def __init__(self, device: torch.device | str):
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        bad = (self.first_bad < 0) & ~torch.isfinite(loss.detach())
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def check(self, epoch: int, what: str = "loss") -> None:
+        step = int(self.first_bad)
+        if step >= 0:
+            raise NonFiniteLossError(f"non-finite training {what} at epoch {epoch}, step {step}; "
+                                     f"training stopped, the last good checkpoint is kept "
+                                     f"(try a lower lr, amp=off or stronger clipping)")
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, X: torch.Tensor, batch_size: int = 65536,
+            amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Click probabilities float32 [rows] on X's device, in large batches, model in eval mode.
+
+    Evaluation runs in fp32 by default: bf16 logits (8-bit mantissa) would tie many scores and
+    blur AUC differences of the size the paper reports."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for start in range(0, X.shape[0], batch_size):
+            with amp_context(X.device, amp_dtype):
+                logits = model(X[start:start + batch_size])
+            out.append(torch.sigmoid(logits.float()))
+        return torch.cat(out) if out else torch.empty(0, device=X.device)
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 65536,
+             amp_dtype: torch.dtype | None = None) -> dict:
+    """{"auc", "logloss"} of the model on (X, y), equal to sklearn's on the same predictions."""
+    p = predict(model, X, batch_size, amp_dtype)
+    return {"auc": metrics.auc(y, p), "logloss": metrics.logloss(y, p)}
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict:
+    """Every RNG a training run draws from, in a form `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                       int(np_state[3]), float(np_state[4])],
+             "generator": generator.get_state() if generator is not None else None,
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuplify(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if generator is not None and state["generator"] is not None:
+        generator.set_state(state["generator"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A ctrkit checkpoint (best.pt / last.pt) as a dict on the CPU; CtrkitError if missing,
+    truncated or not a ctrkit checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CtrkitError(f"checkpoint {path}: no such file")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a torn zip/pickle
+        raise CtrkitError(f"checkpoint {path}: unreadable (truncated or corrupt): {type(e).__name__}: {e}") from None
+    if not isinstance(ck, dict) or "state_dict" not in ck or "model_name" not in ck:
+        raise CtrkitError(f"checkpoint {path}: not a ctrkit checkpoint (no model_name/state_dict)")
+    return ck
+
+
+def _check_fingerprint(path, ck: dict, fingerprint: str | None, field_sizes: list[int] | None) -> None:
+    if fingerprint is not None and ck.get("fingerprint") != fingerprint:
+        raise CtrkitError(f"checkpoint {path} was trained on a dataset with feature-map fingerprint "
+                          f"{ck.get('fingerprint')!r}, this dataset has {fingerprint!r}; indices would not match "
+                          f"(use the dataset the model was pretrained on)")
+    if field_sizes is not None and list(ck.get("field_sizes", [])) != list(field_sizes):
+        raise CtrkitError(f"checkpoint {path}: field sizes {ck.get('field_sizes')} differ from the dataset's {field_sizes}")
+
+
+def load_pretrained(path_or_dir: str | Path, device: str | torch.device = "cpu",
+                    expect_fingerprint: str | None = None) -> tuple[nn.Module, dict]:
+    """(model in eval mode on `device`, checkpoint metadata without the weights) from a `best.pt`
+    or a `pretrain --out` directory holding one."""
+    path = Path(path_or_dir)
+    if path.is_dir():
+        path = path / "best.pt"
+    ck = load_checkpoint(path)
+    _check_fingerprint(path, ck, expect_fingerprint, None)
+    model = build(ck["model_name"], ck["field_sizes"], **ck["hparams"])
+    try:
+        model.load_state_dict(ck["state_dict"])
+    except RuntimeError as e:
+        raise CtrkitError(f"checkpoint {path}: weights do not fit {ck['model_name']}: {e}") from None
+    model.to(resolve_device(device)).eval()
+    meta = {k: v for k, v in ck.items() if k != "state_dict"}
+    meta["path"] = str(path)
+    return model, meta
+
+
+def _model_identity(model: nn.Module) -> tuple[str, dict]:
+    return getattr(model, "name", type(model).__name__), dict(getattr(model, "hparams", {}))
+
+
+# Keys of TrainConfig that may change between a run and its resumption.
+_RESUMABLE_CHANGES = {"epochs", "progress", "device", "eval_batch_size", "check_every"}
+
+
+def _log(config: TrainConfig, msg: str) -> None:
+    if config.progress:
+        tqdm.write(msg, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- fit
+
+
+def fit(model: nn.Module, data, config: TrainConfig | dict | None = None, out_dir: str | Path | None = None,
+        resume: bool = False) -> dict:
+    """Train `model` on `data` (CTRData) per `config`; return the result dict (also `out_dir/result.json`).
+
+    Seed before building the model (`seed_everything(config.seed)`) for a reproducible init; `fit`
+    reseeds for the batch order and dropout. With `out_dir`, writes `last.pt` every epoch (full
+    resume state), `best.pt` on every improvement, and `result.json`. `resume=True` continues from
+    `out_dir/last.pt` (if present) to the same result as an uninterrupted run; it may raise
+    `epochs` to train further.
+    """
+    config = _as_config(config)
+    t_start = time.perf_counter()
+    device = resolve_device(config.device)
+    amp_dtype = resolve_amp(device, config.amp)
+    out = Path(out_dir) if out_dir is not None else None
+    if resume and out is None:
+        raise CtrkitError("fit(resume=True) needs out_dir (where last.pt is)")
+    name, hparams = _model_identity(model)
+    field_sizes = list(getattr(data, "field_sizes"))
+    fingerprint = getattr(data, "fingerprint")
+
+    generator = seed_everything(config.seed)
+    model.to(device)
+    Xtr, ytr = data.tensors("train", device)
+    Xva, yva = data.tensors("valid", device)
+    optimizer = make_optimizer(model, config)
+    tracker = Tracker(optimizer, config)
+    history: list[dict] = []
+    epoch_done, train_seconds, train_samples = 0, 0.0, 0
+
+    if resume and (out / "last.pt").exists():
+        ck = load_checkpoint(out / "last.pt")
+        _check_fingerprint(out / "last.pt", ck, fingerprint, field_sizes)
+        if ck["model_name"] != name or ck["hparams"] != hparams:
+            raise CtrkitError(f"{out / 'last.pt'}: was {ck['model_name']} {ck['hparams']}, cannot resume it as "
+                              f"{name} {hparams}")
+        old = ck["train_config"]
+        changed = sorted(k for k in config.to_dict() if k not in _RESUMABLE_CHANGES and old.get(k) != getattr(config, k))
+        if changed:
+            raise CtrkitError(f"{out / 'last.pt'}: cannot resume with a different train config "
+                              f"({', '.join(f'{k}: {old.get(k)!r} -> {getattr(config, k)!r}' for k in changed)})")
+        model.load_state_dict(ck["state_dict"])
+        optimizer.load_state_dict(ck["optimizer"])
+        tracker.load_state_dict(ck["tracker"])
+        set_rng_state(ck["rng"], generator)
+        epoch_done, history = ck["epoch"], list(ck["history"])
+        train_seconds, train_samples = ck["train_seconds"], ck["train_samples"]
+        _log(config, f"{name}: resuming {out / 'last.pt'} after epoch {epoch_done}")
+
+    n = Xtr.shape[0]
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for epoch in range(epoch_done + 1, config.epochs + 1):
+        if tracker.stopped:
+            break
+        t_epoch = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        nonfinite = NonFiniteCheck(device)
+        bar = tqdm(total=steps_per_epoch, desc=f"{name} epoch {epoch}/{config.epochs}", file=sys.stderr,
+                   disable=not config.progress, leave=False, dynamic_ncols=True)
+        for step, idx in enumerate(epoch_batches(n, config.batch_size, generator, device), 1):
+            xb, yb = Xtr.index_select(0, idx), ytr.index_select(0, idx)
+            with amp_context(device, amp_dtype):
+                logits = model(xb)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+            optimizer.step()
+            loss_sum += loss.detach()
+            nonfinite.update(loss, step)
+            if step % config.check_every == 0 or step == steps_per_epoch:
+                nonfinite.check(epoch)
+                bar.set_postfix(loss=f"{float(loss_sum) / step:.5f}", refresh=False)
+                bar.update(step - bar.n)
+        bar.close()
+        train_seconds += time.perf_counter() - t_epoch
+        train_samples += n
+
+        valid = evaluate(model, Xva, yva, config.eval_batch_size)
+        lr_used = tracker.lr
+        stop = tracker.on_epoch_end(epoch, valid, model)
+        history.append({"epoch": epoch, "train_loss": float(loss_sum) / steps_per_epoch,
+                        "valid_auc": valid["auc"], "valid_logloss": valid["logloss"], "lr": lr_used,
+                        "improved": tracker.improved, "seconds": time.perf_counter() - t_epoch})
+        _log(config, f"{name} epoch {epoch}: train_loss {history[-1]['train_loss']:.6f} valid AUC {valid['auc']:.6f} "
+                     f"logloss {valid['logloss']:.6f} lr {lr_used:g}{' *' if tracker.improved else ''}")
+        if out is not None:
+            meta = {"model_name": name, "hparams": hparams, "field_sizes": field_sizes, "fingerprint": fingerprint,
+                    "train_config": config.to_dict()}
+            if tracker.improved:
+                torch_save_atomic({**meta, "state_dict": tracker.best_state, "epoch": epoch,
+                                   "metrics": {"valid_auc": valid["auc"], "valid_logloss": valid["logloss"]}},
+                                  out / "best.pt")
+            torch_save_atomic({**meta, "format": "ctrkit-last-1", "epoch": epoch,
+                               "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "tracker": tracker.state_dict(), "rng": rng_state(generator), "history": history,
+                               "train_seconds": train_seconds, "train_samples": train_samples}, out / "last.pt")
+        if stop:
+            _log(config, f"{name}: early stop after epoch {epoch} (best epoch {tracker.best_epoch})")
+            break
+
+    if tracker.best_state is None:
+        raise CtrkitError(f"{name}: no epoch was trained (epochs={config.epochs})")
+    tracker.restore_best(model)
+    Xte, yte = data.tensors("test", device)
+    test = evaluate(model, Xte, yte, config.eval_batch_size)
+    del Xte, yte
+    result = {
+        "model": name,
+        "dataset": getattr(data, "dataset", None),
+        "params": count_parameters(model),
+        "valid_auc": tracker.best_metrics["auc"],
+        "valid_logloss": tracker.best_metrics["logloss"],
+        "test_auc": test["auc"],
+        "test_logloss": test["logloss"],
+        "epochs": len(history),
+        "best_epoch": tracker.best_epoch,
+        "seconds": time.perf_counter() - t_start,
+        "samples_per_s": train_samples / train_seconds if train_seconds > 0 else None,
+        "checkpoint": str(out / "best.pt") if out is not None else None,
+        "amp": "bf16" if amp_dtype is torch.bfloat16 else "off",
+        "hparams": hparams,
+        "train_config": config.to_dict(),
+        "fingerprint": fingerprint,
+        "history": history,
+        "env": env_info(device, config.seed),
+    }
+    if out is not None:
+        torch_save_atomic({"model_name": name, "hparams": hparams, "field_sizes": field_sizes,
+                           "fingerprint": fingerprint, "train_config": config.to_dict(),
+                           "state_dict": tracker.best_state, "epoch": tracker.best_epoch,
+                           "metrics": {k: result[k] for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss")}},
+                          out / "best.pt")
+        write_json_atomic(out / "result.json", result)
+    _log(config, f"{name}: test AUC {test['auc']:.6f} logloss {test['logloss']:.6f} "
+                 f"({result['samples_per_s'] or 0:,.0f} samples/s, amp {result['amp']})")
+    return result
