@@ -106,15 +106,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_synth(args):
-    raise NotImplementedError("synth")
+    from ctrkit import synth
+
+    path = synth.generate(args.dataset, args.rows, args.out, seed=args.seed, gzip=args.gzip,
+                          progress=sys.stderr.isatty())
+    print(f"wrote {args.rows} synthetic {args.dataset} rows to {path}")
+    return {"path": str(path), "rows": args.rows, "dataset": args.dataset, "seed": args.seed}
 
 
 def cmd_prepare(args):
-    raise NotImplementedError("prepare")
+    from ctrkit import data
+
+    path = data.prepare(args.dataset, args.raw, args.out, protocol=args.protocol,
+                        on_bad_lines=args.on_bad_lines, seed=args.seed, force=args.force,
+                        progress=sys.stderr.isatty())
+    d = data.load(path)
+    skipped = d.feature_map.get("source", {}).get("skipped_rows", 0)
+    rows = d.rows
+    print(f"{path}: {d.dataset}/{d.protocol}, rows train {rows['train']}, valid {rows['valid']}, "
+          f"test {rows['test']}, {d.num_fields} fields, fingerprint {d.fingerprint}"
+          + (f"; skipped {skipped} bad rows" if skipped else ""))
+    return {"path": str(path), "rows": rows, "skipped_rows": skipped, "fingerprint": d.fingerprint}
 
 
 def cmd_info(args):
-    raise NotImplementedError("info")
+    from ctrkit import data
+
+    d = data.load(args.data)
+    info = data.info(d)
+    if not args.json:
+        print(data.format_info(info))
+    return info
 
 
 def cmd_pretrain(args):

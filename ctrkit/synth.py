@@ -1,0 +1,269 @@
+"""Synthetic Criteo-/Avazu-shaped raw files with a hidden ground-truth click model.
+
+The files have the raw formats (Criteo: Kaggle `train.txt`, tab-separated, no header, 40 columns;
+Avazu: raw `train.csv` with the `id,click,hour,...` header), so they go through exactly the same
+`ctrkit prepare` path as the real data. The labels come from a hidden logistic model with
+per-value effects, FM-style pairwise terms, a three-way interaction table and a non-linear
+(MLP-like) term, so LR, FM/cross and deep models each have something of their own to capture.
+
+Deterministic for a seed (same numpy version): all parameters of the hidden model come from one
+generator; rows are generated in fixed-size chunks, each from its own seeded generator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ctrkit.utils import CtrkitError, atomic_path
+
+CRITEO_INT = [f"I{i}" for i in range(1, 14)]
+CRITEO_CAT = [f"C{i}" for i in range(1, 27)]
+AVAZU_CAT = ["C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id", "app_domain",
+             "app_category", "device_id", "device_ip", "device_model", "device_type",
+             "device_conn_type", "C14", "C15", "C16", "C17", "C18", "C19", "C20", "C21"]
+AVAZU_COLUMNS = ["id", "click", "hour"] + AVAZU_CAT
+
+# Distinct values of each field in the full real datasets (Criteo 45M rows, Avazu 40M rows);
+# the generator scales them down with the number of rows and caps them at about a million.
+_CRITEO_CARD = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+                27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+# Missing rate of each field in real Criteo (I1..I13, then C1..C26), rounded.
+_CRITEO_INT_MISSING = [0.45, 0.0, 0.21, 0.22, 0.03, 0.23, 0.04, 0.0, 0.04, 0.45, 0.04, 0.76, 0.22]
+_CRITEO_CAT_MISSING = [0.0] * 12 + [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.44, 0.44, 0.0, 0.76, 0.0,
+                                    0.0, 0.44, 0.44]
+# Scale (median) of each integer field; heavy tails come from a log-normal.
+_CRITEO_INT_SCALE = [3, 30, 20, 7, 18000, 120, 10, 12, 100, 1, 3, 2, 8]
+_AVAZU_CARD = [7, 7, 4737, 7745, 26, 8552, 559, 36, 2686408, 6729486, 8251, 5, 4, 2626, 8, 9, 435,
+               4, 68, 172, 60]
+# Avazu's numeric-looking fields are written as decimal integers, the others as 8-hex hashes.
+_AVAZU_NUMERIC = {"C1", "banner_pos", "device_type", "device_conn_type", "C14", "C15", "C16",
+                  "C17", "C18", "C19", "C20", "C21"}
+
+_CHUNK = 250_000  # rows per generation chunk; fixed so the output does not depend on memory
+BASE_CTR = {"criteo": 0.25, "avazu": 0.17}
+
+
+@dataclass
+class _Field:
+    name: str
+    card: int
+    zipf: float
+    missing: float
+    effect: np.ndarray        # per-value main effect, [card]
+    latent: np.ndarray        # per-value latent vector for the pairwise/MLP terms, [card, k]
+
+
+def _scaled_card(base: int, rows: int) -> int:
+    # Small fields keep their size; large ones grow with the data, from a handful to ~1M.
+    return int(max(min(base, 8), min(base, 1_000_000, rows // 4)))
+
+
+class _Truth:
+    """The hidden click model: parameters drawn once per (dataset, seed, rows)."""
+
+    def __init__(self, dataset: str, rows: int, seed: int):
+        rng = np.random.default_rng([seed, 7919])
+        self.dataset = dataset
+        self.k = 4
+        self.fields: list[_Field] = []
+        if dataset == "criteo":
+            # Integer fields are bucketed like the BARS protocol does, so their effect is per bucket.
+            for name, miss in zip(CRITEO_INT, _CRITEO_INT_MISSING):
+                self.fields.append(self._field(rng, name, 64, 0.0, miss, 0.35))
+            for name, base, miss in zip(CRITEO_CAT, _CRITEO_CARD, _CRITEO_CAT_MISSING):
+                card = _scaled_card(base, rows)
+                self.fields.append(self._field(rng, name, card, 1.05 + 0.3 * rng.random(), miss,
+                                               0.6 if card < 5000 else 0.3))
+        else:
+            self.fields.append(self._field(rng, "hour_of_day", 24, 0.0, 0.0, 0.3))
+            for name, base in zip(AVAZU_CAT, _AVAZU_CARD):
+                card = _scaled_card(base, rows)
+                # device_id/device_ip: one dominant value, like real Avazu ('a99f214a' ~ 83%).
+                zipf = 2.2 if name in ("device_id", "device_ip") else 1.05 + 0.4 * rng.random()
+                self.fields.append(self._field(rng, name, card, zipf, 0.0,
+                                               0.6 if card < 5000 else 0.3))
+        F = len(self.fields)
+        # Pairwise (FM-style) terms on a random subset of field pairs, with strong weights.
+        pairs = [(i, j) for i in range(F) for j in range(i + 1, F)]
+        pick = rng.choice(len(pairs), size=min(len(pairs), 3 * F // 2), replace=False)
+        self.pairs = [pairs[p] for p in sorted(pick)]
+        self.pair_w = rng.normal(0, 0.45, size=len(self.pairs))
+        # A three-way table over three small fields: only a cross/deep model can fit it.
+        small = [i for i, f in enumerate(self.fields) if f.card <= 64]
+        self.triple = tuple(rng.choice(small, size=3, replace=False))
+        self.triple_tab = rng.normal(0, 0.5, size=(16, 16, 16))
+        # A small random MLP on the concatenated latents of a few fields (higher-order, smooth).
+        self.mlp_fields = sorted(rng.choice(F, size=min(F, 6), replace=False).tolist())
+        self.W1 = rng.normal(0, 1.0 / np.sqrt(self.k), size=(len(self.mlp_fields) * self.k, 16))
+        self.w2 = rng.normal(0, 0.55, size=16)
+        self.bias = 0.0
+        sample = self.draw(np.random.default_rng([seed, 104729]), min(200_000, max(20_000, rows)))
+        self.bias = self._calibrate(sample["logit"], BASE_CTR[dataset])
+
+    @staticmethod
+    def _field(rng, name, card, zipf, missing, scale) -> _Field:
+        return _Field(name, card, zipf, missing, rng.normal(0, scale, size=card),
+                      rng.normal(0, 1, size=(card, 4)).astype(np.float64))
+
+    @staticmethod
+    def _calibrate(logit: np.ndarray, ctr: float) -> float:
+        lo, hi = -20.0, 20.0
+        for _ in range(60):  # bisection: mean(sigmoid(logit + b)) is monotone in b
+            mid = (lo + hi) / 2
+            if np.mean(1 / (1 + np.exp(-(logit + mid)))) < ctr:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    def draw(self, rng: np.random.Generator, n: int, hour_of_day: np.ndarray | None = None) -> dict:
+        """Ranks per field (-1 = missing) and the logit of each row."""
+        ranks = []
+        for f in self.fields:
+            if f.zipf == 0.0:
+                r = None  # filled by the caller's integer/hour model
+            else:
+                p = 1.0 / np.arange(1, f.card + 1) ** f.zipf
+                r = np.searchsorted(np.cumsum(p / p.sum()), rng.random(n), side="right")
+                r = np.minimum(r, f.card - 1)
+            ranks.append(r)
+        if self.dataset == "criteo":
+            ints = []
+            for i, f in enumerate(self.fields[:13]):
+                v = np.floor(rng.lognormal(np.log(_CRITEO_INT_SCALE[i]), 1.3, size=n)).astype(np.int64)
+                if i == 1:  # I2 has small negative values in real Criteo
+                    v = v - (rng.random(n) < 0.05)
+                ints.append(v)
+                ranks[i] = np.clip(_bucket(v), 0, f.card - 1)
+        else:
+            ints = None
+            ranks[0] = rng.integers(0, 24, size=n) if hour_of_day is None else hour_of_day
+        for i, f in enumerate(self.fields):
+            if f.missing > 0:
+                ranks[i] = np.where(rng.random(n) < f.missing, -1, ranks[i])
+        logit = np.full(n, self.bias)
+        lat = []
+        for r, f in zip(ranks, self.fields):
+            ok = r >= 0
+            idx = np.where(ok, r, 0)
+            logit += np.where(ok, f.effect[idx], 0.0)
+            lat.append(np.where(ok[:, None], f.latent[idx], 0.0))
+        for (i, j), w in zip(self.pairs, self.pair_w):
+            logit += w * np.einsum("nk,nk->n", lat[i], lat[j]) / self.k
+        a, b, c = (np.where(ranks[t] >= 0, ranks[t], 0) % 16 for t in self.triple)
+        logit += self.triple_tab[a, b, c]
+        h = np.tanh(np.concatenate([lat[t] for t in self.mlp_fields], axis=1) @ self.W1)
+        logit += h @ self.w2
+        return {"ranks": ranks, "ints": ints, "logit": logit}
+
+
+def _bucket(v: np.ndarray) -> np.ndarray:
+    out = v.astype(np.int64)
+    big = v > 2
+    out[big] = np.floor(np.log(v[big].astype(np.float64)) ** 2).astype(np.int64)
+    return out
+
+
+def _hex_tokens(field_index: int, card: int, seed: int) -> np.ndarray:
+    """8-hex tokens per rank, like Criteo's/Avazu's hashed values; unique within a field."""
+    rng = np.random.default_rng([seed, 31337, field_index])
+    codes = rng.choice(2**32, size=card, replace=False) if card < 2**20 else \
+        np.unique(rng.integers(0, 2**32, size=int(card * 1.01) + 64, dtype=np.uint64))[:card]
+    rng.shuffle(codes)
+    return np.char.zfill(np.char.mod("%x", codes.astype(np.uint64)), 8).astype("S8")
+
+
+def _num_tokens(field_index: int, card: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, 4242, field_index])
+    base = int(rng.integers(0, 20000)) if card > 10 else 0
+    return np.char.mod("%d", np.arange(base, base + card)).astype("S")
+
+
+def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
+             progress: bool = False) -> Path:
+    """Write `out/train.txt` (criteo) or `out/train.csv` (avazu), optionally gzipped; return the file.
+
+    Realistic in shape: Zipf-like categorical frequencies, cardinalities scaled with `rows`,
+    missing values, heavy-tailed integers, base CTR ~0.25 (criteo) / ~0.17 (avazu).
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if dataset not in BASE_CTR:
+        raise CtrkitError(f"unknown dataset {dataset!r}; valid: criteo, avazu")
+    if not isinstance(rows, (int, np.integer)) or rows < 1:
+        raise CtrkitError(f"--rows must be a positive integer, got {rows!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = ("train.txt" if dataset == "criteo" else "train.csv") + (".gz" if gzip else "")
+    path = out / name
+    truth = _Truth(dataset, int(rows), seed)
+    tokens = []
+    for i, f in enumerate(truth.fields):
+        if dataset == "criteo" and i < 13:
+            tokens.append(None)
+        elif dataset == "avazu" and i == 0:
+            tokens.append(None)
+        elif dataset == "avazu" and f.name in _AVAZU_NUMERIC:
+            tokens.append(_num_tokens(i, f.card, seed))
+        else:
+            tokens.append(_hex_tokens(i, f.card, seed))
+    if dataset == "criteo":
+        write_opts = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    else:
+        # The header is written by hand: Arrow would quote the column names.
+        write_opts = pacsv.WriteOptions(include_header=False, delimiter=",", quoting_style="none")
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=int(rows), unit="rows", desc=f"synth {dataset}", disable=not progress)
+    with atomic_path(path) as tmp:
+        sink = pa.CompressedOutputStream(str(tmp), "gzip") if gzip else pa.OSFile(str(tmp), "wb")
+        writer = None
+        try:
+            if dataset == "avazu":
+                sink.write((",".join(AVAZU_COLUMNS) + "\n").encode())
+            done = 0
+            chunk_no = 0
+            while done < rows:
+                n = min(_CHUNK, int(rows) - done)
+                rng = np.random.default_rng([seed, 2, chunk_no])
+                # Avazu rows are in time order over 10 days (2014-10-21 .. 30), like the real file.
+                pos = (done + np.arange(n)) * 240 // int(rows)
+                d = truth.draw(rng, n, hour_of_day=pos % 24 if dataset == "avazu" else None)
+                y = (rng.random(n) < 1 / (1 + np.exp(-d["logit"]))).astype(np.int8)
+                cols, names = [], []
+                if dataset == "avazu":
+                    ids = rng.integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64) * 2 + 1
+                    cols.append(pa.array(ids.astype(str), pa.string()))
+                    hour = 14102100 + (pos // 24) * 100 + pos % 24
+                    cols += [pa.array(y), pa.array(hour)]
+                    names += ["id", "click", "hour"]
+                else:
+                    cols.append(pa.array(y))
+                    names.append("label")
+                for i, f in enumerate(truth.fields):
+                    r = d["ranks"][i]
+                    if dataset == "avazu" and i == 0:
+                        continue
+                    mask = r < 0
+                    if dataset == "criteo" and i < 13:
+                        cols.append(pa.array(d["ints"][i], mask=mask))
+                    else:
+                        cols.append(pa.array(tokens[i][np.where(mask, 0, r)], pa.string(),
+                                             mask=mask if mask.any() else None))
+                    names.append(f.name)
+                table = pa.table(cols, names=names)
+                if writer is None:
+                    writer = pacsv.CSVWriter(sink, table.schema, write_options=write_opts)
+                writer.write_table(table)
+                done += n
+                chunk_no += 1
+                bar.update(n)
+        finally:
+            if writer is not None:
+                writer.close()
+            sink.close()
+            bar.close()
+    return path

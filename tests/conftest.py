@@ -1,0 +1,40 @@
+"""Shared fixtures: small synthetic datasets, prepared once per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctrkit import data
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """/work/shared (real data samples, BARS anchors); skips the test when it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent (real samples and anchors live outside the repo)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def criteo_small(tmp_path_factory) -> data.CTRData:
+    """4,000 synthetic Criteo rows, x4_001 protocol (3,200 / 400 / 400)."""
+    return data.synthetic_dataset("criteo", 4000, tmp_path_factory.mktemp("criteo_small"), seed=2021)
+
+
+@pytest.fixture(scope="session")
+def avazu_small(tmp_path_factory) -> data.CTRData:
+    """4,000 synthetic Avazu rows, x4_001 protocol (3,200 / 400 / 400)."""
+    return data.synthetic_dataset("avazu", 4000, tmp_path_factory.mktemp("avazu_small"), seed=2021)
