@@ -1,0 +1,219 @@
+"""Layer tests: shapes, gradients, and seeded golden values checked against independent NumPy
+loops (explicit pair sums / per-sample formulas), not against the vectorised code itself."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from ctrkit import layers
+from ctrkit.utils import CtrkitError
+
+B, F, D = 5, 4, 3
+SIZES = [3, 5, 7, 2]
+
+
+def _emb(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, F, D, generator=g, dtype=torch.float32)
+
+
+def _x(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randint(0, s, (B,), generator=g) for s in SIZES], dim=1)
+
+
+def _grads_flow(module, out):
+    out.pow(2).sum().backward()
+    for name, p in module.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+# ---- embedding / first-order ------------------------------------------------------------------
+def test_feature_embedding_uses_per_field_offsets():
+    torch.manual_seed(0)
+    layer = layers.FeatureEmbedding(SIZES, D)
+    assert layer.weight.shape == (sum(SIZES), D)
+    X = _x()
+    out = layer(X)
+    assert out.shape == (B, F, D) and out.dtype == torch.float32
+    W = layer.weight.detach().numpy()
+    starts = np.cumsum([0] + SIZES[:-1])  # field f occupies rows starts[f] .. starts[f] + size - 1
+    for b in range(B):
+        for f in range(F):
+            np.testing.assert_array_equal(out[b, f].detach().numpy(), W[starts[f] + X[b, f].item()])
+
+
+def test_feature_embedding_int32_equals_int64_and_grad_only_on_used_rows():
+    layer = layers.FeatureEmbedding(SIZES, D)
+    X = _x()
+    assert torch.equal(layer(X.int()), layer(X.long()))
+    layer(X.int()).sum().backward()
+    used = {int(sum(SIZES[:f]) + X[b, f]) for b in range(B) for f in range(F)}
+    nonzero = set(torch.nonzero(layer.weight.grad.abs().sum(1)).flatten().tolist())
+    assert nonzero == used
+
+
+def test_feature_embedding_init_is_fuxictr_small_normal():
+    torch.manual_seed(0)
+    w = layers.FeatureEmbedding([100_000], 8).weight
+    assert abs(w.std().item() - 1e-4) < 2e-6 and abs(w.mean().item()) < 2e-6
+
+
+def test_linear_term_golden():
+    layer = layers.LinearTerm(SIZES, use_bias=True)
+    with torch.no_grad():
+        layer.embedding.weight.copy_(torch.arange(sum(SIZES), dtype=torch.float32).view(-1, 1))
+        layer.bias.fill_(0.5)
+    X = torch.tensor([[0, 0, 0, 0], [2, 4, 6, 1]])
+    # row 0: rows 0, 3, 8, 15 -> 26 + 0.5; row 1: rows 2, 7, 14, 16 -> 39 + 0.5
+    torch.testing.assert_close(layer(X), torch.tensor([26.5, 39.5]))
+    no_bias = layers.LinearTerm(SIZES, use_bias=False)
+    assert no_bias.bias is None and [n for n, _ in no_bias.named_parameters()] == ["embedding.weight"]
+
+
+# ---- FM -----------------------------------------------------------------------------------------
+def test_fm_hand_computed():
+    emb = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [0.0, 1.0]]])
+    # <e1,e2> = 11, <e1,e3> = 2, <e2,e3> = 4
+    torch.testing.assert_close(layers.FMInteraction()(emb), torch.tensor([17.0]))
+
+
+def test_fm_matches_explicit_pairwise_sum():
+    emb = _emb(1)
+    e = emb.double().numpy()
+    expected = [sum(e[b, i] @ e[b, j] for i, j in itertools.combinations(range(F), 2)) for b in range(B)]
+    out = layers.FMInteraction()(emb)
+    assert out.shape == (B,)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+# ---- MLP ----------------------------------------------------------------------------------------
+def test_mlp_structure_and_shapes():
+    mlp = layers.MLP(6, [8, 4], activation="tanh", dropout=0.5, batch_norm=True, output_dim=1)
+    kinds = [type(m).__name__ for m in mlp.net]
+    assert kinds == ["Linear", "BatchNorm1d", "Tanh", "Dropout"] * 2 + ["Linear"]
+    assert mlp(torch.randn(B, 6)).shape == (B, 1)
+    plain = layers.MLP(6, [8], dropout=0.0)
+    assert [type(m).__name__ for m in plain.net] == ["Linear", "ReLU"] and plain.output_dim == 8
+    assert layers.MLP(6, [], output_dim=1)(torch.randn(B, 6)).shape == (B, 1)
+
+
+def test_mlp_golden_and_grads():
+    torch.manual_seed(3)
+    mlp = layers.MLP(4, [3], output_dim=1)
+    x = torch.randn(B, 4)
+    W1, b1 = mlp.net[0].weight.detach().numpy(), mlp.net[0].bias.detach().numpy()
+    W2, b2 = mlp.net[2].weight.detach().numpy(), mlp.net[2].bias.detach().numpy()
+    expected = np.maximum(x.numpy() @ W1.T + b1, 0) @ W2.T + b2
+    out = mlp(x)
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+    layers.reset_parameters(mlp)  # zero biases would block nothing: grads still reach every param
+    _grads_flow(mlp, mlp(x))
+
+
+def test_unknown_activation():
+    with pytest.raises(CtrkitError, match="activation 'swishy' is unknown; valid:"):
+        layers.MLP(4, [3], activation="swishy")
+
+
+# ---- CrossNet -------------------------------------------------------------------------------------
+def test_crossnet_matches_per_sample_formula():
+    torch.manual_seed(4)
+    net = layers.CrossNet(6, 2)
+    with torch.no_grad():
+        net.bias.normal_()  # non-zero biases so the + b_l term is exercised
+    x0 = torch.randn(B, 6)
+    w, bias = net.weight.detach().double().numpy(), net.bias.detach().double().numpy()
+    expected = []
+    for row in x0.double().numpy():
+        x = row.copy()
+        for l in range(2):
+            x = row * float(x @ w[l]) + bias[l] + x  # x_{l+1} = x0 (x_l . w_l) + b_l + x_l
+        expected.append(x)
+    out = net(x0)
+    assert out.shape == (B, 6)
+    np.testing.assert_allclose(out.detach().numpy(), np.array(expected), rtol=1e-5, atol=1e-6)
+    _grads_flow(net, out)
+
+
+def test_crossnet_zero_layers_is_identity_and_init():
+    x = torch.randn(B, 6)
+    assert torch.equal(layers.CrossNet(6, 0)(x), x)
+    torch.manual_seed(0)
+    big = layers.CrossNet(20_000, 3)
+    expected_std = (2 / 20_001) ** 0.5  # xavier_normal of a Linear(D, 1)
+    assert abs(big.weight.std().item() / expected_std - 1) < 0.03 and big.bias.abs().sum() == 0
+
+
+# ---- inner product ------------------------------------------------------------------------------
+def test_inner_product_matches_explicit_loops():
+    emb = _emb(5)
+    out = layers.InnerProduct(F)(emb)
+    P = F * (F - 1) // 2
+    assert out.shape == (B, P)
+    e = emb.double().numpy()
+    expected = np.zeros((B, P))
+    for b in range(B):
+        k = 0
+        for i in range(F):
+            for j in range(i + 1, F):
+                expected[b, k] = sum(e[b, i, t] * e[b, j, t] for t in range(D))
+                k += 1
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
+    emb.requires_grad_(True)
+    layers.InnerProduct(F)(emb).sum().backward()
+    assert emb.grad.abs().sum() > 0
+
+
+def test_triu_pairs_order_is_combinations_order():
+    assert list(zip(*layers.triu_pairs(5).tolist())) == list(itertools.combinations(range(5), 2))
+
+
+# ---- SENET ------------------------------------------------------------------------------------
+def test_senet_matches_numpy():
+    torch.manual_seed(6)
+    se = layers.SENet(F, reduction_ratio=2)
+    W1 = se.excitation[0].weight.detach().double().numpy()
+    W2 = se.excitation[2].weight.detach().double().numpy()
+    assert W1.shape == (2, F) and W2.shape == (F, 2)  # reduced size max(1, int(4 / 2)) = 2
+    emb = _emb(7)
+    e = emb.double().numpy()
+    a = np.maximum(np.maximum(e.mean(-1) @ W1.T, 0) @ W2.T, 0)
+    out = se(emb)
+    assert out.shape == (B, F, D)
+    np.testing.assert_allclose(out.detach().numpy(), e * a[..., None], rtol=1e-5, atol=1e-7)
+    assert layers.SENet(F, reduction_ratio=10).excitation[0].out_features == 1
+    assert isinstance(layers.SENet(F, 2, "Sigmoid").excitation[3], torch.nn.Sigmoid)
+
+
+# ---- bilinear -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("bilinear_type", ["field_all", "field_each", "field_interaction"])
+def test_bilinear_matches_explicit_pair_loop(bilinear_type):
+    torch.manual_seed(8)
+    layer = layers.Bilinear(F, D, bilinear_type)
+    P = F * (F - 1) // 2
+    n = {"field_all": None, "field_each": F, "field_interaction": P}[bilinear_type]
+    assert layer.weight.shape == ((D, D) if n is None else (n, D, D))
+    emb = _emb(9).requires_grad_(True)
+    out = layer(emb)
+    assert out.shape == (B, P, D)
+    W, e = layer.weight.detach().double().numpy(), emb.detach().double().numpy()
+    expected = np.zeros((B, P, D))
+    for b in range(B):
+        for k, (i, j) in enumerate(itertools.combinations(range(F), 2)):
+            if bilinear_type == "field_all":
+                Wk = W
+            elif bilinear_type == "field_each":
+                Wk = W[i]  # the left field's matrix
+            else:
+                Wk = W[k]  # the pair's matrix
+            expected[b, k] = (e[b, i] @ Wk) * e[b, j]
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+    _grads_flow(layer, out)
+    assert emb.grad.abs().sum() > 0
+
+
+def test_bilinear_unknown_type():
+    with pytest.raises(CtrkitError, match="bilinear_type 'pairwise' is unknown"):
+        layers.Bilinear(F, D, "pairwise")
