@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from importlib import resources
 from typing import Callable
 
 import numpy as np
@@ -78,27 +77,15 @@ def _partners_list(v) -> list:
 
 def bars_reference() -> dict:
     """BARS published numbers shipped by the models package (`ctrkit/bars.json`), as
-    {(model, dataset, protocol): {"auc": .., "logloss": ..}}; {} when the file is absent."""
+    {(model, dataset, protocol): {"auc", "logloss"}}; {} when they are not available."""
     try:
-        text = resources.files("ctrkit").joinpath("bars.json").read_text()
-    except (FileNotFoundError, OSError):
+        from ctrkit import presets
+
+        rows = presets.bars_results()
+    except (ImportError, AttributeError, FileNotFoundError, KeyError, ValueError):
         return {}
-    data = json.loads(text)
-    entries = data.get("results", data.get("entries", data)) if isinstance(data, dict) else data
-    out = {}
-    items = entries.items() if isinstance(entries, dict) else ((None, e) for e in entries)
-    for key, e in items:
-        if not isinstance(e, dict):
-            continue
-        model, ds = e.get("model"), e.get("dataset")
-        proto = e.get("protocol")
-        if key and "/" in str(key) and model is None:  # "DeepFM/criteo_x4_001"
-            model, dsp = str(key).split("/", 1)
-            ds, _, proto = dsp.partition("_")
-        auc, ll = e.get("auc", e.get("AUC")), e.get("logloss", e.get("Logloss"))
-        if model and ds and auc is not None:
-            out[(model, ds, proto or None)] = {"auc": float(auc), "logloss": float(ll) if ll is not None else None}
-    return out
+    return {(r["model"], r["dataset"], r["protocol"]): {"auc": r.get("auc"), "logloss": r.get("logloss")}
+            for r in rows}
 
 
 # ---- tables ------------------------------------------------------------------------------------
@@ -108,12 +95,13 @@ def baselines(source) -> pd.DataFrame:
     b = df[df["mode"] == "baseline"]
     rows = []
     ref = bars_reference()
-    for (ds, model), g in b.groupby(["dataset", "model"], sort=True, dropna=False):
-        row = {"dataset": ds, "model": model, "n_seeds": int(g["seed"].nunique())}
+    for (ds, peer), g in b.groupby(["dataset", "peer"], sort=True, dropna=False):
+        model = g["model"].iloc[0]
+        row = {"dataset": ds, "model": peer, "n_seeds": int(g["seed"].nunique())}
         row.update(_mean_std("test_auc", g["test_auc"]))
         row.update(_mean_std("test_logloss", g["test_logloss"]))
         proto = g["protocol"].dropna().iloc[0] if "protocol" in g and g["protocol"].notna().any() else None
-        hit = ref.get((model, ds, proto)) or next((v for (m, d, _), v in ref.items() if m == model and d == ds), None)
+        hit = ref.get((model, ds, proto or "x4_001"))  # x4_001: ctrkit's default protocol
         if ref:
             row["bars_auc"] = hit["auc"] if hit else float("nan")
             row["bars_logloss"] = hit["logloss"] if hit and hit["logloss"] is not None else float("nan")
@@ -141,11 +129,11 @@ def scratch(source) -> pd.DataFrame:
     """Mutual learning from scratch vs the baseline of the same model and seed."""
     df = _frame(source)
     mut = df[(df["mode"] == "mutual") & (df["init"] == "scratch")]
-    base = df[df["mode"] == "baseline"].drop_duplicates(["dataset", "model", "seed"], keep="last")
+    base = df[df["mode"] == "baseline"].drop_duplicates(["dataset", "peer", "seed"], keep="last")
     rows = []
     for (ds, peers, w, peer), g in mut.groupby(["dataset", "peers", "weight", "peer"], sort=True, dropna=False):
         row = {"dataset": ds, "peers": peers, "weight": w, "peer": peer}
-        row.update(_versus(g, base, ["dataset", "model"], "test_auc", "test_auc", "mutual", "baseline"))
+        row.update(_versus(g, base, ["dataset", "peer"], "test_auc", "test_auc", "mutual", "baseline"))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -194,10 +182,10 @@ def peer_count(source, init: str = "pretrained") -> pd.DataFrame:
     df = _frame(source)
     sel = df[(df["init"] == init) & df["mode"].isin(["mutual", "alone"])].copy()
     if init == "scratch":
-        base = df[df["mode"] == "baseline"].drop_duplicates(["dataset", "model", "seed"], keep="last")
+        base = df[df["mode"] == "baseline"].drop_duplicates(["dataset", "peer", "seed"], keep="last")
         sel = sel.drop(columns=["pretrained_test_auc"]).merge(
-            base[["dataset", "model", "seed", "test_auc"]].rename(columns={"test_auc": "pretrained_test_auc"}),
-            on=["dataset", "model", "seed"], how="inner")
+            base[["dataset", "peer", "seed", "test_auc"]].rename(columns={"test_auc": "pretrained_test_auc"}),
+            on=["dataset", "peer", "seed"], how="inner")
     # alone runs are N = 1 whatever the size of the run that produced them
     sel["N"] = np.where(sel["mode"] == "alone", 1, sel["n_peers"])
     if "run_key" not in sel or sel["run_key"].isna().all():
@@ -283,6 +271,8 @@ def display(name: str, df: pd.DataFrame) -> pd.DataFrame:
                       for m, s in zip(df[c], std)]
         elif c.startswith("p_") or "_p_" in c:
             out[c] = [_fmt(v, 3) for v in df[c]]
+        elif c == "weight":
+            out[c] = ["–" if v is None or v != v else f"{v:g}" for v in df[c]]
         elif df[c].dtype.kind == "f":
             out[c] = [_fmt(v, 4) for v in df[c]]
         else:
