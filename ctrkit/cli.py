@@ -144,11 +144,34 @@ def cmd_pretrain(args):
 
 
 def cmd_mutual(args):
-    raise NotImplementedError("mutual")
+    from ctrkit import data, experiments
+
+    d = data.load(args.data)
+    records, skipped = experiments.run_one(
+        d, args.peers, init=args.init, mode=args.mode, seed=args.seed, store=args.store, ckpt_dir=args.ckpt_dir,
+        preset=args.preset, epochs=args.epochs, device=args.device, weight=args.weight,
+        divergence=args.divergence, warmup_steps=args.warmup_steps, force=args.force,
+        progress=not args.json, out_dir=args.out)
+    summary = experiments.summary(records)
+    summary["skipped"] = skipped
+    summary["store"] = args.store
+    if skipped:
+        print(f"already in {args.store} (run {summary['run_key']}); --force re-runs it", file=sys.stderr)
+    if not args.json:
+        for p in summary["peers"]:
+            pre = p["pretrained_test_auc"]
+            print(f"{p['label']:<10} test AUC {p['test_auc']:.6f} logloss {p['test_logloss']:.6f}"
+                  + (f"  (pretrained {pre:.6f}, {p['test_auc'] - pre:+.6f})" if pre is not None else ""))
+        print(f"{'ensemble':<10} test AUC {summary['ensemble_test_auc']:.6f}  ({args.mode}, {args.init}, "
+              f"{summary['seconds']:.1f} s)")
+        return None
+    return summary
 
 
 def cmd_table(args):
-    raise NotImplementedError("table")
+    from ctrkit import tables
+
+    print(tables.render(args.name, tables.table(args.name, args.store), args.format))
 
 
 def cmd_reproduce(args):
