@@ -175,7 +175,18 @@ def cmd_table(args):
 
 
 def cmd_reproduce(args):
-    raise NotImplementedError("reproduce")
+    from ctrkit import reproduce
+
+    res = reproduce.run(dataset=args.dataset, profile=args.profile, data=args.data, out=args.out,
+                        figures=args.figures, device=args.device, force=args.force,
+                        log=lambda m: print(m, flush=True))
+    print(f"ran {len(res['ran'])} notebook(s), skipped {len(res['skipped'])} already done, {res['seconds']:.0f} s")
+    print(f"index:     {res['index']} (and {res['html']})")
+    print(f"tables:    {len(res['tables'])} CSV in {res['out']}/tables")
+    print(f"figures:   {len(res['figures'])} PNG (+SVG) in {res['out']}/figures"
+          + (f", copied to {args.figures}" if args.figures else ""))
+    print(f"notebooks: {res['out']}/notebooks")
+    return res
 
 
 COMMANDS = {
