@@ -1,0 +1,147 @@
+"""Benchmark worker: ctrkit (project venv). Started by run_all.py; see _common.py for the protocol.
+
+The timed step is ctrkit.train.fit's inner step, built from the same public pieces fit uses
+(`make_optimizer`, `amp_context`, BCE-with-logits on fp32 logits, gradient clipping at 10, the loss
+accumulated on the device), so the number is what `fit` gets per step. The auc mode calls
+`ctrkit.train.fit` itself (1 epoch) on the prepared directory.
+
+Variants (spec["variant"]): fp32 | bf16 (autocast, fp32 master weights) | compile (torch.compile of
+the model, fp32) | compile_bf16 | perfield (fp32, the fused embedding table replaced by one
+nn.Embedding per field + stack, as FuxiCTR/DeepCTR-Torch do: what fusing buys).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+
+def _per_field_embeddings(torch, model):
+    """Swap every fused FeatureEmbedding for a per-field one (same init, same maths)."""
+    from torch import nn
+    from ctrkit import layers
+
+    class PerField(nn.Module):
+        def __init__(self, fused):
+            super().__init__()
+            sizes = [int(s) for s in model.field_sizes]
+            self.tables = nn.ModuleList(nn.Embedding(s, fused.embedding_dim) for s in sizes)
+            for t in self.tables:
+                nn.init.normal_(t.weight, std=layers.EMBEDDING_INIT_STD)
+
+        def forward(self, X):
+            X = X.long()
+            return torch.stack([t(X[:, f]) for f, t in enumerate(self.tables)], dim=1)
+
+    emb_params = []
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, layers.FeatureEmbedding):
+                pf = PerField(child)
+                setattr(mod, child_name, pf)
+                emb_params += list(pf.parameters())
+    return emb_params
+
+
+def _optimizer(torch, model, cfg, emb_params=None):
+    from ctrkit.train import make_optimizer
+    if emb_params is None:
+        return make_optimizer(model, cfg)
+    ids = {id(p) for p in emb_params}
+    net = [p for p in model.parameters() if id(p) not in ids]
+    return torch.optim.Adam([{"params": emb_params, "weight_decay": cfg.embedding_regularizer},
+                             {"params": net, "weight_decay": cfg.net_regularizer}], lr=cfg.lr)
+
+
+def run_one(spec, model_spec, torch, data):
+    import torch.nn.functional as F
+    from torch import nn
+    from ctrkit import models
+    from ctrkit.train import TrainConfig, amp_context, fit
+
+    variant = spec.get("variant", "fp32")
+    amp = "bf16" if variant in ("bf16", "compile_bf16") else "off"
+    fm = data["feature_map"]
+    sizes = [int(f["vocab_size"]) for f in fm["fields"]]
+    cfg = TrainConfig(epochs=1, batch_size=int(spec["batch_size"]), lr=1e-3,
+                      embedding_regularizer=spec.get("embedding_regularizer", 1e-5),
+                      net_regularizer=0.0, amp=amp, device="cpu", seed=int(spec.get("seed", 2021)),
+                      progress=False)
+
+    if spec["mode"] == "auc":
+        from ctrkit import data as cdata
+        from ctrkit.utils import seed_everything
+        seed_everything(cfg.seed)
+        model = models.build(model_spec["model"], sizes, **model_spec["hparams"])
+        d = cdata.load(spec["data"])
+        if spec.get("train_rows") is not None:
+            d = _Subset(d, int(spec["train_rows"]), spec.get("test_rows"))
+        t0 = time.perf_counter()
+        res = fit(model, d, cfg.replace(monitor="AUC"))
+        return {"test_auc": res["test_auc"], "test_logloss": res["test_logloss"],
+                "valid_auc": res["valid_auc"], "fit_samples_per_s": res["samples_per_s"],
+                "seconds": time.perf_counter() - t0, "train_rows": d.rows["train"], "params": res["params"]}
+
+    torch.manual_seed(cfg.seed)
+    model = models.build(model_spec["model"], sizes, **model_spec["hparams"])
+    emb_params = _per_field_embeddings(torch, model) if variant == "perfield" else None
+    model.train()
+    opt = _optimizer(torch, model, cfg, emb_params)
+    params = [p for p in model.parameters() if p.requires_grad]
+    fwd = model
+    t_compile = None
+    if variant.startswith("compile"):
+        fwd = torch.compile(model)
+    amp_dtype = torch.bfloat16 if amp == "bf16" else None
+    Xtr, ytr = (torch.from_numpy(a) for a in data["train"])
+    it = _common.batch_indices(torch, Xtr.shape[0], cfg.batch_size, cfg.seed)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+
+    def next_batch():
+        idx = next(it)
+        return Xtr.index_select(0, idx), ytr.index_select(0, idx)
+
+    def step(batch):
+        nonlocal loss_sum
+        xb, yb = batch
+        with amp_context("cpu", amp_dtype):
+            logits = fwd(xb)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+        opt.step()
+        loss_sum += loss.detach()
+
+    if variant.startswith("compile"):
+        t0 = time.perf_counter()
+        step(next_batch())  # first call compiles; timed separately (compile cost vs gain)
+        t_compile = time.perf_counter() - t0
+    out = _common.time_steps(step, next_batch, spec)
+    out["params"] = sum(p.numel() for p in model.parameters())
+    out["final_loss"] = float(loss_sum)
+    if t_compile is not None:
+        out["compile_seconds"] = t_compile
+    return out
+
+
+class _Subset:
+    """A CTRData view with the first `train_rows` training rows (and `test_rows` test rows):
+    `fit` reads only `.tensors`, `.field_sizes`, `.fingerprint`, `.dataset`."""
+
+    def __init__(self, d, train_rows: int, test_rows: int | None):
+        self._d, self._n, self._nt = d, train_rows, test_rows
+        self.field_sizes, self.fingerprint, self.dataset = d.field_sizes, d.fingerprint, d.dataset
+        self.rows = {**d.rows, "train": min(train_rows, d.rows["train"])}
+
+    def tensors(self, split, device="cpu"):
+        X, y = self._d.tensors(split, device)
+        n = self._n if split == "train" else (self._nt if split == "test" else None)
+        return (X[:n], y[:n]) if n is not None else (X, y)
+
+
+if __name__ == "__main__":
+    _common.run_worker(_common.parse_spec(), run_one)
