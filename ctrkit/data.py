@@ -208,7 +208,7 @@ def hash_strings(arr) -> np.ndarray:
     starts = offsets[:-1].astype(np.int64)
     lens = (offsets[1:] - offsets[:-1]).astype(np.int64)
     h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
-    active = np.arange(n)
+    active = np.flatnonzero(lens > 0)
     pos = 0
     with np.errstate(over="ignore"):
         while active.size:
@@ -378,7 +378,7 @@ def _file_part(path: Path, schema: Schema, split: str | None, on_bad_lines: str)
     include = list(columns.values())
 
     def open_stream(handler):
-        read = pacsv.ReadOptions(use_threads=True, block_size=16 << 20,
+        read = pacsv.ReadOptions(use_threads=True, block_size=4 << 20,
                                  column_names=None if header else names,
                                  skip_rows=0)
         parse = pacsv.ParseOptions(delimiter=delim, quote_char='"' if delim == "," else False,
@@ -400,7 +400,7 @@ def _file_part(path: Path, schema: Schema, split: str | None, on_bad_lines: str)
             return "error"
         try:
             reader = open_stream(handler)
-        except pa.ArrowInvalid as e:
+        except (pa.ArrowInvalid, OSError) as e:  # OSError: e.g. a truncated .gz
             raise CtrkitError(_arrow_error(part, e, 0)) from None
         rows = 0
         while True:
@@ -408,7 +408,7 @@ def _file_part(path: Path, schema: Schema, split: str | None, on_bad_lines: str)
                 batch = reader.read_next_batch()
             except StopIteration:
                 return
-            except pa.ArrowInvalid as e:
+            except (pa.ArrowInvalid, OSError) as e:
                 raise CtrkitError(_arrow_error(part, e, rows)) from None
             rows += batch.num_rows
             yield batch
@@ -433,7 +433,7 @@ def _file_part(path: Path, schema: Schema, split: str | None, on_bad_lines: str)
 
 def _arrow_error(part: _Part, e: Exception, rows_ok: int) -> str:
     msg = str(e).splitlines()[0]
-    if part.locate_bad_row is not None and ("columns" in msg or "CSV parse" in msg):
+    if part.locate_bad_row is not None and "columns" in msg:
         return f"{part.name}: {part.locate_bad_row(rows_ok)}"
     return f"{part.name}: near line {part.first_line + rows_ok}: {msg}"
 
@@ -870,39 +870,66 @@ def _prepare_into(tmp: Path, schema: Schema, proto: Protocol, parts: list[_Part]
         finally:
             bar.close()
 
-    # Pass 1: count the training values of every field.
+    # Pass 1 (the only parse): each block's rows go, as block-local dictionary codes, straight to
+    # their split's .npy file; the block's distinct keys go to a side file; training values are
+    # counted. Pass 2 rewrites the codes in place as vocabulary indices, block by block.
     counter = _Counter(F)
-    train_parts = [p for p in parts if p.split in (None, "train")]
-    for part in train_parts:
-        for y, fields, sp in stream(part, f"count {Path(part.name).name}"):
-            tr = sp == 0
-            for f, (keys, codes) in enumerate(fields):
-                counter.add(f, keys, codes[tr])
+    X_out = {s: _NpyAppender(tmp / f"{s}_X.npy", np.int32, F) for s in SPLITS}
+    y_out = {s: _NpyAppender(tmp / f"{s}_y.npy", np.float32, None) for s in SPLITS}
+    keys_path = tmp / ".keys.bin"
+    blocks = []  # per block: (key offset of each field [F+1], [(split, row0, row1), ...])
+    n_keys = 0
+    skipped = 0
+    try:
+        with open(keys_path, "wb") as kf:
+            for part in parts:
+                count = part.split in (None, "train")
+                for y, fields, sp in stream(part, f"read {Path(part.name).name}"):
+                    C = np.empty((len(y), F), dtype=np.int32)
+                    offs = [n_keys]
+                    for f, (keys, codes) in enumerate(fields):
+                        C[:, f] = codes
+                        kf.write(np.ascontiguousarray(keys, dtype=np.uint64).tobytes())
+                        n_keys += len(keys)
+                        offs.append(n_keys)
+                    ranges = []
+                    for i, s in enumerate(SPLITS):
+                        m = sp == i
+                        k = int(m.sum())
+                        if k == 0:
+                            continue
+                        Cs = C[m] if k < len(y) else C
+                        if count and i == 0:
+                            for f in range(F):
+                                counter.add(f, fields[f][0], Cs[:, f])
+                        r0 = X_out[s].rows
+                        X_out[s].append(Cs)
+                        y_out[s].append(y[m] if k < len(y) else y)
+                        ranges.append((s, r0, r0 + k))
+                    blocks.append((np.asarray(offs, dtype=np.int64), ranges))
+                skipped += part.skipped[0]
+    finally:
+        for app in list(X_out.values()) + list(y_out.values()):
+            app.close()
     vocabs = [counter.vocab(f, min_count) for f in range(F)]
     del counter
 
-    # Pass 2: map to indices, append to the split files.
-    X_out = {s: _NpyAppender(tmp / f"{s}_X.npy", np.int32, F) for s in SPLITS}
-    y_out = {s: _NpyAppender(tmp / f"{s}_y.npy", np.float32, None) for s in SPLITS}
-    pos = {s: 0 for s in SPLITS}
-    skipped = 0
-    try:
-        for part in parts:
-            for y, fields, sp in stream(part, f"index {Path(part.name).name}"):
-                X = np.empty((len(y), F), dtype=np.int32)
-                for f, (keys, codes) in enumerate(fields):
-                    local = _lookup(vocabs[f][0], vocabs[f][1], keys)
-                    X[:, f] = local[codes]
-                for i, s in enumerate(SPLITS):
-                    m = sp == i
-                    if m.any():
-                        X_out[s].append(X[m])
-                        y_out[s].append(y[m])
-                        pos[s] += int(m.sum())
-            skipped += part.skipped[0]
-    finally:
-        for a in list(X_out.values()) + list(y_out.values()):
-            a.close()
+    if n_keys:
+        all_keys = np.memmap(keys_path, dtype=np.uint64, mode="r", shape=(n_keys,))
+        X_mm = {s: np.load(tmp / f"{s}_X.npy", mmap_mode="r+") for s in SPLITS if X_out[s].rows}
+        for offs, ranges in tqdm(blocks, desc="index", unit="blocks", disable=not progress,
+                                 leave=False, file=sys.stderr):
+            local = [_lookup(vocabs[f][0], vocabs[f][1], all_keys[offs[f]:offs[f + 1]])
+                     for f in range(F)]
+            for s, r0, r1 in ranges:
+                blk = np.array(X_mm[s][r0:r1])
+                for f in range(F):
+                    blk[:, f] = local[f][blk[:, f]]
+                X_mm[s][r0:r1] = blk
+        for m in X_mm.values():
+            m.flush()
+        del X_mm, all_keys
+    keys_path.unlink()
     rows = {s: X_out[s].rows for s in SPLITS}
     if rows["train"] == 0:
         raise CtrkitError(f"{parts[0].name}: no valid rows to train on")

@@ -53,6 +53,7 @@ class _Field:
     missing: float
     effect: np.ndarray        # per-value main effect, [card]
     latent: np.ndarray        # per-value latent vector for the pairwise/MLP terms, [card, k]
+    cdf: np.ndarray | None = None  # Zipf CDF over ranks (None: value drawn by another model)
 
 
 def _scaled_card(base: int, rows: int) -> int:
@@ -104,8 +105,12 @@ class _Truth:
 
     @staticmethod
     def _field(rng, name, card, zipf, missing, scale) -> _Field:
+        cdf = None
+        if zipf:
+            p = 1.0 / np.arange(1, card + 1) ** zipf
+            cdf = np.cumsum(p / p.sum())
         return _Field(name, card, zipf, missing, rng.normal(0, scale, size=card),
-                      rng.normal(0, 1, size=(card, 4)).astype(np.float64))
+                      rng.normal(0, 1, size=(card, 4)).astype(np.float64), cdf)
 
     @staticmethod
     def _calibrate(logit: np.ndarray, ctr: float) -> float:
@@ -125,8 +130,7 @@ class _Truth:
             if f.zipf == 0.0:
                 r = None  # filled by the caller's integer/hour model
             else:
-                p = 1.0 / np.arange(1, f.card + 1) ** f.zipf
-                r = np.searchsorted(np.cumsum(p / p.sum()), rng.random(n), side="right")
+                r = np.searchsorted(f.cdf, rng.random(n), side="right")
                 r = np.minimum(r, f.card - 1)
             ranks.append(r)
         if self.dataset == "criteo":
