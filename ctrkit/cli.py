@@ -144,6 +144,10 @@ def cmd_pretrain(args):
 
 
 def cmd_mutual(args):
+    if args.distributed:
+        from ctrkit import distributed
+
+        return distributed.cli_mutual(args)
     from ctrkit import data, experiments
 
     d = data.load(args.data)
