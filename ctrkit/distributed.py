@@ -378,7 +378,7 @@ def mutual_fit_distributed(model: nn.Module, data, config: MutualConfig | dict |
             train_seconds = ck["train_seconds"]
             if peer.trainable and not peer.training:  # stopped early before the interruption
                 peer.model.eval()
-            if main:
+            if comm.is_main:  # always said, also with --json: a resumed run must not pass for a fresh one
                 tqdm.write(f"resuming all {comm.layout.world_size} ranks after epoch {epoch_done} from {out}",
                            file=sys.stderr)
 
