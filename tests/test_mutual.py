@@ -1,0 +1,260 @@
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from ctrkit import cli, experiments, metrics, models, mutual, presets, tables, train
+from ctrkit.losses import mutual_losses
+from ctrkit.mutual import MutualConfig, mutual_fit, run_mutual
+from ctrkit.store import ResultsStore
+from ctrkit.utils import CtrkitError, seed_everything
+
+FOUR = ["DeepFM", "DCN", "PNN", "FiBiNET"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two
+    # threads spinning against other processes, and results do not depend on it.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+FAST = dict(preset="smoke", device="cpu", progress=False)
+
+
+def _smoke_model(name, data, seed):
+    seed_everything(seed)
+    return models.build(name, data.field_sizes, **presets.get(name, "smoke").model)
+
+
+def _smoke_train(name, **changes):
+    return train.TrainConfig.from_dict({**presets.get(name, "smoke").train, "device": "cpu", "progress": False,
+                                        **changes})
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory, criteo_small, avazu_small):
+    """Smoke baselines of the four paper models on both datasets, seed 1 (1 epoch each)."""
+    root = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for d in (criteo_small, avazu_small):
+        experiments.pretrain_baselines(d, FOUR, root / d.dataset, preset="smoke", seeds=[1], device="cpu",
+                                       progress=False)
+        out[d.dataset] = experiments.seed_dir(root / d.dataset, 1)
+    return out
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+def test_weight_zero_is_bit_identical_to_independent_fit(criteo_small):
+    """alone (and mutual with weight 0): each peer = ctrkit.train.fit of the same model and seed."""
+    d = criteo_small
+    alone = run_mutual(d, ["DeepFM", "DCN"], init="scratch", mode="alone", epochs=2, seed=7, **FAST)
+    zero = run_mutual(d, ["DeepFM", "DCN"], init="scratch", mode="mutual", weight=0.0, epochs=2, seed=7, **FAST)
+    for k, name in enumerate(["DeepFM", "DCN"]):
+        ref = train.fit(_smoke_model(name, d, 7), d, _smoke_train(name, seed=7, epochs=2))
+        for r in (alone, zero):
+            assert r["peers"][k]["test_auc"] == ref["test_auc"]
+            assert r["peers"][k]["test_logloss"] == ref["test_logloss"]
+            assert r["peers"][k]["valid_auc"] == ref["valid_auc"]
+    # and the mutual term does change the result
+    one = run_mutual(d, ["DeepFM", "DCN"], init="scratch", mode="mutual", weight=1.0, epochs=2, seed=7, **FAST)
+    assert one["peers"][0]["test_auc"] != alone["peers"][0]["test_auc"]
+
+
+def test_one_mutual_step_is_the_papers_equation(criteo_small):
+    """A one-step run (batch = whole train split) equals a hand-written step: forward both peers,
+    mutual_losses, backward, clip, Adam, per peer."""
+    d = criteo_small
+    names = ["DeepFM", "PNN"]
+    peers = [_smoke_model(n, d, 3 + k) for k, n in enumerate(names)]
+    manual = copy.deepcopy(peers)
+    n = d.rows["train"]
+    cfg = MutualConfig(mode="mutual", weight=0.7, epochs=1, batch_size=n, seed=5, device="cpu", amp="off",
+                       progress=False, train=[_smoke_train(x, lr=0.01) for x in names])
+    res = mutual_fit(peers, d, cfg)
+
+    Xtr, ytr = d.tensors("train")
+    perm = torch.randperm(n, generator=seed_everything(5))
+    xb, yb = Xtr[perm], ytr[perm]
+    opts = [train.make_optimizer(m, _smoke_train(x, lr=0.01)) for m, x in zip(manual, names)]
+    losses = mutual_losses([m(xb).float() for m in manual], yb, weight=0.7)
+    for m, opt, loss in zip(manual, opts, losses):
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(list(m.parameters()), 10.0)
+        opt.step()
+    for got, want in zip(peers, manual):
+        for (k, a), b in zip(got.state_dict().items(), want.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=k)
+    # the reported test AUC is that of the trained weights
+    Xte, yte = d.tensors("test")
+    p = train.predict(manual[1], Xte)
+    assert res["peers"][1]["test_auc"] == pytest.approx(metrics.auc(yte, p), abs=1e-12)
+
+
+def test_repeated_model_peers_get_different_seeds(criteo_small):
+    r = run_mutual(criteo_small, ["DeepFM", "DeepFM"], init="scratch", epochs=1, seed=3, **FAST)
+    assert [p["label"] for p in r["peers"]] == ["DeepFM", "DeepFM_2"]
+    assert [p["seed"] for p in r["peers"]] == [3, 4]
+    assert r["peers"][0]["test_auc"] != r["peers"][1]["test_auc"]
+
+
+def test_finetune_kd_and_ensemble_semantics(criteo_small, ckpts):
+    d, ck = criteo_small, ckpts["criteo"]
+    ft = run_mutual(d, ["DeepFM", "DCN"], init="pretrained", ckpt_dir=ck, epochs=1, seed=1, **FAST)
+    pre_lr = train.load_checkpoint(ck / "DeepFM" / "best.pt")["train_config"]["lr"]
+    assert ft["peers"][0]["train_config"]["lr"] == pytest.approx(pre_lr * 0.1)
+    base = json.loads((ck / "DeepFM" / "result.json").read_text())
+    assert ft["peers"][0]["pretrained_test_auc"] == pytest.approx(base["test_auc"], abs=1e-9)
+
+    kd = run_mutual(d, ["DeepFM", "DCN"], init="pretrained", mode="kd", ckpt_dir=ck, epochs=1, seed=1, **FAST)
+    teacher, student = kd["peers"]
+    assert not teacher["trained"] and teacher["test_auc"] == teacher["pretrained_test_auc"]
+    assert student["trained"] and student["learns_from"] == [0]
+    assert student["test_auc"] != student["pretrained_test_auc"]
+
+    ens = run_mutual(d, ["DeepFM", "DCN", "PNN"], init="pretrained", mode="ensemble", ckpt_dir=ck, **FAST)
+    assert ens["epochs"] == 0
+    assert all(p["test_auc"] == p["pretrained_test_auc"] for p in ens["peers"])
+    Xte, yte = d.tensors("test")
+    probs = [train.predict(train.load_pretrained(ck / m)[0], Xte) for m in ["DeepFM", "DCN", "PNN"]]
+    assert ens["ensemble"]["test_auc"] == pytest.approx(metrics.auc(yte, torch.stack(probs).mean(0)), abs=1e-12)
+
+
+def test_kl_divergence_and_warmup_run(criteo_small):
+    r = run_mutual(criteo_small, ["DeepFM", "DCN"], init="scratch", divergence="kl", warmup_steps=5,
+                   epochs=1, seed=2, **FAST)
+    assert r["divergence"] == "kl" and r["config"]["warmup_steps"] == 5
+    assert all(0.0 < p["test_auc"] < 1.0 for p in r["peers"])
+
+
+# ---------------------------------------------------------------- bad input, before any training
+
+
+def _no_training(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("training started before the input was checked")
+    monkeypatch.setattr(mutual, "mutual_fit", boom)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(peers=["DeepFM"], init="scratch"), "at least 2 peers"),
+    (dict(peers=["DeepFM", "DCN"], init="scratch", weight=-1.0), "weight must be >= 0"),
+    (dict(peers=["DeepFM", "Nope"], init="scratch"), "unknown model 'Nope'"),
+    (dict(peers=["DeepFM", "DCN"], init="pretrained"), "needs --ckpt-dir"),
+    (dict(peers=["DeepFM", "DCN"], init="scratch", mode="ensemble"), "use --init pretrained"),
+    (dict(peers=["DeepFM", "DCN"], init="warm"), "unknown init 'warm'"),
+])
+def test_bad_input_is_a_clear_error(criteo_small, monkeypatch, kwargs, match):
+    _no_training(monkeypatch)
+    with pytest.raises(CtrkitError, match=match):
+        run_mutual(criteo_small, **kwargs, **FAST)
+
+
+def test_missing_checkpoint_and_foreign_feature_map(criteo_small, ckpts, tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    with pytest.raises(CtrkitError, match=r"missing checkpoint .*DeepFM_2/best.pt"):
+        run_mutual(criteo_small, ["DeepFM", "DeepFM"], init="pretrained", ckpt_dir=ckpts["criteo"], **FAST)
+    # a ckpt dir whose second model was pretrained on the Avazu feature map
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "DeepFM").symlink_to(ckpts["criteo"] / "DeepFM")
+    (mixed / "DCN").symlink_to(ckpts["avazu"] / "DCN")
+    with pytest.raises(CtrkitError, match="DCN/best.pt was pretrained on feature map"):
+        run_mutual(criteo_small, ["DeepFM", "DCN"], init="pretrained", ckpt_dir=mixed, **FAST)
+    with pytest.raises(CtrkitError, match="field sizes"):
+        mutual_fit([_smoke_model("DeepFM", criteo_small, 0), train.load_pretrained(ckpts["avazu"] / "DCN")[0]],
+                   criteo_small, {"device": "cpu", "progress": False})
+
+
+# ---------------------------------------------------------------- experiments and store
+
+
+def test_experiments_grid_records_and_skip(criteo_small, ckpts, tmp_path, monkeypatch):
+    d = criteo_small
+    store = ResultsStore(tmp_path / "r.jsonl")
+    root = ckpts["criteo"].parent
+    base = experiments.pretrain_baselines(d, ["DeepFM", "DCN"], root, preset="smoke", seeds=[1], store=store,
+                                          device="cpu", progress=False)  # reuses the fixture's checkpoints
+    assert set(base["mode"]) == {"baseline"} and len(store.records()) == 2
+    df = experiments.run(d, [["DeepFM", "DCN"]], inits=["scratch", "pretrained"], modes=["mutual", "alone", "ensemble"],
+                         seeds=[1], store=store, ckpt_dir=root, preset="smoke", epochs=1, device="cpu", progress=False)
+    assert len(df) == 2 * 5  # ensemble from scratch is not a run
+    rec = store.records()[-1]
+    for key in ("config", "fingerprint", "dataset", "peer", "partners", "init", "mode", "seed", "n_peers",
+                "valid_auc", "test_auc", "test_logloss", "pretrained_test_auc", "partners_pretrained_auc",
+                "seconds", "env_info"):
+        assert key in rec, key
+    assert rec["partners"] == ["DeepFM"] and rec["partners_pretrained_auc"][0] is not None
+    # a second call re-runs nothing: the store already has every run key
+    monkeypatch.setattr(mutual, "run_mutual", lambda *a, **k: pytest.fail("re-ran a finished run"))
+    again = experiments.run(d, [["DeepFM", "DCN"]], inits=["scratch", "pretrained"], modes=["mutual", "alone", "ensemble"],
+                            seeds=[1], store=store, ckpt_dir=root, preset="smoke", epochs=1, device="cpu", progress=False)
+    assert again["test_auc"].tolist() == df["test_auc"].tolist()
+    assert len(store.records()) == 12
+    fin = tables.finetune(store)
+    assert set(fin["peer"]) == {"DeepFM", "DCN"} and fin["alone_auc_mean"].notna().all()
+
+
+# ---------------------------------------------------------------- CLI end to end
+
+
+def _cli_json(capsys, argv):
+    assert cli.main(argv) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("dataset", ["criteo", "avazu"])
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_cli_every_mode_for_2_3_4_peers(request, ckpts, tmp_path, capsys, dataset, n):
+    d = request.getfixturevalue(f"{dataset}_small")
+    peers = ",".join(FOUR[:n])
+    store = tmp_path / "r.jsonl"
+    common = ["--data", str(d.path), "--peers", peers, "--preset", "smoke", "--epochs", "1", "--device", "cpu",
+              "--seed", "1", "--store", str(store), "--json"]
+    out = {}
+    for init, mode in [("scratch", "mutual"), ("pretrained", "mutual"), ("pretrained", "alone"),
+                       ("pretrained", "kd"), ("pretrained", "ensemble")]:
+        extra = ["--ckpt-dir", str(ckpts[dataset])] if init == "pretrained" else []
+        j = _cli_json(capsys, ["mutual", "--init", init, "--mode", mode] + common + extra)
+        assert j["init"] == init and j["mode"] == mode and 0.0 < j["ensemble_test_auc"] < 1.0
+        assert [p["model"] for p in j["peers"]] == FOUR[:n]
+        for p in j["peers"]:
+            assert set(p) >= {"model", "seed", "pretrained_test_auc", "valid_auc", "test_auc", "test_logloss"}
+            assert (p["pretrained_test_auc"] is None) == (init == "scratch")
+        out[(init, mode)] = j
+    assert len(ResultsStore(store).records()) == 5 * n
+    # the same command again is skipped: the store has it
+    again = _cli_json(capsys, ["mutual", "--init", "scratch", "--mode", "mutual"] + common)
+    assert again["skipped"] and again["peers"] == out[("scratch", "mutual")]["peers"]
+
+
+def test_cli_errors_and_table_command(criteo_small, ckpts, tmp_path, capsys):
+    base = ["mutual", "--data", str(criteo_small.path), "--preset", "smoke", "--device", "cpu", "--json"]
+    assert cli.main(base + ["--peers", "DeepFM", "--init", "scratch"]) == 2
+    assert "at least 2 peers" in capsys.readouterr().err
+    assert cli.main(base + ["--peers", "DeepFM,DCN", "--init", "scratch", "--weight", "-1"]) == 2
+    assert "weight must be >= 0" in capsys.readouterr().err
+    assert cli.main(base + ["--peers", "DeepFM,DCN", "--init", "pretrained", "--ckpt-dir", str(tmp_path)]) == 2
+    assert "missing checkpoint" in capsys.readouterr().err
+    assert cli.main(["table", "finetune", "--store", str(tmp_path / "none.jsonl")]) == 2
+    # a real store through the installed console script: the table prints
+    store = tmp_path / "r.jsonl"
+    cli.main(base + ["--peers", "DeepFM,DCN", "--init", "pretrained", "--ckpt-dir", str(ckpts["criteo"]),
+                     "--epochs", "1", "--seed", "1", "--store", str(store)])
+    capsys.readouterr()
+    p = subprocess.run([sys.executable, "-m", "ctrkit.cli", "table", "finetune", "--store", str(store)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "| criteo" in p.stdout and "DeepFM" in p.stdout
+    for fmt, marker in [("csv", "delta_auc_mean"), ("tex", "\\begin{tabular}")]:
+        assert cli.main(["table", "finetune", "--store", str(store), "--format", fmt]) == 0
+        out = capsys.readouterr().out
+        assert marker in out and "DeepFM" in out
