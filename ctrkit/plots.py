@@ -31,7 +31,7 @@ FORMATS = ("png", "svg")
 DPI = 200
 
 __all__ = [
-    "COLUMN", "TEXT", "style", "save", "delta_auc_bar", "partner_heatmap", "gain_vs_partner_auc",
+    "COLUMN", "TEXT", "style", "save", "show", "delta_auc_bar", "partner_heatmap", "gain_vs_partner_auc",
     "peer_count", "split_ctr", "rank_frequency", "figure_kd", "figure_mutual",
 ]
 
@@ -66,6 +66,16 @@ def save(fig: plt.Figure, out: str | os.PathLike, formats: Sequence[str] = FORMA
     finally:
         plt.close(fig)
     return paths
+
+
+def show(paths: Sequence[str | os.PathLike], width: int | None = None):
+    """The PNG of a saved figure as an IPython image, so a notebook cell displays what was written."""
+    from IPython.display import Image
+
+    png = next((Path(p) for p in paths if str(p).endswith(".png")), None)
+    if png is None or not png.exists():
+        raise CtrkitError(f"show: no PNG among {[str(p) for p in paths]}")
+    return Image(filename=str(png), width=width)
 
 
 def _need(df: pd.DataFrame, cols: Sequence[str | None], what: str) -> pd.DataFrame:

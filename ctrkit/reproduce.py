@@ -124,6 +124,16 @@ class Settings:
         """Stem of a figure file: figures/<dataset>_<name> (.png and .svg are added by ctrkit.plots)."""
         return self.figures / f"{self.dataset}_{name}"
 
+    @property
+    def pairs(self) -> list[list[str]]:
+        """Every pair of the main models (03's partner matrix)."""
+        return [[a, b] for i, a in enumerate(self.models) for b in self.models[i + 1:]]
+
+    @property
+    def peer_sets_k(self) -> list[list[str]]:
+        """The peer sets of 04: the first N of `peers_k` for N = 2..k (N = 1 is the alone control)."""
+        return [self.peers_k[:n] for n in range(2, self.k + 1)]
+
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
@@ -161,15 +171,16 @@ def dataset(cfg: Settings):
     if cfg.data_dir is None:
         if not cfg.rows:
             raise CtrkitError(f"profile {cfg.profile}: no data_dir and no synthetic row count")
-        return ctrdata.synthetic_dataset(cfg.dataset, cfg.rows, cfg.data_path)
+        return ctrdata.synthetic_dataset(cfg.dataset, cfg.rows, cfg.data_path, progress=cfg.progress)
     if not cfg.data_dir.exists():
         raise CtrkitError(f"--data {cfg.data_dir}: no such file or directory")
     if (cfg.data_dir / "feature_map.json").exists():
         return ctrdata.load(cfg.data_dir)
-    # Raw files: prepare once into OUT/data/<dataset> (prepare itself is a no-op when already done).
-    if (cfg.data_path / "feature_map.json").exists():
-        return ctrdata.load(cfg.data_path)
-    return ctrdata.load(ctrdata.prepare(cfg.dataset, cfg.data_dir, cfg.data_path, progress=cfg.progress))
+    # Raw files: prepare once into OUT/data/<dataset>/data, the layout synthetic data gets too.
+    target = cfg.data_path / "data"
+    if (target / "feature_map.json").exists():
+        return ctrdata.load(target)
+    return ctrdata.load(ctrdata.prepare(cfg.dataset, cfg.data_dir, target, progress=cfg.progress))
 
 
 def save_table(df: pd.DataFrame, stem: str | Path, *, floatfmt: str = ".4f") -> pd.DataFrame:
@@ -180,6 +191,17 @@ def save_table(df: pd.DataFrame, stem: str | Path, *, floatfmt: str = ".4f") -> 
     with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
         tmp.write_text(df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
     return df
+
+
+def bars_source() -> dict:
+    """Where the BARS reference numbers of `ctrkit/bars.json` come from (shown under the baselines table)."""
+    from importlib import resources
+
+    try:
+        meta = json.loads(resources.files("ctrkit").joinpath("bars.json").read_text())
+    except (FileNotFoundError, OSError):
+        return {"about": "ctrkit/bars.json is not installed: no BARS reference numbers"}
+    return {k: meta[k] for k in ("about", "source") if k in meta}
 
 
 def read_table(stem: str | Path) -> pd.DataFrame:
@@ -204,8 +226,12 @@ def data_tables(data, cfg: Settings, *, top_fields: int = 6) -> dict[str, Path]:
     vocab = pd.DataFrame({"dataset": cfg.dataset, "field": fields, "vocab_size": data.field_sizes})
     X, _ = data.numpy("train")
     freq = []
-    for i in np.argsort(-np.asarray(data.field_sizes), kind="stable")[:top_fields]:
-        counts = np.sort(np.bincount(np.asarray(X[:, i]), minlength=1))[::-1]
+    # Categorical fields first (Criteo's I1-I13 are bucketised numbers), largest vocabularies first.
+    sizes = np.asarray(data.field_sizes)
+    numeric = np.array([cfg.dataset == "criteo" and f.startswith("I") for f in fields])
+    for i in np.lexsort((-sizes, numeric))[:top_fields]:
+        # Indices 0 (padding) and 1 (OOV: every value rarer than the min-count) are not values.
+        counts = np.sort(np.bincount(np.asarray(X[:, i]), minlength=2)[2:])[::-1]
         counts = counts[counts > 0]
         freq.append(pd.DataFrame({"dataset": cfg.dataset, "field": fields[i],
                                   "rank": np.arange(1, len(counts) + 1), "count": counts}))
@@ -217,6 +243,111 @@ def data_tables(data, cfg: Settings, *, top_fields: int = 6) -> dict[str, Path]:
     return {"splits": cfg.table("data_splits").with_name(f"{cfg.dataset}_data_splits.csv"),
             "vocab": cfg.table("data_vocab").with_name(f"{cfg.dataset}_data_vocab.csv"),
             "frequency": freq_csv}
+
+
+def export_results(cfg: Settings) -> Path:
+    """Export the run's results store to its tidy CSV (`<dataset>/results.csv`); tables/figures read that."""
+    from ctrkit.store import ResultsStore
+
+    if not cfg.store.exists():
+        raise CtrkitError(f"results store {cfg.store} does not exist: run 01_baselines first")
+    return ResultsStore(cfg.store).to_csv(cfg.results_csv)
+
+
+def paper_table(cfg: Settings, name: str) -> pd.DataFrame:
+    """One of the paper's tables (`ctrkit.tables`) from the results CSV: written numeric as
+    tables/<dataset>_<name>.csv and human-readable as .md; returned in the human form for display."""
+    from ctrkit import tables
+
+    if not cfg.results_csv.exists():
+        raise CtrkitError(f"{cfg.results_csv} does not exist: call reproduce.export_results(cfg) first")
+    df = tables.table(name, cfg.results_csv)
+    df = df[df["dataset"] == cfg.dataset] if "dataset" in df.columns and len(df) else df
+    stem = cfg.table(name)
+    with atomic_path(stem.with_name(stem.name + ".csv")) as tmp:
+        df.to_csv(tmp, index=False)
+    with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
+        tmp.write_text(tables.render(name, df, "md") + "\n")
+    return tables.display(name, df) if len(df) else df
+
+
+def _partner_list(v) -> list:
+    if isinstance(v, list):
+        return v
+    if isinstance(v, str) and v.strip():
+        try:
+            out = json.loads(v)
+            return out if isinstance(out, list) else [out]
+        except ValueError:
+            return [p for p in v.replace(",", "+").split("+") if p]
+    return []
+
+
+def _rel_pct(new, ref):
+    new, ref = np.asarray(new, dtype=float), np.asarray(ref, dtype=float)
+    return 100.0 * (new - ref) / ref
+
+
+FIGURE_FRAMES = ("settings", "partners", "peer_count")
+
+
+def figure_frame(cfg: Settings, kind: str) -> Path:
+    """Per-seed tidy data of one figure, derived from the results CSV, written as
+    tables/<dataset>_fig_<kind>.csv (the figure cells only read it). Kinds:
+    - settings: model, setting (scratch_mutual | finetune_alone | finetune_mutual), seed, test_auc,
+      reference_auc, rel_delta_auc_pct (scratch is compared with the baseline of its model and seed;
+      finetuning with the pretrained checkpoint it started from);
+    - partners: model, partner, seed, rel_delta_auc_pct, partner_auc (the partner's pretrained test AUC);
+    - peer_count: model, n_peers, seed, test_auc, rel_delta_auc_pct (N = 1 is the alone control).
+    """
+    if kind not in FIGURE_FRAMES:
+        raise CtrkitError(f"unknown figure data {kind!r}; valid: {', '.join(FIGURE_FRAMES)}")
+    if not cfg.results_csv.exists():
+        raise CtrkitError(f"{cfg.results_csv} does not exist: call reproduce.export_results(cfg) first")
+    df = pd.read_csv(cfg.results_csv)
+    df = df[df["dataset"] == cfg.dataset] if "dataset" in df.columns else df
+    df = df.assign(model=df["model"].where(df["model"].notna(), df["peer"]) if "model" in df.columns else df["peer"])
+    base = df[df["mode"] == "baseline"].drop_duplicates(["model", "seed"], keep="last")
+    pre = df[(df["init"] == "pretrained")]
+    if kind == "settings":
+        parts = []
+        scratch = df[(df["init"] == "scratch") & (df["mode"] == "mutual")]
+        scratch = scratch.merge(base[["model", "seed", "test_auc"]].rename(columns={"test_auc": "reference_auc"}),
+                                on=["model", "seed"], how="inner")
+        parts.append(scratch.assign(setting="scratch_mutual"))
+        # the main comparison is the 4-model run; the N=2..5 runs of 04 belong to their own figure
+        main = "+".join(cfg.models)
+        for mode in ("alone", "mutual"):
+            # alone results don't depend on the run's other peers (no mutual term), mutual ones do
+            sel = pre[(pre["mode"] == mode) & ((pre["peers"].astype(str) == main) | (mode == "alone"))]
+            sel = sel[sel["model"].isin(cfg.models)].drop_duplicates(["model", "seed"], keep="last")
+            parts.append(sel.assign(setting=f"finetune_{mode}", reference_auc=sel["pretrained_test_auc"]))
+        out = pd.concat(parts, ignore_index=True)
+        out = out[["model", "setting", "seed", "test_auc", "reference_auc"]]
+        out["rel_delta_auc_pct"] = _rel_pct(out["test_auc"], out["reference_auc"])
+    elif kind == "partners":
+        two = pre[(pre["mode"] == "mutual") & (pre["n_peers"] == 2)].copy()
+        two["partner"] = [(_partner_list(p) or [None])[0] for p in two["partners"]]
+        two = two.merge(base[["model", "seed", "test_auc"]].rename(columns={"model": "partner", "test_auc": "partner_auc"}),
+                        on=["partner", "seed"], how="left")
+        # a partner's pretrained AUC: its baseline record, else the pretrained AUC its own record carries
+        two["rel_delta_auc_pct"] = _rel_pct(two["test_auc"], two["pretrained_test_auc"])
+        out = two[["model", "partner", "seed", "test_auc", "pretrained_test_auc", "partner_auc", "rel_delta_auc_pct"]]
+    else:
+        sel = pre[pre["mode"].isin(["mutual", "alone"])].copy()
+        sel["n_peers"] = np.where(sel["mode"] == "alone", 1, sel["n_peers"])
+        sel = sel.drop_duplicates(["model", "n_peers", "seed", "peers"], keep="last")
+        sel["rel_delta_auc_pct"] = _rel_pct(sel["test_auc"], sel["pretrained_test_auc"])
+        # only the peer sets of the peer-count sweep (prefixes of peers_k) and the alone control
+        keep = ["+".join(p) for p in cfg.peer_sets_k]
+        sel = sel[(sel["n_peers"] == 1) | sel["peers"].astype(str).isin(keep)]
+        sel = sel[sel["model"].isin(cfg.peers_k)]
+        out = sel[["model", "n_peers", "seed", "test_auc", "pretrained_test_auc", "rel_delta_auc_pct"]]
+    path = cfg.table(f"fig_{kind}")
+    path = path.with_name(path.name + ".csv")
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -332,8 +463,12 @@ def run(
         except PapermillExecutionError as e:
             partial.replace(failed) if partial.exists() else None
             evalue = " ".join(str(e.evalue).split())[:300]
-            raise CtrkitError(f"notebook {job.notebook} ({job.dataset}) failed in cell {e.cell_index}: "
-                              f"{e.ename}: {evalue} (executed notebook: {failed})") from None
+            first = next((ln.strip() for ln in str(getattr(e, "source", "")).splitlines() if ln.strip()), "")
+            first = first if len(first) <= 60 else first[:57] + "..."
+            # cell_index counts the cells of the executed notebook (papermill adds the injected
+            # parameters cell), the one kept as .failed.ipynb; the code line identifies it anyway.
+            raise CtrkitError(f"notebook {job.notebook} ({job.dataset}) failed in cell {e.cell_index} "
+                              f"[{first}]: {e.ename}: {evalue} (executed notebook: {failed})") from None
         except Exception as e:  # kernel died, timeout, missing kernel: still name the notebook
             partial.replace(failed) if partial.exists() else None
             msg = " ".join(str(e).split())[:300]

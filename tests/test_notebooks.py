@@ -1,0 +1,124 @@
+"""Notebooks and `ctrkit reproduce`: the committed notebooks are thin and output-free, the runner names
+the failing notebook and cell, skips finished work, and the smoke profile runs every notebook."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ctrkit import reproduce
+from ctrkit.utils import CtrkitError
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+
+
+def _code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("name", reproduce.NOTEBOOKS)
+def test_notebook_is_thin_parameterised_and_without_outputs(name):
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    params = [c for c in _code_cells(nb) if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, f"{name}: exactly one cell tagged `parameters`"
+    # The parameters cell holds plain literals only (papermill overrides them by name).
+    names = set()
+    for node in ast.parse(params[0].source).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, ast.dump(node)
+        ast.literal_eval(node.value)
+        names.add(node.targets[0].id)
+    assert {"dataset", "data_dir", "profile", "device", "out"} <= names
+    for cell in _code_cells(nb):
+        assert cell.outputs == [] and cell.execution_count is None, f"{name}: committed with outputs"
+        tree = ast.parse(cell.source)
+        defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+        assert not defs, f"{name}: notebooks hold no def/class, found {[d.name for d in defs]}"
+    assert len(_code_cells(nb)) <= 12
+
+
+def test_committed_notebooks_match_their_generator():
+    sys.path.insert(0, str(NB_DIR))
+    try:
+        import make_notebooks
+    finally:
+        sys.path.remove(str(NB_DIR))
+    assert set(make_notebooks.NOTEBOOKS) == set(reproduce.NOTEBOOKS)
+    for name in make_notebooks.NOTEBOOKS:
+        committed = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+        fresh = make_notebooks.build(name)
+        assert [c.source for c in committed.cells] == [c.source for c in fresh.cells], \
+            f"{name}.ipynb is stale: run `python notebooks/make_notebooks.py`"
+
+
+def test_plan_and_bad_arguments(tmp_path):
+    jobs = reproduce.plan(dataset="both", profile="smoke", out=str(tmp_path))
+    assert [j.name for j in jobs[:5]] == [f"criteo_{n}" for n in reproduce.PER_DATASET]
+    assert [j.name for j in jobs[5:10]] == [f"avazu_{n}" for n in reproduce.PER_DATASET]
+    assert [j.name for j in jobs[10:]] == list(reproduce.ONCE)
+    assert jobs[6].parameters == {"dataset": "avazu", "data_dir": None, "profile": "smoke", "device": "auto",
+                                  "out": str(tmp_path.resolve())}
+    with pytest.raises(CtrkitError, match="--data DIR is required"):
+        reproduce.plan(profile="full")
+    with pytest.raises(CtrkitError, match="unknown profile 'fast'; valid: smoke, quick, full"):
+        reproduce.plan(profile="fast")
+    (tmp_path / "raw" / "criteo").mkdir(parents=True)
+    with pytest.raises(CtrkitError, match="needs DIR/criteo and DIR/avazu"):
+        reproduce.plan(profile="full", dataset="both", data=str(tmp_path / "raw"))
+    assert reproduce.plan(profile="full", dataset="criteo", data=str(tmp_path))[0].parameters["data_dir"] == str(tmp_path)
+    with pytest.raises(CtrkitError, match="parameter seeds"):
+        reproduce.settings(dataset="criteo", profile="smoke", seeds=[])
+    with pytest.raises(CtrkitError, match="valid: criteo, avazu"):
+        reproduce.settings(dataset="movielens")
+
+
+def test_runner_skips_finished_notebooks_and_names_the_failing_cell(tmp_path):
+    out = tmp_path / "out"
+    logs = []
+    res = reproduce.run(dataset="criteo", profile="smoke", out=str(out), only=["05_architectures"],
+                        progress=False, log=logs.append, figures=str(tmp_path / "figs"))
+    assert res["ran"] == ["05_architectures"]
+    assert (out / ".done" / "05_architectures.json").exists()
+    assert (out / "figures" / "fig2_mutual_learning.svg").exists()
+    assert (tmp_path / "figs" / "fig1_knowledge_distillation.png").exists()
+    index = (out / "index.md").read_text()
+    assert "figures/fig2_mutual_learning.png" in index and "notebooks/05_architectures.ipynb" in index
+    assert "<img src='figures/fig1_knowledge_distillation.png'" in (out / "index.html").read_text()
+    executed = nbformat.read(out / "notebooks" / "05_architectures.ipynb", as_version=4)
+    assert sum("image/png" in o.get("data", {}) for c in _code_cells(executed) for o in c.outputs) == 2
+
+    again = reproduce.run(dataset="criteo", profile="smoke", out=str(out), only=["05_architectures"],
+                          progress=False, log=logs.append)
+    assert again["ran"] == [] and again["skipped"] == ["05_architectures"]
+
+    # A notebook that fails: the error names the notebook, the cell and the exception; the finished
+    # notebook's marker stays, the failed one gets none and is kept for inspection.
+    bad_dir = tmp_path / "nbs"
+    bad_dir.mkdir()
+    nb = nbformat.read(NB_DIR / "00_data.ipynb", as_version=4)
+    boom = nbformat.v4.new_code_cell("raise ValueError('boom: no such column')")
+    nb.cells.insert(4, boom)
+    nbformat.write(nb, bad_dir / "00_data.ipynb")
+    with pytest.raises(CtrkitError, match=r"notebook 00_data \(criteo\) failed in cell 5 "
+                       r"\[raise ValueError\('boom: no such column'\)\]: ValueError: boom: no such column"):
+        reproduce.run(dataset="criteo", profile="smoke", out=str(out), only=["00_data"], progress=False,
+                      log=logs.append, notebooks_dir=bad_dir)
+    assert not (out / ".done" / "criteo_00_data.json").exists()
+    assert (out / "notebooks" / "criteo" / "00_data.failed.ipynb").exists()
+    assert (out / ".done" / "05_architectures.json").exists()
+
+
+def test_cli_reproduce_errors_are_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ctrkit.cli", "reproduce", "--profile", "full", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["ctrkit: error: --profile full is the BARS protocol on real data: "
+                                             "--data DIR is required (a processed dataset dir or raw files; "
+                                             "with --dataset both, DIR/criteo and DIR/avazu)"]
