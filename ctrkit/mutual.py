@@ -38,7 +38,7 @@ from ctrkit import metrics, presets
 from ctrkit.losses import check_divergence, check_weight, mutual_losses, peer_loss, warmup_weight
 from ctrkit.models import build, canonical_name
 from ctrkit.train import (NonFiniteCheck, TrainConfig, Tracker, amp_context, epoch_batches, load_checkpoint,
-                          load_pretrained, make_optimizer, predict, resolve_amp)
+                          load_pretrained, make_optimizer, predict, resolve_amp, rng_state, set_rng_state)
 from ctrkit.utils import CtrkitError, env_info, resolve_device, seed_everything, torch_save_atomic, write_json_atomic
 
 __all__ = ["MODES", "INITS", "MutualConfig", "mutual_fit", "run_mutual", "mutual_losses", "peer_loss",
@@ -165,11 +165,14 @@ def _evaluate_all(peers: list[_Peer], X, y, batch_size: int) -> tuple[list[dict]
 
 
 def mutual_fit(peers: Sequence[nn.Module], data, config: MutualConfig | dict | None = None,
-               out_dir: str | Path | None = None) -> dict:
+               out_dir: str | Path | None = None, resume: bool = False) -> dict:
     """Train `peers` together on `data` (CTRData). Seed each peer's init before building it; this
     function seeds the shared batch order with `config.seed`. Returns a result dict with `peers`
     (per-peer valid/test AUC and logloss, best epoch, history), `ensemble`, `history`, `seconds`, `env`.
-    With `out_dir`: `<out_dir>/<i>_<Model>/best.pt` per trained peer (the `pretrain` format) and result.json."""
+    With `out_dir`: `last.pt` after every epoch (every peer's weights, optimizer, schedule, early
+    stopping, the RNGs), and at the end `<out_dir>/<i>_<Model>/best.pt` per trained peer (the
+    `pretrain` format) and result.json. `resume=True` continues from `out_dir/last.pt` to the same
+    result as an uninterrupted run (`epochs` may be raised)."""
     config = config if isinstance(config, MutualConfig) else MutualConfig.from_dict(config or {})
     _check_peers(peers, config.mode, data)
     t0 = time.perf_counter()
@@ -191,8 +194,13 @@ def mutual_fit(peers: Sequence[nn.Module], data, config: MutualConfig | dict | N
     Xva, yva = data.tensors("valid", device)
     n = Xtr.shape[0]
     steps = math.ceil(n / config.batch_size)
-    history, global_step = [], 0
-    for epoch in range(1, (config.epochs if trains else 0) + 1):
+    history, global_step, done = [], 0, 0
+    out = Path(out_dir) if out_dir is not None else None
+    if resume and out is None:
+        raise CtrkitError("mutual_fit(resume=True) needs out_dir (where last.pt is)")
+    if resume and (out / "last.pt").is_file():
+        done, global_step, history = _load_last(out / "last.pt", P, config, data, generator)
+    for epoch in range(done + 1, (config.epochs if trains else 0) + 1):
         if not any(p.training for p in P):
             break
         t_epoch = time.perf_counter()
@@ -235,6 +243,8 @@ def mutual_fit(peers: Sequence[nn.Module], data, config: MutualConfig | dict | N
                 entry["improved"] = p.tracker.improved
             row["peers"].append(entry)
         history.append(row)
+        if out is not None:
+            _save_last(out / "last.pt", P, config, data, generator, epoch, global_step, history)
         if config.progress:
             tqdm.write(f"epoch {epoch}: valid AUC " + " ".join(f"{p.name} {v['auc']:.5f}" for p, v in zip(P, valid))
                        + f" | ensemble {ens['auc']:.5f}", file=sys.stderr)
@@ -261,8 +271,7 @@ def mutual_fit(peers: Sequence[nn.Module], data, config: MutualConfig | dict | N
         "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "train"},
         "env": env_info(device, config.seed),
     }
-    if out_dir is not None:
-        out = Path(out_dir)
+    if out is not None:
         for k, p in enumerate(P):
             if p.trainable:
                 torch_save_atomic({"model_name": p.name, "hparams": dict(p.model.hparams),
@@ -272,6 +281,54 @@ def mutual_fit(peers: Sequence[nn.Module], data, config: MutualConfig | dict | N
                                   out / f"{k}_{p.name}" / "best.pt")
         write_json_atomic(out / "result.json", result)
     return result
+
+
+# ---------------------------------------------------------------- per-epoch state, resume
+
+# Run settings that may differ between a run and its resumption.
+_RESUMABLE = {"epochs", "progress", "device", "eval_batch_size", "check_every"}
+
+
+def _save_last(path: Path, P: list[_Peer], config: MutualConfig, data, generator, epoch: int,
+               global_step: int, history: list) -> None:
+    torch_save_atomic({
+        "format": "ctrkit-mutual-last-1", "epoch": epoch, "global_step": global_step, "history": history,
+        "fingerprint": data.fingerprint, "rng": rng_state(generator),
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "train"},
+        "peers": [{"model_name": p.name, "hparams": dict(getattr(p.model, "hparams", {})),
+                   "train_config": p.config.to_dict(), "state_dict": p.model.state_dict(),
+                   "optimizer": p.optimizer.state_dict() if p.trainable else None,
+                   "tracker": p.tracker.state_dict() if p.trainable else None} for p in P],
+    }, path)
+
+
+def _load_last(path: Path, P: list[_Peer], config: MutualConfig, data, generator) -> tuple[int, int, list]:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn file raises one of several types
+        raise CtrkitError(f"{path}: unreadable (truncated or corrupt): {type(e).__name__}: {e}") from None
+    if not isinstance(ck, dict) or ck.get("format") != "ctrkit-mutual-last-1":
+        raise CtrkitError(f"{path}: not a mutual-training checkpoint")
+    if ck["fingerprint"] != data.fingerprint:
+        raise CtrkitError(f"{path}: was trained on feature map {ck['fingerprint']!r}, this dataset has {data.fingerprint!r}")
+    now = {k: v for k, v in dataclasses.asdict(config).items() if k != "train"}
+    changed = sorted(k for k in now if k not in _RESUMABLE and ck["config"].get(k) != now[k])
+    peers_then = [(q["model_name"], q["hparams"]) for q in ck["peers"]]
+    peers_now = [(p.name, dict(getattr(p.model, "hparams", {}))) for p in P]
+    if peers_then != peers_now:
+        changed.append(f"peers {[n for n, _ in peers_then]} -> {[n for n, _ in peers_now]}")
+    if changed:
+        raise CtrkitError(f"{path}: cannot resume with different settings ({', '.join(map(str, changed))}); "
+                          f"use another --out or --force to start over")
+    for p, q in zip(P, ck["peers"]):
+        p.model.load_state_dict(q["state_dict"])
+        if p.trainable:
+            p.optimizer.load_state_dict(q["optimizer"])
+            p.tracker.load_state_dict(q["tracker"])
+            if p.tracker.stopped:
+                p.freeze()
+    set_rng_state(ck["rng"], generator)
+    return ck["epoch"], ck["global_step"], list(ck["history"])
 
 
 # ---------------------------------------------------------------- building the peers
@@ -296,7 +353,8 @@ def run_mutual(data, peers: Sequence[str], init: str = "scratch", mode: str = "m
                ckpt_dir: str | Path | None = None, preset: str = "quick", epochs: int | None = None,
                weight: float = 1.0, divergence: str = "mse", warmup_steps: int = 0, seed: int = 2021,
                device: str = "auto", batch_size: int | None = None, finetune_lr_scale: float = 0.1,
-               finetune_epochs: int = 2, progress: bool = True, out_dir: str | Path | None = None) -> dict:
+               finetune_epochs: int = 2, progress: bool = True, out_dir: str | Path | None = None,
+               resume: bool = False) -> dict:
     """Build (scratch) or load (pretrained) the named peers, check everything, then `mutual_fit`.
 
     scratch: peer = preset model, init seeded with `seed` (+k for the k-th repeat of a model, so two
@@ -304,6 +362,7 @@ def run_mutual(data, peers: Sequence[str], init: str = "scratch", mode: str = "m
     pretrained: peer = `ckpt_dir/<Model>/best.pt`, finetuned at `finetune_lr_scale` x the lr it
     was pretrained with, other settings as pretrained, for `epochs` (default `finetune_epochs`).
     kd: the teacher (first peer) always comes from its checkpoint; the students follow `init`.
+    With `out_dir` and `resume`, an interrupted run continues from `out_dir/last.pt`.
     Returns mutual_fit's result plus `init`, `seed`, `preset`, each peer's `label`, `seed`, and
     `pretrained_valid_auc`/`pretrained_test_auc` (None from scratch).
     """
@@ -368,7 +427,7 @@ def run_mutual(data, peers: Sequence[str], init: str = "scratch", mode: str = "m
     pre_scores = [(_scores(yva, predict(m, Xva, cfg.eval_batch_size)), _scores(yte, predict(m, Xte, cfg.eval_batch_size)))
                   if meta is not None else (None, None) for m, meta in zip(models, pre_meta)]
     del Xva, yva, Xte, yte
-    result = mutual_fit(models, data, cfg, out_dir=out_dir)
+    result = mutual_fit(models, data, cfg, out_dir=out_dir, resume=resume)
     occurrence.clear()
     for k, (r, label, meta, (pv, pt)) in enumerate(zip(result["peers"], labels, pre_meta, pre_scores)):
         occurrence[r["model"]] += 1

@@ -258,3 +258,20 @@ def test_cli_errors_and_table_command(criteo_small, ckpts, tmp_path, capsys):
         assert cli.main(["table", "finetune", "--store", str(store), "--format", fmt]) == 0
         out = capsys.readouterr().out
         assert marker in out and "DeepFM" in out
+
+
+def test_resume_after_an_interrupted_run_gives_the_same_result(criteo_small, tmp_path):
+    """A run stopped after epoch 1 (its last.pt is all that a killed run leaves) and resumed to
+    epoch 3 ends exactly where an uninterrupted 3-epoch run does."""
+    kw = dict(peers=["DeepFM", "DCN"], init="scratch", seed=4, weight=0.5, **FAST)
+    whole = run_mutual(criteo_small, epochs=3, **kw)
+    out = tmp_path / "run"
+    first = run_mutual(criteo_small, epochs=1, out_dir=out, **kw)
+    assert first["epochs"] == 1 and (out / "last.pt").is_file()
+    resumed = run_mutual(criteo_small, epochs=3, out_dir=out, resume=True, **kw)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    for a, b in zip(whole["peers"], resumed["peers"]):
+        assert (a["test_auc"], a["valid_logloss"], a["best_epoch"]) == (b["test_auc"], b["valid_logloss"], b["best_epoch"])
+    assert train.load_pretrained(out / "0_DeepFM")[1]["model_name"] == "DeepFM"
+    with pytest.raises(CtrkitError, match="cannot resume with different settings.*weight"):
+        run_mutual(criteo_small, epochs=3, out_dir=out, resume=True, **{**kw, "weight": 0.9})
