@@ -167,10 +167,11 @@ def run_one(data, peers, init: str = "scratch", mode: str = "mutual", seed: int 
             ckpt_dir: str | Path | None = None, preset: str = "quick", epochs: int | None = None,
             device: str = "auto", weight: float = 1.0, divergence: str = "mse", warmup_steps: int = 0,
             finetune_lr_scale: float = 0.1, finetune_epochs: int = 2, force: bool = False,
-            progress: bool = True, out_dir: str | Path | None = None) -> tuple[list[dict], bool]:
+            progress: bool = True, out_dir: str | Path | None = None, callback=None) -> tuple[list[dict], bool]:
     """One run, recorded in `store` (if given) in one append. Returns (records, skipped): a run
     already in the store is not re-run (its stored records come back) unless `force`. With
-    `out_dir`, a run killed midway resumes from `out_dir/last.pt` (unless `force`)."""
+    `out_dir`, a run killed midway resumes from `out_dir/last.pt` (unless `force`). `callback(row)`
+    gets every epoch's history row (live plots)."""
     store = _store(store)
     names = _peer_list(peers)
     config = dict(peers=mutual.peer_labels(names), init=init, mode=mode, seed=seed, preset=preset, epochs=epochs,
@@ -186,7 +187,8 @@ def run_one(data, peers, init: str = "scratch", mode: str = "mutual", seed: int 
     result = mutual.run_mutual(data, names, init=init, mode=mode, ckpt_dir=ckpt_dir, preset=preset, epochs=epochs,
                                weight=weight, divergence=divergence, warmup_steps=warmup_steps, seed=seed,
                                device=device, finetune_lr_scale=finetune_lr_scale, finetune_epochs=finetune_epochs,
-                               progress=progress, out_dir=out_dir, resume=out_dir is not None and not force)
+                               progress=progress, out_dir=out_dir, resume=out_dir is not None and not force,
+                               callback=callback)
     recs = _records(result, key, config)
     if store is not None:
         store.append(recs)

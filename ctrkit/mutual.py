@@ -165,14 +165,15 @@ def _evaluate_all(peers: list[_Peer], X, y, batch_size: int) -> tuple[list[dict]
 
 
 def mutual_fit(peers: Sequence[nn.Module], data, config: MutualConfig | dict | None = None,
-               out_dir: str | Path | None = None, resume: bool = False) -> dict:
+               out_dir: str | Path | None = None, resume: bool = False, callback=None) -> dict:
     """Train `peers` together on `data` (CTRData). Seed each peer's init before building it; this
     function seeds the shared batch order with `config.seed`. Returns a result dict with `peers`
     (per-peer valid/test AUC and logloss, best epoch, history), `ensemble`, `history`, `seconds`, `env`.
     With `out_dir`: `last.pt` after every epoch (every peer's weights, optimizer, schedule, early
     stopping, the RNGs), and at the end `<out_dir>/<i>_<Model>/best.pt` per trained peer (the
     `pretrain` format) and result.json. `resume=True` continues from `out_dir/last.pt` to the same
-    result as an uninterrupted run (`epochs` may be raised)."""
+    result as an uninterrupted run (`epochs` may be raised). `callback(row)` is called after every
+    epoch with that epoch's history row (each peer's valid AUC/logloss, the ensemble's): live plots."""
     config = config if isinstance(config, MutualConfig) else MutualConfig.from_dict(config or {})
     _check_peers(peers, config.mode, data)
     t0 = time.perf_counter()
@@ -245,6 +246,8 @@ def mutual_fit(peers: Sequence[nn.Module], data, config: MutualConfig | dict | N
         history.append(row)
         if out is not None:
             _save_last(out / "last.pt", P, config, data, generator, epoch, global_step, history)
+        if callback is not None:
+            callback(row)
         if config.progress:
             tqdm.write(f"epoch {epoch}: valid AUC " + " ".join(f"{p.name} {v['auc']:.5f}" for p, v in zip(P, valid))
                        + f" | ensemble {ens['auc']:.5f}", file=sys.stderr)
@@ -354,7 +357,7 @@ def run_mutual(data, peers: Sequence[str], init: str = "scratch", mode: str = "m
                weight: float = 1.0, divergence: str = "mse", warmup_steps: int = 0, seed: int = 2021,
                device: str = "auto", batch_size: int | None = None, finetune_lr_scale: float = 0.1,
                finetune_epochs: int = 2, progress: bool = True, out_dir: str | Path | None = None,
-               resume: bool = False) -> dict:
+               resume: bool = False, callback=None) -> dict:
     """Build (scratch) or load (pretrained) the named peers, check everything, then `mutual_fit`.
 
     scratch: peer = preset model, init seeded with `seed` (+k for the k-th repeat of a model, so two
@@ -362,7 +365,8 @@ def run_mutual(data, peers: Sequence[str], init: str = "scratch", mode: str = "m
     pretrained: peer = `ckpt_dir/<Model>/best.pt`, finetuned at `finetune_lr_scale` x the lr it
     was pretrained with, other settings as pretrained, for `epochs` (default `finetune_epochs`).
     kd: the teacher (first peer) always comes from its checkpoint; the students follow `init`.
-    With `out_dir` and `resume`, an interrupted run continues from `out_dir/last.pt`.
+    With `out_dir` and `resume`, an interrupted run continues from `out_dir/last.pt`; `callback` as
+    in `mutual_fit`.
     Returns mutual_fit's result plus `init`, `seed`, `preset`, each peer's `label`, `seed`, and
     `pretrained_valid_auc`/`pretrained_test_auc` (None from scratch).
     """
@@ -427,7 +431,7 @@ def run_mutual(data, peers: Sequence[str], init: str = "scratch", mode: str = "m
     pre_scores = [(_scores(yva, predict(m, Xva, cfg.eval_batch_size)), _scores(yte, predict(m, Xte, cfg.eval_batch_size)))
                   if meta is not None else (None, None) for m, meta in zip(models, pre_meta)]
     del Xva, yva, Xte, yte
-    result = mutual_fit(models, data, cfg, out_dir=out_dir, resume=resume)
+    result = mutual_fit(models, data, cfg, out_dir=out_dir, resume=resume, callback=callback)
     occurrence.clear()
     for k, (r, label, meta, (pv, pt)) in enumerate(zip(result["peers"], labels, pre_meta, pre_scores)):
         occurrence[r["model"]] += 1

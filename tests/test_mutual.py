@@ -264,7 +264,9 @@ def test_resume_after_an_interrupted_run_gives_the_same_result(criteo_small, tmp
     """A run stopped after epoch 1 (its last.pt is all that a killed run leaves) and resumed to
     epoch 3 ends exactly where an uninterrupted 3-epoch run does."""
     kw = dict(peers=["DeepFM", "DCN"], init="scratch", seed=4, weight=0.5, **FAST)
-    whole = run_mutual(criteo_small, epochs=3, **kw)
+    rows = []
+    whole = run_mutual(criteo_small, epochs=3, callback=rows.append, **kw)
+    assert rows == whole["history"] and [len(r["peers"]) for r in rows] == [2, 2, 2]
     out = tmp_path / "run"
     first = run_mutual(criteo_small, epochs=1, out_dir=out, **kw)
     assert first["epochs"] == 1 and (out / "last.pt").is_file()
