@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+
+from ctrkit import metrics
+from ctrkit.utils import CtrkitError
+
+
+def _case(n, seed, decimals=None, dtype=np.float32):
+    g = np.random.default_rng(seed)
+    y = (g.random(n) < 0.3).astype(np.float32)
+    p = 1 / (1 + np.exp(-(g.normal(size=n) + 1.2 * y)))
+    if decimals is not None:  # coarse scores: many tied predictions, across both classes
+        p = np.round(p, decimals)
+    return y, p.astype(dtype)
+
+
+@pytest.mark.parametrize("n,decimals", [(7, None), (1000, None), (200_000, None), (1000, 1), (50_000, 2), (50_000, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_auc_and_logloss_equal_sklearn(n, decimals, dtype):
+    y, p = _case(n, seed=n + (decimals or 0), decimals=decimals, dtype=dtype)
+    if decimals is not None:
+        assert len(np.unique(p)) < n / 5  # the case really has ties
+    assert metrics.auc(torch.from_numpy(y), torch.from_numpy(p)) == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+    assert metrics.logloss(torch.from_numpy(y), torch.from_numpy(p)) == pytest.approx(log_loss(y, p), abs=1e-6)
+
+
+def test_extremes_all_tied_perfect_reversed_and_clipped():
+    y = np.array([0, 1, 0, 1, 1, 0], dtype=np.float32)
+    tied = np.full(6, 0.3, dtype=np.float32)
+    assert metrics.auc(y, tied) == pytest.approx(0.5, abs=1e-12)
+    perfect = np.array([0.1, 0.9, 0.2, 0.8, 0.7, 0.3], dtype=np.float32)
+    assert metrics.auc(y, perfect) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.auc(y, 1 - perfect) == pytest.approx(0.0, abs=1e-12)
+    # Probabilities of exactly 0 and 1 are clipped like sklearn: finite and equal to it.
+    for dtype in (np.float64, np.float32):
+        hard = np.array([1, 0, 1, 0, 0, 1], dtype=dtype)
+        assert np.isfinite(metrics.logloss(y, hard))
+        # sklearn takes the log in float32 for float32 input: equal to float32's relative precision
+        assert metrics.logloss(y, hard) == pytest.approx(log_loss(y, hard), rel=1e-6)
+
+
+def test_accepts_numpy_lists_and_any_shape():
+    y, p = _case(100, seed=3)
+    ref = roc_auc_score(y, p)
+    assert metrics.auc(y.tolist(), p.tolist()) == pytest.approx(ref, abs=1e-6)
+    assert metrics.auc(torch.from_numpy(y).view(10, 10), torch.from_numpy(p).view(100, 1)) == pytest.approx(ref, abs=1e-6)
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(CtrkitError, match="only|all 3 labels are 0"):
+        metrics.auc(np.zeros(3), np.array([0.1, 0.2, 0.3]))
+    with pytest.raises(CtrkitError, match="all 2 labels are 1"):
+        metrics.auc(np.ones(2), np.array([0.1, 0.2]))
+    with pytest.raises(CtrkitError, match="3 labels but 2 predictions"):
+        metrics.logloss(np.zeros(3), np.zeros(2))
+    with pytest.raises(CtrkitError, match="no samples"):
+        metrics.auc(np.zeros(0), np.zeros(0))
+
+
+@pytest.mark.gpu
+def test_on_cuda_equals_sklearn():
+    y, p = _case(100_000, seed=5, decimals=3)
+    yt, pt = torch.from_numpy(y).cuda(), torch.from_numpy(p).cuda()
+    assert metrics.auc(yt, pt) == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+    assert metrics.logloss(yt, pt) == pytest.approx(log_loss(y, p), abs=1e-6)
