@@ -120,6 +120,11 @@ def test_finetune_kd_and_ensemble_semantics(criteo_small, ckpts):
     assert student["trained"] and student["learns_from"] == [0]
     assert student["test_auc"] != student["pretrained_test_auc"]
 
+    # kd into a student from scratch: the teacher still comes from its checkpoint
+    kd0 = run_mutual(d, ["DeepFM", "DCN"], init="scratch", mode="kd", ckpt_dir=ck, epochs=1, seed=1, **FAST)
+    assert kd0["peers"][0]["init"] == "pretrained" and kd0["peers"][1]["pretrained_test_auc"] is None
+    assert kd0["peers"][0]["test_auc"] == teacher["test_auc"]
+
     ens = run_mutual(d, ["DeepFM", "DCN", "PNN"], init="pretrained", mode="ensemble", ckpt_dir=ck, **FAST)
     assert ens["epochs"] == 0
     assert all(p["test_auc"] == p["pretrained_test_auc"] for p in ens["peers"])
@@ -151,6 +156,8 @@ def _no_training(monkeypatch):
     (dict(peers=["DeepFM", "DCN"], init="pretrained"), "needs --ckpt-dir"),
     (dict(peers=["DeepFM", "DCN"], init="scratch", mode="ensemble"), "use --init pretrained"),
     (dict(peers=["DeepFM", "DCN"], init="warm"), "unknown init 'warm'"),
+    (dict(peers=["DeepFM", "DCN"], init="scratch", mode="kd"), "needs --ckpt-dir"),
+    (dict(peers=["DeepFM", "DCN"], init="scratch", mode="mean"), "unknown mode 'mean'"),
 ])
 def test_bad_input_is_a_clear_error(criteo_small, monkeypatch, kwargs, match):
     _no_training(monkeypatch)
