@@ -140,7 +140,47 @@ def cmd_info(args):
 
 
 def cmd_pretrain(args):
-    raise NotImplementedError("pretrain")
+    import yaml
+
+    from ctrkit import data, models, presets
+    from ctrkit.train import TrainConfig, fit
+    from ctrkit.utils import seed_everything
+
+    d = data.load(args.data)
+    name = models.canonical_name(args.model)
+    p = presets.get(name, args.preset, dataset=d.dataset, protocol=d.protocol)
+    hparams, train_cfg = dict(p.model), dict(p.train)
+    train_cfg.update(seed=args.seed, device=args.device, progress=not args.json or sys.stderr.isatty())
+    if args.epochs is not None:
+        train_cfg["epochs"] = args.epochs
+    model_keys = set(models.hparam_defaults(name))
+    for key, text in args.overrides:  # last, so --set wins over the preset and the flags' defaults
+        try:
+            value = yaml.safe_load(text)  # "0.01", "[400, 400]", "true", "AUC-logloss"
+        except yaml.YAMLError as e:
+            raise CtrkitError(f"--set {key}={text}: not a YAML/JSON literal ({e})") from None
+        if isinstance(value, str) and key in ("lr", "min_lr", "lr_decay", "clip_grad_norm"):
+            try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
+        if key in TrainConfig.keys():
+            train_cfg[key] = value
+        elif key in model_keys:
+            hparams[key] = value
+        else:
+            raise CtrkitError(f"--set {key}: unknown key; valid: train config {', '.join(TrainConfig.keys())}; "
+                              f"{name} hyperparameters {', '.join(sorted(model_keys))}")
+    config = TrainConfig.from_dict(train_cfg)
+    # runs/<dataset>/seed<S>/ holds one folder per model: what `ctrkit mutual --ckpt-dir` expects
+    out = args.out or f"runs/{d.dataset}/seed{config.seed}/{name}"
+    seed_everything(config.seed)  # the model init; fit reseeds for the batch order and dropout
+    model = models.build(name, d, **hparams)
+    result = fit(model, d, config, out_dir=out, resume=args.resume)
+    print(f"{name} on {d.dataset}: valid AUC {result['valid_auc']:.6f} logloss {result['valid_logloss']:.6f}, "
+          f"test AUC {result['test_auc']:.6f} logloss {result['test_logloss']:.6f}, {result['epochs']} epochs, "
+          f"{result['seconds']:.1f} s -> {result['checkpoint']}", file=sys.stderr)
+    return result if args.json else None
 
 
 def cmd_mutual(args):
