@@ -73,7 +73,7 @@ def pretrain_baselines(data, models: Sequence[str], ckpt_dir: str | Path, preset
                        device: str = "auto", force: bool = False, progress: bool = True) -> pd.DataFrame:
     """Pretrain each model (or label, e.g. "DeepFM_2") per seed into `ckpt_dir/seed<S>/<label>` with
     `ctrkit.train.fit`, and record it in the store as mode "baseline". A finished checkpoint of
-    the same dataset and settings is reused (not retrained) unless `force`."""
+    the same dataset and settings is reused (not retrained), an interrupted one resumed, unless `force`."""
     store = _store(store)
     labels = [_split_label(m) for m in models]
     labels = [(name, k, name if k == 1 else f"{name}_{k}") for name, k in labels]
@@ -96,7 +96,8 @@ def pretrain_baselines(data, models: Sequence[str], ckpt_dir: str | Path, preset
         if result is None:
             seed_everything(seed + k - 1)  # the init seed; fit reseeds for the batch order
             model = build(name, data.field_sizes, **p.model)
-            result = fit(model, data, cfg, out_dir=out)
+            # a fit killed midway continues from its last.pt (same settings) instead of starting over
+            result = fit(model, data, cfg, out_dir=out, resume=not force)
             result["run_key"] = key
             # fit wrote result.json already; add our key so a re-run can reuse the checkpoint
             write_json_atomic(done, result)

@@ -188,6 +188,7 @@ def test_experiments_grid_records_and_skip(criteo_small, ckpts, tmp_path, monkey
     d = criteo_small
     store = ResultsStore(tmp_path / "r.jsonl")
     root = ckpts["criteo"].parent
+    monkeypatch.setattr(experiments, "fit", lambda *a, **k: pytest.fail("retrained a finished baseline"))
     base = experiments.pretrain_baselines(d, ["DeepFM", "DCN"], root, preset="smoke", seeds=[1], store=store,
                                           device="cpu", progress=False)  # reuses the fixture's checkpoints
     assert set(base["mode"]) == {"baseline"} and len(store.records()) == 2
