@@ -15,10 +15,10 @@ Design notes
 * Initialisation follows FuxiCTR (the code behind the BARS numbers): embeddings ``N(0, 1e-4)``,
   every ``nn.Linear`` Xavier-normal with zero bias, bilinear weights Xavier-normal, cross-layer
   biases zero (see ``reset_parameters``).
-* Pairwise interactions are vectorised with ``triu_indices`` (no Python loop over pairs). The
-  field_interaction bilinear layer is computed as one batched matmul over pairs, ``[P, B, d] x
-  [P, d, d]``; FuxiCTR's ``matmul(left.unsqueeze(2), W)`` broadcasts ``W`` to ``[B, P, d, d]``,
-  which is what runs out of 24 GB at batch 10,000.
+* No Python loop over field pairs. Inner products: one ``bmm`` Gram matrix + a ``triu`` index
+  (measured ~15x faster than gathering ``[B, P, d]`` pairs). Bilinear: F-1 vectorised steps over
+  left fields using slices (see ``Bilinear``); FuxiCTR's ``matmul(left.unsqueeze(2), W)``
+  broadcasts ``W`` to ``[B, P, d, d]``, which is what runs out of 24 GB at batch 10,000.
 """
 from __future__ import annotations
 
@@ -210,12 +210,19 @@ BILINEAR_TYPES = ("field_all", "field_each", "field_interaction")
 class Bilinear(nn.Module):
     """FiBiNET bilinear interaction: for each pair i < j, ``p_ij = (e_i W) * e_j`` with
     ``W`` shared by all fields (``field_all``: ``[d, d]``), one per left field (``field_each``:
-    ``[F, d, d]``) or one per pair (``field_interaction``: ``[P, d, d]``).
+    ``[F, d, d]``) or one per pair (``field_interaction``: ``[P, d, d]``, pairs in ``triu_pairs``
+    order, as FuxiCTR).
 
-    field_all/field_each project each field once (``[B, F, d]``) and gather pairs. field_interaction
-    works field-major: ``[P, B, d] x [P, d, d]`` as one ``bmm``, so no ``[B, P, d, d]`` tensor exists.
+    Computed left-field-major: in ``triu_pairs`` order the pairs with left field i are exactly
+    (i, i+1..F-1), so their right embeddings are the SLICE ``E[:, i+1:]`` (no gather) and, for
+    field_interaction, their matrices ``W[s_i : s_i + n_i]`` become one ``[d, n_i*d]`` GEMM on
+    ``e_i``. That is F-1 vectorised steps (a loop over fields, not over the P pairs), with no
+    ``[B, P, d]`` gathered copies of left/right embeddings and no ``[B, P, d, d]`` broadcast
+    (FuxiCTR's ``matmul(left.unsqueeze(2), W)``, which runs out of 24 GB at batch 10,000). Measured
+    on 1 CPU thread at B=1000, F=39, d=16: ~1.7x faster forward+backward than the gather + bmm form.
 
-    Input: ``[B, F, d]``. Output: ``[B, P, d]``.
+    Input: ``[B, F, d]``. Output: ``[B, P, d]``. ``pieces()`` returns the F-1 blocks
+    ``[B, F-1-i, d]`` unconcatenated, so FiBiNET concatenates both bilinear outputs in ONE copy.
     """
 
     def __init__(self, num_fields: int, embedding_dim: int, bilinear_type: str = "field_interaction"):
@@ -223,26 +230,36 @@ class Bilinear(nn.Module):
         if bilinear_type not in BILINEAR_TYPES:
             raise CtrkitError(f"bilinear_type {bilinear_type!r} is unknown; valid: {list(BILINEAR_TYPES)}")
         self.bilinear_type = bilinear_type
-        i, j = triu_pairs(num_fields)
-        self.register_buffer("left", i, persistent=False)
-        self.register_buffer("right", j, persistent=False)
-        n = {"field_all": (), "field_each": (num_fields,), "field_interaction": (len(i),)}[bilinear_type]
+        self.num_fields = num_fields
+        num_pairs = num_fields * (num_fields - 1) // 2
+        n = {"field_all": (), "field_each": (num_fields,), "field_interaction": (num_pairs,)}[bilinear_type]
         self.weight = nn.Parameter(torch.empty(*n, embedding_dim, embedding_dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         nn.init.xavier_normal_(self.weight)  # FuxiCTR: xavier_normal_ on the whole (stacked) tensor
 
-    def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        if self.bilinear_type == "field_interaction":
-            fe = emb.transpose(0, 1)  # [F, B, d] view; index_select makes [P, B, d] contiguous
-            out = torch.bmm(fe.index_select(0, self.left), self.weight) * fe.index_select(0, self.right)
-            return out.transpose(0, 1)  # [B, P, d] (a view; flatten() copies once)
+    def pieces(self, emb: torch.Tensor) -> list[torch.Tensor]:
+        F, d = self.num_fields, emb.shape[-1]
         if self.bilinear_type == "field_all":
-            hidden = emb @ self.weight
-        else:  # field_each: field f uses W_f
+            hidden = emb @ self.weight  # [B, F, d]: every field projected once
+        elif self.bilinear_type == "field_each":  # field f uses W_f
             hidden = torch.bmm(emb.transpose(0, 1), self.weight).transpose(0, 1)
-        return hidden.index_select(1, self.left) * emb.index_select(1, self.right)
+        out, start = [], 0
+        for i in range(F - 1):
+            n = F - 1 - i
+            right = emb[:, i + 1:]  # [B, n, d], the right fields of pairs (i, i+1..F-1)
+            if self.bilinear_type == "field_interaction":
+                w = self.weight[start:start + n].permute(1, 0, 2).reshape(d, n * d)  # [d, n*d]
+                left = (emb[:, i] @ w).view(-1, n, d)
+            else:
+                left = hidden[:, i:i + 1]  # [B, 1, d], broadcast over the n pairs
+            out.append(left * right)
+            start += n
+        return out
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.pieces(emb), dim=1)
 
 
 def reset_parameters(module: nn.Module) -> None:

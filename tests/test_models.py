@@ -47,25 +47,30 @@ def test_output_contract_and_int_dtypes(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_grads_reach_every_parameter_and_training_lowers_loss(name):
-    m = _model(name)
+def test_grads_reach_every_parameter(name):
+    m = _model(name)  # with batch norm and dropout
+    X, y = _batch(1, 64)
+    torch.nn.functional.binary_cross_entropy_with_logits(m(X), y).backward()
+    for pname, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_training_lowers_loss(name):
+    # no dropout / batch norm here: eval-mode BN running stats after 15 steps are not converged
+    m = _model(name, **({"net_dropout": 0.0, "batch_norm": False} if "net_dropout" in SMALL[name] else {}))
     X, _ = _batch(1, 256)
     y = ((X[:, 0] == 0) | (X[:, 2] < 3)).float()  # learnable from first-order features alone
     opt = torch.optim.Adam(m.parameters(), lr=0.05)
     loss_fn = torch.nn.functional.binary_cross_entropy_with_logits
-    first = loss_fn(m(X), y)
-    first.backward()
-    for pname, p in m.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, pname
-    opt.step()
+    with torch.no_grad():
+        first = loss_fn(m(X), y).item()
     for _ in range(15):
         opt.zero_grad()
-        loss = loss_fn(m(X), y)
-        loss.backward()
+        loss_fn(m(X), y).backward()
         opt.step()
-    m.eval()
     with torch.no_grad():
-        assert loss_fn(m(X), y).item() < 0.8 * first.item()
+        assert loss_fn(m(X), y).item() < 0.8 * first
 
 
 @pytest.mark.parametrize("name", NAMES)
