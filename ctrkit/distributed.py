@@ -35,7 +35,6 @@ import dataclasses
 import datetime
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -214,7 +213,7 @@ class Comm:
         per_step = self.bytes_received / self.steps if self.steps else 0.0
         return {"world_size": self.layout.world_size, "n_peers": self.layout.n_peers,
                 "replicas": self.layout.replicas, "backend": self.backend, "timeout_s": self.timeout_s,
-                "steps": self.steps, "allgather_bytes_sent": self.bytes_sent,
+                "gather_steps": self.steps, "allgather_bytes_sent": self.bytes_sent,
                 "allgather_bytes_received": self.bytes_received, "allgather_bytes_per_step": per_step,
                 "eval_bytes_received": self.eval_bytes_received}
 
@@ -351,6 +350,7 @@ def mutual_fit_distributed(model: nn.Module, data, config: MutualConfig | dict |
     # every rank knows which peers still train (identical bookkeeping everywhere)
     training = [trains and j not in fixed for j in range(P)]
     names = comm.gather_objects(peer.name)[::D]
+    gathers = any(teachers)
 
     generator = seed_everything(config.seed)
     Xtr, ytr = data.tensors("train", device)
@@ -396,14 +396,25 @@ def mutual_fit_distributed(model: nn.Module, data, config: MutualConfig | dict |
             xb, yb = Xtr.index_select(0, part), ytr.index_select(0, part)
             with amp_context(device, amp_dtype):
                 logits = peer.logits(xb)
-            probs = comm.gather_peers(torch.sigmoid(logits.detach()))  # [P, b]: the only per-step traffic
             w = warmup_weight(config.weight, global_step, config.warmup_steps)
+            # the only per-step traffic, [P, b]; skipped (by every rank alike) when no peer learns
+            # from another this step: `alone`, or a warm-up weight of 0 (peer_loss is then the BCE)
+            others = None
+            if gathers and w > 0:
+                others = comm.gather_peers(torch.sigmoid(logits.detach())).index_select(0, peer.teachers)
             if peer.training:
                 if part.numel():
-                    loss = peer_loss(logits, yb, probs.index_select(0, peer.teachers), w, config.divergence)
+                    loss = peer_loss(logits, yb, others if others is not None else logits.new_empty(0, part.numel()),
+                                     w, config.divergence)
                 else:  # an empty shard (last batch < D rows) still joins DDP's all-reduce, with zero grads
                     loss = logits.sum()
-                peer.step(loss * scale if scale != 1 else loss)
+                try:  # with D > 1 the backward all-reduces gradients: a lost replica surfaces here
+                    peer.step(loss * scale if scale != 1 else loss)
+                except RuntimeError as e:
+                    if D > 1 and any(m in str(e).lower() for m in _LOST_MARKERS):
+                        raise comm._failed(e) from None
+                    raise
+                # the history's train_loss is this shard's (replica 0's for the peer when D > 1)
                 loss_sum += loss.detach()
                 check.update(loss, step)
             global_step += 1

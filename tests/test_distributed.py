@@ -213,7 +213,7 @@ def test_rank0_alone_writes_store_and_results_and_counts_bytes(reference, criteo
     # every step gathers the other peer's probabilities of the batch, float32: over an epoch that
     # is every training row once -> (P-1) * rows * 4 bytes per epoch, nothing else
     rows = criteo_small.rows["train"]
-    assert d["steps"] == EPOCHS * -(-rows // 512)
+    assert d["gather_steps"] == EPOCHS * -(-rows // 512)
     assert d["allgather_bytes_received"] == EPOCHS * (2 - 1) * rows * 4
     assert [r["allgather_bytes_received"] for r in d["per_rank"]] == [d["allgather_bytes_received"]] * 2
     # each rank keeps its own resume checkpoint
