@@ -156,7 +156,19 @@ def finetune(source) -> pd.DataFrame:
             a = alone[(alone["dataset"] == ds) & (alone["peer"] == peer)].merge(base, on=["dataset", "peer", "seed"])
             row.update(_mean_std("alone_rel_pct", _rel(a["test_auc"], a["pretrained_test_auc"])))
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    # reading order: the three AUCs, the gains (mutual, alone, mutual over alone), then the tests
+    first = [c for c in _FINETUNE_ORDER if c in df.columns]
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+_FINETUNE_ORDER = [
+    "dataset", "peers", "weight", "peer", "n_paired",
+    "baseline_auc_mean", "baseline_auc_std", "alone_auc_mean", "alone_auc_std", "mutual_auc_mean", "mutual_auc_std",
+    "delta_auc_mean", "delta_auc_std", "rel_pct_mean", "rel_pct_std", "alone_rel_pct_mean", "alone_rel_pct_std",
+    "vs_alone_delta_auc_mean", "vs_alone_delta_auc_std", "vs_alone_rel_pct_mean", "vs_alone_rel_pct_std",
+    "p_ttest", "p_wilcoxon", "vs_alone_p_ttest", "vs_alone_p_wilcoxon", "note",
+]
 
 
 def partners(source) -> pd.DataFrame:
