@@ -262,3 +262,20 @@ def test_hparams_complete_and_json_round_trip():
                          "net_dropout": 0.0, "batch_norm": False, "num_cross_layers": 3}
     assert M.build("DCN", FIELDS, **json.loads(json.dumps(m.hparams))).hparams == m.hparams
     assert set(M.hparam_defaults("FiBiNET")) == set(M.build("FiBiNET", FIELDS).hparams)
+
+
+def test_bad_inputs_are_clear_errors():
+    m = M.build("DeepFM", FIELDS)
+    with pytest.raises(CtrkitError, match=r"index 7 at row 1, field 2 is outside \[0, 7\)"):
+        m(torch.tensor([[0, 0, 0, 0], [0, 0, 7, 0]]))  # would silently read field 3's rows in the fused table
+    with pytest.raises(CtrkitError, match=r"index -1 at row 0, field 0"):
+        m(torch.tensor([[-1, 0, 0, 0]]))
+    with pytest.raises(CtrkitError, match="must be int32 or int64"):
+        m(torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_logits_stay_float32_under_autocast(name):
+    X, _ = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _model(name)(X).dtype == torch.float32

@@ -44,4 +44,4 @@ class DCN(CTRModel):
         out = self.cross(x0)
         if self.mlp is not None:
             out = torch.cat([out, self.mlp(x0)], dim=1)
-        return self.fc(out).squeeze(-1)
+        return self.fc(out).squeeze(-1).float()  # float32 logits also under autocast

@@ -36,4 +36,4 @@ class DeepFM(CTRModel):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         self.check_input(X)
         emb = self.embedding(X)  # [B, F, d]
-        return self.lr(X) + self.fm(emb) + self.mlp(emb.flatten(1)).squeeze(-1)
+        return (self.lr(X) + self.fm(emb) + self.mlp(emb.flatten(1)).squeeze(-1)).float()  # float32 under autocast

@@ -54,4 +54,4 @@ class FiBiNET(CTRModel):
         emb = self.embedding(X)  # [B, F, d]
         # cat(p, q) in one copy from the per-field blocks (same values as cat([bilinear_p(emb), ...]))
         pq = torch.cat(self.bilinear_p.pieces(emb) + self.bilinear_q.pieces(self.senet(emb)), dim=1)
-        return self.lr(X) + self.mlp(pq.flatten(1)).squeeze(-1)  # MLP input [B, 2*P*d]
+        return (self.lr(X) + self.mlp(pq.flatten(1)).squeeze(-1)).float()  # MLP input [B, 2*P*d]

@@ -23,4 +23,4 @@ class FM(CTRModel):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         self.check_input(X)
-        return self.lr(X) + self.fm(self.embedding(X))
+        return (self.lr(X) + self.fm(self.embedding(X))).float()  # float32 also under autocast

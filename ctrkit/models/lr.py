@@ -19,4 +19,4 @@ class LR(CTRModel):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         self.check_input(X)
-        return self.lr(X)
+        return self.lr(X).float()  # float32 logits also under autocast

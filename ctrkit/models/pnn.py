@@ -39,4 +39,4 @@ class PNN(CTRModel):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         self.check_input(X)
         emb = self.embedding(X)  # [B, F, d]
-        return self.mlp(torch.cat([emb.flatten(1), self.inner(emb)], dim=1)).squeeze(-1)
+        return self.mlp(torch.cat([emb.flatten(1), self.inner(emb)], dim=1)).squeeze(-1).float()  # fp32 under autocast
