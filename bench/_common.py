@@ -68,6 +68,8 @@ def load_split(data_dir, split: str, rows: int | None = None):
 
 
 def train_rows_needed(spec: dict) -> int:
+    if spec["mode"] == "mutual":
+        return 1  # the mutual worker reads its own rows through ctrkit.data
     if spec["mode"] == "auc":
         return spec.get("train_rows")
     # speed: enough distinct rows for every step of the run, at least a few batches' worth
@@ -100,6 +102,7 @@ def time_steps(step, next_batch, spec: dict) -> dict:
     timed ones. `step` must leave no async work pending (CPU: it doesn't)."""
     warmup, steps = int(spec["warmup"]), int(spec["steps"])
     max_s, min_steps = float(spec.get("max_seconds", 1e9)), int(spec.get("min_steps", 2))
+    slow = False
     sync = spec.get("_sync") or (lambda: None)
     t_warm = time.perf_counter()
     for i in range(warmup):
@@ -107,6 +110,8 @@ def time_steps(step, next_batch, spec: dict) -> dict:
         step(next_batch())
         # a very slow step (e.g. FuxiCTR FiBiNET) is warm after one step; keep the budget
         if i == 0 and time.perf_counter() - t0 > float(spec.get("slow_step_s", 5.0)):
+            slow = True  # one timed step of many seconds is already a stable measurement
+            min_steps = 1
             break
     sync()
     warm_s = time.perf_counter() - t_warm
@@ -124,7 +129,7 @@ def time_steps(step, next_batch, spec: dict) -> dict:
             break
     total = time.perf_counter() - t_start
     return {"samples_per_s": samples / total, "timed_steps": len(times), "timed_seconds": total,
-            "step_seconds_median": float(np.median(times)), "warmup_seconds": warm_s}
+            "step_seconds_median": float(np.median(times)), "warmup_seconds": warm_s, "slow_step": slow}
 
 
 def auc_logloss(y: np.ndarray, p: np.ndarray) -> dict:

@@ -85,6 +85,9 @@ def run_one(spec, model_spec, torch, data):
                 "valid_auc": res["valid_auc"], "fit_samples_per_s": res["samples_per_s"],
                 "seconds": time.perf_counter() - t0, "train_rows": d.rows["train"], "params": res["params"]}
 
+    if spec["mode"] == "mutual":
+        return _mutual_scaling(spec, model_spec, torch, sizes, cfg)
+
     torch.manual_seed(cfg.seed)
     model = models.build(model_spec["model"], sizes, **model_spec["hparams"])
     emb_params = _per_field_embeddings(torch, model) if variant == "perfield" else None
@@ -128,18 +131,44 @@ def run_one(spec, model_spec, torch, data):
     return out
 
 
+def _mutual_scaling(spec, model_spec, torch, sizes, cfg):
+    """Epoch seconds of `ctrkit.mutual.mutual_fit` with N = 1..max peers of the same model (N = 1 is
+    mode "alone": the same code path training one model), 1 epoch each, same rows and batches.
+    An epoch's seconds come from mutual_fit's history (training + validation of every peer; the
+    validation split is cut small so the training dominates)."""
+    from ctrkit import data as cdata, models
+    from ctrkit.mutual import MutualConfig, mutual_fit
+    from ctrkit.utils import seed_everything
+
+    d = _Subset(cdata.load(spec["data"]), int(spec["train_rows"]), spec.get("test_rows"),
+                valid_rows=spec.get("valid_rows"))
+    out = {"train_rows": d.rows["train"], "epoch_seconds": {}, "valid_auc": {}}
+    for n in spec["n_peers"]:
+        peers = []
+        for k in range(n):
+            seed_everything(cfg.seed + k)
+            peers.append(models.build(model_spec["model"], sizes, **model_spec["hparams"]))
+        mcfg = MutualConfig(mode="mutual" if n > 1 else "alone", epochs=1, batch_size=cfg.batch_size,
+                            seed=cfg.seed, device="cpu", amp=cfg.amp, progress=False,
+                            train={"lr": cfg.lr, "embedding_regularizer": cfg.embedding_regularizer})
+        res = mutual_fit(peers, d, mcfg)
+        out["epoch_seconds"][str(n)] = res["history"][0]["seconds"]
+        out["valid_auc"][str(n)] = [p["valid_auc"] for p in res["peers"]]
+    return out
+
+
 class _Subset:
     """A CTRData view with the first `train_rows` training rows (and `test_rows` test rows):
     `fit` reads only `.tensors`, `.field_sizes`, `.fingerprint`, `.dataset`."""
 
-    def __init__(self, d, train_rows: int, test_rows: int | None):
-        self._d, self._n, self._nt = d, train_rows, test_rows
-        self.field_sizes, self.fingerprint, self.dataset = d.field_sizes, d.fingerprint, d.dataset
+    def __init__(self, d, train_rows: int, test_rows: int | None, valid_rows: int | None = None):
+        self._d, self._n, self._nt, self._nv = d, train_rows, test_rows, valid_rows
+        self.field_sizes, self.fingerprint, self.dataset, self.path = d.field_sizes, d.fingerprint, d.dataset, d.path
         self.rows = {**d.rows, "train": min(train_rows, d.rows["train"])}
 
     def tensors(self, split, device="cpu"):
         X, y = self._d.tensors(split, device)
-        n = self._n if split == "train" else (self._nt if split == "test" else None)
+        n = {"train": self._n, "test": self._nt, "valid": self._nv}[split]
         return (X[:n], y[:n]) if n is not None else (X, y)
 
 
