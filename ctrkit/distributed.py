@@ -294,11 +294,13 @@ def _last_paths(out: Path, k: int, name: str, rank: int) -> tuple[Path, Path]:
 
 def _signature(config: MutualConfig, comm: Comm, peer: _Peer, data) -> dict:
     """What must not change between a run and its resumption."""
-    cfg = {k: v for k, v in dataclasses.asdict(config).items()
-           if k not in ("train", "progress", "epochs", "eval_batch_size", "check_every", "device")}
+    # a resumed run may train longer, show progress differently or run on another device
+    free = ("train", "progress", "epochs", "eval_batch_size", "check_every", "device")
+    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in free}
+    train = {k: v for k, v in peer.config.to_dict().items() if k not in free}
     return {"config": cfg, "world_size": comm.layout.world_size, "n_peers": comm.layout.n_peers,
             "peer": comm.peer, "model": peer.name, "hparams": dict(getattr(peer.model, "hparams", {})),
-            "train_config": peer.config.to_dict(), "fingerprint": data.fingerprint}
+            "train_config": train, "fingerprint": data.fingerprint}
 
 
 def _read_last(paths: Sequence[Path], signature: dict) -> dict[int, Path]:
@@ -364,7 +366,10 @@ def mutual_fit_distributed(model: nn.Module, data, config: MutualConfig | dict |
     if out is not None and trains:
         last, prev = _last_paths(out, k, peer.name, comm.rank)
         comm.where = "resume agreement"
-        mine = _read_last((last, prev), signature) if resume else {}
+        if not resume:  # starting over: an old run's checkpoints must not be resumed later either
+            last.unlink(missing_ok=True)
+            prev.unlink(missing_ok=True)
+        mine = _agree(comm, lambda: _read_last((last, prev), signature))
         common = set.intersection(*[set(e) for e in comm.gather_objects(sorted(mine))])
         if common:
             epoch_done = max(common)
@@ -544,6 +549,11 @@ def run_mutual_distributed(data, peers: Sequence[str] | str, init: str = "scratc
         raise CtrkitError(f"--peers: mode {mode!r} needs at least {need} peers, got {len(names)} ({','.join(names)})")
     if mode == "ensemble" and init != "pretrained":
         raise CtrkitError("mode 'ensemble' averages pretrained peers: use --init pretrained with --ckpt-dir")
+    fingerprints = comm.gather_objects(data.fingerprint)
+    if len(set(fingerprints)) > 1:
+        raise CtrkitError("the ranks read different datasets (feature-map fingerprints by rank: "
+                          + ", ".join(f"{r}: {f}" for r, f in enumerate(fingerprints))
+                          + "); every host needs the same processed --data")
     labels = peer_labels(names)
     k = comm.peer
     name, label = names[k], labels[k]
@@ -650,7 +660,7 @@ def cli_mutual(args) -> dict | None:
     peers = [p for p in str(args.peers).split(",") if p.strip()]
     comm = init_from_env(len(peers), device=args.device)
     try:
-        d = data_mod.load(args.data)
+        d = _agree(comm, lambda: data_mod.load(args.data))  # a host without the data stops every rank
         records, skipped = run_one_distributed(
             d, peers, init=args.init, mode=args.mode, seed=args.seed, store=args.store, ckpt_dir=args.ckpt_dir,
             preset=args.preset, epochs=args.epochs, device=args.device, weight=args.weight,
