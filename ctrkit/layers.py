@@ -7,11 +7,17 @@ Design notes
 ------------
 * One fused embedding table. All fields live in ONE ``[sum(vocab_sizes), d]`` matrix and a field's
   local index ``x_f`` is looked up at row ``offset_f + x_f``. FuxiCTR and DeepCTR-Torch keep one
-  ``nn.Embedding`` per field and call F lookups plus a ``torch.stack``; a single gather of ``B*F``
-  rows is one kernel launch instead of F (matters on GPU, where small launches dominate), one
-  backward scatter instead of F, no stack copy, and one parameter tensor for the optimizer and the
-  embedding regularizer instead of F (fewer Adam kernels per step on CPU and GPU). The maths is the
-  same: rows of different fields never mix.
+  ``nn.Embedding`` per field: F lookups, F backward scatters and a ``torch.stack`` copy per step.
+  Here it is one gather and one backward scatter (one kernel each instead of F -- what matters on a
+  GPU, where F small launches dominate), and ONE parameter tensor for the optimizer and the
+  embedding regularizer instead of F (fewer optimizer kernels; the trainer finds it by type). The
+  maths is unchanged: rows of different fields never mix (``CTRModel.check_input`` rejects an
+  out-of-range index on CPU, which would otherwise read the next field's rows).
+  The gather runs field-major (indices transposed to ``[F, B]``) so the backward scatter-add
+  walks the table one field's block at a time, as per-field tables do; in row-major order it
+  jumps across the whole table for every row and was cache-bound. Measured on this 2-core box
+  (1 thread, B=10,000, F=39, d=16, 1.17M rows; whole DeepFM train step with fused Adam):
+  2.47 s row-major -> 1.97 s field-major; embedding forward alone: fused 0.041 s vs 39 tables 0.054 s.
 * Initialisation follows FuxiCTR (the code behind the BARS numbers): embeddings ``N(0, 1e-4)``,
   every ``nn.Linear`` Xavier-normal with zero bias, bilinear weights Xavier-normal, cross-layer
   biases zero (see ``reset_parameters``).
@@ -74,8 +80,10 @@ class FeatureEmbedding(nn.Module):
         nn.init.normal_(self.weight, std=EMBEDDING_INIT_STD)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        idx = X.to(self.offsets.dtype) + self.offsets  # [B, F] global rows
-        return F_.embedding(idx, self.weight)
+        idx = (X.to(self.offsets.dtype) + self.offsets).t()  # [F, B] global rows, field-major
+        # field-major gather => field-major backward scatter (cache-friendly, see module docstring);
+        # one copy back to the usual contiguous [B, F, d] for the layers downstream
+        return F_.embedding(idx, self.weight).transpose(0, 1).contiguous()
 
 
 class LinearTerm(nn.Module):
