@@ -101,6 +101,14 @@ def _order(values: pd.Series, preferred: Sequence[str] | None) -> list:
 # Canonical orders so every figure lists models and settings the same way.
 MODEL_ORDER = ["DeepFM", "DCN", "PNN", "FiBiNET", "FM", "LR"]
 SETTING_ORDER = ["baseline", "scratch_alone", "scratch_mutual", "finetune_alone", "finetune_mutual"]
+# Legend text of the settings: what each bar is, in the paper's words.
+SETTING_LABELS = {
+    "scratch_mutual": "mutual from scratch (vs baseline)",
+    "finetune_alone": "finetuned alone (control)",
+    "finetune_mutual": "mutual finetuning",
+    "scratch_alone": "trained alone from scratch",
+    "baseline": "pretrained baseline",
+}
 
 
 def delta_auc_bar(
@@ -125,7 +133,9 @@ def delta_auc_bar(
         if hue:
             # Below the axes: inside, the legend hides bars once there are 4+ settings.
             sns.move_legend(ax, "upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(3, df[hue].nunique()),
-                            title=hue, frameon=False)
+                            title=None, frameon=False)
+            for text in ax.get_legend().get_texts():
+                text.set_text(SETTING_LABELS.get(text.get_text(), text.get_text()))
         return save(fig, out)
 
 
@@ -148,6 +158,7 @@ def partner_heatmap(
                     linewidths=0.5, linecolor="white", cbar_kws={"label": cbar_label},
                     annot_kws={"fontsize": 7})
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.grid(False)  # the style's grid would cross the empty diagonal cells
         ax.tick_params(axis="x", rotation=0)
         ax.tick_params(axis="y", rotation=0)
         return save(fig, out)
@@ -175,7 +186,9 @@ def gain_vs_partner_auc(
                     label=f"least-squares fit (r = {r:.2f})")
         ax.axhline(0, color="0.6", linewidth=0.6)
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-        ax.legend(loc="best", frameon=True)
+        # Outside the axes: inside, it hides points. Colour = the model being finetuned.
+        ax.legend(title="finetuned model" if hue == "model" else hue, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  frameon=False)
         return save(fig, out)
 
 
@@ -188,7 +201,7 @@ def peer_count(
     df = _need(df, [x, auc, delta, hue], "peer_count")
     hue_order = _order(df[hue], MODEL_ORDER) if hue else None
     with style():
-        fig, axes = plt.subplots(1, 2, figsize=(width, height))
+        fig, axes = plt.subplots(1, 2, figsize=(width, height), layout="constrained")
         for ax, col, label in ((axes[0], auc, "test AUC"), (axes[1], delta, "relative Δ test AUC (%)")):
             sns.lineplot(data=df, x=x, y=col, hue=hue, hue_order=hue_order, ax=ax, marker="o",
                          errorbar="sd", err_style="bars", err_kws={"capsize": 2, "linewidth": 0.8})
@@ -199,7 +212,7 @@ def peer_count(
         axes[1].axhline(0, color="black", linewidth=0.8)
         if hue:
             axes[0].get_legend().remove()
-            axes[1].legend(title=hue, loc="best", frameon=True)
+            axes[1].legend(title=hue, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.suptitle(f"{title} (error bars: SD over seeds)", fontsize=9)
         return save(fig, out)
 

@@ -29,7 +29,8 @@ def test_delta_auc_bar_means_and_seed_note(tmp_path):
     rows = [{"model": m, "setting": s, "seed": seed, "rel_delta_auc_pct": v + 0.01 * seed}
             for m in MODELS for s, v in (("finetune_alone", -0.1), ("finetune_mutual", 0.3)) for seed in range(3)]
     svg = _check(plots.delta_auc_bar(pd.DataFrame(rows), tmp_path / "bar"),
-                 "Relative AUC change", "relative Δ test AUC (%)", "SD over 3 seeds", "finetune_mutual", "FiBiNET")
+                 "Relative AUC change", "relative Δ test AUC (%)", "SD over 3 seeds", "mutual finetuning",
+                 "finetuned alone (control)", "FiBiNET")
     assert "<svg" in svg
 
 
