@@ -182,7 +182,12 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
                            "name": "net"}) if g["params"]]
     if not groups:
         raise CtrkitError("make_optimizer: the model has no trainable parameters")
-    return torch.optim.Adam(groups, lr=config.lr)
+    # The protocol updates every embedding row every step (dense Adam + decay), so the optimizer
+    # step over the tables is a large share of a step; the fused kernel does it in one pass
+    # (~4x faster than the per-tensor loop on CPU, measured).
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
+                for g in groups for p in g["params"])
+    return torch.optim.Adam(groups, lr=config.lr, fused=fused)
 
 
 def monitor_score(monitor: Any, valid_metrics: dict) -> float:
