@@ -234,8 +234,13 @@ def test_two_peers_times_two_replicas_on_four_ranks(reference, criteo_small):
     summary = _json_line(proc.stdout)
     d = summary["distributed"]
     assert (d["world_size"], d["replicas"]) == (4, 2)
-    # each rank gathers only its half of every batch
-    assert d["allgather_bytes_received"] == (EPOCHS * criteo_small.rows["train"] - 512) * 4 // 2
+    # each rank gathers only the other peer's predictions of its own shard of every batch
+    rows = criteo_small.rows["train"]
+    batches = ([512] * (rows // 512) + ([rows % 512] if rows % 512 else [])) * EPOCHS
+    shard_rows = [[len(s) for s in torch.tensor_split(torch.arange(b), 2)] for b in batches[1:]]  # step 0: weight 0
+    ranks = json.loads((root / "dp" / "result.json").read_text())["distributed"]["per_rank"]
+    per_rank = [r["allgather_bytes_received"] for r in ranks]
+    assert per_rank == [sum(s[rank % 2] for s in shard_rows) * 4 for rank in range(4)]
     for s, p in zip(reference["single"], summary["peers"]):
         assert abs(p["test_auc"] - s["test_auc"]) <= 2e-3
     for k, name in enumerate(PEERS.split(",")):
