@@ -18,7 +18,9 @@ the batch into D near-equal shards (`shard_of`), and computes
 
 with `ctrkit.losses.peer_loss` on its shard, scaled by |shard|*D/B so that DDP's gradient
 average over the replicas is exactly the full-batch gradient. With D = 1 this is the
-single-process `ctrkit.mutual.mutual_fit`, step for step (tested to float tolerance).
+single-process `ctrkit.mutual.mutual_fit`, step for step (tested to float tolerance), for models
+without dropout: each rank draws its peer's dropout masks from its own RNG stream, while the single
+process draws every peer's masks from one stream in turn.
 
 Per step and rank the only traffic outside DDP is one all_gather of b = B/D floats per peer:
 (P-1)*b*4 bytes received (`Comm.stats` counts what is actually gathered). Evaluation gathers

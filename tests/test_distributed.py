@@ -161,6 +161,20 @@ def test_sharded_scaled_loss_gives_the_full_batch_gradient(criteo_small):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-9)
 
 
+def test_collective_timeout_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed._timeout_s(None) == distributed.DEFAULT_TIMEOUT_S
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "45")
+    assert distributed._timeout_s(None) == 45.0
+    assert distributed._timeout_s(5) == 5.0  # an explicit argument wins
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "soon")
+    with pytest.raises(CtrkitError, match="CTRKIT_DIST_TIMEOUT='soon': expected seconds"):
+        distributed._timeout_s(None)
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "0")
+    with pytest.raises(CtrkitError, match="must be > 0"):
+        distributed._timeout_s(None)
+
+
 def test_distributed_without_torchrun_is_a_clear_error(criteo_small, tmp_path, monkeypatch, capsys):
     for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
