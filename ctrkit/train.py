@@ -484,6 +484,12 @@ def fit(model: nn.Module, data, config: TrainConfig | dict | None = None, out_di
         epoch_done, history = ck["epoch"], list(ck["history"])
         train_seconds, train_samples = ck["train_seconds"], ck["train_samples"]
         _log(config, f"{name}: resuming {out / 'last.pt'} after epoch {epoch_done}")
+    elif out is not None:
+        if resume:
+            _log(config, f"{name}: nothing to resume in {out} (no last.pt), starting from epoch 1")
+        # A fresh run must not leave an older run's files looking like its own if it dies early.
+        for stale in ("result.json", "best.pt", "last.pt"):
+            (out / stale).unlink(missing_ok=True)
 
     n = Xtr.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)

@@ -285,9 +285,11 @@ class NaNAfter(nn.Module):
 
 def test_non_finite_loss_names_epoch_and_step_and_keeps_the_last_good_checkpoint(criteo_small, tmp_path):
     steps = math.ceil(criteo_small.rows["train"] / 512)
+    (tmp_path / "result.json").write_text('{"test_auc": 0.99}')  # an older run's result
     model = NaNAfter(smoke_model("DeepFM", criteo_small), at=steps + 3)  # epoch 2, step 3
     with pytest.raises(T.NonFiniteLossError, match=r"at epoch 2, step 3\b"):
         T.fit(model, criteo_small, cfg(epochs=3), out_dir=tmp_path)
+    assert not (tmp_path / "result.json").exists()  # the failed run does not look finished
     last = T.load_checkpoint(tmp_path / "last.pt")
     assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
     assert T.load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
