@@ -36,7 +36,7 @@ def test_feature_embedding_uses_per_field_offsets():
     assert layer.weight.shape == (sum(SIZES), D)
     X = _x()
     out = layer(X)
-    assert out.shape == (B, F, D) and out.dtype == torch.float32
+    assert out.shape == (B, F, D) and out.dtype == torch.float32 and out.is_contiguous()
     W = layer.weight.detach().numpy()
     starts = np.cumsum([0] + SIZES[:-1])  # field f occupies rows starts[f] .. starts[f] + size - 1
     for b in range(B):
