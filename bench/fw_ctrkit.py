@@ -7,7 +7,9 @@ accumulated on the device), so the number is what `fit` gets per step. The auc m
 
 Variants (spec["variant"]): fp32 | bf16 (autocast, fp32 master weights) | compile (torch.compile of
 the model, fp32) | compile_bf16 | perfield (fp32, the fused embedding table replaced by one
-nn.Embedding per field + stack, as FuxiCTR/DeepCTR-Torch do: what fusing buys).
+nn.Embedding per field + stack, as FuxiCTR/DeepCTR-Torch do: what fusing buys) | unfused_adam (fp32,
+the same optimizer groups as `make_optimizer` but torch's default single-tensor Adam instead of
+`fused=True`: what make_optimizer's fused kernel buys).
 """
 from __future__ import annotations
 
@@ -93,6 +95,8 @@ def run_one(spec, model_spec, torch, data):
     emb_params = _per_field_embeddings(torch, model) if variant == "perfield" else None
     model.train()
     opt = _optimizer(torch, model, cfg, emb_params)
+    if variant == "unfused_adam":
+        opt = torch.optim.Adam(opt.param_groups, lr=cfg.lr, fused=False, foreach=False)
     params = [p for p in model.parameters() if p.requires_grad]
     fwd = model
     t_compile = None

@@ -9,7 +9,7 @@ AUC check and the N-peer mutual scaling. Writes `bench/results/<date>-<machine>.
 
 Parts (`--parts`, default all but x4):
   speed     samples/s at batch 10,000 (all models) and 4,096 (FiBiNET), fp32, 3 frameworks + reference
-  fastpath  ctrkit bf16 / compile / compile+bf16 / per-field embeddings at batch 10,000
+  fastpath  ctrkit bf16 / compile / compile+bf16 / per-field embeddings / unfused Adam at batch 10,000
   auc       1 epoch on the first `--auc-rows` training rows, test AUC per framework (+ ctrkit seed
             noise and bf16); FiBiNET on `--auc-fibinet-rows` rows (FuxiCTR's FiBiNET is too slow
             for more within the budget)
@@ -176,9 +176,12 @@ def speed_jobs(args, parts: list[str]) -> list[dict]:
         no_fib = allm[:3]  # compiling FiBiNET's graph costs more than the whole budget on 2 cores
         jobs += [{**base, "framework": "ctrkit", "variant": "bf16", "batch_size": b1, "models": allm, "config": "cpu"},
                  {**base, "framework": "ctrkit", "variant": "perfield", "batch_size": b1, "models": allm, "config": "cpu"},
-                 {**base, "framework": "ctrkit", "variant": "compile", "batch_size": b1, "models": no_fib, "config": "cpu"},
+                 {**base, "framework": "ctrkit", "variant": "unfused_adam", "batch_size": b1, "models": no_fib, "config": "cpu"},
+                 # compile: first repeat only (its compile time alone is several steps' worth)
+                 {**base, "framework": "ctrkit", "variant": "compile", "batch_size": b1, "models": no_fib, "config": "cpu",
+                  "only_first_repeat": True},
                  {**base, "framework": "ctrkit", "variant": "compile_bf16", "batch_size": b1, "models": no_fib,
-                  "config": "cpu"},
+                  "config": "cpu", "only_first_repeat": True},
                  {**base, "framework": "ctrkit", "variant": "bf16", "batch_size": b2, "models": fib, "config": "cpu"}]
     if "x4" in parts:
         x4 = {**base, "warmup": 1, "steps": 3, "max_seconds": args.max_seconds, "config": "x4_001"}
@@ -345,13 +348,16 @@ def markdown(report: dict) -> str:
     fp = [r for r in s["speed"] if r["framework"] == "ctrkit" and r["config"] == "cpu" and r["batch_size"] == b1]
     if any(r["variant"] != "fp32" for r in fp):
         lines += [f"## ctrkit fast-path variants, batch {b1:,} (samples/s; ratio to fp32)", "",
-                  "| model | fp32 | bf16 autocast | torch.compile | compile + bf16 | per-field embeddings |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "bf16: autocast with fp32 master weights; torch.compile columns: first repeat only, "
+                  "compile = seconds of the first (compiling) step; per-field: one nn.Embedding per field + stack "
+                  "instead of the fused table.", "",
+                  "| model | fp32 | bf16 autocast | torch.compile | compile + bf16 | per-field embeddings | unfused Adam |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for model in MODELS:
             by = {r["variant"]: r for r in fp if r["model"] == model}
             base = by.get("fp32", {}).get("samples_per_s")
             cells = []
-            for v in ("fp32", "bf16", "compile", "compile_bf16", "perfield"):
+            for v in ("fp32", "bf16", "compile", "compile_bf16", "perfield", "unfused_adam"):
                 x = by.get(v, {}).get("samples_per_s")
                 c = fmt(x)
                 if x and base and v != "fp32":
@@ -401,6 +407,8 @@ def markdown(report: dict) -> str:
         lines += ["## N-peer mutual learning", "", f"not measured: {mu.get('status')}: {mu.get('error')}", ""]
     if report.get("skipped"):
         lines += ["Skipped: " + "; ".join(f"{k}: {v}" for k, v in report["skipped"].items()), ""]
+    if report.get("skipped_jobs_over_budget"):
+        lines += ["Not run (time budget spent): " + "; ".join(report["skipped_jobs_over_budget"]), ""]
     return "\n".join(lines)
 
 
@@ -423,8 +431,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", default="400,400,400")
     ap.add_argument("--batch-sizes", type=int, nargs=2, default=[10000, 4096])
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=10, help="timed steps (at most)")
-    ap.add_argument("--max-seconds", type=float, default=6.0, help="stop timing a model after this, >= 2 steps")
+    ap.add_argument("--steps", type=int, default=8, help="timed steps (at most)")
+    ap.add_argument("--max-seconds", type=float, default=5.0, help="stop timing a model after this, >= 2 steps")
     ap.add_argument("--slow-step-s", type=float, default=5.0,
                     help="a first step slower than this ends warm-up and one timed step suffices")
     ap.add_argument("--auc-rows", type=int, default=200_000)
@@ -437,6 +445,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mem-limit-gb", type=float, default=14.0,
                     help="per-worker memory cap: an oversized allocation fails as 'oom' in the worker")
     ap.add_argument("--job-timeout", type=int, default=900)
+    ap.add_argument("--budget-min", type=float, default=None,
+                    help="start no job after this many minutes (skipped jobs are listed in the result)")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--machine", help="machine name in the result file name (default: from the CPU)")
     ap.add_argument("--note", default="", help="free text stored with the results")
@@ -467,18 +477,31 @@ def main(argv=None) -> int:
     log(f"data ready: {d.path} rows {d.rows}, vocab {sum(d.field_sizes):,} ({time.perf_counter() - t0:.0f}s)")
 
     runner = Runner(args, Path(d.path))
+    deadline = t0 + args.budget_min * 60 if args.budget_min else None
+    skipped_jobs = []
+
+    def run(job):
+        if deadline is not None and time.perf_counter() > deadline:
+            skipped_jobs.append(f"{job['framework']}/{job.get('variant', 'fp32')}/{job['mode']} "
+                                f"bs={job['batch_size']} r{job.get('repeat')}")
+            return
+        runner.run(job)
+
     jobs = speed_jobs(args, parts)
     for r in range(args.repeats):
-        if not jobs:
+        todo = [j for j in jobs if r == 0 or not j.get("only_first_repeat")]
+        if not todo:
             break
-        k = r % len(jobs)  # rotate the order so no framework always runs first
-        for job in jobs[k:] + jobs[:k]:
-            runner.run({**job, "repeat": r})
+        k = r % len(todo)  # rotate the order so no framework always runs first
+        for job in todo[k:] + todo[:k]:
+            run({**{x: y for x, y in job.items() if x != "only_first_repeat"}, "repeat": r})
+    if "mutual" in parts:
+        run(mutual_job(args))
     if "auc" in parts:
         for job in auc_jobs(args):
-            runner.run(job)
-    if "mutual" in parts:
-        runner.run(mutual_job(args))
+            run(job)
+    if skipped_jobs:
+        log(f"budget of {args.budget_min} min spent: skipped {len(skipped_jobs)} job(s)")
 
     info = machine_info(args.threads)
     created = dt.datetime.now(dt.timezone.utc)
@@ -493,11 +516,14 @@ def main(argv=None) -> int:
                            "auc_batch": args.auc_batch, "mutual_rows": args.mutual_rows, "quick": args.quick,
                            "versions": {"fuxictr": "2.3.10", "deepctr-torch": "0.3.0",
                                         "fuxictr_model_zoo": os.environ.get("FUXICTR_MODEL_ZOO")}},
-              "targets": TARGETS, "skipped": runner.skipped, "runs": runner.results}
+              "targets": TARGETS, "skipped": runner.skipped, "skipped_jobs_over_budget": skipped_jobs,
+              "runs": runner.results}
     report["summary"] = summarize(runner.results, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{created:%Y-%m-%d}-{args.machine or machine_slug(info)}" + ("-quick" if args.quick else "")
+    # a run of some parts only gets their names in the file name, so it never overwrites a full run
+    stem = f"{created:%Y-%m-%d}-{args.machine or machine_slug(info)}" + ("-quick" if args.quick else "") \
+        + ("" if parts == DEFAULT_PARTS else "-" + "-".join(parts))
     md = markdown(report)
     for path, text in ((out / f"{stem}.json", json.dumps(report, indent=1)), (out / f"{stem}.md", md + "\n")):
         tmp = path.with_name(path.name + ".tmp")
