@@ -11,6 +11,7 @@ generator; rows are generated in fixed-size chunks, each from its own seeded gen
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,4 +300,7 @@ def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
                 writer.close()
             sink.close()
             bar.close()
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # the temp file was created private (mkstemp); a data file is not
     return path
