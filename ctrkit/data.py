@@ -916,19 +916,27 @@ def _prepare_into(tmp: Path, schema: Schema, proto: Protocol, parts: list[_Part]
 
     if n_keys:
         all_keys = np.memmap(keys_path, dtype=np.uint64, mode="r", shape=(n_keys,))
-        X_mm = {s: np.load(tmp / f"{s}_X.npy", mmap_mode="r+") for s in SPLITS if X_out[s].rows}
-        for offs, ranges in tqdm(blocks, desc="index", unit="blocks", disable=not progress,
-                                 leave=False, file=sys.stderr):
-            local = [_lookup(vocabs[f][0], vocabs[f][1], all_keys[offs[f]:offs[f + 1]])
-                     for f in range(F)]
-            for s, r0, r1 in ranges:
-                blk = np.array(X_mm[s][r0:r1])
-                for f in range(F):
-                    blk[:, f] = local[f][blk[:, f]]
-                X_mm[s][r0:r1] = blk
-        for m in X_mm.values():
-            m.flush()
-        del X_mm, all_keys
+        # Plain reads and writes, not a writable memmap: a mapping's dirty pages would count as
+        # this process's memory (7 GB of X for the full Criteo); the page cache does not.
+        files = {s: open(tmp / f"{s}_X.npy", "r+b") for s in SPLITS if X_out[s].rows}
+        row_bytes = 4 * F
+        try:
+            for offs, ranges in tqdm(blocks, desc="index", unit="blocks", disable=not progress,
+                                     leave=False, file=sys.stderr):
+                local = [_lookup(vocabs[f][0], vocabs[f][1], np.asarray(all_keys[offs[f]:offs[f + 1]]))
+                         for f in range(F)]
+                for s, r0, r1 in ranges:
+                    fh = files[s]
+                    fh.seek(_NPY_HEADER + r0 * row_bytes)
+                    blk = np.frombuffer(fh.read((r1 - r0) * row_bytes), dtype=np.int32).reshape(r1 - r0, F).copy()
+                    for f in range(F):
+                        blk[:, f] = local[f][blk[:, f]]
+                    fh.seek(_NPY_HEADER + r0 * row_bytes)
+                    fh.write(blk.tobytes())
+        finally:
+            for fh in files.values():
+                fh.close()
+        del all_keys
     keys_path.unlink()
     rows = {s: X_out[s].rows for s in SPLITS}
     if rows["train"] == 0:
