@@ -612,30 +612,28 @@ def _decode(batch, part: _Part, schema: Schema):
 
 
 def _bad_row_message(batch, part: _Part, schema: Schema, i: int, rows_before: int) -> str:
-    """Name the first invalid value of row i of the block."""
-    import pyarrow.compute as pc
+    """Name the first invalid value of row i of the block (same checks as _decode)."""
+    import pyarrow as pa
 
     line = part.first_line + rows_before + i
     names = batch.schema.names
 
     def value(ours):
-        a = batch.column(names.index(part.columns[ours]))
-        v = a[i].as_py()
+        v = batch.column(names.index(part.columns[ours]))[i].as_py()
         return "" if v is None else str(v)
 
-    lab = value(schema.label).strip()
-    if lab not in ("0", "1") and lab not in ("0.0", "1.0"):
-        return f"{part.name}: line {line}: label {schema.label!r} must be 0 or 1, got {lab!r}"
+    lab = value(schema.label)
+    if _label_values(pa.array([lab]))[1][0]:
+        return f"{part.name}: line {line}: label {schema.label!r} must be 0 or 1, got {lab.strip()!r}"
     if schema.dataset == "criteo":
-        import re
         for name in schema.int_fields:
-            v = value(name).strip()
-            if v and not re.match(_NUM_RE, v) or v.lower() in ("nan", "inf", "-inf"):
-                return f"{part.name}: line {line}: integer field {name} is not a number: {v!r}"
+            v = value(name)
+            if _int_keys(pa.array([v]))[1][0]:
+                return f"{part.name}: line {line}: integer field {name} is not a number: {v.strip()!r}"
     else:
         v = value("hour")
-        return f"{part.name}: line {line}: hour must be YYMMDDHH, got {v!r}"
-    del pc
+        if _hour_keys(pa.array([v]))[1][0]:
+            return f"{part.name}: line {line}: hour must be YYMMDDHH, got {v!r}"
     return f"{part.name}: line {line}: invalid row"
 
 

@@ -226,6 +226,25 @@ def test_bad_line_in_header_csv_counts_header(tmp_path, capsys):
                tmp_path / "o", "line 4:", "got 41")
 
 
+def test_avazu_bad_hour_and_label(tmp_path, capsys):
+    raw = synth.generate("avazu", 50, tmp_path / "raw", seed=1)
+    lines = raw.read_text().splitlines()
+    r = lines[3].split(",")
+    r[2] = "14x02100"
+    lines[3] = ",".join(r)
+    raw.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    _cli_fails(capsys, ["prepare", "avazu", "--raw", str(raw), "--out", str(out)], out, str(raw),
+               "line 4:", "hour must be YYMMDDHH, got '14x02100'")
+    r = lines[6].split(",")
+    r[1] = "yes"
+    lines[6] = ",".join(r)
+    raw.write_text("\n".join(lines) + "\n")
+    assert main(["prepare", "avazu", "--raw", str(raw), "--out", str(out), "--on-bad-lines", "skip"]) == 0
+    assert "skipped 2 bad rows" in capsys.readouterr().out
+    assert sum(data.load(out).rows.values()) == 48
+
+
 def test_bad_files_and_names(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
