@@ -522,12 +522,10 @@ def _check_hub_reachable(hub_id: str, timeout: float = 3.0) -> None:
 
 
 def _resolve_source(raw, schema: Schema, on_bad_lines: str) -> tuple[list[_Part], dict]:
-    try:
-        import datasets
-        if isinstance(raw, (datasets.Dataset, datasets.DatasetDict)):
-            return _dataset_parts(raw, schema, "datasets"), {"kind": "datasets"}
-    except ImportError:
-        pass
+    # A Dataset object implies `datasets` is imported already; don't pay its import otherwise.
+    datasets = sys.modules.get("datasets")
+    if datasets is not None and isinstance(raw, (datasets.Dataset, datasets.DatasetDict)):
+        return _dataset_parts(raw, schema, "datasets"), {"kind": "datasets"}
     raw_s = str(raw)
     if raw_s.startswith("hf://"):
         hub_id = raw_s[len("hf://"):].strip("/")
