@@ -128,7 +128,7 @@ def main(argv=None) -> int:
         bs = args.batch_size or int(p.train["batch_size"])
         cfg = TrainConfig(epochs=1, batch_size=bs, lr=p.train["lr"], embedding_regularizer=p.train["embedding_regularizer"],
                           net_regularizer=p.train["net_regularizer"], monitor="AUC", amp=args.amp,
-                          device=str(device), seed=args.seed, progress=False, eval_batch_size=262144)
+                          device=str(device), seed=args.seed, progress=False, eval_batch_size=65536)
         seed_everything(args.seed)
         model = models.build(name, data.field_sizes, **p.model)
         if cuda:
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
         try:
             res = mutual_fit(built, data, MutualConfig(mode="mutual", epochs=1, batch_size=bs, seed=args.seed,
                                                        device=str(device), amp=args.amp, progress=False,
-                                                       eval_batch_size=262144, train=tcfgs))
+                                                       eval_batch_size=65536, train=tcfgs))
             ep = res["history"][0]["seconds"]
             rows.append({"what": label, "status": "ok", "batch_size": bs, "samples_per_s": args.rows / ep,
                          "epoch_seconds": ep, "peak_gb": peak_gb(),
