@@ -37,16 +37,20 @@ NOTEBOOKS = PER_DATASET + ONCE
 
 # Sizes per profile, as data, so the notebooks' parameter cells stay plain literals.
 #   rows: synthetic rows (None: the real data of --data); preset: model/train preset of ctrkit.presets;
-#   epochs: pretraining epochs (None: the preset's); finetune_epochs: epochs of every mutual/alone run;
-#   seeds: seeds of every run that gets error bars; k: largest peer count of 04 (peers = peers_k[:N]).
+#   epochs: pretraining epochs (None: the preset's); finetune_epochs: epochs of every finetuning run;
+#   seeds: seeds of every run (error bars); models: the paper's four (01-03);
+#   peers_k: the peers of 04, N = 1..k (peer set = peers_k[:N]).
+# quick runs the `smoke` model preset (small embeddings, batch 512): on a few thousand rows the
+# `quick` preset (batch 2048) takes only a handful of steps per epoch and barely learns, and
+# FiBiNET's bilinear layer dominates the 2-core CPU budget (measured: ~20x DeepFM per sample).
 PROFILES: dict[str, dict] = {
     "smoke": {
-        "rows": 3000, "preset": "smoke", "epochs": 1, "finetune_epochs": 1, "seeds": [2021, 2022],
+        "rows": 1000, "preset": "smoke", "epochs": 1, "finetune_epochs": 1, "seeds": [2021, 2022],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "k": 5,
-        "peers_k": ["DeepFM", "DCN", "PNN", "FiBiNET", "FM"], "execution_timeout": 600,
+        "peers_k": ["DeepFM", "DCN", "PNN", "FiBiNET", "FM"], "execution_timeout": 900,
     },
     "quick": {
-        "rows": 60000, "preset": "quick", "epochs": 2, "finetune_epochs": 1, "seeds": [2021, 2022, 2023],
+        "rows": 8000, "preset": "smoke", "epochs": 2, "finetune_epochs": 1, "seeds": [2021, 2022, 2023],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "k": 5,
         "peers_k": ["DeepFM", "DCN", "PNN", "FiBiNET", "FM"], "execution_timeout": 1800,
     },

@@ -154,7 +154,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
 
 def build(name: str) -> nbformat.NotebookNode:
     cells = []
-    for kind, src in NOTEBOOKS[name]:
+    for i, (kind, src) in enumerate(NOTEBOOKS[name]):
         if kind == "md":
             cells.append(new_markdown_cell(src))
         else:
@@ -162,6 +162,7 @@ def build(name: str) -> nbformat.NotebookNode:
             if kind == "params":
                 cell.metadata["tags"] = ["parameters"]
             cells.append(cell)
+        cells[-1].id = f"{name[:2]}-{i:02d}"  # stable ids: regenerating changes nothing
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}

@@ -122,3 +122,50 @@ def test_cli_reproduce_errors_are_one_line(tmp_path):
     assert r.stderr.strip().splitlines() == ["ctrkit: error: --profile full is the BARS protocol on real data: "
                                              "--data DIR is required (a processed dataset dir or raw files; "
                                              "with --dataset both, DIR/criteo and DIR/avazu)"]
+
+
+TABLES = ["data_splits", "data_vocab", "data_frequency", "baselines", "scratch", "finetune", "partners", "peer_count",
+          "fig_settings", "fig_partners", "fig_peer_count"]
+FIGURES = ["data_ctr", "data_frequency", "scratch_vs_finetune", "partner_matrix", "gain_vs_partner_auc", "peer_count"]
+
+
+@pytest.mark.slow
+def test_reproduce_smoke_runs_every_notebook(tmp_path):
+    """CI: `ctrkit reproduce --profile smoke --dataset both` executes all notebooks without error and
+    writes every table, figure and the index; a second call finds everything done."""
+    out, figs = tmp_path / "out", tmp_path / "figs"
+    cmd = [sys.executable, "-m", "ctrkit.cli", "reproduce", "--profile", "smoke", "--dataset", "both",
+           "--out", str(out), "--figures", str(figs), "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"index:     {out / 'index.md'}" in r.stdout
+    for ds in ("criteo", "avazu"):
+        for t in TABLES:
+            assert (out / "tables" / f"{ds}_{t}.csv").stat().st_size > 0, (ds, t)
+        for f in FIGURES:
+            for ext in ("png", "svg"):
+                assert (out / "figures" / f"{ds}_{f}.{ext}").stat().st_size > 0, (ds, f, ext)
+                assert (figs / f"{ds}_{f}.{ext}").exists()
+        for nb in reproduce.PER_DATASET:
+            executed = nbformat.read(out / "notebooks" / ds / f"{nb}.ipynb", as_version=4)
+            errors = [o for c in _code_cells(executed) for o in c.outputs if o.get("output_type") == "error"]
+            assert not errors, (ds, nb, errors)
+        # the tables hold real numbers from the runs: 4 models x 2 seeds pretrained, every pair finetuned
+        base = reproduce.read_table(out / "tables" / f"{ds}_baselines")
+        assert set(base["model"]) >= {"DeepFM", "DCN", "PNN", "FiBiNET", "FM"}
+        assert ((base["test_auc_mean"] > 0.3) & (base["test_auc_mean"] < 1.0)).all()
+        pairs = reproduce.read_table(out / "tables" / f"{ds}_fig_partners")
+        assert len(pairs) == 6 * 2 * 2  # 6 pairs, both members, 2 seeds
+        assert sorted(reproduce.read_table(out / "tables" / f"{ds}_fig_peer_count")["n_peers"].unique()) == [1, 2, 3, 4, 5]
+    for f in ("fig1_knowledge_distillation", "fig2_mutual_learning"):
+        assert (out / "figures" / f"{f}.png").exists() and (out / "figures" / f"{f}.svg").exists()
+    assert (out / "notebooks" / "06_explore.ipynb").exists()
+    index = (out / "index.md").read_text()
+    for link in ("tables/criteo_finetune.csv", "tables/avazu_partners.md", "figures/avazu_peer_count.png",
+                 "notebooks/criteo/02_scratch_vs_finetune.ipynb"):
+        assert link in index
+    assert (out / "index.html").exists()
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "ran 0 notebook(s), skipped 12 already done" in again.stdout
