@@ -52,6 +52,6 @@ class FiBiNET(CTRModel):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         self.check_input(X)
         emb = self.embedding(X)  # [B, F, d]
-        # cat(p, q) in one copy from the per-field blocks (same values as cat([bilinear_p(emb), ...]))
-        pq = torch.cat(self.bilinear_p.pieces(emb) + self.bilinear_q.pieces(self.senet(emb)), dim=1)
+        # p, q: [B, P, d] views; the cat is the one copy into the MLP input
+        pq = torch.cat([self.bilinear_p(emb), self.bilinear_q(self.senet(emb))], dim=1)
         return (self.lr(X) + self.mlp(pq.flatten(1)).squeeze(-1)).float()  # MLP input [B, 2*P*d]
