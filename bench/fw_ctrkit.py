@@ -79,8 +79,9 @@ def run_one(spec, model_spec, torch, data):
         seed_everything(cfg.seed)
         model = models.build(model_spec["model"], sizes, **model_spec["hparams"])
         d = cdata.load(spec["data"])
-        if spec.get("train_rows") is not None:
-            d = _Subset(d, int(spec["train_rows"]), spec.get("test_rows"))
+        # fit validates every epoch: a small valid split keeps that cheap (1 epoch: nothing to select)
+        d = _Subset(d, int(spec.get("train_rows") or d.rows["train"]), spec.get("test_rows"),
+                    valid_rows=spec.get("valid_rows", 10_000))
         t0 = time.perf_counter()
         res = fit(model, d, cfg.replace(monitor="AUC"))
         return {"test_auc": res["test_auc"], "test_logloss": res["test_logloss"],

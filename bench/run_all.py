@@ -435,9 +435,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seconds", type=float, default=5.0, help="stop timing a model after this, >= 2 steps")
     ap.add_argument("--slow-step-s", type=float, default=5.0,
                     help="a first step slower than this ends warm-up and one timed step suffices")
-    ap.add_argument("--auc-rows", type=int, default=200_000)
-    ap.add_argument("--auc-fibinet-rows", type=int, default=20_480)
-    ap.add_argument("--auc-test-rows", type=int, default=100_000)
+    ap.add_argument("--auc-rows", type=int, default=100_000)
+    ap.add_argument("--auc-fibinet-rows", type=int, default=12_288)
+    ap.add_argument("--auc-test-rows", type=int, default=50_000)
     ap.add_argument("--auc-batch", type=int, default=4096)
     ap.add_argument("--mutual-rows", type=int, default=200_000)
     ap.add_argument("--mutual-valid-rows", type=int, default=10_000)
