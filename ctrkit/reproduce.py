@@ -440,7 +440,9 @@ def run(
     ran, skipped, t0 = [], [], time.perf_counter()
     for i, job in enumerate(jobs, 1):
         src = _notebook_path(job.notebook, nb_dir)
-        digest = _sha({"parameters": job.parameters, "notebook": hashlib.sha256(src.read_bytes()).hexdigest()})
+        # The profile's sizes are part of the hash: editing PROFILES re-runs the notebooks it changes.
+        digest = _sha({"parameters": job.parameters, "profile": PROFILES[profile],
+                       "notebook": hashlib.sha256(src.read_bytes()).hexdigest()})
         marker = out_dir / ".done" / f"{job.name}.json"
         dest = out_dir / "notebooks" / job.dataset / f"{job.notebook}.ipynb" if job.notebook in PER_DATASET \
             else out_dir / "notebooks" / f"{job.notebook}.ipynb"
