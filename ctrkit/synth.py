@@ -42,15 +42,11 @@ _AVAZU_CARD = [7, 7, 4737, 7745, 26, 8552, 559, 36, 2686408, 6729486, 8251, 5, 4
 _AVAZU_NUMERIC = {"C1", "banner_pos", "device_type", "device_conn_type", "C14", "C15", "C16",
                   "C17", "C18", "C19", "C20", "C21"}
 
-# Strength of the hidden model's parts (logit scale): main effects vs interaction terms. With
-# these, on 50k rows (40k train): Bayes AUC ~0.83 (criteo) / ~0.90 (avazu); one-hot LR ~0.73 /
-# ~0.66-0.69; LR given the true pair crosses as extra features ~0.79 / ~0.87 (what FM/cross/deep
-# models can reach for); a small DeepFM (our models, Adam 3e-3, 6 epochs) ~0.73-0.75 / ~0.82.
-_MAIN_SCALE = 0.4
-_INTER_SCALE = 1.0
-_PAIRS = 12
-_PAIR_W = 1.3
-_MLP_W = 0.35
+# Spread (std of the logit) of the hidden model's parts: main effects, pairwise (FM-style),
+# three-way and MLP-like terms; the interaction parts are centred, so LR cannot use them. With
+# these, on 40-50k rows: Bayes AUC ~0.86; one-hot LR ~0.75-0.78; LR given the true pair crosses
+# ~0.81-0.85 (the reach of FM/cross/deep models).
+_PART_STD = (1.4, 1.1, 0.4, 0.4)
 _CHUNK = 250_000  # rows per generation chunk; fixed so the output does not depend on memory
 BASE_CTR = {"criteo": 0.25, "avazu": 0.17}
 
@@ -101,9 +97,9 @@ class _Truth:
         mid = [i for i, f in enumerate(self.fields) if f.card <= 30 and f.missing < 0.3]
         # Pairwise (FM-style) terms on a random subset of those fields' pairs.
         pairs = [(i, j) for a, i in enumerate(mid) for j in mid[a + 1:]]
-        pick = rng.choice(len(pairs), size=min(len(pairs), _PAIRS), replace=False)
+        pick = rng.choice(len(pairs), size=min(len(pairs), 12), replace=False)
         self.pairs = [pairs[p] for p in sorted(pick)]
-        self.pair_w = rng.normal(0, _PAIR_W, size=len(self.pairs))
+        self.pair_w = rng.normal(0, 1.0, size=len(self.pairs))
         # A three-way table over three small fields: only a cross/deep model can fit it.
         small = [i for i, f in enumerate(self.fields) if f.card <= 64]
         self.triple = tuple(rng.choice(small, size=3, replace=False))
@@ -112,8 +108,9 @@ class _Truth:
         # A small random MLP on the concatenated latents of a few fields (higher-order, smooth).
         self.mlp_fields = sorted(rng.choice(mid, size=min(len(mid), 6), replace=False).tolist())
         self.W1 = rng.normal(0, 1.0 / np.sqrt(self.k), size=(len(self.mlp_fields) * self.k, 16))
-        self.w2 = rng.normal(0, _MLP_W, size=16)
+        self.w2 = rng.normal(0, 1.0, size=16)
         self.bias = 0.0
+        self.scales = [1.0, 1.0, 1.0, 1.0]
         ranks, _ = self._ranks(np.random.default_rng([seed, 104729]), min(200_000, max(20_000, rows)))
         # Centre the latent vectors and the three-way factors under the data's own (Zipf) value
         # frequencies, so interaction terms have no main-effect part an LR could pick up: with a
@@ -124,6 +121,9 @@ class _Truth:
                 f.latent -= f.latent[r[ok]].mean(axis=0)
         for t, tab in zip(self.triple, self.triple_tab):
             tab -= tab[np.where(ranks[t] >= 0, ranks[t], 0) % 16].mean()
+        # Each part scaled to a fixed spread (std on the logit scale), so every seed and size gets
+        # the same mix of signal: LR sees only the main part, FM/cross/deep models more.
+        self.scales = [t / max(float(p.std()), 1e-9) for t, p in zip(_PART_STD, self._parts(ranks))]
         self.bias = self._calibrate(self._logit(ranks), BASE_CTR[dataset])
 
     @staticmethod
@@ -176,24 +176,26 @@ class _Truth:
                 ranks[i] = np.where(rng.random(n) < f.missing, -1, ranks[i])
         return ranks, ints
 
-    def _logit(self, ranks: list) -> np.ndarray:
+    def _parts(self, ranks: list) -> list:
+        """The logit's four parts (main, pairwise, three-way, MLP), unscaled."""
         n = len(ranks[0])
-        logit = np.full(n, self.bias)
-        inter = np.zeros(n)
+        main = np.zeros(n)
         lat = []
         for r, f in zip(ranks, self.fields):
             ok = r >= 0
             idx = np.where(ok, r, 0)
-            logit += _MAIN_SCALE * np.where(ok, f.effect[idx], 0.0)
+            main += np.where(ok, f.effect[idx], 0.0)
             lat.append(np.where(ok[:, None], f.latent[idx], 0.0))
+        pair = np.zeros(n)
         for (i, j), w in zip(self.pairs, self.pair_w):
-            inter += w * np.einsum("nk,nk->n", lat[i], lat[j]) / self.k
+            pair += w * np.einsum("nk,nk->n", lat[i], lat[j]) / self.k
         u = [tab[np.where(ranks[t] >= 0, ranks[t], 0) % 16] for t, tab in zip(self.triple, self.triple_tab)]
-        inter += 0.8 * u[0] * u[1] * u[2]
-        h = np.tanh(np.concatenate([lat[t] for t in self.mlp_fields], axis=1) @ self.W1)
-        inter += h @ self.w2
-        logit += _INTER_SCALE * inter
-        return logit
+        triple = u[0] * u[1] * u[2]
+        mlp = np.tanh(np.concatenate([lat[t] for t in self.mlp_fields], axis=1) @ self.W1) @ self.w2
+        return [main, pair, triple, mlp]
+
+    def _logit(self, ranks: list) -> np.ndarray:
+        return self.bias + sum(s * p for s, p in zip(self.scales, self._parts(ranks)))
 
 
 def _bucket(v: np.ndarray) -> np.ndarray:
