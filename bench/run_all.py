@@ -280,6 +280,16 @@ def summarize(results: list[dict], args) -> dict:
     for r in auc_rows:
         auc.append({k: r.get(k) for k in ("config", "model", "framework", "variant", "seed", "status", "test_auc",
                                           "test_logloss", "train_rows", "fit_samples_per_s", "error")})
+    # Run-to-run noise, pooled over the models of one AUC config (one seed pair per model is too
+    # few): sd of one run = sqrt(mean(delta_seed^2) / 2); two independent runs differ by
+    # sqrt(2) * sd, so 'equal' = |ctrkit - FuxiCTR| <= 2 * sqrt(2) * sd = 2 * RMS(delta_seed).
+    seed_deltas: dict[str, list[float]] = {}
+    for m in MODELS:
+        pair = {r.get("seed"): r for r in auc if r["model"] == m and r["framework"] == "ctrkit"
+                and (r.get("variant") or "fp32") == "fp32" and r["status"] == "ok"}
+        if 2021 in pair and 2022 in pair:
+            seed_deltas.setdefault(pair[2021]["config"], []).append(pair[2021]["test_auc"] - pair[2022]["test_auc"])
+    rms = {c: (sum(x * x for x in v) / len(v)) ** 0.5 for c, v in seed_deltas.items()}
     equal = {}
     for m in MODELS:
         def a(fw, variant="fp32", seed=2021):
@@ -289,14 +299,15 @@ def summarize(results: list[dict], args) -> dict:
                     return r["test_auc"]
             return None
         c1, c2, fx, dc, bf = a("ctrkit"), a("ctrkit", seed=2022), a("fuxictr"), a("deepctr"), a("ctrkit", "bf16")
+        cfg = next((r["config"] for r in auc if r["model"] == m), None)
         noise = abs(c1 - c2) if c1 is not None and c2 is not None else None
-        tol = max(2 * noise, 0.002) if noise is not None else 0.002
+        tol = 2 * rms[cfg] if cfg in rms else None
         equal[m] = {"ctrkit": c1, "ctrkit_seed2": c2, "fuxictr": fx, "deepctr": dc, "ctrkit_bf16": bf,
                     "seed_noise": noise, "tolerance": tol,
                     "ctrkit_minus_fuxictr": (c1 - fx) if c1 is not None and fx is not None else None,
                     "bf16_minus_fp32": (bf - c1) if bf is not None and c1 is not None else None}
         d = equal[m]["ctrkit_minus_fuxictr"]
-        equal[m]["equal_within_noise"] = None if d is None else abs(d) <= tol
+        equal[m]["equal_within_noise"] = None if d is None or tol is None else abs(d) <= tol
 
     mutual = None
     for r in results:
@@ -385,15 +396,16 @@ def markdown(report: dict) -> str:
         st = report["settings"]
         lines += ["## Equal work: test AUC after 1 epoch (same data, same sizes)", "",
                   f"First {st['auc_rows']:,} training rows ({st['auc_fibinet_rows']:,} for FiBiNET), batch "
-                  f"{st['auc_batch']:,}, test on {st['auc_test_rows']:,} rows. Noise = |AUC(seed 2021) - AUC(seed 2022)| "
-                  f"of ctrkit; 'equal' means |ctrkit - FuxiCTR| <= max(2 x noise, 0.002).", "",
-                  "| model | ctrkit | ctrkit seed 2 | FuxiCTR | DeepCTR-Torch | ctrkit - FuxiCTR | equal? | ctrkit bf16 | bf16 - fp32 |",
-                  "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+                  f"{st['auc_batch']:,}, test on {st['auc_test_rows']:,} rows. Run-to-run noise from ctrkit's two seeds, "
+                  f"pooled over the models of a row group: 'equal' means |ctrkit - FuxiCTR| <= 2 x RMS(AUC(seed 2021) - "
+                  f"AUC(seed 2022)) (tolerance column), i.e. within 2 sd of the difference of two independent runs.", "",
+                  "| model | ctrkit | ctrkit seed 2 | FuxiCTR | DeepCTR-Torch | ctrkit - FuxiCTR | tolerance | equal? | ctrkit bf16 | bf16 - fp32 |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
         for model in MODELS:
             e = eq[model]
             lines.append(f"| {model} | {fmt(e['ctrkit'], '{:.4f}')} | {fmt(e['ctrkit_seed2'], '{:.4f}')} | "
                          f"{fmt(e['fuxictr'], '{:.4f}')} | {fmt(e['deepctr'], '{:.4f}')} | "
-                         f"{fmt(e['ctrkit_minus_fuxictr'], '{:+.4f}')} | "
+                         f"{fmt(e['ctrkit_minus_fuxictr'], '{:+.4f}')} | {fmt(e['tolerance'], '{:.4f}')} | "
                          f"{'—' if e['equal_within_noise'] is None else ('yes' if e['equal_within_noise'] else 'no')} | "
                          f"{fmt(e['ctrkit_bf16'], '{:.4f}')} | {fmt(e['bf16_minus_fp32'], '{:+.4f}')} |")
         lines.append("")
@@ -454,7 +466,20 @@ def main(argv=None) -> int:
     ap.add_argument("--note", default="", help="free text stored with the results")
     ap.add_argument("--quick", action="store_true",
                     help="dry run: 20k rows, tiny batches, 1 repeat (checks the harness, numbers mean nothing)")
+    ap.add_argument("--resummarize", metavar="JSON",
+                    help="recompute the summary and the .md of an existing result file (no training)")
     args = ap.parse_args(argv)
+    if args.resummarize:
+        path = Path(args.resummarize)
+        report = json.loads(path.read_text())
+        args.batch_sizes = report["settings"]["batch_sizes"]
+        report["summary"] = summarize(report["runs"], args)
+        for p, text in ((path, json.dumps(report, indent=1)), (path.with_suffix(".md"), markdown(report) + "\n")):
+            tmp = p.with_name(p.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, p)
+        print(markdown(report))
+        return 0
     if args.quick:
         args.rows, args.repeats, args.batch_sizes = 20_000, 1, [1000, 512]
         args.warmup, args.steps, args.max_seconds = 1, 2, 2.0
