@@ -153,12 +153,16 @@ def cmd_pretrain(args):
     train_cfg.update(seed=args.seed, device=args.device, progress=not args.json or sys.stderr.isatty())
     if args.epochs is not None:
         train_cfg["epochs"] = args.epochs
-    model_keys = set(models.hparam_defaults(name))
+    defaults = models.hparam_defaults(name)
+    model_keys = set(defaults)
     for key, text in args.overrides:  # last, so --set wins over the preset and the flags' defaults
         try:
-            value = yaml.safe_load(text)  # "0.01", "[400, 400]", "true", "AUC-logloss"
+            value = yaml.safe_load(text)  # "0.01", "[400, 400]", "true", "{AUC: 1, logloss: -1}"
         except yaml.YAMLError as e:
             raise CtrkitError(f"--set {key}={text}: not a YAML/JSON literal ({e})") from None
+        names = {"amp", "device"} | {k for k, v in defaults.items() if isinstance(v, str)}
+        if key in names or (key == "monitor" and not isinstance(value, dict)):
+            value = text  # names stay names: YAML 1.1 would read amp=off as false
         if isinstance(value, str) and key in ("lr", "min_lr", "lr_decay", "clip_grad_norm"):
             try:  # YAML 1.1 reads 1e-3 (no dot) as a string
                 value = float(value)
