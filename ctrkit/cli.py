@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ctrkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `ctrkit info B | head`: the reader went away; point stdout at devnull so exit is quiet.
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     if getattr(args, "json", False) and result is not None:
         # Contract: with --json the last line printed is one JSON object.
         print(json.dumps(result, default=str))
