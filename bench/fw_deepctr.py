@@ -67,7 +67,7 @@ def run_one(spec, model_spec, torch, data):
         model.eval()
         X = torch.from_numpy(Xte).float()  # what its predict() feeds the model
         with torch.no_grad():
-            p = torch.cat([model(X[s:s + 65536]).reshape(-1) for s in range(0, X.shape[0], 65536)])
+            p = torch.cat([model(X[s:s + bs]).reshape(-1) for s in range(0, X.shape[0], bs)])  # training batch size: bounded memory
         m = _common.auc_logloss(yte, p.numpy())
         return {"test_auc": m["auc"], "test_logloss": m["logloss"], "train_rows": int(Xtr.shape[0]),
                 "fit_samples_per_s": Xtr.shape[0] / train_s, "seconds": time.perf_counter() - t0}

@@ -96,8 +96,10 @@ def run_one(spec, model_spec, torch, data):
         model.eval()
         preds = []
         with torch.no_grad():
-            for s in range(0, Xte.shape[0], 65536):
-                preds.append(model.forward(batch_dict(Xte[s:s + 65536], yte[s:s + 65536]))["y_pred"].view(-1))
+            # evaluate at the training batch size, as FuxiCTR's own evaluate() does: its FiBiNET
+            # broadcasts [B, P, d, d] and a 65536-row batch would not fit in memory
+            for s in range(0, Xte.shape[0], bs):
+                preds.append(model.forward(batch_dict(Xte[s:s + bs], yte[s:s + bs]))["y_pred"].view(-1))
         m = _common.auc_logloss(yte.numpy(), torch.cat(preds).numpy())
         return {"test_auc": m["auc"], "test_logloss": m["logloss"], "train_rows": int(Xtr.shape[0]),
                 "fit_samples_per_s": Xtr.shape[0] / train_s, "seconds": time.perf_counter() - t0}
