@@ -466,6 +466,9 @@ def main(argv=None) -> int:
     ap.add_argument("--note", default="", help="free text stored with the results")
     ap.add_argument("--quick", action="store_true",
                     help="dry run: 20k rows, tiny batches, 1 repeat (checks the harness, numbers mean nothing)")
+    ap.add_argument("--frameworks", help="speed/fastpath: only these (comma list of ctrkit,fuxictr,deepctr,reference)")
+    ap.add_argument("--models", help="speed/fastpath: only these models (comma list)")
+    ap.add_argument("--tag", default="", help="suffix of the result file name")
     ap.add_argument("--resummarize", metavar="JSON",
                     help="recompute the summary and the .md of an existing result file (no training)")
     args = ap.parse_args(argv)
@@ -517,6 +520,13 @@ def main(argv=None) -> int:
     if "mutual" in parts:  # first: one job, and the budget cut must not fall on it
         run(mutual_job(args))
     jobs = speed_jobs(args, parts)
+    if args.frameworks:  # focused runs: only these frameworks / models
+        keep = set(args.frameworks.split(","))
+        jobs = [j for j in jobs if j["framework"] in keep]
+    if args.models:
+        keep = set(args.models.split(","))
+        jobs = [{**j, "models": [m for m in j["models"] if m["model"] in keep]} for j in jobs]
+        jobs = [j for j in jobs if j["models"]]
     for r in range(args.repeats):
         todo = [j for j in jobs if r == 0 or not j.get("only_first_repeat")]
         if not todo:
@@ -550,7 +560,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # a run of some parts only gets their names in the file name, so it never overwrites a full run
     stem = f"{created:%Y-%m-%d}-{args.machine or machine_slug(info)}" + ("-quick" if args.quick else "") \
-        + ("" if parts == DEFAULT_PARTS else "-" + "-".join(parts))
+        + ("" if parts == DEFAULT_PARTS else "-" + "-".join(parts)) + (f"-{args.tag}" if args.tag else "")
     md = markdown(report)
     for path, text in ((out / f"{stem}.json", json.dumps(report, indent=1)), (out / f"{stem}.md", md + "\n")):
         tmp = path.with_name(path.name + ".tmp")
