@@ -335,8 +335,9 @@ def markdown(report: dict) -> str:
              f"{report['settings']['threads']} threads, torch {m['torch']}", "",
              f"Data: {report['settings']['rows']:,} synthetic Criteo-shaped rows (`ctrkit.data.synthetic_dataset`), "
              f"39 fields, vocab {report['settings']['vocab']:,}; embedding {report['settings']['emb']}, "
-             f"MLP {report['settings']['hidden']}, steady-state training samples/s (median of "
-             f"{report['settings']['repeats']} interleaved repeats, warm-up excluded).",
+             f"MLP {report['settings']['hidden']}, steady-state training samples/s (median of the completed "
+             f"interleaved repeats, {_repeat_range(s)} per cell of {report['settings']['repeats']} planned; "
+             f"warm-up excluded).",
              f"Command: `{report['command']}`", ""]
     if report.get("note"):
         lines += [f"Note: {report['note']}", ""]
@@ -424,6 +425,11 @@ def markdown(report: dict) -> str:
     if report.get("skipped_jobs_over_budget"):
         lines += ["Not run (time budget spent): " + "; ".join(report["skipped_jobs_over_budget"]), ""]
     return "\n".join(lines)
+
+
+def _repeat_range(s) -> str:
+    n = [r["repeats"] for r in s["speed"] if r["repeats"]]
+    return "none" if not n else (f"{min(n)}" if min(n) == max(n) else f"{min(n)}-{max(n)}")
 
 
 def _status(s, model, fw, bs):
