@@ -474,6 +474,7 @@ def main(argv=None) -> int:
                     help="dry run: 20k rows, tiny batches, 1 repeat (checks the harness, numbers mean nothing)")
     ap.add_argument("--frameworks", help="speed/fastpath: only these (comma list of ctrkit,fuxictr,deepctr,reference)")
     ap.add_argument("--models", help="speed/fastpath: only these models (comma list)")
+    ap.add_argument("--variants", help="speed/fastpath: only these ctrkit variants (fp32,bf16,compile,...)")
     ap.add_argument("--tag", default="", help="suffix of the result file name")
     ap.add_argument("--resummarize", metavar="JSON",
                     help="recompute the summary and the .md of an existing result file (no training)")
@@ -529,6 +530,9 @@ def main(argv=None) -> int:
     if args.frameworks:  # focused runs: only these frameworks / models
         keep = set(args.frameworks.split(","))
         jobs = [j for j in jobs if j["framework"] in keep]
+    if args.variants:
+        keep = set(args.variants.split(","))
+        jobs = [j for j in jobs if j.get("variant", "fp32") in keep]
     if args.models:
         keep = set(args.models.split(","))
         jobs = [{**j, "models": [m for m in j["models"] if m["model"] in keep]} for j in jobs]
