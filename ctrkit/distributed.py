@@ -48,9 +48,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ctrkit import experiments, presets
-from ctrkit.losses import check_divergence, check_weight, peer_loss, warmup_weight
-from ctrkit.models import build, canonical_name
-from ctrkit.mutual import (INITS, MODES, MutualConfig, _Peer, _scores, _teachers, checkpoint_path, peer_labels)
+from ctrkit.losses import peer_loss, warmup_weight
+from ctrkit.models import build
+from ctrkit.mutual import (MutualConfig, _Peer, _scores, _teachers, check_run_args, checkpoint_path, peer_labels)
 from ctrkit.train import (NonFiniteCheck, TrainConfig, amp_context, epoch_batches, load_checkpoint, load_pretrained,
                           predict, resolve_amp, rng_state, set_rng_state)
 from ctrkit.utils import CtrkitError, env_info, seed_everything, torch_save_atomic, write_json_atomic
@@ -535,22 +535,9 @@ def run_mutual_distributed(data, peers: Sequence[str] | str, init: str = "scratc
     with the seed the single-process run gives it (seed + k-1 for the k-th copy of a model)."""
     if comm is None:
         raise CtrkitError("run_mutual_distributed needs a Comm (see init_from_env)")
-    if init not in INITS:
-        raise CtrkitError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
-    if mode not in MODES:
-        raise CtrkitError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    check_weight(weight)
-    check_divergence(divergence)
-    if isinstance(peers, str):
-        peers = [p for p in peers.split(",") if p.strip()]
-    names = [canonical_name(p.strip()) for p in peers]
+    names = check_run_args(peers, init, mode, weight, divergence)
     if len(names) != comm.layout.n_peers:
         raise CtrkitError(f"--peers lists {len(names)} models but the process layout has {comm.layout.n_peers}")
-    need = 1 if mode == "alone" else 2
-    if len(names) < need:
-        raise CtrkitError(f"--peers: mode {mode!r} needs at least {need} peers, got {len(names)} ({','.join(names)})")
-    if mode == "ensemble" and init != "pretrained":
-        raise CtrkitError("mode 'ensemble' averages pretrained peers: use --init pretrained with --ckpt-dir")
     fingerprints = comm.gather_objects(data.fingerprint)
     if len(set(fingerprints)) > 1:
         raise CtrkitError("the ranks read different datasets (feature-map fingerprints by rank: "

@@ -42,7 +42,7 @@ from ctrkit.train import (NonFiniteCheck, TrainConfig, Tracker, amp_context, epo
 from ctrkit.utils import CtrkitError, env_info, resolve_device, seed_everything, torch_save_atomic, write_json_atomic
 
 __all__ = ["MODES", "INITS", "MutualConfig", "mutual_fit", "run_mutual", "mutual_losses", "peer_loss",
-           "checkpoint_path", "peer_labels"]
+           "checkpoint_path", "peer_labels", "check_run_args"]
 
 MODES = ("mutual", "alone", "kd", "ensemble")
 INITS = ("scratch", "pretrained")
@@ -352,6 +352,26 @@ def checkpoint_path(ckpt_dir: str | Path, label: str) -> Path:
     return Path(ckpt_dir) / label / "best.pt"
 
 
+def check_run_args(peers: Sequence[str] | str, init: str, mode: str, weight: float, divergence: str) -> list[str]:
+    """Validate a run's arguments before anything is built; return the canonical peer names.
+    Shared by `run_mutual` and the distributed runner, so both refuse the same bad input."""
+    if init not in INITS:
+        raise CtrkitError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+    if mode not in MODES:
+        raise CtrkitError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    check_weight(weight)
+    check_divergence(divergence)
+    if isinstance(peers, str):
+        peers = [p for p in peers.split(",") if p.strip()]
+    names = [canonical_name(p.strip()) for p in peers]
+    need = 1 if mode == "alone" else 2
+    if len(names) < need:
+        raise CtrkitError(f"--peers: mode {mode!r} needs at least {need} peers, got {len(names)} ({','.join(names)})")
+    if mode == "ensemble" and init != "pretrained":
+        raise CtrkitError("mode 'ensemble' averages pretrained peers: use --init pretrained with --ckpt-dir")
+    return names
+
+
 def run_mutual(data, peers: Sequence[str], init: str = "scratch", mode: str = "mutual",
                ckpt_dir: str | Path | None = None, preset: str = "quick", epochs: int | None = None,
                weight: float = 1.0, divergence: str = "mse", warmup_steps: int = 0, seed: int = 2021,
@@ -370,20 +390,7 @@ def run_mutual(data, peers: Sequence[str], init: str = "scratch", mode: str = "m
     Returns mutual_fit's result plus `init`, `seed`, `preset`, each peer's `label`, `seed`, and
     `pretrained_valid_auc`/`pretrained_test_auc` (None from scratch).
     """
-    if init not in INITS:
-        raise CtrkitError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
-    if mode not in MODES:
-        raise CtrkitError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    check_weight(weight)
-    check_divergence(divergence)
-    if isinstance(peers, str):
-        peers = [p for p in peers.split(",") if p.strip()]
-    names = [canonical_name(p.strip()) for p in peers]
-    need = 1 if mode == "alone" else 2
-    if len(names) < need:
-        raise CtrkitError(f"--peers: mode {mode!r} needs at least {need} peers, got {len(names)} ({','.join(names)})")
-    if mode == "ensemble" and init != "pretrained":
-        raise CtrkitError("mode 'ensemble' averages pretrained peers: use --init pretrained with --ckpt-dir")
+    names = check_run_args(peers, init, mode, weight, divergence)
     labels = peer_labels(names)
     from_ckpt = [init == "pretrained" or (mode == "kd" and k == 0) for k in range(len(names))]
     if any(from_ckpt):
