@@ -76,7 +76,7 @@ def test_bars_spot_values_hand_read_from_the_run_configs():
 
 
 @pytest.mark.skipif(not (ANCHORS / "bars-configs" / "bars_winning_configs.json").exists(),
-                    reason="/work/shared/anchors not present")
+                    reason="../shared/anchors (beside the repository) not present")
 def test_bars_presets_equal_the_anchor_configs():
     raw = json.loads((ANCHORS / "bars-configs" / "bars_winning_configs.json").read_text())
     for key, entry in raw.items():
@@ -133,7 +133,7 @@ def test_bars_results_cover_models_and_datasets():
     assert ipnn["bars_name"] == "IPNN" and ipnn["auc"] == 0.7988
 
 
-@pytest.mark.skipif(not ANCHORS.exists(), reason="/work/shared/anchors not present")
+@pytest.mark.skipif(not ANCHORS.exists(), reason="../shared/anchors (beside the repository) not present")
 def test_bars_results_equal_the_anchor_leaderboards():
     for d, p in DATASETS:
         with open(ANCHORS / f"leaderboard_{d}_{p}.csv") as fh:
