@@ -25,6 +25,13 @@ NOTE_FEW_SEEDS = "<2 paired seeds: no test"
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+def _gain_stats(auc: pd.Series, ref: pd.Series) -> dict:
+    """Delta and relative % of `auc` over `ref` (mean, std) and the paired tests between them."""
+    p_t, p_w, note = paired_test(auc, ref)
+    return {**_mean_std("delta_auc", auc - ref), **_mean_std("rel_pct", _rel(auc, ref)),
+            "p_ttest": p_t, "p_wilcoxon": p_w, "note": note}
+
+
 def paired_test(a, b) -> tuple[float, float, str]:
     """p-values of a paired t-test and a Wilcoxon signed-rank test of a vs b (paired by seed)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -180,10 +187,7 @@ def partners(source) -> pd.DataFrame:
     rows = []
     for (ds, w, target, partner), g in two.groupby(["dataset", "weight", "peer", "partner"], sort=True, dropna=False):
         row = {"dataset": ds, "weight": w, "target": target, "partner": partner, "n_seeds": len(g)}
-        row.update(_mean_std("delta_auc", g["test_auc"] - g["pretrained_test_auc"]))
-        row.update(_mean_std("rel_pct", _rel(g["test_auc"], g["pretrained_test_auc"])))
-        p_t, p_w, note = paired_test(g["test_auc"], g["pretrained_test_auc"])
-        row.update(p_ttest=p_t, p_wilcoxon=p_w, note=note)
+        row.update(_gain_stats(g["test_auc"], g["pretrained_test_auc"]))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -210,10 +214,7 @@ def peer_count(source, init: str = "pretrained") -> pd.DataFrame:
     for (ds, n, w), g in runs.groupby(["dataset", "N", "weight"], sort=True, dropna=False):
         row = {"dataset": ds, "n_peers": int(n), "weight": w, "n_runs": len(g)}
         row.update(_mean_std("test_auc", g["auc"]))
-        row.update(_mean_std("delta_auc", g["auc"] - g["ref"]))
-        row.update(_mean_std("rel_pct", _rel(g["auc"], g["ref"])))
-        p_t, p_w, note = paired_test(g["auc"], g["ref"])
-        row.update(p_ttest=p_t, p_wilcoxon=p_w, note=note)
+        row.update(_gain_stats(g["auc"], g["ref"]))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -64,6 +64,18 @@ def check_activation(name: str, value: Any) -> str:
     return value
 
 
+def check_deep_args(embedding_dim: Any, hidden_units: Any, hidden_activations: Any, net_dropout: Any,
+                    batch_norm: Any) -> list[int]:
+    """The embedding + MLP arguments every deep model shares (so peers share their semantics);
+    returns hidden_units as a list of ints."""
+    check_int("embedding_dim", embedding_dim, 1)
+    units = check_units(hidden_units)
+    check_activation("hidden_activations", hidden_activations)
+    check_dropout(net_dropout)
+    check_bool("batch_norm", batch_norm)
+    return units
+
+
 class CTRModel(nn.Module):
     """Common surface of every ctrkit model: ``name``, ``field_sizes``, ``hparams`` (complete, defaults
     filled, JSON-able) and ``forward(X int32/int64 [B, F]) -> logits float32 [B]``."""

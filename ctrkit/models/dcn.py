@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ctrkit import layers
-from ctrkit.models.base import CTRModel, check_activation, check_bool, check_dropout, check_int, check_units
+from ctrkit.models.base import CTRModel, check_deep_args, check_int
 
 
 class DCN(CTRModel):
@@ -20,11 +20,7 @@ class DCN(CTRModel):
     def __init__(self, fields, embedding_dim: int = 10, hidden_units=(64, 64, 64),
                  hidden_activations: str = "ReLU", net_dropout: float = 0.0, batch_norm: bool = False,
                  num_cross_layers: int = 3):
-        check_int("embedding_dim", embedding_dim, 1)
-        hidden_units = check_units(hidden_units)
-        check_activation("hidden_activations", hidden_activations)
-        check_dropout(net_dropout)
-        check_bool("batch_norm", batch_norm)
+        hidden_units = check_deep_args(embedding_dim, hidden_units, hidden_activations, net_dropout, batch_norm)
         check_int("num_cross_layers", num_cross_layers, 0)
         super().__init__(fields, dict(embedding_dim=embedding_dim, hidden_units=hidden_units,
                                       hidden_activations=hidden_activations, net_dropout=net_dropout,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ctrkit import layers
-from ctrkit.models.base import CTRModel, check_activation, check_bool, check_dropout, check_int, check_units
+from ctrkit.models.base import CTRModel, check_deep_args
 
 
 class DeepFM(CTRModel):
@@ -18,11 +18,7 @@ class DeepFM(CTRModel):
 
     def __init__(self, fields, embedding_dim: int = 10, hidden_units=(64, 64, 64),
                  hidden_activations: str = "ReLU", net_dropout: float = 0.0, batch_norm: bool = False):
-        check_int("embedding_dim", embedding_dim, 1)
-        hidden_units = check_units(hidden_units)
-        check_activation("hidden_activations", hidden_activations)
-        check_dropout(net_dropout)
-        check_bool("batch_norm", batch_norm)
+        hidden_units = check_deep_args(embedding_dim, hidden_units, hidden_activations, net_dropout, batch_norm)
         super().__init__(fields, dict(embedding_dim=embedding_dim, hidden_units=hidden_units,
                                       hidden_activations=hidden_activations, net_dropout=net_dropout,
                                       batch_norm=batch_norm))

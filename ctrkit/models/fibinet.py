@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ctrkit import layers
-from ctrkit.models.base import CTRModel, check_activation, check_bool, check_dropout, check_int, check_units
+from ctrkit.models.base import CTRModel, check_activation, check_deep_args
 from ctrkit.utils import CtrkitError
 
 
@@ -23,11 +23,7 @@ class FiBiNET(CTRModel):
                  hidden_activations: str = "ReLU", net_dropout: float = 0.0, batch_norm: bool = False,
                  reduction_ratio: float = 3, bilinear_type: str = "field_interaction",
                  excitation_activation: str = "ReLU"):
-        check_int("embedding_dim", embedding_dim, 1)
-        hidden_units = check_units(hidden_units)
-        check_activation("hidden_activations", hidden_activations)
-        check_dropout(net_dropout)
-        check_bool("batch_norm", batch_norm)
+        hidden_units = check_deep_args(embedding_dim, hidden_units, hidden_activations, net_dropout, batch_norm)
         check_activation("excitation_activation", excitation_activation)
         if isinstance(reduction_ratio, bool) or not isinstance(reduction_ratio, (int, float)) or reduction_ratio <= 0:
             raise CtrkitError(f"hyperparameter reduction_ratio must be a positive number, got {reduction_ratio!r}")
