@@ -99,6 +99,9 @@ class CTRData:
 
     path: Path
     feature_map: dict
+    # (split, device) -> tensors: a run, its pretrained-score pass and the next run of an experiment
+    # grid reuse one copy instead of re-reading the split from disk (and re-uploading it to a GPU).
+    _tensors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def dataset(self) -> str:
@@ -146,9 +149,12 @@ class CTRData:
         """(X torch.int32 [rows, fields], y torch.float32 [rows]) on `device`."""
         import torch
 
-        X, y = self.numpy(split)
-        # np.array copies out of the read-only memmap: torch wants writable memory.
-        return (torch.from_numpy(np.array(X)).to(device), torch.from_numpy(np.array(y)).to(device))
+        key = (split, str(torch.device(device)))
+        if key not in self._tensors:
+            X, y = self.numpy(split)
+            # np.array copies out of the read-only memmap: torch wants writable memory.
+            self._tensors[key] = (torch.from_numpy(np.array(X)).to(device), torch.from_numpy(np.array(y)).to(device))
+        return self._tensors[key]
 
     def __repr__(self) -> str:
         return (f"CTRData({self.dataset}/{self.protocol}, {self.num_fields} fields, "

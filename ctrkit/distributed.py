@@ -581,7 +581,6 @@ def run_mutual_distributed(data, peers: Sequence[str] | str, init: str = "scratc
         Xva, yva = data.tensors("valid", dev)
         Xte, yte = data.tensors("test", dev)
         pre = (_scores(yva, predict(model, Xva, cfg.eval_batch_size)), _scores(yte, predict(model, Xte, cfg.eval_batch_size)))
-        del Xva, yva, Xte, yte
     mine = {"seed": peer_seed if meta is None else seed, "meta_path": meta["path"] if meta is not None else None,
             "pre": pre}
     everyone = comm.gather_objects(mine)[::comm.layout.replicas]

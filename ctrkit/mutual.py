@@ -437,7 +437,6 @@ def run_mutual(data, peers: Sequence[str], init: str = "scratch", mode: str = "m
     Xte, yte = data.tensors("test", dev)
     pre_scores = [(_scores(yva, predict(m, Xva, cfg.eval_batch_size)), _scores(yte, predict(m, Xte, cfg.eval_batch_size)))
                   if meta is not None else (None, None) for m, meta in zip(models, pre_meta)]
-    del Xva, yva, Xte, yte
     result = mutual_fit(models, data, cfg, out_dir=out_dir, resume=resume, callback=callback)
     occurrence.clear()
     for k, (r, label, meta, (pv, pt)) in enumerate(zip(result["peers"], labels, pre_meta, pre_scores)):
