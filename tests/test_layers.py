@@ -54,6 +54,28 @@ def test_feature_embedding_int32_equals_int64_and_grad_only_on_used_rows():
     assert nonzero == used
 
 
+def test_feature_embedding_cpu_backward_equals_aten_embedding_and_is_deterministic():
+    """The CPU index_add_ backward must give exactly what F.embedding's backward gives (repeated
+    rows accumulate), run after run."""
+    torch.manual_seed(3)
+    sizes = [4, 50, 3]
+    layer = layers.FeatureEmbedding(sizes, 6)
+    X = torch.stack([torch.randint(0, s, (400,)) for s in sizes], dim=1).int()  # many repeats
+    g = torch.randn(400, 3, 6)
+    grads = []
+    for _ in range(2):
+        layer.weight.grad = None
+        layer(X).backward(g)
+        grads.append(layer.weight.grad.clone())
+    idx = X.long() + layer.offsets.long()
+    w = layer.weight.detach().clone().requires_grad_()
+    torch.nn.functional.embedding(idx, w).backward(g)
+    torch.testing.assert_close(grads[0], w.grad, rtol=1e-6, atol=1e-6)
+    assert torch.equal(grads[0], grads[1])
+    with torch.no_grad():  # the no-grad path (evaluation) returns the same values
+        assert torch.equal(layer(X), w[idx])
+
+
 def test_feature_embedding_init_is_fuxictr_small_normal():
     torch.manual_seed(0)
     w = layers.FeatureEmbedding([100_000], 8).weight
@@ -217,3 +239,25 @@ def test_bilinear_matches_explicit_pair_loop(bilinear_type):
 def test_bilinear_unknown_type():
     with pytest.raises(CtrkitError, match="bilinear_type 'pairwise' is unknown"):
         layers.Bilinear(F, D, "pairwise")
+
+
+def test_crossnet_closed_form_matches_layer_by_layer_autograd():
+    """CrossNet computes all layers as x0 * a + c; values AND gradients (input, weights, biases)
+    must equal the textbook layer-by-layer recursion."""
+    torch.manual_seed(7)
+    net = layers.CrossNet(5, 3).double()
+    with torch.no_grad():
+        net.bias.normal_()
+    x0 = torch.randn(B, 5, dtype=torch.float64, requires_grad=True)
+    x = x0
+    for w, b in zip(net.weight, net.bias):
+        x = x0 * (x @ w).unsqueeze(1) + b + x
+    g = torch.randn_like(x)
+    ref = torch.autograd.grad(x, (x0, net.weight, net.bias), g)
+    out = net(x0)
+    got = torch.autograd.grad(out, (x0, net.weight, net.bias), g)
+    torch.testing.assert_close(out, x, rtol=1e-10, atol=1e-10)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the per-row scale stays fp32 under autocast
+        assert net.float()(x0.detach().float()).dtype == torch.float32
