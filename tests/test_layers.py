@@ -210,15 +210,16 @@ def test_senet_matches_numpy():
 
 
 # ---- bilinear -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["by_left_field", "pair_major"])  # CPU's and GPU's
 @pytest.mark.parametrize("bilinear_type", ["field_all", "field_each", "field_interaction"])
-def test_bilinear_matches_explicit_pair_loop(bilinear_type):
+def test_bilinear_matches_explicit_pair_loop(bilinear_type, layout):
     torch.manual_seed(8)
     layer = layers.Bilinear(F, D, bilinear_type)
     P = F * (F - 1) // 2
     n = {"field_all": None, "field_each": F, "field_interaction": P}[bilinear_type]
     assert layer.weight.shape == ((D, D) if n is None else (n, D, D))
     emb = _emb(9).requires_grad_(True)
-    out = layer(emb)
+    out = layer._by_left_field(emb) if layout == "by_left_field" else layer._pair_major(emb)
     assert out.shape == (B, P, D)
     W, e = layer.weight.detach().double().numpy(), emb.detach().double().numpy()
     expected = np.zeros((B, P, D))
@@ -234,6 +235,29 @@ def test_bilinear_matches_explicit_pair_loop(bilinear_type):
     np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
     _grads_flow(layer, out)
     assert emb.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bilinear_type", ["field_all", "field_each", "field_interaction"])
+def test_bilinear_layouts_have_equal_gradients_and_bf16(bilinear_type):
+    """The CPU layout's hand-written backward equals autograd through the pair-major layout
+    (float64), for the input and the weight; under bf16 autocast it returns bf16 close to fp32."""
+    torch.manual_seed(11)
+    Fn, d = 6, 4
+    layer = layers.Bilinear(Fn, d, bilinear_type).double()
+    emb = torch.randn(7, Fn, d, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(7, Fn * (Fn - 1) // 2, d, dtype=torch.float64)
+    grads = []
+    for fwd in (layer._by_left_field, layer._pair_major):
+        out = fwd(emb)
+        grads.append((out, *torch.autograd.grad(out, (emb, layer.weight), g)))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    layer = layer.float()
+    e32 = emb.detach().float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = layer(e32)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), layer(e32), rtol=0.05, atol=0.02)
 
 
 def test_bilinear_unknown_type():
