@@ -13,11 +13,10 @@ Design notes
   embedding regularizer instead of F (fewer optimizer kernels; the trainer finds it by type). The
   maths is unchanged: rows of different fields never mix (``CTRModel.check_input`` rejects an
   out-of-range index on CPU, which would otherwise read the next field's rows).
-  The gather runs field-major (indices transposed to ``[F, B]``) so the backward scatter-add
-  walks the table one field's block at a time, as per-field tables do; in row-major order it
-  jumps across the whole table for every row and was cache-bound. Measured on this 2-core box
-  (1 thread, B=10,000, F=39, d=16, 1.17M rows; whole DeepFM train step with fused Adam):
-  2.47 s row-major -> 1.97 s field-major; embedding forward alone: fused 0.041 s vs 39 tables 0.054 s.
+  On CPU the backward is ONE ``index_add_`` (``_GatherRows``), not ATen's
+  ``embedding_dense_backward``, which cost ~22 ms per table per step here (2 threads, B=10,000,
+  F=39, d=16 and d=1 alike) against 6 ms; with the gather batch-major (no transpose copy: 1.6 ms
+  vs 21 ms for a field-major gather + transpose) DeepFM's fp32 step went from 44k to ~55k samples/s.
 * Initialisation follows FuxiCTR (the code behind the BARS numbers): embeddings ``N(0, 1e-4)``,
   every ``nn.Linear`` Xavier-normal with zero bias, bilinear weights Xavier-normal, cross-layer
   biases zero (see ``reset_parameters``).
@@ -80,36 +79,32 @@ class FeatureEmbedding(nn.Module):
         nn.init.normal_(self.weight, std=EMBEDDING_INIT_STD)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        idx = (X.to(self.offsets.dtype) + self.offsets).t()  # [F, B] global rows, field-major
+        idx = X.to(self.offsets.dtype) + self.offsets  # [B, F] rows of the fused table
         if self.weight.device.type == "cpu" and torch.is_grad_enabled() and self.weight.requires_grad:
-            return _FieldMajorGather.apply(idx, self.weight)
-        # field-major gather => field-major backward scatter (cache-friendly, see module docstring);
-        # one copy back to the usual contiguous [B, F, d] for the layers downstream
-        return F_.embedding(idx, self.weight).transpose(0, 1).contiguous()
+            return _GatherRows.apply(idx, self.weight)
+        return F_.embedding(idx, self.weight)  # GPU: ATen's sort-based backward is the fast one
 
 
-class _FieldMajorGather(torch.autograd.Function):
-    """``weight[idx].transpose(0, 1)`` for ``idx`` ``[F, B]`` -> ``[B, F, d]``, with the backward
-    as ONE ``index_add_`` of the field-major gradient into a zero table. Used on CPU only: there
-    ATen's ``embedding_dense_backward`` costs 3-30x more (2 threads, B=10,000, F=39, the 1M-row
-    bench data: ~22 ms per table per step, for d=16 and for the d=1 first-order table alike, vs
-    7.6 ms / <1 ms), a fifth of a whole DeepFM step; DeepFM fp32 went 44k -> 54k samples/s.
-    CPU ``index_add_`` adds in index order, so it stays deterministic (tested); CUDA keeps
-    ATen's sort-based kernel (``F.embedding`` above)."""
+class _GatherRows(torch.autograd.Function):
+    """``weight[idx]`` for ``idx`` ``[B, F]`` -> ``[B, F, d]``, with the backward as ONE
+    ``index_add_`` into a zero table, on CPU only (see the module docstring for the numbers: ATen's
+    ``embedding_dense_backward`` costs ~22 ms per table per step there, this 6 ms for d=16 and
+    under 1 ms for the d=1 first-order table). CPU ``index_add_`` adds in index order, so it is
+    deterministic (tested against ``F.embedding``'s gradient)."""
 
     @staticmethod
     def forward(ctx, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(idx)
         ctx.num_rows = weight.shape[0]
-        return weight.index_select(0, idx.reshape(-1)).view(*idx.shape, -1).transpose(0, 1).contiguous()
+        return weight.index_select(0, idx.reshape(-1)).view(*idx.shape, weight.shape[1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (idx,) = ctx.saved_tensors
-        g = grad.transpose(0, 1).reshape(-1, grad.shape[-1])  # [F*B, d] field-major (one copy)
-        gw = torch.zeros(ctx.num_rows, grad.shape[-1], dtype=grad.dtype, device=grad.device)
-        # int64 indices: with int32 ones index_add_ takes a slow path (20.5 ms vs 7.6 ms above)
-        return None, gw.index_add_(0, idx.reshape(-1).long(), g)
+        d = grad.shape[-1]
+        gw = torch.zeros(ctx.num_rows, d, dtype=grad.dtype, device=grad.device)
+        # int64 indices: with int32 ones index_add_ takes a slow path (20.5 ms vs 7.6 ms)
+        return None, gw.index_add_(0, idx.reshape(-1).long(), grad.reshape(-1, d))
 
 
 class LinearTerm(nn.Module):
@@ -138,9 +133,27 @@ class FMInteraction(nn.Module):
     """
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        square_of_sum = emb.sum(dim=1).pow(2)
-        sum_of_square = emb.pow(2).sum(dim=1)
-        return 0.5 * (square_of_sum - sum_of_square).sum(dim=1)
+        return _FMFunction.apply(emb)
+
+
+class _FMFunction(torch.autograd.Function):
+    """``0.5 * (|sum_i e_i|^2 - sum_i |e_i|^2)`` per row, with the gradient written in one piece,
+    ``g * (sum_j e_j - e_i)``: autograd through ``pow``/``sum`` builds ~5 full ``[B, F, d]``
+    temporaries per step (forward squares, backward expand, 2x-scale, add), this builds one."""
+
+    @staticmethod
+    def forward(ctx, emb: torch.Tensor) -> torch.Tensor:
+        s = emb.sum(dim=1)  # [B, d]
+        flat = emb.reshape(emb.shape[0], 1, -1)
+        with torch.autocast(emb.device.type, enabled=False):  # a difference of two sums: keep fp32
+            sum_of_square = torch.bmm(flat, flat.transpose(1, 2)).view(-1)  # row dot products, no temporary
+        ctx.save_for_backward(emb, s)
+        return 0.5 * (s.pow(2).sum(dim=1) - sum_of_square)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        emb, s = ctx.saved_tensors
+        return (s.unsqueeze(1) - emb).mul_(grad.view(-1, 1, 1).to(emb.dtype))
 
 
 class MLP(nn.Module):
@@ -163,7 +176,8 @@ class MLP(nn.Module):
             layers.append(nn.Linear(d_in, d_out))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(d_out))
-            layers.append(make_activation(activation))
+            # in place: a Linear / BatchNorm output isn't needed by its own backward (saves a [B, h] pass)
+            layers.append(nn.ReLU(inplace=True) if str(activation).lower() == "relu" else make_activation(activation))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
         if output_dim is not None:

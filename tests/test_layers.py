@@ -139,6 +139,37 @@ def test_unknown_activation():
         layers.MLP(4, [3], activation="swishy")
 
 
+def test_fm_gradient_equals_autograd_of_the_formula_and_stays_fp32_under_autocast():
+    emb = torch.randn(6, 5, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(6, dtype=torch.float64)
+    ref = 0.5 * (emb.sum(1).pow(2) - emb.pow(2).sum(1)).sum(1)
+    out = layers.FMInteraction()(emb)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out, emb, g)[0], torch.autograd.grad(ref, emb, g)[0])
+    e32 = emb.detach().float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = layers.FMInteraction()(e32)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, ref.detach().float(), rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_relu_in_place_keeps_gradients():
+    torch.manual_seed(2)
+    mlp = layers.MLP(4, [5, 3], "ReLU", batch_norm=True, output_dim=1)
+    ref = layers.MLP(4, [5, 3], "ReLU", batch_norm=True, output_dim=1)
+    for m in ref.net:
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False
+    ref.load_state_dict(mlp.state_dict())
+    x = torch.randn(8, 4)
+    a, b = mlp(x), ref(x)
+    torch.testing.assert_close(a, b)
+    ga = torch.autograd.grad(a.sum(), list(mlp.parameters()))
+    gb = torch.autograd.grad(b.sum(), list(ref.parameters()))
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v)
+
+
 # ---- CrossNet -------------------------------------------------------------------------------------
 def test_crossnet_matches_per_sample_formula():
     torch.manual_seed(4)
