@@ -9,7 +9,8 @@ Variants (spec["variant"]): fp32 | bf16 (autocast, fp32 master weights) | compil
 the model, fp32) | compile_bf16 | perfield (fp32, the fused embedding table replaced by one
 nn.Embedding per field + stack, as FuxiCTR/DeepCTR-Torch do: what fusing buys) | unfused_adam (fp32,
 the same optimizer groups as `make_optimizer` but torch's default single-tensor Adam instead of
-`fused=True`: what make_optimizer's fused kernel buys).
+`fused=True`: what make_optimizer's fused kernel buys) | default_malloc (fp32 without
+`ctrkit.utils.tune_cpu_allocator`, which `fit` and every other variant apply: what it buys).
 """
 from __future__ import annotations
 
@@ -64,7 +65,11 @@ def run_one(spec, model_spec, torch, data):
     from ctrkit import models
     from ctrkit.train import TrainConfig, amp_context, fit
 
+    from ctrkit.utils import tune_cpu_allocator
+
     variant = spec.get("variant", "fp32")
+    if variant != "default_malloc":
+        tune_cpu_allocator()  # what fit/mutual_fit do on CPU (once per process; workers are fresh)
     amp = "bf16" if variant in ("bf16", "compile_bf16") else "off"
     fm = data["feature_map"]
     sizes = [int(f["vocab_size"]) for f in fm["fields"]]

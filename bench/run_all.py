@@ -179,6 +179,8 @@ def speed_jobs(args, parts: list[str]) -> list[dict]:
         jobs += [{**base, "framework": "ctrkit", "variant": "bf16", "batch_size": b1, "models": allm, "config": "cpu"},
                  {**base, "framework": "ctrkit", "variant": "perfield", "batch_size": b1, "models": no_fib, "config": "cpu"},
                  {**base, "framework": "ctrkit", "variant": "unfused_adam", "batch_size": b1, "models": no_fib, "config": "cpu"},
+                 {**base, "framework": "ctrkit", "variant": "default_malloc", "batch_size": b1, "models": no_fib,
+                  "config": "cpu"},
                  # compile: first repeat only (its compile time alone is several steps' worth)
                  {**base, "framework": "ctrkit", "variant": "compile", "batch_size": b1, "models": comp, "config": "cpu",
                   "only_first_repeat": True},
@@ -364,14 +366,16 @@ def markdown(report: dict) -> str:
         lines += [f"## ctrkit fast-path variants, batch {b1:,} (samples/s; ratio to fp32)", "",
                   "bf16: autocast with fp32 master weights; torch.compile columns: first repeat only, "
                   "compile = seconds of the first (compiling) step; per-field: one nn.Embedding per field + stack "
-                  "instead of the fused table.", "",
-                  "| model | fp32 | bf16 autocast | torch.compile | compile + bf16 | per-field embeddings | unfused Adam |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "instead of the fused table; default malloc: without `ctrkit.utils.tune_cpu_allocator` (every "
+                  "other ctrkit column has it, as `fit` does).", "",
+                  "| model | fp32 | bf16 autocast | torch.compile | compile + bf16 | per-field embeddings | unfused Adam "
+                  "| default malloc |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for model in MODELS:
             by = {r["variant"]: r for r in fp if r["model"] == model}
             base = by.get("fp32", {}).get("samples_per_s")
             cells = []
-            for v in ("fp32", "bf16", "compile", "compile_bf16", "perfield", "unfused_adam"):
+            for v in ("fp32", "bf16", "compile", "compile_bf16", "perfield", "unfused_adam", "default_malloc"):
                 x = by.get(v, {}).get("samples_per_s")
                 c = fmt(x)
                 if x and base and v != "fp32":

@@ -53,7 +53,8 @@ from ctrkit.models import build
 from ctrkit.mutual import (MutualConfig, _Peer, _scores, _teachers, check_run_args, checkpoint_path, peer_labels)
 from ctrkit.train import (NonFiniteCheck, TrainConfig, amp_context, epoch_batches, load_checkpoint, load_pretrained,
                           predict, resolve_amp, rng_state, set_rng_state)
-from ctrkit.utils import CtrkitError, env_info, seed_everything, torch_save_atomic, write_json_atomic
+from ctrkit.utils import (CtrkitError, env_info, seed_everything, torch_save_atomic, tune_cpu_allocator,
+                          write_json_atomic)
 
 __all__ = ["Layout", "Comm", "shard_of", "comm_bytes_per_step", "init_from_env", "shutdown",
            "mutual_fit_distributed", "run_mutual_distributed", "run_one_distributed", "cli_mutual",
@@ -357,6 +358,8 @@ def mutual_fit_distributed(model: nn.Module, data, config: MutualConfig | dict |
     gathers = any(teachers)
 
     generator = seed_everything(config.seed)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     Xtr, ytr = data.tensors("train", device)
     Xva, yva = data.tensors("valid", device)
     n = Xtr.shape[0]

@@ -39,7 +39,8 @@ from ctrkit.losses import check_divergence, check_weight, mutual_losses, peer_lo
 from ctrkit.models import build, canonical_name
 from ctrkit.train import (NonFiniteCheck, TrainConfig, Tracker, amp_context, epoch_batches, load_checkpoint,
                           load_pretrained, make_optimizer, predict, resolve_amp, rng_state, set_rng_state)
-from ctrkit.utils import CtrkitError, env_info, resolve_device, seed_everything, torch_save_atomic, write_json_atomic
+from ctrkit.utils import (CtrkitError, env_info, resolve_device, seed_everything, torch_save_atomic,
+                          tune_cpu_allocator, write_json_atomic)
 
 __all__ = ["MODES", "INITS", "MutualConfig", "mutual_fit", "run_mutual", "mutual_losses", "peer_loss",
            "checkpoint_path", "peer_labels", "check_run_args"]
@@ -191,6 +192,8 @@ def mutual_fit(peers: Sequence[nn.Module], data, config: MutualConfig | dict | N
         p.model.train(p.training)
 
     generator = seed_everything(config.seed)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     Xtr, ytr = data.tensors("train", device)
     Xva, yva = data.tensors("valid", device)
     n = Xtr.shape[0]

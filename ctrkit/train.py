@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ctrkit import metrics
 from ctrkit.models import build, embedding_parameters
 from ctrkit.utils import (CtrkitError, env_info, resolve_device, seed_everything, torch_save_atomic,
-                          write_json_atomic)
+                          tune_cpu_allocator, write_json_atomic)
 
 __all__ = ["TrainConfig", "fit", "predict", "evaluate", "make_optimizer", "Tracker", "epoch_batches",
            "NonFiniteCheck", "NonFiniteLossError", "resolve_amp", "amp_context", "load_checkpoint",
@@ -458,6 +458,8 @@ def fit(model: nn.Module, data, config: TrainConfig | dict | None = None, out_di
     fingerprint = getattr(data, "fingerprint")
 
     generator = seed_everything(config.seed)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     model.to(device)
     Xtr, ytr = data.tensors("train", device)
     Xva, yva = data.tensors("valid", device)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import platform
@@ -71,6 +72,36 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+_ALLOCATOR_TUNED: bool | None = None
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed CPU tensor memory inside the process: glibc ``mallopt`` with no ``mmap`` for big
+    blocks and a 1 GB trim threshold. By default glibc serves every block over 32 MB with a fresh
+    ``mmap`` and unmaps it on free, so a training step's big temporaries (``[B, 1521]`` inner
+    products, ``[B, F*d]`` activations at B=10,000) are page-faulted in again on every step.
+    Measured (2 threads, B=10,000, samples/s default -> tuned): PNN fp32 25.8k -> 33.1k, bf16
+    35.5k -> 53.9k; DeepFM fp32 43.9k -> 47.3k, bf16 95.5k -> 106.7k. The cost: the process keeps
+    its peak heap instead of returning it to the OS between steps.
+
+    Called by ``train.fit`` and ``mutual.mutual_fit`` on CPU; once per process, Linux/glibc only.
+    ``CTRKIT_CPU_ALLOCATOR=default`` leaves malloc alone. Returns whether the allocator is tuned.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED is not None:
+        return _ALLOCATOR_TUNED
+    _ALLOCATOR_TUNED = False
+    if os.environ.get("CTRKIT_CPU_ALLOCATOR", "tuned").lower() == "default" or platform.system() != "Linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    _ALLOCATOR_TUNED = mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, 1 << 30) == 1
+    return _ALLOCATOR_TUNED
+
+
 def env_info(device: str | torch.device | None = None, seed: int | None = None) -> dict:
     """Versions, machine and device, recorded with every result."""
     import importlib.metadata as md
@@ -92,6 +123,7 @@ def env_info(device: str | torch.device | None = None, seed: int | None = None) 
         "torch_threads": torch.get_num_threads(),
         "device": str(device) if device is not None else None,
         "seed": seed,
+        "cpu_allocator": "tuned" if _ALLOCATOR_TUNED else "default",
     }
     if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))

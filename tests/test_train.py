@@ -1,5 +1,8 @@
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -368,3 +371,22 @@ def test_cli_set_overrides_resume_and_errors(criteo_small, tmp_path, capsys, mon
     assert "ctrkit: error: --set hiden_units: unknown key" in err and "hidden_units" in err and "batch_size" in err
     assert cli.main(argv + ["--set", "lr=-1"]) == 2
     assert "lr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting, expected", [("", "tuned"), ("default", "default")])
+def test_cpu_allocator_tuning_is_recorded_and_can_be_switched_off(setting, expected, tmp_path):
+    """fit on CPU tunes glibc malloc once per process (unless CTRKIT_CPU_ALLOCATOR=default) and
+    records which allocator the result was measured with; run in a fresh process (it is global)."""
+    if sys.platform != "linux":
+        pytest.skip("mallopt tuning is Linux/glibc only")
+    code = (
+        "import torch; from ctrkit import data, models, utils; from ctrkit.train import fit\n"
+        "assert utils.env_info()['cpu_allocator'] == 'default'\n"
+        f"d = data.synthetic_dataset('criteo', 400, {str(tmp_path)!r}, seed=1)\n"
+        "m = models.build('LR', d.field_sizes)\n"
+        "r = fit(m, d, dict(epochs=1, batch_size=200, device='cpu', progress=False))\n"
+        "print(r['env']['cpu_allocator'])\n")
+    env = {**os.environ, "CTRKIT_CPU_ALLOCATOR": setting}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == expected
