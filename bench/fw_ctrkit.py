@@ -10,7 +10,11 @@ the model, fp32) | compile_bf16 | perfield (fp32, the fused embedding table repl
 nn.Embedding per field + stack, as FuxiCTR/DeepCTR-Torch do: what fusing buys) | unfused_adam (fp32,
 the same optimizer groups as `make_optimizer` but torch's default single-tensor Adam instead of
 `fused=True`: what make_optimizer's fused kernel buys) | default_malloc (fp32 without
-`ctrkit.utils.tune_cpu_allocator`, which `fit` and every other variant apply: what it buys).
+`ctrkit.utils.tune_cpu_allocator`, which `fit` and every other variant apply: what it buys) |
+bf16_default_malloc (the same under bf16 autocast) |
+textbook (fp32, ctrkit's CPU layer fast paths swapped for the textbook code they replaced:
+ATen's embedding backward, FM through autograd, out-of-place ReLU, the layer-by-layer cross
+network, the pair-major bilinear: what those buy, model by model).
 """
 from __future__ import annotations
 
@@ -49,6 +53,29 @@ def _per_field_embeddings(torch, model):
     return emb_params
 
 
+def _textbook_layers(torch):
+    """Swap ctrkit's CPU layer fast paths for the plain formulations they replaced (same maths)."""
+    import torch.nn.functional as F
+    from ctrkit import layers
+
+    def embedding(self, X):
+        return F.embedding(X.to(self.offsets.dtype) + self.offsets, self.weight)
+
+    def fm(self, emb):
+        return 0.5 * (emb.sum(dim=1).pow(2) - emb.pow(2).sum(dim=1)).sum(dim=1)
+
+    def cross(self, x0):
+        x = x0
+        for w, b in zip(self.weight, self.bias):
+            x = x0 * (x @ w).unsqueeze(1) + b + x
+        return x
+
+    layers.FeatureEmbedding.forward = embedding
+    layers.FMInteraction.forward = fm
+    layers.CrossNet.forward = cross
+    layers.Bilinear.forward = layers.Bilinear._pair_major
+
+
 def _optimizer(torch, model, cfg, emb_params=None):
     from ctrkit.train import make_optimizer
     if emb_params is None:
@@ -68,9 +95,9 @@ def run_one(spec, model_spec, torch, data):
     from ctrkit.utils import tune_cpu_allocator
 
     variant = spec.get("variant", "fp32")
-    if variant != "default_malloc":
+    if not variant.endswith("default_malloc"):
         tune_cpu_allocator()  # what fit/mutual_fit do on CPU (once per process; workers are fresh)
-    amp = "bf16" if variant in ("bf16", "compile_bf16") else "off"
+    amp = "bf16" if variant in ("bf16", "compile_bf16", "bf16_default_malloc") else "off"
     fm = data["feature_map"]
     sizes = [int(f["vocab_size"]) for f in fm["fields"]]
     cfg = TrainConfig(epochs=1, batch_size=int(spec["batch_size"]), lr=1e-3,
@@ -97,7 +124,13 @@ def run_one(spec, model_spec, torch, data):
         return _mutual_scaling(spec, model_spec, torch, sizes, cfg)
 
     torch.manual_seed(cfg.seed)
+    if variant == "textbook":
+        _textbook_layers(torch)
     model = models.build(model_spec["model"], sizes, **model_spec["hparams"])
+    if variant == "textbook":
+        for m in model.modules():
+            if isinstance(m, nn.ReLU):
+                m.inplace = False
     emb_params = _per_field_embeddings(torch, model) if variant == "perfield" else None
     model.train()
     opt = _optimizer(torch, model, cfg, emb_params)

@@ -181,6 +181,9 @@ def speed_jobs(args, parts: list[str]) -> list[dict]:
                  {**base, "framework": "ctrkit", "variant": "unfused_adam", "batch_size": b1, "models": no_fib, "config": "cpu"},
                  {**base, "framework": "ctrkit", "variant": "default_malloc", "batch_size": b1, "models": no_fib,
                   "config": "cpu"},
+                 {**base, "framework": "ctrkit", "variant": "bf16_default_malloc", "batch_size": b1, "models": no_fib,
+                  "config": "cpu"},
+                 {**base, "framework": "ctrkit", "variant": "textbook", "batch_size": b1, "models": allm, "config": "cpu"},
                  # compile: first repeat only (its compile time alone is several steps' worth)
                  {**base, "framework": "ctrkit", "variant": "compile", "batch_size": b1, "models": comp, "config": "cpu",
                   "only_first_repeat": True},
@@ -367,19 +370,23 @@ def markdown(report: dict) -> str:
                   "bf16: autocast with fp32 master weights; torch.compile columns: first repeat only, "
                   "compile = seconds of the first (compiling) step; per-field: one nn.Embedding per field + stack "
                   "instead of the fused table; default malloc: without `ctrkit.utils.tune_cpu_allocator` (every "
-                  "other ctrkit column has it, as `fit` does).", "",
+                  "other ctrkit column has it, as `fit` does); textbook layers: ctrkit's CPU layer fast paths swapped for "
+                  "the plain code they replaced (ATen embedding backward, autograd FM, out-of-place ReLU, "
+                  "layer-by-layer cross network, pair-major bilinear).", "",
                   "| model | fp32 | bf16 autocast | torch.compile | compile + bf16 | per-field embeddings | unfused Adam "
-                  "| default malloc |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| default malloc | bf16, default malloc (ratio to bf16) | textbook layers |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for model in MODELS:
             by = {r["variant"]: r for r in fp if r["model"] == model}
             base = by.get("fp32", {}).get("samples_per_s")
             cells = []
-            for v in ("fp32", "bf16", "compile", "compile_bf16", "perfield", "unfused_adam", "default_malloc"):
+            for v in ("fp32", "bf16", "compile", "compile_bf16", "perfield", "unfused_adam", "default_malloc",
+                      "bf16_default_malloc", "textbook"):
                 x = by.get(v, {}).get("samples_per_s")
                 c = fmt(x)
-                if x and base and v != "fp32":
-                    c += f" ({x / base:.2f}x)"
+                ref = by.get("bf16", {}).get("samples_per_s") if v == "bf16_default_malloc" else base
+                if x and ref and v != "fp32":
+                    c += f" ({x / ref:.2f}x{' bf16' if v == 'bf16_default_malloc' else ''})"
                 if by.get(v, {}).get("compile_seconds"):
                     c += f", compile {by[v]['compile_seconds']:.0f}s"
                 cells.append(c)

@@ -21,9 +21,10 @@ Design notes
   every ``nn.Linear`` Xavier-normal with zero bias, bilinear weights Xavier-normal, cross-layer
   biases zero (see ``reset_parameters``).
 * No Python loop over field pairs. Inner products: one ``bmm`` Gram matrix + a ``triu`` index
-  (measured ~15x faster than gathering ``[B, P, d]`` pairs). Bilinear: one ``bmm`` over all pairs
-  in pair-major layout (see ``Bilinear``); FuxiCTR's ``matmul(left.unsqueeze(2), W)``
-  broadcasts ``W`` to ``[B, P, d, d]``, which is what runs out of 24 GB at batch 10,000.
+  (measured ~15x faster than gathering ``[B, P, d]`` pairs). Bilinear: on GPU one ``bmm`` over all
+  pairs in pair-major layout, on CPU one GEMM per left field (see ``Bilinear``); FuxiCTR's
+  ``matmul(left.unsqueeze(2), W)`` broadcasts ``W`` to ``[B, P, d, d]``, which is what runs out of
+  24 GB at batch 10,000. CrossNet runs all its layers as one product (see ``CrossNet``).
 """
 from __future__ import annotations
 

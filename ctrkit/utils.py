@@ -80,9 +80,10 @@ def tune_cpu_allocator() -> bool:
     blocks and a 1 GB trim threshold. By default glibc serves every block over 32 MB with a fresh
     ``mmap`` and unmaps it on free, so a training step's big temporaries (``[B, 1521]`` inner
     products, ``[B, F*d]`` activations at B=10,000) are page-faulted in again on every step.
-    Measured (2 threads, B=10,000, samples/s default -> tuned): PNN fp32 25.8k -> 33.1k, bf16
-    35.5k -> 53.9k; DeepFM fp32 43.9k -> 47.3k, bf16 95.5k -> 106.7k. The cost: the process keeps
-    its peak heap instead of returning it to the OS between steps.
+    Measured (``bench/results/2026-11-29-intel-xeon-2c-fastpath-malloc.md``: 2 threads, B=10,000,
+    interleaved medians of 3; samples/s untuned / tuned): fp32 DeepFM 0.98x, DCN 0.92x, PNN 0.81x;
+    bf16 DeepFM 0.92x, DCN 0.69x, PNN 0.66x. The cost: the process keeps its peak heap instead of
+    returning it to the OS between steps.
 
     Called by ``train.fit`` and ``mutual.mutual_fit`` on CPU; once per process, Linux/glibc only.
     ``CTRKIT_CPU_ALLOCATOR=default`` leaves malloc alone. Returns whether the allocator is tuned.
