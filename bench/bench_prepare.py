@@ -9,7 +9,7 @@ script with --measure), so getrusage(RUSAGE_CHILDREN).ru_maxrss is the peak RSS 
 run. FuxiCTR starts Ray, whose worker processes are not our children: for it we also sample the
 summed RSS of the whole process tree (psutil) and report the larger figure.
 
-Writes bench/results/prepare-<date>-<machine>.json (machine, versions, load average: the numbers
+Writes bench/results/prepare-<date>-<machine>[-<tag>].json (machine, versions, load average: the numbers
 mean little without them).
 """
 from __future__ import annotations
@@ -152,6 +152,7 @@ def main() -> int:
     ap.add_argument("--no-fuxictr", action="store_true")
     ap.add_argument("--fuxictr-rows", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=2021)
+    ap.add_argument("--tag", default="", help="suffix of the result file name (keeps an earlier run of the day)")
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("cmd", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -216,7 +217,8 @@ def main() -> int:
     result["load_avg_end"] = os.getloadavg()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     host = platform.node().split(".")[0] or "machine"
-    path = Path(args.out) / f"prepare-{dt.date.today().isoformat()}-{host}.json"
+    stem = f"prepare-{dt.date.today().isoformat()}-{host}" + (f"-{args.tag}" if args.tag else "")
+    path = Path(args.out) / f"{stem}.json"
     sys.path.insert(0, str(ROOT))
     from ctrkit.utils import write_json_atomic
     write_json_atomic(path, result)
