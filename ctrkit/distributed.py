@@ -18,9 +18,9 @@ the batch into D near-equal shards (`shard_of`), and computes
 
 with `ctrkit.losses.peer_loss` on its shard, scaled by |shard|*D/B so that DDP's gradient
 average over the replicas is exactly the full-batch gradient. With D = 1 this is the
-single-process `ctrkit.mutual.mutual_fit`, step for step (tested to float tolerance), for models
-without dropout: each rank draws its peer's dropout masks from its own RNG stream, while the single
-process draws every peer's masks from one stream in turn.
+single-process `ctrkit.mutual.mutual_fit`, step for step (tested to float tolerance), dropout
+included: every peer draws its masks from its own stream (`ctrkit.train.dropout_seed`),
+in one process or on its own rank alike.
 
 Per step and rank the only traffic outside DDP is one all_gather of b = B/D floats per peer:
 (P-1)*b*4 bytes received (`Comm.stats` counts what is actually gathered). Evaluation gathers
@@ -51,8 +51,8 @@ from ctrkit import experiments, presets
 from ctrkit.losses import peer_loss, warmup_weight
 from ctrkit.models import build
 from ctrkit.mutual import (MutualConfig, _Peer, _scores, _teachers, check_run_args, checkpoint_path, peer_labels)
-from ctrkit.train import (NonFiniteCheck, TrainConfig, amp_context, epoch_batches, load_checkpoint, load_pretrained,
-                          predict, resolve_amp, rng_state, set_rng_state)
+from ctrkit.train import (NonFiniteCheck, TrainConfig, amp_context, dropout_seed, epoch_batches, load_checkpoint,
+                          load_pretrained, predict, resolve_amp, rng_state, set_rng_state)
 from ctrkit.utils import (CtrkitError, env_info, seed_everything, torch_save_atomic, tune_cpu_allocator,
                           write_json_atomic)
 
@@ -279,8 +279,10 @@ class _RankPeer(_Peer):
             self.forward = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device] if device.type == "cuda" else None, process_group=comm.peer_group)
 
-    def logits(self, xb: torch.Tensor) -> torch.Tensor:
+    def logits(self, xb: torch.Tensor, dropout_seed: int | None = None) -> torch.Tensor:
         if self.training:
+            if self.drops and dropout_seed is not None:
+                torch.manual_seed(dropout_seed)  # peer k's own stream: what the single process draws
             return self.forward(xb).float()
         with torch.no_grad():
             return self.model(xb).float()
@@ -405,7 +407,8 @@ def mutual_fit_distributed(model: nn.Module, data, config: MutualConfig | dict |
             part, scale = shard_of(idx, D, comm.replica)
             xb, yb = Xtr.index_select(0, part), ytr.index_select(0, part)
             with amp_context(device, amp_dtype):
-                logits = peer.logits(xb)
+                # replicas of one peer see different rows: each gets its own masks (D = 1: replica 0)
+                logits = peer.logits(xb, dropout_seed(config.seed, global_step, k, comm.replica))
             w = warmup_weight(config.weight, global_step, config.warmup_steps)
             # the only per-step traffic, [P, b]; skipped (by every rank alike) when no peer learns
             # from another this step: `alone`, or a warm-up weight of 0 (peer_loss is then the BCE)

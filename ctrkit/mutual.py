@@ -37,8 +37,9 @@ from tqdm.auto import tqdm
 from ctrkit import metrics, presets
 from ctrkit.losses import check_divergence, check_weight, mutual_losses, peer_loss, warmup_weight
 from ctrkit.models import build, canonical_name
-from ctrkit.train import (NonFiniteCheck, TrainConfig, Tracker, amp_context, epoch_batches, load_checkpoint,
-                          load_pretrained, make_optimizer, predict, resolve_amp, rng_state, set_rng_state)
+from ctrkit.train import (NonFiniteCheck, TrainConfig, Tracker, amp_context, dropout_seed, epoch_batches,
+                          load_checkpoint, load_pretrained, make_optimizer, predict, resolve_amp, rng_state,
+                          set_rng_state, uses_dropout)
 from ctrkit.utils import (CtrkitError, env_info, resolve_device, seed_everything, torch_save_atomic,
                           tune_cpu_allocator, write_json_atomic)
 
@@ -131,13 +132,16 @@ class _Peer:
         self.tracker = Tracker(self.optimizer, config) if trainable else None
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.teachers = torch.tensor(learns_from, dtype=torch.long, device=device)
+        self.drops = uses_dropout(model)
 
     @property
     def training(self) -> bool:
         return self.trainable and not self.tracker.stopped
 
-    def logits(self, xb: torch.Tensor) -> torch.Tensor:
+    def logits(self, xb: torch.Tensor, dropout_seed: int | None = None) -> torch.Tensor:
         if self.training:
+            if self.drops and dropout_seed is not None:
+                torch.manual_seed(dropout_seed)  # this peer's own mask stream (see train.dropout_seed)
             return self.model(xb).float()
         with torch.no_grad():  # a fixed teacher or a peer that stopped early still teaches
             return self.model(xb).float()
@@ -216,7 +220,7 @@ def mutual_fit(peers: Sequence[nn.Module], data, config: MutualConfig | dict | N
             # ---- the mutual step: one batch, every peer; L_n = BCE + w/|T_n| sum_{i in T_n} (p_i - p_n)^2
             xb, yb = Xtr.index_select(0, idx), ytr.index_select(0, idx)
             with amp_context(device, amp_dtype):
-                logits = [p.logits(xb) for p in P]
+                logits = [p.logits(xb, dropout_seed(config.seed, global_step, k)) for k, p in enumerate(P)]
             probs = torch.stack([torch.sigmoid(z.detach()) for z in logits])  # targets: no gradient
             w = warmup_weight(config.weight, global_step, config.warmup_steps)
             for k, p in enumerate(P):

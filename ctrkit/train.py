@@ -38,7 +38,8 @@ from ctrkit.utils import (CtrkitError, env_info, resolve_device, seed_everything
 
 __all__ = ["TrainConfig", "fit", "predict", "evaluate", "make_optimizer", "Tracker", "epoch_batches",
            "NonFiniteCheck", "NonFiniteLossError", "resolve_amp", "amp_context", "load_checkpoint",
-           "load_pretrained", "rng_state", "set_rng_state", "monitor_score", "count_parameters"]
+           "load_pretrained", "rng_state", "set_rng_state", "monitor_score", "count_parameters", "dropout_seed",
+           "uses_dropout"]
 
 AMP_CHOICES = ("auto", "bf16", "off")
 # Monitors as FuxiCTR writes them: a metric name, or {metric: weight} summed (BARS: AUC - logloss).
@@ -253,6 +254,19 @@ class Tracker:
         self.scheduler.load_state_dict(state["scheduler"])
         for k in ("best_score", "best_epoch", "best_metrics", "best_state", "bad_epochs", "improved", "stopped"):
             setattr(self, k, state[k])
+
+
+def dropout_seed(seed: int, step: int, peer: int = 0, replica: int = 0) -> int:
+    """Seed of the dropout masks a model draws at global training step `step` (0-based, counted
+    over epochs). Every model of a mutual run (`peer`) and every DDP replica gets its own stream, so
+    masks don't depend on how many models share a process or in which order they run: `alone` peer
+    0 equals `fit`, and `ctrkit.distributed` (one peer per rank) equals the single process step for
+    step, dropout included. The trainers reseed before each forward of a model that has dropout."""
+    return int(np.random.SeedSequence([seed, peer, replica, step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def uses_dropout(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
@@ -496,6 +510,7 @@ def fit(model: nn.Module, data, config: TrainConfig | dict | None = None, out_di
     n = Xtr.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
+    drops = uses_dropout(model)
     for epoch in range(epoch_done + 1, config.epochs + 1):
         if tracker.stopped:
             break
@@ -507,6 +522,8 @@ def fit(model: nn.Module, data, config: TrainConfig | dict | None = None, out_di
                    disable=not config.progress, leave=False, dynamic_ncols=True)
         for step, idx in enumerate(epoch_batches(n, config.batch_size, generator, device), 1):
             xb, yb = Xtr.index_select(0, idx), ytr.index_select(0, idx)
+            if drops:
+                torch.manual_seed(dropout_seed(config.seed, (epoch - 1) * steps_per_epoch + step - 1))
             with amp_context(device, amp_dtype):
                 logits = model(xb)
             loss = F.binary_cross_entropy_with_logits(logits.float(), yb)

@@ -42,9 +42,9 @@ def _env(**extra) -> dict:
     return env
 
 
-def _mutual_args(data_dir, out: Path, store: Path) -> list[str]:
+def _mutual_args(data_dir, out: Path, store: Path, preset: str = "smoke", epochs: int = EPOCHS) -> list[str]:
     return ["mutual", "--distributed", "--data", str(data_dir), "--peers", PEERS, "--init", "scratch",
-            "--seed", str(SEED), "--preset", "smoke", "--epochs", str(EPOCHS), "--warmup-steps", str(WARMUP),
+            "--seed", str(SEED), "--preset", preset, "--epochs", str(epochs), "--warmup-steps", str(WARMUP),
             "--device", "cpu",
             "--store", str(store), "--out", str(out), "--json"]
 
@@ -217,6 +217,21 @@ def test_two_ranks_equal_the_single_process_run(reference):
         a = _weights(reference["single_out"] / f"{k}_{name}" / "best.pt")
         b = _weights(reference["dist_out"] / f"{k}_{name}" / "best.pt")
         assert _max_diff(a, b) <= 1e-6
+
+
+def test_two_ranks_equal_the_single_process_run_with_dropout(criteo_small, tmp_path):
+    """The quick preset (the CLI default) has dropout 0.1: each peer's masks come from its own
+    stream (train.dropout_seed), so one peer per rank still equals the single process."""
+    from ctrkit import presets
+    assert presets.get("DeepFM", "quick").model["net_dropout"] > 0
+    recs, _ = experiments.run_one(criteo_small, PEERS, init="scratch", mode="mutual", seed=SEED, preset="quick",
+                                  epochs=1, warmup_steps=WARMUP, device="cpu", progress=False)
+    proc = _torchrun(2, _mutual_args(criteo_small.path, tmp_path / "dist", tmp_path / "dist.jsonl",
+                                     preset="quick", epochs=1))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for s, d in zip(recs, _json_line(proc.stdout)["peers"]):
+        assert abs(d["test_auc"] - s["test_auc"]) <= 1e-6
+        assert abs(d["test_logloss"] - s["test_logloss"]) <= 1e-6
 
 
 def test_rank0_alone_writes_store_and_results_and_counts_bytes(reference, criteo_small):

@@ -68,6 +68,28 @@ def test_weight_zero_is_bit_identical_to_independent_fit(criteo_small):
     assert one["peers"][0]["test_auc"] != alone["peers"][0]["test_auc"]
 
 
+def test_dropout_masks_are_per_peer_streams_so_alone_peers_equal_fit(criteo_small):
+    """With dropout every peer draws its own mask stream (train.dropout_seed): in `alone` mode each
+    dropout peer equals `fit` of that model, whatever model shares the run with it (one shared
+    stream would interleave the peers' draws)."""
+    d = criteo_small
+    hp = {**presets.get("DeepFM", "smoke").model, "net_dropout": 0.3}
+    def model(seed):
+        seed_everything(seed)
+        return models.build("DeepFM", d.field_sizes, **hp)
+    assert train.uses_dropout(model(0)) and not train.uses_dropout(_smoke_model("DeepFM", d, 0))
+    cfg = _smoke_train("DeepFM", seed=9, epochs=2, amp="off")
+    ref = train.fit(model(3), d, cfg)
+    for partner in ("dropout", "plain"):
+        other = model(4) if partner == "dropout" else _smoke_model("DCN", d, 4)
+        res = mutual_fit([model(3), other], d, MutualConfig(mode="alone", epochs=2, batch_size=cfg.batch_size,
+                                                            seed=9, device="cpu", amp="off", progress=False,
+                                                            train=[cfg.to_dict(), _smoke_train("DCN").to_dict()]))
+        assert res["peers"][0]["valid_auc"] == ref["valid_auc"], partner
+    # the masks do change with the step and the peer
+    assert len({train.dropout_seed(9, s, p) for s in range(3) for p in range(3)}) == 9
+
+
 def test_one_mutual_step_is_the_papers_equation(criteo_small):
     """A one-step run (batch = whole train split) equals a hand-written step: forward both peers,
     mutual_losses, backward, clip, Adam, per peer."""
