@@ -59,9 +59,12 @@ def save(fig: plt.Figure, out: str | os.PathLike, formats: Sequence[str] = FORMA
     try:
         for fmt in formats:
             path = stem.with_name(f"{stem.name}.{fmt}")
-            with atomic_path(path) as tmp:
+            # Same data, same bytes: no creation date, fixed SVG ids (so re-running `make reproduce`
+            # only changes the figures whose content changed, and git diffs stay meaningful).
+            metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
+            with atomic_path(path) as tmp, plt.rc_context({"svg.hashsalt": stem.name}):
                 # The temp file's name ends in .tmp, so the format must be explicit.
-                fig.savefig(tmp, format=fmt)
+                fig.savefig(tmp, format=fmt, metadata=metadata)
             paths.append(path)
     finally:
         plt.close(fig)

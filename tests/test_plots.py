@@ -79,3 +79,11 @@ def test_missing_columns_and_empty_frames_are_clear_errors(tmp_path):
     with pytest.raises(CtrkitError, match="no rows to plot"):
         plots.peer_count(pd.DataFrame(columns=["n_peers", "test_auc", "rel_delta_auc_pct", "model"]), tmp_path / "y")
     assert not list(tmp_path.iterdir())
+
+
+def test_same_figure_same_bytes(tmp_path):
+    """No date and fixed SVG ids: re-drawing a figure rewrites identical files (clean git diffs)."""
+    first = [p.read_bytes() for p in plots.figure_kd(tmp_path / "a" / "fig1")]
+    second = [p.read_bytes() for p in plots.figure_kd(tmp_path / "b" / "fig1")]
+    assert first == second
+    assert b"<dc:date>" not in first[1]
