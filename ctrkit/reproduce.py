@@ -50,7 +50,7 @@ PROFILES: dict[str, dict] = {
         "peers_k": ["DeepFM", "DCN", "PNN", "FiBiNET", "FM"], "execution_timeout": 900,
     },
     "quick": {
-        "rows": 8000, "preset": "smoke", "epochs": 2, "finetune_epochs": 1, "seeds": [2021, 2022, 2023],
+        "rows": 40000, "preset": "smoke", "epochs": 2, "finetune_epochs": 1, "seeds": [2021, 2022, 2023],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "k": 5,
         "peers_k": ["DeepFM", "DCN", "PNN", "FiBiNET", "FM"], "execution_timeout": 1800,
     },
