@@ -51,8 +51,8 @@ from ctrkit import experiments, presets
 from ctrkit.losses import peer_loss, warmup_weight
 from ctrkit.models import build
 from ctrkit.mutual import (MutualConfig, _Peer, _scores, _teachers, check_run_args, checkpoint_path, peer_labels)
-from ctrkit.train import (NonFiniteCheck, TrainConfig, amp_context, dropout_seed, epoch_batches, load_checkpoint,
-                          load_pretrained, predict, resolve_amp, rng_state, set_rng_state)
+from ctrkit.train import (NonFiniteCheck, TrainConfig, amp_context, epoch_batches, load_checkpoint, load_pretrained,
+                          predict, resolve_amp, rng_state, set_rng_state)
 from ctrkit.utils import (CtrkitError, env_info, seed_everything, torch_save_atomic, tune_cpu_allocator,
                           write_json_atomic)
 
@@ -273,19 +273,11 @@ class _RankPeer(_Peer):
     """The mutual trainer's peer, whose training forward goes through DDP when it has replicas."""
 
     def __init__(self, model, config, learns_from, trainable, device, comm: Comm):
-        super().__init__(model, config, learns_from, trainable, device)
-        self.forward = self.model
+        # replicas of one peer see different rows: each draws its own dropout masks (D = 1: replica 0)
+        super().__init__(model, config, learns_from, trainable, device, index=comm.peer, replica=comm.replica)
         if trainable and comm.layout.replicas > 1:
             self.forward = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device] if device.type == "cuda" else None, process_group=comm.peer_group)
-
-    def logits(self, xb: torch.Tensor, dropout_seed: int | None = None) -> torch.Tensor:
-        if self.training:
-            if self.drops and dropout_seed is not None:
-                torch.manual_seed(dropout_seed)  # peer k's own stream: what the single process draws
-            return self.forward(xb).float()
-        with torch.no_grad():
-            return self.model(xb).float()
 
 
 def _ckpt_dir(out: Path, k: int, name: str) -> Path:
@@ -360,8 +352,7 @@ def mutual_fit_distributed(model: nn.Module, data, config: MutualConfig | dict |
     gathers = any(teachers)
 
     generator = seed_everything(config.seed)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    tune_cpu_allocator(device)
     Xtr, ytr = data.tensors("train", device)
     Xva, yva = data.tensors("valid", device)
     n = Xtr.shape[0]
@@ -407,8 +398,7 @@ def mutual_fit_distributed(model: nn.Module, data, config: MutualConfig | dict |
             part, scale = shard_of(idx, D, comm.replica)
             xb, yb = Xtr.index_select(0, part), ytr.index_select(0, part)
             with amp_context(device, amp_dtype):
-                # replicas of one peer see different rows: each gets its own masks (D = 1: replica 0)
-                logits = peer.logits(xb, dropout_seed(config.seed, global_step, k, comm.replica))
+                logits = peer.logits(xb, global_step)
             w = warmup_weight(config.weight, global_step, config.warmup_steps)
             # the only per-step traffic, [P, b]; skipped (by every rank alike) when no peer learns
             # from another this step: `alone`, or a warm-up weight of 0 (peer_loss is then the BCE)

@@ -124,8 +124,11 @@ def _check_peers(peers: Sequence[nn.Module], mode: str, data) -> None:
 class _Peer:
     """One peer's training state: its model, optimizer, plateau schedule and early stopping."""
 
-    def __init__(self, model: nn.Module, config: TrainConfig, learns_from: list[int], trainable: bool, device):
+    def __init__(self, model: nn.Module, config: TrainConfig, learns_from: list[int], trainable: bool, device,
+                 index: int = 0, replica: int = 0):
         self.model, self.config, self.learns_from = model.to(device), config, learns_from
+        self.forward = self.model  # the training forward (ctrkit.distributed wraps it in DDP)
+        self.index, self.replica = index, replica  # which dropout stream is this peer's
         self.name = getattr(model, "name", type(model).__name__)
         self.trainable = trainable
         self.optimizer = make_optimizer(model, config) if trainable else None
@@ -138,11 +141,11 @@ class _Peer:
     def training(self) -> bool:
         return self.trainable and not self.tracker.stopped
 
-    def logits(self, xb: torch.Tensor, dropout_seed: int | None = None) -> torch.Tensor:
+    def logits(self, xb: torch.Tensor, step: int | None = None) -> torch.Tensor:
         if self.training:
-            if self.drops and dropout_seed is not None:
-                torch.manual_seed(dropout_seed)  # this peer's own mask stream (see train.dropout_seed)
-            return self.model(xb).float()
+            if self.drops and step is not None:  # this peer's own mask stream (see train.dropout_seed)
+                torch.manual_seed(dropout_seed(self.config.seed, step, self.index, self.replica))
+            return self.forward(xb).float()
         with torch.no_grad():  # a fixed teacher or a peer that stopped early still teaches
             return self.model(xb).float()
 
@@ -190,14 +193,13 @@ def mutual_fit(peers: Sequence[nn.Module], data, config: MutualConfig | dict | N
     trains = config.mode != "ensemble"
     teachers = _teachers(config.mode, len(peers))
     fixed = {0} if config.mode == "kd" else set()
-    P = [_Peer(m, config.peer_train_config(c), teachers[n], trains and n not in fixed, device)
+    P = [_Peer(m, config.peer_train_config(c), teachers[n], trains and n not in fixed, device, index=n)
          for n, (m, c) in enumerate(zip(peers, tcfg))]
     for p in P:
         p.model.train(p.training)
 
     generator = seed_everything(config.seed)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    tune_cpu_allocator(device)
     Xtr, ytr = data.tensors("train", device)
     Xva, yva = data.tensors("valid", device)
     n = Xtr.shape[0]
@@ -220,7 +222,7 @@ def mutual_fit(peers: Sequence[nn.Module], data, config: MutualConfig | dict | N
             # ---- the mutual step: one batch, every peer; L_n = BCE + w/|T_n| sum_{i in T_n} (p_i - p_n)^2
             xb, yb = Xtr.index_select(0, idx), ytr.index_select(0, idx)
             with amp_context(device, amp_dtype):
-                logits = [p.logits(xb, dropout_seed(config.seed, global_step, k)) for k, p in enumerate(P)]
+                logits = [p.logits(xb, global_step) for p in P]
             probs = torch.stack([torch.sigmoid(z.detach()) for z in logits])  # targets: no gradient
             w = warmup_weight(config.weight, global_step, config.warmup_steps)
             for k, p in enumerate(P):

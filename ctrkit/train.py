@@ -472,8 +472,7 @@ def fit(model: nn.Module, data, config: TrainConfig | dict | None = None, out_di
     fingerprint = getattr(data, "fingerprint")
 
     generator = seed_everything(config.seed)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    tune_cpu_allocator(device)
     model.to(device)
     Xtr, ytr = data.tensors("train", device)
     Xva, yva = data.tensors("valid", device)

@@ -75,7 +75,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 _ALLOCATOR_TUNED: bool | None = None
 
 
-def tune_cpu_allocator() -> bool:
+def tune_cpu_allocator(device: str | torch.device = "cpu") -> bool:
     """Keep freed CPU tensor memory inside the process: glibc ``mallopt`` with no ``mmap`` for big
     blocks and a 1 GB trim threshold. By default glibc serves every block over 32 MB with a fresh
     ``mmap`` and unmaps it on free, so a training step's big temporaries (``[B, 1521]`` inner
@@ -85,10 +85,12 @@ def tune_cpu_allocator() -> bool:
     bf16 DeepFM 0.92x, DCN 0.69x, PNN 0.66x. The cost: the process keeps its peak heap instead of
     returning it to the OS between steps.
 
-    Called by ``train.fit`` and ``mutual.mutual_fit`` on CPU; once per process, Linux/glibc only.
+    Called by the trainers with their device (a no-op off CPU); once per process, Linux/glibc only.
     ``CTRKIT_CPU_ALLOCATOR=default`` leaves malloc alone. Returns whether the allocator is tuned.
     """
     global _ALLOCATOR_TUNED
+    if torch.device(device).type != "cpu":
+        return False
     if _ALLOCATOR_TUNED is not None:
         return _ALLOCATOR_TUNED
     _ALLOCATOR_TUNED = False
