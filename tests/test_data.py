@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ctrkit import data, synth
+from ctrkit.data import ingest, keys
 from ctrkit.cli import main
 from ctrkit.utils import CtrkitError
 
@@ -82,7 +83,7 @@ def test_real_avazu_sample_hour_fields(tmp_path):
 def test_hour_transform_hand_checked():
     import pyarrow as pa
 
-    (hod, wd, we), bad = data._hour_keys(pa.array(["14102100", "14102523", "14102613", "1410xx00", "14102124"]))
+    (hod, wd, we), bad = keys._hour_keys(pa.array(["14102100", "14102523", "14102613", "1410xx00", "14102124"]))
     # keys are value + 1 (0 is reserved); 2014-10-25 is a Saturday, 2014-10-26 a Sunday.
     assert list(hod[:3]) == [0 + 1, 23 + 1, 13 + 1]
     assert list(wd[:3]) == [1 + 1, 5 + 1, 6 + 1]
@@ -155,19 +156,19 @@ def test_split_deterministic_stratified_and_seeded(tmp_path):
 
 def test_splitter_proportions_and_golden_assignment():
     y = (np.arange(2000) % 4 == 0).astype(np.float32)
-    sp = data._Splitter((8, 1, 1), True, 2021)
+    sp = ingest._Splitter((8, 1, 1), True, 2021)
     first = sp.assign(y[:777])
     got = np.concatenate([first, sp.assign(y[777:])])
     # Streaming in pieces gives the same assignment as one call.
-    np.testing.assert_array_equal(got, data._Splitter((8, 1, 1), True, 2021).assign(y))
+    np.testing.assert_array_equal(got, ingest._Splitter((8, 1, 1), True, 2021).assign(y))
     for c in (0, 1):
         counts = np.bincount(got[y == c], minlength=3)
         assert counts.tolist() == [n * 8 // 10 for n in [counts.sum()]] + [counts.sum() // 10] * 2
-    x1 = data._Splitter((7, 2, 1), False, 2021).assign(y)
+    x1 = ingest._Splitter((7, 2, 1), False, 2021).assign(y)
     assert np.bincount(x1).tolist() == [1400, 400, 200]
     # Golden values: the assignment uses only integer arithmetic of our own, so it must never
     # change with numpy/scikit-learn versions. If this fails, existing prepared splits changed.
-    assert data._Splitter((8, 1, 1), True, 2021).assign(np.zeros(20, np.float32)).tolist() == GOLDEN
+    assert ingest._Splitter((8, 1, 1), True, 2021).assign(np.zeros(20, np.float32)).tolist() == GOLDEN
 
 
 # Recorded when the splitter was written (numpy 2.4); a regression anchor, not a computed result.

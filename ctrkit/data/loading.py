@@ -1,0 +1,124 @@
+"""A processed dataset directory: `load()` memory-maps it, `CTRData` serves its splits.
+
+A processed directory holds `feature_map.json` and per split `{split}_X.npy` (int32 [rows, fields],
+per-field local indices) and `{split}_y.npy` (float32 [rows]). Index layout of every field:
+0 = padding (never produced; kept for FuxiCTR-style embedding tables), 1 = OOV, 2.. = kept values,
+most frequent first.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ctrkit.utils import CtrkitError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+PAD, OOV, FIRST = 0, 1, 2
+
+
+@dataclass
+class CTRData:
+    """A processed dataset directory. Arrays are memory-mapped; nothing is read until asked."""
+
+    path: Path
+    feature_map: dict
+    # (split, device) -> tensors: a run, its pretrained-score pass and the next run of an experiment
+    # grid reuse one copy instead of re-reading the split from disk (and re-uploading it to a GPU).
+    _tensors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def dataset(self) -> str:
+        return self.feature_map["dataset"]
+
+    @property
+    def protocol(self) -> str:
+        return self.feature_map["protocol"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.feature_map["fingerprint"]
+
+    @property
+    def field_sizes(self) -> list[int]:
+        return [int(f["vocab_size"]) for f in self.feature_map["fields"]]
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f["name"] for f in self.feature_map["fields"]]
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.feature_map["fields"])
+
+    @property
+    def rows(self) -> dict:
+        return dict(self.feature_map["rows"])
+
+    def _check_split(self, split: str) -> None:
+        if split not in SPLITS:
+            raise CtrkitError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+
+    def numpy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(X int32 [rows, fields] memmap, y float32 [rows] memmap)."""
+        self._check_split(split)
+        try:
+            X = np.load(self.path / f"{split}_X.npy", mmap_mode="r")
+            y = np.load(self.path / f"{split}_y.npy", mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise CtrkitError(f"{self.path}: cannot read split {split!r}: {e}") from None
+        return X, y
+
+    def tensors(self, split: str, device="cpu"):
+        """(X torch.int32 [rows, fields], y torch.float32 [rows]) on `device`."""
+        import torch
+
+        key = (split, str(torch.device(device)))
+        if key not in self._tensors:
+            X, y = self.numpy(split)
+            # np.array copies out of the read-only memmap: torch wants writable memory.
+            self._tensors[key] = (torch.from_numpy(np.array(X)).to(device), torch.from_numpy(np.array(y)).to(device))
+        return self._tensors[key]
+
+    def __repr__(self) -> str:
+        return (f"CTRData({self.dataset}/{self.protocol}, {self.num_fields} fields, "
+                f"rows={self.rows}, path={str(self.path)!r})")
+
+
+def load(data_dir) -> CTRData:
+    """Open a processed directory written by `prepare`."""
+    path = Path(data_dir)
+    fm_path = path / "feature_map.json"
+    if not fm_path.is_file():
+        raise CtrkitError(f"{path}: not a prepared dataset (no feature_map.json); run `ctrkit prepare`")
+    try:
+        fm = json.loads(fm_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CtrkitError(f"{fm_path}: unreadable feature map: {e}") from None
+    for key in ("dataset", "protocol", "fields", "fingerprint", "rows"):
+        if key not in fm:
+            raise CtrkitError(f"{fm_path}: feature map lacks {key!r}")
+    return CTRData(path=path, feature_map=fm)
+
+
+def info(d: CTRData) -> dict:
+    """Rows per split, CTR, fields with vocabulary sizes: what `ctrkit info` shows."""
+    fm = d.feature_map
+    return {"path": str(d.path), "dataset": d.dataset, "protocol": d.protocol,
+            "fingerprint": d.fingerprint, "rows": fm["rows"], "ctr": fm.get("ctr"),
+            "fields": [{"name": f["name"], "vocab_size": f["vocab_size"]} for f in fm["fields"]],
+            "total_vocab": int(sum(d.field_sizes)), "source": fm.get("source")}
+
+
+def format_info(i: dict) -> str:
+    lines = [f"{i['path']}: {i['dataset']} / protocol {i['protocol']} / fingerprint {i['fingerprint']}"]
+    for s in SPLITS:
+        ctr = (i.get("ctr") or {}).get(s)
+        lines.append(f"  {s:<5} {i['rows'][s]:>12,d} rows  CTR {ctr:.4f}" if ctr is not None
+                     else f"  {s:<5} {i['rows'][s]:>12,d} rows")
+    lines.append(f"  {len(i['fields'])} fields, {i['total_vocab']:,d} embedding rows in all:")
+    lines += [f"    {f['name']:<18} {f['vocab_size']:>10,d}" for f in i["fields"]]
+    return "\n".join(lines)
