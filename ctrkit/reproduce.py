@@ -4,12 +4,17 @@ Also the small helpers the notebooks call so they stay thin (one `parameters` ce
 ctrkit calls): `settings()` turns the parameters + a profile into paths and sizes, `dataset()` gets the
 data, `data_tables()` writes the data statistics as tidy CSV, `save_table()` writes CSV + Markdown.
 
+Relative paths (`out`, `data_dir`) mean the same folder from JupyterLab (kernel in notebooks/),
+papermill (kernel in OUT) and any script of a clone: they are relative to the repository root
+(`resolve_path`; outside a clone, to the working directory). `ctrkit reproduce --out DIR`, like any
+command line, resolves DIR against the working directory before the notebooks see it.
+
 Output layout (everything under OUT):
     data/<dataset>/            processed data (synthetic for smoke/quick, prepared from --data for full)
     <dataset>/pretrained/      pretrained checkpoints from 01, reused by 02-04 and the widget
     <dataset>/store.jsonl      the results store (one record per peer per run); results.csv its export
     tables/<dataset>_*.csv|md  every table          figures/<dataset>_*.png|svg   every figure
-    notebooks/<dataset>/*.ipynb  the executed notebooks
+    notebooks/<dataset>/<nb>.ipynb  the executed notebooks 00-04; notebooks/<nb>.ipynb  05 and 06 (run once)
     .done/<job>.json           marker of a finished notebook with the hash of its parameters
     index.md, index.html       links to all of the above
 """
@@ -30,6 +35,11 @@ import pandas as pd
 from ctrkit.utils import CtrkitError, atomic_path, write_json_atomic
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+# The clone this ctrkit runs from (None for an installed package): relative notebook paths start here.
+REPO_ROOT = NOTEBOOK_DIR.parent if (NOTEBOOK_DIR.parent / "pyproject.toml").is_file() and NOTEBOOK_DIR.is_dir() \
+    else None
+# The seed of the synthetic rows of the smoke/quick profiles (part of what `dataset()` checks).
+SYNTH_SEED = 2021
 DATASETS = ("criteo", "avazu")
 PER_DATASET = ("00_data", "01_baselines", "02_scratch_vs_finetune", "03_partners", "04_peer_count")
 ONCE = ("05_architectures", "06_explore")
@@ -142,6 +152,16 @@ class Settings:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
+def resolve_path(path: str | Path) -> Path:
+    """A notebook's path parameter as an absolute path: relative paths are relative to the repository
+    root, whatever the kernel's working directory (JupyterLab starts it in notebooks/, papermill in OUT);
+    outside a clone (an installed ctrkit) relative to the working directory."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = (REPO_ROOT if REPO_ROOT is not None else Path.cwd()) / p
+    return p.resolve()
+
+
 def settings(
     *, dataset: str, profile: str = "quick", out: str = "results", data_dir: str | None = None,
     device: str = "auto", rows: int | None = None, seeds: Sequence[int] | None = None,
@@ -159,8 +179,8 @@ def settings(
         if value is not None and (not isinstance(value, int) or value < 1):
             raise CtrkitError(f"parameter {name} must be a positive integer or None, got {value!r}")
     return Settings(
-        dataset=dataset, profile=profile, out=Path(out).resolve(), device=device,
-        data_dir=Path(data_dir).resolve() if data_dir else None,
+        dataset=dataset, profile=profile, out=resolve_path(out), device=device,
+        data_dir=resolve_path(data_dir) if data_dir else None,
         rows=rows if rows is not None else prof["rows"], preset=prof["preset"],
         epochs=epochs if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
         seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"], k=prof["k"],
@@ -169,13 +189,19 @@ def settings(
 
 
 def dataset(cfg: Settings):
-    """The CTRData of a run: synthetic rows (smoke/quick), or the user's data (processed dir or raw)."""
+    """The CTRData of a run: synthetic rows (smoke/quick), or the user's data (processed dir or raw).
+
+    Data already under OUT is used only when it was made with the same settings; anything else stops
+    with one line saying what differs (it is never regenerated or overwritten: the checkpoints and the
+    store of OUT belong to it)."""
     from ctrkit import data as ctrdata
 
     if cfg.data_dir is None:
         if not cfg.rows:
             raise CtrkitError(f"profile {cfg.profile}: no data_dir and no synthetic row count")
-        return ctrdata.synthetic_dataset(cfg.dataset, cfg.rows, cfg.data_path, progress=cfg.progress)
+        _check_synthetic(cfg)
+        return ctrdata.synthetic_dataset(cfg.dataset, cfg.rows, cfg.data_path, seed=SYNTH_SEED,
+                                         progress=cfg.progress)
     if not cfg.data_dir.exists():
         raise CtrkitError(f"--data {cfg.data_dir}: no such file or directory")
     if (cfg.data_dir / "feature_map.json").exists():
@@ -183,8 +209,53 @@ def dataset(cfg: Settings):
     # Raw files: prepare once into OUT/data/<dataset>/data, the layout synthetic data gets too.
     target = cfg.data_path / "data"
     if (target / "feature_map.json").exists():
+        _check_prepared_from(target, cfg.data_dir)
         return ctrdata.load(target)
+    _check_synthetic_absent(cfg)
     return ctrdata.load(ctrdata.prepare(cfg.dataset, cfg.data_dir, target, progress=cfg.progress))
+
+
+def _profiles_with_rows(rows) -> str:
+    names = [n for n, p in PROFILES.items() if p["rows"] == rows]
+    return f" (the size of profile {' / '.join(names)})" if names else ""
+
+
+def _check_synthetic(cfg: Settings) -> None:
+    """Refuse to replace data under OUT/data/<dataset> that other settings (or not ctrkit) made."""
+    folder = cfg.data_path
+    if not folder.exists() or not any(folder.iterdir()):
+        return
+    meta = folder / "raw" / "synth.json"
+    try:
+        have = json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise CtrkitError(f"{folder} holds data that is not ctrkit's synthetic data ({meta} is missing or "
+                          f"unreadable): it is not overwritten; pass data_dir={str(folder / 'data')!r} "
+                          f"to use it, or another out folder") from None
+    want = {"dataset": cfg.dataset, "rows": int(cfg.rows), "seed": SYNTH_SEED}
+    if have != want:
+        diff = ", ".join(f"{k} {have.get(k)!r} (asked: {v!r})" for k, v in want.items() if have.get(k) != v)
+        raise CtrkitError(f"{folder} holds synthetic data made with other settings: {diff}"
+                          f"{_profiles_with_rows(have.get('rows'))}; it is not regenerated: set the profile "
+                          f"or rows that made it, or another out folder")
+
+
+def _check_synthetic_absent(cfg: Settings) -> None:
+    if (cfg.data_path / "raw" / "synth.json").exists():
+        raise CtrkitError(f"{cfg.data_path} holds synthetic data; data_dir={str(cfg.data_dir)!r} (real data) "
+                          f"needs another out folder")
+
+
+def _check_prepared_from(target: Path, data_dir: Path) -> None:
+    """The data prepared under OUT came from `data_dir` (not from other raw files)."""
+    try:
+        files = json.loads((target / "feature_map.json").read_text()).get("source", {}).get("files") or []
+    except (OSError, json.JSONDecodeError, AttributeError):
+        files = []
+    outside = [f for f in files if Path(f).resolve() != data_dir and data_dir not in Path(f).resolve().parents]
+    if outside:
+        raise CtrkitError(f"{target} was prepared from {outside[0]}, not from data_dir={str(data_dir)!r}: "
+                          f"it is not overwritten; use another out folder")
 
 
 def save_table(df: pd.DataFrame, stem: str | Path, *, floatfmt: str = ".4f") -> pd.DataFrame:
@@ -371,6 +442,12 @@ class Job:
     def name(self) -> str:
         return f"{self.dataset}_{self.notebook}" if self.notebook in PER_DATASET else self.notebook
 
+    def executed(self, out: Path) -> Path:
+        """Where the executed notebook lands: OUT/notebooks/<dataset>/<nb>.ipynb for 00-04, and
+        OUT/notebooks/<nb>.ipynb for 05/06, which run once (on the first dataset)."""
+        folder = out / "notebooks" / self.dataset if self.notebook in PER_DATASET else out / "notebooks"
+        return folder / f"{self.notebook}.ipynb"
+
 
 def plan(*, dataset: str = "both", profile: str = "quick", data: str | None = None, out: str = "results",
          device: str = "auto") -> list[Job]:
@@ -444,8 +521,7 @@ def run(
         digest = _sha({"parameters": job.parameters, "profile": PROFILES[profile],
                        "notebook": hashlib.sha256(src.read_bytes()).hexdigest()})
         marker = out_dir / ".done" / f"{job.name}.json"
-        dest = out_dir / "notebooks" / job.dataset / f"{job.notebook}.ipynb" if job.notebook in PER_DATASET \
-            else out_dir / "notebooks" / f"{job.notebook}.ipynb"
+        dest = job.executed(out_dir)
         if not force and marker.exists() and dest.exists():
             try:
                 done = json.loads(marker.read_text()).get("hash")

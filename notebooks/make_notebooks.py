@@ -24,6 +24,17 @@ rows = None             # synthetic rows
 seeds = None            # e.g. [2021, 2022, 2023]
 epochs = None           # pretraining epochs'''
 
+# 06 meets the folder `make reproduce` made (profile quick); relative paths: to the repository root.
+EXPLORE_PARAMETERS = '''# Parameters (papermill replaces this cell; None = the profile's value, see ctrkit.reproduce.PROFILES)
+dataset = "criteo"      # criteo | avazu
+data_dir = None         # None: synthetic data; else a processed dataset dir or raw files (profile full)
+profile = "quick"       # smoke | quick | full: the profile that made the data under `out`
+device = "auto"         # auto | cpu | cuda
+out = "results"         # output folder of `make reproduce`, relative to the repository root
+rows = None             # synthetic rows
+seeds = None            # e.g. [2021, 2022, 2023]
+epochs = None           # pretraining epochs'''
+
 SETTINGS = ("cfg = reproduce.settings(dataset=dataset, profile=profile, out=out, data_dir=data_dir, device=device,\n"
             "                         rows=rows, seeds=seeds, epochs=epochs)\n"
             "data = reproduce.dataset(cfg)\ncfg")
@@ -128,26 +139,31 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "                            cfg.figure('peer_count'), title=f'Mutual finetuning with N peers ({dataset})'))"),
     ],
     "05_architectures": [
-        ("md", "# 05 · Architectures\nThe paper's Figures 1 and 2, drawn from code (`ctrkit.plots`)."),
-        ("code", "from pathlib import Path\n\nfrom ctrkit import plots"),
+        ("md", "# 05 · Architectures\nThe paper's Figures 1 and 2, drawn from code (`ctrkit.plots`), written to "
+               "`OUT/figures/` (a relative `out` is relative to the repository root)."),
+        ("code", "from ctrkit import plots, reproduce"),
         ("params", PARAMETERS),
+        ("code", "figures = reproduce.resolve_path(out) / 'figures'\nfigures"),
         ("md", "## Figure 1: knowledge distillation (teacher → student)"),
-        ("code", "plots.show(plots.figure_kd(Path(out) / 'figures' / 'fig1_knowledge_distillation'))"),
+        ("code", "plots.show(plots.figure_kd(figures / 'fig1_knowledge_distillation'))"),
         ("md", "## Figure 2: mutual learning among N peers"),
-        ("code", "plots.show(plots.figure_mutual(Path(out) / 'figures' / 'fig2_mutual_learning', n=4))"),
+        ("code", "plots.show(plots.figure_mutual(figures / 'fig2_mutual_learning', n=4))"),
     ],
     "06_explore": [
         ("md", "# 06 · Explore: the peer selector\nPick peers (models and/or pretrained checkpoints of 01), "
                "the initialisation, the mode, the mutual weight, epochs and seed, then press **Train**: the "
-               "per-peer validation AUC is drawn live and the result table appears when done. Every run "
-               "lands in the results store like the notebooks' runs."),
+               "per-peer validation AUC is drawn live and the result table appears when done; **Stop** ends a "
+               "run after the current step and keeps nothing of it. Runs land in the results store tagged "
+               "`exploration`, which the paper's tables leave out.\n\n"
+               "The parameters must match the data under `out` (made by `make reproduce`: profile `quick`); "
+               "other settings stop with a message instead of regenerating that data."),
         ("code", "from ctrkit import reproduce, widgets"),
-        ("params", PARAMETERS),
+        ("params", EXPLORE_PARAMETERS),
         ("code", SETTINGS),
         ("code", "selector = widgets.PeerSelector(data, store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"
                  "                                device=cfg.device)\nselector"),
-        ("md", "## Runs in the store so far"),
-        ("code", "selector.table()"),
+        ("md", "## Runs in the store so far (brought up to date after every run)"),
+        ("code", "selector.refresh_store_view()"),
     ],
 }
 
