@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctrkit.utils import CtrkitError, atomic_path
+from ctrkit.utils import CtrkitError, atomic_path, write_json_atomic
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]
@@ -48,7 +48,17 @@ _AVAZU_NUMERIC = {"C1", "banner_pos", "device_type", "device_conn_type", "C14", 
 # ~0.81-0.85 (the reach of FM/cross/deep models).
 _PART_STD = (1.4, 1.1, 0.4, 0.4)
 _CHUNK = 250_000  # rows per generation chunk; fixed so the output does not depend on memory
-BASE_CTR = {"criteo": 0.25, "avazu": 0.17}
+# Frappe_x1 / MovielensLatest_x1 (BARS): all-categorical, two sampled negatives per positive, so
+# CTR ~1/3. Field sizes of the real data (Frappe: 957 users, 4,082 apps, context fields; MovieLens:
+# 17,045 users, 23,743 movies, 49,657 tags; as reported for these sets in the NFM paper).
+_CATEGORICAL = {
+    "frappe": dict(zip(["user", "item", "daytime", "weekday", "isweekend", "homework", "cost", "weather",
+                        "country", "city"], [957, 4082, 7, 7, 2, 3, 2, 10, 80, 233])),
+    "movielens": {"user_id": 17045, "item_id": 23743, "tag_id": 49657},
+}
+BASE_CTR = {"criteo": 0.25, "avazu": 0.17, "frappe": 0.33, "movielens": 0.33}
+_FILE = {"criteo": "train.txt", "avazu": "train.csv", "frappe": "train.csv", "movielens": "train.csv"}
+MARKER = ".ctrkit-synth.json"  # the files this folder got from `ctrkit synth` (may be replaced)
 
 
 @dataclass
@@ -83,6 +93,11 @@ class _Truth:
                 card = _scaled_card(base, rows)
                 self.fields.append(self._field(rng, name, card, 1.05 + 0.3 * rng.random(), miss,
                                                0.6 if card < 5000 else 0.3))
+        elif dataset in _CATEGORICAL:
+            for name, base in _CATEGORICAL[dataset].items():
+                card = _scaled_card(base, rows)
+                self.fields.append(self._field(rng, name, card, 0.9 + 0.4 * rng.random(), 0.0,
+                                               0.6 if card < 5000 else 0.4))
         else:
             self.fields.append(self._field(rng, "hour_of_day", 24, 0.0, 0.0, 0.3))
             for name, base in zip(AVAZU_CAT, _AVAZU_CARD):
@@ -91,10 +106,11 @@ class _Truth:
                 zipf = 2.2 if name in ("device_id", "device_ip") else 1.05 + 0.4 * rng.random()
                 self.fields.append(self._field(rng, name, card, zipf, 0.0,
                                                0.6 if card < 5000 else 0.3))
-        F = len(self.fields)
         # Interactions live on fields of moderate size: values frequent enough to be learnt from
         # tens of thousands of rows (as in real CTR data, where rare ids carry little signal).
         mid = [i for i, f in enumerate(self.fields) if f.card <= 30 and f.missing < 0.3]
+        if len(mid) < 2:  # MovieLens: only large id fields; interactions are then user x item (MF-like)
+            mid = list(range(len(self.fields)))
         # Pairwise (FM-style) terms on a random subset of those fields' pairs.
         pairs = [(i, j) for a, i in enumerate(mid) for j in mid[a + 1:]]
         pick = rng.choice(len(pairs), size=min(len(pairs), 12), replace=False)
@@ -102,6 +118,8 @@ class _Truth:
         self.pair_w = rng.normal(0, 1.0, size=len(self.pairs))
         # A three-way table over three small fields: only a cross/deep model can fit it.
         small = [i for i, f in enumerate(self.fields) if f.card <= 64]
+        if len(small) < 3:
+            small = sorted(range(len(self.fields)), key=lambda i: self.fields[i].card)[:3]
         self.triple = tuple(rng.choice(small, size=3, replace=False))
         # A pure three-way term: product of three per-value factors, each centred below.
         self.triple_tab = [rng.normal(0, 1, size=16) for _ in range(3)]
@@ -170,7 +188,8 @@ class _Truth:
                 ranks[i] = np.clip(_bucket(v), 0, f.card - 1)
         else:
             ints = None
-            ranks[0] = rng.integers(0, 24, size=n) if hour_of_day is None else hour_of_day
+            if self.dataset == "avazu":
+                ranks[0] = rng.integers(0, 24, size=n) if hour_of_day is None else hour_of_day
         for i, f in enumerate(self.fields):
             if f.missing > 0:
                 ranks[i] = np.where(rng.random(n) < f.missing, -1, ranks[i])
@@ -220,92 +239,142 @@ def _num_tokens(field_index: int, card: int, seed: int) -> np.ndarray:
     return np.char.mod("%d", np.arange(base, base + card)).astype("S")
 
 
-def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
-             progress: bool = False) -> Path:
-    """Write `out/train.txt` (criteo) or `out/train.csv` (avazu), optionally gzipped; return the file.
-
-    Realistic in shape: Zipf-like categorical frequencies, cardinalities scaled with `rows`,
-    missing values, heavy-tailed integers, base CTR ~0.25 (criteo) / ~0.17 (avazu).
-    """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    if dataset not in BASE_CTR:
-        raise CtrkitError(f"unknown dataset {dataset!r}; valid: criteo, avazu")
-    if not isinstance(rows, (int, np.integer)) or rows < 1:
-        raise CtrkitError(f"--rows must be a positive integer, got {rows!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = ("train.txt" if dataset == "criteo" else "train.csv") + (".gz" if gzip else "")
-    path = out / name
-    truth = _Truth(dataset, int(rows), seed)
+def _tokens(truth: _Truth, dataset: str, seed: int) -> list:
+    """Per field, the raw token of each rank (None: an integer or hour field, written as a number)."""
     tokens = []
     for i, f in enumerate(truth.fields):
-        if dataset == "criteo" and i < 13:
+        if (dataset == "criteo" and i < 13) or (dataset == "avazu" and i == 0):
             tokens.append(None)
-        elif dataset == "avazu" and i == 0:
-            tokens.append(None)
-        elif dataset == "avazu" and f.name in _AVAZU_NUMERIC:
+        elif (dataset == "avazu" and f.name in _AVAZU_NUMERIC) or (dataset in _CATEGORICAL and f.card <= 100):
             tokens.append(_num_tokens(i, f.card, seed))
         else:
             tokens.append(_hex_tokens(i, f.card, seed))
-    if dataset == "criteo":
-        write_opts = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
-    else:
-        # The header is written by hand: Arrow would quote the column names.
-        write_opts = pacsv.WriteOptions(include_header=False, delimiter=",", quoting_style="none")
+    return tokens
 
+
+def _chunk(truth: _Truth, dataset: str, tokens: list, seed: int, chunk_no: int, done: int, n: int, rows: int):
+    """The Arrow table of rows done .. done+n (chunk `chunk_no`, its own generator)."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng([seed, 2, chunk_no])
+    # Avazu rows are in time order over 10 days (2014-10-21 .. 30), like the real file.
+    pos = (done + np.arange(n)) * 240 // rows
+    d = truth.draw(rng, n, hour_of_day=pos % 24 if dataset == "avazu" else None)
+    y = (rng.random(n) < 1 / (1 + np.exp(-d["logit"]))).astype(np.int8)
+    cols, names = [], []
+    if dataset == "avazu":
+        ids = rng.integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64) * 2 + 1
+        cols.append(pa.array(ids.astype(str), pa.string()))
+        hour = 14102100 + (pos // 24) * 100 + pos % 24
+        cols += [pa.array(y), pa.array(hour)]
+        names += ["id", "click", "hour"]
+    else:
+        cols.append(pa.array(y))
+        names.append("label")
+    for i, f in enumerate(truth.fields):
+        r = d["ranks"][i]
+        if dataset == "avazu" and i == 0:
+            continue
+        mask = r < 0
+        if dataset == "criteo" and i < 13:
+            cols.append(pa.array(d["ints"][i], mask=mask))
+        else:
+            cols.append(pa.array(tokens[i][np.where(mask, 0, r)], pa.string(),
+                                 mask=mask if mask.any() else None))
+        names.append(f.name)
+    return pa.table(cols, names=names)
+
+
+def _claim(out: Path, name: str, force: bool) -> None:
+    """Refuse to replace a file unless --force and ctrkit synth (or synthetic_dataset) wrote it."""
+    import json
+
+    path = out / name
+    if not path.exists():
+        return
+    if not force:
+        raise CtrkitError(f"{path}: exists; pass --force to replace it (only a file ctrkit synth wrote)")
+    try:
+        ours = name in json.loads((out / MARKER).read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        ours = (out / "synth.json").is_file()  # folders of synthetic_dataset from before the marker
+    if not ours or not path.is_file():
+        raise CtrkitError(f"{path}: exists and was not written by ctrkit synth; not replacing it")
+
+
+def _mark(out: Path, name: str) -> None:
+    import json
+
+    try:
+        files = set(json.loads((out / MARKER).read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError):
+        files = set()
+    write_json_atomic(out / MARKER, {"written_by": "ctrkit synth", "files": sorted(files | {name})})
+
+
+def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
+             progress: bool = False, force: bool = False) -> Path:
+    """Write `out/train.txt` (criteo) or `out/train.csv` (avazu, frappe, movielens), optionally
+    gzipped; return the file. An existing file is replaced only with `force`, and only when ctrkit
+    wrote it.
+
+    Realistic in shape: Zipf-like categorical frequencies, cardinalities scaled with `rows`,
+    missing values, heavy-tailed integers, base CTR ~0.25 (criteo) / ~0.17 (avazu) / ~0.33
+    (frappe, movielens: one positive per two sampled negatives, as in BARS).
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
     from tqdm.auto import tqdm
+
+    if dataset not in BASE_CTR:
+        raise CtrkitError(f"unknown dataset {dataset!r}; valid: {', '.join(BASE_CTR)}")
+    if not isinstance(rows, (int, np.integer)) or isinstance(rows, bool) or rows < 1:
+        raise CtrkitError(f"--rows must be a positive integer, got {rows!r}")
+    out = Path(out)
+    name = _FILE[dataset] + (".gz" if gzip else "")
+    path = out / name
+    if out.exists() and not out.is_dir():
+        raise CtrkitError(f"--out {out}: is a file, not a folder")
+    _claim(out, name, force)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CtrkitError(f"--out {out}: cannot create: {e.strerror or e}") from None
+    truth = _Truth(dataset, int(rows), seed)
+    tokens = _tokens(truth, dataset, seed)
+    # The header is written by hand (Arrow would quote the column names); Criteo has none.
+    write_opts = pacsv.WriteOptions(include_header=False, delimiter="\t" if dataset == "criteo" else ",",
+                                    quoting_style="none")
+    header = None if dataset == "criteo" else (AVAZU_COLUMNS if dataset == "avazu" else
+                                               ["label"] + list(_CATEGORICAL[dataset]))
     bar = tqdm(total=int(rows), unit="rows", desc=f"synth {dataset}", disable=not progress)
-    with atomic_path(path) as tmp:
-        sink = pa.CompressedOutputStream(str(tmp), "gzip") if gzip else pa.OSFile(str(tmp), "wb")
-        writer = None
-        try:
-            if dataset == "avazu":
-                sink.write((",".join(AVAZU_COLUMNS) + "\n").encode())
-            done = 0
-            chunk_no = 0
-            while done < rows:
-                n = min(_CHUNK, int(rows) - done)
-                rng = np.random.default_rng([seed, 2, chunk_no])
-                # Avazu rows are in time order over 10 days (2014-10-21 .. 30), like the real file.
-                pos = (done + np.arange(n)) * 240 // int(rows)
-                d = truth.draw(rng, n, hour_of_day=pos % 24 if dataset == "avazu" else None)
-                y = (rng.random(n) < 1 / (1 + np.exp(-d["logit"]))).astype(np.int8)
-                cols, names = [], []
-                if dataset == "avazu":
-                    ids = rng.integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64) * 2 + 1
-                    cols.append(pa.array(ids.astype(str), pa.string()))
-                    hour = 14102100 + (pos // 24) * 100 + pos % 24
-                    cols += [pa.array(y), pa.array(hour)]
-                    names += ["id", "click", "hour"]
-                else:
-                    cols.append(pa.array(y))
-                    names.append("label")
-                for i, f in enumerate(truth.fields):
-                    r = d["ranks"][i]
-                    if dataset == "avazu" and i == 0:
-                        continue
-                    mask = r < 0
-                    if dataset == "criteo" and i < 13:
-                        cols.append(pa.array(d["ints"][i], mask=mask))
-                    else:
-                        cols.append(pa.array(tokens[i][np.where(mask, 0, r)], pa.string(),
-                                             mask=mask if mask.any() else None))
-                    names.append(f.name)
-                table = pa.table(cols, names=names)
-                if writer is None:
-                    writer = pacsv.CSVWriter(sink, table.schema, write_options=write_opts)
-                writer.write_table(table)
-                done += n
-                chunk_no += 1
-                bar.update(n)
-        finally:
-            if writer is not None:
-                writer.close()
-            sink.close()
-            bar.close()
+    try:
+        with atomic_path(path) as tmp:
+            sink = pa.CompressedOutputStream(str(tmp), "gzip") if gzip else pa.OSFile(str(tmp), "wb")
+            writer = None
+            try:
+                if header:
+                    sink.write((",".join(header) + "\n").encode())
+                done = chunk_no = 0
+                while done < rows:
+                    n = min(_CHUNK, int(rows) - done)
+                    table = _chunk(truth, dataset, tokens, seed, chunk_no, done, n, int(rows))
+                    if writer is None:
+                        writer = pacsv.CSVWriter(sink, table.schema, write_options=write_opts)
+                    writer.write_table(table)
+                    done += n
+                    chunk_no += 1
+                    bar.update(n)
+            finally:
+                if writer is not None:
+                    writer.close()
+                sink.close()
+    except OSError as e:
+        raise CtrkitError(f"--out {out}: cannot write {path}: {e.strerror or e}") from None
+    finally:
+        bar.close()
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)  # the temp file was created private (mkstemp); a data file is not
+    _mark(out, name)
     return path

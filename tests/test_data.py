@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ctrkit import data, synth
-from ctrkit.data import ingest, keys
+from ctrkit.data import encode, keys
 from ctrkit.cli import main
 from ctrkit.utils import CtrkitError
 
@@ -98,7 +98,7 @@ def test_bucketize_hand_checked():
 
 
 def test_integer_missing_is_its_own_token(tmp_path):
-    rows = [criteo_row(ints=["" if i % 2 else "0"] + ["1"] * 12) for i in range(40)]
+    rows = [criteo_row(label=str(int(i % 3 == 0)), ints=["" if i % 2 else "0"] + ["1"] * 12) for i in range(40)]
     d = _presplit(tmp_path, rows, rows[:5], rows[:5], protocol="x1")
     X = d.numpy("train")[0]
     assert len(np.unique(X[:, 0])) == 2  # "" and 0 are different values
@@ -156,19 +156,19 @@ def test_split_deterministic_stratified_and_seeded(tmp_path):
 
 def test_splitter_proportions_and_golden_assignment():
     y = (np.arange(2000) % 4 == 0).astype(np.float32)
-    sp = ingest._Splitter((8, 1, 1), True, 2021)
+    sp = encode.Splitter((8, 1, 1), True, 2021)
     first = sp.assign(y[:777])
     got = np.concatenate([first, sp.assign(y[777:])])
     # Streaming in pieces gives the same assignment as one call.
-    np.testing.assert_array_equal(got, ingest._Splitter((8, 1, 1), True, 2021).assign(y))
+    np.testing.assert_array_equal(got, encode.Splitter((8, 1, 1), True, 2021).assign(y))
     for c in (0, 1):
         counts = np.bincount(got[y == c], minlength=3)
         assert counts.tolist() == [n * 8 // 10 for n in [counts.sum()]] + [counts.sum() // 10] * 2
-    x1 = ingest._Splitter((7, 2, 1), False, 2021).assign(y)
+    x1 = encode.Splitter((7, 2, 1), False, 2021).assign(y)
     assert np.bincount(x1).tolist() == [1400, 400, 200]
     # Golden values: the assignment uses only integer arithmetic of our own, so it must never
     # change with numpy/scikit-learn versions. If this fails, existing prepared splits changed.
-    assert ingest._Splitter((8, 1, 1), True, 2021).assign(np.zeros(20, np.float32)).tolist() == GOLDEN
+    assert encode.Splitter((8, 1, 1), True, 2021).assign(np.zeros(20, np.float32)).tolist() == GOLDEN
 
 
 # Recorded when the splitter was written (numpy 2.4); a regression anchor, not a computed result.
@@ -191,7 +191,7 @@ def _cli_fails(capsys, argv, out: Path, *needles):
 
 @pytest.mark.parametrize("case,line,needle", [
     ("columns", 4, "expected 40 columns, got 39"),
-    ("integer", 3, "integer field I2 is not a number: 'abc'"),
+    ("integer", 3, "numeric field I2 is not a number: 'abc'"),
     ("label", 5, "label 'label' must be 0 or 1, got '2'"),
 ])
 def test_bad_lines_error_and_skip(tmp_path, capsys, case, line, needle):
@@ -254,11 +254,11 @@ def test_bad_files_and_names(tmp_path, capsys):
     _cli_fails(capsys, ["prepare", "criteo", "--raw", str(tmp_path / "nope.txt"), "--out", str(out)], out,
                "nope.txt", "no such file")
     _cli_fails(capsys, ["prepare", "criteo", "--raw", str(tmp_path), "--out", str(out)], out,
-               "train.txt", str(tmp_path))
+               "no train.*", str(tmp_path))
     ok = tmp_path / "ok.txt"
     ok.write_text("\n".join(criteo_row() for _ in range(10)) + "\n")
-    _cli_fails(capsys, ["prepare", "movielens", "--raw", str(ok), "--out", str(out)], out,
-               "unknown dataset 'movielens'", "criteo, avazu")
+    _cli_fails(capsys, ["prepare", "movie", "--raw", str(ok), "--out", str(out)], out,
+               "unknown dataset 'movie'", "criteo, avazu, frappe, movielens", "--schema")
     _cli_fails(capsys, ["prepare", "criteo", "--raw", str(ok), "--out", str(out), "--protocol", "x9"], out,
                "unknown protocol 'x9'", "x4_001, x4_002, x1")
     _cli_fails(capsys, ["prepare", "avazu", "--raw", str(ok), "--out", str(out)], out, "ok.txt", "line 1")

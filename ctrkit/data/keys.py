@@ -85,26 +85,109 @@ def _int_keys(values) -> tuple[np.ndarray, np.ndarray]:
     return keys, bad
 
 
-def _label_values(values) -> tuple[np.ndarray, np.ndarray]:
-    """0/1 of each distinct label string (accepting "0.0"/"1.0"), and a mask of invalid ones."""
+def label_values(values, positive=("1",), negative=("0",)) -> tuple[np.ndarray, np.ndarray]:
+    """1/0 of each distinct label string, and a mask of the invalid ones.
+
+    A value is positive when it is in `positive` (as a string, or numerically: "1.0" is 1),
+    negative when in `negative` (or, with negative "rest", any other non-empty value).
+    """
     import pyarrow.compute as pc
 
     s = pc.utf8_trim_whitespace(values).to_numpy(zero_copy_only=False)
+    rest = negative == "rest"
+    pos_f = set(_floats(positive))
+    neg_f = set() if rest else set(_floats(negative))
     y = np.zeros(len(s), dtype=np.float32)
     bad = np.zeros(len(s), dtype=bool)
     for i, v in enumerate(s):  # a handful of distinct values per block
-        if v in ("0", "1"):
-            y[i] = float(v)
+        if v in positive:
+            y[i] = 1.0
+            continue
+        if not rest and v in negative:
+            continue
+        try:
+            f = float(v)
+        except ValueError:
+            f = None
+        if f is not None and f in pos_f:
+            y[i] = 1.0
+        elif (rest and v != "") or (f is not None and f in neg_f):
+            pass
         else:
-            try:
-                f = float(v)
-            except ValueError:
-                f = -1.0
-            if f in (0.0, 1.0):
-                y[i] = f
-            else:
-                bad[i] = True
+            bad[i] = True
     return y, bad
+
+
+def _floats(vals) -> list:
+    out = []
+    for v in vals:
+        try:
+            out.append(float(v))
+        except ValueError:
+            pass
+    return out
+
+
+def float_keys(values) -> tuple[np.ndarray, np.ndarray]:
+    """Order-preserving 64-bit keys of numeric strings (for quantile bins); "" -> key 0 (missing).
+
+    A finite float's bits, sign-flipped so that unsigned order is numeric order; key 0 would be a
+    NaN pattern, so it is free for "missing".
+    """
+    import pyarrow.compute as pc
+
+    vals = pc.utf8_trim_whitespace(values)
+    empty = np.asarray(pc.equal(vals, "").to_numpy(zero_copy_only=False), dtype=bool)
+    ok = np.asarray(pc.match_substring_regex(vals, _NUM_RE).to_numpy(zero_copy_only=False), dtype=bool)
+    bad = ~(ok | empty)
+    keys = np.zeros(len(values), dtype=np.uint64)
+    good = ok & ~empty
+    if good.any():
+        nums = pc.cast(pc.filter(vals, good), "float64").to_numpy() + 0.0  # -0.0 -> 0.0
+        finite = np.isfinite(nums)
+        bits = np.where(finite, nums, 0.0).view(np.uint64)
+        sign = (bits >> np.uint64(63)).astype(bool)
+        keys[good] = np.where(sign, ~bits, bits | np.uint64(1 << 63))
+        bad[np.flatnonzero(good)[~finite]] = True
+    return keys, bad
+
+
+def float_of_keys(keys: np.ndarray) -> np.ndarray:
+    """Inverse of float_keys for non-zero keys (used to report bin edges)."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    top = (keys >> np.uint64(63)).astype(bool)
+    return np.where(top, keys & ~np.uint64(1 << 63), ~keys).view(np.float64)
+
+
+def time_keys(values, fmt: str) -> tuple[list, np.ndarray]:
+    """Timestamps -> keys of hour-of-day, weekday, weekend (each value + 1); mask of invalid ones.
+
+    `fmt`: YYMMDDHH (Avazu), unix (seconds since 1970, UTC) or a strptime format.
+    """
+    if fmt == "YYMMDDHH":
+        return _hour_keys(values)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    vals = pc.utf8_trim_whitespace(values)
+    if fmt == "unix":
+        ok = np.asarray(pc.match_substring_regex(vals, r"^[-+]?\d+$").to_numpy(zero_copy_only=False), dtype=bool)
+        secs = np.zeros(len(vals), dtype=np.int64)
+        if ok.any():
+            secs[ok] = pc.cast(pc.filter(vals, pa.array(ok)), "int64").to_numpy()
+        hour, day = (secs // 3600) % 24, secs // 86400
+        weekday = (day + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+        bad = ~ok
+    else:
+        ts = pc.strptime(vals, format=fmt, unit="s", error_is_null=True)
+        bad = np.asarray(pc.is_null(ts).to_numpy(zero_copy_only=False), dtype=bool)
+        ts = pc.fill_null(ts, pa.scalar(0, ts.type))
+        hour = pc.hour(ts).to_numpy().astype(np.int64)
+        weekday = pc.day_of_week(ts).to_numpy().astype(np.int64)
+    hod = np.where(bad, 0, hour + 1).astype(np.uint64)
+    wd = np.where(bad, 0, weekday + 1).astype(np.uint64)
+    we = np.where(bad, 0, (weekday >= 5) + 1).astype(np.uint64)
+    return [hod, wd, we], bad
 
 
 def _hour_keys(values) -> tuple[list, np.ndarray]:

@@ -29,6 +29,7 @@ class CTRData:
     # (split, device) -> tensors: a run, its pretrained-score pass and the next run of an experiment
     # grid reuse one copy instead of re-reading the split from disk (and re-uploading it to a GPU).
     _tensors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _checked: set = field(default_factory=set, init=False, repr=False, compare=False)
 
     @property
     def dataset(self) -> str:
@@ -68,20 +69,39 @@ class CTRData:
         try:
             X = np.load(self.path / f"{split}_X.npy", mmap_mode="r")
             y = np.load(self.path / f"{split}_y.npy", mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise CtrkitError(f"{self.path}: cannot read split {split!r}: {e}") from None
+        except (OSError, ValueError) as e:  # e.g. a truncated file: "mmap length is greater than file size"
+            raise CtrkitError(f"{self.path}: cannot read split {split!r}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
         return X, y
 
     def tensors(self, split: str, device="cpu"):
-        """(X torch.int32 [rows, fields], y torch.float32 [rows]) on `device`."""
+        """(X torch.int32 [rows, fields], y torch.float32 [rows]) on `device`.
+
+        The split's indices are checked against the field sizes first (once per split): a bad
+        index would otherwise read another field's embedding rows on a GPU, where no check runs.
+        """
         import torch
 
         key = (split, str(torch.device(device)))
         if key not in self._tensors:
             X, y = self.numpy(split)
-            # np.array copies out of the read-only memmap: torch wants writable memory.
-            self._tensors[key] = (torch.from_numpy(np.array(X)).to(device), torch.from_numpy(np.array(y)).to(device))
+            X = np.array(X)  # copies out of the read-only memmap: torch wants writable memory
+            if split not in self._checked:
+                self._check_indices(split, X)
+                self._checked.add(split)
+            self._tensors[key] = (torch.from_numpy(X).to(device), torch.from_numpy(np.array(y)).to(device))
         return self._tensors[key]
+
+    def _check_indices(self, split: str, X: np.ndarray) -> None:
+        if len(X) == 0:
+            return
+        sizes = np.asarray(self.field_sizes)
+        lo, hi = X.min(axis=0), X.max(axis=0)
+        bad = np.flatnonzero((lo < 0) | (hi >= sizes))
+        if bad.size:
+            f = int(bad[0])
+            raise CtrkitError(f"{self.path}: split {split!r}, field {self.field_names[f]}: index "
+                              f"{int(hi[f]) if hi[f] >= sizes[f] else int(lo[f])} outside [0, {int(sizes[f])}) "
+                              f"of its vocabulary; the folder is damaged: prepare it again")
 
     def __repr__(self) -> str:
         return (f"CTRData({self.dataset}/{self.protocol}, {self.num_fields} fields, "
@@ -89,19 +109,43 @@ class CTRData:
 
 
 def load(data_dir) -> CTRData:
-    """Open a processed directory written by `prepare`."""
+    """Open a processed directory written by `prepare`, checking what is cheap to check before any
+    training: every split's arrays readable with the feature map's row count and field count,
+    labels 0/1, and both classes present in train."""
     path = Path(data_dir)
     fm_path = path / "feature_map.json"
     if not fm_path.is_file():
         raise CtrkitError(f"{path}: not a prepared dataset (no feature_map.json); run `ctrkit prepare`")
     try:
         fm = json.loads(fm_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CtrkitError(f"{fm_path}: unreadable feature map: {e}") from None
+    if not isinstance(fm, dict):
+        raise CtrkitError(f"{fm_path}: unreadable feature map: not a JSON object")
     for key in ("dataset", "protocol", "fields", "fingerprint", "rows"):
         if key not in fm:
             raise CtrkitError(f"{fm_path}: feature map lacks {key!r}")
-    return CTRData(path=path, feature_map=fm)
+    d = CTRData(path=path, feature_map=fm)
+    for split in SPLITS:
+        _check_split_files(d, split)
+    return d
+
+
+def _check_split_files(d: CTRData, split: str) -> None:
+    X, y = d.numpy(split)
+    where = f"{d.path}: split {split!r}"
+    want = d.rows.get(split)
+    if X.ndim != 2 or X.shape[1] != d.num_fields or X.dtype != np.int32:
+        raise CtrkitError(f"{where}: {split}_X.npy is {X.dtype} {list(X.shape)}, expected int32 [rows, {d.num_fields}]")
+    if y.ndim != 1 or len(y) != len(X):
+        raise CtrkitError(f"{where}: {split}_X.npy has {len(X)} rows but {split}_y.npy has {len(y)}")
+    if want is not None and len(X) != want:
+        raise CtrkitError(f"{where}: {len(X)} rows in the files, {want} in feature_map.json")
+    labels = np.unique(np.asarray(y))
+    if labels.size and not np.isin(labels, (0.0, 1.0)).all():
+        raise CtrkitError(f"{where}: labels must be 0 or 1, found {labels[~np.isin(labels, (0.0, 1.0))][0]}")
+    if split == "train" and labels.size == 1:
+        raise CtrkitError(f"{where}: every training label is {int(labels[0])}: there is nothing to learn")
 
 
 def info(d: CTRData) -> dict:
