@@ -22,21 +22,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctrkit", description="Mutual learning for CTR models.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("synth", help="write a synthetic Criteo-/Avazu-shaped raw file with a hidden ground truth")
-    s.add_argument("dataset", choices=["criteo", "avazu"])
+    s = sub.add_parser("synth", help="write a synthetic Criteo-/Avazu-/Frappe-/MovieLens-shaped raw file with a hidden ground truth")
+    s.add_argument("dataset", choices=["criteo", "avazu", "frappe", "movielens"])
     s.add_argument("--rows", type=int, required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=2021)
     s.add_argument("--gzip", action="store_true", help="write train.txt.gz / train.csv.gz")
+    s.add_argument("--force", action="store_true", help="replace a file that ctrkit synth wrote before")
 
-    s = sub.add_parser("prepare", help="raw Criteo/Avazu files (or a hub id) -> processed dataset directory")
-    s.add_argument("dataset", help="criteo or avazu")
-    s.add_argument("--raw", required=True, help="file, .gz file, directory with train/valid/test, or hf://<hub id>")
+    s = sub.add_parser("prepare", help="raw files (or a hub id) -> processed dataset directory")
+    s.add_argument("dataset", nargs="?", default=None, help="built-in: criteo, avazu, frappe or movielens (or --schema)")
+    s.add_argument("--schema", default=None, help="a dataset schema file (.yaml) describing your own data")
+    s.add_argument("--raw", required=True, help="file (.csv/.tsv/.txt, .gz, .parquet), directory with train/valid/test, or hf://<hub id>")
     s.add_argument("--out", required=True)
-    s.add_argument("--protocol", default="x4_001", help="x4_001, x4_002 or x1 (BARS)")
+    s.add_argument("--protocol", default=None, help="built-in datasets: x4_001, x4_002 or x1 (BARS)")
     s.add_argument("--on-bad-lines", default="error", choices=["error", "skip"])
-    s.add_argument("--seed", type=int, default=2021)
-    s.add_argument("--force", action="store_true")
+    s.add_argument("--seed", type=int, default=None, help="split seed (default: the schema's, 2021)")
+    s.add_argument("--force", action="store_true", help="replace a previous ctrkit output in --out")
 
     s = sub.add_parser("info", help="rows per split, CTR and vocabulary sizes of a processed dataset")
     s.add_argument("data")
@@ -114,7 +116,7 @@ def cmd_synth(args):
     from ctrkit import synth
 
     path = synth.generate(args.dataset, args.rows, args.out, seed=args.seed, gzip=args.gzip,
-                          progress=sys.stderr.isatty())
+                          progress=sys.stderr.isatty(), force=args.force)
     print(f"wrote {args.rows} synthetic {args.dataset} rows to {path}")
     return {"path": str(path), "rows": args.rows, "dataset": args.dataset, "seed": args.seed}
 
@@ -122,15 +124,22 @@ def cmd_synth(args):
 def cmd_prepare(args):
     from ctrkit import data
 
-    path = data.prepare(args.dataset, args.raw, args.out, protocol=args.protocol,
+    if (args.dataset is None) == (args.schema is None):
+        raise CtrkitError("prepare: give either a built-in dataset (criteo, avazu, frappe, movielens) or --schema FILE.yaml")
+    path = data.prepare(args.dataset or args.schema, args.raw, args.out, protocol=args.protocol,
                         on_bad_lines=args.on_bad_lines, seed=args.seed, force=args.force,
                         progress=sys.stderr.isatty())
     d = data.load(path)
-    skipped = d.feature_map.get("source", {}).get("skipped_rows", 0)
+    source = d.feature_map.get("source", {})
+    skipped = source.get("skipped_rows", 0)
     rows = d.rows
     print(f"{path}: {d.dataset}/{d.protocol}, rows train {rows['train']}, valid {rows['valid']}, "
           f"test {rows['test']}, {d.num_fields} fields, fingerprint {d.fingerprint}"
           + (f"; skipped {skipped} bad rows" if skipped else ""))
+    if source.get("kind") == "train+test":
+        print(f"note: no valid file: {source['split']}")
+    if source.get("ignored_columns"):
+        print(f"note: columns not in the schema, ignored: {', '.join(source['ignored_columns'])}")
     return {"path": str(path), "rows": rows, "skipped_rows": skipped, "fingerprint": d.fingerprint}
 
 
