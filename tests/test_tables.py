@@ -1,140 +1,292 @@
-"""Tables on a hand-made store: every expected number below is worked out by hand in the comments."""
-import math
+"""Tables on hand-made stores: the statistics helpers against independent scipy/numpy computations, the
+designs (mutual - alone paired by seed, one settings key per row, selection on validation, the peer-count
+mean over partner subsets), and the flags (epoch cap, exploration runs)."""
+import itertools
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from ctrkit import tables
+from ctrkit import designs, tables
 from ctrkit.store import ResultsStore
 from ctrkit.utils import CtrkitError
 
-BASE = {"DeepFM": [0.800, 0.802, 0.801], "DCN": [0.790, 0.792, 0.791]}
-SEEDS = [1, 2, 3]
+POOL = list(designs.PAPER_MODELS)
+PRE = {"DeepFM": 0.780, "DCN": 0.785, "PNN": 0.790, "FiBiNET": 0.795, "FM": 0.770}
+SEEDS = [1, 2, 3, 4, 5, 6]
+NOISE = dict(zip(SEEDS, [0.000, 0.002, -0.001, 0.001, -0.002, 0.003]))  # shared by all arms of a seed
+JITTER = dict(zip(SEEDS, [0.0001, -0.0001, 0.0002, 0.0, -0.0002, 0.0001]))  # mutual only
 
 
-def _rec(mode, init, peers, i, seed, auc, pre=None, ens=None, weight=1.0):
-    peer = peers[i]
-    return dict(run_key=f"{mode}|{init}|{'+'.join(peers)}|{seed}|{weight}", dataset="criteo", mode=mode,
-                init=init, seed=seed, n_peers=len(peers), peer_index=i, peer=peer, model=peer,
-                peers="+".join(peers), partners=[p for j, p in enumerate(peers) if j != i], weight=weight,
-                test_auc=auc, test_logloss=0.45, pretrained_test_auc=pre, ensemble_test_auc=ens)
+def pre(model, seed):
+    return PRE[model] + NOISE[seed]
+
+
+def alone_auc(model, seed, lr=0.1):
+    return pre(model, seed) + (0.0005 if lr == 0.1 else 0.001)
+
+
+def mutual_auc(model, seed, n_peers, weight=1.0, lr=0.1):
+    return alone_auc(model, seed, lr) + 0.0002 * (n_peers - 1) * weight + JITTER[seed]
+
+
+def rec(mode, init, peers, i, seed, auc, *, weight=1.0, lr=0.1, valid=None, tag=None, key=True, **extra):
+    peers = list(peers)
+    w = 0.0 if mode == "alone" else weight
+    r = dict(run_key=f"{mode}|{init}|{'+'.join(peers)}|{w}|{lr}|{seed}", dataset="criteo", fingerprint="fp",
+             mode=mode, init=init, seed=seed, n_peers=len(peers), peer_index=i, peer=peers[i], model=peers[i],
+             peers="+".join(peers), partners=[p for j, p in enumerate(peers) if j != i], weight=w,
+             finetune_lr_scale=lr if init == "pretrained" else None, finetune_epochs=2 if init == "pretrained" else None,
+             preset="smoke", amp="off", tag=tag, test_auc=auc, test_logloss=0.5 - auc / 10,
+             valid_auc=auc if valid is None else valid, valid_logloss=0.5 - auc / 10,
+             pretrained_test_auc=pre(peers[i], seed) if init == "pretrained" else None,
+             ensemble_test_auc=None, epochs=3, epoch_cap_hit=False, stopped_early=True)
+    r.update(extra)
+    if key:  # the lead's engine: a hash of every setting except the seed (here readable)
+        r["settings_key"] = f"{mode}|{init}|{'+'.join(peers)}|{w}|{lr}"
+    return r
+
+
+def run(mode, peers, seed, *, init="pretrained", **kw):
+    f = {"alone": lambda m: alone_auc(m, seed, kw.get("lr", 0.1)),
+         "mutual": lambda m: mutual_auc(m, seed, len(peers), kw.get("weight", 1.0), kw.get("lr", 0.1))}[mode]
+    return [rec(mode, init, peers, i, seed, f(m), **kw) for i, m in enumerate(peers)]
 
 
 @pytest.fixture
 def store(tmp_path):
+    """Baselines, the alone control (two lr scales), a 2x2 sweep of the 4-peer set and the whole
+    peer-count design (every subset of the pool) at weight 1, lr 0.1, for 6 seeds."""
     s = ResultsStore(tmp_path / "results.jsonl")
-    pair = ["DeepFM", "DCN"]
-    for k, seed in enumerate(SEEDS):
-        s.append([_rec("baseline", None, [m], 0, seed, BASE[m][k]) for m in pair])
-        # from scratch: DeepFM -0.001 each seed, DCN +0.001 each seed
-        s.append([_rec("mutual", "scratch", pair, 0, seed, BASE["DeepFM"][k] - 0.001),
-                  _rec("mutual", "scratch", pair, 1, seed, BASE["DCN"][k] + 0.001)])
-        # finetuned: DeepFM +0.004,+0.003,+0.005 ; DCN +0.002,+0.003,+0.002
-        ft = {"DeepFM": [0.804, 0.805, 0.806], "DCN": [0.792, 0.795, 0.793]}
-        s.append([_rec("mutual", "pretrained", pair, i, seed, ft[m][k], BASE[m][k], ens=0.81) for i, m in enumerate(pair)])
-        # alone control: DeepFM +0.001 each ; DCN 0, 0, +0.001
-        al = {"DeepFM": [0.801, 0.803, 0.802], "DCN": [0.790, 0.792, 0.792]}
-        s.append([_rec("alone", "pretrained", pair, i, seed, al[m][k], BASE[m][k], weight=0.0) for i, m in enumerate(pair)])
-    # one 3-peer run, one seed: gains +0.006, +0.003, +0.000 over pretrained 0.80, 0.79, 0.78
-    trio = ["DeepFM", "DCN", "PNN"]
-    s.append([_rec("mutual", "pretrained", trio, i, 1, a, p)
-              for i, (a, p) in enumerate([(0.806, 0.800), (0.793, 0.790), (0.780, 0.780)])])
+    for seed in SEEDS:
+        s.append([rec("baseline", None, [m], 0, seed, pre(m, seed)) for m in POOL])
+        for lr in (0.1, 1.0):
+            s.append(run("alone", POOL, seed, lr=lr))
+            for w in (1.0, 10.0):
+                if not (w == 1.0 and lr == 0.1):  # that one is in the design below
+                    s.append(run("mutual", POOL, seed, weight=w, lr=lr))
+        for peers in designs.peer_count_sets(pool=POOL):
+            s.append(run("mutual", peers, seed))
     return s
 
 
-def test_baselines_mean_std(store):
-    t = tables.baselines(store).set_index("model")
-    assert t.loc["DeepFM", "test_auc_mean"] == pytest.approx(0.801)
-    assert t.loc["DeepFM", "test_auc_std"] == pytest.approx(0.001)  # sample std of .800,.802,.801
-    assert t.loc["DCN", "n_seeds"] == 3
+# ---- statistics against independent computations -------------------------------------------------
+def test_t_interval_matches_scipy():
+    x = np.array([0.3, 0.1, 0.4, 0.15, 0.2])
+    m, lo, hi = tables.t_interval(x)
+    ref = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    assert m == pytest.approx(x.mean()) and (lo, hi) == pytest.approx(ref)
+    assert np.isnan(tables.t_interval([0.2])[1]) and np.isnan(tables.t_interval([])[0])
 
 
-def test_scratch_vs_baseline(store):
-    t = tables.scratch(store).set_index("peer")
-    assert t.loc["DeepFM", "delta_auc_mean"] == pytest.approx(-0.001)
-    assert t.loc["DeepFM", "delta_auc_std"] == pytest.approx(0.0, abs=1e-12)
-    assert t.loc["DCN", "delta_auc_mean"] == pytest.approx(0.001)
-    assert t.loc["DCN", "rel_pct_mean"] == pytest.approx(np.mean([0.1 / 0.790, 0.1 / 0.792, 0.1 / 0.791]))
-    assert t.loc["DCN", "baseline_auc_mean"] == pytest.approx(0.791)
-    assert t.loc["DCN", "n_paired"] == 3
+def test_holm_worked_example_and_definition():
+    # sorted: .005*4 = .02, .01*3 = .03, .03*2 = .06, .04*1 = .04 -> monotone .06
+    assert tables.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 0.3, 7)
+    m, order = len(p), np.argsort(p)
+    # the definition: adj p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)), 1-based
+    expect = np.empty(m)
+    for rank, idx in enumerate(order):
+        expect[idx] = max(min(1.0, (m - j) * p[order[j]]) for j in range(rank + 1))
+    assert tables.holm(p) == pytest.approx(expect)
+    out = tables.holm([np.nan, 0.02, 0.5])
+    assert np.isnan(out[0]) and out[1:] == pytest.approx([0.04, 0.5])
 
 
-def test_finetune_vs_baseline_and_alone(store):
-    t = tables.finetune(store)
-    t = t[t["peers"] == "DeepFM+DCN"].set_index("peer")
-    d = t.loc["DeepFM"]
-    assert d["mutual_auc_mean"] == pytest.approx(0.805)
-    assert d["delta_auc_mean"] == pytest.approx(0.004)
-    assert d["delta_auc_std"] == pytest.approx(0.001)
-    # rel % per seed: 0.4/0.800 = 0.5, 0.3/0.802 = 0.374065, 0.5/0.801 = 0.624220
-    assert d["rel_pct_mean"] == pytest.approx((0.5 + 0.3740648 + 0.6242197) / 3, abs=1e-6)
-    # paired t: diffs mean .004, sd .001, t = 4*sqrt(3) = 6.9282, df 2:
-    # p = 2 * (1 - (1/2 + t / (2 sqrt(2 + t^2)))) = 1 - t/sqrt(50) = 0.020204
-    assert d["p_ttest"] == pytest.approx(1 - 4 * math.sqrt(3) / math.sqrt(50), rel=1e-6)
-    assert d["p_wilcoxon"] == pytest.approx(0.25)  # exact, n=3, all positive: 2 * 1/8
-    # vs alone: mutual - alone = .003, .002, .004
-    assert d["alone_auc_mean"] == pytest.approx(0.802)
-    assert d["vs_alone_delta_auc_mean"] == pytest.approx(0.003)
-    assert d["vs_alone_delta_auc_std"] == pytest.approx(0.001)
-    assert d["alone_rel_pct_mean"] == pytest.approx((0.1 / 0.800 + 0.1 / 0.802 + 0.1 / 0.801) / 3)
-    trio = tables.finetune(store).query("peers == 'DeepFM+DCN+PNN'").set_index("peer")
-    assert trio.loc["DeepFM", "delta_auc_mean"] == pytest.approx(0.006)
-    assert np.isnan(trio.loc["DeepFM", "p_ttest"]) and trio.loc["DeepFM", "note"] == tables.NOTE_FEW_SEEDS
+def test_relaimpr_and_rel_pct():
+    # (0.81 - 0.5) / (0.80 - 0.5) - 1 = 0.31 / 0.30 - 1 = 3.333 %
+    assert tables.rela_impr(0.81, 0.80) == pytest.approx(100 / 30)
+    assert tables.rel_pct(0.81, 0.80) == pytest.approx(1.25)
 
 
-def test_partners_matrix(store):
-    t = tables.partners(store).set_index(["target", "partner"])
-    assert len(t) == 2  # only N = 2 runs count
-    assert t.loc[("DCN", "DeepFM"), "delta_auc_mean"] == pytest.approx((0.002 + 0.003 + 0.002) / 3)
-    assert t.loc[("DeepFM", "DCN"), "rel_pct_mean"] == pytest.approx(0.4994282, abs=1e-6)
-    shown = tables.display("partners", tables.partners(store)).set_index("target \\ partner")
-    assert shown.loc["DeepFM", "DCN"].startswith("+0.0040 ± 0.0010 (+0.50%)")
-    assert shown.loc["DeepFM", "DeepFM"] == ""
+def test_paired_ci_and_wilcoxon_only_from_six_pairs():
+    rng = np.random.default_rng(1)
+    ref = rng.uniform(0.7, 0.8, 6)
+    new = ref + rng.normal(0.002, 0.001, 6)
+    st = tables.paired(new, ref)
+    d = new - ref
+    lo, hi = stats.t.interval(0.95, 5, loc=d.mean(), scale=d.std(ddof=1) / np.sqrt(6))
+    assert (st["auc_diff_ci_low"], st["auc_diff_ci_high"]) == pytest.approx((lo, hi))
+    assert st["p_ttest"] == pytest.approx(stats.ttest_rel(new, ref).pvalue)
+    assert st["p_wilcoxon"] == pytest.approx(stats.wilcoxon(new, ref).pvalue)
+    rp = 100 * d / ref
+    assert st["rel_pct_mean"] == pytest.approx(rp.mean())
+    five = tables.paired(new[:5], ref[:5])
+    assert np.isnan(five["p_wilcoxon"]) and five["note"] == tables.NOTE_NO_WILCOXON
+    assert tables.paired(new[:1], ref[:1])["note"] == tables.NOTE_FEW
 
 
-def test_peer_count(store):
-    t = tables.peer_count(store).set_index("n_peers")
-    # N = 1: the 6 alone peers' gains: .001 x3 and 0, 0, .001  -> mean .004/6
-    assert t.loc[1, "n_runs"] == 6
-    assert t.loc[1, "delta_auc_mean"] == pytest.approx(0.004 / 6)
-    # N = 2: per-run mean gains .003, .003, .0035
-    assert t.loc[2, "delta_auc_mean"] == pytest.approx((0.003 + 0.003 + 0.0035) / 3)
-    assert t.loc[2, "n_runs"] == 3
-    # N = 3: one run, (.006 + .003 + 0) / 3 ; no test with one seed
-    assert t.loc[3, "delta_auc_mean"] == pytest.approx(0.003)
-    assert np.isnan(t.loc[3, "delta_auc_std"]) and t.loc[3, "note"] == tables.NOTE_FEW_SEEDS
+# ---- tables ------------------------------------------------------------------------------------
+def test_finetune_is_mutual_minus_alone_at_the_setting_chosen_on_validation(store):
+    t = tables.finetune(store).set_index("peer")
+    assert set(t.index) == set(POOL)
+    # the validation AUC equals the test AUC here: weight 10, lr 1 is best on both
+    assert (t["weight"] == 10.0).all() and (t["finetune_lr_scale"] == 1.0).all()
+    assert (t["chosen_on"] == "validation").all()
+    d = np.array([mutual_auc("DCN", s, 4, 10.0, 1.0) - alone_auc("DCN", s, 1.0) for s in SEEDS])
+    row = t.loc["DCN"]
+    assert row["n_pairs"] == 6 and row["auc_diff_mean"] == pytest.approx(d.mean())
+    assert (row["auc_diff_ci_low"], row["auc_diff_ci_high"]) == pytest.approx(
+        stats.t.interval(0.95, 5, loc=d.mean(), scale=stats.sem(d)))
+    assert row["alone_auc_mean"] == pytest.approx(np.mean([alone_auc("DCN", s, 1.0) for s in SEEDS]))
+    p = [stats.ttest_rel([mutual_auc(m, s, 4, 10.0, 1.0) for s in SEEDS], [alone_auc(m, s, 1.0) for s in SEEDS]).pvalue
+         for m in POOL]
+    assert t.loc[POOL, "p_holm"].to_numpy() == pytest.approx(tables.holm(p))
+    assert "logloss_diff_mean" in t and "relaimpr_pct_mean" in t
 
 
-def test_controls_table(store):
-    t = tables.controls(store).set_index(["peers", "init", "mode"])
-    assert t.loc[("DeepFM+DCN", "pretrained", "alone"), "peer_auc_mean"] == pytest.approx(
-        np.mean([(0.801 + 0.790) / 2, (0.803 + 0.792) / 2, (0.802 + 0.792) / 2]))
-    assert t.loc[("DeepFM+DCN", "pretrained", "mutual"), "ensemble_auc_mean"] == pytest.approx(0.81)
+def test_selection_reads_validation_not_test(tmp_path):
+    """Setting A is better on test, B on validation: B is chosen, and its test numbers are reported."""
+    s = ResultsStore(tmp_path / "r.jsonl")
+    for seed in SEEDS:
+        s.append(run("alone", POOL[:2], seed))
+        s.append([rec("mutual", "pretrained", POOL[:2], i, seed, 0.80, weight=1.0, valid=0.70) for i in range(2)])
+        s.append([rec("mutual", "pretrained", POOL[:2], i, seed, 0.79, weight=30.0, valid=0.71) for i in range(2)])
+    t = tables.finetune(s)
+    assert (t["weight"] == 30.0).all() and t["mutual_auc_mean"].tolist() == pytest.approx([0.79, 0.79])
+    sw = tables.sweep(s)
+    assert sw.groupby("weight")["chosen"].all().to_dict() == {1.0: False, 30.0: True}
+    assert tables.chosen_setting(s, dataset="criteo")["weight"] == 30.0
+    with pytest.raises(CtrkitError, match="no finetuning sweep of 'avazu'"):
+        tables.chosen_setting(s, dataset="avazu")
+
+
+def test_tables_never_mix_settings(tmp_path):
+    """Two from-scratch settings of the same peers (and one older record set without settings_key):
+    each gets its own rows, paired with its own control only."""
+    s = ResultsStore(tmp_path / "r.jsonl")
+    for seed in SEEDS[:3]:
+        s.append([rec("alone", "scratch", POOL[:2], i, seed, 0.70) for i in range(2)])
+        s.append([rec("mutual", "scratch", POOL[:2], i, seed, 0.71, weight=1.0) for i in range(2)])
+        s.append([rec("mutual", "scratch", POOL[:2], i, seed, 0.69, weight=5.0) for i in range(2)])
+        s.append([rec("mutual", "scratch", POOL[:2], i, seed, 0.75, weight=9.0, key=False) for i in range(2)])
+    t = tables.scratch(s)
+    assert len(t) == 3 * 2 and t.groupby("weight")["settings_key"].nunique().tolist() == [1, 1, 1]
+    diff = t.groupby("weight")["auc_diff_mean"].first()
+    assert diff.to_dict() == pytest.approx({1.0: 0.01, 5.0: -0.01, 9.0: 0.05})
+    assert (t["n_pairs"] == 3).all()
+    # Holm runs within a settings block: two models per block
+    assert t.groupby("settings_key").size().tolist() == [2, 2, 2]
+
+
+def test_exploration_runs_left_out_unless_asked(store):
+    store.append([rec("mutual", "pretrained", POOL, i, 1, 0.99, weight=100.0, tag="exploration") for i in range(4)])
+    assert 100.0 not in set(tables.sweep(store)["weight"])
+    assert 100.0 in set(tables.sweep(store, include_exploration=True)["weight"])
+
+
+def test_baselines_flag_the_epoch_cap(tmp_path):
+    s = ResultsStore(tmp_path / "r.jsonl")
+    for seed in SEEDS[:3]:
+        s.append([rec("baseline", None, ["DeepFM"], 0, seed, 0.78, epoch_cap_hit=seed == 2, epochs=10 if seed == 2 else 4)])
+        s.append([rec("baseline", None, ["DCN"], 0, seed, 0.79)])
+    t = tables.baselines(s).set_index("model")
+    assert t.loc["DeepFM", "n_cap_hit"] == 1 and "epoch cap hit in 1/3 seeds" in t.loc["DeepFM", "flag"]
+    assert (t.loc["DeepFM", "epochs_min"], t.loc["DeepFM", "epochs_max"]) == (4, 10)
+    assert t.loc["DCN", "n_cap_hit"] == 0 and t.loc["DCN", "flag"] == ""
+    assert "not converged" in tables.render("baselines", tables.baselines(s), "md")
+
+
+def test_peer_count_is_the_mean_over_partner_subsets(store):
+    t = tables.peer_count(store)
+    # the sweep's other settings measured N = 4 only: their own blocks, never mixed into this one
+    other = t[t["weight"] == 10.0]
+    assert sorted(other["n_peers"].unique()) == [1, 4]
+    t = t[(t["weight"] == 1.0) & (t["finetune_lr_scale"] == 0.1)].set_index(["model", "n_peers"])
+    assert sorted(t.loc["PNN"].index) == [1, 2, 3, 4]
+    assert t.loc[("PNN", 3), "n_subsets"] == 3 and t.loc[("PNN", 4), "n_subsets"] == 1
+    # every subset of size N-1 gains 0.0002 (N-1) over alone (+ the seed jitter): the mean over subsets too
+    per_seed = [100 * (mutual_auc("PNN", s, 3) - alone_auc("PNN", s)) / alone_auc("PNN", s) for s in SEEDS]
+    assert t.loc[("PNN", 3), "rel_pct_mean"] == pytest.approx(np.mean(per_seed))
+    assert t.loc[("PNN", 1), "rel_pct_mean"] == 0 and t.loc[("PNN", 1), "note"] == "N = 1 is the control"
+    gain1 = [100 * (alone_auc("PNN", s) - pre("PNN", s)) / pre("PNN", s) for s in SEEDS]
+    assert t.loc[("PNN", 1), "gain_rel_pct_mean"] == pytest.approx(np.mean(gain1))
+    assert (t["n_seeds"] == 6).all()
+
+
+def test_peer_count_drops_a_seed_missing_a_subset(tmp_path):
+    s = ResultsStore(tmp_path / "r.jsonl")
+    for seed in SEEDS[:3]:
+        s.append(run("alone", POOL, seed))
+        for peers in designs.peer_count_sets(pool=POOL, max_peers=2):
+            if not (seed == 3 and peers == ["DeepFM", "DCN"]):
+                s.append(run("mutual", peers, seed))
+    t = tables.peer_count(s).set_index(["model", "n_peers"])
+    assert t.loc[("DeepFM", 2), "n_seeds"] == 2 and t.loc[("PNN", 2), "n_seeds"] == 3
+
+
+def test_partner_slopes_one_per_model_from_the_points(tmp_path):
+    s = ResultsStore(tmp_path / "r.jsonl")
+    for seed in SEEDS[:3]:
+        s.append(run("alone", POOL, seed))
+        for a, b in itertools.combinations(POOL, 2):
+            s.append(run("mutual", [a, b], seed))
+    pts = tables.partner_points(s)
+    assert len(pts) == 12 * 3 and set(pts["target"]) == set(POOL)
+    slopes = tables.partner_slopes(s).set_index("target")
+    g = pts[pts["target"] == "DCN"]
+    fit = stats.linregress(g["partner_auc"], g["rel_pct"])
+    assert slopes.loc["DCN", "slope_mean"] == pytest.approx(np.polyfit(g["partner_auc"], g["rel_pct"], 1)[0])
+    half = stats.t.ppf(0.975, len(g) - 2) * fit.stderr
+    assert slopes.loc["DCN", "slope_ci_high"] == pytest.approx(fit.slope + half)
+    assert slopes.loc["DCN", "n_points"] == 9 and slopes.loc["DCN", "n_partners"] == 3
+    part = tables.partners(s).set_index(["target", "partner"])
+    assert len(part) == 12 and part.loc[("DCN", "PNN"), "n_pairs"] == 3
+    assert part.loc[("DCN", "PNN"), "partner_auc_mean"] == pytest.approx(np.mean([pre("PNN", x) for x in SEEDS[:3]]))
+    shown = tables.display("partners", tables.partners(s)).set_index("target \\ partner")
+    assert shown.loc["DCN", "PNN"].endswith("]") and shown.loc["DCN", "DCN"] == ""
+
+
+def test_controls_kd_and_ensemble_against_alone(store):
+    for seed in SEEDS:
+        kd = [rec("kd", "pretrained", ["FiBiNET", "DeepFM", "DCN", "PNN"], i, seed,
+                  alone_auc(m, seed, 1.0) + (0 if i == 0 else 0.0003), ensemble_test_auc=0.81,
+                  weight=10.0, lr=1.0)
+              for i, m in enumerate(["FiBiNET", "DeepFM", "DCN", "PNN"])]
+        store.append(kd)
+        store.append([rec("ensemble", "pretrained", POOL, i, seed, pre(m, seed), ensemble_test_auc=0.80 + NOISE[seed])
+                      for i, m in enumerate(POOL)])
+    # the KD run (teacher first) has its own peer order: controls find it by dataset, lr scale, epochs
+    t = tables.controls(store).set_index(["arm", "unit"])
+    kd_arm = [a for a in t.index.get_level_values(0).unique() if a.startswith("kd from FiBiNET")]
+    assert kd_arm and ("FiBiNET" not in t.loc[kd_arm[0]].index)  # the teacher is not a student
+    assert t.loc[(kd_arm[0], "DCN"), "auc_diff_mean"] == pytest.approx(
+        0.0003)
+    # the chosen setting is lr scale 1: alone gains 0.001 over the pretrained model
+    assert t.loc[("pretrained", "DCN"), "auc_diff_mean"] == pytest.approx(-0.001)
+    assert ("pretrained", "ensemble") in t.index and t.loc[("alone", "DCN"), "note"] == "the control"
+
+
+def test_figure_frames(store):
+    g = tables.figure_frame(store, "gains", dataset="criteo")
+    assert set(g["comparison"]) == {tables.COMPARISONS["finetune"], tables.COMPARISONS["finetune_alone"]}
+    assert {"rel_pct_ci_low", "rel_pct_ci_high"} <= set(g.columns)
+    assert tables.figure_frame(store, "gains", dataset="avazu").empty
+    with pytest.raises(CtrkitError, match="unknown figure data"):
+        tables.figure_frame(store, "nope")
+    assert tables.precision(store) == "fp32"
 
 
 @pytest.mark.parametrize("name", tables.NAMES)
 @pytest.mark.parametrize("fmt", tables.FORMATS)
 def test_render_every_table_and_format(store, tmp_path, name, fmt):
+    for seed in SEEDS[:2]:
+        store.append([rec("alone", "scratch", POOL[:2], i, seed, 0.70) for i in range(2)])
+        store.append([rec("mutual", "scratch", POOL[:2], i, seed, 0.71) for i in range(2)])
     df = tables.table(name, store.path)
     text = tables.render(name, df, fmt)
     assert len(df) and len(text) > 50
     if fmt == "md":
-        assert text.splitlines()[1].startswith("|")
+        assert text.splitlines()[1].startswith("|") and tables.CAPTIONS[name] in text
     if fmt == "csv":
-        back = pd.read_csv(pd.io.common.StringIO(text))
-        assert back.shape == df.shape
+        assert pd.read_csv(pd.io.common.StringIO(text)).shape == df.shape
     if fmt == "tex":
-        assert "\\begin{tabular}" in text
-    # tables read a tidy CSV export exactly as they read the store
-    csv = store.to_csv(tmp_path / "r.csv")
+        assert "\\begin{tabular}" in text and "\\caption{" in text
+    csv = store.to_csv(tmp_path / "r.csv")  # tables read the tidy CSV export as they read the store
     pd.testing.assert_frame_equal(tables.table(name, csv).reset_index(drop=True), df.reset_index(drop=True),
                                   check_dtype=False)
-
-
-def test_display_mean_pm_std(store):
-    shown = tables.display("finetune", tables.finetune(store)).set_index("peer")
-    assert shown.loc["DeepFM", "delta_auc"].iloc[0] == "+0.0040 ± 0.0010"
 
 
 def test_empty_store_and_bad_names(tmp_path):
