@@ -4,7 +4,9 @@ Every function takes the DataFrame (or nothing, for the two diagrams) and an out
 (`figures/fig_x` -> `fig_x.png` + `fig_x.svg`), saves both atomically, closes the figure and
 returns the list of written paths. Column names are keyword arguments with the defaults of the
 tidy CSVs that `ctrkit.experiments`/`ctrkit.reproduce` write, so any tidy frame can be plotted.
-Error bars are the standard deviation over the rows that share a bar/point (the seeds).
+Result figures draw paired differences (e.g. mutual - alone, by seed) with their 95% t-intervals,
+as `ctrkit.tables` computes them, and carry a provenance line (`provenance()`: data, rows, seeds,
+precision, profile).
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ FORMATS = ("png", "svg")
 DPI = 200
 
 __all__ = [
-    "COLUMN", "TEXT", "style", "save", "show", "delta_auc_bar", "partner_heatmap", "gain_vs_partner_auc",
-    "peer_count", "split_ctr", "rank_frequency", "figure_kd", "figure_mutual",
+    "COLUMN", "TEXT", "style", "save", "show", "provenance", "paired_gains", "partner_heatmap", "partner_slopes",
+    "peer_count", "sweep_gain", "split_ctr", "rank_frequency", "figure_kd", "figure_mutual",
 ]
 
 
@@ -101,122 +103,186 @@ def _order(values: pd.Series, preferred: Sequence[str] | None) -> list:
     return head + [v for v in seen if v not in head]
 
 
-# Canonical orders so every figure lists models and settings the same way.
+# Canonical order so every figure lists models the same way.
 MODEL_ORDER = ["DeepFM", "DCN", "PNN", "FiBiNET", "FM", "LR"]
-SETTING_ORDER = ["baseline", "scratch_alone", "scratch_mutual", "finetune_alone", "finetune_mutual"]
-# Legend text of the settings: what each bar is, in the paper's words.
-SETTING_LABELS = {
-    "scratch_mutual": "mutual from scratch (vs baseline)",
-    "finetune_alone": "finetuned alone (control)",
-    "finetune_mutual": "mutual finetuning",
-    "scratch_alone": "trained alone from scratch",
-    "baseline": "pretrained baseline",
-}
+CI_NOTE = "error bars: 95% paired t-interval over seeds"
 
 
-def delta_auc_bar(
-    df: pd.DataFrame, out: str | os.PathLike, *, x: str = "model", y: str = "rel_delta_auc_pct",
-    hue: str | None = "setting", title: str = "Relative AUC change over the pretrained baseline",
-    ylabel: str = "relative Δ test AUC (%)", xlabel: str = "model", order: Sequence[str] | None = None,
-    hue_order: Sequence[str] | None = None, width: float = COLUMN * 1.6, height: float = 2.4,
+def provenance(*, data: str, rows: int | None, seeds: int, precision: str, profile: str) -> str:
+    """The provenance line every result figure carries: data (synthetic or real), rows, seeds,
+    precision and profile, and what the error bars are."""
+    rows_text = f"{rows:,} rows" if rows else "all rows"
+    return f"{data} · {rows_text} · {seeds} seeds · {precision} · profile {profile} · {CI_NOTE}"
+
+
+def _caption(fig: plt.Figure, text: str | None) -> None:
+    if text:
+        fig.text(0.5, -0.02, text, ha="center", va="top", fontsize=6, color="0.3", wrap=True)
+
+
+def _dodge(ax, df: pd.DataFrame, *, x: str, hue: str, y: str, lo: str, hi: str, order: list, hue_order: list,
+           labels: dict | None = None, connect: bool = False, numeric_x: bool = False) -> None:
+    """Points with asymmetric CI bars, hues side by side around each x (only rows present are drawn)."""
+    width = 0.6 if not numeric_x else 0.3
+    step = width / max(len(hue_order), 1)
+    pos = {v: (float(v) if numeric_x else i) for i, v in enumerate(order)}
+    for k, h in enumerate(hue_order):
+        g = df[df[hue] == h]
+        g = g.assign(_x=g[x].map(pos)).dropna(subset=["_x", y]).sort_values("_x")
+        xs = g["_x"] + (k - (len(hue_order) - 1) / 2) * step
+        err = np.vstack([(g[y] - g[lo]).fillna(0).to_numpy(), (g[hi] - g[y]).fillna(0).to_numpy()])
+        ax.errorbar(xs, g[y], yerr=np.clip(err, 0, None), fmt="o-" if connect else "o", markersize=4, capsize=2,
+                    linewidth=0.8 if connect else 0, elinewidth=0.9, color=_COLORS[k % len(_COLORS)],
+                    label=(labels or {}).get(h, h))
+    if not numeric_x:
+        ax.set_xticks(range(len(order)), order)
+    ax.axhline(0, color="black", linewidth=0.8)
+
+
+def paired_gains(
+    df: pd.DataFrame, out: str | os.PathLike, *, caption: str | None = None,
+    title: str = "Paired gains per model", x: str = "model", hue: str = "comparison", y: str = "rel_pct_mean",
+    lo: str = "rel_pct_ci_low", hi: str = "rel_pct_ci_high", ylabel: str = "relative Δ test AUC (%)",
+    width: float = COLUMN * 1.6, height: float = 2.5,
 ) -> list[Path]:
-    """Bars of the mean relative delta AUC per model (x) and setting (hue); error bars: SD over seeds."""
-    df = _need(df, [x, y, hue], "delta_auc_bar")
+    """Each model's paired differences (e.g. mutual - alone, by seed) as points with 95% CI bars, one
+    colour per comparison: the numbers the tables report, not the seed spread of each arm."""
+    df = _need(df, [x, hue, y, lo, hi], "paired_gains")
     with style():
         fig, ax = plt.subplots(figsize=(width, height))
-        sns.barplot(
-            data=df, x=x, y=y, hue=hue, ax=ax, errorbar="sd", capsize=0.15, err_kws={"linewidth": 0.8},
-            order=_order(df[x], order or MODEL_ORDER),
-            hue_order=_order(df[hue], hue_order or SETTING_ORDER) if hue else None,
-        )
-        ax.axhline(0, color="black", linewidth=0.8)
-        n = df.groupby([c for c in (x, hue) if c]).size()
-        seeds = f"{int(n.min())}" if n.min() == n.max() else f"{int(n.min())}-{int(n.max())}"
-        ax.set(title=title, xlabel=f"{xlabel} (error bars: SD over {seeds} seeds)", ylabel=ylabel)
-        if hue:
-            # Below the axes: inside, the legend hides bars once there are 4+ settings.
-            sns.move_legend(ax, "upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(3, df[hue].nunique()),
-                            title=None, frameon=False)
-            for text in ax.get_legend().get_texts():
-                text.set_text(SETTING_LABELS.get(text.get_text(), text.get_text()))
+        _dodge(ax, df, x=x, hue=hue, y=y, lo=lo, hi=hi, order=_order(df[x], MODEL_ORDER),
+               hue_order=list(dict.fromkeys(df[hue])))
+        ax.set(title=title, xlabel=x, ylabel=ylabel)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside: it would hide points
+        _caption(fig, caption)
         return save(fig, out)
 
 
 def partner_heatmap(
-    df: pd.DataFrame, out: str | os.PathLike, *, row: str = "model", col: str = "partner",
-    value: str = "rel_delta_auc_pct",
-    title: str = "Pairwise mutual finetuning: gain of the row model with each partner",
-    cbar_label: str = "relative Δ test AUC (%)", xlabel: str = "partner", ylabel: str = "finetuned model",
-    order: Sequence[str] | None = None, width: float = COLUMN * 1.2, height: float = COLUMN,
+    df: pd.DataFrame, out: str | os.PathLike, *, caption: str | None = None, row: str = "target",
+    col: str = "partner", value: str = "rel_pct_mean", p: str | None = "p_holm",
+    title: str = "Pairs: mutual - alone of the row model with each partner",
+    cbar_label: str = "relative Δ test AUC (%), mutual - alone", order: Sequence[str] | None = None,
+    width: float = COLUMN * 1.25, height: float = COLUMN,
 ) -> list[Path]:
-    """Heatmap of the mean `value` (over seeds) for each (row model, partner) pair, annotated."""
+    """Heatmap of the mean paired gain of each (row model, partner) pair; * marks Holm p < 0.05."""
     df = _need(df, [row, col, value], "partner_heatmap")
     names = _order(pd.concat([df[row], df[col]]), order or MODEL_ORDER)
     mat = df.pivot_table(index=row, columns=col, values=value, aggfunc="mean")
     mat = mat.reindex(index=[n for n in names if n in mat.index], columns=[n for n in names if n in mat.columns])
+    star = pd.Series("", index=pd.MultiIndex.from_frame(df[[row, col]]))
+    if p and p in df.columns:
+        star = pd.Series(np.where(df[p] < 0.05, "*", ""), index=pd.MultiIndex.from_frame(df[[row, col]]))
+    annot = [[("" if np.isnan(v) else f"{v:.2f}{star.get((r, c), '')}") for c, v in zip(mat.columns, vals)]
+             for r, vals in zip(mat.index, mat.to_numpy())]
     lim = float(np.nanmax(np.abs(mat.to_numpy()))) or 1.0
     with style():
         fig, ax = plt.subplots(figsize=(width, height))
-        sns.heatmap(mat, ax=ax, annot=True, fmt=".2f", cmap="RdBu_r", center=0, vmin=-lim, vmax=lim,
-                    linewidths=0.5, linecolor="white", cbar_kws={"label": cbar_label},
+        sns.heatmap(mat, ax=ax, annot=np.array(annot, dtype=object), fmt="", cmap="RdBu_r", center=0, vmin=-lim,
+                    vmax=lim, linewidths=0.5, linecolor="white", cbar_kws={"label": cbar_label},
                     annot_kws={"fontsize": 7})
-        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.set(title=title, xlabel="partner (* Holm p < 0.05)", ylabel="finetuned model")
         ax.grid(False)  # the style's grid would cross the empty diagonal cells
         ax.tick_params(axis="x", rotation=0)
         ax.tick_params(axis="y", rotation=0)
+        _caption(fig, caption)
         return save(fig, out)
 
 
-def gain_vs_partner_auc(
-    df: pd.DataFrame, out: str | os.PathLike, *, x: str = "partner_auc", y: str = "rel_delta_auc_pct",
-    hue: str | None = "model",
-    title: str = "Finetuning gain vs the partner's pretrained AUC",
-    xlabel: str = "partner's pretrained test AUC", ylabel: str = "relative Δ test AUC (%)",
-    width: float = COLUMN * 1.3, height: float = 2.6,
+def partner_slopes(
+    points: pd.DataFrame, slopes: pd.DataFrame, out: str | os.PathLike, *, caption: str | None = None,
+    title: str = "Gain over the alone control vs the partner's pretrained AUC, per model",
+    width: float = TEXT, height: float = 2.2,
 ) -> list[Path]:
-    """Scatter of each pair's gain against the partner's AUC, with a least-squares line and Pearson r."""
-    df = _need(df, [x, y, hue], "gain_vs_partner_auc")
+    """One panel per finetuned model: its (partner, seed) points and its own least-squares line, the
+    slope with its 95% CI in the panel title. No line pooled across models (they differ in offset)."""
+    points = _need(points, ["target", "partner", "partner_auc", "rel_pct"], "partner_slopes")
+    slopes = _need(slopes, ["target", "slope_mean", "slope_ci_low", "slope_ci_high", "intercept"], "partner_slopes")
+    targets = _order(points["target"], MODEL_ORDER)
+    partners = _order(points["partner"], MODEL_ORDER)
     with style():
-        fig, ax = plt.subplots(figsize=(width, height))
-        sns.scatterplot(data=df, x=x, y=y, hue=hue, ax=ax, s=28,
-                        hue_order=_order(df[hue], MODEL_ORDER) if hue else None)
-        xs, ys = df[x].to_numpy(float), df[y].to_numpy(float)
-        if len(df) >= 2 and np.ptp(xs) > 0:
-            slope, intercept = np.polyfit(xs, ys, 1)
-            grid = np.linspace(xs.min(), xs.max(), 50)
-            r = float(np.corrcoef(xs, ys)[0, 1]) if np.ptp(ys) > 0 else float("nan")
-            ax.plot(grid, slope * grid + intercept, color="black", linestyle="--", linewidth=1,
-                    label=f"least-squares fit (r = {r:.2f})")
-        ax.axhline(0, color="0.6", linewidth=0.6)
-        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-        # Outside the axes: inside, it hides points. Colour = the model being finetuned.
-        ax.legend(title="finetuned model" if hue == "model" else hue, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                  frameon=False)
+        fig, axes = plt.subplots(1, len(targets), figsize=(width, height), sharey=True, layout="constrained",
+                                 squeeze=False)
+        for ax, t in zip(axes[0], targets):
+            g = points[points["target"] == t]
+            for k, pname in enumerate(partners):
+                h = g[g["partner"] == pname]
+                if len(h):
+                    ax.scatter(h["partner_auc"], h["rel_pct"], s=14, color=_COLORS[MODEL_ORDER.index(pname) % 10]
+                               if pname in MODEL_ORDER else _COLORS[k], label=pname)
+            s = slopes[slopes["target"] == t]
+            if len(s):
+                s = s.iloc[0]
+                xs = np.linspace(g["partner_auc"].min(), g["partner_auc"].max(), 20)
+                ax.plot(xs, s["intercept"] + s["slope_mean"] * xs, color="black", linewidth=1, linestyle="--")
+                ax.set_title(f"{t}\nslope {s['slope_mean']:+.1f} [{s['slope_ci_low']:+.1f}, {s['slope_ci_high']:+.1f}]",
+                             fontsize=7)
+            else:
+                ax.set_title(t, fontsize=7)
+            ax.axhline(0, color="0.6", linewidth=0.6)
+            ax.set_xlabel("partner's pretrained AUC")
+            ax.tick_params(axis="x", labelrotation=30)
+        axes[0][0].set_ylabel("mutual - alone (rel. %)")
+        axes[0][-1].legend(title="partner", loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        fig.suptitle(title + " (slope: rel. % per unit of AUC, 95% t-interval)", fontsize=8)
+        _caption(fig, caption)
         return save(fig, out)
 
 
 def peer_count(
-    df: pd.DataFrame, out: str | os.PathLike, *, x: str = "n_peers", auc: str = "test_auc",
-    delta: str = "rel_delta_auc_pct", hue: str | None = "model",
-    title: str = "Mutual finetuning with N peers", width: float = TEXT, height: float = 2.5,
+    df: pd.DataFrame, out: str | os.PathLike, *, caption: str | None = None, x: str = "n_peers",
+    hue: str = "model", title: str = "Mutual finetuning with N peers (mean over all partner subsets)",
+    width: float = TEXT, height: float = 2.5,
 ) -> list[Path]:
-    """Two panels against the number of peers N: test AUC and relative delta AUC; error bars: SD over seeds."""
-    df = _need(df, [x, auc, delta, hue], "peer_count")
-    hue_order = _order(df[hue], MODEL_ORDER) if hue else None
+    """Two panels against N, measured points only, with 95% CIs: the gain over the pretrained model,
+    and mutual - alone (N = 1 is the control: zero by definition)."""
+    df = _need(df, [x, hue, "gain_rel_pct_mean", "rel_pct_mean"], "peer_count")
+    hue_order = _order(df[hue], MODEL_ORDER)
+    order = sorted(df[x].unique())
     with style():
         fig, axes = plt.subplots(1, 2, figsize=(width, height), layout="constrained")
-        for ax, col, label in ((axes[0], auc, "test AUC"), (axes[1], delta, "relative Δ test AUC (%)")):
-            sns.lineplot(data=df, x=x, y=col, hue=hue, hue_order=hue_order, ax=ax, marker="o",
-                         errorbar="sd", err_style="bars", err_kws={"capsize": 2, "linewidth": 0.8})
-            ax.set(xlabel="number of peers N", ylabel=label)
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        axes[0].set_title("test AUC vs N")
-        axes[1].set_title("gain over the pretrained model vs N")
-        axes[1].axhline(0, color="black", linewidth=0.8)
-        if hue:
-            axes[0].get_legend().remove()
-            axes[1].legend(title=hue, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        fig.suptitle(f"{title} (error bars: SD over seeds)", fontsize=9)
+        for ax, p, label in ((axes[0], "gain_rel_pct", "gain over the pretrained model (%)"),
+                             (axes[1], "rel_pct", "mutual - alone (%)")):
+            _dodge(ax, df, x=x, hue=hue, y=f"{p}_mean", lo=f"{p}_ci_low", hi=f"{p}_ci_high", order=order,
+                   hue_order=hue_order, connect=True, numeric_x=True)
+            ax.set(xlabel="number of peers N", ylabel=label, xticks=order)
+        axes[0].set_title("gain over the pretrained model vs N")
+        axes[1].set_title("gain over finetuning alone vs N")
+        axes[1].legend(title=hue, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        fig.suptitle(title, fontsize=9)
+        _caption(fig, caption)
+        return save(fig, out)
+
+
+def sweep_gain(
+    df: pd.DataFrame, out: str | os.PathLike, *, caption: str | None = None, hue: str = "model",
+    title: str = "Finetuning sweep: mutual - alone vs the mutual weight", width: float = TEXT, height: float = 2.4,
+) -> list[Path]:
+    """Gain over the alone control against the weight (log axis), one panel per lr scale, 95% CIs;
+    the setting chosen on validation is marked."""
+    df = _need(df, ["weight", "finetune_lr_scale", hue, "rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high"],
+               "sweep_gain")
+    scales = sorted(df["finetune_lr_scale"].unique())
+    hue_order = _order(df[hue], MODEL_ORDER)
+    with style():
+        fig, axes = plt.subplots(1, len(scales), figsize=(width, height), sharey=True, layout="constrained",
+                                 squeeze=False)
+        for ax, s in zip(axes[0], scales):
+            g = df[df["finetune_lr_scale"] == s].assign(logw=lambda t: np.log10(t["weight"].clip(lower=1e-3)))
+            _dodge(ax, g, x="logw", hue=hue, y="rel_pct_mean", lo="rel_pct_ci_low", hi="rel_pct_ci_high",
+                   order=sorted(g["logw"].unique()), hue_order=hue_order, connect=True, numeric_x=True)
+            ws = sorted(g["weight"].unique())
+            ax.set_xticks(np.log10(np.clip(ws, 1e-3, None)), [f"{w:g}" for w in ws])
+            chosen = g[g.get("chosen", False) == True]  # noqa: E712
+            if len(chosen):
+                ax.axvline(chosen["logw"].iloc[0], color="0.5", linestyle=":", linewidth=1)
+                ax.text(chosen["logw"].iloc[0], ax.get_ylim()[1], " chosen on validation", fontsize=6, ha="left",
+                        va="top", color="0.3")
+            ax.set(title=f"finetuning lr x{s:g}", xlabel="mutual weight w")
+        axes[0][0].set_ylabel("mutual - alone (rel. %)")
+        axes[0][-1].legend(title=hue, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        fig.suptitle(title, fontsize=9)
+        _caption(fig, caption)
         return save(fig, out)
 
 
@@ -310,8 +376,10 @@ def figure_kd(out: str | os.PathLike, *, width: float = COLUMN * 1.5, height: fl
 
 
 def figure_mutual(out: str | os.PathLike, *, n: int = 4, names: Sequence[str] | None = None,
-                  width: float = COLUMN * 1.5, height: float = 2.9) -> list[Path]:
-    """Figure 2: mutual learning, N peers on a ring, each pulled towards every other peer's prediction."""
+                  width: float = TEXT, height: float = 2.8) -> list[Path]:
+    """Figure 2 as the paper's method: (1) pretrain each model alone on BCE; (2) finetune the N
+    pretrained models together, peer n minimising BCE(y, p_n) + w/(N-1) sum_{i != n} (p_i - p_n)^2
+    with the other peers' predictions p_i detached (no gradient flows into them)."""
     if not isinstance(n, int) or n < 2:
         raise CtrkitError(f"figure_mutual: n must be an integer >= 2, got {n!r}")
     names = list(names) if names else (MODEL_ORDER[:n] if n <= 4 else [f"peer {i + 1}" for i in range(n)])
@@ -319,19 +387,29 @@ def figure_mutual(out: str | os.PathLike, *, n: int = 4, names: Sequence[str] | 
         raise CtrkitError(f"figure_mutual: {len(names)} names given for n={n} peers")
     with style():
         fig, ax = _canvas(width, height)
-        angles = np.pi / 2 + 2 * np.pi * np.arange(n) / n
-        cx, cy, r = 0.5, 0.47, 0.32
-        pos = [(cx + r * np.cos(a) * 0.95, cy + r * np.sin(a)) for a in angles]
-        for i, (x, y) in enumerate(pos):
-            _box(ax, (x, y), 0.2, 0.14, f"{names[i]}\n$p_{{{i + 1}}}$", _COLORS[i % len(_COLORS)])
-        for i in range(n):
-            for j in range(i + 1, n):
-                a, b = np.array(pos[i]), np.array(pos[j])
-                d = (b - a) / np.linalg.norm(b - a)
-                # Shorten each edge so arrows start/stop at the box borders, double-headed: both learn.
-                _arrow(ax, tuple(a + d * 0.1), tuple(b - d * 0.1), color="0.35", style="<|-|>", ls="--")
-        ax.set_ylim(-0.1, 1)
-        ax.text(0.5, -0.08, "$L_n = \\mathrm{BCE}(y, p_n) + \\frac{1}{N-1}\\sum_{i \\neq n}(p_i - p_n)^2$"
-                "   ($p_i$ detached)", ha="center", va="bottom", fontsize=7)
-        ax.set_title(f"Figure 2. Mutual learning among N = {n} peers (all trained, two-way)")
+        ys = np.linspace(0.8, 0.2, n) if n > 1 else [0.5]
+        ax.text(0.14, 0.97, "1. pretrain each model alone", ha="center", va="top", fontsize=8, weight="bold")
+        ax.text(0.66, 0.97, "2. finetune them together (mutual learning)", ha="center", va="top", fontsize=8,
+                weight="bold")
+        h = min(0.12, 0.5 / n)
+        for i, (name, y) in enumerate(zip(names, ys)):
+            c = _COLORS[i % len(_COLORS)]
+            _box(ax, (0.08, y), 0.12, h, name, c, fontsize=6)
+            _arrow(ax, (0.14, y), (0.2, y), color="0.3")
+            _box(ax, (0.25, y), 0.09, h, "BCE", _COLORS[7], fontsize=6)
+            _arrow(ax, (0.3, y), (0.41, y), color="0.3", label="checkpoint" if i == 0 else None, loff=(0, 0.05))
+            _box(ax, (0.47, y), 0.12, h, f"{name}\n$p_{{{i + 1}}}$", c, fontsize=6)
+            _arrow(ax, (0.53, y), (0.6, y), color="0.3")
+            _box(ax, (0.69, y), 0.17, h, f"$L_{{{i + 1}}}$ = BCE$(y, p_{{{i + 1}}})$ + mutual", c, fontsize=6)
+        # the pull of every other peer's detached prediction on peer n's loss
+        for i, yi in enumerate(ys):
+            for j, yj in enumerate(ys):
+                if i != j:
+                    _arrow(ax, (0.55, yj - 0.01 * (i - j)), (0.61, yi + 0.01 * (i - j)), color="0.55", ls=":",
+                           style="-|>")
+        ax.text(0.89, 0.62, "$L_n = \\mathrm{BCE}(y, p_n)$\n$+ \\frac{w}{N-1}\\sum_{i \\neq n}"
+                "(\\bar p_i - p_n)^2$", ha="center", va="center", fontsize=7)
+        ax.text(0.89, 0.36, "$\\bar p_i$: peer i's prediction,\ndetached (no gradient);\n"
+                "every peer is trained\n(two-way, unlike KD)", ha="center", va="center", fontsize=6, color="0.25")
+        ax.set_title(f"Figure 2. Mutual learning for finetuning among N = {n} peers")
         return save(fig, out)

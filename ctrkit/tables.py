@@ -38,12 +38,14 @@ EXPLORATION = "exploration"
 
 # What defines a setting apart from the peer set (so designs over several peer sets share it) ...
 SETTING_FIELDS = ("dataset", "fingerprint", "init", "mode", "weight", "divergence", "warmup_steps", "preset",
-                  "max_epochs", "finetune_lr_scale", "finetune_epochs", "amp")
+                  "max_epochs", "finetune_lr_scale", "finetune_epochs", "finetune_monitor", "batch_size", "overrides",
+                  "amp")
 # ... and what a control must share with its treatment (weight, divergence, warm-up are moot at weight 0).
 CONTROL_FIELDS = ("dataset", "fingerprint", "init", "preset", "max_epochs", "finetune_lr_scale",
-                  "finetune_epochs", "amp")
+                  "finetune_epochs", "finetune_monitor", "batch_size", "overrides", "amp")
 _CONFIG_FIELDS = {"finetune_lr_scale": "finetune_lr_scale", "finetune_epochs": "finetune_epochs",
-                  "warmup_steps": "warmup_steps", "max_epochs": "epochs"}
+                  "warmup_steps": "warmup_steps", "max_epochs": "epochs", "finetune_monitor": "finetune_monitor",
+                  "batch_size": "batch_size", "overrides": "overrides"}
 
 
 # ---- statistics --------------------------------------------------------------------------------

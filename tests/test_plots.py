@@ -25,35 +25,60 @@ def _check(paths, *texts):
     return text
 
 
-def test_delta_auc_bar_means_and_seed_note(tmp_path):
-    rows = [{"model": m, "setting": s, "seed": seed, "rel_delta_auc_pct": v + 0.01 * seed}
-            for m in MODELS for s, v in (("finetune_alone", -0.1), ("finetune_mutual", 0.3)) for seed in range(3)]
-    svg = _check(plots.delta_auc_bar(pd.DataFrame(rows), tmp_path / "bar"),
-                 "Relative AUC change", "relative Δ test AUC (%)", "SD over 3 seeds", "mutual finetuning",
-                 "finetuned alone (control)", "FiBiNET")
+CAP = plots.provenance(data="synthetic Criteo-shaped", rows=8000, seeds=5, precision="fp32", profile="quick")
+
+
+def _ci_frame(rows):
+    df = pd.DataFrame(rows)
+    return df.assign(rel_pct_ci_low=df["rel_pct_mean"] - 0.05, rel_pct_ci_high=df["rel_pct_mean"] + 0.05)
+
+
+def test_provenance_names_data_rows_seeds_precision_profile():
+    assert CAP.startswith("synthetic Criteo-shaped · 8,000 rows · 5 seeds · fp32 · profile quick")
+    assert "95% paired t-interval" in CAP
+
+
+def test_paired_gains_draws_each_comparison_with_its_interval(tmp_path):
+    rows = [{"model": m, "comparison": c, "rel_pct_mean": v} for m in MODELS
+            for c, v in (("finetuning: mutual - alone", 0.1), ("from scratch: mutual - alone", -0.2))]
+    svg = _check(plots.paired_gains(_ci_frame(rows), tmp_path / "gains", caption=CAP, title="Paired gains (criteo)"),
+                 "Paired gains (criteo)", "finetuning: mutual - alone", "from scratch: mutual - alone", "FiBiNET",
+                 "8,000 rows", "profile quick")
     assert "<svg" in svg
 
 
-def test_partner_heatmap_annotates_the_mean_over_seeds(tmp_path):
-    rows = [{"model": m, "partner": p, "seed": s, "rel_delta_auc_pct": (0.5 if (m, p) == ("DCN", "PNN") else 0.1) + s}
-            for m in MODELS for p in MODELS if m != p for s in (0, 1)]
-    # mean over seeds 0 and 1 of 0.5+s is 1.00; 0.1+s gives 0.60
-    _check(plots.partner_heatmap(pd.DataFrame(rows), tmp_path / "heat"), "Pairwise mutual finetuning", "1.00", "0.60",
-           "partner")
+def test_partner_heatmap_annotates_means_and_holm_stars(tmp_path):
+    rows = [{"target": m, "partner": p, "rel_pct_mean": 0.5 if (m, p) == ("DCN", "PNN") else 0.1,
+             "p_holm": 0.01 if (m, p) == ("DCN", "PNN") else 0.5} for m in MODELS for p in MODELS if m != p]
+    _check(plots.partner_heatmap(pd.DataFrame(rows), tmp_path / "heat", caption=CAP), "Pairs: mutual - alone",
+           "0.50*", "0.10", "Holm p &lt; 0.05")
 
 
-def test_gain_scatter_fit_reports_correlation(tmp_path):
-    x = np.linspace(0.7, 0.8, 12)
-    df = pd.DataFrame({"partner_auc": x, "rel_delta_auc_pct": 10 * x - 7, "model": MODELS * 3})
-    _check(plots.gain_vs_partner_auc(df, tmp_path / "scatter"), "least-squares fit (r = 1.00)",
-           "partner's pretrained test AUC")
+def test_partner_slopes_one_line_per_model(tmp_path):
+    rng = np.random.default_rng(0)
+    pts = pd.DataFrame([{"target": t, "partner": p, "seed": s, "partner_auc": 0.7 + 0.01 * MODELS.index(p) + 0.001 * s,
+                         "rel_pct": 0.1 + rng.normal(0, 0.01)} for t in MODELS for p in MODELS if p != t for s in range(3)])
+    slopes = pd.DataFrame({"target": MODELS, "slope_mean": [1.5, -2.0, 0.5, 3.0], "slope_ci_low": [0.5, -4, -1, 1],
+                           "slope_ci_high": [2.5, 0, 2, 5], "intercept": [-1.0, 1.5, -0.3, -2.0]})
+    _check(plots.partner_slopes(pts, slopes, tmp_path / "slopes", caption=CAP), "slope +1.5 [+0.5, +2.5]",
+           "slope -2.0 [-4.0, +0.0]", "partner's pretrained AUC")
 
 
-def test_peer_count_two_panels(tmp_path):
-    rows = [{"model": m, "n_peers": n, "seed": s, "test_auc": 0.7 + 0.01 * n, "rel_delta_auc_pct": 0.1 * n + s / 100}
-            for m in MODELS for n in range(1, 6) for s in range(3)]
-    _check(plots.peer_count(pd.DataFrame(rows), tmp_path / "peers"), "number of peers N", "test AUC vs N",
-           "gain over the pretrained model vs N")
+def test_peer_count_measured_points_with_intervals(tmp_path):
+    rows = [{"model": m, "n_peers": n, "gain_rel_pct_mean": 0.1 * n, "gain_rel_pct_ci_low": 0.1 * n - 0.05,
+             "gain_rel_pct_ci_high": 0.1 * n + 0.05, "rel_pct_mean": 0.0 if n == 1 else 0.05 * n,
+             "rel_pct_ci_low": np.nan if n == 1 else 0.05 * n - 0.02, "rel_pct_ci_high": np.nan if n == 1 else 0.05 * n + 0.02}
+            for m in MODELS for n in (1, 2, 4)]  # N = 3 not measured: no tick, no point
+    svg = _check(plots.peer_count(pd.DataFrame(rows), tmp_path / "peers", caption=CAP), "number of peers N",
+                 "gain over finetuning alone vs N", "gain over the pretrained model vs N")
+    assert ">3<" not in svg.replace(" ", "")
+
+
+def test_sweep_gain_marks_the_setting_chosen_on_validation(tmp_path):
+    rows = [{"model": m, "weight": w, "finetune_lr_scale": s, "rel_pct_mean": 0.01 * w, "chosen": (w, s) == (10, 1)}
+            for m in MODELS for w in (1, 10, 30) for s in (0.1, 1)]
+    _check(plots.sweep_gain(_ci_frame(rows), tmp_path / "sweep", caption=CAP), "chosen on validation",
+           "finetuning lr x0.1", "finetuning lr x1", "mutual weight w")
 
 
 def test_data_figures(tmp_path):
@@ -67,17 +92,19 @@ def test_data_figures(tmp_path):
 def test_architecture_diagrams(tmp_path):
     _check(plots.figure_kd(tmp_path / "fig1"), "Knowledge distillation", "teacher", "student")
     _check(plots.figure_mutual(tmp_path / "fig2", n=5), "N = 5 peers", "peer 5")
-    _check(plots.figure_mutual(tmp_path / "fig2b.png"), "DeepFM", "FiBiNET")  # suffix given: same stem
+    # the method: pretrain alone, then finetune together with the detached squared difference
+    _check(plots.figure_mutual(tmp_path / "fig2b.png"), "DeepFM", "FiBiNET", "1. pretrain each model alone",
+           "2. finetune them together", "detached")  # suffix given: same stem
     assert (tmp_path / "fig2b.svg").exists()
     with pytest.raises(CtrkitError, match="n must be an integer >= 2"):
         plots.figure_mutual(tmp_path / "bad", n=1)
 
 
 def test_missing_columns_and_empty_frames_are_clear_errors(tmp_path):
-    with pytest.raises(CtrkitError, match=r"delta_auc_bar: missing column\(s\) \['setting'\]"):
-        plots.delta_auc_bar(pd.DataFrame({"model": ["DCN"], "rel_delta_auc_pct": [0.1]}), tmp_path / "x")
+    with pytest.raises(CtrkitError, match=r"paired_gains: missing column\(s\) \['comparison'"):
+        plots.paired_gains(pd.DataFrame({"model": ["DCN"], "rel_pct_mean": [0.1]}), tmp_path / "x")
     with pytest.raises(CtrkitError, match="no rows to plot"):
-        plots.peer_count(pd.DataFrame(columns=["n_peers", "test_auc", "rel_delta_auc_pct", "model"]), tmp_path / "y")
+        plots.peer_count(pd.DataFrame(columns=["n_peers", "model", "gain_rel_pct_mean", "rel_pct_mean"]), tmp_path / "y")
     assert not list(tmp_path.iterdir())
 
 
