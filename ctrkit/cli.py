@@ -18,6 +18,52 @@ def _kv(text: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
+def _run_flags(s: argparse.ArgumentParser) -> None:
+    """The flags `pretrain` and `mutual` share."""
+    s.add_argument("--preset", default="quick")
+    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast or fp32")
+    s.add_argument("--threads", default=None, help="CPU threads: a number or auto (default: torch's)")
+    s.add_argument("--seed", type=int, default=2021)
+    s.add_argument("--set", dest="overrides", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="a train-config key (lr, patience, ...) or a model hyperparameter; repeatable")
+
+
+def _overrides(pairs: list[tuple[str, str]], model_names: list[str]) -> dict:
+    """`--set` values as YAML literals ("0.01", "[400, 400]", "{AUC: 1, logloss: -1}"); names stay names."""
+    import yaml
+
+    from ctrkit import models
+
+    strings = {"amp", "device", "threads"} | {k for n in model_names for k, v in models.hparam_defaults(n).items()
+                                                if isinstance(v, str)}
+    out = {}
+    for key, text in pairs:
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise CtrkitError(f"--set {key}={text}: not a YAML/JSON literal ({e})") from None
+        if key in strings or (key == "monitor" and not isinstance(value, dict)):
+            value = text  # YAML 1.1 would read amp=off as false
+        if isinstance(value, str) and key in ("lr", "min_lr", "lr_decay", "clip_grad_norm"):
+            try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
+        out[key] = value
+    return out
+
+
+def _threads(text: str | None):
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise CtrkitError(f"--threads: expected a number or auto, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctrkit", description="Mutual learning for CTR models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -47,13 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("pretrain", help="train one model with the BARS protocol")
     s.add_argument("--data", required=True)
     s.add_argument("--model", required=True)
-    s.add_argument("--preset", default="quick")
-    s.add_argument("--epochs", type=int, default=None)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--seed", type=int, default=2021)
     s.add_argument("--out", default=None)
-    s.add_argument("--set", dest="overrides", type=_kv, action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--resume", action="store_true")
+    s.add_argument("--store", default=None, help="also record the baseline in this results store (.jsonl)")
+    _run_flags(s)
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("mutual", help="train N peers mutually (or a control: alone, kd, ensemble)")
@@ -62,17 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init", required=True, choices=["scratch", "pretrained"])
     s.add_argument("--ckpt-dir", default=None, help="folder with one `pretrain --out` folder per model")
     s.add_argument("--mode", default="mutual", choices=["mutual", "alone", "kd", "ensemble"])
-    s.add_argument("--weight", type=float, default=1.0)
+    s.add_argument("--weight", type=float, default=1.0, help="w of the mutual term (0 = alone)")
     s.add_argument("--divergence", default="mse", choices=["mse", "kl"])
     s.add_argument("--warmup-steps", type=int, default=0)
-    s.add_argument("--preset", default="quick")
-    s.add_argument("--epochs", type=int, default=None)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--seed", type=int, default=2021)
+    s.add_argument("--finetune-lr-scale", type=float, default=0.1, help="x each checkpoint's pretraining lr")
+    s.add_argument("--finetune-epochs", type=int, default=2, help="epochs of a finetuning run (--epochs wins)")
+    s.add_argument("--finetune-monitor", default="AUC-logloss", help="what finetuning early-stops on")
+    s.add_argument("--batch-size", type=int, default=None, help="default: the first peer's preset")
     s.add_argument("--store", default=None)
-    s.add_argument("--out", default=None)
     s.add_argument("--force", action="store_true")
     s.add_argument("--distributed", action="store_true", help="peer-per-rank under torchrun")
+    _run_flags(s)
+    s.add_argument("--out", default=None)
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("table", help="print a result table from a results store")
@@ -154,69 +198,73 @@ def cmd_info(args):
 
 
 def cmd_pretrain(args):
-    import yaml
-
-    from ctrkit import data, models, presets
-    from ctrkit.train import TrainConfig, fit
-    from ctrkit.utils import seed_everything
+    from ctrkit import data, models, runs
 
     d = data.load(args.data)
     name = models.canonical_name(args.model)
-    p = presets.get(name, args.preset, dataset=d.dataset, protocol=d.protocol)
-    hparams, train_cfg = dict(p.model), dict(p.train)
-    train_cfg.update(seed=args.seed, device=args.device, progress=not args.json or sys.stderr.isatty())
-    if args.epochs is not None:
-        train_cfg["epochs"] = args.epochs
-    defaults = models.hparam_defaults(name)
-    model_keys = set(defaults)
-    for key, text in args.overrides:  # last, so --set wins over the preset and the flags' defaults
-        try:
-            value = yaml.safe_load(text)  # "0.01", "[400, 400]", "true", "{AUC: 1, logloss: -1}"
-        except yaml.YAMLError as e:
-            raise CtrkitError(f"--set {key}={text}: not a YAML/JSON literal ({e})") from None
-        names = {"amp", "device"} | {k for k, v in defaults.items() if isinstance(v, str)}
-        if key in names or (key == "monitor" and not isinstance(value, dict)):
-            value = text  # names stay names: YAML 1.1 would read amp=off as false
-        if isinstance(value, str) and key in ("lr", "min_lr", "lr_decay", "clip_grad_norm"):
-            try:  # YAML 1.1 reads 1e-3 (no dot) as a string
-                value = float(value)
-            except ValueError:
-                pass
-        if key in TrainConfig.keys():
-            train_cfg[key] = value
-        elif key in model_keys:
-            hparams[key] = value
-        else:
-            raise CtrkitError(f"--set {key}: unknown key; valid: train config {', '.join(TrainConfig.keys())}; "
-                              f"{name} hyperparameters {', '.join(sorted(model_keys))}")
-    config = TrainConfig.from_dict(train_cfg)
     # runs/<dataset>/seed<S>/ holds one folder per model: what `ctrkit mutual --ckpt-dir` expects
-    out = args.out or f"runs/{d.dataset}/seed{config.seed}/{name}"
-    seed_everything(config.seed)  # the model init; fit reseeds for the batch order and dropout
-    model = models.build(name, d, **hparams)
-    result = fit(model, d, config, out_dir=out, resume=args.resume)
+    out = args.out or f"runs/{d.dataset}/seed{args.seed}/{name}"
+    result, _ = runs.pretrain(d, model=name, preset=args.preset, seed=args.seed, epochs=args.epochs,
+                              overrides=_overrides(args.overrides, [name]), device=args.device,
+                              threads=_threads(args.threads), amp=args.amp, out_dir=out, resume=args.resume,
+                              store=args.store, force=not args.resume,
+                              progress=not args.json or sys.stderr.isatty())
     print(f"{name} on {d.dataset}: valid AUC {result['valid_auc']:.6f} logloss {result['valid_logloss']:.6f}, "
-          f"test AUC {result['test_auc']:.6f} logloss {result['test_logloss']:.6f}, {result['epochs']} epochs, "
+          f"test AUC {result['test_auc']:.6f} logloss {result['test_logloss']:.6f}, {result['epochs']} epochs"
+          f"{' (stopped early)' if result.get('stopped_early') else ' (hit the epoch cap)'}, "
           f"{result['seconds']:.1f} s -> {result['checkpoint']}", file=sys.stderr)
     return result if args.json else None
 
 
+def _spec(args):
+    from ctrkit import runs
+
+    peers = [p for p in str(args.peers).split(",") if p.strip()]
+    return runs.RunSpec(peers=tuple(peers), init=args.init, mode=args.mode, weight=args.weight,
+                        divergence=args.divergence, warmup_steps=args.warmup_steps, epochs=args.epochs,
+                        finetune_lr_scale=args.finetune_lr_scale, finetune_epochs=args.finetune_epochs,
+                        finetune_monitor=args.finetune_monitor, seed=args.seed, preset=args.preset, amp=args.amp,
+                        batch_size=args.batch_size, ckpt_dir=args.ckpt_dir, device=args.device,
+                        threads=_threads(args.threads), progress=not args.json,
+                        overrides=_overrides(args.overrides, [runs.split_label(p)[0] for p in peers]))
+
+
+def _run_mutual(args):
+    """(records, skipped, is_main): this process's share of `ctrkit mutual`."""
+    from ctrkit import data, runs
+
+    if not args.distributed:
+        spec = _spec(args)
+        recs, skipped = runs.execute(spec, data.load(args.data), store=args.store, out_dir=args.out,
+                                     force=args.force)
+        return recs, skipped, True
+    from ctrkit import distributed
+
+    n_peers = len([p for p in str(args.peers).split(",") if p.strip()])
+    comm = distributed.init_from_env(n_peers, device=args.device)
+    try:
+        spec = distributed.agree(comm, lambda: _spec(args))  # bad flags stop every rank alike
+        d = distributed.agree(comm, lambda: data.load(args.data))  # a host without the data stops every rank
+        fingerprints = comm.gather_objects(d.fingerprint)
+        if len(set(fingerprints)) > 1:
+            raise CtrkitError("the ranks read different datasets (feature-map fingerprints by rank: "
+                              + ", ".join(f"{r}: {f}" for r, f in enumerate(fingerprints))
+                              + "); every host needs the same processed --data")
+        recs, skipped = runs.execute(spec, d, store=args.store, out_dir=args.out, force=args.force,
+                                     exchange=distributed.DistExchange(comm))
+        return recs, skipped, comm.is_main
+    finally:
+        distributed.shutdown()
+
+
 def cmd_mutual(args):
-    if args.distributed:
-        from ctrkit import distributed
+    from ctrkit import runs
 
-        return distributed.cli_mutual(args)
-    from ctrkit import data, experiments
-
-    d = data.load(args.data)
-    records, skipped = experiments.run_one(
-        d, args.peers, init=args.init, mode=args.mode, seed=args.seed, store=args.store, ckpt_dir=args.ckpt_dir,
-        preset=args.preset, epochs=args.epochs, device=args.device, weight=args.weight,
-        divergence=args.divergence, warmup_steps=args.warmup_steps, force=args.force,
-        progress=not args.json, out_dir=args.out)
-    summary = experiments.summary(records)
-    summary["skipped"] = skipped
-    summary["store"] = args.store
+    records, skipped, main = _run_mutual(args)
+    if not main:
+        return None  # under torchrun only rank 0 reports
+    summary = runs.summary(records)
+    summary.update(skipped=skipped, store=args.store, distributed=records[0].get("distributed"))
     if skipped:
         print(f"already in {args.store} (run {summary['run_key']}); --force re-runs it", file=sys.stderr)
     if not args.json:
@@ -224,8 +272,10 @@ def cmd_mutual(args):
             pre = p["pretrained_test_auc"]
             print(f"{p['label']:<10} test AUC {p['test_auc']:.6f} logloss {p['test_logloss']:.6f}"
                   + (f"  (pretrained {pre:.6f}, {p['test_auc'] - pre:+.6f})" if pre is not None else ""))
+        dd = summary["distributed"]
         print(f"{'ensemble':<10} test AUC {summary['ensemble_test_auc']:.6f}  ({args.mode}, {args.init}, "
-              f"{summary['seconds']:.1f} s)")
+              f"{summary['seconds']:.1f} s" + (f", {dd.get('world_size')} ranks, {dd.get('allgather_bytes_per_step', 0):,.0f}"
+                                               f" B gathered per step and rank" if dd else "") + ")")
         return None
     return summary
 

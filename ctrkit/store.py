@@ -10,13 +10,14 @@ Guarantees:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pandas as pd
 from filelock import FileLock
@@ -112,6 +113,24 @@ class ResultsStore:
             complete = [r for r in complete
                         if r.get("run_key") is None or last_append[r["run_key"]] == r.get("append_id")]
         return complete
+
+    def run_records(self, run_key: str) -> list[dict] | None:
+        """The records of a finished run (by peer), or None."""
+        done = [r for r in self.records() if r.get("run_key") == run_key]
+        return sorted(done, key=lambda r: r.get("peer_index", 0)) if done else None
+
+    @contextlib.contextmanager
+    def claim(self, run_key: str) -> Iterator[None]:
+        """Hold run `run_key` while it trains: an identical run started meanwhile (another
+        process, another notebook) waits here, then finds it done instead of training it twice.
+        Lock files live in `<store>.locks/`; the lock is the OS's (flock), freed if the holder dies."""
+        folder = self.path.with_name(self.path.name + ".locks")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CtrkitError(f"results store {self.path}: cannot create {folder}: {e.strerror or e}") from None
+        with FileLock(str(folder / f"{run_key}.lock")):
+            yield
 
     def run_keys(self) -> set[str]:
         return {r["run_key"] for r in self.records(latest_only=False) if r.get("run_key")}

@@ -1,602 +1,508 @@
-"""Pretraining one CTR model with the BARS/FuxiCTR protocol, on in-memory tensors, fast.
+"""The one training loop. N peers train on the SAME batches; each step peer n descends
 
-Protocol (FuxiCTR's BaseModel.fit, which produced the BARS numbers): Adam, binary cross-entropy on
-logits, L2 on the embedding tables (`embedding_regularizer`) and on the other parameters
-(`net_regularizer`), gradient-norm clipping at 10, validation every epoch on a monitor (AUC, or
-AUC - logloss), learning rate x0.1 on every epoch without improvement, early stopping after
-`patience` such epochs, the best weights restored at the end, then one test evaluation.
+    L_n = BCE(y, p_n) + w/|T_n| * sum_{i in T_n} D(p_i, p_n)        (p_i detached)
+
+with its own optimizer, plateau LR schedule, early stopping and best weights (`ctrkit.protocol`).
+T_n is whom peer n learns from: everybody else (mutual), nobody (alone, and plain pretraining:
+`fit` is the one-peer case), a fixed teacher (kd). Every epoch evaluates every peer and the
+peers' average (the ensemble).
+
+Where the peers live is the `exchange`'s business, not the loop's: `LocalExchange` holds them all
+in this process; `ctrkit.distributed.DistExchange` one peer per rank (group of data-parallel
+ranks), gathering the batch's probabilities with all_gather. The loop is the same.
 
 Speed: a whole split lives in one tensor on the training device; a batch is an `index_select` of
 a per-epoch permutation drawn from a seeded torch.Generator (no DataLoader, no per-sample Python);
-the training loss is accumulated on the device and read only every `check_every` steps.
-
-The pieces the mutual trainer reuses: `make_optimizer`, `Tracker`, `epoch_batches`,
-`NonFiniteCheck`, `resolve_amp` / `amp_context`, `predict`, `evaluate`, `load_checkpoint`,
-`load_pretrained`, `rng_state` / `set_rng_state`.
+losses are accumulated on the device and read only every `check_every` steps.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import random
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ctrkit import metrics
-from ctrkit.models import build, embedding_parameters
-from ctrkit.utils import (CtrkitError, env_info, resolve_device, seed_everything, torch_save_atomic,
-                          tune_cpu_allocator, write_json_atomic)
+from ctrkit import checkpoint
+from ctrkit.checkpoint import load_checkpoint, load_pretrained, model_identity
+from ctrkit.losses import check_divergence, check_weight, peer_loss, warmup_weight
+from ctrkit.protocol import (AMP_CHOICES, NonFiniteCheck, NonFiniteLossError, TrainConfig, Tracker, amp_context,
+                             as_train_config, count_parameters, dropout_seed, epoch_batches, evaluate,
+                             make_optimizer, monitor_score, predict, resolve_amp, rng_state, scores, set_rng_state,
+                             uses_dropout)
+from ctrkit import utils
+from ctrkit.utils import CtrkitError, env_info, resolve_device, seed_everything, tune_cpu_allocator, write_json_atomic
 
-__all__ = ["TrainConfig", "fit", "predict", "evaluate", "make_optimizer", "Tracker", "epoch_batches",
-           "NonFiniteCheck", "NonFiniteLossError", "resolve_amp", "amp_context", "load_checkpoint",
-           "load_pretrained", "rng_state", "set_rng_state", "monitor_score", "count_parameters", "dropout_seed",
-           "uses_dropout"]
+__all__ = ["MODES", "MutualConfig", "Peer", "LocalExchange", "RunStopped", "train_peers", "fit",
+           # the protocol's pieces, importable from here as before
+           "TrainConfig", "make_optimizer", "Tracker", "monitor_score", "epoch_batches", "NonFiniteCheck",
+           "NonFiniteLossError", "resolve_amp", "amp_context", "predict", "evaluate", "scores", "rng_state",
+           "set_rng_state", "count_parameters", "dropout_seed", "uses_dropout", "load_checkpoint",
+           "load_pretrained", "AMP_CHOICES"]
 
-AMP_CHOICES = ("auto", "bf16", "off")
-# Monitors as FuxiCTR writes them: a metric name, or {metric: weight} summed (BARS: AUC - logloss).
-_MONITOR_ALIASES = {"auc": {"auc": 1.0}, "logloss": {"logloss": -1.0},
-                    "auc-logloss": {"auc": 1.0, "logloss": -1.0}}
-
-
-class NonFiniteLossError(CtrkitError):
-    """Training produced a NaN/inf loss; the message names the epoch and the step."""
-
-
-def _parse_regularizer(name: str, value: Any) -> float:
-    # FuxiCTR configs write the regularizer as 1e-05, "1e-05" or "l2(1.e-5)"; all mean an L2 weight.
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text.startswith("l2(") and text.endswith(")"):
-            text = text[3:-1]
-        try:
-            value = float(text)
-        except ValueError:
-            raise CtrkitError(f"train config {name}: expected a number or l2(number), got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise CtrkitError(f"train config {name}: expected a number >= 0, got {value!r}")
-    return float(value)
+MODES = ("mutual", "alone", "kd", "ensemble")
 
 
-def _parse_monitor(value: Any) -> dict[str, float]:
-    if isinstance(value, str):
-        key = value.replace(" ", "").lower()
-        if key not in _MONITOR_ALIASES:
-            raise CtrkitError(f"train config monitor: unknown {value!r}; valid: AUC, logloss, AUC-logloss "
-                              f"or a dict like {{\"AUC\": 1, \"logloss\": -1}}")
-        return dict(_MONITOR_ALIASES[key])
-    if isinstance(value, dict) and value:
-        out = {}
-        for k, w in value.items():
-            if str(k).lower() not in metrics.METRICS or isinstance(w, bool) or not isinstance(w, (int, float)):
-                raise CtrkitError(f"train config monitor: bad entry {k!r}: {w!r}; metrics: AUC, logloss")
-            out[str(k).lower()] = float(w)
-        return out
-    raise CtrkitError(f"train config monitor: expected AUC, logloss, AUC-logloss or a dict, got {value!r}")
+class RunStopped(CtrkitError):
+    """The user asked the run to stop (`stop` was set); nothing of it was recorded."""
+
+
+@dataclasses.dataclass(kw_only=True)
+class MutualConfig:
+    """Run-level settings of the loop; per-peer optimizer/schedule settings are in `train`.
+
+    `train`: one TrainConfig (or dict) per peer (lr, regularizers, monitor, patience, lr_decay,
+    clip_grad_norm); its batch_size/epochs/seed/device/amp are overridden by the run's, since one
+    batch feeds every peer. A single TrainConfig/dict applies to every peer. `threads`: intra-op
+    CPU threads (None leaves torch's setting; "auto" see `ctrkit.utils.resolve_threads`).
+    """
+
+    mode: str = "mutual"
+    weight: float = 1.0
+    divergence: str = "mse"
+    warmup_steps: int = 0
+    epochs: int = 2
+    batch_size: int = 2048
+    seed: int = 2021
+    device: str = "auto"
+    amp: str = "auto"
+    eval_batch_size: int = 65536
+    check_every: int = 100
+    progress: bool = True
+    threads: Any = None
+    train: Any = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise CtrkitError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        check_weight(self.weight)
+        check_divergence(self.divergence)
+        for name in ("warmup_steps", "epochs", "batch_size", "seed", "eval_batch_size", "check_every"):
+            v = getattr(self, name)
+            lo = 0 if name in ("warmup_steps", "seed", "epochs") else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise CtrkitError(f"mutual config {name}: expected an int >= {lo}, got {v!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MutualConfig":
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise CtrkitError(f"unknown mutual config key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        return cls(**d)
+
+    def run_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "train"}
+
+    def peer_train_config(self, base: TrainConfig | dict | None) -> TrainConfig:
+        return as_train_config(base).replace(
+            epochs=max(self.epochs, 1), batch_size=self.batch_size, seed=self.seed, device=self.device, amp=self.amp,
+            eval_batch_size=self.eval_batch_size, progress=self.progress, check_every=self.check_every)
+
+
+class Peer:
+    """One peer's training state: its model, optimizer, plateau schedule and early stopping.
+
+    `index` is the peer's place in the run (its dropout stream, its row of the gathered
+    probabilities), `learns_from` the indices of its teachers; `start` the validation metrics of
+    a pretrained model, which then counts as epoch 0 (finetuning keeps it unless beaten)."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, *, index: int, learns_from: Sequence[int],
+                 trainable: bool, device, replica: int = 0, start: dict | None = None):
+        self.model, self.config, self.index, self.replica = model.to(device), config, index, replica
+        self.learns_from, self.trainable, self.start = list(learns_from), trainable, start
+        self.name, self.hparams = model_identity(model)
+        self.train_forward: nn.Module = self.model  # DDP wraps it when the peer has replicas
+        self.optimizer = make_optimizer(model, config) if trainable else None
+        self.tracker = Tracker(self.optimizer, config) if trainable else None
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.teachers = torch.tensor(self.learns_from, dtype=torch.long, device=device)
+        self.drops = uses_dropout(model)
+
+    @property
+    def training(self) -> bool:
+        return self.trainable and not self.tracker.stopped
+
+    def logits(self, xb: torch.Tensor, step: int) -> torch.Tensor:
+        if self.training:
+            if self.drops:  # this peer's own mask stream (see protocol.dropout_seed)
+                torch.manual_seed(dropout_seed(self.config.seed, step, self.index, self.replica))
+            return self.train_forward(xb).float()
+        with torch.no_grad():  # a fixed teacher or a peer that stopped early still teaches
+            return self.model(xb).float()
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.params, self.config.clip_grad_norm)
+        self.optimizer.step()
+
+    def freeze(self) -> None:
+        """Early-stopped: back to its best weights, eval mode, no more updates."""
+        self.tracker.restore_best(self.model)
+        self.model.eval()
+
+    def state(self) -> dict:
+        return {"state_dict": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict() if self.trainable else None,
+                "tracker": self.tracker.state_dict() if self.trainable else None}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["state_dict"])
+        if self.trainable:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.tracker.load_state_dict(state["tracker"])
+            if self.tracker.stopped:
+                self.freeze()
+
+
+class LocalExchange:
+    """Every peer in this process: the batch is whole, gathering is stacking."""
+
+    replicas, replica, is_main, label, resume_label = 1, 0, True, "", "the run"
+    where = ""  # what the loop is doing (a transport names it in its errors)
+
+    def __init__(self, n_peers: int, device: torch.device):
+        self.n_peers, self.device = n_peers, device
+
+    def shard(self, idx: torch.Tensor) -> tuple[torch.Tensor, float]:
+        return idx, 1.0
+
+    def gather(self, local: torch.Tensor, *, training: bool = True) -> torch.Tensor:
+        return local  # [P, b] already
+
+    def gather_objects(self, items: list) -> list:
+        return list(items)
+
+    def broadcast(self, obj: Any) -> Any:
+        return obj
+
+    def agree(self, fn: Callable[[], Any]) -> Any:
+        return fn()
+
+    def common_epochs(self, epochs: set[int]) -> set[int]:
+        return epochs
+
+    def local_indices(self) -> list[int]:
+        return list(range(self.n_peers))
+
+    def wrap(self, peer: Peer) -> None:
+        """Nothing to wrap: the peer has no replicas."""
+
+    def step(self, peer: Peer, loss: torch.Tensor) -> None:
+        peer.step(loss)
+
+    def last_paths(self, out: Path, peers: Sequence[Peer]) -> list[Path]:
+        return [out / "last.pt"]
+
+    def layout(self) -> dict:
+        return {}
+
+    def result_extra(self, train_seconds: float, peers: Sequence[Peer], batch_size: int) -> dict:
+        return {}
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Everything `fit` needs besides the model and the data (the `train` part of a preset)."""
-
-    epochs: int = 10
-    batch_size: int = 4096
-    lr: float = 1e-3
-    embedding_regularizer: float = 0.0
-    net_regularizer: float = 0.0
-    clip_grad_norm: float | None = 10.0
-    monitor: Any = "AUC"
-    patience: int = 2
-    lr_decay: float = 0.1
-    min_lr: float = 1e-6
-    eval_batch_size: int = 65536
-    amp: str = "auto"
-    device: str = "auto"
-    seed: int = 2021
-    progress: bool = True
-    # Steps between host syncs (non-finite check, progress refresh): rare enough to keep the device busy.
-    check_every: int = 100
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "patience", "eval_batch_size", "seed", "check_every"):
-            v = getattr(self, name)
-            lo = 0 if name in ("patience", "seed") else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise CtrkitError(f"train config {name}: expected an int >= {lo}, got {v!r}")
-        for name in ("lr", "lr_decay", "min_lr"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise CtrkitError(f"train config {name}: expected a number > 0, got {v!r}")
-            setattr(self, name, float(v))
-        self.embedding_regularizer = _parse_regularizer("embedding_regularizer", self.embedding_regularizer)
-        self.net_regularizer = _parse_regularizer("net_regularizer", self.net_regularizer)
-        if self.clip_grad_norm is not None:
-            v = self.clip_grad_norm
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise CtrkitError(f"train config clip_grad_norm: expected a number > 0 or null, got {v!r}")
-            self.clip_grad_norm = float(v)
-        _parse_monitor(self.monitor)
-        if self.amp not in AMP_CHOICES:
-            raise CtrkitError(f"train config amp: expected one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
-        if not isinstance(self.device, str):
-            self.device = str(self.device)
-        if not isinstance(self.progress, bool):
-            raise CtrkitError(f"train config progress: expected true or false, got {self.progress!r}")
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "TrainConfig":
-        d = dict(d or {})
-        unknown = sorted(set(d) - set(cls.keys()))
-        if unknown:
-            raise CtrkitError(f"unknown train config key(s) {', '.join(unknown)}; valid: {', '.join(cls.keys())}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
-
-
-def _as_config(config: TrainConfig | dict | None) -> TrainConfig:
-    if isinstance(config, TrainConfig):
-        return config
-    return TrainConfig.from_dict(config)
-
-
-# ---------------------------------------------------------------- building blocks
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
-    """Adam with FuxiCTR's L2 regularizers as per-group weight decay.
-
-    FuxiCTR adds `lambda / 2 * ||W||_2^2` (its `(lambda / p) * ||W||_p^p` with p = 2) over the
-    embedding tables (lambda = embedding_regularizer) and over all other parameters
-    (lambda = net_regularizer) to the loss. Its gradient is `lambda * W`, which is exactly what
-    Adam's (coupled, not AdamW) `weight_decay = lambda` adds to the gradient, without building the
-    norm into the graph every step. One difference: FuxiCTR clips the gradient norm after adding the
-    regularizer's gradient, weight decay is added after clipping; they agree whenever the norm stays
-    under the clip threshold (tested).
-    """
-    emb = embedding_parameters(model)
-    emb_ids = {id(p) for p in emb}
-    net = [p for p in model.parameters() if id(p) not in emb_ids]
-    groups = [g for g in ({"params": [p for p in emb if p.requires_grad], "weight_decay": config.embedding_regularizer,
-                           "name": "embedding"},
-                          {"params": [p for p in net if p.requires_grad], "weight_decay": config.net_regularizer,
-                           "name": "net"}) if g["params"]]
-    if not groups:
-        raise CtrkitError("make_optimizer: the model has no trainable parameters")
-    # The protocol updates every embedding row every step (dense Adam + decay), so the optimizer
-    # step over the tables is a large share of a step; the fused kernel does it in one pass
-    # (~4x faster than the per-tensor loop on CPU, measured).
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
-                for g in groups for p in g["params"])
-    return torch.optim.Adam(groups, lr=config.lr, fused=fused)
-
-
-def monitor_score(monitor: Any, valid_metrics: dict) -> float:
-    """The monitored value (always maximised): e.g. AUC, -logloss or AUC - logloss."""
-    return float(sum(w * valid_metrics[k] for k, w in _parse_monitor(monitor).items()))
-
-
-class Tracker:
-    """Per-model epoch bookkeeping of FuxiCTR's protocol: plateau LR decay, early stop, best weights.
-
-    `on_epoch_end(epoch, valid_metrics, model)` returns True when training should stop. An epoch
-    improves when the monitor beats the best so far by more than `min_delta` (FuxiCTR: 1e-6);
-    every other epoch multiplies the LR by `lr_decay` (floor `min_lr`) and counts towards
-    `patience`. The best weights are kept in memory (CPU copies) for `restore_best`.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, min_delta: float = 1e-6):
-        self.config = config
-        self.monitor = config.monitor
-        self.patience = config.patience
-        # torch's scheduler with patience=0 and an absolute threshold is FuxiCTR's lr_decay rule.
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=config.lr_decay, patience=0, threshold=min_delta,
-            threshold_mode="abs", min_lr=config.min_lr)
-        self.min_delta = min_delta
-        self.best_score = -math.inf
-        self.best_epoch: int | None = None
-        self.best_metrics: dict | None = None
-        self.best_state: dict | None = None
-        self.bad_epochs = 0
-        self.improved = False
-        self.stopped = False
-
-    def on_epoch_end(self, epoch: int, valid_metrics: dict, model: nn.Module) -> bool:
-        score = monitor_score(self.monitor, valid_metrics)
-        if not math.isfinite(score):
-            raise NonFiniteLossError(f"epoch {epoch}: the validation monitor is {score} (metrics {valid_metrics})")
-        self.improved = score > self.best_score + self.min_delta
-        self.scheduler.step(score)
-        if self.improved:
-            self.best_score, self.best_epoch, self.best_metrics = score, epoch, dict(valid_metrics)
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            self.bad_epochs = 0
-        else:
-            self.bad_epochs += 1
-        self.stopped = self.bad_epochs >= self.patience
-        return self.stopped
-
-    @property
-    def lr(self) -> float:
-        return float(self.scheduler.optimizer.param_groups[0]["lr"])
-
-    def restore_best(self, model: nn.Module) -> None:
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state)
-
-    def state_dict(self) -> dict:
-        return {"scheduler": self.scheduler.state_dict(), "best_score": self.best_score,
-                "best_epoch": self.best_epoch, "best_metrics": self.best_metrics, "best_state": self.best_state,
-                "bad_epochs": self.bad_epochs, "improved": self.improved, "stopped": self.stopped}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.scheduler.load_state_dict(state["scheduler"])
-        for k in ("best_score", "best_epoch", "best_metrics", "best_state", "bad_epochs", "improved", "stopped"):
-            setattr(self, k, state[k])
-
-
-def dropout_seed(seed: int, step: int, peer: int = 0, replica: int = 0) -> int:
-    """Seed of the dropout masks a model draws at global training step `step` (0-based, counted
-    over epochs). Every model of a mutual run (`peer`) and every DDP replica gets its own stream, so
-    masks don't depend on how many models share a process or in which order they run: `alone` peer
-    0 equals `fit`, and `ctrkit.distributed` (one peer per rank) equals the single process step for
-    step, dropout included. The trainers reseed before each forward of a model that has dropout."""
-    return int(np.random.SeedSequence([seed, peer, replica, step]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def uses_dropout(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
-
-
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
-                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
-    """One epoch of shuffled row indices, as views of one permutation drawn on the CPU generator
-    (same order on every device), moved to `device` once. The last batch may be smaller."""
-    perm = torch.randperm(n, generator=generator)
-    return perm.to(device).split(batch_size)
-
-
-def _cpu_has_amx_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
-
-
-def resolve_amp(device: torch.device | str, amp: str) -> torch.dtype | None:
-    """bf16 autocast dtype or None. auto: bf16 on CUDA with bf16 support and on CPUs with AMX
-    (where bf16 matmuls have hardware support); fp32 master weights either way."""
-    device = torch.device(device)
-    if amp not in AMP_CHOICES:
-        raise CtrkitError(f"amp: expected one of {', '.join(AMP_CHOICES)}, got {amp!r}")
-    if amp == "off":
-        return None
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    elif device.type == "cpu":
-        supported = _cpu_has_amx_bf16()
-    else:
-        supported = False
-    if amp == "bf16":
-        if device.type == "cuda" and not supported:
-            raise CtrkitError(f"amp=bf16: the CUDA device {device} has no bf16 support; use amp=off")
-        return torch.bfloat16
-    return torch.bfloat16 if supported else None
-
-
-def amp_context(device: torch.device | str, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-class NonFiniteCheck:
-    """Finds the first step with a NaN/inf loss without a host sync per step: the step number is
-    recorded on the device and read only by `check()` (every `check_every` steps, epoch end)."""
-
-    def __init__(self, device: torch.device | str):
-        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-
-    def update(self, loss: torch.Tensor, step: int) -> None:
-        bad = (self.first_bad < 0) & ~torch.isfinite(loss.detach())
-        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
-
-    def check(self, epoch: int, what: str = "loss") -> None:
-        step = int(self.first_bad)
-        if step >= 0:
-            raise NonFiniteLossError(f"non-finite training {what} at epoch {epoch}, step {step}; "
-                                     f"training stopped, the last good checkpoint is kept "
-                                     f"(try a lower lr, amp=off or stronger clipping)")
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, X: torch.Tensor, batch_size: int = 65536,
-            amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Click probabilities float32 [rows] on X's device, in large batches, model in eval mode.
-
-    Evaluation runs in fp32 by default: bf16 logits (8-bit mantissa) would tie many scores and
-    blur AUC differences of the size the paper reports."""
-    was_training = model.training
-    model.eval()
-    try:
-        out = []
-        for start in range(0, X.shape[0], batch_size):
-            with amp_context(X.device, amp_dtype):
-                logits = model(X[start:start + batch_size])
-            out.append(torch.sigmoid(logits.float()))
-        return torch.cat(out) if out else torch.empty(0, device=X.device)
-    finally:
-        model.train(was_training)
-
-
-def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 65536,
-             amp_dtype: torch.dtype | None = None) -> dict:
-    """{"auc", "logloss"} of the model on (X, y), equal to sklearn's on the same predictions."""
-    p = predict(model, X, batch_size, amp_dtype)
-    return {"auc": metrics.auc(y, p), "logloss": metrics.logloss(y, p)}
-
-
-def rng_state(generator: torch.Generator | None = None) -> dict:
-    """Every RNG a training run draws from, in a form `torch.load(weights_only=True)` accepts."""
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                       int(np_state[3]), float(np_state[4])],
-             "generator": generator.get_state() if generator is not None else None,
-             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    return state
-
-
-def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_tuplify(state["python"]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if generator is not None and state["generator"] is not None:
-        generator.set_state(state["generator"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuplify(x):
-    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A ctrkit checkpoint (best.pt / last.pt) as a dict on the CPU; CtrkitError if missing,
-    truncated or not a ctrkit checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise CtrkitError(f"checkpoint {path}: no such file")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a torn zip/pickle
-        raise CtrkitError(f"checkpoint {path}: unreadable (truncated or corrupt): {type(e).__name__}: {e}") from None
-    if not isinstance(ck, dict) or "state_dict" not in ck or "model_name" not in ck:
-        raise CtrkitError(f"checkpoint {path}: not a ctrkit checkpoint (no model_name/state_dict)")
-    return ck
-
-
-def _check_fingerprint(path, ck: dict, fingerprint: str | None, field_sizes: list[int] | None) -> None:
-    if fingerprint is not None and ck.get("fingerprint") != fingerprint:
-        raise CtrkitError(f"checkpoint {path} was trained on a dataset with feature-map fingerprint "
-                          f"{ck.get('fingerprint')!r}, this dataset has {fingerprint!r}; indices would not match "
-                          f"(use the dataset the model was pretrained on)")
-    if field_sizes is not None and list(ck.get("field_sizes", [])) != list(field_sizes):
-        raise CtrkitError(f"checkpoint {path}: field sizes {ck.get('field_sizes')} differ from the dataset's {field_sizes}")
-
-
-def load_pretrained(path_or_dir: str | Path, device: str | torch.device = "cpu",
-                    expect_fingerprint: str | None = None) -> tuple[nn.Module, dict]:
-    """(model in eval mode on `device`, checkpoint metadata without the weights) from a `best.pt`
-    or a `pretrain --out` directory holding one."""
-    path = Path(path_or_dir)
-    if path.is_dir():
-        path = path / "best.pt"
-    ck = load_checkpoint(path)
-    _check_fingerprint(path, ck, expect_fingerprint, None)
-    model = build(ck["model_name"], ck["field_sizes"], **ck["hparams"])
-    try:
-        model.load_state_dict(ck["state_dict"])
-    except RuntimeError as e:
-        raise CtrkitError(f"checkpoint {path}: weights do not fit {ck['model_name']}: {e}") from None
-    model.to(resolve_device(device)).eval()
-    meta = {k: v for k, v in ck.items() if k != "state_dict"}
-    meta["path"] = str(path)
-    return model, meta
-
-
-def _model_identity(model: nn.Module) -> tuple[str, dict]:
-    return getattr(model, "name", type(model).__name__), dict(getattr(model, "hparams", {}))
-
-
-# Keys of TrainConfig that may change between a run and its resumption.
-_RESUMABLE_CHANGES = {"epochs", "progress", "device", "eval_batch_size", "check_every"}
-
-
-def _log(config: TrainConfig, msg: str) -> None:
-    if config.progress:
+class _State:
+    """Where a run is: what last.pt holds besides the peers."""
+
+    epoch: int = 0
+    global_step: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    training: list = dataclasses.field(default_factory=list)
+    train_seconds: float = 0.0
+    train_samples: int = 0
+
+
+def _log(config: MutualConfig, exchange, msg: str) -> None:
+    if config.progress and exchange.is_main:
         tqdm.write(msg, file=sys.stderr)
 
 
-# ---------------------------------------------------------------- fit
+def _check_stop(stop) -> bool:
+    if stop is None:
+        return False
+    return bool(stop.is_set() if hasattr(stop, "is_set") else stop())
+
+
+def _apply_threads(threads) -> int:
+    # TEMP until ctrkit.utils.apply_threads lands
+    fn = getattr(utils, "apply_threads", None)
+    return fn(threads) if fn is not None and threads is not None else torch.get_num_threads()
+
+
+def _train_epoch(peers: list[Peer], config: MutualConfig, exchange, st: _State, epoch: int, Xtr, ytr, generator,
+                 amp_dtype, gathers: bool, stop) -> torch.Tensor:
+    """One epoch of the mutual step; returns each local peer's mean training loss."""
+    device, n = Xtr.device, Xtr.shape[0]
+    steps = math.ceil(n / config.batch_size)
+    loss_sum = torch.zeros(len(peers), dtype=torch.float64, device=device)
+    checks = [NonFiniteCheck(device) for _ in peers]
+    what = [f"loss of peer {p.name}{exchange.label}" if exchange.n_peers > 1 else "loss" for p in peers]
+    bar = tqdm(total=steps, desc=f"{peers[0].name if exchange.n_peers == 1 else config.mode} epoch {epoch}/"
+               f"{config.epochs}", file=sys.stderr, disable=not (config.progress and exchange.is_main), leave=False,
+               dynamic_ncols=True)
+    for step, idx in enumerate(epoch_batches(n, config.batch_size, generator, device), 1):
+        # ---- the mutual step: one batch, every peer; L_n = BCE + w/|T_n| sum_{i in T_n} D(p_i, p_n)
+        exchange.where = f"epoch {epoch} step {step}"
+        part, scale = exchange.shard(idx)
+        xb, yb = Xtr.index_select(0, part), ytr.index_select(0, part)
+        with amp_context(device, amp_dtype):
+            logits = [p.logits(xb, st.global_step) for p in peers]
+        w = warmup_weight(config.weight, st.global_step, config.warmup_steps)
+        # the targets, detached: [P, b]; skipped (by every process alike) when nobody learns from anybody
+        probs = exchange.gather(torch.stack([torch.sigmoid(z.detach()) for z in logits])) if gathers and w > 0 else None
+        for k, p in enumerate(peers):
+            if p.training:
+                targets = probs.index_select(0, p.teachers) if probs is not None else logits[k].new_empty(0, len(part))
+                # an empty shard (last batch < replicas rows) still joins DDP's all-reduce, with zero grads
+                loss = peer_loss(logits[k], yb, targets, w, config.divergence) if len(part) else logits[k].sum()
+                exchange.step(p, loss * scale if scale != 1 else loss)
+                loss_sum[k] += loss.detach()
+                checks[k].update(loss, step)
+        st.global_step += 1
+        # ---- end of the mutual step; host syncs only every check_every steps
+        if _check_stop(stop):
+            raise RunStopped(f"stopped by request in epoch {epoch} after step {step}; nothing was recorded")
+        if step % config.check_every == 0 or step == steps:
+            for c, w_ in zip(checks, what):
+                c.check(epoch, w_)
+            bar.set_postfix(loss=" ".join(f"{v:.4f}" for v in (loss_sum / step).tolist()), refresh=False)
+            bar.update(step - bar.n)
+    bar.close()
+    return loss_sum / steps
+
+
+def _end_epoch(peers: list[Peer], config: MutualConfig, exchange, st: _State, epoch: int, losses, Xva, yva,
+               t_epoch: float) -> tuple[dict, list[bool]]:
+    """Validate every peer and the ensemble, step the trackers, append the history row; also
+    which local peers improved (their best.pt is due)."""
+    exchange.where = f"evaluation after epoch {epoch}"
+    probs = exchange.gather(torch.stack([predict(p.model, Xva, config.eval_batch_size) for p in peers]),
+                            training=False)
+    valid = [scores(yva, q) for q in probs]
+    ens = scores(yva, probs.mean(0))
+    mine, improved = [], []
+    for p, loss in zip(peers, losses.tolist()):
+        v = valid[p.index]
+        entry = {"model": p.name, "valid_auc": v["auc"], "valid_logloss": v["logloss"], "train_loss": loss,
+                 "trained": p.training}
+        improved.append(False)
+        if p.training:
+            entry["lr"] = p.tracker.lr
+            if p.tracker.on_epoch_end(epoch, v, p.model):
+                p.freeze()
+                _log(config, exchange, f"{p.name}: early stop after epoch {epoch} (best epoch {p.tracker.best_epoch})")
+            entry["improved"] = improved[-1] = p.tracker.improved
+        mine.append((entry, p.training))
+    gathered = exchange.gather_objects(mine)
+    st.training = [t for _, t in gathered]
+    row = {"epoch": epoch, "seconds": time.perf_counter() - t_epoch, "ensemble_valid_auc": ens["auc"],
+           "ensemble_valid_logloss": ens["logloss"], "peers": [e for e, _ in gathered]}
+    st.history.append(row)
+    _log(config, exchange, f"epoch {epoch}: valid " + ", ".join(
+        f"{e['model']} AUC {e['valid_auc']:.5f} logloss {e['valid_logloss']:.5f}{' *' if e.get('improved') else ''}"
+        for e in row["peers"]) + (f" | ensemble AUC {ens['auc']:.5f}" if exchange.n_peers > 1 else ""))
+    return row, improved
+
+
+def _start(peers: list[Peer], config: MutualConfig, exchange, data, out: Path | None, resume: bool,
+           best_paths: Sequence[Path] | None, generator) -> tuple[_State, dict]:
+    """A fresh state (clearing an older run's files in `out`) or the one a killed run left."""
+    sig = checkpoint.signature(config.run_dict(), [(p.name, p.hparams, p.config.to_dict()) for p in peers],
+                               data.fingerprint, exchange.layout())
+    st = _State(training=exchange.gather_objects([p.training for p in peers]))
+    if out is None:
+        return st, sig
+    paths = exchange.last_paths(out, peers)
+    for folder in {p.parent for p in [*paths, *(best_paths or [])]}:
+        checkpoint.clean_stale_temp(folder, ["last.pt", "best.pt", "result.json", *[p.name for p in paths]])
+    exchange.where = "resume agreement"
+    found = exchange.agree(lambda: checkpoint.read_resume(paths, sig)) if resume else {}
+    common = exchange.common_epochs(set(found))
+    if not common:
+        if resume and exchange.is_main:
+            _log(config, exchange, f"nothing to resume in {out} (no last checkpoint), starting from epoch 1")
+        # a fresh run must not leave an older run's files looking like its own if it dies early
+        for stale in [*paths, *(best_paths or []), *([out / "result.json"] if exchange.is_main else [])]:
+            stale.unlink(missing_ok=True)
+        return st, sig
+    ck = found[max(common)]
+    for p, state in zip(peers, ck["peers"]):
+        p.load_state(state)
+    set_rng_state(ck["rng"], generator)
+    st = _State(epoch=ck["epoch"], global_step=ck["global_step"], history=list(ck["history"]),
+                training=list(ck["training"]), train_seconds=ck["train_seconds"], train_samples=ck["train_samples"])
+    if exchange.is_main:  # always said, also without progress: a resumed run must not pass for a fresh one
+        tqdm.write(f"resuming {exchange.resume_label} after epoch {st.epoch} from {out}", file=sys.stderr)
+    return st, sig
+
+
+def _save_last(peers: list[Peer], exchange, out: Path, st: _State, sig: dict, generator) -> None:
+    exchange.where = f"checkpoint after epoch {st.epoch}"
+    paths = exchange.last_paths(out, peers)
+    if len(paths) > 1 and paths[0].exists():
+        # keep the previous epoch: a process killed now may leave the others one epoch ahead
+        os.replace(paths[0], paths[1])
+    checkpoint.save({"format": checkpoint.LAST_FORMAT, "signature": sig, "epoch": st.epoch,
+                     "global_step": st.global_step, "history": st.history, "training": st.training,
+                     "rng": rng_state(generator), "train_seconds": st.train_seconds,
+                     "train_samples": st.train_samples, "peers": [p.state() for p in peers]}, paths[0])
+
+
+def train_peers(peers: list[Peer], data, config: MutualConfig, *, exchange=None, out_dir: str | Path | None = None,
+                best_paths: Sequence[Path] | None = None, resume: bool = False, callback=None,
+                stop=None) -> dict:
+    """Train `peers` (this process's; all of them with the default LocalExchange) on `data` (CTRData).
+
+    With `out_dir`: a last-checkpoint after every epoch (weights, optimizers, schedules, early
+    stopping, RNGs), each trained peer's best.pt at `best_paths[k]` on every improvement and at the
+    end, and result.json. `resume=True` continues from the last checkpoint to the same result as an
+    uninterrupted run (`epochs` may be raised). `callback(row)` gets every epoch's history row;
+    `stop` (a threading.Event or a callable) ends the run after the current step with RunStopped."""
+    t0 = time.perf_counter()
+    exchange = exchange or LocalExchange(len(peers), resolve_device(config.device))
+    device = exchange.device
+    amp_dtype = resolve_amp(device, config.amp)
+    threads = _apply_threads(config.threads)
+    generator = seed_everything(config.seed)
+    tune_cpu_allocator(device)
+    Xtr, ytr = data.tensors("train", device)
+    Xva, yva = data.tensors("valid", device)
+    out = Path(out_dir) if out_dir is not None else None
+    if resume and out is None:
+        raise CtrkitError("resume=True needs out_dir (where the last checkpoint is)")
+    st, sig = _start(peers, config, exchange, data, out, resume, best_paths, generator)
+    if st.epoch == 0:
+        for p in peers:
+            if p.trainable and p.start is not None:
+                p.tracker.start_from(p.start, p.model)
+    for p in peers:
+        p.model.train(p.training)
+    # whether any peer learns from another: the same answer in every process, so all gather alike
+    gathers = any(exchange.gather_objects([bool(p.learns_from) for p in peers]))
+    for epoch in range(st.epoch + 1, config.epochs + 1):
+        if not any(st.training):
+            break
+        t_epoch = time.perf_counter()
+        losses = _train_epoch(peers, config, exchange, st, epoch, Xtr, ytr, generator, amp_dtype, gathers, stop)
+        st.train_seconds += time.perf_counter() - t_epoch
+        st.train_samples += Xtr.shape[0]
+        row, improved = _end_epoch(peers, config, exchange, st, epoch, losses, Xva, yva, t_epoch)
+        st.epoch = epoch
+        if out is not None:
+            for p, path, better in zip(peers, best_paths or [], improved):
+                if better and exchange.replica == 0:
+                    checkpoint.write_best(path, p.model, p.tracker.best_state, data=data,
+                                          train_config=p.config.to_dict(), epoch=epoch,
+                                          metrics={"valid_auc": p.tracker.best_metrics["auc"],
+                                                   "valid_logloss": p.tracker.best_metrics["logloss"]})
+            _save_last(peers, exchange, out, st, sig, generator)
+        if callback is not None:
+            callback(row)
+    return _finish(peers, config, exchange, data, st, out, best_paths, amp_dtype, threads, t0)
+
+
+def _finish(peers: list[Peer], config: MutualConfig, exchange, data, st: _State, out: Path | None,
+            best_paths, amp_dtype, threads: int, t0: float) -> dict:
+    """Best weights back, one validation and test pass, the result (and its files)."""
+    exchange.where = "final evaluation"
+    for p in peers:
+        if p.trainable and p.tracker.best_state is not None:
+            p.tracker.restore_best(p.model)
+        p.model.eval()
+    valid, ens_v = _evaluate_split(peers, config, exchange, data, "valid")
+    test, ens_t = _evaluate_split(peers, config, exchange, data, "test")
+    mine = [{"model": p.name, "index": p.index, "trained": p.trainable, "learns_from": p.learns_from,
+             "best_epoch": p.tracker.best_epoch if p.trainable else None,
+             "stopped_early": bool(p.trainable and p.tracker.stopped),
+             "hparams": p.hparams, "train_config": p.config.to_dict()} for p in peers]
+    extra = exchange.result_extra(st.train_seconds, peers, config.batch_size)
+    result = {
+        "mode": config.mode, "weight": config.weight, "divergence": config.divergence,
+        "epochs": len(st.history), "seconds": time.perf_counter() - t0,
+        "peers": [{**m, "valid_auc": valid[j]["auc"], "valid_logloss": valid[j]["logloss"],
+                   "test_auc": test[j]["auc"], "test_logloss": test[j]["logloss"]}
+                  for j, m in enumerate(exchange.gather_objects(mine))],
+        "ensemble": {"valid_auc": ens_v["auc"], "valid_logloss": ens_v["logloss"],
+                     "test_auc": ens_t["auc"], "test_logloss": ens_t["logloss"]},
+        "history": st.history, "fingerprint": data.fingerprint, "dataset": data.dataset,
+        "config": config.run_dict(), "amp": "bf16" if amp_dtype is torch.bfloat16 else "off",
+        "train_seconds": st.train_seconds,
+        "samples_per_s": st.train_samples / st.train_seconds if st.train_seconds > 0 else None,
+        "env": {**env_info(exchange.device, config.seed), "torch_threads": threads}, **extra,
+    }
+    if out is not None:
+        exchange.where = "writing the results"
+        for p, path in zip(peers, best_paths or []):
+            if p.trainable and p.tracker.best_state is not None and exchange.replica == 0:
+                checkpoint.write_best(path, p.model, p.model.state_dict(), data=data, train_config=p.config.to_dict(),
+                                      epoch=p.tracker.best_epoch, metrics=result["peers"][p.index])
+        if exchange.is_main:
+            _write_json(out / "result.json", result)
+    return result
+
+
+def _evaluate_split(peers: list[Peer], config: MutualConfig, exchange, data, split: str) -> tuple[list[dict], dict]:
+    """Every peer's scores on a split and the ensemble's (mean of the peers' probabilities)."""
+    X, y = data.tensors(split, exchange.device)
+    probs = exchange.gather(torch.stack([predict(p.model, X, config.eval_batch_size) for p in peers]), training=False)
+    return [scores(y, q) for q in probs], scores(y, probs.mean(0))
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    try:
+        write_json_atomic(path, obj)
+    except OSError as e:
+        raise CtrkitError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+# ---------------------------------------------------------------- fit: the one-peer case
 
 
 def fit(model: nn.Module, data, config: TrainConfig | dict | None = None, out_dir: str | Path | None = None,
-        resume: bool = False) -> dict:
-    """Train `model` on `data` (CTRData) per `config`; return the result dict (also `out_dir/result.json`).
+        resume: bool = False, *, start: dict | None = None, stop=None) -> dict:
+    """Train one model on `data` (CTRData) per `config`; return the result dict (also `out_dir/result.json`).
 
     Seed before building the model (`seed_everything(config.seed)`) for a reproducible init; `fit`
-    reseeds for the batch order and dropout. With `out_dir`, writes `last.pt` every epoch (full
-    resume state), `best.pt` on every improvement, and `result.json`. `resume=True` continues from
-    `out_dir/last.pt` (if present) to the same result as an uninterrupted run; it may raise
-    `epochs` to train further.
+    reseeds for the batch order and dropout. With `out_dir`: `last.pt` every epoch, `best.pt` on
+    every improvement, `result.json`. `resume=True` continues from `out_dir/last.pt` (if present)
+    to the same result as an uninterrupted run; it may raise `epochs` to train further.
     """
-    config = _as_config(config)
-    t_start = time.perf_counter()
-    device = resolve_device(config.device)
-    amp_dtype = resolve_amp(device, config.amp)
+    config = as_train_config(config)
     out = Path(out_dir) if out_dir is not None else None
-    if resume and out is None:
-        raise CtrkitError("fit(resume=True) needs out_dir (where last.pt is)")
-    name, hparams = _model_identity(model)
-    field_sizes = list(getattr(data, "field_sizes"))
-    fingerprint = getattr(data, "fingerprint")
-
-    generator = seed_everything(config.seed)
-    tune_cpu_allocator(device)
-    model.to(device)
-    Xtr, ytr = data.tensors("train", device)
-    Xva, yva = data.tensors("valid", device)
-    optimizer = make_optimizer(model, config)
-    tracker = Tracker(optimizer, config)
-    history: list[dict] = []
-    epoch_done, train_seconds, train_samples = 0, 0.0, 0
-
-    if resume and (out / "last.pt").exists():
-        ck = load_checkpoint(out / "last.pt")
-        _check_fingerprint(out / "last.pt", ck, fingerprint, field_sizes)
-        if ck["model_name"] != name or ck["hparams"] != hparams:
-            raise CtrkitError(f"{out / 'last.pt'}: was {ck['model_name']} {ck['hparams']}, cannot resume it as "
-                              f"{name} {hparams}")
-        old = ck["train_config"]
-        changed = sorted(k for k in config.to_dict() if k not in _RESUMABLE_CHANGES and old.get(k) != getattr(config, k))
-        if changed:
-            raise CtrkitError(f"{out / 'last.pt'}: cannot resume with a different train config "
-                              f"({', '.join(f'{k}: {old.get(k)!r} -> {getattr(config, k)!r}' for k in changed)})")
-        model.load_state_dict(ck["state_dict"])
-        optimizer.load_state_dict(ck["optimizer"])
-        tracker.load_state_dict(ck["tracker"])
-        set_rng_state(ck["rng"], generator)
-        epoch_done, history = ck["epoch"], list(ck["history"])
-        train_seconds, train_samples = ck["train_seconds"], ck["train_samples"]
-        _log(config, f"{name}: resuming {out / 'last.pt'} after epoch {epoch_done}")
-    elif out is not None:
-        if resume:
-            _log(config, f"{name}: nothing to resume in {out} (no last.pt), starting from epoch 1")
-        # A fresh run must not leave an older run's files looking like its own if it dies early.
-        for stale in ("result.json", "best.pt", "last.pt"):
-            (out / stale).unlink(missing_ok=True)
-
-    n = Xtr.shape[0]
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    drops = uses_dropout(model)
-    for epoch in range(epoch_done + 1, config.epochs + 1):
-        if tracker.stopped:
-            break
-        t_epoch = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        nonfinite = NonFiniteCheck(device)
-        bar = tqdm(total=steps_per_epoch, desc=f"{name} epoch {epoch}/{config.epochs}", file=sys.stderr,
-                   disable=not config.progress, leave=False, dynamic_ncols=True)
-        for step, idx in enumerate(epoch_batches(n, config.batch_size, generator, device), 1):
-            xb, yb = Xtr.index_select(0, idx), ytr.index_select(0, idx)
-            if drops:
-                torch.manual_seed(dropout_seed(config.seed, (epoch - 1) * steps_per_epoch + step - 1))
-            with amp_context(device, amp_dtype):
-                logits = model(xb)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip_grad_norm is not None:
-                nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
-            optimizer.step()
-            loss_sum += loss.detach()
-            nonfinite.update(loss, step)
-            if step % config.check_every == 0 or step == steps_per_epoch:
-                nonfinite.check(epoch)
-                bar.set_postfix(loss=f"{float(loss_sum) / step:.5f}", refresh=False)
-                bar.update(step - bar.n)
-        bar.close()
-        train_seconds += time.perf_counter() - t_epoch
-        train_samples += n
-
-        valid = evaluate(model, Xva, yva, config.eval_batch_size)
-        lr_used = tracker.lr
-        stop = tracker.on_epoch_end(epoch, valid, model)
-        history.append({"epoch": epoch, "train_loss": float(loss_sum) / steps_per_epoch,
-                        "valid_auc": valid["auc"], "valid_logloss": valid["logloss"], "lr": lr_used,
-                        "improved": tracker.improved, "seconds": time.perf_counter() - t_epoch})
-        _log(config, f"{name} epoch {epoch}: train_loss {history[-1]['train_loss']:.6f} valid AUC {valid['auc']:.6f} "
-                     f"logloss {valid['logloss']:.6f} lr {lr_used:g}{' *' if tracker.improved else ''}")
-        if out is not None:
-            meta = {"model_name": name, "hparams": hparams, "field_sizes": field_sizes, "fingerprint": fingerprint,
-                    "train_config": config.to_dict()}
-            if tracker.improved:
-                torch_save_atomic({**meta, "state_dict": tracker.best_state, "epoch": epoch,
-                                   "metrics": {"valid_auc": valid["auc"], "valid_logloss": valid["logloss"]}},
-                                  out / "best.pt")
-            torch_save_atomic({**meta, "format": "ctrkit-last-1", "epoch": epoch,
-                               "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "tracker": tracker.state_dict(), "rng": rng_state(generator), "history": history,
-                               "train_seconds": train_seconds, "train_samples": train_samples}, out / "last.pt")
-        if stop:
-            _log(config, f"{name}: early stop after epoch {epoch} (best epoch {tracker.best_epoch})")
-            break
-
-    if tracker.best_state is None:
-        raise CtrkitError(f"{name}: no epoch was trained (epochs={config.epochs})")
-    tracker.restore_best(model)
-    Xte, yte = data.tensors("test", device)
-    test = evaluate(model, Xte, yte, config.eval_batch_size)
-    del Xte, yte
-    result = {
-        "model": name,
-        "dataset": getattr(data, "dataset", None),
-        "params": count_parameters(model),
-        "valid_auc": tracker.best_metrics["auc"],
-        "valid_logloss": tracker.best_metrics["logloss"],
-        "test_auc": test["auc"],
-        "test_logloss": test["logloss"],
-        "epochs": len(history),
-        "best_epoch": tracker.best_epoch,
-        "seconds": time.perf_counter() - t_start,
-        "samples_per_s": train_samples / train_seconds if train_seconds > 0 else None,
-        "checkpoint": str(out / "best.pt") if out is not None else None,
-        "amp": "bf16" if amp_dtype is torch.bfloat16 else "off",
-        "hparams": hparams,
-        "train_config": config.to_dict(),
-        "fingerprint": fingerprint,
-        "history": history,
-        "env": env_info(device, config.seed),
-    }
+    run = MutualConfig(mode="alone", weight=0.0, epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+                       device=config.device, amp=config.amp, eval_batch_size=config.eval_batch_size,
+                       check_every=config.check_every, progress=config.progress, threads=config.threads)
+    device = resolve_device(config.device)
+    peer = Peer(model, run.peer_train_config(config), index=0, learns_from=[], trainable=True, device=device,
+                start=start)
+    r = train_peers([peer], data, run, out_dir=out, best_paths=[out / "best.pt"] if out else None, resume=resume,
+                    stop=stop)
+    if peer.tracker.best_state is None:
+        raise CtrkitError(f"{peer.name}: no epoch was trained (epochs={config.epochs})")
+    p = r["peers"][0]
+    history = [{"epoch": row["epoch"], "train_loss": e["train_loss"], "valid_auc": e["valid_auc"],
+                "valid_logloss": e["valid_logloss"], "lr": e.get("lr"), "improved": e.get("improved"),
+                "seconds": row["seconds"]} for row in r["history"] for e in row["peers"]]
+    result = {"model": peer.name, "dataset": data.dataset, "params": count_parameters(model),
+              **{k: p[k] for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "best_epoch",
+                                   "stopped_early")},
+              "epochs": len(history), "epoch_cap_hit": not p["stopped_early"] and len(history) >= config.epochs,
+              "seconds": r["seconds"], "samples_per_s": r["samples_per_s"],
+              "checkpoint": str(out / "best.pt") if out is not None else None, "amp": r["amp"],
+              "hparams": peer.hparams, "train_config": config.to_dict(), "fingerprint": data.fingerprint,
+              "history": history, "env": r["env"]}
     if out is not None:
-        torch_save_atomic({"model_name": name, "hparams": hparams, "field_sizes": field_sizes,
-                           "fingerprint": fingerprint, "train_config": config.to_dict(),
-                           "state_dict": tracker.best_state, "epoch": tracker.best_epoch,
-                           "metrics": {k: result[k] for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss")}},
-                          out / "best.pt")
-        write_json_atomic(out / "result.json", result)
-    _log(config, f"{name}: test AUC {test['auc']:.6f} logloss {test['logloss']:.6f} "
-                 f"({result['samples_per_s'] or 0:,.0f} samples/s, amp {result['amp']})")
+        _write_json(out / "result.json", result)
+    if config.progress:
+        tqdm.write(f"{peer.name}: test AUC {p['test_auc']:.6f} logloss {p['test_logloss']:.6f} "
+                   f"({result['samples_per_s'] or 0:,.0f} samples/s, amp {result['amp']})", file=sys.stderr)
     return result

@@ -282,14 +282,14 @@ FAULT = textwrap.dedent("""
     # rank FAULT_RANK dies (SIGKILL) right before writing its checkpoint of epoch FAULT_EPOCH: the
     # other rank has already written that epoch, so the survivors are one epoch ahead of it
     import os, signal, sys
-    from ctrkit import distributed
-    save = distributed.torch_save_atomic
+    from ctrkit import checkpoint
+    save = checkpoint.torch_save_atomic
     def torch_save_atomic(obj, path):
         if (str(os.environ["RANK"]) == os.environ["FAULT_RANK"] and "last" in str(path)
                 and obj.get("epoch") == int(os.environ["FAULT_EPOCH"])):
             os.kill(os.getpid(), signal.SIGKILL)
         return save(obj, path)
-    distributed.torch_save_atomic = torch_save_atomic
+    checkpoint.torch_save_atomic = torch_save_atomic
     from ctrkit.cli import main
     sys.exit(main())
 """)

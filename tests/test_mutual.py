@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from ctrkit import cli, experiments, metrics, models, mutual, presets, tables, train
+from ctrkit import cli, experiments, metrics, models, mutual, presets, runs, tables, train
 from ctrkit.losses import mutual_losses
-from ctrkit.mutual import MutualConfig, mutual_fit, run_mutual
+from ctrkit.mutual import MutualConfig, mutual_fit
 from ctrkit.store import ResultsStore
 from ctrkit.utils import CtrkitError, seed_everything
 
@@ -25,6 +25,12 @@ def one_thread():
     yield
     torch.set_num_threads(old)
 FAST = dict(preset="smoke", device="cpu", progress=False)
+
+
+def run_mutual(data, peers, *, out_dir=None, resume=False, callback=None, **settings):
+    """One run of these settings through the orchestration (`runs.run`: no store)."""
+    return runs.run(runs.RunSpec(peers=tuple(peers), **settings), data, out_dir=out_dir, resume=resume,
+                    callback=callback)
 
 
 def _smoke_model(name, data, seed):
@@ -168,7 +174,7 @@ def test_kl_divergence_and_warmup_run(criteo_small):
 def _no_training(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("training started before the input was checked")
-    monkeypatch.setattr(mutual, "mutual_fit", boom)
+    monkeypatch.setattr(runs, "mutual_fit", boom)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -210,7 +216,7 @@ def test_experiments_grid_records_and_skip(criteo_small, ckpts, tmp_path, monkey
     d = criteo_small
     store = ResultsStore(tmp_path / "r.jsonl")
     root = ckpts["criteo"].parent
-    monkeypatch.setattr(experiments, "fit", lambda *a, **k: pytest.fail("retrained a finished baseline"))
+    monkeypatch.setattr(runs, "fit", lambda *a, **k: pytest.fail("retrained a finished baseline"))
     base = experiments.pretrain_baselines(d, ["DeepFM", "DCN"], root, preset="smoke", seeds=[1], store=store,
                                           device="cpu", progress=False)  # reuses the fixture's checkpoints
     assert set(base["mode"]) == {"baseline"} and len(store.records()) == 2
@@ -224,7 +230,7 @@ def test_experiments_grid_records_and_skip(criteo_small, ckpts, tmp_path, monkey
         assert key in rec, key
     assert rec["partners"] == ["DeepFM"] and rec["partners_pretrained_auc"][0] is not None
     # a second call re-runs nothing: the store already has every run key
-    monkeypatch.setattr(mutual, "run_mutual", lambda *a, **k: pytest.fail("re-ran a finished run"))
+    monkeypatch.setattr(runs, "run", lambda *a, **k: pytest.fail("re-ran a finished run"))
     again = experiments.run(d, [["DeepFM", "DCN"]], inits=["scratch", "pretrained"], modes=["mutual", "alone", "ensemble"],
                             seeds=[1], store=store, ckpt_dir=root, preset="smoke", epochs=1, device="cpu", progress=False)
     assert again["test_auc"].tolist() == df["test_auc"].tolist()
@@ -277,14 +283,15 @@ def test_cli_errors_and_table_command(criteo_small, ckpts, tmp_path, capsys):
     assert cli.main(["table", "finetune", "--store", str(tmp_path / "none.jsonl")]) == 2
     # a real store through the installed console script: the table prints
     store = tmp_path / "r.jsonl"
-    cli.main(base + ["--peers", "DeepFM,DCN", "--init", "pretrained", "--ckpt-dir", str(ckpts["criteo"]),
-                     "--epochs", "1", "--seed", "1", "--store", str(store)])
+    for mode in ("mutual", "alone"):  # the finetune table pairs mutual with its alone control
+        cli.main(base + ["--peers", "DeepFM,DCN", "--init", "pretrained", "--ckpt-dir", str(ckpts["criteo"]),
+                         "--epochs", "1", "--seed", "1", "--store", str(store), "--mode", mode])
     capsys.readouterr()
     p = subprocess.run([sys.executable, "-m", "ctrkit.cli", "table", "finetune", "--store", str(store)],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "| criteo" in p.stdout and "DeepFM" in p.stdout
-    for fmt, marker in [("csv", "delta_auc_mean"), ("tex", "\\begin{tabular}")]:
+    for fmt, marker in [("csv", "rel_pct_mean"), ("tex", "\\begin{tabular}")]:
         assert cli.main(["table", "finetune", "--store", str(store), "--format", fmt]) == 0
         out = capsys.readouterr().out
         assert marker in out and "DeepFM" in out

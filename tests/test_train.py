@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctrkit import cli, data, presets
+from ctrkit import cli, data, presets, protocol
 from ctrkit import train as T
 from ctrkit.models import MODELS, build, embedding_parameters
 from ctrkit.utils import CtrkitError, seed_everything
@@ -132,7 +132,7 @@ def test_tracker_decays_lr_on_plateau_stops_with_patience_and_keeps_best():
 def test_amp_resolution():
     assert T.resolve_amp("cpu", "off") is None
     assert T.resolve_amp("cpu", "bf16") is torch.bfloat16
-    assert T.resolve_amp("cpu", "auto") is (torch.bfloat16 if T._cpu_has_amx_bf16() else None)
+    assert T.resolve_amp("cpu", "auto") is (torch.bfloat16 if protocol._cpu_has_amx_bf16() else None)
     with pytest.raises(CtrkitError, match="amp"):
         T.resolve_amp("cpu", "fp8")
 
@@ -228,7 +228,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(criteo_small, tmp_path, 
     full = T.fit(smoke_model("DeepFM", criteo_small, net_dropout=0.2), criteo_small, config, out_dir=tmp_path / "full")
 
     # Kill the second run in epoch 2, after its training steps, before its checkpoint.
-    real_evaluate, calls = T.evaluate, []
+    real_evaluate, calls = T.predict, []
 
     def killed(*a, **k):
         calls.append(1)
@@ -236,10 +236,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(criteo_small, tmp_path, 
             raise KeyboardInterrupt
         return real_evaluate(*a, **k)
 
-    monkeypatch.setattr(T, "evaluate", killed)
+    monkeypatch.setattr(T, "predict", killed)
     with pytest.raises(KeyboardInterrupt):
         T.fit(smoke_model("DeepFM", criteo_small, net_dropout=0.2), criteo_small, config, out_dir=tmp_path / "cut")
-    monkeypatch.setattr(T, "evaluate", real_evaluate)
+    monkeypatch.setattr(T, "predict", real_evaluate)
     assert T.load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
 
     # A differently initialised model: every weight must come from last.pt.
@@ -247,9 +247,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(criteo_small, tmp_path, 
                     out_dir=tmp_path / "cut", resume=True)
     assert strip_times(resumed["history"]) == strip_times(full["history"])
     assert (resumed["test_auc"], resumed["test_logloss"]) == (full["test_auc"], full["test_logloss"])
+    weights = lambda ck: ck["peers"][0]["state_dict"] if "peers" in ck else ck["state_dict"]  # noqa: E731
     for f in ("best.pt", "last.pt"):
-        assert same_state(T.load_checkpoint(tmp_path / "cut" / f)["state_dict"],
-                          T.load_checkpoint(tmp_path / "full" / f)["state_dict"])
+        assert same_state(weights(T.load_checkpoint(tmp_path / "cut" / f)),
+                          weights(T.load_checkpoint(tmp_path / "full" / f)))
 
     # Training further: 1 epoch, then resume with epochs=2 == 2 epochs at once.
     two = T.fit(smoke_model("FM", criteo_small), criteo_small, cfg(epochs=2), out_dir=tmp_path / "two")
@@ -316,7 +317,7 @@ def test_non_finite_loss_names_epoch_and_step_and_keeps_the_last_good_checkpoint
         T.fit(model, criteo_small, cfg(epochs=3), out_dir=tmp_path)
     assert not (tmp_path / "result.json").exists()  # the failed run does not look finished
     last = T.load_checkpoint(tmp_path / "last.pt")
-    assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["peers"][0]["state_dict"].values())
     assert T.load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
     # a real divergence, no wrapper
     with pytest.raises(T.NonFiniteLossError, match=r"epoch 1, step \d+"):

@@ -1,0 +1,172 @@
+"""Checkpoints: the one writer and reader of `best.pt` (a trained model) and `last.pt` (the state
+a killed run resumes from), the model-identity check, and what may change on resume.
+
+best.pt: {model_name, hparams, field_sizes, fingerprint, train_config, state_dict, epoch, metrics};
+`ctrkit mutual --init pretrained` and `load_pretrained` read it.
+last.pt: {format, signature, epoch, global_step, history, rng, training, train_seconds,
+train_samples, peers: [{state_dict, optimizer, tracker}]} for the peers of one process: the whole
+run in one process, or one rank's peer under `ctrkit.distributed`.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ctrkit.models import build
+from ctrkit.utils import CtrkitError, resolve_device, torch_save_atomic
+
+__all__ = ["LAST_FORMAT", "RESUMABLE", "load_checkpoint", "load_pretrained", "check_identity", "model_identity",
+           "save", "write_best", "signature", "read_resume", "clean_stale_temp"]
+
+LAST_FORMAT = "ctrkit-last-2"
+# Settings that may differ between a run and its resumption: a resumed run may train longer, show
+# progress differently, run on another device or evaluate in other batch sizes.
+RESUMABLE = frozenset({"epochs", "progress", "device", "eval_batch_size", "check_every", "threads"})
+
+
+def _read(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a torn zip or a foreign pickle
+        # torch's own message runs over many lines (weights_only advice): keep its first
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise CtrkitError(f"checkpoint {path}: unreadable (truncated or corrupt): {type(e).__name__}"
+                          + (f": {first}" if first else "")) from None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A ctrkit best.pt / last.pt as a dict on the CPU; CtrkitError if missing, torn or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise CtrkitError(f"checkpoint {path}: no such file")
+    ck = _read(path)
+    if not isinstance(ck, dict) or not ({"state_dict", "model_name"} <= set(ck) or "peers" in ck):
+        raise CtrkitError(f"checkpoint {path}: not a ctrkit checkpoint (no model_name/state_dict)")
+    return ck
+
+
+def model_identity(model: nn.Module) -> tuple[str, dict]:
+    """(name, hyperparameters) of a ctrkit model: what a checkpoint must match to be loaded into it."""
+    return getattr(model, "name", type(model).__name__), dict(getattr(model, "hparams", {}))
+
+
+def check_identity(path, ck: dict, *, fingerprint: str | None = None, field_sizes: Sequence[int] | None = None,
+                   model_name: str | None = None, hparams: dict | None = None) -> None:
+    """Refuse a checkpoint of another dataset or another model than the one asked for."""
+    if fingerprint is not None and ck.get("fingerprint") != fingerprint:
+        raise CtrkitError(f"checkpoint {path} was trained on a dataset with feature-map fingerprint "
+                          f"{ck.get('fingerprint')!r}, this dataset has {fingerprint!r}; indices would not match "
+                          f"(use the dataset the model was pretrained on)")
+    if field_sizes is not None and list(ck.get("field_sizes", [])) != list(field_sizes):
+        raise CtrkitError(f"checkpoint {path}: field sizes {ck.get('field_sizes')} differ from the dataset's "
+                          f"{list(field_sizes)}")
+    if model_name is not None and ck.get("model_name") != model_name:
+        raise CtrkitError(f"checkpoint {path} holds a {ck.get('model_name')}, not the {model_name} asked for")
+    if hparams is not None and dict(ck.get("hparams", {})) != dict(hparams):
+        diff = sorted(k for k in set(hparams) | set(ck.get("hparams", {}))
+                      if ck.get("hparams", {}).get(k) != hparams.get(k))
+        raise CtrkitError(f"checkpoint {path}: {model_name or ck.get('model_name')} hyperparameters differ from the "
+                          f"ones asked for ({', '.join(diff)})")
+
+
+def load_pretrained(path_or_dir: str | Path, device: str | torch.device = "cpu", *,
+                    expect_fingerprint: str | None = None, expect_model: str | None = None,
+                    expect_hparams: dict | None = None) -> tuple[nn.Module, dict]:
+    """(model in eval mode on `device`, checkpoint metadata without the weights, plus `path`) from
+    a best.pt or a `pretrain --out` folder holding one; the expectations are checked first."""
+    path = Path(path_or_dir)
+    if path.is_dir():
+        path = path / "best.pt"
+    ck = load_checkpoint(path)
+    check_identity(path, ck, fingerprint=expect_fingerprint, model_name=expect_model, hparams=expect_hparams)
+    try:
+        model = build(ck["model_name"], ck["field_sizes"], **ck["hparams"])
+        model.load_state_dict(ck["state_dict"])
+    except (RuntimeError, CtrkitError, TypeError) as e:
+        raise CtrkitError(f"checkpoint {path}: weights do not fit {ck['model_name']}: "
+                          f"{str(e).splitlines()[0][:200]}") from None
+    model.to(resolve_device(device)).eval()
+    meta = {k: v for k, v in ck.items() if k != "state_dict"}
+    meta["path"] = str(path)
+    return model, meta
+
+
+def save(obj: Any, path: Path) -> None:
+    """torch.save, atomically; a full disk or an unwritable folder is a one-line error naming the path."""
+    try:
+        torch_save_atomic(obj, path)
+    except OSError as e:
+        raise CtrkitError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+
+
+def write_best(path: Path, model: nn.Module, state_dict: dict, *, data, train_config: dict, epoch: int | None,
+               metrics: dict) -> None:
+    name, hparams = model_identity(model)
+    save({"model_name": name, "hparams": hparams, "field_sizes": list(data.field_sizes),
+          "fingerprint": data.fingerprint, "train_config": train_config, "state_dict": state_dict,
+          "epoch": epoch, "metrics": metrics}, path)
+
+
+def signature(run_config: dict, peers: Sequence[tuple[str, dict, dict]], fingerprint: str,
+              layout: dict | None = None) -> dict:
+    """What must not change between a run and its resumption: the run settings, every peer's
+    (model, hyperparameters, train config) and the dataset; RESUMABLE keys left out."""
+    keep = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE}  # noqa: E731
+    return {"config": keep(run_config), "fingerprint": fingerprint, "layout": layout or {},
+            "peers": [{"model": n, "hparams": h, "train_config": keep(t)} for n, h, t in peers]}
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    out = [f"{k}: {old['config'].get(k)!r} -> {v!r}" for k, v in new["config"].items() if old["config"].get(k) != v]
+    if old["fingerprint"] != new["fingerprint"]:
+        out.append(f"dataset fingerprint: {old['fingerprint']!r} -> {new['fingerprint']!r}")
+    if old["layout"] != new["layout"]:
+        out.append(f"layout: {old['layout']} -> {new['layout']}")
+    if [(p["model"], p["hparams"]) for p in old["peers"]] != [(p["model"], p["hparams"]) for p in new["peers"]]:
+        out.append(f"peers: {[p['model'] for p in old['peers']]} -> {[p['model'] for p in new['peers']]}")
+    else:
+        for po, pn in zip(old["peers"], new["peers"]):
+            out += [f"{pn['model']} {k}: {po['train_config'].get(k)!r} -> {v!r}"
+                    for k, v in pn["train_config"].items() if po["train_config"].get(k) != v]
+    return out
+
+
+def read_resume(paths: Sequence[Path], sig: dict) -> dict[int, dict]:
+    """{epoch: state} of the readable last-checkpoints among `paths` that belong to this very run.
+    A torn file is no candidate while another one is readable; another run's file is an error."""
+    found, torn = {}, []
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            ck = load_checkpoint(path)
+        except CtrkitError as e:
+            torn.append(e)
+            continue
+        if ck.get("format") != LAST_FORMAT:
+            raise CtrkitError(f"{path}: not a resume checkpoint of this ctrkit version; use --force to start over")
+        diff = _differences(ck["signature"], sig)
+        if diff:
+            raise CtrkitError(f"{path}: cannot resume with different settings ({', '.join(diff)}); "
+                              f"use another --out or --force to start over")
+        found[int(ck["epoch"])] = ck
+    if torn and not found:
+        raise torn[0]
+    return found
+
+
+def clean_stale_temp(folder: Path, names: Sequence[str]) -> None:
+    """Remove the temporary files a killed writer of `names` left in `folder` (ctrkit's own
+    `.NAME.*.tmp`, see utils.atomic_path): a checkpoint of real data is hundreds of MB."""
+    if folder.is_dir():
+        for name in names:
+            for tmp in folder.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+def finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
