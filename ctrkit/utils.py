@@ -141,3 +141,93 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+_THREAD_SAMPLE_S = 0.2  # how long "auto" watches /proc/stat: long enough to see a busy core, short at start-up
+_FREE_CORE_MIN = 0.75  # a core counts as free when at least this share of it was idle over the sample
+
+
+def resolve_threads(threads: int | str | None = "auto", *, sample_s: float = _THREAD_SAMPLE_S) -> int:
+    """The number of intra-op CPU threads to use: an int (or its string) as given, or ``"auto"``/None.
+
+    ``"auto"``: ``OMP_NUM_THREADS`` when set (the user's choice); otherwise the cores this process may
+    run on (``os.sched_getaffinity``, capped by a cgroup CPU quota) minus those other processes keep
+    busy right now (``/proc/stat`` sampled for ``sample_s`` seconds, this process's own CPU time taken
+    out), at least 1. Why not all cores: a PyTorch op splits its work evenly over its threads and waits
+    for the slowest, so one thread sharing its core with another busy process stalls every op; on the
+    2-core machine, with one CPU-bound process beside it, DeepFM ran faster with 1 thread than with 2
+    (``bench/bench_threads.py``; the numbers are in ``bench/results/``). The count is taken once, at
+    the start of a run: load that starts later is not followed.
+    """
+    if threads is None or (isinstance(threads, str) and threads.strip().lower() == "auto"):
+        return _auto_threads(sample_s)
+    if isinstance(threads, bool):
+        raise CtrkitError(f"threads must be a positive int or 'auto', got {threads!r}")
+    try:
+        n = int(threads.strip()) if isinstance(threads, str) else int(threads)
+    except (TypeError, ValueError):
+        raise CtrkitError(f"threads must be a positive int or 'auto', got {threads!r}") from None
+    if n < 1 or (not isinstance(threads, str) and n != threads):
+        raise CtrkitError(f"threads must be a positive int or 'auto', got {threads!r}")
+    return n
+
+
+def apply_threads(threads: int | str | None = "auto") -> int:
+    """``torch.set_num_threads(resolve_threads(threads))`` (MKL and OpenMP follow); returns the number.
+
+    Inter-op threads (parallel TorchScript forks; ctrkit launches none) are lowered to the same number
+    when torch still allows it (only before its first parallel work), never raised."""
+    n = resolve_threads(threads)
+    torch.set_num_threads(n)
+    if torch.get_num_interop_threads() > n:
+        with contextlib.suppress(RuntimeError):  # "cannot set ... after parallel work has started"
+            torch.set_num_interop_threads(n)
+    return n
+
+
+def _auto_threads(sample_s: float) -> int:
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    cores = _usable_cores()
+    busy = _busy_cores_of_others(sample_s)
+    if busy is None:  # no /proc/stat (not Linux): all usable cores
+        return cores
+    free = min(cores, (os.cpu_count() or cores) - busy)  # busy counts every CPU of the machine
+    return max(1, int(free + 1 - _FREE_CORE_MIN))
+
+
+def _usable_cores() -> int:
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:  # cgroup v2 quota: "max 100000" or "200000 100000" (= 2 cores)
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(-(-int(quota) // int(period)))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def _busy_cores_of_others(sample_s: float) -> float | None:
+    """Cores kept busy by other processes over `sample_s` seconds (all CPUs of the machine), or None."""
+    import time
+
+    try:
+        busy0, total0 = _proc_stat_ticks()
+        own0 = sum(os.times()[:2])  # this process's user + system seconds
+        time.sleep(sample_s)
+        busy1, total1 = _proc_stat_ticks()
+        own1 = sum(os.times()[:2])
+    except (OSError, ValueError, IndexError):
+        return None
+    ticks = total1 - total0
+    if ticks <= 0:
+        return None
+    others = (busy1 - busy0) - (own1 - own0) * os.sysconf("SC_CLK_TCK")  # /proc/stat counts USER_HZ ticks
+    return max(0.0, others / ticks * (os.cpu_count() or 1))
+
+
+def _proc_stat_ticks() -> tuple[float, float]:
+    """(busy, total) clock ticks of all CPUs since boot, from the first line of /proc/stat."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)  # idle and iowait are not busy
