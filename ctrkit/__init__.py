@@ -1,8 +1,9 @@
 """ctrkit: mutual learning for click-through-rate models.
 
-Layers, bottom to top (nothing imports upward):
-utils -> data/synth -> layers/models -> presets/metrics/train -> losses/mutual -> store/experiments/tables
--> plots/widgets/reproduce -> cli.
+Layers, bottom to top; a module imports only its own layer or lower ones (tests/test_layering.py):
+utils -> data (ctrkit.data, synth) -> models (layers, models, metrics)
+-> training (presets, losses, protocol, checkpoint, train, mutual, distributed)
+-> results (store, runs, experiments, designs, tables) -> notebooks (plots, widgets, reproduce) -> cli.
 """
 from ctrkit.utils import CtrkitError
 
