@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--on-bad-lines", default="error", choices=["error", "skip"])
     s.add_argument("--seed", type=int, default=None, help="split seed (default: the schema's, 2021)")
     s.add_argument("--force", action="store_true", help="replace a previous ctrkit output in --out")
+    s.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
 
     s = sub.add_parser("info", help="rows per split, CTR and vocabulary sizes of a processed dataset")
     s.add_argument("data")

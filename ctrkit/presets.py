@@ -17,8 +17,9 @@ from importlib import resources
 from ctrkit.models import MODELS, canonical_name
 from ctrkit.utils import CtrkitError
 
-DATASETS = ("criteo", "avazu")
+DATASETS = ("criteo", "avazu")          # BARS presets for every protocol of PROTOCOLS
 PROTOCOLS = ("x1", "x4_001", "x4_002")
+SMALL_DATASETS = ("frappe", "movielens")  # BARS Frappe_x1 / MovielensLatest_x1: protocol x1 only
 TRAIN_KEYS = ("batch_size", "lr", "embedding_regularizer", "net_regularizer", "epochs", "patience", "monitor")
 
 
@@ -45,13 +46,16 @@ def names() -> list[str]:
 def _split(dataset: str | None, protocol: str | None) -> tuple[str, str]:
     if dataset is not None and protocol is None and "_" in dataset:  # accept "criteo_x4_001"
         dataset, protocol = dataset.split("_", 1)
+    if dataset == "movielenslatest":  # BARS's name
+        dataset = "movielens"
     if dataset is None or protocol is None:
-        raise CtrkitError(f"preset 'bars' needs dataset (one of {', '.join(DATASETS)}) and protocol "
-                          f"(one of {', '.join(PROTOCOLS)})")
-    if dataset not in DATASETS:
-        raise CtrkitError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
-    if protocol not in PROTOCOLS:
-        raise CtrkitError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+        raise CtrkitError(f"preset 'bars' needs dataset (one of {', '.join(DATASETS + SMALL_DATASETS)}) and "
+                          f"protocol (one of {', '.join(PROTOCOLS)})")
+    if dataset not in DATASETS + SMALL_DATASETS:
+        raise CtrkitError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS + SMALL_DATASETS)}")
+    valid = PROTOCOLS if dataset in DATASETS else ("x1",)
+    if protocol not in valid:
+        raise CtrkitError(f"unknown protocol {protocol!r} for {dataset}; valid: {', '.join(valid)}")
     return dataset, protocol
 
 
@@ -65,7 +69,10 @@ def get(model: str, preset: str, dataset: str | None = None, protocol: str | Non
         entry, source = data[preset][name], {}
     else:
         dataset, protocol = _split(dataset, protocol)
-        entry = data["bars"][name][f"{dataset}_{protocol}"]
+        entry = data["bars"][name].get(f"{dataset}_{protocol}")
+        if entry is None:
+            have = [m for m in data["bars"] if f"{dataset}_{protocol}" in data["bars"][m]]
+            raise CtrkitError(f"no BARS preset for {name} on {dataset}_{protocol}; it has: {', '.join(have)}")
         source = {k: entry[k] for k in ("source", "model_id", "seed")}
     # deep copies: callers may edit their preset without changing the cached table
     return Preset(name=preset, model_name=name, model=copy.deepcopy(entry["model"]),
@@ -88,4 +95,5 @@ def bars_source() -> str:
     return _load("bars.json")["source"]
 
 
-__all__ = ["Preset", "get", "names", "bars_results", "bars_source", "DATASETS", "PROTOCOLS", "TRAIN_KEYS", "MODELS"]
+__all__ = ["Preset", "get", "names", "bars_results", "bars_source", "DATASETS", "SMALL_DATASETS", "PROTOCOLS",
+           "TRAIN_KEYS", "MODELS"]

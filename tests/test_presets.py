@@ -125,8 +125,8 @@ def test_returned_presets_are_copies():
 def test_bars_results_cover_models_and_datasets():
     rows = presets.bars_results()
     assert {(r["model"], r["dataset"], r["protocol"]) for r in rows} == \
-        {(m, d, p) for m in M.MODELS for d, p in DATASETS}
-    assert len(rows) == 36 and "reczoo/BARS" in presets.bars_source()
+        {(m, d, p) for m in M.MODELS for d, p in DATASETS} | {(m, d, "x1") for m in M.MODELS for d in presets.SMALL_DATASETS}
+    assert len(rows) == 48 and "reczoo/BARS" in presets.bars_source()
     (deepfm,) = presets.bars_results("DeepFM", "criteo", "x4_001")
     assert (deepfm["auc"], deepfm["logloss"]) == (0.8143, 0.4376)  # hand-read from the BARS leaderboard
     (ipnn,) = presets.bars_results("PNN", "avazu", "x4_002")

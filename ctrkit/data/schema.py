@@ -63,7 +63,10 @@ def _values(v, where: str) -> tuple:
     """Label values as strings (YAML may give 1 or ">50K")."""
     if not isinstance(v, (list, tuple)):
         v = [v]
-    if not v or not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in v):
+    if any(isinstance(x, bool) for x in v):
+        raise CtrkitError(f"{where}: got a boolean: YAML reads unquoted yes/no/true/false/on/off as "
+                          f"booleans; quote the value, e.g. ['yes']")
+    if not v or not all(isinstance(x, (str, int, float)) for x in v):
         raise CtrkitError(f"{where}: expected a non-empty list of values, got {v!r}")
     return tuple(str(x).strip() for x in v)
 
