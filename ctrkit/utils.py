@@ -79,11 +79,9 @@ def tune_cpu_allocator(device: str | torch.device = "cpu") -> bool:
     """Keep freed CPU tensor memory inside the process: glibc ``mallopt`` with no ``mmap`` for big
     blocks and a 1 GB trim threshold. By default glibc serves every block over 32 MB with a fresh
     ``mmap`` and unmaps it on free, so a training step's big temporaries (``[B, 1521]`` inner
-    products, ``[B, F*d]`` activations at B=10,000) are page-faulted in again on every step.
-    Measured (``bench/results/2026-11-29-intel-xeon-2c-fastpath-malloc.md``: 2 threads, B=10,000,
-    interleaved medians of 3; samples/s untuned / tuned): fp32 DeepFM 0.98x, DCN 0.92x, PNN 0.81x;
-    bf16 DeepFM 0.92x, DCN 0.69x, PNN 0.66x. The cost: the process keeps its peak heap instead of
-    returning it to the OS between steps.
+    products, ``[B, F*d]`` activations at B=10,000) are page-faulted in again on every step (the
+    A/B is in bench/results/, the ``malloc`` variants). The cost: the process keeps its peak heap
+    instead of returning it to the OS between steps.
 
     Called by the trainers with their device (a no-op off CPU); once per process, Linux/glibc only.
     ``CTRKIT_CPU_ALLOCATOR=default`` leaves malloc alone. Returns whether the allocator is tuned.
