@@ -85,7 +85,7 @@ def _inputs(raw, source: dict) -> list[Path]:
     if source.get("kind") in ("hub", "datasets"):
         return []
     paths = [Path(f) for f in source.get("files", [])]
-    return paths + ([Path(str(raw))] if Path(str(raw)).is_dir() else [])
+    return ([Path(str(raw))] if Path(str(raw)).is_dir() else []) + paths
 
 
 def prepare(dataset, raw, out, *, protocol: str | None = None, on_bad_lines: str = "error",

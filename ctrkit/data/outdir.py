@@ -24,6 +24,8 @@ _OURS = {MARKER, "feature_map.json"} | {f"{s}_{a}.npy" for s in SPLITS for a in 
 
 def check_paths(out: Path, inputs: list[Path]) -> None:
     """Refuse an --out that is a file, or equal to / inside / containing an input."""
+    if "\0" in str(out):
+        raise CtrkitError(f"--out {str(out)!r}: invalid path (a NUL byte)")
     if out.is_file() or (out.exists() and not out.is_dir()):
         raise CtrkitError(f"--out {out}: is an existing file, not a folder; choose another --out")
     o = out.resolve()
@@ -41,14 +43,18 @@ def check_paths(out: Path, inputs: list[Path]) -> None:
 
 
 def is_ours(folder: Path) -> bool:
-    if (folder / MARKER).is_file():
-        return True
-    try:  # outputs written before the marker existed: our feature map and our files only
-        fm = json.loads((folder / "feature_map.json").read_text())
+    """Our marker (or, for outputs written before it existed, our feature map), and nothing but
+    the files we write: a file added by hand makes the folder the user's."""
+    try:
         names = {p.name for p in folder.iterdir()}
+        if not names <= _OURS:
+            return False
+        if MARKER in names:
+            return True
+        fm = json.loads((folder / "feature_map.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(fm, dict) and "created_with" in fm and "fingerprint" in fm and names <= _OURS
+    return isinstance(fm, dict) and "created_with" in fm and "fingerprint" in fm
 
 
 def previous_fingerprint(out: Path) -> str | None:
@@ -113,8 +119,12 @@ def staging(out: Path, marker: dict):
         if tmp.exists() and (tmp / MARKER).is_file():
             shutil.rmtree(tmp)
         tmp.mkdir()
+    except OSError as e:
+        raise os_error(out, e) from None
+    try:
         write_json_atomic(tmp / MARKER, marker)
     except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise os_error(out, e) from None
     try:
         yield tmp
