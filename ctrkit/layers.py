@@ -322,7 +322,7 @@ class Bilinear(nn.Module):
 
     def _by_left_field(self, emb: torch.Tensor) -> torch.Tensor:
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else emb.dtype
-        return _BilinearByLeftField.apply(emb, self.pair_weights(), dtype)
+        return _BilinearByLeftField.apply(dtype, emb, self.pair_weights())
 
     def _pair_major(self, emb: torch.Tensor) -> torch.Tensor:
         fe = emb.transpose(0, 1).contiguous()  # [F, B, d]
@@ -335,39 +335,68 @@ class Bilinear(nn.Module):
         return (left * fe.index_select(0, self.right)).transpose(0, 1)
 
 
+def bilinear_cat(pairs: Sequence[tuple["Bilinear", torch.Tensor]]) -> torch.Tensor:
+    """``cat([layer(emb) for layer, emb in pairs], dim=1)``, the bilinear outputs side by side (FiBiNET's
+    p and q), without the copy of the cat on CPU: the by-left-field products of every pair are
+    written straight into their slice of one buffer, and the backward reads its slices of the one
+    gradient (on GPU: the layers' pair-major outputs, then the cat).
+
+    Input: ``k`` (Bilinear over F fields with dim d, ``[B, F, d]``) pairs, all of one bilinear_type.
+    Output: ``[B, k*P, d]``.
+    """
+    if pairs[0][1].device.type != "cpu":
+        return torch.cat([layer(emb) for layer, emb in pairs], dim=1)
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else pairs[0][1].dtype
+    flat = [t for layer, emb in pairs for t in (emb, layer.pair_weights())]
+    return _BilinearByLeftField.apply(dtype, *flat)
+
+
 class _BilinearByLeftField(torch.autograd.Function):
-    """``out[:, p] = (E[:, i_p] @ W[p]) * E[:, j_p]`` for all pairs p in ``triu_pairs`` order, by
-    left field (see ``Bilinear``). ``emb`` ``[B, F, d]``, ``weight`` ``[P, d, d]`` -> ``[B, P, d]``
-    in ``dtype`` (bf16 under autocast); gradients come back in the inputs' dtypes."""
+    """``out[:, k*P + p] = (E_k[:, i_p] @ W_k[p]) * E_k[:, j_p]`` for every (E_k ``[B, F, d]``,
+    W_k ``[P, d, d]``) input pair k and pair p in ``triu_pairs`` order, by left field (see
+    ``Bilinear``), into one ``[B, k*P, d]`` buffer in ``dtype`` (bf16 under autocast); gradients
+    come back in the inputs' dtypes. Called as ``apply(dtype, E_1, W_1, E_2, W_2, ...)``."""
 
     @staticmethod
-    def forward(ctx, emb: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        B, F, d = emb.shape
-        e, w = emb.to(dtype), weight.to(dtype)
-        out = torch.empty(B, w.shape[0], d, dtype=dtype, device=emb.device)
-        for i, s, n in _left_field_blocks(F):
-            left = e[:, i] @ w[s:s + n].permute(1, 0, 2).reshape(d, n * d)  # [B, n*d]
-            torch.mul(left.view(B, n, d), e[:, i + 1:], out=out[:, s:s + n])
-        ctx.save_for_backward(e, w)
-        ctx.dtypes = (emb.dtype, weight.dtype)
+    def forward(ctx, dtype: torch.dtype, *tensors: torch.Tensor) -> torch.Tensor:
+        B, F, d = tensors[0].shape
+        P = tensors[1].shape[0]
+        ew = [(e.to(dtype), w.to(dtype)) for e, w in zip(tensors[0::2], tensors[1::2])]
+        out = torch.empty(B, len(ew) * P, d, dtype=dtype, device=tensors[0].device)
+        for k, (e, w) in enumerate(ew):
+            for i, s, n in _left_field_blocks(F):
+                left = e[:, i] @ w[s:s + n].permute(1, 0, 2).reshape(d, n * d)  # [B, n*d]
+                torch.mul(left.view(B, n, d), e[:, i + 1:], out=out[:, k * P + s:k * P + s + n])
+        ctx.save_for_backward(*(t for pair in ew for t in pair))
+        ctx.dtypes = [t.dtype for t in tensors]
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        e, w = ctx.saved_tensors
-        B, F, d = e.shape
-        g = grad.to(e.dtype)
-        acc = torch.float32 if e.dtype in (torch.bfloat16, torch.float16) else e.dtype  # sums in fp32
-        g_emb = torch.zeros(B, F, d, dtype=acc, device=e.device)
-        g_w = torch.empty(w.shape, dtype=acc, device=e.device)
-        for i, s, n in _left_field_blocks(F):
-            wi = w[s:s + n].permute(1, 0, 2).reshape(d, n * d)
-            gi = g[:, s:s + n]  # [B, n, d]
-            g_emb[:, i + 1:].addcmul_(gi, (e[:, i] @ wi).view(B, n, d))  # right operands
-            g_left = (gi * e[:, i + 1:]).reshape(B, n * d)
-            g_emb[:, i] += g_left @ wi.t()  # left operand
-            g_w[s:s + n] = (e[:, i].t() @ g_left).view(d, n, d).permute(1, 0, 2)
-        return g_emb.to(ctx.dtypes[0]), g_w.to(ctx.dtypes[1]), None
+        saved = ctx.saved_tensors
+        P = saved[1].shape[0]
+        grads = []
+        for k in range(len(saved) // 2):
+            e, w = saved[2 * k], saved[2 * k + 1]
+            grads += _bilinear_backward(e, w, grad[:, k * P:(k + 1) * P].to(e.dtype))
+        return (None, *(g.to(dt) for g, dt in zip(grads, ctx.dtypes)))
+
+
+def _bilinear_backward(e: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients (emb ``[B, F, d]``, weight ``[P, d, d]``) of one by-left-field bilinear from its
+    output gradient ``g`` ``[B, P, d]``, summed in fp32 under bf16."""
+    B, F, d = e.shape
+    acc = torch.float32 if e.dtype in (torch.bfloat16, torch.float16) else e.dtype
+    g_emb = torch.zeros(B, F, d, dtype=acc, device=e.device)
+    g_w = torch.empty(w.shape, dtype=acc, device=e.device)
+    for i, s, n in _left_field_blocks(F):
+        wi = w[s:s + n].permute(1, 0, 2).reshape(d, n * d)
+        gi = g[:, s:s + n]  # [B, n, d]
+        g_emb[:, i + 1:].addcmul_(gi, (e[:, i] @ wi).view(B, n, d))  # right operands
+        g_left = (gi * e[:, i + 1:]).reshape(B, n * d)
+        g_emb[:, i] += g_left @ wi.t()  # left operand
+        g_w[s:s + n] = (e[:, i].t() @ g_left).view(d, n, d).permute(1, 0, 2)
+    return g_emb, g_w
 
 
 def _left_field_blocks(num_fields: int):

@@ -48,6 +48,6 @@ class FiBiNET(CTRModel):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         self.check_input(X)
         emb = self.embedding(X)  # [B, F, d]
-        # p, q: [B, P, d] views; the cat is the one copy into the MLP input
-        pq = torch.cat([self.bilinear_p(emb), self.bilinear_q(self.senet(emb))], dim=1)
+        # p and q ([B, P, d] each) written side by side into the MLP input, no cat copy on CPU
+        pq = layers.bilinear_cat([(self.bilinear_p, emb), (self.bilinear_q, self.senet(emb))])
         return (self.lr(X) + self.mlp(pq.flatten(1)).squeeze(-1)).float()  # MLP input [B, 2*P*d]
