@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", default="md", choices=["md", "csv", "tex"])
 
     s = sub.add_parser("reproduce", help="run the notebooks with papermill: every table and figure")
-    s.add_argument("--dataset", default="both", choices=["criteo", "avazu", "both"])
+    s.add_argument("--dataset", default="both",
+                   help="criteo, avazu, both, frappe, movielens, or a schema file (.yaml; needs --data)")
     s.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
     s.add_argument("--data", default=None, help="processed or raw data (full profile: the real data you bring)")
     s.add_argument("--out", default="results")

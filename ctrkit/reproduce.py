@@ -41,6 +41,9 @@ REPO_ROOT = NOTEBOOK_DIR.parent if (NOTEBOOK_DIR.parent / "pyproject.toml").is_f
 # The seed of the synthetic rows of the smoke/quick profiles (part of what `dataset()` checks).
 SYNTH_SEED = 2021
 DATASETS = ("criteo", "avazu")
+# Also accepted: the other built-in schemas, and any schema file (.yaml, real data: --data required).
+SMALL_DATASETS = ("frappe", "movielens")
+SCHEMA_SUFFIXES = (".yaml", ".yml")
 PER_DATASET = ("00_data", "01_baselines", "02_scratch_vs_finetune", "03_partners", "04_peer_count")
 ONCE = ("05_architectures", "06_explore")
 NOTEBOOKS = PER_DATASET + ONCE
@@ -97,6 +100,7 @@ class Settings:
     k: int = 5
     peers_k: list[str] = field(default_factory=list)
     progress: bool = False
+    schema: str | None = None  # a schema file's path (dataset is then the schema's name)
 
     @property
     def seed(self) -> int:
@@ -168,8 +172,15 @@ def settings(
     epochs: int | None = None, progress: bool = False,
 ) -> Settings:
     """The notebooks' first call: parameters (None = the profile's value) -> resolved Settings."""
-    if dataset not in DATASETS:
-        raise CtrkitError(f"parameter dataset={dataset!r}; valid: {', '.join(DATASETS)}")
+    schema = None
+    if str(dataset).endswith(SCHEMA_SUFFIXES):
+        from ctrkit.data import load_schema
+
+        schema = str(resolve_path(dataset))
+        dataset = load_schema(schema).name
+    elif dataset not in DATASETS + SMALL_DATASETS:
+        raise CtrkitError(f"parameter dataset={dataset!r}; valid: {', '.join(DATASETS + SMALL_DATASETS)} "
+                          f"or a schema file (.yaml)")
     prof = globals()["profile"](profile)
     if profile == "full" and not data_dir:
         raise CtrkitError("profile full runs the BARS protocol on real data: pass data_dir (--data DIR)")
@@ -184,7 +195,7 @@ def settings(
         rows=rows if rows is not None else prof["rows"], preset=prof["preset"],
         epochs=epochs if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
         seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"], k=prof["k"],
-        peers_k=prof["peers_k"], progress=progress,
+        peers_k=prof["peers_k"], progress=progress, schema=schema,
     )
 
 
@@ -197,6 +208,8 @@ def dataset(cfg: Settings):
     from ctrkit import data as ctrdata
 
     if cfg.data_dir is None:
+        if cfg.schema is not None:
+            raise CtrkitError(f"dataset {cfg.schema}: a schema file describes your own data: pass data_dir (--data)")
         if not cfg.rows:
             raise CtrkitError(f"profile {cfg.profile}: no data_dir and no synthetic row count")
         _check_synthetic(cfg)
@@ -212,7 +225,7 @@ def dataset(cfg: Settings):
         _check_prepared_from(target, cfg.data_dir)
         return ctrdata.load(target)
     _check_synthetic_absent(cfg)
-    return ctrdata.load(ctrdata.prepare(cfg.dataset, cfg.data_dir, target, progress=cfg.progress))
+    return ctrdata.load(ctrdata.prepare(cfg.schema or cfg.dataset, cfg.data_dir, target, progress=cfg.progress))
 
 
 def _profiles_with_rows(rows) -> str:
@@ -453,8 +466,13 @@ def plan(*, dataset: str = "both", profile: str = "quick", data: str | None = No
          device: str = "auto") -> list[Job]:
     """The notebook runs of a reproduction, in order, each with its papermill parameters."""
     globals()["profile"](profile)
-    if dataset not in (*DATASETS, "both"):
-        raise CtrkitError(f"--dataset {dataset!r}; valid: criteo, avazu, both")
+    if dataset not in (*DATASETS, *SMALL_DATASETS, "both") and not str(dataset).endswith(SCHEMA_SUFFIXES):
+        raise CtrkitError(f"--dataset {dataset!r}; valid: {', '.join(DATASETS + SMALL_DATASETS)}, both, "
+                          f"or a schema file (.yaml)")
+    if str(dataset).endswith(SCHEMA_SUFFIXES):
+        if not data:
+            raise CtrkitError(f"--dataset {dataset}: a schema file describes your own data: --data FILE_OR_DIR is required")
+        dataset = str(Path(dataset).resolve())
     datasets = list(DATASETS) if dataset == "both" else [dataset]
     if profile == "full" and not data:
         raise CtrkitError("--profile full is the BARS protocol on real data: --data DIR is required "
@@ -473,11 +491,18 @@ def plan(*, dataset: str = "both", profile: str = "quick", data: str | None = No
                                      if len(datasets) > 1 else ""))
             data_dir = str(data_dir)
         params = {"dataset": ds, "data_dir": data_dir, "profile": profile, "device": device, "out": out}
-        jobs += [Job(nb, ds, dict(params)) for nb in PER_DATASET]
+        name = _schema_name(ds) if ds.endswith(SCHEMA_SUFFIXES) else ds
+        jobs += [Job(nb, name, dict(params)) for nb in PER_DATASET]
     # Dataset-independent notebooks run once, on the first dataset (06 needs its data and checkpoints).
     first = jobs[0].parameters
     jobs += [Job(nb, first["dataset"], dict(first)) for nb in ONCE]
     return jobs
+
+
+def _schema_name(path: str) -> str:
+    from ctrkit.data import load_schema
+
+    return load_schema(path).name
 
 
 def _notebook_path(name: str, notebooks_dir: Path) -> Path:
