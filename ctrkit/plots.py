@@ -108,11 +108,13 @@ MODEL_ORDER = ["DeepFM", "DCN", "PNN", "FiBiNET", "FM", "LR"]
 CI_NOTE = "error bars: 95% paired t-interval over seeds"
 
 
-def provenance(*, data: str, rows: int | None, seeds: int, precision: str, profile: str) -> str:
-    """The provenance line every result figure carries: data (synthetic or real), rows, seeds,
-    precision and profile, and what the error bars are."""
+def provenance(*, data: str, rows: int | None, seeds: int, precision: str, profile: str,
+               error_bars: bool = True) -> str:
+    """The provenance line every result figure (and table) carries: data (synthetic or real), rows,
+    seeds, precision and profile, and for a figure what its error bars are."""
     rows_text = f"{rows:,} rows" if rows else "all rows"
-    return f"{data} · {rows_text} · {seeds} seeds · {precision} · profile {profile} · {CI_NOTE}"
+    text = f"{data} · {rows_text} · {seeds} seeds · {precision} · profile {profile}"
+    return f"{text} · {CI_NOTE}" if error_bars else text
 
 
 def _caption(fig: plt.Figure, text: str | None) -> None:
@@ -223,7 +225,10 @@ def partner_slopes(
             ax.set_xlabel("partner's pretrained AUC")
             ax.tick_params(axis="x", labelrotation=30)
         axes[0][0].set_ylabel("mutual - alone (rel. %)")
-        axes[0][-1].legend(title="partner", loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        # one legend for all panels: each panel lacks its own model among the partners
+        handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+        fig.legend([handles[p] for p in partners if p in handles], [p for p in partners if p in handles],
+                   title="partner", loc="upper left", bbox_to_anchor=(1.0, 0.9), frameon=False)
         fig.suptitle(title + " (slope: rel. % per unit of AUC, 95% t-interval)", fontsize=8)
         _caption(fig, caption)
         return save(fig, out)

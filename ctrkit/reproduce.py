@@ -2,7 +2,10 @@
 
 Also the small helpers the notebooks call so they stay thin (one `parameters` cell of literals, then
 ctrkit calls): `settings()` turns the parameters + a profile into paths and sizes, `dataset()` gets the
-data, `data_tables()` writes the data statistics as tidy CSV, `save_table()` writes CSV + Markdown.
+data, `data_tables()` writes the data statistics as tidy CSV, `save_table()` writes CSV + Markdown,
+`paper_table()` writes a `ctrkit.tables` table as CSV + Markdown + LaTeX, `figure_data()` the frame a
+figure draws (shaped by `ctrkit.tables.figure_frame`), `caption()` the provenance line, `chosen()` the
+finetuning setting the sweep chose on validation.
 
 Relative paths (`out`, `data_dir`) mean the same folder from JupyterLab (kernel in notebooks/),
 papermill (kernel in OUT) and any script of a clone: they are relative to the repository root
@@ -50,27 +53,35 @@ NOTEBOOKS = PER_DATASET + ONCE
 
 # Sizes per profile, as data, so the notebooks' parameter cells stay plain literals.
 #   rows: synthetic rows (None: the real data of --data); preset: model/train preset of ctrkit.presets;
-#   epochs: pretraining epochs (None: the preset's); finetune_epochs: epochs of every finetuning run;
-#   seeds: seeds of every run (error bars); models: the paper's four (01-03);
-#   peers_k: the peers of 04, N = 1..k (peer set = peers_k[:N]).
-# quick runs the `smoke` model preset (small embeddings, batch 512): on a few thousand rows the
-# `quick` preset (batch 2048) takes only a handful of steps per epoch and barely learns, and
-# FiBiNET's bilinear layer dominates the 2-core CPU budget (measured: ~20x DeepFM per sample).
+#   epochs: the cap on pretraining (and from-scratch) epochs; patience: epochs without improvement on
+#   validation before a baseline stops (large enough that one noisy epoch does not end it; a run that
+#   reaches the cap is flagged in the baselines table); finetune_epochs: the cap of every finetuning run
+#   (the pretrained weights are its epoch 0); seeds: every run's seeds (>= 5: the CIs are paired
+#   t-intervals over them); models: the paper's four, the pool of every design (partner subsets, peer
+#   count; FM/LR are not in it); sweep_weights x sweep_lr_scales: the finetuning grid, chosen on validation.
+# quick/paper run the `smoke` model preset (small embeddings, batch 512): FiBiNET's bilinear layer
+# dominates the 2-core CPU budget (measured: ~10x DeepFM per sample), so rows and grid are sized for it.
 PROFILES: dict[str, dict] = {
     "smoke": {
-        "rows": 1000, "preset": "smoke", "epochs": 1, "finetune_epochs": 1, "seeds": [2021, 2022],
-        "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "k": 5,
-        "peers_k": ["DeepFM", "DCN", "PNN", "FiBiNET", "FM"], "execution_timeout": 900,
+        "rows": 1000, "preset": "smoke", "epochs": 2, "patience": 1, "finetune_epochs": 1, "seeds": [2021, 2022],
+        "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [1.0, 10.0], "sweep_lr_scales": [1.0],
+        "execution_timeout": 900,
     },
     "quick": {
-        "rows": 40000, "preset": "smoke", "epochs": 2, "finetune_epochs": 1, "seeds": [2021, 2022, 2023],
-        "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "k": 5,
-        "peers_k": ["DeepFM", "DCN", "PNN", "FiBiNET", "FM"], "execution_timeout": 1800,
+        "rows": 8000, "preset": "smoke", "epochs": 8, "patience": 2, "finetune_epochs": 1,
+        "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
+        "sweep_weights": [1.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "execution_timeout": 3600,
+    },
+    "paper": {
+        "rows": 200000, "preset": "smoke", "epochs": 20, "patience": 3, "finetune_epochs": 2,
+        "seeds": [2021, 2022, 2023, 2024, 2025, 2026, 2027, 2028, 2029, 2030],
+        "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0],
+        "sweep_lr_scales": [0.1, 1.0], "execution_timeout": None,
     },
     "full": {
-        "rows": None, "preset": "bars", "epochs": None, "finetune_epochs": 1, "seeds": [2021, 2022, 2023],
-        "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "k": 5,
-        "peers_k": ["DeepFM", "DCN", "PNN", "FiBiNET", "FM"], "execution_timeout": None,
+        "rows": None, "preset": "bars", "epochs": None, "patience": None, "finetune_epochs": 2,
+        "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
+        "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "execution_timeout": None,
     },
 }
 
@@ -97,8 +108,9 @@ class Settings:
     finetune_epochs: int = 1
     seeds: list[int] = field(default_factory=lambda: [2021])
     models: list[str] = field(default_factory=list)
-    k: int = 5
-    peers_k: list[str] = field(default_factory=list)
+    patience: int | None = None
+    sweep_weights: list[float] = field(default_factory=lambda: [1.0])
+    sweep_lr_scales: list[float] = field(default_factory=lambda: [0.1])
     progress: bool = False
     schema: str | None = None  # a schema file's path (dataset is then the schema's name)
 
@@ -148,9 +160,17 @@ class Settings:
         return [[a, b] for i, a in enumerate(self.models) for b in self.models[i + 1:]]
 
     @property
-    def peer_sets_k(self) -> list[list[str]]:
-        """The peer sets of 04: the first N of `peers_k` for N = 2..k (N = 1 is the alone control)."""
-        return [self.peers_k[:n] for n in range(2, self.k + 1)]
+    def peer_sets(self) -> list[list[str]]:
+        """The peer sets of 04: every subset of the models of 2..all of them, so that each target's
+        mean over all its partner subsets is measured for every N (N = 1 is the alone control)."""
+        from ctrkit import designs
+
+        return designs.peer_count_sets(pool=self.models)
+
+    @property
+    def overrides(self) -> dict:
+        """Train-config keys the profile sets on every baseline (its patience)."""
+        return {"patience": self.patience} if self.patience is not None else {}
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -194,8 +214,9 @@ def settings(
         data_dir=resolve_path(data_dir) if data_dir else None,
         rows=rows if rows is not None else prof["rows"], preset=prof["preset"],
         epochs=epochs if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
-        seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"], k=prof["k"],
-        peers_k=prof["peers_k"], progress=progress, schema=schema,
+        seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"],
+        patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
+        progress=progress, schema=schema,
     )
 
 
@@ -342,100 +363,67 @@ def export_results(cfg: Settings) -> Path:
     return ResultsStore(cfg.store).to_csv(cfg.results_csv)
 
 
-def paper_table(cfg: Settings, name: str) -> pd.DataFrame:
-    """One of the paper's tables (`ctrkit.tables`) from the results CSV: written numeric as
-    tables/<dataset>_<name>.csv and human-readable as .md; returned in the human form for display."""
-    from ctrkit import tables
-
+def _need_results(cfg: Settings) -> Path:
     if not cfg.results_csv.exists():
         raise CtrkitError(f"{cfg.results_csv} does not exist: call reproduce.export_results(cfg) first")
-    df = tables.table(name, cfg.results_csv)
-    df = df[df["dataset"] == cfg.dataset] if "dataset" in df.columns and len(df) else df
+    return cfg.results_csv
+
+
+def caption(cfg: Settings, *, figure: bool = True) -> str:
+    """The provenance line of this run's figures and tables: data, rows, seeds, precision, profile
+    (and for a figure, what its error bars are)."""
+    from ctrkit import plots, tables
+
+    kind = "real" if cfg.data_dir is not None else "synthetic"
+    prec = tables.precision(_need_results(cfg)) if cfg.results_csv.exists() else "unrecorded"
+    return plots.provenance(data=f"{kind} {cfg.dataset.capitalize()}-shaped data" if kind == "synthetic"
+                            else f"real {cfg.dataset.capitalize()} data", rows=cfg.rows, seeds=len(cfg.seeds),
+                            precision=prec, profile=cfg.profile, error_bars=figure)
+
+
+def paper_table(cfg: Settings, name: str) -> pd.DataFrame:
+    """One of the paper's tables (`ctrkit.tables`) from the results CSV, written as
+    tables/<dataset>_<name>.csv (numeric, tidy), .md and .tex (human form, captioned with the
+    provenance line); returned in the human form for display."""
+    from ctrkit import tables
+
+    df = tables.table(name, _need_results(cfg))
+    df = df[df["dataset"] == cfg.dataset].reset_index(drop=True) if "dataset" in df.columns and len(df) else df
+    cap = f"{tables.CAPTIONS[name]} ({caption(cfg, figure=False)})"
     stem = cfg.table(name)
-    with atomic_path(stem.with_name(stem.name + ".csv")) as tmp:
-        df.to_csv(tmp, index=False)
-    with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
-        tmp.write_text(tables.render(name, df, "md") + "\n")
+    for fmt in tables.FORMATS:
+        with atomic_path(stem.with_name(f"{stem.name}.{fmt}")) as tmp:
+            tmp.write_text(tables.render(name, df, fmt, caption=cap) + ("\n" if fmt != "csv" else ""))
     return tables.display(name, df) if len(df) else df
 
 
-def _partner_list(v) -> list:
-    if isinstance(v, list):
-        return v
-    if isinstance(v, str) and v.strip():
-        try:
-            out = json.loads(v)
-            return out if isinstance(out, list) else [out]
-        except ValueError:
-            return [p for p in v.replace(",", "+").split("+") if p]
-    return []
+def figure_data(cfg: Settings, kind: str) -> pd.DataFrame:
+    """The tidy frame of one figure (`ctrkit.tables.figure_frame`) for this dataset, also written as
+    tables/<dataset>_fig_<kind>.csv so every figure's numbers are on disk beside it."""
+    from ctrkit import tables
+
+    df = tables.figure_frame(_need_results(cfg), kind, dataset=cfg.dataset)
+    stem = cfg.table(f"fig_{kind}")
+    with atomic_path(stem.with_name(stem.name + ".csv")) as tmp:
+        df.to_csv(tmp, index=False)
+    return df
 
 
-def _rel_pct(new, ref):
-    new, ref = np.asarray(new, dtype=float), np.asarray(ref, dtype=float)
-    return 100.0 * (new - ref) / ref
+def chosen(cfg: Settings) -> dict:
+    """The finetuning setting the sweep of 02 chose on validation ({"weight", "finetune_lr_scale", ...});
+    03, 04 and the KD control run at it."""
+    from ctrkit import tables
+
+    return tables.chosen_setting(_need_results(cfg), dataset=cfg.dataset)
 
 
-FIGURE_FRAMES = ("settings", "partners", "peer_count")
+def kd_peers(cfg: Settings) -> list[str]:
+    """The KD control's peers: the teacher first (the best baseline on validation), then the students."""
+    from ctrkit import designs, tables
 
-
-def figure_frame(cfg: Settings, kind: str) -> Path:
-    """Per-seed tidy data of one figure, derived from the results CSV, written as
-    tables/<dataset>_fig_<kind>.csv (the figure cells only read it). Kinds:
-    - settings: model, setting (scratch_mutual | finetune_alone | finetune_mutual), seed, test_auc,
-      reference_auc, rel_delta_auc_pct (scratch is compared with the baseline of its model and seed;
-      finetuning with the pretrained checkpoint it started from);
-    - partners: model, partner, seed, rel_delta_auc_pct, partner_auc (the partner's pretrained test AUC);
-    - peer_count: model, n_peers, seed, test_auc, rel_delta_auc_pct (N = 1 is the alone control).
-    """
-    if kind not in FIGURE_FRAMES:
-        raise CtrkitError(f"unknown figure data {kind!r}; valid: {', '.join(FIGURE_FRAMES)}")
-    if not cfg.results_csv.exists():
-        raise CtrkitError(f"{cfg.results_csv} does not exist: call reproduce.export_results(cfg) first")
-    df = pd.read_csv(cfg.results_csv)
-    df = df[df["dataset"] == cfg.dataset] if "dataset" in df.columns else df
-    df = df.assign(model=df["model"].where(df["model"].notna(), df["peer"]) if "model" in df.columns else df["peer"])
-    base = df[df["mode"] == "baseline"].drop_duplicates(["model", "seed"], keep="last")
-    pre = df[(df["init"] == "pretrained")]
-    if kind == "settings":
-        parts = []
-        scratch = df[(df["init"] == "scratch") & (df["mode"] == "mutual")]
-        scratch = scratch.merge(base[["model", "seed", "test_auc"]].rename(columns={"test_auc": "reference_auc"}),
-                                on=["model", "seed"], how="inner")
-        parts.append(scratch.assign(setting="scratch_mutual"))
-        # the main comparison is the 4-model run; the N=2..5 runs of 04 belong to their own figure
-        main = "+".join(cfg.models)
-        for mode in ("alone", "mutual"):
-            # alone results don't depend on the run's other peers (no mutual term), mutual ones do
-            sel = pre[(pre["mode"] == mode) & ((pre["peers"].astype(str) == main) | (mode == "alone"))]
-            sel = sel[sel["model"].isin(cfg.models)].drop_duplicates(["model", "seed"], keep="last")
-            parts.append(sel.assign(setting=f"finetune_{mode}", reference_auc=sel["pretrained_test_auc"]))
-        out = pd.concat(parts, ignore_index=True)
-        out = out[["model", "setting", "seed", "test_auc", "reference_auc"]]
-        out["rel_delta_auc_pct"] = _rel_pct(out["test_auc"], out["reference_auc"])
-    elif kind == "partners":
-        two = pre[(pre["mode"] == "mutual") & (pre["n_peers"] == 2)].copy()
-        two["partner"] = [(_partner_list(p) or [None])[0] for p in two["partners"]]
-        two = two.merge(base[["model", "seed", "test_auc"]].rename(columns={"model": "partner", "test_auc": "partner_auc"}),
-                        on=["partner", "seed"], how="left")
-        # a partner's pretrained AUC: its baseline record, else the pretrained AUC its own record carries
-        two["rel_delta_auc_pct"] = _rel_pct(two["test_auc"], two["pretrained_test_auc"])
-        out = two[["model", "partner", "seed", "test_auc", "pretrained_test_auc", "partner_auc", "rel_delta_auc_pct"]]
-    else:
-        sel = pre[pre["mode"].isin(["mutual", "alone"])].copy()
-        sel["n_peers"] = np.where(sel["mode"] == "alone", 1, sel["n_peers"])
-        sel = sel.drop_duplicates(["model", "n_peers", "seed", "peers"], keep="last")
-        sel["rel_delta_auc_pct"] = _rel_pct(sel["test_auc"], sel["pretrained_test_auc"])
-        # only the peer sets of the peer-count sweep (prefixes of peers_k) and the alone control
-        keep = ["+".join(p) for p in cfg.peer_sets_k]
-        sel = sel[(sel["n_peers"] == 1) | sel["peers"].astype(str).isin(keep)]
-        sel = sel[sel["model"].isin(cfg.peers_k)]
-        out = sel[["model", "n_peers", "seed", "test_auc", "pretrained_test_auc", "rel_delta_auc_pct"]]
-    path = cfg.table(f"fig_{kind}")
-    path = path.with_name(path.name + ".csv")
-    with atomic_path(path) as tmp:
-        out.to_csv(tmp, index=False)
-    return path
+    base = tables.records(_need_results(cfg), dataset=cfg.dataset)
+    teacher = designs.best_model(base[(base["mode"] == "baseline") & base["model"].isin(cfg.models)])
+    return [teacher] + [m for m in cfg.models if m != teacher]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -589,20 +577,21 @@ def run(
         ran.append(job.name)
     result = write_index(out_dir, profile=profile)
     if figures:
-        result["copied_figures"] = copy_figures(out_dir / "figures", figures)
+        result["copied_figures"] = copy_figures(out_dir / "figures", figures, tables_src=out_dir / "tables")
     result.update(ran=ran, skipped=skipped, seconds=round(time.perf_counter() - t0, 1))
     return result
 
 
-def copy_figures(src: str | Path, dest: str | Path) -> list[str]:
-    """Copy every PNG/SVG figure from `src` into `dest` (atomically per file)."""
-    copied = []
-    for path in sorted(Path(src).glob("*")):
-        if path.suffix in (".png", ".svg"):
-            with atomic_path(Path(dest) / path.name) as tmp:
-                shutil.copyfile(path, tmp)
-            copied.append(str(Path(dest) / path.name))
-    return copied
+def copy_figures(src: str | Path, dest: str | Path, *, tables_src: str | Path | None = None) -> list[str]:
+    """Copy every PNG/SVG figure from `src` into `dest`, and with `tables_src` its Markdown tables
+    into `dest/tables` (what the repository commits beside the figures), atomically per file."""
+    pairs = [(p, Path(dest) / p.name) for p in sorted(Path(src).glob("*")) if p.suffix in (".png", ".svg")]
+    if tables_src is not None:
+        pairs += [(p, Path(dest) / "tables" / p.name) for p in sorted(Path(tables_src).glob("*.md"))]
+    for path, target in pairs:
+        with atomic_path(target) as tmp:
+            shutil.copyfile(path, tmp)
+    return [str(t) for _, t in pairs]
 
 
 def write_index(out: str | Path, *, profile: str | None = None) -> dict:

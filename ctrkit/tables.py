@@ -207,7 +207,14 @@ def _pairs(treat: pd.DataFrame, ctrl: pd.DataFrame) -> pd.DataFrame:
     cols = ["peer", "seed", "test_auc", "test_logloss", "valid_auc", "pretrained_test_auc"]
     t = treat[cols + ["model"]].drop_duplicates(["peer", "seed"], keep="last")
     c = ctrl[cols].drop_duplicates(["peer", "seed"], keep="last")
-    return t.merge(c, on=["peer", "seed"], suffixes=("_t", "_c")).sort_values(["peer", "seed"])
+    m = t.merge(c, on=["peer", "seed"], suffixes=("_t", "_c"))
+    return m.assign(_r=_rank(m["peer"])).sort_values(["_r", "peer", "seed"]).drop(columns="_r")
+
+
+def _rank(labels: pd.Series) -> pd.Series:
+    """Sort key: the paper's models in the paper's order, anything else after them."""
+    order = {m: i for i, m in enumerate(designs.PAPER_MODELS)}
+    return labels.map(lambda v: order.get(v, len(order)))
 
 
 def _setting_cols(g: pd.DataFrame) -> dict:
@@ -271,7 +278,9 @@ def baselines(source, *, include_exploration: bool = False) -> pd.DataFrame:
             row["bars_auc"] = hit["auc"] if hit else float("nan")
             row["bars_logloss"] = hit["logloss"] if hit and hit["logloss"] is not None else float("nan")
         rows.append({**row, "settings_key": key})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    return out.assign(_r=_rank(out["model"])).sort_values(["dataset", "_r", "model"]).drop(columns="_r") \
+        .reset_index(drop=True) if len(out) else out
 
 
 def _mutual_vs_alone(source, *, init: str, include_exploration: bool, peers: str | None,
@@ -641,6 +650,30 @@ def _interval(df: pd.DataFrame, p: str) -> list[str]:
 
 
 _HIDDEN = ("settings_key", "setting_id", "intercept")
+# Columns that describe the setting: when one value holds for every row, display moves it into one
+# "settings" line under the table instead of repeating it in every row.
+_SETTING_COLS = ("dataset", "peers", "weight", "finetune_lr_scale", "finetune_epochs", "amp", "chosen_on",
+                 "selection_valid_auc")
+_INT_COLS = ("finetune_epochs", "epochs_min", "epochs_max", "n_pairs", "n_seeds", "n_subsets", "n_points",
+             "n_partners", "n_cap_hit", "n_peers")
+
+
+def _value(c: str, v):
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–" if c in _INT_COLS or c in ("weight", "finetune_lr_scale") else ""
+    if c in _INT_COLS and isinstance(v, (int, float, np.integer, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    if c in ("weight", "finetune_lr_scale"):
+        return f"{v:g}"
+    if isinstance(v, (float, np.floating)):
+        return _fmt(float(v), 4)
+    return v
+
+
+def _constant_settings(shown: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    same = [c for c in _SETTING_COLS if c in shown.columns and shown[c].astype(str).nunique() == 1]
+    line = ", ".join(f"{c} {shown[c].iloc[0]}" for c in same if str(shown[c].iloc[0]) not in ("", "–"))
+    return shown.drop(columns=same), line
 
 
 def display(name: str, df: pd.DataFrame) -> pd.DataFrame:
@@ -653,35 +686,35 @@ def display(name: str, df: pd.DataFrame) -> pd.DataFrame:
         mat.index.names, mat.columns.name = ["dataset", "weight", "lr scale", "target \\ partner"], None
         return mat.reset_index()
     out = {}
+    same_model = "model" in df and "peer" in df and (df["model"].astype(str) == df["peer"].astype(str)).all()
     for c in df.columns:
-        if c in _HIDDEN or c.endswith(("_ci_low", "_ci_high")) or (c.endswith("_sd") and c[:-3] + "_mean" in df):
+        if c in _HIDDEN or c.endswith(("_ci_low", "_ci_high")) or (c.endswith("_sd") and c[:-3] + "_mean" in df) \
+                or (c == "model" and same_model):
             continue
         if c.endswith("_mean"):
             out[c[:-5]] = _interval(df, c[:-5])
         elif c.startswith("p_"):
             out[c] = [_fmt(v, 3) for v in df[c]]
-        elif c in ("weight", "finetune_lr_scale"):
-            out[c] = ["–" if pd.isna(v) else f"{v:g}" for v in df[c]]
-        elif df[c].dtype.kind == "f":
-            out[c] = [_fmt(v, 4) for v in df[c]]
         else:
-            out[c] = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in df[c]]
+            out[c] = [_value(c, v) for v in df[c]]
     return pd.DataFrame(out)
 
 
 def to_markdown(name: str, df: pd.DataFrame, *, caption: str | None = None) -> str:
     if not len(df):
         return f"_(no `{name}` results in the store)_"
-    text = display(name, df).to_markdown(index=False, disable_numparse=True)
+    shown, line = _constant_settings(display(name, df))
+    text = shown.to_markdown(index=False, disable_numparse=True)
     cap = caption or CAPTIONS.get(name)
-    return text + (f"\n\n{cap}" if cap else "")
+    return text + (f"\n\nSettings: {line}." if line else "") + (f"\n\n{cap}" if cap else "")
 
 
 def to_latex(name: str, df: pd.DataFrame, *, caption: str | None = None) -> str:
     if not len(df):
         return f"% no {name} results in the store"
-    return display(name, df).to_latex(index=False, escape=True, caption=caption or CAPTIONS.get(name),
-                                      label=f"tab:{name}")
+    shown, line = _constant_settings(display(name, df))
+    cap = " ".join(t for t in (caption or CAPTIONS.get(name), f"Settings: {line}." if line else "") if t)
+    return shown.to_latex(index=False, escape=True, caption=cap, label=f"tab:{name}")
 
 
 def to_csv(name: str, df: pd.DataFrame, *, caption: str | None = None) -> str:

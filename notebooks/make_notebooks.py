@@ -57,86 +57,106 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "                                title=f'Categorical value frequency in train ({dataset}, log-log)'))"),
     ],
     "01_baselines": [
-        ("md", "# 01 · Baselines\nPretrain DeepFM, DCN, PNN and FiBiNET (and FM, a peer of the peer-count sweep) "
-               "with the profile's preset, one checkpoint per model and seed in the shared output folder; "
-               "02-04 and the widget reuse them. The table sits next to the BARS published numbers "
-               "(`ctrkit/bars.json`: real Criteo/Avazu, so only comparable under the `full` profile)."),
+        ("md", "# 01 · Baselines\nPretrain DeepFM, DCN, PNN and FiBiNET with the profile's preset under the BARS "
+               "protocol: early stopping on validation with the profile's patience, LR decay on plateau, the "
+               "profile's epoch cap (a baseline that reaches it is flagged). One checkpoint per model and seed in "
+               "the shared output folder; 02-04 and the widget reuse them. BARS published numbers "
+               "(`ctrkit/bars.json`) are real Criteo/Avazu results, comparable only under the `full` profile."),
         ("code", "from ctrkit import experiments, reproduce"),
         ("params", PARAMETERS),
         ("code", SETTINGS),
         ("md", "## Pretrain (skipped for checkpoints that already exist)"),
-        ("code", "runs = experiments.pretrain_baselines(data, models=cfg.peers_k, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"
-                 "                                      seeds=cfg.seeds, epochs=cfg.epochs, store=cfg.store,\n"
-                 "                                      device=cfg.device, progress=cfg.progress)\n"
-                 "runs[['peer', 'seed', 'epochs', 'valid_auc', 'test_auc', 'test_logloss', 'seconds']]"),
-        ("md", "## Our baselines next to BARS"),
+        ("code", "runs = experiments.pretrain_baselines(data, models=cfg.models, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"
+                 "                                      seeds=cfg.seeds, epochs=cfg.epochs, overrides=cfg.overrides,\n"
+                 "                                      store=cfg.store, device=cfg.device, progress=cfg.progress)\n"
+                 "runs[['peer', 'seed', 'epochs', 'epoch_cap_hit', 'valid_auc', 'test_auc', 'test_logloss', 'seconds']]"),
+        ("md", "## Our baselines next to BARS (`flag`: seeds that stopped at the epoch cap)"),
         ("code", "reproduce.export_results(cfg)\nreproduce.paper_table(cfg, 'baselines')"),
         ("md", "Source of the BARS numbers:"),
         ("code", "reproduce.bars_source()"),
     ],
     "02_scratch_vs_finetune": [
-        ("md", "# 02 · Mutual learning from scratch vs mutual finetuning\nThe paper's main comparison per model: "
-               "the pretrained baseline; the four models trained mutually from scratch; the pretrained models "
-               "finetuned mutually; and the control, each pretrained model finetuned alone for the same epochs."),
+        ("md", "# 02 · Mutual learning from scratch vs mutual finetuning\nEvery number is a paired difference "
+               "against its control, by seed. From scratch: the four models trained mutually vs the same four "
+               "trained alone under the identical schedule and stopping. Finetuning: the pretrained models "
+               "finetuned mutually vs each finetuned alone (same steps and batches, weight 0), at the setting "
+               "the sweep (weight x finetuning lr scale) chose on validation. Controls: KD from the best model, "
+               "and the ensembles."),
         ("code", "from ctrkit import experiments, plots, reproduce"),
         ("params", PARAMETERS),
         ("code", SETTINGS),
-        ("md", "## Runs (each seed; runs already in the store are skipped)"),
-        ("code", "experiments.run(data, [cfg.models], inits=['scratch'], modes=['mutual'], seeds=cfg.seeds, store=cfg.store,\n"
-                 "                preset=cfg.preset, epochs=cfg.epochs, device=cfg.device, progress=cfg.progress)\n"
-                 "# the alone control over every peer of 04 (FM too): its N = 1 point\n"
-                 "experiments.run(data, [cfg.peers_k], inits=['pretrained'], modes=['alone'], seeds=cfg.seeds,\n"
-                 "                store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"
-                 "                finetune_epochs=cfg.finetune_epochs, device=cfg.device, progress=cfg.progress)\n"
-                 "experiments.run(data, [cfg.models], inits=['pretrained'], modes=['mutual'], seeds=cfg.seeds,\n"
-                 "                store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"
-                 "                finetune_epochs=cfg.finetune_epochs, device=cfg.device, progress=cfg.progress)\n"
-                 "reproduce.export_results(cfg)"),
-        ("md", "## Mutual learning from scratch vs the baseline"),
-        ("code", "reproduce.paper_table(cfg, 'scratch')"),
-        ("md", "## Mutual finetuning vs the baseline and vs finetuning alone"),
-        ("code", "reproduce.paper_table(cfg, 'finetune')"),
-        ("md", "## Relative AUC change per model and setting (error bars: SD over seeds)"),
-        ("code", "plots.show(plots.delta_auc_bar(reproduce.read_table(reproduce.figure_frame(cfg, 'settings')),\n"
-                 "                               cfg.figure('scratch_vs_finetune'),\n"
-                 "                               title=f'Scratch vs finetune: relative AUC change over the pretrained model ({dataset})'))"),
+        ("md", "## Runs: from scratch (mutual and alone), then the finetuning sweep (runs in the store are skipped)"),
+        ("code", "common = dict(seeds=cfg.seeds, store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"
+                 "              device=cfg.device, progress=cfg.progress)\n"
+                 "experiments.run(data, [cfg.models], inits=['scratch'], modes=['mutual', 'alone'], epochs=cfg.epochs, **common)\n"
+                 "experiments.run(data, [cfg.models], inits=['pretrained'], modes=['alone', 'mutual'],\n"
+                 "                weight=cfg.sweep_weights, finetune_lr_scale=cfg.sweep_lr_scales,\n"
+                 "                finetune_epochs=cfg.finetune_epochs, **common)\n"
+                 "reproduce.export_results(cfg)\n"
+                 "reproduce.paper_table(cfg, 'scratch')"),
+        ("md", "## The sweep: the setting is chosen on validation only; its test numbers are reported"),
+        ("code", "reproduce.paper_table(cfg, 'sweep')"),
+        ("code", "plots.show(plots.sweep_gain(reproduce.figure_data(cfg, 'sweep'), cfg.figure('sweep_gain'),\n"
+                 "                            caption=reproduce.caption(cfg),\n"
+                 "                            title=f'Finetuning sweep: mutual - alone vs the weight ({dataset})'))"),
+        ("md", "## Mutual finetuning vs finetuning alone, at the chosen setting"),
+        ("code", "best = reproduce.chosen(cfg)\nprint(best)\nreproduce.paper_table(cfg, 'finetune')"),
+        ("md", "## Paired gains per model (95% paired t-intervals)"),
+        ("code", "plots.show(plots.paired_gains(reproduce.figure_data(cfg, 'gains'), cfg.figure('paired_gains'),\n"
+                 "                              caption=reproduce.caption(cfg),\n"
+                 "                              title=f'Mutual learning vs its control, per model ({dataset})'))"),
+        ("md", "## Controls: KD from the best pretrained model, the ensembles (at the chosen setting)"),
+        ("code", "experiments.run(data, [reproduce.kd_peers(cfg)], inits=['pretrained'], modes=['kd'], weight=best['weight'],\n"
+                 "                finetune_lr_scale=best['finetune_lr_scale'], finetune_epochs=cfg.finetune_epochs, **common)\n"
+                 "experiments.run(data, [cfg.models], inits=['pretrained'], modes=['ensemble'], **common)\n"
+                 "reproduce.export_results(cfg)\n"
+                 "reproduce.paper_table(cfg, 'controls')"),
     ],
     "03_partners": [
-        ("md", "# 03 · Which partner helps?\nEvery pair of pretrained models finetuned mutually (N = 2): the gain of "
-               "each model with each partner, and whether stronger partners help more."),
+        ("md", "# 03 · Which partner helps?\nEvery pair of pretrained models finetuned mutually (N = 2) at the "
+               "setting chosen in 02: each model's gain over finetuning alone with each partner, and per model "
+               "the slope of that gain against the partner's pretrained AUC (no line pooled across models)."),
         ("code", "from ctrkit import experiments, plots, reproduce"),
         ("params", PARAMETERS),
         ("code", SETTINGS),
         ("md", "## Pairwise finetuning runs"),
-        ("code", "experiments.run(data, cfg.pairs, inits=['pretrained'], modes=['mutual'], seeds=cfg.seeds, store=cfg.store,\n"
-                 "                ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, finetune_epochs=cfg.finetune_epochs,\n"
+        ("code", "best = reproduce.chosen(cfg)\n"
+                 "experiments.run(data, cfg.pairs, inits=['pretrained'], modes=['mutual'], seeds=cfg.seeds, store=cfg.store,\n"
+                 "                ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, weight=best['weight'],\n"
+                 "                finetune_lr_scale=best['finetune_lr_scale'], finetune_epochs=cfg.finetune_epochs,\n"
                  "                device=cfg.device, progress=cfg.progress)\n"
                  "reproduce.export_results(cfg)\n"
                  "reproduce.paper_table(cfg, 'partners')"),
-        ("md", "## The partner matrix"),
-        ("code", "pairs = reproduce.read_table(reproduce.figure_frame(cfg, 'partners'))\n"
-                 "plots.show(plots.partner_heatmap(pairs, cfg.figure('partner_matrix'),\n"
-                 "                                 title=f'Pairwise mutual finetuning: relative AUC gain of the row model ({dataset})'))"),
-        ("md", "## Gain vs the partner's pretrained AUC"),
-        ("code", "plots.show(plots.gain_vs_partner_auc(pairs, cfg.figure('gain_vs_partner_auc'),\n"
-                 "                                     title=f'Finetuning gain vs the partner\\'s pretrained AUC ({dataset})'))"),
+        ("md", "## The partner matrix (mutual - alone, * Holm p < 0.05)"),
+        ("code", "plots.show(plots.partner_heatmap(reproduce.figure_data(cfg, 'partners'), cfg.figure('partner_matrix'),\n"
+                 "                                 caption=reproduce.caption(cfg),\n"
+                 "                                 title=f'Pairs: mutual - alone of the row model with each partner ({dataset})'))"),
+        ("md", "## Gain vs the partner's pretrained AUC: one slope per model, with its 95% CI"),
+        ("code", "reproduce.paper_table(cfg, 'partner_slopes')"),
+        ("code", "plots.show(plots.partner_slopes(reproduce.figure_data(cfg, 'partner_points'),\n"
+                 "                                reproduce.figure_data(cfg, 'partner_slopes'), cfg.figure('partner_slopes'),\n"
+                 "                                caption=reproduce.caption(cfg)))"),
     ],
     "04_peer_count": [
-        ("md", "# 04 · How many peers?\nMutual finetuning of N = 1..K pretrained peers (N = 1: finetuning alone; "
-               "the peers are the first N of the profile's `peers_k`)."),
+        ("md", "# 04 · How many peers?\nFor each target model and N = 1..4 (N = 1: finetuning alone), the mean "
+               "over ALL partner subsets of size N - 1 drawn from the other three paper models, so N is not "
+               "confounded with which model joins. Runs at the setting chosen in 02; pairs and the 4-model run "
+               "come from 02/03 (the store), the triples are run here. Only measured points are drawn."),
         ("code", "from ctrkit import experiments, plots, reproduce"),
         ("params", PARAMETERS),
         ("code", SETTINGS),
-        ("md", "## Runs for N = 2..K (N = 1 is the alone control of 02; N = 4 is its mutual run, reused from the store)"),
-        ("code", "cfg.peer_sets_k"),
-        ("code", "experiments.run(data, cfg.peer_sets_k, inits=['pretrained'], modes=['mutual'], seeds=cfg.seeds,\n"
-                 "                store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"
-                 "                finetune_epochs=cfg.finetune_epochs, device=cfg.device, progress=cfg.progress)\n"
+        ("md", "## Runs: every subset of the four models (those already in the store are skipped)"),
+        ("code", "best = reproduce.chosen(cfg)\n"
+                 "experiments.run(data, cfg.peer_sets, inits=['pretrained'], modes=['mutual'], seeds=cfg.seeds,\n"
+                 "                store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, weight=best['weight'],\n"
+                 "                finetune_lr_scale=best['finetune_lr_scale'], finetune_epochs=cfg.finetune_epochs,\n"
+                 "                device=cfg.device, progress=cfg.progress)\n"
                  "reproduce.export_results(cfg)\n"
                  "reproduce.paper_table(cfg, 'peer_count')"),
-        ("md", "## AUC and relative AUC gain vs N (error bars: SD over seeds)"),
-        ("code", "plots.show(plots.peer_count(reproduce.read_table(reproduce.figure_frame(cfg, 'peer_count')),\n"
-                 "                            cfg.figure('peer_count'), title=f'Mutual finetuning with N peers ({dataset})'))"),
+        ("md", "## Gain vs N (95% paired t-intervals over seeds)"),
+        ("code", "plots.show(plots.peer_count(reproduce.figure_data(cfg, 'peer_count'), cfg.figure('peer_count'),\n"
+                 "                            caption=reproduce.caption(cfg),\n"
+                 "                            title=f'Mutual finetuning with N peers, mean over partner subsets ({dataset})'))"),
     ],
     "05_architectures": [
         ("md", "# 05 · Architectures\nThe paper's Figures 1 and 2, drawn from code (`ctrkit.plots`), written to "

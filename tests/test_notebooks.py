@@ -67,7 +67,7 @@ def test_plan_and_bad_arguments(tmp_path):
                                   "out": str(tmp_path.resolve())}
     with pytest.raises(CtrkitError, match="--data DIR is required"):
         reproduce.plan(profile="full")
-    with pytest.raises(CtrkitError, match="unknown profile 'fast'; valid: smoke, quick, full"):
+    with pytest.raises(CtrkitError, match="unknown profile 'fast'; valid: smoke, quick, paper, full"):
         reproduce.plan(profile="fast")
     (tmp_path / "raw" / "criteo").mkdir(parents=True)
     with pytest.raises(CtrkitError, match="needs DIR/criteo and DIR/avazu"):
@@ -124,9 +124,10 @@ def test_cli_reproduce_errors_are_one_line(tmp_path):
                                              "with --dataset both, DIR/criteo and DIR/avazu)"]
 
 
-TABLES = ["data_splits", "data_vocab", "data_frequency", "baselines", "scratch", "finetune", "partners", "peer_count",
-          "fig_settings", "fig_partners", "fig_peer_count"]
-FIGURES = ["data_ctr", "data_frequency", "scratch_vs_finetune", "partner_matrix", "gain_vs_partner_auc", "peer_count"]
+PAPER_TABLES = ["baselines", "scratch", "sweep", "finetune", "controls", "partners", "partner_slopes", "peer_count"]
+TABLES = ["data_splits", "data_vocab", "data_frequency", *PAPER_TABLES, "fig_gains", "fig_sweep", "fig_partners",
+          "fig_partner_points", "fig_partner_slopes", "fig_peer_count"]
+FIGURES = ["data_ctr", "data_frequency", "sweep_gain", "paired_gains", "partner_matrix", "partner_slopes", "peer_count"]
 
 
 @pytest.mark.slow
@@ -142,6 +143,9 @@ def test_reproduce_smoke_runs_every_notebook(tmp_path):
     for ds in ("criteo", "avazu"):
         for t in TABLES:
             assert (out / "tables" / f"{ds}_{t}.csv").stat().st_size > 0, (ds, t)
+        for t in PAPER_TABLES:  # md + tex beside the CSV; the md copied beside the figures
+            assert (out / "tables" / f"{ds}_{t}.tex").stat().st_size > 0, (ds, t)
+            assert (figs / "tables" / f"{ds}_{t}.md").read_text() == (out / "tables" / f"{ds}_{t}.md").read_text()
         for f in FIGURES:
             for ext in ("png", "svg"):
                 assert (out / "figures" / f"{ds}_{f}.{ext}").stat().st_size > 0, (ds, f, ext)
@@ -152,11 +156,16 @@ def test_reproduce_smoke_runs_every_notebook(tmp_path):
             assert not errors, (ds, nb, errors)
         # the tables hold real numbers from the runs: 4 models x 2 seeds pretrained, every pair finetuned
         base = reproduce.read_table(out / "tables" / f"{ds}_baselines")
-        assert set(base["model"]) >= {"DeepFM", "DCN", "PNN", "FiBiNET", "FM"}
+        assert set(base["model"]) == {"DeepFM", "DCN", "PNN", "FiBiNET"}  # FM is not in the paper's pool
         assert ((base["test_auc_mean"] > 0.3) & (base["test_auc_mean"] < 1.0)).all()
-        pairs = reproduce.read_table(out / "tables" / f"{ds}_fig_partners")
-        assert len(pairs) == 6 * 2 * 2  # 6 pairs, both members, 2 seeds
-        assert sorted(reproduce.read_table(out / "tables" / f"{ds}_fig_peer_count")["n_peers"].unique()) == [1, 2, 3, 4, 5]
+        points = reproduce.read_table(out / "tables" / f"{ds}_fig_partner_points")
+        assert len(points) == 6 * 2 * 2  # 6 pairs, both members, 2 seeds
+        fin = reproduce.read_table(out / "tables" / f"{ds}_finetune")
+        assert len(fin) == 4 and (fin["n_pairs"] == 2).all() and fin["auc_diff_ci_low"].notna().all()
+        sweep = reproduce.read_table(out / "tables" / f"{ds}_sweep")
+        assert sweep.groupby("weight")["chosen"].first().sum() == 1  # one setting chosen on validation
+        peer = reproduce.read_table(out / "tables" / f"{ds}_fig_peer_count")
+        assert sorted(peer["n_peers"].unique()) == [1, 2, 3, 4] and set(peer[peer["n_peers"] == 3]["n_subsets"]) == {3}
     for f in ("fig1_knowledge_distillation", "fig2_mutual_learning"):
         assert (out / "figures" / f"{f}.png").exists() and (out / "figures" / f"{f}.svg").exists()
     assert (out / "notebooks" / "06_explore.ipynb").exists()
