@@ -9,7 +9,6 @@ run in one process, or one rank's peer under `ctrkit.distributed`.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,10 +16,10 @@ import torch
 from torch import nn
 
 from ctrkit.models import build
-from ctrkit.utils import CtrkitError, resolve_device, torch_save_atomic
+from ctrkit.utils import CtrkitError, resolve_device, torch_save_atomic, write_json_atomic
 
 __all__ = ["LAST_FORMAT", "RESUMABLE", "load_checkpoint", "load_pretrained", "check_identity", "model_identity",
-           "save", "write_best", "signature", "read_resume", "clean_stale_temp"]
+           "save", "save_json", "write_best", "signature", "read_resume", "clean_stale_temp"]
 
 LAST_FORMAT = "ctrkit-last-2"
 # Settings that may differ between a run and its resumption: a resumed run may train longer, show
@@ -103,6 +102,14 @@ def save(obj: Any, path: Path) -> None:
         raise CtrkitError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
 
 
+def save_json(path: Path, obj: dict) -> None:
+    """A result file, atomically; a full disk or an unwritable folder is a one-line error."""
+    try:
+        write_json_atomic(path, obj)
+    except OSError as e:
+        raise CtrkitError(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def write_best(path: Path, model: nn.Module, state_dict: dict, *, data, train_config: dict, epoch: int | None,
                metrics: dict) -> None:
     name, hparams = model_identity(model)
@@ -166,7 +173,3 @@ def clean_stale_temp(folder: Path, names: Sequence[str]) -> None:
         for name in names:
             for tmp in folder.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None

@@ -8,7 +8,8 @@ import argparse
 import json
 import sys
 
-from ctrkit.utils import CtrkitError
+# Nothing heavy at import time: torch loads inside main(), where Ctrl-C and errors are handled.
+from ctrkit.errors import CtrkitError
 
 
 def _kv(text: str) -> tuple[str, str]:
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("reproduce", help="run the notebooks with papermill: every table and figure")
     s.add_argument("--dataset", default="both",
                    help="criteo, avazu, both, frappe, movielens, or a schema file (.yaml; needs --data)")
-    s.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
+    s.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper", "full"])
     s.add_argument("--data", default=None, help="processed or raw data (full profile: the real data you bring)")
     s.add_argument("--out", default="results")
     s.add_argument("--figures", default=None, help="also copy the figures here (the README's command: figures/)")
@@ -147,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ctrkit: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the net under every OS failure a command did not turn into a CtrkitError
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"ctrkit: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # `ctrkit info B | head`: the reader went away; point stdout at devnull so exit is quiet.
         import os

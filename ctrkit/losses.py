@@ -7,6 +7,7 @@ another peer's loss.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -18,8 +19,8 @@ DIVERGENCES = ("mse", "kl")
 
 
 def check_weight(weight: float) -> None:
-    if not weight >= 0:  # also rejects NaN
-        raise CtrkitError(f"mutual weight must be >= 0, got {weight!r}")
+    if not (weight >= 0 and math.isfinite(weight)):  # also rejects NaN
+        raise CtrkitError(f"mutual weight must be >= 0 and finite, got {weight!r}")
 
 
 def check_divergence(divergence: str) -> None:

@@ -24,7 +24,7 @@ __all__ = ["MODES", "MutualConfig", "mutual_fit", "teachers", "best_path"]
 def teachers(mode: str, n_peers: int) -> list[list[int]]:
     """Whom each peer learns from: the only difference between the trained modes."""
     if mode == "mutual":
-        return [[i for i in range(n_peers) if i != n] for n in range(n_peers)]
+        return [[i for i in range(n_peers) if i != k] for k in range(n_peers)]
     if mode == "kd":
         return [[]] + [[0] for _ in range(1, n_peers)]
     return [[] for _ in range(n_peers)]

@@ -25,7 +25,7 @@ from ctrkit.models import build, canonical_name, hparam_defaults
 from ctrkit.mutual import MODES, MutualConfig, mutual_fit
 from ctrkit.store import ResultsStore
 from ctrkit.train import TrainConfig, fit, predict, scores
-from ctrkit.utils import CtrkitError, resolve_device, seed_everything, write_json_atomic
+from ctrkit.utils import CtrkitError, resolve_device, seed_everything
 
 __all__ = ["INITS", "MODES", "RunSpec", "run", "execute", "records", "pretrain", "peer_labels", "split_label", "checkpoint_path",
            "seed_dir", "run_key", "summary", "apply_overrides"]
@@ -373,7 +373,7 @@ def pretrain(data, *, model: str, preset: str = "quick", seed: int = 2021, epoch
         result = fit(build(name, data.field_sizes, **hparams), data, cfg, out_dir=out, resume=resume and not force)
         result["run_key"] = key
         if out is not None:  # fit wrote result.json already; our key lets a re-run reuse it
-            write_json_atomic(out / "result.json", result)
+            checkpoint.save_json(out / "result.json", result)
     rec = dict(run_key=key, settings_key=run_key(kind="baseline", fingerprint=data.fingerprint, peer=label,
                                                  preset=preset, model=hparams, train={**train_key, "seed": None}),
                tag=None, dataset=data.dataset, protocol=data.protocol, fingerprint=data.fingerprint, mode="baseline",

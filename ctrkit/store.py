@@ -59,6 +59,14 @@ class ResultsStore:
             except (TypeError, ValueError) as e:
                 raise CtrkitError(f"results store {self.path}: record is not JSON-serialisable: {e}") from e
         payload = ("\n".join(lines) + "\n").encode()
+        try:
+            self._write(payload)
+        except OSError as e:  # disk full, read-only, a folder where the file should be: the store is intact
+            raise CtrkitError(f"results store {self.path}: cannot append ({e.strerror or e}); "
+                              f"nothing of this run was recorded") from None
+        return len(records)
+
+    def _write(self, payload: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             with open(self.path, "ab+") as f:
@@ -71,7 +79,6 @@ class ResultsStore:
                 f.write(payload)
                 f.flush()
                 os.fsync(f.fileno())
-        return len(records)
 
     # ---- read --------------------------------------------------------------------------------
     def records(self, latest_only: bool = True) -> list[dict]:
@@ -91,8 +98,12 @@ class ResultsStore:
                 if not isinstance(rec, dict):
                     raise ValueError("not an object")
             except ValueError:
-                # the last line torn by a killed writer is expected; anything else is worth a word
-                if i != len(lines) - 1:
+                # a writer killed mid-line leaves the start of a JSON record; anything else means
+                # this is not a results store at all
+                if not line.lstrip().startswith(b"{"):
+                    raise CtrkitError(f"results store {self.path}: line {i + 1} is not a JSON record "
+                                      f"(not a ctrkit results store?)") from None
+                if i != len(lines) - 1:  # the last line torn by a killed writer is expected
                     bad += 1
                 continue
             good.append(rec)

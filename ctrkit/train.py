@@ -37,7 +37,7 @@ from ctrkit.protocol import (AMP_CHOICES, NonFiniteCheck, NonFiniteLossError, Tr
                              make_optimizer, monitor_score, predict, resolve_amp, rng_state, scores, set_rng_state,
                              uses_dropout)
 from ctrkit import utils
-from ctrkit.utils import CtrkitError, env_info, resolve_device, seed_everything, tune_cpu_allocator, write_json_atomic
+from ctrkit.utils import CtrkitError, env_info, resolve_device, seed_everything, tune_cpu_allocator
 
 __all__ = ["MODES", "MutualConfig", "Peer", "LocalExchange", "RunStopped", "train_peers", "fit",
            # the protocol's pieces, importable from here as before
@@ -241,15 +241,15 @@ def _apply_threads(threads) -> int:
 def _train_epoch(peers: list[Peer], config: MutualConfig, exchange, st: _State, epoch: int, Xtr, ytr, generator,
                  amp_dtype, gathers: bool, stop) -> torch.Tensor:
     """One epoch of the mutual step; returns each local peer's mean training loss."""
-    device, n = Xtr.device, Xtr.shape[0]
-    steps = math.ceil(n / config.batch_size)
+    device, rows = Xtr.device, Xtr.shape[0]
+    steps = math.ceil(rows / config.batch_size)
     loss_sum = torch.zeros(len(peers), dtype=torch.float64, device=device)
     checks = [NonFiniteCheck(device) for _ in peers]
     what = [f"loss of peer {p.name}{exchange.label}" if exchange.n_peers > 1 else "loss" for p in peers]
     bar = tqdm(total=steps, desc=f"{peers[0].name if exchange.n_peers == 1 else config.mode} epoch {epoch}/"
                f"{config.epochs}", file=sys.stderr, disable=not (config.progress and exchange.is_main), leave=False,
                dynamic_ncols=True)
-    for step, idx in enumerate(epoch_batches(n, config.batch_size, generator, device), 1):
+    for step, idx in enumerate(epoch_batches(rows, config.batch_size, generator, device), 1):
         # ---- the mutual step: one batch, every peer; L_n = BCE + w/|T_n| sum_{i in T_n} D(p_i, p_n)
         exchange.where = f"epoch {epoch} step {step}"
         part, scale = exchange.shard(idx)
@@ -322,6 +322,11 @@ def _start(peers: list[Peer], config: MutualConfig, exchange, data, out: Path | 
     if out is None:
         return st, sig
     paths = exchange.last_paths(out, peers)
+    for folder in {p.parent for p in [*paths, *(best_paths or [])]}:
+        try:  # before any training: an --out through a file or on a read-only disk fails now, not after an epoch
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CtrkitError(f"cannot create the output folder {folder}: {e.strerror or e}") from None
     for folder in {p.parent for p in [*paths, *(best_paths or [])]}:
         checkpoint.clean_stale_temp(folder, ["last.pt", "best.pt", "result.json", *[p.name for p in paths]])
     exchange.where = "resume agreement"
@@ -446,7 +451,7 @@ def _finish(peers: list[Peer], config: MutualConfig, exchange, data, st: _State,
                 checkpoint.write_best(path, p.model, p.model.state_dict(), data=data, train_config=p.config.to_dict(),
                                       epoch=p.tracker.best_epoch, metrics=result["peers"][p.index])
         if exchange.is_main:
-            _write_json(out / "result.json", result)
+            checkpoint.save_json(out / "result.json", result)
     return result
 
 
@@ -455,13 +460,6 @@ def _evaluate_split(peers: list[Peer], config: MutualConfig, exchange, data, spl
     X, y = data.tensors(split, exchange.device)
     probs = exchange.gather(torch.stack([predict(p.model, X, config.eval_batch_size) for p in peers]), training=False)
     return [scores(y, q) for q in probs], scores(y, probs.mean(0))
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    try:
-        write_json_atomic(path, obj)
-    except OSError as e:
-        raise CtrkitError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 # ---------------------------------------------------------------- fit: the one-peer case
@@ -501,7 +499,7 @@ def fit(model: nn.Module, data, config: TrainConfig | dict | None = None, out_di
               "hparams": peer.hparams, "train_config": config.to_dict(), "fingerprint": data.fingerprint,
               "history": history, "env": r["env"]}
     if out is not None:
-        _write_json(out / "result.json", result)
+        checkpoint.save_json(out / "result.json", result)
     if config.progress:
         tqdm.write(f"{peer.name}: test AUC {p['test_auc']:.6f} logloss {p['test_logloss']:.6f} "
                    f"({result['samples_per_s'] or 0:,.0f} samples/s, amp {result['amp']})", file=sys.stderr)

@@ -14,9 +14,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ctrkit.errors import CtrkitError  # noqa: F401  (re-exported: ctrkit.utils.CtrkitError)
 
-class CtrkitError(Exception):
-    """A user-facing error: the CLI prints it as one line and exits non-zero."""
+
 
 
 @contextlib.contextmanager
@@ -49,7 +49,15 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            # torch's zip writer reports a failed write as "unexpected pos": say what the OS would
+            import errno
+            import shutil
+
+            code = errno.ENOSPC if shutil.disk_usage(tmp.parent).free < (16 << 20) else errno.EIO
+            raise OSError(code, os.strerror(code), str(path)) from e
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -1,0 +1,233 @@
+"""Faults on the training side, as a user meets them: a full disk, an output through a file, kill -9
+at a random moment then the same command again, a checkpoint of the wrong model, two identical
+runs at once, garbage files, Ctrl-C. Each is a one-line `ctrkit: error:` (exit 2) or a rerun that
+equals the uninterrupted run; nothing of a failed run is recorded."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ctrkit import cli, runs
+from ctrkit.store import ResultsStore
+from ctrkit.train import RunStopped
+
+CLI = [sys.executable, "-m", "ctrkit.cli"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _cli(args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The process failed the way users are promised: exit 2, one `ctrkit: error:` line, no traceback."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[-1].startswith("ctrkit: error: "), proc.stderr[-2000:]
+    return lines[-1]
+
+
+def _pretrain_args(data, out, *extra):
+    return ["pretrain", "--data", str(data.path), "--model", "DeepFM", "--preset", "smoke", "--device", "cpu",
+            "--seed", "3", "--epochs", "3", "--set", "patience=3", "--out", str(out), "--json", *extra]
+
+
+def _mutual_args(data, out, store, *extra):
+    return ["mutual", "--data", str(data.path), "--peers", "DeepFM,DCN", "--init", "scratch", "--preset", "smoke",
+            "--device", "cpu", "--seed", "3", "--epochs", "3", "--set", "patience=3", "--out", str(out),
+            "--store", str(store), "--json", *extra]
+
+
+def _last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root can mount one) nearly filled: the next checkpoint does not fit."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.decode().strip()[:80]}); needs root")
+    try:
+        (disk / "filler").write_bytes(b"\0" * (1024 * 1024 - 48 * 1024))
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+# ---------------------------------------------------------------- OS failures
+
+
+def test_disk_full_is_one_line_and_the_store_stays_as_it_was(criteo_small, small_disk):
+    store = small_disk / "store.jsonl"
+    ResultsStore(store).append([{"run_key": "earlier", "peer": "FM"}])
+    before = store.read_bytes()
+    for args in (_pretrain_args(criteo_small, small_disk / "pre", "--store", str(store)),
+                 _mutual_args(criteo_small, small_disk / "mut", store)):
+        line = _one_error_line(_cli(args))
+        assert str(small_disk) in line and "No space left on device" in line, line
+        assert store.read_bytes() == before  # nothing of the failed run recorded, the earlier one intact
+        assert not list(small_disk.rglob("*.tmp"))  # no half-written temp file left behind
+
+
+def test_output_through_a_file_fails_before_training(criteo_small, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine\n")
+    t0 = time.perf_counter()
+    line = _one_error_line(_cli(_pretrain_args(criteo_small, blocker / "run")))
+    assert f"cannot create the output folder {blocker / 'run'}" in line
+    assert blocker.read_text() == "mine\n"
+    line = _one_error_line(_cli(_mutual_args(criteo_small, blocker / "mut", tmp_path / "s.jsonl")))
+    assert str(blocker) in line
+    assert time.perf_counter() - t0 < 120
+
+
+# ---------------------------------------------------------------- kill -9, then the same command
+
+
+def _kill_at_random(args, seconds: float, rng: random.Random) -> float:
+    """Start the command, SIGKILL it at a random moment within `seconds`; return the moment."""
+    at = rng.uniform(0.3, 1.0) * seconds
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        proc.wait(timeout=at)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return at
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "mutual"])
+def test_kill_9_at_a_random_point_then_rerun_equals_the_uninterrupted_run(criteo_small, tmp_path, kind):
+    rng = random.Random(f"kill-{kind}")  # a different moment per command, the same in every CI run
+    make = (lambda out: _pretrain_args(criteo_small, out)) if kind == "pretrain" else \
+        (lambda out: _mutual_args(criteo_small, out, tmp_path / f"{out.name}.jsonl"))
+    t0 = time.perf_counter()
+    whole = _cli(make(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    seconds = time.perf_counter() - t0
+    ref = _last_json(whole.stdout)
+    for attempt in range(2):
+        out = tmp_path / f"cut{attempt}"
+        _kill_at_random(make(out), seconds, rng)
+        again = _cli(make(out) + (["--resume"] if kind == "pretrain" else []))
+        assert again.returncode == 0, again.stderr[-2000:]
+        got = _last_json(again.stdout)
+        if kind == "pretrain":
+            assert (got["test_auc"], got["test_logloss"], got["epochs"]) == (ref["test_auc"], ref["test_logloss"],
+                                                                             ref["epochs"])
+        else:
+            assert [(p["test_auc"], p["test_logloss"]) for p in got["peers"]] == \
+                   [(p["test_auc"], p["test_logloss"]) for p in ref["peers"]]
+            assert len(ResultsStore(tmp_path / f"{out.name}.jsonl").records()) == 2  # one run, recorded once
+        assert not list(out.rglob("*.tmp"))
+
+
+def test_a_killed_writers_temp_checkpoint_is_removed_by_the_next_run(criteo_small, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".last.pt.abc123.tmp"  # what utils.atomic_path leaves when killed mid-write
+    stale.write_bytes(b"\0" * 1000)
+    proc = _cli(_pretrain_args(criteo_small, out, "--epochs", "1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not stale.exists() and (out / "best.pt").is_file()
+
+
+# ---------------------------------------------------------------- wrong inputs
+
+
+@pytest.fixture(scope="module")
+def deepfm_dir(criteo_small, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ck") / "DeepFM"
+    proc = _cli(_pretrain_args(criteo_small, out, "--epochs", "1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_checkpoint_of_another_model_is_refused(criteo_small, deepfm_dir, tmp_path):
+    ck = tmp_path / "ck"
+    (ck / "DCN").mkdir(parents=True)
+    shutil.copy(deepfm_dir / "best.pt", ck / "DCN" / "best.pt")  # a DeepFM where the DCN should be
+    shutil.copytree(deepfm_dir, ck / "DeepFM")
+    line = _one_error_line(_cli(["mutual", "--data", str(criteo_small.path), "--peers", "DeepFM,DCN", "--init",
+                                 "pretrained", "--ckpt-dir", str(ck), "--device", "cpu", "--preset", "smoke"]))
+    assert "DCN/best.pt holds a DeepFM, not the DCN asked for" in line
+
+
+def test_garbage_checkpoint_and_store_and_infinite_settings_are_one_line(criteo_small, deepfm_dir, tmp_path):
+    ck = tmp_path / "ck"
+    (ck / "DeepFM").mkdir(parents=True)
+    (ck / "DCN").mkdir()
+    (ck / "DeepFM" / "best.pt").write_bytes(b"PK\x03\x04 this is not a checkpoint at all" * 50)
+    shutil.copy(deepfm_dir / "best.pt", ck / "DCN" / "best.pt")
+    line = _one_error_line(_cli(["mutual", "--data", str(criteo_small.path), "--peers", "DeepFM,DCN", "--init",
+                                 "pretrained", "--ckpt-dir", str(ck), "--device", "cpu"]))
+    assert "DeepFM/best.pt: unreadable (truncated or corrupt)" in line and "weights_only" not in line
+    garbage = tmp_path / "store.jsonl"
+    garbage.write_text("model,auc\nDeepFM,0.8\n")
+    line = _one_error_line(_cli(["table", "finetune", "--store", str(garbage)]))
+    assert "line 1 is not a JSON record" in line
+    line = _one_error_line(_cli(_pretrain_args(criteo_small, tmp_path / "inf", "--set", "lr=inf")))
+    assert "lr: expected a finite number > 0" in line
+    line = _one_error_line(_cli(_mutual_args(criteo_small, tmp_path / "w", tmp_path / "w.jsonl", "--weight", "inf")))
+    assert "weight must be >= 0 and finite" in line
+
+
+# ---------------------------------------------------------------- concurrency, stopping, Ctrl-C
+
+
+def test_identical_runs_started_together_train_once(criteo_small, tmp_path):
+    store = tmp_path / "s.jsonl"
+    args = _mutual_args(criteo_small, tmp_path / "unused", store, "--epochs", "1")
+    procs = [subprocess.Popen([*CLI, *args[:args.index("--out")], *args[args.index("--out") + 2:]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-1500:] for _, e in outs]
+    skipped = sorted(_last_json(o)["skipped"] for o, _ in outs)
+    assert skipped == [False, True]
+    recs = ResultsStore(store).records(latest_only=False)
+    assert len(recs) == 2 and len({r["append_id"] for r in recs}) == 1
+
+
+def test_stop_ends_the_run_after_a_step_and_records_nothing(criteo_small, tmp_path):
+    store = tmp_path / "s.jsonl"
+    steps = []
+    stop = threading.Event()
+
+    def on_step():  # a Stop button pressed during epoch 1
+        steps.append(1)
+        if len(steps) == 3:
+            stop.set()
+        return stop.is_set()
+
+    spec = runs.RunSpec(peers=("DeepFM", "DCN"), preset="smoke", epochs=2, device="cpu", progress=False)
+    with pytest.raises(RunStopped, match="stopped by request in epoch 1 after step 3"):
+        runs.execute(spec, criteo_small, store=store, out_dir=tmp_path / "run", stop=on_step)
+    assert not store.exists() or ResultsStore(store).records() == []
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_ctrl_c_is_one_line_and_importing_the_cli_loads_nothing_heavy(criteo_small, monkeypatch, capsys):
+    probe = subprocess.run([sys.executable, "-c", "import sys, ctrkit.cli; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, timeout=120)
+    assert probe.stdout.strip() == "False"  # so Ctrl-C while torch loads lands in main()'s handler
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "execute", interrupted)
+    assert cli.main(["mutual", "--data", str(criteo_small.path), "--peers", "DeepFM,DCN", "--init", "scratch"]) == 130
+    assert capsys.readouterr().err.strip() == "ctrkit: interrupted"
