@@ -3,6 +3,7 @@ FuxiCTR's own preprocessing, on the same synthetic Criteo-shaped rows.
 
     .venv/bin/python bench/bench_prepare.py                    # 1M and 10M rows, FuxiCTR on 1M
     .venv/bin/python bench/bench_prepare.py --rows 1000000 --no-fuxictr
+    .venv/bin/python bench/bench_prepare.py --rows 1000000 --schema-ab --tag schema   # schema file vs built-in
 
 Each measured run is its own subprocess, started by a small measuring process of its own (this
 script with --measure), so getrusage(RUSAGE_CHILDREN).ru_maxrss is the peak RSS of exactly that
@@ -144,6 +145,63 @@ def split_for_fuxictr(raw: Path, dst: Path, rows: int) -> None:
                     i += 1
 
 
+SCHEMA_YAML = """\
+# The built-in Criteo x4_001 schema, written out as a user's schema file (bench/bench_prepare.py --schema-ab)
+name: criteo_as_schema
+label: {column: label, positive: [1], negative: [0]}
+columns: [%s]
+numeric: [%s]
+categorical: [%s]
+order: [%s]
+min_count: 10
+split: {ratios: [8, 1, 1], seed: %d, stratified: true}
+"""
+
+
+def schema_ab(ctrkit_bin: list, raw_dir: Path, work: Path, rows: int, repeats: int, seed: int) -> dict:
+    """The same raw file through the built-in Criteo path and through an equivalent schema file,
+    interleaved (A B A B ...) so a busy machine's drift is shared; median time, max peak RSS."""
+    ints, cats = CRITEO_COLS[1:14], CRITEO_COLS[14:]
+    schema = work / "criteo_as_schema.yaml"
+    schema.write_text(SCHEMA_YAML % (", ".join(CRITEO_COLS), ", ".join(ints), ", ".join(cats),
+                                     ", ".join(ints + cats), seed))
+    variants = {"builtin": ["criteo", "--seed", str(seed)], "schema": ["--schema", str(schema)]}
+    runs = {k: [] for k in variants}
+    for rep in range(repeats):
+        for name, how in variants.items():
+            out = work / f"criteo-{rows}-{name}"
+            shutil.rmtree(out, ignore_errors=True)
+            load0 = os.getloadavg()
+            m = run_measured([*ctrkit_bin, "prepare", *how, "--raw", str(raw_dir), "--out", str(out)])
+            runs[name].append({**m, "repeat": rep, "load_avg_before": load0})
+            print(f"  {name:<8} repeat {rep}: {m['seconds']:.1f} s, peak RSS {m['peak_rss_children_gb']:.2f} GB "
+                  f"(rc {m['rc']}, load {load0[0]:.1f})", flush=True)
+        same = all((work / f"criteo-{rows}-builtin" / f).read_bytes() == (work / f"criteo-{rows}-schema" / f).read_bytes()
+                   for f in [f"{sp}_{a}.npy" for sp in ("train", "valid", "test") for a in ("X", "y")])
+    summary = {}
+    for name, rs in runs.items():
+        secs = sorted(r["seconds"] for r in rs)
+        summary[name] = {"median_seconds": secs[len(secs) // 2], "max_peak_rss_gb": max(r["peak_rss_children_gb"] for r in rs)}
+    ratio = {"time": summary["schema"]["median_seconds"] / summary["builtin"]["median_seconds"],
+             "memory": summary["schema"]["max_peak_rss_gb"] / summary["builtin"]["max_peak_rss_gb"]}
+    print(f"schema / built-in on {rows:,} rows: time {ratio['time']:.2f}x, memory {ratio['memory']:.2f}x; "
+          f"same .npy bytes: {same}", flush=True)
+    for name in variants:
+        shutil.rmtree(work / f"criteo-{rows}-{name}", ignore_errors=True)
+    return {"tool": "ctrkit schema vs built-in", "rows": rows, "repeats": repeats, "runs": runs,
+            "summary": summary, "ratio": ratio, "same_npy_bytes": same, "schema_file": schema.read_text()}
+
+
+def ensure_raw(ctrkit_bin: list, work: Path, rows: int, seed: int) -> Path:
+    raw_dir = work / f"criteo-{rows}"
+    if not (raw_dir / "train.txt").exists():
+        t = time.perf_counter()
+        subprocess.run([*ctrkit_bin, "synth", "criteo", "--rows", str(rows), "--out", str(raw_dir),
+                        "--seed", str(seed)], check=True, cwd=ROOT)
+        print(f"synth {rows:,} rows: {time.perf_counter() - t:.1f} s", flush=True)
+    return raw_dir
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
@@ -153,6 +211,9 @@ def main() -> int:
     ap.add_argument("--fuxictr-rows", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=2021)
     ap.add_argument("--tag", default="", help="suffix of the result file name (keeps an earlier run of the day)")
+    ap.add_argument("--schema-ab", action="store_true",
+                    help="only: built-in Criteo vs the same schema as a file, interleaved, per --rows")
+    ap.add_argument("--repeats", type=int, default=3, help="--schema-ab repeats of each variant")
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("cmd", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -163,18 +224,17 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     ctrkit_bin = [sys.executable, "-m", "ctrkit.cli"]
-    result = {"benchmark": "prepare", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    result = {"benchmark": "prepare", "command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "load_avg_start": os.getloadavg(), "runs": []}
     print(f"machine: {result['machine']['cpu']}, {result['machine']['cpu_count']} cores, "
           f"load average {result['load_avg_start']}", flush=True)
     for rows in args.rows:
-        raw_dir = work / f"criteo-{rows}"
+        raw_dir = ensure_raw(ctrkit_bin, work, rows, args.seed)
         raw = raw_dir / "train.txt"
-        if not raw.exists():
-            t = time.perf_counter()
-            subprocess.run([*ctrkit_bin, "synth", "criteo", "--rows", str(rows), "--out", str(raw_dir),
-                            "--seed", str(args.seed)], check=True, cwd=ROOT)
-            print(f"synth {rows:,} rows: {time.perf_counter() - t:.1f} s", flush=True)
+        if args.schema_ab:
+            result["runs"].append(schema_ab(ctrkit_bin, raw_dir, work, rows, args.repeats, args.seed))
+            continue
         out = work / f"criteo-{rows}-prepared"
         if out.exists():
             shutil.rmtree(out)
