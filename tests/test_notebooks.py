@@ -76,7 +76,7 @@ def test_plan_and_bad_arguments(tmp_path):
     with pytest.raises(CtrkitError, match="parameter seeds"):
         reproduce.settings(dataset="criteo", profile="smoke", seeds=[])
     with pytest.raises(CtrkitError, match="valid: criteo, avazu"):
-        reproduce.settings(dataset="movielens")
+        reproduce.settings(dataset="nosuch")
 
 
 def test_runner_skips_finished_notebooks_and_names_the_failing_cell(tmp_path):
