@@ -175,7 +175,7 @@ class PeerSelector(W.VBox):
         self.store_view = W.HTML()
         for name in ("peers", "checkpoints", "init", "mode", "weight", "epochs", "seed", "force", "train_button",
                      "stop_button", "status", "error", "curve", "result", "store_view"):
-            getattr(self, name).add_class(f"ctrkit-{name.replace('_button', '')}")
+            getattr(self, name).add_class("ctrkit-" + name.replace("_button", "").replace("_", "-"))
         self.train_button.on_click(self._on_train)
         self.stop_button.on_click(self._on_stop)
         self.init.observe(self._describe_peers, names="value")
