@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PROFILE ?= quick
 OUT ?= results
 
-.PHONY: reproduce test install lab bench clean
+.PHONY: reproduce test test-browser install lab bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ reproduce: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# The real-browser test of 06_explore alone (JupyterLab + headless Chromium; part of `make test` too).
+test-browser: install
+	$(BIN)/python -m pytest -q tests/test_e2e_browser.py
 
 lab: install
 	$(BIN)/jupyter lab notebooks/

@@ -77,13 +77,17 @@ def _cell(value, column: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
-        return str(int(value)) if column in _INTEGER else f"{value:.4f}"
+        return str(int(value)) if column in _INTEGER else f"{value:g}" if column == "weight" else f"{value:.4f}"
     return str(value)
+
+
+_TABLE_CSS = ("<style>.ctrkit-table{border-collapse:collapse}.ctrkit-table th,.ctrkit-table td"
+              "{padding:2px 6px;text-align:right}</style>")
 
 
 def _html_table(df: pd.DataFrame) -> str:
     text = pd.DataFrame({c: [_cell(v, c) for v in df[c]] for c in df.columns})
-    return text.to_html(index=False, border=0, classes="ctrkit-table")
+    return _TABLE_CSS + text.to_html(index=False, border=0, classes="ctrkit-table")
 
 
 def _seed_of(folder: str | Path | None) -> int | None:
@@ -105,10 +109,13 @@ def curve_figure(history: Sequence[dict], labels: Sequence[str], *, title: str):
         epochs = [r["epoch"] for r in history]
         for k, label in enumerate(labels):
             ax.plot(epochs, [r["peers"][k]["valid_auc"] for r in history], marker="o", label=label)
-        ax.plot(epochs, [r["ensemble_valid_auc"] for r in history], linestyle="--", color="black",
+        ax.plot(epochs, [r["ensemble_valid_auc"] for r in history], linestyle="--", marker="x", color="black",
                 label="ensemble (mean p)")
         ax.set(title=title, xlabel="epoch", ylabel="validation AUC")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)  # whole epochs only, also for a single point
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, borderaxespad=0.0)
     return fig
 

@@ -205,8 +205,17 @@ class Page:
         box.send_keys(str(value), Keys.TAB)  # the widget takes the value on change (blur)
 
     def shot(self, name: str) -> Path:
+        """The window as <name>.png and, when it is there, the whole widget as <name>-widget.png."""
+        from selenium.common.exceptions import WebDriverException
+
         path = self.shots / f"{name}.png"
         self.d.save_screenshot(str(path))
+        try:
+            widget = self.css(".ctrkit-peer-selector")
+            self.d.execute_script("arguments[0].scrollIntoView()", widget)
+            widget.screenshot(str(self.shots / f"{name}-widget.png"))
+        except WebDriverException:
+            pass
         return path
 
 
@@ -316,20 +325,16 @@ def test_peer_selector_in_jupyterlab(lab_server, browser, tmp_path):
     t0 = time.monotonic()
     page = Page(browser, tmp_path)
     store = lab_server["cfg"].store
-    step = "open"
+    step, took = "open", {}
     try:
-        _open_and_run_all(page, lab_server)
-        step = "rendered"
-        _check_rendered(page)
-        step = "train"
-        _train_double_click(page, store)
-        page.shot("trained")
-        step = "invalid"
-        _invalid_choice(page)
-        page.shot("error")
-        step = "stop"
-        _stop(page, store)
-        page.shot("stopped")
+        steps = (("open", lambda: _open_and_run_all(page, lab_server)), ("rendered", lambda: _check_rendered(page)),
+                 ("train", lambda: _train_double_click(page, store)), ("invalid", lambda: _invalid_choice(page)),
+                 ("stop", lambda: _stop(page, store)))
+        for step, run in steps:
+            t = time.monotonic()
+            run()
+            took[step] = round(time.monotonic() - t, 1)
+            page.shot(step)
         step = "console"
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
                   and not any(s in e["message"] for s in IGNORED_CONSOLE)]
@@ -341,4 +346,5 @@ def test_peer_selector_in_jupyterlab(lab_server, browser, tmp_path):
         raise
     runs = lab_server["cfg"].run_dir / "widget_runs"
     assert len(list(runs.iterdir())) == 1  # the one run that trained; none for the error, none for Stop
-    print(f"browser test: {time.monotonic() - t0:.0f} s; screenshots in {tmp_path}", file=sys.stderr)
+    print(f"browser test: {time.monotonic() - t0:.0f} s in the browser, steps {took}; screenshots in {tmp_path}",
+          file=sys.stderr)
