@@ -232,3 +232,30 @@ def test_info_notices_a_truncated_npy(tmp_path, capsys, raw):
     f.write_bytes(f.read_bytes()[:-100])
     fails(capsys, ["info", str(out)], "split 'train'", str(out))
     assert json.loads((out / "feature_map.json").read_text())["rows"]["train"] > 0
+
+
+def test_kill_9_during_prepare_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    raw = synth.generate("avazu", 60_000, tmp_path / "raw", seed=8)
+    ref = tmp_path / "ref"
+    assert main(["prepare", "avazu", "--raw", str(raw), "--out", str(ref)]) == 0
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ctrkit.cli", "prepare", "avazu", "--raw", str(raw), "--out", str(out)]
+    for delay in (0.8, 2.0):  # while reading (pass 1) and later (pass 2 or the rename), machine permitting
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while not list(tmp_path.glob(".out.tmp-*")) and p.poll() is None and time.time() < deadline:
+            time.sleep(0.05)  # wait until it has started writing
+        time.sleep(delay)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    assert main(["prepare", "avazu", "--raw", str(raw), "--out", str(out)]) == 0
+    assert not list(tmp_path.glob(".out.*"))  # the killed runs' staging folders are gone
+    for f in sorted(ref.glob("*.npy")):
+        assert (out / f.name).read_bytes() == f.read_bytes(), f.name
+    assert data.load(out).fingerprint == data.load(ref).fingerprint
