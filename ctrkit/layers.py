@@ -363,36 +363,42 @@ class _BilinearByLeftField(torch.autograd.Function):
         P = tensors[1].shape[0]
         ew = [(e.to(dtype), w.to(dtype)) for e, w in zip(tensors[0::2], tensors[1::2])]
         out = torch.empty(B, len(ew) * P, d, dtype=dtype, device=tensors[0].device)
+        lefts = []  # kept for the backward's right-operand gradient (saves recomputing 2*F GEMMs)
         for k, (e, w) in enumerate(ew):
             for i, s, n in _left_field_blocks(F):
                 left = e[:, i] @ w[s:s + n].permute(1, 0, 2).reshape(d, n * d)  # [B, n*d]
                 torch.mul(left.view(B, n, d), e[:, i + 1:], out=out[:, k * P + s:k * P + s + n])
-        ctx.save_for_backward(*(t for pair in ew for t in pair))
+                lefts.append(left)
+        ctx.save_for_backward(*(t for pair in ew for t in pair), *lefts)
+        ctx.n_inputs = len(ew)
         ctx.dtypes = [t.dtype for t in tensors]
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         saved = ctx.saved_tensors
-        P = saved[1].shape[0]
+        k_in, P = ctx.n_inputs, saved[1].shape[0]
+        blocks = len(saved) // k_in - 2 if k_in else 0  # left-field blocks per input pair
         grads = []
-        for k in range(len(saved) // 2):
+        for k in range(k_in):
             e, w = saved[2 * k], saved[2 * k + 1]
-            grads += _bilinear_backward(e, w, grad[:, k * P:(k + 1) * P].to(e.dtype))
+            lefts = saved[2 * k_in + k * blocks:2 * k_in + (k + 1) * blocks]
+            grads += _bilinear_backward(e, w, lefts, grad[:, k * P:(k + 1) * P].to(e.dtype))
         return (None, *(g.to(dt) for g, dt in zip(grads, ctx.dtypes)))
 
 
-def _bilinear_backward(e: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _bilinear_backward(e: torch.Tensor, w: torch.Tensor, lefts, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients (emb ``[B, F, d]``, weight ``[P, d, d]``) of one by-left-field bilinear from its
-    output gradient ``g`` ``[B, P, d]``, summed in fp32 under bf16."""
+    output gradient ``g`` ``[B, P, d]`` and the forward's left products (one ``[B, n*d]`` per left
+    field), summed in fp32 under bf16."""
     B, F, d = e.shape
     acc = torch.float32 if e.dtype in (torch.bfloat16, torch.float16) else e.dtype
     g_emb = torch.zeros(B, F, d, dtype=acc, device=e.device)
     g_w = torch.empty(w.shape, dtype=acc, device=e.device)
-    for i, s, n in _left_field_blocks(F):
+    for (i, s, n), left in zip(_left_field_blocks(F), lefts):
         wi = w[s:s + n].permute(1, 0, 2).reshape(d, n * d)
         gi = g[:, s:s + n]  # [B, n, d]
-        g_emb[:, i + 1:].addcmul_(gi, (e[:, i] @ wi).view(B, n, d))  # right operands
+        g_emb[:, i + 1:].addcmul_(gi, left.view(B, n, d))  # right operands
         g_left = (gi * e[:, i + 1:]).reshape(B, n * d)
         g_emb[:, i] += g_left @ wi.t()  # left operand
         g_w[s:s + n] = (e[:, i].t() @ g_left).view(d, n, d).permute(1, 0, 2)

@@ -291,6 +291,32 @@ def test_bilinear_layouts_have_equal_gradients_and_bf16(bilinear_type):
     torch.testing.assert_close(low.float(), layer(e32), rtol=0.05, atol=0.02)
 
 
+@pytest.mark.parametrize("bilinear_type", ["field_all", "field_each", "field_interaction"])
+def test_bilinear_cat_equals_the_textbook_cat_values_and_gradients(bilinear_type):
+    """FiBiNET's p and q written into one buffer (CPU) equal torch.cat of the two layers' textbook
+    pair-major outputs through autograd (float64): the output and the gradients of both inputs and
+    both weights, also when the second input is computed from the first (SENET's q)."""
+    torch.manual_seed(12)
+    Fn, d, b = 5, 3, 6
+    lp, lq = layers.Bilinear(Fn, d, bilinear_type).double(), layers.Bilinear(Fn, d, bilinear_type).double()
+    emb = torch.randn(b, Fn, d, dtype=torch.float64, requires_grad=True)
+    scale = torch.rand(b, Fn, 1, dtype=torch.float64, requires_grad=True)
+    P = Fn * (Fn - 1) // 2
+    g = torch.randn(b, 2 * P, d, dtype=torch.float64)
+    wrt = (emb, scale, lp.weight, lq.weight)
+    ref = torch.cat([lp._pair_major(emb), lq._pair_major(emb * scale)], dim=1)
+    got = layers.bilinear_cat([(lp, emb), (lq, emb * scale)])
+    assert got.shape == (b, 2 * P, d) and got.is_contiguous()
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    for a, r in zip(torch.autograd.grad(got, wrt, g), torch.autograd.grad(ref, wrt, g)):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = layers.bilinear_cat([(lp.float(), emb.detach().float()), (lq.float(), emb.detach().float())])
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), torch.cat([lp(emb.detach().float()), lq(emb.detach().float())], 1),
+                               rtol=0.05, atol=0.02)
+
+
 def test_bilinear_unknown_type():
     with pytest.raises(CtrkitError, match="bilinear_type 'pairwise' is unknown"):
         layers.Bilinear(F, D, "pairwise")
