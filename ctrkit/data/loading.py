@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctrkit.utils import CtrkitError
+from ctrkit.errors import CtrkitError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")

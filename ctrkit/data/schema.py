@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctrkit.utils import CtrkitError
+from ctrkit.errors import CtrkitError
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]

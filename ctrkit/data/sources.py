@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 
 from ctrkit.data.loading import SPLITS
 from ctrkit.data.schema import DatasetSchema
-from ctrkit.utils import CtrkitError
+from ctrkit.errors import CtrkitError
 
 
 @dataclass
