@@ -93,6 +93,8 @@ def test_yaml_and_python_object_are_the_same_schema(tmp_path):
     ("name: x\nlabel: y\ncategorical: [a]\nsplit: {ratios: [0, 1, 1]}\n", ["split.ratios"]),
     ("name: x\nlabel: y\ntime: [{column: t, derive: [minute]}]\n", ["time[0].derive", "valid: hour, weekday, weekend"]),
     ("name: x\nlabel: y\ncategorical: [a\n", ["invalid YAML"]),
+    ("name: x\nlabel: y\ncategorical: [a]\ncolumns: [y, a, a]\n", ["columns: a listed more than once"]),
+    ("name: x\nlabel: y\ncategorical: [a]\ncolumns: [y]\n", ["columns: lacks a"]),
 ])
 def test_bad_schema_names_the_key(tmp_path, capsys, text, needles):
     f = tmp_path / "s.yaml"

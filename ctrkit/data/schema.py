@@ -244,6 +244,9 @@ class DatasetSchema:
         if self.order is not None and sorted(self.order) != sorted(fields):
             raise CtrkitError(f"order: must list each processed field once: {', '.join(fields)}")
         if self.columns is not None:
+            dup = sorted({c for c in self.columns if self.columns.count(c) > 1})
+            if dup:
+                raise CtrkitError(f"columns: {', '.join(dup)} listed more than once")
             missing = [c for c in seen if c not in self.columns]
             if missing:
                 raise CtrkitError(f"columns: lacks {', '.join(missing)} named elsewhere in the schema")
