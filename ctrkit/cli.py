@@ -25,7 +25,8 @@ def _run_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--epochs", type=int, default=None)
     s.add_argument("--device", default="auto")
     s.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast or fp32")
-    s.add_argument("--threads", default=None, help="CPU threads: a number or auto (default: torch's)")
+    s.add_argument("--threads", default="auto", help="CPU threads: a number, or auto (the cores other "
+                   "processes leave free; OMP_NUM_THREADS when set)")
     s.add_argument("--seed", type=int, default=2021)
     s.add_argument("--set", dest="overrides", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="a train-config key (lr, patience, ...) or a model hyperparameter; repeatable")
@@ -56,11 +57,9 @@ def _overrides(pairs: list[tuple[str, str]], model_names: list[str]) -> dict:
     return out
 
 
-def _threads(text: str | None):
-    if text is None or text == "auto":
-        return text
+def _threads(text: str):
     try:
-        return int(text)
+        return text if text == "auto" else int(text)
     except ValueError:
         raise CtrkitError(f"--threads: expected a number or auto, got {text!r}") from None
 

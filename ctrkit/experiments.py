@@ -31,7 +31,7 @@ __all__ = ["pretrain_baselines", "run", "run_one", "expand", "seed_dir"]
 
 def pretrain_baselines(data, models: Sequence[str], ckpt_dir: str | Path, *, preset: str = "quick",
                        seeds: Iterable[int] = (2021,), store=None, epochs: int | None = None,
-                       overrides: dict | None = None, device: str = "auto", threads: Any = None,
+                       overrides: dict | None = None, device: str = "auto", threads: Any = "auto",
                        amp: str | None = None, force: bool = False, progress: bool = True) -> pd.DataFrame:
     """Pretrain each model (or label, e.g. "DeepFM_2") per seed into `ckpt_dir/seed<S>/<label>` with
     `runs.pretrain`, recorded in the store as mode "baseline" (a finished checkpoint of the same
@@ -85,7 +85,7 @@ def run_one(data, peers, *, init: str = "scratch", mode: str = "mutual", seed: i
             device: str = "auto", weight: float = 1.0, divergence: str = "mse", warmup_steps: int = 0,
             finetune_lr_scale: float = 0.1, finetune_epochs: int = 2, finetune_monitor: str = "AUC-logloss",
             amp: str = "auto", batch_size: int | None = None, overrides: dict | None = None,
-            threads: Any = None, tag: str | None = None, force: bool = False, progress: bool = True,
+            threads: Any = "auto", tag: str | None = None, force: bool = False, progress: bool = True,
             out_dir: str | Path | None = None, callback=None, stop=None) -> tuple[list[dict], bool]:
     """One run (a `runs.RunSpec` of these settings) through `runs.execute`: (records, skipped)."""
     spec = RunSpec(peers=tuple(_peer_list(peers)), init=init, mode=mode, seed=seed, ckpt_dir=ckpt_dir, preset=preset,
@@ -100,7 +100,7 @@ def run(data, peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(202
         ckpt_dir: str | Path | None = None, preset: str = "quick", epochs: int | None = None,
         device: str = "auto", weight: float | Sequence[float] = 1.0, divergence: str = "mse",
         warmup_steps: int = 0, finetune_lr_scale: float | Sequence[float] = 0.1, finetune_epochs: int = 2,
-        finetune_monitor: str = "AUC-logloss", amp: str = "auto", threads: Any = None, tag: str | None = None,
+        finetune_monitor: str = "AUC-logloss", amp: str = "auto", threads: Any = "auto", tag: str | None = None,
         force: bool = False, progress: bool = True) -> pd.DataFrame:
     """Every run of the grid (see `expand`; `weight` and `finetune_lr_scale` may be lists), each
     recorded as it finishes; every spec is validated and the checkpoints a pretrained/kd run needs

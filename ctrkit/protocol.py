@@ -22,7 +22,7 @@ from torch import nn
 
 from ctrkit import metrics
 from ctrkit.models import embedding_parameters
-from ctrkit.utils import CtrkitError
+from ctrkit.utils import CtrkitError, resolve_threads
 
 __all__ = ["TrainConfig", "as_train_config", "make_optimizer", "Tracker", "monitor_score", "epoch_batches",
            "NonFiniteCheck", "NonFiniteLossError", "resolve_amp", "amp_context", "predict", "evaluate", "scores",
@@ -91,8 +91,9 @@ class TrainConfig:
     progress: bool = True
     # Steps between host syncs (non-finite check, progress refresh): rare enough to keep the device busy.
     check_every: int = 100
-    # Intra-op CPU threads: None leaves torch's setting (see ctrkit.utils.resolve_threads).
-    threads: Any = None
+    # Intra-op CPU threads: a number, "auto" (the cores other processes leave free, see
+    # ctrkit.utils.resolve_threads) or None (torch's setting as it is).
+    threads: Any = "auto"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience", "eval_batch_size", "seed", "check_every"):
@@ -117,6 +118,8 @@ class TrainConfig:
             raise CtrkitError(f"train config amp: expected one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
         if not isinstance(self.device, str):
             self.device = str(self.device)
+        if self.threads not in (None, "auto"):
+            resolve_threads(self.threads)  # a bad value is an error now, not at the start of training
         if not isinstance(self.progress, bool):
             raise CtrkitError(f"train config progress: expected true or false, got {self.progress!r}")
 

@@ -110,7 +110,7 @@ class RunSpec:
     ckpt_dir: str | None = None
     tag: str | None = None
     device: str = "auto"
-    threads: Any = None
+    threads: Any = "auto"
     progress: bool = True
 
     def __post_init__(self):
@@ -350,7 +350,7 @@ def summary(recs: Sequence[dict]) -> dict:
 
 
 def pretrain(data, *, model: str, preset: str = "quick", seed: int = 2021, epochs: int | None = None,
-             overrides: dict | None = None, device: str = "auto", threads: Any = None, amp: str | None = None,
+             overrides: dict | None = None, device: str = "auto", threads: Any = "auto", amp: str | None = None,
              out_dir: str | Path | None = None, resume: bool = True, store=None, force: bool = False,
              progress: bool = True) -> tuple[dict, dict]:
     """Pretrain one model (or label, "DeepFM_2": init seed + 1) with its preset and `fit`; a finished

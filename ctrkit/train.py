@@ -36,8 +36,8 @@ from ctrkit.protocol import (AMP_CHOICES, NonFiniteCheck, NonFiniteLossError, Tr
                              as_train_config, count_parameters, dropout_seed, epoch_batches, evaluate,
                              make_optimizer, monitor_score, predict, resolve_amp, rng_state, scores, set_rng_state,
                              uses_dropout)
-from ctrkit import utils
-from ctrkit.utils import CtrkitError, env_info, resolve_device, seed_everything, tune_cpu_allocator
+from ctrkit.utils import (CtrkitError, apply_threads, env_info, resolve_device, seed_everything,
+                          tune_cpu_allocator)
 
 __all__ = ["MODES", "MutualConfig", "Peer", "LocalExchange", "RunStopped", "train_peers", "fit",
            # the protocol's pieces, importable from here as before
@@ -60,7 +60,8 @@ class MutualConfig:
     `train`: one TrainConfig (or dict) per peer (lr, regularizers, monitor, patience, lr_decay,
     clip_grad_norm); its batch_size/epochs/seed/device/amp are overridden by the run's, since one
     batch feeds every peer. A single TrainConfig/dict applies to every peer. `threads`: intra-op
-    CPU threads (None leaves torch's setting; "auto" see `ctrkit.utils.resolve_threads`).
+    CPU threads, a number or "auto" (`ctrkit.utils.resolve_threads`: the cores other processes
+    leave free); None leaves torch's setting.
     """
 
     mode: str = "mutual"
@@ -75,7 +76,7 @@ class MutualConfig:
     eval_batch_size: int = 65536
     check_every: int = 100
     progress: bool = True
-    threads: Any = None
+    threads: Any = "auto"
     train: Any = None
 
     def __post_init__(self):
@@ -232,12 +233,6 @@ def _check_stop(stop) -> bool:
     return bool(stop.is_set() if hasattr(stop, "is_set") else stop())
 
 
-def _apply_threads(threads) -> int:
-    # TEMP until ctrkit.utils.apply_threads lands
-    fn = getattr(utils, "apply_threads", None)
-    return fn(threads) if fn is not None and threads is not None else torch.get_num_threads()
-
-
 def _train_epoch(peers: list[Peer], config: MutualConfig, exchange, st: _State, epoch: int, Xtr, ytr, generator,
                  amp_dtype, gathers: bool, stop) -> torch.Tensor:
     """One epoch of the mutual step; returns each local peer's mean training loss."""
@@ -376,7 +371,8 @@ def train_peers(peers: list[Peer], data, config: MutualConfig, *, exchange=None,
     exchange = exchange or LocalExchange(len(peers), resolve_device(config.device))
     device = exchange.device
     amp_dtype = resolve_amp(device, config.amp)
-    threads = _apply_threads(config.threads)
+    # results do not depend on the count (tested), so 'auto' may follow the machine's load
+    threads = apply_threads(config.threads) if config.threads is not None else torch.get_num_threads()
     generator = seed_everything(config.seed)
     tune_cpu_allocator(device)
     Xtr, ytr = data.tensors("train", device)

@@ -391,3 +391,16 @@ def test_cpu_allocator_tuning_is_recorded_and_can_be_switched_off(setting, expec
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == expected
+
+
+def test_results_do_not_depend_on_the_thread_count(criteo_small):
+    """Why `threads="auto"` may follow the machine's load: 1 and 2 threads train to the same result
+    (fp32 and bf16), and the count used is recorded with the result."""
+    for amp in ("off", "bf16"):
+        runs = [T.fit(smoke_model("DeepFM", criteo_small, net_dropout=0.1), criteo_small,
+                      cfg(epochs=1, amp=amp, threads=t)) for t in (1, 2)]
+        assert [r["env"]["torch_threads"] for r in runs] == [1, 2]
+        assert strip_times(runs[0]["history"]) == strip_times(runs[1]["history"])
+        assert (runs[0]["test_auc"], runs[0]["test_logloss"]) == (runs[1]["test_auc"], runs[1]["test_logloss"])
+    with pytest.raises(CtrkitError, match="threads must be a positive int or 'auto'"):
+        T.TrainConfig(threads=0)
