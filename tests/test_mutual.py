@@ -314,3 +314,18 @@ def test_resume_after_an_interrupted_run_gives_the_same_result(criteo_small, tmp
     assert train.load_pretrained(out / "0_DeepFM")[1]["model_name"] == "DeepFM"
     with pytest.raises(CtrkitError, match="cannot resume with different settings.*weight"):
         run_mutual(criteo_small, epochs=3, out_dir=out, resume=True, **{**kw, "weight": 0.9})
+
+
+def test_finetuning_counts_the_checkpoint_as_epoch_0(criteo_small, ckpts):
+    """An lr that wrecks the model: no finetuning epoch beats the pretrained weights on validation,
+    so each peer keeps them (best epoch 0) and scores exactly as pretrained; a sane lr may improve."""
+    kw = dict(init="pretrained", ckpt_dir=ckpts["criteo"], epochs=2, seed=1, **FAST)
+    wrecked = run_mutual(criteo_small, ["DeepFM", "DCN"], mode="alone", finetune_lr_scale=3e3, **kw)
+    for p in wrecked["peers"]:
+        assert p["best_epoch"] == 0, p
+        assert p["test_auc"] == p["pretrained_test_auc"] and p["test_logloss"] == p["pretrained_test_logloss"]
+        assert p["valid_auc"] == p["pretrained_valid_auc"]
+    # the pretrained model is epoch 0 of the monitor (AUC - logloss): every later best beats it
+    sane = run_mutual(criteo_small, ["DeepFM", "DCN"], mode="mutual", **kw)
+    for p in sane["peers"]:
+        assert p["valid_auc"] - p["valid_logloss"] >= p["pretrained_valid_auc"] - p["pretrained_valid_logloss"] - 1e-12
