@@ -13,7 +13,6 @@ headless by setting the controls, calling `selector.train_button.click()` and `s
 from __future__ import annotations
 
 import html
-import inspect
 import io
 import math
 import re
@@ -32,6 +31,7 @@ import pandas as pd
 from ctrkit import experiments
 from ctrkit.models import MODELS
 from ctrkit.store import ResultsStore
+from ctrkit.train import RunStopped
 from ctrkit.utils import CtrkitError
 
 __all__ = ["PeerSelector", "EXPLORATION_TAG", "curve_figure"]
@@ -51,10 +51,6 @@ _INTEGER = {"seed", "epochs", "best_epoch"}
 # What run_one accepts (kept here so the widget depends on experiments.run_one alone).
 INITS = ("pretrained", "scratch")
 MODES = ("mutual", "alone", "kd", "ensemble")
-
-
-class _StopRequested(Exception):
-    """Raised from the epoch callback when run_one has no `stop` argument: unwinds before the append."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +142,6 @@ class PeerSelector(W.VBox):
         self._busy = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stop_in_callback = False
         self._labels: list[str] = []
         self._build_controls(models)
         title = W.HTML(f"<b>Peer selector</b> — {html.escape(str(data.dataset))} data at "
@@ -306,28 +301,18 @@ class PeerSelector(W.VBox):
                       tag=EXPLORATION_TAG, stop=self._stop)
         # pretrained peers finetune for `finetune_epochs`; scratch peers train for `epochs`
         kwargs["epochs" if r.init == "scratch" else "finetune_epochs"] = r.epochs
-        # `tag` and `stop` are run_one's announced arguments; until a ctrkit has them, the epoch
-        # callback stops the run (after the epoch) and the records go in untagged.
-        accepted = inspect.signature(experiments.run_one).parameters
-        self._stop_in_callback = "stop" not in accepted
-        return experiments.run_one(self.data, **{k: v for k, v in kwargs.items() if k in accepted})
+        return experiments.run_one(self.data, **kwargs)
 
     def _run(self, r: _Request) -> None:
         t0 = time.perf_counter()
         existed = r.out_dir.exists()
         self._labels = list(r.peers)  # a SelectMultiple picks each model once
         try:
-            try:
-                records, skipped = self._call_run_one(r)
-            except Exception:
-                if not self._stop.is_set():
-                    raise
-                records, skipped = [], False
-            run_key = records[0].get("run_key") if records else None
-            if self._stop.is_set() and not skipped and (run_key is None or not self.store.has_run(run_key)):
-                self._announce_stopped(r, existed)
-            else:
-                self._show_result(r, records, skipped, time.perf_counter() - t0)
+            records, skipped = self._call_run_one(r)
+            # (a Stop pressed as the last step ended comes too late: the run is complete and stored)
+            self._show_result(r, records, skipped, time.perf_counter() - t0)
+        except RunStopped:
+            self._announce_stopped(r, existed)
         except CtrkitError as e:
             self._show_error(str(e))
         except Exception as e:  # a failing run: shown in full inside the widget, never swallowed
@@ -343,16 +328,14 @@ class PeerSelector(W.VBox):
         self.stopped = True
         if not existed and r.out_dir.is_dir():
             shutil.rmtree(r.out_dir)  # this click's partial run folder: nothing of it is kept
-        self.status.value = (f"<b>stopped</b> by the Stop button after {len(self.history)} complete epoch(s) "
-                             f"of {r.epochs}: nothing was appended to the store")
+        self.status.value = (f"<b>stopped</b> by the Stop button in epoch {len(self.history) + 1} of {r.epochs} "
+                             f"(after the current step): nothing was appended to the store")
 
     def _on_epoch(self, row: dict) -> None:
         """Per-epoch callback (training thread): append the row, redraw the curve (live in JupyterLab)."""
         self.history.append(row)
         self._draw()
         self.status.value = f"training… epoch {row.get('epoch')} of {int(self.epochs.value)}"
-        if self._stop.is_set() and self._stop_in_callback:
-            raise _StopRequested()
 
     def _draw(self) -> None:
         if not self.history:
