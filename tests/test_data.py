@@ -83,7 +83,7 @@ def test_real_avazu_sample_hour_fields(tmp_path):
 def test_hour_transform_hand_checked():
     import pyarrow as pa
 
-    (hod, wd, we), bad = keys._hour_keys(pa.array(["14102100", "14102523", "14102613", "1410xx00", "14102124"]))
+    (hod, wd, we), bad = keys.hour_keys(pa.array(["14102100", "14102523", "14102613", "1410xx00", "14102124"]))
     # keys are value + 1 (0 is reserved); 2014-10-25 is a Saturday, 2014-10-26 a Sunday.
     assert list(hod[:3]) == [0 + 1, 23 + 1, 13 + 1]
     assert list(wd[:3]) == [1 + 1, 5 + 1, 6 + 1]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ctrkit.data.keys import _int_keys, _mix64, float_keys, float_of_keys, hash_strings, label_values, time_keys
+from ctrkit.data.keys import int_keys, mix64, float_keys, float_of_keys, hash_strings, label_values, time_keys
 from ctrkit.data.loading import FIRST, OOV
 from ctrkit.data.schema import TIME_PARTS, DatasetSchema
 
@@ -35,7 +35,7 @@ def field_plan(schema: DatasetSchema) -> list[FieldPlan]:
 
 
 def _numeric_keys(vals, spec):
-    return _int_keys(vals) if spec.bucket == "log2" else float_keys(vals)
+    return int_keys(vals) if spec.bucket == "log2" else float_keys(vals)
 
 
 def decode(batch, part, schema: DatasetSchema, plan: list[FieldPlan]):
@@ -129,10 +129,10 @@ class Splitter:
         pos = idx % self.block
         ublocks = np.unique(block)
         with np.errstate(over="ignore"):
-            base = _mix64(self.seed * np.uint64(0x9E3779B97F4A7C15) + np.uint64(cls + 1)) \
+            base = mix64(self.seed * np.uint64(0x9E3779B97F4A7C15) + np.uint64(cls + 1)) \
                 ^ ublocks.astype(np.uint64)
             # key of slot j of each block; the argsort of the block's keys is the block's order
-            keys = _mix64(base[:, None] * np.uint64(0xD6E8FEB86659FD93) + np.arange(self.block, dtype=np.uint64))
+            keys = mix64(base[:, None] * np.uint64(0xD6E8FEB86659FD93) + np.arange(self.block, dtype=np.uint64))
         order = np.argsort(keys, axis=1, kind="stable")
         perm = self.pattern[order]  # [blocks, block]: split of each position in the block
         return perm[np.searchsorted(ublocks, block), pos]

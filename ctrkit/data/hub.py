@@ -6,11 +6,11 @@ import os
 
 from ctrkit.data.loading import SPLITS
 from ctrkit.data.schema import DatasetSchema
-from ctrkit.data.sources import SPLIT_NAMES, _Part, as_dictionary_table
+from ctrkit.data.sources import SPLIT_NAMES, Part, as_dictionary_table
 from ctrkit.errors import CtrkitError
 
 
-def dataset_parts(ds, schema: DatasetSchema, name: str) -> list[_Part]:
+def dataset_parts(ds, schema: DatasetSchema, name: str) -> list[Part]:
     """Parts from a `datasets.Dataset` / `DatasetDict` (hub id or local files)."""
     import datasets
 
@@ -44,13 +44,13 @@ def dataset_parts(ds, schema: DatasetSchema, name: str) -> list[_Part]:
                 yield as_dictionary_table(t, columns)
 
         fp = getattr(d, "_fingerprint", None) or hashlib.sha256(repr(d).encode()).hexdigest()
-        parts.append(_Part(name=f"{name}[{split or 'train'}]", split=split, open=batches,
+        parts.append(Part(name=f"{name}[{split or 'train'}]", split=split, open=batches,
                            first_line=1, columns=columns, fingerprint=str(fp), size=0,
                            ignored=tuple(c for c in d.column_names if c.lower() not in named)))
     return parts
 
 
-def hub_parts(hub_id: str, schema: DatasetSchema) -> list[_Part]:
+def hub_parts(hub_id: str, schema: DatasetSchema) -> list[Part]:
     import datasets
 
     offline = os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE") or \

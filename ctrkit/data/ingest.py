@@ -16,7 +16,7 @@ from ctrkit.data import outdir
 from ctrkit.data.encode import Counter, Splitter, bad_row_message, build_vocab, decode, field_plan
 from ctrkit.data.loading import FIRST, FORMAT_VERSION, OOV, PAD, SPLITS, CTRData, load
 from ctrkit.data.schema import DEFAULT_PROTOCOL, LEGACY, PROTOCOLS, DatasetSchema, Split, builtin, load_schema
-from ctrkit.data.sources import _Part, resolve_source
+from ctrkit.data.sources import Part, resolve_source
 from ctrkit.utils import CtrkitError, env_info, write_json_atomic
 
 _NPY_HEADER = 128  # bytes; fixed so the header can be rewritten with the final shape in place
@@ -117,7 +117,7 @@ def prepare(dataset, raw, out, *, protocol: str | None = None, on_bad_lines: str
     return out
 
 
-def _stream(part: _Part, schema: DatasetSchema, plan, on_bad_lines: str, progress: bool):
+def _stream(part: Part, schema: DatasetSchema, plan, on_bad_lines: str, progress: bool):
     """Decoded blocks of a part: (y, fields, split of each row); bad rows dropped or raised."""
     from tqdm.auto import tqdm
 
@@ -239,7 +239,7 @@ def _split_text(schema: DatasetSchema, source: dict, presplit: bool) -> str:
     return f"{':'.join(map(str, s.ratios))}{strat}, seed {s.seed}"
 
 
-def _prepare_into(tmp: Path, schema: DatasetSchema, protocol: str, parts: list[_Part], source: dict,
+def _prepare_into(tmp: Path, schema: DatasetSchema, protocol: str, parts: list[Part], source: dict,
                   fp: str, on_bad_lines: str, progress: bool) -> dict:
     plan = field_plan(schema)
     counter, blocks, n_keys, rows, skipped = _pass1(tmp, schema, plan, parts, on_bad_lines, progress)

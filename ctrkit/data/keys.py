@@ -13,7 +13,7 @@ _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
 
-def _mix64(h: np.ndarray) -> np.ndarray:
+def mix64(h: np.ndarray) -> np.ndarray:
     # splitmix64 finaliser: spreads FNV's weak low bits.
     h = h ^ (h >> np.uint64(30))
     h = h * np.uint64(0xBF58476D1CE4E5B9)
@@ -50,7 +50,7 @@ def hash_strings(arr) -> np.ndarray:
             h[active] = (h[active] ^ b) * _FNV_PRIME
             pos += 1
             active = active[lens[active] > pos]
-        return _mix64(h ^ lens.astype(np.uint64))
+        return mix64(h ^ lens.astype(np.uint64))
 
 
 _NUM_RE = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
@@ -66,7 +66,7 @@ def bucketize(v: np.ndarray) -> np.ndarray:
     return out.astype(np.int64)
 
 
-def _int_keys(values) -> tuple[np.ndarray, np.ndarray]:
+def int_keys(values) -> tuple[np.ndarray, np.ndarray]:
     """Keys of a dictionary of Criteo integer strings, and a mask of the invalid ones."""
     import pyarrow.compute as pc
 
@@ -165,7 +165,7 @@ def time_keys(values, fmt: str) -> tuple[list, np.ndarray]:
     `fmt`: YYMMDDHH (Avazu), unix (seconds since 1970, UTC) or a strptime format.
     """
     if fmt == "YYMMDDHH":
-        return _hour_keys(values)
+        return hour_keys(values)
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -190,7 +190,7 @@ def time_keys(values, fmt: str) -> tuple[list, np.ndarray]:
     return [hod, wd, we], bad
 
 
-def _hour_keys(values) -> tuple[list, np.ndarray]:
+def hour_keys(values) -> tuple[list, np.ndarray]:
     """Avazu `hour` (YYMMDDHH) -> keys of hour-of-day, weekday, weekend; mask of invalid ones."""
     s = values.to_numpy(zero_copy_only=False)
     hod = np.zeros(len(s), dtype=np.uint64)

@@ -15,7 +15,7 @@ from ctrkit.errors import CtrkitError
 
 
 @dataclass
-class _Part:
+class Part:
     """One input stream: a file, or one split of a `datasets` dataset."""
     name: str                               # shown in messages: the file path or "hub:<id>[split]"
     split: str | None                       # given split, "train+valid" (valid carved from it) or None
@@ -95,7 +95,7 @@ def _os_reason(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _file_part(path: Path, schema: DatasetSchema, split: str | None, on_bad_lines: str) -> _Part:
+def _file_part(path: Path, schema: DatasetSchema, split: str | None, on_bad_lines: str) -> Part:
     if not path.is_file():
         raise CtrkitError(f"{path}: no such file")
     if path.suffix == ".parquet":
@@ -119,7 +119,7 @@ def _file_part(path: Path, schema: DatasetSchema, split: str | None, on_bad_line
             raise CtrkitError(f"{path}: line 1: expected {len(names)} {'tab' if delim == chr(9) else 'comma'}"
                               f"-separated columns for headerless {schema.name}, got {len(tokens)}")
         columns = {c: c for c in schema.used_columns}
-    part = _Part(name=str(path), split=split, open=lambda: iter(()), first_line=first_line,
+    part = Part(name=str(path), split=split, open=lambda: iter(()), first_line=first_line,
                  columns=columns, fingerprint=_file_fingerprint(path), size=path.stat().st_size,
                  ignored=ignored)
     part.open = _csv_batches(path, part, names if not header else None, delim, on_bad_lines)
@@ -128,7 +128,7 @@ def _file_part(path: Path, schema: DatasetSchema, split: str | None, on_bad_line
     return part
 
 
-def _csv_batches(path: Path, part: _Part, names, delim: str, on_bad_lines: str):
+def _csv_batches(path: Path, part: Part, names, delim: str, on_bad_lines: str):
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -197,7 +197,7 @@ def _locate(path: Path, first_line: int, rows_ok: int, delim: str, n_cols: int) 
     return f"line {_line_of(path, first_line, rows_ok)}: malformed row"
 
 
-def _arrow_error(part: _Part, e: Exception, rows_ok: int) -> str:
+def _arrow_error(part: Part, e: Exception, rows_ok: int) -> str:
     msg = (str(e).splitlines() or [type(e).__name__])[0]
     if part.locate_bad_row is not None and "columns" in msg:
         return f"{part.name}: {part.locate_bad_row(rows_ok)}"
@@ -222,7 +222,7 @@ def as_dictionary_table(t, columns: dict):
     return pa.table(cols, names=list(columns.values()))
 
 
-def _parquet_part(path: Path, schema: DatasetSchema, split: str | None) -> _Part:
+def _parquet_part(path: Path, schema: DatasetSchema, split: str | None) -> Part:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -242,7 +242,7 @@ def _parquet_part(path: Path, schema: DatasetSchema, split: str | None) -> _Part
         except (pa.ArrowInvalid, OSError) as e:
             raise CtrkitError(f"{path}: cannot read parquet: {_os_reason(e)}") from None
 
-    return _Part(name=str(path), split=split, open=batches, first_line=1, columns=columns,
+    return Part(name=str(path), split=split, open=batches, first_line=1, columns=columns,
                  fingerprint=_file_fingerprint(path), size=path.stat().st_size, ignored=ignored)
 
 
@@ -256,7 +256,7 @@ def _split_files(path: Path) -> dict:
     return found
 
 
-def resolve_source(raw, schema: DatasetSchema, on_bad_lines: str) -> tuple[list[_Part], dict]:
+def resolve_source(raw, schema: DatasetSchema, on_bad_lines: str) -> tuple[list[Part], dict]:
     """The parts of `raw` (file, folder, hf://id, `datasets` object) and a description of it.
 
     A folder with train, valid and test files is used as given; with train and test only, test is
