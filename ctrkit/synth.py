@@ -1,8 +1,10 @@
-"""Synthetic Criteo-/Avazu-shaped raw files with a hidden ground-truth click model.
+"""Synthetic Criteo-, Avazu-, Frappe- and MovieLens-shaped raw files with a hidden ground-truth
+click model.
 
 The files have the raw formats (Criteo: Kaggle `train.txt`, tab-separated, no header, 40 columns;
-Avazu: raw `train.csv` with the `id,click,hour,...` header), so they go through exactly the same
-`ctrkit prepare` path as the real data. The labels come from a hidden logistic model with
+Avazu: raw `train.csv` with the `id,click,hour,...` header; Frappe/MovieLens: a `train.csv` with the
+BARS `label,<fields>` header), so they go through exactly the same `ctrkit prepare` path as the
+real data. The labels come from a hidden logistic model with
 per-value effects, FM-style pairwise terms, a three-way interaction table and a non-linear
 (MLP-like) term, so LR, FM/cross and deep models each have something of their own to capture.
 
