@@ -59,7 +59,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def workspace(tmp_path):
+def chromium() -> tuple[str, str]:
+    """(browser, driver) paths; checked first, so a machine without them skips before any set-up."""
+    return _browser()
+
+
+@pytest.fixture
+def workspace(chromium, tmp_path):
     """The output folder of a smoke run (tiny data, FM and DeepFM pretrained) and 06_explore with its
     parameters cell pointing there, as a user would edit it."""
     out = tmp_path / "out"
@@ -127,8 +133,8 @@ def lab_server(workspace):
 
 
 @pytest.fixture
-def browser(tmp_path):
-    chrome, driver_path = _browser()
+def browser(chromium, tmp_path):
+    chrome, driver_path = chromium
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
