@@ -58,30 +58,35 @@ NOTEBOOKS = PER_DATASET + ONCE
 #   reaches the cap is flagged in the baselines table); finetune_epochs: the cap of every finetuning run
 #   (the pretrained weights are its epoch 0); seeds: every run's seeds (>= 5: the CIs are paired
 #   t-intervals over them); models: the paper's four, the pool of every design (partner subsets, peer
-#   count; FM/LR are not in it); sweep_weights x sweep_lr_scales: the finetuning grid, chosen on validation.
+#   count; FM/LR are not in it); sweep_weights x sweep_lr_scales: the finetuning grid, chosen on validation;
+#   threads: torch CPU threads of every run. 1 for the synthetic profiles: their batches are small, and
+#   with another busy process on the 2-core machine 2 threads ran FiBiNET's steps 17x slower than 1
+#   (a fixed count also keeps the float summation order, so the results, the same on every load).
 # quick/paper run the `smoke` model preset (small embeddings, batch 512): FiBiNET's bilinear layer
-# dominates the 2-core CPU budget (measured: ~10x DeepFM per sample), so rows and grid are sized for it.
+# dominates the 2-core CPU budget, so the rows are sized for it (quick: <= 20 minutes for both datasets).
 PROFILES: dict[str, dict] = {
     "smoke": {
         "rows": 1000, "preset": "smoke", "epochs": 2, "patience": 1, "finetune_epochs": 1, "seeds": [2021, 2022],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [1.0, 10.0], "sweep_lr_scales": [1.0],
-        "execution_timeout": 900,
+        "threads": 1, "execution_timeout": 900,
     },
     "quick": {
         "rows": 8000, "preset": "smoke", "epochs": 8, "patience": 2, "finetune_epochs": 1,
         "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
-        "sweep_weights": [1.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "execution_timeout": 3600,
+        "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": 1,
+        "execution_timeout": 3600,
     },
     "paper": {
         "rows": 200000, "preset": "smoke", "epochs": 20, "patience": 3, "finetune_epochs": 2,
         "seeds": [2021, 2022, 2023, 2024, 2025, 2026, 2027, 2028, 2029, 2030],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0],
-        "sweep_lr_scales": [0.1, 1.0], "execution_timeout": None,
+        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "execution_timeout": None,
     },
     "full": {
         "rows": None, "preset": "bars", "epochs": None, "patience": None, "finetune_epochs": 2,
         "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
-        "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "execution_timeout": None,
+        "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": "auto",
+        "execution_timeout": None,
     },
 }
 
@@ -111,6 +116,7 @@ class Settings:
     patience: int | None = None
     sweep_weights: list[float] = field(default_factory=lambda: [1.0])
     sweep_lr_scales: list[float] = field(default_factory=lambda: [0.1])
+    threads: int | str = "auto"
     progress: bool = False
     schema: str | None = None  # a schema file's path (dataset is then the schema's name)
 
@@ -216,7 +222,7 @@ def settings(
         epochs=epochs if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
         seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"],
         patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
-        progress=progress, schema=schema,
+        threads=prof["threads"], progress=progress, schema=schema,
     )
 
 
