@@ -117,3 +117,17 @@ def best_model(frame: pd.DataFrame, *, model: str = "model", metric: str = "vali
         raise CtrkitError(f"best_model chooses on validation columns only, got {metric!r}")
     means = frame.dropna(subset=[metric]).groupby(model)[metric].mean()
     return str(means.sort_index().idxmax())
+
+
+def seeds_for_half_width(*, sd: float, half_width: float, level: float = 0.95, max_seeds: int = 1000) -> int | None:
+    """The fewest seeds n for which the t-interval of a mean of paired differences with standard
+    deviation `sd` has a half-width of at most `half_width`: t_{(1+level)/2, n-1} sd / sqrt(n) <= it.
+    None when even `max_seeds` is not enough (or sd is not a finite number)."""
+    from scipy import stats
+
+    if not np.isfinite(sd) or sd < 0 or half_width <= 0:
+        return None
+    for n in range(2, max_seeds + 1):
+        if stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n) <= half_width:
+            return n
+    return None

@@ -72,3 +72,13 @@ def test_choose_on_validation_ignores_the_test_split():
 def test_best_model_on_validation():
     df = pd.DataFrame({"model": ["A", "A", "B", "B"], "valid_auc": [0.7, 0.8, 0.76, 0.76], "test_auc": [0, 0, 1, 1]})
     assert designs.best_model(df) == "B"
+
+
+def test_seeds_for_half_width_is_the_smallest_n():
+    from scipy import stats
+
+    n = designs.seeds_for_half_width(sd=0.1, half_width=0.1)
+    half = lambda k: stats.t.ppf(0.975, k - 1) * 0.1 / k ** 0.5  # noqa: E731
+    assert half(n) <= 0.1 < half(n - 1) and n == 7
+    assert designs.seeds_for_half_width(sd=0.0, half_width=0.1) == 2
+    assert designs.seeds_for_half_width(sd=float("nan"), half_width=0.1) is None
