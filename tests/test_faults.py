@@ -231,3 +231,30 @@ def test_ctrl_c_is_one_line_and_importing_the_cli_loads_nothing_heavy(criteo_sma
     monkeypatch.setattr(runs, "execute", interrupted)
     assert cli.main(["mutual", "--data", str(criteo_small.path), "--peers", "DeepFM,DCN", "--init", "scratch"]) == 130
     assert capsys.readouterr().err.strip() == "ctrkit: interrupted"
+
+
+def _tables(out: Path) -> dict:
+    """Every table of a reproduce run, without columns of wall time (the only thing allowed to differ)."""
+    import pandas as pd
+
+    got = {}
+    for csv in sorted((out / "tables").glob("*.csv")):
+        df = pd.read_csv(csv)
+        got[csv.name] = df[[c for c in df.columns if "second" not in c and "time" not in c]]
+    return got
+
+
+def test_reproduce_killed_at_a_random_point_then_rerun_equals_the_uninterrupted_run(tmp_path):
+    args = ["reproduce", "--profile", "smoke", "--dataset", "criteo", "--device", "cpu"]
+    t0 = time.perf_counter()
+    whole = _cli([*args, "--out", str(tmp_path / "whole")], timeout=1500)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    seconds = time.perf_counter() - t0
+    cut = tmp_path / "cut"
+    _kill_at_random([*args, "--out", str(cut)], seconds, random.Random("kill-reproduce"))
+    again = _cli([*args, "--out", str(cut)], timeout=1500)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ref, got = _tables(tmp_path / "whole"), _tables(cut)
+    assert ref.keys() == got.keys() and len(ref) >= 10
+    for name in ref:
+        assert ref[name].equals(got[name]), name
