@@ -317,13 +317,12 @@ def _start(peers: list[Peer], config: MutualConfig, exchange, data, out: Path | 
     if out is None:
         return st, sig
     paths = exchange.last_paths(out, peers)
-    for folder in {p.parent for p in [*paths, *(best_paths or [])]}:
+    for folder in {path.parent for path in [*paths, *(best_paths or [])]}:
         try:  # before any training: an --out through a file or on a read-only disk fails now, not after an epoch
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CtrkitError(f"cannot create the output folder {folder}: {e.strerror or e}") from None
-    for folder in {p.parent for p in [*paths, *(best_paths or [])]}:
-        checkpoint.clean_stale_temp(folder, ["last.pt", "best.pt", "result.json", *[p.name for p in paths]])
+        checkpoint.clean_stale_temp(folder, ["last.pt", "best.pt", "result.json", *[path.name for path in paths]])
     exchange.where = "resume agreement"
     found = exchange.agree(lambda: checkpoint.read_resume(paths, sig)) if resume else {}
     common = exchange.common_epochs(set(found))
