@@ -67,13 +67,16 @@ def worker(spec: dict) -> dict:
 
     for k in range(spec["warmup"]):
         step(k)
-    t0, k = time.perf_counter(), 0
+    t0, c0, k = time.perf_counter(), time.process_time(), 0
     while k < spec["steps"]:
         step(spec["warmup"] + k)
         k += 1
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     import ctrkit
-    return {"samples_per_s": k * B / secs, "steps": k, "seconds": secs, "loss_sum": loss_sum,
+    # samples per CPU-second: this process's own work, which waiting for a core on a busy machine
+    # does not inflate (with 1 thread; with more, OpenMP's spin-waiting counts as CPU time)
+    return {"samples_per_s": k * B / secs, "samples_per_cpu_s": k * B / cpu, "steps": k, "seconds": secs,
+            "cpu_seconds": cpu, "loss_sum": loss_sum,
             "loadavg": os.getloadavg(), "ctrkit": str(Path(ctrkit.__file__).parent)}
 
 
@@ -104,7 +107,8 @@ def run_job(tree: Path, spec: dict) -> dict:
 def to_markdown(res: dict) -> str:
     lines = [f"# A/B: {res['model']} with `{', '.join(res['files'])}` of `{res['old']}` vs the working tree "
              f"({res['date']})", "", f"Machine: {res['machine']}. Command: `{res['command']}`. {res['note']}", "",
-             "| variant | old samples/s | new samples/s | new / old | loss sums old, new |", "|---|---:|---:|---:|---|"]
+             f"Metric: `{res['settings']['metric']}`.", "",
+             "| variant | old | new | new / old | loss sums old, new |", "|---|---:|---:|---:|---|"]
     for v, r in res["summary"].items():
         lines.append(f"| {v} | {r['old']:,.0f} | {r['new']:,.0f} | {r['ratio']:.2f}x | "
                      f"{r['loss_old']:.6f}, {r['loss_new']:.6f} |")
@@ -127,6 +131,8 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--metric", default="samples_per_s", choices=["samples_per_s", "samples_per_cpu_s"],
+                    help="wall-clock or per CPU-second throughput (the latter for 1 thread on a busy machine)")
     ap.add_argument("--tag", default="ab")
     ap.add_argument("--note", default="")
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -153,10 +159,10 @@ def main(argv=None) -> None:
         ok = {s: [j for j in jobs if j["variant"] == v and j["side"] == s and "error" not in j] for s in ("old", "new")}
         if not ok["old"] or not ok["new"]:
             continue
-        med = {s: statistics.median(j["samples_per_s"] for j in ok[s]) for s in ok}
+        med = {s: statistics.median(j[args.metric] for j in ok[s]) for s in ok}
         pairs = [(o, n) for o in ok["old"] for n in ok["new"] if o["repeat"] == n["repeat"]]
-        summary[v] = {"old": med["old"], "new": med["new"], "ratio": med["new"] / med["old"],
-                      "ratios": [n["samples_per_s"] / o["samples_per_s"] for o, n in pairs],
+        summary[v] = {"metric": args.metric, "old": med["old"], "new": med["new"], "ratio": med["new"] / med["old"],
+                      "ratios": [n[args.metric] / o[args.metric] for o, n in pairs],
                       "loss_old": ok["old"][0]["loss_sum"], "loss_new": ok["new"][0]["loss_sum"]}
     now = dt.datetime.now(dt.timezone.utc)
     res = {"date": now.isoformat(timespec="seconds"), "machine": f"{env_info()['cpu']}, {os.cpu_count()} cores, "
