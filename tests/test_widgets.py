@@ -4,7 +4,6 @@ Each numbered defect of issue 14 that a headless test can see has a test here (t
 ones are in test_e2e_browser.py)."""
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from ctrkit import experiments, reproduce, widgets
+from ctrkit import experiments, reproduce, tables, widgets
 from ctrkit.store import ResultsStore
 from ctrkit.utils import CtrkitError
 
@@ -20,7 +19,6 @@ matplotlib.use("Agg")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parent.parent
-HAS_TAG = "tag" in inspect.signature(experiments.run_one).parameters
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +77,6 @@ def test_train_button_runs_real_peers_and_records_them(criteo_small, pretrained,
     assert sorted(sel.runs_dir.iterdir()) == runs_before
 
 
-@pytest.mark.skipif(not HAS_TAG, reason="experiments.run_one has no `tag` argument yet (the lead's store-key work)")
 def test_widget_runs_are_tagged_exploration(criteo_small, pretrained, tmp_path):
     # 3: widget runs are tagged, so the paper's tables can leave them out
     store = tmp_path / "store.jsonl"
@@ -88,6 +85,9 @@ def test_widget_runs_are_tagged_exploration(criteo_small, pretrained, tmp_path):
     _train(sel)
     assert sel.last_error is None, sel.last_error
     assert {r.get("tag") for r in ResultsStore(store).records()} == {widgets.EXPLORATION_TAG}
+    # ... and the paper's tables read past them unless asked
+    assert tables.records(store).empty
+    assert set(tables.records(store, include_exploration=True)["peer"]) == {"FM", "DeepFM"}
 
 
 def test_scratch_run_early_stop_and_missing_auc(criteo_small, pretrained, tmp_path):
