@@ -30,8 +30,8 @@ def pretrained(criteo_small, tmp_path_factory):
     return ckpt
 
 
-def _selector(data, store, ckpt, **kw):
-    return widgets.PeerSelector(data, store=store, ckpt_dir=ckpt, preset="smoke", device="cpu", **kw)
+def _selector(data, store, ckpt):
+    return widgets.PeerSelector(data, store=store, ckpt_dir=ckpt, preset="smoke", device="cpu")
 
 
 def _train(sel):
@@ -185,7 +185,8 @@ def test_checkpoint_folder_follows_the_seed_and_another_seed_is_refused(criteo_s
     sel.seed.value = 7  # no seed7 folder: the seed2021 checkpoints stay chosen, and are refused
     sel.peers.value, sel.init.value = ("FM", "DeepFM"), "pretrained"
     _train(sel)
-    assert "seed2021 was pretrained with seed 2021, the run's seed is 7" in sel.last_error and "Error:" in sel.error.value
+    assert "seed2021 was pretrained with seed 2021, the run's seed is 7" in sel.last_error
+    assert "Error:" in sel.error.value
     assert not (tmp_path / "store.jsonl").exists()
 
 
