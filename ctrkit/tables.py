@@ -321,7 +321,9 @@ def sweep(source, *, include_exploration: bool = False, peers: str | None = None
     score = mut.groupby("settings_key")["valid_auc"].mean()
     out.insert(out.columns.get_loc("peer"), "selection_valid_auc", out["settings_key"].map(score))
     out["chosen"] = out["settings_key"].isin(set(choice["settings_key"]))
-    return out.sort_values(["dataset", "weight", "finetune_lr_scale", "peer"], kind="mergesort").reset_index(drop=True)
+    out = out.assign(_r=_rank(out["peer"])).sort_values(["dataset", "weight", "finetune_lr_scale", "_r", "peer"],
+                                                        kind="mergesort")
+    return out.drop(columns="_r").reset_index(drop=True)
 
 
 def chosen_setting(source, *, dataset: str, include_exploration: bool = False) -> dict:
@@ -445,12 +447,15 @@ def peer_count(source, *, include_exploration: bool = False, pool: Sequence[str]
     """Gain vs the number of peers N = 1..len(pool) per target model: for N >= 2 the mean over all
     partner subsets of size N - 1 of the other pool models (so N is not confounded with who joins),
     as mutual - alone and as the gain over the pretrained model, paired by seed with 95% t-intervals;
-    N = 1 is the alone control. Only measured (N, seed) points appear; one block per setting."""
+    N = 1 is the alone control. Only measured (N, seed) points appear; one block per setting whose
+    design was run (every N of 2..len(pool) measured: a sweep setting with only the full set is not one)."""
     df = records(source, include_exploration=include_exploration)
     mut = df[(df["mode"] == "mutual") & (df["init"] == "pretrained") & df["model"].isin(pool)]
     mut = mut[[all(p in pool for p in str(s).split("+")) for s in mut["peers"]]]
     rows = []
     for (ds, sid), d in mut.groupby(["dataset", "setting_id"], sort=True):
+        if set(d["n_peers"]) != set(range(2, len(pool) + 1)):
+            continue
         for target in [m for m in pool if m in set(d["peer"])]:
             for n in range(1, len(pool) + 1):
                 if n == 1:  # the alone control, as paired with the smallest measured design
@@ -534,9 +539,21 @@ def controls(source, *, include_exploration: bool = False, peers: str | None = N
     return _with_holm(pd.DataFrame(rows), ["dataset"])
 
 
+HEADLINE_COLS = ["dataset", "model", "weight", "finetune_lr_scale", "n_pairs", "rel_pct_mean", "rel_pct_ci_low",
+                 "rel_pct_ci_high", "relaimpr_pct_mean", "relaimpr_pct_ci_low", "relaimpr_pct_ci_high",
+                 "logloss_diff_mean", "logloss_diff_ci_low", "logloss_diff_ci_high", "p_holm", "note"]
+
+
+def headline(source, *, include_exploration: bool = False) -> pd.DataFrame:
+    """The README's table: mutual - alone finetuning per model and dataset at the setting chosen on
+    validation, relative % and RelaImpr with their 95% paired t-intervals, the logloss difference."""
+    ft = finetune(source, include_exploration=include_exploration)
+    return ft[[c for c in HEADLINE_COLS if c in ft.columns]].reset_index(drop=True) if len(ft) else ft
+
+
 TABLES: dict[str, Callable] = {
     "baselines": baselines, "scratch": scratch, "finetune": finetune, "sweep": sweep, "partners": partners,
-    "partner_slopes": partner_slopes, "peer_count": peer_count, "controls": controls,
+    "partner_slopes": partner_slopes, "peer_count": peer_count, "controls": controls, "headline": headline,
 }
 NAMES = tuple(TABLES)
 
@@ -557,6 +574,9 @@ CAPTIONS = {
                       "pretrained test AUC over (partner, seed) points, 95% t-interval of the slope (n - 2 df).",
     "peer_count": f"N peers: per target, the mean over all partner subsets of size N - 1 of the other paper models; "
                   f"rel % = mutual - alone, gain = over the pretrained model, {CI_NAME} over seeds; N = 1: the control.",
+    "headline": f"Mutual finetuning minus finetuning alone per model, paired by seed, at the setting chosen on "
+                f"validation: relative % and RelaImpr of test AUC [{CI_NAME}], test logloss difference; "
+                "p_holm: paired t-test, Holm across the models.",
     "controls": f"Every arm minus finetuning alone of the same unit (model or ensemble = mean probability of the "
                 f"peers), paired by seed [{CI_NAME}]; KD: students of the best pretrained model; p_holm per dataset.",
 }

@@ -101,7 +101,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "                            caption=reproduce.caption(cfg),\n"
                  "                            title=f'Finetuning sweep: mutual - alone vs the weight ({dataset})'))"),
         ("md", "## Mutual finetuning vs finetuning alone, at the chosen setting"),
-        ("code", "best = reproduce.chosen(cfg)\nprint(best)\nreproduce.paper_table(cfg, 'finetune')"),
+        ("code", "best = reproduce.chosen(cfg)\nprint(best)\nreproduce.paper_table(cfg, 'headline')\n"
+                 "reproduce.paper_table(cfg, 'finetune')"),
         ("md", "## Paired gains per model (95% paired t-intervals)"),
         ("code", "plots.show(plots.paired_gains(reproduce.figure_data(cfg, 'gains'), cfg.figure('paired_gains'),\n"
                  "                              caption=reproduce.caption(cfg),\n"

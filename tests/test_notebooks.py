@@ -124,7 +124,8 @@ def test_cli_reproduce_errors_are_one_line(tmp_path):
                                              "with --dataset both, DIR/criteo and DIR/avazu)"]
 
 
-PAPER_TABLES = ["baselines", "scratch", "sweep", "finetune", "controls", "partners", "partner_slopes", "peer_count"]
+PAPER_TABLES = ["baselines", "scratch", "sweep", "finetune", "headline", "controls", "partners", "partner_slopes",
+                "peer_count"]
 TABLES = ["data_splits", "data_vocab", "data_frequency", *PAPER_TABLES, "fig_gains", "fig_sweep", "fig_partners",
           "fig_partner_points", "fig_partner_slopes", "fig_peer_count"]
 FIGURES = ["data_ctr", "data_frequency", "sweep_gain", "paired_gains", "partner_matrix", "partner_slopes", "peer_count"]
