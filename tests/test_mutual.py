@@ -290,7 +290,7 @@ def test_cli_errors_and_table_command(criteo_small, ckpts, tmp_path, capsys):
     p = subprocess.run([sys.executable, "-m", "ctrkit.cli", "table", "finetune", "--store", str(store)],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert "| criteo" in p.stdout and "DeepFM" in p.stdout
+    assert "criteo" in p.stdout and "| DeepFM" in p.stdout
     for fmt, marker in [("csv", "rel_pct_mean"), ("tex", "\\begin{tabular}")]:
         assert cli.main(["table", "finetune", "--store", str(store), "--format", fmt]) == 0
         out = capsys.readouterr().out
