@@ -291,7 +291,8 @@ def _mutual_vs_alone(source, *, init: str, include_exploration: bool, peers: str
     for ds, d in mut.groupby("dataset", sort=True):
         main = peers or _largest_peer_set(d)
         d = d[d["peers"] == main]
-        for key, treat in d.groupby("settings_key", sort=False):
+        # the precision actually used is part of a setting too: amp "auto" is bf16 on one CPU, fp32 on another
+        for (key, _), treat in d.groupby(["settings_key", d["amp"].astype(str)], sort=False):
             if settings is not None and key not in settings:
                 continue
             for r in _versus_alone(df, treat):

@@ -295,3 +295,19 @@ def test_empty_store_and_bad_names(tmp_path):
         tables.table("nope", empty.to_frame())
     with pytest.raises(CtrkitError, match="format"):
         tables.render("scratch", pd.DataFrame(), "html")
+
+
+def test_runs_of_one_setting_at_two_precisions_stay_apart(tmp_path):
+    """amp "auto" ran bf16 on one CPU and fp32 on another: the same settings_key, two table blocks."""
+    s = ResultsStore(tmp_path / "r.jsonl")
+    for seed in SEEDS[:3]:
+        for amp, gain in (("off", 0.001), ("bf16", 0.003)):
+            # two machines' stores merged: the run keys differ by where they ran
+            s.append([rec("alone", "pretrained", POOL[:2], i, seed, 0.70, amp=amp, run_key=f"a{amp}{seed}")
+                      for i in range(2)])
+            s.append([rec("mutual", "pretrained", POOL[:2], i, seed, 0.70 + gain, amp=amp, run_key=f"m{amp}{seed}")
+                      for i in range(2)])
+    t = tables.finetune(s, choose=False)
+    assert sorted(t.groupby("amp")["auc_diff_mean"].first().round(6).to_dict().items()) == [("bf16", 0.003),
+                                                                                             ("off", 0.001)]
+    assert (t["n_pairs"] == 3).all()
