@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--store", required=True)
     s.add_argument("--format", default="md", choices=["md", "csv", "tex"])
+    s.add_argument("--include-exploration", action="store_true",
+                   help="also count runs tagged 'exploration' (the widget's), left out by default")
 
     s = sub.add_parser("reproduce", help="run the notebooks with papermill: every table and figure")
     s.add_argument("--dataset", default="both",
@@ -289,7 +291,8 @@ def cmd_mutual(args):
 def cmd_table(args):
     from ctrkit import tables
 
-    print(tables.render(args.name, tables.table(args.name, args.store), args.format))
+    df = tables.table(args.name, args.store, include_exploration=args.include_exploration)
+    print(tables.render(args.name, df, args.format))
 
 
 def cmd_reproduce(args):
