@@ -63,12 +63,15 @@ class CTRData:
         if split not in SPLITS:
             raise CtrkitError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
 
-    def numpy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(X int32 [rows, fields] memmap, y float32 [rows] memmap)."""
+    def numpy(self, split: str, *, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(X int32 [rows, fields], y float32 [rows]): read-only memmaps, or (mmap=False) arrays read
+        into writable memory, which is what torch needs and costs 1x the split (a copy out of a
+        memmap also maps the file's pages into the process: 2x at its peak)."""
         self._check_split(split)
+        mode = "r" if mmap else None
         try:
-            X = np.load(self.path / f"{split}_X.npy", mmap_mode="r")
-            y = np.load(self.path / f"{split}_y.npy", mmap_mode="r")
+            X = np.load(self.path / f"{split}_X.npy", mmap_mode=mode)
+            y = np.load(self.path / f"{split}_y.npy", mmap_mode=mode)
         except (OSError, ValueError) as e:  # e.g. a truncated file: "mmap length is greater than file size"
             raise CtrkitError(f"{self.path}: cannot read split {split!r}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
         return X, y
@@ -83,12 +86,11 @@ class CTRData:
 
         key = (split, str(torch.device(device)))
         if key not in self._tensors:
-            X, y = self.numpy(split)
-            X = np.array(X)  # copies out of the read-only memmap: torch wants writable memory
+            X, y = self.numpy(split, mmap=False)
             if split not in self._checked:
                 self._check_indices(split, X)
                 self._checked.add(split)
-            self._tensors[key] = (torch.from_numpy(X).to(device), torch.from_numpy(np.array(y)).to(device))
+            self._tensors[key] = (torch.from_numpy(X).to(device), torch.from_numpy(y).to(device))
         return self._tensors[key]
 
     def _check_indices(self, split: str, X: np.ndarray) -> None:
