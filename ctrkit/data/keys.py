@@ -66,18 +66,23 @@ def bucketize(v: np.ndarray) -> np.ndarray:
     return out.astype(np.int64)
 
 
-def int_keys(values) -> tuple[np.ndarray, np.ndarray]:
-    """Keys of a dictionary of Criteo integer strings, and a mask of the invalid ones."""
+def _numbers(values) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """For a dictionary of numeric strings: zero keys to fill, the invalid ones (neither a number
+    nor empty), the numbers' mask and their float64 values (None when there are none)."""
     import pyarrow.compute as pc
 
     vals = pc.utf8_trim_whitespace(values)
     empty = np.asarray(pc.equal(vals, "").to_numpy(zero_copy_only=False), dtype=bool)
     ok = np.asarray(pc.match_substring_regex(vals, _NUM_RE).to_numpy(zero_copy_only=False), dtype=bool)
-    bad = ~(ok | empty)
-    keys = np.zeros(len(values), dtype=np.uint64)
     good = ok & ~empty
+    nums = pc.cast(pc.filter(vals, good), "float64").to_numpy() if good.any() else None
+    return np.zeros(len(values), dtype=np.uint64), ~(ok | empty), good, nums
+
+
+def int_keys(values) -> tuple[np.ndarray, np.ndarray]:
+    """Keys of a dictionary of Criteo integer strings, and a mask of the invalid ones."""
+    keys, bad, good, nums = _numbers(values)
     if good.any():
-        nums = pc.cast(pc.filter(vals, good), "float64").to_numpy()
         finite = np.isfinite(nums)
         b = np.where(finite, bucketize(np.where(finite, nums, 0)), 0)
         keys[good] = (b + _INT_KEY_OFFSET).astype(np.uint64)
@@ -95,8 +100,8 @@ def label_values(values, positive=("1",), negative=("0",)) -> tuple[np.ndarray, 
 
     s = pc.utf8_trim_whitespace(values).to_numpy(zero_copy_only=False)
     rest = negative == "rest"
-    pos_f = set(_floats(positive))
-    neg_f = set() if rest else set(_floats(negative))
+    pos_f = set(floats(positive))
+    neg_f = set() if rest else set(floats(negative))
     y = np.zeros(len(s), dtype=np.float32)
     bad = np.zeros(len(s), dtype=bool)
     for i, v in enumerate(s):  # a handful of distinct values per block
@@ -118,7 +123,8 @@ def label_values(values, positive=("1",), negative=("0",)) -> tuple[np.ndarray, 
     return y, bad
 
 
-def _floats(vals) -> list:
+def floats(vals) -> list:
+    """The values that read as numbers, as floats ("1" and "1.0" alike)."""
     out = []
     for v in vals:
         try:
@@ -134,16 +140,9 @@ def float_keys(values) -> tuple[np.ndarray, np.ndarray]:
     A finite float's bits, sign-flipped so that unsigned order is numeric order; key 0 would be a
     NaN pattern, so it is free for "missing".
     """
-    import pyarrow.compute as pc
-
-    vals = pc.utf8_trim_whitespace(values)
-    empty = np.asarray(pc.equal(vals, "").to_numpy(zero_copy_only=False), dtype=bool)
-    ok = np.asarray(pc.match_substring_regex(vals, _NUM_RE).to_numpy(zero_copy_only=False), dtype=bool)
-    bad = ~(ok | empty)
-    keys = np.zeros(len(values), dtype=np.uint64)
-    good = ok & ~empty
+    keys, bad, good, nums = _numbers(values)
     if good.any():
-        nums = pc.cast(pc.filter(vals, good), "float64").to_numpy() + 0.0  # -0.0 -> 0.0
+        nums = nums + 0.0  # -0.0 -> 0.0
         finite = np.isfinite(nums)
         bits = np.where(finite, nums, 0.0).view(np.uint64)
         sign = (bits >> np.uint64(63)).astype(bool)

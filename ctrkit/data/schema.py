@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctrkit.data.keys import floats
 from ctrkit.errors import CtrkitError
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
@@ -95,20 +96,12 @@ class Label:
     def negatives(self) -> tuple | str:
         if self.negative is not None:
             return self.negative
-        if _as_float(self.positive) == (1.0,):
+        if floats(self.positive) == [1.0]:
             return ("0",)
         raise CtrkitError(f"label.negative: required when positive is not [1] (give the values, "
                           f"or 'rest' for every other value); positive is {list(self.positive)}")
 
 
-def _as_float(vals) -> tuple:
-    out = []
-    for v in vals:
-        try:
-            out.append(float(v))
-        except ValueError:
-            pass
-    return tuple(out)
 
 
 @dataclass(frozen=True, kw_only=True)
