@@ -100,11 +100,12 @@ def run(data, peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(202
         ckpt_dir: str | Path | None = None, preset: str = "quick", epochs: int | None = None,
         device: str = "auto", weight: float | Sequence[float] = 1.0, divergence: str = "mse",
         warmup_steps: int = 0, finetune_lr_scale: float | Sequence[float] = 0.1, finetune_epochs: int = 2,
-        finetune_monitor: str = "AUC-logloss", amp: str = "auto", threads: Any = "auto", tag: str | None = None,
-        force: bool = False, progress: bool = True) -> pd.DataFrame:
+        finetune_monitor: str = "AUC-logloss", amp: str = "auto", overrides: dict | None = None,
+        threads: Any = "auto", tag: str | None = None, force: bool = False, progress: bool = True) -> pd.DataFrame:
     """Every run of the grid (see `expand`; `weight` and `finetune_lr_scale` may be lists), each
     recorded as it finishes; every spec is validated and the checkpoints a pretrained/kd run needs
-    are checked for all runs before the first one starts."""
+    are checked for all runs before the first one starts. `overrides`: train-config keys for every
+    peer of every run (e.g. the baselines' patience for runs from scratch)."""
     specs = []
     for s in expand(peer_sets, inits=inits, modes=modes, seeds=seeds, weight=weight,
                     finetune_lr_scale=finetune_lr_scale):
@@ -113,7 +114,7 @@ def run(data, peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(202
                        preset=preset, epochs=epochs, device=device, weight=s["weight"], divergence=divergence,
                        warmup_steps=warmup_steps, finetune_lr_scale=s["finetune_lr_scale"],
                        finetune_epochs=finetune_epochs, finetune_monitor=finetune_monitor, amp=amp, threads=threads,
-                       tag=tag, progress=False)
+                       overrides=overrides or {}, tag=tag, progress=False)
         for label, use in zip(spec.peers, spec.from_checkpoint):
             path = runs.checkpoint_path(ck, label) if use else None
             if path is not None and not path.is_file():

@@ -61,32 +61,35 @@ NOTEBOOKS = PER_DATASET + ONCE
 #   count; FM/LR are not in it); sweep_weights x sweep_lr_scales: the finetuning grid, chosen on validation;
 #   threads: torch CPU threads of every run. 1 for the synthetic profiles: their batches are small, and
 #   with another busy process on the 2-core machine 2 threads ran FiBiNET's steps 17x slower than 1
-#   (a fixed count also keeps the float summation order, so the results, the same on every load).
+#   (a fixed count also keeps the float summation order, so the results, the same on every load);
+#   amp: the precision of every run. fp32 ("off") for the synthetic profiles: "auto" is bf16 on a CPU
+#   with AMX and fp32 elsewhere, so the tables would depend on the CPU that ran them (no bf16 hardware
+#   was at hand to measure by how much); `full` keeps "auto" (bf16 on a GPU).
 # quick/paper run the `smoke` model preset (small embeddings, batch 512): FiBiNET's bilinear layer
 # dominates the 2-core CPU budget, so the rows are sized for it (quick: <= 20 minutes for both datasets).
 PROFILES: dict[str, dict] = {
     "smoke": {
         "rows": 1000, "preset": "smoke", "epochs": 2, "patience": 1, "finetune_epochs": 1, "seeds": [2021, 2022],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [1.0, 10.0], "sweep_lr_scales": [1.0],
-        "threads": 1, "execution_timeout": 900,
+        "threads": 1, "amp": "off", "execution_timeout": 900,
     },
     "quick": {
         "rows": 8000, "preset": "smoke", "epochs": 8, "patience": 2, "finetune_epochs": 1,
         "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
-        "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": 1,
+        "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": 1, "amp": "off",
         "execution_timeout": 3600,
     },
     "paper": {
         "rows": 200000, "preset": "smoke", "epochs": 20, "patience": 3, "finetune_epochs": 2,
         "seeds": [2021, 2022, 2023, 2024, 2025, 2026, 2027, 2028, 2029, 2030],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0],
-        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "execution_timeout": None,
+        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "amp": "off", "execution_timeout": None,
     },
     "full": {
         "rows": None, "preset": "bars", "epochs": None, "patience": None, "finetune_epochs": 2,
         "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
         "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": "auto",
-        "execution_timeout": None,
+        "amp": "auto", "execution_timeout": None,
     },
 }
 
@@ -117,6 +120,7 @@ class Settings:
     sweep_weights: list[float] = field(default_factory=lambda: [1.0])
     sweep_lr_scales: list[float] = field(default_factory=lambda: [0.1])
     threads: int | str = "auto"
+    amp: str = "auto"
     progress: bool = False
     schema: str | None = None  # a schema file's path (dataset is then the schema's name)
 
@@ -222,7 +226,7 @@ def settings(
         epochs=epochs if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
         seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"],
         patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
-        threads=prof["threads"], progress=progress, schema=schema,
+        threads=prof["threads"], amp=prof["amp"], progress=progress, schema=schema,
     )
 
 

@@ -68,7 +68,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("md", "## Pretrain (skipped for checkpoints that already exist)"),
         ("code", "runs = experiments.pretrain_baselines(data, models=cfg.models, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"
                  "                                      seeds=cfg.seeds, epochs=cfg.epochs, overrides=cfg.overrides,\n"
-                 "                                      store=cfg.store, device=cfg.device, threads=cfg.threads,\n"
+                 "                                      store=cfg.store, device=cfg.device, threads=cfg.threads, amp=cfg.amp,\n"
                  "                                      progress=cfg.progress)\n"
                  "runs[['peer', 'seed', 'epochs', 'epoch_cap_hit', 'valid_auc', 'test_auc', 'test_logloss', 'seconds']]"),
         ("md", "## Our baselines next to BARS (`flag`: seeds that stopped at the epoch cap)"),
@@ -88,8 +88,9 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", SETTINGS),
         ("md", "## Runs: from scratch (mutual and alone), then the finetuning sweep (runs in the store are skipped)"),
         ("code", "common = dict(seeds=cfg.seeds, store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"
-                 "              device=cfg.device, threads=cfg.threads, progress=cfg.progress)\n"
-                 "experiments.run(data, [cfg.models], inits=['scratch'], modes=['mutual', 'alone'], epochs=cfg.epochs, **common)\n"
+                 "              device=cfg.device, threads=cfg.threads, amp=cfg.amp, progress=cfg.progress)\n"
+                 "experiments.run(data, [cfg.models], inits=['scratch'], modes=['mutual', 'alone'], epochs=cfg.epochs,\n"
+                 "                overrides=cfg.overrides, **common)  # the baselines' patience\n"
                  "experiments.run(data, [cfg.models], inits=['pretrained'], modes=['alone', 'mutual'],\n"
                  "                weight=cfg.sweep_weights, finetune_lr_scale=cfg.sweep_lr_scales,\n"
                  "                finetune_epochs=cfg.finetune_epochs, **common)\n"
@@ -126,7 +127,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "experiments.run(data, cfg.pairs, inits=['pretrained'], modes=['mutual'], seeds=cfg.seeds, store=cfg.store,\n"
                  "                ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, weight=best['weight'],\n"
                  "                finetune_lr_scale=best['finetune_lr_scale'], finetune_epochs=cfg.finetune_epochs,\n"
-                 "                device=cfg.device, threads=cfg.threads, progress=cfg.progress)\n"
+                 "                device=cfg.device, threads=cfg.threads, amp=cfg.amp, progress=cfg.progress)\n"
                  "reproduce.export_results(cfg)\n"
                  "reproduce.paper_table(cfg, 'partners')"),
         ("md", "## The partner matrix (mutual - alone, * Holm p < 0.05)"),
@@ -152,7 +153,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "experiments.run(data, cfg.peer_sets, inits=['pretrained'], modes=['mutual'], seeds=cfg.seeds,\n"
                  "                store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, weight=best['weight'],\n"
                  "                finetune_lr_scale=best['finetune_lr_scale'], finetune_epochs=cfg.finetune_epochs,\n"
-                 "                device=cfg.device, threads=cfg.threads, progress=cfg.progress)\n"
+                 "                device=cfg.device, threads=cfg.threads, amp=cfg.amp, progress=cfg.progress)\n"
                  "reproduce.export_results(cfg)\n"
                  "reproduce.paper_table(cfg, 'peer_count')"),
         ("md", "## Gain vs N (95% paired t-intervals over seeds)"),
