@@ -24,7 +24,7 @@ from ctrkit.losses import check_divergence, check_weight
 from ctrkit.models import build, canonical_name, hparam_defaults
 from ctrkit.mutual import MODES, MutualConfig, mutual_fit
 from ctrkit.store import ResultsStore
-from ctrkit.train import TrainConfig, fit, predict, scores
+from ctrkit.train import LocalExchange, TrainConfig, fit, predict, scores
 from ctrkit.utils import CtrkitError, resolve_device, seed_everything
 
 __all__ = ["INITS", "MODES", "RunSpec", "run", "execute", "records", "pretrain", "peer_labels", "split_label", "checkpoint_path",
@@ -242,24 +242,20 @@ def run(spec: RunSpec, data, *, exchange=None, out_dir: str | Path | None = None
         stop=None) -> dict:
     """Build the peers (only this process's under `exchange`), train them (`mutual.mutual_fit`) and
     return its result with each peer's label, seed, init, checkpoint and pretrained scores. No store."""
-    if exchange is None:
-        _check_checkpoints(spec, data, spec.peers)
-    else:  # a bad checkpoint on one host stops every rank with the same message
-        exchange.agree(lambda: _check_checkpoints(spec, data, spec.peers))
-    dev = exchange.device if exchange is not None else resolve_device(spec.device)
-    local = exchange.local_indices() if exchange is not None else list(range(len(spec.peers)))
-    built = [_build_peer(spec, data, k, dev) for k in local]
-    if exchange is not None:  # every process needs every peer's train config (batch size, epochs)
-        trains = [TrainConfig.from_dict(t) for t in exchange.gather_objects([b[1].to_dict() for b in built])]
-    else:
-        trains = [b[1] for b in built]
+    exchange = exchange or LocalExchange(len(spec.peers), resolve_device(spec.device))
+    # a bad checkpoint on one host stops every rank with the same message
+    exchange.agree(lambda: _check_checkpoints(spec, data, spec.peers))
+    dev = exchange.device
+    built = [_build_peer(spec, data, k, dev) for k in exchange.local_indices()]
+    # every process needs every peer's train config (the run's batch size and epochs come from them)
+    trains = [TrainConfig.from_dict(t) for t in exchange.gather_objects([b[1].to_dict() for b in built])]
     cfg = _mutual_config(spec, trains, dev)
     pre = [_pre_scores(m, data, dev, cfg.eval_batch_size) if meta is not None else None for m, _, meta in built]
     starts = [p["valid"] if p is not None and spec.init == "pretrained" else None for p in pre]
     result = mutual_fit([b[0] for b in built], data, cfg, exchange=exchange, out_dir=out_dir, resume=resume,
                         callback=callback, stop=stop, starts=starts)
     mine = [{"meta_path": meta["path"] if meta is not None else None, "pre": p} for (_, _, meta), p in zip(built, pre)]
-    everyone = exchange.gather_objects(mine) if exchange is not None else mine
+    everyone = exchange.gather_objects(mine)
     for k, (r, e) in enumerate(zip(result["peers"], everyone)):
         pre_k = e["pre"] or {}
         r.update(label=spec.peers[k], init="pretrained" if e["meta_path"] else "scratch", checkpoint=e["meta_path"],
