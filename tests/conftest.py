@@ -1,6 +1,7 @@
 """Shared fixtures: small synthetic datasets, prepared once per test session."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,23 @@ def criteo_small(tmp_path_factory) -> data.CTRData:
 def avazu_small(tmp_path_factory) -> data.CTRData:
     """4,000 synthetic Avazu rows, x4_001 protocol (3,200 / 400 / 400)."""
     return data.synthetic_dataset("avazu", 4000, tmp_path_factory.mktemp("avazu_small"), seed=2021)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size) -> a fresh folder on a real tmpfs of that size (a disk that fills up), unmounted
+    after the test; skips where tmpfs cannot be mounted (not root)."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        disk = tmp_path / f"disk{len(mounted)}"
+        disk.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()[:80]}); needs root")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", str(disk)], capture_output=True)

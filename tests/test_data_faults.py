@@ -260,17 +260,8 @@ def test_kill_9_during_prepare_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert data.load(out).fingerprint == data.load(ref).fingerprint
 
 
-def test_disk_full_on_a_real_small_tmpfs(tmp_path, capsys):
-    import subprocess
-
+def test_disk_full_on_a_real_small_tmpfs(tmp_path, capsys, tmpfs):
     raw = synth.generate("avazu", 10_000, tmp_path / "raw", seed=2)  # ~1 MB of int32 indices: does not fit
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], capture_output=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.decode().strip()[:80]}); needs root")
-    try:
-        fails(capsys, ["prepare", "avazu", "--raw", str(raw), "--out", str(disk / "out")], "no space left on the device")
-        assert list(disk.iterdir()) == []  # the staging folder is gone: the disk is as it was
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+    disk = tmpfs("512k")
+    fails(capsys, ["prepare", "avazu", "--raw", str(raw), "--out", str(disk / "out")], "no space left on the device")
+    assert list(disk.iterdir()) == []  # the staging folder is gone: the disk is as it was

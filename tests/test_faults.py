@@ -54,18 +54,11 @@ def _last_json(text: str) -> dict:
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs (root can mount one) nearly filled: the next checkpoint does not fit."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.decode().strip()[:80]}); needs root")
-    try:
-        (disk / "filler").write_bytes(b"\0" * (1024 * 1024 - 48 * 1024))
-        yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+def small_disk(tmpfs):
+    """A 1 MiB tmpfs nearly filled: the next checkpoint does not fit."""
+    disk = tmpfs("1m")
+    (disk / "filler").write_bytes(b"\0" * (1024 * 1024 - 48 * 1024))
+    return disk
 
 
 # ---------------------------------------------------------------- OS failures
