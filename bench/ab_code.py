@@ -14,10 +14,8 @@ must agree between old and new up to float rounding.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -140,8 +138,6 @@ def main(argv=None) -> None:
     if args.worker:
         print(RESULT_PREFIX + json.dumps(worker(json.loads(args.worker))), flush=True)
         return
-    sys.path.insert(0, str(ROOT))
-    from ctrkit.utils import atomic_path, env_info, write_json_atomic
     jobs = []
     with tempfile.TemporaryDirectory(prefix="ctrkit-ab-") as tmp:
         trees = make_trees(args.old, args.files, Path(tmp))
@@ -164,16 +160,11 @@ def main(argv=None) -> None:
         summary[v] = {"metric": args.metric, "old": med["old"], "new": med["new"], "ratio": med["new"] / med["old"],
                       "ratios": [n[args.metric] / o[args.metric] for o, n in pairs],
                       "loss_old": ok["old"][0]["loss_sum"], "loss_new": ok["new"][0]["loss_sum"]}
-    now = dt.datetime.now(dt.timezone.utc)
-    res = {"date": now.isoformat(timespec="seconds"), "machine": f"{env_info()['cpu']}, {os.cpu_count()} cores, "
-           f"{platform.platform()}, {args.threads} threads", "command": "python bench/ab_code.py " + " ".join(sys.argv[1:]),
-           "note": args.note, "old": args.old, "files": args.files, "model": args.model, "settings": vars(args),
-           "jobs": jobs, "summary": summary}
-    stem = Path(args.out) / f"{now:%Y-%m-%d}-{args.tag}"
-    write_json_atomic(stem.with_suffix(".json"), res)
-    with atomic_path(stem.with_suffix(".md")) as out:
-        out.write_text(to_markdown(res))
-    print(to_markdown(res))
+    import _results
+
+    res = {**_results.stamp("ab_code.py", f", {args.threads} threads"), "note": args.note, "old": args.old,
+           "files": args.files, "model": args.model, "settings": vars(args), "jobs": jobs, "summary": summary}
+    _results.write(args.out, args.tag, res, to_markdown)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ result holds every job with the load average it saw and the thread count "auto" 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -148,19 +146,11 @@ def main(argv=None) -> None:
             job["repeat"] = r
             print(json.dumps(job), file=sys.stderr, flush=True)
             jobs.append(job)
-    sys.path.insert(0, str(HERE.parent))
-    from ctrkit.utils import env_info, write_json_atomic
-    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    res = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "machine": f"{env_info()['cpu']}, {os.cpu_count()} cores, {platform.platform()}",
-           "command": "python bench/bench_threads.py " + " ".join(sys.argv[1:]), "note": args.note,
-           "settings": vars(args), "jobs": jobs, "summary": summarize(jobs, args.loads, settings)}
-    stem = Path(args.out) / f"{date}-{args.tag}"
-    write_json_atomic(stem.with_suffix(".json"), res)
-    from ctrkit.utils import atomic_path
-    with atomic_path(stem.with_suffix(".md")) as tmp:
-        tmp.write_text(to_markdown(res))
-    print(to_markdown(res))
+    import _results
+
+    res = {**_results.stamp("bench_threads.py"), "note": args.note, "settings": vars(args), "jobs": jobs,
+           "summary": summarize(jobs, args.loads, settings)}
+    _results.write(args.out, args.tag, res, to_markdown)
 
 
 if __name__ == "__main__":
