@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F_
 from torch import nn
 
+from ctrkit import cpublas
 from ctrkit.utils import CtrkitError
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leakyrelu": nn.LeakyReLU,
@@ -187,7 +188,9 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        for m in self.net:  # the products through ctrkit.cpublas: OpenBLAS on AMD CPUs, else F.linear
+            x = cpublas.linear(x, m.weight, m.bias) if isinstance(m, nn.Linear) else m(x)
+        return x
 
 
 class CrossNet(nn.Module):

@@ -115,6 +115,8 @@ def env_info(device: str | torch.device | None = None, seed: int | None = None) 
     """Versions, machine and device, recorded with every result."""
     import importlib.metadata as md
 
+    from ctrkit import cpublas
+
     def ver(name: str) -> str | None:
         try:
             return md.version(name)
@@ -133,6 +135,7 @@ def env_info(device: str | torch.device | None = None, seed: int | None = None) 
         "device": str(device) if device is not None else None,
         "seed": seed,
         "cpu_allocator": "tuned" if _ALLOCATOR_TUNED else "default",
+        "cpu_blas": cpublas.backend(),
     }
     if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -179,12 +182,16 @@ def resolve_threads(threads: int | str | None = "auto", *, sample_s: float = _TH
 
 
 def apply_threads(threads: int | str | None = "auto") -> int:
-    """``torch.set_num_threads(resolve_threads(threads))`` (MKL and OpenMP follow); returns the number.
+    """``torch.set_num_threads(resolve_threads(threads))`` (MKL and OpenMP follow, and the OpenBLAS
+    of ``ctrkit.cpublas``); returns the number.
 
     Inter-op threads (parallel TorchScript forks; ctrkit launches none) are lowered to the same number
     when torch still allows it (only before its first parallel work), never raised."""
+    from ctrkit import cpublas
+
     n = resolve_threads(threads)
     torch.set_num_threads(n)
+    cpublas.set_threads(n)
     if torch.get_num_interop_threads() > n:
         with contextlib.suppress(RuntimeError):  # "cannot set ... after parallel work has started"
             torch.set_num_interop_threads(n)

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent / "ctrkit"
 
 # Bottom to top. A module may import its own layer or a lower one; a new module must be placed here.
 LAYERS = [
-    ("utils", {"ctrkit", "ctrkit.errors", "ctrkit.utils"}),
+    ("utils", {"ctrkit", "ctrkit.errors", "ctrkit.utils", "ctrkit.cpublas"}),
     ("data", {"ctrkit.data", "ctrkit.synth"}),
     ("models", {"ctrkit.layers", "ctrkit.models", "ctrkit.metrics"}),
     ("training", {"ctrkit.presets", "ctrkit.losses", "ctrkit.protocol", "ctrkit.checkpoint", "ctrkit.train",

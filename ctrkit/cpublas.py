@@ -1,0 +1,148 @@
+"""Which BLAS runs the MLPs' fp32 matrix products on the CPU: torch's MKL, or numpy's OpenBLAS.
+
+Why: torch's CPU wheels do their fp32 GEMMs in Intel MKL, which on AMD CPUs takes a generic AVX2
+path; numpy's wheels ship OpenBLAS, whose kernels are tuned for AMD Zen too. On the 2-core AMD EPYC
+(Zen 3) build machine OpenBLAS ran FiBiNET's first-layer products ``[10000, 23712] x [23712, 400]``
+(forward, input gradient, weight gradient) 1.2-1.4x faster than MKL (``bench/ab_code.py``; the
+numbers are in ``bench/results/``). On Intel CPUs MKL is the fast one, so it stays there.
+
+``CTRKIT_CPU_BLAS`` chooses: ``auto`` (default: OpenBLAS on x86 CPUs that are not Intel's, when
+numpy's BLAS is OpenBLAS), ``torch`` or ``openblas``. The choice is recorded with every result
+(``env.cpu_blas``); the same choice on the same CPU gives the same result for the same seed (GEMMs of
+either library are deterministic for a fixed thread count). bf16 autocast, float64 and every device
+but the CPU keep torch's ``F.linear``.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F_
+
+from ctrkit.errors import CtrkitError
+
+CHOICES = ("auto", "torch", "openblas")
+_BACKEND: str | None = None
+_POOL = None  # threadpoolctl's handle on numpy's OpenBLAS, kept at 1 thread (see _mm)
+_WORKERS: ThreadPoolExecutor | None = None  # runs _mm's blocks at once; None: one thread
+_N_WORKERS = 0
+_BLOCK = 1024  # rows or columns per product: fixed, so the result is the same for any worker count
+_SMALL = 1 << 24  # multiply-adds below which one product is cheaper than handing out blocks
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _numpy_openblas():
+    """threadpoolctl's controller of the OpenBLAS libraries loaded (numpy's among them), or None when
+    numpy's BLAS is not OpenBLAS."""
+    from threadpoolctl import ThreadpoolController
+
+    blas = np.__config__.CONFIG.get("Build Dependencies", {}).get("blas", {}).get("name", "")
+    pool = ThreadpoolController().select(internal_api="openblas")
+    return pool if "openblas" in str(blas).lower() and pool.lib_controllers else None
+
+
+def backend() -> str:
+    """``"openblas"`` or ``"torch"``: the BLAS of the MLPs' fp32 CPU products (decided once)."""
+    global _BACKEND, _POOL
+    if _BACKEND is None:
+        choice = os.environ.get("CTRKIT_CPU_BLAS", "auto").strip().lower() or "auto"
+        if choice not in CHOICES:
+            raise CtrkitError(f"CTRKIT_CPU_BLAS: expected one of {', '.join(CHOICES)}, got {choice!r}")
+        pool = _numpy_openblas() if choice != "torch" else None
+        if choice == "openblas" and pool is None:
+            raise CtrkitError("CTRKIT_CPU_BLAS=openblas: numpy here is not linked to OpenBLAS")
+        if choice == "auto" and _cpu_vendor() in ("GenuineIntel", ""):
+            pool = None
+        _BACKEND, _POOL = ("openblas", pool) if pool is not None else ("torch", None)
+        if pool is not None:
+            for lib in pool.lib_controllers:
+                lib.set_num_threads(1)
+        set_threads(torch.get_num_threads())
+    return _BACKEND
+
+
+def set_threads(n: int) -> None:
+    """How many products run at once (kept equal to torch's thread count, set where torch's is)."""
+    global _WORKERS, _N_WORKERS
+    n = max(1, int(n))
+    if _POOL is None or n == _N_WORKERS:
+        return
+    if _WORKERS is not None:
+        _WORKERS.shutdown(wait=True)
+    _WORKERS = ThreadPoolExecutor(n, thread_name_prefix="ctrkit-blas") if n > 1 else None
+    _N_WORKERS = n
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; on CPU in fp32 outside autocast with the OpenBLAS backend, its
+    three products (forward, input and weight gradients) run in numpy's OpenBLAS.
+
+    Input: ``[B, in]``. Output: ``[B, out]``."""
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 2
+            or torch.is_autocast_enabled("cpu") or backend() != "openblas"):
+        return F_.linear(x, weight, bias)
+    return _OpenBlasLinear.apply(x, weight, bias)
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` ``[M, K] x [K, N]``, as single-threaded OpenBLAS products of fixed blocks: rows of
+    ``a`` (M >= N) or columns of ``b``, ``_BLOCK`` at a time, spread over the workers. Why not
+    OpenBLAS's own threads: its sums come out in a different order for 1 and 2 threads (measured:
+    not bit-equal at most shapes), and ctrkit's results must not depend on the thread count
+    (``threads="auto"`` follows the load). The blocks depend only on the shapes, so any number of
+    workers computes the same bits."""
+    x, y = a.detach().numpy(), b.detach().numpy()  # views of the tensors' memory, transposes included
+    (M, K), N = x.shape, y.shape[1]
+    out = np.empty((M, N), dtype=np.float32)
+    by_rows = M >= N  # measured: row blocks for the forward, column blocks for the weight gradient
+    starts = range(0, M if by_rows else N, _BLOCK)
+
+    def block(s: int | None) -> None:
+        # like torch, no warning for inf/NaN (the trainer reports a non-finite loss itself); errstate
+        # is per thread, hence here
+        with np.errstate(all="ignore"):
+            if s is None:
+                np.matmul(x, y, out=out)
+            elif by_rows:
+                np.matmul(x[s:s + _BLOCK], y, out=out[s:s + _BLOCK])
+            else:
+                np.matmul(x, y[:, s:s + _BLOCK], out=out[:, s:s + _BLOCK])
+
+    if len(starts) == 1 or M * N * K < _SMALL:
+        block(None)
+    elif _WORKERS is None:
+        for s in starts:
+            block(s)
+    else:
+        list(_WORKERS.map(block, starts))  # list(): waits, and re-raises a block's error here
+    return torch.from_numpy(out)
+
+
+class _OpenBlasLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        out = _mm(x, weight.t())
+        return out.add_(bias) if bias is not None else out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        gx = _mm(grad, weight) if ctx.needs_input_grad[0] else None
+        gw = _mm(grad.t(), x) if ctx.needs_input_grad[1] else None
+        gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb

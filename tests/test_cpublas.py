@@ -1,0 +1,167 @@
+"""ctrkit.cpublas: the MLPs' fp32 CPU products in numpy's OpenBLAS equal F.linear (values and
+gradients), the backend choice, its thread count, and where it steps aside."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ctrkit import cpublas, layers, models
+from ctrkit.utils import CtrkitError, apply_threads
+
+HAS_OPENBLAS = cpublas._numpy_openblas() is not None
+needs_openblas = pytest.mark.skipif(not HAS_OPENBLAS, reason="numpy here is not linked to OpenBLAS")
+
+
+@pytest.fixture
+def blas(monkeypatch):
+    """Choose the backend for one test: blas("torch" | "openblas" | "auto", vendor=...)."""
+    def choose(name, vendor=None):
+        monkeypatch.setenv("CTRKIT_CPU_BLAS", name)
+        monkeypatch.setattr(cpublas, "_BACKEND", None)
+        monkeypatch.setattr(cpublas, "_POOL", None)
+        monkeypatch.setattr(cpublas, "_WORKERS", None)
+        monkeypatch.setattr(cpublas, "_N_WORKERS", 0)
+        if vendor is not None:
+            monkeypatch.setattr(cpublas, "_cpu_vendor", lambda: vendor)
+        return cpublas.backend()
+    yield choose
+    monkeypatch.undo()
+    cpublas._BACKEND = cpublas._POOL = cpublas._WORKERS = None  # the next caller decides again
+    cpublas._N_WORKERS = 0
+
+
+def _linear_grads(fn, x, w, b):
+    x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
+    b = b.clone().requires_grad_() if b is not None else None
+    out = fn(x, w, b)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return out.detach(), x.grad, w.grad, None if b is None else b.grad
+
+
+@needs_openblas
+@pytest.mark.parametrize("bias", [True, False])
+def test_openblas_linear_equals_f_linear(blas, bias):
+    assert blas("openblas") == "openblas"
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(257, 130, generator=g), torch.randn(70, 130, generator=g)
+    b = torch.randn(70, generator=g) if bias else None
+    ours = _linear_grads(cpublas.linear, x, w, b)
+    ref = _linear_grads(F.linear, x, w, b)
+    for a, r in zip(ours, ref):
+        if r is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+    assert cpublas.linear(x, w, b).grad_fn is None  # no grad wanted: plain tensors in, plain out
+
+
+@needs_openblas
+def test_input_without_grad_gets_none(blas):
+    blas("openblas")
+    x, w = torch.randn(8, 5), torch.randn(3, 5, requires_grad=True)
+    out = cpublas.linear(x, w, None)
+    assert type(out.grad_fn).__name__ == "_OpenBlasLinearBackward"
+    out.sum().backward()
+    torch.testing.assert_close(w.grad, x.sum(0).expand(3, 5))
+
+
+@needs_openblas
+def test_where_it_steps_aside(blas):
+    blas("openblas")
+    x, w = torch.randn(4, 6, requires_grad=True), torch.randn(3, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cpublas.linear(x, w, None).dtype == torch.bfloat16  # autocast's F.linear
+    out = cpublas.linear(x.double(), w.double(), None)
+    assert out.dtype == torch.float64 and "OpenBlas" not in type(out.grad_fn).__name__
+
+
+@pytest.mark.parametrize("vendor, expected", [("GenuineIntel", "torch"), ("AuthenticAMD", "openblas"),
+                                              ("HygonGenuine", "openblas"), ("", "torch")])
+def test_auto_takes_openblas_off_intel(blas, vendor, expected):
+    if expected == "openblas" and not HAS_OPENBLAS:
+        expected = "torch"
+    assert blas("auto", vendor=vendor) == expected
+
+
+def test_torch_is_always_available_and_bad_choices_are_one_line_errors(blas, monkeypatch):
+    assert blas("torch") == "torch"
+    with pytest.raises(CtrkitError, match="CTRKIT_CPU_BLAS: expected one of auto, torch, openblas, got 'mkl'"):
+        blas("mkl")
+    monkeypatch.setattr(cpublas, "_numpy_openblas", lambda: None)
+    with pytest.raises(CtrkitError, match="numpy here is not linked to OpenBLAS"):
+        blas("openblas")
+
+
+@needs_openblas
+def test_one_openblas_thread_and_as_many_workers_as_torch_threads(blas):
+    blas("openblas")
+    old = torch.get_num_threads()
+    try:
+        for n in (2, 1, 3):
+            apply_threads(n)
+            assert {lib.num_threads for lib in cpublas._POOL.lib_controllers} == {1}
+            assert cpublas._N_WORKERS == n and (cpublas._WORKERS is None) == (n == 1)
+    finally:
+        apply_threads(old)
+
+
+@needs_openblas
+@pytest.mark.parametrize("shape", [(2500, 300, 200), (300, 200, 2500), (5, 7, 3)])
+def test_blocked_products_are_the_same_bits_for_any_worker_count(blas, shape):
+    blas("openblas")
+    M, K, N = shape
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g).t()  # b transposed, as in forward
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            apply_threads(n)
+            outs.append(cpublas._mm(a, b))
+    finally:
+        apply_threads(old)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    torch.testing.assert_close(outs[0], a @ b, rtol=1e-4, atol=1e-4)
+
+
+@needs_openblas
+@pytest.mark.parametrize("name", ["DeepFM", "FiBiNET"])
+def test_a_training_step_agrees_across_backends_and_threads(blas, name):
+    """Same maths in either library; within one library the thread count changes no bit (what lets
+    threads="auto" follow the machine's load with OpenBLAS too)."""
+    fields = [7, 11, 5, 9, 13]
+    X = torch.stack([torch.arange(64) % s for s in fields], 1)
+    y = (torch.arange(64) % 3 == 0).float()
+    old = torch.get_num_threads()
+    grads = {}
+    try:
+        for backend in ("torch", "openblas"):
+            blas(backend)
+            for threads in (1, 2):
+                apply_threads(threads)
+                torch.manual_seed(0)
+                model = models.build(name, fields, embedding_dim=4, hidden_units=[3000, 2000])
+                F.binary_cross_entropy_with_logits(model(X), y).backward()
+                grads[backend, threads] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    finally:
+        apply_threads(old)
+    assert torch.equal(grads["openblas", 1], grads["openblas", 2])
+    assert torch.equal(grads["torch", 1], grads["torch", 2])
+    torch.testing.assert_close(grads["openblas", 1], grads["torch", 1], rtol=1e-4, atol=1e-6)
+    assert not torch.equal(grads["openblas", 1], grads["torch", 1])  # the products did run in OpenBLAS
+
+
+def test_env_records_the_backend(blas):
+    from ctrkit.utils import env_info
+
+    for name in ("torch", "openblas") if HAS_OPENBLAS else ("torch",):
+        chosen = blas(name)
+        assert env_info()["cpu_blas"] == chosen == name
+
+
+def test_mlp_runs_its_products_through_it(monkeypatch):
+    calls, real = [], cpublas.linear
+    monkeypatch.setattr(cpublas, "linear", lambda x, w, b: calls.append(tuple(w.shape)) or real(x, w, b))
+    mlp = layers.MLP(6, [5, 4], output_dim=1)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(mlp(x), mlp.net(x), rtol=1e-6, atol=1e-6)
+    assert calls == [(5, 6), (4, 5), (1, 4)]
