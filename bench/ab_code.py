@@ -7,7 +7,8 @@ of those files and nothing else. Each job is a fresh subprocess (``PYTHONPATH`` 
 package) that times the step of ``ctrkit.train.fit`` (``make_optimizer`` Adam, BCE on logits,
 clipping at 10) on random Criteo-shaped indices with the same seed; jobs alternate old/new and the
 order flips every repeat. The loss summed over the timed steps is recorded: with the same maths it
-must agree between old and new up to float rounding.
+must agree between old and new up to float rounding. ``--new-env`` runs the new side once per
+environment setting (e.g. ``CTRKIT_CPU_BLAS=torch`` and ``=auto``): a three-way comparison in one run.
 
     .venv/bin/python bench/ab_code.py --old HEAD~1 --model FiBiNET --batch-size 10000 --repeats 3
 """
@@ -30,7 +31,36 @@ RESULT_PREFIX = "AB_RESULT "
 FIELD_SIZES = [40 + 7 * i for i in range(13)] + [30 + 180 * i for i in range(26)]  # as bench_threads.py
 
 
+def floor_worker(spec: dict) -> dict:
+    """The model's widest layer's three products alone (forward ``X W^T``, input gradient ``G W``,
+    weight gradient ``G^T X``) at the batch size, timed like a step: what any exact implementation of
+    the model must compute, so ``B / their time`` bounds its samples/s with this BLAS."""
+    import torch
+    from torch import nn
+    from ctrkit import cpublas, models
+
+    torch.set_num_threads(spec["threads"])
+    model = models.build(spec["model"], FIELD_SIZES, **spec["hparams"])
+    wide = max((m for m in model.modules() if isinstance(m, nn.Linear)), key=lambda m: m.weight.numel())
+    (n_out, n_in), B = wide.weight.shape, spec["batch_size"]
+    mm = cpublas._mm if cpublas.backend() == "openblas" else torch.mm
+    g = torch.Generator().manual_seed(1)
+    X, W, G = (torch.randn(*shape, generator=g) for shape in ((B, n_in), (n_out, n_in), (B, n_out)))
+    for _ in range(spec["warmup"]):
+        mm(X, W.t()), mm(G, W), mm(G.t(), X)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(spec["steps"]):
+        mm(X, W.t()), mm(G, W), mm(G.t(), X)
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    k = spec["steps"]
+    return {"samples_per_s": k * B / secs, "samples_per_cpu_s": k * B / cpu, "steps": k, "seconds": secs,
+            "cpu_seconds": cpu, "loss_sum": 0.0, "layer": [n_in, n_out], "blas": cpublas.backend(),
+            "loadavg": os.getloadavg()}
+
+
 def worker(spec: dict) -> dict:
+    if spec.get("floor"):
+        return floor_worker(spec)
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -92,8 +122,8 @@ def make_trees(old_rev: str, files: list[str], tmp: Path) -> dict:
     return trees
 
 
-def run_job(tree: Path, spec: dict) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(spec["threads"])}
+def run_job(tree: Path, spec: dict, extra_env: dict | None = None) -> dict:
+    env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(spec["threads"])}
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
                           text=True, env=env, cwd=tree)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
@@ -102,17 +132,34 @@ def run_job(tree: Path, spec: dict) -> dict:
     return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
+def sides(new_envs: list[str], floor: bool = False) -> list[tuple[str, str, dict]]:
+    """(label, tree, extra environment) of every side: "old", then "new" once per `--new-env`
+    setting (``KEY=VALUE[,KEY=VALUE]``; none: plain "new"), then with `floor` a "floor" side per
+    setting (the widest layer's products alone, ``floor_worker``)."""
+    out = [("old", "old", {})]
+    for kind in ("new", "floor") if floor else ("new",):
+        for spec in new_envs or [""]:
+            env = dict(kv.split("=", 1) for kv in spec.split(",") if kv)
+            out.append((f"{kind} {spec}".strip(), "new", env))
+    return out
+
+
 def to_markdown(res: dict) -> str:
+    labels = [lab for lab, _, _ in sides(res["settings"]["new_env"], res["settings"]["floor"])]
+    news = labels[1:]
     lines = [f"# A/B: {res['model']} with `{', '.join(res['files'])}` of `{res['old']}` vs the working tree "
              f"({res['date']})", "", f"Machine: {res['machine']}. Command: `{res['command']}`. {res['note']}", "",
              f"Metric: `{res['settings']['metric']}`.", "",
-             "| variant | old | new | new / old | loss sums old, new |", "|---|---:|---:|---:|---|"]
+             "| variant | " + " | ".join(labels) + " | " + " | ".join(f"{n} / old" for n in news) + " | loss sums |",
+             "|---|" + "---:|" * (len(labels) + len(news)) + "---|"]
     for v, r in res["summary"].items():
-        lines.append(f"| {v} | {r['old']:,.0f} | {r['new']:,.0f} | {r['ratio']:.2f}x | "
-                     f"{r['loss_old']:.6f}, {r['loss_new']:.6f} |")
-    lines += ["", "Medians over the repeats (old and new alternating, the order flipped every repeat); "
-              "every job, with the load average it saw, is in the .json. Per repeat new/old: "
-              + "; ".join(f"{v}: " + ", ".join(f"{x:.2f}" for x in r["ratios"]) for v, r in res["summary"].items())]
+        lines.append(f"| {v} | " + " | ".join(f"{r['median'][lab]:,.0f}" for lab in labels) + " | "
+                     + " | ".join(f"{r['ratio'][n]:.2f}x" for n in news) + " | "
+                     + ", ".join(f"{r['loss'][lab]:.6f}" for lab in labels) + " |")
+    lines += ["", "Medians over the repeats (the sides alternating, the order reversed every repeat); "
+              "every job, with the load average it saw, is in the .json. Per repeat, each new side / old: "
+              + "; ".join(f"{v} {n}: " + ", ".join(f"{x:.2f}" for x in r["ratios"][n])
+                          for v, r in res["summary"].items() for n in news)]
     return "\n".join(lines) + "\n"
 
 
@@ -131,6 +178,10 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--metric", default="samples_per_s", choices=["samples_per_s", "samples_per_cpu_s"],
                     help="wall-clock or per CPU-second throughput (the latter for 1 thread on a busy machine)")
+    ap.add_argument("--new-env", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="run the new side once per such setting (repeatable), e.g. CTRKIT_CPU_BLAS=torch")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time the widest layer's three products alone (the bound on any exact speed-up)")
     ap.add_argument("--tag", default="ab")
     ap.add_argument("--note", default="")
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -141,25 +192,27 @@ def main(argv=None) -> None:
     jobs = []
     with tempfile.TemporaryDirectory(prefix="ctrkit-ab-") as tmp:
         trees = make_trees(args.old, args.files, Path(tmp))
+        all_sides = sides(args.new_env, args.floor)
         for r in range(args.repeats):
             for v in args.variants:
-                for side in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                for label, tree, env in (all_sides if r % 2 == 0 else all_sides[::-1]):
                     spec = {"model": args.model, "hparams": json.loads(args.hparams), "variant": v,
                             "batch_size": args.batch_size, "threads": args.threads, "warmup": args.warmup,
-                            "steps": args.steps}
-                    job = {"side": side, "variant": v, "repeat": r, **run_job(trees[side], spec)}
+                            "steps": args.steps, "floor": label.startswith("floor")}
+                    job = {"side": label, "variant": v, "repeat": r, **run_job(trees[tree], spec, env)}
                     print(json.dumps(job), file=sys.stderr, flush=True)
                     jobs.append(job)
     summary = {}
+    labels = [lab for lab, _, _ in all_sides]
     for v in args.variants:
-        ok = {s: [j for j in jobs if j["variant"] == v and j["side"] == s and "error" not in j] for s in ("old", "new")}
-        if not ok["old"] or not ok["new"]:
+        ok = {s: [j for j in jobs if j["variant"] == v and j["side"] == s and "error" not in j] for s in labels}
+        if not all(ok.values()):
             continue
         med = {s: statistics.median(j[args.metric] for j in ok[s]) for s in ok}
-        pairs = [(o, n) for o in ok["old"] for n in ok["new"] if o["repeat"] == n["repeat"]]
-        summary[v] = {"metric": args.metric, "old": med["old"], "new": med["new"], "ratio": med["new"] / med["old"],
-                      "ratios": [n[args.metric] / o[args.metric] for o, n in pairs],
-                      "loss_old": ok["old"][0]["loss_sum"], "loss_new": ok["new"][0]["loss_sum"]}
+        per_repeat = {n: [x[args.metric] / o[args.metric] for o in ok["old"] for x in ok[n]
+                          if o["repeat"] == x["repeat"]] for n in labels[1:]}
+        summary[v] = {"metric": args.metric, "median": med, "ratio": {n: med[n] / med["old"] for n in labels[1:]},
+                      "ratios": per_repeat, "loss": {s: ok[s][0]["loss_sum"] for s in labels}}
     import _results
 
     res = {**_results.stamp("ab_code.py", f", {args.threads} threads"), "note": args.note, "old": args.old,

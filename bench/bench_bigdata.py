@@ -29,7 +29,8 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="DeepFM")
     ap.add_argument("--preset", default="bars")
     ap.add_argument("--protocol", default="x4_001")
-    ap.add_argument("--seconds", type=float, default=300.0, help="training time before the stop")
+    ap.add_argument("--seconds", type=float, default=300.0,
+                    help="training time before the stop (inf: the whole epoch, then validation and test)")
     ap.add_argument("--threads", default="auto")
     ap.add_argument("--out", default=None, help="result JSON (default: print only)")
     args = ap.parse_args(argv)
@@ -50,8 +51,9 @@ def main(argv=None) -> None:
         calls.append(time.perf_counter())
         return calls[-1] - calls[0] > args.seconds
 
+    result = None  # fit's result when the epoch ends before --seconds (a whole epoch, validated and tested)
     try:
-        fit(model, d, cfg, stop=stop)
+        result = fit(model, d, cfg, stop=stop)
     except RunStopped:
         pass
     steps = len(calls) - 1  # steps between the first and the last check
@@ -63,7 +65,10 @@ def main(argv=None) -> None:
            "seconds_to_first_step": calls[0] - t0 if calls else None, "timed_steps": steps,
            "samples_per_s": sps, "epoch_seconds_estimate": d.rows["train"] / sps if sps else None,
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-           "loadavg": os.getloadavg(), "env": env_info("cpu")}
+           "loadavg": os.getloadavg(), "env": env_info("cpu"),
+           "whole_epoch": result is not None, "wall_s": time.perf_counter() - t0}
+    if result is not None:
+        res.update({k: result[k] for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "seconds")})
     print(json.dumps(res, indent=2))
     if args.out:
         write_json_atomic(args.out, res)
