@@ -1,7 +1,7 @@
 """ctrkit: mutual learning for click-through-rate models.
 
 Layers, bottom to top; a module imports only its own layer or lower ones (tests/test_layering.py):
-utils (errors, utils) -> data (ctrkit.data, synth) -> models (layers, models, metrics)
+utils (errors, utils, cpublas) -> data (ctrkit.data, synth) -> models (layers, models, metrics)
 -> training (presets, losses, protocol, checkpoint, train, mutual, distributed)
 -> results (store, runs, experiments, designs, tables) -> notebooks (plots, widgets, reproduce) -> cli.
 """

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import math
 import random
+import warnings
 from typing import Any
 
 import numpy as np
@@ -275,15 +276,32 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
     return perm.to(device).split(batch_size)
 
 
-def _cpu_has_amx_bf16() -> bool:
+def _cpu_bf16_flags() -> set[str]:
+    """The CPU's bf16 instruction sets among amx_bf16 and avx512_bf16 (empty: none, or no /proc)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
+                    return {"amx_bf16", "avx512_bf16"} & set(line.split())
     except OSError:
         pass
-    return False
+    return set()
+
+
+def _cpu_has_amx_bf16() -> bool:
+    return "amx_bf16" in _cpu_bf16_flags()
+
+
+_WARNED_EMULATED_BF16 = False
+
+
+def _warn_emulated_bf16() -> None:
+    global _WARNED_EMULATED_BF16
+    if not _WARNED_EMULATED_BF16:
+        _WARNED_EMULATED_BF16 = True
+        warnings.warn("amp=bf16 on a CPU without bf16 instructions (neither amx_bf16 nor avx512_bf16): its bf16 "
+                      "products are emulated, several times slower than fp32 (7x for FiBiNET's first layer on an "
+                      "AMD Zen 3, bench/results/); amp=auto picks fp32 here", stacklevel=3)
 
 
 def resolve_amp(device: torch.device | str, amp: str) -> torch.dtype | None:
@@ -303,6 +321,8 @@ def resolve_amp(device: torch.device | str, amp: str) -> torch.dtype | None:
     if amp == "bf16":
         if device.type == "cuda" and not supported:
             raise CtrkitError(f"amp=bf16: the CUDA device {device} has no bf16 support; use amp=off")
+        if device.type == "cpu" and not _cpu_bf16_flags():
+            _warn_emulated_bf16()
         return torch.bfloat16
     return torch.bfloat16 if supported else None
 

@@ -137,6 +137,22 @@ def test_amp_resolution():
         T.resolve_amp("cpu", "fp8")
 
 
+@pytest.mark.parametrize("flags, warns", [(set(), True), ({"avx512_bf16"}, False), ({"amx_bf16"}, False)])
+def test_forced_bf16_on_a_cpu_without_bf16_instructions_warns_once(monkeypatch, flags, warns):
+    monkeypatch.setattr(protocol, "_cpu_bf16_flags", lambda: flags)
+    monkeypatch.setattr(protocol, "_WARNED_EMULATED_BF16", False)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert T.resolve_amp("cpu", "bf16") is torch.bfloat16
+        assert T.resolve_amp("cpu", "bf16") is torch.bfloat16
+        assert T.resolve_amp("cpu", "auto") is (torch.bfloat16 if "amx_bf16" in flags else None)
+    msgs = [str(w.message) for w in seen if "bf16" in str(w.message)]
+    assert len(msgs) == (1 if warns else 0)
+    assert not warns or "without bf16 instructions" in msgs[0]
+
+
 # ---------------------------------------------------------------- fit
 
 
