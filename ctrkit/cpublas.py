@@ -28,8 +28,13 @@ _BACKEND: str | None = None
 _POOL = None  # threadpoolctl's handle on numpy's OpenBLAS, kept at 1 thread (see _mm)
 _WORKERS: ThreadPoolExecutor | None = None  # runs _mm's blocks at once; None: one thread
 _N_WORKERS = 0
-_BLOCK = 1024  # rows or columns per product: fixed, so the result is the same for any worker count
-_SMALL = 1 << 24  # multiply-adds below which one product is cheaper than handing out blocks
+_BLOCK = 1024  # most rows or columns per block (see _block_size)
+_SMALL = 1 << 24  # multiply-adds below which torch's product is as fast (measured)
+_THIN = 32  # a dimension below which torch's product is faster (e.g. the output layer's [B, 1])
+# layers narrower than this stay in torch: in a training step OpenBLAS tied or lost on DeepFM's and
+# DCN's 624 -> 400 layers (0.87-0.90x, bench/results/*cpublas-ab*) and won on FiBiNET's
+# 23,712 -> 400 and 14,820 -> 64 first layers
+_WIDE = 4096
 
 
 def _cpu_vendor() -> str:
@@ -86,48 +91,54 @@ def set_threads(n: int) -> None:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``; on CPU in fp32 outside autocast with the OpenBLAS backend, its
-    three products (forward, input and weight gradients) run in numpy's OpenBLAS.
+    """``F.linear(x, weight, bias)``; for a wide layer (``_WIDE`` inputs or outputs) on CPU in fp32
+    outside autocast with the OpenBLAS backend, its three products (forward, input and weight
+    gradients) run in numpy's OpenBLAS.
 
     Input: ``[B, in]``. Output: ``[B, out]``."""
     if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 2
-            or torch.is_autocast_enabled("cpu") or backend() != "openblas"):
+            or max(weight.shape) < _WIDE or torch.is_autocast_enabled("cpu") or backend() != "openblas"):
         return F_.linear(x, weight, bias)
     return _OpenBlasLinear.apply(x, weight, bias)
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` ``[M, K] x [K, N]``, as single-threaded OpenBLAS products of fixed blocks: rows of
-    ``a`` (M >= N) or columns of ``b``, ``_BLOCK`` at a time, spread over the workers. Why not
-    OpenBLAS's own threads: its sums come out in a different order for 1 and 2 threads (measured:
-    not bit-equal at most shapes), and ctrkit's results must not depend on the thread count
-    (``threads="auto"`` follows the load). The blocks depend only on the shapes, so any number of
-    workers computes the same bits."""
+    """``a @ b`` ``[M, K] x [K, N]``: big products as single-threaded OpenBLAS products of blocks of
+    rows of ``a`` (M >= N) or columns of ``b``, spread over the workers; thin or small ones (measured
+    slower in OpenBLAS) in torch. Why not OpenBLAS's own threads: its sums come out in a different
+    order for 1 and 2 threads (measured: not bit-equal at most shapes), and ctrkit's results must not
+    depend on the thread count (``threads="auto"`` follows the load). The blocks depend only on the
+    shapes, so any number of workers computes the same bits."""
+    (M, K), N = a.shape, b.shape[1]
+    if min(M, N, K) < _THIN or M * N * K < _SMALL:
+        return torch.mm(a.detach(), b.detach())
     x, y = a.detach().numpy(), b.detach().numpy()  # views of the tensors' memory, transposes included
-    (M, K), N = x.shape, y.shape[1]
     out = np.empty((M, N), dtype=np.float32)
     by_rows = M >= N  # measured: row blocks for the forward, column blocks for the weight gradient
-    starts = range(0, M if by_rows else N, _BLOCK)
+    size = _block_size(M if by_rows else N)
 
-    def block(s: int | None) -> None:
+    def block(s: int) -> None:
         # like torch, no warning for inf/NaN (the trainer reports a non-finite loss itself); errstate
         # is per thread, hence here
         with np.errstate(all="ignore"):
-            if s is None:
-                np.matmul(x, y, out=out)
-            elif by_rows:
-                np.matmul(x[s:s + _BLOCK], y, out=out[s:s + _BLOCK])
+            if by_rows:
+                np.matmul(x[s:s + size], y, out=out[s:s + size])
             else:
-                np.matmul(x, y[:, s:s + _BLOCK], out=out[:, s:s + _BLOCK])
+                np.matmul(x, y[:, s:s + size], out=out[:, s:s + size])
 
-    if len(starts) == 1 or M * N * K < _SMALL:
-        block(None)
-    elif _WORKERS is None:
+    starts = range(0, M if by_rows else N, size)
+    if _WORKERS is None:
         for s in starts:
             block(s)
     else:
         list(_WORKERS.map(block, starts))  # list(): waits, and re-raises a block's error here
     return torch.from_numpy(out)
+
+
+def _block_size(n: int) -> int:
+    """Rows (or columns) per block: at most 1,024 (each block repacks the other operand), at least
+    4 blocks for any worker count up to 4, a multiple of 64; a function of the shape only."""
+    return max(64, min(_BLOCK, -(-n // 4 // 64) * 64))
 
 
 class _OpenBlasLinear(torch.autograd.Function):
