@@ -81,6 +81,7 @@ def backend() -> str:
 def set_threads(n: int) -> None:
     """How many products run at once (kept equal to torch's thread count, set where torch's is)."""
     global _WORKERS, _N_WORKERS
+    backend()  # decided (and CTRKIT_CPU_BLAS checked) when a run starts, not at its first wide layer
     n = max(1, int(n))
     if _POOL is None or n == _N_WORKERS:
         return

@@ -168,3 +168,18 @@ def test_mlp_runs_its_products_through_it(monkeypatch):
     x = torch.randn(3, 6)
     torch.testing.assert_close(mlp(x), mlp.net(x), rtol=1e-6, atol=1e-6)
     assert calls == [(5, 6), (4, 5), (1, 4)]
+
+
+def test_a_bad_choice_stops_the_cli_before_training(criteo_small, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "ctrkit.cli", "pretrain", "--data", str(criteo_small.path), "--model",
+                        "DeepFM", "--preset", "smoke", "--device", "cpu", "--out", str(out)],
+                       env={**os.environ, "CTRKIT_CPU_BLAS": "mkl"}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == ("ctrkit: error: CTRKIT_CPU_BLAS: expected one of auto, torch, "
+                                                 "openblas, got 'mkl'")
+    assert "Traceback" not in r.stderr and "epoch" not in r.stderr and not out.exists()
