@@ -65,11 +65,10 @@ def backend() -> str:
         choice = os.environ.get("CTRKIT_CPU_BLAS", "auto").strip().lower() or "auto"
         if choice not in CHOICES:
             raise CtrkitError(f"CTRKIT_CPU_BLAS: expected one of {', '.join(CHOICES)}, got {choice!r}")
-        pool = _numpy_openblas() if choice != "torch" else None
+        wanted = choice == "openblas" or (choice == "auto" and _cpu_vendor() not in ("GenuineIntel", ""))
+        pool = _numpy_openblas() if wanted else None
         if choice == "openblas" and pool is None:
             raise CtrkitError("CTRKIT_CPU_BLAS=openblas: numpy here is not linked to OpenBLAS")
-        if choice == "auto" and _cpu_vendor() in ("GenuineIntel", ""):
-            pool = None
         _BACKEND, _POOL = ("openblas", pool) if pool is not None else ("torch", None)
         if pool is not None:
             for lib in pool.lib_controllers:
