@@ -1,16 +1,17 @@
 """Which BLAS runs the MLPs' fp32 matrix products on the CPU: torch's MKL, or numpy's OpenBLAS.
 
 Why: torch's CPU wheels do their fp32 GEMMs in Intel MKL, which on AMD CPUs takes a generic AVX2
-path; numpy's wheels ship OpenBLAS, whose kernels are tuned for AMD Zen too. On the 2-core AMD EPYC
-(Zen 3) build machine OpenBLAS ran FiBiNET's first-layer products ``[10000, 23712] x [23712, 400]``
-(forward, input gradient, weight gradient) 1.2-1.4x faster than MKL (``bench/ab_code.py``; the
-numbers are in ``bench/results/``). On Intel CPUs MKL is the fast one, so it stays there.
+path; numpy's wheels ship OpenBLAS, whose kernels are tuned for AMD Zen too. On an AMD Zen 3 CPU
+OpenBLAS ran FiBiNET's 23,712 -> 400 first layer's three products faster than MKL, and with them the
+training step (``bench/ab_code.py --floor``; the numbers are in ``bench/results/``); on the narrow
+layers of the other models it did not, so only wide layers use it. On Intel CPUs MKL is the fast
+one, so it stays there.
 
 ``CTRKIT_CPU_BLAS`` chooses: ``auto`` (default: OpenBLAS on x86 CPUs that are not Intel's, when
 numpy's BLAS is OpenBLAS), ``torch`` or ``openblas``. The choice is recorded with every result
-(``env.cpu_blas``); the same choice on the same CPU gives the same result for the same seed (GEMMs of
-either library are deterministic for a fixed thread count). bf16 autocast, float64 and every device
-but the CPU keep torch's ``F.linear``.
+(``env.cpu_blas``); the same choice on the same CPU gives the same result for the same seed, for any
+thread count (see ``_mm``). bf16 autocast, float64 and every device but the CPU keep torch's
+``F.linear``.
 """
 from __future__ import annotations
 
