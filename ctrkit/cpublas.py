@@ -51,8 +51,11 @@ def _cpu_vendor() -> str:
 
 def _numpy_openblas():
     """threadpoolctl's controller of the OpenBLAS libraries loaded (numpy's among them), or None when
-    numpy's BLAS is not OpenBLAS."""
-    from threadpoolctl import ThreadpoolController
+    numpy's BLAS is not OpenBLAS (or threadpoolctl is missing: a bare GPU machine runs without it)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
 
     blas = np.__config__.CONFIG.get("Build Dependencies", {}).get("blas", {}).get("name", "")
     pool = ThreadpoolController().select(internal_api="openblas")

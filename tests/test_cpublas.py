@@ -85,6 +85,20 @@ def test_auto_takes_openblas_off_intel(blas, vendor, expected):
     assert blas("auto", vendor=vendor) == expected
 
 
+def test_without_threadpoolctl_auto_is_torch(blas, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_threadpoolctl(name, *args, **kwargs):
+        if name == "threadpoolctl":
+            raise ImportError("No module named 'threadpoolctl'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
+    assert blas("auto", vendor="AuthenticAMD") == "torch"
+
+
 def test_torch_is_always_available_and_bad_choices_are_one_line_errors(blas, monkeypatch):
     assert blas("torch") == "torch"
     with pytest.raises(CtrkitError, match="CTRKIT_CPU_BLAS: expected one of auto, torch, openblas, got 'mkl'"):
