@@ -188,7 +188,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for m in self.net:  # the products through ctrkit.cpublas: OpenBLAS on AMD CPUs, else F.linear
+        for m in self.net:  # through ctrkit.cpublas: wide layers in OpenBLAS on non-Intel CPUs, else F.linear
             x = cpublas.linear(x, m.weight, m.bias) if isinstance(m, nn.Linear) else m(x)
         return x
 

@@ -182,8 +182,8 @@ def resolve_threads(threads: int | str | None = "auto", *, sample_s: float = _TH
 
 
 def apply_threads(threads: int | str | None = "auto") -> int:
-    """``torch.set_num_threads(resolve_threads(threads))`` (MKL and OpenMP follow, and the OpenBLAS
-    of ``ctrkit.cpublas``); returns the number.
+    """``torch.set_num_threads(resolve_threads(threads))`` (MKL and OpenMP follow, and so does the
+    worker count of ``ctrkit.cpublas``); returns the number.
 
     Inter-op threads (parallel TorchScript forks; ctrkit launches none) are lowered to the same number
     when torch still allows it (only before its first parallel work), never raised."""
