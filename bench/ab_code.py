@@ -181,7 +181,7 @@ def main(argv=None) -> None:
     ap.add_argument("--new-env", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                     help="run the new side once per such setting (repeatable), e.g. CTRKIT_CPU_BLAS=torch")
     ap.add_argument("--floor", action="store_true",
-                    help="also time the widest layer's three products alone (the bound on any exact speed-up)")
+                    help="also time the widest layer's three fp32 products alone (the bound on any exact speed-up)")
     ap.add_argument("--tag", default="ab")
     ap.add_argument("--note", default="")
     ap.add_argument("--out", default=str(HERE / "results"))
