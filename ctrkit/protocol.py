@@ -300,7 +300,7 @@ def _warn_emulated_bf16() -> None:
     if not _WARNED_EMULATED_BF16:
         _WARNED_EMULATED_BF16 = True
         warnings.warn("amp=bf16 on a CPU without bf16 instructions (neither amx_bf16 nor avx512_bf16): its bf16 "
-                      "products are emulated, several times slower than fp32 (7x for FiBiNET's first layer on an "
+                      "products are emulated, several times slower than fp32 (FiBiNET trained ~8x slower on an "
                       "AMD Zen 3, bench/results/); amp=auto picks fp32 here", stacklevel=3)
 
 
