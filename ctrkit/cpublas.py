@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F_
 
-from ctrkit.errors import CtrkitError
+from ctrkit.utils import CtrkitError, cpuinfo
 
 CHOICES = ("auto", "torch", "openblas")
 _BACKEND: str | None = None
@@ -39,14 +39,7 @@ _WIDE = 4096
 
 
 def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpuinfo("vendor_id") or ""
 
 
 def _numpy_openblas():
@@ -77,16 +70,19 @@ def backend() -> str:
         if pool is not None:
             for lib in pool.lib_controllers:
                 lib.set_num_threads(1)
-        set_threads(torch.get_num_threads())
+            _resize(torch.get_num_threads())
     return _BACKEND
 
 
 def set_threads(n: int) -> None:
     """How many products run at once (kept equal to torch's thread count, set where torch's is)."""
+    if backend() == "openblas":  # decided (and CTRKIT_CPU_BLAS checked) when a run starts
+        _resize(max(1, int(n)))
+
+
+def _resize(n: int) -> None:
     global _WORKERS, _N_WORKERS
-    backend()  # decided (and CTRKIT_CPU_BLAS checked) when a run starts, not at its first wide layer
-    n = max(1, int(n))
-    if _POOL is None or n == _N_WORKERS:
+    if n == _N_WORKERS:
         return
     if _WORKERS is not None:
         _WORKERS.shutdown(wait=True)

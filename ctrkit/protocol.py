@@ -23,7 +23,7 @@ from torch import nn
 
 from ctrkit import metrics
 from ctrkit.models import embedding_parameters
-from ctrkit.utils import CtrkitError, resolve_threads
+from ctrkit.utils import CtrkitError, cpuinfo, resolve_threads
 
 __all__ = ["TrainConfig", "as_train_config", "make_optimizer", "Tracker", "monitor_score", "epoch_batches",
            "NonFiniteCheck", "NonFiniteLossError", "resolve_amp", "amp_context", "predict", "evaluate", "scores",
@@ -278,14 +278,7 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
 
 def _cpu_bf16_flags() -> set[str]:
     """The CPU's bf16 instruction sets among amx_bf16 and avx512_bf16 (empty: none, or no /proc)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return {"amx_bf16", "avx512_bf16"} & set(line.split())
-    except OSError:
-        pass
-    return set()
+    return {"amx_bf16", "avx512_bf16"} & set((cpuinfo("flags") or "").split())
 
 
 def _cpu_has_amx_bf16() -> bool:

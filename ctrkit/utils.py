@@ -142,14 +142,21 @@ def env_info(device: str | torch.device | None = None, seed: int | None = None) 
     return info
 
 
-def _cpu_model() -> str:
+def cpuinfo(field: str) -> str | None:
+    """The first value of `field` in /proc/cpuinfo ("model name", "vendor_id", "flags"), or None
+    (no such field, or no /proc)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == field:
+                return value.strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def _cpu_model() -> str:
+    return cpuinfo("model name") or platform.processor() or "unknown"
 
 
 _THREAD_SAMPLE_S = 0.2  # how long "auto" watches /proc/stat: long enough to see a busy core, short at start-up

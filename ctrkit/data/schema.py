@@ -102,8 +102,6 @@ class Label:
                           f"or 'rest' for every other value); positive is {list(self.positive)}")
 
 
-
-
 @dataclass(frozen=True, kw_only=True)
 class Numeric:
     """A numeric column bucketed into a categorical field: `log2` (BARS's floor(ln(v)^2) for
