@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ctrkit.utils import atomic_path, env_info, write_json_atomic  # noqa: E402
+from ctrkit.core.utils import atomic_path, write_json_atomic  # noqa: E402
+from ctrkit.kernels import env_info  # noqa: E402
 
 
 def stamp(script: str, extra_machine: str = "") -> dict:

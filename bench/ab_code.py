@@ -4,7 +4,7 @@
 Both sides run the working tree's ctrkit except for ``--files`` (default ``ctrkit/layers.py`` and
 ``ctrkit/models/fibinet.py``), which "old" takes from ``--old REV``: so the ratio is the change
 of those files and nothing else. Each job is a fresh subprocess (``PYTHONPATH`` on its copy of the
-package) that times the step of ``ctrkit.train.fit`` (``make_optimizer`` Adam, BCE on logits,
+package) that times the step of ``ctrkit.training.loop.fit`` (``make_optimizer`` Adam, BCE on logits,
 clipping at 10) on random Criteo-shaped indices with the same seed; jobs alternate old/new and the
 order flips every repeat. The loss summed over the timed steps is recorded: with the same maths it
 must agree between old and new up to float rounding. ``--new-env`` runs the new side once per
@@ -37,7 +37,8 @@ def floor_worker(spec: dict) -> dict:
     the model must compute, so ``B / their time`` bounds its samples/s with this BLAS."""
     import torch
     from torch import nn
-    from ctrkit import cpublas, models
+    from ctrkit import models
+    from ctrkit.kernels import cpublas
 
     torch.set_num_threads(spec["threads"])
     model = models.build(spec["model"], FIELD_SIZES, **spec["hparams"])
@@ -65,8 +66,8 @@ def worker(spec: dict) -> dict:
     import torch.nn.functional as F
     from torch import nn
     from ctrkit import models
-    from ctrkit.train import TrainConfig, amp_context, make_optimizer
-    from ctrkit.utils import tune_cpu_allocator
+    from ctrkit.training.loop import TrainConfig, amp_context, make_optimizer
+    from ctrkit.core.utils import tune_cpu_allocator
 
     torch.set_num_threads(spec["threads"])
     tune_cpu_allocator()

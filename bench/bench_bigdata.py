@@ -1,4 +1,4 @@
-"""One model's training on a prepared (real-size) dataset through ``ctrkit.train.fit``, for a bounded
+"""One model's training on a prepared (real-size) dataset through ``ctrkit.training.loop.fit``, for a bounded
 time: load time, samples/s, the epoch time that implies, and peak RSS (what a full epoch needs).
 
 ``fit`` loads the training and validation splits, then trains; after ``--seconds`` of training the
@@ -35,9 +35,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None, help="result JSON (default: print only)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE.parent))
-    from ctrkit import data as cdata, models, presets
-    from ctrkit.train import RunStopped, TrainConfig, fit
-    from ctrkit.utils import env_info, seed_everything, write_json_atomic
+    from ctrkit import data as cdata, models
+    from ctrkit.training import presets
+    from ctrkit.training.loop import RunStopped, TrainConfig, fit
+    from ctrkit.core.utils import seed_everything, write_json_atomic
+    from ctrkit.kernels import env_info
 
     t0 = time.perf_counter()
     d = cdata.load(args.data)

@@ -86,7 +86,7 @@ def run_measured(cmd: list[str]) -> dict:
 
 def machine() -> dict:
     sys.path.insert(0, str(ROOT))
-    from ctrkit.utils import env_info
+    from ctrkit.core.utils import env_info
     import numpy
     import pyarrow
 
@@ -280,7 +280,7 @@ def main() -> int:
     stem = f"prepare-{dt.date.today().isoformat()}-{host}" + (f"-{args.tag}" if args.tag else "")
     path = Path(args.out) / f"{stem}.json"
     sys.path.insert(0, str(ROOT))
-    from ctrkit.utils import write_json_atomic
+    from ctrkit.core.utils import write_json_atomic
     write_json_atomic(path, result)
     print(f"wrote {path}")
     return 0

@@ -1,8 +1,8 @@
 """DeepFM training samples/s with 1, 2 and "auto" intra-op threads, with and without extra CPU load.
 
-What ``ctrkit.utils.resolve_threads("auto")`` should mean is decided here: each job is a fresh
-subprocess that applies its thread setting (``ctrkit.utils.apply_threads``) and times the step of
-``ctrkit.train.fit`` (Adam via ``make_optimizer``, BCE on logits, clipping at 10, fp32) on random
+What ``ctrkit.core.utils.resolve_threads("auto")`` should mean is decided here: each job is a fresh
+subprocess that applies its thread setting (``ctrkit.core.utils.apply_threads``) and times the step of
+``ctrkit.training.loop.fit`` (Adam via ``make_optimizer``, BCE on logits, clipping at 10, fp32) on random
 Criteo-shaped indices; "load" starts that many CPU-bound processes (a Python busy loop each) before
 the job and stops them after. Jobs are interleaved (every repeat runs every (load, threads) pair,
 the order rotated per repeat) so that drift of a shared machine is spread over all of them; the
@@ -28,7 +28,8 @@ FIELD_SIZES = [40 + 7 * i for i in range(13)] + [30 + 180 * i for i in range(26)
 
 
 def worker(spec: dict) -> dict:
-    from ctrkit.utils import apply_threads, tune_cpu_allocator, _busy_cores_of_others
+    from ctrkit.core.utils import tune_cpu_allocator, _busy_cores_of_others
+    from ctrkit.kernels import apply_threads
 
     busy = _busy_cores_of_others(0.2)  # what "auto" sees (measured again inside apply_threads)
     threads = apply_threads(spec["threads"])
@@ -36,7 +37,7 @@ def worker(spec: dict) -> dict:
     import torch.nn.functional as F
     from torch import nn
     from ctrkit import models
-    from ctrkit.train import TrainConfig, make_optimizer
+    from ctrkit.training.loop import TrainConfig, make_optimizer
 
     tune_cpu_allocator()
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""A/B of the training engine: `ctrkit.train.fit` samples/s of two ctrkit source trees (e.g. the
+"""A/B of the training engine: `ctrkit.training.loop.fit` samples/s of two ctrkit source trees (e.g. the
 commit before the one-loop refactor vs the working tree), interleaved in one run.
 
     python bench/engine_ab.py --old /path/to/old/tree --rows 200000 --repeats 3 --out bench/results/NAME
@@ -24,8 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 WORKER = r"""
 import json, sys, torch
-from ctrkit import data, models, train
-from ctrkit.utils import seed_everything
+from ctrkit import data, models
+from ctrkit.training import loop as train
+from ctrkit.core.utils import seed_everything
 torch.set_num_threads(int(sys.argv[3]))
 d = data.load(sys.argv[1])
 name = sys.argv[2]

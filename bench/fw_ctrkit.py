@@ -1,16 +1,16 @@
 """Benchmark worker: ctrkit (project venv). Started by run_all.py; see _common.py for the protocol.
 
-The timed step is ctrkit.train.fit's inner step, built from the same public pieces fit uses
+The timed step is ctrkit.training.loop.fit's inner step, built from the same public pieces fit uses
 (`make_optimizer`, `amp_context`, BCE-with-logits on fp32 logits, gradient clipping at 10, the loss
 accumulated on the device), so the number is what `fit` gets per step. The auc mode calls
-`ctrkit.train.fit` itself (1 epoch) on the prepared directory.
+`ctrkit.training.loop.fit` itself (1 epoch) on the prepared directory.
 
 Variants (spec["variant"]): fp32 | bf16 (autocast, fp32 master weights) | compile (torch.compile of
 the model, fp32) | compile_bf16 | perfield (fp32, the fused embedding table replaced by one
 nn.Embedding per field + stack, as FuxiCTR/DeepCTR-Torch do: what fusing buys) | unfused_adam (fp32,
 the same optimizer groups as `make_optimizer` but torch's default single-tensor Adam instead of
 `fused=True`: what make_optimizer's fused kernel buys) | default_malloc (fp32 without
-`ctrkit.utils.tune_cpu_allocator`, which `fit` and every other variant apply: what it buys) |
+`ctrkit.core.utils.tune_cpu_allocator`, which `fit` and every other variant apply: what it buys) |
 bf16_default_malloc (the same under bf16 autocast) |
 textbook (fp32, ctrkit's CPU layer fast paths swapped for the textbook code they replaced:
 ATen's embedding backward, FM through autograd, out-of-place ReLU, the layer-by-layer cross
@@ -29,7 +29,7 @@ import _common  # noqa: E402
 def _per_field_embeddings(torch, model):
     """Swap every fused FeatureEmbedding for a per-field one (same init, same maths)."""
     from torch import nn
-    from ctrkit import layers
+    from ctrkit.models import layers
 
     class PerField(nn.Module):
         def __init__(self, fused):
@@ -56,7 +56,7 @@ def _per_field_embeddings(torch, model):
 def _textbook_layers(torch):
     """Swap ctrkit's CPU layer fast paths for the plain formulations they replaced (same maths)."""
     import torch.nn.functional as F
-    from ctrkit import layers
+    from ctrkit.models import layers
 
     def embedding(self, X):
         return F.embedding(X.to(self.offsets.dtype) + self.offsets, self.weight)
@@ -77,7 +77,7 @@ def _textbook_layers(torch):
 
 
 def _optimizer(torch, model, cfg, emb_params=None):
-    from ctrkit.train import make_optimizer
+    from ctrkit.training.loop import make_optimizer
     if emb_params is None:
         return make_optimizer(model, cfg)
     ids = {id(p) for p in emb_params}
@@ -90,9 +90,9 @@ def run_one(spec, model_spec, torch, data):
     import torch.nn.functional as F
     from torch import nn
     from ctrkit import models
-    from ctrkit.train import TrainConfig, amp_context, fit
+    from ctrkit.training.loop import TrainConfig, amp_context, fit
 
-    from ctrkit.utils import tune_cpu_allocator
+    from ctrkit.core.utils import tune_cpu_allocator
 
     variant = spec.get("variant", "fp32")
     if not variant.endswith("default_malloc"):
@@ -107,7 +107,7 @@ def run_one(spec, model_spec, torch, data):
 
     if spec["mode"] == "auc":
         from ctrkit import data as cdata
-        from ctrkit.utils import seed_everything
+        from ctrkit.core.utils import seed_everything
         seed_everything(cfg.seed)
         model = models.build(model_spec["model"], sizes, **model_spec["hparams"])
         d = cdata.load(spec["data"])
@@ -175,13 +175,13 @@ def run_one(spec, model_spec, torch, data):
 
 
 def _mutual_scaling(spec, model_spec, torch, sizes, cfg):
-    """Epoch seconds of `ctrkit.mutual.mutual_fit` with N = 1..max peers of the same model (N = 1 is
+    """Epoch seconds of `ctrkit.training.mutual.mutual_fit` with N = 1..max peers of the same model (N = 1 is
     mode "alone": the same code path training one model), 1 epoch each, same rows and batches.
     An epoch's seconds come from mutual_fit's history (training + validation of every peer; the
     validation split is cut small so the training dominates)."""
     from ctrkit import data as cdata, models
-    from ctrkit.mutual import MutualConfig, mutual_fit
-    from ctrkit.utils import seed_everything
+    from ctrkit.training.mutual import MutualConfig, mutual_fit
+    from ctrkit.core.utils import seed_everything
 
     d = _Subset(cdata.load(spec["data"]), int(spec["train_rows"]), spec.get("test_rows"),
                 valid_rows=spec.get("valid_rows"))

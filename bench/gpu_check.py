@@ -1,6 +1,6 @@
 """GPU check (see gpu_check.sh): Criteo-scale synthetic tensors made on the device, one epoch of
-each model at the BARS x4_001 sizes through `ctrkit.train.fit`, one 4-peer epoch through
-`ctrkit.mutual.mutual_fit`; prints a table (samples/s, epoch seconds, peak memory) and writes JSON.
+each model at the BARS x4_001 sizes through `ctrkit.training.loop.fit`, one 4-peer epoch through
+`ctrkit.training.mutual.mutual_fit`; prints a table (samples/s, epoch seconds, peak memory) and writes JSON.
 
 The data never leaves the device: X int32 [rows, 39] with uniform random per-field indices below
 x4_001-like vocabulary sizes, labels from a hidden logistic model of a few fields (so the loss
@@ -83,10 +83,12 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     import torch
-    from ctrkit import models, presets
-    from ctrkit.mutual import MutualConfig, mutual_fit
-    from ctrkit.train import TrainConfig, fit
-    from ctrkit.utils import env_info, resolve_device, seed_everything
+    from ctrkit import models
+    from ctrkit.training import presets
+    from ctrkit.training.mutual import MutualConfig, mutual_fit
+    from ctrkit.training.loop import TrainConfig, fit
+    from ctrkit.core.utils import resolve_device, seed_everything
+    from ctrkit.kernels import env_info
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"

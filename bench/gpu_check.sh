@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # ctrkit GPU check, one script, sized to finish within 8 minutes on one H200:
 #   Criteo-scale synthetic tensors made on the device (36.7M x 39 int32, x4_001-like vocab sizes),
-#   one epoch of DeepFM, DCN, PNN and FiBiNET at the BARS x4_001 sizes (ctrkit.train.fit, bf16
-#   autocast by default), one 4-peer mutual epoch (ctrkit.mutual.mutual_fit); prints a table
+#   one epoch of DeepFM, DCN, PNN and FiBiNET at the BARS x4_001 sizes (ctrkit.training.loop.fit, bf16
+#   autocast by default), one 4-peer mutual epoch (ctrkit.training.mutual.mutual_fit); prints a table
 #   (samples/s, epoch seconds, peak memory) and writes JSON under $OUT (else bench/results).
 #
 # Usage:  bash bench/gpu_check.sh                      # on the GPU machine, from the repo root

@@ -154,7 +154,8 @@ def main(argv=None) -> None:
     ap.add_argument("--results", default=str(HERE / "results"))
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE.parent))
-    from ctrkit.utils import atomic_path, env_info, write_json_atomic
+    from ctrkit.core.utils import atomic_path, write_json_atomic
+    from ctrkit.kernels import env_info
     res = analyse(Path(args.out), args.models, args.top_cells)
     now = dt.datetime.now(dt.timezone.utc)
     info = env_info()

@@ -13,7 +13,7 @@ Parts (`--parts`, default all but x4):
   auc       1 epoch on the first `--auc-rows` training rows, test AUC per framework (+ ctrkit seed
             noise and bf16); FiBiNET on `--auc-fibinet-rows` rows (FuxiCTR's FiBiNET is too slow
             for more within the budget)
-  mutual    ctrkit.mutual.mutual_fit epoch seconds for N = 1..5 DeepFM peers
+  mutual    ctrkit.training.mutual.mutual_fit epoch seconds for N = 1..5 DeepFM peers
   x4        the BARS x4_001 MLPs (presets 'bars', criteo x4_001) at batch 10,000, few steps
 
 Competitors need `bash bench/setup_competitors.sh` (bench/.venv-competitors) and, for FuxiCTR,
@@ -59,7 +59,7 @@ def cpu_hmp_hparams(model: str, emb: int, hidden: list[int]) -> dict:
 
 
 def x4_hparams(model: str) -> dict:
-    from ctrkit import presets
+    from ctrkit.training import presets
     hp = dict(presets.get(model, "bars", dataset="criteo", protocol="x4_001").model)
     hp["hidden_activations"] = "ReLU"
     return hp
@@ -369,7 +369,7 @@ def markdown(report: dict) -> str:
         lines += [f"## ctrkit fast-path variants, batch {b1:,} (samples/s; ratio to fp32)", "",
                   "bf16: autocast with fp32 master weights; torch.compile columns: first repeat only, "
                   "compile = seconds of the first (compiling) step; per-field: one nn.Embedding per field + stack "
-                  "instead of the fused table; default malloc: without `ctrkit.utils.tune_cpu_allocator` (every "
+                  "instead of the fused table; default malloc: without `ctrkit.core.utils.tune_cpu_allocator` (every "
                   "other ctrkit column has it, as `fit` does); textbook layers: ctrkit's CPU layer fast paths swapped for "
                   "the plain code they replaced (ATen embedding backward, autograd FM, out-of-place ReLU, "
                   "layer-by-layer cross network, pair-major bilinear).", "",
@@ -423,7 +423,7 @@ def markdown(report: dict) -> str:
         lines.append("")
     mu = s["mutual"]
     if mu and "epoch_seconds" in mu:
-        lines += [f"## N-peer mutual learning (ctrkit.mutual.mutual_fit, {mu['model']} peers, "
+        lines += [f"## N-peer mutual learning (ctrkit.training.mutual.mutual_fit, {mu['model']} peers, "
                   f"{mu['train_rows']:,} rows, batch {mu['batch_size']:,})", "",
                   "| N peers | epoch seconds | / single model |", "|---:|---:|---:|"]
         for n, sec in mu["epoch_seconds"].items():

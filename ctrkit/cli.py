@@ -9,7 +9,7 @@ import json
 import sys
 
 # Nothing heavy at import time: torch loads inside main(), where Ctrl-C and errors are handled.
-from ctrkit.errors import CtrkitError
+from ctrkit.core.errors import CtrkitError
 
 
 def _kv(text: str) -> tuple[str, str]:
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_synth(args):
-    from ctrkit import synth
+    from ctrkit.data import synth
 
     path = synth.generate(args.dataset, args.rows, args.out, seed=args.seed, gzip=args.gzip,
                           progress=sys.stderr.isatty(), force=args.force)
@@ -206,7 +206,8 @@ def cmd_info(args):
 
 
 def cmd_pretrain(args):
-    from ctrkit import data, models, runs
+    from ctrkit import data, models
+    from ctrkit.experiments import runs
 
     d = data.load(args.data)
     name = models.canonical_name(args.model)
@@ -225,7 +226,7 @@ def cmd_pretrain(args):
 
 
 def _spec(args):
-    from ctrkit import runs
+    from ctrkit.experiments import runs
 
     peers = [p for p in str(args.peers).split(",") if p.strip()]
     return runs.RunSpec(peers=tuple(peers), init=args.init, mode=args.mode, weight=args.weight,
@@ -239,14 +240,15 @@ def _spec(args):
 
 def _run_mutual(args):
     """(records, skipped, is_main): this process's share of `ctrkit mutual`."""
-    from ctrkit import data, runs
+    from ctrkit import data
+    from ctrkit.experiments import runs
 
     if not args.distributed:
         spec = _spec(args)
         recs, skipped = runs.execute(spec, data.load(args.data), store=args.store, out_dir=args.out,
                                      force=args.force)
         return recs, skipped, True
-    from ctrkit import distributed
+    from ctrkit.training import distributed
 
     n_peers = len([p for p in str(args.peers).split(",") if p.strip()])
     comm = distributed.init_from_env(n_peers, device=args.device)
@@ -266,7 +268,7 @@ def _run_mutual(args):
 
 
 def cmd_mutual(args):
-    from ctrkit import runs
+    from ctrkit.experiments import runs
 
     records, skipped, main = _run_mutual(args)
     if not main:
@@ -289,14 +291,14 @@ def cmd_mutual(args):
 
 
 def cmd_table(args):
-    from ctrkit import tables
+    from ctrkit.analysis import tables
 
     df = tables.table(args.name, args.store, include_exploration=args.include_exploration)
     print(tables.render(args.name, df, args.format))
 
 
 def cmd_reproduce(args):
-    from ctrkit import reproduce
+    from ctrkit.notebook import reproduce
 
     res = reproduce.run(dataset=args.dataset, profile=args.profile, data=args.data, out=args.out,
                         figures=args.figures, device=args.device, force=args.force,

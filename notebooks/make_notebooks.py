@@ -14,7 +14,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
 
-PARAMETERS = '''# Parameters (papermill replaces this cell; None = the profile's value, see ctrkit.reproduce.PROFILES)
+PARAMETERS = '''# Parameters (papermill replaces this cell; None = the profile's value, see ctrkit.notebook.reproduce.PROFILES)
 dataset = "criteo"      # criteo | avazu
 data_dir = None         # None: synthetic data; else a processed dataset dir or raw files (profile full)
 profile = "smoke"       # smoke | quick | full
@@ -25,7 +25,7 @@ seeds = None            # e.g. [2021, 2022, 2023]
 epochs = None           # pretraining epochs'''
 
 # 06 meets the folder `make reproduce` made (profile quick); relative paths: to the repository root.
-EXPLORE_PARAMETERS = '''# Parameters (papermill replaces this cell; None = the profile's value, see ctrkit.reproduce.PROFILES)
+EXPLORE_PARAMETERS = '''# Parameters (papermill replaces this cell; None = the profile's value, see ctrkit.notebook.reproduce.PROFILES)
 dataset = "criteo"      # criteo | avazu
 data_dir = None         # None: synthetic data; else a processed dataset dir or raw files (profile full)
 profile = "quick"       # smoke | quick | full: the profile that made the data under `out`
@@ -43,7 +43,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
     "00_data": [
         ("md", "# 00 · Data\nPrepare the dataset (synthetic rows for the smoke/quick profiles, your processed or raw "
                "files for full) and look at it: rows and CTR per split, vocabulary sizes, value frequencies."),
-        ("code", "from ctrkit import plots, reproduce"),
+        ("code", "from ctrkit.analysis import plots\nfrom ctrkit.notebook import reproduce"),
         ("params", PARAMETERS),
         ("code", SETTINGS),
         ("md", "## Rows and click-through rate per split"),
@@ -61,8 +61,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "protocol: early stopping on validation with the profile's patience, LR decay on plateau, the "
                "profile's epoch cap (a baseline that reaches it is flagged). One checkpoint per model and seed in "
                "the shared output folder; 02-04 and the widget reuse them. BARS published numbers "
-               "(`ctrkit/bars.json`) are real Criteo/Avazu results, comparable only under the `full` profile."),
-        ("code", "from ctrkit import experiments, reproduce"),
+               "(`ctrkit/training/bars.json`) are real Criteo/Avazu results, comparable only under the `full` profile."),
+        ("code", "from ctrkit import experiments\nfrom ctrkit.notebook import reproduce"),
         ("params", PARAMETERS),
         ("code", SETTINGS),
         ("md", "## Pretrain (skipped for checkpoints that already exist)"),
@@ -83,7 +83,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "finetuned mutually vs each finetuned alone (same steps and batches, weight 0), at the setting "
                "the sweep (weight x finetuning lr scale) chose on validation. Controls: KD from the best model, "
                "and the ensembles."),
-        ("code", "from ctrkit import experiments, plots, reproduce"),
+        ("code", "from ctrkit import experiments\nfrom ctrkit.analysis import plots\nfrom ctrkit.notebook import reproduce"),
         ("params", PARAMETERS),
         ("code", SETTINGS),
         ("md", "## Runs: from scratch (mutual and alone), then the finetuning sweep (runs in the store are skipped)"),
@@ -119,7 +119,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("md", "# 03 · Which partner helps?\nEvery pair of pretrained models finetuned mutually (N = 2) at the "
                "setting chosen in 02: each model's gain over finetuning alone with each partner, and per model "
                "the slope of that gain against the partner's pretrained AUC (no line pooled across models)."),
-        ("code", "from ctrkit import experiments, plots, reproduce"),
+        ("code", "from ctrkit import experiments\nfrom ctrkit.analysis import plots\nfrom ctrkit.notebook import reproduce"),
         ("params", PARAMETERS),
         ("code", SETTINGS),
         ("md", "## Pairwise finetuning runs"),
@@ -145,7 +145,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "over ALL partner subsets of size N - 1 drawn from the other three paper models, so N is not "
                "confounded with which model joins. Runs at the setting chosen in 02; pairs and the 4-model run "
                "come from 02/03 (the store), the triples are run here. Only measured points are drawn."),
-        ("code", "from ctrkit import experiments, plots, reproduce"),
+        ("code", "from ctrkit import experiments\nfrom ctrkit.analysis import plots\nfrom ctrkit.notebook import reproduce"),
         ("params", PARAMETERS),
         ("code", SETTINGS),
         ("md", "## Runs: every subset of the four models (those already in the store are skipped)"),
@@ -162,9 +162,9 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "                            title=f'Mutual finetuning with N peers, mean over partner subsets ({dataset})'))"),
     ],
     "05_architectures": [
-        ("md", "# 05 · Architectures\nThe paper's Figures 1 and 2, drawn from code (`ctrkit.plots`), written to "
+        ("md", "# 05 · Architectures\nThe paper's Figures 1 and 2, drawn from code (`ctrkit.analysis.plots`), written to "
                "`OUT/figures/` (a relative `out` is relative to the repository root)."),
-        ("code", "from ctrkit import plots, reproduce"),
+        ("code", "from ctrkit.analysis import plots\nfrom ctrkit.notebook import reproduce"),
         ("params", PARAMETERS),
         ("code", "figures = reproduce.resolve_path(out) / 'figures'\nfigures"),
         ("md", "## Figure 1: knowledge distillation (teacher → student)"),
@@ -180,7 +180,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "`exploration`, which the paper's tables leave out.\n\n"
                "The parameters must match the data under `out` (made by `make reproduce`: profile `quick`); "
                "other settings stop with a message instead of regenerating that data."),
-        ("code", "from ctrkit import reproduce, widgets"),
+        ("code", "from ctrkit.notebook import reproduce, widgets"),
         ("params", EXPLORE_PARAMETERS),
         ("code", SETTINGS),
         ("code", "selector = widgets.PeerSelector(data, store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"

@@ -1,11 +1,14 @@
-"""ctrkit.cpublas: the MLPs' fp32 CPU products in numpy's OpenBLAS equal F.linear (values and
+"""ctrkit.kernels.cpublas: the MLPs' fp32 CPU products in numpy's OpenBLAS equal F.linear (values and
 gradients), the backend choice, its thread count, and where it steps aside."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ctrkit import cpublas, layers, models
-from ctrkit.utils import CtrkitError, apply_threads
+from ctrkit import models
+from ctrkit.kernels import cpublas
+from ctrkit.models import layers
+from ctrkit.core.utils import CtrkitError
+from ctrkit.kernels import apply_threads
 
 HAS_OPENBLAS = cpublas._numpy_openblas() is not None
 needs_openblas = pytest.mark.skipif(not HAS_OPENBLAS, reason="numpy here is not linked to OpenBLAS")
@@ -168,7 +171,7 @@ def test_a_training_step_agrees_across_backends_and_threads(blas, name):
 
 
 def test_env_records_the_backend(blas):
-    from ctrkit.utils import env_info
+    from ctrkit.kernels import env_info
 
     for name in ("torch", "openblas") if HAS_OPENBLAS else ("torch",):
         chosen = blas(name)

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctrkit import data, synth
+from ctrkit import data
+from ctrkit.data import synth
 from ctrkit.data import encode, keys
 from ctrkit.cli import main
-from ctrkit.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-samples"
 CRITEO_SAMPLE = SAMPLES / "criteo_sample_with_header.csv"

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctrkit import data, synth
+from ctrkit import data
+from ctrkit.data import synth
 from ctrkit.cli import main
 from ctrkit.data import ingest, outdir
-from ctrkit.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError
 
 
 def fails(capsys, argv, *needles):

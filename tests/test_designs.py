@@ -1,12 +1,12 @@
-"""ctrkit.designs: the partner subsets of the peer-count design and the selection on validation only."""
+"""ctrkit.experiments.designs: the partner subsets of the peer-count design and the selection on validation only."""
 import itertools
 from math import comb
 
 import pandas as pd
 import pytest
 
-from ctrkit import designs
-from ctrkit.utils import CtrkitError
+from ctrkit.experiments import designs
+from ctrkit.core.utils import CtrkitError
 
 POOL = list(designs.PAPER_MODELS)
 

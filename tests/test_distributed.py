@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctrkit import cli, distributed, experiments
-from ctrkit.distributed import Layout, comm_bytes_per_step, shard_of
-from ctrkit.losses import peer_loss
+from ctrkit import cli, experiments
+from ctrkit.training import distributed
+from ctrkit.training.distributed import Layout, comm_bytes_per_step, shard_of
+from ctrkit.training.losses import peer_loss
 from ctrkit.models import build
-from ctrkit.store import ResultsStore
-from ctrkit.utils import CtrkitError, seed_everything
+from ctrkit.experiments.store import ResultsStore
+from ctrkit.core.utils import CtrkitError, seed_everything
 
 PEERS = "DeepFM,DCN"
 SEED = 7
@@ -222,7 +223,7 @@ def test_two_ranks_equal_the_single_process_run(reference):
 def test_two_ranks_equal_the_single_process_run_with_dropout(criteo_small, tmp_path):
     """The quick preset (the CLI default) has dropout 0.1: each peer's masks come from its own
     stream (train.dropout_seed), so one peer per rank still equals the single process."""
-    from ctrkit import presets
+    from ctrkit.training import presets
     assert presets.get("DeepFM", "quick").model["net_dropout"] > 0
     recs, _ = experiments.run_one(criteo_small, PEERS, init="scratch", mode="mutual", seed=SEED, preset="quick",
                                   epochs=1, warmup_steps=WARMUP, device="cpu", progress=False)
@@ -282,7 +283,7 @@ FAULT = textwrap.dedent("""
     # rank FAULT_RANK dies (SIGKILL) right before writing its checkpoint of epoch FAULT_EPOCH: the
     # other rank has already written that epoch, so the survivors are one epoch ahead of it
     import os, signal, sys
-    from ctrkit import checkpoint
+    from ctrkit.training import checkpoint
     save = checkpoint.torch_save_atomic
     def torch_save_atomic(obj, path):
         if (str(os.environ["RANK"]) == os.environ["FAULT_RANK"] and "last" in str(path)

@@ -27,8 +27,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ctrkit import experiments, reproduce
-from ctrkit.store import ResultsStore
+from ctrkit import experiments
+from ctrkit.notebook import reproduce
+from ctrkit.experiments.store import ResultsStore
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = 4000  # 3,200 training rows: FiBiNET (the Stop step) needs seconds per epoch, the rest far less

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from ctrkit import cli, runs
-from ctrkit.store import ResultsStore
-from ctrkit.train import RunStopped
+from ctrkit import cli
+from ctrkit.experiments import runs
+from ctrkit.experiments.store import ResultsStore
+from ctrkit.training.loop import RunStopped
 
 CLI = [sys.executable, "-m", "ctrkit.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctrkit import layers
-from ctrkit.utils import CtrkitError
+from ctrkit.models import layers
+from ctrkit.core.utils import CtrkitError
 
 B, F, D = 5, 4, 3
 SIZES = [3, 5, 7, 2]

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctrkit.losses import mutual_losses, peer_loss, warmup_weight
-from ctrkit.utils import CtrkitError
+from ctrkit.training.losses import mutual_losses, peer_loss, warmup_weight
+from ctrkit.core.utils import CtrkitError
 
 
 def _sig(z):

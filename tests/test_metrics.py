@@ -3,8 +3,8 @@ import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from ctrkit import metrics
-from ctrkit.utils import CtrkitError
+from ctrkit.training import metrics
+from ctrkit.core.utils import CtrkitError
 
 
 def _case(n, seed, decimals=None, dtype=np.float32):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ctrkit.models as M
-from ctrkit.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError
 
 FIELDS = [3, 5, 7, 2]
 B = 16

@@ -7,11 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from ctrkit import cli, experiments, metrics, models, mutual, presets, runs, tables, train
-from ctrkit.losses import mutual_losses
-from ctrkit.mutual import MutualConfig, mutual_fit
-from ctrkit.store import ResultsStore
-from ctrkit.utils import CtrkitError, seed_everything
+from ctrkit import cli, experiments, models
+from ctrkit.training import metrics, mutual, presets, loop as train
+from ctrkit.experiments import runs
+from ctrkit.analysis import tables
+from ctrkit.training.losses import mutual_losses
+from ctrkit.training.mutual import MutualConfig, mutual_fit
+from ctrkit.experiments.store import ResultsStore
+from ctrkit.core.utils import CtrkitError, seed_everything
 
 FOUR = ["DeepFM", "DCN", "PNN", "FiBiNET"]
 
@@ -59,7 +62,7 @@ def ckpts(tmp_path_factory, criteo_small, avazu_small):
 
 
 def test_weight_zero_is_bit_identical_to_independent_fit(criteo_small):
-    """alone (and mutual with weight 0): each peer = ctrkit.train.fit of the same model and seed."""
+    """alone (and mutual with weight 0): each peer = ctrkit.training.loop.fit of the same model and seed."""
     d = criteo_small
     alone = run_mutual(d, ["DeepFM", "DCN"], init="scratch", mode="alone", epochs=2, seed=7, **FAST)
     zero = run_mutual(d, ["DeepFM", "DCN"], init="scratch", mode="mutual", weight=0.0, epochs=2, seed=7, **FAST)

@@ -11,8 +11,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ctrkit import reproduce
-from ctrkit.utils import CtrkitError
+from ctrkit.notebook import reproduce
+from ctrkit.core.utils import CtrkitError
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"

@@ -1,4 +1,4 @@
-"""ctrkit.plots: each figure function writes a real PNG + SVG from a tidy frame, with its title, labels
+"""ctrkit.analysis.plots: each figure function writes a real PNG + SVG from a tidy frame, with its title, labels
 and values, and rejects frames that lack the columns it needs."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctrkit import plots
-from ctrkit.utils import CtrkitError
+from ctrkit.analysis import plots
+from ctrkit.core.utils import CtrkitError
 
 MODELS = ["DeepFM", "DCN", "PNN", "FiBiNET"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

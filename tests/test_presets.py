@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import ctrkit.models as M
-from ctrkit import presets
-from ctrkit.utils import CtrkitError
+from ctrkit.training import presets
+from ctrkit.core.utils import CtrkitError
 
 ANCHORS = Path(__file__).resolve().parents[1] / ".." / "shared" / "anchors"
 DATASETS = [(d, p) for d in presets.DATASETS for p in presets.PROTOCOLS]

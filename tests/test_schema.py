@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctrkit import data, presets, synth
+from ctrkit import data
+from ctrkit.training import presets
+from ctrkit.data import synth
 from ctrkit.cli import main
 from ctrkit.data import DatasetSchema, Label, Numeric, Split, Time, load_schema
 
@@ -301,7 +303,7 @@ def test_adult_through_a_schema_file_learns(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["frappe", "movielens"])
 def test_reproduce_smoke_on_frappe_and_movielens_shaped_data(tmp_path, name):
-    from ctrkit import reproduce
+    from ctrkit.notebook import reproduce
 
     out = tmp_path / "out"
     reproduce.run(dataset=name, profile="smoke", out=str(out), device="cpu", progress=False,
@@ -313,8 +315,8 @@ def test_reproduce_smoke_on_frappe_and_movielens_shaped_data(tmp_path, name):
 
 
 def test_reproduce_takes_a_schema_file_with_data(tmp_path):
-    from ctrkit import reproduce
-    from ctrkit.utils import CtrkitError
+    from ctrkit.notebook import reproduce
+    from ctrkit.core.utils import CtrkitError
 
     f = tmp_path / "logs.yaml"
     f.write_text("name: mylogs\nlabel: y\ncategorical: [a]\n")

@@ -8,8 +8,8 @@ import textwrap
 import pandas as pd
 import pytest
 
-from ctrkit.store import ResultsStore, read_results
-from ctrkit.utils import CtrkitError
+from ctrkit.experiments.store import ResultsStore, read_results
+from ctrkit.core.utils import CtrkitError
 
 
 def _run(run_key, n=3, **extra):
@@ -66,7 +66,7 @@ def test_torn_last_line_is_ignored_and_next_append_is_clean(tmp_path):
 
 _WRITER = textwrap.dedent("""
     import sys
-    from ctrkit.store import ResultsStore
+    from ctrkit.experiments.store import ResultsStore
     s = ResultsStore(sys.argv[1])
     tag = sys.argv[2]
     for k in range(int(sys.argv[3])):

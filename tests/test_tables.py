@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ctrkit import designs, tables
-from ctrkit.store import ResultsStore
-from ctrkit.utils import CtrkitError
+from ctrkit.experiments import designs
+from ctrkit.analysis import tables
+from ctrkit.experiments.store import ResultsStore
+from ctrkit.core.utils import CtrkitError
 
 POOL = list(designs.PAPER_MODELS)
 PRE = {"DeepFM": 0.780, "DCN": 0.785, "PNN": 0.790, "FiBiNET": 0.795, "FM": 0.770}

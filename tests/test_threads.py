@@ -1,4 +1,4 @@
-"""ctrkit.utils.resolve_threads / apply_threads: explicit counts, "auto" from the free cores, errors."""
+"""ctrkit.core.utils.resolve_threads / apply_threads: explicit counts, "auto" from the free cores, errors."""
 import os
 import subprocess
 import sys
@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
-from ctrkit import utils
-from ctrkit.utils import CtrkitError, apply_threads, resolve_threads
+from ctrkit.core import utils
+from ctrkit.core.utils import CtrkitError, resolve_threads
+from ctrkit.kernels import apply_threads
 
 
 @pytest.mark.parametrize("given, expected", [(1, 1), (3, 3), ("2", 2), (" 4 ", 4)])

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctrkit import cli, data, presets, protocol
-from ctrkit import train as T
+from ctrkit import cli, data
+from ctrkit.training import presets, protocol
+from ctrkit.training import loop as T
 from ctrkit.models import MODELS, build, embedding_parameters
-from ctrkit.utils import CtrkitError, seed_everything
+from ctrkit.core.utils import CtrkitError, seed_everything
 
 
 @pytest.fixture(autouse=True)
@@ -397,7 +398,7 @@ def test_cpu_allocator_tuning_is_recorded_and_can_be_switched_off(setting, expec
     if sys.platform != "linux":
         pytest.skip("mallopt tuning is Linux/glibc only")
     code = (
-        "import torch; from ctrkit import data, models, utils; from ctrkit.train import fit\n"
+        "import torch; from ctrkit import data, models; from ctrkit.core import utils; from ctrkit.training.loop import fit\n"
         "assert utils.env_info()['cpu_allocator'] == 'default'\n"
         f"d = data.synthetic_dataset('criteo', 400, {str(tmp_path)!r}, seed=1)\n"
         "m = models.build('LR', d.field_sizes)\n"

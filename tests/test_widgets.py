@@ -11,9 +11,11 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from ctrkit import experiments, reproduce, tables, widgets
-from ctrkit.store import ResultsStore
-from ctrkit.utils import CtrkitError
+from ctrkit import experiments
+from ctrkit.notebook import reproduce, widgets
+from ctrkit.analysis import tables
+from ctrkit.experiments.store import ResultsStore
+from ctrkit.core.utils import CtrkitError
 
 matplotlib.use("Agg")
 

@@ -7,7 +7,7 @@ import os
 from ctrkit.data.loading import SPLITS
 from ctrkit.data.schema import DatasetSchema
 from ctrkit.data.sources import SPLIT_NAMES, Part, as_dictionary_table
-from ctrkit.errors import CtrkitError
+from ctrkit.core.errors import CtrkitError
 
 
 def dataset_parts(ds, schema: DatasetSchema, name: str) -> list[Part]:

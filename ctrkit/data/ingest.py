@@ -16,8 +16,9 @@ from ctrkit.data import outdir
 from ctrkit.data.encode import Counter, Splitter, bad_row_message, build_vocab, decode, field_plan
 from ctrkit.data.loading import FIRST, FORMAT_VERSION, OOV, PAD, SPLITS, CTRData, load
 from ctrkit.data.schema import DEFAULT_PROTOCOL, LEGACY, PROTOCOLS, DatasetSchema, Split, builtin, load_schema
-from ctrkit.data.sources import Part, resolve_source
-from ctrkit.utils import CtrkitError, env_info, write_json_atomic
+from ctrkit.data.inputs import resolve_source
+from ctrkit.data.sources import Part
+from ctrkit.core.utils import CtrkitError, env_info, write_json_atomic
 
 _NPY_HEADER = 128  # bytes; fixed so the header can be rewritten with the final shape in place
 
@@ -282,7 +283,7 @@ def synthetic_dataset(dataset: str, rows: int, out, seed: int = 2021, protocol: 
     """
     import json
 
-    from ctrkit import synth
+    from ctrkit.data import synth
 
     out = Path(out)
     raw_dir, data_dir = out / "raw", out / "data"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctrkit.errors import CtrkitError
+from ctrkit.core.errors import CtrkitError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from ctrkit.data.loading import SPLITS
-from ctrkit.utils import CtrkitError, write_json_atomic
+from ctrkit.core.utils import CtrkitError, write_json_atomic
 
 MARKER = ".ctrkit-prepare.json"
 _OURS = {MARKER, "feature_map.json"} | {f"{s}_{a}.npy" for s in SPLITS for a in ("X", "y")}

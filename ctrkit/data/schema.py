@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctrkit.data.keys import floats
-from ctrkit.errors import CtrkitError
+from ctrkit.core.errors import CtrkitError
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]

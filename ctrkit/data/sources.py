@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip as _gzip
 import hashlib
-import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Callable, Iterator
 
 from ctrkit.data.loading import SPLITS
 from ctrkit.data.schema import DatasetSchema
-from ctrkit.errors import CtrkitError
+from ctrkit.core.errors import CtrkitError
 
 
 @dataclass
@@ -256,26 +255,14 @@ def _split_files(path: Path) -> dict:
     return found
 
 
-def resolve_source(raw, schema: DatasetSchema, on_bad_lines: str) -> tuple[list[Part], dict]:
-    """The parts of `raw` (file, folder, hf://id, `datasets` object) and a description of it.
+def resolve_files(raw, schema: DatasetSchema, on_bad_lines: str) -> tuple[list[Part], dict]:
+    """The parts of a file or a folder of split files, and a description of it.
 
     A folder with train, valid and test files is used as given; with train and test only, test is
     used as given and valid is carved out of train (said in the feature map and by the CLI); with
     just a train file, it is split by the schema's ratios.
     """
-    from ctrkit.data import hub
-
-    # A Dataset object implies `datasets` is imported already; don't pay its import otherwise.
-    datasets = sys.modules.get("datasets")
-    if datasets is not None and isinstance(raw, (datasets.Dataset, datasets.DatasetDict)):
-        return hub.dataset_parts(raw, schema, "datasets"), {"kind": "datasets"}
-    raw_s = str(raw)
-    if raw_s.startswith("hf://"):
-        hub_id = raw_s[len("hf://"):].strip("/")
-        if not hub_id:
-            raise CtrkitError("--raw hf://<id>: the hub id is empty")
-        return hub.hub_parts(hub_id, schema), {"kind": "hub", "id": hub_id}
-    path = Path(raw_s)
+    path = Path(str(raw))
     if path.is_dir():
         found = _split_files(path)
         if set(found) == set(SPLITS):

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ctrkit import layers
+from ctrkit.models import layers
 from ctrkit.models.base import CTRModel, field_sizes_of
 from ctrkit.models.dcn import DCN
 from ctrkit.models.deepfm import DeepFM
@@ -19,7 +19,7 @@ from ctrkit.models.fibinet import FiBiNET
 from ctrkit.models.fm import FM
 from ctrkit.models.lr import LR
 from ctrkit.models.pnn import PNN
-from ctrkit.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError
 
 MODELS: dict[str, type[CTRModel]] = {c.name: c for c in (LR, FM, DeepFM, DCN, PNN, FiBiNET)}
 _ALIASES = {"IPNN": "PNN"}  # the BARS leaderboard calls our PNN "IPNN"

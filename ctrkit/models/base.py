@@ -8,8 +8,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ctrkit import layers
-from ctrkit.utils import CtrkitError
+from ctrkit.models import layers
+from ctrkit.core.utils import CtrkitError
 
 
 def field_sizes_of(fields: Any) -> list[int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ctrkit import layers
+from ctrkit.models import layers
 from ctrkit.models.base import CTRModel, check_deep_args, check_int
 
 

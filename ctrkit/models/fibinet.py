@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ctrkit import layers
+from ctrkit.models import layers
 from ctrkit.models.base import CTRModel, check_activation, check_deep_args
-from ctrkit.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError
 
 
 class FiBiNET(CTRModel):

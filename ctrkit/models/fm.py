@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ctrkit import layers
+from ctrkit.models import layers
 from ctrkit.models.base import CTRModel, check_int
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ctrkit.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError
 
 DIVERGENCES = ("mse", "kl")
 

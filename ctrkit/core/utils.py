@@ -1,4 +1,4 @@
-"""Bottom layer shared by every ctrkit module: errors, atomic writes, seeding, devices, provenance."""
+"""Shared helpers of every layer: atomic writes, seeding, devices, CPU facts and thread counts, provenance."""
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ctrkit.errors import CtrkitError  # noqa: F401  (re-exported: ctrkit.utils.CtrkitError)
-
-
+from ctrkit.core.errors import CtrkitError  # noqa: F401  (re-exported: ctrkit.core.utils.CtrkitError)
 
 
 @contextlib.contextmanager
@@ -115,7 +113,6 @@ def env_info(device: str | torch.device | None = None, seed: int | None = None) 
     """Versions, machine and device, recorded with every result."""
     import importlib.metadata as md
 
-    from ctrkit import cpublas
 
     def ver(name: str) -> str | None:
         try:
@@ -135,7 +132,6 @@ def env_info(device: str | torch.device | None = None, seed: int | None = None) 
         "device": str(device) if device is not None else None,
         "seed": seed,
         "cpu_allocator": "tuned" if _ALLOCATOR_TUNED else "default",
-        "cpu_blas": cpublas.backend(),
     }
     if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -185,23 +181,6 @@ def resolve_threads(threads: int | str | None = "auto", *, sample_s: float = _TH
         raise CtrkitError(f"threads must be a positive int or 'auto', got {threads!r}") from None
     if n < 1 or (not isinstance(threads, str) and n != threads):
         raise CtrkitError(f"threads must be a positive int or 'auto', got {threads!r}")
-    return n
-
-
-def apply_threads(threads: int | str | None = "auto") -> int:
-    """``torch.set_num_threads(resolve_threads(threads))`` (MKL and OpenMP follow, and so does the
-    worker count of ``ctrkit.cpublas``); returns the number.
-
-    Inter-op threads (parallel TorchScript forks; ctrkit launches none) are lowered to the same number
-    when torch still allows it (only before its first parallel work), never raised."""
-    from ctrkit import cpublas
-
-    n = resolve_threads(threads)
-    torch.set_num_threads(n)
-    cpublas.set_threads(n)
-    if torch.get_num_interop_threads() > n:
-        with contextlib.suppress(RuntimeError):  # "cannot set ... after parallel work has started"
-            torch.set_num_interop_threads(n)
     return n
 
 

@@ -12,12 +12,12 @@ parameters, optimizer, schedule, early stopping, checkpoint) and is replica `r %
   each step they `all_gather` their predictions (b floats each) to form every peer's mutual term.
 
 This module is the transport only: `DistExchange` is the seam the one training loop
-(`ctrkit.train.train_peers`, via `ctrkit.mutual.mutual_fit(..., exchange=...)`) calls to shard a
+(`ctrkit.training.loop.train_peers`, via `ctrkit.training.mutual.mutual_fit(..., exchange=...)`) calls to shard a
 batch, gather the peers' probabilities and agree on bookkeeping. Every rank draws the same batch
 order from the same seed, takes its shard (`shard_of`) and scales its loss by |shard|*D/B so that
 DDP's gradient average over the replicas is exactly the full-batch gradient. With D = 1 this is
 the single process, step for step (tested to float tolerance), dropout included: every peer draws
-its masks from its own stream (`ctrkit.protocol.dropout_seed`).
+its masks from its own stream (`ctrkit.training.protocol.dropout_seed`).
 
 Per step and rank the only traffic outside DDP is one all_gather of b = B/D floats per peer:
 (P-1)*b*4 bytes received (`Comm.stats` counts what is actually gathered). Evaluation gathers
@@ -27,7 +27,7 @@ Checkpoints: every rank writes its own `<out>/<k>_<Model>/last.rank<r>.pt` atomi
 each epoch, keeping the previous one as `.prev.pt`; a relaunch with the same `--out` (e.g. by
 `torchrun --max-restarts`, or by hand after a rank died) resumes every rank from the newest epoch
 that all ranks have (`--force` starts over). Rank 0 alone writes result.json and the results store
-(`ctrkit.runs`).
+(`ctrkit.experiments.runs`).
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ctrkit.train import Peer
-from ctrkit.utils import CtrkitError
+from ctrkit.training.loop import Peer
+from ctrkit.core.utils import CtrkitError
 
 __all__ = ["Layout", "Comm", "DistExchange", "shard_of", "comm_bytes_per_step", "init_from_env", "shutdown",
            "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
@@ -257,7 +257,7 @@ def shutdown() -> None:
 
 
 class DistExchange:
-    """`ctrkit.train.LocalExchange`'s interface over a Comm: this rank trains one peer
+    """`ctrkit.training.loop.LocalExchange`'s interface over a Comm: this rank trains one peer
     (`comm.peer`) on its shard of every batch and gathers the others' probabilities."""
 
     def __init__(self, comm: Comm):

@@ -5,7 +5,7 @@ best.pt: {model_name, hparams, field_sizes, fingerprint, train_config, state_dic
 `ctrkit mutual --init pretrained` and `load_pretrained` read it.
 last.pt: {format, signature, epoch, global_step, history, rng, training, train_seconds,
 train_samples, peers: [{state_dict, optimizer, tracker}]} for the peers of one process: the whole
-run in one process, or one rank's peer under `ctrkit.distributed`.
+run in one process, or one rank's peer under `ctrkit.training.distributed`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ctrkit.models import build
-from ctrkit.utils import CtrkitError, resolve_device, torch_save_atomic, write_json_atomic
+from ctrkit.core.utils import CtrkitError, resolve_device, torch_save_atomic, write_json_atomic
 
 __all__ = ["LAST_FORMAT", "RESUMABLE", "load_checkpoint", "load_pretrained", "check_identity", "model_identity",
            "save", "save_json", "write_best", "signature", "read_resume", "clean_stale_temp"]

@@ -3,7 +3,7 @@ the result table. Every run goes through `ctrkit.experiments.run_one` (one call,
 tagged `exploration`, so it lands in the results store next to the notebooks' runs without entering
 the paper's tables, and a run already there is shown, not repeated, unless "re-run" is ticked.
 
-    from ctrkit import widgets
+    from ctrkit.notebook import widgets
     widgets.PeerSelector(data, store="results/criteo/store.jsonl", ckpt_dir="results/criteo/pretrained")
 
 It is an ipywidgets VBox. Training runs in a background thread, so the kernel keeps answering the
@@ -30,9 +30,9 @@ import pandas as pd
 
 from ctrkit import experiments
 from ctrkit.models import MODELS
-from ctrkit.store import ResultsStore
-from ctrkit.train import RunStopped
-from ctrkit.utils import CtrkitError
+from ctrkit.experiments.store import ResultsStore
+from ctrkit.training.loop import RunStopped
+from ctrkit.core.utils import CtrkitError
 
 __all__ = ["PeerSelector", "EXPLORATION_TAG", "curve_figure"]
 
@@ -97,7 +97,7 @@ def curve_figure(history: Sequence[dict], labels: Sequence[str], *, title: str):
     the widget draws it in the training thread."""
     from matplotlib.figure import Figure
 
-    from ctrkit import plots
+    from ctrkit.analysis import plots
 
     with plots.style():
         fig = Figure(figsize=(plots.COLUMN * 1.6, 2.3))

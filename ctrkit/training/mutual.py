@@ -1,5 +1,5 @@
 """The paper's mutual learning and its controls, as whom-learns-from-whom over the one loop
-(`ctrkit.train.train_peers`).
+(`ctrkit.training.loop.train_peers`).
 
 Modes (one code path, they differ only in whom each peer learns from):
 - mutual:   every peer learns from all others;
@@ -15,8 +15,8 @@ from typing import Sequence
 
 from torch import nn
 
-from ctrkit.train import MODES, LocalExchange, MutualConfig, Peer, train_peers
-from ctrkit.utils import CtrkitError, resolve_device
+from ctrkit.training.loop import MODES, LocalExchange, MutualConfig, Peer, train_peers
+from ctrkit.core.utils import CtrkitError, resolve_device
 
 __all__ = ["MODES", "MutualConfig", "mutual_fit", "teachers", "best_path"]
 
@@ -57,7 +57,7 @@ def mutual_fit(models: Sequence[nn.Module], data, config: MutualConfig | dict | 
     `seconds`, `env`. With `out_dir`: a last checkpoint every epoch, `<out_dir>/<i>_<Model>/best.pt`
     per trained peer and result.json; `resume`, `callback`, `stop` as in `train_peers`.
 
-    `exchange`: None trains every model in this process; a `ctrkit.distributed.DistExchange`
+    `exchange`: None trains every model in this process; a `ctrkit.training.distributed.DistExchange`
     trains this rank's one model (`models` = [it]) with the others on their ranks. `starts`: per
     model, the validation metrics of its pretrained weights (epoch 0 of a finetuning run) or None."""
     config = config if isinstance(config, MutualConfig) else MutualConfig.from_dict(config or {})

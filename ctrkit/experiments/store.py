@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 import pandas as pd
 from filelock import FileLock
 
-from ctrkit.utils import CtrkitError, atomic_path
+from ctrkit.core.utils import CtrkitError, atomic_path
 
 # Columns every record is expected to carry, in the order the tidy frame shows them first.
 COLUMNS = [

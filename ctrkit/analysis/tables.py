@@ -24,9 +24,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ctrkit import designs
-from ctrkit.store import read_results
-from ctrkit.utils import CtrkitError
+from ctrkit.experiments import designs
+from ctrkit.experiments.store import read_results
+from ctrkit.core.utils import CtrkitError
 
 FORMATS = ("md", "csv", "tex")
 LEVEL = 0.95
@@ -243,10 +243,10 @@ def _versus_alone(df: pd.DataFrame, treat: pd.DataFrame) -> list[dict]:
 
 # ---- tables ------------------------------------------------------------------------------------
 def bars_reference() -> dict:
-    """BARS published numbers shipped with ctrkit (`ctrkit/bars.json`), as
+    """BARS published numbers shipped with ctrkit (`ctrkit/training/bars.json`), as
     {(model, dataset, protocol): {"auc", "logloss"}}; {} when they are not available."""
     try:
-        from ctrkit import presets
+        from ctrkit.training import presets
 
         rows = presets.bars_results()
     except (ImportError, AttributeError, FileNotFoundError, KeyError, ValueError):

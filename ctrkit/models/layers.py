@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F_
 from torch import nn
 
-from ctrkit import cpublas
-from ctrkit.utils import CtrkitError
+from ctrkit.kernels import cpublas
+from ctrkit.core.utils import CtrkitError
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leakyrelu": nn.LeakyReLU,
                "elu": nn.ELU, "gelu": nn.GELU, "selu": nn.SELU, "silu": nn.SiLU}
@@ -188,7 +188,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for m in self.net:  # through ctrkit.cpublas: wide layers in OpenBLAS on non-Intel CPUs, else F.linear
+        for m in self.net:  # through ctrkit.kernels.cpublas: wide layers in OpenBLAS on non-Intel CPUs, else F.linear
             x = cpublas.linear(x, m.weight, m.bias) if isinstance(m, nn.Linear) else m(x)
         return x
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctrkit.utils import CtrkitError, atomic_path, write_json_atomic
+from ctrkit.core.utils import CtrkitError, atomic_path, write_json_atomic
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]

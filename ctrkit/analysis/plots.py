@@ -3,9 +3,9 @@
 Every function takes the DataFrame (or nothing, for the two diagrams) and an output stem `out`
 (`figures/fig_x` -> `fig_x.png` + `fig_x.svg`), saves both atomically, closes the figure and
 returns the list of written paths. Column names are keyword arguments with the defaults of the
-tidy CSVs that `ctrkit.experiments`/`ctrkit.reproduce` write, so any tidy frame can be plotted.
+tidy CSVs that `ctrkit.experiments`/`ctrkit.notebook.reproduce` write, so any tidy frame can be plotted.
 Result figures draw paired differences (e.g. mutual - alone, by seed) with their 95% t-intervals,
-as `ctrkit.tables` computes them, and carry a provenance line (`provenance()`: data, rows, seeds,
+as `ctrkit.analysis.tables` computes them, and carry a provenance line (`provenance()`: data, rows, seeds,
 precision, profile).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from ctrkit.utils import CtrkitError, atomic_path
+from ctrkit.core.utils import CtrkitError, atomic_path
 
 # Paper sizes in inches: one column of a two-column paper, and the full text width.
 COLUMN = 3.4

@@ -21,10 +21,10 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ctrkit import runs
-from ctrkit.runs import RunSpec, seed_dir
-from ctrkit.store import records_to_frame
-from ctrkit.utils import CtrkitError
+from ctrkit.experiments import runs
+from ctrkit.experiments.runs import RunSpec, seed_dir
+from ctrkit.experiments.store import records_to_frame
+from ctrkit.core.utils import CtrkitError
 
 __all__ = ["pretrain_baselines", "run", "run_one", "expand", "seed_dir"]
 

@@ -1,5 +1,5 @@
-"""Model + training presets as data (``ctrkit/presets.json``) and the BARS published numbers
-(``ctrkit/bars.json``).
+"""Model + training presets as data (``ctrkit/training/presets.json``) and the BARS published numbers
+(``ctrkit/training/bars.json``).
 
 ``get(model, preset, dataset=None, protocol=None) -> Preset`` with ``.model`` (hyperparameters for
 ``ctrkit.models.build``) and ``.train`` (TrainConfig fields: batch_size, lr, embedding_regularizer,
@@ -15,7 +15,7 @@ from functools import lru_cache
 from importlib import resources
 
 from ctrkit.models import MODELS, canonical_name
-from ctrkit.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError
 
 DATASETS = ("criteo", "avazu")          # BARS presets for every protocol of PROTOCOLS
 PROTOCOLS = ("x1", "x4_001", "x4_002")
@@ -36,7 +36,7 @@ class Preset:
 
 @lru_cache(maxsize=None)
 def _load(filename: str) -> dict:
-    return json.loads(resources.files("ctrkit").joinpath(filename).read_text())
+    return json.loads(resources.files("ctrkit.training").joinpath(filename).read_text())
 
 
 def names() -> list[str]:

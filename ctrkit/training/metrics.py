@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ctrkit.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError
 
 __all__ = ["auc", "logloss", "METRICS"]
 

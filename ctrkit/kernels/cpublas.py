@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F_
 
-from ctrkit.utils import CtrkitError, cpuinfo
+from ctrkit.core.utils import CtrkitError, cpuinfo
 
 CHOICES = ("auto", "torch", "openblas")
 _BACKEND: str | None = None

@@ -19,13 +19,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from ctrkit import checkpoint, presets
-from ctrkit.losses import check_divergence, check_weight
+from ctrkit.training import checkpoint, presets
+from ctrkit.training.losses import check_divergence, check_weight
 from ctrkit.models import build, canonical_name, hparam_defaults
-from ctrkit.mutual import MODES, MutualConfig, mutual_fit
-from ctrkit.store import ResultsStore
-from ctrkit.train import LocalExchange, TrainConfig, fit, predict, scores
-from ctrkit.utils import CtrkitError, resolve_device, seed_everything
+from ctrkit.training.mutual import MODES, MutualConfig, mutual_fit
+from ctrkit.experiments.store import ResultsStore
+from ctrkit.training.loop import LocalExchange, TrainConfig, fit, predict, scores
+from ctrkit.core.utils import CtrkitError, resolve_device, seed_everything
 
 __all__ = ["INITS", "MODES", "RunSpec", "run", "execute", "records", "pretrain", "peer_labels", "split_label", "checkpoint_path",
            "seed_dir", "run_key", "summary", "apply_overrides"]
@@ -309,7 +309,7 @@ def execute(spec: RunSpec, data, *, store=None, out_dir: str | Path | None = Non
     store comes back from it unless `force`; two identical runs started together train once (the
     run key is claimed in the store first). With `out_dir`, a killed run resumes from its last
     checkpoint (`resume` defaults to `not force`). `stop` ends the run after the current step with
-    `ctrkit.train.RunStopped`, recording nothing. `exchange`: see `ctrkit.mutual.mutual_fit`."""
+    `ctrkit.training.loop.RunStopped`, recording nothing. `exchange`: see `ctrkit.training.mutual.mutual_fit`."""
     main = exchange is None or exchange.is_main
     st = _store(store) if main else None
     key = spec.key(data.fingerprint)

@@ -2,13 +2,13 @@
 
     L_n = BCE(y, p_n) + w/|T_n| * sum_{i in T_n} D(p_i, p_n)        (p_i detached)
 
-with its own optimizer, plateau LR schedule, early stopping and best weights (`ctrkit.protocol`).
+with its own optimizer, plateau LR schedule, early stopping and best weights (`ctrkit.training.protocol`).
 T_n is whom peer n learns from: everybody else (mutual), nobody (alone, and plain pretraining:
 `fit` is the one-peer case), a fixed teacher (kd). Every epoch evaluates every peer and the
 peers' average (the ensemble).
 
 Where the peers live is the `exchange`'s business, not the loop's: `LocalExchange` holds them all
-in this process; `ctrkit.distributed.DistExchange` one peer per rank (group of data-parallel
+in this process; `ctrkit.training.distributed.DistExchange` one peer per rank (group of data-parallel
 ranks), gathering the batch's probabilities with all_gather. The loop is the same.
 
 Speed: a whole split lives in one tensor on the training device; a batch is an `index_select` of
@@ -29,14 +29,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ctrkit import checkpoint
-from ctrkit.checkpoint import load_checkpoint, load_pretrained, model_identity
-from ctrkit.losses import check_divergence, check_weight, peer_loss, warmup_weight
-from ctrkit.protocol import (AMP_CHOICES, NonFiniteCheck, NonFiniteLossError, TrainConfig, Tracker, amp_context,
+from ctrkit.training import checkpoint
+from ctrkit.training.checkpoint import load_checkpoint, load_pretrained, model_identity
+from ctrkit.training.losses import check_divergence, check_weight, peer_loss, warmup_weight
+from ctrkit.training.protocol import (AMP_CHOICES, NonFiniteCheck, NonFiniteLossError, TrainConfig, Tracker, amp_context,
                              as_train_config, count_parameters, dropout_seed, epoch_batches, evaluate,
                              make_optimizer, monitor_score, predict, resolve_amp, rng_state, scores, set_rng_state,
                              uses_dropout)
-from ctrkit.utils import (CtrkitError, apply_threads, env_info, resolve_device, seed_everything,
+from ctrkit.kernels import apply_threads, env_info
+from ctrkit.core.utils import (CtrkitError, resolve_device, seed_everything,
                           tune_cpu_allocator)
 
 __all__ = ["MODES", "MutualConfig", "Peer", "LocalExchange", "RunStopped", "train_peers", "fit",
@@ -60,7 +61,7 @@ class MutualConfig:
     `train`: one TrainConfig (or dict) per peer (lr, regularizers, monitor, patience, lr_decay,
     clip_grad_norm); its batch_size/epochs/seed/device/amp are overridden by the run's, since one
     batch feeds every peer. A single TrainConfig/dict applies to every peer. `threads`: intra-op
-    CPU threads, a number or "auto" (`ctrkit.utils.resolve_threads`: the cores other processes
+    CPU threads, a number or "auto" (`ctrkit.core.utils.resolve_threads`: the cores other processes
     leave free); None leaves torch's setting.
     """
 

@@ -1,6 +1,6 @@
 """The BARS/FuxiCTR training protocol, piece by piece: the train config, Adam with FuxiCTR's L2
 regularizers, the plateau tracker (LR decay, early stopping, best weights), mixed precision,
-evaluation, the non-finite check, RNG state and dropout streams. `ctrkit.train` runs the loop.
+evaluation, the non-finite check, RNG state and dropout streams. `ctrkit.training.loop` runs the loop.
 
 Protocol (FuxiCTR's BaseModel.fit, which produced the BARS numbers): Adam, binary cross-entropy on
 logits, L2 on the embedding tables (`embedding_regularizer`) and on the other parameters
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctrkit import metrics
+from ctrkit.training import metrics
 from ctrkit.models import embedding_parameters
-from ctrkit.utils import CtrkitError, cpuinfo, resolve_threads
+from ctrkit.core.utils import CtrkitError, cpuinfo, resolve_threads
 
 __all__ = ["TrainConfig", "as_train_config", "make_optimizer", "Tracker", "monitor_score", "epoch_batches",
            "NonFiniteCheck", "NonFiniteLossError", "resolve_amp", "amp_context", "predict", "evaluate", "scores",
@@ -93,7 +93,7 @@ class TrainConfig:
     # Steps between host syncs (non-finite check, progress refresh): rare enough to keep the device busy.
     check_every: int = 100
     # Intra-op CPU threads: a number, "auto" (the cores other processes leave free, see
-    # ctrkit.utils.resolve_threads) or None (torch's setting as it is).
+    # ctrkit.core.utils.resolve_threads) or None (torch's setting as it is).
     threads: Any = "auto"
 
     def __post_init__(self):
@@ -259,7 +259,7 @@ def dropout_seed(seed: int, step: int, peer: int = 0, replica: int = 0) -> int:
     """Seed of the dropout masks a model draws at global training step `step` (0-based, counted
     over epochs). Every model of a mutual run (`peer`) and every DDP replica gets its own stream, so
     masks don't depend on how many models share a process or in which order they run: `alone` peer
-    0 equals `fit`, and `ctrkit.distributed` (one peer per rank) equals the single process step for
+    0 equals `fit`, and `ctrkit.training.distributed` (one peer per rank) equals the single process step for
     step, dropout included. The trainers reseed before each forward of a model that has dropout."""
     return int(np.random.SeedSequence([seed, peer, replica, step]).generate_state(1, np.uint64)[0] >> 1)
 

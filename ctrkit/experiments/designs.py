@@ -5,7 +5,7 @@
   models happen to join first (`partner_subsets`, `peer_count_sets`).
 - Sweep selection on validation only: the test split never chooses a setting (`choose_on_validation`).
 
-Nothing here trains or reads files; `ctrkit.tables` and the notebooks call these on tidy frames.
+Nothing here trains or reads files; `ctrkit.analysis.tables` and the notebooks call these on tidy frames.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ctrkit.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError
 
 # The paper's four models: the default pool of the peer-count and partner designs (FM/LR are not
 # among the paper's models, so they never enter a peer set unless asked for).

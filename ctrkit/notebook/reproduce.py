@@ -3,8 +3,8 @@
 Also the small helpers the notebooks call so they stay thin (one `parameters` cell of literals, then
 ctrkit calls): `settings()` turns the parameters + a profile into paths and sizes, `dataset()` gets the
 data, `data_tables()` writes the data statistics as tidy CSV, `save_table()` writes CSV + Markdown,
-`paper_table()` writes a `ctrkit.tables` table as CSV + Markdown + LaTeX, `figure_data()` the frame a
-figure draws (shaped by `ctrkit.tables.figure_frame`), `caption()` the provenance line, `chosen()` the
+`paper_table()` writes a `ctrkit.analysis.tables` table as CSV + Markdown + LaTeX, `figure_data()` the frame a
+figure draws (shaped by `ctrkit.analysis.tables.figure_frame`), `caption()` the provenance line, `chosen()` the
 finetuning setting the sweep chose on validation.
 
 Relative paths (`out`, `data_dir`) mean the same folder from JupyterLab (kernel in notebooks/),
@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ctrkit.utils import CtrkitError, atomic_path, write_json_atomic
+from ctrkit.core.utils import CtrkitError, atomic_path, write_json_atomic
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 # The clone this ctrkit runs from (None for an installed package): relative notebook paths start here.
@@ -52,7 +52,7 @@ ONCE = ("05_architectures", "06_explore")
 NOTEBOOKS = PER_DATASET + ONCE
 
 # Sizes per profile, as data, so the notebooks' parameter cells stay plain literals.
-#   rows: synthetic rows (None: the real data of --data); preset: model/train preset of ctrkit.presets;
+#   rows: synthetic rows (None: the real data of --data); preset: model/train preset of ctrkit.training.presets;
 #   epochs: the cap on pretraining (and from-scratch) epochs; patience: epochs without improvement on
 #   validation before a baseline stops (large enough that one noisy epoch does not end it; a run that
 #   reaches the cap is flagged in the baselines table); finetune_epochs: the cap of every finetuning run
@@ -161,7 +161,7 @@ class Settings:
         return self.tables / f"{self.dataset}_{name}"
 
     def figure(self, name: str) -> Path:
-        """Stem of a figure file: figures/<dataset>_<name> (.png and .svg are added by ctrkit.plots)."""
+        """Stem of a figure file: figures/<dataset>_<name> (.png and .svg are added by ctrkit.analysis.plots)."""
         return self.figures / f"{self.dataset}_{name}"
 
     @property
@@ -173,7 +173,7 @@ class Settings:
     def peer_sets(self) -> list[list[str]]:
         """The peer sets of 04: every subset of the models of 2..all of them, so that each target's
         mean over all its partner subsets is measured for every N (N = 1 is the alone control)."""
-        from ctrkit import designs
+        from ctrkit.experiments import designs
 
         return designs.peer_count_sets(pool=self.models)
 
@@ -313,13 +313,13 @@ def save_table(df: pd.DataFrame, stem: str | Path, *, floatfmt: str = ".4f") -> 
 
 
 def bars_source() -> dict:
-    """Where the BARS reference numbers of `ctrkit/bars.json` come from (shown under the baselines table)."""
+    """Where the BARS reference numbers of `ctrkit/training/bars.json` come from (shown under the baselines table)."""
     from importlib import resources
 
     try:
-        meta = json.loads(resources.files("ctrkit").joinpath("bars.json").read_text())
+        meta = json.loads(resources.files("ctrkit.training").joinpath("bars.json").read_text())
     except (FileNotFoundError, OSError):
-        return {"about": "ctrkit/bars.json is not installed: no BARS reference numbers"}
+        return {"about": "ctrkit/training/bars.json is not installed: no BARS reference numbers"}
     return {k: meta[k] for k in ("about", "source") if k in meta}
 
 
@@ -366,7 +366,7 @@ def data_tables(data, cfg: Settings, *, top_fields: int = 6) -> dict[str, Path]:
 
 def export_results(cfg: Settings) -> Path:
     """Export the run's results store to its tidy CSV (`<dataset>/results.csv`); tables/figures read that."""
-    from ctrkit.store import ResultsStore
+    from ctrkit.experiments.store import ResultsStore
 
     if not cfg.store.exists():
         raise CtrkitError(f"results store {cfg.store} does not exist: run 01_baselines first")
@@ -382,7 +382,7 @@ def _need_results(cfg: Settings) -> Path:
 def caption(cfg: Settings, *, figure: bool = True) -> str:
     """The provenance line of this run's figures and tables: data, rows, seeds, precision, profile
     (and for a figure, what its error bars are)."""
-    from ctrkit import plots, tables
+    from ctrkit.analysis import plots, tables
 
     kind = "real" if cfg.data_dir is not None else "synthetic"
     prec = tables.precision(_need_results(cfg)) if cfg.results_csv.exists() else "unrecorded"
@@ -392,10 +392,10 @@ def caption(cfg: Settings, *, figure: bool = True) -> str:
 
 
 def paper_table(cfg: Settings, name: str) -> pd.DataFrame:
-    """One of the paper's tables (`ctrkit.tables`) from the results CSV, written as
+    """One of the paper's tables (`ctrkit.analysis.tables`) from the results CSV, written as
     tables/<dataset>_<name>.csv (numeric, tidy), .md and .tex (human form, captioned with the
     provenance line); returned in the human form for display."""
-    from ctrkit import tables
+    from ctrkit.analysis import tables
 
     df = tables.table(name, _need_results(cfg))
     df = df[df["dataset"] == cfg.dataset].reset_index(drop=True) if "dataset" in df.columns and len(df) else df
@@ -408,9 +408,9 @@ def paper_table(cfg: Settings, name: str) -> pd.DataFrame:
 
 
 def figure_data(cfg: Settings, kind: str) -> pd.DataFrame:
-    """The tidy frame of one figure (`ctrkit.tables.figure_frame`) for this dataset, also written as
+    """The tidy frame of one figure (`ctrkit.analysis.tables.figure_frame`) for this dataset, also written as
     tables/<dataset>_fig_<kind>.csv so every figure's numbers are on disk beside it."""
-    from ctrkit import tables
+    from ctrkit.analysis import tables
 
     df = tables.figure_frame(_need_results(cfg), kind, dataset=cfg.dataset)
     stem = cfg.table(f"fig_{kind}")
@@ -422,14 +422,15 @@ def figure_data(cfg: Settings, kind: str) -> pd.DataFrame:
 def chosen(cfg: Settings) -> dict:
     """The finetuning setting the sweep of 02 chose on validation ({"weight", "finetune_lr_scale", ...});
     03, 04 and the KD control run at it."""
-    from ctrkit import tables
+    from ctrkit.analysis import tables
 
     return tables.chosen_setting(_need_results(cfg), dataset=cfg.dataset)
 
 
 def kd_peers(cfg: Settings) -> list[str]:
     """The KD control's peers: the teacher first (the best baseline on validation), then the students."""
-    from ctrkit import designs, tables
+    from ctrkit.experiments import designs
+    from ctrkit.analysis import tables
 
     base = tables.records(_need_results(cfg), dataset=cfg.dataset)
     teacher = designs.best_model(base[(base["mode"] == "baseline") & base["model"].isin(cfg.models)])
@@ -524,7 +525,7 @@ def run(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from ctrkit.utils import resolve_device
+    from ctrkit.core.utils import resolve_device
 
     resolve_device(device)  # fail early on --device cuda without CUDA
     nb_dir = Path(notebooks_dir) if notebooks_dir else NOTEBOOK_DIR

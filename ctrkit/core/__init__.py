@@ -1,0 +1,4 @@
+"""The bottom layer, shared by every other: the one user-facing error type (`errors`, importing
+nothing heavy so the CLI can catch Ctrl-C while torch loads) and small helpers (`utils`: atomic
+writes, seeding, device resolution, CPU facts and thread counts, provenance). Imports no other layer.
+"""

@@ -1,0 +1,25 @@
+"""Which reader an input of `prepare` goes to: a `datasets` object or an hf:// id (`hub`), else a
+file or a folder of split files (`sources`)."""
+from __future__ import annotations
+
+import sys
+
+from ctrkit.core.errors import CtrkitError
+from ctrkit.data import hub
+from ctrkit.data.schema import DatasetSchema
+from ctrkit.data.sources import Part, resolve_files
+
+
+def resolve_source(raw, schema: DatasetSchema, on_bad_lines: str) -> tuple[list[Part], dict]:
+    """The parts of `raw` (file, folder, hf://id, `datasets` object) and a description of it."""
+    # A Dataset object implies `datasets` is imported already; don't pay its import otherwise.
+    datasets = sys.modules.get("datasets")
+    if datasets is not None and isinstance(raw, (datasets.Dataset, datasets.DatasetDict)):
+        return hub.dataset_parts(raw, schema, "datasets"), {"kind": "datasets"}
+    raw_s = str(raw)
+    if raw_s.startswith("hf://"):
+        hub_id = raw_s[len("hf://"):].strip("/")
+        if not hub_id:
+            raise CtrkitError("--raw hf://<id>: the hub id is empty")
+        return hub.hub_parts(hub_id, schema), {"kind": "hub", "id": hub_id}
+    return resolve_files(raw, schema, on_bad_lines)

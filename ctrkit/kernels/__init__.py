@@ -1,0 +1,38 @@
+"""CPU kernels: hardware fast paths kept apart from the models' reference maths.
+
+`cpublas` runs wide fp32 layers' products in numpy's OpenBLAS on non-Intel x86 CPUs. The trainer
+switches the fast paths in for CPU runs; the models never import this package. Also here: setting a
+run's thread count (torch's and the kernels' worker pools together) and the provenance that names the
+BLAS in use.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ctrkit.core import utils
+from ctrkit.kernels import cpublas
+
+__all__ = ["apply_threads", "env_info"]
+
+
+def apply_threads(threads: int | str | None = "auto") -> int:
+    """``torch.set_num_threads(resolve_threads(threads))`` (MKL and OpenMP follow, and so does the
+    worker count of ``ctrkit.kernels.cpublas``); returns the number.
+
+    Inter-op threads (parallel TorchScript forks; ctrkit launches none) are lowered to the same number
+    when torch still allows it (only before its first parallel work), never raised."""
+
+    n = utils.resolve_threads(threads)
+    torch.set_num_threads(n)
+    cpublas.set_threads(n)
+    if torch.get_num_interop_threads() > n:
+        with contextlib.suppress(RuntimeError):  # "cannot set ... after parallel work has started"
+            torch.set_num_interop_threads(n)
+    return n
+
+
+def env_info(device=None, seed: int | None = None) -> dict:
+    """`ctrkit.core.utils.env_info` plus the BLAS of the CPU products (``cpu_blas``)."""
+    return {**utils.env_info(device, seed), "cpu_blas": cpublas.backend()}
