@@ -291,10 +291,10 @@ def cmd_mutual(args):
 
 
 def cmd_table(args):
-    from ctrkit.analysis import tables
+    from ctrkit.analysis import render, tables
 
     df = tables.table(args.name, args.store, include_exploration=args.include_exploration)
-    print(tables.render(args.name, df, args.format))
+    print(render.render(args.name, df, args.format))
 
 
 def cmd_reproduce(args):

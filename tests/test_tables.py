@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 
 from ctrkit.experiments import designs
-from ctrkit.analysis import tables
+from ctrkit.analysis import frames, records, render, tables
+from ctrkit.analysis import stats as pstats  # scipy's stats is the independent reference here
 from ctrkit.experiments.store import ResultsStore
 from ctrkit.core.utils import CtrkitError
 
@@ -75,15 +76,15 @@ def store(tmp_path):
 # ---- statistics against independent computations -------------------------------------------------
 def test_t_interval_matches_scipy():
     x = np.array([0.3, 0.1, 0.4, 0.15, 0.2])
-    m, lo, hi = tables.t_interval(x)
+    m, lo, hi = pstats.t_interval(x)
     ref = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
     assert m == pytest.approx(x.mean()) and (lo, hi) == pytest.approx(ref)
-    assert np.isnan(tables.t_interval([0.2])[1]) and np.isnan(tables.t_interval([])[0])
+    assert np.isnan(pstats.t_interval([0.2])[1]) and np.isnan(pstats.t_interval([])[0])
 
 
 def test_holm_worked_example_and_definition():
     # sorted: .005*4 = .02, .01*3 = .03, .03*2 = .06, .04*1 = .04 -> monotone .06
-    assert tables.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert pstats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     rng = np.random.default_rng(0)
     p = rng.uniform(0, 0.3, 7)
     m, order = len(p), np.argsort(p)
@@ -91,22 +92,22 @@ def test_holm_worked_example_and_definition():
     expect = np.empty(m)
     for rank, idx in enumerate(order):
         expect[idx] = max(min(1.0, (m - j) * p[order[j]]) for j in range(rank + 1))
-    assert tables.holm(p) == pytest.approx(expect)
-    out = tables.holm([np.nan, 0.02, 0.5])
+    assert pstats.holm(p) == pytest.approx(expect)
+    out = pstats.holm([np.nan, 0.02, 0.5])
     assert np.isnan(out[0]) and out[1:] == pytest.approx([0.04, 0.5])
 
 
 def test_relaimpr_and_rel_pct():
     # (0.81 - 0.5) / (0.80 - 0.5) - 1 = 0.31 / 0.30 - 1 = 3.333 %
-    assert tables.rela_impr(0.81, 0.80) == pytest.approx(100 / 30)
-    assert tables.rel_pct(0.81, 0.80) == pytest.approx(1.25)
+    assert pstats.rela_impr(0.81, 0.80) == pytest.approx(100 / 30)
+    assert pstats.rel_pct(0.81, 0.80) == pytest.approx(1.25)
 
 
 def test_paired_ci_and_wilcoxon_only_from_six_pairs():
     rng = np.random.default_rng(1)
     ref = rng.uniform(0.7, 0.8, 6)
     new = ref + rng.normal(0.002, 0.001, 6)
-    st = tables.paired(new, ref)
+    st = pstats.paired(new, ref)
     d = new - ref
     lo, hi = stats.t.interval(0.95, 5, loc=d.mean(), scale=d.std(ddof=1) / np.sqrt(6))
     assert (st["auc_diff_ci_low"], st["auc_diff_ci_high"]) == pytest.approx((lo, hi))
@@ -114,9 +115,9 @@ def test_paired_ci_and_wilcoxon_only_from_six_pairs():
     assert st["p_wilcoxon"] == pytest.approx(stats.wilcoxon(new, ref).pvalue)
     rp = 100 * d / ref
     assert st["rel_pct_mean"] == pytest.approx(rp.mean())
-    five = tables.paired(new[:5], ref[:5])
-    assert np.isnan(five["p_wilcoxon"]) and five["note"] == tables.NOTE_NO_WILCOXON
-    assert tables.paired(new[:1], ref[:1])["note"] == tables.NOTE_FEW
+    five = pstats.paired(new[:5], ref[:5])
+    assert np.isnan(five["p_wilcoxon"]) and five["note"] == pstats.NOTE_NO_WILCOXON
+    assert pstats.paired(new[:1], ref[:1])["note"] == pstats.NOTE_FEW
 
 
 # ---- tables ------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def test_finetune_is_mutual_minus_alone_at_the_setting_chosen_on_validation(stor
     assert row["alone_auc_mean"] == pytest.approx(np.mean([alone_auc("DCN", s, 1.0) for s in SEEDS]))
     p = [stats.ttest_rel([mutual_auc(m, s, 4, 10.0, 1.0) for s in SEEDS], [alone_auc(m, s, 1.0) for s in SEEDS]).pvalue
          for m in POOL]
-    assert t.loc[POOL, "p_holm"].to_numpy() == pytest.approx(tables.holm(p))
+    assert t.loc[POOL, "p_holm"].to_numpy() == pytest.approx(pstats.holm(p))
     assert "logloss_diff_mean" in t and "relaimpr_pct_mean" in t
 
 
@@ -187,7 +188,7 @@ def test_baselines_flag_the_epoch_cap(tmp_path):
     assert t.loc["DeepFM", "n_cap_hit"] == 1 and "epoch cap hit in 1/3 seeds" in t.loc["DeepFM", "flag"]
     assert (t.loc["DeepFM", "epochs_min"], t.loc["DeepFM", "epochs_max"]) == (4, 10)
     assert t.loc["DCN", "n_cap_hit"] == 0 and t.loc["DCN", "flag"] == ""
-    assert "not converged" in tables.render("baselines", tables.baselines(s), "md")
+    assert "not converged" in render.render("baselines", tables.baselines(s), "md")
 
 
 def test_peer_count_is_the_mean_over_partner_subsets(store):
@@ -235,7 +236,7 @@ def test_partner_slopes_one_per_model_from_the_points(tmp_path):
     part = tables.partners(s).set_index(["target", "partner"])
     assert len(part) == 12 and part.loc[("DCN", "PNN"), "n_pairs"] == 3
     assert part.loc[("DCN", "PNN"), "partner_auc_mean"] == pytest.approx(np.mean([pre("PNN", x) for x in SEEDS[:3]]))
-    shown = tables.display("partners", tables.partners(s)).set_index("target \\ partner")
+    shown = render.display("partners", tables.partners(s)).set_index("target \\ partner")
     assert shown.loc["DCN", "PNN"].endswith("]") and shown.loc["DCN", "DCN"] == ""
 
 
@@ -260,26 +261,26 @@ def test_controls_kd_and_ensemble_against_alone(store):
 
 
 def test_figure_frames(store):
-    g = tables.figure_frame(store, "gains", dataset="criteo")
-    assert set(g["comparison"]) == {tables.COMPARISONS["finetune"], tables.COMPARISONS["finetune_alone"]}
+    g = frames.figure_frame(store, "gains", dataset="criteo")
+    assert set(g["comparison"]) == {frames.COMPARISONS["finetune"], frames.COMPARISONS["finetune_alone"]}
     assert {"rel_pct_ci_low", "rel_pct_ci_high"} <= set(g.columns)
-    assert tables.figure_frame(store, "gains", dataset="avazu").empty
+    assert frames.figure_frame(store, "gains", dataset="avazu").empty
     with pytest.raises(CtrkitError, match="unknown figure data"):
-        tables.figure_frame(store, "nope")
-    assert tables.precision(store) == "fp32"
+        frames.figure_frame(store, "nope")
+    assert records.precision(store) == "fp32"
 
 
 @pytest.mark.parametrize("name", tables.NAMES)
-@pytest.mark.parametrize("fmt", tables.FORMATS)
+@pytest.mark.parametrize("fmt", render.FORMATS)
 def test_render_every_table_and_format(store, tmp_path, name, fmt):
     for seed in SEEDS[:2]:
         store.append([rec("alone", "scratch", POOL[:2], i, seed, 0.70) for i in range(2)])
         store.append([rec("mutual", "scratch", POOL[:2], i, seed, 0.71) for i in range(2)])
     df = tables.table(name, store.path)
-    text = tables.render(name, df, fmt)
+    text = render.render(name, df, fmt)
     assert len(df) and len(text) > 50
     if fmt == "md":
-        assert text.splitlines()[1].startswith("|") and tables.CAPTIONS[name] in text
+        assert text.splitlines()[1].startswith("|") and render.CAPTIONS[name] in text
     if fmt == "csv":
         assert pd.read_csv(pd.io.common.StringIO(text)).shape == df.shape
     if fmt == "tex":
@@ -291,11 +292,11 @@ def test_render_every_table_and_format(store, tmp_path, name, fmt):
 
 def test_empty_store_and_bad_names(tmp_path):
     empty = ResultsStore(tmp_path / "none.jsonl")
-    assert "no `finetune` results" in tables.render("finetune", tables.finetune(empty.to_frame()), "md")
+    assert "no `finetune` results" in render.render("finetune", tables.finetune(empty.to_frame()), "md")
     with pytest.raises(CtrkitError, match="valid: baselines"):
         tables.table("nope", empty.to_frame())
     with pytest.raises(CtrkitError, match="format"):
-        tables.render("scratch", pd.DataFrame(), "html")
+        render.render("scratch", pd.DataFrame(), "html")
 
 
 def test_runs_of_one_setting_at_two_precisions_stay_apart(tmp_path):

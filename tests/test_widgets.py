@@ -13,7 +13,7 @@ import pytest
 
 from ctrkit import experiments
 from ctrkit.notebook import reproduce, widgets
-from ctrkit.analysis import tables
+from ctrkit.analysis import records
 from ctrkit.experiments.store import ResultsStore
 from ctrkit.core.utils import CtrkitError
 
@@ -88,8 +88,8 @@ def test_widget_runs_are_tagged_exploration(criteo_small, pretrained, tmp_path):
     assert sel.last_error is None, sel.last_error
     assert {r.get("tag") for r in ResultsStore(store).records()} == {widgets.EXPLORATION_TAG}
     # ... and the paper's tables read past them unless asked
-    assert tables.records(store).empty
-    assert set(tables.records(store, include_exploration=True)["peer"]) == {"FM", "DeepFM"}
+    assert records.records(store).empty
+    assert set(records.records(store, include_exploration=True)["peer"]) == {"FM", "DeepFM"}
 
 
 def test_scratch_run_early_stop_and_missing_auc(criteo_small, pretrained, tmp_path):

@@ -21,10 +21,12 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+from ctrkit.core.extras import require
 from ctrkit.core.utils import CtrkitError, atomic_path
+
+sns = require("notebooks", "seaborn", what="ctrkit.analysis.plots (the figures)")
 
 # Paper sizes in inches: one column of a two-column paper, and the full text width.
 COLUMN = 3.4

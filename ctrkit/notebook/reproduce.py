@@ -4,7 +4,7 @@ Also the small helpers the notebooks call so they stay thin (one `parameters` ce
 ctrkit calls): `settings()` turns the parameters + a profile into paths and sizes, `dataset()` gets the
 data, `data_tables()` writes the data statistics as tidy CSV, `save_table()` writes CSV + Markdown,
 `paper_table()` writes a `ctrkit.analysis.tables` table as CSV + Markdown + LaTeX, `figure_data()` the frame a
-figure draws (shaped by `ctrkit.analysis.tables.figure_frame`), `caption()` the provenance line, `chosen()` the
+figure draws (shaped by `ctrkit.analysis.frames.figure_frame`), `caption()` the provenance line, `chosen()` the
 finetuning setting the sweep chose on validation.
 
 Relative paths (`out`, `data_dir`) mean the same folder from JupyterLab (kernel in notebooks/),
@@ -382,10 +382,10 @@ def _need_results(cfg: Settings) -> Path:
 def caption(cfg: Settings, *, figure: bool = True) -> str:
     """The provenance line of this run's figures and tables: data, rows, seeds, precision, profile
     (and for a figure, what its error bars are)."""
-    from ctrkit.analysis import plots, tables
+    from ctrkit.analysis import plots, records
 
     kind = "real" if cfg.data_dir is not None else "synthetic"
-    prec = tables.precision(_need_results(cfg)) if cfg.results_csv.exists() else "unrecorded"
+    prec = records.precision(_need_results(cfg)) if cfg.results_csv.exists() else "unrecorded"
     return plots.provenance(data=f"{kind} {cfg.dataset.capitalize()}-shaped data" if kind == "synthetic"
                             else f"real {cfg.dataset.capitalize()} data", rows=cfg.rows, seeds=len(cfg.seeds),
                             precision=prec, profile=cfg.profile, error_bars=figure)
@@ -395,24 +395,24 @@ def paper_table(cfg: Settings, name: str) -> pd.DataFrame:
     """One of the paper's tables (`ctrkit.analysis.tables`) from the results CSV, written as
     tables/<dataset>_<name>.csv (numeric, tidy), .md and .tex (human form, captioned with the
     provenance line); returned in the human form for display."""
-    from ctrkit.analysis import tables
+    from ctrkit.analysis import render, tables
 
     df = tables.table(name, _need_results(cfg))
     df = df[df["dataset"] == cfg.dataset].reset_index(drop=True) if "dataset" in df.columns and len(df) else df
-    cap = f"{tables.CAPTIONS[name]} ({caption(cfg, figure=False)})"
+    cap = f"{render.CAPTIONS[name]} ({caption(cfg, figure=False)})"
     stem = cfg.table(name)
-    for fmt in tables.FORMATS:
+    for fmt in render.FORMATS:
         with atomic_path(stem.with_name(f"{stem.name}.{fmt}")) as tmp:
-            tmp.write_text(tables.render(name, df, fmt, caption=cap) + ("\n" if fmt != "csv" else ""))
-    return tables.display(name, df) if len(df) else df
+            tmp.write_text(render.render(name, df, fmt, caption=cap) + ("\n" if fmt != "csv" else ""))
+    return render.display(name, df) if len(df) else df
 
 
 def figure_data(cfg: Settings, kind: str) -> pd.DataFrame:
-    """The tidy frame of one figure (`ctrkit.analysis.tables.figure_frame`) for this dataset, also written as
+    """The tidy frame of one figure (`ctrkit.analysis.frames.figure_frame`) for this dataset, also written as
     tables/<dataset>_fig_<kind>.csv so every figure's numbers are on disk beside it."""
-    from ctrkit.analysis import tables
+    from ctrkit.analysis import frames
 
-    df = tables.figure_frame(_need_results(cfg), kind, dataset=cfg.dataset)
+    df = frames.figure_frame(_need_results(cfg), kind, dataset=cfg.dataset)
     stem = cfg.table(f"fig_{kind}")
     with atomic_path(stem.with_name(stem.name + ".csv")) as tmp:
         df.to_csv(tmp, index=False)
@@ -430,9 +430,9 @@ def chosen(cfg: Settings) -> dict:
 def kd_peers(cfg: Settings) -> list[str]:
     """The KD control's peers: the teacher first (the best baseline on validation), then the students."""
     from ctrkit.experiments import designs
-    from ctrkit.analysis import tables
+    from ctrkit.analysis import records
 
-    base = tables.records(_need_results(cfg), dataset=cfg.dataset)
+    base = records.records(_need_results(cfg), dataset=cfg.dataset)
     teacher = designs.best_model(base[(base["mode"] == "baseline") & base["model"].isin(cfg.models)])
     return [teacher] + [m for m in cfg.models if m != teacher]
 

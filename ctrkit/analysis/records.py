@@ -1,0 +1,86 @@
+"""The results store as tidy records: one row per peer per run, with the ids that say which runs compare.
+
+`records()` fills fields older records lack, and computes `settings_key` (every setting that changes a
+result except the seed), `setting_id` (the same without the peer set) and `control_id` (what an alone
+control must share with its treatment). Runs tagged "exploration" (the widget) are left out unless asked.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+
+from ctrkit.experiments.store import read_results
+
+EXPLORATION = "exploration"
+
+# What defines a setting apart from the peer set (so designs over several peer sets share it) ...
+SETTING_FIELDS = ("dataset", "fingerprint", "init", "mode", "weight", "divergence", "warmup_steps", "preset",
+                  "max_epochs", "finetune_lr_scale", "finetune_epochs", "finetune_monitor", "batch_size", "overrides",
+                  "amp")
+# ... and what a control must share with its treatment (weight, divergence, warm-up are moot at weight 0).
+CONTROL_FIELDS = ("dataset", "fingerprint", "init", "preset", "max_epochs", "finetune_lr_scale",
+                  "finetune_epochs", "finetune_monitor", "batch_size", "overrides", "amp")
+_CONFIG_FIELDS = {"finetune_lr_scale": "finetune_lr_scale", "finetune_epochs": "finetune_epochs",
+                  "warmup_steps": "warmup_steps", "max_epochs": "epochs", "finetune_monitor": "finetune_monitor",
+                  "batch_size": "batch_size", "overrides": "overrides"}
+
+
+def _hash(values) -> str:
+    text = json.dumps([None if (isinstance(v, float) and np.isnan(v)) else v for v in values], default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _config_value(cfg, key):
+    if isinstance(cfg, str):
+        try:
+            cfg = json.loads(cfg)
+        except ValueError:
+            return None
+    return cfg.get(key) if isinstance(cfg, dict) else None
+
+
+def records(source, *, include_exploration: bool = False, dataset: str | None = None) -> pd.DataFrame:
+    """The store as one tidy row per peer per run, with every column the tables read (older records
+    lacking a field get None/NaN), `settings_key` (computed from the settings when the record has
+    none), `setting_id` (the settings without the peer set) and `control_id` (what a control shares)."""
+    if isinstance(source, pd.DataFrame) and {"setting_id", "control_id"} <= set(source.columns):
+        df = source  # already normalised (tables calling tables): only filter
+        df = df if dataset is None else df[df["dataset"] == dataset]
+        return df if include_exploration else df[df["tag"].astype(str) != EXPLORATION]
+    df = read_results(source).copy()
+    for c in ("mode", "init", "dataset", "fingerprint", "peer", "peers", "model", "preset", "weight", "divergence",
+              "protocol", "pretrained_test_auc", "pretrained_valid_auc", "ensemble_test_auc", "ensemble_valid_auc",
+              "peer_index", "partners", "partners_pretrained_auc", "n_peers", "settings_key", "tag", "amp",
+              "stopped_early", "epoch_cap_hit", "epochs", "valid_auc", "valid_logloss", "test_auc",
+              "test_logloss", "seed", "config", *_CONFIG_FIELDS):
+        if c not in df.columns:
+            df[c] = None
+    df["model"] = df["model"].where(df["model"].notna(), df["peer"])  # hand-made stores: model = label
+    for col, key in _CONFIG_FIELDS.items():  # older records keep these inside `config` only
+        df[col] = df[col].where(df[col].notna(), [_config_value(c, key) for c in df["config"]])
+    df["amp"] = df["amp"].where(df["amp"].notna(), [(_config_value(_config_value(c, "train"), "amp")
+                                                     if c is not None else None) for c in df["config"]])
+    if dataset is not None:
+        df = df[df["dataset"] == dataset]
+    if not include_exploration:
+        df = df[df["tag"].astype(str) != EXPLORATION]
+    df = df.copy()
+    for c in ("weight", "finetune_lr_scale", "test_auc", "valid_auc", "pretrained_test_auc", "pretrained_valid_auc"):
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    fields = lambda r, names: [r.get(f) for f in names]  # noqa: E731
+    rows = df.to_dict("records")
+    df["setting_id"] = [_hash(fields(r, SETTING_FIELDS)) for r in rows]
+    df["control_id"] = [_hash(fields(r, CONTROL_FIELDS)) for r in rows]
+    computed = [_hash(fields(r, SETTING_FIELDS) + [r.get("peers")]) for r in rows]
+    df["settings_key"] = df["settings_key"].where(df["settings_key"].notna(), computed)
+    return df.reset_index(drop=True)
+
+
+def precision(source, *, include_exploration: bool = False) -> str:
+    """The precision of the trained runs ("fp32", "bf16", or "mixed: ..."; "unrecorded" for old records)."""
+    df = records(source, include_exploration=include_exploration)
+    amp = {("fp32" if str(a) in ("off", "fp32", "False") else str(a)) for a in df["amp"].dropna()}
+    return "unrecorded" if not amp else (amp.pop() if len(amp) == 1 else "mixed: " + ", ".join(sorted(amp)))

@@ -1,0 +1,146 @@
+"""Writing a table for people: the human form (means with [95% CI]), captions, and Markdown, LaTeX or CSV text.
+
+CSV stays numeric and tidy; Markdown and LaTeX show the human form, with settings that hold for every
+row moved into one line under the table, and the table's caption.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ctrkit.analysis.stats import CI_NAME, MIN_WILCOXON
+from ctrkit.core.utils import CtrkitError
+
+FORMATS = ("md", "csv", "tex")
+
+CAPTIONS = {
+    "baselines": "Pretrained baselines: test AUC and logloss, mean ± SD over seeds; epochs run (min-max); "
+                 "`flag`: seeds that stopped at the epoch cap (not converged).",
+    "scratch": f"Mutual learning from scratch minus the same peers trained alone under the identical schedule "
+               f"and stopping, paired by seed: mean [{CI_NAME}]; rel % and RelaImpr (gain of AUC - 0.5) in %; "
+               f"p: paired t-test, Holm-corrected across the models (p_holm); Wilcoxon only with >= {MIN_WILCOXON} pairs.",
+    "finetune": f"Mutual finetuning minus finetuning alone (same steps, batches and stopping, weight 0), paired by "
+                f"seed: mean [{CI_NAME}], at the setting chosen on validation; gains of both arms over the "
+                f"pretrained model; p_holm: Holm across the models; Wilcoxon only with >= {MIN_WILCOXON} pairs.",
+    "sweep": f"Finetuning sweep (weight x lr scale): mutual - alone on test per model [{CI_NAME}]; "
+             "`selection_valid_auc`: mean validation AUC of the mutual peers, the only criterion of `chosen`.",
+    "partners": f"Pairs (N = 2): mutual - alone of the target with each partner, paired by seed [{CI_NAME}]; "
+                "p_holm: Holm across the cells.",
+    "partner_slopes": "Per target: least-squares slope of (mutual - alone, rel %) against the partner's "
+                      "pretrained test AUC over (partner, seed) points, 95% t-interval of the slope (n - 2 df).",
+    "peer_count": f"N peers: per target, the mean over all partner subsets of size N - 1 of the other paper models; "
+                  f"rel % = mutual - alone, gain = over the pretrained model, {CI_NAME} over seeds; N = 1: the control.",
+    "headline": f"Mutual finetuning minus finetuning alone per model, paired by seed, at the setting chosen on "
+                f"validation: relative % and RelaImpr of test AUC [{CI_NAME}], test logloss difference; "
+                "p_holm: paired t-test, Holm across the models.",
+    "controls": f"Every arm minus finetuning alone of the same unit (model or ensemble = mean probability of the "
+                f"peers), paired by seed [{CI_NAME}]; KD: students of the best pretrained model; p_holm per dataset.",
+}
+
+
+def _fmt(v, digits: int, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def _digits(prefix: str) -> tuple[int, bool]:
+    if "pct" in prefix:
+        return 3, True
+    if "diff" in prefix or prefix.startswith(("slope", "gain")):
+        return 4, True
+    return 4, False
+
+
+def _interval(df: pd.DataFrame, p: str) -> list[str]:
+    d, signed = _digits(p)
+    lo, hi = df.get(f"{p}_ci_low"), df.get(f"{p}_ci_high")
+    sd = df.get(f"{p}_sd")
+    out = []
+    for i, m in enumerate(df[f"{p}_mean"]):
+        if lo is not None and not pd.isna(lo.iloc[i]):
+            out.append(f"{_fmt(m, d, signed)} [{_fmt(lo.iloc[i], d, signed)}, {_fmt(hi.iloc[i], d, signed)}]")
+        elif sd is not None and not pd.isna(sd.iloc[i]):
+            out.append(f"{_fmt(m, d, signed)} ± {_fmt(sd.iloc[i], d)}")
+        else:
+            out.append(_fmt(m, d, signed))
+    return out
+
+
+_HIDDEN = ("settings_key", "setting_id", "intercept")
+# Columns that describe the setting: when one value holds for every row, display moves it into one
+# "settings" line under the table instead of repeating it in every row.
+_SETTING_COLS = ("dataset", "peers", "weight", "finetune_lr_scale", "finetune_epochs", "amp", "chosen_on",
+                 "selection_valid_auc")
+_INT_COLS = ("finetune_epochs", "epochs_min", "epochs_max", "n_pairs", "n_seeds", "n_subsets", "n_points",
+             "n_partners", "n_cap_hit", "n_peers")
+
+
+def _value(c: str, v):
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–" if c in _INT_COLS or c in ("weight", "finetune_lr_scale") else ""
+    if c in _INT_COLS and isinstance(v, (int, float, np.integer, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    if c in ("weight", "finetune_lr_scale"):
+        return f"{v:g}"
+    if isinstance(v, (float, np.floating)):
+        return _fmt(float(v), 4)
+    return v
+
+
+def _constant_settings(shown: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    same = [c for c in _SETTING_COLS if c in shown.columns and shown[c].astype(str).nunique() == 1]
+    line = ", ".join(f"{c} {shown[c].iloc[0]}" for c in same if str(shown[c].iloc[0]) not in ("", "–"))
+    return shown.drop(columns=same), line
+
+
+def display(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Human form: mean with [95% CI] (or ± SD), p-values with 3 digits, partners as a matrix."""
+    if name == "partners" and len(df):
+        cell = {(r.dataset, r.weight, r.finetune_lr_scale, r.target, r.partner):
+                f"{_fmt(r.rel_pct_mean, 3, True)}% [{_fmt(r.rel_pct_ci_low, 3, True)}, {_fmt(r.rel_pct_ci_high, 3, True)}]"
+                for r in df.itertuples()}
+        mat = pd.Series(cell).unstack(fill_value="")
+        mat.index.names, mat.columns.name = ["dataset", "weight", "lr scale", "target \\ partner"], None
+        return mat.reset_index()
+    out = {}
+    same_model = "model" in df and "peer" in df and (df["model"].astype(str) == df["peer"].astype(str)).all()
+    for c in df.columns:
+        if c in _HIDDEN or c.endswith(("_ci_low", "_ci_high")) or (c.endswith("_sd") and c[:-3] + "_mean" in df) \
+                or (c == "model" and same_model):
+            continue
+        if c.endswith("_mean"):
+            out[c[:-5]] = _interval(df, c[:-5])
+        elif c.startswith("p_"):
+            out[c] = [_fmt(v, 3) for v in df[c]]
+        else:
+            out[c] = [_value(c, v) for v in df[c]]
+    return pd.DataFrame(out)
+
+
+def to_markdown(name: str, df: pd.DataFrame, *, caption: str | None = None) -> str:
+    if not len(df):
+        return f"_(no `{name}` results in the store)_"
+    shown, line = _constant_settings(display(name, df))
+    text = shown.to_markdown(index=False, disable_numparse=True)
+    cap = caption or CAPTIONS.get(name)
+    return text + (f"\n\nSettings: {line}." if line else "") + (f"\n\n{cap}" if cap else "")
+
+
+def to_latex(name: str, df: pd.DataFrame, *, caption: str | None = None) -> str:
+    if not len(df):
+        return f"% no {name} results in the store"
+    shown, line = _constant_settings(display(name, df))
+    cap = " ".join(t for t in (caption or CAPTIONS.get(name), f"Settings: {line}." if line else "") if t)
+    return shown.to_latex(index=False, escape=True, caption=cap, label=f"tab:{name}")
+
+
+def to_csv(name: str, df: pd.DataFrame, *, caption: str | None = None) -> str:
+    return df.to_csv(index=False)
+
+
+def render(name: str, df: pd.DataFrame, fmt: str = "md", *, caption: str | None = None) -> str:
+    """The table as Markdown (human form + caption), LaTeX (same, with \\caption) or tidy numeric CSV."""
+    if fmt not in FORMATS:
+        raise CtrkitError(f"unknown table format {fmt!r}; valid: {', '.join(FORMATS)}")
+    return {"md": to_markdown, "csv": to_csv, "tex": to_latex}[fmt](name, df, caption=caption)

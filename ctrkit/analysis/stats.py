@@ -1,0 +1,100 @@
+"""Paired statistics of per-seed results: t-intervals, paired tests, Holm correction, relative gains.
+
+Every headline number is a paired difference of one value per seed; its 95% confidence interval is
+the paired t-interval (scipy.stats.t), p the paired t-test, Holm-corrected across the rows of a table
+(`with_holm`); Wilcoxon only with >= 6 pairs. Relative % = 100 (AUC - AUC_ref) / AUC_ref and
+RelaImpr = 100 ((AUC - 0.5) / (AUC_ref - 0.5) - 1), per seed, then averaged.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+LEVEL = 0.95
+MIN_WILCOXON = 6
+CI_NAME = "95% paired t-interval"
+NOTE_FEW = "<2 pairs: no CI or test"
+NOTE_NO_WILCOXON = f"<{MIN_WILCOXON} pairs: no Wilcoxon"
+
+
+def t_interval(values, *, level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean, low, high): the t-interval of the mean of `values` (NaN bounds with fewer than 2)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return m, m - half, m + half
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaN stays NaN."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    q = p[ok]
+    order = np.argsort(q, kind="mergesort")
+    adj = np.minimum(np.maximum.accumulate((len(q) - np.arange(len(q))) * q[order]), 1.0)
+    res = np.empty(len(q))
+    res[order] = adj
+    out[ok] = res
+    return out
+
+
+def rel_pct(auc, ref) -> np.ndarray:
+    auc, ref = np.asarray(auc, dtype=float), np.asarray(ref, dtype=float)
+    return 100.0 * (auc - ref) / ref
+
+
+def rela_impr(auc, ref) -> np.ndarray:
+    """RelaImpr (Yan et al. 2014): the relative gain of AUC above a random guesser's 0.5, in %."""
+    auc, ref = np.asarray(auc, dtype=float), np.asarray(ref, dtype=float)
+    return 100.0 * ((auc - 0.5) / (ref - 0.5) - 1.0)
+
+
+def ci_columns(prefix: str, values) -> dict:
+    m, lo, hi = t_interval(values)
+    return {f"{prefix}_mean": m, f"{prefix}_ci_low": lo, f"{prefix}_ci_high": hi}
+
+
+def paired(new, ref, *, logloss_new=None, logloss_ref=None) -> dict:
+    """Paired comparison of AUCs `new` vs `ref` (one value per seed): the difference, relative %,
+    RelaImpr (each mean + 95% t-interval), the logloss difference, paired t and Wilcoxon p-values."""
+    from scipy import stats
+
+    new, ref = np.asarray(new, dtype=float), np.asarray(ref, dtype=float)
+    n = len(new)
+    out = {"n_pairs": n, **ci_columns("auc_diff", new - ref), **ci_columns("rel_pct", rel_pct(new, ref)),
+           **ci_columns("relaimpr_pct", rela_impr(new, ref))}
+    if logloss_new is not None and logloss_ref is not None:
+        out.update(ci_columns("logloss_diff", np.asarray(logloss_new, dtype=float) - np.asarray(logloss_ref, dtype=float)))
+    p_t = p_w = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zero-variance differences: NaN is the honest answer
+        if n >= 2:
+            p_t = float(stats.ttest_rel(new, ref).pvalue)
+        if n >= MIN_WILCOXON and np.any(new != ref):
+            p_w = float(stats.wilcoxon(new, ref).pvalue)
+    notes = [NOTE_FEW] if n < 2 else ([NOTE_NO_WILCOXON] if n < MIN_WILCOXON else [])
+    return {**out, "p_ttest": p_t, "p_wilcoxon": p_w, "note": "; ".join(notes)}
+
+
+def with_holm(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Add p_holm: the t-test p-values Holm-corrected within each group of `by` (one table's models)."""
+    if df.empty or "p_ttest" not in df.columns:
+        return df
+    df = df.copy()
+    df["p_holm"] = np.nan
+    for _, g in df.groupby(list(by), dropna=False, sort=False):
+        df.loc[g.index, "p_holm"] = holm(g["p_ttest"].to_numpy())
+    cols = list(df.columns)
+    cols.insert(cols.index("p_ttest") + 1, cols.pop(cols.index("p_holm")))
+    return df[cols]
