@@ -1,5 +1,6 @@
 # The two set-up commands of the README: `make reproduce` and `make test`.
-# Each creates (or reuses) a local virtualenv and installs what it needs from nothing.
+# Each creates (or reuses) a local virtualenv and installs what it needs from nothing: the library
+# and every extra (notebooks, hub, dev, docs; see pyproject.toml).
 PYTHON ?= python3
 VENV ?= .venv
 # CPU build from the local disk here; on a CUDA machine set TORCH="torch" (or a CUDA wheel spec).
@@ -8,13 +9,13 @@ BIN := $(VENV)/bin
 PROFILE ?= quick
 OUT ?= results
 
-.PHONY: reproduce test test-browser install lab bench clean
+.PHONY: reproduce test test-browser install lab bench docs clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[notebooks,hub,dev,docs]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -35,5 +36,10 @@ lab: install
 bench: install
 	$(BIN)/python bench/run_all.py
 
+# The documentation site (mkdocs.yml, docs/) into site/; warnings are errors (a broken link or
+# an API page naming a module that no longer exists fails the build).
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache site

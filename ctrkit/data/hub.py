@@ -8,6 +8,7 @@ from ctrkit.data.loading import SPLITS
 from ctrkit.data.schema import DatasetSchema
 from ctrkit.data.sources import SPLIT_NAMES, Part, as_dictionary_table
 from ctrkit.core.errors import CtrkitError
+from ctrkit.core.extras import require
 
 
 def dataset_parts(ds, schema: DatasetSchema, name: str) -> list[Part]:
@@ -51,7 +52,7 @@ def dataset_parts(ds, schema: DatasetSchema, name: str) -> list[Part]:
 
 
 def hub_parts(hub_id: str, schema: DatasetSchema) -> list[Part]:
-    import datasets
+    datasets = require("hub", "datasets", what=f"hf://{hub_id}")
 
     offline = os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE") or \
         os.environ.get("HF_DATASETS_OFFLINE", "") in ("1", "true", "TRUE")

@@ -25,14 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import ipywidgets as W
 import pandas as pd
 
 from ctrkit import experiments
 from ctrkit.models import MODELS
 from ctrkit.experiments.store import ResultsStore
 from ctrkit.training.loop import RunStopped
+from ctrkit.core.extras import require
 from ctrkit.core.utils import CtrkitError
+
+W = require("notebooks", "ipywidgets", what="ctrkit.notebook.widgets")
 
 __all__ = ["PeerSelector", "EXPLORATION_TAG", "curve_figure"]
 
