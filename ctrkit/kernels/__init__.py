@@ -1,7 +1,8 @@
 """CPU kernels: hardware fast paths kept apart from the models' reference maths.
 
-`cpublas` runs wide fp32 layers' products in numpy's OpenBLAS on non-Intel x86 CPUs. The trainer
-switches the fast paths in for CPU runs; the models never import this package. Also here: setting a
+`cpu` holds the layers' CPU fast paths (hand-written backward passes; `cpublas`: wide fp32 layers'
+products in numpy's OpenBLAS on non-Intel x86 CPUs). The trainer switches them in for CPU runs with
+`for_device(model, device)`; the models never import this package. Also here: setting a
 run's thread count (torch's and the kernels' worker pools together) and the provenance that names the
 BLAS in use.
 """
@@ -13,8 +14,9 @@ import torch
 
 from ctrkit.core import utils
 from ctrkit.kernels import cpublas
+from ctrkit.kernels.cpu import for_device
 
-__all__ = ["apply_threads", "env_info"]
+__all__ = ["apply_threads", "env_info", "for_device"]
 
 
 def apply_threads(threads: int | str | None = "auto") -> int:

@@ -89,21 +89,16 @@ class CTRModel(nn.Module):
         # deep copy + list() so later mutation of the caller's lists cannot change the record
         self.hparams = {k: list(v) if isinstance(v, (list, tuple)) else v
                         for k, v in copy.deepcopy(hparams).items()}
-        self.register_buffer("_vocab", torch.tensor(self.field_sizes, dtype=torch.long), persistent=False)
 
     def check_input(self, X: torch.Tensor) -> None:
-        """Shape and dtype always; index range on CPU only. The range check matters because of the
-        fused table: an index >= vocab_size_f would silently read the next field's rows instead of
-        failing. On CUDA it is skipped: ``.any()`` would force a host sync every batch."""
+        """Shape and dtype: what is known without reading the batch. The index range is checked
+        once per split where the data is served (``ctrkit.data.CTRData.tensors``): here it would
+        read every batch back to the host and break the model's graph into pieces."""
         if X.dim() != 2 or X.shape[1] != self.num_fields:
             raise CtrkitError(f"{self.name}: input must be [batch, {self.num_fields}] field indices, "
                               f"got shape {tuple(X.shape)}")
         if X.dtype not in (torch.int32, torch.int64):
             raise CtrkitError(f"{self.name}: input must be int32 or int64 field indices, got {X.dtype}")
-        if X.device.type == "cpu" and bool(((X < 0) | (X >= self._vocab)).any()):
-            bad = torch.nonzero((X < 0) | (X >= self._vocab))[0].tolist()
-            raise CtrkitError(f"{self.name}: index {int(X[bad[0], bad[1]])} at row {bad[0]}, field {bad[1]} "
-                              f"is outside [0, {self.field_sizes[bad[1]]})")
 
     def extra_repr(self) -> str:
         return f"fields={self.num_fields}, vocab={sum(self.field_sizes)}, hparams={self.hparams}"

@@ -39,6 +39,7 @@ class FiBiNET(CTRModel):
         self.senet = layers.SENet(F, reduction_ratio, excitation_activation)
         self.bilinear_p = layers.Bilinear(F, embedding_dim, bilinear_type)
         self.bilinear_q = layers.Bilinear(F, embedding_dim, bilinear_type)
+        self.pair_cat = layers.BilinearCat()  # no state: p and q side by side
         self.lr = layers.LinearTerm(self.field_sizes, use_bias=False)
         self.mlp = layers.MLP(F * (F - 1) * embedding_dim, hidden_units, hidden_activations,
                               net_dropout, batch_norm, output_dim=1)
@@ -48,6 +49,5 @@ class FiBiNET(CTRModel):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         self.check_input(X)
         emb = self.embedding(X)  # [B, F, d]
-        # p and q ([B, P, d] each) written side by side into the MLP input, no cat copy on CPU
-        pq = layers.bilinear_cat([(self.bilinear_p, emb), (self.bilinear_q, self.senet(emb))])
+        pq = self.pair_cat([(self.bilinear_p, emb), (self.bilinear_q, self.senet(emb))])  # [B, 2P, d]
         return (self.lr(X) + self.mlp(pq.flatten(1)).squeeze(-1)).float()  # MLP input [B, 2*P*d]

@@ -1,7 +1,14 @@
-"""Building blocks shared by every ctrkit model, so peers compared in mutual learning share exactly
-the same embedding, first-order and MLP semantics (only their interaction part differs).
+"""Building blocks shared by every ctrkit model (the reference maths), so peers compared in mutual
+learning share exactly the same embedding, first-order and MLP semantics (only their interaction part
+differs).
 
 Shapes: B = batch, F = number of fields, d = embedding dim, P = F*(F-1)/2 field pairs.
+
+Only ``nn.Module``s with ``nn.Linear``/``nn.Parameter`` state and plain torch ops live here: no
+autograd Function, no numpy, no global state, so every model traces as one graph
+(``torch.compile(fullgraph=True)``). The CPU fast paths (hand-written backward passes, OpenBLAS for
+wide layers) are in ``ctrkit.kernels``, which the trainer switches in for CPU runs by changing these
+modules' class in place (same parameters, same state_dict keys).
 
 Design notes
 ------------
@@ -11,20 +18,17 @@ Design notes
   Here it is one gather and one backward scatter (one kernel each instead of F -- what matters on a
   GPU, where F small launches dominate), and ONE parameter tensor for the optimizer and the
   embedding regularizer instead of F (fewer optimizer kernels; the trainer finds it by type). The
-  maths is unchanged: rows of different fields never mix (``CTRModel.check_input`` rejects an
-  out-of-range index on CPU, which would otherwise read the next field's rows).
-  On CPU the backward is ONE ``index_add_`` (``_GatherRows``), not ATen's
-  ``embedding_dense_backward``, which cost ~22 ms per table per step here (2 threads, B=10,000,
-  F=39, d=16 and d=1 alike) against 6 ms; with the gather batch-major (no transpose copy: 1.6 ms
-  vs 21 ms for a field-major gather + transpose) DeepFM's fp32 step went from 44k to ~55k samples/s.
+  maths is unchanged as long as rows of different fields never mix: an index >= vocab_size_f would
+  read the next field's rows, so ``ctrkit.data`` checks every split's indices once when it serves
+  the split (not per batch: that would read every batch back to the host).
 * Initialisation follows FuxiCTR (the code behind the BARS numbers): embeddings ``N(0, 1e-4)``,
   every ``nn.Linear`` Xavier-normal with zero bias, bilinear weights Xavier-normal, cross-layer
   biases zero (see ``reset_parameters``).
 * No Python loop over field pairs. Inner products: one ``bmm`` Gram matrix + a ``triu`` index
-  (measured ~15x faster than gathering ``[B, P, d]`` pairs). Bilinear: on GPU one ``bmm`` over all
-  pairs in pair-major layout, on CPU one GEMM per left field (see ``Bilinear``); FuxiCTR's
-  ``matmul(left.unsqueeze(2), W)`` broadcasts ``W`` to ``[B, P, d, d]``, which is what runs out of
-  24 GB at batch 10,000. CrossNet runs all its layers as one product (see ``CrossNet``).
+  (measured ~15x faster than gathering ``[B, P, d]`` pairs). Bilinear: one ``bmm`` over all pairs in
+  pair-major layout (see ``Bilinear``); FuxiCTR's ``matmul(left.unsqueeze(2), W)`` broadcasts ``W``
+  to ``[B, P, d, d]``, which is what runs out of 24 GB at batch 10,000. CrossNet runs all its layers
+  as one product (see ``CrossNet``).
 """
 from __future__ import annotations
 
@@ -34,7 +38,6 @@ import torch
 import torch.nn.functional as F_
 from torch import nn
 
-from ctrkit.kernels import cpublas
 from ctrkit.core.utils import CtrkitError
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leakyrelu": nn.LeakyReLU,
@@ -81,32 +84,11 @@ class FeatureEmbedding(nn.Module):
         nn.init.normal_(self.weight, std=EMBEDDING_INIT_STD)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        idx = X.to(self.offsets.dtype) + self.offsets  # [B, F] rows of the fused table
-        if self.weight.device.type == "cpu" and torch.is_grad_enabled() and self.weight.requires_grad:
-            return _GatherRows.apply(idx, self.weight)
-        return F_.embedding(idx, self.weight)  # GPU: ATen's sort-based backward is the fast one
+        return F_.embedding(self.rows(X), self.weight)
 
-
-class _GatherRows(torch.autograd.Function):
-    """``weight[idx]`` for ``idx`` ``[B, F]`` -> ``[B, F, d]``, with the backward as ONE
-    ``index_add_`` into a zero table, on CPU only (see the module docstring for the numbers: ATen's
-    ``embedding_dense_backward`` costs ~22 ms per table per step there, this 6 ms for d=16 and
-    under 1 ms for the d=1 first-order table). CPU ``index_add_`` adds in index order, so it is
-    deterministic (tested against ``F.embedding``'s gradient)."""
-
-    @staticmethod
-    def forward(ctx, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(idx)
-        ctx.num_rows = weight.shape[0]
-        return weight.index_select(0, idx.reshape(-1)).view(*idx.shape, weight.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (idx,) = ctx.saved_tensors
-        d = grad.shape[-1]
-        gw = torch.zeros(ctx.num_rows, d, dtype=grad.dtype, device=grad.device)
-        # int64 indices: with int32 ones index_add_ takes a slow path (20.5 ms vs 7.6 ms)
-        return None, gw.index_add_(0, idx.reshape(-1).long(), grad.reshape(-1, d))
+    def rows(self, X: torch.Tensor) -> torch.Tensor:
+        """``[B, F]`` rows of the fused table for the local indices ``X``."""
+        return X.to(self.offsets.dtype) + self.offsets
 
 
 class LinearTerm(nn.Module):
@@ -135,27 +117,8 @@ class FMInteraction(nn.Module):
     """
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return _FMFunction.apply(emb)
-
-
-class _FMFunction(torch.autograd.Function):
-    """``0.5 * (|sum_i e_i|^2 - sum_i |e_i|^2)`` per row, with the gradient written in one piece,
-    ``g * (sum_j e_j - e_i)``: autograd through ``pow``/``sum`` builds ~5 full ``[B, F, d]``
-    temporaries per step (forward squares, backward expand, 2x-scale, add), this builds one."""
-
-    @staticmethod
-    def forward(ctx, emb: torch.Tensor) -> torch.Tensor:
         s = emb.sum(dim=1)  # [B, d]
-        flat = emb.reshape(emb.shape[0], 1, -1)
-        with torch.autocast(emb.device.type, enabled=False):  # a difference of two sums: keep fp32
-            sum_of_square = torch.bmm(flat, flat.transpose(1, 2)).view(-1)  # row dot products, no temporary
-        ctx.save_for_backward(emb, s)
-        return 0.5 * (s.pow(2).sum(dim=1) - sum_of_square)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        emb, s = ctx.saved_tensors
-        return (s.unsqueeze(1) - emb).mul_(grad.view(-1, 1, 1).to(emb.dtype))
+        return 0.5 * (s.pow(2).sum(dim=1) - emb.pow(2).sum(dim=(1, 2)))
 
 
 class MLP(nn.Module):
@@ -188,9 +151,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for m in self.net:  # through ctrkit.kernels.cpublas: wide layers in OpenBLAS on non-Intel CPUs, else F.linear
-            x = cpublas.linear(x, m.weight, m.bias) if isinstance(m, nn.Linear) else m(x)
-        return x
+        return self.net(x)
 
 
 class CrossNet(nn.Module):
@@ -275,24 +236,14 @@ class Bilinear(nn.Module):
     ``[F, d, d]``) or one per pair (``field_interaction``: ``[P, d, d]``, pairs in ``triu_pairs``
     order, as FuxiCTR).
 
-    No ``[B, P, d, d]`` tensor ever exists (FuxiCTR's ``matmul(left.unsqueeze(2), W)`` broadcasts
-    ``W`` to that, which is what runs out of 24 GB at batch 10,000). Two layouts, same maths:
+    Pair-major: embeddings are transposed once to ``[F, B, d]``, the left/right field of every pair
+    is one ``index_select`` of whole ``[B, d]`` blocks, and field_interaction is ONE ``bmm``
+    ``[P, B, d] x [P, d, d]``: a constant ~6 kernels, and no ``[B, P, d, d]`` tensor ever exists
+    (FuxiCTR's ``matmul(left.unsqueeze(2), W)`` broadcasts ``W`` to that, which is what runs out of
+    24 GB at batch 10,000). On CPU ``ctrkit.kernels`` swaps in a batch-major layout by left field.
 
-    * CPU: batch-major, by left field (``_BilinearByLeftField``). The pairs with left field i are
-      (i, i+1..F-1), so their right operands are the contiguous slice ``E[:, i+1:]`` (no gather),
-      and one ``[B, d] x [d, n_i*d]`` GEMM gives all their left products; the products are written
-      straight into the ``[B, P, d]`` output, and the hand-written backward accumulates into one
-      gradient buffer in place. Under bf16 autocast it runs in bf16, so the MLP gets its input
-      without a cast. Measured (2 threads, B=4,096, F=39, d=16, one bilinear + the
-      ``Linear(P*d, 400)`` it feeds, forward+backward): pair-major 1,192 ms fp32 / 1,233 ms bf16,
-      this 638 ms / 328 ms.
-    * GPU (and any non-CPU device): pair-major. Embeddings are transposed once to ``[F, B, d]``,
-      the left/right field of every pair is one ``index_select`` of whole ``[B, d]`` blocks, and
-      field_interaction is ONE ``bmm`` ``[P, B, d] x [P, d, d]``: a constant ~6 kernels, where the
-      CPU layout would launch ~4F small ones.
-
-    Input: ``[B, F, d]``. Output: ``[B, P, d]`` (on GPU a transposed view of a ``[P, B, d]``
-    tensor; the caller's flatten/cat makes the one copy).
+    Input: ``[B, F, d]``. Output: ``[B, P, d]`` (a transposed view of a ``[P, B, d]`` tensor; the
+    caller's flatten/cat makes the one copy).
     """
 
     def __init__(self, num_fields: int, embedding_dim: int, bilinear_type: str = "field_interaction"):
@@ -311,23 +262,6 @@ class Bilinear(nn.Module):
         nn.init.xavier_normal_(self.weight)  # FuxiCTR: xavier_normal_ on the whole (stacked) tensor
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        if emb.device.type == "cpu":
-            return self._by_left_field(emb)
-        return self._pair_major(emb)
-
-    def pair_weights(self) -> torch.Tensor:
-        """``[P, d, d]``: the weight each pair uses (a broadcast view or a small gather)."""
-        if self.bilinear_type == "field_interaction":
-            return self.weight
-        if self.bilinear_type == "field_all":
-            return self.weight.expand(len(self.left), *self.weight.shape)
-        return self.weight.index_select(0, self.left)
-
-    def _by_left_field(self, emb: torch.Tensor) -> torch.Tensor:
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else emb.dtype
-        return _BilinearByLeftField.apply(dtype, emb, self.pair_weights())
-
-    def _pair_major(self, emb: torch.Tensor) -> torch.Tensor:
         fe = emb.transpose(0, 1).contiguous()  # [F, B, d]
         if self.bilinear_type == "field_interaction":
             left = torch.bmm(fe.index_select(0, self.left), self.weight)  # [P, B, d]
@@ -337,86 +271,26 @@ class Bilinear(nn.Module):
             left = hidden.index_select(0, self.left)
         return (left * fe.index_select(0, self.right)).transpose(0, 1)
 
+    def pair_weights(self) -> torch.Tensor:
+        """``[P, d, d]``: the weight each pair uses (a broadcast view or a small gather)."""
+        if self.bilinear_type == "field_interaction":
+            return self.weight
+        if self.bilinear_type == "field_all":
+            return self.weight.expand(len(self.left), *self.weight.shape)
+        return self.weight.index_select(0, self.left)
 
-def bilinear_cat(pairs: Sequence[tuple["Bilinear", torch.Tensor]]) -> torch.Tensor:
-    """``cat([layer(emb) for layer, emb in pairs], dim=1)``, the bilinear outputs side by side (FiBiNET's
-    p and q), without the copy of the cat on CPU: the by-left-field products of every pair are
-    written straight into their slice of one buffer, and the backward reads its slices of the one
-    gradient (on GPU: the layers' pair-major outputs, then the cat).
+
+class BilinearCat(nn.Module):
+    """FiBiNET's bilinear outputs side by side: ``cat([layer(emb) for layer, emb in pairs], dim=1)``.
+    A module without state of its own, so that ``ctrkit.kernels`` can swap in its CPU version (every
+    pair's products written straight into one buffer, no cat copy) without a state_dict change.
 
     Input: ``k`` (Bilinear over F fields with dim d, ``[B, F, d]``) pairs, all of one bilinear_type.
     Output: ``[B, k*P, d]``.
     """
-    if pairs[0][1].device.type != "cpu":
+
+    def forward(self, pairs: Sequence[tuple[Bilinear, torch.Tensor]]) -> torch.Tensor:
         return torch.cat([layer(emb) for layer, emb in pairs], dim=1)
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else pairs[0][1].dtype
-    flat = [t for layer, emb in pairs for t in (emb, layer.pair_weights())]
-    return _BilinearByLeftField.apply(dtype, *flat)
-
-
-class _BilinearByLeftField(torch.autograd.Function):
-    """``out[:, k*P + p] = (E_k[:, i_p] @ W_k[p]) * E_k[:, j_p]`` for every (E_k ``[B, F, d]``,
-    W_k ``[P, d, d]``) input pair k and pair p in ``triu_pairs`` order, by left field (see
-    ``Bilinear``), into one ``[B, k*P, d]`` buffer in ``dtype`` (bf16 under autocast); gradients
-    come back in the inputs' dtypes. Called as ``apply(dtype, E_1, W_1, E_2, W_2, ...)``."""
-
-    @staticmethod
-    def forward(ctx, dtype: torch.dtype, *tensors: torch.Tensor) -> torch.Tensor:
-        B, F, d = tensors[0].shape
-        P = tensors[1].shape[0]
-        ew = [(e.to(dtype), w.to(dtype)) for e, w in zip(tensors[0::2], tensors[1::2])]
-        out = torch.empty(B, len(ew) * P, d, dtype=dtype, device=tensors[0].device)
-        # kept for the backward's right-operand gradient instead of recomputing F-1 GEMMs per input;
-        # costs one more [B, P, d] per input while the graph lives (0.47 GB fp32 at B=10,000, d=16)
-        lefts = []
-        for k, (e, w) in enumerate(ew):
-            for i, s, n in _left_field_blocks(F):
-                left = e[:, i] @ w[s:s + n].permute(1, 0, 2).reshape(d, n * d)  # [B, n*d]
-                torch.mul(left.view(B, n, d), e[:, i + 1:], out=out[:, k * P + s:k * P + s + n])
-                lefts.append(left)
-        ctx.save_for_backward(*(t for pair in ew for t in pair), *lefts)
-        ctx.n_inputs = len(ew)
-        ctx.dtypes = [t.dtype for t in tensors]
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        saved = ctx.saved_tensors
-        k_in, P = ctx.n_inputs, saved[1].shape[0]
-        blocks = len(saved) // k_in - 2 if k_in else 0  # left-field blocks per input pair
-        grads = []
-        for k in range(k_in):
-            e, w = saved[2 * k], saved[2 * k + 1]
-            lefts = saved[2 * k_in + k * blocks:2 * k_in + (k + 1) * blocks]
-            grads += _bilinear_backward(e, w, lefts, grad[:, k * P:(k + 1) * P].to(e.dtype))
-        return (None, *(g.to(dt) for g, dt in zip(grads, ctx.dtypes)))
-
-
-def _bilinear_backward(e: torch.Tensor, w: torch.Tensor, lefts, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients (emb ``[B, F, d]``, weight ``[P, d, d]``) of one by-left-field bilinear from its
-    output gradient ``g`` ``[B, P, d]`` and the forward's left products (one ``[B, n*d]`` per left
-    field), summed in fp32 under bf16."""
-    B, F, d = e.shape
-    acc = torch.float32 if e.dtype in (torch.bfloat16, torch.float16) else e.dtype
-    g_emb = torch.zeros(B, F, d, dtype=acc, device=e.device)
-    g_w = torch.empty(w.shape, dtype=acc, device=e.device)
-    for (i, s, n), left in zip(_left_field_blocks(F), lefts):
-        wi = w[s:s + n].permute(1, 0, 2).reshape(d, n * d)
-        gi = g[:, s:s + n]  # [B, n, d]
-        g_emb[:, i + 1:].addcmul_(gi, left.view(B, n, d))  # right operands
-        g_left = (gi * e[:, i + 1:]).reshape(B, n * d)
-        g_emb[:, i] += g_left @ wi.t()  # left operand
-        g_w[s:s + n] = (e[:, i].t() @ g_left).view(d, n, d).permute(1, 0, 2)
-    return g_emb, g_w
-
-
-def _left_field_blocks(num_fields: int):
-    """(left field i, first pair index s, number of pairs n) for the pairs (i, i+1..F-1)."""
-    s = 0
-    for i in range(num_fields - 1):
-        n = num_fields - 1 - i
-        yield i, s, n
-        s += n
 
 
 def reset_parameters(module: nn.Module) -> None:

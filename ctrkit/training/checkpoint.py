@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ctrkit.kernels import for_device
 from ctrkit.models import build
 from ctrkit.core.utils import CtrkitError, resolve_device, torch_save_atomic, write_json_atomic
 
@@ -88,7 +89,7 @@ def load_pretrained(path_or_dir: str | Path, device: str | torch.device = "cpu",
     except (RuntimeError, CtrkitError, TypeError) as e:
         raise CtrkitError(f"checkpoint {path}: weights do not fit {ck['model_name']}: "
                           f"{str(e).splitlines()[0][:200]}") from None
-    model.to(resolve_device(device)).eval()
+    for_device(model.to(resolve_device(device)).eval(), resolve_device(device))  # as Peer: CPU kernels
     meta = {k: v for k, v in ck.items() if k != "state_dict"}
     meta["path"] = str(path)
     return model, meta

@@ -36,7 +36,7 @@ from ctrkit.training.protocol import (AMP_CHOICES, NonFiniteCheck, NonFiniteLoss
                              as_train_config, count_parameters, dropout_seed, epoch_batches, evaluate,
                              make_optimizer, monitor_score, predict, resolve_amp, rng_state, scores, set_rng_state,
                              uses_dropout)
-from ctrkit.kernels import apply_threads, env_info
+from ctrkit.kernels import apply_threads, env_info, for_device
 from ctrkit.core.utils import (CtrkitError, resolve_device, seed_everything,
                           tune_cpu_allocator)
 
@@ -118,6 +118,7 @@ class Peer:
     def __init__(self, model: nn.Module, config: TrainConfig, *, index: int, learns_from: Sequence[int],
                  trainable: bool, device, replica: int = 0, start: dict | None = None):
         self.model, self.config, self.index, self.replica = model.to(device), config, index, replica
+        for_device(self.model, device)  # CPU: the layers' fast kernels (ctrkit.kernels.cpu), else the reference maths
         self.learns_from, self.trainable, self.start = list(learns_from), trainable, start
         self.name, self.hparams = model_identity(model)
         self.train_forward: nn.Module = self.model  # DDP wraps it when the peer has replicas
