@@ -39,7 +39,7 @@ bench: install
 # The documentation site (mkdocs.yml, docs/) into site/; warnings are errors (a broken link or
 # an API page naming a module that no longer exists fails the build).
 docs: install
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache site
