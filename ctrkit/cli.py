@@ -298,11 +298,11 @@ def cmd_table(args):
 
 
 def cmd_reproduce(args):
-    from ctrkit.notebook import reproduce
+    from ctrkit.notebook import runner
 
-    res = reproduce.run(dataset=args.dataset, profile=args.profile, data=args.data, out=args.out,
-                        figures=args.figures, device=args.device, force=args.force,
-                        log=lambda m: print(m, flush=True))
+    res = runner.run(runner.Reproduction(dataset=args.dataset, profile=args.profile, data=args.data, out=args.out,
+                                         figures=args.figures, device=args.device, force=args.force),
+                     log=lambda m: print(m, flush=True))
     print(f"ran {len(res['ran'])} notebook(s), skipped {len(res['skipped'])} already done, {res['seconds']:.0f} s")
     print(f"index:     {res['index']} (and {res['html']})")
     print(f"tables:    {len(res['tables'])} CSV in {res['out']}/tables")

@@ -14,7 +14,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
 
-PARAMETERS = '''# Parameters (papermill replaces this cell; None = the profile's value, see ctrkit.notebook.reproduce.PROFILES)
+PARAMETERS = '''# Parameters (papermill replaces this cell; None = the profile's value, see ctrkit.notebook.profiles.PROFILES)
 dataset = "criteo"      # criteo | avazu
 data_dir = None         # None: synthetic data; else a processed dataset dir or raw files (profile full)
 profile = "smoke"       # smoke | quick | full
@@ -25,7 +25,7 @@ seeds = None            # e.g. [2021, 2022, 2023]
 epochs = None           # pretraining epochs'''
 
 # 06 meets the folder `make reproduce` made (profile quick); relative paths: to the repository root.
-EXPLORE_PARAMETERS = '''# Parameters (papermill replaces this cell; None = the profile's value, see ctrkit.notebook.reproduce.PROFILES)
+EXPLORE_PARAMETERS = '''# Parameters (papermill replaces this cell; None = the profile's value, see ctrkit.notebook.profiles.PROFILES)
 dataset = "criteo"      # criteo | avazu
 data_dir = None         # None: synthetic data; else a processed dataset dir or raw files (profile full)
 profile = "quick"       # smoke | quick | full: the profile that made the data under `out`

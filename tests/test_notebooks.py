@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ctrkit.notebook import reproduce
+from ctrkit.notebook import profiles, reproduce, runner
 from ctrkit.core.utils import CtrkitError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +22,7 @@ def _code_cells(nb):
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
-@pytest.mark.parametrize("name", reproduce.NOTEBOOKS)
+@pytest.mark.parametrize("name", profiles.NOTEBOOKS)
 def test_notebook_is_thin_parameterised_and_without_outputs(name):
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     nbformat.validate(nb)
@@ -50,7 +50,7 @@ def test_committed_notebooks_match_their_generator():
         import make_notebooks
     finally:
         sys.path.remove(str(NB_DIR))
-    assert set(make_notebooks.NOTEBOOKS) == set(reproduce.NOTEBOOKS)
+    assert set(make_notebooks.NOTEBOOKS) == set(profiles.NOTEBOOKS)
     for name in make_notebooks.NOTEBOOKS:
         committed = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
         fresh = make_notebooks.build(name)
@@ -59,20 +59,20 @@ def test_committed_notebooks_match_their_generator():
 
 
 def test_plan_and_bad_arguments(tmp_path):
-    jobs = reproduce.plan(dataset="both", profile="smoke", out=str(tmp_path))
-    assert [j.name for j in jobs[:5]] == [f"criteo_{n}" for n in reproduce.PER_DATASET]
-    assert [j.name for j in jobs[5:10]] == [f"avazu_{n}" for n in reproduce.PER_DATASET]
-    assert [j.name for j in jobs[10:]] == list(reproduce.ONCE)
+    jobs = runner.plan(dataset="both", profile="smoke", out=str(tmp_path))
+    assert [j.name for j in jobs[:5]] == [f"criteo_{n}" for n in profiles.PER_DATASET]
+    assert [j.name for j in jobs[5:10]] == [f"avazu_{n}" for n in profiles.PER_DATASET]
+    assert [j.name for j in jobs[10:]] == list(profiles.ONCE)
     assert jobs[6].parameters == {"dataset": "avazu", "data_dir": None, "profile": "smoke", "device": "auto",
                                   "out": str(tmp_path.resolve())}
     with pytest.raises(CtrkitError, match="--data DIR is required"):
-        reproduce.plan(profile="full")
+        runner.plan(profile="full")
     with pytest.raises(CtrkitError, match="unknown profile 'fast'; valid: smoke, quick, paper, full"):
-        reproduce.plan(profile="fast")
+        runner.plan(profile="fast")
     (tmp_path / "raw" / "criteo").mkdir(parents=True)
     with pytest.raises(CtrkitError, match="needs DIR/criteo and DIR/avazu"):
-        reproduce.plan(profile="full", dataset="both", data=str(tmp_path / "raw"))
-    assert reproduce.plan(profile="full", dataset="criteo", data=str(tmp_path))[0].parameters["data_dir"] == str(tmp_path)
+        runner.plan(profile="full", dataset="both", data=str(tmp_path / "raw"))
+    assert runner.plan(profile="full", dataset="criteo", data=str(tmp_path))[0].parameters["data_dir"] == str(tmp_path)
     with pytest.raises(CtrkitError, match="parameter seeds"):
         reproduce.settings(dataset="criteo", profile="smoke", seeds=[])
     with pytest.raises(CtrkitError, match="valid: criteo, avazu"):
@@ -82,8 +82,8 @@ def test_plan_and_bad_arguments(tmp_path):
 def test_runner_skips_finished_notebooks_and_names_the_failing_cell(tmp_path):
     out = tmp_path / "out"
     logs = []
-    res = reproduce.run(dataset="criteo", profile="smoke", out=str(out), only=["05_architectures"],
-                        progress=False, log=logs.append, figures=str(tmp_path / "figs"))
+    res = runner.run(runner.Reproduction(dataset="criteo", profile="smoke", out=str(out), only=["05_architectures"],
+                                         figures=str(tmp_path / "figs")), progress=False, log=logs.append)
     assert res["ran"] == ["05_architectures"]
     assert (out / ".done" / "05_architectures.json").exists()
     assert (out / "figures" / "fig2_mutual_learning.svg").exists()
@@ -94,8 +94,8 @@ def test_runner_skips_finished_notebooks_and_names_the_failing_cell(tmp_path):
     executed = nbformat.read(out / "notebooks" / "05_architectures.ipynb", as_version=4)
     assert sum("image/png" in o.get("data", {}) for c in _code_cells(executed) for o in c.outputs) == 2
 
-    again = reproduce.run(dataset="criteo", profile="smoke", out=str(out), only=["05_architectures"],
-                          progress=False, log=logs.append)
+    again = runner.run(runner.Reproduction(dataset="criteo", profile="smoke", out=str(out), only=["05_architectures"]),
+                       progress=False, log=logs.append)
     assert again["ran"] == [] and again["skipped"] == ["05_architectures"]
 
     # A notebook that fails: the error names the notebook, the cell and the exception; the finished
@@ -108,8 +108,8 @@ def test_runner_skips_finished_notebooks_and_names_the_failing_cell(tmp_path):
     nbformat.write(nb, bad_dir / "00_data.ipynb")
     with pytest.raises(CtrkitError, match=r"notebook 00_data \(criteo\) failed in cell 5 "
                        r"\[raise ValueError\('boom: no such column'\)\]: ValueError: boom: no such column"):
-        reproduce.run(dataset="criteo", profile="smoke", out=str(out), only=["00_data"], progress=False,
-                      log=logs.append, notebooks_dir=bad_dir)
+        runner.run(runner.Reproduction(dataset="criteo", profile="smoke", out=str(out), only=["00_data"]),
+                   progress=False, log=logs.append, notebooks_dir=bad_dir)
     assert not (out / ".done" / "criteo_00_data.json").exists()
     assert (out / "notebooks" / "criteo" / "00_data.failed.ipynb").exists()
     assert (out / ".done" / "05_architectures.json").exists()
@@ -151,7 +151,7 @@ def test_reproduce_smoke_runs_every_notebook(tmp_path):
             for ext in ("png", "svg"):
                 assert (out / "figures" / f"{ds}_{f}.{ext}").stat().st_size > 0, (ds, f, ext)
                 assert (figs / f"{ds}_{f}.{ext}").exists()
-        for nb in reproduce.PER_DATASET:
+        for nb in profiles.PER_DATASET:
             executed = nbformat.read(out / "notebooks" / ds / f"{nb}.ipynb", as_version=4)
             errors = [o for c in _code_cells(executed) for o in c.outputs if o.get("output_type") == "error"]
             assert not errors, (ds, nb, errors)

@@ -303,11 +303,11 @@ def test_adult_through_a_schema_file_learns(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["frappe", "movielens"])
 def test_reproduce_smoke_on_frappe_and_movielens_shaped_data(tmp_path, name):
-    from ctrkit.notebook import reproduce
+    from ctrkit.notebook import reproduce, runner
 
     out = tmp_path / "out"
-    reproduce.run(dataset=name, profile="smoke", out=str(out), device="cpu", progress=False,
-                  only=["00_data", "01_baselines"], log=lambda *a, **k: None)
+    runner.run(runner.Reproduction(dataset=name, profile="smoke", out=str(out), device="cpu",
+                                   only=["00_data", "01_baselines"]), progress=False, log=lambda *a, **k: None)
     base = reproduce.read_table(out / "tables" / f"{name}_baselines")
     assert set(base["model"]) >= {"DeepFM", "DCN", "PNN", "FiBiNET"}
     assert base["bars_auc"].notna().all() and (base["bars_auc"] > 0.9).all()  # BARS's numbers beside ours
@@ -315,18 +315,18 @@ def test_reproduce_smoke_on_frappe_and_movielens_shaped_data(tmp_path, name):
 
 
 def test_reproduce_takes_a_schema_file_with_data(tmp_path):
-    from ctrkit.notebook import reproduce
+    from ctrkit.notebook import reproduce, runner
     from ctrkit.core.utils import CtrkitError
 
     f = tmp_path / "logs.yaml"
     f.write_text("name: mylogs\nlabel: y\ncategorical: [a]\n")
     with pytest.raises(CtrkitError, match="--data FILE_OR_DIR is required"):
-        reproduce.plan(dataset=str(f), profile="smoke", out=str(tmp_path / "o"))
+        runner.plan(dataset=str(f), profile="smoke", out=str(tmp_path / "o"))
     raw = _write_csv(tmp_path / "t.csv", ["y", "a"], [[i % 2, "uvw"[i % 3]] for i in range(60)])
-    jobs = reproduce.plan(dataset=str(f), profile="smoke", data=str(raw), out=str(tmp_path / "o"))
+    jobs = runner.plan(dataset=str(f), profile="smoke", data=str(raw), out=str(tmp_path / "o"))
     assert jobs[0].dataset == "mylogs" and jobs[0].parameters["dataset"] == str(f.resolve())
     cfg = reproduce.settings(dataset=str(f), profile="smoke", data_dir=str(raw), out=str(tmp_path / "o"))
     d = reproduce.dataset(cfg)
     assert cfg.dataset == "mylogs" and d.dataset == "mylogs" and sum(d.rows.values()) == 60
     with pytest.raises(CtrkitError, match="unknown|valid: criteo, avazu, frappe, movielens"):
-        reproduce.plan(dataset="kdd12", profile="smoke", out=str(tmp_path / "o"))
+        runner.plan(dataset="kdd12", profile="smoke", out=str(tmp_path / "o"))

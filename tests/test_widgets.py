@@ -12,7 +12,7 @@ import matplotlib
 import pytest
 
 from ctrkit import experiments
-from ctrkit.notebook import reproduce, widgets
+from ctrkit.notebook import profiles, reproduce, runner, widgets
 from ctrkit.analysis import records
 from ctrkit.experiments.store import ResultsStore
 from ctrkit.core.utils import CtrkitError
@@ -261,10 +261,10 @@ def test_cli_error_for_other_data_is_one_line(tmp_path):
 
 def test_executed_05_and_06_land_where_the_readme_says(tmp_path):
     # 8: the README's output list names the same paths the runner writes
-    jobs = {j.notebook: j for j in reproduce.plan(dataset="both", profile="smoke", out=str(tmp_path))}
+    jobs = {j.notebook: j for j in runner.plan(dataset="both", profile="smoke", out=str(tmp_path))}
     readme = (ROOT / "README.md").read_text()
-    for nb in reproduce.ONCE:
+    for nb in profiles.ONCE:
         rel = jobs[nb].executed(tmp_path).relative_to(tmp_path).as_posix()
         assert rel == f"notebooks/{nb}.ipynb" and f"`{rel}`" in readme
-    rel = reproduce.Job("02_scratch_vs_finetune", "avazu", {}).executed(tmp_path).relative_to(tmp_path).as_posix()
+    rel = runner.Job("02_scratch_vs_finetune", "avazu", {}).executed(tmp_path).relative_to(tmp_path).as_posix()
     assert rel == "notebooks/avazu/02_scratch_vs_finetune.ipynb" and "`notebooks/<dataset>/<notebook>.ipynb`" in readme

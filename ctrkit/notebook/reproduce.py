@@ -1,33 +1,20 @@
-"""`ctrkit reproduce`: run the notebooks in order with papermill, collect tables and figures, index them.
+"""The small helpers the notebooks call, so each notebook stays thin (a `parameters` cell, then ctrkit calls).
 
-Also the small helpers the notebooks call so they stay thin (one `parameters` cell of literals, then
-ctrkit calls): `settings()` turns the parameters + a profile into paths and sizes, `dataset()` gets the
-data, `data_tables()` writes the data statistics as tidy CSV, `save_table()` writes CSV + Markdown,
-`paper_table()` writes a `ctrkit.analysis.tables` table as CSV + Markdown + LaTeX, `figure_data()` the frame a
-figure draws (shaped by `ctrkit.analysis.frames.figure_frame`), `caption()` the provenance line, `chosen()` the
-finetuning setting the sweep chose on validation.
+`settings()` turns the parameters + a profile (`ctrkit.notebook.profiles`) into paths and sizes,
+`dataset()` gets the data, `data_tables()` writes the data statistics as tidy CSV, `save_table()` writes
+CSV + Markdown, `paper_table()` writes a `ctrkit.analysis.tables` table as CSV + Markdown + LaTeX,
+`figure_data()` the frame a figure draws (shaped by `ctrkit.analysis.frames.figure_frame`), `caption()`
+the provenance line, `chosen()` the finetuning setting the sweep chose on validation, `kd_peers()` the
+KD control's teacher and students. `ctrkit reproduce` itself (papermill) is `ctrkit.notebook.runner`.
 
 Relative paths (`out`, `data_dir`) mean the same folder from JupyterLab (kernel in notebooks/),
 papermill (kernel in OUT) and any script of a clone: they are relative to the repository root
 (`resolve_path`; outside a clone, to the working directory). `ctrkit reproduce --out DIR`, like any
 command line, resolves DIR against the working directory before the notebooks see it.
-
-Output layout (everything under OUT):
-    data/<dataset>/            processed data (synthetic for smoke/quick, prepared from --data for full)
-    <dataset>/pretrained/      pretrained checkpoints from 01, reused by 02-04 and the widget
-    <dataset>/store.jsonl      the results store (one record per peer per run); results.csv its export
-    tables/<dataset>_*.csv|md  every table          figures/<dataset>_*.png|svg   every figure
-    notebooks/<dataset>/<nb>.ipynb  the executed notebooks 00-04; notebooks/<nb>.ipynb  05 and 06 (run once)
-    .done/<job>.json           marker of a finished notebook with the hash of its parameters
-    index.md, index.html       links to all of the above
 """
 from __future__ import annotations
 
-import hashlib
-import html
 import json
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -35,73 +22,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ctrkit.core.utils import CtrkitError, atomic_path, write_json_atomic
-
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-# The clone this ctrkit runs from (None for an installed package): relative notebook paths start here.
-REPO_ROOT = NOTEBOOK_DIR.parent if (NOTEBOOK_DIR.parent / "pyproject.toml").is_file() and NOTEBOOK_DIR.is_dir() \
-    else None
-# The seed of the synthetic rows of the smoke/quick profiles (part of what `dataset()` checks).
-SYNTH_SEED = 2021
-DATASETS = ("criteo", "avazu")
-# Also accepted: the other built-in schemas, and any schema file (.yaml, real data: --data required).
-SMALL_DATASETS = ("frappe", "movielens")
-SCHEMA_SUFFIXES = (".yaml", ".yml")
-PER_DATASET = ("00_data", "01_baselines", "02_scratch_vs_finetune", "03_partners", "04_peer_count")
-ONCE = ("05_architectures", "06_explore")
-NOTEBOOKS = PER_DATASET + ONCE
-
-# Sizes per profile, as data, so the notebooks' parameter cells stay plain literals.
-#   rows: synthetic rows (None: the real data of --data); preset: model/train preset of ctrkit.training.presets;
-#   epochs: the cap on pretraining (and from-scratch) epochs; patience: epochs without improvement on
-#   validation before a baseline stops (large enough that one noisy epoch does not end it; a run that
-#   reaches the cap is flagged in the baselines table); finetune_epochs: the cap of every finetuning run
-#   (the pretrained weights are its epoch 0); seeds: every run's seeds (>= 5: the CIs are paired
-#   t-intervals over them); models: the paper's four, the pool of every design (partner subsets, peer
-#   count; FM/LR are not in it); sweep_weights x sweep_lr_scales: the finetuning grid, chosen on validation;
-#   threads: torch CPU threads of every run. 1 for the synthetic profiles: their batches are small, and
-#   with another busy process on the 2-core machine 2 threads ran FiBiNET's steps 17x slower than 1
-#   (a fixed count also keeps the float summation order, so the results, the same on every load);
-#   amp: the precision of every run. fp32 ("off") for the synthetic profiles: "auto" is bf16 on a CPU
-#   with AMX and fp32 elsewhere, so the tables would depend on the CPU that ran them (no bf16 hardware
-#   was at hand to measure by how much); `full` keeps "auto" (bf16 on a GPU).
-# quick/paper run the `smoke` model preset (small embeddings, batch 512): FiBiNET's bilinear layer
-# dominates the 2-core CPU budget, so the rows are sized for it (quick: <= 20 minutes for both datasets).
-PROFILES: dict[str, dict] = {
-    "smoke": {
-        "rows": 1000, "preset": "smoke", "epochs": 2, "patience": 1, "finetune_epochs": 1, "seeds": [2021, 2022],
-        "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [1.0, 10.0], "sweep_lr_scales": [1.0],
-        "threads": 1, "amp": "off", "execution_timeout": 900,
-    },
-    "quick": {
-        "rows": 8000, "preset": "smoke", "epochs": 8, "patience": 2, "finetune_epochs": 1,
-        "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
-        "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": 1, "amp": "off",
-        "execution_timeout": 3600,
-    },
-    "paper": {
-        "rows": 200000, "preset": "smoke", "epochs": 20, "patience": 3, "finetune_epochs": 2,
-        "seeds": [2021, 2022, 2023, 2024, 2025, 2026, 2027, 2028, 2029, 2030],
-        "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0],
-        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "amp": "off", "execution_timeout": None,
-    },
-    "full": {
-        "rows": None, "preset": "bars", "epochs": None, "patience": None, "finetune_epochs": 2,
-        "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
-        "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": "auto",
-        "amp": "auto", "execution_timeout": None,
-    },
-}
+from ctrkit.core.utils import CtrkitError, atomic_path
+from ctrkit.notebook import profiles
+from ctrkit.notebook.profiles import (DATASETS, PROFILES, SCHEMA_SUFFIXES, SMALL_DATASETS, SYNTH_SEED,
+                                      resolve_path)
 
 
-def profile(name: str) -> dict:
-    """A copy of one profile's sizes; CtrkitError listing the valid names otherwise."""
-    if name not in PROFILES:
-        raise CtrkitError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
-    return json.loads(json.dumps(PROFILES[name]))
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Resolved parameters of one notebook run: the profile's sizes plus where everything goes."""
 
@@ -186,22 +113,13 @@ class Settings:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-def resolve_path(path: str | Path) -> Path:
-    """A notebook's path parameter as an absolute path: relative paths are relative to the repository
-    root, whatever the kernel's working directory (JupyterLab starts it in notebooks/, papermill in OUT);
-    outside a clone (an installed ctrkit) relative to the working directory."""
-    p = Path(path).expanduser()
-    if not p.is_absolute():
-        p = (REPO_ROOT if REPO_ROOT is not None else Path.cwd()) / p
-    return p.resolve()
-
-
 def settings(
     *, dataset: str, profile: str = "quick", out: str = "results", data_dir: str | None = None,
     device: str = "auto", rows: int | None = None, seeds: Sequence[int] | None = None,
-    epochs: int | None = None, progress: bool = False,
+    epochs: int | None = None,
 ) -> Settings:
-    """The notebooks' first call: parameters (None = the profile's value) -> resolved Settings."""
+    """The notebooks' first call: parameters (None = the profile's value) -> resolved Settings.
+    Progress bars stay off (`dataclasses.replace(cfg, progress=True)` turns them on)."""
     schema = None
     if str(dataset).endswith(SCHEMA_SUFFIXES):
         from ctrkit.data import load_schema
@@ -211,7 +129,7 @@ def settings(
     elif dataset not in DATASETS + SMALL_DATASETS:
         raise CtrkitError(f"parameter dataset={dataset!r}; valid: {', '.join(DATASETS + SMALL_DATASETS)} "
                           f"or a schema file (.yaml)")
-    prof = globals()["profile"](profile)
+    prof = profiles.profile(profile)
     if profile == "full" and not data_dir:
         raise CtrkitError("profile full runs the BARS protocol on real data: pass data_dir (--data DIR)")
     if seeds is not None and (not seeds or not all(isinstance(s, int) for s in seeds)):
@@ -226,7 +144,7 @@ def settings(
         epochs=epochs if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
         seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"],
         patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
-        threads=prof["threads"], amp=prof["amp"], progress=progress, schema=schema,
+        threads=prof["threads"], amp=prof["amp"], schema=schema,
     )
 
 
@@ -435,216 +353,3 @@ def kd_peers(cfg: Settings) -> list[str]:
     base = records.records(_need_results(cfg), dataset=cfg.dataset)
     teacher = designs.best_model(base[(base["mode"] == "baseline") & base["model"].isin(cfg.models)])
     return [teacher] + [m for m in cfg.models if m != teacher]
-
-
-# ---------------------------------------------------------------------------------------------------
-# The runner.
-
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class Job:
-    notebook: str
-    dataset: str
-    parameters: dict
-
-    @property
-    def name(self) -> str:
-        return f"{self.dataset}_{self.notebook}" if self.notebook in PER_DATASET else self.notebook
-
-    def executed(self, out: Path) -> Path:
-        """Where the executed notebook lands: OUT/notebooks/<dataset>/<nb>.ipynb for 00-04, and
-        OUT/notebooks/<nb>.ipynb for 05/06, which run once (on the first dataset)."""
-        folder = out / "notebooks" / self.dataset if self.notebook in PER_DATASET else out / "notebooks"
-        return folder / f"{self.notebook}.ipynb"
-
-
-def plan(*, dataset: str = "both", profile: str = "quick", data: str | None = None, out: str = "results",
-         device: str = "auto") -> list[Job]:
-    """The notebook runs of a reproduction, in order, each with its papermill parameters."""
-    globals()["profile"](profile)
-    if dataset not in (*DATASETS, *SMALL_DATASETS, "both") and not str(dataset).endswith(SCHEMA_SUFFIXES):
-        raise CtrkitError(f"--dataset {dataset!r}; valid: {', '.join(DATASETS + SMALL_DATASETS)}, both, "
-                          f"or a schema file (.yaml)")
-    if str(dataset).endswith(SCHEMA_SUFFIXES):
-        if not data:
-            raise CtrkitError(f"--dataset {dataset}: a schema file describes your own data: --data FILE_OR_DIR is required")
-        dataset = str(Path(dataset).resolve())
-    datasets = list(DATASETS) if dataset == "both" else [dataset]
-    if profile == "full" and not data:
-        raise CtrkitError("--profile full is the BARS protocol on real data: --data DIR is required "
-                          "(a processed dataset dir or raw files; with --dataset both, DIR/criteo and DIR/avazu)")
-    out = str(Path(out).resolve())
-    jobs = []
-    for ds in datasets:
-        data_dir = None
-        if data:
-            data_dir = Path(data).resolve()
-            if len(datasets) > 1:
-                data_dir = data_dir / ds
-            if not data_dir.exists():
-                raise CtrkitError(f"--data: {data_dir} does not exist"
-                                  + (" (with --dataset both, --data DIR needs DIR/criteo and DIR/avazu)"
-                                     if len(datasets) > 1 else ""))
-            data_dir = str(data_dir)
-        params = {"dataset": ds, "data_dir": data_dir, "profile": profile, "device": device, "out": out}
-        name = _schema_name(ds) if ds.endswith(SCHEMA_SUFFIXES) else ds
-        jobs += [Job(nb, name, dict(params)) for nb in PER_DATASET]
-    # Dataset-independent notebooks run once, on the first dataset (06 needs its data and checkpoints).
-    first = jobs[0].parameters
-    jobs += [Job(nb, first["dataset"], dict(first)) for nb in ONCE]
-    return jobs
-
-
-def _schema_name(path: str) -> str:
-    from ctrkit.data import load_schema
-
-    return load_schema(path).name
-
-
-def _notebook_path(name: str, notebooks_dir: Path) -> Path:
-    path = notebooks_dir / f"{name}.ipynb"
-    if not path.exists():
-        raise CtrkitError(f"notebook {path} is missing (run from a full clone of ctrkit)")
-    return path
-
-
-def run(
-    *, dataset: str = "both", profile: str = "quick", data: str | None = None, out: str = "results",
-    figures: str | None = None, device: str = "auto", force: bool = False, progress: bool = True,
-    notebooks_dir: str | Path | None = None, only: Sequence[str] | None = None, log=print,
-) -> dict:
-    """Run the notebooks of `plan()` with papermill; skip those already done with the same parameters.
-
-    A failing notebook raises CtrkitError naming the notebook, the cell and the error; the partly
-    executed notebook is kept as <name>.failed.ipynb and finished notebooks stay done.
-    Returns {"out", "index", "tables", "figures", "notebooks", "ran", "skipped", "seconds"}.
-    """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    from ctrkit.core.utils import resolve_device
-
-    resolve_device(device)  # fail early on --device cuda without CUDA
-    nb_dir = Path(notebooks_dir) if notebooks_dir else NOTEBOOK_DIR
-    jobs = plan(dataset=dataset, profile=profile, data=data, out=out, device=device)
-    if only:
-        unknown = sorted(set(only) - set(NOTEBOOKS))
-        if unknown:
-            raise CtrkitError(f"unknown notebook(s) {unknown}; valid: {', '.join(NOTEBOOKS)}")
-        jobs = [j for j in jobs if j.notebook in only]
-    out_dir = Path(out).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    timeout = PROFILES[profile]["execution_timeout"]
-    ran, skipped, t0 = [], [], time.perf_counter()
-    for i, job in enumerate(jobs, 1):
-        src = _notebook_path(job.notebook, nb_dir)
-        # The profile's sizes are part of the hash: editing PROFILES re-runs the notebooks it changes.
-        digest = _sha({"parameters": job.parameters, "profile": PROFILES[profile],
-                       "notebook": hashlib.sha256(src.read_bytes()).hexdigest()})
-        marker = out_dir / ".done" / f"{job.name}.json"
-        dest = job.executed(out_dir)
-        if not force and marker.exists() and dest.exists():
-            try:
-                done = json.loads(marker.read_text()).get("hash")
-            except (OSError, json.JSONDecodeError):
-                done = None
-            if done == digest:
-                log(f"[{i}/{len(jobs)}] {job.name}: done before with the same parameters, skipped")
-                skipped.append(job.name)
-                continue
-        log(f"[{i}/{len(jobs)}] {job.name} ...")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        partial = dest.with_name(f".{dest.stem}.partial.ipynb")
-        failed = dest.with_name(f"{dest.stem}.failed.ipynb")
-        marker.unlink(missing_ok=True)
-        start = time.perf_counter()
-        try:
-            papermill.execute_notebook(
-                str(src), str(partial), parameters=job.parameters, kernel_name="python3",
-                cwd=str(out_dir), progress_bar=progress, log_output=False, execution_timeout=timeout,
-            )
-        except PapermillExecutionError as e:
-            partial.replace(failed) if partial.exists() else None
-            evalue = " ".join(str(e.evalue).split())[:300]
-            first = next((ln.strip() for ln in str(getattr(e, "source", "")).splitlines() if ln.strip()), "")
-            first = first if len(first) <= 60 else first[:57] + "..."
-            # cell_index counts the cells of the executed notebook (papermill adds the injected
-            # parameters cell), the one kept as .failed.ipynb; the code line identifies it anyway.
-            raise CtrkitError(f"notebook {job.notebook} ({job.dataset}) failed in cell {e.cell_index} "
-                              f"[{first}]: {e.ename}: {evalue} (executed notebook: {failed})") from None
-        except Exception as e:  # kernel died, timeout, missing kernel: still name the notebook
-            partial.replace(failed) if partial.exists() else None
-            msg = " ".join(str(e).split())[:300]
-            raise CtrkitError(f"notebook {job.notebook} ({job.dataset}) did not run: {type(e).__name__}: {msg}") from None
-        partial.replace(dest)
-        failed.unlink(missing_ok=True)
-        seconds = time.perf_counter() - start
-        write_json_atomic(marker, {"hash": digest, "parameters": job.parameters, "seconds": round(seconds, 1),
-                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        log(f"[{i}/{len(jobs)}] {job.name}: {seconds:.0f} s -> {dest}")
-        ran.append(job.name)
-    result = write_index(out_dir, profile=profile)
-    if figures:
-        result["copied_figures"] = copy_figures(out_dir / "figures", figures, tables_src=out_dir / "tables")
-    result.update(ran=ran, skipped=skipped, seconds=round(time.perf_counter() - t0, 1))
-    return result
-
-
-def copy_figures(src: str | Path, dest: str | Path, *, tables_src: str | Path | None = None) -> list[str]:
-    """Copy every PNG/SVG figure from `src` into `dest`, and with `tables_src` its Markdown tables
-    into `dest/tables` (what the repository commits beside the figures), atomically per file."""
-    pairs = [(p, Path(dest) / p.name) for p in sorted(Path(src).glob("*")) if p.suffix in (".png", ".svg")]
-    if tables_src is not None:
-        pairs += [(p, Path(dest) / "tables" / p.name) for p in sorted(Path(tables_src).glob("*.md"))]
-    for path, target in pairs:
-        with atomic_path(target) as tmp:
-            shutil.copyfile(path, tmp)
-    return [str(t) for _, t in pairs]
-
-
-def write_index(out: str | Path, *, profile: str | None = None) -> dict:
-    """OUT/index.md and OUT/index.html linking the executed notebooks, tables and figures."""
-    out = Path(out)
-    notebooks = sorted(p for p in (out / "notebooks").rglob("*.ipynb") if not p.name.startswith("."))
-    tables = sorted((out / "tables").glob("*.csv"))
-    figures = sorted((out / "figures").glob("*.png"))
-    rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
-    md = [f"# ctrkit reproduction{f' (profile {profile})' if profile else ''}", "",
-          f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "", "## Notebooks", ""]
-    md += [f"- [{rel(p)}]({rel(p)})" + (" (FAILED)" if p.stem.endswith(".failed") else "") for p in notebooks]
-    md += ["", "## Tables", ""]
-    for p in tables:
-        mdp = p.with_suffix(".md")
-        md.append(f"- [{p.stem}]({rel(p)}) (CSV)" + (f", [Markdown]({rel(mdp)})" if mdp.exists() else ""))
-    md += ["", "## Figures", ""]
-    for p in figures:
-        svg = p.with_suffix(".svg")
-        md += [f"### {p.stem}", "", f"![{p.stem}]({rel(p)})", "",
-               f"[PNG]({rel(p)})" + (f" · [SVG]({rel(svg)})" if svg.exists() else ""), ""]
-    with atomic_path(out / "index.md") as tmp:
-        tmp.write_text("\n".join(md) + "\n")
-    # HTML: same content, tables inlined (Markdown tables rendered by pandas), figures as <img>.
-    h = [f"<!doctype html><meta charset='utf-8'><title>ctrkit reproduction</title>",
-         "<style>body{font-family:sans-serif;max-width:960px;margin:auto}img{max-width:100%}"
-         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
-         f"<h1>ctrkit reproduction{html.escape(f' (profile {profile})' if profile else '')}</h1>", "<h2>Notebooks</h2><ul>"]
-    h += [f"<li><a href='{html.escape(rel(p))}'>{html.escape(rel(p))}</a></li>" for p in notebooks]
-    h.append("</ul><h2>Tables</h2>")
-    for p in tables:
-        h.append(f"<h3><a href='{html.escape(rel(p))}'>{html.escape(p.stem)}</a></h3>")
-        if p.with_suffix(".md").exists():  # only the small tables have a Markdown twin; inline those
-            try:
-                h.append(pd.read_csv(p).to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0))
-            except (pd.errors.ParserError, pd.errors.EmptyDataError):
-                pass
-    h.append("<h2>Figures</h2>")
-    for p in figures:
-        h.append(f"<h3>{html.escape(p.stem)}</h3><img src='{html.escape(rel(p))}' alt='{html.escape(p.stem)}'>")
-    with atomic_path(out / "index.html") as tmp:
-        tmp.write_text("\n".join(h) + "\n")
-    return {"out": str(out), "index": str(out / "index.md"), "html": str(out / "index.html"),
-            "notebooks": [str(p) for p in notebooks], "tables": [str(p) for p in tables],
-            "figures": [str(p) for p in figures]}

@@ -1,0 +1,85 @@
+"""The reproduction's fixed choices: each profile's sizes, the datasets and notebooks, where relative paths start.
+
+The notebook helpers (`ctrkit.notebook.reproduce`) and the papermill runner (`ctrkit.notebook.runner`)
+both read these; they are data, so the notebooks' parameter cells stay plain literals.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ctrkit.core.utils import CtrkitError
+
+# This file is ctrkit/notebook/profiles.py: the clone's notebooks/ folder is two levels up.
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+# The clone this ctrkit runs from (None for an installed package): relative notebook paths start here.
+REPO_ROOT = NOTEBOOK_DIR.parent if (NOTEBOOK_DIR.parent / "pyproject.toml").is_file() and NOTEBOOK_DIR.is_dir() \
+    else None
+# The seed of the synthetic rows of the smoke/quick profiles (part of what `dataset()` checks).
+SYNTH_SEED = 2021
+DATASETS = ("criteo", "avazu")
+# Also accepted: the other built-in schemas, and any schema file (.yaml, real data: --data required).
+SMALL_DATASETS = ("frappe", "movielens")
+SCHEMA_SUFFIXES = (".yaml", ".yml")
+PER_DATASET = ("00_data", "01_baselines", "02_scratch_vs_finetune", "03_partners", "04_peer_count")
+ONCE = ("05_architectures", "06_explore")
+NOTEBOOKS = PER_DATASET + ONCE
+
+# Sizes per profile, as data, so the notebooks' parameter cells stay plain literals.
+#   rows: synthetic rows (None: the real data of --data); preset: model/train preset of ctrkit.training.presets;
+#   epochs: the cap on pretraining (and from-scratch) epochs; patience: epochs without improvement on
+#   validation before a baseline stops (large enough that one noisy epoch does not end it; a run that
+#   reaches the cap is flagged in the baselines table); finetune_epochs: the cap of every finetuning run
+#   (the pretrained weights are its epoch 0); seeds: every run's seeds (>= 5: the CIs are paired
+#   t-intervals over them); models: the paper's four, the pool of every design (partner subsets, peer
+#   count; FM/LR are not in it); sweep_weights x sweep_lr_scales: the finetuning grid, chosen on validation;
+#   threads: torch CPU threads of every run. 1 for the synthetic profiles: their batches are small, and
+#   with another busy process on the 2-core machine 2 threads ran FiBiNET's steps 17x slower than 1
+#   (a fixed count also keeps the float summation order, so the results, the same on every load);
+#   amp: the precision of every run. fp32 ("off") for the synthetic profiles: "auto" is bf16 on a CPU
+#   with AMX and fp32 elsewhere, so the tables would depend on the CPU that ran them (no bf16 hardware
+#   was at hand to measure by how much); `full` keeps "auto" (bf16 on a GPU).
+# quick/paper run the `smoke` model preset (small embeddings, batch 512): FiBiNET's bilinear layer
+# dominates the 2-core CPU budget, so the rows are sized for it (quick: <= 20 minutes for both datasets).
+PROFILES: dict[str, dict] = {
+    "smoke": {
+        "rows": 1000, "preset": "smoke", "epochs": 2, "patience": 1, "finetune_epochs": 1, "seeds": [2021, 2022],
+        "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [1.0, 10.0], "sweep_lr_scales": [1.0],
+        "threads": 1, "amp": "off", "execution_timeout": 900,
+    },
+    "quick": {
+        "rows": 8000, "preset": "smoke", "epochs": 8, "patience": 2, "finetune_epochs": 1,
+        "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
+        "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": 1, "amp": "off",
+        "execution_timeout": 3600,
+    },
+    "paper": {
+        "rows": 200000, "preset": "smoke", "epochs": 20, "patience": 3, "finetune_epochs": 2,
+        "seeds": [2021, 2022, 2023, 2024, 2025, 2026, 2027, 2028, 2029, 2030],
+        "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0],
+        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "amp": "off", "execution_timeout": None,
+    },
+    "full": {
+        "rows": None, "preset": "bars", "epochs": None, "patience": None, "finetune_epochs": 2,
+        "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
+        "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": "auto",
+        "amp": "auto", "execution_timeout": None,
+    },
+}
+
+
+def profile(name: str) -> dict:
+    """A copy of one profile's sizes; CtrkitError listing the valid names otherwise."""
+    if name not in PROFILES:
+        raise CtrkitError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
+    return json.loads(json.dumps(PROFILES[name]))
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A notebook's path parameter as an absolute path: relative paths are relative to the repository
+    root, whatever the kernel's working directory (JupyterLab starts it in notebooks/, papermill in OUT);
+    outside a clone (an installed ctrkit) relative to the working directory."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = (REPO_ROOT if REPO_ROOT is not None else Path.cwd()) / p
+    return p.resolve()
