@@ -8,7 +8,7 @@ from ctrkit import models
 from ctrkit.kernels import cpublas
 from ctrkit.models import layers
 from ctrkit.core.utils import CtrkitError
-from ctrkit.kernels import apply_threads
+from ctrkit.kernels import apply_threads, for_device
 
 HAS_OPENBLAS = cpublas._numpy_openblas() is not None
 needs_openblas = pytest.mark.skipif(not HAS_OPENBLAS, reason="numpy here is not linked to OpenBLAS")
@@ -159,7 +159,7 @@ def test_a_training_step_agrees_across_backends_and_threads(blas, name):
             for threads in (1, 2):
                 apply_threads(threads)
                 torch.manual_seed(0)
-                model = models.build(name, fields, embedding_dim=4, hidden_units=[5000, 200])
+                model = for_device(models.build(name, fields, embedding_dim=4, hidden_units=[5000, 200]), "cpu")
                 F.binary_cross_entropy_with_logits(model(X), y).backward()
                 grads[backend, threads] = torch.cat([p.grad.flatten() for p in model.parameters()])
     finally:
@@ -181,7 +181,7 @@ def test_env_records_the_backend(blas):
 def test_mlp_runs_its_products_through_it(monkeypatch):
     calls, real = [], cpublas.linear
     monkeypatch.setattr(cpublas, "linear", lambda x, w, b: calls.append(tuple(w.shape)) or real(x, w, b))
-    mlp = layers.MLP(6, [5, 4], output_dim=1)
+    mlp = for_device(layers.MLP(6, [5, 4], output_dim=1), "cpu")  # the trainer's CPU MLP
     x = torch.randn(3, 6)
     torch.testing.assert_close(mlp(x), mlp.net(x), rtol=1e-6, atol=1e-6)
     assert calls == [(5, 6), (4, 5), (1, 4)]

@@ -1,11 +1,13 @@
 """Layer tests: shapes, gradients, and seeded golden values checked against independent NumPy
-loops (explicit pair sums / per-sample formulas), not against the vectorised code itself."""
+loops (explicit pair sums / per-sample formulas), not against the vectorised code itself; the CPU
+kernels (``ctrkit.kernels.cpu``, switched in with ``for_device``) against the reference layers."""
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
+from ctrkit.kernels import cpu, for_device
 from ctrkit.models import layers
 from ctrkit.core.utils import CtrkitError
 
@@ -55,11 +57,12 @@ def test_feature_embedding_int32_equals_int64_and_grad_only_on_used_rows():
 
 
 def test_feature_embedding_cpu_backward_equals_aten_embedding_and_is_deterministic():
-    """The CPU index_add_ backward must give exactly what F.embedding's backward gives (repeated
-    rows accumulate), run after run."""
+    """The CPU kernel's index_add_ backward must give exactly what F.embedding's backward gives
+    (repeated rows accumulate), run after run."""
     torch.manual_seed(3)
     sizes = [4, 50, 3]
-    layer = layers.FeatureEmbedding(sizes, 6)
+    layer = for_device(layers.FeatureEmbedding(sizes, 6), "cpu")
+    assert type(layer) is cpu.CpuFeatureEmbedding
     X = torch.stack([torch.randint(0, s, (400,)) for s in sizes], dim=1).int()  # many repeats
     g = torch.randn(400, 3, 6)
     grads = []
@@ -99,6 +102,7 @@ def test_fm_hand_computed():
     emb = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [0.0, 1.0]]])
     # <e1,e2> = 11, <e1,e3> = 2, <e2,e3> = 4
     torch.testing.assert_close(layers.FMInteraction()(emb), torch.tensor([17.0]))
+    torch.testing.assert_close(cpu.CpuFMInteraction()(emb), torch.tensor([17.0]))
 
 
 def test_fm_matches_explicit_pairwise_sum():
@@ -139,16 +143,17 @@ def test_unknown_activation():
         layers.MLP(4, [3], activation="swishy")
 
 
-def test_fm_gradient_equals_autograd_of_the_formula_and_stays_fp32_under_autocast():
+@pytest.mark.parametrize("fm", [layers.FMInteraction, cpu.CpuFMInteraction])  # reference, CPU kernel
+def test_fm_gradient_equals_autograd_of_the_formula_and_stays_fp32_under_autocast(fm):
     emb = torch.randn(6, 5, 3, dtype=torch.float64, requires_grad=True)
     g = torch.randn(6, dtype=torch.float64)
     ref = 0.5 * (emb.sum(1).pow(2) - emb.pow(2).sum(1)).sum(1)
-    out = layers.FMInteraction()(emb)
+    out = fm()(emb)
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(torch.autograd.grad(out, emb, g)[0], torch.autograd.grad(ref, emb, g)[0])
     e32 = emb.detach().float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = layers.FMInteraction()(e32)
+        low = fm()(e32)
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, ref.detach().float(), rtol=1e-5, atol=1e-5)
 
@@ -250,7 +255,9 @@ def test_bilinear_matches_explicit_pair_loop(bilinear_type, layout):
     n = {"field_all": None, "field_each": F, "field_interaction": P}[bilinear_type]
     assert layer.weight.shape == ((D, D) if n is None else (n, D, D))
     emb = _emb(9).requires_grad_(True)
-    out = layer._by_left_field(emb) if layout == "by_left_field" else layer._pair_major(emb)
+    if layout == "by_left_field":
+        for_device(layer, "cpu")  # the CPU kernel; the reference is pair-major
+    out = layer(emb)
     assert out.shape == (B, P, D)
     W, e = layer.weight.detach().double().numpy(), emb.detach().double().numpy()
     expected = np.zeros((B, P, D))
@@ -270,7 +277,7 @@ def test_bilinear_matches_explicit_pair_loop(bilinear_type, layout):
 
 @pytest.mark.parametrize("bilinear_type", ["field_all", "field_each", "field_interaction"])
 def test_bilinear_layouts_have_equal_gradients_and_bf16(bilinear_type):
-    """The CPU layout's hand-written backward equals autograd through the pair-major layout
+    """The CPU kernel's hand-written backward equals autograd through the pair-major reference
     (float64), for the input and the weight; under bf16 autocast it returns bf16 close to fp32."""
     torch.manual_seed(11)
     Fn, d = 6, 4
@@ -278,12 +285,13 @@ def test_bilinear_layouts_have_equal_gradients_and_bf16(bilinear_type):
     emb = torch.randn(7, Fn, d, dtype=torch.float64, requires_grad=True)
     g = torch.randn(7, Fn * (Fn - 1) // 2, d, dtype=torch.float64)
     grads = []
-    for fwd in (layer._by_left_field, layer._pair_major):
-        out = fwd(emb)
+    for device in ("cpu", "cuda"):  # the CPU kernel, then the reference (what any other device runs)
+        out = for_device(layer, device)(emb)
         grads.append((out, *torch.autograd.grad(out, (emb, layer.weight), g)))
+    assert type(layer) is layers.Bilinear
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    layer = layer.float()
+    layer = for_device(layer.float(), "cpu")
     e32 = emb.detach().float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = layer(e32)
@@ -293,9 +301,9 @@ def test_bilinear_layouts_have_equal_gradients_and_bf16(bilinear_type):
 
 @pytest.mark.parametrize("bilinear_type", ["field_all", "field_each", "field_interaction"])
 def test_bilinear_cat_equals_the_textbook_cat_values_and_gradients(bilinear_type):
-    """FiBiNET's p and q written into one buffer (CPU) equal torch.cat of the two layers' textbook
-    pair-major outputs through autograd (float64): the output and the gradients of both inputs and
-    both weights, also when the second input is computed from the first (SENET's q)."""
+    """FiBiNET's p and q written into one buffer (the CPU kernel) equal torch.cat of the two layers'
+    textbook pair-major outputs through autograd (float64): the output and the gradients of both
+    inputs and both weights, also when the second input is computed from the first (SENET's q)."""
     torch.manual_seed(12)
     Fn, d, b = 5, 3, 6
     lp, lq = layers.Bilinear(Fn, d, bilinear_type).double(), layers.Bilinear(Fn, d, bilinear_type).double()
@@ -304,14 +312,16 @@ def test_bilinear_cat_equals_the_textbook_cat_values_and_gradients(bilinear_type
     P = Fn * (Fn - 1) // 2
     g = torch.randn(b, 2 * P, d, dtype=torch.float64)
     wrt = (emb, scale, lp.weight, lq.weight)
-    ref = torch.cat([lp._pair_major(emb), lq._pair_major(emb * scale)], dim=1)
-    got = layers.bilinear_cat([(lp, emb), (lq, emb * scale)])
+    ref = torch.cat([lp(emb), lq(emb * scale)], dim=1)
+    assert torch.equal(layers.BilinearCat()([(lp, emb), (lq, emb * scale)]), ref)  # the reference is the cat
+    bilinear_cat = for_device(layers.BilinearCat(), "cpu")
+    got = bilinear_cat([(lp, emb), (lq, emb * scale)])
     assert got.shape == (b, 2 * P, d) and got.is_contiguous()
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     for a, r in zip(torch.autograd.grad(got, wrt, g), torch.autograd.grad(ref, wrt, g)):
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = layers.bilinear_cat([(lp.float(), emb.detach().float()), (lq.float(), emb.detach().float())])
+        low = bilinear_cat([(lp.float(), emb.detach().float()), (lq.float(), emb.detach().float())])
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), torch.cat([lp(emb.detach().float()), lq(emb.detach().float())], 1),
                                rtol=0.05, atol=0.02)

@@ -2,6 +2,8 @@
 independent recomputation of the DeepFM/DCN/FiBiNET logits, and registry errors."""
 import itertools
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -264,14 +266,28 @@ def test_hparams_complete_and_json_round_trip():
     assert set(M.hparam_defaults("FiBiNET")) == set(M.build("FiBiNET", FIELDS).hparams)
 
 
-def test_bad_inputs_are_clear_errors():
+def test_bad_inputs_are_clear_errors(criteo_small, tmp_path):
+    """Shape and dtype per batch in the model; the index range once per split where the data is served
+    (a bad index would silently read the next field's rows in the fused table): one line naming the
+    file, the field and the index."""
+    from ctrkit import data
+
     m = M.build("DeepFM", FIELDS)
-    with pytest.raises(CtrkitError, match=r"index 7 at row 1, field 2 is outside \[0, 7\)"):
-        m(torch.tensor([[0, 0, 0, 0], [0, 0, 7, 0]]))  # would silently read field 3's rows in the fused table
-    with pytest.raises(CtrkitError, match=r"index -1 at row 0, field 0"):
-        m(torch.tensor([[-1, 0, 0, 0]]))
     with pytest.raises(CtrkitError, match="must be int32 or int64"):
         m(torch.zeros(2, 4))
+    size = criteo_small.field_sizes[2]
+    for row, bad, shown in ((1, size, size), (0, -1, -1)):
+        folder = tmp_path / f"bad{row}"
+        shutil.copytree(criteo_small.path, folder)
+        X = np.load(folder / "valid_X.npy")
+        X[row, 2] = bad
+        np.save(folder / "valid_X.npy", X)
+        d = data.load(folder)
+        name = d.field_names[2]
+        with pytest.raises(CtrkitError, match=rf"^{re.escape(str(folder / 'valid_X.npy'))}: field {name} \(column 2\): "
+                                              rf"index {shown} outside \[0, {size}\) of its vocabulary"):
+            d.tensors("valid")
+        d.tensors("train")  # the other splits are fine
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -279,3 +295,34 @@ def test_logits_stay_float32_under_autocast(name):
     X, _ = _batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert _model(name)(X).dtype == torch.float32
+
+
+# ---- the CPU kernels (ctrkit.kernels.cpu) against the reference maths, whole models --------------------
+KERNEL_CASES = [(n, {}) for n in NAMES] + [("FiBiNET", {"bilinear_type": t}) for t in ("field_all", "field_each")]
+
+
+@pytest.mark.parametrize("name, extra", KERNEL_CASES, ids=[n + "-" + "".join(e.values()) for n, e in KERNEL_CASES])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_kernels_equal_the_reference_logits_and_gradients(name, extra, dtype, tol):
+    """A whole model with the CPU kernels switched in gives the reference model's logits and every
+    parameter's gradient (float64: to 1e-10; float32: to 1e-5, the sums' order differs), in train
+    mode (batch norm, dropout with the same seed) and in eval mode."""
+    import copy
+
+    from ctrkit.kernels import cpu, for_device
+
+    ref = _model(name, **extra).to(dtype)
+    fast = for_device(copy.deepcopy(ref), "cpu")
+    assert any(type(m) in cpu.KERNELS.values() for m in fast.modules())  # something was swapped
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    X, y = _batch(3, 64)
+    outs = []
+    for m in (ref, fast):
+        torch.manual_seed(7)  # the same dropout masks
+        out = m(X)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out, y.to(dtype))
+        outs.append((out, *torch.autograd.grad(loss, list(m.parameters()))))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(X), ref.eval()(X), rtol=tol, atol=tol)

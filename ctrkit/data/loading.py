@@ -79,8 +79,9 @@ class CTRData:
     def tensors(self, split: str, device="cpu"):
         """(X torch.int32 [rows, fields], y torch.float32 [rows]) on `device`.
 
-        The split's indices are checked against the field sizes first (once per split): a bad
-        index would otherwise read another field's embedding rows on a GPU, where no check runs.
+        The split's indices are checked against the field sizes first (once per split, one max and
+        min per column): a bad index would otherwise read another field's embedding rows, and the
+        models do not check ranges per batch (that would read every batch back to the host).
         """
         import torch
 
@@ -101,7 +102,9 @@ class CTRData:
         bad = np.flatnonzero((lo < 0) | (hi >= sizes))
         if bad.size:
             f = int(bad[0])
-            raise CtrkitError(f"{self.path}: split {split!r}, field {self.field_names[f]}: index "
+            # one line naming the file and the field: a bad index would read another field's rows of
+            # the fused embedding table (the models do not check per batch)
+            raise CtrkitError(f"{self.path / f'{split}_X.npy'}: field {self.field_names[f]} (column {f}): index "
                               f"{int(hi[f]) if hi[f] >= sizes[f] else int(lo[f])} outside [0, {int(sizes[f])}) "
                               f"of its vocabulary; the folder is damaged: prepare it again")
 
