@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -83,31 +84,44 @@ class _Truth:
     """The hidden click model: parameters drawn once per (dataset, seed, rows)."""
 
     def __init__(self, dataset: str, rows: int, seed: int):
+        # One generator for every parameter, drawn in a fixed order: fields, then interactions.
         rng = np.random.default_rng([seed, 7919])
         self.dataset = dataset
         self.k = 4
-        self.fields: list[_Field] = []
+        self.fields: list[_Field] = self._fields(rng, dataset, rows)
+        self._interactions(rng)
+        self.bias = 0.0
+        self.scales = [1.0, 1.0, 1.0, 1.0]
+        self._centre_and_scale(np.random.default_rng([seed, 104729]), rows)
+
+    def _fields(self, rng: np.random.Generator, dataset: str, rows: int) -> list[_Field]:
+        """Every field's size, frequencies, missing rate and per-value effects."""
+        fields = []
         if dataset == "criteo":
             # Integer fields are bucketed like the BARS protocol does, so their effect is per bucket.
             for name, miss in zip(CRITEO_INT, _CRITEO_INT_MISSING):
-                self.fields.append(self._field(rng, name, 64, 0.0, miss, 0.35))
+                fields.append(self._field(rng, name, 64, 0.0, miss, 0.35))
             for name, base, miss in zip(CRITEO_CAT, _CRITEO_CARD, _CRITEO_CAT_MISSING):
                 card = _scaled_card(base, rows)
-                self.fields.append(self._field(rng, name, card, 1.05 + 0.3 * rng.random(), miss,
-                                               0.6 if card < 5000 else 0.3))
+                fields.append(self._field(rng, name, card, 1.05 + 0.3 * rng.random(), miss,
+                                          0.6 if card < 5000 else 0.3))
         elif dataset in _CATEGORICAL:
             for name, base in _CATEGORICAL[dataset].items():
                 card = _scaled_card(base, rows)
-                self.fields.append(self._field(rng, name, card, 0.9 + 0.4 * rng.random(), 0.0,
-                                               0.6 if card < 5000 else 0.4))
+                fields.append(self._field(rng, name, card, 0.9 + 0.4 * rng.random(), 0.0,
+                                          0.6 if card < 5000 else 0.4))
         else:
-            self.fields.append(self._field(rng, "hour_of_day", 24, 0.0, 0.0, 0.3))
+            fields.append(self._field(rng, "hour_of_day", 24, 0.0, 0.0, 0.3))
             for name, base in zip(AVAZU_CAT, _AVAZU_CARD):
                 card = _scaled_card(base, rows)
                 # device_id/device_ip: one dominant value, like real Avazu ('a99f214a' ~ 83%).
                 zipf = 2.2 if name in ("device_id", "device_ip") else 1.05 + 0.4 * rng.random()
-                self.fields.append(self._field(rng, name, card, zipf, 0.0,
-                                               0.6 if card < 5000 else 0.3))
+                fields.append(self._field(rng, name, card, zipf, 0.0,
+                                          0.6 if card < 5000 else 0.3))
+        return fields
+
+    def _interactions(self, rng: np.random.Generator) -> None:
+        """The pairwise, three-way and MLP-like terms: which fields they read and their weights."""
         # Interactions live on fields of moderate size: values frequent enough to be learnt from
         # tens of thousands of rows (as in real CTR data, where rare ids carry little signal).
         mid = [i for i, f in enumerate(self.fields) if f.card <= 30 and f.missing < 0.3]
@@ -129,9 +143,10 @@ class _Truth:
         self.mlp_fields = sorted(rng.choice(mid, size=min(len(mid), 6), replace=False).tolist())
         self.W1 = rng.normal(0, 1.0 / np.sqrt(self.k), size=(len(self.mlp_fields) * self.k, 16))
         self.w2 = rng.normal(0, 1.0, size=16)
-        self.bias = 0.0
-        self.scales = [1.0, 1.0, 1.0, 1.0]
-        ranks, _ = self._ranks(np.random.default_rng([seed, 104729]), min(200_000, max(20_000, rows)))
+
+    def _centre_and_scale(self, rng: np.random.Generator, rows: int) -> None:
+        """Centre the interaction terms, scale each part and calibrate the bias on a sample of rows."""
+        ranks, _ = self._ranks(rng, min(200_000, max(20_000, rows)))
         # Centre the latent vectors and the three-way factors under the data's own (Zipf) value
         # frequencies, so interaction terms have no main-effect part an LR could pick up: with a
         # dominant value, an uncentred <e_i, e_j> would act as a per-value effect of field i.
@@ -144,7 +159,7 @@ class _Truth:
         # Each part scaled to a fixed spread (std on the logit scale), so every seed and size gets
         # the same mix of signal: LR sees only the main part, FM/cross/deep models more.
         self.scales = [t / max(float(p.std()), 1e-9) for t, p in zip(_PART_STD, self._parts(ranks))]
-        self.bias = self._calibrate(self._logit(ranks), BASE_CTR[dataset])
+        self.bias = self._calibrate(self._logit(ranks), BASE_CTR[self.dataset])
 
     @staticmethod
     def _field(rng, name, card, zipf, missing, scale) -> _Field:
@@ -324,8 +339,6 @@ def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
     missing values, heavy-tailed integers, base CTR ~0.25 (criteo) / ~0.17 (avazu) / ~0.33
     (frappe, movielens: one positive per two sampled negatives, as in BARS).
     """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
     from tqdm.auto import tqdm
 
     if dataset not in BASE_CTR:
@@ -335,42 +348,12 @@ def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
     out = Path(out)
     name = _FILE[dataset] + (".gz" if gzip else "")
     path = out / name
-    if out.exists() and not out.is_dir():
-        raise CtrkitError(f"--out {out}: is a file, not a folder")
-    _claim(out, name, force)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CtrkitError(f"--out {out}: cannot create: {e.strerror or e}") from None
+    _prepare_out(out, name, force)
     truth = _Truth(dataset, int(rows), seed)
     tokens = _tokens(truth, dataset, seed)
-    # The header is written by hand (Arrow would quote the column names); Criteo has none.
-    write_opts = pacsv.WriteOptions(include_header=False, delimiter="\t" if dataset == "criteo" else ",",
-                                    quoting_style="none")
-    header = None if dataset == "criteo" else (AVAZU_COLUMNS if dataset == "avazu" else
-                                               ["label"] + list(_CATEGORICAL[dataset]))
     bar = tqdm(total=int(rows), unit="rows", desc=f"synth {dataset}", disable=not progress)
     try:
-        with atomic_path(path) as tmp:
-            sink = pa.CompressedOutputStream(str(tmp), "gzip") if gzip else pa.OSFile(str(tmp), "wb")
-            writer = None
-            try:
-                if header:
-                    sink.write((",".join(header) + "\n").encode())
-                done = chunk_no = 0
-                while done < rows:
-                    n = min(_CHUNK, int(rows) - done)
-                    table = _chunk(truth, dataset, tokens, seed, chunk_no, done, n, int(rows))
-                    if writer is None:
-                        writer = pacsv.CSVWriter(sink, table.schema, write_options=write_opts)
-                    writer.write_table(table)
-                    done += n
-                    chunk_no += 1
-                    bar.update(n)
-            finally:
-                if writer is not None:
-                    writer.close()
-                sink.close()
+        _write(path, dataset, _tables(truth, tokens, seed, int(rows), bar), gzip=gzip)
     except OSError as e:
         raise CtrkitError(f"--out {out}: cannot write {path}: {e.strerror or e}") from None
     finally:
@@ -380,3 +363,51 @@ def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
     os.chmod(path, 0o666 & ~umask)  # the temp file was created private (mkstemp); a data file is not
     _mark(out, name)
     return path
+
+
+def _prepare_out(out: Path, name: str, force: bool) -> None:
+    """The output folder exists and `name` in it may be written (see `_claim`)."""
+    if out.exists() and not out.is_dir():
+        raise CtrkitError(f"--out {out}: is a file, not a folder")
+    _claim(out, name, force)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CtrkitError(f"--out {out}: cannot create: {e.strerror or e}") from None
+
+
+def _tables(truth: _Truth, tokens: list, seed: int, rows: int, bar) -> Iterator:
+    """The rows as Arrow tables, one per chunk of `_CHUNK` rows, in order (the progress bar follows)."""
+    done = chunk_no = 0
+    while done < rows:
+        n = min(_CHUNK, rows - done)
+        yield _chunk(truth, truth.dataset, tokens, seed, chunk_no, done, n, rows)
+        done += n
+        chunk_no += 1
+        bar.update(n)
+
+
+def _write(path: Path, dataset: str, tables: Iterable, *, gzip: bool) -> None:
+    """Write the tables as the dataset's raw CSV (header by hand: Arrow would quote the column
+    names; Criteo has none), atomically, gzipped when asked."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    write_opts = pacsv.WriteOptions(include_header=False, delimiter="\t" if dataset == "criteo" else ",",
+                                    quoting_style="none")
+    header = None if dataset == "criteo" else (AVAZU_COLUMNS if dataset == "avazu" else
+                                               ["label"] + list(_CATEGORICAL[dataset]))
+    with atomic_path(path) as tmp:
+        sink = pa.CompressedOutputStream(str(tmp), "gzip") if gzip else pa.OSFile(str(tmp), "wb")
+        writer = None
+        try:
+            if header:
+                sink.write((",".join(header) + "\n").encode())
+            for table in tables:
+                if writer is None:
+                    writer = pacsv.CSVWriter(sink, table.schema, write_options=write_opts)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+            sink.close()
