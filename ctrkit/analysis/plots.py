@@ -344,11 +344,12 @@ def _box(ax, xy, w, h, text, color, fontsize=7):
     ax.text(x, y, text, ha="center", va="center", fontsize=fontsize)
 
 
-def _arrow(ax, a, b, color="black", style="-|>", ls="-", rad=0.0, label=None, lpos=0.5, loff=(0, 0.04)):
-    ax.add_patch(FancyArrowPatch(a, b, arrowstyle=style, mutation_scale=9, color=color, linewidth=1,
-                                 linestyle=ls, connectionstyle=f"arc3,rad={rad}", shrinkA=2, shrinkB=2))
+def _arrow(ax, a, b, *, color="black", ls="-", label=None, loff=(0, 0.04)):
+    """A straight arrow from a to b, with `label` at its middle shifted by `loff`."""
+    ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=9, color=color, linewidth=1,
+                                 linestyle=ls, connectionstyle="arc3,rad=0.0", shrinkA=2, shrinkB=2))
     if label:
-        mx, my = a[0] + (b[0] - a[0]) * lpos + loff[0], a[1] + (b[1] - a[1]) * lpos + loff[1]
+        mx, my = a[0] + (b[0] - a[0]) * 0.5 + loff[0], a[1] + (b[1] - a[1]) * 0.5 + loff[1]
         ax.text(mx, my, label, ha="center", va="center", fontsize=6, color=color,
                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
 
@@ -412,8 +413,7 @@ def figure_mutual(out: str | os.PathLike, *, n: int = 4, names: Sequence[str] | 
         for i, yi in enumerate(ys):
             for j, yj in enumerate(ys):
                 if i != j:
-                    _arrow(ax, (0.55, yj - 0.01 * (i - j)), (0.61, yi + 0.01 * (i - j)), color="0.55", ls=":",
-                           style="-|>")
+                    _arrow(ax, (0.55, yj - 0.01 * (i - j)), (0.61, yi + 0.01 * (i - j)), color="0.55", ls=":")
         ax.text(0.89, 0.62, "$L_n = \\mathrm{BCE}(y, p_n)$\n$+ \\frac{w}{N-1}\\sum_{i \\neq n}"
                 "(\\bar p_i - p_n)^2$", ha="center", va="center", fontsize=7)
         ax.text(0.89, 0.36, "$\\bar p_i$: peer i's prediction,\ndetached (no gradient);\n"
