@@ -57,6 +57,19 @@ def _overrides(pairs: list[tuple[str, str]], model_names: list[str]) -> dict:
     return out
 
 
+def _settings(args, spec_class) -> dict:
+    """The flags named like fields of `spec_class` (RunSpec, PretrainSpec): a new field with a flag
+    of its name needs nothing here. `model`, `peers`, `overrides` and `progress` are the caller's."""
+    import dataclasses
+
+    own = {"model", "peers", "overrides", "progress"}
+    out = {f.name: getattr(args, f.name) for f in dataclasses.fields(spec_class)
+           if f.name not in own and hasattr(args, f.name)}
+    if "threads" in out:
+        out["threads"] = _threads(out["threads"])
+    return out
+
+
 def _threads(text: str):
     try:
         return text if text == "auto" else int(text)
@@ -64,10 +77,7 @@ def _threads(text: str):
         raise CtrkitError(f"--threads: expected a number or auto, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ctrkit", description="Mutual learning for CTR models.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_synth(sub) -> None:
     s = sub.add_parser("synth", help="write a synthetic Criteo-/Avazu-/Frappe-/MovieLens-shaped raw file with a hidden ground truth")
     s.add_argument("dataset", choices=["criteo", "avazu", "frappe", "movielens"])
     s.add_argument("--rows", type=int, required=True)
@@ -76,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gzip", action="store_true", help="write train.txt.gz / train.csv.gz")
     s.add_argument("--force", action="store_true", help="replace a file that ctrkit synth wrote before")
 
+
+def _add_prepare(sub) -> None:
     s = sub.add_parser("prepare", help="raw files (or a hub id) -> processed dataset directory")
     s.add_argument("dataset", nargs="?", default=None, help="built-in: criteo, avazu, frappe or movielens (or --schema)")
     s.add_argument("--schema", default=None, help="a dataset schema file (.yaml) describing your own data")
@@ -87,10 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace a previous ctrkit output in --out")
     s.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
 
+
+def _add_info(sub) -> None:
     s = sub.add_parser("info", help="rows per split, CTR and vocabulary sizes of a processed dataset")
     s.add_argument("data")
     s.add_argument("--json", action="store_true")
 
+
+def _add_pretrain(sub) -> None:
     s = sub.add_parser("pretrain", help="train one model with the BARS protocol")
     s.add_argument("--data", required=True)
     s.add_argument("--model", required=True)
@@ -100,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_flags(s)
     s.add_argument("--json", action="store_true")
 
+
+def _add_mutual(sub) -> None:
     s = sub.add_parser("mutual", help="train N peers mutually (or a control: alone, kd, ensemble)")
     s.add_argument("--data", required=True)
     s.add_argument("--peers", required=True, help="comma-separated model names, e.g. DeepFM,DCN,PNN,FiBiNET")
@@ -120,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None)
     s.add_argument("--json", action="store_true")
 
+
+def _add_table(sub) -> None:
     s = sub.add_parser("table", help="print a result table from a results store")
     s.add_argument("name")
     s.add_argument("--store", required=True)
@@ -127,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--include-exploration", action="store_true",
                    help="also count runs tagged 'exploration' (the widget's), left out by default")
 
+
+def _add_reproduce(sub) -> None:
     s = sub.add_parser("reproduce", help="run the notebooks with papermill: every table and figure")
     s.add_argument("--dataset", default="both",
                    help="criteo, avazu, both, frappe, movielens, or a schema file (.yaml; needs --data)")
@@ -136,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figures", default=None, help="also copy the figures here (the README's command: figures/)")
     s.add_argument("--device", default="auto")
     s.add_argument("--force", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctrkit", description="Mutual learning for CTR models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_synth, _add_prepare, _add_info, _add_pretrain, _add_mutual, _add_table, _add_reproduce):
+        add(sub)
     return p
 
 
@@ -213,11 +242,10 @@ def cmd_pretrain(args):
     name = models.canonical_name(args.model)
     # runs/<dataset>/seed<S>/ holds one folder per model: what `ctrkit mutual --ckpt-dir` expects
     out = args.out or f"runs/{d.dataset}/seed{args.seed}/{name}"
-    result, _ = runs.pretrain(d, model=name, preset=args.preset, seed=args.seed, epochs=args.epochs,
-                              overrides=_overrides(args.overrides, [name]), device=args.device,
-                              threads=_threads(args.threads), amp=args.amp, out_dir=out, resume=args.resume,
-                              store=args.store, force=not args.resume,
-                              progress=not args.json or sys.stderr.isatty())
+    spec = runs.PretrainSpec(**_settings(args, runs.PretrainSpec), model=name,
+                             overrides=_overrides(args.overrides, [name]),
+                             progress=not args.json or sys.stderr.isatty())
+    result, _ = runs.pretrain(spec, d, out_dir=out, resume=args.resume, store=args.store, force=not args.resume)
     print(f"{name} on {d.dataset}: valid AUC {result['valid_auc']:.6f} logloss {result['valid_logloss']:.6f}, "
           f"test AUC {result['test_auc']:.6f} logloss {result['test_logloss']:.6f}, {result['epochs']} epochs"
           f"{' (stopped early)' if result.get('stopped_early') else ' (hit the epoch cap)'}, "
@@ -229,12 +257,7 @@ def _spec(args):
     from ctrkit.experiments import runs
 
     peers = [p for p in str(args.peers).split(",") if p.strip()]
-    return runs.RunSpec(peers=tuple(peers), init=args.init, mode=args.mode, weight=args.weight,
-                        divergence=args.divergence, warmup_steps=args.warmup_steps, epochs=args.epochs,
-                        finetune_lr_scale=args.finetune_lr_scale, finetune_epochs=args.finetune_epochs,
-                        finetune_monitor=args.finetune_monitor, seed=args.seed, preset=args.preset, amp=args.amp,
-                        batch_size=args.batch_size, ckpt_dir=args.ckpt_dir, device=args.device,
-                        threads=_threads(args.threads), progress=not args.json,
+    return runs.RunSpec(**_settings(args, runs.RunSpec), peers=tuple(peers), progress=not args.json,
                         overrides=_overrides(args.overrides, [runs.split_label(p)[0] for p in peers]))
 
 

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from ctrkit import cli, experiments, models
-from ctrkit.training import metrics, mutual, presets, loop as train
+from ctrkit.training import checkpoint, evaluation, metrics, mutual, optim, presets, rng, loop as train
+from ctrkit.training.config import RunConfig
 from ctrkit.experiments import runs
 from ctrkit.analysis import tables
 from ctrkit.training.losses import mutual_losses
-from ctrkit.training.mutual import MutualConfig, mutual_fit
+from ctrkit.training.mutual import mutual_fit
 from ctrkit.experiments.store import ResultsStore
 from ctrkit.core.utils import CtrkitError, seed_everything
 
@@ -42,8 +43,7 @@ def _smoke_model(name, data, seed):
 
 
 def _smoke_train(name, **changes):
-    return train.TrainConfig.from_dict({**presets.get(name, "smoke").train, "device": "cpu", "progress": False,
-                                        **changes})
+    return RunConfig.single({**presets.get(name, "smoke").train, "device": "cpu", "progress": False, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_weight_zero_is_bit_identical_to_independent_fit(criteo_small):
 
 
 def test_dropout_masks_are_per_peer_streams_so_alone_peers_equal_fit(criteo_small):
-    """With dropout every peer draws its own mask stream (train.dropout_seed): in `alone` mode each
+    """With dropout every peer draws its own mask stream (rng.dropout_seed): in `alone` mode each
     dropout peer equals `fit` of that model, whatever model shares the run with it (one shared
     stream would interleave the peers' draws)."""
     d = criteo_small
@@ -86,17 +86,17 @@ def test_dropout_masks_are_per_peer_streams_so_alone_peers_equal_fit(criteo_smal
     def model(seed):
         seed_everything(seed)
         return models.build("DeepFM", d.field_sizes, **hp)
-    assert train.uses_dropout(model(0)) and not train.uses_dropout(_smoke_model("DeepFM", d, 0))
+    assert rng.uses_dropout(model(0)) and not rng.uses_dropout(_smoke_model("DeepFM", d, 0))
     cfg = _smoke_train("DeepFM", seed=9, epochs=2, amp="off")
     ref = train.fit(model(3), d, cfg)
     for partner in ("dropout", "plain"):
         other = model(4) if partner == "dropout" else _smoke_model("DCN", d, 4)
-        res = mutual_fit([model(3), other], d, MutualConfig(mode="alone", epochs=2, batch_size=cfg.batch_size,
-                                                            seed=9, device="cpu", amp="off", progress=False,
-                                                            train=[cfg.to_dict(), _smoke_train("DCN").to_dict()]))
+        res = mutual_fit([model(3), other], d, RunConfig(mode="alone", epochs=2, batch_size=cfg.batch_size,
+                                                         seed=9, device="cpu", amp="off", progress=False,
+                                                         peers=(cfg.peers[0], _smoke_train("DCN").peers[0])))
         assert res["peers"][0]["valid_auc"] == ref["valid_auc"], partner
     # the masks do change with the step and the peer
-    assert len({train.dropout_seed(9, s, p) for s in range(3) for p in range(3)}) == 9
+    assert len({rng.dropout_seed(9, s, p) for s in range(3) for p in range(3)}) == 9
 
 
 def test_one_mutual_step_is_the_papers_equation(criteo_small):
@@ -107,14 +107,14 @@ def test_one_mutual_step_is_the_papers_equation(criteo_small):
     peers = [_smoke_model(n, d, 3 + k) for k, n in enumerate(names)]
     manual = copy.deepcopy(peers)
     n = d.rows["train"]
-    cfg = MutualConfig(mode="mutual", weight=0.7, epochs=1, batch_size=n, seed=5, device="cpu", amp="off",
-                       progress=False, train=[_smoke_train(x, lr=0.01) for x in names])
+    cfg = RunConfig(mode="mutual", weight=0.7, epochs=1, batch_size=n, seed=5, device="cpu", amp="off",
+                    progress=False, peers=tuple(_smoke_train(x, lr=0.01).peers[0] for x in names))
     res = mutual_fit(peers, d, cfg)
 
     Xtr, ytr = d.tensors("train")
     perm = torch.randperm(n, generator=seed_everything(5))
     xb, yb = Xtr[perm], ytr[perm]
-    opts = [train.make_optimizer(m, _smoke_train(x, lr=0.01)) for m, x in zip(manual, names)]
+    opts = [optim.make_optimizer(m, _smoke_train(x, lr=0.01).peers[0]) for m, x in zip(manual, names)]
     losses = mutual_losses([m(xb).float() for m in manual], yb, weight=0.7)
     for m, opt, loss in zip(manual, opts, losses):
         opt.zero_grad()
@@ -126,7 +126,7 @@ def test_one_mutual_step_is_the_papers_equation(criteo_small):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=k)
     # the reported test AUC is that of the trained weights
     Xte, yte = d.tensors("test")
-    p = train.predict(manual[1], Xte)
+    p = evaluation.predict(manual[1], Xte)
     assert res["peers"][1]["test_auc"] == pytest.approx(metrics.auc(yte, p), abs=1e-12)
 
 
@@ -140,7 +140,7 @@ def test_repeated_model_peers_get_different_seeds(criteo_small):
 def test_finetune_kd_and_ensemble_semantics(criteo_small, ckpts):
     d, ck = criteo_small, ckpts["criteo"]
     ft = run_mutual(d, ["DeepFM", "DCN"], init="pretrained", ckpt_dir=ck, epochs=1, seed=1, **FAST)
-    pre_lr = train.load_checkpoint(ck / "DeepFM" / "best.pt")["train_config"]["lr"]
+    pre_lr = checkpoint.load_checkpoint(ck / "DeepFM" / "best.pt")["train_config"]["lr"]
     assert ft["peers"][0]["train_config"]["lr"] == pytest.approx(pre_lr * 0.1)
     base = json.loads((ck / "DeepFM" / "result.json").read_text())
     assert ft["peers"][0]["pretrained_test_auc"] == pytest.approx(base["test_auc"], abs=1e-9)
@@ -160,7 +160,7 @@ def test_finetune_kd_and_ensemble_semantics(criteo_small, ckpts):
     assert ens["epochs"] == 0
     assert all(p["test_auc"] == p["pretrained_test_auc"] for p in ens["peers"])
     Xte, yte = d.tensors("test")
-    probs = [train.predict(train.load_pretrained(ck / m)[0], Xte) for m in ["DeepFM", "DCN", "PNN"]]
+    probs = [evaluation.predict(checkpoint.load_pretrained(ck / m)[0], Xte) for m in ["DeepFM", "DCN", "PNN"]]
     assert ens["ensemble"]["test_auc"] == pytest.approx(metrics.auc(yte, torch.stack(probs).mean(0)), abs=1e-12)
 
 
@@ -208,8 +208,8 @@ def test_missing_checkpoint_and_foreign_feature_map(criteo_small, ckpts, tmp_pat
     with pytest.raises(CtrkitError, match="DCN/best.pt was pretrained on feature map"):
         run_mutual(criteo_small, ["DeepFM", "DCN"], init="pretrained", ckpt_dir=mixed, **FAST)
     with pytest.raises(CtrkitError, match="field sizes"):
-        mutual_fit([_smoke_model("DeepFM", criteo_small, 0), train.load_pretrained(ckpts["avazu"] / "DCN")[0]],
-                   criteo_small, {"device": "cpu", "progress": False})
+        mutual_fit([_smoke_model("DeepFM", criteo_small, 0), checkpoint.load_pretrained(ckpts["avazu"] / "DCN")[0]],
+                   criteo_small, {"device": "cpu", "progress": False, "peers": ({}, {})})
 
 
 # ---------------------------------------------------------------- experiments and store
@@ -314,7 +314,7 @@ def test_resume_after_an_interrupted_run_gives_the_same_result(criteo_small, tmp
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     for a, b in zip(whole["peers"], resumed["peers"]):
         assert (a["test_auc"], a["valid_logloss"], a["best_epoch"]) == (b["test_auc"], b["valid_logloss"], b["best_epoch"])
-    assert train.load_pretrained(out / "0_DeepFM")[1]["model_name"] == "DeepFM"
+    assert checkpoint.load_pretrained(out / "0_DeepFM")[1]["model_name"] == "DeepFM"
     with pytest.raises(CtrkitError, match="cannot resume with different settings.*weight"):
         run_mutual(criteo_small, epochs=3, out_dir=out, resume=True, **{**kw, "weight": 0.9})
 

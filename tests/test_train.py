@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrkit import cli, data
-from ctrkit.training import presets, protocol
+from ctrkit.training import checkpoint, evaluation, optim, precision, presets, rng
+from ctrkit.training import config as C
 from ctrkit.training import loop as T
 from ctrkit.models import MODELS, build, embedding_parameters
 from ctrkit.core.utils import CtrkitError, seed_everything
@@ -26,9 +27,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def cfg(**kw) -> T.TrainConfig:
+def cfg(**kw) -> C.RunConfig:
     base = dict(epochs=2, batch_size=512, lr=3e-3, patience=2, progress=False, device="cpu", amp="off", seed=7)
-    return T.TrainConfig(**{**base, **kw})
+    return C.RunConfig.single({**base, **kw})
 
 
 def smoke_model(name, d, seed=7, **hp):
@@ -49,28 +50,28 @@ def strip_times(history):
 
 def test_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(CtrkitError, match=r"unknown train config key\(s\) lrate; valid: epochs, batch_size, lr"):
-        T.TrainConfig.from_dict({"lrate": 0.1})
+        C.RunConfig.single({"lrate": 0.1})
     for bad in ({"lr": 0}, {"batch_size": 0}, {"amp": "fp16"}, {"monitor": "gauc"}, {"embedding_regularizer": -1},
                 {"clip_grad_norm": 0}, {"epochs": 1.5}, {"net_regularizer": "l1(3)"}):
         with pytest.raises(CtrkitError, match=next(iter(bad))):
-            T.TrainConfig.from_dict(bad)
-    c = T.TrainConfig.from_dict({"embedding_regularizer": "l2(1.e-5)", "net_regularizer": "1e-04",
+            C.RunConfig.single(bad)
+    c = C.TrainConfig.from_dict({"embedding_regularizer": "l2(1.e-5)", "net_regularizer": "1e-04",
                                  "monitor": {"AUC": 1, "logloss": -1}})
     assert c.embedding_regularizer == 1e-5 and c.net_regularizer == 1e-4
-    assert T.monitor_score(c.monitor, {"auc": 0.8, "logloss": 0.45}) == pytest.approx(0.35)
-    assert T.monitor_score("AUC-logloss", {"auc": 0.8, "logloss": 0.45}) == pytest.approx(0.35)
-    assert T.monitor_score("logloss", {"auc": 0.8, "logloss": 0.45}) == pytest.approx(-0.45)
-    assert T.TrainConfig.from_dict(c.to_dict()) == c
+    assert optim.monitor_score(c.monitor, {"auc": 0.8, "logloss": 0.45}) == pytest.approx(0.35)
+    assert optim.monitor_score("AUC-logloss", {"auc": 0.8, "logloss": 0.45}) == pytest.approx(0.35)
+    assert optim.monitor_score("logloss", {"auc": 0.8, "logloss": 0.45}) == pytest.approx(-0.45)
+    assert C.TrainConfig.from_dict(c.to_dict()) == c
 
 
 def test_epoch_batches_is_a_seeded_permutation():
-    b1 = T.epoch_batches(1000, 300, torch.Generator().manual_seed(1))
+    b1 = rng.epoch_batches(1000, 300, torch.Generator().manual_seed(1))
     assert [len(b) for b in b1] == [300, 300, 300, 100]
     assert torch.equal(torch.cat(b1).sort().values, torch.arange(1000))
-    b2 = T.epoch_batches(1000, 300, torch.Generator().manual_seed(1))
+    b2 = rng.epoch_batches(1000, 300, torch.Generator().manual_seed(1))
     assert all(torch.equal(x, y) for x, y in zip(b1, b2))
     g = torch.Generator().manual_seed(1)
-    first, second = T.epoch_batches(1000, 1000, g), T.epoch_batches(1000, 1000, g)
+    first, second = rng.epoch_batches(1000, 1000, g), rng.epoch_batches(1000, 1000, g)
     assert not torch.equal(first[0], second[0])  # a new order every epoch
 
 
@@ -79,12 +80,12 @@ def test_weight_decay_equals_fuxictr_regularizer_in_the_loss(criteo_small):
     the same trajectory (clipping inactive), and differ from no regularization."""
     X, y = criteo_small.tensors("train", "cpu")
     emb_reg, net_reg = 0.05, 0.02
-    config = cfg(embedding_regularizer=emb_reg, net_regularizer=net_reg, lr=1e-2, clip_grad_norm=None)
+    config = cfg(embedding_regularizer=emb_reg, net_regularizer=net_reg, lr=1e-2, clip_grad_norm=None).peers[0]
 
     def run(mode):
         model = smoke_model("DeepFM", criteo_small, seed=3)
         if mode == "decay":
-            opt = T.make_optimizer(model, config)
+            opt = optim.make_optimizer(model, config)
         else:
             opt = torch.optim.Adam(model.parameters(), lr=config.lr)
         emb = {id(p) for p in embedding_parameters(model)}
@@ -104,14 +105,14 @@ def test_weight_decay_equals_fuxictr_regularizer_in_the_loss(criteo_small):
     for k in decay:
         torch.testing.assert_close(decay[k], in_loss[k], rtol=1e-5, atol=1e-6)
     assert max((decay[k] - plain[k]).abs().max().item() for k in decay) > 1e-3
-    groups = T.make_optimizer(smoke_model("DeepFM", criteo_small), config).param_groups
+    groups = optim.make_optimizer(smoke_model("DeepFM", criteo_small), config).param_groups
     assert [(g["name"], g["weight_decay"]) for g in groups] == [("embedding", emb_reg), ("net", net_reg)]
 
 
 def test_tracker_decays_lr_on_plateau_stops_with_patience_and_keeps_best():
     model = nn.Linear(2, 1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    tr = T.Tracker(opt, cfg(patience=2, monitor="AUC"))
+    tr = optim.Tracker(opt, cfg(patience=2, monitor="AUC").peers[0])
     lrs, stops = [], []
     for epoch, auc in enumerate([0.70, 0.71, 0.7100005, 0.705], 1):
         with torch.no_grad():
@@ -125,30 +126,30 @@ def test_tracker_decays_lr_on_plateau_stops_with_patience_and_keeps_best():
     tr.restore_best(model)
     assert torch.all(model.weight == 2)
     # the state round-trips (resume)
-    tr2 = T.Tracker(torch.optim.Adam(model.parameters(), lr=1e-3), cfg(patience=2))
+    tr2 = optim.Tracker(torch.optim.Adam(model.parameters(), lr=1e-3), cfg(patience=2).peers[0])
     tr2.load_state_dict(tr.state_dict())
     assert tr2.best_epoch == 2 and tr2.stopped and tr2.scheduler.state_dict() == tr.scheduler.state_dict()
 
 
 def test_amp_resolution():
-    assert T.resolve_amp("cpu", "off") is None
-    assert T.resolve_amp("cpu", "bf16") is torch.bfloat16
-    assert T.resolve_amp("cpu", "auto") is (torch.bfloat16 if protocol._cpu_has_amx_bf16() else None)
+    assert precision.resolve_amp("cpu", "off") is None
+    assert precision.resolve_amp("cpu", "bf16") is torch.bfloat16
+    assert precision.resolve_amp("cpu", "auto") is (torch.bfloat16 if precision._cpu_has_amx_bf16() else None)
     with pytest.raises(CtrkitError, match="amp"):
-        T.resolve_amp("cpu", "fp8")
+        precision.resolve_amp("cpu", "fp8")
 
 
 @pytest.mark.parametrize("flags, warns", [(set(), True), ({"avx512_bf16"}, False), ({"amx_bf16"}, False)])
 def test_forced_bf16_on_a_cpu_without_bf16_instructions_warns_once(monkeypatch, flags, warns):
-    monkeypatch.setattr(protocol, "_cpu_bf16_flags", lambda: flags)
-    monkeypatch.setattr(protocol, "_WARNED_EMULATED_BF16", False)
+    monkeypatch.setattr(precision, "_cpu_bf16_flags", lambda: flags)
+    monkeypatch.setattr(precision, "_WARNED_EMULATED_BF16", False)
     import warnings
 
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        assert T.resolve_amp("cpu", "bf16") is torch.bfloat16
-        assert T.resolve_amp("cpu", "bf16") is torch.bfloat16
-        assert T.resolve_amp("cpu", "auto") is (torch.bfloat16 if "amx_bf16" in flags else None)
+        assert precision.resolve_amp("cpu", "bf16") is torch.bfloat16
+        assert precision.resolve_amp("cpu", "bf16") is torch.bfloat16
+        assert precision.resolve_amp("cpu", "auto") is (torch.bfloat16 if "amx_bf16" in flags else None)
     msgs = [str(w.message) for w in seen if "bf16" in str(w.message)]
     assert len(msgs) == (1 if warns else 0)
     assert not warns or "without bf16 instructions" in msgs[0]
@@ -219,7 +220,7 @@ def test_fit_is_deterministic_and_writes_the_contract_files(criteo_small, tmp_pa
     for k in range(2):
         out = tmp_path / f"run{k}"
         r = T.fit(smoke_model("DeepFM", criteo_small, net_dropout=0.2), criteo_small, cfg(), out_dir=out)
-        runs.append((r, T.load_checkpoint(out / "best.pt")))
+        runs.append((r, checkpoint.load_checkpoint(out / "best.pt")))
     (r1, b1), (r2, b2) = runs
     assert strip_times(r1["history"]) == strip_times(r2["history"])
     assert (r1["test_auc"], r1["test_logloss"]) == (r2["test_auc"], r2["test_logloss"])
@@ -234,9 +235,9 @@ def test_fit_is_deterministic_and_writes_the_contract_files(criteo_small, tmp_pa
             "samples_per_s", "checkpoint", "history", "env"}
     assert keys <= set(r1) and r1["env"]["seed"] == 7 and r1["amp"] == "off"
     # load_pretrained rebuilds the best model: same predictions and the same test metrics
-    model, meta = T.load_pretrained(tmp_path / "run0", expect_fingerprint=criteo_small.fingerprint)
+    model, meta = checkpoint.load_pretrained(tmp_path / "run0", expect_fingerprint=criteo_small.fingerprint)
     X, y = criteo_small.tensors("test", "cpu")
-    assert T.evaluate(model, X, y) == {"auc": r1["test_auc"], "logloss": r1["test_logloss"]}
+    assert evaluation.evaluate(model, X, y) == {"auc": r1["test_auc"], "logloss": r1["test_logloss"]}
     assert meta["model_name"] == "DeepFM" and "state_dict" not in meta
 
 
@@ -245,7 +246,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(criteo_small, tmp_path, 
     full = T.fit(smoke_model("DeepFM", criteo_small, net_dropout=0.2), criteo_small, config, out_dir=tmp_path / "full")
 
     # Kill the second run in epoch 2, after its training steps, before its checkpoint.
-    real_evaluate, calls = T.predict, []
+    real_evaluate, calls = evaluation.predict, []
 
     def killed(*a, **k):
         calls.append(1)
@@ -257,7 +258,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(criteo_small, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         T.fit(smoke_model("DeepFM", criteo_small, net_dropout=0.2), criteo_small, config, out_dir=tmp_path / "cut")
     monkeypatch.setattr(T, "predict", real_evaluate)
-    assert T.load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    assert checkpoint.load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
 
     # A differently initialised model: every weight must come from last.pt.
     resumed = T.fit(smoke_model("DeepFM", criteo_small, seed=99, net_dropout=0.2), criteo_small, config,
@@ -266,8 +267,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(criteo_small, tmp_path, 
     assert (resumed["test_auc"], resumed["test_logloss"]) == (full["test_auc"], full["test_logloss"])
     weights = lambda ck: ck["peers"][0]["state_dict"] if "peers" in ck else ck["state_dict"]  # noqa: E731
     for f in ("best.pt", "last.pt"):
-        assert same_state(weights(T.load_checkpoint(tmp_path / "cut" / f)),
-                          weights(T.load_checkpoint(tmp_path / "full" / f)))
+        assert same_state(weights(checkpoint.load_checkpoint(tmp_path / "cut" / f)),
+                          weights(checkpoint.load_checkpoint(tmp_path / "full" / f)))
 
     # Training further: 1 epoch, then resume with epochs=2 == 2 epochs at once.
     two = T.fit(smoke_model("FM", criteo_small), criteo_small, cfg(epochs=2), out_dir=tmp_path / "two")
@@ -288,23 +289,23 @@ def test_truncated_checkpoints_are_clear_errors(criteo_small, tmp_path):
         raw = (out / f).read_bytes()
         (out / f).write_bytes(raw[: len(raw) // 2])
         with pytest.raises(CtrkitError, match=rf"{f}: unreadable \(truncated or corrupt\)"):
-            T.load_checkpoint(out / f)
+            checkpoint.load_checkpoint(out / f)
     with pytest.raises(CtrkitError, match="truncated"):
-        T.load_pretrained(out)
+        checkpoint.load_pretrained(out)
     with pytest.raises(CtrkitError, match="last.pt: unreadable"):
         T.fit(smoke_model("LR", criteo_small), criteo_small, cfg(epochs=2), out_dir=out, resume=True)
     (out / "best.pt").write_bytes(b"")
     with pytest.raises(CtrkitError, match="truncated"):
-        T.load_checkpoint(out / "best.pt")
+        checkpoint.load_checkpoint(out / "best.pt")
     with pytest.raises(CtrkitError, match="no such file"):
-        T.load_checkpoint(out / "nothing.pt")
+        checkpoint.load_checkpoint(out / "nothing.pt")
 
 
 def test_checkpoint_of_another_feature_map_is_refused(criteo_small, avazu_small, tmp_path):
     out = tmp_path / "criteo"
     T.fit(smoke_model("LR", criteo_small), criteo_small, cfg(epochs=1), out_dir=out)
     with pytest.raises(CtrkitError, match="fingerprint"):
-        T.load_pretrained(out, expect_fingerprint=avazu_small.fingerprint)
+        checkpoint.load_pretrained(out, expect_fingerprint=avazu_small.fingerprint)
     with pytest.raises(CtrkitError, match="fingerprint"):
         T.fit(smoke_model("LR", avazu_small), avazu_small, cfg(epochs=2), out_dir=out, resume=True)
 
@@ -330,14 +331,14 @@ def test_non_finite_loss_names_epoch_and_step_and_keeps_the_last_good_checkpoint
     steps = math.ceil(criteo_small.rows["train"] / 512)
     (tmp_path / "result.json").write_text('{"test_auc": 0.99}')  # an older run's result
     model = NaNAfter(smoke_model("DeepFM", criteo_small), at=steps + 3)  # epoch 2, step 3
-    with pytest.raises(T.NonFiniteLossError, match=r"at epoch 2, step 3\b"):
+    with pytest.raises(evaluation.NonFiniteLossError, match=r"at epoch 2, step 3\b"):
         T.fit(model, criteo_small, cfg(epochs=3), out_dir=tmp_path)
     assert not (tmp_path / "result.json").exists()  # the failed run does not look finished
-    last = T.load_checkpoint(tmp_path / "last.pt")
+    last = checkpoint.load_checkpoint(tmp_path / "last.pt")
     assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["peers"][0]["state_dict"].values())
-    assert T.load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+    assert checkpoint.load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
     # a real divergence, no wrapper
-    with pytest.raises(T.NonFiniteLossError, match=r"epoch 1, step \d+"):
+    with pytest.raises(evaluation.NonFiniteLossError, match=r"epoch 1, step \d+"):
         T.fit(smoke_model("DeepFM", criteo_small), criteo_small, cfg(epochs=1, lr=1e30, clip_grad_norm=None))
 
 
@@ -365,7 +366,7 @@ def test_cli_pretrain_json(name, dataset, criteo_small, avazu_small, tmp_path, c
             "samples_per_s", "checkpoint"} <= set(r)
     assert r["model"] == name and r["params"] > 0 and r["epochs"] == 1 and r["train_config"]["lr"] == 0.01
     assert 0 <= r["test_auc"] <= 1 and 0 < r["test_logloss"] < 1 and r["samples_per_s"] > 0
-    model, meta = T.load_pretrained(r["checkpoint"], expect_fingerprint=d.fingerprint)
+    model, meta = checkpoint.load_pretrained(r["checkpoint"], expect_fingerprint=d.fingerprint)
     assert meta["model_name"] == name and meta["metrics"]["test_auc"] == r["test_auc"]
 
 
@@ -420,4 +421,4 @@ def test_results_do_not_depend_on_the_thread_count(criteo_small):
         assert strip_times(runs[0]["history"]) == strip_times(runs[1]["history"])
         assert (runs[0]["test_auc"], runs[0]["test_logloss"]) == (runs[1]["test_auc"], runs[1]["test_logloss"])
     with pytest.raises(CtrkitError, match="threads must be a positive int or 'auto'"):
-        T.TrainConfig(threads=0)
+        C.RunConfig.single({"threads": 0})

@@ -7,6 +7,9 @@ Notebook API (each returns a tidy DataFrame, one row per peer per run):
     experiments.run(data, [["DeepFM", "DCN"], ...], inits=[...], modes=[...], seeds=[...], store=...,
                     ckpt_dir=..., weight=[0.3, 1, 3], finetune_lr_scale=[0.1, 1])
 
+Every other keyword is a setting: a `PretrainSpec` field (baselines) or a `RunSpec` field (runs),
+checked there (an unknown one is an error), so a new knob needs no change here.
+
 Checkpoints of the baselines live in `ckpt_dir/seed<S>/<Model>` (one `pretrain --out` folder per
 model, what `ctrkit mutual --ckpt-dir ckpt_dir/seed<S>` expects); a repeated model's k-th copy is
 `<Model>_<k>` with init seed S+k-1. A run already in the store (same run key: every setting of its
@@ -16,34 +19,31 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ctrkit.experiments import runs
-from ctrkit.experiments.runs import RunSpec, seed_dir
-from ctrkit.experiments.store import records_to_frame
 from ctrkit.core.utils import CtrkitError
+from ctrkit.experiments import runs
+from ctrkit.experiments.runs import PretrainSpec, RunSpec, seed_dir
+from ctrkit.experiments.store import records_to_frame
+from ctrkit.training.config import weight_matters
 
 __all__ = ["pretrain_baselines", "run", "run_one", "expand", "seed_dir"]
 
 
-def pretrain_baselines(data, models: Sequence[str], ckpt_dir: str | Path, *, preset: str = "quick",
-                       seeds: Iterable[int] = (2021,), store=None, epochs: int | None = None,
-                       overrides: dict | None = None, device: str = "auto", threads: Any = "auto",
-                       amp: str | None = None, force: bool = False, progress: bool = True) -> pd.DataFrame:
+def pretrain_baselines(data, models: Sequence[str], ckpt_dir: str | Path, *, seeds: Iterable[int] = (2021,),
+                       store=None, force: bool = False, progress: bool = True, **settings) -> pd.DataFrame:
     """Pretrain each model (or label, e.g. "DeepFM_2") per seed into `ckpt_dir/seed<S>/<label>` with
     `runs.pretrain`, recorded in the store as mode "baseline" (a finished checkpoint of the same
-    settings is reused, an interrupted one resumed, unless `force`)."""
+    settings is reused, an interrupted one resumed, unless `force`). `settings`: `PretrainSpec`
+    fields (preset, epochs, overrides, device, threads, amp)."""
     jobs = list(itertools.product(list(seeds), list(models)))
     recs = []
     for seed, label in tqdm(jobs, desc="baselines", disable=not progress):
-        name, k = runs.split_label(label)
-        folder = name if k == 1 else f"{name}_{k}"
-        _, rec = runs.pretrain(data, model=label, preset=preset, seed=seed, epochs=epochs, overrides=overrides,
-                               device=device, threads=threads, amp=amp, out_dir=seed_dir(ckpt_dir, seed) / folder,
-                               store=store, force=force, progress=False)
+        spec = PretrainSpec.from_dict({**settings, "model": label, "seed": seed, "progress": False})
+        _, rec = runs.pretrain(spec, data, out_dir=seed_dir(ckpt_dir, seed) / spec.label, store=store, force=force)
         recs.append(rec)
     return records_to_frame(recs)
 
@@ -55,13 +55,14 @@ def _as_list(v) -> list:
 def expand(peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(2021,), weight=1.0,
            finetune_lr_scale=0.1) -> list[dict]:
     """The grid as a list of run settings. `ensemble` from scratch is left out (averaging untrained
-    models means nothing); so are the weights of `alone` runs beyond the first (alone has none)."""
+    models means nothing); so are the weights of runs where nobody learns (alone, ensemble) beyond
+    the first."""
     out, seen = [], set()
     for seed, peers, init, mode, w, lr in itertools.product(seeds, peer_sets, inits, modes, _as_list(weight),
                                                             _as_list(finetune_lr_scale)):
         if mode == "ensemble" and init == "scratch":
             continue
-        key = (seed, tuple(runs.peer_labels(_peer_list(peers))), init, mode, 0.0 if mode in ("alone", "ensemble") else w,
+        key = (seed, tuple(runs.peer_labels(_peer_list(peers))), init, mode, w if weight_matters(mode) else 0.0,
                lr if init == "pretrained" or mode == "kd" else None)
         if key in seen:
             continue
@@ -80,41 +81,28 @@ def _peer_list(peers) -> list[str]:
     return names
 
 
-def run_one(data, peers, *, init: str = "scratch", mode: str = "mutual", seed: int = 2021, store=None,
-            ckpt_dir: str | Path | None = None, preset: str = "quick", epochs: int | None = None,
-            device: str = "auto", weight: float = 1.0, divergence: str = "mse", warmup_steps: int = 0,
-            finetune_lr_scale: float = 0.1, finetune_epochs: int = 2, finetune_monitor: str = "AUC-logloss",
-            amp: str = "auto", batch_size: int | None = None, overrides: dict | None = None,
-            threads: Any = "auto", tag: str | None = None, force: bool = False, progress: bool = True,
-            out_dir: str | Path | None = None, callback=None, stop=None) -> tuple[list[dict], bool]:
-    """One run (a `runs.RunSpec` of these settings) through `runs.execute`: (records, skipped)."""
-    spec = RunSpec(peers=tuple(_peer_list(peers)), init=init, mode=mode, seed=seed, ckpt_dir=ckpt_dir, preset=preset,
-                   epochs=epochs, device=device, weight=weight, divergence=divergence, warmup_steps=warmup_steps,
-                   finetune_lr_scale=finetune_lr_scale, finetune_epochs=finetune_epochs,
-                   finetune_monitor=finetune_monitor, amp=amp, batch_size=batch_size, overrides=overrides or {},
-                   threads=threads, tag=tag, progress=progress)
+def run_one(data, peers, *, store=None, force: bool = False, out_dir: str | Path | None = None, callback=None,
+            stop=None, **settings) -> tuple[list[dict], bool]:
+    """One run through `runs.execute`: (records, skipped). `settings`: `RunSpec` fields (init, mode,
+    seed, ckpt_dir, preset, epochs, weight, ...)."""
+    spec = RunSpec.from_dict({**settings, "peers": tuple(_peer_list(peers))})
     return runs.execute(spec, data, store=store, out_dir=out_dir, force=force, callback=callback, stop=stop)
 
 
-def run(data, peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(2021,), store=None,
-        ckpt_dir: str | Path | None = None, preset: str = "quick", epochs: int | None = None,
-        device: str = "auto", weight: float | Sequence[float] = 1.0, divergence: str = "mse",
-        warmup_steps: int = 0, finetune_lr_scale: float | Sequence[float] = 0.1, finetune_epochs: int = 2,
-        finetune_monitor: str = "AUC-logloss", amp: str = "auto", overrides: dict | None = None,
-        threads: Any = "auto", tag: str | None = None, force: bool = False, progress: bool = True) -> pd.DataFrame:
+def run(data, peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(2021,), store=None, force: bool = False,
+        **settings) -> pd.DataFrame:
     """Every run of the grid (see `expand`; `weight` and `finetune_lr_scale` may be lists), each
     recorded as it finishes; every spec is validated and the checkpoints a pretrained/kd run needs
-    are checked for all runs before the first one starts. `overrides`: train-config keys for every
-    peer of every run (e.g. the baselines' patience for runs from scratch)."""
+    are checked for all runs before the first one starts. `settings`: `RunSpec` fields for every run
+    (`ckpt_dir` is the folder of the `seed<S>` folders; `overrides`: train-config keys for every peer
+    of every run, e.g. the baselines' patience for runs from scratch); `progress` shows the runs' bar."""
+    progress = settings.pop("progress", True)
+    weight, lr_scale = settings.pop("weight", 1.0), settings.pop("finetune_lr_scale", 0.1)
+    ckpt_dir = settings.pop("ckpt_dir", None)
     specs = []
-    for s in expand(peer_sets, inits=inits, modes=modes, seeds=seeds, weight=weight,
-                    finetune_lr_scale=finetune_lr_scale):
+    for s in expand(peer_sets, inits=inits, modes=modes, seeds=seeds, weight=weight, finetune_lr_scale=lr_scale):
         ck = seed_dir(ckpt_dir, s["seed"]) if ckpt_dir is not None else None
-        spec = RunSpec(peers=tuple(s["peers"]), init=s["init"], mode=s["mode"], seed=s["seed"], ckpt_dir=ck,
-                       preset=preset, epochs=epochs, device=device, weight=s["weight"], divergence=divergence,
-                       warmup_steps=warmup_steps, finetune_lr_scale=s["finetune_lr_scale"],
-                       finetune_epochs=finetune_epochs, finetune_monitor=finetune_monitor, amp=amp, threads=threads,
-                       overrides=overrides or {}, tag=tag, progress=False)
+        spec = RunSpec.from_dict({**settings, **s, "peers": tuple(s["peers"]), "ckpt_dir": ck, "progress": False})
         for label, use in zip(spec.peers, spec.from_checkpoint):
             path = runs.checkpoint_path(ck, label) if use else None
             if path is not None and not path.is_file():

@@ -23,15 +23,11 @@ import pandas as pd
 from filelock import FileLock
 
 from ctrkit.core.utils import CtrkitError, atomic_path
+from ctrkit.experiments.record import CORE_FIELDS
 
-# Columns every record is expected to carry, in the order the tidy frame shows them first.
-COLUMNS = [
-    "run_key", "dataset", "fingerprint", "mode", "init", "seed", "n_peers", "peer_index", "peer",
-    "peers", "partners", "weight", "divergence", "preset", "epochs",
-    "valid_auc", "valid_logloss", "test_auc", "test_logloss",
-    "pretrained_test_auc", "partners_pretrained_auc", "ensemble_test_auc", "ensemble_test_logloss",
-    "seconds", "config", "env_info", "append_id", "append_size", "written_at",
-]
+# Columns every record is expected to carry (`ctrkit.experiments.record.Record`'s core fields), in the
+# order the tidy frame shows them first, then the append stamps.
+COLUMNS = [*CORE_FIELDS, "append_id", "append_size", "written_at"]
 
 
 class ResultsStore:

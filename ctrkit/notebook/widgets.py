@@ -30,6 +30,7 @@ import pandas as pd
 from ctrkit import experiments
 from ctrkit.models import MODELS
 from ctrkit.experiments.store import ResultsStore
+from ctrkit.training import config
 from ctrkit.training.loop import RunStopped
 from ctrkit.core.extras import require
 from ctrkit.core.utils import CtrkitError
@@ -50,9 +51,9 @@ _STORE_COLUMNS = ["tag", "mode", "init", "peers", "peer", "seed", "epochs", "pre
 _NUMERIC = {"seed", "epochs", "best_epoch", "weight", "pretrained_test_auc", "valid_auc", "test_auc",
             "delta_auc", "test_logloss", "ensemble_test_auc"}
 _INTEGER = {"seed", "epochs", "best_epoch"}
-# What run_one accepts (kept here so the widget depends on experiments.run_one alone).
-INITS = ("pretrained", "scratch")
-MODES = ("mutual", "alone", "kd", "ensemble")
+# The choices (RunSpec's), pretrained first: the widget's default when checkpoints exist.
+INITS = tuple(sorted(config.INITS, key=lambda init: init != "pretrained"))
+MODES = config.MODES
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ class PeerSelector(W.VBox):
     def _validate(self) -> _Request:
         peers = list(self.peers.value)
         mode, init, seed = self.mode.value, self.init.value, int(self.seed.value)
-        need = 1 if mode == "alone" else 2
+        need = config.min_peers(mode)
         if len(peers) < need:
             raise CtrkitError(f"mode {mode!r} needs at least {need} peers; {len(peers)} selected")
         folder = Path(self.checkpoints.value) if self.checkpoints.value else None
@@ -297,13 +298,12 @@ class PeerSelector(W.VBox):
 
     def _call_run_one(self, r: _Request) -> tuple[list[dict], bool]:
         """The one call into the experiments layer."""
-        kwargs = dict(peers=r.peers, init=r.init, mode=r.mode, seed=r.seed, store=self.store,
-                      ckpt_dir=r.ckpt_folder, preset=self.preset, device=self.device, weight=r.weight,
-                      force=r.force, progress=False, out_dir=r.out_dir, callback=self._on_epoch,
-                      tag=EXPLORATION_TAG, stop=self._stop)
+        settings = dict(init=r.init, mode=r.mode, seed=r.seed, ckpt_dir=r.ckpt_folder, preset=self.preset,
+                        device=self.device, weight=r.weight, progress=False, tag=EXPLORATION_TAG)
         # pretrained peers finetune for `finetune_epochs`; scratch peers train for `epochs`
-        kwargs["epochs" if r.init == "scratch" else "finetune_epochs"] = r.epochs
-        return experiments.run_one(self.data, **kwargs)
+        settings["epochs" if r.init == "scratch" else "finetune_epochs"] = r.epochs
+        return experiments.run_one(self.data, r.peers, store=self.store, force=r.force, out_dir=r.out_dir,
+                                   callback=self._on_epoch, stop=self._stop, **settings)
 
     def _run(self, r: _Request) -> None:
         t0 = time.perf_counter()

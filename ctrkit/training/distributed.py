@@ -17,7 +17,7 @@ batch, gather the peers' probabilities and agree on bookkeeping. Every rank draw
 order from the same seed, takes its shard (`shard_of`) and scales its loss by |shard|*D/B so that
 DDP's gradient average over the replicas is exactly the full-batch gradient. With D = 1 this is
 the single process, step for step (tested to float tolerance), dropout included: every peer draws
-its masks from its own stream (`ctrkit.training.protocol.dropout_seed`).
+its masks from its own stream (`ctrkit.training.rng.dropout_seed`).
 
 Per step and rank the only traffic outside DDP is one all_gather of b = B/D floats per peer:
 (P-1)*b*4 bytes received (`Comm.stats` counts what is actually gathered). Evaluation gathers
@@ -257,22 +257,15 @@ def shutdown() -> None:
 
 
 class DistExchange:
-    """`ctrkit.training.loop.LocalExchange`'s interface over a Comm: this rank trains one peer
-    (`comm.peer`) on its shard of every batch and gathers the others' probabilities."""
+    """The `ctrkit.training.exchange.Exchange` interface over a Comm: this rank trains one peer
+    (`comm.peer`) on its shard of every batch and gathers the others' probabilities. The loop's
+    `where` (epoch, step) goes into the Comm before each collective, for the error if a rank vanishes."""
 
     def __init__(self, comm: Comm):
         self.comm, self.device = comm, comm.device
         self.n_peers, self.replicas, self.replica = comm.layout.n_peers, comm.layout.replicas, comm.replica
         self.is_main = comm.is_main
         self.label = f" (rank {comm.rank})"
-
-    @property
-    def where(self) -> str:
-        return self.comm.where
-
-    @where.setter
-    def where(self, value: str) -> None:  # what the rank is doing, for the error if a peer vanishes
-        self.comm.where = value
 
     @property
     def resume_label(self) -> str:
@@ -291,10 +284,16 @@ class DistExchange:
     def shard(self, idx: torch.Tensor) -> tuple[torch.Tensor, float]:
         return shard_of(idx, self.replicas, self.replica)
 
-    def gather(self, local: torch.Tensor, *, training: bool = True) -> torch.Tensor:
+    def _at(self, where: str) -> None:
+        if where:  # what the rank is doing, for the error message if a peer vanishes
+            self.comm.where = where
+
+    def gather(self, local: torch.Tensor, *, training: bool = True, where: str = "") -> torch.Tensor:
+        self._at(where)
         return self.comm.gather_peers(local[0], training=training)
 
-    def gather_objects(self, items: list) -> list:
+    def gather_objects(self, items: list, *, where: str = "") -> list:
+        self._at(where)
         # replicas of a peer hold identical weights and see the same validation set: replica 0
         # speaks for the peer
         return [g[0] for g in self.comm.gather_objects(items)[::self.replicas]]
@@ -303,13 +302,15 @@ class DistExchange:
         """Rank 0's `obj` on every rank."""
         return self.comm.gather_objects(obj)[0]
 
-    def agree(self, fn: Callable[[], Any]) -> Any:
+    def agree(self, fn: Callable[[], Any], *, where: str = "") -> Any:
+        self._at(where)
         return agree(self.comm, fn)
 
     def common_epochs(self, epochs: set[int]) -> set[int]:
         return set.intersection(*[set(e) for e in self.comm.gather_objects(sorted(epochs))])
 
-    def step(self, peer: Peer, loss: torch.Tensor) -> None:
+    def step(self, peer: Peer, loss: torch.Tensor, *, where: str = "") -> None:
+        self._at(where)
         try:  # with D > 1 the backward all-reduces gradients: a lost replica surfaces here
             peer.step(loss)
         except RuntimeError as e:
@@ -325,7 +326,7 @@ class DistExchange:
         return {"world_size": self.comm.layout.world_size, "n_peers": self.n_peers, "peer": self.comm.peer}
 
     def result_extra(self, train_seconds: float, peers: Sequence[Peer], batch_size: int) -> dict:
-        self.where = "gathering the results"
+        self._at("gathering the results")
         stats = self.comm.stats()
         per_rank = self.comm.gather_objects(stats)
         n_params = sum(p.numel() for p in peers[0].params)

@@ -15,10 +15,12 @@ from typing import Sequence
 
 from torch import nn
 
-from ctrkit.training.loop import MODES, LocalExchange, MutualConfig, Peer, train_peers
-from ctrkit.core.utils import CtrkitError, resolve_device
+from ctrkit.core.utils import CtrkitError
+from ctrkit.training.config import MODES, RunConfig
+from ctrkit.training.exchange import Exchange, LocalExchange
+from ctrkit.training.loop import Peer, train_peers
 
-__all__ = ["MODES", "MutualConfig", "mutual_fit", "teachers", "best_path"]
+__all__ = ["MODES", "RunConfig", "mutual_fit", "teachers", "best_path"]
 
 
 def teachers(mode: str, n_peers: int) -> list[list[int]]:
@@ -35,10 +37,7 @@ def best_path(out: Path, index: int, name: str) -> Path:
     return out / f"{index}_{name}" / "best.pt"
 
 
-def _check_peers(models: Sequence[nn.Module], mode: str, n_peers: int, data) -> None:
-    need = 1 if mode == "alone" else 2
-    if n_peers < need:
-        raise CtrkitError(f"mode {mode!r} needs at least {need} peers, got {n_peers}")
+def _check_peers(models: Sequence[nn.Module], data) -> None:
     sizes = list(data.field_sizes)
     for i, m in enumerate(models):
         fs = getattr(m, "field_sizes", None)
@@ -48,35 +47,33 @@ def _check_peers(models: Sequence[nn.Module], mode: str, n_peers: int, data) -> 
                               f"peers must share the dataset's feature map")
 
 
-def mutual_fit(models: Sequence[nn.Module], data, config: MutualConfig | dict | None = None, *, exchange=None,
-               out_dir: str | Path | None = None, resume: bool = False, callback=None, stop=None,
-               starts: Sequence[dict | None] | None = None) -> dict:
+def mutual_fit(models: Sequence[nn.Module], data, config: RunConfig | dict, *, exchange: Exchange | None = None,
+               out_dir: str | Path | None = None, starts: Sequence[dict | None] | None = None, **loop) -> dict:
     """Train `models` together on `data` (CTRData); seed each model's init before building it, the
     shared batch order is seeded with `config.seed`. Returns the result dict: `peers` (per-peer
     valid/test AUC and logloss, best epoch, whether it stopped early), `ensemble`, `history`,
     `seconds`, `env`. With `out_dir`: a last checkpoint every epoch, `<out_dir>/<i>_<Model>/best.pt`
-    per trained peer and result.json; `resume`, `callback`, `stop` as in `train_peers`.
+    per trained peer and result.json; `loop`: `resume`, `callback`, `stop` as in `train_peers`.
 
+    `config.peers`: one TrainConfig per peer of the run (all ranks' under an exchange).
     `exchange`: None trains every model in this process; a `ctrkit.training.distributed.DistExchange`
     trains this rank's one model (`models` = [it]) with the others on their ranks. `starts`: per
     model, the validation metrics of its pretrained weights (epoch 0 of a finetuning run) or None."""
-    config = config if isinstance(config, MutualConfig) else MutualConfig.from_dict(config or {})
+    config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     n_peers = exchange.n_peers if exchange is not None else len(models)
-    _check_peers(models, config.mode, n_peers, data)
-    exchange = exchange or LocalExchange(n_peers, resolve_device(config.device))
-    local = exchange.local_indices()
-    tcfg = config.train if isinstance(config.train, (list, tuple)) else [config.train] * n_peers
-    if len(tcfg) != n_peers:
-        raise CtrkitError(f"mutual config train: {len(tcfg)} peer configs for {n_peers} peers")
+    if len(config.peers) != n_peers:
+        raise CtrkitError(f"run config: {len(config.peers)} peer configs for {n_peers} peers")
+    _check_peers(models, data)
+    exchange = exchange or LocalExchange(n_peers, config.torch_device)
     learns = teachers(config.mode, n_peers)
     fixed = {0} if config.mode == "kd" else set()
     starts = list(starts) if starts is not None else [None] * len(models)
-    peers = [Peer(m, config.peer_train_config(tcfg[k]), index=k, learns_from=learns[k],
-                  trainable=config.mode != "ensemble" and k not in fixed, device=exchange.device,
-                  replica=exchange.replica, start=start)
-             for k, m, start in zip(local, models, starts)]
-    for p in peers:
-        exchange.wrap(p)
     out = Path(out_dir) if out_dir is not None else None
-    return train_peers(peers, data, config, exchange=exchange, out_dir=out, resume=resume, callback=callback,
-                       stop=stop, best_paths=[best_path(out, p.index, p.name) for p in peers] if out else None)
+    peers = []
+    for k, m, start in zip(exchange.local_indices(), models, starts):
+        p = Peer(m, config.peers[k], index=k, learns_from=learns[k], trainable=config.mode != "ensemble" and k not in fixed,
+                 device=exchange.device, replica=exchange.replica, start=start)
+        p.best_path = best_path(out, p.index, p.name) if out is not None else None
+        exchange.wrap(p)
+        peers.append(p)
+    return train_peers(peers, data, config, exchange=exchange, out_dir=out, **loop)

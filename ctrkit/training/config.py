@@ -1,0 +1,435 @@
+"""A run's settings, defined once: `TrainConfig` (one peer's optimizer and schedule), `RunConfig`
+(what the training loop runs: mode, batches, epochs, device, and one TrainConfig per peer),
+`RunSpec` (a mutual run as the results store keys it) and `PretrainSpec` (one baseline). Keyword-only
+dataclasses, unknown keys rejected; each rule (alone's weight, the peer count, the device) decided here.
+
+A *train dict* is the flat form FuxiCTR configs, the presets, `--set` and every checkpoint's
+`train_config` use: a peer's TrainConfig keys and the run-level keys a single model's training
+carries (epochs, batch_size, seed, ...), in `TRAIN_DICT_KEYS` order. `RunConfig.single(train_dict)`
+reads one, `RunConfig.train_dict(k)` writes peer k's (what best.pt and result.json hold).
+Adding a knob: one field here and the code that uses it (and a CLI flag if it belongs on the CLI).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ctrkit.core.errors import CtrkitError
+from ctrkit.core.utils import resolve_device, resolve_threads
+from ctrkit.models import canonical_name
+from ctrkit.training import metrics
+from ctrkit.training.losses import check_divergence, check_weight
+
+__all__ = ["MODES", "INITS", "TAGS", "AMP_CHOICES", "TRAIN_DICT_KEYS", "RUN_TRAIN_KEYS", "TrainConfig", "RunConfig",
+           "RunSpec", "PretrainSpec", "min_peers", "stored_weight", "weight_matters", "run_key", "peer_labels",
+           "split_label", "parse_monitor"]
+
+MODES = ("mutual", "alone", "kd", "ensemble")
+INITS = ("scratch", "pretrained")
+TAGS = (None, "exploration")
+AMP_CHOICES = ("auto", "bf16", "off")
+# Monitors as FuxiCTR writes them: a metric name, or {metric: weight} summed (BARS: AUC - logloss).
+_MONITOR_ALIASES = {"auc": {"auc": 1.0}, "logloss": {"logloss": -1.0},
+                    "auc-logloss": {"auc": 1.0, "logloss": -1.0}}
+# The flat train dict's keys in the order checkpoints and result.json have always written them.
+TRAIN_DICT_KEYS = ("epochs", "batch_size", "lr", "embedding_regularizer", "net_regularizer", "clip_grad_norm",
+                   "monitor", "patience", "lr_decay", "min_lr", "eval_batch_size", "amp", "device", "seed",
+                   "progress", "check_every", "threads")
+# ... of which these are the run's (one batch feeds every peer), the others a peer's TrainConfig.
+RUN_TRAIN_KEYS = ("epochs", "batch_size", "eval_batch_size", "amp", "device", "seed", "progress", "check_every",
+                  "threads")
+# Train-dict keys that change how a run goes, not what it gives: not part of a baseline's key.
+_NOT_RESULT = {"progress", "device", "threads", "eval_batch_size", "check_every"}
+
+
+# ---------------------------------------------------------------- the rules, each decided once
+
+
+def min_peers(mode: str) -> int:
+    """alone trains one or more peers side by side; every other mode needs someone to learn from."""
+    return 1 if mode == "alone" else 2
+
+
+def stored_weight(mode: str, weight: float) -> float:
+    """The weight a run records: alone learns from nobody, so 0. (ensemble keeps the weight it was
+    given: the store's run keys of existing ensemble runs depend on it.)"""
+    return 0.0 if mode == "alone" else float(weight)
+
+
+def weight_matters(mode: str) -> bool:
+    """Whether two runs differing only in weight differ: not when nobody learns (alone, ensemble)."""
+    return mode in ("mutual", "kd")
+
+
+def run_key(**fields) -> str:
+    """Stable id of a run's settings (sorted JSON -> sha1)."""
+    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def peer_labels(models: Sequence[str]) -> list[str]:
+    """Unique labels within a run: DeepFM, DCN, DeepFM_2 (a repeated model gets its occurrence)."""
+    seen: Counter = Counter()
+    out = []
+    for m in models:
+        seen[m] += 1
+        out.append(m if seen[m] == 1 else f"{m}_{seen[m]}")
+    return out
+
+
+def split_label(label: str) -> tuple[str, int]:
+    """"DeepFM_2" -> ("DeepFM", 2); "DeepFM" -> ("DeepFM", 1)."""
+    name, _, k = label.rpartition("_")
+    if name and k.isdigit():
+        return canonical_name(name), int(k)
+    return canonical_name(label), 1
+
+
+def _reject_unknown(cls, d: dict, what: str) -> None:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(valid))
+    if unknown:
+        raise CtrkitError(f"unknown {what} key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+
+
+def _check_int(what: str, name: str, v: Any, lo: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise CtrkitError(f"{what} {name}: expected an int >= {lo}, got {v!r}")
+
+
+def _parse_regularizer(name: str, value: Any) -> float:
+    # FuxiCTR configs write the regularizer as 1e-05, "1e-05" or "l2(1.e-5)"; all mean an L2 weight.
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text.startswith("l2(") and text.endswith(")"):
+            text = text[3:-1]
+        try:
+            value = float(text)
+        except ValueError:
+            raise CtrkitError(f"train config {name}: expected a number or l2(number), got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise CtrkitError(f"train config {name}: expected a number >= 0, got {value!r}")
+    return float(value)
+
+
+def parse_monitor(value: Any) -> dict[str, float]:
+    """A monitor as {metric: weight} (AUC, logloss, AUC-logloss or a dict)."""
+    if isinstance(value, str):
+        key = value.replace(" ", "").lower()
+        if key not in _MONITOR_ALIASES:
+            raise CtrkitError(f"train config monitor: unknown {value!r}; valid: AUC, logloss, AUC-logloss "
+                              f"or a dict like {{\"AUC\": 1, \"logloss\": -1}}")
+        return dict(_MONITOR_ALIASES[key])
+    if isinstance(value, dict) and value:
+        out = {}
+        for k, w in value.items():
+            if str(k).lower() not in metrics.METRICS or isinstance(w, bool) or not isinstance(w, (int, float)):
+                raise CtrkitError(f"train config monitor: bad entry {k!r}: {w!r}; metrics: AUC, logloss")
+            out[str(k).lower()] = float(w)
+        return out
+    raise CtrkitError(f"train config monitor: expected AUC, logloss, AUC-logloss or a dict, got {value!r}")
+
+
+# ---------------------------------------------------------------- one peer
+
+
+@dataclasses.dataclass(kw_only=True, frozen=True)
+class TrainConfig:
+    """One peer's optimizer and schedule (FuxiCTR's protocol): Adam's lr, the L2 regularizers,
+    gradient clipping, the monitor, early-stopping patience and the plateau LR decay."""
+
+    lr: float = 1e-3
+    embedding_regularizer: float = 0.0
+    net_regularizer: float = 0.0
+    clip_grad_norm: float | None = 10.0
+    monitor: Any = "AUC"
+    patience: int = 2
+    lr_decay: float = 0.1
+    min_lr: float = 1e-6
+
+    def __post_init__(self):
+        set_ = functools.partial(object.__setattr__, self)
+        _check_int("train config", "patience", self.patience, 0)
+        for name in ("lr", "lr_decay", "min_lr"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
+                raise CtrkitError(f"train config {name}: expected a finite number > 0, got {v!r}")
+            set_(name, float(v))
+        set_("embedding_regularizer", _parse_regularizer("embedding_regularizer", self.embedding_regularizer))
+        set_("net_regularizer", _parse_regularizer("net_regularizer", self.net_regularizer))
+        if self.clip_grad_norm is not None:
+            v = self.clip_grad_norm
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise CtrkitError(f"train config clip_grad_norm: expected a number > 0 or null, got {v!r}")
+            set_("clip_grad_norm", float(v))
+        parse_monitor(self.monitor)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TrainConfig":
+        d = dict(d or {})
+        _reject_unknown(cls, d, "train config")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+# ---------------------------------------------------------------- what the loop runs
+
+
+@dataclasses.dataclass(kw_only=True, frozen=True)
+class RunConfig:
+    """What the training loop runs: the run-level settings (one batch feeds every peer) and
+    `peers`, one TrainConfig (or dict) per peer. `weight` is the mutual term's (alone: 0);
+    `threads`: intra-op CPU threads, a number, "auto" (`ctrkit.core.utils.resolve_threads`: the cores
+    other processes leave free) or None (torch's setting as it is). `torch_device` is `device` resolved."""
+
+    peers: tuple
+    mode: str = "mutual"
+    weight: float = 1.0
+    divergence: str = "mse"
+    warmup_steps: int = 0
+    epochs: int = 10
+    batch_size: int = 4096
+    seed: int = 2021
+    device: str = "auto"
+    amp: str = "auto"
+    eval_batch_size: int = 65536
+    # Steps between host syncs (non-finite check, progress refresh): rare enough to keep the device busy.
+    check_every: int = 100
+    progress: bool = True
+    threads: Any = "auto"
+
+    def __post_init__(self):
+        set_ = functools.partial(object.__setattr__, self)
+        if self.mode not in MODES:
+            raise CtrkitError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        check_weight(self.weight)
+        check_divergence(self.divergence)
+        set_("weight", stored_weight(self.mode, self.weight))
+        for name in ("warmup_steps", "epochs", "batch_size", "seed", "eval_batch_size", "check_every"):
+            _check_int("train config", name, getattr(self, name), 0 if name in ("warmup_steps", "seed", "epochs") else 1)
+        if self.amp not in AMP_CHOICES:
+            raise CtrkitError(f"train config amp: expected one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+        set_("device", str(self.device))
+        if self.threads not in (None, "auto"):
+            resolve_threads(self.threads)  # a bad value is an error now, not at the start of training
+        if not isinstance(self.progress, bool):
+            raise CtrkitError(f"train config progress: expected true or false, got {self.progress!r}")
+        peers = [self.peers] if isinstance(self.peers, (TrainConfig, dict)) else list(self.peers)
+        set_("peers", tuple(p if isinstance(p, TrainConfig) else TrainConfig.from_dict(p) for p in peers))
+        if len(self.peers) < min_peers(self.mode):
+            raise CtrkitError(f"mode {self.mode!r} needs at least {min_peers(self.mode)} peers, got {len(self.peers)}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        _reject_unknown(cls, d, "run config")
+        return cls(**d)
+
+    @classmethod
+    def single(cls, train: dict | None = None) -> "RunConfig":
+        """One model trained alone (`fit`) from a flat train dict (a preset's `train` plus run keys)."""
+        train = dict(train or {})
+        unknown = sorted(set(train) - set(TRAIN_DICT_KEYS))
+        if unknown:
+            raise CtrkitError(f"unknown train config key(s) {', '.join(unknown)}; valid: {', '.join(TRAIN_DICT_KEYS)}")
+        peer = TrainConfig.from_dict({k: v for k, v in train.items() if k not in RUN_TRAIN_KEYS})
+        return cls(mode="alone", weight=0.0, peers=(peer,), **{k: v for k, v in train.items() if k in RUN_TRAIN_KEYS})
+
+    @functools.cached_property
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def run_dict(self) -> dict:
+        """The run-level settings (result.json's `config`, the resume signature)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "peers"}
+
+    def train_dict(self, k: int) -> dict:
+        """Peer k's flat train dict: what its best.pt and result.json record as `train_config`."""
+        # an ensemble run has 0 epochs; its peers' train dicts have always said 1
+        run = {**self.run_dict(), "epochs": max(self.epochs, 1)}
+        peer = self.peers[k].to_dict()
+        return {key: peer[key] if key in peer else run[key] for key in TRAIN_DICT_KEYS}
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def normalize_train_dict(train: dict) -> dict:
+    """A flat train dict validated, in `TRAIN_DICT_KEYS` order, numbers as the configs hold them."""
+    return RunConfig.single(train).train_dict(0)
+
+
+# ---------------------------------------------------------------- a mutual run, as the store keys it
+
+
+@dataclasses.dataclass(kw_only=True, frozen=True)
+class RunSpec:
+    """Everything that defines one run of N peers. `epochs` None: the presets' (scratch) or
+    `finetune_epochs` (pretrained). Pretrained peers come from `ckpt_dir/<label>/best.pt`, finetuned
+    at `finetune_lr_scale` x their pretraining lr, monitoring `finetune_monitor`; their pretrained
+    weights count as epoch 0. `overrides`: `--set` keys of the train config (every peer) or the
+    model (scratch peers). `tag` "exploration" keeps a run out of the paper's tables."""
+
+    peers: tuple[str, ...]
+    init: str = "scratch"
+    mode: str = "mutual"
+    weight: float = 1.0
+    divergence: str = "mse"
+    warmup_steps: int = 0
+    epochs: int | None = None
+    finetune_lr_scale: float = 0.1
+    finetune_epochs: int = 2
+    finetune_monitor: str = "AUC-logloss"
+    seed: int = 2021
+    preset: str = "quick"
+    amp: str = "auto"
+    batch_size: int | None = None
+    overrides: tuple = ()
+    ckpt_dir: str | None = None
+    tag: str | None = None
+    device: str = "auto"
+    threads: Any = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        peers = self.peers.split(",") if isinstance(self.peers, str) else self.peers
+        object.__setattr__(self, "peers", tuple(peer_labels([canonical_name(p.strip()) for p in peers if p.strip()])))
+        if isinstance(self.overrides, dict) or self.overrides is None:
+            object.__setattr__(self, "overrides", tuple(sorted((self.overrides or {}).items())))
+        if self.ckpt_dir is not None:
+            object.__setattr__(self, "ckpt_dir", str(Path(self.ckpt_dir).resolve()))
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSpec":
+        _reject_unknown(cls, d, "run setting")
+        return cls(**d)
+
+    @property
+    def names(self) -> list[str]:
+        return [split_label(p)[0] for p in self.peers]
+
+    @property
+    def from_checkpoint(self) -> list[bool]:
+        """Which peers are loaded: all when pretrained; the kd teacher (peer 0) always."""
+        return [self.init == "pretrained" or (self.mode == "kd" and k == 0) for k in range(len(self.peers))]
+
+    @functools.cached_property
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def validate(self) -> None:
+        if self.init not in INITS:
+            raise CtrkitError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
+        if self.mode not in MODES:
+            raise CtrkitError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        check_weight(self.weight)
+        check_divergence(self.divergence)
+        if len(self.peers) < min_peers(self.mode):
+            raise CtrkitError(f"--peers: mode {self.mode!r} needs at least {min_peers(self.mode)} peers, got "
+                              f"{len(self.peers)} ({','.join(self.peers)})")
+        if self.mode == "ensemble" and self.init != "pretrained":
+            raise CtrkitError("mode 'ensemble' averages pretrained peers: use --init pretrained with --ckpt-dir")
+        if any(self.from_checkpoint) and self.ckpt_dir is None:
+            raise CtrkitError(f"init {self.init!r} / mode {self.mode!r} needs --ckpt-dir (one `pretrain --out` folder "
+                              f"per model)")
+        if not (isinstance(self.finetune_lr_scale, (int, float)) and 0 < self.finetune_lr_scale < math.inf):
+            raise CtrkitError(f"finetune_lr_scale: expected a finite number > 0, got {self.finetune_lr_scale!r}")
+        for name in ("finetune_epochs", "warmup_steps", "seed") + (("epochs",) if self.epochs is not None else ()):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if "epochs" in name else 0):
+                raise CtrkitError(f"{name}: expected an int >= {1 if 'epochs' in name else 0}, got {v!r}")
+        if self.tag not in TAGS:
+            raise CtrkitError(f"tag: expected one of {TAGS}, got {self.tag!r}")
+
+    def settings(self) -> dict:
+        """Every setting that changes a result, as stored; what is irrelevant to this run is None."""
+        loads = any(self.from_checkpoint)
+        return {"peers": list(self.peers), "init": self.init, "mode": self.mode,
+                "weight": stored_weight(self.mode, self.weight), "divergence": self.divergence,
+                "warmup_steps": self.warmup_steps, "epochs": self.epochs, "preset": self.preset, "amp": self.amp,
+                "batch_size": self.batch_size, "overrides": dict(self.overrides), "tag": self.tag,
+                "finetune_lr_scale": self.finetune_lr_scale if loads else None,
+                "finetune_epochs": self.finetune_epochs if self.init == "pretrained" else None,
+                "finetune_monitor": self.finetune_monitor if loads else None,
+                "ckpt_dir": self.ckpt_dir if loads else None}
+
+    def key(self, fingerprint: str) -> str:
+        """The store's skip-if-done key: the data, every setting, the seed."""
+        return run_key(fingerprint=fingerprint, seed=self.seed, **self.settings())
+
+    def settings_key(self, fingerprint: str) -> str:
+        """The same without the seed and the per-seed checkpoint folder: runs that tables may pair by seed."""
+        s = {**self.settings(), "ckpt_dir": None}
+        return run_key(fingerprint=fingerprint, **s)
+
+    def run_config(self, trains: Sequence[dict], device: torch.device | str) -> RunConfig:
+        """The loop's config from every peer's flat train dict (preset or checkpoint, `--set` applied):
+        the run's epochs are the spec's, else finetune_epochs (pretrained) or the longest preset's;
+        its batch size the spec's, else the first peer's."""
+        epochs = self.epochs or (self.finetune_epochs if self.init == "pretrained" else max(t["epochs"] for t in trains))
+        return RunConfig(mode=self.mode, weight=self.weight, divergence=self.divergence, warmup_steps=self.warmup_steps,
+                         epochs=0 if self.mode == "ensemble" else epochs,
+                         batch_size=self.batch_size or trains[0]["batch_size"], seed=self.seed, device=str(device),
+                         amp=self.amp, progress=self.progress, threads=self.threads,
+                         peers=tuple(TrainConfig.from_dict({k: v for k, v in t.items() if k not in RUN_TRAIN_KEYS})
+                                     for t in trains))
+
+
+# ---------------------------------------------------------------- one baseline
+
+
+@dataclasses.dataclass(kw_only=True, frozen=True)
+class PretrainSpec:
+    """One baseline: `model` (or a label, "DeepFM_2": init seed + 1) trained alone with its preset.
+    `epochs`/`amp` None: the preset's; `overrides`: `--set` keys (train dict or model), winning over
+    the other fields."""
+
+    model: str
+    preset: str = "quick"
+    seed: int = 2021
+    epochs: int | None = None
+    overrides: Any = None
+    device: str = "auto"
+    threads: Any = "auto"
+    amp: str | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainSpec":
+        _reject_unknown(cls, d, "pretrain setting")
+        return cls(**d)
+
+    @property
+    def label(self) -> str:
+        name, k = split_label(self.model)
+        return name if k == 1 else f"{name}_{k}"
+
+    def base_train(self, preset_train: dict) -> dict:
+        """The flat train dict before `--set`: the preset's and this spec's run-level fields."""
+        return {**preset_train, "seed": self.seed, "device": str(resolve_device(self.device)),
+                "progress": self.progress, "threads": self.threads,
+                **({"epochs": self.epochs} if self.epochs is not None else {}),
+                **({"amp": self.amp} if self.amp is not None else {})}
+
+    def keys(self, fingerprint: str, hparams: dict, train: dict) -> tuple[str, str]:
+        """(run key, settings key) of the baseline trained with `hparams` and the flat `train` dict."""
+        train_key = {k: v for k, v in train.items() if k not in _NOT_RESULT}
+        common = dict(kind="baseline", fingerprint=fingerprint, peer=self.label, preset=self.preset, model=hparams)
+        return (run_key(seed=self.seed, **common, train=train_key),
+                run_key(**common, train={**train_key, "seed": None}))
