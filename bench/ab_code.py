@@ -1,14 +1,18 @@
-"""A/B of ctrkit's layer code: one model's training samples/s with the layer files of a git revision
-("old") against the working tree ("new"), in one interleaved run.
+"""A/B of ctrkit's code: one model's training samples/s with files of a git revision ("old") against
+the working tree ("new"), in one interleaved run.
 
-Both sides run the working tree's ctrkit except for ``--files`` (default ``ctrkit/layers.py`` and
-``ctrkit/models/fibinet.py``), which "old" takes from ``--old REV``: so the ratio is the change
-of those files and nothing else. Each job is a fresh subprocess (``PYTHONPATH`` on its copy of the
+Both sides run the working tree's ctrkit except for ``--files`` (default ``ctrkit``: the whole
+package), which "old" takes from ``--old REV`` (a folder: the revision's whole folder, e.g. a tree
+from before the package moved into layer folders; files: just those, e.g.
+``ctrkit/models/layers.py ctrkit/models/fibinet.py``, so the ratio is the change of those files and
+nothing else). Each job is a fresh subprocess (``PYTHONPATH`` on its copy of the
 package) that times the step of ``ctrkit.training.loop.fit`` (``make_optimizer`` Adam, BCE on logits,
 clipping at 10) on random Criteo-shaped indices with the same seed; jobs alternate old/new and the
 order flips every repeat. The loss summed over the timed steps is recorded: with the same maths it
-must agree between old and new up to float rounding. ``--new-env`` runs the new side once per
-environment setting (e.g. ``CTRKIT_CPU_BLAS=torch`` and ``=auto``): a three-way comparison in one run.
+must agree between old and new up to float rounding. The model is trained as ``fit`` trains it on
+the CPU (``ctrkit.kernels.for_device``, where the tree has it). ``--new-env`` runs the new side once
+per environment setting (e.g. ``CTRKIT_CPU_BLAS=torch`` and ``=auto``): a three-way comparison in one
+run.
 
     .venv/bin/python bench/ab_code.py --old HEAD~1 --model FiBiNET --batch-size 10000 --repeats 3
 """
@@ -37,9 +41,13 @@ def floor_worker(spec: dict) -> dict:
     the model must compute, so ``B / their time`` bounds its samples/s with this BLAS."""
     import torch
     from torch import nn
+    import ctrkit
     from ctrkit import models
-    from ctrkit.kernels import cpublas
 
+    if (Path(ctrkit.__file__).parent / "kernels").is_dir():
+        from ctrkit.kernels import cpublas
+    else:  # trees before the layer folders
+        from ctrkit import cpublas
     torch.set_num_threads(spec["threads"])
     model = models.build(spec["model"], FIELD_SIZES, **spec["hparams"])
     wide = max((m for m in model.modules() if isinstance(m, nn.Linear)), key=lambda m: m.weight.numel())
@@ -59,6 +67,39 @@ def floor_worker(spec: dict) -> dict:
             "loadavg": os.getloadavg()}
 
 
+def _tree_api(names: tuple[str, ...]) -> list:
+    """`names` from the ctrkit on the path, in whichever module that tree keeps them (trees before and
+    after the layer folders and the trainer's split differ)."""
+    import importlib
+
+    import ctrkit
+
+    root = Path(ctrkit.__file__).parent
+    places = ("ctrkit.training.loop", "ctrkit.training.optim", "ctrkit.training.protocol", "ctrkit.training.precision",
+              "ctrkit.training.config", "ctrkit.core.utils", "ctrkit.train", "ctrkit.utils")
+    found = {}
+    for place in places:
+        # only modules of this tree: the project's editable install would otherwise supply a
+        # subpackage the old tree lacks from the working tree
+        if not root.joinpath(*place.split(".")[1:]).with_suffix(".py").is_file():
+            continue
+        mod = importlib.import_module(place)
+        found.update({n: getattr(mod, n) for n in names if n not in found and hasattr(mod, n)})
+    return [found[n] for n in names]
+
+
+def _for_device(model, device: str):
+    """The trainer's CPU kernels where this tree has them (``ctrkit/kernels/cpu.py``); older trees
+    had them inside the layers."""
+    import ctrkit
+
+    if (Path(ctrkit.__file__).parent / "kernels" / "cpu.py").is_file():
+        from ctrkit.kernels import for_device
+
+        return for_device(model, device)
+    return model
+
+
 def worker(spec: dict) -> dict:
     if spec.get("floor"):
         return floor_worker(spec)
@@ -66,13 +107,13 @@ def worker(spec: dict) -> dict:
     import torch.nn.functional as F
     from torch import nn
     from ctrkit import models
-    from ctrkit.training.loop import TrainConfig, amp_context, make_optimizer
-    from ctrkit.core.utils import tune_cpu_allocator
 
+    TrainConfig, amp_context, make_optimizer, tune_cpu_allocator = _tree_api(
+        ("TrainConfig", "amp_context", "make_optimizer", "tune_cpu_allocator"))
     torch.set_num_threads(spec["threads"])
     tune_cpu_allocator()
     torch.manual_seed(0)
-    model = models.build(spec["model"], FIELD_SIZES, **spec["hparams"])
+    model = _for_device(models.build(spec["model"], FIELD_SIZES, **spec["hparams"]), "cpu")
     opt = make_optimizer(model, TrainConfig(lr=1e-3, embedding_regularizer=1e-5))
     params = list(model.parameters())
     B = spec["batch_size"]
@@ -111,14 +152,24 @@ def worker(spec: dict) -> dict:
 
 def make_trees(old_rev: str, files: list[str], tmp: Path) -> dict:
     """{"old": dir, "new": dir}, each holding a copy of the working tree's ctrkit package; "old" with
-    `files` as of `old_rev`."""
+    `files` as of `old_rev` (a folder replaced whole by the revision's: `git archive`)."""
     trees = {}
     for side in ("old", "new"):
         shutil.copytree(ROOT / "ctrkit", tmp / side / "ctrkit", ignore=shutil.ignore_patterns("__pycache__"))
         trees[side] = tmp / side
     for f in files:
+        f = f.rstrip("/")
+        kind = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-t", f"{old_rev}:{f}"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        if kind == "tree":
+            shutil.rmtree(tmp / "old" / f, ignore_errors=True)
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", old_rev, f], check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(tmp / "old")], input=archive, check=True)
+            continue
         text = subprocess.run(["git", "-C", str(ROOT), "show", f"{old_rev}:{f}"], check=True,
                               capture_output=True, text=True).stdout
+        (tmp / "old" / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp / "old" / f).write_text(text)
     return trees
 
@@ -168,7 +219,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--old", default="HEAD")
-    ap.add_argument("--files", nargs="+", default=["ctrkit/layers.py", "ctrkit/models/fibinet.py"])
+    ap.add_argument("--files", nargs="+", default=["ctrkit"],
+                    help="paths the old side takes from --old (a folder: whole); default the whole package")
     ap.add_argument("--model", default="FiBiNET")
     ap.add_argument("--hparams", default='{"embedding_dim": 16, "hidden_units": [400, 400, 400]}')
     ap.add_argument("--variants", nargs="+", default=["fp32"], choices=["fp32", "bf16"])

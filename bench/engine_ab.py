@@ -25,7 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER = r"""
 import json, sys, torch
 from ctrkit import data, models
-from ctrkit.training import loop as train
+try:
+    from ctrkit.training import loop as train
+except ImportError:  # trees before the layer folders (e.g. f382031)
+    from ctrkit import train
 from ctrkit.core.utils import seed_everything
 torch.set_num_threads(int(sys.argv[3]))
 d = data.load(sys.argv[1])

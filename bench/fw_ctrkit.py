@@ -5,16 +5,20 @@ The timed step is ctrkit.training.loop.fit's inner step, built from the same pub
 accumulated on the device), so the number is what `fit` gets per step. The auc mode calls
 `ctrkit.training.loop.fit` itself (1 epoch) on the prepared directory.
 
+Every variant but compile/textbook runs the model as `fit` does on the CPU, with the layer kernels of
+`ctrkit.kernels.cpu` switched in (`for_device`).
+
 Variants (spec["variant"]): fp32 | bf16 (autocast, fp32 master weights) | compile (torch.compile of
-the model, fp32) | compile_bf16 | perfield (fp32, the fused embedding table replaced by one
+the model's reference maths, which traces as one graph; fp32) | compile_bf16 | perfield (fp32, the fused embedding table replaced by one
 nn.Embedding per field + stack, as FuxiCTR/DeepCTR-Torch do: what fusing buys) | unfused_adam (fp32,
 the same optimizer groups as `make_optimizer` but torch's default single-tensor Adam instead of
 `fused=True`: what make_optimizer's fused kernel buys) | default_malloc (fp32 without
 `ctrkit.core.utils.tune_cpu_allocator`, which `fit` and every other variant apply: what it buys) |
 bf16_default_malloc (the same under bf16 autocast) |
-textbook (fp32, ctrkit's CPU layer fast paths swapped for the textbook code they replaced:
-ATen's embedding backward, FM through autograd, out-of-place ReLU, the layer-by-layer cross
-network, the pair-major bilinear: what those buy, model by model).
+textbook (fp32, the reference layers of `ctrkit.models.layers` instead of the CPU kernels --
+ATen's embedding backward, FM through autograd, the pair-major bilinear and torch.cat -- plus
+out-of-place ReLU and the layer-by-layer cross network; the MLP keeps `cpublas`: what the rest buys,
+model by model).
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
+
+BF16_VARIANTS = ("bf16", "compile_bf16", "bf16_default_malloc")
 
 
 def _per_field_embeddings(torch, model):
@@ -54,15 +60,9 @@ def _per_field_embeddings(torch, model):
 
 
 def _textbook_layers(torch):
-    """Swap ctrkit's CPU layer fast paths for the plain formulations they replaced (same maths)."""
-    import torch.nn.functional as F
+    """The cross network layer by layer (the reference layers are already the plain formulations the
+    CPU kernels replace; same maths)."""
     from ctrkit.models import layers
-
-    def embedding(self, X):
-        return F.embedding(X.to(self.offsets.dtype) + self.offsets, self.weight)
-
-    def fm(self, emb):
-        return 0.5 * (emb.sum(dim=1).pow(2) - emb.pow(2).sum(dim=1)).sum(dim=1)
 
     def cross(self, x0):
         x = x0
@@ -70,10 +70,22 @@ def _textbook_layers(torch):
             x = x0 * (x @ w).unsqueeze(1) + b + x
         return x
 
-    layers.FeatureEmbedding.forward = embedding
-    layers.FMInteraction.forward = fm
     layers.CrossNet.forward = cross
-    layers.Bilinear.forward = layers.Bilinear._pair_major
+
+
+def _layer_kernels(model, variant: str):
+    """The CPU kernels as `fit` switches them in; compile: none (the reference traces as one graph);
+    textbook: only the MLP's (`cpublas`), as before the kernels moved out of the models."""
+    from ctrkit.kernels import cpu, for_device
+    from ctrkit.models import layers
+
+    if variant == "textbook":
+        for m in model.modules():
+            if type(m) is layers.MLP:
+                m.__class__ = cpu.CpuMLP
+    elif not variant.startswith("compile"):
+        for_device(model, "cpu")
+    return model
 
 
 def _optimizer(torch, model, cfg, emb_params=None):
@@ -87,46 +99,57 @@ def _optimizer(torch, model, cfg, emb_params=None):
 
 
 def run_one(spec, model_spec, torch, data):
-    import torch.nn.functional as F
-    from torch import nn
-    from ctrkit import models
-    from ctrkit.training.loop import TrainConfig, amp_context, fit
-
+    from ctrkit.training.loop import TrainConfig
     from ctrkit.core.utils import tune_cpu_allocator
 
     variant = spec.get("variant", "fp32")
     if not variant.endswith("default_malloc"):
         tune_cpu_allocator()  # what fit/mutual_fit do on CPU (once per process; workers are fresh)
-    amp = "bf16" if variant in ("bf16", "compile_bf16", "bf16_default_malloc") else "off"
+    amp = "bf16" if variant in BF16_VARIANTS else "off"
     fm = data["feature_map"]
     sizes = [int(f["vocab_size"]) for f in fm["fields"]]
     cfg = TrainConfig(epochs=1, batch_size=int(spec["batch_size"]), lr=1e-3,
                       embedding_regularizer=spec.get("embedding_regularizer", 1e-5),
                       net_regularizer=0.0, amp=amp, device="cpu", seed=int(spec.get("seed", 2021)),
                       progress=False)
-
     if spec["mode"] == "auc":
-        from ctrkit import data as cdata
-        from ctrkit.core.utils import seed_everything
-        seed_everything(cfg.seed)
-        model = models.build(model_spec["model"], sizes, **model_spec["hparams"])
-        d = cdata.load(spec["data"])
-        # fit validates every epoch: a small valid split keeps that cheap (1 epoch: nothing to select)
-        d = _Subset(d, int(spec.get("train_rows") or d.rows["train"]), spec.get("test_rows"),
-                    valid_rows=spec.get("valid_rows", 10_000))
-        t0 = time.perf_counter()
-        res = fit(model, d, cfg.replace(monitor="AUC"))
-        return {"test_auc": res["test_auc"], "test_logloss": res["test_logloss"],
-                "valid_auc": res["valid_auc"], "fit_samples_per_s": res["samples_per_s"],
-                "seconds": time.perf_counter() - t0, "train_rows": d.rows["train"], "params": res["params"]}
-
+        return _auc(spec, model_spec, sizes, cfg)
     if spec["mode"] == "mutual":
         return _mutual_scaling(spec, model_spec, torch, sizes, cfg)
+    return _timed_steps(spec, model_spec, torch, data, sizes, cfg)
 
+
+def _auc(spec, model_spec, sizes, cfg):
+    """`ctrkit.training.loop.fit` itself, 1 epoch on the prepared directory."""
+    from ctrkit import data as cdata, models
+    from ctrkit.training.loop import fit
+    from ctrkit.core.utils import seed_everything
+
+    seed_everything(cfg.seed)
+    model = models.build(model_spec["model"], sizes, **model_spec["hparams"])
+    d = cdata.load(spec["data"])
+    # fit validates every epoch: a small valid split keeps that cheap (1 epoch: nothing to select)
+    d = _Subset(d, int(spec.get("train_rows") or d.rows["train"]), spec.get("test_rows"),
+                valid_rows=spec.get("valid_rows", 10_000))
+    t0 = time.perf_counter()
+    res = fit(model, d, cfg.replace(monitor="AUC"))
+    return {"test_auc": res["test_auc"], "test_logloss": res["test_logloss"],
+            "valid_auc": res["valid_auc"], "fit_samples_per_s": res["samples_per_s"],
+            "seconds": time.perf_counter() - t0, "train_rows": d.rows["train"], "params": res["params"]}
+
+
+def _timed_steps(spec, model_spec, torch, data, sizes, cfg):
+    """fit's inner step on the worker's training arrays, timed by `_common.time_steps`."""
+    import torch.nn.functional as F
+    from torch import nn
+    from ctrkit import models
+    from ctrkit.training.loop import amp_context
+
+    variant = spec.get("variant", "fp32")
     torch.manual_seed(cfg.seed)
     if variant == "textbook":
         _textbook_layers(torch)
-    model = models.build(model_spec["model"], sizes, **model_spec["hparams"])
+    model = _layer_kernels(models.build(model_spec["model"], sizes, **model_spec["hparams"]), variant)
     if variant == "textbook":
         for m in model.modules():
             if isinstance(m, nn.ReLU):
@@ -137,11 +160,8 @@ def run_one(spec, model_spec, torch, data):
     if variant == "unfused_adam":
         opt = torch.optim.Adam(opt.param_groups, lr=cfg.lr, fused=False, foreach=False)
     params = [p for p in model.parameters() if p.requires_grad]
-    fwd = model
-    t_compile = None
-    if variant.startswith("compile"):
-        fwd = torch.compile(model)
-    amp_dtype = torch.bfloat16 if amp == "bf16" else None
+    fwd = torch.compile(model) if variant.startswith("compile") else model
+    amp_dtype = torch.bfloat16 if variant in BF16_VARIANTS else None
     Xtr, ytr = (torch.from_numpy(a) for a in data["train"])
     it = _common.batch_indices(torch, Xtr.shape[0], cfg.batch_size, cfg.seed)
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -162,6 +182,7 @@ def run_one(spec, model_spec, torch, data):
         opt.step()
         loss_sum += loss.detach()
 
+    t_compile = None
     if variant.startswith("compile"):
         t0 = time.perf_counter()
         step(next_batch())  # first call compiles; timed separately (compile cost vs gain)
