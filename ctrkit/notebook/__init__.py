@@ -1,5 +1,6 @@
-"""Notebook layer: what the notebooks call to stay thin and the papermill runner of `ctrkit
-reproduce` (`reproduce`), and the peer-selector widget (`widgets`). Needs the `notebooks` extra.
+"""Notebook layer: what the notebooks call to stay thin (`reproduce`), the papermill runner of `ctrkit
+reproduce` (`runner`), the profiles both read (`profiles`), and the peer-selector widget (`widgets`).
+Needs the `notebooks` extra.
 """
 from ctrkit.core.extras import check
 
