@@ -37,7 +37,8 @@ def main(argv=None) -> None:
     sys.path.insert(0, str(HERE.parent))
     from ctrkit import data as cdata, models
     from ctrkit.training import presets
-    from ctrkit.training.loop import RunStopped, TrainConfig, fit
+    from ctrkit.training.config import RunConfig
+    from ctrkit.training.loop import RunStopped, fit
     from ctrkit.core.utils import seed_everything, write_json_atomic
     from ctrkit.kernels import env_info
 
@@ -46,7 +47,7 @@ def main(argv=None) -> None:
     p = presets.get(args.model, args.preset, dataset=d.dataset, protocol=args.protocol)
     seed_everything(2021)
     model = models.build(args.model, d.field_sizes, **p.model)
-    cfg = TrainConfig.from_dict({**p.train, "epochs": 1, "device": "cpu", "threads": args.threads, "progress": False})
+    cfg = RunConfig.single({**p.train, "epochs": 1, "device": "cpu", "threads": args.threads, "progress": False})
     calls = []  # time of every stop check: one per training step
 
     def stop() -> bool:

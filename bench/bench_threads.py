@@ -37,7 +37,8 @@ def worker(spec: dict) -> dict:
     import torch.nn.functional as F
     from torch import nn
     from ctrkit import models
-    from ctrkit.training.loop import TrainConfig, make_optimizer
+    from ctrkit.training.config import TrainConfig
+    from ctrkit.training.optim import make_optimizer
 
     tune_cpu_allocator()
     torch.manual_seed(0)

@@ -36,7 +36,8 @@ name = sys.argv[2]
 seed_everything(1)
 m = models.build(name, d.field_sizes, embedding_dim=16, hidden_units=[400, 400, 400], net_dropout=0.0)
 cfg = dict(epochs=int(sys.argv[4]), batch_size=10000, lr=1e-3, patience=10, device="cpu", amp="off", progress=False, seed=1)
-if "threads" in train.TrainConfig.keys():  # newer trees set threads themselves ("auto" by default)
+# newer trees set threads themselves ("auto" by default); since the typed config it is a run key
+if "threads" in train.TrainConfig.keys() or hasattr(train, "RunConfig"):
     cfg["threads"] = int(sys.argv[3])
 import time
 cpu0 = time.process_time()

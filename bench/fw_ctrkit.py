@@ -89,17 +89,18 @@ def _layer_kernels(model, variant: str):
 
 
 def _optimizer(torch, model, cfg, emb_params=None):
-    from ctrkit.training.loop import make_optimizer
+    from ctrkit.training.optim import make_optimizer
+    peer = cfg.peers[0]
     if emb_params is None:
-        return make_optimizer(model, cfg)
+        return make_optimizer(model, peer)
     ids = {id(p) for p in emb_params}
     net = [p for p in model.parameters() if id(p) not in ids]
-    return torch.optim.Adam([{"params": emb_params, "weight_decay": cfg.embedding_regularizer},
-                             {"params": net, "weight_decay": cfg.net_regularizer}], lr=cfg.lr)
+    return torch.optim.Adam([{"params": emb_params, "weight_decay": peer.embedding_regularizer},
+                             {"params": net, "weight_decay": peer.net_regularizer}], lr=peer.lr)
 
 
 def run_one(spec, model_spec, torch, data):
-    from ctrkit.training.loop import TrainConfig
+    from ctrkit.training.config import RunConfig
     from ctrkit.core.utils import tune_cpu_allocator
 
     variant = spec.get("variant", "fp32")
@@ -108,10 +109,10 @@ def run_one(spec, model_spec, torch, data):
     amp = "bf16" if variant in BF16_VARIANTS else "off"
     fm = data["feature_map"]
     sizes = [int(f["vocab_size"]) for f in fm["fields"]]
-    cfg = TrainConfig(epochs=1, batch_size=int(spec["batch_size"]), lr=1e-3,
-                      embedding_regularizer=spec.get("embedding_regularizer", 1e-5),
-                      net_regularizer=0.0, amp=amp, device="cpu", seed=int(spec.get("seed", 2021)),
-                      progress=False)
+    cfg = RunConfig.single(dict(epochs=1, batch_size=int(spec["batch_size"]), lr=1e-3,
+                                embedding_regularizer=spec.get("embedding_regularizer", 1e-5),
+                                net_regularizer=0.0, amp=amp, device="cpu", seed=int(spec.get("seed", 2021)),
+                                progress=False))
     if spec["mode"] == "auc":
         return _auc(spec, model_spec, sizes, cfg)
     if spec["mode"] == "mutual":
@@ -132,7 +133,7 @@ def _auc(spec, model_spec, sizes, cfg):
     d = _Subset(d, int(spec.get("train_rows") or d.rows["train"]), spec.get("test_rows"),
                 valid_rows=spec.get("valid_rows", 10_000))
     t0 = time.perf_counter()
-    res = fit(model, d, cfg.replace(monitor="AUC"))
+    res = fit(model, d, cfg.replace(peers=(cfg.peers[0].replace(monitor="AUC"),)))
     return {"test_auc": res["test_auc"], "test_logloss": res["test_logloss"],
             "valid_auc": res["valid_auc"], "fit_samples_per_s": res["samples_per_s"],
             "seconds": time.perf_counter() - t0, "train_rows": d.rows["train"], "params": res["params"]}
@@ -143,7 +144,7 @@ def _timed_steps(spec, model_spec, torch, data, sizes, cfg):
     import torch.nn.functional as F
     from torch import nn
     from ctrkit import models
-    from ctrkit.training.loop import amp_context
+    from ctrkit.training.precision import amp_context
 
     variant = spec.get("variant", "fp32")
     torch.manual_seed(cfg.seed)
@@ -158,7 +159,7 @@ def _timed_steps(spec, model_spec, torch, data, sizes, cfg):
     model.train()
     opt = _optimizer(torch, model, cfg, emb_params)
     if variant == "unfused_adam":
-        opt = torch.optim.Adam(opt.param_groups, lr=cfg.lr, fused=False, foreach=False)
+        opt = torch.optim.Adam(opt.param_groups, lr=cfg.peers[0].lr, fused=False, foreach=False)
     params = [p for p in model.parameters() if p.requires_grad]
     fwd = torch.compile(model) if variant.startswith("compile") else model
     amp_dtype = torch.bfloat16 if variant in BF16_VARIANTS else None
@@ -178,7 +179,7 @@ def _timed_steps(spec, model_spec, torch, data, sizes, cfg):
         loss = F.binary_cross_entropy_with_logits(logits.float(), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+        nn.utils.clip_grad_norm_(params, cfg.peers[0].clip_grad_norm)
         opt.step()
         loss_sum += loss.detach()
 
@@ -201,7 +202,8 @@ def _mutual_scaling(spec, model_spec, torch, sizes, cfg):
     An epoch's seconds come from mutual_fit's history (training + validation of every peer; the
     validation split is cut small so the training dominates)."""
     from ctrkit import data as cdata, models
-    from ctrkit.training.mutual import MutualConfig, mutual_fit
+    from ctrkit.training.config import RunConfig
+    from ctrkit.training.mutual import mutual_fit
     from ctrkit.core.utils import seed_everything
 
     d = _Subset(cdata.load(spec["data"]), int(spec["train_rows"]), spec.get("test_rows"),
@@ -212,9 +214,9 @@ def _mutual_scaling(spec, model_spec, torch, sizes, cfg):
         for k in range(n):
             seed_everything(cfg.seed + k)
             peers.append(models.build(model_spec["model"], sizes, **model_spec["hparams"]))
-        mcfg = MutualConfig(mode="mutual" if n > 1 else "alone", epochs=1, batch_size=cfg.batch_size,
-                            seed=cfg.seed, device="cpu", amp=cfg.amp, progress=False,
-                            train={"lr": cfg.lr, "embedding_regularizer": cfg.embedding_regularizer})
+        mcfg = RunConfig(mode="mutual" if n > 1 else "alone", epochs=1, batch_size=cfg.batch_size,
+                         seed=cfg.seed, device="cpu", amp=cfg.amp, progress=False,
+                         peers=(cfg.peers[0],) * n)
         res = mutual_fit(peers, d, mcfg)
         out["epoch_seconds"][str(n)] = res["history"][0]["seconds"]
         out["valid_auc"][str(n)] = [p["valid_auc"] for p in res["peers"]]

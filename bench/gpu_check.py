@@ -85,8 +85,9 @@ def main(argv=None) -> int:
     import torch
     from ctrkit import models
     from ctrkit.training import presets
-    from ctrkit.training.mutual import MutualConfig, mutual_fit
-    from ctrkit.training.loop import TrainConfig, fit
+    from ctrkit.training.config import RunConfig
+    from ctrkit.training.mutual import mutual_fit
+    from ctrkit.training.loop import fit
     from ctrkit.core.utils import resolve_device, seed_everything
     from ctrkit.kernels import env_info
 
@@ -128,9 +129,10 @@ def main(argv=None) -> int:
             continue
         p = presets.get(name, "bars", dataset="criteo", protocol="x4_001")
         bs = args.batch_size or int(p.train["batch_size"])
-        cfg = TrainConfig(epochs=1, batch_size=bs, lr=p.train["lr"], embedding_regularizer=p.train["embedding_regularizer"],
-                          net_regularizer=p.train["net_regularizer"], monitor="AUC", amp=args.amp,
-                          device=str(device), seed=args.seed, progress=False, eval_batch_size=65536)
+        cfg = RunConfig.single(dict(epochs=1, batch_size=bs, lr=p.train["lr"],
+                                    embedding_regularizer=p.train["embedding_regularizer"],
+                                    net_regularizer=p.train["net_regularizer"], monitor="AUC", amp=args.amp,
+                                    device=str(device), seed=args.seed, progress=False, eval_batch_size=65536))
         seed_everything(args.seed)
         model = models.build(name, data.field_sizes, **p.model)
         if cuda:
@@ -165,9 +167,9 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            res = mutual_fit(built, data, MutualConfig(mode="mutual", epochs=1, batch_size=bs, seed=args.seed,
-                                                       device=str(device), amp=args.amp, progress=False,
-                                                       eval_batch_size=65536, train=tcfgs))
+            res = mutual_fit(built, data, RunConfig(mode="mutual", epochs=1, batch_size=bs, seed=args.seed,
+                                                    device=str(device), amp=args.amp, progress=False,
+                                                    eval_batch_size=65536, peers=tuple(tcfgs)))
             ep = res["history"][0]["seconds"]
             rows.append({"what": label, "status": "ok", "batch_size": bs, "samples_per_s": args.rows / ep,
                          "epoch_seconds": ep, "peak_gb": peak_gb(),
