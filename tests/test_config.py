@@ -50,6 +50,7 @@ def test_flat_train_dicts_round_trip_in_the_order_checkpoints_hold():
     assert list(run.train_dict(0)) == list(C.TRAIN_DICT_KEYS) and run.train_dict(0) == old
     assert set(C.TrainConfig.keys()) | set(C.RUN_TRAIN_KEYS) == set(C.TRAIN_DICT_KEYS)
     assert not set(C.TrainConfig.keys()) & set(C.RUN_TRAIN_KEYS)
+    assert set(C.RUN_TRAIN_KEYS) <= {f.name for f in dataclasses.fields(C.RunConfig)}
     with pytest.raises(CtrkitError, match="unknown train config key"):
         C.TrainConfig.from_dict({"batch_size": 512})  # a run-level key is not a peer's
 

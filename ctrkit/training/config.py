@@ -39,11 +39,12 @@ AMP_CHOICES = ("auto", "bf16", "off")
 # Monitors as FuxiCTR writes them: a metric name, or {metric: weight} summed (BARS: AUC - logloss).
 _MONITOR_ALIASES = {"auc": {"auc": 1.0}, "logloss": {"logloss": -1.0},
                     "auc-logloss": {"auc": 1.0, "logloss": -1.0}}
-# The flat train dict's keys in the order checkpoints and result.json have always written them.
-TRAIN_DICT_KEYS = ("epochs", "batch_size", "lr", "embedding_regularizer", "net_regularizer", "clip_grad_norm",
-                   "monitor", "patience", "lr_decay", "min_lr", "eval_batch_size", "amp", "device", "seed",
-                   "progress", "check_every", "threads")
-# ... of which these are the run's (one batch feeds every peer), the others a peer's TrainConfig.
+# The flat train dict's keys in the order checkpoints and result.json have always written them (a
+# TrainConfig field added later goes at the end, see TRAIN_DICT_KEYS below the classes).
+_TRAIN_DICT_ORDER = ("epochs", "batch_size", "lr", "embedding_regularizer", "net_regularizer", "clip_grad_norm",
+                     "monitor", "patience", "lr_decay", "min_lr", "eval_batch_size", "amp", "device", "seed",
+                     "progress", "check_every", "threads")
+# ... of which these are RunConfig's (one batch feeds every peer), the others a peer's TrainConfig.
 RUN_TRAIN_KEYS = ("epochs", "batch_size", "eval_batch_size", "amp", "device", "seed", "progress", "check_every",
                   "threads")
 # Train-dict keys that change how a run goes, not what it gives: not part of a baseline's key.
@@ -267,6 +268,10 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+
+TRAIN_DICT_KEYS: tuple[str, ...] = (*_TRAIN_DICT_ORDER,
+                                     *[k for k in TrainConfig.keys() if k not in _TRAIN_DICT_ORDER])
 
 
 def normalize_train_dict(train: dict) -> dict:
