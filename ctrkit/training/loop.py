@@ -311,7 +311,7 @@ def train_peers(peers: list[Peer], data, config: RunConfig, *, exchange: Exchang
                stop=stop, callback=callback)
     tune_cpu_allocator(device)
     Xtr, ytr = data.tensors("train", device)
-    data.tensors("valid", device)  # loaded before the first epoch, as every split the run reads
+    data.tensors("valid", device)  # loaded (and its indices checked) now: a bad split fails before an epoch
     if resume and run.out is None:
         raise CtrkitError("resume=True needs out_dir (where the last checkpoint is)")
     _start(run, resume)
