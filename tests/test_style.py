@@ -16,12 +16,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "ctrkit"
 MAX_LINES = 60
 MAX_PARAMS = 8
-# Plot helpers taking the frame's column names as keyword arguments (x=, y=, hue=, low=, high=...).
-COLUMN_KWARGS = {
+# Allowed over the parameter limit: plot helpers taking the frame's column names as keyword arguments (x=, y=, hue=, low=, high=...).
+ALLOWED_MANY_PARAMS = {
     "ctrkit.analysis.plots._dodge",
     "ctrkit.analysis.plots.paired_gains",
     "ctrkit.analysis.plots.partner_heatmap",
     "ctrkit.analysis.plots.split_ctr",
+    # A model's constructor: its keyword arguments ARE the model's hyperparameters (FuxiCTR's names),
+    # read from the signature by models.hparam_defaults and stored in every checkpoint; FiBiNET has 8.
+    "ctrkit.models.fibinet.FiBiNET.__init__",
 }
 
 
@@ -74,7 +77,7 @@ def _summary_is_a_sentence(doc: str | None) -> bool:
 def test_functions_are_short_with_few_parameters(path):
     long = [f"{q} ({_lines(f)} lines)" for q, f in _functions(path) if _lines(f) > MAX_LINES]
     many = [f"{q} ({len(_params(f))} parameters)" for q, f in _functions(path)
-            if len(_params(f)) > MAX_PARAMS and q not in COLUMN_KWARGS]
+            if len(_params(f)) > MAX_PARAMS and q not in ALLOWED_MANY_PARAMS]
     assert not long and not many, f"over {MAX_LINES} lines: {long}; over {MAX_PARAMS} parameters: {many}"
 
 
@@ -87,7 +90,7 @@ def test_module_docstring_says_its_job_in_a_sentence(path):
 def test_the_allow_list_names_real_functions_over_the_limit():
     # An entry that no longer exists or has come under the limit is dropped, so the list stays short and true.
     found = {q: f for p in _modules() for q, f in _functions(p)}
-    assert all(q in found and len(_params(found[q])) > MAX_PARAMS for q in COLUMN_KWARGS)
+    assert all(q in found and len(_params(found[q])) > MAX_PARAMS for q in ALLOWED_MANY_PARAMS)
 
 
 def test_the_rules_catch_what_they_forbid():
