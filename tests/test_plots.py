@@ -114,3 +114,77 @@ def test_same_figure_same_bytes(tmp_path):
     second = [p.read_bytes() for p in plots.figure_kd(tmp_path / "b" / "fig1")]
     assert first == second
     assert b"<dc:date>" not in first[1]
+
+
+# ---- every figure whose caption promises intervals draws them (issue 22) ----------------------------
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figure each call drew, kept before `save` closes it."""
+    figs = []
+    real = plots.save
+
+    def keep(fig, out, formats=plots.FORMATS):
+        figs.append(fig)
+        return real(fig, out, formats)
+
+    monkeypatch.setattr(plots, "save", keep)
+    return figs
+
+
+def _error_bars(fig) -> int:
+    from matplotlib.container import ErrorbarContainer
+
+    return sum(isinstance(c, ErrorbarContainer) and len(c.lines[2]) for ax in fig.axes for c in ax.containers)
+
+
+def test_every_figure_with_a_ci_caption_draws_intervals(tmp_path, drawn):
+    assert plots.CI_NOTE in CAP
+    rows = [{"target": m, "partner": p, "rel_pct_mean": 0.1, "rel_pct_ci_low": -0.2, "rel_pct_ci_high": 0.4,
+             "p_holm": 0.5} for m in MODELS for p in MODELS if m != p]
+    plots.partner_heatmap(pd.DataFrame(rows), tmp_path / "heat", caption=CAP)
+    assert sum("[-0.20, +0.40]" in t.get_text() for t in drawn[-1].axes[0].texts) == 12
+    rng = np.random.default_rng(0)
+    pts = pd.DataFrame([{"target": t, "partner": p, "seed": s, "partner_auc": 0.7 + 0.01 * MODELS.index(p),
+                         "rel_pct": rng.normal(0.1, 0.05)} for t in MODELS for p in MODELS if p != t for s in range(3)])
+    slopes = pd.DataFrame({"target": MODELS, "slope_mean": 1.0, "slope_ci_low": 0.0, "slope_ci_high": 2.0,
+                           "intercept": -0.6})
+    plots.partner_slopes(pts, slopes, tmp_path / "slopes", caption=CAP)
+    assert _error_bars(drawn[-1]) == 12  # one mean [95% interval] per (model, partner)
+    gains = _ci_frame([{"model": m, "comparison": c, "setting": st, "rel_pct_mean": 0.1} for m in MODELS
+                       for c, st in (("from scratch: mutual - alone", "weight 1"),
+                                     ("finetuning: mutual - alone", "weight 10, lr x0.1"))])
+    svg = _check(plots.paired_gains(gains, tmp_path / "gains", caption=CAP), "(weight 1)", "(weight 10, lr x0.1)")
+    assert _error_bars(drawn[-1]) == 2 and "<svg" in svg
+    plots.sweep_gain(_ci_frame([{"model": m, "weight": w, "finetune_lr_scale": 1.0, "rel_pct_mean": 0.1}
+                                for m in MODELS for w in (1, 10)]), tmp_path / "sweep", caption=CAP)
+    assert _error_bars(drawn[-1]) == 4
+    pc = [{"model": m, "n_peers": n, "gain_rel_pct_mean": 0.1, "gain_rel_pct_ci_low": 0.0, "gain_rel_pct_ci_high": 0.2,
+           "rel_pct_mean": 0.1, "rel_pct_ci_low": 0.0, "rel_pct_ci_high": 0.2} for m in MODELS for n in (2, 3)]
+    plots.peer_count(pd.DataFrame(pc), tmp_path / "pc", caption=CAP)
+    assert _error_bars(drawn[-1]) == 8
+
+
+def test_provenance_gives_the_rows_of_each_split_as_loaded():
+    text = plots.provenance(data="real data: ml100k", splits={"train": 70_000, "valid": 10_000, "test": 20_000},
+                            seeds=10, precision="fp32", profile="paper", error_bars=False)
+    assert text == "real data: ml100k · 100,000 rows (train 70,000 / valid 10,000 / test 20,000) · 10 seeds · fp32 · " \
+                   "profile paper"
+
+
+def test_caption_reads_the_loaded_data_not_the_profile(tmp_path):
+    """A real table of 100,000 rows under a profile whose synthetic count is 200,000: the caption says
+    100,000 and the dataset's own name, as loaded (the issue's "200,000 rows" and "Ml100k")."""
+    import json
+
+    from ctrkit.notebook import reproduce
+
+    data = tmp_path / "prepared"
+    data.mkdir()
+    (data / "feature_map.json").write_text(json.dumps({"dataset": "ml100k", "rows": {"train": 80_000, "valid": 10_000,
+                                                                                     "test": 10_000}}))
+    cfg = reproduce.settings(dataset="criteo", profile="paper", out=str(tmp_path / "out"), data_dir=str(data))
+    cfg = __import__("dataclasses").replace(cfg, dataset="ml100k")
+    text = reproduce.caption(cfg)
+    assert "real data: ml100k · 100,000 rows (train 80,000 / valid 10,000 / test 10,000)" in text
+    assert "200,000" not in text and "Ml100k" not in text and plots.CI_NOTE in text
+    assert "ml100k" in reproduce.caption(cfg, figure=False) and plots.CI_NOTE not in reproduce.caption(cfg, figure=False)

@@ -330,3 +330,29 @@ def test_reproduce_takes_a_schema_file_with_data(tmp_path):
     assert cfg.dataset == "mylogs" and d.dataset == "mylogs" and sum(d.rows.values()) == 60
     with pytest.raises(CtrkitError, match="unknown|valid: criteo, avazu, frappe, movielens"):
         runner.plan(dataset="kdd12", profile="smoke", out=str(tmp_path / "o"))
+
+
+def test_a_prepared_folder_of_another_dataset_is_refused_with_one_line(tmp_path):
+    """A schema (or a dataset name) and the prepared folder of another dataset never load together."""
+    from ctrkit.notebook import reproduce
+    from ctrkit.core.utils import CtrkitError
+
+    f = tmp_path / "logs.yaml"
+    f.write_text("name: mylogs\nlabel: y\ncategorical: [a, b]\n")
+    raw = _write_csv(tmp_path / "t.csv", ["y", "a", "b"], [[i % 2, "uvw"[i % 3], i % 5] for i in range(60)])
+    other = tmp_path / "other.yaml"
+    other.write_text("name: otherlogs\nlabel: y\ncategorical: [a]\n")
+    prepared = data.prepare(load_schema(other), raw, tmp_path / "prepared", progress=False)
+    cfg = reproduce.settings(dataset=str(f), profile="smoke", data_dir=str(prepared), out=str(tmp_path / "o"))
+    with pytest.raises(CtrkitError) as e:
+        reproduce.dataset(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and "'otherlogs'" in msg and "'mylogs'" in msg and str(f) in msg
+    # the same name but other fields: prepared from another version of the schema
+    f.write_text("name: otherlogs\nlabel: y\ncategorical: [a, b]\n")
+    cfg = reproduce.settings(dataset=str(f), profile="smoke", data_dir=str(prepared), out=str(tmp_path / "o"))
+    with pytest.raises(CtrkitError, match="fields differ .*b.*prepare it again"):
+        reproduce.dataset(cfg)
+    cfg = reproduce.settings(dataset="criteo", profile="smoke", data_dir=str(prepared), out=str(tmp_path / "o"))
+    with pytest.raises(CtrkitError, match="holds prepared dataset 'otherlogs', but parameter dataset is 'criteo'"):
+        reproduce.dataset(cfg)

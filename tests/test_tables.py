@@ -313,3 +313,103 @@ def test_runs_of_one_setting_at_two_precisions_stay_apart(tmp_path):
     assert sorted(t.groupby("amp")["auc_diff_mean"].first().round(6).to_dict().items()) == [("bf16", 0.003),
                                                                                              ("off", 0.001)]
     assert (t["n_pairs"] == 3).all()
+
+
+# ---- what a reviewer asks for (issue 22) ------------------------------------------------------------
+def _with_ensemble(store):
+    for seed in SEEDS:  # the pretrained ensemble: the peers' mean probability, no training
+        store.append([rec("ensemble", "pretrained", POOL, i, seed, pre(m, seed), ensemble_test_auc=0.7885 + NOISE[seed],
+                          ensemble_test_logloss=0.42) for i, m in enumerate(POOL)])
+    return store
+
+
+def test_alternatives_mutual_against_the_pretrained_ensemble(store):
+    t = tables.alternatives(_with_ensemble(store)).set_index("unit")
+    # chosen: weight 10, lr 1 (the best validation); DCN mutual = pre + 0.001 + 0.0002*3*10 + jitter
+    dcn = [mutual_auc("DCN", s, 4, 10.0, 1.0) for s in SEEDS]
+    ens = [0.7885 + NOISE[s] for s in SEEDS]
+    assert t.loc["DCN", "auc_diff_mean"] == pytest.approx(np.mean(np.subtract(dcn, ens)))
+    assert t.loc["DCN", "n_ensemble_better"] == sum(e > d for d, e in zip(dcn, ens))
+    gain = np.mean([d - pre("DCN", s) for d, s in zip(dcn, SEEDS)])
+    assert t.loc["DCN", "share_of_ensemble_gain_pct"] == pytest.approx(100 * gain / (0.7885 - PRE["DCN"]))
+    # the best mutual model of each seed is chosen on validation (here FiBiNET, the best pretrained)
+    assert t.loc["best mutual model (on validation)", "mutual_auc_mean"] == pytest.approx(
+        np.mean([mutual_auc("FiBiNET", s, 4, 10.0, 1.0) for s in SEEDS]))
+    assert "pretrained ensemble" in render.render("alternatives", tables.alternatives(store), "md")
+
+
+def test_alternatives_without_an_ensemble_run_still_give_mutual_minus_pretrained(store):
+    t = tables.alternatives(store).set_index("unit")
+    assert t.loc["DCN", "n_pairs"] == 0 and "no pretrained ensemble" in t.loc["DCN", "note"]
+    assert t.loc["DCN", "vs_pretrained_rel_pct_mean"] > 0
+
+
+def test_finetune_and_scratch_report_epochs_caps_and_runs_that_kept_epoch_0(tmp_path):
+    s = ResultsStore(tmp_path / "r.jsonl")
+    for seed in SEEDS[:3]:
+        s.append([rec("alone", "pretrained", POOL[:2], i, seed, alone_auc(m, seed), best_epoch=0, epochs=2,
+                      epoch_cap_hit=True) for i, m in enumerate(POOL[:2])])
+        s.append([rec("mutual", "pretrained", POOL[:2], i, seed, mutual_auc(m, seed, 2), best_epoch=0 if seed == 1 else 2,
+                      epochs=2, epoch_cap_hit=True) for i, m in enumerate(POOL[:2])])
+        s.append([rec("alone", "scratch", POOL[:2], i, seed, 0.7, epochs=5, epoch_cap_hit=seed == 2) for i in range(2)])
+        s.append([rec("mutual", "scratch", POOL[:2], i, seed, 0.71, epochs=4) for i in range(2)])
+    ft = tables.finetune(s).set_index("peer")
+    assert (ft.loc["DCN", "n_kept_pretrained_alone"], ft.loc["DCN", "n_kept_pretrained_mutual"]) == (3, 1)
+    assert ft.loc["DCN", "n_cap_hit_alone"] == 3 and ft.loc["DCN", "alone_epochs_max"] == 2
+    assert "kept the pretrained weights (best epoch 0): mutual 1/3, alone 3/3" in ft.loc["DCN", "flag"]
+    sc = tables.scratch(s).set_index("peer")
+    assert (sc.loc["DeepFM", "mutual_epochs_max"], sc.loc["DeepFM", "alone_epochs_max"]) == (4, 5)
+    assert sc.loc["DeepFM", "flag"] == "epoch cap hit: alone 1/3"
+    md = render.render("scratch", tables.scratch(s), "md")
+    assert "epochs (mutual/alone)" in md and "4/5" in md
+
+
+def _tex_specials_escaped(tex: str) -> list[str]:
+    """A small LaTeX lexer: the text of the caption and of every cell must have no unescaped
+    special character (& only as the column separator, \\\\ only as the row end)."""
+    import re
+
+    bad = []
+    cap = re.search(r"\\caption\{(.*)\}\n\\label", tex, re.S).group(1)
+    body = tex.split("\\midrule", 1)[1].split("\\bottomrule", 1)[0]
+    header = tex.split("\\toprule", 1)[1].split("\\midrule", 1)[0]
+    cells = [c for row in (header + body).split("\\\\") for c in row.split(" & ")]
+    for text in [cap] + cells:
+        stripped = re.sub(r"\\(textbackslash|textasciitilde|textasciicircum|textless|textgreater)\{\}", "", text)
+        stripped = re.sub(r"\\texttt\{", "{", stripped)
+        stripped = re.sub(r"\\[&%$#_{}]", "", stripped)
+        found = [ch for ch in "&%$#_^~<>\\" if ch in stripped]
+        if found or stripped.count("{") != stripped.count("}"):
+            bad.append(f"{found} in {text.strip()[:80]!r}")
+    return bad
+
+
+@pytest.mark.parametrize("name", tables.NAMES)
+def test_latex_of_every_table_is_escaped(store, name):
+    _with_ensemble(store)
+    for seed in SEEDS[:2]:
+        store.append([rec("alone", "scratch", POOL[:2], i, seed, 0.70) for i in range(2)])
+        store.append([rec("mutual", "scratch", POOL[:2], i, seed, 0.71) for i in range(2)])
+    cap = f"{render.CAPTIONS[name]} (real data: ml_100k · 100% of rows · `code` · <6 & #1 ~ ^ $)"
+    tex = render.render(name, tables.table(name, store.path), "tex", caption=cap)
+    assert _tex_specials_escaped(tex) == []
+    assert "ml\\_100k" in tex and "100\\%" in tex and "\\texttt{code}" in tex
+
+
+def test_index_opens_with_the_data_statement_and_the_headline(store, tmp_path):
+    from ctrkit.notebook import runner
+
+    out = tmp_path / "out"
+    (out / "tables").mkdir(parents=True)
+    (out / "data" / "criteo" / "raw").mkdir(parents=True)
+    (out / "data" / "criteo" / "raw" / "synth.json").write_text("{}")
+    tables.headline(store).to_csv(out / "tables" / "criteo_headline.csv", index=False)
+    pd.DataFrame({"dataset": "criteo", "split": ["train", "valid", "test"], "rows": [80, 10, 10],
+                  "clicks": [20, 2, 3], "ctr": [0.25, 0.2, 0.3]}).to_csv(out / "tables" / "criteo_data_splits.csv",
+                                                                        index=False)
+    runner.write_index(out, profile="quick")
+    page = (out / "index.html").read_text()
+    head = page[:page.index("<h2>Notebooks</h2>")]
+    assert "<h2>Headline</h2>" in head and "criteo: synthetic" in head and "100 rows as loaded" in head
+    assert "train 80 / valid 10 / test 10" in head and "<table" in head and "DeepFM" in head
+    assert (out / "index.md").read_text().index("## Headline") < (out / "index.md").read_text().index("## Notebooks")

@@ -18,19 +18,33 @@ def _gains(source, *, include_exploration: bool) -> pd.DataFrame:
     source = records(source, include_exploration=include_exploration)
     sc = scratch(source, include_exploration=include_exploration)
     if len(sc):
-        parts.append(sc.assign(comparison=COMPARISONS["scratch"])[
-            ["dataset", "model", "comparison", "n_pairs", "rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high"]])
+        parts.append(sc.assign(comparison=COMPARISONS["scratch"], setting=_setting(sc))[
+            ["dataset", "model", "comparison", "setting", "n_pairs", "rel_pct_mean", "rel_pct_ci_low",
+             "rel_pct_ci_high"]])
     ft = finetune(source, include_exploration=include_exploration)
     if len(ft):
-        base = ["dataset", "model", "n_pairs"]
+        ft = ft.assign(setting=_setting(ft))
+        base = ["dataset", "model", "setting", "n_pairs"]
         if "alone_gain_rel_pct_mean" in ft:
             a = ft[base + [c for c in ft.columns if c.startswith("alone_gain_rel_pct")]]
             parts.append(a.rename(columns=lambda c: c.replace("alone_gain_", "")).assign(
-                comparison=COMPARISONS["finetune_alone"]))
+                comparison=COMPARISONS["finetune_alone"], setting=_setting(ft.assign(weight=None))))
         parts.append(ft[base + ["rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high"]].assign(
             comparison=COMPARISONS["finetune"]))
-    cols = ["dataset", "model", "comparison", "n_pairs", "rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high"]
+    cols = ["dataset", "model", "comparison", "setting", "n_pairs", "rel_pct_mean", "rel_pct_ci_low",
+            "rel_pct_ci_high"]
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
+def _setting(t: pd.DataFrame) -> list[str]:
+    """Each row's setting in words (the weight, and the lr scale when finetuning): one figure may
+    compare scratch at one weight with finetuning at another, and its legend must say so."""
+    out = []
+    for _, r in t.iterrows():
+        w = f"weight {r['weight']:g}" if pd.notna(r.get("weight")) else ""
+        lr = f"lr x{r['finetune_lr_scale']:g}" if pd.notna(r.get("finetune_lr_scale")) else ""
+        out.append(", ".join(x for x in (w, lr) if x))
+    return out
 
 
 def figure_frame(source, kind: str, *, dataset: str | None = None, include_exploration: bool = False) -> pd.DataFrame:

@@ -34,7 +34,9 @@ def control_runs(df: pd.DataFrame, treat: pd.DataFrame) -> pd.DataFrame:
 
 def seed_pairs(treat: pd.DataFrame, ctrl: pd.DataFrame) -> pd.DataFrame:
     """Treatment and control rows side by side per (peer, seed): `*_t` and `*_c` columns."""
-    cols = ["peer", "seed", "test_auc", "test_logloss", "valid_auc", "pretrained_test_auc"]
+    cols = ["peer", "seed", "test_auc", "test_logloss", "valid_auc", "pretrained_test_auc", "epochs", "best_epoch",
+            "epoch_cap_hit"]
+    cols = [c for c in cols if c in treat.columns and c in ctrl.columns]
     t = treat[cols + ["model"]].drop_duplicates(["peer", "seed"], keep="last")
     c = ctrl[cols].drop_duplicates(["peer", "seed"], keep="last")
     m = t.merge(c, on=["peer", "seed"], suffixes=("_t", "_c"))
@@ -67,5 +69,31 @@ def versus_alone(df: pd.DataFrame, treat: pd.DataFrame) -> list[dict]:
         if g["pretrained_test_auc_t"].notna().all():
             row.update(ci_columns("mutual_gain_rel_pct", rel_pct(g["test_auc_t"], g["pretrained_test_auc_t"])))
             row.update(ci_columns("alone_gain_rel_pct", rel_pct(g["test_auc_c"], g["pretrained_test_auc_t"])))
+        row.update(_convergence(g))
         rows.append(row)
     return rows
+
+
+def _convergence(g: pd.DataFrame) -> dict:
+    """Per arm of one peer's pairs: the epochs run (max), how many runs stopped at the epoch cap, and
+    for finetuning how many kept their pretrained weights (best epoch 0: no epoch beat the checkpoint,
+    so that arm is in effect the pretrained model); `flag` says it in words, empty when nothing is."""
+    out, cap_words, kept_words = {}, [], []
+    finetuning = "pretrained_test_auc_t" in g and g["pretrained_test_auc_t"].notna().all()
+    for arm, s in (("mutual", "_t"), ("alone", "_c")):
+        epochs = pd.to_numeric(g.get(f"epochs{s}"), errors="coerce") if f"epochs{s}" in g else pd.Series(dtype=float)
+        cap = g[f"epoch_cap_hit{s}"] if f"epoch_cap_hit{s}" in g else pd.Series(dtype=object)
+        out[f"{arm}_epochs_max"] = float(epochs.max()) if epochs.notna().any() else float("nan")
+        out[f"n_cap_hit_{arm}"] = int((cap == True).sum())  # noqa: E712 (None in older records: unknown)
+        if out[f"n_cap_hit_{arm}"]:
+            cap_words.append(f"{arm} {out[f'n_cap_hit_{arm}']}/{len(g)}")
+        if finetuning:
+            best = pd.to_numeric(g.get(f"best_epoch{s}"), errors="coerce") if f"best_epoch{s}" in g else None
+            kept = int((best == 0).sum()) if best is not None else 0
+            out[f"n_kept_pretrained_{arm}"] = kept if best is not None and best.notna().any() else float("nan")
+            if kept:
+                kept_words.append(f"{arm} {kept}/{len(g)}")
+    out["flag"] = "; ".join(([f"epoch cap hit: {', '.join(cap_words)}"] if cap_words else [])
+                            + ([f"kept the pretrained weights (best epoch 0): {', '.join(kept_words)}"]
+                               if kept_words else []))
+    return out

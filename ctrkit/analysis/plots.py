@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+from ctrkit.analysis.stats import t_interval
 from ctrkit.core.extras import require
 from ctrkit.core.utils import CtrkitError, atomic_path
 
@@ -110,11 +111,16 @@ MODEL_ORDER = ["DeepFM", "DCN", "PNN", "FiBiNET", "FM", "LR"]
 CI_NOTE = "error bars: 95% paired t-interval over seeds"
 
 
-def provenance(*, data: str, rows: int | None, seeds: int, precision: str, profile: str,
-               error_bars: bool = True) -> str:
-    """The provenance line every result figure (and table) carries: data (synthetic or real), rows,
-    seeds, precision and profile, and for a figure what its error bars are."""
-    rows_text = f"{rows:,} rows" if rows else "all rows"
+def provenance(*, data: str, rows: int | None = None, seeds: int, precision: str, profile: str,
+               error_bars: bool = True, splits: dict | None = None) -> str:
+    """The provenance line every result figure (and table) carries: data (synthetic or real), rows
+    (per split as loaded when `splits` is given), seeds, precision and profile, and for a figure
+    what its error bars are."""
+    if splits:
+        parts = " / ".join(f"{k} {int(v):,}" for k, v in splits.items())
+        rows_text = f"{sum(int(v) for v in splits.values()):,} rows ({parts})"
+    else:
+        rows_text = f"{rows:,} rows" if rows else "all rows"
     text = f"{data} · {rows_text} · {seeds} seeds · {precision} · profile {profile}"
     return f"{text} · {CI_NOTE}" if error_bars else text
 
@@ -154,8 +160,11 @@ def paired_gains(
     df = _need(df, [x, hue, y, lo, hi], "paired_gains")
     with style():
         fig, ax = plt.subplots(figsize=(width, height))
+        # comparisons at different settings (scratch at its weight, finetuning at the chosen one) say so
+        labels = ({h: f"{h} ({g['setting'].iloc[0]})" for h, g in df.groupby(hue) if g["setting"].nunique() == 1
+                   and str(g["setting"].iloc[0])} if "setting" in df.columns else None)
         _dodge(ax, df, x=x, hue=hue, y=y, lo=lo, hi=hi, order=_order(df[x], MODEL_ORDER),
-               hue_order=list(dict.fromkeys(df[hue])))
+               hue_order=list(dict.fromkeys(df[hue])), labels=labels)
         ax.set(title=title, xlabel=x, ylabel=ylabel)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside: it would hide points
         _caption(fig, caption)
@@ -177,15 +186,21 @@ def partner_heatmap(
     star = pd.Series("", index=pd.MultiIndex.from_frame(df[[row, col]]))
     if p and p in df.columns:
         star = pd.Series(np.where(df[p] < 0.05, "*", ""), index=pd.MultiIndex.from_frame(df[[row, col]]))
-    annot = [[("" if np.isnan(v) else f"{v:.2f}{star.get((r, c), '')}") for c, v in zip(mat.columns, vals)]
-             for r, vals in zip(mat.index, mat.to_numpy())]
+    ci = {}
+    lo, hi = value.replace("_mean", "_ci_low"), value.replace("_mean", "_ci_high")
+    if value.endswith("_mean") and {lo, hi} <= set(df.columns):  # each cell's 95% interval, drawn under its mean
+        ci = {(r[row], r[col]): f"\n[{r[lo]:+.2f}, {r[hi]:+.2f}]" for _, r in df.iterrows()
+              if not (pd.isna(r[lo]) or pd.isna(r[hi]))}
+    annot = [[("" if np.isnan(v) else f"{v:.2f}{star.get((r, c), '')}{ci.get((r, c), '')}")
+              for c, v in zip(mat.columns, vals)] for r, vals in zip(mat.index, mat.to_numpy())]
     lim = float(np.nanmax(np.abs(mat.to_numpy()))) or 1.0
     with style():
         fig, ax = plt.subplots(figsize=(width, height))
         sns.heatmap(mat, ax=ax, annot=np.array(annot, dtype=object), fmt="", cmap="RdBu_r", center=0, vmin=-lim,
                     vmax=lim, linewidths=0.5, linecolor="white", cbar_kws={"label": cbar_label},
-                    annot_kws={"fontsize": 7})
-        ax.set(title=title, xlabel="partner (* Holm p < 0.05)", ylabel="finetuned model")
+                    annot_kws={"fontsize": 6 if ci else 7})
+        ax.set(title=title, xlabel="partner (* Holm p < 0.05" + ("; [95% paired t-interval]" if ci else "") + ")",
+               ylabel="finetuned model")
         ax.grid(False)  # the style's grid would cross the empty diagonal cells
         ax.tick_params(axis="x", rotation=0)
         ax.tick_params(axis="y", rotation=0)
@@ -212,8 +227,12 @@ def partner_slopes(
             for k, pname in enumerate(partners):
                 h = g[g["partner"] == pname]
                 if len(h):
-                    ax.scatter(h["partner_auc"], h["rel_pct"], s=14, color=_COLORS[MODEL_ORDER.index(pname) % 10]
-                               if pname in MODEL_ORDER else _COLORS[k], label=pname)
+                    color = _COLORS[MODEL_ORDER.index(pname) % 10] if pname in MODEL_ORDER else _COLORS[k]
+                    ax.scatter(h["partner_auc"], h["rel_pct"], s=8, alpha=0.45, color=color, label=pname)
+                    if len(h) >= 2:  # the pair's mean over seeds with its 95% paired t-interval
+                        m, lo, hi = t_interval(h["rel_pct"])
+                        ax.errorbar([h["partner_auc"].mean()], [m], yerr=[[m - lo], [hi - m]], fmt="D",
+                                    markersize=4, capsize=2, elinewidth=1, color=color)
             s = slopes[slopes["target"] == t]
             if len(s):
                 s = s.iloc[0]
@@ -231,7 +250,8 @@ def partner_slopes(
         handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
         fig.legend([handles[p] for p in partners if p in handles], [p for p in partners if p in handles],
                    title="partner", loc="upper left", bbox_to_anchor=(1.0, 0.9), frameon=False)
-        fig.suptitle(title + " (slope: rel. % per unit of AUC, 95% t-interval)", fontsize=8)
+        fig.suptitle(title + " (dots: seeds; diamonds: mean over seeds [95% paired t-interval]; slope: rel. % "
+                     "per unit of AUC, 95% t-interval)", fontsize=8)
         _caption(fig, caption)
         return save(fig, out)
 
@@ -280,7 +300,7 @@ def sweep_gain(
                    order=sorted(g["logw"].unique()), hue_order=hue_order, connect=True, numeric_x=True)
             ws = sorted(g["weight"].unique())
             ax.set_xticks(np.log10(np.clip(ws, 1e-3, None)), [f"{w:g}" for w in ws])
-            chosen = g[g.get("chosen", False) == True]  # noqa: E712
+            chosen = g[g["chosen"] == True] if "chosen" in g else g.iloc[:0]  # noqa: E712
             if len(chosen):
                 ax.axvline(chosen["logw"].iloc[0], color="0.5", linestyle=":", linewidth=1)
                 ax.text(chosen["logw"].iloc[0], ax.get_ylim()[1], " chosen on validation", fontsize=6, ha="left",

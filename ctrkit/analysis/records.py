@@ -15,6 +15,8 @@ import pandas as pd
 from ctrkit.experiments.store import read_results
 
 EXPLORATION = "exploration"
+# Tags of runs the paper's tables leave out: the widget's, the variants notebook's (07).
+OFF_PAPER = (EXPLORATION, "variants")
 
 # What defines a setting apart from the peer set (so designs over several peer sets share it) ...
 SETTING_FIELDS = ("dataset", "fingerprint", "init", "mode", "weight", "divergence", "warmup_steps", "preset",
@@ -49,12 +51,12 @@ def records(source, *, include_exploration: bool = False, dataset: str | None = 
     if isinstance(source, pd.DataFrame) and {"setting_id", "control_id"} <= set(source.columns):
         df = source  # already normalised (tables calling tables): only filter
         df = df if dataset is None else df[df["dataset"] == dataset]
-        return df if include_exploration else df[df["tag"].astype(str) != EXPLORATION]
+        return df if include_exploration else df[~df["tag"].astype(str).isin(OFF_PAPER)]
     df = read_results(source).copy()
     for c in ("mode", "init", "dataset", "fingerprint", "peer", "peers", "model", "preset", "weight", "divergence",
               "protocol", "pretrained_test_auc", "pretrained_valid_auc", "ensemble_test_auc", "ensemble_valid_auc",
               "peer_index", "partners", "partners_pretrained_auc", "n_peers", "settings_key", "tag", "amp",
-              "stopped_early", "epoch_cap_hit", "epochs", "valid_auc", "valid_logloss", "test_auc",
+              "stopped_early", "epoch_cap_hit", "epochs", "best_epoch", "valid_auc", "valid_logloss", "test_auc",
               "test_logloss", "seed", "config", *_CONFIG_FIELDS):
         if c not in df.columns:
             df[c] = None
@@ -66,7 +68,7 @@ def records(source, *, include_exploration: bool = False, dataset: str | None = 
     if dataset is not None:
         df = df[df["dataset"] == dataset]
     if not include_exploration:
-        df = df[df["tag"].astype(str) != EXPLORATION]
+        df = df[~df["tag"].astype(str).isin(OFF_PAPER)]
     df = df.copy()
     for c in ("weight", "finetune_lr_scale", "test_auc", "valid_auc", "pretrained_test_auc", "pretrained_valid_auc"):
         df[c] = pd.to_numeric(df[c], errors="coerce")

@@ -33,6 +33,12 @@ CAPTIONS = {
     "headline": f"Mutual finetuning minus finetuning alone per model, paired by seed, at the setting chosen on "
                 f"validation: relative % and RelaImpr of test AUC [{CI_NAME}], test logloss difference; "
                 "p_holm: paired t-test, Holm across the models.",
+    "alternatives": f"The practical alternative: a single mutually finetuned model minus the pretrained ensemble (the "
+                    f"plain mean of the pretrained peers' probabilities, no training), paired by seed [{CI_NAME}], "
+                    "at the setting chosen on validation; `vs_pretrained_rel_pct`: the same model minus its own "
+                    "pretrained checkpoint; `share_of_ensemble_gain_pct`: 100 x mean(mutual - pretrained) / "
+                    "mean(ensemble - pretrained); `n_ensemble_better`: seeds in which the pretrained ensemble wins; "
+                    "the best mutual model is chosen per seed on validation.",
     "controls": f"Every arm minus finetuning alone of the same unit (model or ensemble = mean probability of the "
                 f"peers), paired by seed [{CI_NAME}]; KD: students of the best pretrained model; p_holm per dataset.",
 }
@@ -68,12 +74,16 @@ def _interval(df: pd.DataFrame, p: str) -> list[str]:
 
 
 _HIDDEN = ("settings_key", "setting_id", "intercept")
+# Per-arm convergence counts: the CSV keeps them; the human form shows them in words (`flag`) and the
+# epochs of both arms in one column.
+_IN_FLAG = ("n_cap_hit_mutual", "n_cap_hit_alone", "n_kept_pretrained_mutual", "n_kept_pretrained_alone")
 # Columns that describe the setting: when one value holds for every row, display moves it into one
 # "settings" line under the table instead of repeating it in every row.
 _SETTING_COLS = ("dataset", "peers", "weight", "finetune_lr_scale", "finetune_epochs", "amp", "chosen_on",
                  "selection_valid_auc")
 _INT_COLS = ("finetune_epochs", "epochs_min", "epochs_max", "n_pairs", "n_seeds", "n_subsets", "n_points",
-             "n_partners", "n_cap_hit", "n_peers")
+             "n_partners", "n_cap_hit", "n_peers", "mutual_epochs_max", "alone_epochs_max", "n_cap_hit_mutual",
+             "n_cap_hit_alone", "n_kept_pretrained_mutual", "n_kept_pretrained_alone", "n_ensemble_better")
 
 
 def _value(c: str, v):
@@ -88,7 +98,7 @@ def _value(c: str, v):
     return v
 
 
-def _constant_settings(shown: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+def constant_settings(shown: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     same = [c for c in _SETTING_COLS if c in shown.columns and shown[c].astype(str).nunique() == 1]
     line = ", ".join(f"{c} {shown[c].iloc[0]}" for c in same if str(shown[c].iloc[0]) not in ("", "–"))
     return shown.drop(columns=same), line
@@ -106,7 +116,11 @@ def display(name: str, df: pd.DataFrame) -> pd.DataFrame:
     out = {}
     same_model = "model" in df and "peer" in df and (df["model"].astype(str) == df["peer"].astype(str)).all()
     for c in df.columns:
-        if c in _HIDDEN or c.endswith(("_ci_low", "_ci_high")) or (c.endswith("_sd") and c[:-3] + "_mean" in df) \
+        if c == "mutual_epochs_max" and "alone_epochs_max" in df:
+            out["epochs (mutual/alone)"] = [f"{_value(c, a)}/{_value(c, b)}"
+                                            for a, b in zip(df[c], df["alone_epochs_max"])]
+            continue
+        if c in _HIDDEN or c in _IN_FLAG or c == "alone_epochs_max" or c.endswith(("_ci_low", "_ci_high")) or (c.endswith("_sd") and c[:-3] + "_mean" in df) \
                 or (c == "model" and same_model):
             continue
         if c.endswith("_mean"):
@@ -121,18 +135,36 @@ def display(name: str, df: pd.DataFrame) -> pd.DataFrame:
 def to_markdown(name: str, df: pd.DataFrame, *, caption: str | None = None) -> str:
     if not len(df):
         return f"_(no `{name}` results in the store)_"
-    shown, line = _constant_settings(display(name, df))
+    shown, line = constant_settings(display(name, df))
     text = shown.to_markdown(index=False, disable_numparse=True)
     cap = caption or CAPTIONS.get(name)
     return text + (f"\n\nSettings: {line}." if line else "") + (f"\n\n{cap}" if cap else "")
 
 
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+        ">": r"\textgreater{}"}
+
+
+def tex_escape(text) -> str:
+    """Plain text as LaTeX text: every special character escaped (`<` and `>` too, which the default
+    OT1 font encoding would print as other glyphs); `code` spans become \\texttt{...}."""
+    out, code = [], False
+    for part in str(text).split("`"):
+        esc = "".join(_TEX.get(ch, ch) for ch in part)
+        out.append(f"\\texttt{{{esc}}}" if code and esc else esc)
+        code = not code
+    return "".join(out)
+
+
 def to_latex(name: str, df: pd.DataFrame, *, caption: str | None = None) -> str:
     if not len(df):
-        return f"% no {name} results in the store"
-    shown, line = _constant_settings(display(name, df))
+        return f"% no {tex_escape(name)} results in the store"
+    shown, line = constant_settings(display(name, df))
     cap = " ".join(t for t in (caption or CAPTIONS.get(name), f"Settings: {line}." if line else "") if t)
-    return shown.to_latex(index=False, escape=True, caption=cap, label=f"tab:{name}")
+    # Escaped here, not by pandas: pandas leaves the caption raw and `<`/`>` in cells as they are.
+    shown = shown.rename(columns=tex_escape).map(tex_escape)
+    return shown.to_latex(index=False, escape=False, caption=tex_escape(cap), label=f"tab:{name}")
 
 
 def to_csv(name: str, df: pd.DataFrame, *, caption: str | None = None) -> str:

@@ -325,6 +325,58 @@ def controls(source, *, include_exploration: bool = False, peers: str | None = N
     return with_holm(pd.DataFrame(rows), ["dataset"])
 
 
+def _alternative_units(mut: pd.DataFrame, ens: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Per unit, one row per seed: the mutual AUC/logloss, the pretrained AUC it started from, the
+    pretrained ensemble's AUC/logloss; units: each model, the best mutual model of each seed chosen on
+    validation, and the mutual run's own ensemble."""
+    m = mut.drop_duplicates(["peer", "seed"], keep="last")
+    m = m.assign(auc=pd.to_numeric(m["test_auc"]), logloss=pd.to_numeric(m["test_logloss"]),
+                 pre=pd.to_numeric(m["pretrained_test_auc"]))
+    m = m.merge(ens, on="seed", how="left")
+    units = [(peer, g) for peer, g in m.groupby("peer", sort=False)]
+    best = m.sort_values(["seed", "valid_auc"], ascending=[True, False]).drop_duplicates("seed")
+    units.append(("best mutual model (on validation)", best))
+    own = m.drop_duplicates("seed", keep="last").assign(
+        auc=lambda t: pd.to_numeric(t["ensemble_test_auc"]), logloss=lambda t: pd.to_numeric(t.get("ensemble_test_logloss")),
+        pre=lambda t: t["ens_auc"])
+    if own["auc"].notna().any():
+        units.append(("mutual ensemble", own))
+    return units
+
+
+def alternatives(source, *, include_exploration: bool = False, peers: str | None = None) -> pd.DataFrame:
+    """The practical question beside mutual - alone, at the setting chosen on validation: is one
+    mutually finetuned model better than the plain mean of the pretrained peers' probabilities (the
+    pretrained ensemble, no training)? Per model, for the best mutual model of each seed (chosen on
+    validation) and for the mutual run's own ensemble: mutual - pretrained ensemble, paired by seed
+    (the main columns, Holm per dataset), mutual - its pretrained checkpoint, the share of the
+    ensemble's gain over the pretrained model that the single model keeps (100 * mean(mutual -
+    pretrained) / mean(ensemble - pretrained)), and in how many seeds the pretrained ensemble wins."""
+    df = records(source, include_exploration=include_exploration)
+    fin = finetune(df, include_exploration=include_exploration, peers=peers)
+    rows = []
+    for (ds, key), f in (fin.groupby(["dataset", "settings_key"], sort=True) if len(fin) else []):
+        mut = df[df["settings_key"] == key]
+        e = df[(df["dataset"] == ds) & (df["mode"] == "ensemble") & (df["init"] == "pretrained")
+               & (df["peers"] == mut["peers"].iloc[0])].drop_duplicates("seed", keep="last")
+        ens = pd.DataFrame({"seed": e["seed"], "ens_auc": pd.to_numeric(e["ensemble_test_auc"]),
+                            "ens_logloss": pd.to_numeric(e.get("ensemble_test_logloss"))})
+        for unit, g in _alternative_units(mut, ens):
+            row = {"dataset": ds, **setting_columns(mut), "unit": unit, "mutual_auc_mean": float(g["auc"].mean()),
+                   "pretrained_auc_mean": float(g["pre"].mean()), "ensemble_auc_mean": float(g["ens_auc"].mean())}
+            h = g.dropna(subset=["auc", "ens_auc"])
+            if len(h):
+                row.update(paired(h["auc"], h["ens_auc"], logloss_new=h["logloss"], logloss_ref=h["ens_logloss"]))
+                gain, ens_gain = (h["auc"] - h["pre"]).mean(), (h["ens_auc"] - h["pre"]).mean()
+                row["share_of_ensemble_gain_pct"] = 100 * gain / ens_gain if ens_gain > 0 else np.nan
+                row["n_ensemble_better"] = int((h["ens_auc"] > h["auc"]).sum())
+            else:
+                row.update(n_pairs=0, note="no pretrained ensemble run: only mutual - pretrained")
+            row.update(ci_columns("vs_pretrained_rel_pct", rel_pct(g["auc"], g["pre"])))
+            rows.append({**row, "settings_key": key})
+    return with_holm(pd.DataFrame(rows), ["dataset"])
+
+
 HEADLINE_COLS = ["dataset", "model", "weight", "finetune_lr_scale", "n_pairs", "rel_pct_mean", "rel_pct_ci_low",
                  "rel_pct_ci_high", "relaimpr_pct_mean", "relaimpr_pct_ci_low", "relaimpr_pct_ci_high",
                  "logloss_diff_mean", "logloss_diff_ci_low", "logloss_diff_ci_high", "p_holm", "note"]
@@ -340,6 +392,7 @@ def headline(source, *, include_exploration: bool = False) -> pd.DataFrame:
 TABLES: dict[str, Callable] = {
     "baselines": baselines, "scratch": scratch, "finetune": finetune, "sweep": sweep, "partners": partners,
     "partner_slopes": partner_slopes, "peer_count": peer_count, "controls": controls, "headline": headline,
+    "alternatives": alternatives,
 }
 NAMES = tuple(TABLES)
 

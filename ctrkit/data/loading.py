@@ -173,3 +173,16 @@ def format_info(i: dict) -> str:
     lines.append(f"  {len(i['fields'])} fields, {i['total_vocab']:,d} embedding rows in all:")
     lines += [f"    {f['name']:<18} {f['vocab_size']:>10,d}" for f in i["fields"]]
     return "\n".join(lines)
+
+
+def check_matches(d: CTRData, *, name: str, fields=None, claimed_by: str) -> None:
+    """A prepared folder used as dataset `name` (with the schema's processed `fields`, when given)
+    must be that dataset: otherwise one line naming the folder, what it holds and what claimed it
+    (a schema of one dataset and the prepared folder of another never load together)."""
+    if d.dataset != name:
+        raise CtrkitError(f"{d.path}: holds prepared dataset {d.dataset!r}, but {claimed_by} is {name!r}: "
+                          f"pass the folder prepared from it, or prepare it again")
+    if fields is not None and list(d.field_names) != list(fields):
+        extra = sorted(set(d.field_names) - set(fields)) or sorted(set(fields) - set(d.field_names))
+        raise CtrkitError(f"{d.path}: its fields differ from {claimed_by}'s ({', '.join(extra[:5]) or 'order'}): "
+                          f"it was prepared from another schema; prepare it again")

@@ -167,14 +167,26 @@ def dataset(cfg: Settings):
     if not cfg.data_dir.exists():
         raise CtrkitError(f"--data {cfg.data_dir}: no such file or directory")
     if (cfg.data_dir / "feature_map.json").exists():
-        return ctrdata.load(cfg.data_dir)
+        return _checked(cfg, ctrdata.load(cfg.data_dir))
     # Raw files: prepare once into OUT/data/<dataset>/data, the layout synthetic data gets too.
     target = cfg.data_path / "data"
     if (target / "feature_map.json").exists():
         _check_prepared_from(target, cfg.data_dir)
-        return ctrdata.load(target)
+        return _checked(cfg, ctrdata.load(target))
     _check_synthetic_absent(cfg)
     return ctrdata.load(ctrdata.prepare(cfg.schema or cfg.dataset, cfg.data_dir, target, progress=cfg.progress))
+
+
+def _checked(cfg: Settings, data):
+    """The loaded folder is the dataset the parameters claim (the schema's name and fields)."""
+    from ctrkit.data import load_schema
+    from ctrkit.data.loading import check_matches
+
+    if cfg.schema is not None:
+        check_matches(data, name=cfg.dataset, fields=load_schema(cfg.schema).fields, claimed_by=f"schema {cfg.schema}")
+    else:
+        check_matches(data, name=cfg.dataset, claimed_by="parameter dataset")
+    return data
 
 
 def _profiles_with_rows(rows) -> str:
@@ -297,16 +309,33 @@ def _need_results(cfg: Settings) -> Path:
     return cfg.results_csv
 
 
+def loaded_data(cfg: Settings) -> dict | None:
+    """What this run's data is as loaded: {"name": the dataset's own name (its schema's), "rows": rows
+    per split}, read from the processed folder's feature map; None before the data is prepared."""
+    folders = ([cfg.data_dir] if cfg.data_dir is not None else []) + [cfg.data_path / "data"]
+    for folder in folders:
+        try:
+            fm = json.loads((Path(folder) / "feature_map.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(fm, dict) and isinstance(fm.get("rows"), dict):
+            return {"name": str(fm.get("dataset") or cfg.dataset), "rows": {k: int(v) for k, v in fm["rows"].items()}}
+    return None
+
+
 def caption(cfg: Settings, *, figure: bool = True) -> str:
-    """The provenance line of this run's figures and tables: data, rows, seeds, precision, profile
-    (and for a figure, what its error bars are)."""
+    """The provenance line of this run's figures and tables: the data by its own name, its rows per
+    split as loaded (the profile's synthetic count only before the data exists), seeds, precision,
+    profile (and for a figure, what its error bars are)."""
     from ctrkit.analysis import plots, records
 
-    kind = "real" if cfg.data_dir is not None else "synthetic"
     prec = records.precision(_need_results(cfg)) if cfg.results_csv.exists() else "unrecorded"
-    return plots.provenance(data=f"{kind} {cfg.dataset.capitalize()}-shaped data" if kind == "synthetic"
-                            else f"real {cfg.dataset.capitalize()} data", rows=cfg.rows, seeds=len(cfg.seeds),
-                            precision=prec, profile=cfg.profile, error_bars=figure)
+    loaded = loaded_data(cfg)
+    name = loaded["name"] if loaded else cfg.dataset
+    data = (f"synthetic {name.capitalize()}-shaped data" if cfg.data_dir is None and cfg.schema is None
+            else f"real data: {name}")
+    return plots.provenance(data=data, rows=None if loaded else cfg.rows, splits=loaded["rows"] if loaded else None,
+                            seeds=len(cfg.seeds), precision=prec, profile=cfg.profile, error_bars=figure)
 
 
 def paper_table(cfg: Settings, name: str) -> pd.DataFrame:

@@ -227,6 +227,43 @@ def copy_figures(src: str | Path, dest: str | Path, *, tables_src: str | Path | 
     return [str(t) for _, t in pairs]
 
 
+def _data_statement(out: Path, dataset: str) -> str:
+    """One sentence on one dataset as loaded: its name, synthetic or real, rows per split and CTR."""
+    kind = "synthetic (ctrkit's hidden click model)" if (out / "data" / dataset / "raw" / "synth.json").exists() \
+        else "real"
+    try:
+        s = pd.read_csv(out / "tables" / f"{dataset}_data_splits.csv")
+        rows = " / ".join(f"{r.split} {int(r.rows):,}" for r in s.itertuples())
+        ctr = " / ".join(f"{r.ctr:.3f}" for r in s.itertuples())
+        return f"{dataset}: {kind} data, {int(s['rows'].sum()):,} rows as loaded ({rows}), CTR {ctr}."
+    except (OSError, KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return f"{dataset}: {kind} data (no data table: 00_data did not run)."
+
+
+def _lead(out: Path) -> tuple[list[str], list[str]]:
+    """What index.md/index.html open with: the data statement and the headline table of each dataset
+    (mutual - alone at the setting chosen on validation), before the lists of everything else."""
+    from ctrkit.analysis import render
+
+    md, h = ["## Headline", ""], ["<h2>Headline</h2>"]
+    for csv in sorted((out / "tables").glob("*_headline.csv")):
+        dataset = csv.name[: -len("_headline.csv")]
+        statement = _data_statement(out, dataset)
+        md += [statement, ""]
+        h.append(f"<p>{html.escape(statement)}</p>")
+        mdp = csv.with_suffix(".md")
+        if mdp.exists():
+            md += [mdp.read_text().strip(), ""]
+        try:
+            df = pd.read_csv(csv)
+            shown, line = render.constant_settings(render.display("headline", df)) if len(df) else (df, "")
+            h.append(shown.to_html(index=False, border=0) if len(df) else "")
+            h.append(f"<p>{html.escape(f'Settings: {line}. ' if line else '')}{html.escape(render.CAPTIONS['headline'])}</p>")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError):
+            pass
+    return (md, h) if len(md) > 2 else ([], [])
+
+
 def write_index(out: str | Path, *, profile: str | None = None) -> dict:
     """OUT/index.md and OUT/index.html linking the executed notebooks, tables and figures."""
     out = Path(out)
@@ -235,7 +272,9 @@ def write_index(out: str | Path, *, profile: str | None = None) -> dict:
     figures = sorted((out / "figures").glob("*.png"))
     rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
     md = [f"# ctrkit reproduction{f' (profile {profile})' if profile else ''}", "",
-          f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "", "## Notebooks", ""]
+          f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    lead_md, lead_html = _lead(out)
+    md += lead_md + ["## Notebooks", ""]
     md += [f"- [{rel(p)}]({rel(p)})" + (" (FAILED)" if p.stem.endswith(".failed") else "") for p in notebooks]
     md += ["", "## Tables", ""]
     for p in tables:
@@ -252,7 +291,8 @@ def write_index(out: str | Path, *, profile: str | None = None) -> dict:
     h = [f"<!doctype html><meta charset='utf-8'><title>ctrkit reproduction</title>",
          "<style>body{font-family:sans-serif;max-width:960px;margin:auto}img{max-width:100%}"
          "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
-         f"<h1>ctrkit reproduction{html.escape(f' (profile {profile})' if profile else '')}</h1>", "<h2>Notebooks</h2><ul>"]
+         f"<h1>ctrkit reproduction{html.escape(f' (profile {profile})' if profile else '')}</h1>", *lead_html,
+         "<h2>Notebooks</h2><ul>"]
     h += [f"<li><a href='{html.escape(rel(p))}'>{html.escape(rel(p))}</a></li>" for p in notebooks]
     h.append("</ul><h2>Tables</h2>")
     for p in tables:
