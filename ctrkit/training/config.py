@@ -32,9 +32,9 @@ __all__ = ["MODES", "INITS", "TAGS", "AMP_CHOICES", "TRAIN_DICT_KEYS", "RUN_TRAI
            "RunSpec", "PretrainSpec", "min_peers", "stored_weight", "weight_matters", "run_key", "peer_labels",
            "split_label", "parse_monitor"]
 
-MODES = ("mutual", "alone", "kd", "ensemble")
+MODES = ("mutual", "alone", "kd", "ensemble", "ensemble_teacher", "ektf")
 INITS = ("scratch", "pretrained")
-TAGS = (None, "exploration")
+TAGS = (None, "exploration", "variants")
 AMP_CHOICES = ("auto", "bf16", "off")
 # Monitors as FuxiCTR writes them: a metric name, or {metric: weight} summed (BARS: AUC - logloss).
 _MONITOR_ALIASES = {"auc": {"auc": 1.0}, "logloss": {"logloss": -1.0},
@@ -55,8 +55,9 @@ _NOT_RESULT = {"progress", "device", "threads", "eval_batch_size", "check_every"
 
 
 def min_peers(mode: str) -> int:
-    """alone trains one or more peers side by side; every other mode needs someone to learn from."""
-    return 1 if mode == "alone" else 2
+    """alone trains one or more peers side by side, and so may the group rules (one peer: its own
+    ensemble, nothing to learn: training alone); the others need someone to learn from."""
+    return 1 if mode in ("alone", "ensemble_teacher", "ektf") else 2
 
 
 def stored_weight(mode: str, weight: float) -> float:
@@ -67,7 +68,7 @@ def stored_weight(mode: str, weight: float) -> float:
 
 def weight_matters(mode: str) -> bool:
     """Whether two runs differing only in weight differ: not when nobody learns (alone, ensemble)."""
-    return mode in ("mutual", "kd")
+    return mode in ("mutual", "kd", "ensemble_teacher", "ektf")
 
 
 def run_key(**fields) -> str:
@@ -288,13 +289,16 @@ class RunSpec:
     `finetune_epochs` (pretrained). Pretrained peers come from `ckpt_dir/<label>/best.pt`, finetuned
     at `finetune_lr_scale` x their pretraining lr, monitoring `finetune_monitor`; their pretrained
     weights count as epoch 0. `overrides`: `--set` keys of the train config (every peer) or the
-    model (scratch peers). `tag` "exploration" keeps a run out of the paper's tables."""
+    model (scratch peers). `tag` "exploration" (the widget's runs) or "variants" (the variants
+    notebook's) keeps a run out of the paper's tables. `share_embedding`: the peers (all from
+    scratch, one embedding size) use ONE embedding table, peer 0's (`ctrkit.experiments.runs`)."""
 
     peers: tuple[str, ...]
     init: str = "scratch"
     mode: str = "mutual"
     weight: float = 1.0
     divergence: str = "mse"
+    share_embedding: bool = False
     warmup_steps: int = 0
     epochs: int | None = None
     finetune_lr_scale: float = 0.1
@@ -361,6 +365,12 @@ class RunSpec:
                 raise CtrkitError(f"{name}: expected an int >= {1 if 'epochs' in name else 0}, got {v!r}")
         if self.tag not in TAGS:
             raise CtrkitError(f"tag: expected one of {TAGS}, got {self.tag!r}")
+        if not isinstance(self.share_embedding, bool):
+            raise CtrkitError(f"share_embedding: expected true or false, got {self.share_embedding!r}")
+        if self.share_embedding and (self.init != "scratch" or self.mode in ("kd", "ensemble")):
+            raise CtrkitError(f"share_embedding: the peers share one table trained from scratch; init {self.init!r} / "
+                              f"mode {self.mode!r} loads pretrained tables (use init scratch, mode mutual, alone, "
+                              f"ensemble_teacher or ektf)")
 
     def settings(self) -> dict:
         """Every setting that changes a result, as stored; what is irrelevant to this run is None."""
@@ -372,7 +382,9 @@ class RunSpec:
                 "finetune_lr_scale": self.finetune_lr_scale if loads else None,
                 "finetune_epochs": self.finetune_epochs if self.init == "pretrained" else None,
                 "finetune_monitor": self.finetune_monitor if loads else None,
-                "ckpt_dir": self.ckpt_dir if loads else None}
+                "ckpt_dir": self.ckpt_dir if loads else None,
+                # only when set: the run keys of every run without it stay what they were
+                **({"share_embedding": True} if self.share_embedding else {})}
 
     def key(self, fingerprint: str) -> str:
         """The store's skip-if-done key: the data, every setting, the seed."""
