@@ -5,8 +5,10 @@ Errors meant for the user are CtrkitError: printed as one line `ctrkit: error: .
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from pathlib import Path
 
 # Nothing heavy at import time: torch loads inside main(), where Ctrl-C and errors are handled.
 from ctrkit.core.errors import CtrkitError
@@ -28,8 +30,21 @@ def _run_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--threads", default="auto", help="CPU threads: a number, or auto (the cores other "
                    "processes leave free; OMP_NUM_THREADS when set)")
     s.add_argument("--seed", type=int, default=2021)
+    s.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
+                   help="several seeds trained together as replicas (one batched step); --out and --ckpt-dir "
+                        "then hold one seed<S> folder per seed")
     s.add_argument("--set", dest="overrides", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="a train-config key (lr, patience, ...) or a model hyperparameter; repeatable")
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise CtrkitError(f"--seeds: expected comma-separated ints, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise CtrkitError(f"--seeds: expected distinct ints >= 0, got {text!r}")
+    return seeds
 
 
 def _overrides(pairs: list[tuple[str, str]], model_names: list[str]) -> dict:
@@ -221,6 +236,8 @@ def cmd_prepare(args):
         print(f"note: no valid file: {source['split']}")
     if source.get("ignored_columns"):
         print(f"note: columns not in the schema, ignored: {', '.join(source['ignored_columns'])}")
+    for note in source.get("notes", []):
+        print(f"note: {note}")
     return {"path": str(path), "rows": rows, "skipped_rows": skipped, "fingerprint": d.fingerprint}
 
 
@@ -245,12 +262,28 @@ def cmd_pretrain(args):
     spec = runs.PretrainSpec(**_settings(args, runs.PretrainSpec), model=name,
                              overrides=_overrides(args.overrides, [name]),
                              progress=not args.json or sys.stderr.isatty())
+    if args.seeds:
+        return _pretrain_seeds(args, spec, d, name)
     result, _ = runs.pretrain(spec, d, out_dir=out, resume=args.resume, store=args.store, force=not args.resume)
     print(f"{name} on {d.dataset}: valid AUC {result['valid_auc']:.6f} logloss {result['valid_logloss']:.6f}, "
           f"test AUC {result['test_auc']:.6f} logloss {result['test_logloss']:.6f}, {result['epochs']} epochs"
           f"{' (stopped early)' if result.get('stopped_early') else ' (hit the epoch cap)'}, "
           f"{result['seconds']:.1f} s -> {result['checkpoint']}", file=sys.stderr)
     return result if args.json else None
+
+
+def _pretrain_seeds(args, spec, d, name):
+    """`pretrain --seeds`: one model at every seed, trained together as replicas."""
+    from ctrkit.experiments import runs
+
+    root = Path(args.out) if args.out else Path("runs") / d.dataset
+    specs = [dataclasses.replace(spec, seed=s) for s in args.seeds]
+    done = runs.pretrain_many(specs, d, out_dirs=[runs.seed_dir(root, s) / name for s in args.seeds],
+                              store=args.store, force=not args.resume)
+    for s, (result, _) in zip(args.seeds, done):
+        print(f"{name} seed {s}: test AUC {result['test_auc']:.6f} logloss {result['test_logloss']:.6f}, "
+              f"{result['epochs']} epochs -> {result['checkpoint']}", file=sys.stderr)
+    return [result for result, _ in done] if args.json else None
 
 
 def _spec(args):
@@ -266,6 +299,15 @@ def _run_mutual(args):
     from ctrkit import data
     from ctrkit.experiments import runs
 
+    if args.seeds and args.distributed:
+        raise CtrkitError("--seeds trains the seeds as replicas in one process: not with --distributed")
+    if args.seeds:
+        spec, d = _spec(args), data.load(args.data)
+        specs = [dataclasses.replace(spec, seed=s, ckpt_dir=str(runs.seed_dir(spec.ckpt_dir, s)) if spec.ckpt_dir
+                                     else None) for s in args.seeds]
+        outs = [runs.seed_dir(args.out, s) if args.out else None for s in args.seeds]
+        recs, skipped = runs.execute_many(specs, d, store=args.store, out_dirs=outs, force=args.force)
+        return [r for run_recs in recs for r in run_recs], all(skipped), True
     if not args.distributed:
         spec = _spec(args)
         recs, skipped = runs.execute(spec, data.load(args.data), store=args.store, out_dir=args.out,
@@ -296,6 +338,15 @@ def cmd_mutual(args):
     records, skipped, main = _run_mutual(args)
     if not main:
         return None  # under torchrun only rank 0 reports
+    if args.seeds:  # one summary per seed's run
+        by_run: dict = {}
+        for r in records:
+            by_run.setdefault(r["run_key"], []).append(r)
+        summaries = [runs.summary(recs) for recs in by_run.values()]
+        for seed, sm in zip(args.seeds, summaries):
+            print(f"seed {seed}: ensemble test AUC {sm['ensemble_test_auc']:.6f}; " + ", ".join(
+                f"{p['label']} {p['test_auc']:.6f}" for p in sm["peers"]), file=sys.stderr)
+        return summaries if args.json else None
     summary = runs.summary(records)
     summary.update(skipped=skipped, store=args.store, distributed=records[0].get("distributed"))
     if skipped:

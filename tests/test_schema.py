@@ -356,3 +356,75 @@ def test_a_prepared_folder_of_another_dataset_is_refused_with_one_line(tmp_path)
     cfg = reproduce.settings(dataset="criteo", profile="smoke", data_dir=str(prepared), out=str(tmp_path / "o"))
     with pytest.raises(CtrkitError, match="holds prepared dataset 'otherlogs', but parameter dataset is 'criteo'"):
         reproduce.dataset(cfg)
+
+
+# ------------------------------------------------------------------------ your own data, as it comes (issue 22)
+
+def test_format_by_content_and_typed_headers(tmp_path, capsys):
+    """A parquet file named .parquet.brotli (brotli pages), a gzip file named .csv and a typed header
+    (`rating:float`, a label column `y:int`) all read as what they are, to the same arrays."""
+    import lzma
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [[i % 2, "uvw"[i % 3], i % 7] for i in range(90)]
+    schema = "name: typed\nlabel: y\ncategorical: [a]\nnumeric: [{column: rating, bucket: quantile, bins: 3}]\n"
+    f = tmp_path / "typed.yaml"
+    f.write_text(schema)
+    plain = _write_csv(tmp_path / "plain" / "t.csv", ["y", "a", "rating"], rows)
+    typed = _write_csv(tmp_path / "typed" / "t.csv", ["y:int", "a:string", "rating:float"], rows)
+    gz = tmp_path / "gz" / "t.csv"
+    gz.parent.mkdir()
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    pqf = tmp_path / "pq" / "t.parquet.brotli"
+    pqf.parent.mkdir()
+    pq.write_table(pa.table({"y:int": [r[0] for r in rows], "a": [r[1] for r in rows],
+                             "rating:float": [float(r[2]) for r in rows]}), pqf, compression="brotli")
+    want = arrays(data.prepare(load_schema(f), plain, tmp_path / "o_plain", progress=False))
+    for name, raw in (("typed", typed), ("gz", gz), ("pq", pqf), ("pqdir", pqf.parent)):
+        if name == "pqdir":
+            pqf.rename(pqf.with_name("train.parquet.brotli"))
+            raw = pqf.parent
+        got = arrays(data.prepare(load_schema(f), raw, tmp_path / f"o_{name}", progress=False))
+        for s in data.SPLITS:
+            np.testing.assert_array_equal(got[s][0], want[s][0], err_msg=name)
+    xz = tmp_path / "t.csv.xz"
+    xz.write_bytes(lzma.compress(plain.read_bytes()))
+    _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(xz), "--out", str(tmp_path / "x")],
+               str(xz), "xz-compressed", "decompress it first")
+    br = tmp_path / "t.csv.brotli"
+    br.write_bytes(b"\x8b\x03\x80y,a\n\x03")  # no parquet magic: brotli-compressed text, not opened
+    _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(br), "--out", str(tmp_path / "b")],
+               "brotli-compressed")
+    binary = tmp_path / "t.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x81" * 50)
+    _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(binary), "--out", str(tmp_path / "c")],
+               "not UTF-8 text")
+
+
+def test_fixed_edge_buckets_and_a_note_when_quantile_bins_merge(tmp_path, capsys):
+    rows = [[i % 2, v, 5 if i < 80 else i] for i, v in enumerate(range(100))]  # q: 80% of the rows are 5
+    raw = _write_csv(tmp_path / "t.csv", ["y", "v", "q"], rows)
+    f = tmp_path / "s.yaml"
+    f.write_text("name: nums\nlabel: y\nnumeric:\n  - {column: v, bucket: edges, edges: [10, 50, 90]}\n"
+                 "  - {column: q, bucket: quantile, bins: 4}\n")
+    out = tmp_path / "o"
+    assert main(["prepare", "--schema", str(f), "--raw", str(raw), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "note: q: 4 quantile bins asked, " in printed and "merged" in printed
+    d = data.load(out)
+    assert d.feature_map["fields"][0]["bucket"] == "edges" and d.feature_map["fields"][0]["edges"] == [10.0, 50.0, 90.0]
+    X, _ = d.numpy("train", mmap=False)
+    raw_v = np.array([r[1] for r in rows])
+    # v < 10 -> 2, 10 <= v < 50 -> 3, 50 <= v < 90 -> 4, v >= 90 -> 5 (whatever split a row went to)
+    seen = {int(x) for x in X[:, 0]}
+    assert seen <= {2, 3, 4, 5} and d.field_sizes[0] == 2 + 4 + 1
+    every = np.concatenate([d.numpy(s)[0][:, 0] for s in data.SPLITS])
+    assert sorted(np.bincount(every)[2:6].tolist()) == sorted(np.bincount(np.searchsorted([10, 50, 90], raw_v,
+                                                                                          side="right")).tolist())
+    assert "note: q: 4 quantile bins asked" in data.format_info(data.info(d))
+    for bad in ("{column: v, bucket: edges}", "{column: v, edges: [3, 2]}", "{column: v, bucket: log2, edges: [1]}"):
+        f.write_text(f"name: nums\nlabel: y\nnumeric:\n  - {bad}\n")
+        _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(raw), "--out", str(tmp_path / "z")],
+                   "numeric[0].edges")

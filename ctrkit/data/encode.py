@@ -210,10 +210,20 @@ class Vocab:
 
 @dataclass
 class Bins:
-    """Equal-count bins of the training values (edges in key space, which keeps numeric order):
-    index FIRST + bin; a missing value has the last index."""
+    """Bins of a numeric field (edges in key space, which keeps numeric order): equal-count bins of
+    the training values (`quantile`) or the schema's fixed `edges`; index FIRST + bin; a missing value
+    has the last index. `note`: why there are fewer quantile bins than asked (tied edges merged)."""
     edges: np.ndarray
     size: int
+    kind: str = "quantile"
+    note: str = ""
+
+    @classmethod
+    def fixed(cls, edges) -> Bins:
+        import pyarrow as pa
+
+        keys, _ = float_keys(pa.array([repr(float(e)) for e in edges]))
+        return cls(keys, FIRST + len(keys) + 2, kind="edges")
 
     @classmethod
     def from_counts(cls, keys: np.ndarray, counts: np.ndarray, bins: int) -> Bins:
@@ -227,18 +237,24 @@ class Bins:
         q = np.searchsorted(cum, cum[-1] * np.arange(1, bins) / bins, side="right")
         edges = np.unique(k[np.minimum(q, len(k) - 1)])
         edges = edges[edges > k[0]]
-        return cls(edges, FIRST + len(edges) + 2)
+        note = "" if len(edges) == bins - 1 else (
+            f"{bins} quantile bins asked, {len(edges) + 1} made: tied values (a value holding more than 1/{bins} "
+            f"of the training rows, or fewer distinct values than bins) merged the others")
+        return cls(edges, FIRST + len(edges) + 2, note=note)
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         idx = FIRST + np.searchsorted(self.edges, keys, side="right").astype(np.int32)
         return np.where(keys == 0, self.size - 1, idx).astype(np.int32)
 
     def describe(self) -> dict:
-        return {"bucket": "quantile", "edges": [float(x) for x in float_of_keys(self.edges)]}
+        out = {"bucket": self.kind, "edges": [float(x) for x in float_of_keys(self.edges)]}
+        return {**out, "note": self.note} if self.note else out
 
 
 def build_vocab(counter: Counter, f: int, fp: FieldPlan, min_count: int):
     keys, counts = counter.counts(f)
     if fp.kind == "numeric" and fp.spec.bucket == "quantile":
         return Bins.from_counts(keys, counts, fp.spec.bins)
+    if fp.kind == "numeric" and fp.spec.bucket == "edges":
+        return Bins.fixed(fp.spec.edges)
     return Vocab.from_counts(keys, counts, min_count)

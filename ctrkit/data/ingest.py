@@ -257,6 +257,9 @@ def _prepare_into(tmp: Path, schema: DatasetSchema, protocol: str, parts: list[P
     src = {**source, "skipped_rows": skipped, "split": _split_text(schema, source, parts[0].split in SPLITS)}
     if ignored:
         src["ignored_columns"] = ignored
+    notes = [f"{p.name}: {v.note}" for p, v in zip(plan, vocabs) if getattr(v, "note", "")]
+    if notes:  # said, not silent: e.g. quantile bins that merged on tied values
+        src["notes"] = notes
     fm = {
         "dataset": schema.name,
         "protocol": protocol,

@@ -172,6 +172,7 @@ def format_info(i: dict) -> str:
                      else f"  {s:<5} {i['rows'][s]:>12,d} rows")
     lines.append(f"  {len(i['fields'])} fields, {i['total_vocab']:,d} embedding rows in all:")
     lines += [f"    {f['name']:<18} {f['vocab_size']:>10,d}" for f in i["fields"]]
+    lines += [f"  note: {n}" for n in (i.get("source") or {}).get("notes", [])]
     return "\n".join(lines)
 
 

@@ -38,7 +38,7 @@ FRAPPE_CAT = ["user", "item", "daytime", "weekday", "isweekend", "homework", "co
               "country", "city"]
 MOVIELENS_CAT = ["user_id", "item_id", "tag_id"]
 
-BUCKETS = ("log2", "quantile")
+BUCKETS = ("log2", "quantile", "edges")
 TIME_FORMATS_HELP = "YYMMDDHH, unix (seconds since 1970) or a strptime format such as %Y-%m-%d %H:%M:%S"
 TIME_PARTS = ("hour", "weekday", "weekend")
 
@@ -105,10 +105,12 @@ class Label:
 @dataclass(frozen=True, kw_only=True)
 class Numeric:
     """A numeric column bucketed into a categorical field: `log2` (BARS's floor(ln(v)^2) for
-    v > 2, else int(v)) or `quantile` (`bins` equal-count bins of the training rows)."""
+    v > 2, else int(v)), `quantile` (`bins` equal-count bins of the training rows) or `edges`
+    (fixed bins at the given increasing `edges`: v < edges[0], edges[0] <= v < edges[1], ...)."""
     column: str
     bucket: str = "log2"
     bins: int = 10
+    edges: tuple | None = None
 
     @classmethod
     def from_dict(cls, d, where: str) -> Numeric:
@@ -117,10 +119,18 @@ class Numeric:
         _check_keys(d, cls, where)
         if "column" not in d:
             raise CtrkitError(f"{where}: missing key 'column'")
-        n = cls(column=_names(d["column"], f"{where}.column")[0], bucket=d.get("bucket", "log2"),
-                bins=d.get("bins", 10))
+        edges = d.get("edges")
+        n = cls(column=_names(d["column"], f"{where}.column")[0], bucket=d.get("bucket", "edges" if edges else "log2"),
+                bins=d.get("bins", 10), edges=tuple(edges) if isinstance(edges, (list, tuple)) else edges)
         if n.bucket not in BUCKETS:
             raise CtrkitError(f"{where}.bucket: unknown bucket {n.bucket!r}; valid: {', '.join(BUCKETS)}")
+        if (n.bucket == "edges") != (n.edges is not None):
+            raise CtrkitError(f"{where}.edges: give edges exactly with bucket: edges (got bucket {n.bucket!r}, "
+                              f"edges {edges!r})")
+        if n.edges is not None and (not isinstance(n.edges, tuple) or not n.edges or any(
+                isinstance(e, bool) or not isinstance(e, (int, float)) for e in n.edges)
+                or any(a >= b for a, b in zip(n.edges, n.edges[1:]))):
+            raise CtrkitError(f"{where}.edges: expected a non-empty list of strictly increasing numbers, got {edges!r}")
         if not isinstance(n.bins, int) or isinstance(n.bins, bool) or n.bins < 2:
             raise CtrkitError(f"{where}.bins: expected an integer >= 2, got {n.bins!r}")
         return n
@@ -263,7 +273,11 @@ class DatasetSchema:
 
     def digest(self) -> str:
         """Hash of everything that changes the processed output (part of the fingerprint)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=list).encode()).hexdigest()[:16]
+        d = self.to_dict()
+        for n in d["numeric"]:  # a key added later, unset: the digest of a schema without it stays the same
+            if n.get("edges") is None:
+                n.pop("edges", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     def replace(self, **changes) -> DatasetSchema:
         return dataclasses.replace(self, **changes)

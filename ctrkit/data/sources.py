@@ -40,9 +40,28 @@ def _with_gz(names) -> list[str]:
     return [n + gz for n in names for gz in ("", ".gz") if not (n.endswith(".parquet") and gz)]
 
 
+# A file's format by its first bytes, not its name: a parquet file named `.parquet.brotli` (its pages
+# brotli-compressed) or a gzip file without `.gz` is still read as what it is.
+_MAGIC = ((b"PAR1", "parquet"), (b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"),
+          (b"\x28\xb5\x2f\xfd", "zstd"), (b"PK\x03\x04", "zip"))
+_UNREAD = ("bzip2", "xz", "zstd", "zip")
+
+
+def sniff(path: Path) -> str:
+    """The format of a file by its content: parquet, gzip (text inside), a compression ctrkit does
+    not open, or text (with the suffix `.br`/`.brotli` and no parquet magic: brotli, which has no magic)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise CtrkitError(f"{path}: cannot read: {_os_reason(e)}") from None
+    kind = next((k for magic, k in _MAGIC if head.startswith(magic)), "text")
+    return "brotli" if kind == "text" and path.suffix.lower() in (".br", ".brotli") else kind
+
+
 def _open_text(path: Path):
     # utf-8-sig: a byte-order mark before the header is not part of the first column's name.
-    if path.suffix == ".gz":
+    if sniff(path) == "gzip":
         return _gzip.open(path, "rt", newline="", encoding="utf-8-sig")
     return open(path, newline="", encoding="utf-8-sig")
 
@@ -65,10 +84,11 @@ def match_columns(tokens: list, schema: DatasetSchema, where: str) -> tuple[dict
     -> (our name -> input name, ignored input columns). A used column missing or present twice
     is an error naming it.
     """
-    lower = [t.lower() for t in tokens]
+    lower = [untyped(t).lower() for t in tokens]
     columns = {}
     for c in schema.used_columns:
-        hits = [t for t in tokens if t == c] or [t for t, lo in zip(tokens, lower) if lo == c.lower()]
+        hits = [t for t in tokens if t == c] or [t for t in tokens if untyped(t) == c] \
+            or [t for t, lo in zip(tokens, lower) if lo == c.lower()]
         if len(hits) > 1 or (hits and tokens.count(hits[0]) > 1):
             raise CtrkitError(f"{where}: column {c!r} appears {max(len(hits), tokens.count(hits[0]))} "
                               f"times in the header")
@@ -78,14 +98,28 @@ def match_columns(tokens: list, schema: DatasetSchema, where: str) -> tuple[dict
     if missing:
         raise CtrkitError(f"{where}: header lacks column(s) {', '.join(missing)} for {schema.name}")
     named = {v.lower() for v in columns.values()} | {d.lower() for d in schema.drop}
-    return columns, tuple(t for t in tokens if t.lower() not in named)
+    return columns, tuple(t for t in tokens if t.lower() not in named and untyped(t).lower() not in named)
+
+
+_TYPES = ("int", "integer", "long", "float", "double", "number", "numeric", "str", "string", "text", "category",
+          "categorical", "token", "bool", "boolean", "date", "datetime", "time", "timestamp", "label")
+
+
+def untyped(name: str) -> str:
+    """A header name without a type annotation (`rating:float` -> `rating`; some exports type their
+    columns so); any other name as it is."""
+    base, sep, kind = name.rpartition(":")
+    return base.strip() if sep and base.strip() and kind.strip().lower() in _TYPES else name
 
 
 def _read_first_line(path: Path) -> str:
     try:
         with _open_text(path) as f:
             return f.readline()
-    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
+    except UnicodeDecodeError:
+        raise CtrkitError(f"{path}: not UTF-8 text, and its content is not parquet or gzip: give a CSV/TSV "
+                          f"(optionally .gz) or a parquet file") from None
+    except (OSError, EOFError, zlib.error) as e:
         raise CtrkitError(f"{path}: cannot read: {_os_reason(e)}") from None
 
 
@@ -97,15 +131,19 @@ def _os_reason(e: Exception) -> str:
 def _file_part(path: Path, schema: DatasetSchema, split: str | None, on_bad_lines: str) -> Part:
     if not path.is_file():
         raise CtrkitError(f"{path}: no such file")
-    if path.suffix == ".parquet":
+    kind = sniff(path)
+    if kind == "parquet":
         return _parquet_part(path, schema, split)
+    if kind in _UNREAD + ("brotli",):
+        raise CtrkitError(f"{path}: {kind}-compressed (by its {'name' if kind == 'brotli' else 'content'}): "
+                          f"decompress it first, or write it as CSV, CSV .gz or parquet")
     first = _read_first_line(path)
     if not first.strip():
         raise CtrkitError(f"{path}: line 1: empty file (no header, no rows)")
     delim = "\t" if "\t" in first or ".tsv" in path.suffixes else ","
     tokens = [t.strip().strip('"') for t in first.rstrip("\r\n").split(delim)]
     known = {c.lower() for c in schema.used_columns + schema.drop}
-    header = any(t.lower() in known for t in tokens)
+    header = any(untyped(t).lower() in known for t in tokens)
     if header:
         columns, ignored = match_columns(tokens, schema, f"{path}: line 1")
         names, first_line = tokens, 2
@@ -149,7 +187,8 @@ def _csv_batches(path: Path, part: Part, names, delim: str, on_bad_lines: str):
                                     include_columns=include, strings_can_be_null=False,
                                     quoted_strings_can_be_null=False)
         try:
-            reader = pacsv.open_csv(str(path), read_options=read, parse_options=parse, convert_options=conv)
+            stream = pa.input_stream(str(path), compression="gzip" if sniff(path) == "gzip" else None)
+            reader = pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=conv)
         except (pa.ArrowInvalid, OSError, zlib.error) as e:  # OSError: e.g. a truncated .gz
             raise CtrkitError(_arrow_error(part, e, 0)) from None
         rows = 0
@@ -249,7 +288,9 @@ def _split_files(path: Path) -> dict:
     found = {}
     for split, stems in SPLIT_NAMES.items():
         cands = [path / n for s in stems for n in _with_gz([s + ext for ext in _EXTS])]
-        hit = [c for c in cands if c.is_file()]
+        # then any other name of the split (train.parquet.brotli): its format is read from its content
+        hit = [c for c in cands if c.is_file()] or [c for s in stems for c in sorted(path.glob(f"{s}.*"))
+                                                     if c.is_file() and not c.name.startswith(".")]
         if hit:
             found[split] = hit[0]
     return found
