@@ -161,6 +161,32 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "                            caption=reproduce.caption(cfg),\n"
                  "                            title=f'Mutual finetuning with N peers, mean over partner subsets ({dataset})'))"),
     ],
+    "07_variants": [
+        ("md", "# 07 · Beyond the paper: the relatives of mutual learning, and prediction churn\n"
+               "Each variant minus its `alone` control (same batches, steps, schedule and stopping, weight 0), paired "
+               "by seed: mutual learning with the paper's MSE and with KL (deep mutual learning), the ensemble of "
+               "the peers as the teacher, EKTF (ensemble teacher + peers weighted by their examination scores, "
+               "arXiv 2411.16122), KD from the best pretrained model; finetuning (at the setting 02 chose) and from "
+               "scratch, with separate embedding tables and with one shared table. Churn: how much predictions "
+               "disagree, between a run's peers and between two seeds of the same configuration."),
+        ("code", "from ctrkit import experiments\nfrom ctrkit.analysis import plots\nfrom ctrkit.notebook import reproduce"),
+        ("params", PARAMETERS),
+        ("code", SETTINGS),
+        ("md", "## Runs (tagged `variants`, left out of the paper's tables; those in the store are skipped)"),
+        ("code", "grid = reproduce.variant_grid(cfg)\n"
+                 "for settings in grid:\n"
+                 "    experiments.run(data, **settings)\n"
+                 "reproduce.export_results(cfg)\n"
+                 "[(g['inits'], g['modes'], g.get('divergence', 'mse'), g.get('share_embedding', False)) for g in grid]"),
+        ("md", "## Each variant minus alone, per model (95% paired t-intervals, Holm across the table), with churn"),
+        ("code", "reproduce.variants_table(cfg)"),
+        ("code", "plots.show(plots.paired_gains(reproduce.read_table(cfg.table('fig_variants')), cfg.figure('variants'),\n"
+                 "                              x='comparison', hue='model', width=7.5, height=3.0,\n"
+                 "                              caption=reproduce.caption(cfg),\n"
+                 "                              title=f'Relatives of mutual learning minus alone, per model ({dataset})'))"),
+        ("md", "## Across datasets: interquartile mean and probability of improvement (stratified bootstrap 95% CIs)"),
+        ("code", "reproduce.variants_summary(cfg)"),
+    ],
     "05_architectures": [
         ("md", "# 05 · Architectures\nThe paper's Figures 1 and 2, drawn from code (`ctrkit.analysis.plots`), written to "
                "`OUT/figures/` (a relative `out` is relative to the repository root)."),

@@ -60,10 +60,11 @@ def test_committed_notebooks_match_their_generator():
 
 def test_plan_and_bad_arguments(tmp_path):
     jobs = runner.plan(dataset="both", profile="smoke", out=str(tmp_path))
-    assert [j.name for j in jobs[:5]] == [f"criteo_{n}" for n in profiles.PER_DATASET]
-    assert [j.name for j in jobs[5:10]] == [f"avazu_{n}" for n in profiles.PER_DATASET]
-    assert [j.name for j in jobs[10:]] == list(profiles.ONCE)
-    assert jobs[6].parameters == {"dataset": "avazu", "data_dir": None, "profile": "smoke", "device": "auto",
+    k = len(profiles.PER_DATASET)
+    assert [j.name for j in jobs[:k]] == [f"criteo_{n}" for n in profiles.PER_DATASET]
+    assert [j.name for j in jobs[k:2 * k]] == [f"avazu_{n}" for n in profiles.PER_DATASET]
+    assert [j.name for j in jobs[2 * k:]] == list(profiles.ONCE)
+    assert jobs[k + 1].parameters == {"dataset": "avazu", "data_dir": None, "profile": "smoke", "device": "auto",
                                   "out": str(tmp_path.resolve())}
     with pytest.raises(CtrkitError, match="--data DIR is required"):
         runner.plan(profile="full")

@@ -47,6 +47,7 @@ class Record:
     partners: list = _core()
     weight: float | None = _core()
     divergence: str | None = _core()
+    share_embedding: bool = ABSENT  # only when true: the peers used one embedding table
     warmup_steps: int = ABSENT
     preset: str = _core()
     amp: str
@@ -70,6 +71,9 @@ class Record:
     ensemble_valid_auc: float | None = ABSENT
     ensemble_test_auc: float | None = _core()
     ensemble_test_logloss: float | None = _core()
+    # prediction churn on test against the run's other peers, averaged over them (`ctrkit.experiments.churn`)
+    peer_churn_abs: float = ABSENT
+    peer_churn_top10: float = ABSENT
     seconds: float = _core()
     checkpoint: str | None = ABSENT
     config: dict = _core()

@@ -16,10 +16,14 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from ctrkit.core.utils import CtrkitError, seed_everything
+from ctrkit.experiments import churn
 from ctrkit.experiments.record import make_records
 from ctrkit.experiments.store import ResultsStore
 from ctrkit.models import build, hparam_defaults
+from ctrkit.models.layers import FeatureEmbedding
 from ctrkit.training import checkpoint, presets
 from ctrkit.training.config import (INITS, MODES, TRAIN_DICT_KEYS, PretrainSpec, RunConfig, RunSpec,
                                     normalize_train_dict, peer_labels, run_key, split_label)
@@ -96,6 +100,30 @@ def _build_peer(spec: RunSpec, data, k: int, dev) -> tuple[Any, dict, dict | Non
     return build(name, data.field_sizes, **hparams), normalize_train_dict(train), None
 
 
+def _share_embedding(models: Sequence, exchange: Exchange) -> None:
+    """`RunSpec.share_embedding`: peer 0's embedding table becomes every peer's, one FeatureEmbedding
+    module, so every peer's loss sends its gradient into it and every peer's optimizer steps it (N
+    Adam updates per batch, each with that peer's own moments and embedding regularizer; each peer's
+    best weights hold the table too, so the table a run ends with is the last peer's restored one)."""
+    if exchange.n_peers != len(models):
+        raise CtrkitError("share_embedding: the peers share one table in one process (not under --distributed)")
+    tables = [getattr(m, "embedding", None) for m in models]
+    if not all(isinstance(t, FeatureEmbedding) for t in tables):
+        raise CtrkitError("share_embedding: every peer needs an embedding table (`.embedding`; LR has none)")
+    if len({tuple(t.weight.shape) for t in tables}) != 1:
+        raise CtrkitError(f"share_embedding: the peers' tables differ in size "
+                          f"({', '.join(str(tuple(t.weight.shape)) for t in tables)}): one embedding_dim for all")
+    for m in models[1:]:
+        m.embedding = tables[0]
+
+
+def _test_predictions(models: Sequence, data, exchange: Exchange, batch_size: int):
+    """Every peer's test probabilities [N, rows] (numpy float32) from the trained models."""
+    X, _ = data.tensors("test", exchange.device)
+    local = torch.stack([predict(m, X, batch_size) for m in models])
+    return exchange.gather(local, training=False, where="test predictions").float().cpu().numpy()
+
+
 def _pre_scores(model, data, dev, batch_size: int) -> dict:
     """A pretrained peer's scores measured here on this data (not trusted from the checkpoint)."""
     out = {}
@@ -111,12 +139,16 @@ def _pre_scores(model, data, dev, batch_size: int) -> dict:
 def run(spec: RunSpec, data, *, exchange: Exchange | None = None, out_dir: str | Path | None = None,
         resume: bool = False, callback=None, stop=None) -> dict:
     """Build the peers (only this process's under `exchange`), train them (`mutual.mutual_fit`) and
-    return its result with each peer's label, seed, init, checkpoint and pretrained scores. No store."""
+    return its result with each peer's label, seed, init, checkpoint, pretrained scores and churn
+    against the other peers (`peer_churn`), and `test_probs` (every peer's test probabilities, numpy
+    [N, rows]: not JSON; `execute` saves them beside the store). No store."""
     exchange = exchange or LocalExchange(len(spec.peers), spec.torch_device)
     # a bad checkpoint on one host stops every rank with the same message
     exchange.agree(lambda: _check_checkpoints(spec, data, spec.peers), where="checking the checkpoints")
     dev = exchange.device
     built = [_build_peer(spec, data, k, dev) for k in exchange.local_indices()]
+    if spec.share_embedding:
+        _share_embedding([b[0] for b in built], exchange)
     # every process needs every peer's train dict (the run's batch size and epochs come from them)
     cfg = spec.run_config(exchange.gather_objects([b[1] for b in built], where="start-up"), dev)
     pre = [_pre_scores(m, data, dev, cfg.eval_batch_size) if meta is not None else None for m, _, meta in built]
@@ -125,9 +157,10 @@ def run(spec: RunSpec, data, *, exchange: Exchange | None = None, out_dir: str |
                         callback=callback, stop=stop, starts=starts)
     mine = [{"meta_path": meta["path"] if meta is not None else None, "pre": p} for (_, _, meta), p in zip(built, pre)]
     everyone = exchange.gather_objects(mine, where="gathering the results")
-    for k, (r, e) in enumerate(zip(result["peers"], everyone)):
+    result["test_probs"] = _test_predictions([b[0] for b in built], data, exchange, result["config"]["eval_batch_size"])
+    for k, (r, e, c) in enumerate(zip(result["peers"], everyone, churn.peer_churn(result["test_probs"]))):
         pre_k = e["pre"] or {}
-        r.update(label=spec.peers[k], init="pretrained" if e["meta_path"] else "scratch", checkpoint=e["meta_path"],
+        r.update(label=spec.peers[k], peer_churn=c, init="pretrained" if e["meta_path"] else "scratch", checkpoint=e["meta_path"],
                  seed=spec.seed if e["meta_path"] else spec.seed + split_label(spec.peers[k])[1] - 1,
                  **{f"pretrained_{s}_{m}": pre_k[s][m] if pre_k else None
                     for s in ("valid", "test") for m in ("auc", "logloss")})
@@ -148,6 +181,8 @@ def records(spec: RunSpec, result: dict, data) -> list[dict]:
         finetune_epochs=settings["finetune_epochs"], ensemble_valid_auc=result["ensemble"]["valid_auc"],
         ensemble_test_auc=result["ensemble"]["test_auc"], ensemble_test_logloss=result["ensemble"]["test_logloss"],
         seconds=result["seconds"], env_info=result["env"])
+    if spec.share_embedding:
+        run_fields["share_embedding"] = True
     if "distributed" in result:
         run_fields["distributed"] = {k: v for k, v in result["distributed"].items() if k != "per_rank"}
     peers = [dict(
@@ -155,6 +190,8 @@ def records(spec: RunSpec, result: dict, data) -> list[dict]:
         epoch_cap_hit=bool(p["trained"] and not p["stopped_early"] and epochs_run >= max_epochs),
         trained=p["trained"], valid_auc=p["valid_auc"], valid_logloss=p["valid_logloss"], test_auc=p["test_auc"],
         test_logloss=p["test_logloss"], best_epoch=p["best_epoch"],
+        **({"peer_churn_abs": p["peer_churn"]["mean_abs"], "peer_churn_top10": p["peer_churn"]["top_decile_flip"]}
+           if p.get("peer_churn") else {}),
         **{k: p[k] for k in ("pretrained_valid_auc", "pretrained_valid_logloss", "pretrained_test_auc",
                              "pretrained_test_logloss")},
         config={**settings, "seed": spec.seed, "train": p["train_config"], "hparams": p["hparams"]})
@@ -189,6 +226,8 @@ def execute(spec: RunSpec, data, *, store=None, force: bool = False, exchange: E
                      resume=(out_dir is not None and not force) if resume is None else resume, **hooks)
         recs = records(spec, result, data)
         if st is not None:
+            # the test predictions first: a run in the store has them (churn between seeds reads them)
+            churn.save_predictions(churn.predictions_dir(st.path), key, spec.peers, result["test_probs"])
             st.append(recs)
     return recs, False
 

@@ -21,7 +21,8 @@ DATASETS = ("criteo", "avazu")
 # Also accepted: the other built-in schemas, and any schema file (.yaml, real data: --data required).
 SMALL_DATASETS = ("frappe", "movielens")
 SCHEMA_SUFFIXES = (".yaml", ".yml")
-PER_DATASET = ("00_data", "01_baselines", "02_scratch_vs_finetune", "03_partners", "04_peer_count")
+PER_DATASET = ("00_data", "01_baselines", "02_scratch_vs_finetune", "03_partners", "04_peer_count",
+               "07_variants")
 ONCE = ("05_architectures", "06_explore")
 NOTEBOOKS = PER_DATASET + ONCE
 

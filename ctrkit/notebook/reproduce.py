@@ -382,3 +382,68 @@ def kd_peers(cfg: Settings) -> list[str]:
     base = records.records(_need_results(cfg), dataset=cfg.dataset)
     teacher = designs.best_model(base[(base["mode"] == "baseline") & base["model"].isin(cfg.models)])
     return [teacher] + [m for m in cfg.models if m != teacher]
+
+
+# ---------------------------------------------------------------- 07: the variants
+
+
+def variant_grid(cfg: Settings) -> list[dict]:
+    """The runs of 07, as `experiments.run` keyword arguments (peer sets and settings), tagged
+    "variants" (kept out of the paper's tables). Finetuning at the setting the sweep of 02 chose,
+    from scratch at 02's weight (1) with the baselines' epoch cap and patience; the paper's mutual
+    (MSE), alone and KD finetuning and mutual/alone from scratch are 02's runs (the store)."""
+    best = chosen(cfg)
+    common = dict(seeds=cfg.seeds, store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, device=cfg.device,
+                  threads=cfg.threads, amp=cfg.amp, progress=cfg.progress, tag="variants")
+    tuned = dict(inits=["pretrained"], weight=best["weight"], finetune_lr_scale=best["finetune_lr_scale"],
+                 finetune_epochs=cfg.finetune_epochs, **common)
+    scratch = dict(inits=["scratch"], epochs=cfg.epochs, overrides=cfg.overrides, weight=SCRATCH_WEIGHT, **common)
+    models = [cfg.models]
+    return [dict(peer_sets=models, modes=["ensemble_teacher", "ektf"], **tuned),
+            dict(peer_sets=models, modes=["mutual"], divergence="kl", **tuned),
+            dict(peer_sets=models, modes=["ensemble_teacher", "ektf"], **scratch),
+            dict(peer_sets=models, modes=["mutual"], divergence="kl", **scratch),
+            dict(peer_sets=[kd_peers(cfg)], modes=["kd"], **scratch),
+            dict(peer_sets=models, modes=["alone", "mutual", "ensemble_teacher", "ektf"], share_embedding=True,
+                 **scratch),
+            dict(peer_sets=models, modes=["mutual"], divergence="kl", share_embedding=True, **scratch)]
+
+
+# The weight of every run from scratch (02's scratch runs use experiments.run's default).
+SCRATCH_WEIGHT = 1.0
+
+
+def variants_table(cfg: Settings) -> pd.DataFrame:
+    """The variants table (`ctrkit.analysis.variants`) of this dataset: tables/<dataset>_variants.csv
+    (numeric), .md (human form, captioned), _variants_pairs.csv (per seed: what the summary across
+    datasets reads) and _fig_variants.csv (what the figure draws); returned in the human form."""
+    from ctrkit.analysis import variants
+    from ctrkit.experiments import churn
+
+    p = variants.pairs(_need_results(cfg), dataset=cfg.dataset, models=cfg.models, finetune=chosen(cfg),
+                       scratch_weight=SCRATCH_WEIGHT)
+    t = variants.table(p, variants.seed_churn(p, churn.predictions_dir(cfg.store)))
+    for name, df in (("variants_pairs", p), ("variants", t), ("fig_variants", variants.figure_frame(t))):
+        with atomic_path(cfg.table(name).with_name(cfg.table(name).name + ".csv")) as tmp:
+            df.to_csv(tmp, index=False)
+    human = variants.display(t)
+    cap = (f"Variants minus alone, paired by seed; churn: mean |p_a - p_b| on test, within a run (peers) and "
+           f"between consecutive seeds ({caption(cfg, figure=False)})")
+    with atomic_path(cfg.table("variants").with_name(cfg.table("variants").name + ".md")) as tmp:
+        tmp.write_text(f"{cap}\n\n" + (human.to_markdown(index=False) if len(human) else "(no runs)") + "\n")
+    return human
+
+
+def variants_summary(cfg: Settings) -> pd.DataFrame:
+    """IQM and probability of improvement over alone across every dataset whose variants were run into
+    this output folder (`ctrkit.analysis.aggregate`), written as tables/variants_summary.csv and .md
+    when there are two or more; with one dataset, the same rows for it alone (not written)."""
+    from ctrkit.analysis import aggregate
+
+    found = sorted(cfg.tables.glob("*_variants_pairs.csv"))
+    p = pd.concat([pd.read_csv(f) for f in found], ignore_index=True) if found else pd.DataFrame()
+    out = aggregate.summary(p)
+    if p.empty or p["dataset"].nunique() < 2:
+        return out
+    save_table(out, cfg.tables / "variants_summary")
+    return out

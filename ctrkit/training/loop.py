@@ -178,7 +178,7 @@ def _train_epoch(run: _Run, epoch: int, Xtr: torch.Tensor, ytr: torch.Tensor) ->
             if p.training:
                 targets = probs.index_select(0, p.teachers) if probs is not None else logits[k].new_empty(0, len(part))
                 # an empty shard (last batch < replicas rows) still joins DDP's all-reduce, with zero grads
-                loss = peer_loss(logits[k], yb, targets, w, config.divergence) if len(part) else logits[k].sum()
+                loss = peer_loss(logits[k], yb, targets, w, config.divergence, config.mode) if len(part) else logits[k].sum()
                 exchange.step(p, loss * scale if scale != 1 else loss, where=where)
                 loss_sum[k] += loss.detach()
                 checks[k].update(loss, step)

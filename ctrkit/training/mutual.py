@@ -6,7 +6,12 @@ Modes (one code path, they differ only in whom each peer learns from):
 - alone:    the control: nobody learns from anybody (weight 0), identical batches and schedule, so
             a gain of `mutual` over `alone` is the mutual term's, not the extra training's;
 - kd:       peer 0 is a fixed pretrained teacher, every other peer a student learning from it;
-- ensemble: no training; the pretrained peers and their average are evaluated.
+- ensemble: no training; the pretrained peers and their average are evaluated;
+- ensemble_teacher: every peer learns from the detached mean of all peers' probabilities;
+- ektf:     the ensemble teacher plus the other peers, weighted by the peers' examination scores
+            (EKTF, `ctrkit.training.losses.ektf_loss`).
+The two group modes learn from everyone, themselves included (their own row first): the loss
+rule (`ctrkit.training.losses.peer_loss`, `rule` = the mode) needs the whole group.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from ctrkit.core.utils import CtrkitError
 from ctrkit.training.config import MODES, RunConfig
 from ctrkit.training.exchange import Exchange, LocalExchange
 from ctrkit.training.loop import Peer, train_peers
+from ctrkit.training.losses import GROUP_RULES
 
 __all__ = ["MODES", "RunConfig", "mutual_fit", "teachers", "best_path"]
 
@@ -29,6 +35,8 @@ def teachers(mode: str, n_peers: int) -> list[list[int]]:
         return [[i for i in range(n_peers) if i != k] for k in range(n_peers)]
     if mode == "kd":
         return [[]] + [[0] for _ in range(1, n_peers)]
+    if mode in GROUP_RULES:
+        return [[k] + [i for i in range(n_peers) if i != k] for k in range(n_peers)]
     return [[] for _ in range(n_peers)]
 
 

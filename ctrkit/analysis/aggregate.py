@@ -1,0 +1,84 @@
+"""Aggregates across datasets as the evaluation literature asks (Agarwal et al. 2021, "Deep RL at the
+edge of the statistical precipice", the rliable library): the interquartile mean and the probability
+of improvement, each with a stratified bootstrap confidence interval.
+
+The tasks are (dataset, model); the runs of a task its seeds. For one comparison (a variant vs its
+alone control):
+- IQM: the interquartile mean (the mean of the middle 50%, `scipy.stats.trim_mean(x, 0.25)`) of
+  the per-seed paired relative differences 100 (AUC_t - AUC_c) / AUC_c pooled over all tasks;
+- probability of improvement: the mean over tasks of P(X > Y) + P(X = Y)/2, X the treatment's and
+  Y the control's test AUCs over seeds (the Mann-Whitney statistic / (n m), rliable's definition);
+- the 95% CIs: percentile intervals of the stratified bootstrap, seeds resampled with replacement
+  within each task (paired rows together for the IQM; each arm's seeds for the probability).
+
+Written with numpy and scipy: rliable itself pulls in `arch` (and statsmodels), too heavy for one table.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["iqm", "probability_of_improvement", "summary", "REPS", "LEVEL"]
+
+REPS = 2000
+LEVEL = 0.95
+SEED = 2021
+
+
+def iqm(values) -> float:
+    """Interquartile mean: the mean of the values between the 25th and 75th percentiles (trimmed 25% each side)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    return float(stats.trim_mean(v, 0.25)) if len(v) else float("nan")
+
+
+def _poi_task(x: np.ndarray, y: np.ndarray) -> float:
+    gt = (x[:, None] > y[None, :]).mean()
+    eq = (x[:, None] == y[None, :]).mean()
+    return float(gt + 0.5 * eq)
+
+
+def probability_of_improvement(tasks: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Mean over tasks of P(X > Y) + P(X = Y) / 2 (each task: treatment values X, control values Y)."""
+    vals = [_poi_task(np.asarray(x, float), np.asarray(y, float)) for x, y in tasks if len(x) and len(y)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _bootstrap(tasks: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, reps: int) -> tuple:
+    """(IQM draws, probability-of-improvement draws) of the stratified bootstrap."""
+    iqms, pois = np.empty(reps), np.empty(reps)
+    for r in range(reps):
+        diffs, pairs = [], []
+        for x, y in tasks:
+            i = rng.integers(0, len(x), len(x))  # the paired rows of one task, resampled together
+            diffs.append(100.0 * (x[i] - y[i]) / y[i])
+            pairs.append((x[rng.integers(0, len(x), len(x))], y[rng.integers(0, len(y), len(y))]))
+        iqms[r] = iqm(np.concatenate(diffs))
+        pois[r] = probability_of_improvement(pairs)
+    return iqms, pois
+
+
+def summary(pairs: pd.DataFrame, *, reps: int = REPS, seed: int = SEED) -> pd.DataFrame:
+    """One row per comparison (init, embedding, variant) over every dataset and model of `pairs`
+    (the frame of `ctrkit.analysis.variants.pairs`, several datasets concatenated): the number of
+    datasets and tasks, the IQM of the relative difference and the probability of improvement over
+    alone, each with its 95% stratified bootstrap interval."""
+    cols = ["init", "embedding", "variant", "n_datasets", "n_tasks", "n_runs", "iqm_rel_pct", "iqm_ci_low",
+            "iqm_ci_high", "p_improve", "p_improve_ci_low", "p_improve_ci_high"]
+    if pairs.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    lo, hi = 100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2
+    for key, g in pairs.groupby(["init", "embedding", "variant"], sort=False):
+        tasks = [(t["test_auc_t"].to_numpy(float), t["test_auc_c"].to_numpy(float))
+                 for _, t in g.groupby(["dataset", "peer"], sort=True)]
+        point = iqm(np.concatenate([100.0 * (x - y) / y for x, y in tasks]))
+        iqms, pois = _bootstrap(tasks, np.random.default_rng(seed), reps)
+        rows.append({"init": key[0], "embedding": key[1], "variant": key[2], "n_datasets": g["dataset"].nunique(),
+                     "n_tasks": len(tasks), "n_runs": len(g), "iqm_rel_pct": point,
+                     "iqm_ci_low": float(np.nanpercentile(iqms, lo)), "iqm_ci_high": float(np.nanpercentile(iqms, hi)),
+                     "p_improve": probability_of_improvement(tasks), "p_improve_ci_low": float(np.nanpercentile(pois, lo)),
+                     "p_improve_ci_high": float(np.nanpercentile(pois, hi))})
+    return pd.DataFrame(rows, columns=cols)
