@@ -428,3 +428,37 @@ def test_fixed_edge_buckets_and_a_note_when_quantile_bins_merge(tmp_path, capsys
         f.write_text(f"name: nums\nlabel: y\nnumeric:\n  - {bad}\n")
         _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(raw), "--out", str(tmp_path / "z")],
                    "numeric[0].edges")
+
+
+def test_a_schema_joins_related_files_by_a_key_and_derives_columns(tmp_path, capsys):
+    """MovieLens 100k's shape: ratings, users and items in three files; no hand join. The joined and
+    derived fields equal those of the same table joined by hand."""
+    raw = tmp_path / "ml"
+    users = {u: (20 + u % 40, f"{u % 9}{u % 7}{u:03d}") for u in range(1, 31)}
+    items = {i: "|".join(["Action", "Comedy", "Drama"][i % 3:]) for i in range(1, 21)}
+    ratings = [(1 + k % 30, 1 + (k * 7) % 20, 1 + k % 5) for k in range(300)]
+    _write_csv(raw / "train.csv", ["user_id", "item_id", "rating:float"], ratings)
+    _write_csv(raw / "users.csv", ["user_id", "age", "zip"], [(u, a, z) for u, (a, z) in users.items()])
+    _write_csv(raw / "items.csv", ["item_id", "genres"], [(i, g) for i, g in items.items()], delim="\t")
+    f = tmp_path / "ml.yaml"
+    f.write_text("name: ml\nlabel: {column: rating, positive: [4, 5], negative: rest}\n"
+                 "categorical: [user_id, item_id, zip3, genre]\nnumeric: [{column: age, bucket: edges, edges: [30, 45]}]\n"
+                 "join: [{file: users.csv, key: user_id}, {file: items.csv, key: item_id}]\n"
+                 "derive: [{column: zip3, source: zip, rule: prefix, length: 3}, {column: genre, source: genres, "
+                 "rule: first}]\n")
+    got = arrays(data.prepare(load_schema(f), raw / "train.csv", tmp_path / "joined", progress=False))
+    flat = [(u, i, r, users[u][0], users[u][1][:3], items[i].split("|")[0]) for u, i, r in ratings]
+    hand = _write_csv(tmp_path / "hand" / "t.csv", ["user_id", "item_id", "rating", "age", "zip3", "genre"], flat)
+    g = tmp_path / "hand.yaml"
+    g.write_text("name: ml\nlabel: {column: rating, positive: [4, 5], negative: rest}\n"
+                 "categorical: [user_id, item_id, zip3, genre]\nnumeric: [{column: age, bucket: edges, edges: [30, 45]}]\n")
+    want = arrays(data.prepare(load_schema(g), hand, tmp_path / "byhand", progress=False))
+    for s in data.SPLITS:
+        for a, b in zip(got[s], want[s]):
+            np.testing.assert_array_equal(a, b)
+    _write_csv(raw / "users.csv", ["user_id", "age", "zip"], [(1, 20, "123"), (1, 30, "456")])
+    _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(raw / "train.csv"), "--out", str(tmp_path / "x")],
+               "users.csv", "repeats a value")
+    f.write_text(f.read_text().replace("rule: first", "rule: last"))
+    _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(raw / "train.csv"), "--out", str(tmp_path / "y")],
+               "derive[1].rule", "valid: first, prefix")

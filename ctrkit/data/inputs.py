@@ -17,9 +17,17 @@ def resolve_source(raw, schema: DatasetSchema, on_bad_lines: str) -> tuple[list[
     if datasets is not None and isinstance(raw, (datasets.Dataset, datasets.DatasetDict)):
         return hub.dataset_parts(raw, schema, "datasets"), {"kind": "datasets"}
     raw_s = str(raw)
+    if (schema.join or schema.derive) and raw_s.startswith("hf://"):
+        raise CtrkitError(f"schema {schema.name}: join and derive read files; --raw {raw_s[:60]} is a hub dataset")
     if raw_s.startswith("hf://"):
         hub_id = raw_s[len("hf://"):].strip("/")
         if not hub_id:
             raise CtrkitError("--raw hf://<id>: the hub id is empty")
         return hub.hub_parts(hub_id, schema), {"kind": "hub", "id": hub_id}
+    if schema.join or schema.derive:
+        from ctrkit.data import joins
+
+        view, sides = joins.plan(raw, schema)
+        parts, source = resolve_files(raw, view, on_bad_lines)
+        return joins.wrap(parts, schema, sides), source
     return resolve_files(raw, schema, on_bad_lines)

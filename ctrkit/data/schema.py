@@ -9,6 +9,8 @@ numeric:                                  # bucketed into categorical fields
   - {column: fnlwgt, bucket: quantile, bins: 10}
 time:                                     # derived fields of a timestamp column
   - {column: hour, format: YYMMDDHH, derive: [hour, weekday, weekend]}
+join: [{file: people.csv, key: person_id}]  # columns of another file, by a key column (one row per key)
+derive: [{column: first_genre, source: genres, rule: first, sep: "|"}]   # or rule: prefix, length: 3
 drop: [id]
 min_count: 1
 split: {ratios: [8, 1, 1], seed: 2021}    # used only for a single unsplit file
@@ -58,6 +60,14 @@ def _names(v, where: str) -> tuple:
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
         raise CtrkitError(f"{where}: expected a list of column names, got {v!r}")
     return tuple(v)
+
+
+def _items(v, where: str) -> list:
+    if v is None:
+        return []
+    if not isinstance(v, (list, tuple)):
+        raise CtrkitError(f"{where}: expected a list of mappings, got {v!r}")
+    return list(v)
 
 
 def _values(v, where: str) -> tuple:
@@ -166,6 +176,55 @@ class Time:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Join:
+    """Another file whose columns join each row by the column `key` (one row per key in that file;
+    a key it lacks gives empty values). `file`: absolute, or relative to the folder of --raw.
+    (`key`, not `on`: YAML reads an unquoted `on` as the boolean true.)"""
+    file: str
+    key: str
+
+    @classmethod
+    def from_dict(cls, d, where: str) -> Join:
+        _check_keys(d, cls, where)
+        for k in ("file", "key"):
+            if k not in d:
+                raise CtrkitError(f"{where}: missing key {k!r}")
+        if not isinstance(d["file"], str) or not d["file"]:
+            raise CtrkitError(f"{where}.file: expected a file path, got {d['file']!r}")
+        return cls(file=d["file"], key=_names(d["key"], f"{where}.key")[0])
+
+
+DERIVE_RULES = ("first", "prefix")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Derive:
+    """A column made from another by a small rule: `first` (the first item of a `sep`-separated list,
+    e.g. a movie's first genre) or `prefix` (the first `length` characters, e.g. a zip code's region)."""
+    column: str
+    source: str
+    rule: str
+    sep: str = "|"
+    length: int = 1
+
+    @classmethod
+    def from_dict(cls, d, where: str) -> Derive:
+        _check_keys(d, cls, where)
+        for k in ("column", "source", "rule"):
+            if k not in d:
+                raise CtrkitError(f"{where}: missing key {k!r}")
+        x = cls(column=_names(d["column"], f"{where}.column")[0], source=_names(d["source"], f"{where}.source")[0],
+                rule=d["rule"], sep=d.get("sep", "|"), length=d.get("length", 1))
+        if x.rule not in DERIVE_RULES:
+            raise CtrkitError(f"{where}.rule: unknown rule {x.rule!r}; valid: {', '.join(DERIVE_RULES)}")
+        if not isinstance(x.sep, str) or not x.sep:
+            raise CtrkitError(f"{where}.sep: expected a non-empty string, got {x.sep!r}")
+        if not isinstance(x.length, int) or isinstance(x.length, bool) or x.length < 1:
+            raise CtrkitError(f"{where}.length: expected an integer >= 1, got {x.length!r}")
+        return x
+
+
+@dataclass(frozen=True, kw_only=True)
 class Split:
     """How one unsplit input is split: train/valid/test `ratios` (integers; rows are assigned in
     blocks of sum(ratios) rows of a class), `seed`, `stratified` by label."""
@@ -205,6 +264,8 @@ class DatasetSchema:
     split: Split = Split()
     columns: tuple | None = None
     order: tuple | None = None
+    join: tuple = ()
+    derive: tuple = ()
 
     @classmethod
     def from_dict(cls, d, where: str = "schema") -> DatasetSchema:
@@ -221,7 +282,10 @@ class DatasetSchema:
                 drop=_names(d.get("drop") or [], "drop"), min_count=d.get("min_count", 1),
                 split=Split.from_dict(d.get("split") or {}),
                 columns=None if d.get("columns") is None else _names(d["columns"], "columns"),
-                order=None if d.get("order") is None else _names(d["order"], "order"))
+                order=None if d.get("order") is None else _names(d["order"], "order"),
+                join=tuple(Join.from_dict(x, f"join[{i}]") for i, x in enumerate(_items(d.get("join"), "join"))),
+                derive=tuple(Derive.from_dict(x, f"derive[{i}]")
+                             for i, x in enumerate(_items(d.get("derive"), "derive"))))
         s.validate()
         return s
 
@@ -251,6 +315,10 @@ class DatasetSchema:
             missing = [c for c in seen if c not in self.columns]
             if missing:
                 raise CtrkitError(f"columns: lacks {', '.join(missing)} named elsewhere in the schema")
+        made = [x.column for x in self.derive]
+        if len(set(made)) < len(made):
+            raise CtrkitError(f"derive: column(s) {', '.join(sorted({c for c in made if made.count(c) > 1}))} "
+                              f"derived twice")
         self.label.negatives  # raises when the label's value set is incomplete
 
     def default_order(self) -> list:
@@ -274,6 +342,9 @@ class DatasetSchema:
     def digest(self) -> str:
         """Hash of everything that changes the processed output (part of the fingerprint)."""
         d = self.to_dict()
+        for k in ("join", "derive"):  # keys added later, unset: the digest of a schema without them stays
+            if not d[k]:
+                d.pop(k)
         for n in d["numeric"]:  # a key added later, unset: the digest of a schema without it stays the same
             if n.get("edges") is None:
                 n.pop("edges", None)
