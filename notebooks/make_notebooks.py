@@ -180,8 +180,11 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "[(g['inits'], g['modes'], g.get('divergence', 'mse'), g.get('share_embedding', False)) for g in grid]"),
         ("md", "## Each variant minus alone, per model (95% paired t-intervals, Holm across the table), with churn"),
         ("code", "reproduce.variants_table(cfg)"),
+        ("md", "The figure's labels: MSE / KL = mutual learning with that divergence, ens = the ensemble teacher, "
+               "EKTF, KD = from the best pretrained model, table = the shared table alone (shared alone - separate "
+               "alone); FT = finetuning, scratch = from scratch, shared = one embedding table."),
         ("code", "plots.show(plots.paired_gains(reproduce.read_table(cfg.table('fig_variants')), cfg.figure('variants'),\n"
-                 "                              x='comparison', hue='model', width=7.5, height=3.0,\n"
+                 "                              x='comparison', hue='model', width=9.0, height=3.2,\n"
                  "                              caption=reproduce.caption(cfg),\n"
                  "                              title=f'Relatives of mutual learning minus alone, per model ({dataset})'))"),
         ("md", "## Across datasets: interquartile mean and probability of improvement (stratified bootstrap 95% CIs)"),

@@ -35,6 +35,9 @@ VARIANTS = (("mutual (MSE)", "mutual", "mse"), ("mutual (KL)", "mutual", "kl"),
             ("ensemble teacher", "ensemble_teacher", None), ("EKTF", "ektf", None), ("KD from the best", "kd", None))
 SHARED_TABLE = "shared table"
 INITS = (("pretrained", "finetune"), ("scratch", "from scratch"))
+# The figure's tick labels (14 comparisons side by side): variant, init, "shared" for one table.
+SHORT = {"mutual (MSE)": "MSE", "mutual (KL)": "KL", "ensemble teacher": "ens", "KD from the best": "KD",
+         SHARED_TABLE: "table", "finetune": "FT", "from scratch": "scratch"}
 _FINETUNE_FIELDS = ("finetune_lr_scale", "finetune_epochs", "finetune_monitor")
 _KEEP = ["peer", "seed", "model", "run_key", "test_auc", "test_logloss", "peer_churn_abs", "peer_churn_top10"]
 
@@ -165,12 +168,14 @@ def table(p: pd.DataFrame, seeds: pd.DataFrame | None = None) -> pd.DataFrame:
 
 
 def figure_frame(t: pd.DataFrame) -> pd.DataFrame:
-    """What the variants figure draws: per model and comparison (variant, init, embedding), the mean
-    relative % with its 95% t-interval (the shape `ctrkit.analysis.plots.paired_gains` reads)."""
+    """What the variants figure draws: per model and comparison (variant, init, embedding, in `SHORT`
+    words: MSE/KL mutual, ens(emble teacher), EKTF, KD, table = sharing alone; FT = finetuning), the
+    mean relative % with its 95% t-interval (the shape `ctrkit.analysis.plots.paired_gains` reads)."""
     if t.empty:
         return pd.DataFrame(columns=["dataset", "model", "comparison", "setting", "n_pairs", "rel_pct_mean",
                                      "rel_pct_ci_low", "rel_pct_ci_high"])
-    comp = t["variant"] + "\n" + t["init"] + np.where(t["embedding"] == "shared", ", shared", "")
+    comp = (t["variant"].map(lambda v: SHORT.get(v, v)) + "\n" + t["init"].map(lambda v: SHORT.get(v, v))
+            + np.where(t["embedding"] == "shared", "\nshared", ""))
     return t.assign(comparison=comp, setting="")[["dataset", "model", "comparison", "setting", "n_pairs",
                                                   "rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high"]]
 

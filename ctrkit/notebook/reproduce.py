@@ -430,7 +430,7 @@ def variants_table(cfg: Settings) -> pd.DataFrame:
     cap = (f"Variants minus alone, paired by seed; churn: mean |p_a - p_b| on test, within a run (peers) and "
            f"between consecutive seeds ({caption(cfg, figure=False)})")
     with atomic_path(cfg.table("variants").with_name(cfg.table("variants").name + ".md")) as tmp:
-        tmp.write_text(f"{cap}\n\n" + (human.to_markdown(index=False) if len(human) else "(no runs)") + "\n")
+        tmp.write_text(f"{cap}\n\n" + (human.to_markdown(index=False, disable_numparse=True) if len(human) else "(no runs)") + "\n")
     return human
 
 
