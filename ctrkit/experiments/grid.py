@@ -34,18 +34,33 @@ __all__ = ["pretrain_baselines", "run", "run_one", "expand", "seed_dir"]
 
 
 def pretrain_baselines(data, models: Sequence[str], ckpt_dir: str | Path, *, seeds: Iterable[int] = (2021,),
-                       store=None, force: bool = False, progress: bool = True, **settings) -> pd.DataFrame:
+                       store=None, force: bool = False, progress: bool = True, max_replicas: int = runs.MAX_REPLICAS,
+                       **settings) -> pd.DataFrame:
     """Pretrain each model (or label, e.g. "DeepFM_2") per seed into `ckpt_dir/seed<S>/<label>` with
     `runs.pretrain`, recorded in the store as mode "baseline" (a finished checkpoint of the same
     settings is reused, an interrupted one resumed, unless `force`). `settings`: `PretrainSpec`
-    fields (preset, epochs, overrides, device, threads, amp)."""
-    jobs = list(itertools.product(list(seeds), list(models)))
-    recs = []
-    for seed, label in tqdm(jobs, desc="baselines", disable=not progress):
-        spec = PretrainSpec.from_dict({**settings, "model": label, "seed": seed, "progress": False})
-        _, rec = runs.pretrain(spec, data, out_dir=seed_dir(ckpt_dir, seed) / spec.label, store=store, force=force)
-        recs.append(rec)
+    fields (preset, epochs, overrides, device, threads, amp). A model's seeds train together as
+    replicas (`runs.pretrain_many`, at most `max_replicas` per step; 1: one by one, bit for bit as
+    before); the records are the same within `ctrkit.training.replicas`'s tolerance."""
+    seeds, labels = list(seeds), list(models)
+    recs: dict = {}
+    bar = tqdm(total=len(seeds) * len(labels), desc="baselines", disable=not progress)
+    for label in labels:  # one label's seeds train together as replicas
+        specs = [PretrainSpec.from_dict({**settings, "model": label, "seed": seed, "progress": False})
+                 for seed in seeds]
+        for group in _chunks(specs, max_replicas):
+            done = runs.pretrain_many(group, data, out_dirs=[seed_dir(ckpt_dir, s.seed) / s.label for s in group],
+                                      store=store, force=force)
+            for spec, (_, rec) in zip(group, done):
+                recs[(spec.seed, label)] = rec
+            bar.update(len(group))
+    bar.close()
+    recs = [recs[(seed, label)] for seed, label in itertools.product(seeds, labels)]
     return records_to_frame(recs)
+
+
+def _chunks(items: list, n: int) -> list[list]:
+    return [items[i:i + max(1, n)] for i in range(0, len(items), max(1, n))]
 
 
 def _as_list(v) -> list:
@@ -95,8 +110,10 @@ def run(data, peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(202
     recorded as it finishes; every spec is validated and the checkpoints a pretrained/kd run needs
     are checked for all runs before the first one starts. `settings`: `RunSpec` fields for every run
     (`ckpt_dir` is the folder of the `seed<S>` folders; `overrides`: train-config keys for every peer
-    of every run, e.g. the baselines' patience for runs from scratch); `progress` shows the runs' bar."""
-    progress = settings.pop("progress", True)
+    of every run, e.g. the baselines' patience for runs from scratch); `progress` shows the runs' bar.
+    Runs that differ only in seed, weight and finetuning lr scale train together as replicas
+    (`runs.execute_many`, at most `max_replicas` per step; 1: one by one, bit for bit as before)."""
+    progress, max_replicas = settings.pop("progress", True), settings.pop("max_replicas", runs.MAX_REPLICAS)
     weight, lr_scale = settings.pop("weight", 1.0), settings.pop("finetune_lr_scale", 0.1)
     ckpt_dir = settings.pop("ckpt_dir", None)
     specs = []
@@ -109,10 +126,13 @@ def run(data, peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(202
                 raise CtrkitError(f"missing checkpoint {path}: pretrain it first (experiments.pretrain_baselines("
                                   f"data, [{label!r}], {str(ckpt_dir)!r}, seeds=[{s['seed']}]))")
         specs.append(spec)
-    out = []
-    bar = tqdm(specs, desc="runs", disable=not progress)
-    for spec in bar:
-        bar.set_postfix_str(f"{'+'.join(spec.peers)} {spec.init} {spec.mode} seed {spec.seed}")
-        recs, _ = runs.execute(spec, data, store=store, force=force)
-        out.extend(recs)
-    return records_to_frame(out)
+    bar = tqdm(total=len(specs), desc="runs", disable=not progress)
+
+    def show(todo: list[int]) -> None:
+        spec = specs[todo[0]]
+        bar.set_postfix_str(f"{'+'.join(spec.peers)} {spec.init} {spec.mode} x{len(todo)}")
+
+    recs, _ = runs.execute_many(specs, data, store=store, force=force, max_replicas=max_replicas,
+                                progress=lambda todo: (show(todo), bar.update(len(todo))))
+    bar.close()
+    return records_to_frame([r for run_recs in recs for r in run_recs])

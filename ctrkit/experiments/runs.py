@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,15 +26,17 @@ from ctrkit.experiments.store import ResultsStore
 from ctrkit.models import build, hparam_defaults
 from ctrkit.models.layers import FeatureEmbedding
 from ctrkit.training import checkpoint, presets
+from ctrkit.training.replicas import replica_bytes
 from ctrkit.training.config import (INITS, MODES, TRAIN_DICT_KEYS, PretrainSpec, RunConfig, RunSpec,
                                     normalize_train_dict, peer_labels, run_key, split_label)
 from ctrkit.training.evaluation import predict, scores
 from ctrkit.training.exchange import Exchange, LocalExchange
-from ctrkit.training.loop import fit
-from ctrkit.training.mutual import mutual_fit
+from ctrkit.training.loop import fit, fit_replicas, train_replicas
+from ctrkit.training.mutual import make_peers, mutual_fit
 
 __all__ = ["INITS", "MODES", "RunSpec", "PretrainSpec", "run", "execute", "records", "pretrain", "peer_labels",
-           "split_label", "checkpoint_path", "seed_dir", "run_key", "summary", "apply_overrides"]
+           "split_label", "checkpoint_path", "seed_dir", "run_key", "summary", "apply_overrides", "run_many",
+           "execute_many", "pretrain_many", "replica_groups"]
 
 
 def checkpoint_path(ckpt_dir: str | Path, label: str) -> Path:
@@ -143,6 +146,33 @@ def run(spec: RunSpec, data, *, exchange: Exchange | None = None, out_dir: str |
     against the other peers (`peer_churn`), and `test_probs` (every peer's test probabilities, numpy
     [N, rows]: not JSON; `execute` saves them beside the store). No store."""
     exchange = exchange or LocalExchange(len(spec.peers), spec.torch_device)
+    built, cfg, pre, starts = _prepare(spec, data, exchange)
+    result = mutual_fit([b[0] for b in built], data, cfg, exchange=exchange, out_dir=out_dir, resume=resume,
+                        callback=callback, stop=stop, starts=starts)
+    return _annotate(spec, result, built, pre, data, exchange)
+
+
+def run_many(specs: Sequence[RunSpec], data, *, out_dirs: Sequence[str | Path | None] | None = None,
+             resume: bool = False, callback=None, stop=None) -> list[dict]:
+    """`run` of specs that differ only in seed (and weight, finetuning lr scale, checkpoint folder) as
+    replicas in one batched step (`ctrkit.training.loop.train_replicas`): each result is the one `run`
+    gives alone, within the tolerance `ctrkit.training.replicas` states. One spec is `run`, bit for bit."""
+    out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(specs)
+    if len(specs) == 1:
+        return [run(specs[0], data, out_dir=out_dirs[0], resume=resume, callback=callback, stop=stop)]
+    exchange = LocalExchange(len(specs[0].peers), specs[0].torch_device)
+    prepared = [_prepare(spec, data, exchange) for spec in specs]
+    outs = [Path(o) if o is not None else None for o in out_dirs]
+    groups = [make_peers([b[0] for b in built], cfg, exchange, out, starts)
+              for (built, cfg, _, starts), out in zip(prepared, outs)]
+    results = train_replicas(groups, data, [p[1] for p in prepared], exchange=exchange, out_dirs=outs,
+                             resume=resume, callback=callback, stop=stop)
+    return [_annotate(spec, r, built, pre, data, exchange) for spec, r, (built, _, pre, _) in zip(specs, results, prepared)]
+
+
+def _prepare(spec: RunSpec, data, exchange: Exchange) -> tuple[list, RunConfig, list, list]:
+    """A run's peers built (model, train dict, checkpoint metadata), its RunConfig, the pretrained
+    peers' scores and their epoch-0 starts."""
     # a bad checkpoint on one host stops every rank with the same message
     exchange.agree(lambda: _check_checkpoints(spec, data, spec.peers), where="checking the checkpoints")
     dev = exchange.device
@@ -153,8 +183,11 @@ def run(spec: RunSpec, data, *, exchange: Exchange | None = None, out_dir: str |
     cfg = spec.run_config(exchange.gather_objects([b[1] for b in built], where="start-up"), dev)
     pre = [_pre_scores(m, data, dev, cfg.eval_batch_size) if meta is not None else None for m, _, meta in built]
     starts = [p["valid"] if p is not None and spec.init == "pretrained" else None for p in pre]
-    result = mutual_fit([b[0] for b in built], data, cfg, exchange=exchange, out_dir=out_dir, resume=resume,
-                        callback=callback, stop=stop, starts=starts)
+    return built, cfg, pre, starts
+
+
+def _annotate(spec: RunSpec, result: dict, built: list, pre: list, data, exchange: Exchange) -> dict:
+    """The trainer's result plus each peer's label, seed, init, checkpoint and pretrained scores."""
     mine = [{"meta_path": meta["path"] if meta is not None else None, "pre": p} for (_, _, meta), p in zip(built, pre)]
     everyone = exchange.gather_objects(mine, where="gathering the results")
     result["test_probs"] = _test_predictions([b[0] for b in built], data, exchange, result["config"]["eval_batch_size"])
@@ -251,6 +284,17 @@ def pretrain(spec: PretrainSpec, data, *, out_dir: str | Path | None = None, res
     """Pretrain one model (or label, "DeepFM_2": init seed + 1) with its preset and `fit`; a finished
     checkpoint of the same dataset and settings in `out_dir` is reused, an interrupted one resumed,
     unless `force`. Returns (fit's result, the store record, also appended to `store` once)."""
+    j = _pretrain_job(spec, data, out_dir, force)
+    if j["result"] is None:
+        seed_everything(j["init_seed"])  # the init seed; fit reseeds for the batch order
+        result = fit(build(j["name"], data.field_sizes, **j["hparams"]), data, j["cfg"], out_dir=j["out"],
+                     resume=resume and not force)
+        j["result"] = _keyed(result, j["key"], j["out"])
+    return _pretrain_record(j, data, store, force)
+
+
+def _pretrain_job(spec: PretrainSpec, data, out_dir, force: bool) -> dict:
+    """What pretraining one baseline needs: model, hyperparameters, config, keys, a reusable result."""
     name, k = split_label(spec.model)
     p = presets.get(name, spec.preset, data.dataset, data.protocol)
     hparams, train = apply_overrides(name, p.model, spec.base_train(p.train), dict(spec.overrides or {}))
@@ -258,23 +302,31 @@ def pretrain(spec: PretrainSpec, data, *, out_dir: str | Path | None = None, res
     train = cfg.train_dict(0)
     key, settings_key = spec.keys(data.fingerprint, hparams, train)
     out = Path(out_dir) if out_dir is not None else None
-    result = _reusable(out, key, data) if out is not None and not force else None
-    if result is None:
-        seed_everything(spec.seed + k - 1)  # the init seed; fit reseeds for the batch order
-        result = fit(build(name, data.field_sizes, **hparams), data, cfg, out_dir=out, resume=resume and not force)
-        result["run_key"] = key
-        if out is not None:  # fit wrote result.json already; our key lets a re-run reuse it
-            checkpoint.save_json(out / "result.json", result)
+    return {"spec": spec, "name": name, "init_seed": spec.seed + k - 1, "hparams": hparams, "train": train,
+            "cfg": cfg, "key": key, "settings_key": settings_key, "out": out,
+            "result": _reusable(out, key, data) if out is not None and not force else None}
+
+
+def _keyed(result: dict, key: str, out: Path | None) -> dict:
+    result["run_key"] = key
+    if out is not None:  # fit wrote result.json already; our key lets a re-run reuse it
+        checkpoint.save_json(out / "result.json", result)
+    return result
+
+
+def _pretrain_record(j: dict, data, store, force: bool) -> tuple[dict, dict]:
+    """(result, its store record), the record appended to `store` once."""
+    spec, result, name, key = j["spec"], j["result"], j["name"], j["key"]
     rec = make_records(dict(
-        run_key=key, settings_key=settings_key, tag=None, dataset=data.dataset, protocol=data.protocol,
+        run_key=key, settings_key=j["settings_key"], tag=None, dataset=data.dataset, protocol=data.protocol,
         fingerprint=data.fingerprint, mode="baseline", init=None, seed=spec.seed, weight=None, divergence=None,
-        preset=spec.preset, amp=result["amp"], epochs=result["epochs"], max_epochs=cfg.epochs,
+        preset=spec.preset, amp=result["amp"], epochs=result["epochs"], max_epochs=j["cfg"].epochs,
         ensemble_test_auc=None, ensemble_test_logloss=None, seconds=result["seconds"], env_info=result.get("env")),
-        [dict(peer_seed=spec.seed + k - 1, peer=spec.label, model=name, stopped_early=result.get("stopped_early"),
+        [dict(peer_seed=j["init_seed"], peer=spec.label, model=name, stopped_early=result.get("stopped_early"),
               epoch_cap_hit=result.get("epoch_cap_hit"), valid_auc=result["valid_auc"],
               valid_logloss=result["valid_logloss"], test_auc=result["test_auc"], test_logloss=result["test_logloss"],
               pretrained_test_auc=None, best_epoch=result.get("best_epoch"), checkpoint=result.get("checkpoint"),
-              config={"model": hparams, "train": train})])[0]
+              config={"model": j["hparams"], "train": j["train"]})])[0]
     st = _store(store)
     if st is not None and (force or not st.has_run(key)):
         st.append([rec])
@@ -290,3 +342,105 @@ def _reusable(out: Path, key: str, data) -> dict | None:
     except (OSError, ValueError):
         return None
     return old if old.get("fingerprint") == data.fingerprint and old.get("run_key") == key else None
+
+
+# ---------------------------------------------------------------- many runs as replicas
+
+# Runs of one group train as replicas (one batched step); more than this many are split into groups.
+MAX_REPLICAS = 8
+# The share of the machine's memory the replicas of one group may take (`replicas.replica_bytes`).
+_MEMORY_SHARE = 0.25
+
+
+def replica_groups(specs: Sequence[RunSpec], max_replicas: int = MAX_REPLICAS) -> list[list[int]]:
+    """Indices of `specs` grouped into replicas: runs whose settings differ only in seed, weight,
+    finetuning lr scale and checkpoint folder (one architecture, one schedule), at most
+    `max_replicas` per group, in the specs' order; ensemble runs (nothing trains) stay single."""
+    groups: dict = {}
+    for i, spec in enumerate(specs):
+        s = spec.settings()
+        key = (json.dumps({k: v for k, v in s.items() if k not in ("weight", "finetune_lr_scale", "ckpt_dir")},
+                          sort_keys=True, default=str), spec.device, str(spec.threads))
+        # ensemble runs train nothing; shared-table peers would sum their gradients into the one table
+        single = spec.mode == "ensemble" or spec.share_embedding
+        groups.setdefault(key if not single else ("single", i), []).append(i)
+    return [g[j:j + max_replicas] for g in groups.values() for j in range(0, len(g), max(1, max_replicas))]
+
+
+def _fits_memory(models: Sequence, batch_size: int, num_fields: int, k: int) -> bool:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return True
+    need = sum(replica_bytes(m, batch_size, num_fields) for m in models) * k
+    return need <= _MEMORY_SHARE * total
+
+
+def execute_many(specs: Sequence[RunSpec], data, *, store=None, force: bool = False,
+                 out_dirs: Sequence[str | Path | None] | None = None, max_replicas: int = MAX_REPLICAS,
+                 progress=None) -> tuple[list[list[dict]], list[bool]]:
+    """`execute` of many runs, those that differ only in seed (and weight, lr scale) trained together
+    as replicas (`replica_groups`, `run_many`), each still recorded under its own run key in one
+    append. Runs already in the store are skipped (unless `force`); a group's run keys are all claimed
+    while it trains. With `out_dirs` (one per spec) a killed group resumes each run from its own last
+    checkpoint. `progress(spec_indices)` is called before each group. Returns (records, skipped) per spec."""
+    st = _store(store)
+    out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(specs)
+    recs: list = [None] * len(specs)
+    skipped = [False] * len(specs)
+    for group in replica_groups(specs, max_replicas):
+        keys = {i: specs[i].key(data.fingerprint) for i in group}
+        with contextlib.ExitStack() as claims:
+            for key in sorted(set(keys.values())) if st is not None else ():
+                claims.enter_context(st.claim(key))
+            todo = []
+            for i in group:
+                done = None if st is None or force else st.run_records(keys[i])
+                if done:
+                    recs[i], skipped[i] = done, True
+                else:
+                    todo.append(i)
+            if progress is not None and todo:
+                progress(todo)
+            for i, result in zip(todo, _run_group([specs[i] for i in todo], data, [out_dirs[i] for i in todo],
+                                                  resume=not force)):
+                recs[i] = records(specs[i], result, data)
+                if st is not None:
+                    if "test_probs" in result:  # as `execute` does: a stored run has its test predictions
+                        churn.save_predictions(churn.predictions_dir(st.path), keys[i], specs[i].peers,
+                                               result["test_probs"])
+                    st.append(recs[i])
+    return recs, skipped
+
+
+def _run_group(specs: list[RunSpec], data, out_dirs: list, *, resume: bool) -> list[dict]:
+    """`run_many`, halved while the group would not fit the memory share."""
+    if not specs:
+        return []
+    models = [build(n, data.field_sizes, **presets.get(n, specs[0].preset, data.dataset, data.protocol).model)
+              for n in specs[0].names]
+    bs = specs[0].batch_size or 4096
+    if len(specs) > 1 and not _fits_memory(models, bs, len(data.field_sizes), len(specs)):
+        half = len(specs) // 2
+        return (_run_group(specs[:half], data, out_dirs[:half], resume=resume)
+                + _run_group(specs[half:], data, out_dirs[half:], resume=resume))
+    resume = resume and any(o is not None for o in out_dirs)
+    return run_many(specs, data, out_dirs=out_dirs, resume=resume)
+
+
+def pretrain_many(specs: Sequence[PretrainSpec], data, *, out_dirs: Sequence[str | Path | None],
+                  store=None, force: bool = False) -> list[tuple[dict, dict]]:
+    """`pretrain` of one model label at several seeds (or settings), those not reusable from their
+    `out_dirs` trained together as replicas (`fit_replicas`); each result and record is the one
+    `pretrain` gives alone (within `ctrkit.training.replicas`'s tolerance). Returns (result, record) per spec."""
+    jobs = [_pretrain_job(spec, data, out, force) for spec, out in zip(specs, out_dirs)]
+    todo = [j for j in jobs if j["result"] is None]
+    for j in todo:
+        seed_everything(j["init_seed"])  # each replica's init is its sequential run's
+        j["model"] = build(j["name"], data.field_sizes, **j["hparams"])
+    if todo:
+        results = fit_replicas([j["model"] for j in todo], data, [j["cfg"] for j in todo],
+                               [j["out"] for j in todo], resume=not force)
+        for j, result in zip(todo, results):
+            j["result"] = _keyed(result, j["key"], j["out"])
+    return [_pretrain_record(j, data, store, force) for j in jobs]

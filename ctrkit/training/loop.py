@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ctrkit.core.utils import CtrkitError, seed_everything, tune_cpu_allocator
 from ctrkit.kernels import apply_threads, env_info, for_device
-from ctrkit.training import checkpoint
+from ctrkit.training import checkpoint, replicas
 from ctrkit.training.checkpoint import model_identity
 from ctrkit.training.config import MODES, RunConfig, TrainConfig
 from ctrkit.training.evaluation import NonFiniteCheck, predict, scores
@@ -41,7 +41,8 @@ from ctrkit.training.optim import Tracker, count_parameters, make_optimizer
 from ctrkit.training.precision import amp_context, resolve_amp
 from ctrkit.training.rng import dropout_seed, epoch_batches, rng_state, set_rng_state, uses_dropout
 
-__all__ = ["MODES", "RunConfig", "TrainConfig", "Peer", "LocalExchange", "RunStopped", "train_peers", "fit"]
+__all__ = ["MODES", "RunConfig", "TrainConfig", "Peer", "LocalExchange", "RunStopped", "train_peers", "train_replicas", "fit",
+           "fit_replicas"]
 
 
 class RunStopped(CtrkitError):
@@ -152,47 +153,75 @@ class _Run:
         return bool(self.stop.is_set() if hasattr(self.stop, "is_set") else self.stop())
 
 
-def _train_epoch(run: _Run, epoch: int, Xtr: torch.Tensor, ytr: torch.Tensor) -> torch.Tensor:
-    """One epoch of the mutual step; returns each local peer's mean training loss."""
-    peers, config, exchange, st = run.peers, run.config, run.exchange, run.st
-    device, rows = Xtr.device, Xtr.shape[0]
-    steps = math.ceil(rows / config.batch_size)
-    loss_sum = torch.zeros(len(peers), dtype=torch.float64, device=device)
-    checks = [NonFiniteCheck(device) for _ in peers]
-    what = [f"loss of peer {p.name}{exchange.label}" if exchange.n_peers > 1 else "loss" for p in peers]
-    bar = tqdm(total=steps, desc=f"{peers[0].name if exchange.n_peers == 1 else config.mode} epoch {epoch}/"
-               f"{config.epochs}", file=sys.stderr, disable=not (config.progress and exchange.is_main), leave=False,
-               dynamic_ncols=True)
-    for step, idx in enumerate(epoch_batches(rows, config.batch_size, run.generator, device), 1):
-        # ---- the mutual step: one batch, every peer; L_n = BCE + w/|T_n| sum_{i in T_n} D(p_i, p_n)
-        where = f"epoch {epoch} step {step}"
-        part, scale = exchange.shard(idx)
+def _forward(runs: list[_Run], idx: tuple, Xtr: torch.Tensor, ytr: torch.Tensor, stacks: list | None):
+    """Every run's every peer's logits of its batch (`idx[k]`: run k's rows): (logits[run][peer],
+    labels[run], the loss scale of this process's shard)."""
+    device, exchange = Xtr.device, runs[0].exchange
+    if stacks is None:
+        run = runs[0]
+        part, scale = exchange.shard(idx[0])
         xb, yb = Xtr.index_select(0, part), ytr.index_select(0, part)
         with amp_context(device, run.amp_dtype):
-            logits = [p.logits(xb, st.global_step, config.seed) for p in peers]
-        w = warmup_weight(config.weight, st.global_step, config.warmup_steps)
-        # the targets, detached: [P, b]; skipped (by every process alike) when nobody learns from anybody
-        probs = (exchange.gather(torch.stack([torch.sigmoid(z.detach()) for z in logits]), where=where)
-                 if run.gathers and w > 0 else None)
-        for k, p in enumerate(peers):
-            if p.training:
-                targets = probs.index_select(0, p.teachers) if probs is not None else logits[k].new_empty(0, len(part))
-                # an empty shard (last batch < replicas rows) still joins DDP's all-reduce, with zero grads
-                loss = peer_loss(logits[k], yb, targets, w, config.divergence, config.mode) if len(part) else logits[k].sum()
-                exchange.step(p, loss * scale if scale != 1 else loss, where=where)
-                loss_sum[k] += loss.detach()
-                checks[k].update(loss, step)
-        st.global_step += 1
+            return [[p.logits(xb, run.st.global_step, run.config.seed) for p in run.peers]], [yb], scale
+    # replicas: run k's batch is row k of [K, b, F]; each peer position is one batched forward
+    part = torch.cat(idx)
+    xb = Xtr.index_select(0, part).view(len(runs), -1, Xtr.shape[1])
+    with amp_context(device, runs[0].amp_dtype):
+        out = [s.logits([r.peers[n] for r in runs], xb, [r.st.global_step for r in runs],
+                        [r.config.seed for r in runs]) for n, s in enumerate(stacks)]
+    return [[z[k] for z in out] for k in range(len(runs))], ytr.index_select(0, part).view(len(runs), -1), 1.0
+
+
+def _train_epoch(runs: list[_Run], epoch: int, Xtr: torch.Tensor, ytr: torch.Tensor,
+                 stacks: list | None) -> list[torch.Tensor]:
+    """One epoch of the mutual step for each of `runs` (one run, or replicas: `stacks` holds their
+    batched forward per peer position); returns each run's per-local-peer mean training loss."""
+    config, exchange = runs[0].config, runs[0].exchange
+    device, rows = Xtr.device, Xtr.shape[0]
+    steps = math.ceil(rows / config.batch_size)
+    loss_sums = [torch.zeros(len(r.peers), dtype=torch.float64, device=device) for r in runs]
+    checks = [[NonFiniteCheck(device) for _ in r.peers] for r in runs]
+    what = [f"loss of peer {p.name}{exchange.label}" if exchange.n_peers > 1 else "loss" for p in runs[0].peers]
+    bar = tqdm(total=steps, desc=f"{runs[0].peers[0].name if exchange.n_peers == 1 else config.mode} epoch {epoch}/"
+               f"{config.epochs}{f' x{len(runs)}' if stacks else ''}", file=sys.stderr,
+               disable=not (config.progress and exchange.is_main), leave=False, dynamic_ncols=True)
+    orders = [epoch_batches(rows, config.batch_size, r.generator, device) for r in runs]
+    for step, idx in enumerate(zip(*orders), 1):
+        # ---- the mutual step: one batch per run, every peer; L_n = BCE + w/|T_n| sum_{i in T_n} D(p_i, p_n)
+        where = f"epoch {epoch} step {step}"
+        logits, ybs, scale = _forward(runs, idx, Xtr, ytr, stacks)
+        pending = []
+        for r, run in enumerate(runs):
+            w = warmup_weight(run.config.weight, run.st.global_step, run.config.warmup_steps)
+            # the targets, detached: [P, b]; skipped (by every process alike) when nobody learns from anybody
+            probs = (exchange.gather(torch.stack([torch.sigmoid(z.detach()) for z in logits[r]]), where=where)
+                     if run.gathers and w > 0 else None)
+            b = len(ybs[r])
+            for k, p in enumerate(run.peers):
+                if p.training:
+                    targets = probs.index_select(0, p.teachers) if probs is not None else logits[r][k].new_empty(0, b)
+                    # an empty shard (last batch < replicas rows) still joins DDP's all-reduce, with zero grads
+                    loss = peer_loss(logits[r][k], ybs[r], targets, w, run.config.divergence, run.config.mode) if b else logits[r][k].sum()
+                    if stacks is None:
+                        exchange.step(p, loss * scale if scale != 1 else loss, where=where)
+                    else:
+                        pending.append((p, loss))
+                    loss_sums[r][k] += loss.detach()
+                    checks[r][k].update(loss, step)
+            run.st.global_step += 1
+        if pending:  # replicas: one backward, then each replica's own clip and optimizer step
+            replicas.step([p for p, _ in pending], [loss for _, loss in pending])
         # ---- end of the mutual step; host syncs only every check_every steps
-        if run.stop_requested():
+        if runs[0].stop_requested():
             raise RunStopped(f"stopped by request in epoch {epoch} after step {step}; nothing was recorded")
         if step % config.check_every == 0 or step == steps:
-            for c, w_ in zip(checks, what):
-                c.check(epoch, w_)
-            bar.set_postfix(loss=" ".join(f"{v:.4f}" for v in (loss_sum / step).tolist()), refresh=False)
+            for run_checks in checks:
+                for c, w_ in zip(run_checks, what):
+                    c.check(epoch, w_)
+            bar.set_postfix(loss=" ".join(f"{v:.4f}" for v in (loss_sums[0] / step).tolist()), refresh=False)
             bar.update(step - bar.n)
     bar.close()
-    return loss_sum / steps
+    return [s / steps for s in loss_sums]
 
 
 def _end_epoch(run: _Run, epoch: int, losses: torch.Tensor, t_epoch: float) -> tuple[dict, list[bool]]:
@@ -301,42 +330,72 @@ def train_peers(peers: list[Peer], data, config: RunConfig, *, exchange: Exchang
     end, and result.json. `resume=True` continues from the last checkpoint to the same result as an
     uninterrupted run (`epochs` may be raised). `callback(row)` gets every epoch's history row;
     `stop` (a threading.Event or a callable) ends the run after the current step with RunStopped."""
+    return train_replicas([peers], data, [config], exchange=exchange, out_dirs=[out_dir], resume=resume,
+                          callback=callback, stop=stop)[0]
+
+
+def train_replicas(groups: list[list[Peer]], data, configs: list[RunConfig], *, exchange: Exchange | None = None,
+                   out_dirs: Sequence[str | Path | None] | None = None, resume: bool = False, callback=None,
+                   stop=None) -> list[dict]:
+    """Train K runs of the same peers (`groups[k]`, `configs[k]`: seed, weight, lrs may differ) as
+    replicas, one batched step for all (`ctrkit.training.replicas`); returns each run's result, as
+    `train_peers` would alone (within the float tolerance that module states). Each run keeps its own
+    batch order, dropout masks, optimizers, schedules, early stopping, `out_dirs[k]` files and resume;
+    K = 1 is `train_peers`, bit for bit. The runs share `batch_size` and `epochs` (the loop's bounds)."""
     t0 = time.perf_counter()
-    exchange = exchange or LocalExchange(len(peers), config.torch_device)
+    out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(groups)
+    if not (len(groups) == len(configs) == len(out_dirs)) or not groups:
+        raise CtrkitError(f"train_replicas: {len(groups)} peer groups, {len(configs)} configs, {len(out_dirs)} out dirs")
+    if len(groups) > 1:
+        replicas.check_replicas(groups, exchange)
+        if len({(c.batch_size, c.epochs, c.mode, c.amp, str(c.torch_device)) for c in configs}) > 1:
+            raise CtrkitError("replicas must share batch_size, epochs, mode, amp and device")
+    config = configs[0]
+    exchange = exchange or LocalExchange(len(groups[0]), config.torch_device)
     device = exchange.device
     # results do not depend on the count (tested), so 'auto' may follow the machine's load
     threads = apply_threads(config.threads) if config.threads is not None else torch.get_num_threads()
-    run = _Run(peers=peers, config=config, exchange=exchange, data=data, generator=seed_everything(config.seed),
-               amp_dtype=resolve_amp(device, config.amp), out=Path(out_dir) if out_dir is not None else None,
-               stop=stop, callback=callback)
+    runs = [_Run(peers=g, config=c, exchange=exchange, data=data, generator=seed_everything(c.seed),
+                 amp_dtype=resolve_amp(device, c.amp), out=Path(o) if o is not None else None, stop=stop,
+                 callback=callback) for g, c, o in zip(groups, configs, out_dirs)]
     tune_cpu_allocator(device)
     Xtr, ytr = data.tensors("train", device)
     data.tensors("valid", device)  # loaded (and its indices checked) now: a bad split fails before an epoch
+    for run in runs:
+        _open(run, resume)
+    stacks = [replicas.Stack(p.model) for p in groups[0]] if len(groups) > 1 else None
+    for epoch in range(min(r.st.epoch for r in runs) + 1, config.epochs + 1):
+        # a run that ended (every peer stopped) draws no more batches; one resumed an epoch ahead waits
+        active = [r for r in runs if r.st.epoch < epoch and any(r.st.training)]
+        if not active:
+            continue
+        t_epoch = time.perf_counter()
+        losses = _train_epoch(active, epoch, Xtr, ytr, stacks)
+        for run, run_losses in zip(active, losses):
+            run.st.train_seconds += time.perf_counter() - t_epoch
+            run.st.train_samples += Xtr.shape[0]
+            row, improved = _end_epoch(run, epoch, run_losses, t_epoch)
+            run.st.epoch = epoch
+            if run.out is not None:
+                _save_epoch(run, improved)
+            if callback is not None:
+                callback(row)
+    return [_finish(run, threads, t0) for run in runs]
+
+
+def _open(run: _Run, resume: bool) -> None:
+    """A run's start: fresh or resumed, pretrained peers' epoch 0, train/eval modes, whether it gathers."""
     if resume and run.out is None:
         raise CtrkitError("resume=True needs out_dir (where the last checkpoint is)")
     _start(run, resume)
     if run.st.epoch == 0:
-        for p in peers:
+        for p in run.peers:
             if p.trainable and p.start is not None:
                 p.tracker.start_from(p.start, p.model)
-    for p in peers:
+    for p in run.peers:
         p.model.train(p.training)
     # whether any peer learns from another: the same answer in every process, so all gather alike
-    run.gathers = any(exchange.gather_objects([bool(p.learns_from) for p in peers], where="start-up"))
-    for epoch in range(run.st.epoch + 1, config.epochs + 1):
-        if not any(run.st.training):
-            break
-        t_epoch = time.perf_counter()
-        losses = _train_epoch(run, epoch, Xtr, ytr)
-        run.st.train_seconds += time.perf_counter() - t_epoch
-        run.st.train_samples += Xtr.shape[0]
-        row, improved = _end_epoch(run, epoch, losses, t_epoch)
-        run.st.epoch = epoch
-        if run.out is not None:
-            _save_epoch(run, improved)
-        if callback is not None:
-            callback(row)
-    return _finish(run, threads, t0)
+    run.gathers = any(run.exchange.gather_objects([bool(p.learns_from) for p in run.peers], where="start-up"))
 
 
 def _finish(run: _Run, threads: int, t0: float) -> dict:
@@ -399,21 +458,39 @@ def fit(model: nn.Module, data, config: RunConfig | dict | None = None, out_dir:
     every improvement, `result.json`. `resume=True` continues from `out_dir/last.pt` (if present)
     to the same result as an uninterrupted run; it may raise `epochs` to train further.
     """
-    config = config if isinstance(config, RunConfig) else RunConfig.single(config)
-    if len(config.peers) != 1:
-        raise CtrkitError(f"fit trains one model; the config has {len(config.peers)} peers")
-    out = Path(out_dir) if out_dir is not None else None
-    peer = Peer(model, config.peers[0], index=0, learns_from=[], trainable=True, device=config.torch_device,
-                start=start)
-    peer.best_path = out / "best.pt" if out is not None else None
-    r = train_peers([peer], data, config, out_dir=out, resume=resume, stop=stop)
+    return fit_replicas([model], data, [config], [out_dir], resume, starts=[start], stop=stop)[0]
+
+
+def fit_replicas(models: Sequence[nn.Module], data, configs: Sequence[RunConfig | dict | None],
+                 out_dirs: Sequence[str | Path | None] | None = None, resume: bool = False, *,
+                 starts: Sequence[dict | None] | None = None, stop=None) -> list[dict]:
+    """`fit` of K models of one architecture (e.g. one per seed, each built after its own
+    `seed_everything`) as replicas in one batched step (`train_replicas`); each result is what
+    `fit` gives for that model and config alone (K = 1: bit for bit)."""
+    configs = [c if isinstance(c, RunConfig) else RunConfig.single(c) for c in configs]
+    out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(models)
+    starts = list(starts) if starts is not None else [None] * len(models)
+    for config in configs:
+        if len(config.peers) != 1:
+            raise CtrkitError(f"fit trains one model; the config has {len(config.peers)} peers")
+    outs = [Path(o) if o is not None else None for o in out_dirs]
+    peers = [Peer(m, c.peers[0], index=0, learns_from=[], trainable=True, device=c.torch_device, start=s)
+             for m, c, s in zip(models, configs, starts)]
+    for peer, out in zip(peers, outs):
+        peer.best_path = out / "best.pt" if out is not None else None
+    results = train_replicas([[p] for p in peers], data, configs, out_dirs=outs, resume=resume, stop=stop)
+    return [_fit_result(p, data, c, r, o) for p, c, r, o in zip(peers, configs, results, outs)]
+
+
+def _fit_result(peer: Peer, data, config: RunConfig, r: dict, out: Path | None) -> dict:
+    """`fit`'s result (and result.json) from the one-peer run's."""
     if peer.tracker.best_state is None:
         raise CtrkitError(f"{peer.name}: no epoch was trained (epochs={config.epochs})")
     p = r["peers"][0]
     history = [{"epoch": row["epoch"], "train_loss": e["train_loss"], "valid_auc": e["valid_auc"],
                 "valid_logloss": e["valid_logloss"], "lr": e.get("lr"), "improved": e.get("improved"),
                 "seconds": row["seconds"]} for row in r["history"] for e in row["peers"]]
-    result = {"model": peer.name, "dataset": data.dataset, "params": count_parameters(model),
+    result = {"model": peer.name, "dataset": data.dataset, "params": count_parameters(peer.model),
               **{k: p[k] for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "best_epoch",
                                    "stopped_early")},
               "epochs": len(history), "epoch_cap_hit": not p["stopped_early"] and len(history) >= config.epochs,

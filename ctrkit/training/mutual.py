@@ -26,7 +26,7 @@ from ctrkit.training.exchange import Exchange, LocalExchange
 from ctrkit.training.loop import Peer, train_peers
 from ctrkit.training.losses import GROUP_RULES
 
-__all__ = ["MODES", "RunConfig", "mutual_fit", "teachers", "best_path"]
+__all__ = ["MODES", "RunConfig", "mutual_fit", "make_peers", "teachers", "best_path"]
 
 
 def teachers(mode: str, n_peers: int) -> list[list[int]]:
@@ -73,10 +73,18 @@ def mutual_fit(models: Sequence[nn.Module], data, config: RunConfig | dict, *, e
         raise CtrkitError(f"run config: {len(config.peers)} peer configs for {n_peers} peers")
     _check_peers(models, data)
     exchange = exchange or LocalExchange(n_peers, config.torch_device)
+    out = Path(out_dir) if out_dir is not None else None
+    return train_peers(make_peers(models, config, exchange, out, starts), data, config, exchange=exchange,
+                       out_dir=out, **loop)
+
+
+def make_peers(models: Sequence[nn.Module], config: RunConfig, exchange: Exchange, out: Path | None,
+               starts: Sequence[dict | None] | None = None) -> list[Peer]:
+    """This process's Peers of a run: whom each learns from, which are trainable, where their best.pt goes."""
+    n_peers = exchange.n_peers
     learns = teachers(config.mode, n_peers)
     fixed = {0} if config.mode == "kd" else set()
     starts = list(starts) if starts is not None else [None] * len(models)
-    out = Path(out_dir) if out_dir is not None else None
     peers = []
     for k, m, start in zip(exchange.local_indices(), models, starts):
         p = Peer(m, config.peers[k], index=k, learns_from=learns[k], trainable=config.mode != "ensemble" and k not in fixed,
@@ -84,4 +92,4 @@ def mutual_fit(models: Sequence[nn.Module], data, config: RunConfig | dict, *, e
         p.best_path = best_path(out, p.index, p.name) if out is not None else None
         exchange.wrap(p)
         peers.append(p)
-    return train_peers(peers, data, config, exchange=exchange, out_dir=out, **loop)
+    return peers

@@ -1,0 +1,123 @@
+"""Replicas (ctrkit.training.replicas): K runs of one architecture in one batched step give what each
+run gives alone: history, best epoch and AUCs within the float tolerance the module states (the
+batched reference maths rounds differently from the sequential CPU kernels), the same batch order
+and dropout masks, per-replica early stopping and LR decay, resume; K = 1 is bit for bit."""
+import pytest
+import torch
+
+from ctrkit import models
+from ctrkit.core.utils import CtrkitError, seed_everything
+from ctrkit.experiments import runs
+from ctrkit.experiments.store import ResultsStore
+from ctrkit.training import loop, presets
+from ctrkit.training.config import RunConfig
+
+AUC_TOL = 2e-5      # metric tolerance: batched vs sequential rounding (~1e-7 relative per step)
+LOSS_TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _model(name, data, seed, **hp):
+    seed_everything(seed)
+    return models.build(name, data.field_sizes, **{**presets.get(name, "smoke").model, **hp})
+
+
+def _cfg(name, seed, **changes):
+    return RunConfig.single({**presets.get(name, "smoke").train, "device": "cpu", "progress": False, "seed": seed,
+                             **changes})
+
+
+def _same(a, b):
+    assert a["best_epoch"] == b["best_epoch"] and a["epochs"] == b["epochs"]
+    assert a["stopped_early"] == b["stopped_early"]
+    for ha, hb in zip(a["history"], b["history"]):
+        assert ha["lr"] == hb["lr"] and ha["improved"] == hb["improved"]
+        assert ha["train_loss"] == pytest.approx(hb["train_loss"], abs=LOSS_TOL)
+        assert ha["valid_auc"] == pytest.approx(hb["valid_auc"], abs=AUC_TOL)
+    for k in ("valid_auc", "test_auc", "test_logloss"):
+        assert a[k] == pytest.approx(b[k], abs=AUC_TOL), k
+
+
+@pytest.mark.parametrize("name,hp", [("DeepFM", {"net_dropout": 0.2}), ("FiBiNET", {}), ("DCN", {}), ("FM", {})])
+def test_replicas_equal_sequential_runs(criteo_small, name, hp):
+    seeds = [2021, 2022, 2023]
+    changes = dict(epochs=3, patience=2, lr_decay=0.5)
+    alone = [loop.fit(_model(name, criteo_small, s, **hp), criteo_small, _cfg(name, s, **changes)) for s in seeds]
+    together = loop.fit_replicas([_model(name, criteo_small, s, **hp) for s in seeds], criteo_small,
+                                 [_cfg(name, s, **changes) for s in seeds])
+    for a, b in zip(together, alone):
+        _same(a, b)
+    assert len({r["test_auc"] for r in together}) == len(seeds)  # different seeds, different runs
+
+
+def test_one_replica_is_fit_bit_for_bit(criteo_small):
+    a = loop.fit(_model("DeepFM", criteo_small, 7), criteo_small, _cfg("DeepFM", 7, epochs=2))
+    b = loop.fit_replicas([_model("DeepFM", criteo_small, 7)], criteo_small, [_cfg("DeepFM", 7, epochs=2)])[0]
+    assert a["test_auc"] == b["test_auc"] and a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
+
+
+def test_per_replica_lr_decay_early_stopping_and_settings(criteo_small):
+    """Replicas with different lrs and patience: each decays and stops on its own, a stopped replica
+    stops changing (its best weights are kept), the others train on."""
+    cfgs = [_cfg("DeepFM", 5, epochs=4, patience=0, lr=0.05), _cfg("DeepFM", 6, epochs=4, patience=3, lr=0.003)]
+    alone = [loop.fit(_model("DeepFM", criteo_small, s), criteo_small, c) for s, c in zip((5, 6), cfgs)]
+    together = loop.fit_replicas([_model("DeepFM", criteo_small, s) for s in (5, 6)], criteo_small, cfgs)
+    for a, b in zip(together, alone):
+        _same(a, b)
+    assert together[0]["epochs"] < together[1]["epochs"]  # the first stopped, the second went on
+    assert len({h["lr"] for h in together[1]["history"]}) > 1 or together[1]["epochs"] == 4
+
+
+def test_mutual_replicas_equal_sequential_mutual_runs(criteo_small, tmp_path):
+    specs = [runs.RunSpec(peers=("DeepFM", "DCN"), mode="mutual", seed=s, weight=w, device="cpu", progress=False,
+                          preset="smoke", epochs=2) for s, w in ((1, 1.0), (2, 3.0))]
+    alone = [runs.run(s, criteo_small) for s in specs]
+    together = runs.run_many(specs, criteo_small)
+    for a, b in zip(together, alone):
+        assert a["ensemble"]["test_auc"] == pytest.approx(b["ensemble"]["test_auc"], abs=AUC_TOL)
+        for pa, pb in zip(a["peers"], b["peers"]):
+            assert pa["best_epoch"] == pb["best_epoch"]
+            assert pa["test_auc"] == pytest.approx(pb["test_auc"], abs=AUC_TOL)
+
+
+def test_execute_many_records_skips_and_resumes(criteo_small, tmp_path, monkeypatch):
+    store = ResultsStore(tmp_path / "store.jsonl")
+    specs = [runs.RunSpec(peers=("DeepFM",), mode="alone", seed=s, device="cpu", progress=False, preset="smoke",
+                          epochs=2) for s in (1, 2, 3)]
+    runs.execute_many(specs[:1], criteo_small, store=store)
+    recs, skipped = runs.execute_many(specs, criteo_small, store=store)
+    assert skipped == [True, False, False] and len(store.run_keys()) == 3
+    assert [r[0]["run_key"] for r in recs] == [s.key(criteo_small.fingerprint) for s in specs]
+    ref = runs.run(specs[2], criteo_small)
+    assert recs[2][0]["test_auc"] == pytest.approx(ref["peers"][0]["test_auc"], abs=AUC_TOL)
+    # a group killed after epoch 1 resumes from each run's last checkpoint to the uninterrupted result
+    outs = [tmp_path / f"r{s.seed}" for s in specs]
+    calls = {"n": 0}
+
+    def die(row):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2: runs 1 and 2 saved it, run 3 did not
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runs.run_many(specs, criteo_small, out_dirs=outs, callback=die)
+    resumed = runs.run_many(specs, criteo_small, out_dirs=outs, resume=True)
+    whole = runs.run_many(specs, criteo_small)
+    # run 3 trains its epoch 2 alone in the resumed group (a batch of one replica): within the tolerance
+    for a, b in zip(resumed, whole):
+        assert a["peers"][0]["test_auc"] == pytest.approx(b["peers"][0]["test_auc"], abs=AUC_TOL)
+        assert [row["peers"][0]["train_loss"] for row in a["history"]] == pytest.approx(
+            [row["peers"][0]["train_loss"] for row in b["history"]], abs=LOSS_TOL)
+
+
+def test_replicas_reject_mixed_architectures(criteo_small):
+    with pytest.raises(CtrkitError, match="architecture"):
+        loop.fit_replicas([_model("DeepFM", criteo_small, 1), _model("DeepFM", criteo_small, 2, hidden_units=[8])],
+                          criteo_small, [_cfg("DeepFM", 1), _cfg("DeepFM", 2)])
