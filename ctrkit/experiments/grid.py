@@ -34,15 +34,15 @@ __all__ = ["pretrain_baselines", "run", "run_one", "expand", "seed_dir"]
 
 
 def pretrain_baselines(data, models: Sequence[str], ckpt_dir: str | Path, *, seeds: Iterable[int] = (2021,),
-                       store=None, force: bool = False, progress: bool = True, max_replicas: int = runs.MAX_REPLICAS,
-                       **settings) -> pd.DataFrame:
+                       store=None, force: bool = False, progress: bool = True, **settings) -> pd.DataFrame:
     """Pretrain each model (or label, e.g. "DeepFM_2") per seed into `ckpt_dir/seed<S>/<label>` with
     `runs.pretrain`, recorded in the store as mode "baseline" (a finished checkpoint of the same
     settings is reused, an interrupted one resumed, unless `force`). `settings`: `PretrainSpec`
     fields (preset, epochs, overrides, device, threads, amp). A model's seeds train together as
-    replicas (`runs.pretrain_many`, at most `max_replicas` per step; 1: one by one, bit for bit as
+    replicas (`runs.pretrain_many`, at most `max_replicas` (a keyword) per step; 1: one by one, bit for bit as
     before); the records are the same within `ctrkit.training.replicas`'s tolerance."""
     seeds, labels = list(seeds), list(models)
+    max_replicas = settings.pop("max_replicas", runs.MAX_REPLICAS)
     recs: dict = {}
     bar = tqdm(total=len(seeds) * len(labels), desc="baselines", disable=not progress)
     for label in labels:  # one label's seeds train together as replicas
