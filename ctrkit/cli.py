@@ -167,7 +167,7 @@ def _add_reproduce(sub) -> None:
     s = sub.add_parser("reproduce", help="run the notebooks with papermill: every table and figure")
     s.add_argument("--dataset", default="both",
                    help="criteo, avazu, both, frappe, movielens, or a schema file (.yaml; needs --data)")
-    s.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper", "full"])
+    s.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper", "study", "full"])
     s.add_argument("--data", default=None, help="processed or raw data (full profile: the real data you bring)")
     s.add_argument("--out", default="results")
     s.add_argument("--figures", default=None, help="also copy the figures here (the README's command: figures/)")

@@ -49,12 +49,12 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("md", "## Rows and click-through rate per split"),
         ("code", "paths = reproduce.data_tables(data, cfg)\nsplits = reproduce.read_table(paths['splits'])\nsplits"),
         ("code", "plots.show(plots.split_ctr(splits, cfg.figure('data_ctr'),\n"
-                 "                           title=f'Click-through rate per split ({dataset}, {profile} profile)'))"),
+                 "                           title=f'Click-through rate per split ({cfg.dataset}, {profile} profile)'))"),
         ("md", "## Vocabulary sizes per field"),
         ("code", "reproduce.read_table(paths['vocab']).sort_values('vocab_size', ascending=False).head(15)"),
         ("md", "## Value frequencies of the largest fields (rank-frequency, log-log)"),
         ("code", "plots.show(plots.rank_frequency(reproduce.read_table(paths['frequency']), cfg.figure('data_frequency'),\n"
-                 "                                title=f'Categorical value frequency in train ({dataset}, log-log)'))"),
+                 "                                title=f'Categorical value frequency in train ({cfg.dataset}, log-log)'))"),
     ],
     "01_baselines": [
         ("md", "# 01 · Baselines\nPretrain DeepFM, DCN, PNN and FiBiNET with the profile's preset under the BARS "
@@ -62,14 +62,17 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "profile's epoch cap (a baseline that reaches it is flagged). One checkpoint per model and seed in "
                "the shared output folder; 02-04 and the widget reuse them. BARS published numbers "
                "(`ctrkit/training/bars.json`) are real Criteo/Avazu results, comparable only under the `full` profile."),
-        ("code", "from ctrkit import experiments\nfrom ctrkit.notebook import reproduce"),
+        ("code", "import pandas as pd\nfrom ctrkit import experiments\nfrom ctrkit.notebook import reproduce"),
         ("params", PARAMETERS),
         ("code", SETTINGS),
-        ("md", "## Pretrain (skipped for checkpoints that already exist)"),
-        ("code", "runs = experiments.pretrain_baselines(data, models=cfg.models, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"
-                 "                                      seeds=cfg.seeds, epochs=cfg.epochs, overrides=cfg.overrides,\n"
-                 "                                      store=cfg.store, device=cfg.device, threads=cfg.threads, amp=cfg.amp,\n"
-                 "                                      progress=cfg.progress)\n"
+        ("md", "## Pretrain (skipped for checkpoints that already exist)\nUnder the `study` profile each model's "
+               "hyperparameters are first chosen on validation only from a small search (the tuning table); "
+               "the other profiles use the preset."),
+        ("code", "tuned = reproduce.tune(cfg, data)\n"
+                 "runs = pd.concat([experiments.pretrain_baselines(\n"
+                 "    data, models=[m], ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, seeds=cfg.seeds, epochs=cfg.epochs,\n"
+                 "    overrides=tuned.get(m, cfg.overrides), store=cfg.store, device=cfg.device, threads=cfg.threads,\n"
+                 "    amp=cfg.amp, progress=cfg.progress) for m in cfg.models], ignore_index=True)\n"
                  "runs[['peer', 'seed', 'epochs', 'epoch_cap_hit', 'valid_auc', 'test_auc', 'test_logloss', 'seconds']]"),
         ("md", "## Our baselines next to BARS (`flag`: seeds that stopped at the epoch cap)"),
         ("code", "reproduce.export_results(cfg)\nreproduce.paper_table(cfg, 'baselines')"),
@@ -100,20 +103,22 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", "reproduce.paper_table(cfg, 'sweep')"),
         ("code", "plots.show(plots.sweep_gain(reproduce.figure_data(cfg, 'sweep'), cfg.figure('sweep_gain'),\n"
                  "                            caption=reproduce.caption(cfg),\n"
-                 "                            title=f'Finetuning sweep: mutual - alone vs the weight ({dataset})'))"),
+                 "                            title=f'Finetuning sweep: mutual - alone vs the weight ({cfg.dataset})'))"),
         ("md", "## Mutual finetuning vs finetuning alone, at the chosen setting"),
         ("code", "best = reproduce.chosen(cfg)\nprint(best)\nreproduce.paper_table(cfg, 'headline')\n"
                  "reproduce.paper_table(cfg, 'finetune')"),
         ("md", "## Paired gains per model (95% paired t-intervals)"),
         ("code", "plots.show(plots.paired_gains(reproduce.figure_data(cfg, 'gains'), cfg.figure('paired_gains'),\n"
                  "                              caption=reproduce.caption(cfg),\n"
-                 "                              title=f'Mutual learning vs its control, per model ({dataset})'))"),
+                 "                              title=f'Mutual learning vs its control, per model ({cfg.dataset})'))"),
         ("md", "## Controls: KD from the best pretrained model, the ensembles (at the chosen setting)"),
         ("code", "experiments.run(data, [reproduce.kd_peers(cfg)], inits=['pretrained'], modes=['kd'], weight=best['weight'],\n"
                  "                finetune_lr_scale=best['finetune_lr_scale'], finetune_epochs=cfg.finetune_epochs, **common)\n"
                  "experiments.run(data, [cfg.models], inits=['pretrained'], modes=['ensemble'], **common)\n"
                  "reproduce.export_results(cfg)\n"
                  "reproduce.paper_table(cfg, 'controls')"),
+        ("md", "## The practical alternative: one mutual model vs the pretrained ensemble (no training)"),
+        ("code", "reproduce.paper_table(cfg, 'alternatives')"),
     ],
     "03_partners": [
         ("md", "# 03 · Which partner helps?\nEvery pair of pretrained models finetuned mutually (N = 2) at the "
@@ -133,7 +138,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("md", "## The partner matrix (mutual - alone, * Holm p < 0.05)"),
         ("code", "plots.show(plots.partner_heatmap(reproduce.figure_data(cfg, 'partners'), cfg.figure('partner_matrix'),\n"
                  "                                 caption=reproduce.caption(cfg),\n"
-                 "                                 title=f'Pairs: mutual - alone of the row model with each partner ({dataset})'))"),
+                 "                                 title=f'Pairs: mutual - alone of the row model with each partner ({cfg.dataset})'))"),
         ("md", "## Gain vs the partner's pretrained AUC: one slope per model, with its 95% CI"),
         ("code", "reproduce.paper_table(cfg, 'partner_slopes')"),
         ("code", "plots.show(plots.partner_slopes(reproduce.figure_data(cfg, 'partner_points'),\n"
@@ -159,7 +164,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("md", "## Gain vs N (95% paired t-intervals over seeds)"),
         ("code", "plots.show(plots.peer_count(reproduce.figure_data(cfg, 'peer_count'), cfg.figure('peer_count'),\n"
                  "                            caption=reproduce.caption(cfg),\n"
-                 "                            title=f'Mutual finetuning with N peers, mean over partner subsets ({dataset})'))"),
+                 "                            title=f'Mutual finetuning with N peers, mean over partner subsets ({cfg.dataset})'))"),
     ],
     "07_variants": [
         ("md", "# 07 · Beyond the paper: the relatives of mutual learning, and prediction churn\n"
@@ -186,7 +191,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", "plots.show(plots.paired_gains(reproduce.read_table(cfg.table('fig_variants')), cfg.figure('variants'),\n"
                  "                              x='comparison', hue='model', width=9.0, height=3.2,\n"
                  "                              caption=reproduce.caption(cfg),\n"
-                 "                              title=f'Relatives of mutual learning minus alone, per model ({dataset})'))"),
+                 "                              title=f'Relatives of mutual learning minus alone, per model ({cfg.dataset})'))"),
         ("md", "## Across datasets: interquartile mean and probability of improvement (stratified bootstrap 95% CIs)"),
         ("code", "reproduce.variants_summary(cfg)"),
     ],

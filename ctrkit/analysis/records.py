@@ -56,7 +56,7 @@ def records(source, *, include_exploration: bool = False, dataset: str | None = 
     for c in ("mode", "init", "dataset", "fingerprint", "peer", "peers", "model", "preset", "weight", "divergence",
               "protocol", "pretrained_test_auc", "pretrained_valid_auc", "ensemble_test_auc", "ensemble_valid_auc",
               "peer_index", "partners", "partners_pretrained_auc", "n_peers", "settings_key", "tag", "amp",
-              "stopped_early", "epoch_cap_hit", "epochs", "best_epoch", "valid_auc", "valid_logloss", "test_auc",
+              "stopped_early", "epoch_cap_hit", "epochs", "best_epoch", "checkpoint", "valid_auc", "valid_logloss", "test_auc",
               "test_logloss", "seed", "config", *_CONFIG_FIELDS):
         if c not in df.columns:
             df[c] = None

@@ -39,6 +39,9 @@ CAPTIONS = {
                     "pretrained checkpoint; `share_of_ensemble_gain_pct`: 100 x mean(mutual - pretrained) / "
                     "mean(ensemble - pretrained); `n_ensemble_better`: seeds in which the pretrained ensemble wins; "
                     "the best mutual model is chosen per seed on validation.",
+    "tuning": "Baseline hyperparameter search: per model, each candidate beside the preset, mean ± SD over seeds; "
+              "`chosen`: the best mean validation AUC (ties: validation logloss), chosen on validation only; "
+              "the test AUC is reported, never used to choose.",
     "controls": f"Every arm minus finetuning alone of the same unit (model or ensemble = mean probability of the "
                 f"peers), paired by seed [{CI_NAME}]; KD: students of the best pretrained model; p_holm per dataset.",
 }
@@ -83,7 +86,8 @@ _SETTING_COLS = ("dataset", "peers", "weight", "finetune_lr_scale", "finetune_ep
                  "selection_valid_auc")
 _INT_COLS = ("finetune_epochs", "epochs_min", "epochs_max", "n_pairs", "n_seeds", "n_subsets", "n_points",
              "n_partners", "n_cap_hit", "n_peers", "mutual_epochs_max", "alone_epochs_max", "n_cap_hit_mutual",
-             "n_cap_hit_alone", "n_kept_pretrained_mutual", "n_kept_pretrained_alone", "n_ensemble_better")
+             "n_cap_hit_alone", "n_kept_pretrained_mutual", "n_kept_pretrained_alone", "n_ensemble_better",
+             "epochs_max")
 
 
 def _value(c: str, v):

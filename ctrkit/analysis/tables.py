@@ -377,6 +377,50 @@ def alternatives(source, *, include_exploration: bool = False, peers: str | None
     return with_holm(pd.DataFrame(rows), ["dataset"])
 
 
+_NOT_HYPER = ("seed", "device", "progress", "threads", "check_every", "eval_batch_size")
+
+
+def _candidates(b: pd.DataFrame) -> list[str]:
+    """Each baseline's hyperparameters as a candidate label: the model and train settings of its
+    config that differ between the model's runs ("lr=0.0003"), or "preset" where none differ."""
+    import json
+
+    flat = []
+    for cfg in b["config"]:
+        c = json.loads(cfg) if isinstance(cfg, str) else (cfg if isinstance(cfg, dict) else {})
+        flat.append({k: json.dumps(v, sort_keys=True) for part in ("model", "train")
+                     for k, v in (c.get(part) or {}).items() if k not in _NOT_HYPER})
+    labels = [""] * len(flat)
+    for _, idx in pd.Series(range(len(flat))).groupby([b["dataset"].to_numpy(), b["model"].to_numpy()]):
+        rows = [flat[i] for i in idx]
+        vary = sorted(k for k in set().union(*rows) if len({r.get(k) for r in rows}) > 1)
+        for i in idx:
+            labels[i] = ", ".join(f"{k}={flat[i].get(k, '-')}" for k in vary) or "preset"
+    return labels
+
+
+def tuning(source, *, include_exploration: bool = False) -> pd.DataFrame:
+    """The baselines' hyperparameter search: per model, every candidate (the hyperparameters in which
+    its runs differ) with its mean validation AUC and logloss over seeds, and `chosen`: the best on validation
+    (`designs.choose_on_validation`, which reads validation columns only). The test AUC is shown
+    beside it and never chooses."""
+    df = records(source, include_exploration=include_exploration)
+    b = df[df["mode"] == "baseline"]
+    if b.empty:
+        return pd.DataFrame()
+    b = b.assign(candidate=_candidates(b))
+    b = b.assign(valid_logloss=pd.to_numeric(b["valid_logloss"]), test_logloss=pd.to_numeric(b["test_logloss"]))
+    choice = designs.choose_on_validation(b, keys=["candidate"], by=["dataset", "model"])
+    chosen = set(zip(choice["dataset"], choice["model"], choice["candidate"]))
+    out = b.groupby(["dataset", "model", "candidate"], sort=True).agg(
+        n_seeds=("seed", "nunique"), valid_auc_mean=("valid_auc", "mean"), valid_auc_sd=("valid_auc", "std"),
+        valid_logloss_mean=("valid_logloss", "mean"), test_auc_mean=("test_auc", "mean"),
+        test_auc_sd=("test_auc", "std"), epochs_max=("epochs", "max")).reset_index()
+    out["chosen"] = [(d, m, c) in chosen for d, m, c in zip(out["dataset"], out["model"], out["candidate"])]
+    out = out.assign(_r=paper_order(out["model"])).sort_values(["dataset", "_r", "model", "candidate"])
+    return out.drop(columns="_r").reset_index(drop=True)
+
+
 HEADLINE_COLS = ["dataset", "model", "weight", "finetune_lr_scale", "n_pairs", "rel_pct_mean", "rel_pct_ci_low",
                  "rel_pct_ci_high", "relaimpr_pct_mean", "relaimpr_pct_ci_low", "relaimpr_pct_ci_high",
                  "logloss_diff_mean", "logloss_diff_ci_low", "logloss_diff_ci_high", "p_holm", "note"]
@@ -392,7 +436,7 @@ def headline(source, *, include_exploration: bool = False) -> pd.DataFrame:
 TABLES: dict[str, Callable] = {
     "baselines": baselines, "scratch": scratch, "finetune": finetune, "sweep": sweep, "partners": partners,
     "partner_slopes": partner_slopes, "peer_count": peer_count, "controls": controls, "headline": headline,
-    "alternatives": alternatives,
+    "alternatives": alternatives, "tuning": tuning,
 }
 NAMES = tuple(TABLES)
 

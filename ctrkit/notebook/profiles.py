@@ -60,6 +60,18 @@ PROFILES: dict[str, dict] = {
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0],
         "sweep_lr_scales": [0.1, 1.0], "threads": 1, "amp": "off", "execution_timeout": None,
     },
+    # study: the evidence run. Real data (--data, a schema file): all rows; synthetic: 20,000 rows, what the
+    # 2-core CPU affords. The `quick` preset (the largest that every dataset has: `bars` exists only
+    # for the BARS datasets), baselines to convergence (patience 2, a cap of 30 epochs, flagged when
+    # hit), 10 seeds, the sweep, and a small search per model chosen on validation only (`tune`:
+    # candidates beside the preset, `tune_seeds` its seeds; the tuning table says what was chosen).
+    "study": {
+        "rows": 20000, "preset": "quick", "epochs": 30, "patience": 2, "finetune_epochs": 2,
+        "seeds": [2021, 2022, 2023, 2024, 2025, 2026, 2027, 2028, 2029, 2030],
+        "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0],
+        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "amp": "off", "execution_timeout": None,
+        "tune": [{}, {"lr": 0.0003}, {"embedding_dim": 16}], "tune_seeds": [2021, 2022],
+    },
     "full": {
         "rows": None, "preset": "bars", "epochs": None, "patience": None, "finetune_epochs": 2,
         "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],

@@ -15,7 +15,7 @@ command line, resolves DIR against the working directory before the notebooks se
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -50,6 +50,8 @@ class Settings:
     amp: str = "auto"
     progress: bool = False
     schema: str | None = None  # a schema file's path (dataset is then the schema's name)
+    tune: list[dict] = field(default_factory=list)  # candidates of the baselines' search (study); [] = none
+    tune_seeds: list[int] = field(default_factory=list)
 
     @property
     def seed(self) -> int:
@@ -144,7 +146,8 @@ def settings(
         epochs=epochs if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
         seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"],
         patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
-        threads=prof["threads"], amp=prof["amp"], schema=schema,
+        threads=prof["threads"], amp=prof["amp"], schema=schema, tune=prof.get("tune", []),
+        tune_seeds=prof.get("tune_seeds", []),
     )
 
 
@@ -447,3 +450,36 @@ def variants_summary(cfg: Settings) -> pd.DataFrame:
         return out
     save_table(out, cfg.tables / "variants_summary")
     return out
+
+
+def tune(cfg: Settings, data) -> dict[str, dict]:
+    """The baselines' search of the profile (`tune`), chosen on validation only: every model under
+    every candidate (overrides beside the preset) for `tune_seeds`, in OUT/<dataset>/tuning/ with its
+    own store (the other tables never see the candidates); writes tables/<dataset>_tuning.* and
+    returns each model's chosen overrides, for 01's baselines ({} without a search: the preset)."""
+    import re
+
+    from ctrkit import experiments
+    from ctrkit.analysis import records, render, tables
+    from ctrkit.experiments import designs
+
+    if not cfg.tune:
+        return {}
+    root, seeds = cfg.run_dir / "tuning", cfg.tune_seeds or cfg.seeds[:2]
+    cands = [{**cfg.overrides, **c} for c in cfg.tune]
+    for i, overrides in enumerate(cands):
+        experiments.pretrain_baselines(data, cfg.models, root / f"candidate{i}", preset=cfg.preset,
+                                       seeds=seeds, epochs=cfg.epochs, overrides=overrides,
+                                       store=root / "store.jsonl", device=cfg.device, threads=cfg.threads,
+                                       amp=cfg.amp, progress=cfg.progress)
+    df = records.records(root / "store.jsonl", dataset=cfg.dataset)
+    df = df[df["mode"] == "baseline"].assign(
+        cand=[int(m.group(1)) if (m := re.search(r"candidate(\d+)", str(c))) else -1 for c in df["checkpoint"]])
+    choice = designs.choose_on_validation(df[df["cand"] >= 0], keys=["cand"], by=["model"])
+    table = tables.tuning(df)
+    cap = f"{render.CAPTIONS['tuning']} ({caption(replace(cfg, seeds=seeds), figure=False)})"
+    stem = cfg.table("tuning")
+    for fmt in render.FORMATS:
+        with atomic_path(stem.with_name(f"{stem.name}.{fmt}")) as tmp:
+            tmp.write_text(render.render("tuning", table, fmt, caption=cap) + ("\n" if fmt != "csv" else ""))
+    return {r.model: cands[int(r.cand)] for r in choice.itertuples()}
