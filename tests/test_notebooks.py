@@ -128,8 +128,9 @@ def test_cli_reproduce_errors_are_one_line(tmp_path):
 PAPER_TABLES = ["baselines", "scratch", "sweep", "finetune", "headline", "controls", "partners", "partner_slopes",
                 "peer_count"]
 TABLES = ["data_splits", "data_vocab", "data_frequency", *PAPER_TABLES, "fig_gains", "fig_sweep", "fig_partners",
-          "fig_partner_points", "fig_partner_slopes", "fig_peer_count"]
-FIGURES = ["data_ctr", "data_frequency", "sweep_gain", "paired_gains", "partner_matrix", "partner_slopes", "peer_count"]
+          "fig_partner_points", "fig_partner_slopes", "fig_peer_count", "variants", "variants_pairs", "fig_variants"]
+FIGURES = ["data_ctr", "data_frequency", "sweep_gain", "paired_gains", "partner_matrix", "partner_slopes", "peer_count",
+           "variants"]
 
 
 @pytest.mark.slow
@@ -171,6 +172,13 @@ def test_reproduce_smoke_runs_every_notebook(tmp_path):
     for f in ("fig1_knowledge_distillation", "fig2_mutual_learning"):
         assert (out / "figures" / f"{f}.png").exists() and (out / "figures" / f"{f}.svg").exists()
     assert (out / "notebooks" / "06_explore.ipynb").exists()
+    # 07: every relative of mutual learning against alone, on both datasets, and the summary across them
+    var = reproduce.read_table(out / "tables" / "criteo_variants")
+    assert {"mutual (MSE)", "mutual (KL)", "ensemble teacher", "EKTF", "KD from the best", "shared table"} <= \
+        set(var["variant"]) and set(var["init"]) == {"finetune", "from scratch"}
+    assert var["peers_abs_t"].notna().all() and (var["n_pairs"] == 2).all()
+    summary = reproduce.read_table(out / "tables" / "variants_summary")
+    assert (summary["n_datasets"] == 2).all() and summary["p_improve"].between(0, 1).all()
     index = (out / "index.md").read_text()
     for link in ("tables/criteo_finetune.csv", "tables/avazu_partners.md", "figures/avazu_peer_count.png",
                  "notebooks/criteo/02_scratch_vs_finetune.ipynb"):
@@ -179,4 +187,4 @@ def test_reproduce_smoke_runs_every_notebook(tmp_path):
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "ran 0 notebook(s), skipped 12 already done" in again.stdout
+    assert f"ran 0 notebook(s), skipped {2 * len(profiles.PER_DATASET) + len(profiles.ONCE)} already done" in again.stdout
