@@ -4,8 +4,8 @@ sequential step, CPU kernels).
 
 Each (size, model, K) is a fresh subprocess (its own peak RSS) timing the training step of
 `ctrkit.training.loop` (forward, BCE, backward, clipping at 10, each replica's fused Adam) on random
-Criteo-shaped indices, after warm-up steps. Sizes: "quick" (the quick preset's models, batch 2,048:
-what `make reproduce` trains) and "bars" (embedding 16, MLP [400, 400, 400], batch 10,000).
+Criteo-shaped indices, after warm-up steps. Sizes: "smoke" (the smoke preset, batch 512: what the
+quick/paper reproduce profiles train), "quick" (the quick preset's models, batch 2,048, dropout 0.1) and "bars" (embedding 16, MLP [400, 400, 400], batch 10,000).
 Speed-up = aggregate samples/s at K / samples/s of one run alone (the sequential path K times).
 
     .venv/bin/python bench/bench_replicas.py --threads 1 --tag NAME
@@ -22,9 +22,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULT_PREFIX = "REPLICAS_RESULT "
 FIELD_SIZES = [40 + 7 * i for i in range(13)] + [30 + 180 * i for i in range(26)]
-SIZES = {"quick": {"batch": 2048, "steps": 12, "model": None},
+SIZES = {"smoke": {"batch": 512, "steps": 30, "model": None, "preset": "smoke"},
+         "quick": {"batch": 2048, "steps": 12, "model": None, "preset": "quick"},
          "bars": {"batch": 10000, "steps": 4, "model": {"embedding_dim": 16, "hidden_units": [400, 400, 400],
-                                                      "net_dropout": 0.0}}}
+                                                      "net_dropout": 0.0}, "preset": "quick"}}
 
 
 def worker(job: dict) -> dict:
@@ -42,7 +43,7 @@ def worker(job: dict) -> dict:
 
     torch.set_num_threads(job["threads"])
     size, k, b = SIZES[job["size"]], job["k"], SIZES[job["size"]]["batch"]
-    hp = {**presets.get(job["model"], "quick").model, **(size["model"] or {})}
+    hp = {**presets.get(job["model"], size["preset"]).model, **(size["model"] or {})}
     peers = []
     for s in range(k):
         seed_everything(s)
@@ -76,7 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--models", nargs="+", default=["DeepFM", "DCN"])
-    ap.add_argument("--sizes", nargs="+", default=["quick", "bars"])
+    ap.add_argument("--sizes", nargs="+", default=["smoke", "quick", "bars"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="replicas")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)

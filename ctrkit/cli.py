@@ -306,7 +306,8 @@ def _run_mutual(args):
         specs = [dataclasses.replace(spec, seed=s, ckpt_dir=str(runs.seed_dir(spec.ckpt_dir, s)) if spec.ckpt_dir
                                      else None) for s in args.seeds]
         outs = [runs.seed_dir(args.out, s) if args.out else None for s in args.seeds]
-        recs, skipped = runs.execute_many(specs, d, store=args.store, out_dirs=outs, force=args.force)
+        recs, skipped = runs.execute_many(specs, d, store=args.store, out_dirs=outs, force=args.force,
+                                          max_replicas=len(specs))
         return [r for run_recs in recs for r in run_recs], all(skipped), True
     if not args.distributed:
         spec = _spec(args)

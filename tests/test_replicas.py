@@ -92,7 +92,7 @@ def test_execute_many_records_skips_and_resumes(criteo_small, tmp_path, monkeypa
     specs = [runs.RunSpec(peers=("DeepFM",), mode="alone", seed=s, device="cpu", progress=False, preset="smoke",
                           epochs=2) for s in (1, 2, 3)]
     runs.execute_many(specs[:1], criteo_small, store=store)
-    recs, skipped = runs.execute_many(specs, criteo_small, store=store)
+    recs, skipped = runs.execute_many(specs, criteo_small, store=store, max_replicas=3)
     assert skipped == [True, False, False] and len(store.run_keys()) == 3
     assert [r[0]["run_key"] for r in recs] == [s.key(criteo_small.fingerprint) for s in specs]
     ref = runs.run(specs[2], criteo_small)
@@ -121,3 +121,12 @@ def test_replicas_reject_mixed_architectures(criteo_small):
     with pytest.raises(CtrkitError, match="architecture"):
         loop.fit_replicas([_model("DeepFM", criteo_small, 1), _model("DeepFM", criteo_small, 2, hidden_units=[8])],
                           criteo_small, [_cfg("DeepFM", 1), _cfg("DeepFM", 2)])
+
+
+def test_grouping_default_is_one_run_at_a_time_on_the_cpu():
+    """On the CPU replicas measured slower (bench/bench_replicas.py): the grid keeps one run at a time
+    in the specs' order (bit for bit as before) unless max_replicas asks for more."""
+    specs = [runs.RunSpec(peers=("DeepFM", "DCN"), mode=m, seed=s, device="cpu", preset="smoke")
+             for s in (1, 2) for m in ("mutual", "alone")]
+    assert runs.replica_groups(specs) == [[0], [1], [2], [3]]
+    assert runs.replica_groups(specs, 8) == [[0, 2], [1, 3]]

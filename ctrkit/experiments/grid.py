@@ -39,10 +39,10 @@ def pretrain_baselines(data, models: Sequence[str], ckpt_dir: str | Path, *, see
     `runs.pretrain`, recorded in the store as mode "baseline" (a finished checkpoint of the same
     settings is reused, an interrupted one resumed, unless `force`). `settings`: `PretrainSpec`
     fields (preset, epochs, overrides, device, threads, amp). A model's seeds train together as
-    replicas (`runs.pretrain_many`, at most `max_replicas` (a keyword) per step; 1: one by one, bit for bit as
-    before); the records are the same within `ctrkit.training.replicas`'s tolerance."""
+    replicas (`runs.pretrain_many`, at most `max_replicas` (a keyword; default: 8 on a GPU, 1 on the
+    CPU) per step; 1: one by one, bit for bit as before); the records are the same within `ctrkit.training.replicas`'s tolerance."""
     seeds, labels = list(seeds), list(models)
-    max_replicas = settings.pop("max_replicas", runs.MAX_REPLICAS)
+    max_replicas = settings.pop("max_replicas", None) or runs.default_max_replicas(settings.get("device", "auto"))
     recs: dict = {}
     bar = tqdm(total=len(seeds) * len(labels), desc="baselines", disable=not progress)
     for label in labels:  # one label's seeds train together as replicas
@@ -112,8 +112,9 @@ def run(data, peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(202
     (`ckpt_dir` is the folder of the `seed<S>` folders; `overrides`: train-config keys for every peer
     of every run, e.g. the baselines' patience for runs from scratch); `progress` shows the runs' bar.
     Runs that differ only in seed, weight and finetuning lr scale train together as replicas
-    (`runs.execute_many`, at most `max_replicas` per step; 1: one by one, bit for bit as before)."""
-    progress, max_replicas = settings.pop("progress", True), settings.pop("max_replicas", runs.MAX_REPLICAS)
+    (`runs.execute_many`, at most `max_replicas` per step; default: 8 on a GPU, 1 on the CPU, where
+    replicas measured slower; 1: one by one, bit for bit as before)."""
+    progress, max_replicas = settings.pop("progress", True), settings.pop("max_replicas", None)
     weight, lr_scale = settings.pop("weight", 1.0), settings.pop("finetune_lr_scale", 0.1)
     ckpt_dir = settings.pop("ckpt_dir", None)
     specs = []

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ctrkit.core.utils import CtrkitError, seed_everything
+from ctrkit.core.utils import CtrkitError, resolve_device, seed_everything
 from ctrkit.experiments import churn
 from ctrkit.experiments.record import make_records
 from ctrkit.experiments.store import ResultsStore
@@ -36,7 +36,7 @@ from ctrkit.training.mutual import make_peers, mutual_fit
 
 __all__ = ["INITS", "MODES", "RunSpec", "PretrainSpec", "run", "execute", "records", "pretrain", "peer_labels",
            "split_label", "checkpoint_path", "seed_dir", "run_key", "summary", "apply_overrides", "run_many",
-           "execute_many", "pretrain_many", "replica_groups"]
+           "execute_many", "pretrain_many", "replica_groups", "default_max_replicas"]
 
 
 def checkpoint_path(ckpt_dir: str | Path, label: str) -> Path:
@@ -346,13 +346,22 @@ def _reusable(out: Path, key: str, data) -> dict | None:
 
 # ---------------------------------------------------------------- many runs as replicas
 
-# Runs of one group train as replicas (one batched step); more than this many are split into groups.
+# Runs of one group train as replicas (one batched step) on a GPU, where small steps are launch-bound;
+# more than this many are split into groups. On the CPU the default is 1 (one run at a time, as
+# before): there the batched step was slower than K sequential steps at every size measured
+# (bench/bench_replicas.py: the CPU kernels beat the vmapped reference maths and a CPU core gains
+# nothing from batching), so replicas there are opt-in (`max_replicas`).
 MAX_REPLICAS = 8
+
+
+def default_max_replicas(device: str) -> int:
+    """Replicas per group when not given: MAX_REPLICAS on a GPU, 1 on the CPU."""
+    return MAX_REPLICAS if resolve_device(device).type == "cuda" else 1
 # The share of the machine's memory the replicas of one group may take (`replicas.replica_bytes`).
 _MEMORY_SHARE = 0.25
 
 
-def replica_groups(specs: Sequence[RunSpec], max_replicas: int = MAX_REPLICAS) -> list[list[int]]:
+def replica_groups(specs: Sequence[RunSpec], max_replicas: int | None = None) -> list[list[int]]:
     """Indices of `specs` grouped into replicas: runs whose settings differ only in seed, weight,
     finetuning lr scale and checkpoint folder (one architecture, one schedule), at most
     `max_replicas` per group, in the specs' order; ensemble runs (nothing trains) stay single."""
@@ -364,7 +373,11 @@ def replica_groups(specs: Sequence[RunSpec], max_replicas: int = MAX_REPLICAS) -
         # ensemble runs train nothing; shared-table peers would sum their gradients into the one table
         single = spec.mode == "ensemble" or spec.share_embedding
         groups.setdefault(key if not single else ("single", i), []).append(i)
-    return [g[j:j + max_replicas] for g in groups.values() for j in range(0, len(g), max(1, max_replicas))]
+    out = []
+    for g in groups.values():
+        n = max(1, max_replicas or default_max_replicas(specs[g[0]].device))
+        out += [g[j:j + n] for j in range(0, len(g), n)]
+    return sorted(out, key=lambda g: g[0])  # groups of one: the specs' order, as one run after another
 
 
 def _fits_memory(models: Sequence, batch_size: int, num_fields: int, k: int) -> bool:
@@ -377,13 +390,14 @@ def _fits_memory(models: Sequence, batch_size: int, num_fields: int, k: int) -> 
 
 
 def execute_many(specs: Sequence[RunSpec], data, *, store=None, force: bool = False,
-                 out_dirs: Sequence[str | Path | None] | None = None, max_replicas: int = MAX_REPLICAS,
+                 out_dirs: Sequence[str | Path | None] | None = None, max_replicas: int | None = None,
                  progress=None) -> tuple[list[list[dict]], list[bool]]:
     """`execute` of many runs, those that differ only in seed (and weight, lr scale) trained together
     as replicas (`replica_groups`, `run_many`), each still recorded under its own run key in one
     append. Runs already in the store are skipped (unless `force`); a group's run keys are all claimed
     while it trains. With `out_dirs` (one per spec) a killed group resumes each run from its own last
-    checkpoint. `progress(spec_indices)` is called before each group. Returns (records, skipped) per spec."""
+    checkpoint. `max_replicas`: runs per group (None: `default_max_replicas` of the device; 1: every
+    run alone, bit for bit as `execute`). `progress(spec_indices)` is called before each group. Returns (records, skipped) per spec."""
     st = _store(store)
     out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(specs)
     recs: list = [None] * len(specs)
