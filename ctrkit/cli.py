@@ -138,7 +138,8 @@ def _add_mutual(sub) -> None:
     s.add_argument("--peers", required=True, help="comma-separated model names, e.g. DeepFM,DCN,PNN,FiBiNET")
     s.add_argument("--init", required=True, choices=["scratch", "pretrained"])
     s.add_argument("--ckpt-dir", default=None, help="folder with one `pretrain --out` folder per model")
-    s.add_argument("--mode", default="mutual", choices=["mutual", "alone", "kd", "ensemble"])
+    # the modes are checked where they are defined (ctrkit.training.config.MODES), in one line
+    s.add_argument("--mode", default="mutual", help="mutual, alone, kd, ensemble, ensemble_teacher or ektf")
     s.add_argument("--weight", type=float, default=1.0, help="w of the mutual term (0 = alone)")
     s.add_argument("--divergence", default="mse", choices=["mse", "kl"])
     s.add_argument("--warmup-steps", type=int, default=0)
@@ -146,6 +147,7 @@ def _add_mutual(sub) -> None:
     s.add_argument("--finetune-epochs", type=int, default=2, help="epochs of a finetuning run (--epochs wins)")
     s.add_argument("--finetune-monitor", default="AUC-logloss", help="what finetuning early-stops on")
     s.add_argument("--batch-size", type=int, default=None, help="default: the first peer's preset")
+    s.add_argument("--share-embedding", action="store_true", help="peers from scratch share one embedding table")
     s.add_argument("--store", default=None)
     s.add_argument("--force", action="store_true")
     s.add_argument("--distributed", action="store_true", help="peer-per-rank under torchrun")

@@ -332,3 +332,22 @@ def test_finetuning_counts_the_checkpoint_as_epoch_0(criteo_small, ckpts):
     sane = run_mutual(criteo_small, ["DeepFM", "DCN"], mode="mutual", **kw)
     for p in sane["peers"]:
         assert p["valid_auc"] - p["valid_logloss"] >= p["pretrained_valid_auc"] - p["pretrained_valid_logloss"] - 1e-12
+
+
+def test_cli_variant_modes_and_shared_embedding(criteo_small, tmp_path, capsys):
+    """The group rules and the shared table from the command line; a mode nobody defined is one line
+    naming the valid ones (checked where the modes are defined, not in a copy of the list)."""
+    base = ["mutual", "--data", str(criteo_small.path), "--preset", "smoke", "--device", "cpu", "--epochs", "1",
+            "--peers", "DeepFM,PNN", "--init", "scratch", "--seed", "3"]
+    assert cli.main(base + ["--mode", "bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown mode 'bogus'" in err[0] and "ektf" in err[0] and "ensemble_teacher" in err[0]
+    store = tmp_path / "r.jsonl"
+    for mode in ("ensemble_teacher", "ektf"):
+        j = _cli_json(capsys, base + ["--mode", mode, "--share-embedding", "--store", str(store), "--json"])
+        assert j["mode"] == mode and 0.0 < j["ensemble_test_auc"] < 1.0
+    recs = ResultsStore(store).records()
+    assert {r["mode"] for r in recs} == {"ensemble_teacher", "ektf"} and len(recs) == 4
+    # shared and separate tables are different runs (the flag is part of the run key)
+    j = _cli_json(capsys, base + ["--mode", "ektf", "--store", str(store), "--json"])
+    assert not j["skipped"] and len(ResultsStore(store).records()) == 6

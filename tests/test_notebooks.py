@@ -68,7 +68,7 @@ def test_plan_and_bad_arguments(tmp_path):
                                   "out": str(tmp_path.resolve())}
     with pytest.raises(CtrkitError, match="--data DIR is required"):
         runner.plan(profile="full")
-    with pytest.raises(CtrkitError, match="unknown profile 'fast'; valid: smoke, quick, paper, full"):
+    with pytest.raises(CtrkitError, match="unknown profile 'fast'; valid: smoke, quick, paper, study, full"):
         runner.plan(profile="fast")
     (tmp_path / "raw" / "criteo").mkdir(parents=True)
     with pytest.raises(CtrkitError, match="needs DIR/criteo and DIR/avazu"):
