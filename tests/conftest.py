@@ -59,3 +59,13 @@ def tmpfs(tmp_path):
     yield mount
     for disk in mounted:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models: on a shared 2-core machine one thread is many
+    times faster than two spinning against other processes, and results do not depend on it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -9,12 +9,7 @@ from ctrkit.experiments import churn, runs
 from ctrkit.experiments.store import ResultsStore
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one intra-op thread
 
 
 def test_churn_of_predictions_with_themselves_is_zero():

@@ -20,14 +20,7 @@ from ctrkit.core.utils import CtrkitError, seed_everything
 FOUR = ["DeepFM", "DCN", "PNN", "FiBiNET"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two
-    # threads spinning against other processes, and results do not depend on it.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one intra-op thread
 FAST = dict(preset="smoke", device="cpu", progress=False)
 
 

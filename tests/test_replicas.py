@@ -16,12 +16,7 @@ AUC_TOL = 2e-5      # metric tolerance: batched vs sequential rounding (~1e-7 re
 LOSS_TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one intra-op thread
 
 
 def _model(name, data, seed, **hp):

@@ -16,12 +16,7 @@ from ctrkit.training.config import RunConfig, RunSpec, TrainConfig
 FAST = dict(preset="smoke", device="cpu", progress=False, epochs=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one intra-op thread
 
 
 def test_teachers_of_the_group_modes_are_everyone_own_first():
