@@ -119,6 +119,12 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "reproduce.paper_table(cfg, 'controls')"),
         ("md", "## The practical alternative: one mutual model vs the pretrained ensemble (no training)"),
         ("code", "reproduce.paper_table(cfg, 'alternatives')"),
+        ("md", "## Gain vs the baseline's strength (profile `study`: its `sizes`; the other profiles run nothing here)\n"
+               "The headline at each model size side by side (the full-size tuned preset from the runs above, the small "
+               "`smoke` preset pretrained and finetuned at the chosen setting in its own store), and each model's gain "
+               "against the pretrained test AUC it started from."),
+        ("code", "shown, paths = reproduce.strength(cfg, data)\n"
+                 "if paths:\n    display(shown)\n    display(plots.show(paths))"),
     ],
     "03_partners": [
         ("md", "# 03 · Which partner helps?\nEvery pair of pretrained models finetuned mutually (N = 2) at the "

@@ -27,7 +27,35 @@ def _check_train(train):
 
 
 def test_names():
-    assert presets.names() == ["smoke", "quick", "bars"]
+    assert presets.names() == ["smoke", "quick", "bars", "full"]
+
+
+@pytest.mark.parametrize("name", list(M.MODELS))
+def test_full_preset_is_bars_like_for_any_dataset(name):
+    """`full`: no dataset or protocol needed; the BARS-like sizes; the softer plateau schedule."""
+    p = presets.get(name, "full")
+    other = presets.get(name, "full", dataset="adult")  # any dataset (a schema's): the same sizes
+    assert p.dataset is None and (other.model, other.train) == (p.model, p.train)
+    assert set(p.train) == set(presets.TRAIN_KEYS) | {"lr_decay"}
+    assert p.train["batch_size"] == 4096 and p.train["lr"] == 0.001 and p.train["lr_decay"] == 0.5
+    assert p.train["patience"] == 3 and p.train["embedding_regularizer"] == 1e-05
+    if "hidden_units" in p.model:
+        assert p.model["hidden_units"] == [400, 400, 400] and p.model["net_dropout"] == 0.2
+        assert p.model["embedding_dim"] == 16 and p.model["hidden_activations"] == "ReLU"
+    m = M.build(name, [4, 6, 3], **p.model)
+    assert m.hparams == {**M.hparam_defaults(name), **p.model}
+    from ctrkit.training.config import TrainConfig, RUN_TRAIN_KEYS
+    assert TrainConfig.from_dict({k: v for k, v in p.train.items() if k not in RUN_TRAIN_KEYS}).lr_decay == 0.5
+
+
+def test_full_preset_interaction_settings_are_the_bars_winners_majority():
+    assert presets.get("DCN", "full").model["num_cross_layers"] == 3
+    fib = presets.get("FiBiNET", "full").model
+    assert fib["reduction_ratio"] == 3 and fib["bilinear_type"] == "field_interaction"
+    wins = [presets.get("FiBiNET", "bars", dataset=d, protocol=p).model for d in presets.DATASETS
+            for p in presets.PROTOCOLS]
+    assert sum(w["bilinear_type"] == "field_interaction" and w["reduction_ratio"] == 3 for w in wins) >= 4
+    assert "full" in json.loads((Path(presets.__file__).parent / "presets.json").read_text())["sources"]
 
 
 @pytest.mark.parametrize("name", list(M.MODELS))

@@ -37,7 +37,7 @@ DPI = 200
 
 __all__ = [
     "COLUMN", "TEXT", "style", "save", "show", "provenance", "paired_gains", "partner_heatmap", "partner_slopes",
-    "peer_count", "sweep_gain", "split_ctr", "rank_frequency", "figure_kd", "figure_mutual",
+    "peer_count", "sweep_gain", "gain_vs_strength", "split_ctr", "rank_frequency", "figure_kd", "figure_mutual",
 ]
 
 
@@ -309,6 +309,39 @@ def sweep_gain(
         axes[0][0].set_ylabel("mutual - alone (rel. %)")
         axes[0][-1].legend(title=hue, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.suptitle(title, fontsize=9)
+        _caption(fig, caption)
+        return save(fig, out)
+
+
+def gain_vs_strength(
+    df: pd.DataFrame, out: str | os.PathLike, *, caption: str | None = None,
+    title: str = "Mutual finetuning gain vs the baseline's strength", width: float = COLUMN * 1.6,
+    height: float = 2.6,
+) -> list[Path]:
+    """Each model's mutual - alone gain (95% paired t-interval) against the pretrained test AUC it
+    started from, one colour per model, one marker per model size; a thin line joins a model's sizes
+    (does the gain shrink as the baseline gets stronger?). Columns: `ctrkit.analysis.strength.COLUMNS`."""
+    size, x, y, lo, hi = "size", "pretrained_auc_mean", "rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high"
+    df = _need(df, [size, "peer", x, y, lo, hi], "gain_vs_strength")
+    sizes, models = list(dict.fromkeys(df[size])), _order(df["peer"], MODEL_ORDER)
+    markers = ["o", "s", "^", "D", "v", "P"]
+    with style():
+        fig, ax = plt.subplots(figsize=(width, height))
+        for k, m in enumerate(models):
+            color = _COLORS[MODEL_ORDER.index(m) % 10] if m in MODEL_ORDER else _COLORS[k % 10]
+            g = df[df["peer"] == m].assign(_s=lambda t: t[size].map(sizes.index)).sort_values("_s")
+            ax.plot(g[x], g[y], color=color, linewidth=0.6, alpha=0.6)
+            for _, r in g.iterrows():
+                err = [[max(r[y] - r[lo], 0)], [max(r[hi] - r[y], 0)]]
+                ax.errorbar([r[x]], [r[y]], yerr=err, fmt=markers[sizes.index(r[size]) % len(markers)],
+                            markersize=4, capsize=2, elinewidth=0.9, color=color)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set(title=title, xlabel="baseline's pretrained test AUC", ylabel="mutual - alone (rel. %)")
+        handles = [plt.Line2D([], [], color=_COLORS[MODEL_ORDER.index(m) % 10] if m in MODEL_ORDER
+                              else _COLORS[k % 10], marker="o", linestyle="", label=m) for k, m in enumerate(models)]
+        handles += [plt.Line2D([], [], color="0.3", marker=markers[i % len(markers)], linestyle="",
+                               label=f"size {s}") for i, s in enumerate(sizes)]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         _caption(fig, caption)
         return save(fig, out)
 

@@ -52,6 +52,7 @@ class Settings:
     schema: str | None = None  # a schema file's path (dataset is then the schema's name)
     tune: list[dict] = field(default_factory=list)  # candidates of the baselines' search (study); [] = none
     tune_seeds: list[int] = field(default_factory=list)
+    sizes: list[str] = field(default_factory=list)  # model presets of 02's strength comparison (study); [] = none
 
     @property
     def seed(self) -> int:
@@ -147,7 +148,7 @@ def settings(
         seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"],
         patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
         threads=prof["threads"], amp=prof["amp"], schema=schema, tune=prof.get("tune", []),
-        tune_seeds=prof.get("tune_seeds", []),
+        tune_seeds=prof.get("tune_seeds", []), sizes=prof.get("sizes", []),
     )
 
 
@@ -483,3 +484,50 @@ def tune(cfg: Settings, data) -> dict[str, dict]:
         with atomic_path(stem.with_name(f"{stem.name}.{fmt}")) as tmp:
             tmp.write_text(render.render("tuning", table, fmt, caption=cap) + ("\n" if fmt != "csv" else ""))
     return {r.model: cands[int(r.cand)] for r in choice.itertuples()}
+
+
+def size_runs(cfg: Settings, data, size: str) -> Path:
+    """One extra model size of the strength comparison (a preset other than the profile's): its baselines
+    (the profile's seeds, epoch cap and patience; no search) and alone + mutual finetuning at the setting
+    02's sweep chose, in OUT/<dataset>/sizes/<size>/ with its own store (the paper's tables never see
+    it); runs already there are skipped. Returns the store."""
+    from ctrkit import experiments
+
+    root = cfg.run_dir / "sizes" / size
+    store, best = root / "store.jsonl", chosen(cfg)
+    common = dict(seeds=cfg.seeds, store=store, preset=size, device=cfg.device, threads=cfg.threads, amp=cfg.amp,
+                  progress=cfg.progress)
+    experiments.pretrain_baselines(data, cfg.models, root / "pretrained", epochs=cfg.epochs, overrides=cfg.overrides,
+                                   **common)
+    experiments.run(data, [cfg.models], inits=["pretrained"], modes=["alone", "mutual"], ckpt_dir=root / "pretrained",
+                    weight=best["weight"], finetune_lr_scale=best["finetune_lr_scale"],
+                    finetune_epochs=cfg.finetune_epochs, **common)
+    return store
+
+
+def strength(cfg: Settings, data) -> tuple[pd.DataFrame, list[Path]]:
+    """The headline at each model size of the profile (`sizes`) side by side, and the gain against the
+    baseline's pretrained test AUC (`ctrkit.analysis.strength`): the profile's own preset from this
+    run's results (its tuned baselines, its sweep's choice), every other size from `size_runs`.
+    Writes tables/<dataset>_strength.csv (numeric) and .md (side by side, captioned) and
+    figures/<dataset>_gain_vs_strength; returns (the side-by-side table, the figure's paths).
+    Without sizes (every profile but study) nothing is run or written: (empty frame, [])."""
+    from ctrkit.analysis import plots
+    from ctrkit.analysis import strength as st
+
+    if not cfg.sizes:
+        return pd.DataFrame(), []
+    sources = {size: (_need_results(cfg) if size == cfg.preset else size_runs(cfg, data, size)) for size in cfg.sizes}
+    t = st.table(sources, dataset=cfg.dataset)
+    human = st.display(t)
+    stem = cfg.table("strength")
+    with atomic_path(stem.with_name(stem.name + ".csv")) as tmp:
+        t.to_csv(tmp, index=False)
+    cap = (f"Mutual - alone finetuning per model size, paired by seed within each size, at the "
+           f"setting 02's sweep chose on validation; the pretrained test AUC is the baseline's ({caption(cfg, figure=False)})")
+    with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
+        tmp.write_text(f"{cap}\n\n" + (human.to_markdown(index=False, disable_numparse=True) if len(human)
+                                       else "(no runs)") + "\n")
+    paths = plots.gain_vs_strength(t, cfg.figure("gain_vs_strength"), caption=caption(cfg),
+                                   title=f"Mutual finetuning gain vs the baseline's strength ({cfg.dataset})")
+    return human, paths

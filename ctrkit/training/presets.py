@@ -3,8 +3,9 @@
 
 ``get(model, preset, dataset=None, protocol=None) -> Preset`` with ``.model`` (hyperparameters for
 ``ctrkit.models.build``) and ``.train`` (TrainConfig fields: batch_size, lr, embedding_regularizer,
-net_regularizer, epochs, patience, monitor). Presets: ``smoke`` (tiny, tests), ``quick`` (2-core
-CPU), ``bars`` (the BARS winning configuration; needs dataset + protocol).
+net_regularizer, epochs, patience, monitor; ``full`` also lr_decay). Presets: ``smoke`` (tiny, tests),
+``quick`` (2-core CPU), ``full`` (full-size BARS-like defaults for any dataset), ``bars`` (the BARS winning
+configuration; needs dataset + protocol).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _load(filename: str) -> dict:
 
 
 def names() -> list[str]:
-    return ["smoke", "quick", "bars"]
+    return ["smoke", "quick", "bars", "full"]
 
 
 def _split(dataset: str | None, protocol: str | None) -> tuple[str, str]:
@@ -60,7 +61,7 @@ def _split(dataset: str | None, protocol: str | None) -> tuple[str, str]:
 
 
 def get(model: str, preset: str, dataset: str | None = None, protocol: str | None = None) -> Preset:
-    """The `preset` for `model`. smoke/quick ignore dataset/protocol; bars requires them."""
+    """The `preset` for `model`. smoke/quick/full ignore dataset/protocol; bars requires them."""
     name = canonical_name(model)
     if preset not in names():
         raise CtrkitError(f"unknown preset {preset!r}; valid: {', '.join(names())}")
