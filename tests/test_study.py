@@ -84,3 +84,182 @@ def test_tune_runs_a_small_search_and_returns_the_validation_choice(tmp_path):
     assert best["chosen"].all()  # the highest validation AUC, whatever test says
     assert "1,000 rows (train" in (md := cfg.table("tuning").with_name("criteo_tuning.md").read_text()) and "1 seeds" in md
     assert reproduce.tune(dataclasses.replace(cfg, tune=[]), data) == {}
+
+
+# ---------------------------------------------------------------- issue 22, items 1, 3 and 7
+
+
+def _schema_data(tmp_path, rows=300):
+    """A schema dataset of your own (not a BARS one): 3 categorical fields, a label that depends on one."""
+    f = tmp_path / "logs.yaml"
+    f.write_text("name: mylogs\nlabel: y\ncategorical: [a, b, c]\n")
+    rng = np.random.default_rng(0)
+    lines = ["y,a,b,c"] + [f"{int(a % 3 == 0 or rng.random() < 0.2)},{a},{rng.integers(7)},{rng.integers(4)}"
+                           for a in rng.integers(0, 12, rows)]
+    (tmp_path / "raw.csv").write_text("\n".join(lines) + "\n")
+    return f, tmp_path / "raw.csv"
+
+
+def test_study_resolves_to_the_full_preset_and_it_trains_every_model_on_a_schema_dataset(tmp_path):
+    from ctrkit import experiments
+
+    f, raw = _schema_data(tmp_path)
+    cfg = reproduce.settings(dataset=str(f), profile="study", data_dir=str(raw), out=str(tmp_path / "o"))
+    assert cfg.dataset == "mylogs" and cfg.preset == "full" and cfg.patience >= 3 and cfg.sizes == ["full", "smoke"]
+    assert all(not profiles.profile(p).get("sizes") for p in profiles.PROFILES if p != "study")
+    data = reproduce.dataset(cfg)
+    base = experiments.pretrain_baselines(data, cfg.models, tmp_path / "ckpt", preset=cfg.preset, seeds=[2021],
+                                          epochs=1, overrides=cfg.overrides, device="cpu", threads=1, amp="off",
+                                          progress=False)
+    assert sorted(base["model"]) == sorted(cfg.models) and base["test_auc"].between(0, 1).all()
+    for c in base["config"]:
+        c = json.loads(c) if isinstance(c, str) else c
+        assert c["model"]["embedding_dim"] == 16 and c["model"]["hidden_units"] == [400, 400, 400]
+        assert c["train"]["lr_decay"] == 0.5 and c["train"]["patience"] == cfg.patience
+
+
+def _rec(preset, mode, model, seed, auc, pre):
+    w = 0.0 if mode == "alone" else 1.0
+    return {"run_key": f"{preset}|{mode}|{seed}|{model}", "dataset": "criteo", "fingerprint": "fp", "mode": mode,
+            "init": "pretrained", "seed": seed, "n_peers": 2, "peer_index": ["DeepFM", "DCN"].index(model),
+            "peer": model, "model": model, "peers": "DeepFM+DCN", "weight": w, "finetune_lr_scale": 0.1,
+            "finetune_epochs": 1, "preset": preset, "amp": "off", "test_auc": auc, "test_logloss": 0.5 - auc / 10,
+            "valid_auc": auc, "valid_logloss": 0.4, "pretrained_test_auc": pre, "epochs": 1, "best_epoch": 1,
+            "epoch_cap_hit": False, "settings_key": f"{preset}|{mode}|{w}"}
+
+
+# per size: pretrained AUC, the alone gain over it, the mutual gain over alone per seed (seed-dependent)
+SIZES = {"full": (0.80, 0.001, {1: 0.002, 2: 0.003, 3: 0.004}), "smoke": (0.70, 0.004, {1: 0.010, 2: 0.0, 3: 0.005})}
+
+
+def _strength_store(tmp_path):
+    """ONE store holding both sizes, the same seeds and peers: only the preset tells them apart."""
+    s = ResultsStore(tmp_path / "sizes.jsonl")
+    for size, (pre, alone, gain) in SIZES.items():
+        for seed in (1, 2, 3):
+            p = pre + 0.001 * seed
+            for mode, auc in (("alone", p + alone), ("mutual", p + alone + gain[seed])):
+                s.append([_rec(size, mode, m, seed, auc + (0.01 if m == "DCN" else 0.0),
+                               p + (0.01 if m == "DCN" else 0.0)) for m in ("DeepFM", "DCN")])
+    return s
+
+
+def test_strength_table_pairs_by_seed_within_each_size(tmp_path):
+    from ctrkit.analysis import stats, strength
+
+    s = _strength_store(tmp_path)
+    t = strength.table({"full": s, "smoke": s.path}, dataset="criteo")
+    assert list(t["size"]) == ["full", "full", "smoke", "smoke"] and list(t["peer"][:2]) == ["DeepFM", "DCN"]
+    for size, (pre, alone, gain) in SIZES.items():
+        for model, off in (("DeepFM", 0.0), ("DCN", 0.01)):
+            r = t[(t["size"] == size) & (t["peer"] == model)].iloc[0]
+            a = np.array([pre + 0.001 * sd + off + alone for sd in (1, 2, 3)])
+            mut = a + np.array([gain[sd] for sd in (1, 2, 3)])
+            ref = stats.paired(mut, a)  # by seed, within this size only
+            assert r["n_pairs"] == 3 and r["pretrained_auc_mean"] == pytest.approx(pre + 0.002 + off)
+            for k in ("auc_diff_mean", "rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high"):
+                assert r[k] == pytest.approx(ref[k]), (size, model, k)
+    shown = strength.display(t)
+    assert list(shown.columns[:3]) == ["dataset", "model", "full: pretrained AUC"] and len(shown) == 2
+    assert shown.iloc[0]["smoke: pairs"] == 3 and "[" in shown.iloc[0]["full: mutual - alone (rel. %)"]
+    assert strength.table({"bars": s}).empty  # no records of that preset: no rows, not another size's
+
+
+def test_gain_vs_strength_draws_each_interval(tmp_path, monkeypatch):
+    from matplotlib.container import ErrorbarContainer
+
+    from ctrkit.analysis import plots, strength
+
+    t = strength.table({"full": _strength_store(tmp_path).path, "smoke": tmp_path / "sizes.jsonl"})
+    seen = {}
+    real_save = plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, out: seen.setdefault("fig", fig) and real_save(fig, out))
+    paths = plots.gain_vs_strength(t, tmp_path / "fig" / "g", caption="cap")
+    assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.exists() for p in paths)
+    bars = [c for c in seen["fig"].axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == len(t) == 4
+    drawn = sorted((float(c.lines[0].get_xdata()[0]), float(c.lines[0].get_ydata()[0]),
+                    *sorted(float(v) for v in c.lines[2][0].get_segments()[0][:, 1])) for c in bars)
+    want = sorted(zip(t["pretrained_auc_mean"], t["rel_pct_mean"], t["rel_pct_ci_low"], t["rel_pct_ci_high"]))
+    assert np.allclose(drawn, want)
+
+
+def test_strength_runs_nothing_without_sizes(tmp_path):
+    cfg = reproduce.settings(dataset="criteo", profile="quick", out=str(tmp_path / "o"))
+    shown, paths = reproduce.strength(cfg, None)
+    assert shown.empty and paths == [] and not (tmp_path / "o").exists()
+
+
+def test_estimate_from_a_fake_timing():
+    from ctrkit.notebook import runner
+
+    sizes = profiles.profile("study")
+    secs = runner.estimate(sizes, {"DeepFM": 1.0, "DCN": 1.0, "PNN": 1.0, "FiBiNET": 2.0})
+    # 01: 10 seeds + 3 candidates x 2 tuning seeds, 30 epochs each, 5 s per epoch of the four models
+    assert secs["01_baselines"] == 5.0 * 30 * (10 + 6)
+    # 03: every pair, 2 finetuning epochs, 10 seeds: each model in 3 pairs
+    assert secs["03_partners"] == 5.0 * 2 * 10 * 3
+    runs = runner.workload(sizes)
+    assert runs["03_partners"][0] == 60 and runs["04_peer_count"][0] == 10 * 11
+    assert set(runner.estimate(sizes, {m: 1.0 for m in sizes["models"]}, ["01_baselines"])) == {"01_baselines"}
+    assert runner.workload(profiles.profile("quick"))["02_scratch_vs_finetune"][1] < runs["02_scratch_vs_finetune"][1]
+
+
+def test_reproduce_prints_the_estimate_first_and_progress(tmp_path, monkeypatch):
+    """The runner (papermill replaced by a stand-in that records two runs): a line starting "estimated"
+    before the first training notebook, then the runs recorded of those planned."""
+    import time
+
+    from ctrkit.notebook import runner
+
+    out = tmp_path / "out"
+    reproduce.dataset(reproduce.settings(dataset="criteo", profile="smoke", out=str(out)))
+
+    def fake(job, src, out_dir, *, timeout, progress):
+        store = ResultsStore(out_dir / job.dataset / "store.jsonl")
+        for seed in (1, 2):
+            store.append([{"run_key": f"{job.notebook}{seed}", "peer_index": 0, "dataset": "criteo"}])
+            time.sleep(0.3)
+        dest = job.executed(out_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text("{}")
+        return dest
+
+    monkeypatch.setattr(runner, "_execute", fake)
+    logs = []
+    runner.run(runner.Reproduction(dataset="criteo", profile="smoke", out=str(out), only=["00_data", "01_baselines"]),
+               progress=False, log=logs.append, progress_every=0.1)
+    est = [i for i, line in enumerate(logs) if line.startswith("estimated criteo: at most ~")]
+    start = logs.index("[2/2] criteo_01_baselines ...")
+    assert est == [start - 1], logs  # once, right before the first training notebook
+    assert "01 " in logs[est[0]] and "train rows" in logs[est[0]]
+    assert any(line.startswith("[2/2] criteo_01_baselines: ") and "of ~8 runs recorded" in line for line in logs), logs
+    assert runner.count_runs(out / "criteo") == 4
+
+
+def test_strength_end_to_end_runs_the_other_size_in_its_own_store(tmp_path):
+    """Smoke-sized: the profile's size from the main store, the other pretrained and finetuned at the
+    chosen setting under OUT/<dataset>/sizes/<size>/; the table, its Markdown and the figure written."""
+    import dataclasses
+
+    from ctrkit import experiments
+
+    cfg = reproduce.settings(dataset="criteo", profile="smoke", out=str(tmp_path / "o"))
+    cfg = dataclasses.replace(cfg, models=["DeepFM", "DCN"], epochs=1, sizes=["smoke", "quick"], threads=1,
+                              device="cpu")
+    data = reproduce.dataset(cfg)
+    common = dict(seeds=cfg.seeds, store=cfg.store, preset=cfg.preset, device="cpu", threads=1, amp="off",
+                  progress=False)
+    experiments.pretrain_baselines(data, cfg.models, cfg.ckpt_dir, epochs=1, **common)
+    experiments.run(data, [cfg.models], inits=["pretrained"], modes=["alone", "mutual"], ckpt_dir=cfg.ckpt_dir,
+                    weight=[1.0, 10.0], finetune_lr_scale=[1.0], finetune_epochs=1, **common)
+    reproduce.export_results(cfg)
+    shown, paths = reproduce.strength(cfg, data)
+    t = pd.read_csv(cfg.table("strength").with_name("criteo_strength.csv"))
+    assert list(t["size"]) == ["smoke", "smoke", "quick", "quick"] and (t["n_pairs"] == 2).all()
+    assert set(t[t["size"] == "quick"]["weight"]) == {reproduce.chosen(cfg)["weight"]}
+    other = pd.read_json(cfg.run_dir / "sizes" / "quick" / "store.jsonl", lines=True)
+    assert set(other["preset"]) == {"quick"} and set(other["mode"]) == {"baseline", "alone", "mutual"}
+    assert "quick: mutual - alone (rel. %)" in shown.columns and len(shown) == 2
+    assert "paired by seed within each size" in cfg.table("strength").with_name("criteo_strength.md").read_text()
+    assert all(p.exists() for p in paths) and paths[0].name == "criteo_gain_vs_strength.png"

@@ -18,7 +18,9 @@ import hashlib
 import html
 import json
 import shutil
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -117,9 +119,12 @@ class Reproduction:
 
 
 def run(request: Reproduction, *, progress: bool = True, notebooks_dir: str | Path | None = None,
-        log=print) -> dict:
+        log=print, progress_every: float | None = 60.0) -> dict:
     """Run the notebooks of `plan()` with papermill; skip those already done with the same parameters.
 
+    Before a dataset's first training notebook it logs the estimated time of the ones left to run
+    (`estimate_line`), and every `progress_every` seconds of a notebook the runs recorded of those
+    planned (None: no progress lines).
     A failing notebook raises CtrkitError naming the notebook, the cell and the error; the partly
     executed notebook is kept as <name>.failed.ipynb and finished notebooks stay done.
     Returns {"out", "index", "tables", "figures", "notebooks", "ran", "skipped", "seconds"}.
@@ -128,26 +133,27 @@ def run(request: Reproduction, *, progress: bool = True, notebooks_dir: str | Pa
 
     resolve_device(request.device)  # fail early on --device cuda without CUDA
     nb_dir = Path(notebooks_dir) if notebooks_dir else NOTEBOOK_DIR
-    jobs = _jobs(request)
     out_dir = Path(request.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = PROFILES[request.profile]
-    ran, skipped, t0 = [], [], time.perf_counter()
-    for i, job in enumerate(jobs, 1):
-        src = _notebook_path(job.notebook, nb_dir)
-        # The profile's sizes are part of the hash: editing PROFILES re-runs the notebooks it changes.
-        digest = _sha({"parameters": job.parameters, "profile": sizes,
-                       "notebook": hashlib.sha256(src.read_bytes()).hexdigest()})
+    todo = _todo(_jobs(request), nb_dir, out_dir, sizes, force=request.force)
+    ran, skipped, t0, estimated = [], [], time.perf_counter(), set()
+    for i, (job, src, digest, pending) in enumerate(todo, 1):
         marker = out_dir / ".done" / f"{job.name}.json"
-        step = f"[{i}/{len(jobs)}] {job.name}"
-        if not request.force and _done_before(marker, job.executed(out_dir), digest):
+        step = f"[{i}/{len(todo)}] {job.name}"
+        if not pending:
             log(f"{step}: done before with the same parameters, skipped")
             skipped.append(job.name)
             continue
+        planned = workload(sizes).get(job.notebook, (0, 0.0))[0]
+        if planned and job.dataset not in estimated:
+            estimated.add(job.dataset)
+            _log_estimate(job, [j.notebook for j, _, _, p in todo if p and j.dataset == job.dataset], sizes, log)
         log(f"{step} ...")
         marker.unlink(missing_ok=True)
         start = time.perf_counter()
-        dest = _execute(job, src, out_dir, timeout=sizes["execution_timeout"], progress=progress)
+        with _watch(step, out_dir / job.dataset, planned, log, progress_every):
+            dest = _execute(job, src, out_dir, timeout=sizes["execution_timeout"], progress=progress)
         seconds = time.perf_counter() - start
         write_json_atomic(marker, {"hash": digest, "parameters": job.parameters, "seconds": round(seconds, 1),
                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
@@ -158,6 +164,19 @@ def run(request: Reproduction, *, progress: bool = True, notebooks_dir: str | Pa
         result["copied_figures"] = copy_figures(out_dir / "figures", request.figures, tables_src=out_dir / "tables")
     result.update(ran=ran, skipped=skipped, seconds=round(time.perf_counter() - t0, 1))
     return result
+
+
+def _todo(jobs: list[Job], nb_dir: Path, out_dir: Path, sizes: dict, *, force: bool) -> list[tuple]:
+    """(job, notebook file, hash, still to run) per job: done before = its marker holds the same hash."""
+    out = []
+    for job in jobs:
+        src = _notebook_path(job.notebook, nb_dir)
+        # The profile's sizes are part of the hash: editing PROFILES re-runs the notebooks it changes.
+        digest = _sha({"parameters": job.parameters, "profile": sizes,
+                       "notebook": hashlib.sha256(src.read_bytes()).hexdigest()})
+        marker = out_dir / ".done" / f"{job.name}.json"
+        out.append((job, src, digest, force or not _done_before(marker, job.executed(out_dir), digest)))
+    return out
 
 
 def _jobs(request: Reproduction) -> list[Job]:
@@ -310,3 +329,155 @@ def write_index(out: str | Path, *, profile: str | None = None) -> dict:
     return {"out": str(out), "index": str(out / "index.md"), "html": str(out / "index.html"),
             "notebooks": [str(p) for p in notebooks], "tables": [str(p) for p in tables],
             "figures": [str(p) for p in figures]}
+
+
+# ---------------------------------------------------------------- cost shown first: the estimate and progress
+
+
+def workload(sizes: dict, n_models: int | None = None) -> dict[str, tuple[int, float]]:
+    """Per notebook of one dataset: (training runs, cost in epochs of all the profile's models, i.e. in
+    units of the sum of the models' one-epoch times), from a profile's sizes, every run at its epoch cap
+    (baselines and runs from scratch: `epochs`; finetuning: `finetune_epochs`). A run of some of the
+    models costs their share: the pairs of 03 cost N-1 such epochs per seed, the peer sets of 04
+    2^(N-1)-1. 00, 05 and 06 train nothing here (06's widget trains what its user asks)."""
+    n = n_models if n_models is not None else len(sizes["models"])
+    s, e, f = len(sizes["seeds"]), sizes["epochs"] or 100, sizes["finetune_epochs"] or 1
+    w, lr = len(sizes["sweep_weights"]), len(sizes["sweep_lr_scales"])
+    tune = len(sizes.get("tune") or []) * len(sizes.get("tune_seeds") or sizes["seeds"][:2])
+    extra = len([z for z in sizes.get("sizes") or [] if z != sizes["preset"]])
+    sweep = lr + w * lr  # the alone control per lr scale (weight 0), mutual per weight and scale
+    return {
+        "01_baselines": (n * (s + tune), float(e * (s + tune))),
+        # scratch (mutual, alone), the sweep, KD, the ensemble (no training); each extra size: its
+        # baselines and alone + mutual finetuning (counted at the profile preset's epoch time: an upper bound)
+        "02_scratch_vs_finetune": (s * (2 + sweep + 2) + extra * s * (n + 2),
+                                   float(s * (2 * e + sweep * f + f) + extra * s * (e + 2 * f))),
+        "03_partners": (s * n * (n - 1) // 2, float(s * f * (n - 1))),
+        "04_peer_count": (s * (2 ** n - 1 - n), float(s * f * (2 ** (n - 1) - 1))),
+        "07_variants": (s * 12, float(s * (3 * f + 9 * e))),
+    }
+
+
+def estimate(sizes: dict, epoch_seconds: dict[str, float], notebooks: Sequence[str] | None = None) -> dict[str, float]:
+    """Seconds per notebook of one dataset (only `notebooks` when given): `workload`'s cost times the sum
+    of the profile's models' one-epoch seconds. At the epoch caps: runs that stop early take less."""
+    one = sum(epoch_seconds[m] for m in sizes["models"])
+    return {nb: cost * one for nb, (_, cost) in workload(sizes, len(sizes["models"])).items()
+            if notebooks is None or nb in notebooks}
+
+
+def epoch_seconds(field_sizes: Sequence[int], rows: int, sizes: dict, *, device: str = "auto",
+                  steps: int = 3) -> dict[str, float]:
+    """One training epoch of each of the profile's models on `rows` rows, in seconds: `steps` Adam steps
+    on random indices at the preset's batch size (after one untimed warm-up step), times the steps per
+    epoch; the profile's thread count; the caller's RNG and thread state are left as they were."""
+    import torch
+
+    from ctrkit.core.utils import resolve_device
+    from ctrkit.models import build
+    from ctrkit.training import presets
+
+    dev, threads = resolve_device(device), torch.get_num_threads()
+    out = {}
+    with torch.random.fork_rng(devices=[]):
+        try:
+            if isinstance(sizes.get("threads"), int):
+                torch.set_num_threads(sizes["threads"])
+            for name in sizes["models"]:
+                p = presets.get(name, "quick" if sizes["preset"] == "bars" else sizes["preset"])
+                batch = min(int(p.train["batch_size"]), max(int(rows), 1))
+                model = build(name, list(field_sizes), **p.model).to(dev)
+                opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+                X = torch.stack([torch.randint(0, int(v), (batch,)) for v in field_sizes], 1).to(dev)
+                y = torch.randint(0, 2, (batch,), device=dev).float()
+                t0 = 0.0
+                for i in range(steps + 1):
+                    if i == 1:  # step 0 warms up (allocations, kernels), untimed
+                        torch.cuda.synchronize() if dev.type == "cuda" else None
+                        t0 = time.perf_counter()
+                    opt.zero_grad()
+                    torch.nn.functional.binary_cross_entropy_with_logits(model(X), y).backward()
+                    opt.step()
+                torch.cuda.synchronize() if dev.type == "cuda" else None
+                out[name] = (time.perf_counter() - t0) / steps * -(-int(rows) // batch)
+        finally:
+            torch.set_num_threads(threads)
+    return out
+
+
+def _duration(seconds: float) -> str:
+    m = int(round(seconds / 60))
+    return f"{seconds:.0f} s" if seconds < 60 else f"{m} min" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+def estimate_line(job: Job, notebooks: Sequence[str], sizes: dict) -> str | None:
+    """The line `ctrkit reproduce` prints before a dataset's training notebooks: the estimated time of
+    `notebooks` from the data as loaded (train rows, field sizes) and a few timed steps of each model;
+    None when the data is not prepared yet or nothing of them trains."""
+    from ctrkit.notebook import reproduce
+
+    cfg = reproduce.settings(**job.parameters)
+    fm = None
+    for folder in ([cfg.data_dir] if cfg.data_dir else []) + [cfg.data_path / "data"]:
+        try:
+            fm = json.loads((Path(folder) / "feature_map.json").read_text())
+            break
+        except (OSError, json.JSONDecodeError):
+            continue
+    if not isinstance(fm, dict) or "fields" not in fm or "rows" not in fm:
+        return None
+    secs = estimate(sizes, epoch_seconds([int(f["vocab_size"]) for f in fm["fields"]], int(fm["rows"]["train"]),
+                                         sizes, device=cfg.device), notebooks)
+    if not any(secs.values()):
+        return None
+    parts = ", ".join(f"{nb[:2]} {_duration(s)}" for nb, s in secs.items())
+    return (f"estimated {job.dataset}: at most ~{_duration(sum(secs.values()))} at the epoch caps ({parts}; "
+            f"{int(fm['rows']['train']):,} train rows, one epoch of {' + '.join(sizes['models'])} timed from "
+            f"a few steps); runs that stop early take less")
+
+
+def _log_estimate(job: Job, notebooks: Sequence[str], sizes: dict, log) -> None:
+    try:
+        line = estimate_line(job, notebooks, sizes)
+    except Exception as e:  # noqa: BLE001 -- an estimate that cannot be made must not stop the reproduction
+        line = f"estimated {job.dataset}: not available ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+    if line:
+        log(line)
+
+
+def count_runs(run_dir: Path) -> int:
+    """Runs recorded under a dataset's folder: its results store and the tuning and size stores
+    (one record per peer: a run is its peer 0)."""
+    n = 0
+    for store in Path(run_dir).rglob("store.jsonl"):
+        try:
+            lines = store.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                n += json.loads(line).get("peer_index", 0) in (0, None)
+            except (json.JSONDecodeError, AttributeError):
+                continue  # a line being written
+    return n
+
+
+@contextmanager
+def _watch(step: str, run_dir: Path, planned: int, log, every: float | None):
+    """While a notebook runs: every `every` seconds, the runs it recorded of the ~`planned`."""
+    if not planned or not every:
+        yield
+        return
+    stop, start = threading.Event(), count_runs(run_dir)
+
+    def watch():
+        while not stop.wait(every):
+            log(f"{step}: {count_runs(run_dir) - start} of ~{planned} runs recorded")
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
