@@ -203,6 +203,10 @@ def test_estimate_from_a_fake_timing():
     assert runs["03_partners"][0] == 60 and runs["04_peer_count"][0] == 10 * 11
     assert set(runner.estimate(sizes, {m: 1.0 for m in sizes["models"]}, ["01_baselines"])) == {"01_baselines"}
     assert runner.workload(profiles.profile("quick"))["02_scratch_vs_finetune"][1] < runs["02_scratch_vs_finetune"][1]
+    # the timing itself: positive, per model, scaled by the steps of an epoch; `bars` needs the BARS data's name
+    full = profiles.profile("full")
+    one = runner.epoch_seconds([5, 7, 3], 8192, full, device="cpu", steps=1, bars_data=("criteo", "x1"))
+    assert set(one) == set(full["models"]) and all(v > 0 for v in one.values())
 
 
 def test_reproduce_prints_the_estimate_first_and_progress(tmp_path, monkeypatch):

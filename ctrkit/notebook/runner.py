@@ -367,10 +367,11 @@ def estimate(sizes: dict, epoch_seconds: dict[str, float], notebooks: Sequence[s
 
 
 def epoch_seconds(field_sizes: Sequence[int], rows: int, sizes: dict, *, device: str = "auto",
-                  steps: int = 3) -> dict[str, float]:
+                  steps: int = 3, bars_data: tuple[str, str] | None = None) -> dict[str, float]:
     """One training epoch of each of the profile's models on `rows` rows, in seconds: `steps` Adam steps
     on random indices at the preset's batch size (after one untimed warm-up step), times the steps per
-    epoch; the profile's thread count; the caller's RNG and thread state are left as they were."""
+    epoch; the profile's thread count; the caller's RNG and thread state are left as they were.
+    The `bars` preset is the one of `bars_data` (dataset, protocol), else the `full` preset's sizes."""
     import torch
 
     from ctrkit.core.utils import resolve_device
@@ -384,7 +385,8 @@ def epoch_seconds(field_sizes: Sequence[int], rows: int, sizes: dict, *, device:
             if isinstance(sizes.get("threads"), int):
                 torch.set_num_threads(sizes["threads"])
             for name in sizes["models"]:
-                p = presets.get(name, "quick" if sizes["preset"] == "bars" else sizes["preset"])
+                p = (presets.get(name, "bars", *bars_data) if sizes["preset"] == "bars" and bars_data
+                     else presets.get(name, "full" if sizes["preset"] == "bars" else sizes["preset"]))
                 batch = min(int(p.train["batch_size"]), max(int(rows), 1))
                 model = build(name, list(field_sizes), **p.model).to(dev)
                 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -426,8 +428,9 @@ def estimate_line(job: Job, notebooks: Sequence[str], sizes: dict) -> str | None
             continue
     if not isinstance(fm, dict) or "fields" not in fm or "rows" not in fm:
         return None
+    bars_data = (fm.get("dataset"), fm.get("protocol")) if fm.get("dataset") and fm.get("protocol") else None
     secs = estimate(sizes, epoch_seconds([int(f["vocab_size"]) for f in fm["fields"]], int(fm["rows"]["train"]),
-                                         sizes, device=cfg.device), notebooks)
+                                         sizes, device=cfg.device, bars_data=bars_data), notebooks)
     if not any(secs.values()):
         return None
     parts = ", ".join(f"{nb[:2]} {_duration(s)}" for nb, s in secs.items())
