@@ -64,8 +64,37 @@ def test_a_planted_test_leak_fails_the_check(tmp_path, monkeypatch):
 
 def test_study_profile_sizes():
     p = profiles.profile("study")
-    assert len(p["seeds"]) == 10 and p["epochs"] >= 20 and p["patience"] >= 2 and p["tune"][0] == {}
-    assert len(p["sweep_weights"]) * len(p["sweep_lr_scales"]) >= 10 and p["tune_seeds"]
+    assert len(p["seeds"]) >= 5 and p["epochs"] >= 20 and p["patience"] >= 2 and p["tune"][0] == {}
+    assert len(p["sweep_weights"]) * len(p["sweep_lr_scales"]) >= 6 and p["tune_seeds"]
+    assert set(p["variant_seeds"]) <= set(p["seeds"]) and p["min_steps"] >= 32
+
+
+def test_the_batch_rule_halves_the_preset_batch_on_small_data_only():
+    study = profiles.profile("study")
+    assert profiles.batch_size(study, 4096, 39_072) == 512  # UCI Adult's train rows: 76 steps an epoch
+    assert profiles.batch_size(study, 4096, 36_672_493) == 4096  # Criteo x4: the preset's batch stays
+    assert profiles.batch_size(study, 4096, 100_000) == 1024  # 97 steps an epoch (>= 64); 2048 would give 48
+    assert profiles.batch_size(study, 4096, 300) == profiles.MIN_BATCH  # never below the floor
+    assert profiles.batch_size(profiles.profile("quick"), 512, 300) is None  # no rule: the preset's batch
+
+
+def test_study_overrides_carry_the_batch_of_the_prepared_data(tmp_path):
+    f, raw = _schema_data(tmp_path, rows=300)
+    cfg = reproduce.settings(dataset=str(f), profile="study", data_dir=str(raw), out=str(tmp_path / "o"))
+    with pytest.raises(reproduce.CtrkitError, match="not prepared yet"):
+        cfg.overrides
+    reproduce.dataset(cfg)
+    assert cfg.overrides == {"patience": cfg.patience, "batch_size": profiles.MIN_BATCH}
+    quick = reproduce.settings(dataset="criteo", profile="quick", out=str(tmp_path / "q"))
+    assert quick.overrides == {"patience": quick.patience}  # the other profiles: no rule, no file read
+
+
+def test_study_plan_leaves_out_the_profile_skips():
+    from ctrkit.notebook import runner
+
+    study = [j.notebook for j in runner.plan(dataset="criteo", profile="study")]
+    assert "03_partners" not in study and "04_peer_count" not in study and "07_variants" in study
+    assert "03_partners" in [j.notebook for j in runner.plan(dataset="criteo", profile="quick")]
 
 
 def test_tune_runs_a_small_search_and_returns_the_validation_choice(tmp_path):
@@ -195,12 +224,12 @@ def test_estimate_from_a_fake_timing():
 
     sizes = profiles.profile("study")
     secs = runner.estimate(sizes, {"DeepFM": 1.0, "DCN": 1.0, "PNN": 1.0, "FiBiNET": 2.0})
-    # 01: 10 seeds + 3 candidates x 2 tuning seeds, 30 epochs each, 5 s per epoch of the four models
-    assert secs["01_baselines"] == 5.0 * 30 * (10 + 6)
-    # 03: every pair, 2 finetuning epochs, 10 seeds: each model in 3 pairs
-    assert secs["03_partners"] == 5.0 * 2 * 10 * 3
+    # 01: 5 seeds + 3 candidates x 2 tuning seeds, 30 epochs each, 5 s per epoch of the four models
+    assert secs["01_baselines"] == 5.0 * 30 * (5 + 6)
+    # 07: 3 variant seeds, 3 finetuning runs (2 epochs) and 9 from scratch (30) each; 03/04 skipped
+    assert secs["07_variants"] == 5.0 * 3 * (3 * 2 + 9 * 30) and "03_partners" not in secs
     runs = runner.workload(sizes)
-    assert runs["03_partners"][0] == 60 and runs["04_peer_count"][0] == 10 * 11
+    assert runs["03_partners"][0] == 5 * 6 and runs["04_peer_count"][0] == 5 * 11 and runs["07_variants"][0] == 36
     assert set(runner.estimate(sizes, {m: 1.0 for m in sizes["models"]}, ["01_baselines"])) == {"01_baselines"}
     assert runner.workload(profiles.profile("quick"))["02_scratch_vs_finetune"][1] < runs["02_scratch_vs_finetune"][1]
     # the timing itself: positive, per model, scaled by the steps of an epoch; `bars` needs the BARS data's name

@@ -53,6 +53,8 @@ class Settings:
     tune: list[dict] = field(default_factory=list)  # candidates of the baselines' search (study); [] = none
     tune_seeds: list[int] = field(default_factory=list)
     sizes: list[str] = field(default_factory=list)  # model presets of 02's strength comparison (study); [] = none
+    min_steps: int | None = None  # the batch rule of profiles.batch_size (study); None = the preset's batch
+    variant_seeds: list[int] = field(default_factory=list)  # 07's seeds (study); [] = `seeds`
 
     @property
     def seed(self) -> int:
@@ -109,8 +111,17 @@ class Settings:
 
     @property
     def overrides(self) -> dict:
-        """Train-config keys the profile sets on every baseline (its patience)."""
-        return {"patience": self.patience} if self.patience is not None else {}
+        """Train-config keys the profile sets on every baseline and run from scratch: its patience, and
+        with `min_steps` the batch that rule gives on the prepared data's train rows (finetuning keeps
+        its checkpoint's batch)."""
+        out = {"patience": self.patience} if self.patience is not None else {}
+        if self.min_steps:
+            from ctrkit.training import presets
+
+            sizes = {"min_steps": self.min_steps}
+            out["batch_size"] = profiles.batch_size(sizes, presets.get(self.models[0], self.preset).train["batch_size"],
+                                                    train_rows(self))
+        return out
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -148,8 +159,20 @@ def settings(
         seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"],
         patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
         threads=prof["threads"], amp=prof["amp"], schema=schema, tune=prof.get("tune", []),
-        tune_seeds=prof.get("tune_seeds", []), sizes=prof.get("sizes", []),
+        tune_seeds=prof.get("tune_seeds", []), sizes=prof.get("sizes", []), min_steps=prof.get("min_steps"),
+        variant_seeds=prof.get("variant_seeds", []),
     )
+
+
+def train_rows(cfg: Settings) -> int:
+    """The train rows of the prepared data (its feature map), for rules sized by the data; one-line
+    CtrkitError before `dataset(cfg)` has prepared it."""
+    for folder in ([cfg.data_dir] if cfg.data_dir else []) + [cfg.data_path / "data"]:
+        try:
+            return int(json.loads((Path(folder) / "feature_map.json").read_text())["rows"]["train"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    raise CtrkitError(f"profile {cfg.profile}: the data of {cfg.dataset} is not prepared yet (call dataset(cfg) first)")
 
 
 def dataset(cfg: Settings):
@@ -397,8 +420,8 @@ def variant_grid(cfg: Settings) -> list[dict]:
     from scratch at 02's weight (1) with the baselines' epoch cap and patience; the paper's mutual
     (MSE), alone and KD finetuning and mutual/alone from scratch are 02's runs (the store)."""
     best = chosen(cfg)
-    common = dict(seeds=cfg.seeds, store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, device=cfg.device,
-                  threads=cfg.threads, amp=cfg.amp, progress=cfg.progress, tag="variants")
+    common = dict(seeds=cfg.variant_seeds or cfg.seeds, store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,
+                  device=cfg.device, threads=cfg.threads, amp=cfg.amp, progress=cfg.progress, tag="variants")
     tuned = dict(inits=["pretrained"], weight=best["weight"], finetune_lr_scale=best["finetune_lr_scale"],
                  finetune_epochs=cfg.finetune_epochs, **common)
     scratch = dict(inits=["scratch"], epochs=cfg.epochs, overrides=cfg.overrides, weight=SCRATCH_WEIGHT, **common)

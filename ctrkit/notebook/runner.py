@@ -70,7 +70,7 @@ def plan(*, dataset: str = "both", profile: str = "quick", data: str | None = No
         raise CtrkitError("--profile full is the BARS protocol on real data: --data DIR is required "
                           "(a processed dataset dir or raw files; with --dataset both, DIR/criteo and DIR/avazu)")
     out = str(Path(out).resolve())
-    jobs = []
+    jobs, skip = [], set(PROFILES[profile].get("skip") or [])  # notebooks the profile leaves out
     for ds in datasets:
         data_dir = None
         if data:
@@ -84,7 +84,7 @@ def plan(*, dataset: str = "both", profile: str = "quick", data: str | None = No
             data_dir = str(data_dir)
         params = {"dataset": ds, "data_dir": data_dir, "profile": profile, "device": device, "out": out}
         name = _schema_name(ds) if ds.endswith(SCHEMA_SUFFIXES) else ds
-        jobs += [Job(nb, name, dict(params)) for nb in PER_DATASET]
+        jobs += [Job(nb, name, dict(params)) for nb in PER_DATASET if nb not in skip]
     # Dataset-independent notebooks run once, on the first dataset (06 needs its data and checkpoints).
     first = jobs[0].parameters
     jobs += [Job(nb, first["dataset"], dict(first)) for nb in ONCE]
@@ -342,6 +342,7 @@ def workload(sizes: dict, n_models: int | None = None) -> dict[str, tuple[int, f
     2^(N-1)-1. 00, 05 and 06 train nothing here (06's widget trains what its user asks)."""
     n = n_models if n_models is not None else len(sizes["models"])
     s, e, f = len(sizes["seeds"]), sizes["epochs"] or 100, sizes["finetune_epochs"] or 1
+    v = len(sizes.get("variant_seeds") or sizes["seeds"])
     w, lr = len(sizes["sweep_weights"]), len(sizes["sweep_lr_scales"])
     tune = len(sizes.get("tune") or []) * len(sizes.get("tune_seeds") or sizes["seeds"][:2])
     extra = len([z for z in sizes.get("sizes") or [] if z != sizes["preset"]])
@@ -354,7 +355,7 @@ def workload(sizes: dict, n_models: int | None = None) -> dict[str, tuple[int, f
                                    float(s * (2 * e + sweep * f + f) + extra * s * (e + 2 * f))),
         "03_partners": (s * n * (n - 1) // 2, float(s * f * (n - 1))),
         "04_peer_count": (s * (2 ** n - 1 - n), float(s * f * (2 ** (n - 1) - 1))),
-        "07_variants": (s * 12, float(s * (3 * f + 9 * e))),
+        "07_variants": (v * 12, float(v * (3 * f + 9 * e))),
     }
 
 
@@ -363,7 +364,7 @@ def estimate(sizes: dict, epoch_seconds: dict[str, float], notebooks: Sequence[s
     of the profile's models' one-epoch seconds. At the epoch caps: runs that stop early take less."""
     one = sum(epoch_seconds[m] for m in sizes["models"])
     return {nb: cost * one for nb, (_, cost) in workload(sizes, len(sizes["models"])).items()
-            if notebooks is None or nb in notebooks}
+            if (notebooks is None or nb in notebooks) and nb not in (sizes.get("skip") or [])}
 
 
 def epoch_seconds(field_sizes: Sequence[int], rows: int, sizes: dict, *, device: str = "auto",
@@ -387,7 +388,8 @@ def epoch_seconds(field_sizes: Sequence[int], rows: int, sizes: dict, *, device:
             for name in sizes["models"]:
                 p = (presets.get(name, "bars", *bars_data) if sizes["preset"] == "bars" and bars_data
                      else presets.get(name, "full" if sizes["preset"] == "bars" else sizes["preset"]))
-                batch = min(int(p.train["batch_size"]), max(int(rows), 1))
+                batch = min(profiles.batch_size(sizes, p.train["batch_size"], int(rows)) or int(p.train["batch_size"]),
+                            max(int(rows), 1))
                 model = build(name, list(field_sizes), **p.model).to(dev)
                 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
                 X = torch.stack([torch.randint(0, int(v), (batch,)) for v in field_sizes], 1).to(dev)
