@@ -28,7 +28,7 @@ from ctrkit.models import canonical_name
 from ctrkit.training import metrics
 from ctrkit.training.losses import check_divergence, check_weight
 
-__all__ = ["MODES", "INITS", "TAGS", "AMP_CHOICES", "TRAIN_DICT_KEYS", "RUN_TRAIN_KEYS", "TrainConfig", "RunConfig",
+__all__ = ["MODES", "INITS", "TAGS", "AMP_CHOICES", "GRAPH_CHOICES", "TRAIN_DICT_KEYS", "RUN_TRAIN_KEYS", "TrainConfig", "RunConfig",
            "RunSpec", "PretrainSpec", "min_peers", "stored_weight", "weight_matters", "run_key", "peer_labels",
            "split_label", "parse_monitor"]
 
@@ -36,6 +36,11 @@ MODES = ("mutual", "alone", "kd", "ensemble", "ensemble_teacher", "ektf")
 INITS = ("scratch", "pretrained")
 TAGS = (None, "exploration", "variants")
 AMP_CHOICES = ("auto", "bf16", "off")
+# Graph mode (`ctrkit.training.graph`): how the training step runs on CUDA, never what it computes, so
+# it is neither part of a result's key nor of the resume signature, and not in the flat train dict
+# (checkpoints keep the keys they always had); `RunConfig.single` accepts it besides those keys.
+GRAPH_CHOICES = ("auto", "on", "off")
+_RUN_ONLY_KEYS = ("graph",)
 # Monitors as FuxiCTR writes them: a metric name, or {metric: weight} summed (BARS: AUC - logloss).
 _MONITOR_ALIASES = {"auc": {"auc": 1.0}, "logloss": {"logloss": -1.0},
                     "auc-logloss": {"auc": 1.0, "logloss": -1.0}}
@@ -48,7 +53,7 @@ _TRAIN_DICT_ORDER = ("epochs", "batch_size", "lr", "embedding_regularizer", "net
 RUN_TRAIN_KEYS = ("epochs", "batch_size", "eval_batch_size", "amp", "device", "seed", "progress", "check_every",
                   "threads")
 # Train-dict keys that change how a run goes, not what it gives: not part of a baseline's key.
-_NOT_RESULT = {"progress", "device", "threads", "eval_batch_size", "check_every"}
+_NOT_RESULT = {"progress", "device", "threads", "eval_batch_size", "check_every", *_RUN_ONLY_KEYS}
 
 
 # ---------------------------------------------------------------- the rules, each decided once
@@ -99,6 +104,11 @@ def _reject_unknown(cls, d: dict, what: str) -> None:
     unknown = sorted(set(d) - set(valid))
     if unknown:
         raise CtrkitError(f"unknown {what} key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise CtrkitError(f"train config {name}: expected one of {', '.join(choices)}, got {value!r}")
 
 
 def _check_int(what: str, name: str, v: Any, lo: int) -> None:
@@ -198,7 +208,9 @@ class RunConfig:
     """What the training loop runs: the run-level settings (one batch feeds every peer) and
     `peers`, one TrainConfig (or dict) per peer. `weight` is the mutual term's (alone: 0);
     `threads`: intra-op CPU threads, a number, "auto" (`ctrkit.core.utils.resolve_threads`: the cores
-    other processes leave free) or None (torch's setting as it is). `torch_device` is `device` resolved."""
+    other processes leave free) or None (torch's setting as it is). `graph`: on CUDA, auto/on replay the
+    whole step as one CUDA graph (`ctrkit.training.graph`; auto falls back to eager with a warning, on
+    is an error off CUDA). `torch_device` is `device` resolved."""
 
     peers: tuple
     mode: str = "mutual"
@@ -215,6 +227,7 @@ class RunConfig:
     check_every: int = 100
     progress: bool = True
     threads: Any = "auto"
+    graph: str = "auto"
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
@@ -227,6 +240,7 @@ class RunConfig:
             _check_int("train config", name, getattr(self, name), 0 if name in ("warmup_steps", "seed", "epochs") else 1)
         if self.amp not in AMP_CHOICES:
             raise CtrkitError(f"train config amp: expected one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+        _check_choice("graph", self.graph, GRAPH_CHOICES)
         set_("device", str(self.device))
         if self.threads not in (None, "auto"):
             resolve_threads(self.threads)  # a bad value is an error now, not at the start of training
@@ -246,19 +260,23 @@ class RunConfig:
     def single(cls, train: dict | None = None) -> "RunConfig":
         """One model trained alone (`fit`) from a flat train dict (a preset's `train` plus run keys)."""
         train = dict(train or {})
-        unknown = sorted(set(train) - set(TRAIN_DICT_KEYS))
+        unknown = sorted(set(train) - set(TRAIN_DICT_KEYS) - set(_RUN_ONLY_KEYS))
         if unknown:
-            raise CtrkitError(f"unknown train config key(s) {', '.join(unknown)}; valid: {', '.join(TRAIN_DICT_KEYS)}")
-        peer = TrainConfig.from_dict({k: v for k, v in train.items() if k not in RUN_TRAIN_KEYS})
-        return cls(mode="alone", weight=0.0, peers=(peer,), **{k: v for k, v in train.items() if k in RUN_TRAIN_KEYS})
+            raise CtrkitError(f"unknown train config key(s) {', '.join(unknown)}; valid: "
+                              f"{', '.join((*TRAIN_DICT_KEYS, *_RUN_ONLY_KEYS))}")
+        peer = TrainConfig.from_dict({k: v for k, v in train.items() if k not in (*RUN_TRAIN_KEYS, *_RUN_ONLY_KEYS)})
+        run = {k: v for k, v in train.items() if k in (*RUN_TRAIN_KEYS, *_RUN_ONLY_KEYS)}
+        return cls(mode="alone", weight=0.0, peers=(peer,), **run)
 
     @functools.cached_property
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
 
     def run_dict(self) -> dict:
-        """The run-level settings (result.json's `config`, the resume signature)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "peers"}
+        """The run-level settings (result.json's `config`, the resume signature); not `graph` (how
+        the step runs, not what it gives: a result's `env` says whether the graph ran)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("peers", *_RUN_ONLY_KEYS)}
 
     def train_dict(self, k: int) -> dict:
         """Peer k's flat train dict: what its best.pt and result.json record as `train_config`."""
@@ -291,7 +309,8 @@ class RunSpec:
     weights count as epoch 0. `overrides`: `--set` keys of the train config (every peer) or the
     model (scratch peers). `tag` "exploration" (the widget's runs) or "variants" (the variants
     notebook's) keeps a run out of the paper's tables. `share_embedding`: the peers (all from
-    scratch, one embedding size) use ONE embedding table, peer 0's (`ctrkit.experiments.runs`)."""
+    scratch, one embedding size) use ONE embedding table, peer 0's (`ctrkit.experiments.runs`).
+    `graph`: `RunConfig.graph`, not part of the run's key."""
 
     peers: tuple[str, ...]
     init: str = "scratch"
@@ -314,6 +333,7 @@ class RunSpec:
     device: str = "auto"
     threads: Any = "auto"
     progress: bool = True
+    graph: str = "auto"
 
     def __post_init__(self):
         peers = self.peers.split(",") if isinstance(self.peers, str) else self.peers
@@ -365,6 +385,7 @@ class RunSpec:
                 raise CtrkitError(f"{name}: expected an int >= {1 if 'epochs' in name else 0}, got {v!r}")
         if self.tag not in TAGS:
             raise CtrkitError(f"tag: expected one of {TAGS}, got {self.tag!r}")
+        _check_choice("graph", self.graph, GRAPH_CHOICES)
         if not isinstance(self.share_embedding, bool):
             raise CtrkitError(f"share_embedding: expected true or false, got {self.share_embedding!r}")
         if self.share_embedding and (self.init != "scratch" or self.mode in ("kd", "ensemble")):
@@ -403,7 +424,7 @@ class RunSpec:
         return RunConfig(mode=self.mode, weight=self.weight, divergence=self.divergence, warmup_steps=self.warmup_steps,
                          epochs=0 if self.mode == "ensemble" else epochs,
                          batch_size=self.batch_size or trains[0]["batch_size"], seed=self.seed, device=str(device),
-                         amp=self.amp, progress=self.progress, threads=self.threads,
+                         amp=self.amp, progress=self.progress, threads=self.threads, graph=self.graph,
                          peers=tuple(TrainConfig.from_dict({k: v for k, v in t.items() if k not in RUN_TRAIN_KEYS})
                                      for t in trains))
 
@@ -415,7 +436,7 @@ class RunSpec:
 class PretrainSpec:
     """One baseline: `model` (or a label, "DeepFM_2": init seed + 1) trained alone with its preset.
     `epochs`/`amp` None: the preset's; `overrides`: `--set` keys (train dict or model), winning over
-    the other fields."""
+    the other fields. `graph`: `RunConfig.graph`, not part of the baseline's key."""
 
     model: str
     preset: str = "quick"
@@ -426,6 +447,10 @@ class PretrainSpec:
     threads: Any = "auto"
     amp: str | None = None
     progress: bool = True
+    graph: str = "auto"
+
+    def __post_init__(self):
+        _check_choice("graph", self.graph, GRAPH_CHOICES)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainSpec":
@@ -442,7 +467,8 @@ class PretrainSpec:
         return {**preset_train, "seed": self.seed, "device": str(resolve_device(self.device)),
                 "progress": self.progress, "threads": self.threads,
                 **({"epochs": self.epochs} if self.epochs is not None else {}),
-                **({"amp": self.amp} if self.amp is not None else {})}
+                **({"amp": self.amp} if self.amp is not None else {}),
+                **({"graph": self.graph} if self.graph != "auto" else {})}  # only when set: the dict as before
 
     def keys(self, fingerprint: str, hparams: dict, train: dict) -> tuple[str, str]:
         """(run key, settings key) of the baseline trained with `hparams` and the flat `train` dict."""

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ctrkit.core.utils import CtrkitError, seed_everything, tune_cpu_allocator
 from ctrkit.kernels import apply_threads, env_info, for_device
-from ctrkit.training import checkpoint, replicas
+from ctrkit.training import checkpoint, graph, metrics, replicas
 from ctrkit.training.checkpoint import model_identity
 from ctrkit.training.config import MODES, RunConfig, TrainConfig
 from ctrkit.training.evaluation import NonFiniteCheck, predict, scores
@@ -75,10 +75,11 @@ class Peer:
     def training(self) -> bool:
         return self.trainable and not self.tracker.stopped
 
-    def logits(self, xb: torch.Tensor, step: int, seed: int) -> torch.Tensor:
-        """The peer's logits of a batch at global step `step` of a run seeded with `seed`."""
+    def logits(self, xb: torch.Tensor, step: int | None = None, seed: int | None = None) -> torch.Tensor:
+        """The peer's logits of a batch at global step `step` of a run seeded with `seed` (None: no
+        reseeding, the caller owns the random stream, as a captured graph does)."""
         if self.training:
-            if self.drops:  # this peer's own mask stream (see rng.dropout_seed)
+            if self.drops and step is not None:  # this peer's own mask stream (see rng.dropout_seed)
                 torch.manual_seed(dropout_seed(seed, step, self.index, self.replica))
             return self.train_forward(xb).float()
         with torch.no_grad():  # a fixed teacher or a peer that stopped early still teaches
@@ -98,7 +99,7 @@ class Peer:
 
     def state(self) -> dict:
         return {"state_dict": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict() if self.trainable else None,
+                "optimizer": graph.portable_optimizer_state(self.optimizer.state_dict()) if self.trainable else None,
                 "tracker": self.tracker.state_dict() if self.trainable else None}
 
     def load_state(self, state: dict) -> None:
@@ -136,6 +137,10 @@ class _Run:
     stop: Any = None
     callback: Any = None
     gathers: bool = False
+    # CUDA only: the step's model FLOPs per sample and the chip's matrix rate (progress and env's mfu)
+    flops: float | None = None
+    peak: float | None = None
+    graph: str | None = None  # CUDA only: on, off or fallback (env's `graph`)
     st: _State = dataclasses.field(default_factory=_State)
     sig: dict = dataclasses.field(default_factory=dict)
 
@@ -172,10 +177,42 @@ def _forward(runs: list[_Run], idx: tuple, Xtr: torch.Tensor, ytr: torch.Tensor,
     return [[z[k] for z in out] for k in range(len(runs))], ytr.index_select(0, part).view(len(runs), -1), 1.0
 
 
+def _eager_step(runs: list[_Run], idx: tuple, data: tuple, stacks: list | None, acc: tuple, pos: tuple) -> None:
+    """One eager step of each run (`data` = (Xtr, ytr); `acc` = each run's loss sums and non-finite
+    checks, updated; `pos` = (epoch, step)): one batch per run, every peer, each trained peer's
+    L_n = BCE + w/|T_n| sum_{i in T_n} D(p_i, p_n) and update."""
+    (Xtr, ytr), (loss_sums, checks), (epoch, step) = data, acc, pos
+    exchange = runs[0].exchange
+    where = f"epoch {epoch} step {step}"
+    logits, ybs, scale = _forward(runs, idx, Xtr, ytr, stacks)
+    pending = []
+    for r, run in enumerate(runs):
+        w = warmup_weight(run.config.weight, run.st.global_step, run.config.warmup_steps)
+        # the targets, detached: [P, b]; skipped (by every process alike) when nobody learns from anybody
+        probs = (exchange.gather(torch.stack([torch.sigmoid(z.detach()) for z in logits[r]]), where=where)
+                 if run.gathers and w > 0 else None)
+        b = len(ybs[r])
+        for k, p in enumerate(run.peers):
+            if p.training:
+                targets = probs.index_select(0, p.teachers) if probs is not None else logits[r][k].new_empty(0, b)
+                # an empty shard (last batch < replicas rows) still joins DDP's all-reduce, with zero grads
+                loss = peer_loss(logits[r][k], ybs[r], targets, w, run.config.divergence, run.config.mode) if b else logits[r][k].sum()
+                if stacks is None:
+                    exchange.step(p, loss * scale if scale != 1 else loss, where=where)
+                else:
+                    pending.append((p, loss))
+                loss_sums[r][k] += loss.detach()
+                checks[r][k].update(loss, step)
+        run.st.global_step += 1
+    if pending:  # replicas: one backward, then each replica's own clip and optimizer step
+        replicas.step([p for p, _ in pending], [loss for _, loss in pending])
+
+
 def _train_epoch(runs: list[_Run], epoch: int, Xtr: torch.Tensor, ytr: torch.Tensor,
-                 stacks: list | None) -> list[torch.Tensor]:
+                 stacks: list | None, graphed: graph.GraphStep | None = None) -> list[torch.Tensor]:
     """One epoch of the mutual step for each of `runs` (one run, or replicas: `stacks` holds their
-    batched forward per peer position); returns each run's per-local-peer mean training loss."""
+    batched forward per peer position); returns each run's per-local-peer mean training loss.
+    `graphed`: the one run's steps replayed as a CUDA graph where it can (`ctrkit.training.graph`)."""
     config, exchange = runs[0].config, runs[0].exchange
     device, rows = Xtr.device, Xtr.shape[0]
     steps = math.ceil(rows / config.batch_size)
@@ -186,42 +223,34 @@ def _train_epoch(runs: list[_Run], epoch: int, Xtr: torch.Tensor, ytr: torch.Ten
                f"{config.epochs}{f' x{len(runs)}' if stacks else ''}", file=sys.stderr,
                disable=not (config.progress and exchange.is_main), leave=False, dynamic_ncols=True)
     orders = [epoch_batches(rows, config.batch_size, r.generator, device) for r in runs]
+    t0 = time.perf_counter()
     for step, idx in enumerate(zip(*orders), 1):
-        # ---- the mutual step: one batch per run, every peer; L_n = BCE + w/|T_n| sum_{i in T_n} D(p_i, p_n)
-        where = f"epoch {epoch} step {step}"
-        logits, ybs, scale = _forward(runs, idx, Xtr, ytr, stacks)
-        pending = []
-        for r, run in enumerate(runs):
-            w = warmup_weight(run.config.weight, run.st.global_step, run.config.warmup_steps)
-            # the targets, detached: [P, b]; skipped (by every process alike) when nobody learns from anybody
-            probs = (exchange.gather(torch.stack([torch.sigmoid(z.detach()) for z in logits[r]]), where=where)
-                     if run.gathers and w > 0 else None)
-            b = len(ybs[r])
-            for k, p in enumerate(run.peers):
-                if p.training:
-                    targets = probs.index_select(0, p.teachers) if probs is not None else logits[r][k].new_empty(0, b)
-                    # an empty shard (last batch < replicas rows) still joins DDP's all-reduce, with zero grads
-                    loss = peer_loss(logits[r][k], ybs[r], targets, w, run.config.divergence, run.config.mode) if b else logits[r][k].sum()
-                    if stacks is None:
-                        exchange.step(p, loss * scale if scale != 1 else loss, where=where)
-                    else:
-                        pending.append((p, loss))
-                    loss_sums[r][k] += loss.detach()
-                    checks[r][k].update(loss, step)
-            run.st.global_step += 1
-        if pending:  # replicas: one backward, then each replica's own clip and optimizer step
-            replicas.step([p for p, _ in pending], [loss for _, loss in pending])
-        # ---- end of the mutual step; host syncs only every check_every steps
+        if graphed is not None and graphed.try_step(idx[0], step):
+            runs[0].st.global_step += 1
+        else:
+            _eager_step(runs, idx, (Xtr, ytr), stacks, (loss_sums, checks), (epoch, step))
         if runs[0].stop_requested():
             raise RunStopped(f"stopped by request in epoch {epoch} after step {step}; nothing was recorded")
-        if step % config.check_every == 0 or step == steps:
+        if step % config.check_every == 0 or step == steps:  # host syncs only every check_every steps
+            if graphed is not None:
+                graphed.drain(loss_sums[0], checks[0])
             for run_checks in checks:
                 for c, w_ in zip(run_checks, what):
                     c.check(epoch, w_)
-            bar.set_postfix(loss=" ".join(f"{v:.4f}" for v in (loss_sums[0] / step).tolist()), refresh=False)
+            bar.set_postfix(loss=" ".join(f"{v:.4f}" for v in (loss_sums[0] / step).tolist()),
+                            **_speed(runs[0], min(rows, step * config.batch_size), time.perf_counter() - t0),
+                            refresh=False)
             bar.update(step - bar.n)
     bar.close()
     return [s / steps for s in loss_sums]
+
+
+def _speed(run: _Run, samples: int, seconds: float) -> dict:
+    """The progress bar's speed on CUDA: samples/s and the share of the chip's matrix rate (CPU: none)."""
+    if run.flops is None or seconds <= 0:
+        return {}
+    t = metrics.throughput(samples / seconds, run.flops, run.peak)
+    return {"samples_s": f"{t['samples_per_s']:,.0f}", **({"mfu": f"{t['mfu']:.1%}"} if "mfu" in t else {})}
 
 
 def _end_epoch(run: _Run, epoch: int, losses: torch.Tensor, t_epoch: float) -> tuple[dict, list[bool]]:
@@ -364,13 +393,18 @@ def train_replicas(groups: list[list[Peer]], data, configs: list[RunConfig], *, 
     for run in runs:
         _open(run, resume)
     stacks = [replicas.Stack(p.model) for p in groups[0]] if len(groups) > 1 else None
+    graphed = (graph.GraphStep(runs[0], Xtr, ytr)
+               if graph.wanted(config.graph, device, local=isinstance(exchange, LocalExchange), runs=len(runs)) else None)
+    if device.type == "cuda":
+        for run in runs:
+            _measure(run, Xtr)
     for epoch in range(min(r.st.epoch for r in runs) + 1, config.epochs + 1):
         # a run that ended (every peer stopped) draws no more batches; one resumed an epoch ahead waits
         active = [r for r in runs if r.st.epoch < epoch and any(r.st.training)]
         if not active:
             continue
         t_epoch = time.perf_counter()
-        losses = _train_epoch(active, epoch, Xtr, ytr, stacks)
+        losses = _train_epoch(active, epoch, Xtr, ytr, stacks, graphed)
         for run, run_losses in zip(active, losses):
             run.st.train_seconds += time.perf_counter() - t_epoch
             run.st.train_samples += Xtr.shape[0]
@@ -380,7 +414,17 @@ def train_replicas(groups: list[list[Peer]], data, configs: list[RunConfig], *, 
                 _save_epoch(run, improved)
             if callback is not None:
                 callback(row)
+    if graphed is not None:
+        runs[0].graph = graphed.status
     return [_finish(run, threads, t0) for run in runs]
+
+
+def _measure(run: _Run, Xtr: torch.Tensor) -> None:
+    """On CUDA: the step's model FLOPs per sample (a trained peer ~3x its forward, a teacher 1x) and
+    the chip's matrix rate in the run's precision, for the progress bar and env's `mfu`."""
+    run.flops = sum(metrics.forward_flops_per_sample(p.model, Xtr) * (3 if p.trainable else 1) for p in run.peers)
+    run.peak = metrics.matmul_peak(str(Xtr.device), "bf16" if run.amp_dtype is torch.bfloat16 else "fp32")
+    run.graph = "off"
 
 
 def _open(run: _Run, resume: bool) -> None:
@@ -424,7 +468,7 @@ def _finish(run: _Run, threads: int, t0: float) -> dict:
         "config": config.run_dict(), "amp": "bf16" if run.amp_dtype is torch.bfloat16 else "off",
         "train_seconds": st.train_seconds,
         "samples_per_s": st.train_samples / st.train_seconds if st.train_seconds > 0 else None,
-        "env": {**env_info(exchange.device, config.seed), "torch_threads": threads}, **extra,
+        "env": {**env_info(exchange.device, config.seed), "torch_threads": threads, **_env_speed(run)}, **extra,
     }
     if run.out is not None:
         for p in peers:
@@ -435,6 +479,14 @@ def _finish(run: _Run, threads: int, t0: float) -> dict:
         if exchange.is_main:
             checkpoint.save_json(run.out / "result.json", result)
     return result
+
+
+def _env_speed(run: _Run) -> dict:
+    """CUDA only (nothing on a CPU): whether the graph ran, samples/s, FLOPs per sample, peak, mfu."""
+    if run.flops is None:
+        return {}
+    sps = run.st.train_samples / run.st.train_seconds if run.st.train_seconds > 0 else None
+    return {"graph": run.graph, **metrics.throughput(sps, run.flops, run.peak)}
 
 
 def _evaluate_split(run: _Run, split: str) -> tuple[list[dict], dict]:

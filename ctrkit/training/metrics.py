@@ -1,15 +1,19 @@
-"""CTR metrics computed on the tensors' own device: ROC AUC (exact, ties handled) and logloss.
+"""Metrics of a run computed on its own device: the CTR scores (ROC AUC, logloss) and the training speed.
 
-Both equal scikit-learn's `roc_auc_score` / `log_loss` on the same predictions (tested to 1e-6),
-without moving millions of predictions to the host.
+AUC and logloss equal scikit-learn's `roc_auc_score` / `log_loss` on the same predictions (tested to
+1e-6), without moving millions of predictions to the host. The speed (`throughput`): samples/s and,
+on CUDA, the model FLOPs per second as a share of the chip's measured matrix rate (`mfu`).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
+from torch import nn
 
 from ctrkit.core.utils import CtrkitError
 
-__all__ = ["auc", "logloss", "METRICS"]
+__all__ = ["auc", "logloss", "METRICS", "forward_flops_per_sample", "matmul_peak", "throughput"]
 
 
 def _flat(y, p) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,3 +65,52 @@ def logloss(y, p) -> float:
 
 
 METRICS = {"auc": auc, "logloss": logloss}
+
+
+# ---------------------------------------------------------------- training speed
+
+
+def forward_flops_per_sample(model: nn.Module, X: torch.Tensor, rows: int = 8) -> float:
+    """Matrix FLOPs of one forward pass per sample: torch's FlopCounterMode (matmuls, bmm, linear;
+    embedding gathers and element-wise ops count nothing) over `rows` rows of X, in eval mode and
+    without gradients, so no weight, gradient or random stream is touched. Training a peer costs
+    about 3x this (forward, and the backward's two products per matmul)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    xb, was = X[:rows], model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(xb)
+    finally:
+        model.train(was)
+    return counter.get_total_flops() / max(1, xb.shape[0])
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_peak(device: str, dtype: str = "bf16", n: int = 8192, reps: int = 10) -> float:
+    """The FLOP/s of an n x n x n matmul on a CUDA `device` in `dtype` (bf16, or fp32 as the run's
+    TF32 setting allows): the chip's practical matrix rate, measured once per process (~20 ms on an
+    H200). Constant inputs: no random stream is drawn."""
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a = torch.full((n, n), 0.5, device=device, dtype=dt)
+    b = torch.full((n, n), 0.25, device=device, dtype=dt)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        a @ b
+    end.record()
+    end.synchronize()
+    return 2.0 * n ** 3 * reps / (start.elapsed_time(end) / 1000.0)
+
+
+def throughput(samples_per_s: float | None, flops_per_sample: float | None, peak: float | None) -> dict:
+    """A result's speed fields: samples/s, and where the FLOPs and the peak are known (CUDA) the
+    model FLOPs per sample, the peak in TFLOP/s and `mfu` = samples/s x FLOPs per sample / peak."""
+    out = {"samples_per_s": samples_per_s}
+    if flops_per_sample and peak:
+        out.update(model_flops_per_sample=flops_per_sample, matmul_peak_tflops=peak / 1e12,
+                   mfu=(samples_per_s or 0.0) * flops_per_sample / peak)
+    return out

@@ -36,8 +36,10 @@ def _warn_emulated_bf16() -> None:
 
 
 def resolve_amp(device: torch.device | str, amp: str) -> torch.dtype | None:
-    """bf16 autocast dtype or None. auto: bf16 on CUDA with bf16 support and on CPUs with AMX
-    (where bf16 matmuls have hardware support); fp32 master weights either way."""
+    """bf16 autocast dtype or None. auto: bf16 on CUDA with bf16 support (the GPU default: with the
+    launches gone in graph mode the matmuls are the step, measured in bench/gpu_check.py) and on CPUs
+    with AMX (where bf16 matmuls have hardware support); fp32 master weights either way (autocast
+    casts copies, the parameters and Adam's moments stay fp32)."""
     device = torch.device(device)
     if amp not in AMP_CHOICES:
         raise CtrkitError(f"amp: expected one of {', '.join(AMP_CHOICES)}, got {amp!r}")
@@ -58,7 +60,9 @@ def resolve_amp(device: torch.device | str, amp: str) -> torch.dtype | None:
     return torch.bfloat16 if supported else None
 
 
-def amp_context(device: torch.device | str, dtype: torch.dtype | None):
+def amp_context(device: torch.device | str, dtype: torch.dtype | None, *, cache: bool = True):
+    """Autocast to `dtype` on `device`'s type (None: fp32, no autocast). `cache=False` for a step
+    captured as a CUDA graph: autocast's cache of bf16 weight copies must not outlive the capture."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype, cache_enabled=cache)
