@@ -1,24 +1,44 @@
-"""GPU check (see gpu_check.sh): Criteo-scale synthetic tensors made on the device, one epoch of
-each model at the BARS x4_001 sizes through `ctrkit.training.loop.fit`, one 4-peer epoch through
-`ctrkit.training.mutual.mutual_fit`; prints a table (samples/s, epoch seconds, peak memory) and writes JSON.
+"""GPU check (see gpu_check.sh): the whole GPU measurement of issue 23 as one call of at most 8 minutes.
+
+Sections, in order, each a row (or rows) of the table and the JSON, each skipped once `--budget-s` is
+spent (a half-measured table beats a killed run):
+
+1. equal:     graph == eager: DeepFM alone and a DeepFM + DCN mutual run, 2 epochs on `--check-rows`,
+              dropout 0 (a graph draws its masks from one stream, eager per peer), per-epoch train
+              loss and valid AUC compared (`ctrkit.training.graph`).
+2. epochs:    one epoch of each model (`--models`) on all `--rows` and one 4-peer mutual epoch
+              (`--mutual-peers`), as ctrkit runs them by default (amp auto = bf16, graph auto).
+3. matrix:    every model eager vs graph, fp32 (TF32) vs bf16, 2 epochs on `--step-rows`; the
+              steady rate is epoch 2's (epoch 1 holds the capture).
+4. mutual:    4 x DeepFM and the 4 paper models in one mutual step: eager, graph, graph without
+              the peers' streams (`graph.OVERLAP_PEERS`), bf16.
+5. fuxictr:   FuxiCTR's own `train_step` on the same tensors, when FUXICTR_SRC points to a FuxiCTR
+              snapshot (its `fuxictr/` and `model_zoo/`); skipped cleanly otherwise.
+6. estimate:  `ctrkit reproduce --profile paper` (both datasets) and the study profile at `--study-rows`
+              (Criteo x4) on this device, from epoch times measured here at each profile's preset,
+              batch and precision, priced with `ctrkit.notebook.runner.estimate` (every run at its
+              epoch cap: an upper bound).
 
 The data never leaves the device: X int32 [rows, 39] with uniform random per-field indices below
 x4_001-like vocabulary sizes, labels from a hidden logistic model of a few fields (so the loss
 means something; the AUC is not the point). Valid/test are small (`--eval-rows`) so an epoch is
-training time. `--budget-s` skips what would start after the budget (a half-measured table beats
-a killed run).
+training time. Models: the `bars` preset of Criteo x4_001 on CUDA; `--preset auto` on a CPU is the
+`smoke` preset (a dry run of every code path: its numbers mean nothing), graph and bf16 rows say n/a.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 # Criteo x4_001-like vocabulary sizes (13 bucketized integer fields, 26 categorical fields after
 # min_categr_count=10; approximate, about 0.9M rows in all) -- the embedding table's size sets the
@@ -27,6 +47,7 @@ X4_001_VOCAB = [49, 101, 126, 52, 224, 147, 119, 73, 218, 10, 36, 56, 101,
                 1445, 553, 175781, 128509, 305, 19, 11930, 629, 3, 39530, 5130, 156655, 3175, 27,
                 11042, 148912, 11, 4559, 2002, 4, 154563, 17, 16, 52989, 81, 40954]
 MODELS = ["DeepFM", "DCN", "PNN", "FiBiNET"]
+CRITEO_X4_TRAIN_ROWS = 36_672_493
 
 
 class DeviceData:
@@ -35,12 +56,18 @@ class DeviceData:
     def __init__(self, splits: dict, field_sizes: list[int]):
         self._splits, self.field_sizes = splits, field_sizes
         self.fingerprint, self.dataset, self.path = "gpu-check-synthetic", "criteo", Path("<device>")
+        self.protocol = "x4_001"
         self.rows = {k: int(v[0].shape[0]) for k, v in splits.items()}
         self.feature_map = {"dataset": "criteo", "protocol": "x4_001",
                             "fields": [{"name": f"f{i}", "vocab_size": s} for i, s in enumerate(field_sizes)]}
 
     def tensors(self, split, device=None):
         return self._splits[split]
+
+    def head(self, rows: int, eval_rows: int) -> "DeviceData":
+        """The first `rows` training rows and `eval_rows` valid/test rows, as views (no copy)."""
+        return DeviceData({k: (X[:rows if k == "train" else eval_rows], y[:rows if k == "train" else eval_rows])
+                           for k, (X, y) in self._splits.items()}, self.field_sizes)
 
 
 def make_data(torch, rows: int, eval_rows: int, device, seed: int) -> DeviceData:
@@ -66,146 +93,351 @@ def make_data(torch, rows: int, eval_rows: int, device, seed: int) -> DeviceData
                       list(X4_001_VOCAB))
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="ctrkit GPU check: x4_001-size epochs on Criteo-scale device tensors")
-    ap.add_argument("--rows", type=int, default=36_672_493, help="training rows (Criteo x4 train: 36,672,493)")
+# ---------------------------------------------------------------- running and recording
+
+
+class Check:
+    """The run's context (args, device, data) and its rows; `record` runs one measurement under the budget."""
+
+    def __init__(self, args, torch, device, data):
+        self.args, self.torch, self.device, self.data = args, torch, device, data
+        self.cuda = device.type == "cuda"
+        self.preset = args.preset if args.preset != "auto" else ("bars" if self.cuda else "smoke")
+        self.rows, self.t_start, self.interrupted = [], time.perf_counter(), False
+
+    def record(self, what: str, fn, *args, **kw) -> dict | None:
+        """Row `what` from fn(*args, **kw) (a dict; status ok unless it says otherwise), or why not."""
+        spent = time.perf_counter() - self.t_start
+        if self.interrupted or spent > self.args.budget_s:
+            row = {"what": what, "status": "skipped: interrupted (time cap)" if self.interrupted
+                   else f"skipped: budget {self.args.budget_s:.0f}s spent ({spent:.0f}s)"}
+        else:
+            if self.cuda:
+                self.torch.cuda.empty_cache()
+                self.torch.cuda.reset_peak_memory_stats(self.device)
+            try:
+                row = {"what": what, "status": "ok", **fn(*args, **kw)}
+                if self.cuda:
+                    row["peak_gb"] = self.torch.cuda.max_memory_allocated(self.device) / 2**30
+            except KeyboardInterrupt:
+                self.interrupted = True
+                row = {"what": what, "status": "interrupted (time cap)"}
+            except Exception as e:  # noqa: BLE001  (an OOM or a failed capture is a result of the check)
+                row = {"what": what, "status": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+        return row
+
+    def na(self, what: str, why: str) -> None:
+        """A row that does not apply here (a CPU dry run, no FuxiCTR): counts as passed."""
+        self.rows.append({"what": what, "status": f"n/a: {why}"})
+
+    def preset_of(self, name: str, preset: str | None = None):
+        from ctrkit.training import presets
+        preset = preset or self.preset
+        return presets.get(name, preset, dataset="criteo", protocol="x4_001") if preset == "bars" \
+            else presets.get(name, preset)
+
+
+@contextlib.contextmanager
+def _overlap(on: bool | None):
+    from ctrkit.training import graph
+    old = graph.OVERLAP_PEERS
+    graph.OVERLAP_PEERS = old if on is None else on
+    try:
+        yield
+    finally:
+        graph.OVERLAP_PEERS = old
+
+
+def train(ck: Check, names: list[str], data, *, epochs: int, amp: str, graph: str, batch: int | None = None,
+          preset: str | None = None, overlap: bool | None = None, **hp) -> dict:
+    """One ctrkit run (fit for one model, mutual_fit for several) of `names` at `preset` on `data`;
+    the result plus `rate` (training rows / last epoch's seconds) and `epoch_s` (every epoch's)."""
+    from ctrkit import models
+    from ctrkit.core.utils import seed_everything
+    from ctrkit.training.config import RunConfig
+    from ctrkit.training.loop import fit
+    from ctrkit.training.mutual import mutual_fit
+
+    built, peers = [], []
+    for k, name in enumerate(names):
+        p = ck.preset_of(name, preset)
+        seed_everything(ck.args.seed + k)
+        built.append(models.build(name, data.field_sizes, **{**p.model, **hp}))
+        peers.append({"lr": p.train["lr"], "embedding_regularizer": p.train["embedding_regularizer"],
+                      "net_regularizer": p.train["net_regularizer"], "monitor": "AUC", "patience": 5})
+    batch = batch or ck.args.batch_size or int(ck.preset_of(names[0], preset).train["batch_size"])
+    run = dict(epochs=epochs, batch_size=batch, seed=ck.args.seed, device=str(ck.device), amp=amp, graph=graph,
+               progress=False, eval_batch_size=65536)
+    with _overlap(overlap):
+        if len(names) == 1:
+            res = fit(built[0], data, RunConfig.single({**run, **peers[0]}))
+            secs = [h["seconds"] for h in res["history"]]
+        else:
+            res = mutual_fit(built, data, RunConfig(mode="mutual", peers=tuple(peers), **run))
+            secs = [h["seconds"] for h in res["history"]]
+    return {"result": res, "epoch_s": secs, "rate": data.rows["train"] / secs[-1], "batch_size": batch}
+
+
+def _summary(out: dict) -> dict:
+    """A row's fields from `train`'s output: rate, epoch seconds, the env's graph and mfu, AUCs."""
+    r, env = out["result"], out["result"]["env"]
+    aucs = [p["valid_auc"] for p in r["peers"]] if "peers" in r else r["valid_auc"]
+    mfu = (out["rate"] * env["model_flops_per_sample"] / (env["matmul_peak_tflops"] * 1e12)
+           if env.get("model_flops_per_sample") else None)  # the steady epoch's, not the run's (capture)
+    return {"samples_per_s": out["rate"], "epoch_seconds": out["epoch_s"], "batch_size": out["batch_size"],
+            "amp": r["amp"], "graph": env.get("graph"), "mfu": mfu, "matmul_peak_tflops": env.get("matmul_peak_tflops"),
+            "valid_auc": aucs}
+
+
+# ---------------------------------------------------------------- the sections
+
+
+def section_equal(ck: Check) -> None:
+    """graph == eager, alone and mutual, dropout 0, fp32 and bf16."""
+    if not ck.cuda:
+        return ck.na("equal: graph == eager", "graph mode needs CUDA (tests/test_graph_mode.py covers the CPU)")
+    data = ck.data.head(min(ck.args.check_rows, ck.data.rows["train"]), 20_000)
+    for names in (["DeepFM"], ["DeepFM", "DCN"]):
+        for amp in ("off", "bf16"):
+            ck.record(f"equal: graph == eager, {'+'.join(names)}, {amp}", _equal, ck, names, data, amp)
+
+
+def _equal(ck: Check, names: list[str], data, amp: str) -> dict:
+    runs = [train(ck, names, data, epochs=2, amp=amp, graph=g, net_dropout=0.0)["result"] for g in ("off", "on")]
+    rows = [[(p["train_loss"], p["valid_auc"]) for p in h["peers"]] if "peers" in h else [(h["train_loss"], h["valid_auc"])]
+            for r in runs for h in r["history"]]
+    half = len(rows) // 2
+    pairs = [(a, b) for ea, eb in zip(rows[:half], rows[half:]) for a, b in zip(ea, eb)]
+    loss_rel = max(abs(a[0] - b[0]) / abs(a[0]) for a, b in pairs)
+    auc_abs = max(abs(a[1] - b[1]) for a, b in pairs)
+    ok = loss_rel < 1e-3 and auc_abs < 2e-3 and runs[1]["env"].get("graph") == "on"
+    return {"status": "ok" if ok else f"MISMATCH (graph {runs[1]['env'].get('graph')})",
+            "max_train_loss_rel_diff": loss_rel, "max_valid_auc_diff": auc_abs}
+
+
+def section_epochs(ck: Check) -> None:
+    """One epoch per model on all rows, and the 4-peer mutual epoch, at ctrkit's defaults."""
+    for name in [m for m in ck.args.models.split(",") if m]:
+        ck.record(f"epoch {name}", lambda n=name: _summary(train(ck, [n], ck.data, epochs=1, amp=ck.args.amp,
+                                                                 graph="auto")))
+    peers = [m for m in ck.args.mutual_peers.split(",") if m]
+    if peers:
+        row = ck.record(f"epoch mutual x{len(peers)} ({'+'.join(sorted(set(peers)))})",
+                        lambda: _summary(train(ck, peers, ck.data, epochs=1, amp=ck.args.amp, graph="auto",
+                                               batch=ck.args.batch_size or 10000)))
+        single = next((r for r in ck.rows if r["what"] == f"epoch {peers[0]}" and r["status"] == "ok"), None)
+        if row and row["status"] == "ok" and single and len(set(peers)) == 1:
+            row["vs_single_epoch"] = row["epoch_seconds"][-1] / single["epoch_seconds"][-1]
+
+
+def section_matrix(ck: Check) -> None:
+    """Every model: eager vs graph, fp32 vs bf16, the steady epoch's rate on --step-rows."""
+    data = ck.data.head(ck.step_rows, 10_000)
+    for name in [m for m in ck.args.models.split(",") if m]:
+        for amp in ("off", "bf16"):
+            for g in ("off", "on"):
+                what = f"step {name} {'fp32' if amp == 'off' else amp} {'graph' if g == 'on' else 'eager'}"
+                if not ck.cuda and (g == "on" or amp == "bf16"):
+                    ck.na(what, "graph mode and bf16 are measured on CUDA only")
+                    continue
+                ck.record(what, lambda n=name, a=amp, gr=g: _summary(train(ck, [n], data, epochs=2, amp=a, graph=gr)))
+
+
+def section_mutual(ck: Check) -> None:
+    """4 x DeepFM and the 4 paper models in one step: eager, graph (peers on streams), graph on one stream."""
+    data = ck.data.head(ck.step_rows, 10_000)
+    amp = "bf16" if ck.cuda else "off"
+    for label, peers in (("4 x DeepFM", ["DeepFM"] * 4), ("4 paper models", MODELS)):
+        for g, overlap, how in (("off", None, "eager"), ("on", True, "graph, peers on streams"),
+                                ("on", False, "graph, one stream")):
+            what = f"mutual {label} {'fp32' if amp == 'off' else amp} {how}"
+            if g == "on" and not ck.cuda:
+                ck.na(what, "graph mode needs CUDA")
+                continue
+            ck.record(what, lambda p=peers, gr=g, o=overlap: _summary(
+                train(ck, p, data, epochs=2, amp=amp, graph=gr, overlap=o, batch=ck.args.batch_size or 10000)))
+
+
+def section_fuxictr(ck: Check) -> None:
+    """FuxiCTR's own train_step on the same tensors (FUXICTR_SRC: a FuxiCTR snapshot), fp32."""
+    src = os.environ.get("FUXICTR_SRC")
+    if not src:
+        return ck.na("fuxictr", "FUXICTR_SRC unset (a FuxiCTR snapshot with fuxictr/ and model_zoo/)")
+    sys.path.insert(0, src)
+    os.environ.setdefault("FUXICTR_MODEL_ZOO", str(Path(src) / "model_zoo"))
+    for mod in ("h5py", "polars", "ray", "ray.data", "ray.data.datasource", "ray.data.datasource.filename_provider",
+                "keras_preprocessing", "keras_preprocessing.sequence"):
+        try:  # its data pipeline imports them; train_step never uses them
+            __import__(mod)
+        except ImportError:
+            stub = types.ModuleType(mod)
+            stub.__getattr__ = lambda name: (_ for _ in ()).throw(AttributeError(name)) if name.startswith("__") \
+                else type(name, (), {})
+            stub.__path__ = []
+            sys.modules.setdefault(mod, stub)
+    for name in [m for m in ck.args.models.split(",") if m]:
+        ck.record(f"fuxictr step {name} fp32", _fuxictr, ck, name)
+
+
+def _fuxictr(ck: Check, name: str) -> dict:
+    import logging
+    import tempfile
+
+    import fw_fuxictr
+    torch = ck.torch
+    logging.disable(logging.INFO)
+    p = ck.preset_of(name)
+    workdir = tempfile.mkdtemp(prefix="fuxictr_gpu_check_")
+    fmap = fw_fuxictr.feature_map_for(ck.data.feature_map, workdir, p.model["embedding_dim"])
+    torch.manual_seed(ck.args.seed)
+    m = fw_fuxictr.zoo_class(name)(fmap, model_id=name, gpu=0 if ck.cuda else -1, learning_rate=p.train["lr"],
+                                   embedding_regularizer=p.train["embedding_regularizer"], net_regularizer=0,
+                                   optimizer="adam", loss="binary_crossentropy", metrics=["logloss", "AUC"],
+                                   model_root=workdir, verbose=0, **fw_fuxictr.hparams_for(name, dict(p.model)))
+    m._max_gradient_norm = 10.0  # what its BaseModel.fit sets before train_step
+    m.train()
+    X, y = ck.data.tensors("train")
+    names = [f["name"] for f in ck.data.feature_map["fields"]]
+    bs = ck.args.batch_size or int(p.train["batch_size"])
+    n = max(1, X.shape[0] // bs)
+
+    def step(i):
+        idx = torch.arange((i % n) * bs, (i % n + 1) * bs, device=X.device)
+        xb = X.index_select(0, idx)
+        m.train_step({**{f: xb[:, j].long() for j, f in enumerate(names)}, "label": y.index_select(0, idx)})
+
+    sync = torch.cuda.synchronize if ck.cuda else (lambda: None)
+    for i in range(3):
+        step(i)
+    sync()
+    t0 = time.perf_counter()
+    for i in range(3, 3 + ck.args.fuxictr_steps):
+        step(i)
+    sync()
+    return {"samples_per_s": ck.args.fuxictr_steps * bs / (time.perf_counter() - t0), "batch_size": bs}
+
+
+def section_estimate(ck: Check) -> None:
+    """`reproduce --profile paper` (both datasets) and the study profile at --study-rows, from epochs measured here."""
+    ck.record("estimate reproduce --profile paper (criteo + avazu)", _estimate, ck, "paper", None, 2)
+    ck.record(f"estimate study profile ({ck.args.study_rows:,} train rows, one dataset)", _estimate, ck, "study",
+              ck.args.study_rows, 1)
+
+
+def _estimate(ck: Check, profile: str, rows: int | None, datasets: int) -> dict:
+    """Each model's epoch at the profile's preset, batch and precision (graph auto), timed on up to
+    --step-rows rows and scaled by steps to the profile's training rows; priced per notebook."""
+    import math
+
+    from ctrkit.notebook import profiles, runner
+    sizes = profiles.profile(profile)
+    train_rows = rows or int(sizes["rows"] * 0.8)  # the synthetic profiles: x4_001's 8:1:1 split
+    preset = sizes["preset"] if ck.cuda else "smoke"  # a CPU dry run: the code path, not the numbers
+    measured = min(train_rows, ck.step_rows)
+    data = ck.data.head(measured, 10_000)
+    epoch_s, batches = {}, {}
+    for name in sizes["models"]:
+        batch = int(ck.preset_of(name, preset).train["batch_size"])
+        batch = min(profiles.batch_size(sizes, batch, train_rows) or batch, measured)
+        out = train(ck, [name], data, epochs=2, amp=sizes["amp"], graph="auto", batch=batch, preset=preset)
+        epoch_s[name] = out["epoch_s"][-1] * math.ceil(train_rows / batch) / math.ceil(measured / batch)
+        batches[name] = batch
+    per_nb = runner.estimate(sizes, epoch_s)
+    return {"preset": preset, "amp": sizes["amp"], "train_rows": train_rows, "measured_rows": measured,
+            "batch_size": batches, "epoch_seconds": epoch_s, "notebook_hours": {k: v / 3600 for k, v in per_nb.items()},
+            "total_hours": datasets * sum(per_nb.values()) / 3600, "datasets": datasets}
+
+
+# ---------------------------------------------------------------- the table and the file
+
+
+def _fmt(v, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) else "—"
+
+
+def report(ck: Check, data_s: float, argv) -> Path:
+    """Print the table, write the JSON; returns its path."""
+    total = time.perf_counter() - ck.t_start
+    print("\n| run | batch | samples/s | epoch s | mfu | peak GiB | status |\n|---|---:|---:|---:|---:|---:|---|")
+    for r in ck.rows:
+        ep = r.get("epoch_seconds")
+        ep = " / ".join(f"{e:.1f}" for e in ep) if isinstance(ep, list) else "—"
+        extra = f" ({r['vs_single_epoch']:.2f}x single)" if r.get("vs_single_epoch") else ""
+        extra += f" total {r['total_hours']:.2f} h" if "total_hours" in r else ""
+        print(f"| {r['what']} | {r.get('batch_size', '—') if not isinstance(r.get('batch_size'), dict) else '·'} | "
+              f"{_fmt(r.get('samples_per_s'), ',.0f')} | {ep}{extra} | {_fmt(r.get('mfu'), '.1%')} | "
+              f"{_fmt(r.get('peak_gb'), '.1f')} | {r['status']} |")
+    print(f"total {total:.0f}s (data {data_s:.0f}s)")
+    from ctrkit.kernels import env_info
+    out = Path(ck.args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{time.strftime('%Y-%m-%d')}-gpu-check-{'gpu' if ck.cuda else 'cpu-dryrun'}.json"
+    rep = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": ck.args.rows,
+           "eval_rows": ck.args.eval_rows, "step_rows": ck.step_rows, "preset": ck.preset, "vocab": X4_001_VOCAB,
+           "amp": ck.args.amp, "data_seconds": data_s, "total_seconds": total, "results": ck.rows,
+           "env": env_info(ck.device, ck.args.seed),
+           "command": "bash bench/gpu_check.sh " + " ".join(argv if argv is not None else sys.argv[1:])}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rep, indent=1, default=str))
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+    return path
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(description="ctrkit GPU check: graph vs eager, fp32 vs bf16, mutual steps, "
+                                             "FuxiCTR, the profile estimates, on Criteo-scale device tensors")
+    ap.add_argument("--rows", type=int, default=CRITEO_X4_TRAIN_ROWS, help="training rows (Criteo x4 train)")
     ap.add_argument("--eval-rows", type=int, default=1_000_000, help="valid and test rows each")
     ap.add_argument("--device", default="auto", help="auto | cuda | cpu (cpu: a dry run with tiny --rows)")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: the x4_001 preset's (10,000)")
-    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"])
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the preset's (x4_001: 10,000)")
+    ap.add_argument("--preset", default="auto", help="model preset; auto: bars (Criteo x4_001) on CUDA, smoke on a CPU")
+    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"], help="the epochs section's")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--mutual-peers", default="DeepFM,DeepFM,DeepFM,DeepFM",
-                    help="peers of the mutual epoch (empty: skip)")
+    ap.add_argument("--mutual-peers", default="DeepFM,DeepFM,DeepFM,DeepFM", help="the mutual epoch's (empty: skip)")
+    ap.add_argument("--step-rows", type=int, default=None, help="rows of the matrix/mutual/estimate runs "
+                    "(default: 2,000,000 on CUDA, 8 batches on a CPU)")
+    ap.add_argument("--check-rows", type=int, default=500_000, help="rows of the graph == eager check")
+    ap.add_argument("--study-rows", type=int, default=CRITEO_X4_TRAIN_ROWS, help="the study estimate's train rows")
+    ap.add_argument("--fuxictr-steps", type=int, default=30)
+    ap.add_argument("--sections", default="equal,matrix,mutual,estimate,fuxictr,epochs")
     ap.add_argument("--budget-s", type=float, default=420.0, help="start nothing new after this many seconds")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"))
     ap.add_argument("--seed", type=int, default=2021)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    t_start = time.perf_counter()
+
+SECTIONS = {"equal": section_equal, "matrix": section_matrix, "mutual": section_mutual, "estimate": section_estimate,
+            "fuxictr": section_fuxictr, "epochs": section_epochs}
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
     import torch
-    from ctrkit import models
-    from ctrkit.training import presets
-    from ctrkit.training.config import RunConfig
-    from ctrkit.training.mutual import mutual_fit
-    from ctrkit.training.loop import fit
-    from ctrkit.core.utils import resolve_device, seed_everything
-    from ctrkit.kernels import env_info
+    from ctrkit.core.utils import resolve_device
 
     device = resolve_device(args.device)
-    cuda = device.type == "cuda"
-    if cuda:
+    if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls (amp off) on tensor cores
         torch.backends.cudnn.allow_tf32 = True
-    print(f"gpu_check: device {device}" + (f" ({torch.cuda.get_device_name(device)})" if cuda else "")
+    print(f"gpu_check: device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + f", torch {torch.__version__}, rows {args.rows:,}", flush=True)
-
     t0 = time.perf_counter()
     data = make_data(torch, args.rows, args.eval_rows, device, args.seed)
-    if cuda:
+    if device.type == "cuda":
         torch.cuda.synchronize()
     data_s = time.perf_counter() - t0
     print(f"data: {args.rows:,} x {len(X4_001_VOCAB)} int32 on {device} in {data_s:.1f}s "
           f"(vocab {sum(X4_001_VOCAB):,}, CTR {float(data.tensors('train')[1].mean()):.3f})", flush=True)
-
-    def peak_gb():
-        return torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
-
-    rows = []
-    interrupted = False  # the shell wrapper's timeout sends SIGINT: keep what was measured
-
-    def over_budget(what):
-        if interrupted:
-            rows.append({"what": what, "status": "skipped: interrupted (time cap)"})
-            return True
-        spent = time.perf_counter() - t_start
-        if spent > args.budget_s:
-            rows.append({"what": what, "status": f"skipped: budget {args.budget_s:.0f}s spent ({spent:.0f}s)"})
-            print(f"{what}: skipped (budget)", flush=True)
-            return True
-        return False
-
-    for name in [m for m in args.models.split(",") if m]:
-        if over_budget(name):
-            continue
-        p = presets.get(name, "bars", dataset="criteo", protocol="x4_001")
-        bs = args.batch_size or int(p.train["batch_size"])
-        cfg = RunConfig.single(dict(epochs=1, batch_size=bs, lr=p.train["lr"],
-                                    embedding_regularizer=p.train["embedding_regularizer"],
-                                    net_regularizer=p.train["net_regularizer"], monitor="AUC", amp=args.amp,
-                                    device=str(device), seed=args.seed, progress=False, eval_batch_size=65536))
-        seed_everything(args.seed)
-        model = models.build(name, data.field_sizes, **p.model)
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        try:
-            res = fit(model, data, cfg)
-            ep = res["history"][0]["seconds"]
-            rows.append({"what": name, "status": "ok", "batch_size": bs, "amp": res["amp"],
-                         "samples_per_s": res["samples_per_s"], "epoch_seconds": ep, "peak_gb": peak_gb(),
-                         "params": res["params"], "valid_auc": res["valid_auc"], "hidden_units": p.model["hidden_units"]})
-        except KeyboardInterrupt:
-            interrupted = True
-            rows.append({"what": name, "status": "interrupted (time cap)"})
-        except Exception as e:  # noqa: BLE001  (an OOM is a result of the check)
-            rows.append({"what": name, "status": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
-        print(json.dumps(rows[-1]), flush=True)
-        del model
-
-    peers = [m for m in args.mutual_peers.split(",") if m]
-    label = f"mutual x{len(peers)} ({'+'.join(sorted(set(peers)))})"
-    if peers and not over_budget(label):
-        built, tcfgs = [], []
-        for k, name in enumerate(peers):
-            p = presets.get(name, "bars", dataset="criteo", protocol="x4_001")
-            seed_everything(args.seed + k)
-            built.append(models.build(name, data.field_sizes, **p.model))
-            tcfgs.append({"lr": p.train["lr"], "embedding_regularizer": p.train["embedding_regularizer"],
-                          "net_regularizer": p.train["net_regularizer"], "monitor": "AUC"})
-        bs = args.batch_size or 10000
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        try:
-            res = mutual_fit(built, data, RunConfig(mode="mutual", epochs=1, batch_size=bs, seed=args.seed,
-                                                    device=str(device), amp=args.amp, progress=False,
-                                                    eval_batch_size=65536, peers=tuple(tcfgs)))
-            ep = res["history"][0]["seconds"]
-            rows.append({"what": label, "status": "ok", "batch_size": bs, "samples_per_s": args.rows / ep,
-                         "epoch_seconds": ep, "peak_gb": peak_gb(),
-                         "valid_auc": [q["valid_auc"] for q in res["peers"]]})
-            single = next((r for r in rows if r["what"] == peers[0] and r.get("status") == "ok"), None)
-            if single and len(set(peers)) == 1:
-                rows[-1]["vs_single_epoch"] = ep / single["epoch_seconds"]
-        except KeyboardInterrupt:
-            rows.append({"what": label, "status": "interrupted (time cap)"})
-        except Exception as e:  # noqa: BLE001
-            rows.append({"what": label, "status": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
-        print(json.dumps(rows[-1]), flush=True)
-
-    total = time.perf_counter() - t_start
-    print(f"\n| run | batch | samples/s | epoch s | peak GiB | status |\n|---|---:|---:|---:|---:|---|")
-    for r in rows:
-        sps = f"{r['samples_per_s']:,.0f}" if r.get("samples_per_s") else "—"
-        ep = f"{r['epoch_seconds']:.1f}" if r.get("epoch_seconds") else "—"
-        pk = f"{r['peak_gb']:.1f}" if r.get("peak_gb") is not None else "—"
-        extra = f" ({r['vs_single_epoch']:.2f}x single)" if r.get("vs_single_epoch") else ""
-        print(f"| {r['what']} | {r.get('batch_size', '—')} | {sps} | {ep}{extra} | {pk} | {r['status']} |")
-    print(f"total {total:.0f}s (data {data_s:.0f}s)")
-
-    report = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": args.rows,
-              "eval_rows": args.eval_rows, "vocab": X4_001_VOCAB, "amp": args.amp, "data_seconds": data_s,
-              "total_seconds": total, "results": rows, "env": env_info(device, args.seed),
-              "command": "bash bench/gpu_check.sh " + " ".join(argv if argv is not None else sys.argv[1:])}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    kind = "gpu" if cuda else "cpu-dryrun"
-    path = out / f"{time.strftime('%Y-%m-%d')}-gpu-check-{kind}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, path)
-    print(f"wrote {path}")
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    ck = Check(args, torch, device, data)
+    batch = args.batch_size or 10000
+    ck.step_rows = min(args.rows, args.step_rows or (2_000_000 if ck.cuda else 8 * batch))
+    for name in [s for s in args.sections.split(",") if s]:
+        SECTIONS[name](ck)
+    report(ck, data_s, argv)
+    return 0 if all(r["status"] == "ok" or r["status"].startswith("n/a") for r in ck.rows) else 1
 
 
 if __name__ == "__main__":

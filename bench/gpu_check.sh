@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# ctrkit GPU check, one script, sized to finish within 8 minutes on one H200:
-#   Criteo-scale synthetic tensors made on the device (36.7M x 39 int32, x4_001-like vocab sizes),
-#   one epoch of DeepFM, DCN, PNN and FiBiNET at the BARS x4_001 sizes (ctrkit.training.loop.fit, bf16
-#   autocast by default), one 4-peer mutual epoch (ctrkit.training.mutual.mutual_fit); prints a table
-#   (samples/s, epoch seconds, peak memory) and writes JSON under $OUT (else bench/results).
+# ctrkit GPU check (issue 23), one script, sized to finish within 8 minutes on one H200:
+#   Criteo-scale synthetic tensors made on the device (36.7M x 39 int32, x4_001-like vocab sizes), then
+#   equal    graph == eager (DeepFM alone, DeepFM + DCN mutual; fp32 and bf16; dropout 0)
+#   matrix   every model eager vs graph, fp32 (TF32) vs bf16, the steady epoch on 2M rows (samples/s, mfu)
+#   mutual   4 x DeepFM and the 4 paper models in one step: eager, graph (peers on streams), graph one stream
+#   estimate `ctrkit reproduce --profile paper` and the study profile (Criteo x4 rows) from epochs timed here
+#   fuxictr  FuxiCTR's own train_step on the same tensors when FUXICTR_SRC points to a FuxiCTR snapshot
+#            (a reczoo/FuxiCTR checkout: its fuxictr/ and model_zoo/); "n/a" otherwise
+#   epochs   one epoch of DeepFM, DCN, PNN, FiBiNET (BARS x4_001 sizes) and a 4 x DeepFM mutual epoch on
+#            all rows, at ctrkit's defaults (amp auto = bf16, graph auto)
+#   prints a table (samples/s, epoch seconds, mfu, peak memory) and writes JSON under $OUT (else bench/results).
 #
 # Usage:  bash bench/gpu_check.sh                      # on the GPU machine, from the repo root
 #         bash bench/gpu_check.sh --device cpu --rows 20000 --eval-rows 2000 --batch-size 2000
-#                                                      # dry run on a CPU (numbers mean nothing)
-# Other flags: --models, --mutual-peers, --amp auto|bf16|off, --budget-s (python bench/gpu_check.py -h).
-# Needs: python with torch (CUDA build on the GPU machine), numpy, tqdm, pyyaml -- ctrkit itself is
+#                                                      # dry run on a CPU (smoke models; numbers mean nothing)
+# Other flags: --sections, --models, --mutual-peers, --amp, --step-rows, --budget-s (python bench/gpu_check.py -h).
+# Exit 0 when every row is ok or n/a (not applicable here), 1 otherwise (a mismatch, an error, a budget skip).
+# Needs: python with torch (CUDA build on the GPU machine), numpy, tqdm, pyyaml, pandas (the estimate) -- ctrkit itself is
 # imported from this checkout, no install needed. PYTHON=... picks the interpreter.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
