@@ -152,6 +152,7 @@ class GraphStep:
         self.streams = [torch.cuda.Stream(device) for _ in range(n)] if overlap and n > 1 and device.type == "cuda" \
             else None
         self.key, self.replay, self.failed, self.captures = None, None, False, 0
+        self.lrs: list[tuple[dict, torch.Tensor]] = []  # (param group, the lr tensor the graph reads)
 
     @property
     def status(self) -> str:
@@ -164,15 +165,24 @@ class GraphStep:
         if self.failed or len(idx) != len(self.idx) or \
                 warmup_weight(cfg.weight, run.st.global_step, cfg.warmup_steps) != cfg.weight:
             return False
+        self.idx.copy_(idx, non_blocking=True)
         key = tuple(p.training for p in run.peers)
         if key != self.key and not self._capture(key):
             return False
-        self.idx.copy_(idx, non_blocking=True)
+        self._sync_lr()
         self.step_no.fill_(step)
         if any(p.drops and p.training for p in run.peers):
             torch.manual_seed(dropout_seed(cfg.seed, run.st.global_step, 0, run.exchange.replica))
         self.replay()
         return True
+
+    def _sync_lr(self) -> None:
+        """The graph reads each group's lr tensor: a schedule that put a float there instead (torch
+        versions without `_update_param_group_val`) has its value copied in, the tensor put back."""
+        for group, t in self.lrs:
+            if group["lr"] is not t:
+                t.fill_(float(group["lr"]))
+                group["lr"] = t
 
     def drain(self, loss_sums: torch.Tensor, checks: Sequence) -> None:
         """Add the replayed steps' loss sums and first non-finite steps to the loop's (`loss_sums[k]`,
@@ -193,6 +203,7 @@ class GraphStep:
                 for p in self.run.peers:
                     if p.trainable:
                         _make_capturable(p.optimizer, device)
+                self.lrs = [(g, g["lr"]) for p in self.run.peers if p.trainable for g in p.optimizer.param_groups]
             with _rewound(self.run.peers, [*self.sums, *self.first_bad]):
                 self.replay = self.capture(self._step)
         except Exception as e:  # noqa: BLE001  (any failure to capture means: train eagerly)
