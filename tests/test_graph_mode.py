@@ -176,6 +176,39 @@ def test_warmup_steps_run_eagerly_then_the_graph(criteo_small, cpu_graph):
     assert cpu_graph.captures == 1
 
 
+@pytest.mark.parametrize("mode, divergence", [("alone", "mse"), ("ensemble_teacher", "kl"), ("ektf", "mse")])
+def test_every_rule_replays_to_the_eager_result(criteo_small, cpu_graph, mode, divergence):
+    kw = dict(mode=mode, divergence=divergence, weight=0.0 if mode == "alone" else 3.0, epochs=1)
+    assert _same(_mutual(criteo_small, "auto", **kw), _mutual(criteo_small, "off", **kw))
+    assert cpu_graph.captures == 1
+
+
+def test_lr_decay_fills_the_lr_tensor_the_graph_reads():
+    from types import SimpleNamespace
+
+    from ctrkit.training import optim
+    model = torch.nn.Linear(3, 1)
+    cfg = C.TrainConfig(lr=0.01, lr_decay=0.1, patience=5)
+    opt = optim.make_optimizer(model, cfg)
+    tracker = optim.Tracker(opt, cfg)
+    graph._make_capturable(opt, torch.device("cpu"))
+    lr = opt.param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and opt.param_groups[0]["capturable"]
+    tracker.on_epoch_end(1, {"auc": 0.7, "logloss": 0.5}, model)
+    tracker.on_epoch_end(2, {"auc": 0.6, "logloss": 0.5}, model)  # no better: the plateau decay
+    assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.001) and tracker.lr == pytest.approx(0.001)
+    # a schedule that writes a float instead: copied into the tensor before the next replay
+    group = opt.param_groups[0]
+    group["lr"] = 1e-4
+    graph.GraphStep._sync_lr(SimpleNamespace(lrs=[(group, lr)]))
+    assert group["lr"] is lr and float(lr) == pytest.approx(1e-4)
+    # what a checkpoint keeps loads into a plain optimizer on any device and steps
+    fresh = optim.make_optimizer(torch.nn.Linear(3, 1), cfg)
+    fresh.load_state_dict(graph.portable_optimizer_state(opt.state_dict()))
+    assert fresh.param_groups[0]["lr"] == pytest.approx(1e-4) and not fresh.param_groups[0]["capturable"]
+    fresh.step()
+
+
 def test_a_failed_capture_warns_once_and_trains_on_eagerly(criteo_small, monkeypatch):
     failing = _Replay(fail_after_warmup=True)
     monkeypatch.setattr(graph, "wanted", lambda mode, device, **kw: mode != "off")
