@@ -183,6 +183,14 @@ def test_every_rule_replays_to_the_eager_result(criteo_small, cpu_graph, mode, d
     assert cpu_graph.captures == 1
 
 
+def test_a_run_spec_with_one_shared_table_replays_to_the_eager_result(criteo_small, cpu_graph):
+    from ctrkit.experiments import runs
+    spec = dict(peers=("DeepFM", "DCN"), share_embedding=True, preset="smoke", epochs=2, device="cpu", progress=False)
+    eager, replayed = (runs.run(runs.RunSpec(**spec, graph=g), criteo_small) for g in ("off", "auto"))
+    keep = lambda r: {"peers": r["peers"], "ensemble": r["ensemble"], "history": r["history"]}  # noqa: E731
+    assert cpu_graph.captures == 1 and _same(keep(replayed), keep(eager))
+
+
 def test_lr_decay_fills_the_lr_tensor_the_graph_reads():
     from types import SimpleNamespace
 

@@ -15,7 +15,8 @@ decision. LR decay changes a tensor; an early stop (a peer turns into a frozen t
 mode, no longer updated) selects another graph: the capture is keyed by which peers train, at
 most one per peer that stops. With several peers each runs its forward, and later its loss,
 backward and update, on its own CUDA stream inside the graph (`OVERLAP_PEERS`), so the peers'
-kernels overlap; the streams join before the targets are stacked and at the end of the step.
+kernels overlap; the streams join before the targets are stacked and at the end of the step
+(peers that share a parameter, `share_embedding`, stay on one stream: they update it in turn).
 
 Same seed, same losses as eager within float tolerance (a `gpu` test and bench/gpu_check.py): the
 kernels are the same. Dropout masks are the exception: eager reseeds before each peer's forward
@@ -148,8 +149,10 @@ class GraphStep:
         self.step_no = torch.zeros((), dtype=torch.int64, device=device)
         self.sums = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(n)]
         self.first_bad = [torch.full((), -1, dtype=torch.int64, device=device) for _ in range(n)]
-        overlap = OVERLAP_PEERS if overlap is None else overlap
-        self.streams = [torch.cuda.Stream(device) for _ in range(n)] if overlap and n > 1 and device.type == "cuda" \
+        overlap = (OVERLAP_PEERS if overlap is None else overlap) and n > 1 and device.type == "cuda"
+        # peers that share a parameter (share_embedding: one table) update it one after another, as eager does
+        params = [id(q) for p in run.peers for q in p.model.parameters()]
+        self.streams = [torch.cuda.Stream(device) for _ in range(n)] if overlap and len(set(params)) == len(params) \
             else None
         self.key, self.replay, self.failed, self.captures = None, None, False, 0
         self.lrs: list[tuple[dict, torch.Tensor]] = []  # (param group, the lr tensor the graph reads)
