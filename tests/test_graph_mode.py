@@ -115,6 +115,15 @@ def test_graph_on_a_cpu_is_a_one_line_error(criteo_small):
     assert "\n" not in str(e.value)
 
 
+def test_cli_graph_on_a_cpu_exits_2_with_one_line(criteo_small, tmp_path, capsys):
+    argv = ["pretrain", "--data", str(criteo_small.path), "--model", "DeepFM", "--preset", "smoke", "--device", "cpu",
+            "--epochs", "1", "--out", str(tmp_path / "p")]
+    assert cli.main(argv + ["--graph", "on"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "ctrkit: error: graph=on needs a CUDA device; this run is on cpu; use graph=auto or graph=off"
+    assert cli.main(argv + ["--graph", "off"]) == 0
+
+
 def test_auto_on_a_cpu_is_eager_bit_for_bit(criteo_small):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # auto on a CPU is silent
