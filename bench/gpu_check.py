@@ -1,23 +1,25 @@
 """GPU check (see gpu_check.sh): the whole GPU measurement of issue 23 as one call of at most 8 minutes.
 
-Sections, in order, each a row (or rows) of the table and the JSON, each skipped once `--budget-s` is
-spent (a half-measured table beats a killed run):
+Sections (`--sections`; the default runs all in this order, the cheap ones last), each a row (or
+rows) of the table and the JSON, each skipped once `--budget-s` is spent (a half-measured table
+beats a killed run):
 
-1. equal:     graph == eager: DeepFM alone and a DeepFM + DCN mutual run, 2 epochs on `--check-rows`,
-              dropout 0 (a graph draws its masks from one stream, eager per peer), per-epoch train
-              loss and valid AUC compared (`ctrkit.training.graph`).
-2. epochs:    one epoch of each model (`--models`) on all `--rows` and one 4-peer mutual epoch
-              (`--mutual-peers`), as ctrkit runs them by default (amp auto = bf16, graph auto).
-3. matrix:    every model eager vs graph, fp32 (TF32) vs bf16, 2 epochs on `--step-rows`; the
-              steady rate is epoch 2's (epoch 1 holds the capture).
-4. mutual:    4 x DeepFM and the 4 paper models in one mutual step: eager, graph, graph without
-              the peers' streams (`graph.OVERLAP_PEERS`), bf16.
-5. fuxictr:   FuxiCTR's own `train_step` on the same tensors, when FUXICTR_SRC points to a FuxiCTR
-              snapshot (its `fuxictr/` and `model_zoo/`); skipped cleanly otherwise.
-6. estimate:  `ctrkit reproduce --profile paper` (both datasets) and the study profile at `--study-rows`
-              (Criteo x4) on this device, from epoch times measured here at each profile's preset,
-              batch and precision, priced with `ctrkit.notebook.runner.estimate` (every run at its
-              epoch cap: an upper bound).
+- equal:     graph == eager: DeepFM alone and a DeepFM + DCN mutual run, 2 epochs on `--check-rows`,
+             fp32 and bf16, dropout 0 (a graph draws its masks from one stream, eager per peer),
+             per-epoch train loss and valid AUC compared (`ctrkit.training.graph`).
+- matrix:    every model eager vs graph, fp32 (TF32) vs bf16, 2 epochs on `--step-rows`; the
+             steady rate is epoch 2's (epoch 1 holds the capture).
+- mutual:    4 x DeepFM and the 4 paper models in one mutual step, bf16: eager, graph, graph
+             without the peers' streams (`graph.OVERLAP_PEERS`).
+- epochs:    one epoch of each model (`--models`) on all `--rows` and one 4-peer mutual epoch
+             (`--mutual-peers`), as ctrkit runs them by default (amp auto = bf16, graph auto): the
+             issue's target numbers.
+- estimate:  `ctrkit reproduce --profile paper` (both datasets) and the study profile at `--study-rows`
+             (Criteo x4) on this device, from epoch times measured here at each profile's preset,
+             batch and precision, priced with `ctrkit.notebook.runner.estimate` (every run at its
+             epoch cap: an upper bound).
+- fuxictr:   FuxiCTR's own `train_step` on the same tensors, when FUXICTR_SRC points to a FuxiCTR
+             snapshot (its `fuxictr/` and `model_zoo/`); "n/a" otherwise.
 
 The data never leaves the device: X int32 [rows, 39] with uniform random per-field indices below
 x4_001-like vocabulary sizes, labels from a hidden logistic model of a few fields (so the loss
@@ -398,11 +400,12 @@ def parse(argv):
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--mutual-peers", default="DeepFM,DeepFM,DeepFM,DeepFM", help="the mutual epoch's (empty: skip)")
     ap.add_argument("--step-rows", type=int, default=None, help="rows of the matrix/mutual/estimate runs "
-                    "(default: 2,000,000 on CUDA, 8 batches on a CPU)")
+                    "(default: 1,000,000 on CUDA, 8 batches on a CPU)")
     ap.add_argument("--check-rows", type=int, default=500_000, help="rows of the graph == eager check")
     ap.add_argument("--study-rows", type=int, default=CRITEO_X4_TRAIN_ROWS, help="the study estimate's train rows")
     ap.add_argument("--fuxictr-steps", type=int, default=30)
-    ap.add_argument("--sections", default="equal,matrix,mutual,estimate,fuxictr,epochs")
+    ap.add_argument("--sections", default="equal,matrix,mutual,epochs,estimate,fuxictr",
+                    help="which sections, in this order (the default: all, the cheap ones last)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="start nothing new after this many seconds")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"))
     ap.add_argument("--seed", type=int, default=2021)
@@ -433,7 +436,7 @@ def main(argv=None) -> int:
           f"(vocab {sum(X4_001_VOCAB):,}, CTR {float(data.tensors('train')[1].mean()):.3f})", flush=True)
     ck = Check(args, torch, device, data)
     batch = args.batch_size or 10000
-    ck.step_rows = min(args.rows, args.step_rows or (2_000_000 if ck.cuda else 8 * batch))
+    ck.step_rows = min(args.rows, args.step_rows or (1_000_000 if ck.cuda else 8 * batch))
     for name in [s for s in args.sections.split(",") if s]:
         SECTIONS[name](ck)
     report(ck, data_s, argv)

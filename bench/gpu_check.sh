@@ -2,13 +2,13 @@
 # ctrkit GPU check (issue 23), one script, sized to finish within 8 minutes on one H200:
 #   Criteo-scale synthetic tensors made on the device (36.7M x 39 int32, x4_001-like vocab sizes), then
 #   equal    graph == eager (DeepFM alone, DeepFM + DCN mutual; fp32 and bf16; dropout 0)
-#   matrix   every model eager vs graph, fp32 (TF32) vs bf16, the steady epoch on 2M rows (samples/s, mfu)
+#   matrix   every model eager vs graph, fp32 (TF32) vs bf16, the steady epoch on 1M rows (samples/s, mfu)
 #   mutual   4 x DeepFM and the 4 paper models in one step: eager, graph (peers on streams), graph one stream
+#   epochs   one epoch of DeepFM, DCN, PNN, FiBiNET (BARS x4_001 sizes) and a 4 x DeepFM mutual epoch on
+#            all rows, at ctrkit's defaults (amp auto = bf16, graph auto): the issue's targets
 #   estimate `ctrkit reproduce --profile paper` and the study profile (Criteo x4 rows) from epochs timed here
 #   fuxictr  FuxiCTR's own train_step on the same tensors when FUXICTR_SRC points to a FuxiCTR snapshot
 #            (a reczoo/FuxiCTR checkout: its fuxictr/ and model_zoo/); "n/a" otherwise
-#   epochs   one epoch of DeepFM, DCN, PNN, FiBiNET (BARS x4_001 sizes) and a 4 x DeepFM mutual epoch on
-#            all rows, at ctrkit's defaults (amp auto = bf16, graph auto)
 #   prints a table (samples/s, epoch seconds, mfu, peak memory) and writes JSON under $OUT (else bench/results).
 #
 # Usage:  bash bench/gpu_check.sh                      # on the GPU machine, from the repo root
