@@ -119,6 +119,15 @@ def _rewound(peers: Sequence, extra: Sequence[torch.Tensor]):
                                 v.zero_()
 
 
+def _after_failed_capture(device: torch.device) -> None:
+    """A capture that raised inside `torch.cuda.graph` leaves its capture stream current: back to the
+    device's default stream, everything finished, so the eager steps that follow start clean."""
+    if device.type == "cuda":
+        with contextlib.suppress(Exception):
+            torch.cuda.set_stream(torch.cuda.default_stream(device))
+            torch.cuda.synchronize(device)
+
+
 def _branches(fns: Sequence[Callable], streams: Sequence | None) -> list:
     """Each fn's value, each fn on its own stream when `streams` is given (every stream waits for
     the current one first, the current one for all of them at the end)."""
@@ -210,6 +219,8 @@ class GraphStep:
             with _rewound(self.run.peers, [*self.sums, *self.first_bad]):
                 self.replay = self.capture(self._step)
         except Exception as e:  # noqa: BLE001  (any failure to capture means: train eagerly)
+            _after_failed_capture(device)
+            e = e.__context__ or e  # the op that broke the capture, not capture_end's complaint about it
             first = (str(e).strip().splitlines() or [""])[0][:200]
             if self.run.config.graph == "on":
                 raise CtrkitError(f"graph=on: capturing the training step failed: {type(e).__name__}: {first}") from None
