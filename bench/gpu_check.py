@@ -14,6 +14,8 @@ beats a killed run):
 - epochs:    one epoch of each model (`--models`) on all `--rows` and one 4-peer mutual epoch
              (`--mutual-peers`), as ctrkit runs them by default (amp auto = bf16, graph auto): the
              issue's target numbers.
+- replicas:  4 seeds of DeepFM as replicas, one batched eager step (what `run_many` does on a GPU;
+             graph mode does not capture replicas): against 4 x the matrix's DeepFM graph row.
 - estimate:  `ctrkit reproduce --profile paper` (both datasets) and the study profile at `--study-rows`
              (Criteo x4) on this device, from epoch times measured here at each profile's preset,
              batch and precision, priced with `ctrkit.notebook.runner.estimate` (every run at its
@@ -262,6 +264,35 @@ def section_mutual(ck: Check) -> None:
                 train(ck, p, data, epochs=2, amp=amp, graph=gr, overlap=o, batch=ck.args.batch_size or 10000)))
 
 
+def section_replicas(ck: Check) -> None:
+    """4 seeds of DeepFM as replicas (one vmapped eager step, what run_many does on a GPU): to set
+    against 4 x the `step DeepFM bf16 graph` row (graph mode does not capture replicas yet)."""
+    data = ck.data.head(ck.step_rows, 10_000)
+    amp = "bf16" if ck.cuda else "off"
+    ck.record(f"replicas 4 x DeepFM seeds {'fp32' if amp == 'off' else amp} eager (batched)", _replicas, ck, data, amp, 4)
+
+
+def _replicas(ck: Check, data, amp: str, k: int) -> dict:
+    from ctrkit import models
+    from ctrkit.core.utils import seed_everything
+    from ctrkit.training.config import RunConfig
+    from ctrkit.training.loop import fit_replicas
+
+    p = ck.preset_of("DeepFM")
+    built = []
+    for i in range(k):
+        seed_everything(ck.args.seed + i)
+        built.append(models.build("DeepFM", data.field_sizes, **p.model))
+    batch = ck.args.batch_size or int(p.train["batch_size"])
+    cfgs = [RunConfig.single(dict(epochs=2, batch_size=batch, seed=ck.args.seed + i, device=str(ck.device), amp=amp,
+                                  progress=False, eval_batch_size=65536, lr=p.train["lr"], patience=5,
+                                  embedding_regularizer=p.train["embedding_regularizer"])) for i in range(k)]
+    res = fit_replicas(built, data, cfgs)
+    secs = [h["seconds"] for h in res[0]["history"]]
+    return {"samples_per_s": k * data.rows["train"] / secs[-1], "epoch_seconds": secs, "batch_size": batch,
+            "amp": res[0]["amp"], "replicas": k, "valid_auc": [r["valid_auc"] for r in res]}
+
+
 def section_fuxictr(ck: Check) -> None:
     """FuxiCTR's own train_step on the same tensors (FUXICTR_SRC: a FuxiCTR snapshot), fp32."""
     src = os.environ.get("FUXICTR_SRC")
@@ -404,7 +435,7 @@ def parse(argv):
     ap.add_argument("--check-rows", type=int, default=500_000, help="rows of the graph == eager check")
     ap.add_argument("--study-rows", type=int, default=CRITEO_X4_TRAIN_ROWS, help="the study estimate's train rows")
     ap.add_argument("--fuxictr-steps", type=int, default=30)
-    ap.add_argument("--sections", default="equal,matrix,mutual,epochs,estimate,fuxictr",
+    ap.add_argument("--sections", default="equal,matrix,mutual,epochs,replicas,estimate,fuxictr",
                     help="which sections, in this order (the default: all, the cheap ones last)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="start nothing new after this many seconds")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"))
@@ -413,7 +444,7 @@ def parse(argv):
 
 
 SECTIONS = {"equal": section_equal, "matrix": section_matrix, "mutual": section_mutual, "estimate": section_estimate,
-            "fuxictr": section_fuxictr, "epochs": section_epochs}
+            "fuxictr": section_fuxictr, "epochs": section_epochs, "replicas": section_replicas}
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,7 @@
 #   mutual   4 x DeepFM and the 4 paper models in one step: eager, graph (peers on streams), graph one stream
 #   epochs   one epoch of DeepFM, DCN, PNN, FiBiNET (BARS x4_001 sizes) and a 4 x DeepFM mutual epoch on
 #            all rows, at ctrkit's defaults (amp auto = bf16, graph auto): the targets
+#   replicas 4 DeepFM seeds as replicas (one batched eager step, what run_many does on a GPU)
 #   estimate `ctrkit reproduce --profile paper` and the study profile (Criteo x4 rows) from epochs timed here
 #   fuxictr  FuxiCTR's own train_step on the same tensors when FUXICTR_SRC points to a FuxiCTR snapshot
 #            (a reczoo/FuxiCTR checkout: its fuxictr/ and model_zoo/); "n/a" otherwise
