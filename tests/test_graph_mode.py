@@ -170,6 +170,14 @@ def test_the_graph_machinery_gives_eager_results_bit_for_bit(criteo_small, cpu_g
     assert cpu_graph.captures == 2 and _same(m_graph, m_eager)
 
 
+def test_a_resumed_graph_run_equals_the_uninterrupted_one(criteo_small, cpu_graph, tmp_path):
+    whole = _fit(criteo_small, "auto", epochs=3)
+    fit(_model("DeepFM", criteo_small), criteo_small, _single(graph="auto", epochs=1), out_dir=tmp_path)
+    resumed = fit(_model("DeepFM", criteo_small), criteo_small, _single(graph="auto", epochs=3), out_dir=tmp_path,
+                  resume=True)
+    assert cpu_graph.captures == 3 and _same({**resumed, "checkpoint": None}, {**whole, "checkpoint": None})
+
+
 def test_an_early_stop_selects_another_capture(criteo_small, cpu_graph):
     # peer 0 stops after epoch 1 (patience 0), then teaches frozen while peer 1 trains on
     peers = ({"lr": 3e-3, "patience": 0}, {"lr": 3e-3})
