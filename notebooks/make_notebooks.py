@@ -196,7 +196,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "alone); FT = finetuning, scratch = from scratch, shared = one embedding table."),
         ("code", "plots.show(plots.paired_gains(reproduce.read_table(cfg.table('fig_variants')), cfg.figure('variants'),\n"
                  "                              x='comparison', hue='model', width=9.0, height=3.2,\n"
-                 "                              caption=reproduce.caption(cfg),\n"
+                 "                              caption=reproduce.caption(reproduce.for_variants(cfg)),\n"
                  "                              title=f'Relatives of mutual learning minus alone, per model ({cfg.dataset})'))"),
         ("md", "## Across datasets: interquartile mean and probability of improvement (stratified bootstrap 95% CIs)"),
         ("code", "reproduce.variants_summary(cfg)"),

@@ -89,6 +89,13 @@ def test_study_overrides_carry_the_batch_of_the_prepared_data(tmp_path):
     assert quick.overrides == {"patience": quick.patience}  # the other profiles: no rule, no file read
 
 
+def test_the_variants_table_and_figure_are_captioned_with_the_variant_seeds(tmp_path):
+    study = reproduce.settings(dataset="criteo", profile="study", out=str(tmp_path / "s"))
+    assert reproduce.for_variants(study).seeds == study.variant_seeds != study.seeds
+    quick = reproduce.settings(dataset="criteo", profile="quick", out=str(tmp_path / "q"))
+    assert reproduce.for_variants(quick) == quick
+
+
 def test_study_plan_leaves_out_the_profile_skips():
     from ctrkit.notebook import runner
 
@@ -112,6 +119,7 @@ def test_tune_runs_a_small_search_and_returns_the_validation_choice(tmp_path):
     best = t.loc[t.groupby("model")["valid_auc_mean"].idxmax()]
     assert best["chosen"].all()  # the highest validation AUC, whatever test says
     assert "1,000 rows (train" in (md := cfg.table("tuning").with_name("criteo_tuning.md").read_text()) and "1 seeds" in md
+    assert "fp32" in md and "unrecorded" not in md  # the tuning store's precision (before any results CSV)
     assert reproduce.tune(dataclasses.replace(cfg, tune=[]), data) == {}
 
 

@@ -350,13 +350,15 @@ def loaded_data(cfg: Settings) -> dict | None:
     return None
 
 
-def caption(cfg: Settings, *, figure: bool = True) -> str:
+def caption(cfg: Settings, *, figure: bool = True, source: Path | None = None) -> str:
     """The provenance line of this run's figures and tables: the data by its own name, its rows per
-    split as loaded (the profile's synthetic count only before the data exists), seeds, precision,
-    profile (and for a figure, what its error bars are)."""
+    split as loaded (the profile's synthetic count only before the data exists), seeds, precision
+    (of the runs in `source`, a store or results CSV, else this run's results), profile (and for a
+    figure, what its error bars are)."""
     from ctrkit.analysis import plots, records
 
-    prec = records.precision(_need_results(cfg)) if cfg.results_csv.exists() else "unrecorded"
+    source = source if source is not None else (cfg.results_csv if cfg.results_csv.exists() else None)
+    prec = records.precision(source) if source is not None else "unrecorded"
     loaded = loaded_data(cfg)
     name = loaded["name"] if loaded else cfg.dataset
     data = (f"synthetic {name.capitalize()}-shaped data" if cfg.data_dir is None and cfg.schema is None
@@ -436,6 +438,11 @@ def variant_grid(cfg: Settings) -> list[dict]:
             dict(peer_sets=models, modes=["mutual"], divergence="kl", share_embedding=True, **scratch)]
 
 
+def for_variants(cfg: Settings) -> Settings:
+    """The settings of 07's table and figure: its seeds (`variant_seeds`, when the profile has them)."""
+    return replace(cfg, seeds=cfg.variant_seeds) if cfg.variant_seeds else cfg
+
+
 # The weight of every run from scratch (02's scratch runs use experiments.run's default).
 SCRATCH_WEIGHT = 1.0
 
@@ -449,6 +456,8 @@ def variants_table(cfg: Settings) -> pd.DataFrame:
 
     p = variants.pairs(_need_results(cfg), dataset=cfg.dataset, models=cfg.models, finetune=chosen(cfg),
                        scratch_weight=SCRATCH_WEIGHT)
+    cfg = for_variants(cfg)  # 02's runs may have more seeds: every row of the table on 07's
+    p = p[p["seed"].isin(cfg.seeds)].reset_index(drop=True)
     t = variants.table(p, variants.seed_churn(p, churn.predictions_dir(cfg.store)))
     for name, df in (("variants_pairs", p), ("variants", t), ("fig_variants", variants.figure_frame(t))):
         with atomic_path(cfg.table(name).with_name(cfg.table(name).name + ".csv")) as tmp:
@@ -501,7 +510,7 @@ def tune(cfg: Settings, data) -> dict[str, dict]:
         cand=[int(m.group(1)) if (m := re.search(r"candidate(\d+)", str(c))) else -1 for c in df["checkpoint"]])
     choice = designs.choose_on_validation(df[df["cand"] >= 0], keys=["cand"], by=["model"])
     table = tables.tuning(df)
-    cap = f"{render.CAPTIONS['tuning']} ({caption(replace(cfg, seeds=seeds), figure=False)})"
+    cap = f"{render.CAPTIONS['tuning']} ({caption(replace(cfg, seeds=seeds), figure=False, source=root / 'store.jsonl')})"
     stem = cfg.table("tuning")
     for fmt in render.FORMATS:
         with atomic_path(stem.with_name(f"{stem.name}.{fmt}")) as tmp:
