@@ -126,8 +126,12 @@ def provenance(*, data: str, rows: int | None = None, seeds: int, precision: str
 
 
 def _caption(fig: plt.Figure, text: str | None) -> None:
+    """The provenance line under the figure: below the axes' lowest label (multi-line tick labels push
+    the axis label under the figure's bottom edge, where a fixed position would overlap it)."""
     if text:
-        fig.text(0.5, -0.02, text, ha="center", va="top", fontsize=6, color="0.3", wrap=True)
+        renderer = fig.canvas.get_renderer()
+        lowest = min(ax.get_tightbbox(renderer).y0 for ax in fig.axes) / fig.bbox.height
+        fig.text(0.5, min(-0.02, lowest - 0.01), text, ha="center", va="top", fontsize=6, color="0.3", wrap=True)
 
 
 def _dodge(ax, df: pd.DataFrame, *, x: str, hue: str, y: str, lo: str, hi: str, order: list, hue_order: list,
