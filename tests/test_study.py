@@ -94,6 +94,8 @@ def test_the_variants_table_and_figure_are_captioned_with_the_variant_seeds(tmp_
     assert reproduce.for_variants(study).seeds == study.variant_seeds != study.seeds
     quick = reproduce.settings(dataset="criteo", profile="quick", out=str(tmp_path / "q"))
     assert reproduce.for_variants(quick) == quick
+    mine = reproduce.settings(dataset="criteo", profile="study", out=str(tmp_path / "s"), seeds=[7, 8, 9, 10, 11])
+    assert mine.variant_seeds == [7, 8, 9]  # a subset of the seeds given, as many as the profile's
 
 
 def test_study_plan_leaves_out_the_profile_skips():

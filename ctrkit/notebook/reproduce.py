@@ -160,8 +160,18 @@ def settings(
         patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
         threads=prof["threads"], amp=prof["amp"], schema=schema, tune=prof.get("tune", []),
         tune_seeds=prof.get("tune_seeds", []), sizes=prof.get("sizes", []), min_steps=prof.get("min_steps"),
-        variant_seeds=prof.get("variant_seeds", []),
+        variant_seeds=_variant_seeds(prof, seeds),
     )
+
+
+def _variant_seeds(prof: dict, seeds: Sequence[int] | None) -> list[int]:
+    """07's seeds: the profile's (`variant_seeds`; [] = all of `seeds`); with `seeds` given, as many of
+    them as the profile has, the profile's own where given, so they stay a subset of the run's seeds."""
+    own = prof.get("variant_seeds") or []
+    if not own or seeds is None:
+        return list(own)
+    kept = [s for s in own if s in seeds]
+    return kept if len(kept) == len(own) else list(seeds)[:len(own)]
 
 
 def train_rows(cfg: Settings) -> int:
