@@ -174,15 +174,27 @@ def _variant_seeds(prof: dict, seeds: Sequence[int] | None) -> list[int]:
     return kept if len(kept) == len(own) else list(seeds)[:len(own)]
 
 
-def train_rows(cfg: Settings) -> int:
-    """The train rows of the prepared data (its feature map), for rules sized by the data; one-line
-    CtrkitError before `dataset(cfg)` has prepared it."""
+def prepared_feature_map(cfg: Settings) -> dict | None:
+    """The feature map of the prepared data (`data_dir`'s, else OUT/data/<dataset>/data's); None
+    before `dataset(cfg)` has prepared it."""
     for folder in ([cfg.data_dir] if cfg.data_dir else []) + [cfg.data_path / "data"]:
         try:
-            return int(json.loads((Path(folder) / "feature_map.json").read_text())["rows"]["train"])
-        except (OSError, ValueError, KeyError, TypeError):
+            fm = json.loads((Path(folder) / "feature_map.json").read_text())
+        except (OSError, ValueError):
             continue
-    raise CtrkitError(f"profile {cfg.profile}: the data of {cfg.dataset} is not prepared yet (call dataset(cfg) first)")
+        if isinstance(fm, dict):
+            return fm
+    return None
+
+
+def train_rows(cfg: Settings) -> int:
+    """The train rows of the prepared data, for rules sized by the data; one-line CtrkitError before
+    `dataset(cfg)` has prepared it."""
+    try:
+        return int(prepared_feature_map(cfg)["rows"]["train"])
+    except (TypeError, KeyError, ValueError):
+        raise CtrkitError(f"profile {cfg.profile}: the data of {cfg.dataset} is not prepared yet "
+                          f"(call dataset(cfg) first)") from None
 
 
 def dataset(cfg: Settings):

@@ -421,14 +421,8 @@ def estimate_line(job: Job, notebooks: Sequence[str], sizes: dict) -> str | None
     from ctrkit.notebook import reproduce
 
     cfg = reproduce.settings(**job.parameters)
-    fm = None
-    for folder in ([cfg.data_dir] if cfg.data_dir else []) + [cfg.data_path / "data"]:
-        try:
-            fm = json.loads((Path(folder) / "feature_map.json").read_text())
-            break
-        except (OSError, json.JSONDecodeError):
-            continue
-    if not isinstance(fm, dict) or "fields" not in fm or "rows" not in fm:
+    fm = reproduce.prepared_feature_map(cfg)
+    if fm is None or "fields" not in fm or "rows" not in fm:
         return None
     bars_data = (fm.get("dataset"), fm.get("protocol")) if fm.get("dataset") and fm.get("protocol") else None
     secs = estimate(sizes, epoch_seconds([int(f["vocab_size"]) for f in fm["fields"]], int(fm["rows"]["train"]),

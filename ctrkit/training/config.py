@@ -238,8 +238,7 @@ class RunConfig:
         set_("weight", stored_weight(self.mode, self.weight))
         for name in ("warmup_steps", "epochs", "batch_size", "seed", "eval_batch_size", "check_every"):
             _check_int("train config", name, getattr(self, name), 0 if name in ("warmup_steps", "seed", "epochs") else 1)
-        if self.amp not in AMP_CHOICES:
-            raise CtrkitError(f"train config amp: expected one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+        _check_choice("amp", self.amp, AMP_CHOICES)
         _check_choice("graph", self.graph, GRAPH_CHOICES)
         set_("device", str(self.device))
         if self.threads not in (None, "auto"):

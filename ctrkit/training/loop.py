@@ -456,6 +456,7 @@ def _finish(run: _Run, threads: int, t0: float) -> dict:
              "stopped_early": bool(p.trainable and p.tracker.stopped),
              "hparams": p.hparams, "train_config": config.train_dict(p.index)} for p in peers]
     extra = exchange.result_extra(st.train_seconds, peers, config.batch_size)
+    sps = st.train_samples / st.train_seconds if st.train_seconds > 0 else None
     result = {
         "mode": config.mode, "weight": config.weight, "divergence": config.divergence,
         "epochs": len(st.history), "seconds": time.perf_counter() - t0,
@@ -467,8 +468,8 @@ def _finish(run: _Run, threads: int, t0: float) -> dict:
         "history": st.history, "fingerprint": data.fingerprint, "dataset": data.dataset,
         "config": config.run_dict(), "amp": "bf16" if run.amp_dtype is torch.bfloat16 else "off",
         "train_seconds": st.train_seconds,
-        "samples_per_s": st.train_samples / st.train_seconds if st.train_seconds > 0 else None,
-        "env": {**env_info(exchange.device, config.seed), "torch_threads": threads, **_env_speed(run)}, **extra,
+        "samples_per_s": sps,
+        "env": {**env_info(exchange.device, config.seed), "torch_threads": threads, **_env_speed(run, sps)}, **extra,
     }
     if run.out is not None:
         for p in peers:
@@ -481,11 +482,10 @@ def _finish(run: _Run, threads: int, t0: float) -> dict:
     return result
 
 
-def _env_speed(run: _Run) -> dict:
+def _env_speed(run: _Run, sps: float | None) -> dict:
     """CUDA only (nothing on a CPU): whether the graph ran, samples/s, FLOPs per sample, peak, mfu."""
     if run.flops is None:
         return {}
-    sps = run.st.train_samples / run.st.train_seconds if run.st.train_seconds > 0 else None
     return {"graph": run.graph, **metrics.throughput(sps, run.flops, run.peak)}
 
 
