@@ -28,6 +28,7 @@ from ctrkit.core.utils import CtrkitError
 from ctrkit.experiments import runs
 from ctrkit.experiments.runs import PretrainSpec, RunSpec, seed_dir
 from ctrkit.experiments.store import records_to_frame
+from ctrkit.experiments.workers import check_workers
 from ctrkit.training.config import weight_matters
 
 __all__ = ["pretrain_baselines", "run", "run_one", "expand", "seed_dir"]
@@ -40,21 +41,20 @@ def pretrain_baselines(data, models: Sequence[str], ckpt_dir: str | Path, *, see
     settings is reused, an interrupted one resumed, unless `force`). `settings`: `PretrainSpec`
     fields (preset, epochs, overrides, device, threads, amp). A model's seeds train together as
     replicas (`runs.pretrain_many`, at most `max_replicas` (a keyword; default: 8 on a GPU, 1 on the
-    CPU) per step; 1: one by one, bit for bit as before); the records are the same within `ctrkit.training.replicas`'s tolerance."""
+    CPU) per step; 1: one by one, bit for bit as before); the records are the same within `ctrkit.training.replicas`'s tolerance.
+    `workers` (a keyword; default 1): processes the (label, seeds) groups are spread over
+    (`ctrkit.experiments.workers`; "auto": the CPU's cores / `threads`, 1 on CUDA)."""
     seeds, labels = list(seeds), list(models)
     max_replicas = settings.pop("max_replicas", None) or runs.default_max_replicas(settings.get("device", "auto"))
-    recs: dict = {}
+    workers = check_workers(settings.pop("workers", 1))  # a bad value fails before any run
+    groups = [group for label in labels  # one label's seeds train together as replicas
+              for group in _chunks([PretrainSpec.from_dict({**settings, "model": label, "seed": seed, "progress": False})
+                                    for seed in seeds], max_replicas)]
     bar = tqdm(total=len(seeds) * len(labels), desc="baselines", disable=not progress)
-    for label in labels:  # one label's seeds train together as replicas
-        specs = [PretrainSpec.from_dict({**settings, "model": label, "seed": seed, "progress": False})
-                 for seed in seeds]
-        for group in _chunks(specs, max_replicas):
-            done = runs.pretrain_many(group, data, out_dirs=[seed_dir(ckpt_dir, s.seed) / s.label for s in group],
-                                      store=store, force=force)
-            for spec, (_, rec) in zip(group, done):
-                recs[(spec.seed, label)] = rec
-            bar.update(len(group))
+    done = runs.pretrain_groups(groups, data, out_dirs=[[seed_dir(ckpt_dir, s.seed) / s.label for s in g] for g in groups],
+                                store=store, force=force, workers=workers, progress=lambda k: bar.update(len(groups[k])))
     bar.close()
+    recs = {(spec.seed, spec.model): rec for group, out in zip(groups, done) for spec, (_, rec) in zip(group, out)}
     recs = [recs[(seed, label)] for seed, label in itertools.product(seeds, labels)]
     return records_to_frame(recs)
 
@@ -113,8 +113,11 @@ def run(data, peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(202
     of every run, e.g. the baselines' patience for runs from scratch); `progress` shows the runs' bar.
     Runs that differ only in seed, weight and finetuning lr scale train together as replicas
     (`runs.execute_many`, at most `max_replicas` per step; default: 8 on a GPU, 1 on the CPU, where
-    replicas measured slower; 1: one by one, bit for bit as before)."""
+    replicas measured slower; 1: one by one, bit for bit as before). `workers` (default 1): processes
+    the runs (their replica groups) are spread over, each run's result the one it gives alone
+    (`ctrkit.experiments.workers`; "auto": the CPU's cores / `threads`, 1 on CUDA)."""
     progress, max_replicas = settings.pop("progress", True), settings.pop("max_replicas", None)
+    workers = check_workers(settings.pop("workers", 1))  # a bad value fails before any run
     weight, lr_scale = settings.pop("weight", 1.0), settings.pop("finetune_lr_scale", 0.1)
     ckpt_dir = settings.pop("ckpt_dir", None)
     specs = []
@@ -134,6 +137,6 @@ def run(data, peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(202
         bar.set_postfix_str(f"{'+'.join(spec.peers)} {spec.init} {spec.mode} x{len(todo)}")
 
     recs, _ = runs.execute_many(specs, data, store=store, force=force, max_replicas=max_replicas,
-                                progress=lambda todo: (show(todo), bar.update(len(todo))))
+                                progress=lambda todo: (show(todo), bar.update(len(todo))), workers=workers)
     bar.close()
     return records_to_frame([r for run_recs in recs for r in run_recs])

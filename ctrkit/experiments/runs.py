@@ -23,6 +23,7 @@ from ctrkit.core.utils import CtrkitError, resolve_device, seed_everything
 from ctrkit.experiments import churn
 from ctrkit.experiments.record import make_records
 from ctrkit.experiments.store import ResultsStore
+from ctrkit.experiments.workers import check_workers, default_workers, resolve_workers, run_jobs
 from ctrkit.models import build, hparam_defaults
 from ctrkit.models.layers import FeatureEmbedding
 from ctrkit.training import checkpoint, presets
@@ -36,7 +37,8 @@ from ctrkit.training.mutual import make_peers, mutual_fit
 
 __all__ = ["INITS", "MODES", "RunSpec", "PretrainSpec", "run", "execute", "records", "pretrain", "peer_labels",
            "split_label", "checkpoint_path", "seed_dir", "run_key", "summary", "apply_overrides", "run_many",
-           "execute_many", "pretrain_many", "replica_groups", "default_max_replicas"]
+           "execute_many", "pretrain_many", "pretrain_groups", "replica_groups", "default_max_replicas",
+           "default_workers"]
 
 
 def checkpoint_path(ckpt_dir: str | Path, label: str) -> Path:
@@ -391,40 +393,99 @@ def _fits_memory(models: Sequence, batch_size: int, num_fields: int, k: int) -> 
 
 def execute_many(specs: Sequence[RunSpec], data, *, store=None, force: bool = False,
                  out_dirs: Sequence[str | Path | None] | None = None, max_replicas: int | None = None,
-                 progress=None) -> tuple[list[list[dict]], list[bool]]:
+                 progress=None, workers: int | str = 1) -> tuple[list[list[dict]], list[bool]]:
     """`execute` of many runs, those that differ only in seed (and weight, lr scale) trained together
     as replicas (`replica_groups`, `run_many`), each still recorded under its own run key in one
     append. Runs already in the store are skipped (unless `force`); a group's run keys are all claimed
     while it trains. With `out_dirs` (one per spec) a killed group resumes each run from its own last
     checkpoint. `max_replicas`: runs per group (None: `default_max_replicas` of the device; 1: every
-    run alone, bit for bit as `execute`). `progress(spec_indices)` is called before each group. Returns (records, skipped) per spec."""
+    run alone, bit for bit as `execute`). `workers`: processes the groups are spread over
+    (`ctrkit.experiments.workers`; "auto": `default_workers`; 1: one group after another in this
+    process). `progress(spec_indices)` is called before each group (with workers: as each group
+    finishes). Returns (records, skipped) per spec."""
     st = _store(store)
     out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(specs)
     recs: list = [None] * len(specs)
     skipped = [False] * len(specs)
-    for group in replica_groups(specs, max_replicas):
-        keys = {i: specs[i].key(data.fingerprint) for i in group}
-        with contextlib.ExitStack() as claims:
-            for key in sorted(set(keys.values())) if st is not None else ():
-                claims.enter_context(st.claim(key))
-            todo = []
-            for i in group:
-                done = None if st is None or force else st.run_records(keys[i])
-                if done:
-                    recs[i], skipped[i] = done, True
-                else:
-                    todo.append(i)
-            if progress is not None and todo:
-                progress(todo)
-            for i, result in zip(todo, _run_group([specs[i] for i in todo], data, [out_dirs[i] for i in todo],
-                                                  resume=not force)):
-                recs[i] = records(specs[i], result, data)
-                if st is not None:
-                    if "test_probs" in result:  # as `execute` does: a stored run has its test predictions
-                        churn.save_predictions(churn.predictions_dir(st.path), keys[i], specs[i].peers,
-                                               result["test_probs"])
-                    st.append(recs[i])
+    groups = replica_groups(specs, max_replicas)
+    if workers != 1:
+        groups, spread = _spread_groups(specs, groups, data, st, force, out_dirs, progress, workers)
+        for i, (r, s) in spread.items():
+            recs[i], skipped[i] = r, s
+    for group in groups:
+        show = (lambda todo, group=group: progress([group[j] for j in todo])) if progress is not None else None
+        for i, (r, s) in zip(group, _execute_group([specs[i] for i in group], data, st, [out_dirs[i] for i in group],
+                                                   force=force, progress=show)):
+            recs[i], skipped[i] = r, s
     return recs, skipped
+
+
+def _execute_group(specs: list[RunSpec], data, st: ResultsStore | None, out_dirs: list, *, force: bool,
+                   progress=None) -> list[tuple[list[dict], bool]]:
+    """One replica group of `execute_many`: its run keys claimed, those in the store skipped, the rest
+    trained together and recorded. `progress(local indices)` before training. (records, skipped) per spec."""
+    keys = [spec.key(data.fingerprint) for spec in specs]
+    out: list = [None] * len(specs)
+    with contextlib.ExitStack() as claims:
+        for key in sorted(set(keys)) if st is not None else ():
+            claims.enter_context(st.claim(key))
+        todo = []
+        for j, key in enumerate(keys):
+            done = None if st is None or force else st.run_records(key)
+            if done:
+                out[j] = (done, True)
+            else:
+                todo.append(j)
+        if progress is not None and todo:
+            progress(todo)
+        for j, result in zip(todo, _run_group([specs[j] for j in todo], data, [out_dirs[j] for j in todo],
+                                              resume=not force)):
+            recs = records(specs[j], result, data)
+            if st is not None:
+                if "test_probs" in result:  # as `execute` does: a stored run has its test predictions
+                    churn.save_predictions(churn.predictions_dir(st.path), keys[j], specs[j].peers,
+                                           result["test_probs"])
+                st.append(recs)
+            out[j] = (recs, False)
+    return out
+
+
+def _group_task(data, specs: list[RunSpec], out_dirs: list, store_path, force: bool) -> list:
+    """`_execute_group` in a worker process (its own handle on the store)."""
+    st = ResultsStore(store_path) if store_path is not None else None
+    return _execute_group(specs, data, st, out_dirs, force=force)
+
+
+def _spread_groups(specs, groups: list[list[int]], data, st, force: bool, out_dirs: list, progress,
+                   workers) -> tuple[list[list[int]], dict]:
+    """The groups still to train run on worker processes when there is more than one of them and
+    `workers` resolves to more than one process. Returns (the groups left to the sequential path: all
+    or none, {spec index: (records, skipped)} of the groups done here or found wholly in the store)."""
+    check_workers(workers)
+    found, todo = {}, []
+    for group in groups:
+        done = [None if st is None or force else st.run_records(specs[i].key(data.fingerprint)) for i in group]
+        if all(done):
+            found.update({i: (d, True) for i, d in zip(group, done)})
+        else:
+            todo.append(group)
+    n = resolve_workers(workers, specs[0].device, specs[0].threads, len(todo)) if todo else 1
+    if n <= 1:
+        return todo, found
+    jobs = [([specs[i] for i in g], [out_dirs[i] for i in g], st.path if st is not None else None, force)
+            for g in todo]
+    names = [_run_name(specs[g[0]], len(g)) for g in todo]
+    for k, out in run_jobs(_group_task, jobs, data, n, names=names):
+        found.update(zip(todo[k], out))
+        ran = [i for i, (_, s) in zip(todo[k], out) if not s]
+        if progress is not None and ran:
+            progress(ran)
+    return [], found
+
+
+def _run_name(spec: RunSpec, k: int) -> str:
+    more = f" (+{k - 1} replicas)" if k > 1 else ""
+    return f"run {'+'.join(spec.peers)} {spec.init} {spec.mode} seed {spec.seed}{more}"
 
 
 def _run_group(specs: list[RunSpec], data, out_dirs: list, *, resume: bool) -> list[dict]:
@@ -458,3 +519,37 @@ def pretrain_many(specs: Sequence[PretrainSpec], data, *, out_dirs: Sequence[str
         for j, result in zip(todo, results):
             j["result"] = _keyed(result, j["key"], j["out"])
     return [_pretrain_record(j, data, store, force) for j in jobs]
+
+
+def pretrain_groups(groups: Sequence[Sequence[PretrainSpec]], data, *, out_dirs: Sequence[Sequence],
+                    store=None, force: bool = False, workers: int | str = 1, progress=None) -> list[list[tuple]]:
+    """`pretrain_many` of each group (one label's seeds: replicas), with its `out_dirs`, one group after
+    another (`workers` 1) or spread over worker processes (`ctrkit.experiments.workers`; "auto":
+    `default_workers`); groups whose checkpoints are all reusable are recorded here, not sent.
+    `progress(group index)` as each group finishes. Returns each group's (result, record) per spec."""
+    out: list = [None] * len(groups)
+    if workers != 1:
+        check_workers(workers)
+        todo = [k for k, (g, o) in enumerate(zip(groups, out_dirs))
+                if force or any(_pretrain_job(s, data, d, force)["result"] is None for s, d in zip(g, o))]
+        n = resolve_workers(workers, groups[0][0].device, groups[0][0].threads, len(todo)) if todo else 1
+        if n > 1:
+            st = _store(store)
+            jobs = [(list(groups[k]), list(out_dirs[k]), st.path if st is not None else None, force) for k in todo]
+            names = [f"baseline {groups[k][0].label} seed {groups[k][0].seed}"
+                     + (f" (+{len(groups[k]) - 1} replicas)" if len(groups[k]) > 1 else "") for k in todo]
+            for j, done in run_jobs(_pretrain_task, jobs, data, n, names=names):
+                out[todo[j]] = done
+                if progress is not None:
+                    progress(todo[j])
+    for k in range(len(groups)):
+        if out[k] is None:
+            out[k] = pretrain_many(groups[k], data, out_dirs=out_dirs[k], store=store, force=force)
+            if progress is not None:
+                progress(k)
+    return out
+
+
+def _pretrain_task(data, specs: list[PretrainSpec], out_dirs: list, store_path, force: bool) -> list[tuple]:
+    """`pretrain_many` in a worker process (its own handle on the store)."""
+    return pretrain_many(specs, data, out_dirs=out_dirs, store=store_path, force=force)

@@ -1,0 +1,127 @@
+"""Run-level worker processes: independent jobs of one grid (runs, baselines) spread over processes.
+
+On the CPU a run trains on `threads` cores (1 in the synthetic profiles), so on a machine with more
+cores the others idle while a grid's runs go one after another; replicas (`ctrkit.training.replicas`)
+do not help there (measured slower). Each worker process trains whole runs with the sequential code,
+so a run's result is the one it gives alone (same seed, same threads: the same numbers) and the
+grid's tables do not depend on `workers`. All workers append to the same results store (its
+appends and run claims are file-locked).
+
+`default_workers` is the one rule for `workers="auto"`. Processes start from a forkserver, not by
+fork: the parent is often a Jupyter kernel with threads of its own, and a fork copies their locks in
+whatever state they are in. The dataset is sent to each worker once (the pool's initializer); a
+worker reads its splits from disk itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any, Callable, Iterator, Sequence
+
+from ctrkit.core.utils import CtrkitError, _usable_cores, resolve_device
+
+__all__ = ["check_workers", "default_workers", "resolve_workers", "run_jobs"]
+
+# Imported once by the forkserver, so each worker forks from a process that has torch and ctrkit loaded
+# (a bare spawn re-imports torch per worker).
+_PRELOAD = ["ctrkit.experiments.runs"]
+_DATA: Any = None  # the dataset of this worker process, set by `_init`
+
+
+def check_workers(workers) -> int | str:
+    """`workers` as given when valid (a positive int or "auto"); one-line CtrkitError otherwise."""
+    if isinstance(workers, str) and workers.strip().lower() == "auto":
+        return "auto"
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise CtrkitError(f"workers must be a positive int or 'auto', got {workers!r}")
+    return workers
+
+
+def default_workers(device: str, threads) -> int:
+    """`workers="auto"`: 1 on CUDA (there a grid's seeds batch as replicas instead); on the CPU the
+    usable cores (affinity, cgroup quota) divided by each run's `threads`, at least 1. `threads`
+    "auto"/None means one run takes the free cores itself (`ctrkit.core.utils.resolve_threads`), so
+    it leaves nothing to spread: 1 worker (several workers each taking "all free cores" would
+    oversubscribe the machine)."""
+    if resolve_device(device).type == "cuda":
+        return 1
+    if threads is None or (isinstance(threads, str) and threads.strip().lower() == "auto"):
+        return 1
+    return max(1, _usable_cores() // max(1, int(threads)))
+
+
+def resolve_workers(workers, device: str, threads, jobs: int) -> int:
+    """The number of processes for `jobs` independent jobs: `workers` (or `default_workers` for
+    "auto"), never more than the jobs."""
+    workers = check_workers(workers)
+    n = default_workers(device, threads) if workers == "auto" else workers
+    return max(1, min(n, jobs))
+
+
+def _portable(data):
+    """The dataset without its cache of loaded tensors (a worker loads its own)."""
+    return dataclasses.replace(data) if dataclasses.is_dataclass(data) else data
+
+
+def _init(data) -> None:
+    global _DATA
+    _DATA = data
+
+
+def _call(fn: Callable, args: tuple) -> tuple[bool, Any]:
+    """`fn(data, *args)` in a worker: (True, its result) or (False, the error in one line)."""
+    try:
+        return True, fn(_DATA, *args)
+    except Exception as e:  # noqa: BLE001 - any failure comes back as one line; the parent raises it
+        line = (str(e).strip().splitlines() or [""])[0]
+        return False, f"{type(e).__name__}: {line}" if not isinstance(e, CtrkitError) else line
+
+
+def _context():
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)  # only before the forkserver's first start; harmless after
+    return ctx
+
+
+def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *, names: Sequence[str]) -> Iterator[tuple[int, Any]]:
+    """`fn(data, *jobs[i])` for every job on `workers` processes, yielded as (i, result) as each
+    finishes (in the jobs' order of submission, not of finishing). A failed job: the jobs not started
+    are cancelled, those running finish (and record), then CtrkitError naming `names[i]` and the error.
+    Interrupted (KeyboardInterrupt, or the caller stops iterating): the workers are terminated."""
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_init,
+                               initargs=(_portable(data),))
+    clean = False
+    try:
+        futures = {pool.submit(_call, fn, tuple(job)): i for i, job in enumerate(jobs)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=futures.get):
+                i = futures[fut]
+                ok, value = _outcome(fut, names[i])
+                if not ok:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    clean = True
+                    raise CtrkitError(f"{names[i]} failed in a worker process: {value}")
+                yield i, value
+        clean = True
+    finally:
+        if not clean:
+            _terminate(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _outcome(fut, name: str) -> tuple[bool, Any]:
+    try:
+        return fut.result()
+    except Exception as e:  # noqa: BLE001 - the worker died (killed, out of memory): BrokenProcessPool
+        return False, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now (their runs' claims are flocks, freed when they die; nothing is recorded)."""
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        if p.is_alive():
+            p.terminate()

@@ -1,0 +1,120 @@
+"""Run-level worker processes (ctrkit.experiments.workers): a grid's runs and baselines spread over
+processes give exactly the records of the same grid run one after another (same seed, one thread:
+the same numbers), a partial store resumes without re-running what it holds, a failing run in a
+worker is one CtrkitError naming it, and bad `workers` values are rejected."""
+import json
+
+import pytest
+
+from ctrkit import data as ctrdata
+from ctrkit import experiments
+from ctrkit.core.utils import CtrkitError, _usable_cores
+from ctrkit.experiments import runs, workers
+
+# what differs between two executions of the same run: wall time, machine, when and where it was written
+VOLATILE = {"seconds", "env_info", "append_id", "written_at", "checkpoint"}
+RUN = dict(inits=["scratch"], modes=["mutual", "alone"], preset="smoke", epochs=2, device="cpu", threads=1,
+           progress=False)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return ctrdata.synthetic_dataset("criteo", 1000, tmp_path_factory.mktemp("workers_data"), seed=2021)
+
+
+def _stored(path):
+    """The store's records without the volatile fields, in a fixed order (workers append as runs finish)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+    return sorted(rows, key=lambda r: (r["run_key"], r["peer"]))
+
+
+def test_run_with_workers_equals_sequential(small, tmp_path):
+    seeds = [1, 2, 3]
+    experiments.run(small, [["DeepFM", "DCN"]], seeds=seeds, store=tmp_path / "one.jsonl", **RUN)
+    experiments.run(small, [["DeepFM", "DCN"]], seeds=seeds, store=tmp_path / "two.jsonl", workers=2, **RUN)
+    one, two = _stored(tmp_path / "one.jsonl"), _stored(tmp_path / "two.jsonl")
+    assert len(one) == 2 * 2 * len(seeds)  # 2 modes x 3 seeds, 2 peers each
+    assert two == one  # exactly: AUCs, loglosses, best epochs, epochs run, configs
+    assert len({r["test_auc"] for r in one}) > len(seeds)  # different seeds, different numbers
+
+
+def test_execute_many_with_workers_equal_records_and_predictions(small, tmp_path):
+    """`runs.execute_many` returns the same records in spec order, and the test predictions saved
+    beside each store are equal byte for byte."""
+    specs = [runs.RunSpec(peers=("DeepFM",), mode="alone", init="scratch", seed=s, preset="smoke", epochs=2,
+                          device="cpu", threads=1, progress=False) for s in (4, 5)]
+    a, _ = runs.execute_many(specs, small, store=tmp_path / "a" / "s.jsonl")
+    b, skipped = runs.execute_many(specs, small, store=tmp_path / "b" / "s.jsonl", workers=2)
+    assert skipped == [False, False]
+    strip = lambda recs: [[{k: v for k, v in r.items() if k not in VOLATILE} for r in rs] for rs in recs]  # noqa: E731
+    assert strip(a) == strip(b)
+    pa = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.npy"))
+    pb = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.npy"))
+    assert pa == pb and pa
+    for p in pa:
+        assert (tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes()
+
+
+def test_pretrain_baselines_with_workers_equals_sequential(small, tmp_path):
+    kw = dict(seeds=[1, 2], preset="smoke", epochs=2, device="cpu", threads=1, progress=False)
+    experiments.pretrain_baselines(small, ["DeepFM", "DCN"], tmp_path / "c1", store=tmp_path / "one.jsonl", **kw)
+    df = experiments.pretrain_baselines(small, ["DeepFM", "DCN"], tmp_path / "c2", store=tmp_path / "two.jsonl",
+                                        workers=2, **kw)
+    assert _stored(tmp_path / "two.jsonl") == _stored(tmp_path / "one.jsonl")
+    assert list(zip(df["seed"], df["peer"])) == [(1, "DeepFM"), (1, "DCN"), (2, "DeepFM"), (2, "DCN")]
+    assert all((tmp_path / "c2" / f"seed{s}" / m / "best.pt").is_file() for s in (1, 2) for m in ("DeepFM", "DCN"))
+
+
+def test_partial_store_resumes_without_rerunning(small, tmp_path):
+    """A store that holds some of the grid's runs (a killed reproduction): workers=2 trains only the
+    others, leaves the stored ones as they were, and ends with the sequential grid's records."""
+    grid = dict(seeds=[1, 2, 3], **{**RUN, "modes": ["alone"]})
+    experiments.run(small, [["DeepFM"]], store=tmp_path / "full.jsonl", **grid)
+    lines = (tmp_path / "full.jsonl").read_text().splitlines()
+    (tmp_path / "part.jsonl").write_text(lines[0] + "\n")  # only the first run was recorded
+    experiments.run(small, [["DeepFM"]], store=tmp_path / "part.jsonl", workers=2, **grid)
+    after = (tmp_path / "part.jsonl").read_text().splitlines()
+    assert after[0] == lines[0] and len(after) == len(lines)  # kept, not re-run or appended again
+    assert _stored(tmp_path / "part.jsonl") == _stored(tmp_path / "full.jsonl")
+    again = (tmp_path / "part.jsonl").read_text()
+    experiments.run(small, [["DeepFM"]], store=tmp_path / "part.jsonl", workers=2, **grid)  # all stored: no pool
+    assert (tmp_path / "part.jsonl").read_text() == again
+
+
+def test_failing_run_in_worker_is_one_line_error(small, tmp_path):
+    for seed in (1, 2):
+        bad = runs.checkpoint_path(tmp_path / "ck" / f"seed{seed}", "DeepFM")
+        bad.parent.mkdir(parents=True)
+        bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CtrkitError) as err:
+        experiments.run(small, [["DeepFM"]], inits=["pretrained"], modes=["alone"], seeds=[1, 2],
+                        ckpt_dir=tmp_path / "ck", preset="smoke", device="cpu", threads=1, progress=False,
+                        store=tmp_path / "s.jsonl", workers=2)
+    msg = str(err.value)
+    assert "\n" not in msg and "failed in a worker process" in msg
+    assert "DeepFM" in msg and "alone" in msg and "seed 1" in msg and "best.pt" in msg
+    assert not (tmp_path / "s.jsonl").exists() or not (tmp_path / "s.jsonl").read_text().strip()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "two", True, None])
+def test_bad_workers_rejected(small, tmp_path, bad):
+    with pytest.raises(CtrkitError, match=r"^workers must be a positive int or 'auto'"):
+        experiments.run(small, [["DeepFM"]], seeds=[1, 2], store=tmp_path / "s.jsonl", workers=bad,
+                        **{**RUN, "modes": ["alone"]})
+    with pytest.raises(CtrkitError, match=r"^workers must be"):
+        experiments.pretrain_baselines(small, ["DeepFM"], tmp_path / "ck", seeds=[1, 2], workers=bad, preset="smoke",
+                                       device="cpu", threads=1, progress=False)
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_default_workers_rule():
+    cores = _usable_cores()
+    assert workers.default_workers("cpu", 1) == cores
+    assert workers.default_workers("cpu", 2) == max(1, cores // 2)
+    assert workers.default_workers("cpu", "auto") == 1 and workers.default_workers("cpu", None) == 1
+    assert workers.resolve_workers("auto", "cpu", 1, jobs=1) == 1  # never more processes than jobs
+    assert workers.resolve_workers(8, "cpu", 1, jobs=3) == 3
+    assert workers.resolve_workers(" AUTO ", "cpu", "auto", jobs=5) == 1
+    with pytest.raises(CtrkitError, match="^workers must be"):
+        runs.execute_many([], None, workers=0)
