@@ -177,6 +177,9 @@ def _add_reproduce(sub) -> None:
     s.add_argument("--figures", default=None, help="also copy the figures here (the README's command: figures/)")
     s.add_argument("--device", default="auto")
     s.add_argument("--force", action="store_true")
+    s.add_argument("--jobs", default="1", metavar="N|auto",
+                   help="notebooks run at once, their dependencies allowing (default 1: one after another, in "
+                        "order); auto: the CPU cores / the profile's threads per run, 1 on CUDA")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,11 +379,25 @@ def cmd_table(args):
     print(render.render(args.name, df, args.format))
 
 
+def _jobs_arg(value: str) -> int | str:
+    """--jobs: 'auto' as is, else an integer >= 1."""
+    if value == "auto":
+        return value
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise CtrkitError(f"--jobs {value!r}: an integer >= 1 or 'auto'")
+    return jobs
+
+
 def cmd_reproduce(args):
     from ctrkit.notebook import runner
 
     res = runner.run(runner.Reproduction(dataset=args.dataset, profile=args.profile, data=args.data, out=args.out,
-                                         figures=args.figures, device=args.device, force=args.force),
+                                         figures=args.figures, device=args.device, force=args.force,
+                                         jobs=_jobs_arg(args.jobs)),
                      log=lambda m: print(m, flush=True))
     print(f"ran {len(res['ran'])} notebook(s), skipped {len(res['skipped'])} already done, {res['seconds']:.0f} s")
     print(f"index:     {res['index']} (and {res['html']})")

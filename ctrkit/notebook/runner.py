@@ -1,4 +1,5 @@
-"""`ctrkit reproduce`: run the notebooks in order with papermill, collect tables and figures, index them.
+"""`ctrkit reproduce`: run the notebooks with papermill (in order, or `jobs` at a time as a dependency
+graph), collect tables and figures, index them.
 
 A notebook already run with the same parameters, profile sizes and notebook file (its `.done` marker
 holds their hash) is skipped; a failing one stops the run with one line naming the notebook and cell.
@@ -17,10 +18,13 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import multiprocessing
+import os
 import shutil
 import threading
 import time
-from contextlib import contextmanager
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -116,54 +120,223 @@ class Reproduction:
     figures: str | None = None  # also copy the figures (and the Markdown tables) here
     force: bool = False  # re-run the notebooks already done with the same parameters
     only: Sequence[str] | None = None  # run only these notebooks of the plan
+    jobs: int | str = 1  # notebooks run at once (their dependencies allowing); "auto": see `parallel_jobs`
 
 
 def run(request: Reproduction, *, progress: bool = True, notebooks_dir: str | Path | None = None,
         log=print, progress_every: float | None = 60.0) -> dict:
     """Run the notebooks of `plan()` with papermill; skip those already done with the same parameters.
 
+    With `request.jobs` 1 they run one after another in plan order; with more, as a dependency graph
+    (`NEEDS`, `EXPORTS`), up to that many at once, each in a worker process (papermill's progress bar
+    off: two would garble each other).
     Before a dataset's first training notebook it logs the estimated time of the ones left to run
     (`estimate_line`), and every `progress_every` seconds of a notebook the runs recorded of those
     planned (None: no progress lines).
-    A failing notebook raises CtrkitError naming the notebook, the cell and the error; the partly
+    A failing notebook raises CtrkitError naming the notebook, the cell and the error (with jobs > 1:
+    the first failure, after the notebooks still running finished; nothing new starts); the partly
     executed notebook is kept as <name>.failed.ipynb and finished notebooks stay done.
     Returns {"out", "index", "tables", "figures", "notebooks", "ran", "skipped", "seconds"}.
     """
     from ctrkit.core.utils import resolve_device
 
-    resolve_device(request.device)  # fail early on --device cuda without CUDA
+    device = resolve_device(request.device)  # fail early on --device cuda without CUDA
     nb_dir = Path(notebooks_dir) if notebooks_dir else NOTEBOOK_DIR
     out_dir = Path(request.out).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     sizes = PROFILES[request.profile]
+    jobs = parallel_jobs(request.jobs, sizes, device.type)
+    out_dir.mkdir(parents=True, exist_ok=True)
     todo = _todo(_jobs(request), nb_dir, out_dir, sizes, force=request.force)
-    ran, skipped, t0, estimated = [], [], time.perf_counter(), set()
-    for i, (job, src, digest, pending) in enumerate(todo, 1):
-        marker = out_dir / ".done" / f"{job.name}.json"
-        step = f"[{i}/{len(todo)}] {job.name}"
-        if not pending:
-            log(f"{step}: done before with the same parameters, skipped")
-            skipped.append(job.name)
-            continue
-        planned = workload(sizes).get(job.notebook, (0, 0.0))[0]
-        if planned and job.dataset not in estimated:
-            estimated.add(job.dataset)
-            _log_estimate(job, [j.notebook for j, _, _, p in todo if p and j.dataset == job.dataset], sizes, log)
-        log(f"{step} ...")
-        marker.unlink(missing_ok=True)
-        start = time.perf_counter()
-        with _watch(step, out_dir / job.dataset, planned, log, progress_every):
-            dest = _execute(job, src, out_dir, timeout=sizes["execution_timeout"], progress=progress)
-        seconds = time.perf_counter() - start
-        write_json_atomic(marker, {"hash": digest, "parameters": job.parameters, "seconds": round(seconds, 1),
-                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        log(f"{step}: {seconds:.0f} s -> {dest}")
-        ran.append(job.name)
+    t0, steps = time.perf_counter(), _Steps(todo, out_dir, sizes, log, progress_every)
+    if jobs == 1:
+        ran, skipped = _run_in_order(steps, progress=progress)
+    else:
+        ran, skipped = _run_graph(steps, jobs)
+        _variants_summary_again([todo[i][0] for i in ran])
     result = write_index(out_dir, profile=request.profile)
     if request.figures:
         result["copied_figures"] = copy_figures(out_dir / "figures", request.figures, tables_src=out_dir / "tables")
-    result.update(ran=ran, skipped=skipped, seconds=round(time.perf_counter() - t0, 1))
+    result.update(ran=[todo[i][0].name for i in ran], skipped=skipped, seconds=round(time.perf_counter() - t0, 1))
     return result
+
+
+@dataclass
+class _Steps:
+    """What both schedules share: the plan's jobs with their hashes, and the lines and marker of a
+    notebook's start and end."""
+
+    todo: list[tuple]
+    out_dir: Path
+    sizes: dict
+    log: object
+    progress_every: float | None
+
+    def __post_init__(self):
+        self.estimated: set[str] = set()
+
+    def step(self, i: int) -> str:
+        return f"[{i + 1}/{len(self.todo)}] {self.todo[i][0].name}"
+
+    def skip(self, i: int) -> str:
+        self.log(f"{self.step(i)}: done before with the same parameters, skipped")
+        return self.todo[i][0].name
+
+    def begin(self, i: int):
+        """Log the estimate (before a dataset's first training notebook) and the start line, drop the
+        old marker; returns the progress watcher (a context manager) of the notebook's runs."""
+        job = self.todo[i][0]
+        planned = workload(self.sizes).get(job.notebook, (0, 0.0))[0]
+        if planned and job.dataset not in self.estimated:
+            self.estimated.add(job.dataset)
+            _log_estimate(job, [j.notebook for j, _, _, p in self.todo if p and j.dataset == job.dataset],
+                          self.sizes, self.log)
+        self.log(f"{self.step(i)} ...")
+        (self.out_dir / ".done" / f"{job.name}.json").unlink(missing_ok=True)
+        return _watch(self.step(i), self.out_dir / job.dataset, planned, self.log, self.progress_every)
+
+    def execute_args(self, i: int, progress: bool) -> tuple:
+        job, src = self.todo[i][:2]
+        return job, src, self.out_dir, self.sizes["execution_timeout"], progress
+
+    def finish(self, i: int, dest: Path, seconds: float) -> None:
+        job, _, digest, _ = self.todo[i]
+        write_json_atomic(self.out_dir / ".done" / f"{job.name}.json",
+                          {"hash": digest, "parameters": job.parameters, "seconds": round(seconds, 1),
+                           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        self.log(f"{self.step(i)}: {seconds:.0f} s -> {dest}")
+
+
+def _run_in_order(steps: _Steps, *, progress: bool) -> tuple[list[int], list[str]]:
+    """jobs = 1: every notebook in plan order, in this process."""
+    ran, skipped = [], []
+    for i, (_, _, _, pending) in enumerate(steps.todo):
+        if not pending:
+            skipped.append(steps.skip(i))
+            continue
+        watch = steps.begin(i)
+        start = time.perf_counter()
+        with watch:
+            dest = _execute_one(*steps.execute_args(i, progress))
+        steps.finish(i, dest, time.perf_counter() - start)
+        ran.append(i)
+    return ran, skipped
+
+
+def _execute_one(job: Job, src: Path, out_dir: Path, timeout: int | None, progress: bool) -> Path:
+    """`_execute` with positional arguments: what a worker process is handed."""
+    return _execute(job, src, out_dir, timeout=timeout, progress=progress)
+
+
+def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
+    """jobs > 1: each notebook starts, in plan order among those ready, once the notebooks it needs
+    (`depends_on`) are done and no notebook it must not overlap (`exclusive`) runs; each runs in a
+    worker process (papermill's kernel client is asyncio- and zmq-based: a process keeps each one
+    apart). The first failure stops new starts; the running ones finish, then it is raised."""
+    todo = steps.todo
+    ran, skipped = [], [steps.skip(i) for i, t in enumerate(todo) if not t[3]]
+    waiting = {i: {k for k, other in enumerate(todo) if other[3] and depends_on(todo[i][0], other[0])}
+               for i, t in enumerate(todo) if t[3]}
+    running, failure = {}, None
+    # spawn: a fresh interpreter per worker (forking a process with threads running is unsafe)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while True:
+            for i in [i for i in sorted(waiting) if failure is None and not waiting[i]]:
+                busy = [todo[r][0] for r, *_ in running.values()]
+                if len(running) < jobs and not any(exclusive(todo[i][0], other) for other in busy):
+                    del waiting[i]
+                    watch = ExitStack()
+                    watch.enter_context(steps.begin(i))
+                    running[pool.submit(_execute_one, *steps.execute_args(i, False))] = (i, time.perf_counter(), watch)
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: running[f][0]):
+                i, start, watch = running.pop(fut)
+                watch.close()
+                try:
+                    dest = fut.result()
+                except CtrkitError as e:
+                    if failure is None and running:
+                        steps.log(f"{steps.step(i)}: failed; starting nothing new, waiting for the "
+                                  f"{len(running)} still running")
+                    elif failure is not None:
+                        steps.log(f"{steps.step(i)}: failed too: {e}")
+                    failure = failure or e
+                    continue
+                steps.finish(i, dest, time.perf_counter() - start)
+                ran.append(i)
+                for needs in waiting.values():
+                    needs.discard(i)
+    if failure is not None:
+        raise failure
+    return ran, skipped
+
+
+# ---------------------------------------------------------------- the dependency graph of jobs > 1
+
+# What each notebook needs finished first (of its own dataset), from what it reads:
+#   01: the prepared data of 00; 02: 01's checkpoints and baselines (records of the store);
+#   03, 04, 07: the setting 02's sweep chose (`reproduce.chosen`), 02's runs (07's controls, 04's
+#   4-model run) and the checkpoints; 04's pairs are also 03's runs: whichever notebook reaches one
+#   first trains it, the other waits on the store's claim and finds it done;
+#   05: nothing (draws from code); 06: its dataset's data and 01's checkpoints.
+# Needs are transitive (`depends_on`): a notebook missing from the plan (profile `skip`, --only) or
+# done before is satisfied, and what it needed is still needed.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "00_data": (), "01_baselines": ("00_data",), "02_scratch_vs_finetune": ("01_baselines",),
+    "03_partners": ("02_scratch_vs_finetune",), "04_peer_count": ("02_scratch_vs_finetune",),
+    "07_variants": ("02_scratch_vs_finetune",), "05_architectures": (), "06_explore": ("01_baselines",),
+}
+# The notebooks that rewrite their dataset's results.csv (`reproduce.export_results`, then read it):
+# an export of an older store snapshot could replace a newer one between another notebook's export
+# and its reads, so two of them of one dataset never overlap (datasets still run side by side).
+EXPORTS = frozenset({"01_baselines", "02_scratch_vs_finetune", "03_partners", "04_peer_count", "07_variants"})
+
+
+def _needed(notebook: str) -> set[str]:
+    out, stack = set(), list(NEEDS[notebook])
+    while stack:
+        nb = stack.pop()
+        if nb not in out:
+            out.add(nb)
+            stack += NEEDS[nb]
+    return out
+
+
+def depends_on(job: Job, other: Job) -> bool:
+    """`job` may start only after `other` finished (when both are to run)."""
+    return other.dataset == job.dataset and other.notebook in _needed(job.notebook)
+
+
+def exclusive(job: Job, other: Job) -> bool:
+    """`job` and `other` must not run at the same time."""
+    return job.dataset == other.dataset and {job.notebook, other.notebook} <= EXPORTS
+
+
+def parallel_jobs(jobs: int | str, sizes: dict, device: str = "cpu") -> int:
+    """Notebooks run at once: `jobs`, or for "auto" the CPU cores available divided by the profile's
+    torch threads per run (at least 1; threads "auto" takes every core: 1), and 1 on CUDA (one GPU:
+    runs would compete for its memory)."""
+    if jobs == "auto":
+        if device == "cuda":
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = sizes.get("threads")
+        return max(1, cores // threads) if isinstance(threads, int) and threads > 0 else 1
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise CtrkitError(f"jobs {jobs!r}: an integer >= 1 or 'auto'")
+    return jobs
+
+
+def _variants_summary_again(ran: list[Job]) -> None:
+    """07's summary across datasets reads every dataset's variants pairs table: 07s that overlapped
+    may have read another's before it was rewritten, so it is written once more after the last one
+    (from the same tables as when the last 07 of a sequential run writes it)."""
+    variants = [job for job in ran if job.notebook == "07_variants"]
+    if len(variants) > 1:
+        from ctrkit.notebook import reproduce
+
+        reproduce.variants_summary(reproduce.settings(**variants[-1].parameters))
 
 
 def _todo(jobs: list[Job], nb_dir: Path, out_dir: Path, sizes: dict, *, force: bool) -> list[tuple]:

@@ -1,0 +1,156 @@
+"""`ctrkit reproduce --jobs`: the runner's dependency graph, run on tiny fake notebooks that log when
+they start and end: every dependency and exclusion holds, independent notebooks overlap with 2 jobs,
+1 job is strictly sequential in plan order, a failure stops what depends on it and raises one line,
+and done markers let a rerun resume."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ctrkit.core.utils import CtrkitError
+from ctrkit.notebook import profiles, runner
+
+PAUSE = 0.6  # seconds each fake notebook holds its slot: long enough to see overlaps, short enough to be fast
+
+# Each fake notebook appends "start|end <dataset> <notebook> <time>" to OUT/events.log (the runner
+# injects `dataset` and `out` as parameters); it fails at once when OUT/fail_<dataset>_<notebook>
+# exists, and holds its slot HOLD seconds instead of PAUSE when OUT/hold_<dataset>_<notebook> does.
+SOURCE = """import time
+from pathlib import Path
+log = Path(out) / "events.log"
+with log.open("a") as f:
+    f.write(f"start {{dataset}} {name} {{time.time()}}\\n")
+if (Path(out) / f"fail_{{dataset}}_{name}").exists():
+    raise ValueError("{name} was told to fail")
+time.sleep({hold} if (Path(out) / f"hold_{{dataset}}_{name}").exists() else {pause})
+with log.open("a") as f:
+    f.write(f"end {{dataset}} {name} {{time.time()}}\\n")"""
+HOLD = 2.5
+
+
+@pytest.fixture
+def fake_notebooks(tmp_path):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    for name in profiles.NOTEBOOKS:
+        params = nbformat.v4.new_code_cell('dataset = "criteo"\nout = "results"')
+        params.metadata["tags"] = ["parameters"]
+        nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(SOURCE.format(name=name, pause=PAUSE, hold=HOLD))])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, folder / f"{name}.ipynb")
+    return folder
+
+
+def _run(nb_dir, out, *, jobs, dataset="criteo", only=None, logs=None):
+    request = runner.Reproduction(dataset=dataset, profile="smoke", out=str(out), device="cpu", jobs=jobs, only=only)
+    return runner.run(request, progress=False, notebooks_dir=nb_dir, log=(logs if logs is not None else []).append,
+                      progress_every=None)
+
+
+def _intervals(out: Path) -> dict[tuple[str, str], list[float]]:
+    """(dataset, notebook) -> [start, end] (end missing for a notebook that failed)."""
+    spans = {}
+    for line in (out / "events.log").read_text().splitlines():
+        kind, dataset, notebook, t = line.split()
+        spans.setdefault((dataset, notebook), []).append(float(t))
+    return spans
+
+
+def test_two_jobs_keep_every_dependency_and_overlap_independent_notebooks(fake_notebooks, tmp_path):
+    out, logs = tmp_path / "out", []
+    res = _run(fake_notebooks, out, jobs=2, logs=logs)
+    assert sorted(res["ran"]) == sorted(j.name for j in runner.plan(dataset="criteo", profile="smoke"))
+    spans = _intervals(out)
+    assert len(spans) == len(profiles.NOTEBOOKS) and all(len(s) == 2 for s in spans.values())
+    for (_, nb), (start, _) in spans.items():
+        for needed in runner._needed(nb):
+            assert spans[("criteo", needed)][1] <= start, f"{nb} started before {needed} ended"
+    exports = sorted(s for (_, nb), s in spans.items() if nb in runner.EXPORTS)
+    assert all(a[1] <= b[0] for a, b in zip(exports, exports[1:])), "two notebooks exporting results.csv overlapped"
+    # 05 needs nothing: it runs beside 00 (the only other notebook ready at first)
+    (s00, e00), (s05, e05) = spans[("criteo", "00_data")], spans[("criteo", "05_architectures")]
+    assert s05 < e00 and s00 < e05
+    # one line per start and per end, each naming its notebook by plan position
+    for i, job in enumerate(runner.plan(dataset="criteo", profile="smoke"), 1):
+        assert f"[{i}/8] {job.name} ..." in logs
+        assert sum(line.startswith(f"[{i}/8] {job.name}: ") and " s -> " in line for line in logs) == 1, logs
+    assert (out / ".done" / "criteo_07_variants.json").exists() and (out / ".done" / "06_explore.json").exists()
+
+
+def test_one_job_is_sequential_in_plan_order(fake_notebooks, tmp_path):
+    out, logs = tmp_path / "out", []
+    only = ["00_data", "01_baselines", "05_architectures"]
+    _run(fake_notebooks, out, jobs=1, only=only, logs=logs)
+    events = [line.split()[:3] for line in (out / "events.log").read_text().splitlines()]
+    assert events == [[kind, "criteo", nb] for nb in only for kind in ("start", "end")]
+    assert [line for line in logs if line.endswith(" ...")] == [
+        "[1/3] criteo_00_data ...", "[2/3] criteo_01_baselines ...", "[3/3] 05_architectures ..."]
+
+
+def test_failure_stops_new_starts_lets_the_running_finish_and_a_rerun_resumes(fake_notebooks, tmp_path):
+    out, logs = tmp_path / "out", []
+    out.mkdir()
+    (out / "fail_criteo_01_baselines").touch()
+    (out / "hold_avazu_01_baselines").touch()  # still running when criteo's 01 fails
+    only = ["00_data", "01_baselines", "02_scratch_vs_finetune", "05_architectures"]
+    with pytest.raises(CtrkitError) as e:
+        _run(fake_notebooks, out, jobs=2, dataset="both", only=only, logs=logs)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("notebook 01_baselines (criteo) failed in cell ")
+    assert "ValueError: 01_baselines was told to fail" in msg
+    spans = _intervals(out)
+    # 05 would have taken the failed notebook's slot: nothing new started after the failure
+    assert set(spans) == {("criteo", "00_data"), ("avazu", "00_data"), ("criteo", "01_baselines"),
+                          ("avazu", "01_baselines")}, spans
+    assert len(spans[("avazu", "01_baselines")]) == 2  # the running one finished ...
+    assert (out / ".done" / "avazu_01_baselines.json").exists()  # ... and is done
+    assert not (out / ".done" / "criteo_01_baselines.json").exists()
+    assert "[5/7] avazu_01_baselines ..." in logs
+    assert "[2/7] criteo_01_baselines: failed; starting nothing new, waiting for the 1 still running" in logs
+
+    (out / "fail_criteo_01_baselines").unlink()
+    (out / "events.log").unlink()
+    res = _run(fake_notebooks, out, jobs=2, dataset="both", only=only)
+    assert res["skipped"] == ["criteo_00_data", "avazu_00_data", "avazu_01_baselines"]
+    assert sorted(res["ran"]) == sorted(["criteo_01_baselines", "criteo_02_scratch_vs_finetune",
+                                         "avazu_02_scratch_vs_finetune", "05_architectures"])
+    assert set(_intervals(out)) == {("criteo", "01_baselines"), ("criteo", "02_scratch_vs_finetune"),
+                                    ("avazu", "02_scratch_vs_finetune"), ("criteo", "05_architectures")}
+
+
+def test_the_graph_and_the_jobs_rule():
+    criteo, avazu = (runner.plan(dataset="both", profile="smoke")[:len(profiles.PER_DATASET)],
+                     runner.plan(dataset="both", profile="smoke")[len(profiles.PER_DATASET):-len(profiles.ONCE)])
+    by = {j.notebook: j for j in criteo}
+    once = {j.notebook: j for j in runner.plan(dataset="both", profile="smoke")[-len(profiles.ONCE):]}
+    for later in ("03_partners", "04_peer_count", "07_variants"):
+        assert runner.depends_on(by[later], by["02_scratch_vs_finetune"]) and runner.depends_on(by[later], by["00_data"])
+        assert not runner.depends_on(by[later], avazu[0]) and not runner.depends_on(by["02_scratch_vs_finetune"], by[later])
+    assert not runner.depends_on(by["03_partners"], by["04_peer_count"])
+    assert runner.depends_on(once["06_explore"], by["01_baselines"]) and not runner.depends_on(once["06_explore"], avazu[1])
+    assert not any(runner.depends_on(once["05_architectures"], j) for j in criteo + avazu)
+    assert runner.exclusive(by["03_partners"], by["07_variants"]) and not runner.exclusive(by["03_partners"], avazu[3])
+    assert set(runner.NEEDS) == set(profiles.NOTEBOOKS)
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert runner.parallel_jobs("auto", {"threads": 1}) == cores
+    assert runner.parallel_jobs("auto", {"threads": cores}) == 1
+    assert runner.parallel_jobs("auto", {"threads": "auto"}) == 1
+    assert runner.parallel_jobs("auto", {"threads": 1}, "cuda") == 1
+    assert runner.parallel_jobs(3, {"threads": 1}) == 3
+    for bad in (0, -1, True, "2", 1.5):
+        with pytest.raises(CtrkitError, match=r"^jobs .*: an integer >= 1 or 'auto'$"):
+            runner.parallel_jobs(bad, {"threads": 1})
+
+
+def test_cli_jobs_is_checked_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ctrkit.cli", "reproduce", "--profile", "smoke", "--jobs", "two",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["ctrkit: error: --jobs 'two': an integer >= 1 or 'auto'"]
+    assert not (tmp_path / ".done").exists()
