@@ -72,7 +72,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "runs = pd.concat([experiments.pretrain_baselines(\n"
                  "    data, models=[m], ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, seeds=cfg.seeds, epochs=cfg.epochs,\n"
                  "    overrides=tuned.get(m, cfg.overrides), store=cfg.store, device=cfg.device, threads=cfg.threads,\n"
-                 "    amp=cfg.amp, progress=cfg.progress) for m in cfg.models], ignore_index=True)\n"
+                 "    workers=cfg.workers, amp=cfg.amp, progress=cfg.progress) for m in cfg.models], ignore_index=True)\n"
                  "runs[['peer', 'seed', 'epochs', 'epoch_cap_hit', 'valid_auc', 'test_auc', 'test_logloss', 'seconds']]"),
         ("md", "## Our baselines next to BARS (`flag`: seeds that stopped at the epoch cap)"),
         ("code", "reproduce.export_results(cfg)\nreproduce.paper_table(cfg, 'baselines')"),
@@ -91,7 +91,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", SETTINGS),
         ("md", "## Runs: from scratch (mutual and alone), then the finetuning sweep (runs in the store are skipped)"),
         ("code", "common = dict(seeds=cfg.seeds, store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"
-                 "              device=cfg.device, threads=cfg.threads, amp=cfg.amp, progress=cfg.progress)\n"
+                 "              device=cfg.device, threads=cfg.threads, workers=cfg.workers, amp=cfg.amp,\n"
+                 "              progress=cfg.progress)\n"
                  "experiments.run(data, [cfg.models], inits=['scratch'], modes=['mutual', 'alone'], epochs=cfg.epochs,\n"
                  "                overrides=cfg.overrides, **common)  # the baselines' patience\n"
                  "experiments.run(data, [cfg.models], inits=['pretrained'], modes=['alone', 'mutual'],\n"
@@ -138,7 +139,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "experiments.run(data, cfg.pairs, inits=['pretrained'], modes=['mutual'], seeds=cfg.seeds, store=cfg.store,\n"
                  "                ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, weight=best['weight'],\n"
                  "                finetune_lr_scale=best['finetune_lr_scale'], finetune_epochs=cfg.finetune_epochs,\n"
-                 "                device=cfg.device, threads=cfg.threads, amp=cfg.amp, progress=cfg.progress)\n"
+                 "                device=cfg.device, threads=cfg.threads, workers=cfg.workers, amp=cfg.amp,\n"
+                 "                progress=cfg.progress)\n"
                  "reproduce.export_results(cfg)\n"
                  "reproduce.paper_table(cfg, 'partners')"),
         ("md", "## The partner matrix (mutual - alone, * Holm p < 0.05)"),
@@ -164,7 +166,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "experiments.run(data, cfg.peer_sets, inits=['pretrained'], modes=['mutual'], seeds=cfg.seeds,\n"
                  "                store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, weight=best['weight'],\n"
                  "                finetune_lr_scale=best['finetune_lr_scale'], finetune_epochs=cfg.finetune_epochs,\n"
-                 "                device=cfg.device, threads=cfg.threads, amp=cfg.amp, progress=cfg.progress)\n"
+                 "                device=cfg.device, threads=cfg.threads, workers=cfg.workers, amp=cfg.amp,\n"
+                 "                progress=cfg.progress)\n"
                  "reproduce.export_results(cfg)\n"
                  "reproduce.paper_table(cfg, 'peer_count')"),
         ("md", "## Gain vs N (95% paired t-intervals over seeds)"),

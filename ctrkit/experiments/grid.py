@@ -47,14 +47,15 @@ def pretrain_baselines(data, models: Sequence[str], ckpt_dir: str | Path, *, see
     seeds, labels = list(seeds), list(models)
     max_replicas = settings.pop("max_replicas", None) or runs.default_max_replicas(settings.get("device", "auto"))
     workers = check_workers(settings.pop("workers", 1))  # a bad value fails before any run
-    groups = [group for label in labels  # one label's seeds train together as replicas
-              for group in _chunks([PretrainSpec.from_dict({**settings, "model": label, "seed": seed, "progress": False})
-                                    for seed in seeds], max_replicas)]
+    spec = lambda label, seed: PretrainSpec.from_dict({**settings, "model": label, "seed": seed, "progress": False})  # noqa: E731
+    # one label's seeds train together as replicas
+    groups = [g for label in labels for g in _chunks([spec(label, seed) for seed in seeds], max_replicas)]
     bar = tqdm(total=len(seeds) * len(labels), desc="baselines", disable=not progress)
     done = runs.pretrain_groups(groups, data, out_dirs=[[seed_dir(ckpt_dir, s.seed) / s.label for s in g] for g in groups],
-                                store=store, force=force, workers=workers, progress=lambda k: bar.update(len(groups[k])))
+                                store=store, force=force, workers=workers,
+                                progress=lambda k: bar.update(len(groups[k])))
     bar.close()
-    recs = {(spec.seed, spec.model): rec for group, out in zip(groups, done) for spec, (_, rec) in zip(group, out)}
+    recs = {(s.seed, s.model): rec for g, out in zip(groups, done) for s, (_, rec) in zip(g, out)}
     recs = [recs[(seed, label)] for seed, label in itertools.product(seeds, labels)]
     return records_to_frame(recs)
 

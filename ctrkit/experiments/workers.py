@@ -85,7 +85,8 @@ def _context():
     return ctx
 
 
-def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *, names: Sequence[str]) -> Iterator[tuple[int, Any]]:
+def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *,
+             names: Sequence[str]) -> Iterator[tuple[int, Any]]:
     """`fn(data, *jobs[i])` for every job on `workers` processes, yielded as (i, result) as each
     finishes (in the jobs' order of submission, not of finishing). A failed job: the jobs not started
     are cancelled, those running finish (and record), then CtrkitError naming `names[i]` and the error.

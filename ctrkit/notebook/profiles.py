@@ -37,6 +37,10 @@ NOTEBOOKS = PER_DATASET + ONCE
 #   threads: torch CPU threads of every run. 1 for the synthetic profiles: their batches are small, and
 #   with another busy process on the 2-core machine 2 threads ran FiBiNET's steps 17x slower than 1
 #   (a fixed count also keeps the float summation order, so the results, the same on every load);
+#   workers: processes a grid's independent runs are spread over (`ctrkit.experiments.workers`): "auto"
+#   is the CPU's cores / threads (2 on the 2-core machine at threads 1; 1 at threads "auto", and 1 on
+#   CUDA, where seeds batch as replicas); each run's numbers are the ones it gives alone, so the
+#   tables do not depend on it;
 #   amp: the precision of every run. fp32 ("off") for the synthetic profiles: "auto" is bf16 on a CPU
 #   with AMX and fp32 elsewhere, so the tables would depend on the CPU that ran them (no bf16 hardware
 #   was at hand to measure by how much); `full` keeps "auto" (bf16 on a GPU).
@@ -46,19 +50,19 @@ PROFILES: dict[str, dict] = {
     "smoke": {
         "rows": 1000, "preset": "smoke", "epochs": 2, "patience": 1, "finetune_epochs": 1, "seeds": [2021, 2022],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [1.0, 10.0], "sweep_lr_scales": [1.0],
-        "threads": 1, "amp": "off", "execution_timeout": 900,
+        "threads": 1, "workers": "auto", "amp": "off", "execution_timeout": 900,
     },
     "quick": {
         "rows": 8000, "preset": "smoke", "epochs": 8, "patience": 2, "finetune_epochs": 1,
         "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
-        "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": 1, "amp": "off",
-        "execution_timeout": 3600,
+        "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": 1, "workers": "auto",
+        "amp": "off", "execution_timeout": 3600,
     },
     "paper": {
         "rows": 200000, "preset": "smoke", "epochs": 20, "patience": 3, "finetune_epochs": 2,
         "seeds": [2021, 2022, 2023, 2024, 2025, 2026, 2027, 2028, 2029, 2030],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0],
-        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "amp": "off", "execution_timeout": None,
+        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "workers": "auto", "amp": "off", "execution_timeout": None,
     },
     # study: the evidence run. Real data (--data, a schema file): all rows; synthetic: 10,000 rows, what the
     # 2-core CPU affords with full-size models (FiBiNET's bilinear layer on Criteo's 39 fields is 23,712
@@ -80,7 +84,7 @@ PROFILES: dict[str, dict] = {
         "rows": 10000, "preset": "full", "epochs": 30, "patience": 3, "finetune_epochs": 2,
         "seeds": [2021, 2022, 2023, 2024, 2025],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [1.0, 10.0, 30.0],
-        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "amp": "off", "execution_timeout": None,
+        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "workers": "auto", "amp": "off", "execution_timeout": None,
         # the third candidate: the small-data regularizer of the BARS Frappe/MovieLens winners (0.01-0.05)
         "tune": [{}, {"lr": 0.0003}, {"embedding_regularizer": 0.01}], "tune_seeds": [2021, 2022],
         "sizes": ["full", "smoke"], "min_steps": 64, "variant_seeds": [2021, 2022, 2023],
@@ -90,7 +94,7 @@ PROFILES: dict[str, dict] = {
         "rows": None, "preset": "bars", "epochs": None, "patience": None, "finetune_epochs": 2,
         "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
         "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": "auto",
-        "amp": "auto", "execution_timeout": None,
+        "workers": "auto", "amp": "auto", "execution_timeout": None,
     },
 }
 

@@ -47,6 +47,7 @@ class Settings:
     sweep_weights: list[float] = field(default_factory=lambda: [1.0])
     sweep_lr_scales: list[float] = field(default_factory=lambda: [0.1])
     threads: int | str = "auto"
+    workers: int | str = 1  # processes a grid's runs are spread over (profiles: "auto"; ctrkit.experiments.workers)
     amp: str = "auto"
     progress: bool = False
     schema: str | None = None  # a schema file's path (dataset is then the schema's name)
@@ -158,8 +159,9 @@ def settings(
         epochs=epochs if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
         seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"],
         patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
-        threads=prof["threads"], amp=prof["amp"], schema=schema, tune=prof.get("tune", []),
-        tune_seeds=prof.get("tune_seeds", []), sizes=prof.get("sizes", []), min_steps=prof.get("min_steps"),
+        threads=prof["threads"], workers=prof.get("workers", 1), amp=prof["amp"], schema=schema,
+        tune=prof.get("tune", []), tune_seeds=prof.get("tune_seeds", []), sizes=prof.get("sizes", []),
+        min_steps=prof.get("min_steps"),
         variant_seeds=_variant_seeds(prof, seeds),
     )
 
@@ -445,7 +447,8 @@ def variant_grid(cfg: Settings) -> list[dict]:
     (MSE), alone and KD finetuning and mutual/alone from scratch are 02's runs (the store)."""
     best = chosen(cfg)
     common = dict(seeds=cfg.variant_seeds or cfg.seeds, store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,
-                  device=cfg.device, threads=cfg.threads, amp=cfg.amp, progress=cfg.progress, tag="variants")
+                  device=cfg.device, threads=cfg.threads, workers=cfg.workers, amp=cfg.amp, progress=cfg.progress,
+                  tag="variants")
     tuned = dict(inits=["pretrained"], weight=best["weight"], finetune_lr_scale=best["finetune_lr_scale"],
                  finetune_epochs=cfg.finetune_epochs, **common)
     scratch = dict(inits=["scratch"], epochs=cfg.epochs, overrides=cfg.overrides, weight=SCRATCH_WEIGHT, **common)
@@ -526,7 +529,7 @@ def tune(cfg: Settings, data) -> dict[str, dict]:
         experiments.pretrain_baselines(data, cfg.models, root / f"candidate{i}", preset=cfg.preset,
                                        seeds=seeds, epochs=cfg.epochs, overrides=overrides,
                                        store=root / "store.jsonl", device=cfg.device, threads=cfg.threads,
-                                       amp=cfg.amp, progress=cfg.progress)
+                                       workers=cfg.workers, amp=cfg.amp, progress=cfg.progress)
     df = records.records(root / "store.jsonl", dataset=cfg.dataset)
     df = df[df["mode"] == "baseline"].assign(
         cand=[int(m.group(1)) if (m := re.search(r"candidate(\d+)", str(c))) else -1 for c in df["checkpoint"]])
@@ -549,8 +552,8 @@ def size_runs(cfg: Settings, data, size: str) -> Path:
 
     root = cfg.run_dir / "sizes" / size
     store, best = root / "store.jsonl", chosen(cfg)
-    common = dict(seeds=cfg.seeds, store=store, preset=size, device=cfg.device, threads=cfg.threads, amp=cfg.amp,
-                  progress=cfg.progress)
+    common = dict(seeds=cfg.seeds, store=store, preset=size, device=cfg.device, threads=cfg.threads,
+                  workers=cfg.workers, amp=cfg.amp, progress=cfg.progress)
     experiments.pretrain_baselines(data, cfg.models, root / "pretrained", epochs=cfg.epochs, overrides=cfg.overrides,
                                    **common)
     experiments.run(data, [cfg.models], inits=["pretrained"], modes=["alone", "mutual"], ckpt_dir=root / "pretrained",
