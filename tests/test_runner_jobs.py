@@ -80,6 +80,9 @@ def test_two_jobs_keep_every_dependency_and_overlap_independent_notebooks(fake_n
         assert f"[{i}/8] {job.name} ..." in logs
         assert sum(line.startswith(f"[{i}/8] {job.name}: ") and " s -> " in line for line in logs) == 1, logs
     assert (out / ".done" / "criteo_07_variants.json").exists() and (out / ".done" / "06_explore.json").exists()
+    events = (out / "events.log").read_text()
+    again = _run(fake_notebooks, out, jobs=2)
+    assert again["ran"] == [] and len(again["skipped"]) == 8 and (out / "events.log").read_text() == events
 
 
 def test_one_job_is_sequential_in_plan_order(fake_notebooks, tmp_path):
@@ -115,12 +118,9 @@ def test_failure_stops_new_starts_lets_the_running_finish_and_a_rerun_resumes(fa
 
     (out / "fail_criteo_01_baselines").unlink()
     (out / "events.log").unlink()
-    res = _run(fake_notebooks, out, jobs=2, dataset="both", only=only)
+    res = _run(fake_notebooks, out, jobs=1, dataset="both", only=only[:2])  # the markers of jobs=2 serve jobs=1
     assert res["skipped"] == ["criteo_00_data", "avazu_00_data", "avazu_01_baselines"]
-    assert sorted(res["ran"]) == sorted(["criteo_01_baselines", "criteo_02_scratch_vs_finetune",
-                                         "avazu_02_scratch_vs_finetune", "05_architectures"])
-    assert set(_intervals(out)) == {("criteo", "01_baselines"), ("criteo", "02_scratch_vs_finetune"),
-                                    ("avazu", "02_scratch_vs_finetune"), ("criteo", "05_architectures")}
+    assert res["ran"] == ["criteo_01_baselines"] and set(_intervals(out)) == {("criteo", "01_baselines")}
 
 
 def test_the_graph_and_the_jobs_rule():
