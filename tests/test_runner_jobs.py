@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from ctrkit.core.utils import CtrkitError
@@ -154,3 +155,21 @@ def test_cli_jobs_is_checked_in_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["ctrkit: error: --jobs 'two': an integer >= 1 or 'auto'"]
     assert not (tmp_path / ".done").exists()
+
+
+def test_the_summary_across_datasets_is_written_again_after_overlapping_07s(tmp_path):
+    """Two 07s that ran side by side: the runner rewrites tables/variants_summary from every dataset's
+    pairs table once both finished (a single 07 leaves it to its notebook)."""
+    jobs = [j for j in runner.plan(dataset="both", profile="smoke", out=str(tmp_path)) if j.notebook == "07_variants"]
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for k, job in enumerate(jobs):
+        rows = [{"dataset": job.dataset, "init": "pretrained", "embedding": "separate", "variant": "kl", "weight": 1.0,
+                 "model": "DeepFM", "peer": 0, "seed": seed, "test_auc_t": 0.70 + 0.01 * seed, "test_auc_c": 0.70}
+                for seed in (1, 2, 3)]
+        pd.DataFrame(rows).to_csv(tables / f"{job.dataset}_variants_pairs.csv", index=False)
+    runner._variants_summary_again(jobs[:1])
+    assert not (tables / "variants_summary.csv").exists()
+    runner._variants_summary_again(jobs)
+    summary = pd.read_csv(tables / "variants_summary.csv")
+    assert summary["n_datasets"].tolist() == [2]
