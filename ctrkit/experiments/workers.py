@@ -10,12 +10,15 @@ appends and run claims are file-locked).
 `default_workers` is the one rule for `workers="auto"`. Processes start from a forkserver, not by
 fork: the parent is often a Jupyter kernel with threads of its own, and a fork copies their locks in
 whatever state they are in. The dataset is sent to each worker once (the pool's initializer); a
-worker reads its splits from disk itself.
+worker reads its splits from disk itself. As with any spawn/forkserver process, a worker imports the
+parent's main module first: a script (not a notebook) that runs a grid with workers > 1 needs the
+`if __name__ == "__main__":` guard.
 """
 from __future__ import annotations
 
 import dataclasses
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
 from ctrkit.core.utils import CtrkitError, _usable_cores, resolve_device
@@ -102,7 +105,7 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *,
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in sorted(done, key=futures.get):
                 i = futures[fut]
-                ok, value = _outcome(fut, names[i])
+                ok, value = _outcome(fut)
                 if not ok:
                     pool.shutdown(wait=True, cancel_futures=True)
                     clean = True
@@ -115,10 +118,13 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _outcome(fut, name: str) -> tuple[bool, Any]:
+def _outcome(fut) -> tuple[bool, Any]:
     try:
         return fut.result()
-    except Exception as e:  # noqa: BLE001 - the worker died (killed, out of memory): BrokenProcessPool
+    except BrokenProcessPool:
+        return False, ("a worker process died (killed, out of memory, or started from a script without the "
+                       "`if __name__ == \"__main__\":` guard that processes started by spawn/forkserver need)")
+    except Exception as e:  # noqa: BLE001 - e.g. a result that cannot be sent back
         return False, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
 
 
