@@ -23,7 +23,7 @@ from ctrkit.core.utils import CtrkitError, resolve_device, seed_everything
 from ctrkit.experiments import churn
 from ctrkit.experiments.record import make_records
 from ctrkit.experiments.store import ResultsStore
-from ctrkit.experiments.workers import check_workers, default_workers, resolve_workers, run_jobs
+from ctrkit.experiments.workers import check_workers, default_workers, in_turn, resolve_workers, run_jobs
 from ctrkit.models import build, hparam_defaults
 from ctrkit.models.layers import FeatureEmbedding
 from ctrkit.training import checkpoint, presets
@@ -438,15 +438,16 @@ def _execute_group(specs: list[RunSpec], data, st: ResultsStore | None, out_dirs
                 todo.append(j)
         if progress is not None and todo:
             progress(todo)
-        for j, result in zip(todo, _run_group([specs[j] for j in todo], data, [out_dirs[j] for j in todo],
-                                              resume=not force)):
-            recs = records(specs[j], result, data)
-            if st is not None:
-                if "test_probs" in result:  # as `execute` does: a stored run has its test predictions
-                    churn.save_predictions(churn.predictions_dir(st.path), keys[j], specs[j].peers,
-                                           result["test_probs"])
-                st.append(recs)
-            out[j] = (recs, False)
+        results = _run_group([specs[j] for j in todo], data, [out_dirs[j] for j in todo], resume=not force)
+        with in_turn():  # in a worker: after the earlier groups' appends
+            for j, result in zip(todo, results):
+                recs = records(specs[j], result, data)
+                if st is not None:
+                    if "test_probs" in result:  # as `execute` does: a stored run has its test predictions
+                        churn.save_predictions(churn.predictions_dir(st.path), keys[j], specs[j].peers,
+                                               result["test_probs"])
+                    st.append(recs)
+                out[j] = (recs, False)
     return out
 
 
@@ -525,16 +526,17 @@ def pretrain_groups(groups: Sequence[Sequence[PretrainSpec]], data, *, out_dirs:
                     store=None, force: bool = False, workers: int | str = 1, progress=None) -> list[list[tuple]]:
     """`pretrain_many` of each group (one label's seeds: replicas), with its `out_dirs`, one group after
     another (`workers` 1) or spread over worker processes (`ctrkit.experiments.workers`; "auto":
-    `default_workers`); groups whose checkpoints are all reusable are recorded here, not sent.
-    `progress(group index)` as each group finishes. Returns each group's (result, record) per spec."""
+    `default_workers`; groups with nothing to train or record stay here). `progress(group index)` as
+    each group finishes. Returns each group's (result, record) per spec."""
     out: list = [None] * len(groups)
     if workers != 1:
         check_workers(workers)
-        todo = [k for k, (g, o) in enumerate(zip(groups, out_dirs))
-                if force or any(_pretrain_job(s, data, d, force)["result"] is None for s, d in zip(g, o))]
+        st = _store(store)
+        todo = [k for k, (g, o) in enumerate(zip(groups, out_dirs)) if force or any(
+            (j := _pretrain_job(s, data, d, force))["result"] is None or (st is not None and not st.has_run(j["key"]))
+            for s, d in zip(g, o))]
         n = resolve_workers(workers, groups[0][0].device, groups[0][0].threads, len(todo)) if todo else 1
         if n > 1:
-            st = _store(store)
             jobs = [(list(groups[k]), list(out_dirs[k]), st.path if st is not None else None, force) for k in todo]
             names = [f"baseline {groups[k][0].label} seed {groups[k][0].seed}"
                      + (f" (+{len(groups[k]) - 1} replicas)" if len(groups[k]) > 1 else "") for k in todo]
@@ -551,5 +553,12 @@ def pretrain_groups(groups: Sequence[Sequence[PretrainSpec]], data, *, out_dirs:
 
 
 def _pretrain_task(data, specs: list[PretrainSpec], out_dirs: list, store_path, force: bool) -> list[tuple]:
-    """`pretrain_many` in a worker process (its own handle on the store)."""
-    return pretrain_many(specs, data, out_dirs=out_dirs, store=store_path, force=force)
+    """`pretrain_many` in a worker process, its records appended (as `_pretrain_record` does) after
+    the earlier groups' (`in_turn`), with its own handle on the store."""
+    done = pretrain_many(specs, data, out_dirs=out_dirs, store=None, force=force)
+    st = _store(store_path)
+    with in_turn():
+        for _, rec in done:
+            if st is not None and (force or not st.has_run(rec["run_key"])):
+                st.append([rec])
+    return done

@@ -16,6 +16,7 @@ parent's main module first: a script (not a notebook) that runs a grid with work
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -23,13 +24,17 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ctrkit.core.utils import CtrkitError, _usable_cores, resolve_device
 
-__all__ = ["check_workers", "default_workers", "resolve_workers", "run_jobs"]
+__all__ = ["check_workers", "default_workers", "in_turn", "resolve_workers", "run_jobs"]
 
 # Imported once by the forkserver, so each worker forks from a process that has torch and ctrkit loaded
 # (a bare spawn re-imports torch per worker); torch._dynamo too: torch.optim imports it on a process's
 # first optimizer, which made every worker's first run ~1.3 s slower.
 _PRELOAD = ["ctrkit.experiments.runs", "torch._dynamo"]
 _DATA: Any = None  # the dataset of this worker process, set by `_init`
+# The pool's shared (Condition, Value): the index of the next job whose records may be appended; and
+# the index of the job this worker runs now. None outside a worker.
+_ORDER: Any = None
+_JOB: int | None = None
 
 
 def check_workers(workers) -> int | str:
@@ -67,18 +72,41 @@ def _portable(data):
     return dataclasses.replace(data) if dataclasses.is_dataclass(data) else data
 
 
-def _init(data) -> None:
-    global _DATA
-    _DATA = data
+def _init(data, order) -> None:
+    global _DATA, _ORDER
+    _DATA, _ORDER = data, order
 
 
-def _call(fn: Callable, args: tuple) -> tuple[bool, Any]:
-    """`fn(data, *args)` in a worker: (True, its result) or (False, the error in one line)."""
+@contextlib.contextmanager
+def in_turn() -> Iterator[None]:
+    """In a worker: wait until every earlier job of the pool has recorded (or skipped) its runs, so
+    the store holds the runs in the jobs' order, as the sequential path writes them (some tables sum
+    over the store's rows in order: their last float digit would otherwise follow which worker
+    finished first). A worker that finishes before an earlier job idles until that one records.
+    Outside a worker: nothing."""
+    if _ORDER is not None and _JOB is not None:
+        cond, nxt = _ORDER
+        with cond:
+            cond.wait_for(lambda: nxt.value >= _JOB)
+    yield
+
+
+def _call(fn: Callable, args: tuple, k: int) -> tuple[bool, Any]:
+    """Job k, `fn(data, *args)`, in a worker: (True, its result) or (False, the error in one line);
+    done or failed, it passes the turn to job k + 1 (after its own turn came)."""
+    global _JOB
+    _JOB = k
     try:
         return True, fn(_DATA, *args)
     except Exception as e:  # noqa: BLE001 - any failure comes back as one line; the parent raises it
         line = (str(e).strip().splitlines() or [""])[0]
         return False, f"{type(e).__name__}: {line}" if not isinstance(e, CtrkitError) else line
+    finally:
+        cond, nxt = _ORDER
+        with cond:
+            cond.wait_for(lambda: nxt.value >= k)
+            nxt.value = k + 1
+            cond.notify_all()
 
 
 def _context():
@@ -92,14 +120,16 @@ def _context():
 def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *,
              names: Sequence[str]) -> Iterator[tuple[int, Any]]:
     """`fn(data, *jobs[i])` for every job on `workers` processes, yielded as (i, result) as each
-    finishes (in the jobs' order of submission, not of finishing). A failed job: the jobs not started
+    finishes; their appends to a store reach it in the jobs' order (`in_turn`). A failed job: the jobs not started
     are cancelled, those running finish (and record), then CtrkitError naming `names[i]` and the error.
     Interrupted (KeyboardInterrupt, or the caller stops iterating): the workers are terminated."""
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_init,
-                               initargs=(_portable(data),))
+    ctx = _context()
+    order = (ctx.Condition(), ctx.Value("i", 0, lock=False))  # the Value is guarded by the Condition
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init,
+                               initargs=(_portable(data), order))
     clean = False
     try:
-        futures = {pool.submit(_call, fn, tuple(job)): i for i, job in enumerate(jobs)}
+        futures = {pool.submit(_call, fn, tuple(job), i): i for i, job in enumerate(jobs)}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
