@@ -149,7 +149,10 @@ class ResultsStore:
         return records_to_frame(self.records(latest_only=latest_only))
 
     def to_csv(self, path: str | os.PathLike) -> Path:
-        return export_csv(self.to_frame(), path)
+        # Under the append lock: two exports of one store (notebooks running at once) land in the
+        # order they read it, so the CSV left behind is never an older snapshot than the store was.
+        with self._lock:
+            return export_csv(self.to_frame(), path)
 
     def __len__(self) -> int:
         return len(self.records())

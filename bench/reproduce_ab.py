@@ -1,0 +1,112 @@
+"""Whole `ctrkit reproduce` runs side by side: source trees and flags as variants, interleaved repeats, fresh outputs.
+
+    python bench/reproduce_ab.py --variant before=/tmp/old --variant now=.:--jobs,auto --repeats 2 --tag reproduce-ab
+
+Each repeat runs every variant once (the order rotates by repeat, so neither always goes first) as
+`python -m ctrkit.cli reproduce --dataset D --profile P --out <fresh folder> [flags]` with the
+variant's tree first on PYTHONPATH (the notebooks' kernels inherit it, so old code runs old
+notebooks). It records the wall time, each notebook's own seconds (its `.done` marker) and whether
+every table CSV is byte-identical to the first variant's of the same repeat.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _results import stamp, write
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", action="append", required=True,
+                    help="NAME=TREE[:FLAG,FLAG...], e.g. now=.:--jobs,auto (repeatable; the first is the reference)")
+    ap.add_argument("--dataset", default="both")
+    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--tag", default="reproduce-ab")
+    ap.add_argument("--note", default="")
+    ap.add_argument("--keep", default=None, help="keep the outputs under this folder (default: a temporary one)")
+    return ap.parse_args()
+
+
+def variants(specs: list[str]) -> list[dict]:
+    out = []
+    for s in specs:
+        name, _, rest = s.partition("=")
+        tree, _, flags = rest.partition(":")
+        out.append({"name": name, "tree": str(Path(tree).resolve()), "flags": [f for f in flags.split(",") if f]})
+    return out
+
+
+def one(v: dict, args, out: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": v["tree"], "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ctrkit.cli", "reproduce", "--dataset", args.dataset, "--profile", args.profile,
+           "--out", str(out), *v["flags"]]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, cwd=v["tree"], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        sys.exit(f"{v['name']} failed (rc {p.returncode}): {p.stderr.strip()[-400:]}")
+    notebooks = {m.stem: json.loads(m.read_text())["seconds"] for m in sorted((out / ".done").glob("*.json"))}
+    return {"variant": v["name"], "wall_s": round(wall, 1), "notebooks": notebooks}
+
+
+def same_tables(a: Path, b: Path) -> tuple[int, list[str]]:
+    names = sorted(p.name for p in (a / "tables").glob("*.csv"))
+    differ = [n for n in names if not (b / "tables" / n).exists()
+              or (a / "tables" / n).read_bytes() != (b / "tables" / n).read_bytes()]
+    return len(names), differ
+
+
+def to_markdown(res: dict) -> str:
+    names = [v["name"] for v in res["variants"]]
+    lines = [f"# Whole reproduce runs, side by side ({res['profile']} profile, --dataset {res['dataset']})", "",
+             f"{res['date']} | {res['machine']} | `{res['command']}`", "", res["note"], "",
+             "| variant | tree | flags | wall (s) per repeat | median wall (s) | speed-up vs first | tables equal to the first's |",
+             "|---|---|---|---|---:|---:|---|"]
+    walls = {n: [r["wall_s"] for r in res["runs"] if r["variant"] == n] for n in names}
+    med = {n: sorted(w)[len(w) // 2] for n, w in walls.items()}
+    for v in res["variants"]:
+        n = v["name"]
+        eq = [r["tables_equal"] for r in res["runs"] if r["variant"] == n]
+        lines.append(f"| {n} | `{v['tree']}` | `{' '.join(v['flags']) or '-'}` | {', '.join(map(str, walls[n]))} | "
+                     f"{med[n]} | {med[names[0]] / med[n]:.2f}x | {eq} |")
+    lines += ["", "Each notebook's own seconds (its `.done` marker; overlapping notebooks overlap), first repeat:", "",
+              "| notebook | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    first = {n: next(r for r in res["runs"] if r["variant"] == n)["notebooks"] for n in names}
+    for nb in sorted(set().union(*first.values())):
+        lines.append(f"| {nb} | " + " | ".join(str(first[n].get(nb, "-")) for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = parse()
+    vs = variants(args.variant)
+    root = Path(args.keep or tempfile.mkdtemp(prefix="reproduce-ab-"))
+    runs = []
+    for r in range(args.repeats):
+        order = vs[r % len(vs):] + vs[:r % len(vs)]  # rotate: no variant always first
+        outs = {}
+        for v in order:
+            outs[v["name"]] = root / f"{v['name']}-{r}"
+            rec = one(v, args, outs[v["name"]])
+            rec["repeat"] = r
+            runs.append(rec)
+            print(f"repeat {r} {v['name']}: {rec['wall_s']} s", flush=True)
+        ref = outs[vs[0]["name"]]
+        for rec in runs[-len(vs):]:
+            n, differ = same_tables(ref, outs[rec["variant"]])
+            rec["tables_equal"] = "all" if not differ else f"{n - len(differ)}/{n} (differ: {', '.join(differ)})"
+    res = {**stamp("reproduce_ab.py"), "dataset": args.dataset, "profile": args.profile, "note": args.note,
+           "variants": vs, "runs": runs}
+    write(Path(__file__).resolve().parent / "results", args.tag, res, to_markdown)
+
+
+if __name__ == "__main__":
+    main()
