@@ -27,6 +27,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--variant", action="append", required=True,
                     help="NAME=TREE[:FLAG,FLAG...], e.g. now=.:--jobs,auto (repeatable; the first is the reference)")
     ap.add_argument("--dataset", default="both")
+    ap.add_argument("--data", default=None, help="--data of reproduce (a schema dataset's file; an absolute path)")
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--tag", default="reproduce-ab")
@@ -47,7 +48,7 @@ def variants(specs: list[str]) -> list[dict]:
 def one(v: dict, args, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": v["tree"], "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "ctrkit.cli", "reproduce", "--dataset", args.dataset, "--profile", args.profile,
-           "--out", str(out), *v["flags"]]
+           "--out", str(out), *(["--data", args.data] if args.data else []), *v["flags"]]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, cwd=v["tree"], capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -58,17 +59,28 @@ def one(v: dict, args, out: Path) -> dict:
 
 
 def same_tables(a: Path, b: Path) -> tuple[int, list[str]]:
+    """(tables, those that differ): byte for byte, or equal once the run-key columns are dropped (a
+    pretrained run's key holds its checkpoint folder, inside --out: two folders, two sets of keys)."""
+    import pandas as pd
+
+    def same(n: str) -> bool:
+        x, y = a / "tables" / n, b / "tables" / n
+        if not y.exists() or x.read_bytes() == y.read_bytes():
+            return y.exists()
+        dx, dy = pd.read_csv(x), pd.read_csv(y)
+        keys = [c for c in dx.columns if c.startswith("run_key")]
+        return bool(keys) and list(dx.columns) == list(dy.columns) and dx.drop(columns=keys).equals(dy.drop(columns=keys))
+
     names = sorted(p.name for p in (a / "tables").glob("*.csv"))
-    differ = [n for n in names if not (b / "tables" / n).exists()
-              or (a / "tables" / n).read_bytes() != (b / "tables" / n).read_bytes()]
-    return len(names), differ
+    return len(names), [n for n in names if not same(n)]
 
 
 def to_markdown(res: dict) -> str:
     names = [v["name"] for v in res["variants"]]
-    lines = [f"# Whole reproduce runs, side by side ({res['profile']} profile, --dataset {res['dataset']})", "",
+    lines = [f"# Whole reproduce runs, side by side ({res['profile']} profile, --dataset {res['dataset']}"
+             f"{', --data ' + res['data'] if res.get('data') else ''})", "",
              f"{res['date']} | {res['machine']} | `{res['command']}`", "", res["note"], "",
-             "| variant | tree | flags | wall (s) per repeat | median wall (s) | speed-up vs first | tables equal to the first's |",
+             "| variant | tree | flags | wall (s) per repeat | median wall (s) | speed-up vs first | tables equal to the first's (run keys aside) |",
              "|---|---|---|---|---:|---:|---|"]
     walls = {n: [r["wall_s"] for r in res["runs"] if r["variant"] == n] for n in names}
     med = {n: sorted(w)[len(w) // 2] for n, w in walls.items()}
@@ -103,7 +115,7 @@ def main() -> None:
         for rec in runs[-len(vs):]:
             n, differ = same_tables(ref, outs[rec["variant"]])
             rec["tables_equal"] = "all" if not differ else f"{n - len(differ)}/{n} (differ: {', '.join(differ)})"
-    res = {**stamp("reproduce_ab.py"), "dataset": args.dataset, "profile": args.profile, "note": args.note,
+    res = {**stamp("reproduce_ab.py"), "dataset": args.dataset, "data": args.data, "profile": args.profile, "note": args.note,
            "variants": vs, "runs": runs}
     write(Path(__file__).resolve().parent / "results", args.tag, res, to_markdown)
 

@@ -177,9 +177,9 @@ def _add_reproduce(sub) -> None:
     s.add_argument("--figures", default=None, help="also copy the figures here (the README's command: figures/)")
     s.add_argument("--device", default="auto")
     s.add_argument("--force", action="store_true")
-    s.add_argument("--jobs", default="1", metavar="N|auto",
-                   help="notebooks run at once, their dependencies allowing (default 1: one after another, in "
-                        "order); auto: the CPU cores / the profile's threads per run, 1 on CUDA")
+    s.add_argument("--jobs", default="auto", metavar="N|auto",
+                   help="notebooks run at once, their dependencies allowing (default auto: the CPU cores / the "
+                        "profile's threads per run, 1 on CUDA); 1: one after another, in order")
 
 
 def build_parser() -> argparse.ArgumentParser:

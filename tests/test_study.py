@@ -270,8 +270,8 @@ def test_reproduce_prints_the_estimate_first_and_progress(tmp_path, monkeypatch)
 
     monkeypatch.setattr(runner, "_execute", fake)
     logs = []
-    runner.run(runner.Reproduction(dataset="criteo", profile="smoke", out=str(out), only=["00_data", "01_baselines"]),
-               progress=False, log=logs.append, progress_every=0.1)
+    runner.run(runner.Reproduction(dataset="criteo", profile="smoke", out=str(out), only=["00_data", "01_baselines"],
+                                   jobs=1), progress=False, log=logs.append, progress_every=0.1)  # _execute patched here
     est = [i for i, line in enumerate(logs) if line.startswith("estimated criteo: at most ~")]
     start = logs.index("[2/2] criteo_01_baselines ...")
     assert est == [start - 1], logs  # once, right before the first training notebook

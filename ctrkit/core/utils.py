@@ -196,6 +196,30 @@ def _auto_threads(sample_s: float) -> int:
     return max(1, int(free + 1 - _FREE_CORE_MIN))
 
 
+def cpu_slots(threads) -> int:
+    """How many runs of `threads` CPU threads each fit the usable cores side by side: the one rule
+    behind `workers="auto"` (processes of one grid) and `reproduce --jobs auto` (notebooks at once).
+    `threads` "auto"/None: a run takes the free cores itself (`resolve_threads`), so 1."""
+    if threads is None or (isinstance(threads, str) and threads.strip().lower() == "auto"):
+        return 1
+    return max(1, _usable_cores() // max(1, int(threads)))
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """In a worker process: on Linux, ask the kernel to SIGTERM this process when its parent dies
+    (prctl PR_SET_PDEATHSIG), so the workers of a killed run stop instead of going on writing into
+    its output beside the rerun; exits now if `parent` (its pid) is already gone. Elsewhere nothing."""
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
 def _usable_cores() -> int:
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:  # cgroup v2 quota: "max 100000" or "200000 100000" (= 2 cores)

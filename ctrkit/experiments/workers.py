@@ -22,7 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
-from ctrkit.core.utils import CtrkitError, _usable_cores, resolve_device
+from ctrkit.core.utils import CtrkitError, cpu_slots, die_with_parent, resolve_device
 
 __all__ = ["check_workers", "default_workers", "in_turn", "resolve_workers", "run_jobs"]
 
@@ -52,11 +52,7 @@ def default_workers(device: str, threads) -> int:
     "auto"/None means one run takes the free cores itself (`ctrkit.core.utils.resolve_threads`), so
     it leaves nothing to spread: 1 worker (several workers each taking "all free cores" would
     oversubscribe the machine)."""
-    if resolve_device(device).type == "cuda":
-        return 1
-    if threads is None or (isinstance(threads, str) and threads.strip().lower() == "auto"):
-        return 1
-    return max(1, _usable_cores() // max(1, int(threads)))
+    return 1 if resolve_device(device).type == "cuda" else cpu_slots(threads)
 
 
 def resolve_workers(workers, device: str, threads, jobs: int) -> int:
@@ -74,6 +70,7 @@ def _portable(data):
 
 def _init(data, order) -> None:
     global _DATA, _ORDER
+    die_with_parent()  # the forkserver, which ends with the process that started it
     _DATA, _ORDER = data, order
 
 

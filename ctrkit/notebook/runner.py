@@ -120,7 +120,7 @@ class Reproduction:
     figures: str | None = None  # also copy the figures (and the Markdown tables) here
     force: bool = False  # re-run the notebooks already done with the same parameters
     only: Sequence[str] | None = None  # run only these notebooks of the plan
-    jobs: int | str = 1  # notebooks run at once (their dependencies allowing); "auto": see `parallel_jobs`
+    jobs: int | str = "auto"  # notebooks run at once (their dependencies allowing): see `parallel_jobs`; 1: in order
 
 
 def run(request: Reproduction, *, progress: bool = True, notebooks_dir: str | Path | None = None,
@@ -128,7 +128,7 @@ def run(request: Reproduction, *, progress: bool = True, notebooks_dir: str | Pa
     """Run the notebooks of `plan()` with papermill; skip those already done with the same parameters.
 
     With `request.jobs` 1 they run one after another in plan order; with more, as a dependency graph
-    (`NEEDS`, `EXPORTS`), up to that many at once, each in a worker process (papermill's progress bar
+    (`NEEDS`), up to that many at once, each in a worker process (papermill's progress bar
     off: two would garble each other).
     Before a dataset's first training notebook it logs the estimated time of the ones left to run
     (`estimate_line`), and every `progress_every` seconds of a notebook the runs recorded of those
@@ -229,8 +229,7 @@ def _execute_one(job: Job, src: Path, out_dir: Path, timeout: int | None, progre
 
 def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
     """jobs > 1: each notebook starts, in plan order among those ready, once the notebooks it needs
-    (`depends_on`) are done and no notebook it must not overlap (`exclusive`) runs; each runs in a
-    worker process (papermill's kernel client is asyncio- and zmq-based: a process keeps each one
+    (`depends_on`) are done; each runs in a worker process (papermill's kernel client is asyncio- and zmq-based: a process keeps each one
     apart). The first failure stops new starts; the running ones finish, then it is raised."""
     todo = steps.todo
     ran, skipped = [], [steps.skip(i) for i, t in enumerate(todo) if not t[3]]
@@ -238,11 +237,13 @@ def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
                for i, t in enumerate(todo) if t[3]}
     running, failure = {}, None
     # spawn: a fresh interpreter per worker (forking a process with threads running is unsafe)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from ctrkit.core.utils import die_with_parent
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         while True:
             for i in [i for i in sorted(waiting) if failure is None and not waiting[i]]:
-                busy = [todo[r][0] for r, *_ in running.values()]
-                if len(running) < jobs and not any(exclusive(todo[i][0], other) for other in busy):
+                if len(running) < jobs:
                     del waiting[i]
                     watch = ExitStack()
                     watch.enter_context(steps.begin(i))
@@ -277,20 +278,19 @@ def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
 # What each notebook needs finished first (of its own dataset), from what it reads:
 #   01: the prepared data of 00; 02: 01's checkpoints and baselines (records of the store);
 #   03, 04, 07: the setting 02's sweep chose (`reproduce.chosen`), 02's runs (07's controls, 04's
-#   4-model run) and the checkpoints; 04's pairs are also 03's runs: whichever notebook reaches one
-#   first trains it, the other waits on the store's claim and finds it done;
+#   4-model run) and the checkpoints; 04 also needs 03: its pairs are 03's runs, and they must reach
+#   the store in 03's order, as one after the other writes them (tables average rows in store order);
 #   05: nothing (draws from code); 06: its dataset's data and 01's checkpoints.
 # Needs are transitive (`depends_on`): a notebook missing from the plan (profile `skip`, --only) or
 # done before is satisfied, and what it needed is still needed.
 NEEDS: dict[str, tuple[str, ...]] = {
     "00_data": (), "01_baselines": ("00_data",), "02_scratch_vs_finetune": ("01_baselines",),
-    "03_partners": ("02_scratch_vs_finetune",), "04_peer_count": ("02_scratch_vs_finetune",),
+    "03_partners": ("02_scratch_vs_finetune",), "04_peer_count": ("03_partners",),
     "07_variants": ("02_scratch_vs_finetune",), "05_architectures": (), "06_explore": ("01_baselines",),
 }
-# The notebooks that rewrite their dataset's results.csv (`reproduce.export_results`, then read it):
-# an export of an older store snapshot could replace a newer one between another notebook's export
-# and its reads, so two of them of one dataset never overlap (datasets still run side by side).
-EXPORTS = frozenset({"01_baselines", "02_scratch_vs_finetune", "03_partners", "04_peer_count", "07_variants"})
+# 01-04 and 07 each rewrite their dataset's results.csv and read it back: notebooks of one dataset
+# may still overlap, since the export runs under the store's lock (`ResultsStore.to_csv`), so the
+# CSV a notebook reads is its own export or a later one, never an older snapshot.
 
 
 def _needed(notebook: str) -> set[str]:
@@ -308,11 +308,6 @@ def depends_on(job: Job, other: Job) -> bool:
     return other.dataset == job.dataset and other.notebook in _needed(job.notebook)
 
 
-def exclusive(job: Job, other: Job) -> bool:
-    """`job` and `other` must not run at the same time."""
-    return job.dataset == other.dataset and {job.notebook, other.notebook} <= EXPORTS
-
-
 def parallel_jobs(jobs: int | str, sizes: dict, device: str = "cpu") -> int:
     """Notebooks run at once: `jobs`, or for "auto" the CPU cores available divided by the profile's
     torch threads per run (at least 1; threads "auto" takes every core: 1), and 1 on CUDA (one GPU:
@@ -320,9 +315,9 @@ def parallel_jobs(jobs: int | str, sizes: dict, device: str = "cpu") -> int:
     if jobs == "auto":
         if device == "cuda":
             return 1
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = sizes.get("threads")
-        return max(1, cores // threads) if isinstance(threads, int) and threads > 0 else 1
+        from ctrkit.core.utils import cpu_slots
+
+        return cpu_slots(sizes.get("threads"))
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise CtrkitError(f"jobs {jobs!r}: an integer >= 1 or 'auto'")
     return jobs
