@@ -72,7 +72,8 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "runs = pd.concat([experiments.pretrain_baselines(\n"
                  "    data, models=[m], ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, seeds=cfg.seeds, epochs=cfg.epochs,\n"
                  "    overrides=tuned.get(m, cfg.overrides), store=cfg.store, device=cfg.device, threads=cfg.threads,\n"
-                 "    workers=cfg.workers, amp=cfg.amp, progress=cfg.progress) for m in cfg.models], ignore_index=True)\n"
+                 "    workers=cfg.workers, amp=cfg.amp, graph=cfg.graph, progress=cfg.progress)\n"
+                 "    for m in cfg.models], ignore_index=True)\n"
                  "runs[['peer', 'seed', 'epochs', 'epoch_cap_hit', 'valid_auc', 'test_auc', 'test_logloss', 'seconds']]"),
         ("md", "## Our baselines next to BARS (`flag`: seeds that stopped at the epoch cap)"),
         ("code", "reproduce.export_results(cfg)\nreproduce.paper_table(cfg, 'baselines')"),
@@ -92,7 +93,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("md", "## Runs: from scratch (mutual and alone), then the finetuning sweep (runs in the store are skipped)"),
         ("code", "common = dict(seeds=cfg.seeds, store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"
                  "              device=cfg.device, threads=cfg.threads, workers=cfg.workers, amp=cfg.amp,\n"
-                 "              progress=cfg.progress)\n"
+                 "              graph=cfg.graph, progress=cfg.progress)\n"
                  "experiments.run(data, [cfg.models], inits=['scratch'], modes=['mutual', 'alone'], epochs=cfg.epochs,\n"
                  "                overrides=cfg.overrides, **common)  # the baselines' patience\n"
                  "experiments.run(data, [cfg.models], inits=['pretrained'], modes=['alone', 'mutual'],\n"
@@ -140,7 +141,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "                ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, weight=best['weight'],\n"
                  "                finetune_lr_scale=best['finetune_lr_scale'], finetune_epochs=cfg.finetune_epochs,\n"
                  "                device=cfg.device, threads=cfg.threads, workers=cfg.workers, amp=cfg.amp,\n"
-                 "                progress=cfg.progress)\n"
+                 "                graph=cfg.graph, progress=cfg.progress)\n"
                  "reproduce.export_results(cfg)\n"
                  "reproduce.paper_table(cfg, 'partners')"),
         ("md", "## The partner matrix (mutual - alone, * Holm p < 0.05)"),
@@ -167,7 +168,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "                store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, weight=best['weight'],\n"
                  "                finetune_lr_scale=best['finetune_lr_scale'], finetune_epochs=cfg.finetune_epochs,\n"
                  "                device=cfg.device, threads=cfg.threads, workers=cfg.workers, amp=cfg.amp,\n"
-                 "                progress=cfg.progress)\n"
+                 "                graph=cfg.graph, progress=cfg.progress)\n"
                  "reproduce.export_results(cfg)\n"
                  "reproduce.paper_table(cfg, 'peer_count')"),
         ("md", "## Gain vs N (95% paired t-intervals over seeds)"),

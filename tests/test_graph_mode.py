@@ -288,3 +288,25 @@ def test_graph_mutual_losses_equal_eager_on_cuda(criteo_small, monkeypatch, over
         for pa, pb in zip(a["peers"], b["peers"]):
             assert pb["train_loss"] == pytest.approx(pa["train_loss"], rel=1e-4, abs=1e-5)
             assert pb["valid_auc"] == pytest.approx(pa["valid_auc"], abs=2e-3)
+
+
+def test_every_profile_sets_graph_and_reproduce_passes_it_wherever_it_passes_amp():
+    """`graph` is a profile key like `amp`: each profile's is a valid choice, the notebooks' settings
+    carry it, and every grid the notebooks or reproduce's helpers start gets it beside amp."""
+    import re
+    from pathlib import Path
+
+    from ctrkit.notebook import profiles, reproduce
+
+    for name, prof in profiles.PROFILES.items():
+        assert prof["graph"] in C.GRAPH_CHOICES, name
+        if not prof.get("rows") and name != "smoke":
+            continue  # profiles on real data need --data to build their settings
+        assert reproduce.settings(dataset="criteo", profile=name, out="unused").graph == prof["graph"]
+    root = Path(reproduce.__file__).resolve().parents[2]
+    sources = [root / "ctrkit" / "notebook" / "reproduce.py", root / "notebooks" / "make_notebooks.py",
+               *sorted((root / "notebooks").glob("*.ipynb"))]
+    for path in sources:
+        text = path.read_text()
+        assert len(re.findall(r"amp=cfg\.amp", text)) == len(re.findall(r"graph=cfg\.graph", text)), path.name
+    assert sum("graph=cfg.graph" in p.read_text() for p in sources) >= 6

@@ -43,26 +43,29 @@ NOTEBOOKS = PER_DATASET + ONCE
 #   tables do not depend on it;
 #   amp: the precision of every run. fp32 ("off") for the synthetic profiles: "auto" is bf16 on a CPU
 #   with AMX and fp32 elsewhere, so the tables would depend on the CPU that ran them (no bf16 hardware
-#   was at hand to measure by how much); `full` keeps "auto" (bf16 on a GPU).
+#   was at hand to measure by how much); `full` keeps "auto" (bf16 on a GPU);
+#   graph: how a run's step executes on CUDA (`ctrkit.training.graph`): "auto" replays the whole N-peer
+#   step as one CUDA graph and falls back to eager with one warning; moot on the CPU, and not part of a
+#   run's key (the same numbers within float tolerance).
 # quick/paper run the `smoke` model preset (small embeddings, batch 512): FiBiNET's bilinear layer
 # dominates the 2-core CPU budget, so the rows are sized for it (quick: <= 20 minutes for both datasets).
 PROFILES: dict[str, dict] = {
     "smoke": {
         "rows": 1000, "preset": "smoke", "epochs": 2, "patience": 1, "finetune_epochs": 1, "seeds": [2021, 2022],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [1.0, 10.0], "sweep_lr_scales": [1.0],
-        "threads": 1, "workers": "auto", "amp": "off", "execution_timeout": 900,
+        "threads": 1, "workers": "auto", "amp": "off", "graph": "auto", "execution_timeout": 900,
     },
     "quick": {
         "rows": 8000, "preset": "smoke", "epochs": 8, "patience": 2, "finetune_epochs": 1,
         "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
         "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": 1, "workers": "auto",
-        "amp": "off", "execution_timeout": 3600,
+        "amp": "off", "graph": "auto", "execution_timeout": 3600,
     },
     "paper": {
         "rows": 200000, "preset": "smoke", "epochs": 20, "patience": 3, "finetune_epochs": 2,
         "seeds": [2021, 2022, 2023, 2024, 2025, 2026, 2027, 2028, 2029, 2030],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0],
-        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "workers": "auto", "amp": "off", "execution_timeout": None,
+        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "workers": "auto", "amp": "off", "graph": "auto", "execution_timeout": None,
     },
     # study: the evidence run. Real data (--data, a schema file): all rows; synthetic: 10,000 rows, what the
     # 2-core CPU affords with full-size models (FiBiNET's bilinear layer on Criteo's 39 fields is 23,712
@@ -84,7 +87,7 @@ PROFILES: dict[str, dict] = {
         "rows": 10000, "preset": "full", "epochs": 30, "patience": 3, "finetune_epochs": 2,
         "seeds": [2021, 2022, 2023, 2024, 2025],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [1.0, 10.0, 30.0],
-        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "workers": "auto", "amp": "off", "execution_timeout": None,
+        "sweep_lr_scales": [0.1, 1.0], "threads": 1, "workers": "auto", "amp": "off", "graph": "auto", "execution_timeout": None,
         # the third candidate: the small-data regularizer of the BARS Frappe/MovieLens winners (0.01-0.05)
         "tune": [{}, {"lr": 0.0003}, {"embedding_regularizer": 0.01}], "tune_seeds": [2021, 2022],
         "sizes": ["full", "smoke"], "min_steps": 64, "variant_seeds": [2021, 2022, 2023],
@@ -94,7 +97,7 @@ PROFILES: dict[str, dict] = {
         "rows": None, "preset": "bars", "epochs": None, "patience": None, "finetune_epochs": 2,
         "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
         "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": "auto",
-        "workers": "auto", "amp": "auto", "execution_timeout": None,
+        "workers": "auto", "amp": "auto", "graph": "auto", "execution_timeout": None,
     },
 }
 

@@ -49,6 +49,7 @@ class Settings:
     threads: int | str = "auto"
     workers: int | str = 1  # processes a grid's runs are spread over (profiles: "auto"; ctrkit.experiments.workers)
     amp: str = "auto"
+    graph: str = "auto"  # CUDA graph mode of every run (profiles' `graph`; ctrkit.training.graph)
     progress: bool = False
     schema: str | None = None  # a schema file's path (dataset is then the schema's name)
     tune: list[dict] = field(default_factory=list)  # candidates of the baselines' search (study); [] = none
@@ -159,7 +160,8 @@ def settings(
         epochs=epochs if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
         seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"],
         patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
-        threads=prof["threads"], workers=prof.get("workers", 1), amp=prof["amp"], schema=schema,
+        threads=prof["threads"], workers=prof.get("workers", 1), amp=prof["amp"], graph=prof.get("graph", "auto"),
+        schema=schema,
         tune=prof.get("tune", []), tune_seeds=prof.get("tune_seeds", []), sizes=prof.get("sizes", []),
         min_steps=prof.get("min_steps"),
         variant_seeds=_variant_seeds(prof, seeds),
@@ -447,8 +449,8 @@ def variant_grid(cfg: Settings) -> list[dict]:
     (MSE), alone and KD finetuning and mutual/alone from scratch are 02's runs (the store)."""
     best = chosen(cfg)
     common = dict(seeds=cfg.variant_seeds or cfg.seeds, store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,
-                  device=cfg.device, threads=cfg.threads, workers=cfg.workers, amp=cfg.amp, progress=cfg.progress,
-                  tag="variants")
+                  device=cfg.device, threads=cfg.threads, workers=cfg.workers, amp=cfg.amp, graph=cfg.graph,
+                  progress=cfg.progress, tag="variants")
     tuned = dict(inits=["pretrained"], weight=best["weight"], finetune_lr_scale=best["finetune_lr_scale"],
                  finetune_epochs=cfg.finetune_epochs, **common)
     scratch = dict(inits=["scratch"], epochs=cfg.epochs, overrides=cfg.overrides, weight=SCRATCH_WEIGHT, **common)
@@ -529,7 +531,7 @@ def tune(cfg: Settings, data) -> dict[str, dict]:
         experiments.pretrain_baselines(data, cfg.models, root / f"candidate{i}", preset=cfg.preset,
                                        seeds=seeds, epochs=cfg.epochs, overrides=overrides,
                                        store=root / "store.jsonl", device=cfg.device, threads=cfg.threads,
-                                       workers=cfg.workers, amp=cfg.amp, progress=cfg.progress)
+                                       workers=cfg.workers, amp=cfg.amp, graph=cfg.graph, progress=cfg.progress)
     df = records.records(root / "store.jsonl", dataset=cfg.dataset)
     df = df[df["mode"] == "baseline"].assign(
         cand=[int(m.group(1)) if (m := re.search(r"candidate(\d+)", str(c))) else -1 for c in df["checkpoint"]])
@@ -553,7 +555,7 @@ def size_runs(cfg: Settings, data, size: str) -> Path:
     root = cfg.run_dir / "sizes" / size
     store, best = root / "store.jsonl", chosen(cfg)
     common = dict(seeds=cfg.seeds, store=store, preset=size, device=cfg.device, threads=cfg.threads,
-                  workers=cfg.workers, amp=cfg.amp, progress=cfg.progress)
+                  workers=cfg.workers, amp=cfg.amp, graph=cfg.graph, progress=cfg.progress)
     experiments.pretrain_baselines(data, cfg.models, root / "pretrained", epochs=cfg.epochs, overrides=cfg.overrides,
                                    **common)
     experiments.run(data, [cfg.models], inits=["pretrained"], modes=["alone", "mutual"], ckpt_dir=root / "pretrained",
