@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,7 +84,7 @@ def to_markdown(res: dict) -> str:
              "| variant | tree | flags | wall (s) per repeat | median wall (s) | speed-up vs first | tables equal to the first's (run keys aside) |",
              "|---|---|---|---|---:|---:|---|"]
     walls = {n: [r["wall_s"] for r in res["runs"] if r["variant"] == n] for n in names}
-    med = {n: sorted(w)[len(w) // 2] for n, w in walls.items()}
+    med = {n: round(statistics.median(w), 1) for n, w in walls.items()}
     for v in res["variants"]:
         n = v["name"]
         eq = [r["tables_equal"] for r in res["runs"] if r["variant"] == n]

@@ -174,3 +174,19 @@ def test_the_summary_across_datasets_is_written_again_after_overlapping_07s(tmp_
     runner._variants_summary_again(jobs)
     summary = pd.read_csv(tables / "variants_summary.csv")
     assert summary["n_datasets"].tolist() == [2]
+
+
+def test_the_longest_chain_of_work_starts_first():
+    sizes = profiles.PROFILES["quick"]
+    jobs = runner.plan(dataset="both", profile="quick")
+    todo = [(job, None, "", True) for job in jobs]
+    chain = runner._chains(todo, sizes)
+    at = {job.name: chain[i] for i, job in enumerate(jobs)}
+    cost = {nb: c for nb, (_, c) in runner.workload(sizes).items()}
+    assert at["criteo_07_variants"] == cost["07_variants"] > at["criteo_03_partners"]
+    assert at["criteo_03_partners"] == cost["03_partners"] + cost["04_peer_count"]  # 04 needs 03
+    assert at["criteo_00_data"] == at["criteo_01_baselines"] == cost["01_baselines"] + at["criteo_02_scratch_vs_finetune"]
+    assert at["05_architectures"] == at["06_explore"] == 0.0
+    done = [(job, None, "", job.notebook != "07_variants") for job in jobs]  # a 07 done before counts for nothing
+    assert runner._chains(done, sizes)[0] == cost["01_baselines"] + cost["02_scratch_vs_finetune"] + cost["03_partners"] \
+        + cost["04_peer_count"]

@@ -228,21 +228,23 @@ def _execute_one(job: Job, src: Path, out_dir: Path, timeout: int | None, progre
 
 
 def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
-    """jobs > 1: each notebook starts, in plan order among those ready, once the notebooks it needs
+    """jobs > 1: each notebook starts, the longest chain of work first among those ready (`_chains`;
+    then plan order), once the notebooks it needs
     (`depends_on`) are done; each runs in a worker process (papermill's kernel client is asyncio- and zmq-based: a process keeps each one
     apart). The first failure stops new starts; the running ones finish, then it is raised."""
     todo = steps.todo
     ran, skipped = [], [steps.skip(i) for i, t in enumerate(todo) if not t[3]]
     waiting = {i: {k for k, other in enumerate(todo) if other[3] and depends_on(todo[i][0], other[0])}
                for i, t in enumerate(todo) if t[3]}
-    running, failure = {}, None
+    running, failure, chain = {}, None, _chains(todo, steps.sizes)
     # spawn: a fresh interpreter per worker (forking a process with threads running is unsafe)
     from ctrkit.core.utils import die_with_parent
 
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
                              initargs=(os.getpid(),)) as pool:
         while True:
-            for i in [i for i in sorted(waiting) if failure is None and not waiting[i]]:
+            ready = [i for i in waiting if failure is None and not waiting[i]]
+            for i in sorted(ready, key=lambda i: (-chain[i], i)):
                 if len(running) < jobs:
                     del waiting[i]
                     watch = ExitStack()
@@ -291,6 +293,24 @@ NEEDS: dict[str, tuple[str, ...]] = {
 # 01-04 and 07 each rewrite their dataset's results.csv and read it back: notebooks of one dataset
 # may still overlap, since the export runs under the store's lock (`ResultsStore.to_csv`), so the
 # CSV a notebook reads is its own export or a later one, never an older snapshot.
+
+
+def _chains(todo: list[tuple], sizes: dict) -> dict[int, float]:
+    """Per pending job: its estimated work (`workload`'s cost, in epochs) plus the longest chain of the
+    pending jobs that need it, so a long 07 starts before a short 03 and the last notebooks to end
+    are short ones, not a 07 started late."""
+    cost = {i: workload(sizes).get(t[0].notebook, (0, 0.0))[1] for i, t in enumerate(todo) if t[3]}
+    out: dict[int, float] = {}
+
+    def chain(i: int) -> float:
+        if i not in out:
+            after = [chain(j) for j in cost if depends_on(todo[j][0], todo[i][0])]
+            out[i] = cost[i] + max(after, default=0.0)
+        return out[i]
+
+    for i in cost:
+        chain(i)
+    return out
 
 
 def _needed(notebook: str) -> set[str]:
