@@ -28,6 +28,9 @@ with log.open("a") as f:
     f.write(f"start {{dataset}} {name} {{time.time()}}\\n")
 if (Path(out) / f"fail_{{dataset}}_{name}").exists():
     raise ValueError("{name} was told to fail")
+if (Path(out) / f"kill_{{dataset}}_{name}").exists():  # the worker process running this kernel dies
+    import os, signal
+    os.kill(os.getppid(), signal.SIGKILL)
 time.sleep({hold} if (Path(out) / f"hold_{{dataset}}_{name}").exists() else {pause})
 with log.open("a") as f:
     f.write(f"end {{dataset}} {name} {{time.time()}}\\n")"""
@@ -190,3 +193,14 @@ def test_the_longest_chain_of_work_starts_first():
     done = [(job, None, "", job.notebook != "07_variants") for job in jobs]  # a 07 done before counts for nothing
     assert runner._chains(done, sizes)[0] == cost["01_baselines"] + cost["02_scratch_vs_finetune"] + cost["03_partners"] \
         + cost["04_peer_count"]
+
+
+def test_a_worker_that_dies_is_one_line_naming_its_notebook(fake_notebooks, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "kill_criteo_01_baselines").touch()
+    with pytest.raises(CtrkitError) as e:
+        _run(fake_notebooks, out, jobs=2, only=["00_data", "01_baselines"])
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("notebook 01_baselines (criteo) did not run: "), msg
+    assert (out / ".done" / "criteo_00_data.json").exists() and not (out / ".done" / "criteo_01_baselines.json").exists()

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from ctrkit.core.utils import CtrkitError, atomic_path, write_json_atomic
+from ctrkit.core.utils import CtrkitError, atomic_path, die_with_parent, write_json_atomic
 from ctrkit.notebook import profiles
 from ctrkit.notebook.profiles import (DATASETS, NOTEBOOK_DIR, NOTEBOOKS, ONCE, PER_DATASET, PROFILES,
                                       SCHEMA_SUFFIXES, SMALL_DATASETS)
@@ -228,18 +228,16 @@ def _execute_one(job: Job, src: Path, out_dir: Path, timeout: int | None, progre
 
 
 def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
-    """jobs > 1: each notebook starts, the longest chain of work first among those ready (`_chains`;
-    then plan order), once the notebooks it needs
-    (`depends_on`) are done; each runs in a worker process (papermill's kernel client is asyncio- and zmq-based: a process keeps each one
-    apart). The first failure stops new starts; the running ones finish, then it is raised."""
+    """jobs > 1: a notebook starts once the notebooks it needs (`depends_on`) are done, the longest
+    chain of work first among those ready (`_chains`; then plan order); each runs in a worker process
+    (papermill's kernel client is asyncio- and zmq-based: a process keeps each one apart). The first
+    failure stops new starts; the running ones finish, then it is raised."""
     todo = steps.todo
     ran, skipped = [], [steps.skip(i) for i, t in enumerate(todo) if not t[3]]
     waiting = {i: {k for k, other in enumerate(todo) if other[3] and depends_on(todo[i][0], other[0])}
                for i, t in enumerate(todo) if t[3]}
     running, failure, chain = {}, None, _chains(todo, steps.sizes)
     # spawn: a fresh interpreter per worker (forking a process with threads running is unsafe)
-    from ctrkit.core.utils import die_with_parent
-
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
                              initargs=(os.getpid(),)) as pool:
         while True:
@@ -257,7 +255,7 @@ def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
                 i, start, watch = running.pop(fut)
                 watch.close()
                 try:
-                    dest = fut.result()
+                    dest = _outcome(fut, todo[i][0])
                 except CtrkitError as e:
                     if failure is None and running:
                         steps.log(f"{steps.step(i)}: failed; starting nothing new, waiting for the "
@@ -273,6 +271,18 @@ def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
     if failure is not None:
         raise failure
     return ran, skipped
+
+
+def _outcome(fut, job: Job) -> Path:
+    """A worker's executed notebook, or a one-line CtrkitError naming it (also when the worker
+    process itself died: killed, out of memory)."""
+    try:
+        return fut.result()
+    except CtrkitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - BrokenProcessPool and the like: still one line naming the notebook
+        msg = " ".join(str(e).split())[:300]
+        raise CtrkitError(f"notebook {job.notebook} ({job.dataset}) did not run: {type(e).__name__}: {msg}") from None
 
 
 # ---------------------------------------------------------------- the dependency graph of jobs > 1
