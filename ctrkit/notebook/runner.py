@@ -194,9 +194,11 @@ class _Steps:
         (self.out_dir / ".done" / f"{job.name}.json").unlink(missing_ok=True)
         return _watch(self.step(i), self.out_dir / job.dataset, planned, self.log, self.progress_every)
 
-    def execute_args(self, i: int, progress: bool) -> tuple:
-        job, src = self.todo[i][:2]
-        return job, src, self.out_dir, self.sizes["execution_timeout"], progress
+    def execute(self, i: int, progress: bool, submit=None):
+        """`_execute` of notebook i here, or handed to `submit` (a pool's) for a worker process."""
+        args = (*self.todo[i][:2], self.out_dir)
+        kw = {"timeout": self.sizes["execution_timeout"], "progress": progress}
+        return submit(_execute, *args, **kw) if submit is not None else _execute(*args, **kw)
 
     def finish(self, i: int, dest: Path, seconds: float) -> None:
         job, _, digest, _ = self.todo[i]
@@ -216,15 +218,10 @@ def _run_in_order(steps: _Steps, *, progress: bool) -> tuple[list[int], list[str
         watch = steps.begin(i)
         start = time.perf_counter()
         with watch:
-            dest = _execute_one(*steps.execute_args(i, progress))
+            dest = steps.execute(i, progress)
         steps.finish(i, dest, time.perf_counter() - start)
         ran.append(i)
     return ran, skipped
-
-
-def _execute_one(job: Job, src: Path, out_dir: Path, timeout: int | None, progress: bool) -> Path:
-    """`_execute` with positional arguments: what a worker process is handed."""
-    return _execute(job, src, out_dir, timeout=timeout, progress=progress)
 
 
 def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
@@ -247,7 +244,7 @@ def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
                     del waiting[i]
                     watch = ExitStack()
                     watch.enter_context(steps.begin(i))
-                    running[pool.submit(_execute_one, *steps.execute_args(i, False))] = (i, time.perf_counter(), watch)
+                    running[steps.execute(i, False, pool.submit)] = (i, time.perf_counter(), watch)
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -309,7 +306,8 @@ def _chains(todo: list[tuple], sizes: dict) -> dict[int, float]:
     """Per pending job: its estimated work (`workload`'s cost, in epochs) plus the longest chain of the
     pending jobs that need it, so a long 07 starts before a short 03 and the last notebooks to end
     are short ones, not a 07 started late."""
-    cost = {i: workload(sizes).get(t[0].notebook, (0, 0.0))[1] for i, t in enumerate(todo) if t[3]}
+    work = workload(sizes)
+    cost = {i: work.get(t[0].notebook, (0, 0.0))[1] for i, t in enumerate(todo) if t[3]}
     out: dict[int, float] = {}
 
     def chain(i: int) -> float:
