@@ -16,25 +16,39 @@ from ctrkit.core import utils
 from ctrkit.core.utils import CtrkitError
 from ctrkit.notebook import profiles, runner
 
-PAUSE = 0.6  # seconds each fake notebook holds its slot: long enough to see overlaps, short enough to be fast
+PAUSE = 0.6  # seconds each fake notebook holds its slot once it runs
+AWAIT = 60  # seconds a fake notebook waits at most for its awaited file (then the test's assertions fail)
 
-# Each fake notebook appends "start|end <dataset> <notebook> <time>" to OUT/events.log (the runner
-# injects `dataset` and `out` as parameters); it fails at once when OUT/fail_<dataset>_<notebook>
-# exists, and holds its slot HOLD seconds instead of PAUSE when OUT/hold_<dataset>_<notebook> does.
+# Each fake notebook touches OUT/started_<dataset>_<notebook> and appends "start|end <dataset> <notebook>
+# <time>" to OUT/events.log (the runner injects `dataset` and `out` as parameters); it fails at once when
+# OUT/fail_<dataset>_<notebook> exists, and when OUT/await_<dataset>_<notebook> exists it first holds its
+# slot until the file named in it appears. Overlaps are thus arranged by handshakes, not by timing: a kernel
+# that is slow to start on a loaded machine cannot turn a correct schedule into a failed test.
 SOURCE = """import time
 from pathlib import Path
 log = Path(out) / "events.log"
+(Path(out) / f"started_{{dataset}}_{name}").touch()
 with log.open("a") as f:
     f.write(f"start {{dataset}} {name} {{time.time()}}\\n")
+awaits = Path(out) / f"await_{{dataset}}_{name}"
+if awaits.exists():
+    until = time.time() + {wait}
+    while not (Path(out) / awaits.read_text().strip()).exists() and time.time() < until:
+        time.sleep(0.05)
 if (Path(out) / f"fail_{{dataset}}_{name}").exists():
     raise ValueError("{name} was told to fail")
 if (Path(out) / f"kill_{{dataset}}_{name}").exists():  # the worker process running this kernel dies
     import os, signal
     os.kill(os.getppid(), signal.SIGKILL)
-time.sleep({hold} if (Path(out) / f"hold_{{dataset}}_{name}").exists() else {pause})
+time.sleep({pause})
 with log.open("a") as f:
     f.write(f"end {{dataset}} {name} {{time.time()}}\\n")"""
-HOLD = 2.5
+
+
+def _awaits(out: Path, dataset: str, notebook: str, name: str) -> None:
+    """Notebook (dataset, notebook) holds its slot until OUT/name exists."""
+    out.mkdir(exist_ok=True)
+    (out / f"await_{dataset}_{notebook}").write_text(name)
 
 
 @pytest.fixture
@@ -44,7 +58,7 @@ def fake_notebooks(tmp_path):
     for name in profiles.NOTEBOOKS:
         params = nbformat.v4.new_code_cell('dataset = "criteo"\nout = "results"')
         params.metadata["tags"] = ["parameters"]
-        nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(SOURCE.format(name=name, pause=PAUSE, hold=HOLD))])
+        nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(SOURCE.format(name=name, pause=PAUSE, wait=AWAIT))])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, folder / f"{name}.ipynb")
     return folder
@@ -67,6 +81,10 @@ def _intervals(out: Path) -> dict[tuple[str, str], list[float]]:
 
 def test_two_jobs_keep_every_dependency_and_overlap_independent_notebooks(fake_notebooks, tmp_path):
     out, logs = tmp_path / "out", []
+    # a correct schedule runs 03 beside 07 and 00 beside 05: each of a pair waits to see the other start
+    for a, b in (("03_partners", "07_variants"), ("00_data", "05_architectures")):
+        _awaits(out, "criteo", a, f"started_criteo_{b}")
+        _awaits(out, "criteo", b, f"started_criteo_{a}")
     res = _run(fake_notebooks, out, jobs=2, logs=logs)
     assert sorted(res["ran"]) == sorted(j.name for j in runner.plan(dataset="criteo", profile="smoke"))
     spans = _intervals(out)
@@ -74,7 +92,7 @@ def test_two_jobs_keep_every_dependency_and_overlap_independent_notebooks(fake_n
     for (_, nb), (start, _) in spans.items():
         for needed in runner._needed(nb):
             assert spans[("criteo", needed)][1] <= start, f"{nb} started before {needed} ended"
-    # 03, 04 and 07 need only 02: two of them run at once
+    # 03 and 07 (04 needs 03 too) need only 02: two of them run at once
     after = sorted(s for (_, nb), s in spans.items() if nb in ("03_partners", "04_peer_count", "07_variants"))
     assert any(a[1] > b[0] for a, b in zip(after, after[1:])), after
     # 05 needs nothing: it runs beside 00 (the only other notebook ready at first)
@@ -104,10 +122,19 @@ def test_failure_stops_new_starts_lets_the_running_finish_and_a_rerun_resumes(fa
     out, logs = tmp_path / "out", []
     out.mkdir()
     (out / "fail_criteo_01_baselines").touch()
-    (out / "hold_avazu_01_baselines").touch()  # still running when criteo's 01 fails
+    # criteo's 01 fails once avazu's 01 runs beside it, and avazu's is still running when the runner
+    # takes in the failure: the runner's own log line releases it
+    _awaits(out, "criteo", "01_baselines", "started_avazu_01_baselines")
+    _awaits(out, "avazu", "01_baselines", "released")
+
+    def log(line):
+        logs.append(line)
+        if "failed; starting nothing new" in line:
+            (out / "released").touch()
     only = ["00_data", "01_baselines", "02_scratch_vs_finetune", "05_architectures"]
     with pytest.raises(CtrkitError) as e:
-        _run(fake_notebooks, out, jobs=2, dataset="both", only=only, logs=logs)
+        request = runner.Reproduction(dataset="both", profile="smoke", out=str(out), device="cpu", jobs=2, only=only)
+        runner.run(request, progress=False, notebooks_dir=fake_notebooks, log=log, progress_every=None)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("notebook 01_baselines (criteo) failed in cell ")
     assert "ValueError: 01_baselines was told to fail" in msg
