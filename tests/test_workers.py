@@ -3,6 +3,7 @@ processes give exactly the records of the same grid run one after another (same 
 the same numbers), a partial store resumes without re-running what it holds, a failing run in a
 worker is one CtrkitError naming it, and bad `workers` values are rejected."""
 import json
+import os
 
 import pytest
 
@@ -108,6 +109,30 @@ def test_failing_run_in_worker_is_one_line_error(small, tmp_path):
     assert "\n" not in msg and "failed in a worker process" in msg
     assert "DeepFM" in msg and "alone" in msg and "seed 1" in msg and "best.pt" in msg
     assert not (tmp_path / "s.jsonl").exists() or not (tmp_path / "s.jsonl").read_text().strip()
+
+
+def _pid(data, fail=False):
+    if fail:
+        raise ValueError("told to fail")
+    return os.getpid(), data.fingerprint
+
+
+def test_the_pool_stays_warm_for_the_next_grid_on_the_same_data_and_ends_on_failure(small, tmp_path):
+    first = dict(workers.run_jobs(_pid, [()] * 4, small, 2, names=["probe"] * 4))
+    pids = {pid for pid, _ in first.values()}
+    assert len(first) == 4 and os.getpid() not in pids and {fp for _, fp in first.values()} == {small.fingerprint}
+    again = dict(workers.run_jobs(_pid, [()] * 4, small, 2, names=["probe"] * 4))
+    assert {pid for pid, _ in again.values()} <= pids  # the same processes: no new start, no new load
+    with pytest.raises(CtrkitError, match="^probe 1 failed in a worker process: ValueError: told to fail$"):
+        list(workers.run_jobs(_pid, [(), (True,)], small, 2, names=["probe 0", "probe 1"]))
+    assert workers._WARM is None  # a failure ends the pool ...
+    after = dict(workers.run_jobs(_pid, [()] * 2, small, 2, names=["probe"] * 2))
+    assert not {pid for pid, _ in after.values()} & pids  # ... and the next grid starts new workers
+    other = ctrdata.synthetic_dataset("criteo", 600, tmp_path / "other", seed=7)
+    moved = dict(workers.run_jobs(_pid, [()] * 2, other, 2, names=["probe"] * 2))
+    assert {fp for _, fp in moved.values()} == {other.fingerprint} != {small.fingerprint}  # other data: other pool
+    workers.shutdown()
+    assert workers._WARM is None
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "two", True, None])

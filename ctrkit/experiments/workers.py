@@ -10,9 +10,12 @@ appends and run claims are file-locked).
 `default_workers` is the one rule for `workers="auto"`. Processes start from a forkserver, not by
 fork: the parent is often a Jupyter kernel with threads of its own, and a fork copies their locks in
 whatever state they are in. The dataset is sent to each worker once (the pool's initializer); a
-worker reads its splits from disk itself. As with any spawn/forkserver process, a worker imports the
-parent's main module first: a script (not a notebook) that runs a grid with workers > 1 needs the
-`if __name__ == "__main__":` guard.
+worker reads its splits from disk itself. The pool outlives a grid: the next grid on the same dataset
+object and worker count (a notebook runs several) reuses its warm workers instead of starting new
+ones and loading the splits again (`shutdown` ends it; a failure or an interrupt ends it at once;
+idle, it holds the workers' copies of the splits until then). As with any spawn/forkserver process,
+a worker imports the parent's main module first: a script (not a notebook) that runs a grid with
+workers > 1 needs the `if __name__ == "__main__":` guard.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ctrkit.core.utils import CtrkitError, cpu_slots, die_with_parent, resolve_device
 
-__all__ = ["check_workers", "default_workers", "in_turn", "resolve_workers", "run_jobs"]
+__all__ = ["check_workers", "default_workers", "in_turn", "resolve_workers", "run_jobs", "shutdown"]
 
 # Imported once by the forkserver, so each worker forks from a process that has torch and ctrkit loaded
 # (a bare spawn re-imports torch per worker); torch._dynamo too: torch.optim imports it on a process's
@@ -35,6 +38,9 @@ _DATA: Any = None  # the dataset of this worker process, set by `_init`
 # the index of the job this worker runs now. None outside a worker.
 _ORDER: Any = None
 _JOB: int | None = None
+# In the parent: the warm pool of the last grid, (key, pool, order, data); the data is held so that the
+# key's id() cannot be reused by another object while the pool lives.
+_WARM: tuple | None = None
 
 
 def check_workers(workers) -> int | str:
@@ -114,16 +120,42 @@ def _context():
     return ctx
 
 
+def _pool(data, workers: int) -> tuple[ProcessPoolExecutor, Any]:
+    """The warm pool for (`data`, `workers`), or a new one (ending a warm pool of other data)."""
+    global _WARM
+    key = (id(data), getattr(data, "path", None), getattr(data, "fingerprint", None), workers)
+    if _WARM is not None and _WARM[0] == key:
+        return _WARM[1], _WARM[2]
+    shutdown()
+    ctx = _context()
+    order = (ctx.Condition(), ctx.Value("i", 0, lock=False))  # the Value is guarded by the Condition
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init,
+                               initargs=(_portable(data), order))
+    _WARM = (key, pool, order, data)
+    return pool, order
+
+
+def shutdown(terminate: bool = False) -> None:
+    """End the warm pool, if any (`terminate`: without waiting for its running jobs)."""
+    global _WARM
+    if _WARM is None:
+        return
+    pool, _WARM = _WARM[1], None
+    if terminate:
+        _terminate(pool)
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *,
              names: Sequence[str]) -> Iterator[tuple[int, Any]]:
     """`fn(data, *jobs[i])` for every job on `workers` processes, yielded as (i, result) as each
     finishes; their appends to a store reach it in the jobs' order (`in_turn`). A failed job: the jobs not started
     are cancelled, those running finish (and record), then CtrkitError naming `names[i]` and the error.
-    Interrupted (KeyboardInterrupt, or the caller stops iterating): the workers are terminated."""
-    ctx = _context()
-    order = (ctx.Condition(), ctx.Value("i", 0, lock=False))  # the Value is guarded by the Condition
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init,
-                               initargs=(_portable(data), order))
+    Interrupted (KeyboardInterrupt, or the caller stops iterating): the workers are terminated. The
+    pool stays warm for the next call on the same `data` object (`shutdown`)."""
+    pool, (cond, nxt) = _pool(data, workers)
+    with cond:
+        nxt.value = 0  # no job of an earlier call is running: each call drains its own
     clean = False
     try:
         futures = {pool.submit(_call, fn, tuple(job), i): i for i, job in enumerate(jobs)}
@@ -134,15 +166,14 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *,
                 i = futures[fut]
                 ok, value = _outcome(fut)
                 if not ok:
-                    pool.shutdown(wait=True, cancel_futures=True)
+                    shutdown()
                     clean = True
                     raise CtrkitError(f"{names[i]} failed in a worker process: {value}")
                 yield i, value
         clean = True
     finally:
         if not clean:
-            _terminate(pool)
-        pool.shutdown(wait=True, cancel_futures=True)
+            shutdown(terminate=True)
 
 
 def _outcome(fut) -> tuple[bool, Any]:
