@@ -4,6 +4,7 @@ they start and end: every dependency holds, independent notebooks overlap with 2
 and done markers let a rerun resume."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ from ctrkit.notebook import profiles, runner
 PAUSE = 0.6  # seconds each fake notebook holds its slot once it runs
 AWAIT = 60  # seconds a fake notebook waits at most for its awaited file (then the test's assertions fail)
 
-# Each fake notebook touches OUT/started_<dataset>_<notebook> and appends "start|end <dataset> <notebook>
+# Each fake notebook touches OUT/started_<dataset>_<notebook>, writes its kernel's niceness to
+# OUT/nice_<dataset>_<notebook>, and appends "start|end <dataset> <notebook>
 # <time>" to OUT/events.log (the runner injects `dataset` and `out` as parameters); it fails at once when
 # OUT/fail_<dataset>_<notebook> exists, and when OUT/await_<dataset>_<notebook> exists it first holds its
 # slot until the file named in it appears. Overlaps are thus arranged by handshakes, not by timing: a kernel
@@ -28,6 +30,7 @@ SOURCE = """import time
 from pathlib import Path
 log = Path(out) / "events.log"
 (Path(out) / f"started_{{dataset}}_{name}").touch()
+(Path(out) / f"nice_{{dataset}}_{name}").write_text(str(__import__("os").nice(0)))
 with log.open("a") as f:
     f.write(f"start {{dataset}} {name} {{time.time()}}\\n")
 awaits = Path(out) / f"await_{{dataset}}_{name}"
@@ -103,6 +106,17 @@ def test_two_jobs_keep_every_dependency_and_overlap_independent_notebooks(fake_n
         assert f"[{i}/8] {job.name} ..." in logs
         assert sum(line.startswith(f"[{i}/8] {job.name}: ") and " s -> " in line for line in logs) == 1, logs
     assert (out / ".done" / "criteo_07_variants.json").exists() and (out / ".done" / "06_explore.json").exists()
+    # the chain that decides the end (00 -> 01 -> 02 -> the longer of 07 and 03 -> 04) runs at this
+    # process's priority; a notebook started beside it with time to spare runs niced
+    base, chain = os.nice(0), runner._chains([(j, None, "", True) for j in runner.plan(dataset="criteo",
+                                                                                         profile="smoke")], profiles.PROFILES["smoke"])
+    nice = {nb: int((out / f"nice_criteo_{nb}").read_text()) for nb in profiles.NOTEBOOKS}
+    longer = "07_variants" if chain[5] > chain[3] else "03_partners"  # a tie goes to the first in plan order
+    for nb in ("00_data", "01_baselines", "02_scratch_vs_finetune", longer):
+        assert nice[nb] == base, nice
+    background = min(19, base + runner.BACKGROUND_NICENESS)
+    for nb in ("05_architectures", "06_explore", {"07_variants": "03_partners"}.get(longer, "07_variants")):
+        assert nice[nb] == background, nice
     events = (out / "events.log").read_text()
     again = _run(fake_notebooks, out, jobs=2)
     assert again["ran"] == [] and len(again["skipped"]) == 8 and (out / "events.log").read_text() == events

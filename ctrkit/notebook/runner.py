@@ -194,10 +194,10 @@ class _Steps:
         (self.out_dir / ".done" / f"{job.name}.json").unlink(missing_ok=True)
         return _watch(self.step(i), self.out_dir / job.dataset, planned, self.log, self.progress_every)
 
-    def execute(self, i: int, progress: bool, submit=None):
+    def execute(self, i: int, progress: bool, submit=None, niceness: int = 0):
         """`_execute` of notebook i here, or handed to `submit` (a pool's) for a worker process."""
         args = (*self.todo[i][:2], self.out_dir)
-        kw = {"timeout": self.sizes["execution_timeout"], "progress": progress}
+        kw = {"timeout": self.sizes["execution_timeout"], "progress": progress, "niceness": niceness}
         return submit(_execute, *args, **kw) if submit is not None else _execute(*args, **kw)
 
     def finish(self, i: int, dest: Path, seconds: float) -> None:
@@ -244,7 +244,9 @@ def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
                     del waiting[i]
                     watch = ExitStack()
                     watch.enter_context(steps.begin(i))
-                    running[steps.execute(i, False, pool.submit)] = (i, time.perf_counter(), watch)
+                    unfinished = {*waiting, *(r[0] for r in running.values())}
+                    nice = 0 if _heads_longest_chain(i, chain, unfinished) else BACKGROUND_NICENESS
+                    running[steps.execute(i, False, pool.submit, nice)] = (i, time.perf_counter(), watch)
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -300,6 +302,19 @@ NEEDS: dict[str, tuple[str, ...]] = {
 # 01-04 and 07 each rewrite their dataset's results.csv and read it back: notebooks of one dataset
 # may still overlap, since the export runs under the store's lock (`ResultsStore.to_csv`), so the
 # CSV a notebook reads is its own export or a later one, never an older snapshot.
+
+
+# The niceness of a notebook started while another heads a longer chain of work (`_heads_longest_chain`):
+# on a busy machine its kernel and worker processes get ~10% of a core beside that one's (Linux's
+# weights, nice 10 against 0), so the chain that decides when the reproduction ends is not slowed by
+# notebooks that have time to spare; they still take whatever the chain leaves idle.
+BACKGROUND_NICENESS = 10
+
+
+def _heads_longest_chain(i: int, chain: dict[int, float], unfinished: set[int]) -> bool:
+    """Whether job i heads the longest chain of estimated work among the unfinished jobs (a tie goes
+    to the job first in plan order)."""
+    return max(unfinished | {i}, key=lambda j: (chain[j], -j)) == i
 
 
 def _chains(todo: list[tuple], sizes: dict) -> dict[int, float]:
@@ -397,9 +412,10 @@ def _done_before(marker: Path, dest: Path, digest: str) -> bool:
         return False
 
 
-def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progress: bool) -> Path:
+def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progress: bool, niceness: int = 0) -> Path:
     """Execute one notebook with papermill into its place under OUT (via a hidden partial file, so a
-    notebook is there only when it finished); a failure keeps <name>.failed.ipynb and raises CtrkitError."""
+    notebook is there only when it finished), its kernel (and the processes it starts) at `niceness`;
+    a failure keeps <name>.failed.ipynb and raises CtrkitError."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -411,6 +427,7 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
         papermill.execute_notebook(
             str(src), str(partial), parameters=job.parameters, kernel_name="python3",
             cwd=str(out_dir), progress_bar=progress, log_output=False, execution_timeout=timeout,
+            **({"kernel_manager_class": _niced_kernels(niceness)} if niceness and shutil.which("nice") else {}),
         )
     except PapermillExecutionError as e:
         partial.replace(failed) if partial.exists() else None
@@ -428,6 +445,18 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
     partial.replace(dest)
     failed.unlink(missing_ok=True)
     return dest
+
+
+def _niced_kernels(niceness: int):
+    """nbclient's kernel manager, its kernel command run under `nice -n niceness` (an unprivileged
+    process can lower its own priority only, so the kernel is started that way, not reniced)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class NicedKernelManager(AsyncKernelManager):
+        def format_kernel_cmd(self, extra_arguments=None):
+            return ["nice", "-n", str(niceness), *super().format_kernel_cmd(extra_arguments)]
+
+    return NicedKernelManager
 
 
 def copy_figures(src: str | Path, dest: str | Path, *, tables_src: str | Path | None = None) -> list[str]:
