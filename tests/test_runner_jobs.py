@@ -21,7 +21,7 @@ PAUSE = 0.6  # seconds each fake notebook holds its slot once it runs
 AWAIT = 60  # seconds a fake notebook waits at most for its awaited file (then the test's assertions fail)
 
 # Each fake notebook touches OUT/started_<dataset>_<notebook>, writes its kernel's niceness to
-# OUT/nice_<dataset>_<notebook>, and appends "start|end <dataset> <notebook>
+# OUT/nice_<dataset>_<notebook> (and its autogroup's to group_...), and appends "start|end <dataset> <notebook>
 # <time>" to OUT/events.log (the runner injects `dataset` and `out` as parameters); it fails at once when
 # OUT/fail_<dataset>_<notebook> exists, and when OUT/await_<dataset>_<notebook> exists it first holds its
 # slot until the file named in it appears. Overlaps are thus arranged by handshakes, not by timing: a kernel
@@ -31,6 +31,8 @@ from pathlib import Path
 log = Path(out) / "events.log"
 (Path(out) / f"started_{{dataset}}_{name}").touch()
 (Path(out) / f"nice_{{dataset}}_{name}").write_text(str(__import__("os").nice(0)))
+group = Path("/proc/self/autogroup")  # Linux: the session's scheduling group, "/autogroup-N nice K"
+(Path(out) / f"group_{{dataset}}_{name}").write_text(group.read_text().split()[-1] if group.exists() else "none")
 with log.open("a") as f:
     f.write(f"start {{dataset}} {name} {{time.time()}}\\n")
 awaits = Path(out) / f"await_{{dataset}}_{name}"
@@ -117,6 +119,9 @@ def test_two_jobs_keep_every_dependency_and_overlap_independent_notebooks(fake_n
     background = min(19, base + runner.BACKGROUND_NICENESS)
     for nb in ("05_architectures", "06_explore", {"07_variants": "03_partners"}.get(longer, "07_variants")):
         assert nice[nb] == background, nice
+    group = {nb: (out / f"group_criteo_{nb}").read_text() for nb in profiles.NOTEBOOKS}
+    if group["00_data"] != "none":  # autogrouping: each kernel's session is a group, niced as a whole
+        assert group["00_data"] == "0" and group["05_architectures"] == str(runner.BACKGROUND_NICENESS), group
     events = (out / "events.log").read_text()
     again = _run(fake_notebooks, out, jobs=2)
     assert again["ran"] == [] and len(again["skipped"]) == 8 and (out / "events.log").read_text() == events

@@ -306,7 +306,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
 
 # The niceness of a notebook started while another heads a longer chain of work (`_heads_longest_chain`):
 # on a busy machine its kernel and worker processes get ~10% of a core beside that one's (Linux's
-# weights, nice 10 against 0), so the chain that decides when the reproduction ends is not slowed by
+# weights, nice 10 against 0; its kernel's whole session where the scheduler groups by session), so the chain that decides when the reproduction ends is not slowed by
 # notebooks that have time to spare; they still take whatever the chain leaves idle.
 BACKGROUND_NICENESS = 10
 
@@ -427,7 +427,8 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
         papermill.execute_notebook(
             str(src), str(partial), parameters=job.parameters, kernel_name="python3",
             cwd=str(out_dir), progress_bar=progress, log_output=False, execution_timeout=timeout,
-            **({"kernel_manager_class": _niced_kernels(niceness)} if niceness and shutil.which("nice") else {}),
+            **({"kernel_manager_class": _niced_kernels(niceness)} if niceness and shutil.which("nice")
+               and shutil.which("sh") else {}),
         )
     except PapermillExecutionError as e:
         partial.replace(failed) if partial.exists() else None
@@ -448,13 +449,17 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
 
 
 def _niced_kernels(niceness: int):
-    """nbclient's kernel manager, its kernel command run under `nice -n niceness` (an unprivileged
-    process can lower its own priority only, so the kernel is started that way, not reniced)."""
+    """nbclient's kernel manager, its kernel started at `niceness`: the process (`nice`) and, on Linux
+    with autogrouping, its session's group (jupyter starts each kernel in a session of its own, and the
+    scheduler shares the CPU between such groups by the group's niceness, not the processes'). An
+    unprivileged process may lower its own priority only, so the kernel starts that way."""
     from jupyter_client.manager import AsyncKernelManager
+
+    wrap = f"{{ echo {niceness} > /proc/self/autogroup; }} 2>/dev/null; exec nice -n {niceness} \"$@\""
 
     class NicedKernelManager(AsyncKernelManager):
         def format_kernel_cmd(self, extra_arguments=None):
-            return ["nice", "-n", str(niceness), *super().format_kernel_cmd(extra_arguments)]
+            return ["sh", "-c", wrap, "sh", *super().format_kernel_cmd(extra_arguments)]
 
     return NicedKernelManager
 
