@@ -258,7 +258,7 @@ def test_reproduce_prints_the_estimate_first_and_progress(tmp_path, monkeypatch)
     out = tmp_path / "out"
     reproduce.dataset(reproduce.settings(dataset="criteo", profile="smoke", out=str(out)))
 
-    def fake(job, src, out_dir, *, timeout, progress):
+    def fake(job, src, out_dir, *, timeout, progress, niceness=0):
         store = ResultsStore(out_dir / job.dataset / "store.jsonl")
         for seed in (1, 2):
             store.append([{"run_key": f"{job.notebook}{seed}", "peer_index": 0, "dataset": "criteo"}])
