@@ -306,8 +306,9 @@ NEEDS: dict[str, tuple[str, ...]] = {
 
 # The niceness of a notebook started while another heads a longer chain of work (`_heads_longest_chain`):
 # on a busy machine its kernel and worker processes get ~10% of a core beside that one's (Linux's
-# weights, nice 10 against 0; its kernel's whole session where the scheduler groups by session), so the chain that decides when the reproduction ends is not slowed by
-# notebooks that have time to spare; they still take whatever the chain leaves idle.
+# weights, nice 10 against 0; for its kernel's whole session where the scheduler groups by session),
+# so the chain that decides when the reproduction ends is not slowed by notebooks that have time to
+# spare; they still take whatever the chain leaves idle.
 BACKGROUND_NICENESS = 10
 
 
