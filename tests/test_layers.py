@@ -327,6 +327,42 @@ def test_bilinear_cat_equals_the_textbook_cat_values_and_gradients(bilinear_type
                                rtol=0.05, atol=0.02)
 
 
+def _block_by_block(e, w, g):
+    """The by-left-field bilinear written plainly, one block at a time with its own permuted weight:
+    the GEMMs and elementwise ops the seeded results were made with (output, grad emb, grad weight)."""
+    b, fn, d = e.shape
+    out, lefts, s = [], [], 0
+    g_e, g_w = torch.zeros_like(e), torch.empty_like(w)
+    for i in range(fn - 1):
+        n = fn - 1 - i
+        wi = w[s:s + n].permute(1, 0, 2).reshape(d, n * d)
+        left = e[:, i] @ wi
+        out.append(left.view(b, n, d) * e[:, i + 1:])
+        gi = g[:, s:s + n]
+        g_e[:, i + 1:].addcmul_(gi, left.view(b, n, d))
+        g_left = (gi * e[:, i + 1:]).reshape(b, n * d)
+        g_e[:, i] += g_left @ wi.t()
+        g_w[s:s + n] = (e[:, i].t() @ g_left).view(d, n, d).permute(1, 0, 2)
+        s += n
+    return torch.cat(out, dim=1), g_e, g_w
+
+
+@pytest.mark.parametrize("b, fn, d", [(512, 39, 4), (300, 24, 4), (64, 13, 16), (7, 5, 3)])
+def test_bilinear_kernel_is_bit_for_bit_the_block_by_block_products(b, fn, d):
+    """The kernel permutes each weight once per step and writes the weight gradient into one buffer:
+    in fp32 its output and gradients are the block-by-block computation's bits (a different GEMM
+    shape or order would change the seeded tables' last digits)."""
+    torch.manual_seed(13)
+    P = fn * (fn - 1) // 2
+    emb = torch.randn(b, fn, d, requires_grad=True)
+    w = torch.randn(P, d, d, requires_grad=True)
+    g = torch.randn(b, P, d)
+    out = cpu._BilinearByLeftField.apply(torch.float32, emb, w)
+    got = (out, *torch.autograd.grad(out, (emb, w), g))
+    for a, r in zip(got, _block_by_block(emb.detach(), w.detach(), g)):
+        assert torch.equal(a, r)
+
+
 def test_bilinear_unknown_type():
     with pytest.raises(CtrkitError, match="bilinear_type 'pairwise' is unknown"):
         layers.Bilinear(F, D, "pairwise")

@@ -141,9 +141,11 @@ class _BilinearByLeftField(torch.autograd.Function):
         # costs one more [B, P, d] per input while the graph lives (0.47 GB fp32 at B=10,000, d=16)
         lefts = []
         for k, (e, w) in enumerate(ew):
+            # every block's [d, n*d] right matrix side by side, permuted once per step, not per block
+            w_cat, cols, o = _side_by_side(w), e.unbind(1), out[:, k * P:(k + 1) * P]
             for i, s, n in _left_field_blocks(F):
-                left = e[:, i] @ w[s:s + n].permute(1, 0, 2).reshape(d, n * d)  # [B, n*d]
-                torch.mul(left.view(B, n, d), e[:, i + 1:], out=out[:, k * P + s:k * P + s + n])
+                left = torch.mm(cols[i], w_cat[:, s * d:(s + n) * d])  # [B, n*d]
+                torch.mul(left.view(B, n, d), e[:, i + 1:], out=o[:, s:s + n])
                 lefts.append(left)
         ctx.save_for_backward(*(t for pair in ew for t in pair), *lefts)
         ctx.n_inputs = len(ew)
@@ -166,19 +168,29 @@ class _BilinearByLeftField(torch.autograd.Function):
 def _bilinear_backward(e: torch.Tensor, w: torch.Tensor, lefts, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients (emb ``[B, F, d]``, weight ``[P, d, d]``) of one by-left-field bilinear from its
     output gradient ``g`` ``[B, P, d]`` and the forward's left products (one ``[B, n*d]`` per left
-    field), summed in fp32 under bf16."""
+    field), summed in fp32 under bf16. Each block's products are the same GEMMs and elementwise ops
+    as block by block with its own permuted weight (bit for bit, tested); the weight's permutation
+    happens once per step, and its gradient lands in its columns of one ``[d, P*d]`` buffer."""
     B, F, d = e.shape
     acc = torch.float32 if e.dtype in (torch.bfloat16, torch.float16) else e.dtype
     g_emb = torch.zeros(B, F, d, dtype=acc, device=e.device)
-    g_w = torch.empty(w.shape, dtype=acc, device=e.device)
+    g_w_cat = torch.empty(d, w.shape[0] * d, dtype=acc, device=e.device)
+    w_cat_t, cols, g_cols = _side_by_side(w).t(), e.unbind(1), g_emb.unbind(1)
     for (i, s, n), left in zip(_left_field_blocks(F), lefts):
-        wi = w[s:s + n].permute(1, 0, 2).reshape(d, n * d)
         gi = g[:, s:s + n]  # [B, n, d]
         g_emb[:, i + 1:].addcmul_(gi, left.view(B, n, d))  # right operands
-        g_left = (gi * e[:, i + 1:]).reshape(B, n * d)
-        g_emb[:, i] += g_left @ wi.t()  # left operand
-        g_w[s:s + n] = (e[:, i].t() @ g_left).view(d, n, d).permute(1, 0, 2)
-    return g_emb, g_w
+        g_left = torch.mul(gi, e[:, i + 1:]).view(B, n * d)
+        g_cols[i].add_(torch.mm(g_left, w_cat_t[s * d:(s + n) * d]))  # left operand
+        if acc == e.dtype:
+            torch.mm(cols[i].t(), g_left, out=g_w_cat[:, s * d:(s + n) * d])
+        else:  # bf16 products into the fp32 buffer
+            g_w_cat[:, s * d:(s + n) * d] = cols[i].t() @ g_left
+    return g_emb, g_w_cat.view(d, -1, d).permute(1, 0, 2).contiguous()
+
+
+def _side_by_side(w: torch.Tensor) -> torch.Tensor:
+    """``[P, d, d]`` -> ``[d, P*d]``: pair p's matrix in columns ``p*d .. p*d+d-1``."""
+    return w.permute(1, 0, 2).reshape(w.shape[1], -1)
 
 
 def _left_field_blocks(num_fields: int):
