@@ -48,3 +48,24 @@ def test_bootstrap_with_a_missing_auc_matches_the_reference():
     want = _reference(tasks, np.random.default_rng(7), 200)
     got = aggregate._bootstrap(tasks, np.random.default_rng(7), 200)
     assert np.array_equal(got[0], want[0], equal_nan=True) and np.array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("sizes", [[5, 5, 5], [1, 3, 8, 2], [7]])
+def test_draws_at_once_are_the_one_call_at_a_time_draws(sizes):
+    """The fast path itself (not its fallback) gives each `integers(0, n, n)` call's indices."""
+    want = np.random.default_rng(5)
+    got = aggregate._draw_at_once(sizes, np.random.default_rng(5), 400)
+    assert got is not None
+    for r in range(400):
+        for c, n in zip(got, sizes):
+            assert np.array_equal(c[r], want.integers(0, n, n))
+
+
+@pytest.mark.parametrize("fast", [lambda sizes, rng, reps: None,  # a draw that numpy would have redrawn
+                                  lambda sizes, rng, reps: [np.zeros((reps, n), np.int64) for n in sizes]])
+def test_bootstrap_falls_back_to_one_call_at_a_time_when_the_fast_draws_cannot_be_trusted(monkeypatch, fast):
+    tasks = _tasks(4, [5, 4, 6])
+    want = _reference(tasks, np.random.default_rng(2021), 100)
+    monkeypatch.setattr(aggregate, "_draw_at_once", fast)
+    got = aggregate._bootstrap(tasks, np.random.default_rng(2021), 100)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])

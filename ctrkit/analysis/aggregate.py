@@ -15,6 +15,8 @@ Written with numpy and scipy: rliable itself pulls in `arch` (and statsmodels), 
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 
@@ -59,16 +61,38 @@ def _bootstrap(tasks: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Genera
 
 def _indices(tasks, rng: np.random.Generator, reps: int) -> tuple[list, list, list]:
     """Per task, [reps, n] index arrays: the paired rows, the treatment's and the control's seeds, drawn
-    in the order of one rep after another (the stream the intervals were first computed with)."""
-    rows = [np.empty((reps, len(x)), np.int64) for x, _ in tasks]
-    xs = [np.empty((reps, len(x)), np.int64) for x, _ in tasks]
-    ys = [np.empty((reps, len(y)), np.int64) for _, y in tasks]
-    for r in range(reps):
-        for t, (x, y) in enumerate(tasks):
-            rows[t][r] = rng.integers(0, len(x), len(x))
-            xs[t][r] = rng.integers(0, len(x), len(x))
-            ys[t][r] = rng.integers(0, len(y), len(y))
-    return rows, xs, ys
+    in the order of one rep after another (the stream the intervals were first computed with): all
+    at once (`_draw_at_once`) when that gives the same draws, else one `integers` call at a time."""
+    sizes = [n for x, y in tasks for n in (len(x), len(x), len(y))]  # one rep's calls, in order
+    saved = copy.deepcopy(rng)
+    cols, check = _draw_at_once(sizes, rng, reps), copy.deepcopy(saved)
+    if cols is None or not all(np.array_equal(c[0], check.integers(0, n, n)) for c, n in zip(cols, sizes)):
+        cols = [np.empty((reps, n), np.int64) for n in sizes]
+        for r in range(reps):
+            for c, n in zip(cols, sizes):
+                c[r] = saved.integers(0, n, n)
+    return cols[0::3], cols[1::3], cols[2::3]
+
+
+def _draw_at_once(sizes: list[int], rng: np.random.Generator, reps: int) -> list | None:
+    """`rng.integers(0, n, n)` for each n of `sizes`, rep after rep, from one call: numpy maps each
+    32-bit draw u to ``(u * n) >> 32`` (Lemire's method) and consumes none for n = 1, so one block of
+    32-bit draws split in call order gives the same indices. None when a draw would have been
+    rejected (and redrawn, shifting the stream: about one in 10^9 per draw); `_indices` also checks
+    the first rep against the calls themselves, so another numpy's method falls back, never differs."""
+    width = sum(n for n in sizes if n > 1)
+    raw = rng.integers(0, 1 << 32, (reps, width), dtype=np.uint32).astype(np.uint64)
+    cols, at = [], 0
+    for n in sizes:
+        if n <= 1:
+            cols.append(np.zeros((reps, n), np.int64))
+            continue
+        m = raw[:, at:at + n] * np.uint64(n)
+        if ((m & np.uint64(0xFFFFFFFF)) < np.uint64(n)).any():  # Lemire's leftover below n: maybe a redraw
+            return None
+        cols.append((m >> np.uint64(32)).astype(np.int64))
+        at += n
+    return cols
 
 
 def _iqm_rows(v: np.ndarray) -> np.ndarray:
