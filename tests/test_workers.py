@@ -135,6 +135,23 @@ def test_the_pool_stays_warm_for_the_next_grid_on_the_same_data_and_ends_on_fail
     assert workers._WARM is None
 
 
+def test_an_interrupt_of_the_process_group_leaves_idle_warm_workers_quiet_and_alive(small, capfd):
+    """Ctrl-C, or a Jupyter kernel's interrupt at shutdown, signals the whole process group: an idle
+    warm worker neither prints a traceback nor dies (the parent ends the pool when it is interrupted)."""
+    import signal
+    import time
+
+    pids = {pid for pid, _ in dict(workers.run_jobs(_pid, [()] * 4, small, 2, names=["probe"] * 4)).values()}
+    capfd.readouterr()
+    for pid in pids:
+        os.kill(pid, signal.SIGINT)
+    time.sleep(0.5)
+    again = dict(workers.run_jobs(_pid, [()] * 4, small, 2, names=["probe"] * 4))
+    assert {pid for pid, _ in again.values()} <= pids
+    assert "KeyboardInterrupt" not in capfd.readouterr().err
+    workers.shutdown()
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "two", True, None])
 def test_bad_workers_rejected(small, tmp_path, bad):
     with pytest.raises(CtrkitError, match=r"^workers must be a positive int or 'auto'"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
@@ -77,6 +78,9 @@ def _portable(data):
 def _init(data, order) -> None:
     global _DATA, _ORDER
     die_with_parent()  # the forkserver, which ends with the process that started it
+    # Ctrl-C / a kernel's interrupt or shutdown signals the whole process group: the parent ends the
+    # pool (`run_jobs` terminates its workers), while an idle warm worker would print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _DATA, _ORDER = data, order
 
 
