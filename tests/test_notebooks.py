@@ -80,7 +80,7 @@ def test_plan_and_bad_arguments(tmp_path):
         reproduce.settings(dataset="nosuch")
 
 
-def test_runner_skips_finished_notebooks_and_names_the_failing_cell(tmp_path):
+def test_runner_skips_finished_notebooks_and_names_the_failing_cell(tmp_path, capfd):
     out = tmp_path / "out"
     logs = []
     res = runner.run(runner.Reproduction(dataset="criteo", profile="smoke", out=str(out), only=["05_architectures"],
@@ -105,12 +105,18 @@ def test_runner_skips_finished_notebooks_and_names_the_failing_cell(tmp_path):
     bad_dir.mkdir()
     nb = nbformat.read(NB_DIR / "00_data.ipynb", as_version=4)
     boom = nbformat.v4.new_code_cell("raise ValueError('boom: no such column')")
-    nb.cells.insert(4, boom)
+    noise = nbformat.v4.new_code_cell("import os\nos.write(2, b'kernel-side noise\\n')")  # as ipykernel's own
+    nb.cells[4:4] = [noise, boom]
     nbformat.write(nb, bad_dir / "00_data.ipynb")
-    with pytest.raises(CtrkitError, match=r"notebook 00_data \(criteo\) failed in cell 5 "
-                       r"\[raise ValueError\('boom: no such column'\)\]: ValueError: boom: no such column"):
+    capfd.readouterr()
+    with pytest.raises(CtrkitError, match=r"notebook 00_data \(criteo\) failed in cell 6 "
+                       r"\[raise ValueError\('boom: no such column'\)\]: ValueError: boom: no such column") as e:
         runner.run(runner.Reproduction(dataset="criteo", profile="smoke", out=str(out), only=["00_data"]),
                    progress=False, log=logs.append, notebooks_dir=bad_dir)
+    # what the kernel process printed went to its log, named by the error, not to the runner's output
+    kernel_log = out / "notebooks" / "criteo" / "00_data.kernel.log"
+    assert str(kernel_log) in str(e.value) and "kernel-side noise" in kernel_log.read_text()
+    assert "kernel-side noise" not in "".join(capfd.readouterr())
     assert not (out / ".done" / "criteo_00_data.json").exists()
     assert (out / "notebooks" / "criteo" / "00_data.failed.ipynb").exists()
     assert (out / ".done" / "05_architectures.json").exists()

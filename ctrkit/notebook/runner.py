@@ -10,6 +10,7 @@ Output layout (everything under OUT):
     <dataset>/store.jsonl      the results store (one record per peer per run); results.csv its export
     tables/<dataset>_*.csv|md  every table          figures/<dataset>_*.png|svg   every figure
     notebooks/<dataset>/<nb>.ipynb  the executed notebooks 00-04; notebooks/<nb>.ipynb  05 and 06 (run once)
+    notebooks/.../<nb>.kernel.log   what its kernel (and the processes it started) printed
     .done/<job>.json           marker of a finished notebook with the hash of its parameters
     index.md, index.html       links to all of the above
 """
@@ -56,6 +57,10 @@ class Job:
         OUT/notebooks/<nb>.ipynb for 05/06, which run once (on the first dataset)."""
         folder = out / "notebooks" / self.dataset if self.notebook in PER_DATASET else out / "notebooks"
         return folder / f"{self.notebook}.ipynb"
+
+    def kernel_log(self, out: Path) -> Path:
+        """Where its kernel's stdout and stderr go: beside the executed notebook, `<nb>.kernel.log`."""
+        return self.executed(out).with_name(f"{self.notebook}.kernel.log")
 
 
 def plan(*, dataset: str = "both", profile: str = "quick", data: str | None = None, out: str = "results",
@@ -424,12 +429,12 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(f".{dest.stem}.partial.ipynb")
     failed = dest.with_name(f"{dest.stem}.failed.ipynb")
+    kernel_log = job.kernel_log(out_dir)
     try:
         papermill.execute_notebook(
             str(src), str(partial), parameters=job.parameters, kernel_name="python3",
             cwd=str(out_dir), progress_bar=progress, log_output=False, execution_timeout=timeout,
-            **({"kernel_manager_class": _niced_kernels(niceness)} if niceness and shutil.which("nice")
-               and shutil.which("sh") else {}),
+            kernel_manager_class=_kernels(niceness, kernel_log),
         )
     except PapermillExecutionError as e:
         partial.replace(failed) if partial.exists() else None
@@ -439,30 +444,44 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
         # cell_index counts the cells of the executed notebook (papermill adds the injected
         # parameters cell), the one kept as .failed.ipynb; the code line identifies it anyway.
         raise CtrkitError(f"notebook {job.notebook} ({job.dataset}) failed in cell {e.cell_index} "
-                          f"[{first}]: {e.ename}: {evalue} (executed notebook: {failed})") from None
+                          f"[{first}]: {e.ename}: {evalue} (executed notebook: {failed}; "
+                          f"kernel log: {kernel_log})") from None
     except Exception as e:  # kernel died, timeout, missing kernel: still name the notebook
         partial.replace(failed) if partial.exists() else None
         msg = " ".join(str(e).split())[:300]
-        raise CtrkitError(f"notebook {job.notebook} ({job.dataset}) did not run: {type(e).__name__}: {msg}") from None
+        raise CtrkitError(f"notebook {job.notebook} ({job.dataset}) did not run: {type(e).__name__}: {msg} "
+                          f"(kernel log: {kernel_log})") from None
     partial.replace(dest)
     failed.unlink(missing_ok=True)
     return dest
 
 
-def _niced_kernels(niceness: int):
-    """nbclient's kernel manager, its kernel started at `niceness`: the process (`nice`) and, on Linux
-    with autogrouping, its session's group (jupyter starts each kernel in a session of its own, and the
-    scheduler shares the CPU between such groups by the group's niceness, not the processes'). An
-    unprivileged process may lower its own priority only, so the kernel starts that way."""
+def _kernels(niceness: int, log: Path):
+    """nbclient's kernel manager, its kernel's stdout and stderr going to `log` (what ipykernel and
+    the processes it starts print there: transport warnings, the interrupt it logs at shutdown, a
+    worker's dying words), not into reproduce's progress lines; the kernel started at `niceness`:
+    the process (`nice`) and, on Linux with autogrouping, its session's group (jupyter starts each
+    kernel in a session of its own, and the scheduler shares the CPU between such groups by the
+    group's niceness, not the processes'). An unprivileged process may lower its own priority only,
+    so the kernel starts that way."""
     from jupyter_client.manager import AsyncKernelManager
 
     wrap = f"{{ echo {niceness} > /proc/self/autogroup; }} 2>/dev/null; exec nice -n {niceness} \"$@\""
+    niced = bool(niceness) and shutil.which("nice") is not None and shutil.which("sh") is not None
 
-    class NicedKernelManager(AsyncKernelManager):
+    class Kernels(AsyncKernelManager):
         def format_kernel_cmd(self, extra_arguments=None):
-            return ["sh", "-c", wrap, "sh", *super().format_kernel_cmd(extra_arguments)]
+            cmd = super().format_kernel_cmd(extra_arguments)
+            return ["sh", "-c", wrap, "sh", *cmd] if niced else cmd
 
-    return NicedKernelManager
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            try:
+                with open(log, "wb") as f:  # the kernel keeps its own copy of the descriptor
+                    await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": f, "stderr": f})
+            except OSError as e:
+                raise CtrkitError(f"cannot write the kernel log {log}: {e.strerror or e}") from None
+
+    return Kernels
 
 
 def copy_figures(src: str | Path, dest: str | Path, *, tables_src: str | Path | None = None) -> list[str]:
