@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from ctrkit.core.utils import CtrkitError, resolve_device, seed_everything
-from ctrkit.experiments import churn
+from ctrkit.experiments import churn, pretrained
 from ctrkit.experiments.record import make_records
 from ctrkit.experiments.store import ResultsStore
 from ctrkit.experiments.workers import check_workers, default_workers, in_turn, resolve_workers, run_jobs
@@ -30,7 +30,7 @@ from ctrkit.training import checkpoint, presets
 from ctrkit.training.replicas import replica_bytes
 from ctrkit.training.config import (INITS, MODES, TRAIN_DICT_KEYS, PretrainSpec, RunConfig, RunSpec,
                                     normalize_train_dict, peer_labels, run_key, split_label)
-from ctrkit.training.evaluation import predict, scores
+from ctrkit.training.evaluation import predict
 from ctrkit.training.exchange import Exchange, LocalExchange
 from ctrkit.training.loop import fit, fit_replicas, train_replicas
 from ctrkit.training.mutual import make_peers, mutual_fit
@@ -78,7 +78,7 @@ def _check_checkpoints(spec: RunSpec, data, labels: Sequence[str]) -> None:
         if not path.is_file():
             raise CtrkitError(f"missing checkpoint {path} for peer {label} "
                               f"(run `ctrkit pretrain --model {split_label(label)[0]} --out {path.parent}`)")
-        ck = checkpoint.load_checkpoint(path)
+        ck = pretrained.read(path)
         if ck.get("fingerprint") != data.fingerprint:
             raise CtrkitError(f"checkpoint {path} was pretrained on feature map {ck.get('fingerprint')!r}, "
                               f"the dataset {data.path} has {data.fingerprint!r}: peers must be prepared "
@@ -91,8 +91,8 @@ def _build_peer(spec: RunSpec, data, k: int, dev) -> tuple[Any, dict, dict | Non
     label, name = spec.peers[k], spec.names[k]
     overrides = dict(spec.overrides)
     if spec.from_checkpoint[k]:
-        model, meta = checkpoint.load_pretrained(checkpoint_path(spec.ckpt_dir, label), dev,
-                                                 expect_fingerprint=data.fingerprint, expect_model=name)
+        model, meta = pretrained.load(checkpoint_path(spec.ckpt_dir, label), dev,
+                                      expect_fingerprint=data.fingerprint, expect_model=name)
         tc = normalize_train_dict(meta["train_config"])
         model_keys = sorted(set(overrides) - set(TRAIN_DICT_KEYS))
         if model_keys:
@@ -127,15 +127,6 @@ def _test_predictions(models: Sequence, data, exchange: Exchange, batch_size: in
     X, _ = data.tensors("test", exchange.device)
     local = torch.stack([predict(m, X, batch_size) for m in models])
     return exchange.gather(local, training=False, where="test predictions").float().cpu().numpy()
-
-
-def _pre_scores(model, data, dev, batch_size: int) -> dict:
-    """A pretrained peer's scores measured here on this data (not trusted from the checkpoint)."""
-    out = {}
-    for split in ("valid", "test"):
-        X, y = data.tensors(split, dev)
-        out[split] = scores(y, predict(model, X, batch_size))
-    return out
 
 
 # ---------------------------------------------------------------- one run
@@ -183,7 +174,9 @@ def _prepare(spec: RunSpec, data, exchange: Exchange) -> tuple[list, RunConfig, 
         _share_embedding([b[0] for b in built], exchange)
     # every process needs every peer's train dict (the run's batch size and epochs come from them)
     cfg = spec.run_config(exchange.gather_objects([b[1] for b in built], where="start-up"), dev)
-    pre = [_pre_scores(m, data, dev, cfg.eval_batch_size) if meta is not None else None for m, _, meta in built]
+    # a pretrained peer's scores measured here on this data (not trusted from the checkpoint)
+    pre = [pretrained.scores(m, meta["path"], data, dev, cfg.eval_batch_size) if meta is not None else None
+           for m, _, meta in built]
     starts = [p["valid"] if p is not None and spec.init == "pretrained" else None for p in pre]
     return built, cfg, pre, starts
 

@@ -9,6 +9,7 @@ run in one process, or one rank's peer under `ctrkit.training.distributed`.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,8 +20,8 @@ from ctrkit.kernels import for_device
 from ctrkit.models import build
 from ctrkit.core.utils import CtrkitError, resolve_device, torch_save_atomic, write_json_atomic
 
-__all__ = ["LAST_FORMAT", "RESUMABLE", "load_checkpoint", "load_pretrained", "check_identity", "model_identity",
-           "save", "save_json", "write_best", "signature", "read_resume", "clean_stale_temp"]
+__all__ = ["LAST_FORMAT", "RESUMABLE", "load_checkpoint", "load_pretrained", "model_from", "check_identity",
+           "model_identity", "save", "save_json", "write_best", "signature", "read_resume", "clean_stale_temp"]
 
 LAST_FORMAT = "ctrkit-last-2"
 # Settings that may differ between a run and its resumption: a resumed run may train longer, show
@@ -81,7 +82,14 @@ def load_pretrained(path_or_dir: str | Path, device: str | torch.device = "cpu",
     path = Path(path_or_dir)
     if path.is_dir():
         path = path / "best.pt"
-    ck = load_checkpoint(path)
+    return model_from(load_checkpoint(path), path, device, expect_fingerprint=expect_fingerprint,
+                      expect_model=expect_model, expect_hparams=expect_hparams)
+
+
+def model_from(ck: dict, path: str | Path, device: str | torch.device = "cpu", *, expect_fingerprint: str | None = None,
+               expect_model: str | None = None, expect_hparams: dict | None = None) -> tuple[nn.Module, dict]:
+    """`load_pretrained` of a checkpoint dict already read from `path` (left as it is: the weights
+    are copied into a new model)."""
     check_identity(path, ck, fingerprint=expect_fingerprint, model_name=expect_model, hparams=expect_hparams)
     try:
         model = build(ck["model_name"], ck["field_sizes"], **ck["hparams"])
@@ -90,7 +98,7 @@ def load_pretrained(path_or_dir: str | Path, device: str | torch.device = "cpu",
         raise CtrkitError(f"checkpoint {path}: weights do not fit {ck['model_name']}: "
                           f"{str(e).splitlines()[0][:200]}") from None
     for_device(model.to(resolve_device(device)).eval(), resolve_device(device))  # as Peer: CPU kernels
-    meta = {k: v for k, v in ck.items() if k != "state_dict"}
+    meta = copy.deepcopy({k: v for k, v in ck.items() if k != "state_dict"})  # ck may be read again
     meta["path"] = str(path)
     return model, meta
 

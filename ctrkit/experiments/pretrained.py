@@ -1,0 +1,74 @@
+"""A process's pretrained checkpoints read once and scored once: a grid's runs of one seed finetune
+the same files, and each run used to read every checkpoint twice (the check, then the model) and
+score it on valid and test again.
+
+Both caches key a file by its identity (path, device and inode, modification time in ns, size):
+ctrkit replaces a checkpoint by an atomic rename, so a rewritten file is a new key and is read again.
+The weights are copied into a new model for every run (`checkpoint.model_from`); the scores are those
+`predict` gives for the same weights, data and batch size, so a cached score is the recomputed one.
+"""
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from pathlib import Path
+
+from ctrkit.training import checkpoint
+from ctrkit.training.evaluation import predict, scores as split_scores
+
+__all__ = ["read", "load", "scores", "clear"]
+
+# the last few checkpoints read (a run's peers and a little more: each may hold a large embedding table)
+KEEP = 8
+_READ: OrderedDict = OrderedDict()
+# (file identity, device, eval batch size) -> (a weak reference to the data object, its scores)
+_SCORES: OrderedDict = OrderedDict()
+
+
+def _identity(path: Path) -> tuple:
+    st = path.stat()
+    return str(path.resolve()), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def read(path: str | Path) -> dict:
+    """`checkpoint.load_checkpoint(path)`, from memory when this process read the same file last;
+    the dict is shared: read it, do not change it."""
+    path = Path(path)
+    try:
+        key = _identity(path)
+    except OSError:
+        return checkpoint.load_checkpoint(path)  # its one-line error for a missing or unreadable file
+    if key not in _READ:
+        _READ[key] = checkpoint.load_checkpoint(path)
+        while len(_READ) > KEEP:
+            _READ.popitem(last=False)
+    _READ.move_to_end(key)
+    return _READ[key]
+
+
+def load(path: str | Path, device, **expect):
+    """`checkpoint.load_pretrained` of a best.pt through `read`: (a new model, its metadata)."""
+    return checkpoint.model_from(read(path), Path(path), device, **expect)
+
+
+def scores(model, path: str | Path, data, device, batch_size: int) -> dict:
+    """{"valid": ..., "test": ...}: the scores of `model`, loaded from `path`, on `data`'s splits,
+    measured once per file, data object, device and batch size in this process."""
+    key = (_identity(Path(path)), str(device), batch_size)
+    hit = _SCORES.get(key)
+    if hit is not None and hit[0]() is data:
+        return {split: dict(s) for split, s in hit[1].items()}
+    out = {}
+    for split in ("valid", "test"):
+        X, y = data.tensors(split, device)
+        out[split] = split_scores(y, predict(model, X, batch_size))
+    _SCORES[key] = (weakref.ref(data), out)
+    while len(_SCORES) > 64 * KEEP:
+        _SCORES.popitem(last=False)
+    return {split: dict(s) for split, s in out.items()}
+
+
+def clear() -> None:
+    """Forget every checkpoint and score held."""
+    _READ.clear()
+    _SCORES.clear()

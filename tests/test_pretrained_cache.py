@@ -1,0 +1,89 @@
+"""A process reads each pretrained checkpoint once and scores it once (ctrkit.experiments.pretrained):
+the cached checkpoint and scores are the ones read and measured afresh, a rewritten file is read
+again, other data is scored again, and a finetuning grid's records do not depend on the caches."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from ctrkit import data as ctrdata
+from ctrkit import experiments
+from ctrkit.experiments import pretrained, runs
+from ctrkit.training import checkpoint
+from ctrkit.training.evaluation import predict, scores
+
+VOLATILE = {"seconds", "env_info", "append_id", "written_at", "checkpoint", "run_key"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrained_cache")
+    d = ctrdata.synthetic_dataset("criteo", 800, root / "data", seed=2021)
+    experiments.pretrain_baselines(d, ["DeepFM", "FiBiNET"], root / "ck", preset="smoke", seeds=[1], epochs=1,
+                                   device="cpu", threads=1, progress=False)
+    return d, root
+
+
+def test_a_checkpoint_is_read_once_until_it_is_rewritten(setup, monkeypatch):
+    d, root = setup
+    path = runs.checkpoint_path(runs.seed_dir(root / "ck", 1), "DeepFM")
+    pretrained.clear()
+    reads = []
+    real = checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda p: reads.append(p) or real(p))
+    first = pretrained.read(path)
+    assert pretrained.read(path) is first and len(reads) == 1
+    fresh = real(path)
+    assert all(torch.equal(first["state_dict"][k], v) for k, v in fresh["state_dict"].items())
+    copy = path.with_name("copy.pt")
+    shutil.copyfile(path, copy)
+    copy.replace(path)  # what an atomic rewrite does: a new file at the same path
+    assert pretrained.read(path) is not first and len(reads) == 2
+    m1, meta1 = pretrained.load(path, "cpu", expect_fingerprint=d.fingerprint, expect_model="DeepFM")
+    m2, _ = pretrained.load(path, "cpu", expect_fingerprint=d.fingerprint, expect_model="DeepFM")
+    assert m1 is not m2 and meta1["path"] == str(path) and len(reads) == 2
+    with torch.no_grad():
+        next(m1.parameters()).add_(1.0)  # a run trains its own copy: the next model starts from the file
+    m3, _ = pretrained.load(path, "cpu", expect_fingerprint=d.fingerprint, expect_model="DeepFM")
+    assert all(torch.equal(a, b) for a, b in zip(m2.state_dict().values(), m3.state_dict().values()))
+
+
+def test_scores_are_measured_once_per_file_and_data(setup, tmp_path):
+    d, root = setup
+    pretrained.clear()
+    path = runs.checkpoint_path(runs.seed_dir(root / "ck", 1), "FiBiNET")
+    model, _ = pretrained.load(path, "cpu")
+    X, y = d.tensors("test", "cpu")
+    want = scores(y, predict(model, X, 4096))
+    got = pretrained.scores(model, path, d, "cpu", 4096)
+    assert got["test"] == want
+    assert pretrained.scores(None, path, d, "cpu", 4096) == got  # from memory: the model is not used
+    other = ctrdata.synthetic_dataset("criteo", 600, tmp_path / "other", seed=7)
+    with pytest.raises(AttributeError):  # another data object is scored again (here: with no model)
+        pretrained.scores(None, path, other, "cpu", 4096)
+
+
+def test_a_finetuning_grid_gives_the_same_records_with_and_without_the_caches(setup, tmp_path, monkeypatch):
+    d, root = setup
+    grid = dict(inits=["pretrained"], modes=["alone", "mutual"], weight=[1.0, 10.0], seeds=[1], preset="smoke",
+                ckpt_dir=root / "ck", finetune_epochs=1, device="cpu", threads=1, progress=False)
+    pretrained.clear()
+    experiments.run(d, [["DeepFM", "FiBiNET"]], store=tmp_path / "cached.jsonl", **grid)
+    calls = []
+
+    def afresh(model, path, data, device, batch_size):  # every run scores its checkpoints again
+        calls.append(path)
+        return {s: scores(data.tensors(s, device)[1], predict(model, data.tensors(s, device)[0], batch_size))
+                for s in ("valid", "test")}
+
+    monkeypatch.setattr(pretrained, "read", checkpoint.load_checkpoint)  # every run reads its files again
+    monkeypatch.setattr(pretrained, "scores", afresh)
+    experiments.run(d, [["DeepFM", "FiBiNET"]], store=tmp_path / "fresh.jsonl", **grid)
+
+    def stored(p):
+        return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in p.read_text().splitlines()]
+
+    cached, fresh = stored(tmp_path / "cached.jsonl"), stored(tmp_path / "fresh.jsonl")
+    assert len(cached) == 6 and cached == fresh and len(calls) == 6  # 3 runs x 2 pretrained peers
+    assert all(r["pretrained_test_auc"] is not None for r in cached)
