@@ -155,7 +155,7 @@ def _overlap(on: bool | None):
 
 
 def train(ck: Check, names: list[str], data, *, epochs: int, amp: str, graph: str, batch: int | None = None,
-          preset: str | None = None, overlap: bool | None = None, **hp) -> dict:
+          preset: str | None = None, overlap: bool | None = None, compile: str = "off", **hp) -> dict:
     """One ctrkit run (fit for one model, mutual_fit for several) of `names` at `preset` on `data`;
     the result plus `rate` (training rows / last epoch's seconds) and `epoch_s` (every epoch's)."""
     from ctrkit import models
@@ -173,7 +173,7 @@ def train(ck: Check, names: list[str], data, *, epochs: int, amp: str, graph: st
                       "net_regularizer": p.train["net_regularizer"], "monitor": "AUC", "patience": 5})
     batch = batch or ck.args.batch_size or int(ck.preset_of(names[0], preset).train["batch_size"])
     run = dict(epochs=epochs, batch_size=batch, seed=ck.args.seed, device=str(ck.device), amp=amp, graph=graph,
-               progress=False, eval_batch_size=65536)
+               compile=compile, progress=False, eval_batch_size=65536)
     with _overlap(overlap):
         if len(names) == 1:
             res = fit(built[0], data, RunConfig.single({**run, **peers[0]}))
@@ -247,6 +247,18 @@ def section_matrix(ck: Check) -> None:
                     ck.na(what, "graph mode and bf16 are measured on CUDA only")
                     continue
                 ck.record(what, lambda n=name, a=amp, gr=g: _summary(train(ck, [n], data, epochs=2, amp=a, graph=gr)))
+
+
+def section_compile(ck: Check) -> None:
+    """Every model in bf16 graph mode with its forward through torch.compile (`--compile on`): the
+    matrix's graph rows are the baseline; the rate is the steady epoch's (the first one compiles)."""
+    data = ck.data.head(ck.step_rows, 10_000)
+    for name in [m for m in ck.args.models.split(",") if m]:
+        what = f"step {name} bf16 graph compiled"
+        if not ck.cuda:
+            ck.na(what, "measured on CUDA only (on the CPU tests/test_compiled.py checks it)")
+            continue
+        ck.record(what, lambda n=name: _summary(train(ck, [n], data, epochs=2, amp="bf16", graph="on", compile="on")))
 
 
 def section_mutual(ck: Check) -> None:
@@ -435,7 +447,7 @@ def parse(argv):
     ap.add_argument("--check-rows", type=int, default=500_000, help="rows of the graph == eager check")
     ap.add_argument("--study-rows", type=int, default=CRITEO_X4_TRAIN_ROWS, help="the study estimate's train rows")
     ap.add_argument("--fuxictr-steps", type=int, default=30)
-    ap.add_argument("--sections", default="equal,matrix,mutual,epochs,replicas,estimate,fuxictr",
+    ap.add_argument("--sections", default="equal,matrix,mutual,epochs,replicas,estimate,fuxictr,compile",
                     help="which sections, in this order (the default: all, the cheap ones last)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="start nothing new after this many seconds")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"))
@@ -444,7 +456,8 @@ def parse(argv):
 
 
 SECTIONS = {"equal": section_equal, "matrix": section_matrix, "mutual": section_mutual, "estimate": section_estimate,
-            "fuxictr": section_fuxictr, "epochs": section_epochs, "replicas": section_replicas}
+            "fuxictr": section_fuxictr, "epochs": section_epochs, "replicas": section_replicas,
+            "compile": section_compile}
 
 
 def main(argv=None) -> int:

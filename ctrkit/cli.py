@@ -29,6 +29,8 @@ def _run_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast or fp32")
     s.add_argument("--graph", default="auto", choices=["auto", "on", "off"],
                    help="CUDA: the whole training step as one replayed CUDA graph (auto: when it captures)")
+    s.add_argument("--compile", default="off", choices=["off", "on"],
+                   help="train each peer through torch.compile of its reference maths")
     s.add_argument("--threads", default="auto", help="CPU threads: a number, or auto (the cores other "
                    "processes leave free; OMP_NUM_THREADS when set)")
     s.add_argument("--seed", type=int, default=2021)

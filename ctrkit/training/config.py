@@ -28,8 +28,8 @@ from ctrkit.models import canonical_name
 from ctrkit.training import metrics
 from ctrkit.training.losses import check_divergence, check_weight
 
-__all__ = ["MODES", "INITS", "TAGS", "AMP_CHOICES", "GRAPH_CHOICES", "TRAIN_DICT_KEYS", "RUN_TRAIN_KEYS", "TrainConfig", "RunConfig",
-           "RunSpec", "PretrainSpec", "min_peers", "stored_weight", "weight_matters", "run_key", "peer_labels",
+__all__ = ["MODES", "INITS", "TAGS", "AMP_CHOICES", "GRAPH_CHOICES", "COMPILE_CHOICES", "TRAIN_DICT_KEYS",
+           "RUN_TRAIN_KEYS", "TrainConfig", "RunConfig", "RunSpec", "PretrainSpec", "min_peers", "stored_weight", "weight_matters", "run_key", "peer_labels",
            "split_label", "parse_monitor"]
 
 MODES = ("mutual", "alone", "kd", "ensemble", "ensemble_teacher", "ektf")
@@ -40,7 +40,10 @@ AMP_CHOICES = ("auto", "bf16", "off")
 # it is neither part of a result's key nor of the resume signature, and not in the flat train dict
 # (checkpoints keep the keys they always had); `RunConfig.single` accepts it besides those keys.
 GRAPH_CHOICES = ("auto", "on", "off")
-_RUN_ONLY_KEYS = ("graph",)
+# torch.compile of the trained peers' forward (`ctrkit.training.compiled`): the same maths, other
+# roundings, so like graph mode a run-only key; off unless asked for (not measured to pay anywhere yet).
+COMPILE_CHOICES = ("off", "on")
+_RUN_ONLY_KEYS = ("graph", "compile")
 # Monitors as FuxiCTR writes them: a metric name, or {metric: weight} summed (BARS: AUC - logloss).
 _MONITOR_ALIASES = {"auc": {"auc": 1.0}, "logloss": {"logloss": -1.0},
                     "auc-logloss": {"auc": 1.0, "logloss": -1.0}}
@@ -210,7 +213,8 @@ class RunConfig:
     `threads`: intra-op CPU threads, a number, "auto" (`ctrkit.core.utils.resolve_threads`: the cores
     other processes leave free) or None (torch's setting as it is). `graph`: on CUDA, auto/on replay the
     whole step as one CUDA graph (`ctrkit.training.graph`; auto falls back to eager with a warning, on
-    is an error off CUDA). `torch_device` is `device` resolved."""
+    is an error off CUDA). `compile`: "on" trains each peer through `torch.compile` of its reference
+    maths (`ctrkit.training.compiled`). `torch_device` is `device` resolved."""
 
     peers: tuple
     mode: str = "mutual"
@@ -228,6 +232,7 @@ class RunConfig:
     progress: bool = True
     threads: Any = "auto"
     graph: str = "auto"
+    compile: str = "off"
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
@@ -240,6 +245,7 @@ class RunConfig:
             _check_int("train config", name, getattr(self, name), 0 if name in ("warmup_steps", "seed", "epochs") else 1)
         _check_choice("amp", self.amp, AMP_CHOICES)
         _check_choice("graph", self.graph, GRAPH_CHOICES)
+        _check_choice("compile", self.compile, COMPILE_CHOICES)
         set_("device", str(self.device))
         if self.threads not in (None, "auto"):
             resolve_threads(self.threads)  # a bad value is an error now, not at the start of training
@@ -309,7 +315,7 @@ class RunSpec:
     model (scratch peers). `tag` "exploration" (the widget's runs) or "variants" (the variants
     notebook's) keeps a run out of the paper's tables. `share_embedding`: the peers (all from
     scratch, one embedding size) use ONE embedding table, peer 0's (`ctrkit.experiments.runs`).
-    `graph`: `RunConfig.graph`, not part of the run's key."""
+    `graph`, `compile`: `RunConfig`'s, not part of the run's key."""
 
     peers: tuple[str, ...]
     init: str = "scratch"
@@ -333,6 +339,7 @@ class RunSpec:
     threads: Any = "auto"
     progress: bool = True
     graph: str = "auto"
+    compile: str = "off"
 
     def __post_init__(self):
         peers = self.peers.split(",") if isinstance(self.peers, str) else self.peers
@@ -385,6 +392,7 @@ class RunSpec:
         if self.tag not in TAGS:
             raise CtrkitError(f"tag: expected one of {TAGS}, got {self.tag!r}")
         _check_choice("graph", self.graph, GRAPH_CHOICES)
+        _check_choice("compile", self.compile, COMPILE_CHOICES)
         if not isinstance(self.share_embedding, bool):
             raise CtrkitError(f"share_embedding: expected true or false, got {self.share_embedding!r}")
         if self.share_embedding and (self.init != "scratch" or self.mode in ("kd", "ensemble")):
@@ -424,7 +432,7 @@ class RunSpec:
                          epochs=0 if self.mode == "ensemble" else epochs,
                          batch_size=self.batch_size or trains[0]["batch_size"], seed=self.seed, device=str(device),
                          amp=self.amp, progress=self.progress, threads=self.threads, graph=self.graph,
-                         peers=tuple(TrainConfig.from_dict({k: v for k, v in t.items() if k not in RUN_TRAIN_KEYS})
+                         compile=self.compile, peers=tuple(TrainConfig.from_dict({k: v for k, v in t.items() if k not in RUN_TRAIN_KEYS})
                                      for t in trains))
 
 
@@ -435,7 +443,7 @@ class RunSpec:
 class PretrainSpec:
     """One baseline: `model` (or a label, "DeepFM_2": init seed + 1) trained alone with its preset.
     `epochs`/`amp` None: the preset's; `overrides`: `--set` keys (train dict or model), winning over
-    the other fields. `graph`: `RunConfig.graph`, not part of the baseline's key."""
+    the other fields. `graph`, `compile`: `RunConfig`'s, not part of the baseline's key."""
 
     model: str
     preset: str = "quick"
@@ -447,9 +455,11 @@ class PretrainSpec:
     amp: str | None = None
     progress: bool = True
     graph: str = "auto"
+    compile: str = "off"
 
     def __post_init__(self):
         _check_choice("graph", self.graph, GRAPH_CHOICES)
+        _check_choice("compile", self.compile, COMPILE_CHOICES)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainSpec":
@@ -467,7 +477,8 @@ class PretrainSpec:
                 "progress": self.progress, "threads": self.threads,
                 **({"epochs": self.epochs} if self.epochs is not None else {}),
                 **({"amp": self.amp} if self.amp is not None else {}),
-                **({"graph": self.graph} if self.graph != "auto" else {})}  # only when set: the dict as before
+                **({"graph": self.graph} if self.graph != "auto" else {}),  # only when set: the dict as before
+                **({"compile": self.compile} if self.compile != "off" else {})}
 
     def keys(self, fingerprint: str, hparams: dict, train: dict) -> tuple[str, str]:
         """(run key, settings key) of the baseline trained with `hparams` and the flat `train` dict."""

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ctrkit.core.utils import CtrkitError, seed_everything, tune_cpu_allocator
 from ctrkit.kernels import apply_threads, env_info, for_device
-from ctrkit.training import checkpoint, graph, metrics, replicas
+from ctrkit.training import checkpoint, compiled, graph, metrics, replicas
 from ctrkit.training.checkpoint import model_identity
 from ctrkit.training.config import MODES, RunConfig, TrainConfig
 from ctrkit.training.evaluation import NonFiniteCheck, predict, scores
@@ -387,6 +387,8 @@ def train_replicas(groups: list[list[Peer]], data, configs: list[RunConfig], *, 
     runs = [_Run(peers=g, config=c, exchange=exchange, data=data, generator=seed_everything(c.seed),
                  amp_dtype=resolve_amp(device, c.amp), out=Path(o) if o is not None else None, stop=stop,
                  callback=callback) for g, c, o in zip(groups, configs, out_dirs)]
+    if compiled.wanted(config.compile, runs=len(runs)):
+        compiled.switch_in(runs[0].peers)
     tune_cpu_allocator(device)
     Xtr, ytr = data.tensors("train", device)
     data.tensors("valid", device)  # loaded (and its indices checked) now: a bad split fails before an epoch
@@ -469,7 +471,8 @@ def _finish(run: _Run, threads: int, t0: float) -> dict:
         "config": config.run_dict(), "amp": "bf16" if run.amp_dtype is torch.bfloat16 else "off",
         "train_seconds": st.train_seconds,
         "samples_per_s": sps,
-        "env": {**env_info(exchange.device, config.seed), "torch_threads": threads, **_env_speed(run, sps)}, **extra,
+        "env": {**env_info(exchange.device, config.seed), "torch_threads": threads, **_env_speed(run, sps),
+                **({"compile": "on"} if config.compile == "on" else {})}, **extra,
     }
     if run.out is not None:
         for p in peers:
