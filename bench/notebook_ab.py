@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from _results import stamp, write
-from reproduce_ab import same_tables, variants
+from reproduce_ab import interleaved, variants
 
 _RUN = """
 import json, sys, time, papermill
@@ -89,18 +89,7 @@ def main() -> None:
     args = parse()
     vs = variants(args.variant)
     root = Path(args.keep or tempfile.mkdtemp(prefix="notebook-ab-"))
-    runs = []
-    for r in range(args.repeats):
-        order = vs[r % len(vs):] + vs[:r % len(vs)]  # rotate: no variant always first
-        outs = {}
-        for v in order:
-            outs[v["name"]] = root / f"{v['name']}-{r}"
-            rec = {**one(v, args, outs[v["name"]]), "repeat": r}
-            runs.append(rec)
-            print(f"repeat {r} {v['name']}: {rec['wall_s']} s {rec['notebooks']}", flush=True)
-        for rec in runs[-len(vs):]:
-            n, differ = same_tables(outs[vs[0]["name"]], outs[rec["variant"]])
-            rec["tables_equal"] = "all" if not differ else f"{n - len(differ)}/{n} (differ: {', '.join(differ)})"
+    runs = interleaved(vs, args.repeats, root, lambda v, out: one(v, args, out))
     res = {**stamp("notebook_ab.py"), "dataset": args.dataset, "profile": args.profile, "notebooks": args.notebooks,
            "seeds": args.seeds, "note": args.note, "variants": vs, "runs": runs}
     write(Path(__file__).resolve().parent / "results", args.tag, res, to_markdown)

@@ -98,24 +98,29 @@ def to_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def interleaved(vs: list[dict], repeats: int, root: Path, run_one) -> list[dict]:
+    """`run_one(variant, fresh output folder)` of every variant per repeat, the order rotating by repeat
+    (no variant always first); each record gets its repeat and whether its tables equal the first
+    variant's of the same repeat."""
+    runs = []
+    for r in range(repeats):
+        outs = {}
+        for v in vs[r % len(vs):] + vs[:r % len(vs)]:
+            outs[v["name"]] = root / f"{v['name']}-{r}"
+            rec = {**run_one(v, outs[v["name"]]), "repeat": r}
+            runs.append(rec)
+            print(f"repeat {r} {v['name']}: {rec['wall_s']} s", flush=True)
+        for rec in runs[-len(vs):]:
+            n, differ = same_tables(outs[vs[0]["name"]], outs[rec["variant"]])
+            rec["tables_equal"] = "all" if not differ else f"{n - len(differ)}/{n} (differ: {', '.join(differ)})"
+    return runs
+
+
 def main() -> None:
     args = parse()
     vs = variants(args.variant)
     root = Path(args.keep or tempfile.mkdtemp(prefix="reproduce-ab-"))
-    runs = []
-    for r in range(args.repeats):
-        order = vs[r % len(vs):] + vs[:r % len(vs)]  # rotate: no variant always first
-        outs = {}
-        for v in order:
-            outs[v["name"]] = root / f"{v['name']}-{r}"
-            rec = one(v, args, outs[v["name"]])
-            rec["repeat"] = r
-            runs.append(rec)
-            print(f"repeat {r} {v['name']}: {rec['wall_s']} s", flush=True)
-        ref = outs[vs[0]["name"]]
-        for rec in runs[-len(vs):]:
-            n, differ = same_tables(ref, outs[rec["variant"]])
-            rec["tables_equal"] = "all" if not differ else f"{n - len(differ)}/{n} (differ: {', '.join(differ)})"
+    runs = interleaved(vs, args.repeats, root, lambda v, out: one(v, args, out))
     res = {**stamp("reproduce_ab.py"), "dataset": args.dataset, "data": args.data, "profile": args.profile, "note": args.note,
            "variants": vs, "runs": runs}
     write(Path(__file__).resolve().parent / "results", args.tag, res, to_markdown)

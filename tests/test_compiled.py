@@ -13,15 +13,7 @@ from ctrkit.training import config as C
 from ctrkit.training.loop import fit
 from ctrkit.training.mutual import mutual_fit
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest's
 
 
 def _model(name, data, seed=7):
