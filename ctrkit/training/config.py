@@ -29,7 +29,8 @@ from ctrkit.training import metrics
 from ctrkit.training.losses import check_divergence, check_weight
 
 __all__ = ["MODES", "INITS", "TAGS", "AMP_CHOICES", "GRAPH_CHOICES", "COMPILE_CHOICES", "TRAIN_DICT_KEYS",
-           "RUN_TRAIN_KEYS", "TrainConfig", "RunConfig", "RunSpec", "PretrainSpec", "min_peers", "stored_weight", "weight_matters", "run_key", "peer_labels",
+           "RUN_TRAIN_KEYS", "TrainConfig", "RunConfig", "RunSpec", "PretrainSpec", "min_peers", "stored_weight",
+           "weight_matters", "run_key", "peer_labels",
            "split_label", "parse_monitor"]
 
 MODES = ("mutual", "alone", "kd", "ensemble", "ensemble_teacher", "ektf")
@@ -432,7 +433,8 @@ class RunSpec:
                          epochs=0 if self.mode == "ensemble" else epochs,
                          batch_size=self.batch_size or trains[0]["batch_size"], seed=self.seed, device=str(device),
                          amp=self.amp, progress=self.progress, threads=self.threads, graph=self.graph,
-                         compile=self.compile, peers=tuple(TrainConfig.from_dict({k: v for k, v in t.items() if k not in RUN_TRAIN_KEYS})
+                         compile=self.compile,
+                         peers=tuple(TrainConfig.from_dict({k: v for k, v in t.items() if k not in RUN_TRAIN_KEYS})
                                      for t in trains))
 
 
