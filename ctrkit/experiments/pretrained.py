@@ -9,6 +9,7 @@ The weights are copied into a new model for every run (`checkpoint.model_from`);
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from collections import OrderedDict
 from pathlib import Path
@@ -20,14 +21,20 @@ __all__ = ["read", "load", "scores", "clear"]
 
 # the last few checkpoints read (a run's peers and a little more: each may hold a large embedding table)
 KEEP = 8
-_READ: OrderedDict = OrderedDict()
-# (file identity, device, eval batch size) -> (a weak reference to the data object, its scores)
+# (file identity, device, eval batch size) -> (a weak reference to the data object, its scores), the
+# last SCORES_KEPT: small dicts
+SCORES_KEPT = 512
 _SCORES: OrderedDict = OrderedDict()
 
 
 def _identity(path: Path) -> tuple:
     st = path.stat()
     return str(path.resolve()), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=KEEP)
+def _read(identity: tuple) -> dict:
+    return checkpoint.load_checkpoint(Path(identity[0]))
 
 
 def read(path: str | Path) -> dict:
@@ -38,12 +45,7 @@ def read(path: str | Path) -> dict:
         key = _identity(path)
     except OSError:
         return checkpoint.load_checkpoint(path)  # its one-line error for a missing or unreadable file
-    if key not in _READ:
-        _READ[key] = checkpoint.load_checkpoint(path)
-        while len(_READ) > KEEP:
-            _READ.popitem(last=False)
-    _READ.move_to_end(key)
-    return _READ[key]
+    return _read(key)
 
 
 def load(path: str | Path, device, **expect):
@@ -56,19 +58,18 @@ def scores(model, path: str | Path, data, device, batch_size: int) -> dict:
     measured once per file, data object, device and batch size in this process."""
     key = (_identity(Path(path)), str(device), batch_size)
     hit = _SCORES.get(key)
-    if hit is not None and hit[0]() is data:
-        return {split: dict(s) for split, s in hit[1].items()}
-    out = {}
-    for split in ("valid", "test"):
-        X, y = data.tensors(split, device)
-        out[split] = split_scores(y, predict(model, X, batch_size))
-    _SCORES[key] = (weakref.ref(data), out)
-    while len(_SCORES) > 64 * KEEP:
-        _SCORES.popitem(last=False)
-    return {split: dict(s) for split, s in out.items()}
+    if hit is None or hit[0]() is not data:
+        out = {}
+        for split in ("valid", "test"):
+            X, y = data.tensors(split, device)
+            out[split] = split_scores(y, predict(model, X, batch_size))
+        _SCORES[key] = (weakref.ref(data), out)
+        while len(_SCORES) > SCORES_KEPT:
+            _SCORES.popitem(last=False)
+    return {split: dict(s) for split, s in _SCORES[key][1].items()}
 
 
 def clear() -> None:
     """Forget every checkpoint and score held."""
-    _READ.clear()
+    _read.cache_clear()
     _SCORES.clear()

@@ -16,7 +16,11 @@ from ctrkit.core import utils
 from ctrkit.kernels import cpublas
 from ctrkit.kernels.cpu import for_device
 
-__all__ = ["apply_threads", "env_info", "for_device"]
+__all__ = ["REFERENCE_DEVICE", "apply_threads", "env_info", "for_device"]
+
+# `for_device(model, REFERENCE_DEVICE)` puts the reference maths back on any machine (the kernels
+# are switched in only for "cpu"): what vmapped replicas and torch.compile trace
+REFERENCE_DEVICE = torch.device("meta")
 
 
 def apply_threads(threads: int | str | None = "auto") -> int:

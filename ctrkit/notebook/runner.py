@@ -476,10 +476,11 @@ def _kernels(niceness: int, log: Path):
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             try:
-                with open(log, "wb") as f:  # the kernel keeps its own copy of the descriptor
-                    await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": f, "stderr": f})
+                f = open(log, "wb")
             except OSError as e:
                 raise CtrkitError(f"cannot write the kernel log {log}: {e.strerror or e}") from None
+            with f:  # the kernel keeps its own copy of the descriptor
+                await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": f, "stderr": f})
 
     return Kernels
 

@@ -20,12 +20,9 @@ from __future__ import annotations
 import torch
 
 from ctrkit.core.errors import CtrkitError
-from ctrkit.kernels import for_device
+from ctrkit.kernels import REFERENCE_DEVICE, for_device
 
 __all__ = ["wanted", "Compiled", "switch_in"]
-
-# the device whose layer classes are the reference maths (`for_device` switches kernels in only on "cpu")
-_REFERENCE_DEVICE = torch.device("meta")
 
 
 def wanted(mode: str, *, runs: int) -> bool:
@@ -64,5 +61,5 @@ def switch_in(peers) -> None:
     """Each trained peer's layers back to the reference maths and its training forward compiled."""
     for p in peers:
         if p.trainable:
-            for_device(p.model, _REFERENCE_DEVICE)
+            for_device(p.model, REFERENCE_DEVICE)
             p.train_forward = Compiled(p.train_forward, p.name)

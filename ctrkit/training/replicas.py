@@ -32,13 +32,11 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ctrkit.core.errors import CtrkitError
-from ctrkit.kernels import for_device
+from ctrkit.kernels import REFERENCE_DEVICE, for_device
 from ctrkit.training.rng import dropout_seed
 
 __all__ = ["Stack", "check_replicas", "step", "replica_bytes"]
 
-# the device whose layer classes are the reference maths (`for_device` switches kernels in only on "cpu")
-_REFERENCE_DEVICE = torch.device("meta")
 
 
 class _FedDropout(nn.Dropout):
@@ -69,7 +67,7 @@ class Stack:
     """One peer position of K replica runs: the reference-maths template and its vmapped forward."""
 
     def __init__(self, model: nn.Module):
-        self.template = for_device(copy.deepcopy(model), _REFERENCE_DEVICE)
+        self.template = for_device(copy.deepcopy(model), REFERENCE_DEVICE)
         self.dropouts = [m for m in self.template.modules() if isinstance(m, nn.Dropout)]
         for m in self.dropouts:
             m.__class__ = _FedDropout
