@@ -82,3 +82,16 @@ def test_a_compile_that_fails_is_one_line_naming_the_model(criteo_small, monkeyp
     with pytest.raises(CtrkitError, match=r"^compile=on: torch.compile of DeepFM failed: RuntimeError: "
                                           r"backend exploded$"):
         fit(_model("DeepFM", criteo_small), criteo_small, _config(compile="on", epochs=1))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("graph_mode", ["off", "on"])
+def test_compiled_losses_equal_eager_on_cuda(criteo_small, graph_mode):
+    """On CUDA the compiled forward (Triton), eager and inside the step's CUDA graph, trains to eager's losses."""
+    cfg = dict(device="cuda", graph=graph_mode)
+    eager = fit(_model("DeepFM", criteo_small).cuda(), criteo_small, _config(**cfg))
+    comp = fit(_model("DeepFM", criteo_small).cuda(), criteo_small, _config(compile="on", **cfg))
+    assert comp["env"]["compile"] == "on" and comp["env"]["graph"] == eager["env"]["graph"]
+    for a, b in zip(eager["history"], comp["history"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4, abs=1e-5)
+        assert b["valid_auc"] == pytest.approx(a["valid_auc"], abs=2e-3)
