@@ -169,6 +169,14 @@ def _add_table(sub) -> None:
                    help="also count runs tagged 'exploration' (the widget's), left out by default")
 
 
+def _add_compare(sub) -> None:
+    s = sub.add_parser("compare", help="two reproductions side by side: which conclusions a change moved")
+    s.add_argument("a", help="the --out folder of one `ctrkit reproduce` run")
+    s.add_argument("b", help="the --out folder of another (e.g. with --amp bf16)")
+    s.add_argument("--labels", default="a,b", help="names of the two, e.g. fp32,bf16 (default a,b)")
+    s.add_argument("--out", default=None, help="also write compare.csv and compare.md into this folder")
+
+
 def _add_reproduce(sub) -> None:
     s = sub.add_parser("reproduce", help="run the notebooks with papermill: every table and figure")
     s.add_argument("--dataset", default="both",
@@ -178,6 +186,9 @@ def _add_reproduce(sub) -> None:
     s.add_argument("--out", default="results")
     s.add_argument("--figures", default=None, help="also copy the figures here (the README's command: figures/)")
     s.add_argument("--device", default="auto")
+    s.add_argument("--amp", default=None, choices=["auto", "off", "bf16"],
+                   help="the runs' precision (default: the profile's, fp32 on synthetic data); `ctrkit compare` "
+                        "then tells whether it moved a conclusion")
     s.add_argument("--force", action="store_true")
     s.add_argument("--jobs", default="auto", metavar="N|auto",
                    help="notebooks run at once, their dependencies allowing (default auto: the CPU cores / the "
@@ -187,7 +198,8 @@ def _add_reproduce(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctrkit", description="Mutual learning for CTR models.")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_prepare, _add_info, _add_pretrain, _add_mutual, _add_table, _add_reproduce):
+    for add in (_add_synth, _add_prepare, _add_info, _add_pretrain, _add_mutual, _add_table, _add_reproduce,
+                _add_compare):
         add(sub)
     return p
 
@@ -394,12 +406,27 @@ def _jobs_arg(value: str) -> int | str:
     return jobs
 
 
+def cmd_compare(args):
+    from ctrkit.analysis import compare
+
+    labels = args.labels.split(",")
+    df = compare.conclusions(args.a, args.b, labels=labels)
+    caption = (f"Each claim table's estimates [95% CI, the tables' own] side by side; verdict: gain (interval above 0), "
+               f"loss (below 0), no clear difference (spans 0). {labels[0]}: {compare.provenance(args.a)}; "
+               f"{labels[1]}: {compare.provenance(args.b)}.")
+    if args.out:
+        paths = compare.write(df, args.out, labels, caption=caption)
+        print(f"written: {paths['csv']} and {paths['md']}")
+    print(compare.summary(df, labels))
+    return df
+
+
 def cmd_reproduce(args):
     from ctrkit.notebook import runner
 
     res = runner.run(runner.Reproduction(dataset=args.dataset, profile=args.profile, data=args.data, out=args.out,
-                                         figures=args.figures, device=args.device, force=args.force,
-                                         jobs=_jobs_arg(args.jobs)),
+                                         figures=args.figures, device=args.device, amp=args.amp,
+                                         force=args.force, jobs=_jobs_arg(args.jobs)),
                      log=lambda m: print(m, flush=True))
     print(f"ran {len(res['ran'])} notebook(s), skipped {len(res['skipped'])} already done, {res['seconds']:.0f} s")
     print(f"index:     {res['index']} (and {res['html']})")
@@ -418,6 +445,7 @@ COMMANDS = {
     "mutual": lambda a: cmd_mutual(a),
     "table": lambda a: cmd_table(a),
     "reproduce": lambda a: cmd_reproduce(a),
+    "compare": lambda a: cmd_compare(a),
 }
 
 if __name__ == "__main__":

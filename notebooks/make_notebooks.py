@@ -22,7 +22,8 @@ device = "auto"         # auto | cpu | cuda
 out = "results"         # shared output folder: data, checkpoints, store, tables, figures
 rows = None             # synthetic rows
 seeds = None            # e.g. [2021, 2022, 2023]
-epochs = None           # pretraining epochs'''
+epochs = None           # pretraining epochs
+amp = None              # precision. None: as the profile (fp32 on synthetic data) | off | bf16 | auto'''
 
 # 06 meets the folder `make reproduce` made (profile quick); relative paths: to the repository root.
 EXPLORE_PARAMETERS = '''# Parameters (papermill replaces this cell; None = the profile's value, see ctrkit.notebook.profiles.PROFILES)
@@ -33,10 +34,11 @@ device = "auto"         # auto | cpu | cuda
 out = "results"         # output folder of `make reproduce`, relative to the repository root
 rows = None             # synthetic rows
 seeds = None            # e.g. [2021, 2022, 2023]
-epochs = None           # pretraining epochs'''
+epochs = None           # pretraining epochs
+amp = None              # precision. None: as the profile (fp32 on synthetic data) | off | bf16 | auto'''
 
 SETTINGS = ("cfg = reproduce.settings(dataset=dataset, profile=profile, out=out, data_dir=data_dir, device=device,\n"
-            "                         rows=rows, seeds=seeds, epochs=epochs)\n"
+            "                         rows=rows, seeds=seeds, epochs=epochs, amp=amp)\n"
             "data = reproduce.dataset(cfg)\ncfg")
 
 NOTEBOOKS: dict[str, list[tuple[str, str]]] = {

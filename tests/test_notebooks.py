@@ -11,6 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from ctrkit.analysis import compare
 from ctrkit.notebook import profiles, reproduce, runner
 from ctrkit.core.utils import CtrkitError
 
@@ -42,6 +43,18 @@ def test_notebook_is_thin_parameterised_and_without_outputs(name):
         defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
         assert not defs, f"{name}: notebooks hold no def/class, found {[d.name for d in defs]}"
     assert len(_code_cells(nb)) <= 12
+
+
+@pytest.mark.parametrize("name", profiles.NOTEBOOKS)
+def test_papermill_sees_every_parameter(name):
+    # papermill's own parser skips a line it cannot read (e.g. a second "=" in the comment) and then
+    # warns "Passed unknown parameter" on every run that sets it
+    import papermill
+
+    cell = next(c for c in _code_cells(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4))
+                if "parameters" in c.metadata.get("tags", []))
+    names = [n.targets[0].id for n in ast.parse(cell.source).body]
+    assert list(papermill.inspect_notebook(str(NB_DIR / f"{name}.ipynb"))) == names
 
 
 def test_committed_notebooks_match_their_generator():
@@ -190,6 +203,10 @@ def test_reproduce_smoke_runs_every_notebook(tmp_path):
                  "notebooks/criteo/02_scratch_vs_finetune.ipynb"):
         assert link in index
     assert (out / "index.html").exists()
+    # `ctrkit compare` reads every claim table the reproduction wrote (its columns are the tables' own)
+    claims = compare.conclusions(out, out)
+    assert set(claims["table"]) == set(compare.CLAIMS) and claims["same"].all()
+    assert (claims["a_verdict"] != "n/a").sum() >= 2 * 4 * 2  # headline and scratch of both datasets at least
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]

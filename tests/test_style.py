@@ -25,6 +25,8 @@ ALLOWED_MANY_PARAMS = {
     # A model's constructor: its keyword arguments ARE the model's hyperparameters (FuxiCTR's names),
     # read from the signature by models.hparam_defaults and stored in every checkpoint; FiBiNET has 8.
     "ctrkit.models.fibinet.FiBiNET.__init__",
+    # The notebooks' first call: one keyword per papermill parameter of their parameters cell.
+    "ctrkit.notebook.reproduce.settings",
 }
 
 

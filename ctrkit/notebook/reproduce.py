@@ -132,10 +132,12 @@ class Settings:
 def settings(
     *, dataset: str, profile: str = "quick", out: str = "results", data_dir: str | None = None,
     device: str = "auto", rows: int | None = None, seeds: Sequence[int] | None = None,
-    epochs: int | None = None,
+    epochs: int | None = None, amp: str | None = None,
 ) -> Settings:
     """The notebooks' first call: parameters (None = the profile's value) -> resolved Settings.
-    Progress bars stay off (`dataclasses.replace(cfg, progress=True)` turns them on)."""
+    `amp` overrides the profile's precision (e.g. "bf16" to see whether bf16 moves a conclusion;
+    `ctrkit compare` sets two such outputs side by side). Progress bars stay off
+    (`dataclasses.replace(cfg, progress=True)` turns them on)."""
     schema = None
     if str(dataset).endswith(SCHEMA_SUFFIXES):
         from ctrkit.data import load_schema
@@ -150,6 +152,10 @@ def settings(
         raise CtrkitError("profile full runs the BARS protocol on real data: pass data_dir (--data DIR)")
     if seeds is not None and (not seeds or not all(isinstance(s, int) for s in seeds)):
         raise CtrkitError(f"parameter seeds must be a non-empty list of integers, got {seeds!r}")
+    from ctrkit.training.precision import AMP_CHOICES
+
+    if amp is not None and amp not in AMP_CHOICES:
+        raise CtrkitError(f"parameter amp must be one of {', '.join(AMP_CHOICES)} or None, got {amp!r}")
     for name, value in (("rows", rows), ("epochs", epochs)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise CtrkitError(f"parameter {name} must be a positive integer or None, got {value!r}")
@@ -160,8 +166,8 @@ def settings(
         epochs=epochs if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
         seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"],
         patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
-        threads=prof["threads"], workers=prof.get("workers", 1), amp=prof["amp"], graph=prof.get("graph", "auto"),
-        schema=schema,
+        threads=prof["threads"], workers=prof.get("workers", 1), amp=amp if amp is not None else prof["amp"],
+        graph=prof.get("graph", "auto"), schema=schema,
         tune=prof.get("tune", []), tune_seeds=prof.get("tune_seeds", []), sizes=prof.get("sizes", []),
         min_steps=prof.get("min_steps"),
         variant_seeds=_variant_seeds(prof, seeds),

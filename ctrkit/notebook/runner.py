@@ -64,8 +64,9 @@ class Job:
 
 
 def plan(*, dataset: str = "both", profile: str = "quick", data: str | None = None, out: str = "results",
-         device: str = "auto") -> list[Job]:
-    """The notebook runs of a reproduction, in order, each with its papermill parameters."""
+         device: str = "auto", amp: str | None = None) -> list[Job]:
+    """The notebook runs of a reproduction, in order, each with its papermill parameters (`amp` only
+    when it overrides the profile's, so outputs made without it still count as done)."""
     profiles.profile(profile)
     if dataset not in (*DATASETS, *SMALL_DATASETS, "both") and not str(dataset).endswith(SCHEMA_SUFFIXES):
         raise CtrkitError(f"--dataset {dataset!r}; valid: {', '.join(DATASETS + SMALL_DATASETS)}, both, "
@@ -91,7 +92,8 @@ def plan(*, dataset: str = "both", profile: str = "quick", data: str | None = No
                                   + (" (with --dataset both, --data DIR needs DIR/criteo and DIR/avazu)"
                                      if len(datasets) > 1 else ""))
             data_dir = str(data_dir)
-        params = {"dataset": ds, "data_dir": data_dir, "profile": profile, "device": device, "out": out}
+        params = {"dataset": ds, "data_dir": data_dir, "profile": profile, "device": device, "out": out,
+                  **({"amp": amp} if amp is not None else {})}
         name = _schema_name(ds) if ds.endswith(SCHEMA_SUFFIXES) else ds
         jobs += [Job(nb, name, dict(params)) for nb in PER_DATASET if nb not in skip]
     # Dataset-independent notebooks run once, on the first dataset (06 needs its data and checkpoints).
@@ -122,6 +124,7 @@ class Reproduction:
     data: str | None = None
     out: str = "results"
     device: str = "auto"
+    amp: str | None = None  # the runs' precision (None: the profile's; `reproduce.settings` checks it)
     figures: str | None = None  # also copy the figures (and the Markdown tables) here
     force: bool = False  # re-run the notebooks already done with the same parameters
     only: Sequence[str] | None = None  # run only these notebooks of the plan
@@ -399,7 +402,7 @@ def _todo(jobs: list[Job], nb_dir: Path, out_dir: Path, sizes: dict, *, force: b
 def _jobs(request: Reproduction) -> list[Job]:
     """The plan's jobs, only the notebooks named in `request.only` when given."""
     jobs = plan(dataset=request.dataset, profile=request.profile, data=request.data, out=request.out,
-                device=request.device)
+                device=request.device, amp=request.amp)
     if request.only:
         unknown = sorted(set(request.only) - set(NOTEBOOKS))
         if unknown:

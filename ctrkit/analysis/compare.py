@@ -1,0 +1,187 @@
+"""Two reproductions side by side: which conclusions a change of precision, device, version or data moved.
+
+Each claim table of a reproduction's `tables/` folder (what `ctrkit reproduce` writes) states its
+conclusions as estimates with a 95% confidence interval. `conclusions` joins the two folders' rows
+of every claim table by their identity (model, arm, variant, ...) and reads each interval as a
+verdict: "gain" (the interval above 0), "loss" (below 0) or "no clear difference" (it spans 0). A
+row whose verdict differs between the two is a conclusion the change moved. The intervals are the
+tables' own (per row, not corrected across rows; the tables' `p_holm` stands beside them).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ctrkit.analysis.records import precision
+from ctrkit.core.utils import CtrkitError, atomic_path
+
+# claim table -> (the columns that identify a row, its estimate's (mean, low, high) columns). The
+# per-dataset tables are `tables/<dataset>_<name>.csv`; the summary across datasets has no prefix.
+CLAIMS: dict[str, tuple[tuple[str, ...], tuple[str, str, str]]] = {
+    "scratch": (("model",), ("rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high")),
+    "headline": (("model",), ("rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high")),
+    "controls": (("arm", "unit"), ("rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high")),
+    "alternatives": (("unit",), ("rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high")),
+    "partner_slopes": (("target",), ("slope_mean", "slope_ci_low", "slope_ci_high")),
+    "peer_count": (("model", "n_peers"), ("rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high")),
+    "variants": (("init", "embedding", "variant", "model"), ("rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high")),
+    "variants_summary": (("init", "embedding", "variant"), ("iqm_rel_pct", "iqm_ci_low", "iqm_ci_high")),
+}
+ACROSS_DATASETS = ("variants_summary",)
+# the chosen finetuning setting, shown beside a row when its table has it (it can differ between the two)
+SETTING = ("weight", "finetune_lr_scale")
+VERDICTS = ("gain", "loss", "no clear difference", "n/a")
+
+
+def verdict(mean: float, low: float, high: float) -> str:
+    """What an estimate with its 95% interval says: gain (low > 0), loss (high < 0), no clear difference."""
+    if any(v is None or not np.isfinite(v) for v in (mean, low, high)):
+        return "n/a"
+    return "gain" if low > 0 else "loss" if high < 0 else "no clear difference"
+
+
+def _tables_dir(out) -> Path:
+    d = Path(out).expanduser() / "tables"
+    if not d.is_dir():
+        raise CtrkitError(f"{d}: no tables folder (give the --out folder of a `ctrkit reproduce` run)")
+    return d
+
+
+def _claim_files(tables: Path) -> dict[tuple[str, str], Path]:
+    """(dataset, table) -> CSV of every claim table in a tables folder ("" = across datasets). The
+    datasets are those whose data table 00 wrote (`<dataset>_data_splits.csv`)."""
+    datasets = sorted(p.name.removesuffix("_data_splits.csv") for p in tables.glob("*_data_splits.csv"))
+    found = {}
+    for name in CLAIMS:
+        for dataset in [""] if name in ACROSS_DATASETS else datasets:
+            path = tables / (f"{dataset}_{name}.csv" if dataset else f"{name}.csv")
+            if path.is_file():
+                found[(dataset, name)] = path
+    return found
+
+
+def _read(path: Path, name: str) -> pd.DataFrame:
+    keys, est = CLAIMS[name]
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise CtrkitError(f"{path}: cannot read ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    missing = [c for c in (*keys, *est) if c not in df.columns]
+    if missing:
+        raise CtrkitError(f"{path}: not a {name} table (no column {', '.join(missing)})")
+    setting = [c for c in SETTING if c in df.columns]
+    out = pd.DataFrame({"row": [" · ".join(_text(v) for v in r) for r in df[list(keys)].itertuples(index=False)]})
+    out[["mean", "low", "high"]] = df[list(est)].to_numpy(dtype=float)
+    out["setting"] = [", ".join(f"{c} {_text(v)}" for c, v in zip(setting, r) if _text(v)) for r in
+                      df[setting].itertuples(index=False)] if setting else ""
+    if out["row"].duplicated().any():
+        raise CtrkitError(f"{path}: rows repeat the same {', '.join(keys)}; cannot pair them")
+    return out.set_index("row")
+
+
+def _text(v) -> str:
+    """A key or setting value as text: numbers without trailing zeros, missing as ''."""
+    if isinstance(v, (float, np.floating)):
+        return "" if np.isnan(v) else f"{v:g}"
+    return "" if v is None else str(v)
+
+
+def conclusions(a, b, *, labels: Sequence[str] = ("a", "b")) -> pd.DataFrame:
+    """Every claim row of the reproductions in folders `a` and `b`, side by side (tidy, numeric):
+    dataset, table, row, estimate, then per side (its label as prefix) mean, ci_low, ci_high,
+    verdict and the chosen setting; `shift` (b mean - a mean) and `same` (the verdicts agree).
+    Rows only one side has are kept, the other side "n/a"."""
+    la, lb = _labels(labels)
+    fa, fb = _claim_files(_tables_dir(a)), _claim_files(_tables_dir(b))
+    if not set(fa) & set(fb):
+        raise CtrkitError(f"{a} and {b} have no claim table in common ({', '.join(CLAIMS)})")
+    parts = []
+    for dataset, name in sorted(set(fa) | set(fb), key=lambda k: (k[0] == "", k[0], list(CLAIMS).index(k[1]))):
+        sides = [_read(f[(dataset, name)], name) if (dataset, name) in f else None for f in (fa, fb)]
+        rows = list(dict.fromkeys([r for s in sides if s is not None for r in s.index]))
+        part = pd.DataFrame({"dataset": dataset or "all", "table": name, "row": rows,
+                             "estimate": CLAIMS[name][1][0].removesuffix("_mean")})
+        for label, side in zip((la, lb), sides):
+            side = (side if side is not None else pd.DataFrame(columns=["mean", "low", "high", "setting"])).reindex(rows)
+            part[f"{label}_mean"] = side["mean"].to_numpy(dtype=float)
+            part[f"{label}_ci_low"] = side["low"].to_numpy(dtype=float)
+            part[f"{label}_ci_high"] = side["high"].to_numpy(dtype=float)
+            part[f"{label}_verdict"] = [verdict(*v) for v in side[["mean", "low", "high"]].to_numpy(dtype=float)]
+            part[f"{label}_setting"] = side["setting"].fillna("").to_numpy()
+        parts.append(part)
+    df = pd.concat(parts, ignore_index=True)
+    df["shift"] = df[f"{lb}_mean"] - df[f"{la}_mean"]
+    df["same"] = df[f"{la}_verdict"] == df[f"{lb}_verdict"]
+    return df
+
+
+def _labels(labels: Sequence[str]) -> tuple[str, str]:
+    labels = [str(x).strip() for x in labels]
+    if len(labels) != 2 or not all(labels) or labels[0] == labels[1] or not all(x.isidentifier() for x in labels):
+        raise CtrkitError(f"labels must be two different names (letters, digits, _), got {list(labels)!r}")
+    return labels[0], labels[1]
+
+
+def summary(df: pd.DataFrame, labels: Sequence[str] = ("a", "b")) -> str:
+    """One paragraph: how many conclusions agree, and each one that moved."""
+    la, lb = _labels(labels)
+    both = df[(df[f"{la}_verdict"] != "n/a") & (df[f"{lb}_verdict"] != "n/a")]
+    moved = both[~both["same"]]
+    text = (f"{int(both['same'].sum())} of {len(both)} conclusions agree between {la} and {lb} "
+            f"({len(df) - len(both)} rows without an interval on one side left out).")
+    for r in moved.itertuples(index=False):
+        text += (f"\n- {r.dataset} {r.table} {r.row}: {getattr(r, f'{la}_verdict')} under {la}, "
+                 f"{getattr(r, f'{lb}_verdict')} under {lb}")
+    return text
+
+
+def provenance(out) -> str:
+    """The precision of each dataset's runs in a reproduction folder (its `<dataset>/results.csv`)."""
+    out = Path(out).expanduser()
+    parts = [f"{p.parent.name}: {precision(p)}" for p in sorted(out.glob("*/results.csv"))]
+    return f"{out} ({', '.join(parts) or 'no results.csv'})"
+
+
+def to_markdown(df: pd.DataFrame, labels: Sequence[str], *, caption: str) -> str:
+    """The human form: estimate [95% CI] and verdict per side, the chosen setting (once when both
+    sides chose the same), and `moved` (yes: the verdicts differ; "one side": only one has one)."""
+    la, lb = _labels(labels)
+
+    def interval(r, s: str) -> str:
+        m, lo, hi = r[f"{s}_mean"], r[f"{s}_ci_low"], r[f"{s}_ci_high"]
+        return "–" if not np.isfinite(m) else f"{m:+.3f}" + (f" [{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else "")
+
+    rows = [r for _, r in df.iterrows()]
+    one_side = (df[f"{la}_verdict"] == "n/a") != (df[f"{lb}_verdict"] == "n/a")
+    human = pd.DataFrame({
+        "dataset": df["dataset"], "table": df["table"], "row": df["row"], "estimate": df["estimate"],
+        la: [interval(r, la) for r in rows], f"{la} verdict": df[f"{la}_verdict"],
+        lb: [interval(r, lb) for r in rows], f"{lb} verdict": df[f"{lb}_verdict"],
+        "setting": [r[f"{la}_setting"] if r[f"{la}_setting"] == r[f"{lb}_setting"]
+                    else f"{la}: {r[f'{la}_setting'] or '–'}; {lb}: {r[f'{lb}_setting'] or '–'}" for r in rows],
+        "moved": np.where(one_side, "one side", np.where(df["same"], "", "**yes**"))})
+    return human.to_markdown(index=False) + f"\n\n{caption}\n"
+
+
+# the first line of what `write` writes: another file of the same name is not replaced
+_SIGNATURE = {"csv": "dataset,table,row,estimate,", "md": "<!-- ctrkit compare -->"}
+
+
+def write(df: pd.DataFrame, out_dir, labels: Sequence[str], *, caption: str) -> dict[str, Path]:
+    """compare.csv (tidy, numeric) and compare.md (human form, with `caption`) in `out_dir`, each
+    written atomically, replacing only an earlier comparison's files; their paths."""
+    out_dir = Path(out_dir).expanduser()
+    paths = {"csv": out_dir / "compare.csv", "md": out_dir / "compare.md"}
+    texts = {"csv": df.to_csv(index=False), "md": _SIGNATURE["md"] + "\n" + to_markdown(df, labels, caption=caption)}
+    for kind, path in paths.items():
+        try:
+            if path.exists() and not path.read_text(errors="replace").startswith(_SIGNATURE[kind]):
+                raise CtrkitError(f"{path}: exists and is not an earlier comparison; choose another --out")
+            with atomic_path(path) as tmp:
+                tmp.write_text(texts[kind])
+        except OSError as e:
+            raise CtrkitError(f"{path}: cannot write ({e.strerror or e})")
+    return paths

@@ -1,0 +1,103 @@
+"""`ctrkit compare`: two reproductions' claim tables side by side, each interval read as a verdict, the
+conclusions a change moved named; and `--amp`, the knob that makes the second reproduction. (That
+every claim table of a real reproduction is read: tests/test_notebooks.py's smoke reproduce.)"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ctrkit.analysis import compare
+from ctrkit.core.utils import CtrkitError
+from ctrkit.notebook import reproduce, runner
+
+
+def _headline(rows) -> pd.DataFrame:
+    return pd.DataFrame([{"dataset": "criteo", "model": m, "weight": w, "finetune_lr_scale": 0.1, "n_pairs": 5,
+                          "rel_pct_mean": mean, "rel_pct_ci_low": lo, "rel_pct_ci_high": hi, "p_holm": 1.0}
+                         for m, w, mean, lo, hi in rows])
+
+
+def _reproduction(root: Path, headline: pd.DataFrame, *, slopes=None) -> Path:
+    t = root / "tables"
+    t.mkdir(parents=True)
+    pd.DataFrame({"split": ["train"], "rows": [10]}).to_csv(t / "criteo_data_splits.csv", index=False)
+    headline.to_csv(t / "criteo_headline.csv", index=False)
+    if slopes is not None:
+        slopes.to_csv(t / "criteo_partner_slopes.csv", index=False)
+    return root
+
+
+@pytest.mark.parametrize("interval, expected", [((0.2, 0.1, 0.3), "gain"), ((-0.2, -0.3, -0.1), "loss"),
+                                                ((0.1, -0.1, 0.3), "no clear difference"),
+                                                ((0.0, float("nan"), float("nan")), "n/a")])
+def test_verdict_reads_the_interval(interval, expected):
+    assert compare.verdict(*interval) == expected
+
+
+def test_a_moved_conclusion_is_named_and_rows_of_one_side_are_kept(tmp_path):
+    a = _reproduction(tmp_path / "a", _headline([("DeepFM", 30.0, 0.3, 0.1, 0.5), ("DCN", 30.0, 0.1, -0.1, 0.3)]),
+                      slopes=pd.DataFrame({"target": ["DCN"], "slope_mean": [2.0], "slope_ci_low": [1.0],
+                                           "slope_ci_high": [3.0]}))
+    b = _reproduction(tmp_path / "b", _headline([("DeepFM", 10.0, 0.05, -0.1, 0.2), ("DCN", 30.0, 0.12, -0.1, 0.3),
+                                                 ("PNN", 30.0, -0.4, -0.6, -0.2)]))
+    df = compare.conclusions(a, b, labels=("fp32", "bf16"))
+    head = df[df["table"] == "headline"].set_index("row")
+    assert head.loc["DeepFM", ["fp32_verdict", "bf16_verdict", "same"]].tolist() == ["gain", "no clear difference", False]
+    assert head.loc["DCN", "same"] and head.loc["DCN", "shift"] == pytest.approx(0.02)
+    assert head.loc["DeepFM", "fp32_setting"] == "weight 30, finetune_lr_scale 0.1"
+    assert head.loc["DeepFM", "bf16_setting"] == "weight 10, finetune_lr_scale 0.1"
+    assert head.loc["PNN", ["fp32_verdict", "bf16_verdict"]].tolist() == ["n/a", "loss"]
+    slope = df[df["table"] == "partner_slopes"].iloc[0]
+    assert (slope["estimate"], slope["fp32_verdict"], slope["bf16_verdict"]) == ("slope", "gain", "n/a")
+    text = compare.summary(df, ("fp32", "bf16"))
+    assert text.startswith("1 of 2 conclusions agree") and "criteo headline DeepFM: gain under fp32" in text
+    md = compare.to_markdown(df, ("fp32", "bf16"), caption="cap")
+    assert "**yes**" in md and "one side" in md and "fp32: weight 30" in md and md.rstrip().endswith("cap")
+
+
+def test_bad_input_is_one_line(tmp_path):
+    a = _reproduction(tmp_path / "a", _headline([("DeepFM", 30.0, 0.3, 0.1, 0.5)]))
+    with pytest.raises(CtrkitError, match="no tables folder"):
+        compare.conclusions(a, tmp_path / "missing")
+    with pytest.raises(CtrkitError, match="labels"):
+        compare.conclusions(a, a, labels=("x", "x"))
+    bad = _reproduction(tmp_path / "bad", _headline([("DeepFM", 30.0, 0.3, 0.1, 0.5)]).drop(columns="rel_pct_ci_low"))
+    with pytest.raises(CtrkitError, match="criteo_headline.csv: not a headline table"):
+        compare.conclusions(a, bad)
+    twice = _reproduction(tmp_path / "twice", _headline([("DeepFM", 30.0, 0.3, 0.1, 0.5)] * 2))
+    with pytest.raises(CtrkitError, match="rows repeat"):
+        compare.conclusions(a, twice)
+
+
+def test_cli_writes_its_files_and_replaces_only_its_own(tmp_path):
+    a = _reproduction(tmp_path / "a", _headline([("DeepFM", 30.0, 0.3, 0.1, 0.5)]))
+    b = _reproduction(tmp_path / "b", _headline([("DeepFM", 30.0, -0.3, -0.5, -0.1)]))
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "ctrkit.cli", "compare", str(a), str(b), "--labels", "fp32,bf16", "--out", str(out)]
+    for _ in range(2):  # the second run replaces the first's files
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "0 of 1 conclusions agree" in r.stdout and "gain under fp32, loss under bf16" in r.stdout
+    assert pd.read_csv(out / "compare.csv")["bf16_verdict"].tolist() == ["loss"]
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "compare.md").write_text("my notes\n")
+    r = subprocess.run(cmd[:-1] + [str(theirs)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not an earlier comparison" in r.stderr
+    assert (theirs / "compare.md").read_text() == "my notes\n"
+    r = subprocess.run(cmd[:5] + [str(tmp_path / "nope")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "no tables folder" in r.stderr
+
+
+def test_amp_overrides_the_profile_and_reaches_the_notebooks_only_when_given(tmp_path):
+    assert reproduce.settings(dataset="criteo", profile="quick", out=str(tmp_path)).amp == "off"
+    assert reproduce.settings(dataset="criteo", profile="quick", out=str(tmp_path), amp="bf16").amp == "bf16"
+    with pytest.raises(CtrkitError, match="parameter amp must be one of"):
+        reproduce.settings(dataset="criteo", profile="quick", out=str(tmp_path), amp="fp16")
+    assert all("amp" not in j.parameters for j in runner.plan(dataset="criteo", profile="quick", out=str(tmp_path)))
+    jobs = runner.plan(dataset="criteo", profile="quick", out=str(tmp_path), amp="bf16")
+    assert {j.parameters["amp"] for j in jobs} == {"bf16"}
