@@ -415,8 +415,11 @@ def cmd_compare(args):
                f"loss (below 0), no clear difference (spans 0). {labels[0]}: {compare.provenance(args.a)}; "
                f"{labels[1]}: {compare.provenance(args.b)}.")
     if args.out:
+        from ctrkit.analysis import plots
+
         paths = compare.write(df, args.out, labels, caption=caption)
-        print(f"written: {paths['csv']} and {paths['md']}")
+        figure = plots.compared(df, paths["csv"].with_name("compare"), labels=labels, caption=caption)
+        print(f"written: {paths['csv']}, {paths['md']} and {figure[0]} (+ SVG)")
     print(compare.summary(df, labels))
     return df
 

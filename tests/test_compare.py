@@ -101,3 +101,18 @@ def test_amp_overrides_the_profile_and_reaches_the_notebooks_only_when_given(tmp
     assert all("amp" not in j.parameters for j in runner.plan(dataset="criteo", profile="quick", out=str(tmp_path)))
     jobs = runner.plan(dataset="criteo", profile="quick", out=str(tmp_path), amp="bf16")
     assert {j.parameters["amp"] for j in jobs} == {"bf16"}
+
+
+def test_the_figure_draws_both_runs_and_stars_a_moved_row(tmp_path):
+    from ctrkit.analysis import plots
+
+    a = _reproduction(tmp_path / "a", _headline([("DeepFM", 30.0, 0.3, 0.1, 0.5), ("DCN", 30.0, 0.1, -0.1, 0.3)]))
+    b = _reproduction(tmp_path / "b", _headline([("DeepFM", 30.0, 0.05, -0.1, 0.2), ("DCN", 30.0, 0.1, -0.1, 0.3)]))
+    df = compare.conclusions(a, b, labels=("fp32", "bf16"))
+    png, svg = plots.compared(df, tmp_path / "fig", labels=("fp32", "bf16"), caption="cap")
+    text = svg.read_text()
+    assert png.stat().st_size > 5000
+    for drawn in ("DeepFM*", "DCN<", "criteo: mutual - alone, finetuned", "fp32", "bf16", "the verdict moved"):
+        assert drawn in text, drawn
+    with pytest.raises(CtrkitError, match="no rows of the tables"):
+        plots.compared(df, tmp_path / "none", labels=("fp32", "bf16"), tables=("variants",))

@@ -11,6 +11,7 @@ precision, profile).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -37,7 +38,8 @@ DPI = 200
 
 __all__ = [
     "COLUMN", "TEXT", "style", "save", "show", "provenance", "paired_gains", "partner_heatmap", "partner_slopes",
-    "peer_count", "sweep_gain", "gain_vs_strength", "split_ctr", "rank_frequency", "figure_kd", "figure_mutual",
+    "peer_count", "compared", "sweep_gain", "gain_vs_strength", "split_ctr", "rank_frequency", "figure_kd",
+    "figure_mutual",
 ]
 
 
@@ -281,6 +283,41 @@ def peer_count(
         axes[1].set_title("gain over finetuning alone vs N")
         axes[1].legend(title=hue, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.suptitle(title, fontsize=9)
+        _caption(fig, caption)
+        return save(fig, out)
+
+
+_CLAIM_TITLES = {"scratch": "mutual - alone, from scratch", "headline": "mutual - alone, finetuned"}
+
+
+def compared(
+    df: pd.DataFrame, out: str | os.PathLike, *, labels: Sequence[str], tables: Sequence[str] = ("scratch", "headline"),
+    caption: str | None = None, title: str = "The same claims under two runs", width: float = TEXT,
+) -> list[Path]:
+    """Two reproductions' intervals side by side (`ctrkit.analysis.compare.conclusions`): a row of
+    panels per dataset, a column per claim table, one colour per run; a row whose verdict moved is
+    marked * on its axis."""
+    la, lb = labels
+    df = _need(df, ["dataset", "table", "row", f"{la}_mean", f"{lb}_mean", "same"], "compared")
+    df = df[df["table"].isin(tables)]
+    datasets, names = list(dict.fromkeys(df["dataset"])), [t for t in tables if t in set(df["table"])]
+    if df.empty:
+        raise CtrkitError(f"compared: no rows of the tables {', '.join(tables)} to draw")
+    long = pd.concat([df.assign(run=lab, mean=df[f"{lab}_mean"], low=df[f"{lab}_ci_low"], high=df[f"{lab}_ci_high"])
+                      for lab in (la, lb)], ignore_index=True)
+    with style():
+        fig, axes = plt.subplots(len(datasets), len(names), figsize=(width, 2.2 * len(datasets)),
+                                 layout="constrained", squeeze=False)
+        for (i, dataset), (j, table) in itertools.product(enumerate(datasets), enumerate(names)):
+            ax, g = axes[i][j], long[(long["dataset"] == dataset) & (long["table"] == table)]
+            order, moved = list(dict.fromkeys(g["row"])), set(g.loc[~g["same"], "row"])
+            _dodge(ax, g, x="row", hue="run", y="mean", lo="low", hi="high", order=order, hue_order=[la, lb])
+            ax.set_xticks(range(len(order)), [f"{r}*" if r in moved else r for r in order], rotation=25, ha="right")
+            est = g["estimate"].iloc[0] if "estimate" in g.columns and len(g) else "rel_pct"
+            ax.set(title=f"{dataset}: {_CLAIM_TITLES.get(table, table)}", xlabel="",
+                   ylabel=("relative Δ test AUC (%)" if est == "rel_pct" else est) if j == 0 else "")
+        axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        fig.suptitle(title + " (* the verdict moved)", fontsize=9)
         _caption(fig, caption)
         return save(fig, out)
 
