@@ -189,6 +189,8 @@ def _add_reproduce(sub) -> None:
     s.add_argument("--amp", default=None, choices=["auto", "off", "bf16"],
                    help="the runs' precision (default: the profile's, fp32 on synthetic data); `ctrkit compare` "
                         "then tells whether it moved a conclusion")
+    s.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="every run's seeds instead of the profile's (at least 2; the CIs are paired over them)")
     s.add_argument("--force", action="store_true")
     s.add_argument("--jobs", default="auto", metavar="N|auto",
                    help="notebooks run at once, their dependencies allowing (default auto: the CPU cores / the "
@@ -406,6 +408,19 @@ def _jobs_arg(value: str) -> int | str:
     return jobs
 
 
+def _seeds_arg(value: str | None) -> list[int] | None:
+    """--seeds: comma-separated distinct integers, at least 2 (a paired interval needs 2)."""
+    if value is None:
+        return None
+    try:
+        seeds = [int(v) for v in value.split(",")]
+    except ValueError:
+        seeds = []
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise CtrkitError(f"--seeds {value!r}: at least 2 distinct integers, comma-separated (e.g. 2026,2027,2028)")
+    return seeds
+
+
 def cmd_compare(args):
     from ctrkit.analysis import compare
 
@@ -429,7 +444,8 @@ def cmd_reproduce(args):
 
     res = runner.run(runner.Reproduction(dataset=args.dataset, profile=args.profile, data=args.data, out=args.out,
                                          figures=args.figures, device=args.device, amp=args.amp,
-                                         force=args.force, jobs=_jobs_arg(args.jobs)),
+                                         seeds=_seeds_arg(args.seeds), force=args.force,
+                                         jobs=_jobs_arg(args.jobs)),
                      log=lambda m: print(m, flush=True))
     print(f"ran {len(res['ran'])} notebook(s), skipped {len(res['skipped'])} already done, {res['seconds']:.0f} s")
     print(f"index:     {res['index']} (and {res['html']})")

@@ -103,6 +103,17 @@ def test_amp_overrides_the_profile_and_reaches_the_notebooks_only_when_given(tmp
     assert {j.parameters["amp"] for j in jobs} == {"bf16"}
 
 
+def test_seeds_reach_the_notebooks_only_when_given_and_bad_ones_are_one_line(tmp_path):
+    # a reseeded reproduction is the noise floor a comparison is read against
+    assert all("seeds" not in j.parameters for j in runner.plan(dataset="avazu", profile="quick", out=str(tmp_path)))
+    jobs = runner.plan(dataset="avazu", profile="quick", out=str(tmp_path), seeds=[7, 8, 9])
+    assert all(j.parameters["seeds"] == [7, 8, 9] for j in jobs)
+    for bad in ("7", "7,7", "7,x"):
+        r = subprocess.run([sys.executable, "-m", "ctrkit.cli", "reproduce", "--seeds", bad, "--out", str(tmp_path)],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith("ctrkit: error: --seeds") and "Traceback" not in r.stderr
+
+
 def test_the_figure_draws_both_runs_and_stars_a_moved_row(tmp_path):
     from ctrkit.analysis import plots
 

@@ -64,9 +64,9 @@ class Job:
 
 
 def plan(*, dataset: str = "both", profile: str = "quick", data: str | None = None, out: str = "results",
-         device: str = "auto", amp: str | None = None) -> list[Job]:
-    """The notebook runs of a reproduction, in order, each with its papermill parameters (`amp` only
-    when it overrides the profile's, so outputs made without it still count as done)."""
+         device: str = "auto", amp: str | None = None, seeds: Sequence[int] | None = None) -> list[Job]:
+    """The notebook runs of a reproduction, in order, each with its papermill parameters (`amp` and
+    `seeds` only when they override the profile's, so outputs made without them still count as done)."""
     profiles.profile(profile)
     if dataset not in (*DATASETS, *SMALL_DATASETS, "both") and not str(dataset).endswith(SCHEMA_SUFFIXES):
         raise CtrkitError(f"--dataset {dataset!r}; valid: {', '.join(DATASETS + SMALL_DATASETS)}, both, "
@@ -93,7 +93,7 @@ def plan(*, dataset: str = "both", profile: str = "quick", data: str | None = No
                                      if len(datasets) > 1 else ""))
             data_dir = str(data_dir)
         params = {"dataset": ds, "data_dir": data_dir, "profile": profile, "device": device, "out": out,
-                  **({"amp": amp} if amp is not None else {})}
+                  **({"amp": amp} if amp is not None else {}), **({"seeds": list(seeds)} if seeds else {})}
         name = _schema_name(ds) if ds.endswith(SCHEMA_SUFFIXES) else ds
         jobs += [Job(nb, name, dict(params)) for nb in PER_DATASET if nb not in skip]
     # Dataset-independent notebooks run once, on the first dataset (06 needs its data and checkpoints).
@@ -125,6 +125,7 @@ class Reproduction:
     out: str = "results"
     device: str = "auto"
     amp: str | None = None  # the runs' precision (None: the profile's; `reproduce.settings` checks it)
+    seeds: Sequence[int] | None = None  # every run's seeds (None: the profile's)
     figures: str | None = None  # also copy the figures (and the Markdown tables) here
     force: bool = False  # re-run the notebooks already done with the same parameters
     only: Sequence[str] | None = None  # run only these notebooks of the plan
@@ -402,7 +403,7 @@ def _todo(jobs: list[Job], nb_dir: Path, out_dir: Path, sizes: dict, *, force: b
 def _jobs(request: Reproduction) -> list[Job]:
     """The plan's jobs, only the notebooks named in `request.only` when given."""
     jobs = plan(dataset=request.dataset, profile=request.profile, data=request.data, out=request.out,
-                device=request.device, amp=request.amp)
+                device=request.device, amp=request.amp, seeds=request.seeds)
     if request.only:
         unknown = sorted(set(request.only) - set(NOTEBOOKS))
         if unknown:
