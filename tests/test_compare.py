@@ -33,7 +33,7 @@ def _reproduction(root: Path, headline: pd.DataFrame, *, slopes=None) -> Path:
 
 @pytest.mark.parametrize("interval, expected", [((0.2, 0.1, 0.3), "gain"), ((-0.2, -0.3, -0.1), "loss"),
                                                 ((0.1, -0.1, 0.3), "no clear difference"),
-                                                ((0.0, float("nan"), float("nan")), "n/a")])
+                                                ((0.0, float("nan"), float("nan")), "no interval")])
 def test_verdict_reads_the_interval(interval, expected):
     assert compare.verdict(*interval) == expected
 
@@ -50,9 +50,11 @@ def test_a_moved_conclusion_is_named_and_rows_of_one_side_are_kept(tmp_path):
     assert head.loc["DCN", "same"] and head.loc["DCN", "shift"] == pytest.approx(0.02)
     assert head.loc["DeepFM", "fp32_setting"] == "weight 30, finetune_lr_scale 0.1"
     assert head.loc["DeepFM", "bf16_setting"] == "weight 10, finetune_lr_scale 0.1"
-    assert head.loc["PNN", ["fp32_verdict", "bf16_verdict"]].tolist() == ["n/a", "loss"]
+    assert head.loc["PNN", ["fp32_verdict", "bf16_verdict"]].tolist() == ["no interval", "loss"]
+    df.to_csv(tmp_path / "c.csv", index=False)  # read back, every verdict is a word, none a missing value
+    assert pd.read_csv(tmp_path / "c.csv")[["fp32_verdict", "bf16_verdict"]].notna().all().all()
     slope = df[df["table"] == "partner_slopes"].iloc[0]
-    assert (slope["estimate"], slope["fp32_verdict"], slope["bf16_verdict"]) == ("slope", "gain", "n/a")
+    assert (slope["estimate"], slope["fp32_verdict"], slope["bf16_verdict"]) == ("slope", "gain", "no interval")
     text = compare.summary(df, ("fp32", "bf16"))
     assert text.startswith("1 of 2 conclusions agree") and "criteo headline DeepFM: gain under fp32" in text
     md = compare.to_markdown(df, ("fp32", "bf16"), caption="cap")
@@ -82,7 +84,8 @@ def test_cli_writes_its_files_and_replaces_only_its_own(tmp_path):
         r = subprocess.run(cmd, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert "0 of 1 conclusions agree" in r.stdout and "gain under fp32, loss under bf16" in r.stdout
-    assert pd.read_csv(out / "compare.csv")["bf16_verdict"].tolist() == ["loss"]
+    back = pd.read_csv(out / "compare.csv")
+    assert back["bf16_verdict"].tolist() == ["loss"] and back["same"].tolist() == [False]
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "compare.md").write_text("my notes\n")

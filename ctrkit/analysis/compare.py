@@ -33,13 +33,16 @@ CLAIMS: dict[str, tuple[tuple[str, ...], tuple[str, str, str]]] = {
 ACROSS_DATASETS = ("variants_summary",)
 # the chosen finetuning setting, shown beside a row when its table has it (it can differ between the two)
 SETTING = ("weight", "finetune_lr_scale")
-VERDICTS = ("gain", "loss", "no clear difference", "n/a")
+# "no interval", not "n/a": pandas reads "n/a" back from compare.csv as a missing value
+NO_INTERVAL = "no interval"
+VERDICTS = ("gain", "loss", "no clear difference", NO_INTERVAL)
 
 
 def verdict(mean: float, low: float, high: float) -> str:
-    """What an estimate with its 95% interval says: gain (low > 0), loss (high < 0), no clear difference."""
+    """What an estimate with its 95% interval says: gain (low > 0), loss (high < 0), no clear
+    difference (it spans 0), no interval (missing, e.g. a control row or one side only)."""
     if any(v is None or not np.isfinite(v) for v in (mean, low, high)):
-        return "n/a"
+        return NO_INTERVAL
     return "gain" if low > 0 else "loss" if high < 0 else "no clear difference"
 
 
@@ -93,7 +96,7 @@ def conclusions(a, b, *, labels: Sequence[str] = ("a", "b")) -> pd.DataFrame:
     """Every claim row of the reproductions in folders `a` and `b`, side by side (tidy, numeric):
     dataset, table, row, estimate, then per side (its label as prefix) mean, ci_low, ci_high,
     verdict and the chosen setting; `shift` (b mean - a mean) and `same` (the verdicts agree).
-    Rows only one side has are kept, the other side "n/a"."""
+    Rows only one side has are kept, the other side "no interval"."""
     la, lb = _labels(labels)
     fa, fb = _claim_files(_tables_dir(a)), _claim_files(_tables_dir(b))
     if not set(fa) & set(fb):
@@ -128,7 +131,7 @@ def _labels(labels: Sequence[str]) -> tuple[str, str]:
 def summary(df: pd.DataFrame, labels: Sequence[str] = ("a", "b")) -> str:
     """One paragraph: how many conclusions agree, and each one that moved."""
     la, lb = _labels(labels)
-    both = df[(df[f"{la}_verdict"] != "n/a") & (df[f"{lb}_verdict"] != "n/a")]
+    both = df[(df[f"{la}_verdict"] != NO_INTERVAL) & (df[f"{lb}_verdict"] != NO_INTERVAL)]
     moved = both[~both["same"]]
     text = (f"{int(both['same'].sum())} of {len(both)} conclusions agree between {la} and {lb} "
             f"({len(df) - len(both)} rows without an interval on one side left out).")
@@ -155,7 +158,7 @@ def to_markdown(df: pd.DataFrame, labels: Sequence[str], *, caption: str) -> str
         return "–" if not np.isfinite(m) else f"{m:+.3f}" + (f" [{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else "")
 
     rows = [r for _, r in df.iterrows()]
-    one_side = (df[f"{la}_verdict"] == "n/a") != (df[f"{lb}_verdict"] == "n/a")
+    one_side = (df[f"{la}_verdict"] == NO_INTERVAL) != (df[f"{lb}_verdict"] == NO_INTERVAL)
     human = pd.DataFrame({
         "dataset": df["dataset"], "table": df["table"], "row": df["row"], "estimate": df["estimate"],
         la: [interval(r, la) for r in rows], f"{la} verdict": df[f"{la}_verdict"],
