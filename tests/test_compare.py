@@ -130,3 +130,12 @@ def test_the_figure_draws_both_runs_and_stars_a_moved_row(tmp_path):
         assert drawn in text, drawn
     with pytest.raises(CtrkitError, match="no rows of the tables"):
         plots.compared(df, tmp_path / "none", labels=("fp32", "bf16"), tables=("variants",))
+
+
+def test_provenance_is_the_line_each_dataset_s_tables_carry(tmp_path):
+    out = _reproduction(tmp_path / "a", _headline([("DeepFM", 30.0, 0.3, 0.1, 0.5)]))
+    (out / "criteo").mkdir()
+    (out / "criteo" / "results.csv").write_text("")  # not read: the caption says it all
+    line = "synthetic Criteo-shaped data · 8,000 rows (train 6,399 / valid 800 / test 801) · 5 seeds · bf16 · profile quick"
+    (out / "tables" / "criteo_headline.md").write_text(f"| model |\n|:--|\n| DeepFM |\n\nMutual minus alone. ({line})\n")
+    assert compare.provenance(out) == f"{out} (criteo: {line})"

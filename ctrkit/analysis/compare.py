@@ -142,10 +142,31 @@ def summary(df: pd.DataFrame, labels: Sequence[str] = ("a", "b")) -> str:
 
 
 def provenance(out) -> str:
-    """The precision of each dataset's runs in a reproduction folder (its `<dataset>/results.csv`)."""
+    """What each dataset's runs in a reproduction folder are: the provenance line its tables carry
+    (data, rows as loaded, seeds, precision, profile: the last parenthesis of `<dataset>_headline.md`
+    or `_scratch.md`), else the precision of its `<dataset>/results.csv`."""
     out = Path(out).expanduser()
-    parts = [f"{p.parent.name}: {precision(p)}" for p in sorted(out.glob("*/results.csv"))]
-    return f"{out} ({', '.join(parts) or 'no results.csv'})"
+    parts = []
+    for results in sorted(out.glob("*/results.csv")):
+        dataset = results.parent.name
+        line = next((_last_parenthesis(p) for p in (out / "tables" / f"{dataset}_headline.md",
+                                                     out / "tables" / f"{dataset}_scratch.md") if p.is_file()), "")
+        parts.append(f"{dataset}: {line or precision(results)}")
+    return f"{out} ({'; '.join(parts) or 'no results.csv'})"
+
+
+def _last_parenthesis(path: Path) -> str:
+    """The text inside the parenthesis that closes a table's caption (its provenance), or ''."""
+    lines = path.read_text(errors="replace").rstrip().splitlines()
+    text = lines[-1] if lines else ""
+    if not text.endswith(")"):
+        return ""
+    depth = 0
+    for i in range(len(text) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[i + 1:-1]
+    return ""
 
 
 def to_markdown(df: pd.DataFrame, labels: Sequence[str], *, caption: str) -> str:
