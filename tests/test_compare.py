@@ -139,3 +139,17 @@ def test_provenance_is_the_line_each_dataset_s_tables_carry(tmp_path):
     line = "synthetic Criteo-shaped data · 8,000 rows (train 6,399 / valid 800 / test 801) · 5 seeds · bf16 · profile quick"
     (out / "tables" / "criteo_headline.md").write_text(f"| model |\n|:--|\n| DeepFM |\n\nMutual minus alone. ({line})\n")
     assert compare.provenance(out) == f"{out} (criteo: {line})"
+
+
+def test_another_precision_into_the_same_out_is_refused_and_leaves_the_first_run(tmp_path):
+    # the checkpoints' folders do not name the precision: a bf16 rerun into an fp32 reproduction's
+    # folder must stop with one line, not overwrite the baselines the fp32 tables were made from
+    out = tmp_path / "out"
+    request = dict(dataset="criteo", profile="smoke", out=str(out), device="cpu", jobs=1,
+                   only=["00_data", "01_baselines"])
+    runner.run(runner.Reproduction(**request), progress=False, log=lambda m: None)
+    best = out / "criteo" / "pretrained" / "seed2021" / "DeepFM" / "best.pt"
+    before = best.read_bytes()
+    with pytest.raises(CtrkitError, match=r"cannot resume with different settings \(amp: 'off' -> 'bf16'"):
+        runner.run(runner.Reproduction(**request, amp="bf16"), progress=False, log=lambda m: None)
+    assert best.read_bytes() == before
