@@ -92,6 +92,12 @@ def test_cli_writes_its_files_and_replaces_only_its_own(tmp_path):
     r = subprocess.run(cmd[:-1] + [str(theirs)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not an earlier comparison" in r.stderr
     assert (theirs / "compare.md").read_text() == "my notes\n"
+    pictures = tmp_path / "pictures"  # a figure of the same name, no comparison beside it
+    pictures.mkdir()
+    (pictures / "compare.png").write_bytes(b"mine")
+    r = subprocess.run(cmd[:-1] + [str(pictures)], capture_output=True, text=True)
+    assert r.returncode == 2 and "compare.png: exists" in r.stderr
+    assert (pictures / "compare.png").read_bytes() == b"mine" and not (pictures / "compare.csv").exists()
     r = subprocess.run(cmd[:5] + [str(tmp_path / "nope")], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no tables folder" in r.stderr
 

@@ -196,16 +196,23 @@ _SIGNATURE = {"csv": "dataset,table,row,estimate,", "md": "<!-- ctrkit compare -
 
 def write(df: pd.DataFrame, out_dir, labels: Sequence[str], *, caption: str) -> dict[str, Path]:
     """compare.csv (tidy, numeric) and compare.md (human form, with `caption`) in `out_dir`, each
-    written atomically, replacing only an earlier comparison's files; their paths."""
+    written atomically, replacing only an earlier comparison's files (the figure's too: compare.png
+    and .svg are replaced only beside an earlier comparison's compare.csv); their paths."""
     out_dir = Path(out_dir).expanduser()
     paths = {"csv": out_dir / "compare.csv", "md": out_dir / "compare.md"}
     texts = {"csv": df.to_csv(index=False), "md": _SIGNATURE["md"] + "\n" + to_markdown(df, labels, caption=caption)}
-    for kind, path in paths.items():
-        try:
-            if path.exists() and not path.read_text(errors="replace").startswith(_SIGNATURE[kind]):
+    try:
+        ours = {kind: path.exists() and path.read_text(errors="replace").startswith(_SIGNATURE[kind])
+                for kind, path in paths.items()}
+        for kind, path in paths.items():
+            if path.exists() and not ours[kind]:
                 raise CtrkitError(f"{path}: exists and is not an earlier comparison; choose another --out")
+        for figure in (out_dir / "compare.png", out_dir / "compare.svg"):
+            if figure.exists() and not ours["csv"]:
+                raise CtrkitError(f"{figure}: exists and is not an earlier comparison's figure; choose another --out")
+        for kind, path in paths.items():
             with atomic_path(path) as tmp:
                 tmp.write_text(texts[kind])
-        except OSError as e:
-            raise CtrkitError(f"{path}: cannot write ({e.strerror or e})")
+    except OSError as e:
+        raise CtrkitError(f"{e.filename or out_dir}: cannot write ({e.strerror or e})")
     return paths
