@@ -174,7 +174,8 @@ def _add_compare(sub) -> None:
     s.add_argument("a", help="the --out folder of one `ctrkit reproduce` run")
     s.add_argument("b", help="the --out folder of another (e.g. with --amp bf16)")
     s.add_argument("--labels", default="a,b", help="names of the two, e.g. fp32,bf16 (default a,b)")
-    s.add_argument("--out", default=None, help="also write compare.csv and compare.md into this folder")
+    s.add_argument("--out", default=None, help="also write compare.csv, compare.md and compare.png/.svg here")
+    s.add_argument("--json", action="store_true", help="last stdout line: one JSON object (counts, moved rows)")
 
 
 def _add_reproduce(sub) -> None:
@@ -436,7 +437,7 @@ def cmd_compare(args):
         figure = plots.compared(df, paths["csv"].with_name("compare"), labels=labels, caption=caption)
         print(f"written: {paths['csv']}, {paths['md']} and {figure[0]} (+ SVG)")
     print(compare.summary(df, labels))
-    return df
+    return compare.counts(df, labels) if args.json else None
 
 
 def cmd_reproduce(args):

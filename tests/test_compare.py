@@ -3,6 +3,7 @@ conclusions a change moved named; and `--amp`, the knob that makes the second re
 every claim table of a real reproduction is read: tests/test_notebooks.py's smoke reproduce.)"""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,11 @@ def test_cli_writes_its_files_and_replaces_only_its_own(tmp_path):
         r = subprocess.run(cmd, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert "0 of 1 conclusions agree" in r.stdout and "gain under fp32, loss under bf16" in r.stdout
+    r = subprocess.run(cmd + ["--json"], capture_output=True, text=True)
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (last["compared"], last["agree"]) == (1, 0)
+    assert last["moved"] == [{"dataset": "criteo", "table": "headline", "row": "DeepFM", "fp32_verdict": "gain",
+                              "bf16_verdict": "loss"}]
     back = pd.read_csv(out / "compare.csv")
     assert back["bf16_verdict"].tolist() == ["loss"] and back["same"].tolist() == [False]
     theirs = tmp_path / "theirs"

@@ -131,14 +131,22 @@ def _labels(labels: Sequence[str]) -> tuple[str, str]:
 def summary(df: pd.DataFrame, labels: Sequence[str] = ("a", "b")) -> str:
     """One paragraph: how many conclusions agree, and each one that moved."""
     la, lb = _labels(labels)
-    both = df[(df[f"{la}_verdict"] != NO_INTERVAL) & (df[f"{lb}_verdict"] != NO_INTERVAL)]
-    moved = both[~both["same"]]
-    text = (f"{int(both['same'].sum())} of {len(both)} conclusions agree between {la} and {lb} "
-            f"({len(df) - len(both)} rows without an interval on one side left out).")
-    for r in moved.itertuples(index=False):
-        text += (f"\n- {r.dataset} {r.table} {r.row}: {getattr(r, f'{la}_verdict')} under {la}, "
-                 f"{getattr(r, f'{lb}_verdict')} under {lb}")
+    c = counts(df, labels)
+    text = (f"{c['agree']} of {c['compared']} conclusions agree between {la} and {lb} "
+            f"({len(df) - c['compared']} rows without an interval on one side left out).")
+    for r in c["moved"]:
+        text += (f"\n- {r['dataset']} {r['table']} {r['row']}: {r[f'{la}_verdict']} under {la}, "
+                 f"{r[f'{lb}_verdict']} under {lb}")
     return text
+
+
+def counts(df: pd.DataFrame, labels: Sequence[str] = ("a", "b")) -> dict:
+    """The comparison as one JSON-ready dict: rows compared (an interval on both sides), how many
+    agree, and each moved row (dataset, table, row, both verdicts)."""
+    la, lb = _labels(labels)
+    both = df[(df[f"{la}_verdict"] != NO_INTERVAL) & (df[f"{lb}_verdict"] != NO_INTERVAL)]
+    moved = both.loc[~both["same"], ["dataset", "table", "row", f"{la}_verdict", f"{lb}_verdict"]]
+    return {"compared": len(both), "agree": int(both["same"].sum()), "moved": moved.to_dict("records")}
 
 
 def provenance(out) -> str:
