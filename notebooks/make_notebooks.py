@@ -64,18 +64,17 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "profile's epoch cap (a baseline that reaches it is flagged). One checkpoint per model and seed in "
                "the shared output folder; 02-04 and the widget reuse them. BARS published numbers "
                "(`ctrkit/training/bars.json`) are real Criteo/Avazu results, comparable only under the `full` profile."),
-        ("code", "import pandas as pd\nfrom ctrkit import experiments\nfrom ctrkit.notebook import reproduce"),
+        ("code", "from ctrkit import experiments\nfrom ctrkit.notebook import reproduce"),
         ("params", PARAMETERS),
         ("code", SETTINGS),
         ("md", "## Pretrain (skipped for checkpoints that already exist)\nUnder the `study` profile each model's "
                "hyperparameters are first chosen on validation only from a small search (the tuning table); "
                "the other profiles use the preset."),
         ("code", "tuned = reproduce.tune(cfg, data)\n"
-                 "runs = pd.concat([experiments.pretrain_baselines(\n"
-                 "    data, models=[m], ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, seeds=cfg.seeds, epochs=cfg.epochs,\n"
-                 "    overrides=tuned.get(m, cfg.overrides), store=cfg.store, device=cfg.device, threads=cfg.threads,\n"
+                 "runs = experiments.pretrain_baselines(\n"
+                 "    data, models=cfg.models, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, seeds=cfg.seeds, epochs=cfg.epochs,\n"
+                 "    overrides=cfg.overrides, per_model=tuned, store=cfg.store, device=cfg.device, threads=cfg.threads,\n"
                  "    workers=cfg.workers, amp=cfg.amp, graph=cfg.graph, progress=cfg.progress)\n"
-                 "    for m in cfg.models], ignore_index=True)\n"
                  "runs[['peer', 'seed', 'epochs', 'epoch_cap_hit', 'valid_auc', 'test_auc', 'test_logloss', 'seconds']]"),
         ("md", "## Our baselines next to BARS (`flag`: seeds that stopped at the epoch cap)"),
         ("code", "reproduce.export_results(cfg)\nreproduce.paper_table(cfg, 'baselines')"),

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from ctrkit import data as ctrdata
 from ctrkit import experiments
@@ -78,6 +79,52 @@ def test_pretrain_baselines_with_workers_equals_sequential(small, tmp_path):
     assert _stored(tmp_path / "two.jsonl") == _stored(tmp_path / "one.jsonl")
     assert list(zip(df["seed"], df["peer"])) == [(1, "DeepFM"), (1, "DCN"), (2, "DeepFM"), (2, "DCN")]
     assert all((tmp_path / "c2" / f"seed{s}" / m / "best.pt").is_file() for s in (1, 2) for m in ("DeepFM", "DCN"))
+
+
+def test_baselines_start_longest_first_yet_are_recorded_in_grid_order(small, tmp_path):
+    """FiBiNET's seeds (the most work per sample) start first on the workers and finish last; this
+    process still appends every record in the grid's order, so the store equals the sequential one."""
+    kw = dict(seeds=[1, 2], preset="smoke", epochs=2, device="cpu", threads=1, progress=False)
+    specs = [[runs.PretrainSpec(model=m, seed=s, preset="smoke")] for m in ("DeepFM", "FiBiNET", "DCN") for s in (1, 2)]
+    before = torch.get_rng_state()
+    assert runs._longest_first(specs, small) == [2, 3, 4, 5, 0, 1]  # FiBiNET, DCN, DeepFM; ties keep their order
+    assert torch.equal(torch.get_rng_state(), before)  # building the models to count drew nothing
+    experiments.pretrain_baselines(small, ["DeepFM", "FiBiNET"], tmp_path / "c1", store=tmp_path / "one.jsonl", **kw)
+    experiments.pretrain_baselines(small, ["DeepFM", "FiBiNET"], tmp_path / "c2", store=tmp_path / "two.jsonl",
+                                   workers=2, **kw)
+    one = _stored(tmp_path / "one.jsonl")
+    assert [r["peer"] for r in one] == ["DeepFM", "DeepFM", "FiBiNET", "FiBiNET"]
+    assert _stored(tmp_path / "two.jsonl") == one
+
+
+def test_run_jobs_starts_jobs_in_the_order_given(small):
+    """`first` is the order jobs start in (one worker runs them one by one), yet each result comes
+    back under its own index; `InOrder` hands results on in index order however they arrive."""
+    got = dict(workers.run_jobs(_clock, [(k,) for k in range(4)], small, 1, names=["probe"] * 4, first=[2, 0, 3, 1]))
+    assert sorted(got) == [0, 1, 2, 3] and all(got[k][0] == k for k in got)
+    assert sorted(got, key=lambda k: got[k][1]) == [2, 0, 3, 1]
+    with pytest.raises(ValueError, match="every job index once"):
+        list(workers.run_jobs(_clock, [(0,), (1,)], small, 1, names=["probe"] * 2, first=[1, 1]))
+    due = workers.InOrder()
+    assert due.put(2, "c") == [] and due.put(0, "a") == [(0, "a")] and due.put(1, "b") == [(1, "b"), (2, "c")]
+    workers.shutdown()
+
+
+def _clock(data, k):
+    import time
+
+    return k, time.monotonic_ns()
+
+
+def test_per_model_overrides_replace_the_shared_ones(small, tmp_path):
+    df = experiments.pretrain_baselines(small, ["DeepFM", "DCN"], tmp_path / "ck", seeds=[1], preset="smoke", epochs=1,
+                                        overrides={"embedding_dim": 3}, per_model={"DCN": {"embedding_dim": 2}},
+                                        device="cpu", threads=1, progress=False)
+    dims = {r.peer: json.loads(r.config)["model"]["embedding_dim"] for r in df.itertuples()}
+    assert dims == {"DeepFM": 3, "DCN": 2}
+    with pytest.raises(CtrkitError, match=r"^per_model names \['PNN'\], which are not among the models"):
+        experiments.pretrain_baselines(small, ["DeepFM"], tmp_path / "ck2", seeds=[1], per_model={"PNN": {}},
+                                       preset="smoke", device="cpu", threads=1, progress=False)
 
 
 def test_partial_store_resumes_without_rerunning(small, tmp_path):

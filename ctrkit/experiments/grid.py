@@ -43,11 +43,20 @@ def pretrain_baselines(data, models: Sequence[str], ckpt_dir: str | Path, *, see
     replicas (`runs.pretrain_many`, at most `max_replicas` (a keyword; default: 8 on a GPU, 1 on the
     CPU) per step; 1: one by one, bit for bit as before); the records are the same within `ctrkit.training.replicas`'s tolerance.
     `workers` (a keyword; default 1): processes the (label, seeds) groups are spread over
-    (`ctrkit.experiments.workers`; "auto": the CPU's cores / `threads`, 1 on CUDA)."""
+    (`ctrkit.experiments.workers`; "auto": the CPU's cores / `threads`, 1 on CUDA). `per_model` (a keyword):
+    label -> overrides that replace `overrides` for that label (e.g. each model's tuned setting), so
+    that all models train in one grid: with workers, one call keeps both cores busy to its end,
+    where a call per model waits for each model's last seed."""
     seeds, labels = list(seeds), list(models)
     max_replicas = settings.pop("max_replicas", None) or runs.default_max_replicas(settings.get("device", "auto"))
     workers = check_workers(settings.pop("workers", 1))  # a bad value fails before any run
-    spec = lambda label, seed: PretrainSpec.from_dict({**settings, "model": label, "seed": seed, "progress": False})  # noqa: E731
+    per_model = dict(settings.pop("per_model", None) or {})
+    if set(per_model) - set(labels):
+        raise CtrkitError(f"per_model names {sorted(set(per_model) - set(labels))}, which are not among the models "
+                          f"{labels}")
+    spec = lambda label, seed: PretrainSpec.from_dict({  # noqa: E731
+        **settings, **({"overrides": per_model[label]} if label in per_model else {}), "model": label, "seed": seed,
+        "progress": False})
     # one label's seeds train together as replicas
     groups = [g for label in labels for g in _chunks([spec(label, seed) for seed in seeds], max_replicas)]
     bar = tqdm(total=len(seeds) * len(labels), desc="baselines", disable=not progress)

@@ -23,7 +23,7 @@ from ctrkit.core.utils import CtrkitError, resolve_device, seed_everything
 from ctrkit.experiments import churn, pretrained
 from ctrkit.experiments.record import make_records
 from ctrkit.experiments.store import ResultsStore
-from ctrkit.experiments.workers import check_workers, default_workers, in_turn, resolve_workers, run_jobs
+from ctrkit.experiments.workers import InOrder, check_workers, default_workers, in_turn, resolve_workers, run_jobs
 from ctrkit.models import build, hparam_defaults
 from ctrkit.models.layers import FeatureEmbedding
 from ctrkit.training import checkpoint, presets
@@ -33,6 +33,7 @@ from ctrkit.training.config import (INITS, MODES, TRAIN_DICT_KEYS, PretrainSpec,
 from ctrkit.training.evaluation import predict
 from ctrkit.training.exchange import Exchange, LocalExchange
 from ctrkit.training.loop import fit, fit_replicas, train_replicas
+from ctrkit.training.metrics import forward_flops_per_sample
 from ctrkit.training.mutual import make_peers, mutual_fit
 
 __all__ = ["INITS", "MODES", "RunSpec", "PretrainSpec", "run", "execute", "records", "pretrain", "peer_labels",
@@ -519,8 +520,11 @@ def pretrain_groups(groups: Sequence[Sequence[PretrainSpec]], data, *, out_dirs:
                     store=None, force: bool = False, workers: int | str = 1, progress=None) -> list[list[tuple]]:
     """`pretrain_many` of each group (one label's seeds: replicas), with its `out_dirs`, one group after
     another (`workers` 1) or spread over worker processes (`ctrkit.experiments.workers`; "auto":
-    `default_workers`; groups with nothing to train or record stay here). `progress(group index)` as
-    each group finishes. Returns each group's (result, record) per spec."""
+    `default_workers`; groups with nothing to train or record stay here). With workers the groups
+    start longest first (`_longest_first`), so no long group is left to run alone at the end, and
+    this process appends their records in the groups' order, as the sequential path does; a failure
+    leaves the later groups' finished checkpoints to be reused and recorded by the next call.
+    `progress(group index)` as each group finishes. Returns each group's (result, record) per spec."""
     out: list = [None] * len(groups)
     if workers != 1:
         check_workers(workers)
@@ -530,11 +534,17 @@ def pretrain_groups(groups: Sequence[Sequence[PretrainSpec]], data, *, out_dirs:
             for s, d in zip(g, o))]
         n = resolve_workers(workers, groups[0][0].device, groups[0][0].threads, len(todo)) if todo else 1
         if n > 1:
-            jobs = [(list(groups[k]), list(out_dirs[k]), st.path if st is not None else None, force) for k in todo]
+            jobs = [(list(groups[k]), list(out_dirs[k]), force) for k in todo]
             names = [f"baseline {groups[k][0].label} seed {groups[k][0].seed}"
                      + (f" (+{len(groups[k]) - 1} replicas)" if len(groups[k]) > 1 else "") for k in todo]
-            for j, done in run_jobs(_pretrain_task, jobs, data, n, names=names):
+            due = InOrder()
+            for j, done in run_jobs(_pretrain_task, jobs, data, n, names=names,
+                                    first=_longest_first([groups[k] for k in todo], data)):
                 out[todo[j]] = done
+                for _, ready in due.put(j, done):
+                    for _, rec in ready:
+                        if st is not None and (force or not st.has_run(rec["run_key"])):
+                            st.append([rec])
                 if progress is not None:
                     progress(todo[j])
     for k in range(len(groups)):
@@ -545,13 +555,24 @@ def pretrain_groups(groups: Sequence[Sequence[PretrainSpec]], data, *, out_dirs:
     return out
 
 
-def _pretrain_task(data, specs: list[PretrainSpec], out_dirs: list, store_path, force: bool) -> list[tuple]:
-    """`pretrain_many` in a worker process, its records appended (as `_pretrain_record` does) after
-    the earlier groups' (`in_turn`), with its own handle on the store."""
-    done = pretrain_many(specs, data, out_dirs=out_dirs, store=None, force=force)
-    st = _store(store_path)
-    with in_turn():
-        for _, rec in done:
-            if st is not None and (force or not st.has_run(rec["run_key"])):
-                st.append([rec])
-    return done
+def _pretrain_task(data, specs: list[PretrainSpec], out_dirs: list, force: bool) -> list[tuple]:
+    """`pretrain_many` in a worker process; the parent records the results (`pretrain_groups`)."""
+    return pretrain_many(specs, data, out_dirs=out_dirs, store=None, force=force)
+
+
+def _longest_first(groups: Sequence[Sequence[PretrainSpec]], data) -> list[int]:
+    """The groups' indices by estimated work, largest first (ties in the given order): replicas x the
+    model's matrix FLOPs per sample (`forward_flops_per_sample`: a grid's groups train on the same
+    rows, and how many epochs each runs is not known before it stops). Models are built here with their reference layers under a forked RNG: nothing a run draws
+    changes. Started in this order on the workers, the long FiBiNET groups run beside the short ones
+    instead of last, alone."""
+    cost: dict[str, float] = {}
+    work, x = [], torch.zeros(8, len(data.field_sizes), dtype=torch.long)
+    with torch.random.fork_rng(devices=[]):
+        for g in groups:
+            j = _pretrain_job(g[0], data, None, True)
+            key = json.dumps([j["name"], j["hparams"]], sort_keys=True, default=str)
+            if key not in cost:
+                cost[key] = forward_flops_per_sample(build(j["name"], data.field_sizes, **j["hparams"]), x)
+            work.append(len(g) * cost[key])
+    return sorted(range(len(groups)), key=lambda k: -work[k])

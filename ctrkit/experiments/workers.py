@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ctrkit.core.utils import CtrkitError, cpu_slots, die_with_parent, resolve_device
 
-__all__ = ["check_workers", "default_workers", "in_turn", "resolve_workers", "run_jobs", "shutdown"]
+__all__ = ["InOrder", "check_workers", "default_workers", "in_turn", "resolve_workers", "run_jobs", "shutdown"]
 
 # Imported once by the forkserver, so each worker forks from a process that has torch and ctrkit loaded
 # (a bare spawn re-imports torch per worker); torch._dynamo too: torch.optim imports it on a process's
@@ -98,22 +98,24 @@ def in_turn() -> Iterator[None]:
     yield
 
 
-def _call(fn: Callable, args: tuple, k: int) -> tuple[bool, Any]:
+def _call(fn: Callable, args: tuple, k: int, turns: bool = True) -> tuple[bool, Any]:
     """Job k, `fn(data, *args)`, in a worker: (True, its result) or (False, the error in one line);
-    done or failed, it passes the turn to job k + 1 (after its own turn came)."""
+    done or failed, it passes the turn to job k + 1 (after its own turn came). Without `turns` (jobs
+    started out of order, whose results the parent records) it neither waits nor passes a turn."""
     global _JOB
-    _JOB = k
+    _JOB = k if turns else None
     try:
         return True, fn(_DATA, *args)
     except Exception as e:  # noqa: BLE001 - any failure comes back as one line; the parent raises it
         line = (str(e).strip().splitlines() or [""])[0]
         return False, f"{type(e).__name__}: {line}" if not isinstance(e, CtrkitError) else line
     finally:
-        cond, nxt = _ORDER
-        with cond:
-            cond.wait_for(lambda: nxt.value >= k)
-            nxt.value = k + 1
-            cond.notify_all()
+        if turns:
+            cond, nxt = _ORDER
+            with cond:
+                cond.wait_for(lambda: nxt.value >= k)
+                nxt.value = k + 1
+                cond.notify_all()
 
 
 def _context():
@@ -151,18 +153,24 @@ def shutdown(terminate: bool = False) -> None:
 
 
 def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *,
-             names: Sequence[str]) -> Iterator[tuple[int, Any]]:
+             names: Sequence[str], first: Sequence[int] | None = None) -> Iterator[tuple[int, Any]]:
     """`fn(data, *jobs[i])` for every job on `workers` processes, yielded as (i, result) as each
-    finishes; their appends to a store reach it in the jobs' order (`in_turn`). A failed job: the jobs not started
-    are cancelled, those running finish (and record), then CtrkitError naming `names[i]` and the error.
-    Interrupted (KeyboardInterrupt, or the caller stops iterating): the workers are terminated. The
-    pool stays warm for the next call on the same `data` object (`shutdown`)."""
+    finishes; their appends to a store reach it in the jobs' order (`in_turn`). `first`: the order the
+    jobs start in (every index once; e.g. the longest first, so that no long job is left to run alone
+    at the end); then no job waits for a turn, and the caller records the results in the jobs' order
+    itself (`InOrder`). A failed job: the jobs not started are cancelled, those running finish (and,
+    with turns, record), then CtrkitError naming `names[i]` and the error. Interrupted
+    (KeyboardInterrupt, or the caller stops iterating): the workers are terminated. The pool stays
+    warm for the next call on the same `data` object (`shutdown`)."""
+    order = list(range(len(jobs))) if first is None else list(first)
+    if sorted(order) != list(range(len(jobs))):
+        raise ValueError(f"first must list every job index once, got {order!r}")
     pool, (cond, nxt) = _pool(data, workers)
     with cond:
         nxt.value = 0  # no job of an earlier call is running: each call drains its own
     clean = False
     try:
-        futures = {pool.submit(_call, fn, tuple(job), i): i for i, job in enumerate(jobs)}
+        futures = {pool.submit(_call, fn, tuple(jobs[i]), i, first is None): i for i in order}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -178,6 +186,22 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *,
     finally:
         if not clean:
             shutdown(terminate=True)
+
+
+class InOrder:
+    """Results that arrive in any order, handed on in their jobs' order: `put(i, value)` returns the
+    (index, value) pairs now due, i.e. job i's and any held ones that it unblocks."""
+
+    def __init__(self) -> None:
+        self.next, self.held = 0, {}
+
+    def put(self, i: int, value: Any) -> list[tuple[int, Any]]:
+        self.held[i] = value
+        due = []
+        while self.next in self.held:
+            due.append((self.next, self.held.pop(self.next)))
+            self.next += 1
+        return due
 
 
 def _outcome(fut) -> tuple[bool, Any]:
