@@ -563,16 +563,18 @@ def _pretrain_task(data, specs: list[PretrainSpec], out_dirs: list, force: bool)
 def _longest_first(groups: Sequence[Sequence[PretrainSpec]], data) -> list[int]:
     """The groups' indices by estimated work, largest first (ties in the given order): replicas x the
     model's matrix FLOPs per sample (`forward_flops_per_sample`: a grid's groups train on the same
-    rows, and how many epochs each runs is not known before it stops). Models are built here with their reference layers under a forked RNG: nothing a run draws
-    changes. Started in this order on the workers, the long FiBiNET groups run beside the short ones
-    instead of last, alone."""
+    rows, and how many epochs each runs is not known before it stops). Started in this order on the
+    workers, the long FiBiNET groups run beside the short ones instead of last, alone. Each model is
+    built here with two rows per field (gathers count no FLOPs, so the vocabularies do not matter and
+    a Criteo-sized table is never allocated), under a forked RNG: nothing a run draws changes."""
     cost: dict[str, float] = {}
-    work, x = [], torch.zeros(8, len(data.field_sizes), dtype=torch.long)
+    fields = [2] * len(data.field_sizes)
+    work, x = [], torch.zeros(8, len(fields), dtype=torch.long)
     with torch.random.fork_rng(devices=[]):
         for g in groups:
             j = _pretrain_job(g[0], data, None, True)
             key = json.dumps([j["name"], j["hparams"]], sort_keys=True, default=str)
             if key not in cost:
-                cost[key] = forward_flops_per_sample(build(j["name"], data.field_sizes, **j["hparams"]), x)
+                cost[key] = forward_flops_per_sample(build(j["name"], fields, **j["hparams"]), x)
             work.append(len(g) * cost[key])
     return sorted(range(len(groups)), key=lambda k: -work[k])
