@@ -97,6 +97,28 @@ def test_baselines_start_longest_first_yet_are_recorded_in_grid_order(small, tmp
     assert _stored(tmp_path / "two.jsonl") == one
 
 
+def test_a_failing_baseline_records_no_later_group_and_the_rerun_completes_the_grid(small, tmp_path):
+    """A broken resume checkpoint fails DCN's first seed (started first: most FLOPs): one line naming
+    it; the store holds at most a prefix of the grid's records; once the file is gone the same call
+    ends with the sequential store."""
+    kw = dict(seeds=[1, 2], preset="smoke", epochs=1, device="cpu", threads=1, progress=False)
+    experiments.pretrain_baselines(small, ["DeepFM", "DCN"], tmp_path / "c1", store=tmp_path / "one.jsonl", **kw)
+    bad = tmp_path / "c2" / "seed1" / "DCN" / "last.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CtrkitError) as err:
+        experiments.pretrain_baselines(small, ["DeepFM", "DCN"], tmp_path / "c2", store=tmp_path / "two.jsonl",
+                                       workers=2, **kw)
+    assert "\n" not in str(err.value) and str(err.value).startswith("baseline DCN seed 1 failed in a worker process")
+    one = _stored(tmp_path / "one.jsonl")
+    part = _stored(tmp_path / "two.jsonl") if (tmp_path / "two.jsonl").exists() else []
+    assert part == one[:len(part)] and len(part) <= 2  # DeepFM's seeds at most, in order
+    bad.unlink()
+    experiments.pretrain_baselines(small, ["DeepFM", "DCN"], tmp_path / "c2", store=tmp_path / "two.jsonl",
+                                   workers=2, **kw)
+    assert _stored(tmp_path / "two.jsonl") == one
+
+
 def test_run_jobs_starts_jobs_in_the_order_given(small):
     """`first` is the order jobs start in (one worker runs them one by one), yet each result comes
     back under its own index; `InOrder` hands results on in index order however they arrive."""

@@ -4,8 +4,10 @@ On the CPU a run trains on `threads` cores (1 in the synthetic profiles), so on 
 cores the others idle while a grid's runs go one after another; replicas (`ctrkit.training.replicas`)
 do not help there (measured slower). Each worker process trains whole runs with the sequential code,
 so a run's result is the one it gives alone (same seed, same threads: the same numbers) and the
-grid's tables do not depend on `workers`. All workers append to the same results store (its
-appends and run claims are file-locked).
+grid's tables do not depend on `workers`. A run's worker appends its records to the results store
+itself, in the jobs' order (`in_turn`; appends and run claims are file-locked); baselines start
+longest first and the parent appends their records in the jobs' order (`run_jobs(first=...)`,
+`InOrder`).
 
 `default_workers` is the one rule for `workers="auto"`. Processes start from a forkserver, not by
 fork: the parent is often a Jupyter kernel with threads of its own, and a fork copies their locks in
