@@ -411,6 +411,21 @@ def test_cpu_allocator_tuning_is_recorded_and_can_be_switched_off(setting, expec
     assert out.stdout.strip().splitlines()[-1] == expected
 
 
+def test_importing_ctrkit_makes_mkl_products_the_same_bits_at_any_thread_count():
+    """MKL splits a thin product's sums over its threads (other bits at 2 threads than at 1, seen on an
+    AVX-512 Xeon) unless its strict reproducibility mode is on: importing ctrkit turns it on before any
+    product, and keeps a mode the user chose."""
+    code = ("import os, torch, ctrkit; torch.manual_seed(0); a, b = torch.randn(64, 5000), torch.randn(5000, 20); "
+            "outs = [(torch.set_num_threads(t), a @ b)[1] for t in (1, 2, 1)]; "
+            "print(os.environ['MKL_CBWR'], all(torch.equal(outs[0], o) for o in outs[1:]))")
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["AUTO,STRICT", "True"]
+    mine = subprocess.run([sys.executable, "-c", code], env={**env, "MKL_CBWR": "COMPATIBLE"}, capture_output=True,
+                          text=True, check=True)
+    assert mine.stdout.split()[0] == "COMPATIBLE"
+
+
 def test_results_do_not_depend_on_the_thread_count(criteo_small):
     """Why `threads="auto"` may follow the machine's load: 1 and 2 threads train to the same result
     (fp32 and bf16), and the count used is recorded with the result."""
