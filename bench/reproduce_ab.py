@@ -5,7 +5,7 @@
 Each repeat runs every variant once (the order rotates by repeat, so neither always goes first) as
 `python -m ctrkit.cli reproduce --dataset D --profile P --out <fresh folder> [flags]` with the
 variant's tree first on PYTHONPATH (the notebooks' kernels inherit it, so old code runs old
-notebooks). It records the wall time, the CPU seconds of the processes it reaped, each notebook's own seconds (its `.done` marker) and whether
+notebooks). It records the wall time, the whole machine's busy CPU seconds (/proc/stat: run it on a quiet machine), each notebook's own seconds (its `.done` marker) and whether
 every table CSV is byte-identical to the first variant's of the same repeat.
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -51,15 +50,27 @@ def one(v: dict, args, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": v["tree"], "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "ctrkit.cli", "reproduce", "--dataset", args.dataset, "--profile", args.profile,
            "--out", str(out), *(["--data", args.data] if args.data else []), *v["flags"]]
-    t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0, c0 = time.perf_counter(), cpu_seconds()
     p = subprocess.run(cmd, env=env, cwd=v["tree"], capture_output=True, text=True)
-    wall, c1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
-    # CPU seconds of the processes reaped (kernels, workers): how busy the cores were, not only how long
-    cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+    wall, c1 = time.perf_counter() - t0, cpu_seconds()
     if p.returncode:
         sys.exit(f"{v['name']} failed (rc {p.returncode}): {p.stderr.strip()[-400:]}")
     notebooks = {m.stem: json.loads(m.read_text())["seconds"] for m in sorted((out / ".done").glob("*.json"))}
-    return {"variant": v["name"], "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "notebooks": notebooks}
+    return {"variant": v["name"], "wall_s": round(wall, 1), "cpu_s": round(c1[0] - c0[0], 1),
+            "steal_s": round(c1[1] - c0[1], 1), "notebooks": notebooks}
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine so far (/proc/stat; busy: user, nice, system,
+    irq, softirq; stolen: time the hypervisor gave to others). On a quiet machine busy is the work of
+    the run measured (its kernels and workers included, which rusage of reaped children misses)."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hz, steal / hz
 
 
 def same_tables(a: Path, b: Path) -> tuple[int, list[str]]:
@@ -84,15 +95,15 @@ def to_markdown(res: dict) -> str:
     lines = [f"# Whole reproduce runs, side by side ({res['profile']} profile, --dataset {res['dataset']}"
              f"{', --data ' + res['data'] if res.get('data') else ''})", "",
              f"{res['date']} | {res['machine']} | `{res['command']}`", "", res["note"], "",
-             "| variant | tree | flags | wall (s) per repeat | median wall (s) | speed-up vs first | CPU s per repeat (cores busy) | tables equal to the first's (run keys aside) |",
+             "| variant | tree | flags | wall (s) per repeat | median wall (s) | speed-up vs first | machine CPU s per repeat (cores busy; s stolen) | tables equal to the first's (run keys aside) |",
              "|---|---|---|---|---:|---:|---|---|"]
     walls = {n: [r["wall_s"] for r in res["runs"] if r["variant"] == n] for n in names}
     med = {n: round(statistics.median(w), 1) for n, w in walls.items()}
     for v in res["variants"]:
         n = v["name"]
         eq = [r["tables_equal"] for r in res["runs"] if r["variant"] == n]
-        cpu = ", ".join(f"{r['cpu_s']} ({r['cpu_s'] / r['wall_s']:.2f})" for r in res["runs"]
-                        if r["variant"] == n and "cpu_s" in r) or "-"
+        cpu = ", ".join(f"{r['cpu_s']} ({r['cpu_s'] / r['wall_s']:.2f}; stolen {r.get('steal_s', 0)})"
+                        for r in res["runs"] if r["variant"] == n and "cpu_s" in r) or "-"
         lines.append(f"| {n} | `{v['tree']}` | `{' '.join(v['flags']) or '-'}` | {', '.join(map(str, walls[n]))} | "
                      f"{med[n]} | {med[names[0]] / med[n]:.2f}x | {cpu} | {eq} |")
     lines += ["", "Each notebook's own seconds (its `.done` marker; overlapping notebooks overlap), first repeat:", "",
