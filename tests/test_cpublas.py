@@ -1,5 +1,7 @@
 """ctrkit.kernels.cpublas: the MLPs' fp32 CPU products in numpy's OpenBLAS equal F.linear (values and
 gradients), the backend choice, its thread count, and where it steps aside."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,6 +178,7 @@ def test_env_records_the_backend(blas):
     for name in ("torch", "openblas") if HAS_OPENBLAS else ("torch",):
         chosen = blas(name)
         assert env_info()["cpu_blas"] == chosen == name
+    assert env_info()["mkl_cbwr"] == os.environ["MKL_CBWR"]  # set by `import ctrkit` unless the user did
 
 
 def test_mlp_runs_its_products_through_it(monkeypatch):

@@ -9,6 +9,7 @@ BLAS in use.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -40,5 +41,6 @@ def apply_threads(threads: int | str | None = "auto") -> int:
 
 
 def env_info(device=None, seed: int | None = None) -> dict:
-    """`ctrkit.core.utils.env_info` plus the BLAS of the CPU products (``cpu_blas``)."""
-    return {**utils.env_info(device, seed), "cpu_blas": cpublas.backend()}
+    """`ctrkit.core.utils.env_info` plus the BLAS of the CPU products (``cpu_blas``) and MKL's
+    reproducibility mode (``mkl_cbwr``: what `import ctrkit` set, or the user's own)."""
+    return {**utils.env_info(device, seed), "cpu_blas": cpublas.backend(), "mkl_cbwr": os.environ.get("MKL_CBWR")}
