@@ -3,9 +3,12 @@ the quick profile's training, which bounds what `workers` and `reproduce --jobs`
 
 Each measurement trains `--steps` Adam steps of one model (the smoke preset the quick profile uses,
 batch 512, Criteo-shaped fields, 1 thread, the CPU kernels) in a fresh process, after 5 untimed
-warm-up steps: once alone, then in two processes started together (a barrier). Scaling = 2 x the
-alone time / the slower of the pair's times: 2.0 means the second core adds a whole core; less means
-the two processes slow each other down (shared caches, memory bandwidth). Repeats alternate the order.
+warm-up steps: once alone, then in two processes started together (a barrier), then in four (half
+the steps each: the same work, two processes per core, as when two notebooks each run two workers).
+Scaling = 2 x the alone time / the slower of the pair's times: 2.0 means the second core adds a whole
+core; less means the two processes slow each other down (shared caches, memory bandwidth). Four on two
+cores = the pair's slower time / the four's slowest: below 1.0 is what time-slicing costs (each switch
+refills the caches). Repeats alternate the order of alone and pair.
 
     .venv/bin/python bench/bench_concurrency.py                  # 3 repeats, 150 steps
     .venv/bin/python bench/bench_concurrency.py --steps 20 --repeats 1    # a quick check of the script
@@ -73,15 +76,19 @@ def measure(name: str, steps: int, n: int) -> list[float]:
 def to_markdown(res: dict) -> str:
     lines = [f"# Two training processes at once vs one alone (CPU, {res['steps']} steps, smoke preset)", "",
              f"{res['date']} | {res['machine']} | `{res['command']}`", "",
-             "| model | alone (s) per repeat | each of two at once (s), slower per repeat | scaling (2 x alone / slower), median |",
-             "|---|---|---|---:|"]
+             "| model | alone (s) per repeat | each of two at once (s), slower per repeat | scaling (2 x alone / slower), median "
+             "| four at once, half the steps each (s), slowest | four vs two on 2 cores (throughput), median |",
+             "|---|---|---|---:|---|---:|"]
     for m in res["models"]:
         rows = [r for r in res["runs"] if r["model"] == m]
         scale = statistics.median(2 * r["alone"] / max(r["pair"]) for r in rows)
         alone = ", ".join(f"{r['alone']:.2f}" for r in rows)
         pair = ", ".join(f"{max(r['pair']):.2f}" for r in rows)
-        lines.append(f"| {m} | {alone} | {pair} | {scale:.2f}x |")
-    lines += ["", "2.00x: the second process costs the first nothing; below, they slow each other down."]
+        four = ", ".join(f"{max(r['four']):.2f}" for r in rows)
+        over = statistics.median(max(r["pair"]) / max(r["four"]) for r in rows)
+        lines.append(f"| {m} | {alone} | {pair} | {scale:.2f}x | {four} | {over:.2f}x |")
+    lines += ["", "2.00x: the second process costs the first nothing; below, they slow each other down. "
+              "Four vs two below 1.00x: more training processes than cores cost throughput."]
     return "\n".join(lines) + "\n"
 
 
@@ -99,8 +106,10 @@ def main() -> None:
             a = measure(m, args.steps, 1) if first_alone else None
             pair = measure(m, args.steps, 2)
             a = a if first_alone else measure(m, args.steps, 1)
-            runs.append({"model": m, "repeat": r, "alone": a[0], "pair": pair})
-            print(f"repeat {r} {m}: alone {a[0]:.2f} s, two at once {pair[0]:.2f} / {pair[1]:.2f} s", flush=True)
+            four = measure(m, args.steps // 2, 4)
+            runs.append({"model": m, "repeat": r, "alone": a[0], "pair": pair, "four": four})
+            print(f"repeat {r} {m}: alone {a[0]:.2f} s, two at once {max(pair):.2f} s, four at once (half the "
+                  f"steps) {max(four):.2f} s", flush=True)
     res = {**stamp("bench_concurrency.py"), "steps": args.steps, "models": models, "runs": runs}
     write(Path(__file__).resolve().parent / "results", args.tag, res, to_markdown)
 
