@@ -5,8 +5,9 @@
 Each repeat runs every variant once (the order rotates by repeat, so neither always goes first) as
 `python -m ctrkit.cli reproduce --dataset D --profile P --out <fresh folder> [flags]` with the
 variant's tree first on PYTHONPATH (the notebooks' kernels inherit it, so old code runs old
-notebooks). It records the wall time, the whole machine's busy CPU seconds (/proc/stat: run it on a quiet machine), each notebook's own seconds (its `.done` marker) and whether
-every table CSV is byte-identical to the first variant's of the same repeat.
+notebooks). It records the wall time, the whole machine's busy CPU seconds (/proc/stat: run it on a
+quiet machine), each notebook's own seconds (its `.done` marker) and whether every table CSV is
+byte-identical to the first variant's of the same repeat.
 """
 from __future__ import annotations
 

@@ -3,12 +3,13 @@ run gives alone: a step's gradients to float rounding (the batched reference mat
 from the sequential CPU kernels), whole runs' history, best epoch and AUCs within the tolerance the
 module states (Adam turns that rounding into small weight differences), the same batch order and
 dropout masks, per-replica early stopping and LR decay, resume; K = 1 is bit for bit."""
+import copy
 import statistics
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, vmap
 
 from ctrkit import models
 from ctrkit.core.utils import CtrkitError, seed_everything
@@ -74,15 +75,17 @@ def test_a_batched_step_has_the_sequential_gradients(criteo_small, name):
     alone = [for_device(_model(name, criteo_small, s), "cpu") for s in (1, 2, 3)]
     for m, xb, yb in zip(alone, xs, ys):
         F.binary_cross_entropy_with_logits(m(xb).float(), yb).backward()
-    stack = replicas.Stack(alone[0])
-    params = {n: torch.stack([m.get_parameter(n).detach() for m in alone]).requires_grad_() for n in stack.names}
-    buffers = dict(alone[0].named_buffers())
-    out = vmap(lambda theta, x: functional_call(stack.template, (theta, buffers), (x,)))(params, torch.stack(xs))
-    sum(F.binary_cross_entropy_with_logits(out[k].float(), ys[k]) for k in range(3)).backward()
-    for k, m in enumerate(alone):
-        for n, p in m.named_parameters():
+    together = [copy.deepcopy(m) for m in alone]
+    for m in together:
+        m.zero_grad(set_to_none=True)
+    # the trainer's replica step itself (Stack.logits): the stacked parameters' gradients land on each copy
+    peers = [SimpleNamespace(model=m, training=True, drops=False) for m in together]
+    out = replicas.Stack(alone[0]).logits(peers, torch.stack(xs), steps=[0] * 3, seeds=[1, 2, 3])
+    sum(F.binary_cross_entropy_with_logits(out[k], ys[k]) for k in range(3)).backward()
+    for k, (m, t) in enumerate(zip(alone, together)):
+        for (n, p), q in zip(m.named_parameters(), t.parameters()):
             scale = p.grad.abs().max().item()
-            assert (params[n].grad[k] - p.grad).abs().max().item() <= GRAD_TOL * scale, (k, n)
+            assert (q.grad - p.grad).abs().max().item() <= GRAD_TOL * scale, (k, n)
 
 
 def test_the_tolerance_tells_seeds_apart(criteo_small):
