@@ -33,8 +33,6 @@ log = Path(out) / "events.log"
 (Path(out) / f"nice_{{dataset}}_{name}").write_text(str(__import__("os").nice(0)))
 group = Path("/proc/self/autogroup")  # Linux: the session's scheduling group, "/autogroup-N nice K"
 (Path(out) / f"group_{{dataset}}_{name}").write_text(group.read_text().split()[-1] if group.exists() else "none")
-env = __import__("os").environ  # the training slots the runner named to this kernel, and its turn
-(Path(out) / f"slots_{{dataset}}_{name}").write_text(f"{{env.get('CTRKIT_SLOTS')}} {{env.get('CTRKIT_SLOTS_FIRST')}}")
 with log.open("a") as f:
     f.write(f"start {{dataset}} {name} {{time.time()}}\\n")
 awaits = Path(out) / f"await_{{dataset}}_{name}"
@@ -121,12 +119,6 @@ def test_two_jobs_keep_every_dependency_and_overlap_independent_notebooks(fake_n
     background = min(19, base + runner.BACKGROUND_NICENESS)
     for nb in ("05_architectures", "06_explore", {"07_variants": "03_partners"}.get(longer, "07_variants")):
         assert nice[nb] == background, nice
-    # every kernel names one slots folder (a temporary one, gone after the run); the chain's go first
-    named = {nb: (out / f"slots_criteo_{nb}").read_text().split() for nb in profiles.NOTEBOOKS}
-    assert len({folder for folder, _ in named.values()}) == 1, named
-    folder = Path(named["00_data"][0])
-    assert folder.name == "slots" and not folder.parent.exists(), named
-    assert all(first == ("1" if nice[nb] == base else "0") for nb, (_, first) in named.items()), (named, nice)
     group = {nb: (out / f"group_criteo_{nb}").read_text() for nb in profiles.NOTEBOOKS}
     if group["00_data"] != "none":  # autogrouping: each kernel's session is a group, niced as a whole
         assert group["00_data"] == "0" and group["05_architectures"] == str(runner.BACKGROUND_NICENESS), group
@@ -141,8 +133,6 @@ def test_one_job_is_sequential_in_plan_order(fake_notebooks, tmp_path):
     _run(fake_notebooks, out, jobs=1, only=only, logs=logs)
     events = [line.split()[:3] for line in (out / "events.log").read_text().splitlines()]
     assert events == [[kind, "criteo", nb] for nb in only for kind in ("start", "end")]
-    assert all((out / f"slots_{name}").read_text() == "None None"  # one notebook at a time: no slots
-               for name in ("criteo_00_data", "criteo_01_baselines", "criteo_05_architectures"))
     assert [line for line in logs if line.endswith(" ...")] == [
         "[1/3] criteo_00_data ...", "[2/3] criteo_01_baselines ...", "[3/3] 05_architectures ..."]
 

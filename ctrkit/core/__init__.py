@@ -1,6 +1,5 @@
 """The bottom layer, shared by every other: the one user-facing error type (`errors`, importing
 nothing heavy so the CLI can catch Ctrl-C while torch loads) and small helpers (`utils`: atomic
-writes, seeding, device resolution, CPU facts and thread counts, provenance), `extras` (naming the
-pip extra a command needs when an optional package is missing) and `slots` (the training slots that
-keep the processes of notebooks run at once from oversubscribing the cores). Imports no other layer.
+writes, seeding, device resolution, CPU facts and thread counts, provenance) and `extras` (naming the
+pip extra a command needs when an optional package is missing). Imports no other layer.
 """

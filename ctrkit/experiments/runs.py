@@ -20,7 +20,6 @@ from typing import Any, Sequence
 import torch
 
 from ctrkit.core.utils import CtrkitError, resolve_device, seed_everything
-from ctrkit.core import slots
 from ctrkit.experiments import churn, pretrained
 from ctrkit.experiments.record import make_records
 from ctrkit.experiments.store import ResultsStore
@@ -252,10 +251,8 @@ def execute(spec: RunSpec, data, *, store=None, force: bool = False, exchange: E
             done = exchange.broadcast(done)  # the main process decides "already done" for everyone
         if done:
             return done, True
-        # a distributed run's ranks train together: none may wait for a slot while the others block
-        with slots.held() if exchange is None else contextlib.nullcontext():
-            result = run(spec, data, exchange=exchange, out_dir=out_dir,
-                         resume=(out_dir is not None and not force) if resume is None else resume, **hooks)
+        result = run(spec, data, exchange=exchange, out_dir=out_dir,
+                     resume=(out_dir is not None and not force) if resume is None else resume, **hooks)
         recs = records(spec, result, data)
         if st is not None:
             # the test predictions first: a run in the store has them (churn between seeds reads them)
@@ -286,9 +283,8 @@ def pretrain(spec: PretrainSpec, data, *, out_dir: str | Path | None = None, res
     j = _pretrain_job(spec, data, out_dir, force)
     if j["result"] is None:
         seed_everything(j["init_seed"])  # the init seed; fit reseeds for the batch order
-        with slots.held():
-            result = fit(build(j["name"], data.field_sizes, **j["hparams"]), data, j["cfg"], out_dir=j["out"],
-                         resume=resume and not force)
+        result = fit(build(j["name"], data.field_sizes, **j["hparams"]), data, j["cfg"], out_dir=j["out"],
+                     resume=resume and not force)
         j["result"] = _keyed(result, j["key"], j["out"])
     return _pretrain_record(j, data, store, force)
 
@@ -488,23 +484,16 @@ def _run_name(spec: RunSpec, k: int) -> str:
 
 
 def _run_group(specs: list[RunSpec], data, out_dirs: list, *, resume: bool) -> list[dict]:
-    """`run_many`, halved while the group would not fit the memory share, holding a training slot
-    (`slots.held`; released before `_execute_group` waits for its turn to append)."""
+    """`run_many`, halved while the group would not fit the memory share."""
     if not specs:
         return []
-    with slots.held():
-        return _run_fitting(specs, data, out_dirs, resume=resume)
-
-
-def _run_fitting(specs: list[RunSpec], data, out_dirs: list, *, resume: bool) -> list[dict]:
-    """`_run_group`'s work: halves of the group, one after the other, until each fits."""
     models = [build(n, data.field_sizes, **presets.get(n, specs[0].preset, data.dataset, data.protocol).model)
               for n in specs[0].names]
     bs = specs[0].batch_size or 4096
     if len(specs) > 1 and not _fits_memory(models, bs, len(data.field_sizes), len(specs)):
         half = len(specs) // 2
-        return (_run_fitting(specs[:half], data, out_dirs[:half], resume=resume)
-                + _run_fitting(specs[half:], data, out_dirs[half:], resume=resume))
+        return (_run_group(specs[:half], data, out_dirs[:half], resume=resume)
+                + _run_group(specs[half:], data, out_dirs[half:], resume=resume))
     resume = resume and any(o is not None for o in out_dirs)
     return run_many(specs, data, out_dirs=out_dirs, resume=resume)
 
@@ -520,9 +509,8 @@ def pretrain_many(specs: Sequence[PretrainSpec], data, *, out_dirs: Sequence[str
         seed_everything(j["init_seed"])  # each replica's init is its sequential run's
         j["model"] = build(j["name"], data.field_sizes, **j["hparams"])
     if todo:
-        with slots.held():
-            results = fit_replicas([j["model"] for j in todo], data, [j["cfg"] for j in todo],
-                                   [j["out"] for j in todo], resume=not force)
+        results = fit_replicas([j["model"] for j in todo], data, [j["cfg"] for j in todo],
+                               [j["out"] for j in todo], resume=not force)
         for j, result in zip(todo, results):
             j["result"] = _keyed(result, j["key"], j["out"])
     return [_pretrain_record(j, data, store, force) for j in jobs]

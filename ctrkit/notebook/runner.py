@@ -22,7 +22,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -33,7 +32,6 @@ from typing import Sequence
 
 import pandas as pd
 
-from ctrkit.core import slots
 from ctrkit.core.utils import CtrkitError, atomic_path, die_with_parent, write_json_atomic
 from ctrkit.notebook import profiles
 from ctrkit.notebook.profiles import (DATASETS, NOTEBOOK_DIR, NOTEBOOKS, ONCE, PER_DATASET, PROFILES,
@@ -162,7 +160,7 @@ def run(request: Reproduction, *, progress: bool = True, notebooks_dir: str | Pa
     if jobs == 1:
         ran, skipped = _run_in_order(steps, progress=progress)
     else:
-        ran, skipped = _run_graph(steps, jobs, _training_slots(sizes, device.type))
+        ran, skipped = _run_graph(steps, jobs)
         _variants_summary_again([todo[i][0] for i in ran])
     result = write_index(out_dir, profile=request.profile)
     if request.figures:
@@ -184,7 +182,6 @@ class _Steps:
 
     def __post_init__(self):
         self.estimated: set[str] = set()
-        self.slots: Path | None = None  # the training slots' folder (`_run_graph`)
 
     def step(self, i: int) -> str:
         return f"[{i + 1}/{len(self.todo)}] {self.todo[i][0].name}"
@@ -206,14 +203,10 @@ class _Steps:
         (self.out_dir / ".done" / f"{job.name}.json").unlink(missing_ok=True)
         return _watch(self.step(i), self.out_dir / job.dataset, planned, self.log, self.progress_every)
 
-    def execute(self, i: int, progress: bool, submit=None, first: bool = True):
-        """`_execute` of notebook i here, or handed to `submit` (a pool's) for a worker process; unless
-        `first` (heading the longest chain of work) its kernel is niced and waits for training slots
-        after the first's processes."""
+    def execute(self, i: int, progress: bool, submit=None, niceness: int = 0):
+        """`_execute` of notebook i here, or handed to `submit` (a pool's) for a worker process."""
         args = (*self.todo[i][:2], self.out_dir)
-        env = {} if self.slots is None else {slots.ENV: str(self.slots), slots.FIRST_ENV: "1" if first else "0"}
-        kw = {"timeout": self.sizes["execution_timeout"], "progress": progress,
-              "niceness": 0 if first else BACKGROUND_NICENESS, "env": env}
+        kw = {"timeout": self.sizes["execution_timeout"], "progress": progress, "niceness": niceness}
         return submit(_execute, *args, **kw) if submit is not None else _execute(*args, **kw)
 
     def finish(self, i: int, dest: Path, seconds: float) -> None:
@@ -240,12 +233,11 @@ def _run_in_order(steps: _Steps, *, progress: bool) -> tuple[list[int], list[str
     return ran, skipped
 
 
-def _run_graph(steps: _Steps, jobs: int, n_slots: int | None) -> tuple[list[int], list[str]]:
+def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
     """jobs > 1: a notebook starts once the notebooks it needs (`depends_on`) are done, the longest
     chain of work first among those ready (`_chains`; then plan order); each runs in a worker process
-    (papermill's kernel client is asyncio- and zmq-based: a process keeps each one apart). With
-    `n_slots`, at most that many processes of all the notebooks train at once (`ctrkit.core.slots`,
-    in a temporary folder). The first failure stops new starts; the running ones finish, then it is raised."""
+    (papermill's kernel client is asyncio- and zmq-based: a process keeps each one apart). The first
+    failure stops new starts; the running ones finish, then it is raised."""
     todo = steps.todo
     ran, skipped = [], [steps.skip(i) for i, t in enumerate(todo) if not t[3]]
     waiting = {i: {k for k, other in enumerate(todo) if other[3] and depends_on(todo[i][0], other[0])}
@@ -253,8 +245,7 @@ def _run_graph(steps: _Steps, jobs: int, n_slots: int | None) -> tuple[list[int]
     running, failure, chain = {}, None, _chains(todo, steps.sizes)
     # spawn: a fresh interpreter per worker (forking a process with threads running is unsafe)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
-                             initargs=(os.getpid(),)) as pool, tempfile.TemporaryDirectory(prefix="ctrkit-") as tmp:
-        steps.slots = slots.create(Path(tmp) / "slots", n_slots) if n_slots else None
+                             initargs=(os.getpid(),)) as pool:
         while True:
             ready = [i for i in waiting if failure is None and not waiting[i]]
             for i in sorted(ready, key=lambda i: (-chain[i], i)):
@@ -262,8 +253,9 @@ def _run_graph(steps: _Steps, jobs: int, n_slots: int | None) -> tuple[list[int]
                     del waiting[i]
                     watch = ExitStack()
                     watch.enter_context(steps.begin(i))
-                    first = _heads_longest_chain(i, chain, {*waiting, *(r[0] for r in running.values())})
-                    running[steps.execute(i, False, pool.submit, first)] = (i, time.perf_counter(), watch)
+                    unfinished = {*waiting, *(r[0] for r in running.values())}
+                    nice = 0 if _heads_longest_chain(i, chain, unfinished) else BACKGROUND_NICENESS
+                    running[steps.execute(i, False, pool.submit, nice)] = (i, time.perf_counter(), watch)
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -369,15 +361,6 @@ def depends_on(job: Job, other: Job) -> bool:
     return other.dataset == job.dataset and other.notebook in _needed(job.notebook)
 
 
-def _training_slots(sizes: dict, device: str) -> int | None:
-    """How many processes of notebooks run at once may train together: on the CPU as many runs of the
-    profile's threads as the cores hold (`cpu_slots`, the rule of `workers="auto"`), so two
-    notebooks' workers never oversubscribe the cores; on CUDA no limit (None)."""
-    from ctrkit.core.utils import cpu_slots
-
-    return None if device == "cuda" else cpu_slots(sizes.get("threads"))
-
-
 def parallel_jobs(jobs: int | str, sizes: dict, device: str = "cpu") -> int:
     """Notebooks run at once: `jobs`, or for "auto" the CPU cores available divided by the profile's
     torch threads per run (at least 1; threads "auto" takes every core: 1), and 1 on CUDA (one GPU:
@@ -439,11 +422,10 @@ def _done_before(marker: Path, dest: Path, digest: str) -> bool:
         return False
 
 
-def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progress: bool, niceness: int = 0,
-             env: dict | None = None) -> Path:
+def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progress: bool, niceness: int = 0) -> Path:
     """Execute one notebook with papermill into its place under OUT (via a hidden partial file, so a
-    notebook is there only when it finished), its kernel (and the processes it starts) at `niceness`
-    with `env` added to its environment; a failure keeps <name>.failed.ipynb and raises CtrkitError."""
+    notebook is there only when it finished), its kernel (and the processes it starts) at `niceness`;
+    a failure keeps <name>.failed.ipynb and raises CtrkitError."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -456,7 +438,7 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
         papermill.execute_notebook(
             str(src), str(partial), parameters=job.parameters, kernel_name="python3",
             cwd=str(out_dir), progress_bar=progress, log_output=False, execution_timeout=timeout,
-            kernel_manager_class=_kernels(niceness, kernel_log, env or {}),
+            kernel_manager_class=_kernels(niceness, kernel_log),
         )
     except PapermillExecutionError as e:
         partial.replace(failed) if partial.exists() else None
@@ -478,14 +460,14 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
     return dest
 
 
-def _kernels(niceness: int, log: Path, env: dict):
+def _kernels(niceness: int, log: Path):
     """nbclient's kernel manager, its kernel's stdout and stderr going to `log` (what ipykernel and
     the processes it starts print there: transport warnings, the interrupt it logs at shutdown, a
     worker's dying words), not into reproduce's progress lines; the kernel started at `niceness`:
     the process (`nice`) and, on Linux with autogrouping, its session's group (jupyter starts each
     kernel in a session of its own, and the scheduler shares the CPU between such groups by the
     group's niceness, not the processes'). An unprivileged process may lower its own priority only,
-    so the kernel starts that way. `env`: variables added to the kernel's environment."""
+    so the kernel starts that way."""
     from jupyter_client.manager import AsyncKernelManager
 
     wrap = f"{{ echo {niceness} > /proc/self/autogroup; }} 2>/dev/null; exec nice -n {niceness} \"$@\""
@@ -502,8 +484,7 @@ def _kernels(niceness: int, log: Path, env: dict):
             except OSError as e:
                 raise CtrkitError(f"cannot write the kernel log {log}: {e.strerror or e}") from None
             with f:  # the kernel keeps its own copy of the descriptor
-                kw = {**kw, "stdout": f, "stderr": f, "env": {**(kw.get("env") or os.environ), **env}}
-                await super()._async_launch_kernel(kernel_cmd, **kw)
+                await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": f, "stderr": f})
 
     return Kernels
 
