@@ -179,6 +179,25 @@ def test_exploration_runs_left_out_unless_asked(store):
     assert 100.0 in set(tables.sweep(store, include_exploration=True)["weight"])
 
 
+def test_records_of_a_file_are_read_once_per_version_and_each_call_gets_its_own_copy(store, tmp_path):
+    path = store.to_csv(tmp_path / "results.csv")
+    first = records.records(path)
+    n = len(first)
+    first.loc[:, "test_auc"] = 0.0  # a caller's change stays in its copy
+    again = records.records(path)
+    assert again is not first and len(again) == n and (again["test_auc"] > 0.5).all()
+    # a new version of the file (another export: an atomic replace) is read again
+    store.append([rec("mutual", "pretrained", POOL, i, 1, 0.99, weight=100.0) for i in range(4)])
+    store.to_csv(path)
+    newer = records.records(path)
+    assert len(newer) == n + 4 and 100.0 in set(newer["weight"])
+    assert len(records._MEMO) <= records._MEMO_SIZE
+    # the store itself (appended in place, not replaced) is a file too: each append is a new version
+    before = len(records.records(store.path))
+    store.append([rec("mutual", "pretrained", POOL, i, 2, 0.98, weight=100.0) for i in range(4)])
+    assert len(records.records(store.path)) == before + 4
+
+
 def test_baselines_flag_the_epoch_cap(tmp_path):
     s = ResultsStore(tmp_path / "r.jsonl")
     for seed in SEEDS[:3]:

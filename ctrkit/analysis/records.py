@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,23 +38,57 @@ def _hash(values) -> str:
 
 
 def _config_value(cfg, key):
+    """`cfg[key]` of a config (a dict or its JSON text); None when absent. Key None: the config itself."""
     if isinstance(cfg, str):
         try:
             cfg = json.loads(cfg)
         except ValueError:
             return None
+    if key is None:
+        return cfg if isinstance(cfg, dict) else None
     return cfg.get(key) if isinstance(cfg, dict) else None
 
 
 def records(source, *, include_exploration: bool = False, dataset: str | None = None) -> pd.DataFrame:
     """The store as one tidy row per peer per run, with every column the tables read (older records
     lacking a field get None/NaN), `settings_key` (computed from the settings when the record has
-    none), `setting_id` (the settings without the peer set) and `control_id` (what a control shares)."""
+    none), `setting_id` (the settings without the peer set) and `control_id` (what a control shares).
+    A file is read and normalised once per version (`_MEMO`); each call gets its own copy."""
     if isinstance(source, pd.DataFrame) and {"setting_id", "control_id"} <= set(source.columns):
         df = source  # already normalised (tables calling tables): only filter
         df = df if dataset is None else df[df["dataset"] == dataset]
         return df if include_exploration else df[~df["tag"].astype(str).isin(OFF_PAPER)]
-    df = read_results(source).copy()
+    version = _file_version(source)
+    if version is None:
+        return _normalised(read_results(source), include_exploration, dataset)
+    key = (version, include_exploration, dataset)
+    if key not in _MEMO:
+        while len(_MEMO) >= _MEMO_SIZE:
+            _MEMO.pop(next(iter(_MEMO)))  # the oldest: a long-lived kernel does not keep every version
+        _MEMO[key] = _normalised(read_results(source), include_exploration, dataset)
+    return _MEMO[key].copy()
+
+
+# A notebook's tables and captions read the same results file dozens of times between two exports
+# (each read parsed the CSV and every row's config JSON again: most of a table cell's time).
+_MEMO: dict[tuple, pd.DataFrame] = {}
+_MEMO_SIZE = 8
+
+
+def _file_version(source) -> tuple | None:
+    """(path, inode, size, mtime) of a results file; None for anything else or a file not there (then
+    `read_results` says so). The exports are atomic renames: each new version is a new inode."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    try:
+        st = os.stat(source)
+    except OSError:
+        return None
+    return str(Path(source).resolve()), st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _normalised(df: pd.DataFrame, include_exploration: bool, dataset: str | None) -> pd.DataFrame:
+    df = df.copy()
     for c in ("mode", "init", "dataset", "fingerprint", "peer", "peers", "model", "preset", "weight", "divergence",
               "protocol", "pretrained_test_auc", "pretrained_valid_auc", "ensemble_test_auc", "ensemble_valid_auc",
               "peer_index", "partners", "partners_pretrained_auc", "n_peers", "settings_key", "tag", "amp",
@@ -61,10 +97,14 @@ def records(source, *, include_exploration: bool = False, dataset: str | None = 
         if c not in df.columns:
             df[c] = None
     df["model"] = df["model"].where(df["model"].notna(), df["peer"])  # hand-made stores: model = label
-    for col, key in _CONFIG_FIELDS.items():  # older records keep these inside `config` only
-        df[col] = df[col].where(df[col].notna(), [_config_value(c, key) for c in df["config"]])
-    df["amp"] = df["amp"].where(df["amp"].notna(), [(_config_value(_config_value(c, "train"), "amp")
-                                                     if c is not None else None) for c in df["config"]])
+    configs = None  # each row's config, parsed once and only when a column needs it
+    for col, key in [*_CONFIG_FIELDS.items(), ("amp", None)]:  # older records keep these inside `config` only
+        missing = df[col].isna()
+        if missing.any():
+            configs = configs if configs is not None else [_config_value(c, None) for c in df["config"]]
+            found = [_config_value(_config_value(c, "train"), "amp") if key is None else _config_value(c, key)
+                     for c in configs]
+            df[col] = df[col].where(~missing, found)
     if dataset is not None:
         df = df[df["dataset"] == dataset]
     if not include_exploration:
