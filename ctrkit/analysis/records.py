@@ -6,6 +6,7 @@ control must share with its treatment). Runs tagged "exploration" (the widget) a
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -49,35 +50,36 @@ def _config_value(cfg, key):
     return cfg.get(key) if isinstance(cfg, dict) else None
 
 
-def records(source, *, include_exploration: bool = False, dataset: str | None = None) -> pd.DataFrame:
-    """The store as one tidy row per peer per run, with every column the tables read (older records
-    lacking a field get None/NaN), `settings_key` (computed from the settings when the record has
-    none), `setting_id` (the settings without the peer set) and `control_id` (what a control shares).
-    A file is read and normalised once per version (`_MEMO`); each call gets its own copy."""
-    if isinstance(source, pd.DataFrame) and {"setting_id", "control_id"} <= set(source.columns):
-        df = source  # already normalised (tables calling tables): only filter
-        df = df if dataset is None else df[df["dataset"] == dataset]
-        return df if include_exploration else df[~df["tag"].astype(str).isin(OFF_PAPER)]
-    version = _file_version(source)
-    if version is None:
-        return _normalised(read_results(source), include_exploration, dataset)
-    key = (version, include_exploration, dataset)
-    if key not in _MEMO:
-        while len(_MEMO) >= _MEMO_SIZE:
-            _MEMO.pop(next(iter(_MEMO)))  # the oldest: a long-lived kernel does not keep every version
-        _MEMO[key] = _normalised(read_results(source), include_exploration, dataset)
-    return _MEMO[key].copy()
+def per_file_version(fn):
+    """Memoise `fn(source, **keywords)` per version of the file `source` names (path, inode, size,
+    mtime: an atomic export is a new inode, an append a new size); each call gets its own copy. Any
+    other source (a DataFrame, a ResultsStore) is computed each time. A notebook's tables, figures and
+    captions read one results file dozens of times between two exports, and each read parsed the CSV
+    and every row's config again (most of a table cell's time)."""
+    memo: dict[tuple, pd.DataFrame] = {}
+
+    @functools.wraps(fn)
+    def wrapper(source, **keywords):
+        version = _file_version(source)
+        if version is None:
+            return fn(source, **keywords)
+        key = (version, tuple(sorted(keywords.items())))
+        if key not in memo:
+            while len(memo) >= _MEMO_SIZE:
+                memo.pop(next(iter(memo)))  # the oldest: a long-lived kernel does not keep every version
+            memo[key] = fn(source, **keywords)
+        return memo[key].copy()
+
+    wrapper.memo = memo
+    return wrapper
 
 
-# A notebook's tables and captions read the same results file dozens of times between two exports
-# (each read parsed the CSV and every row's config JSON again: most of a table cell's time).
-_MEMO: dict[tuple, pd.DataFrame] = {}
 _MEMO_SIZE = 8
 
 
 def _file_version(source) -> tuple | None:
     """(path, inode, size, mtime) of a results file; None for anything else or a file not there (then
-    `read_results` says so). The exports are atomic renames: each new version is a new inode."""
+    the reader says so)."""
     if not isinstance(source, (str, os.PathLike)):
         return None
     try:
@@ -85,6 +87,19 @@ def _file_version(source) -> tuple | None:
     except OSError:
         return None
     return str(Path(source).resolve()), st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@per_file_version
+def records(source, *, include_exploration: bool = False, dataset: str | None = None) -> pd.DataFrame:
+    """The store as one tidy row per peer per run, with every column the tables read (older records
+    lacking a field get None/NaN), `settings_key` (computed from the settings when the record has
+    none), `setting_id` (the settings without the peer set) and `control_id` (what a control shares).
+    A file is read once per version (`per_file_version`)."""
+    if isinstance(source, pd.DataFrame) and {"setting_id", "control_id"} <= set(source.columns):
+        df = source  # already normalised (tables calling tables): only filter
+        df = df if dataset is None else df[df["dataset"] == dataset]
+        return df if include_exploration else df[~df["tag"].astype(str).isin(OFF_PAPER)]
+    return _normalised(read_results(source), include_exploration, dataset)
 
 
 def _normalised(df: pd.DataFrame, include_exploration: bool, dataset: str | None) -> pd.DataFrame:

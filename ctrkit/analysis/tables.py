@@ -21,7 +21,7 @@ import pandas as pd
 
 from ctrkit.analysis.pairing import (control_runs, largest_peer_set, paper_order, seed_pairs, setting_columns,
                                      versus_alone)
-from ctrkit.analysis.records import records
+from ctrkit.analysis.records import per_file_version, records
 from ctrkit.analysis.stats import LEVEL, ci_columns, paired, rel_pct, with_holm
 from ctrkit.core.utils import CtrkitError
 from ctrkit.experiments import designs
@@ -93,6 +93,7 @@ def scratch(source, *, include_exploration: bool = False, peers: str | None = No
     return out.drop(columns=[c for c in out.columns if c.startswith(("mutual_gain", "alone_gain", "pretrained_auc"))])
 
 
+@per_file_version  # the notebooks' sweep, headline, finetune and figure cells and `chosen` all read it
 def sweep(source, *, include_exploration: bool = False, peers: str | None = None) -> pd.DataFrame:
     """Every finetuning setting of the main peer set (weight x lr scale): mutual - alone on test per
     model, and the selection score (the mean validation AUC of the mutual peers over models and seeds).
