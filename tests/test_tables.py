@@ -191,7 +191,7 @@ def test_records_of_a_file_are_read_once_per_version_and_each_call_gets_its_own_
     store.to_csv(path)
     newer = records.records(path)
     assert len(newer) == n + 4 and 100.0 in set(newer["weight"])
-    assert len(records.records.memo) <= records._MEMO_SIZE
+    assert records.records.cache_info().currsize <= records._MEMO_SIZE
     # the store itself (appended in place, not replaced) is a file too: each append is a new version
     before = len(records.records(store.path))
     store.append([rec("mutual", "pretrained", POOL, i, 2, 0.98, weight=100.0) for i in range(4)])

@@ -38,48 +38,52 @@ def _hash(values) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def _config_value(cfg, key):
-    """`cfg[key]` of a config (a dict or its JSON text); None when absent. Key None: the config itself."""
+def _config(cfg) -> dict | None:
+    """A record's config: a dict or its JSON text; None when it is neither."""
     if isinstance(cfg, str):
         try:
             cfg = json.loads(cfg)
         except ValueError:
             return None
-    if key is None:
-        return cfg if isinstance(cfg, dict) else None
-    return cfg.get(key) if isinstance(cfg, dict) else None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _config_value(cfg, *path):
+    """The value at `path` in a config (a dict or its JSON text at each level); None when absent."""
+    for key in path:
+        cfg = _config(cfg)
+        cfg = cfg.get(key) if cfg is not None else None
+    return cfg
+
+
+_MEMO_SIZE = 8
 
 
 def per_file_version(fn):
     """Memoise `fn(source, **keywords)` per version of the file `source` names (path, inode, size,
-    mtime: an atomic export is a new inode, an append a new size); each call gets its own copy. Any
-    other source (a DataFrame, a ResultsStore) is computed each time. A notebook's tables, figures and
-    captions read one results file dozens of times between two exports, and each read parsed the CSV
-    and every row's config again (most of a table cell's time)."""
-    memo: dict[tuple, pd.DataFrame] = {}
+    mtime: an atomic export is a new inode, an append a new size), the last `_MEMO_SIZE` versions
+    (`functools.lru_cache`); each call gets its own copy. Any other source (a DataFrame, a
+    ResultsStore) is computed each time. A notebook's tables, figures and captions read one results
+    file dozens of times between two exports, and each read parsed the CSV and every row's config again."""
+
+    @functools.lru_cache(maxsize=_MEMO_SIZE)
+    def cached(version: tuple, keywords: tuple):
+        return fn(version[0], **dict(keywords))
 
     @functools.wraps(fn)
     def wrapper(source, **keywords):
         version = _file_version(source)
         if version is None:
             return fn(source, **keywords)
-        key = (version, tuple(sorted(keywords.items())))
-        if key not in memo:
-            while len(memo) >= _MEMO_SIZE:
-                memo.pop(next(iter(memo)))  # the oldest: a long-lived kernel does not keep every version
-            memo[key] = fn(source, **keywords)
-        return memo[key].copy()
+        return cached(version, tuple(sorted(keywords.items()))).copy()
 
-    wrapper.memo = memo
+    wrapper.cache_info = cached.cache_info
     return wrapper
 
 
-_MEMO_SIZE = 8
-
-
 def _file_version(source) -> tuple | None:
-    """(path, inode, size, mtime) of a results file; None for anything else or a file not there (then
-    the reader says so)."""
+    """(resolved path, inode, size, mtime) of a results file; None for anything else or a file not
+    there (then the reader says so)."""
     if not isinstance(source, (str, os.PathLike)):
         return None
     try:
@@ -112,14 +116,14 @@ def _normalised(df: pd.DataFrame, include_exploration: bool, dataset: str | None
         if c not in df.columns:
             df[c] = None
     df["model"] = df["model"].where(df["model"].notna(), df["peer"])  # hand-made stores: model = label
-    configs = None  # each row's config, parsed once and only when a column needs it
-    for col, key in [*_CONFIG_FIELDS.items(), ("amp", None)]:  # older records keep these inside `config` only
+    # older records keep these inside `config` only; each row's config is parsed once, when a column needs it
+    paths = {**{col: (key,) for col, key in _CONFIG_FIELDS.items()}, "amp": ("train", "amp")}
+    configs = None
+    for col, path in paths.items():
         missing = df[col].isna()
         if missing.any():
-            configs = configs if configs is not None else [_config_value(c, None) for c in df["config"]]
-            found = [_config_value(_config_value(c, "train"), "amp") if key is None else _config_value(c, key)
-                     for c in configs]
-            df[col] = df[col].where(~missing, found)
+            configs = configs if configs is not None else [_config(c) for c in df["config"]]
+            df[col] = df[col].where(~missing, [_config_value(c, *path) for c in configs])
     if dataset is not None:
         df = df[df["dataset"] == dataset]
     if not include_exploration:
