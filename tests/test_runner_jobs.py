@@ -4,9 +4,12 @@ they start and end: every dependency holds, independent notebooks overlap with 2
 and done markers let a rerun resume."""
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -241,12 +244,48 @@ def test_the_longest_chain_of_work_starts_first():
         + cost["04_peer_count"]
 
 
-def test_a_worker_that_dies_is_one_line_naming_its_notebook(fake_notebooks, tmp_path):
+def test_a_worker_that_dies_is_one_line_naming_its_notebook(fake_notebooks, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the killed worker cannot remove its kernel's socket folder
     (out / "kill_criteo_01_baselines").touch()
     with pytest.raises(CtrkitError) as e:
         _run(fake_notebooks, out, jobs=2, only=["00_data", "01_baselines"])
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("notebook 01_baselines (criteo) did not run: "), msg
     assert (out / ".done" / "criteo_00_data.json").exists() and not (out / ".done" / "criteo_01_baselines.json").exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="unix sockets")
+def test_a_kernel_starts_when_the_tcp_ports_jupyter_would_pick_are_taken(tmp_path, monkeypatch):
+    """The race that killed a kernel in CI ("Kernel died before replying to kernel_info"), made certain:
+    jupyter picks free ports and closes them, the kernel binds them later, and here every port it would
+    hand out is already taken. The runner's kernels talk over unix sockets in a private folder (removed
+    after), so they start; over TCP, as where unix sockets are unavailable, the same kernel dies."""
+    from jupyter_client import connect
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    monkeypatch.setattr(connect.LocalPortCache, "find_available_port", lambda self, ip: taken.getsockname()[1])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    src = tmp_path / "00_data.ipynb"
+    cell = ("import json, pathlib\nfrom ipykernel.connect import get_connection_info\n"
+            "pathlib.Path('transport').write_text(json.loads(get_connection_info())['transport'])")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, src)
+    job = runner.Job("00_data", "criteo", {})
+    with taken:
+        dest = runner._execute(job, src, tmp_path, timeout=120, progress=False)
+        assert dest.exists() and (tmp_path / "transport").read_text() == "ipc"
+        assert list((tmp_path / "tmp").iterdir()) == []  # the socket folder went with the kernel
+
+        @contextlib.contextmanager
+        def no_unix_sockets():
+            yield None
+
+        monkeypatch.setattr(runner, "_socket_folder", no_unix_sockets)
+        with pytest.raises(CtrkitError, match=r"notebook 00_data \(criteo\) did not run: .*Kernel died"):
+            runner._execute(job, src, tmp_path, timeout=120, progress=False)

@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -435,11 +436,12 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
     failed = dest.with_name(f"{dest.stem}.failed.ipynb")
     kernel_log = job.kernel_log(out_dir)
     try:
-        papermill.execute_notebook(
-            str(src), str(partial), parameters=job.parameters, kernel_name="python3",
-            cwd=str(out_dir), progress_bar=progress, log_output=False, execution_timeout=timeout,
-            kernel_manager_class=_kernels(niceness, kernel_log),
-        )
+        with _socket_folder() as sockets:
+            papermill.execute_notebook(
+                str(src), str(partial), parameters=job.parameters, kernel_name="python3",
+                cwd=str(out_dir), progress_bar=progress, log_output=False, execution_timeout=timeout,
+                kernel_manager_class=_kernels(niceness, kernel_log, sockets),
+            )
     except PapermillExecutionError as e:
         partial.replace(failed) if partial.exists() else None
         evalue = " ".join(str(e.evalue).split())[:300]
@@ -460,20 +462,52 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
     return dest
 
 
-def _kernels(niceness: int, log: Path):
+@contextmanager
+def _socket_folder():
+    """A private folder for one kernel's ZMQ sockets (removed after), or None where unix sockets are
+    unavailable or their path would be too long (then the kernel talks TCP on localhost)."""
+    if os.name != "posix":
+        yield None
+        return
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="ctrkit-kernel-"))
+    except OSError as e:
+        raise CtrkitError(f"cannot create a folder for a kernel's sockets in {tempfile.gettempdir()}: "
+                          f"{e.strerror or e}") from None
+    try:
+        # a unix socket's path holds ~104-108 bytes, the port number and its dash included
+        yield folder / "kernel" if len(os.fsencode(folder / "kernel")) <= 96 else None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _kernels(niceness: int, log: Path, sockets: Path | None = None):
     """nbclient's kernel manager, its kernel's stdout and stderr going to `log` (what ipykernel and
     the processes it starts print there: transport warnings, the interrupt it logs at shutdown, a
     worker's dying words), not into reproduce's progress lines; the kernel started at `niceness`:
     the process (`nice`) and, on Linux with autogrouping, its session's group (jupyter starts each
     kernel in a session of its own, and the scheduler shares the CPU between such groups by the
     group's niceness, not the processes'). An unprivileged process may lower its own priority only,
-    so the kernel starts that way."""
+    so the kernel starts that way. With `sockets` (a path prefix in a private folder) the kernel's
+    channels are unix sockets there, not TCP ports: jupyter picks free ports, closes them and the
+    kernel binds them later, so two kernels starting at once (or any other process) can take one in
+    between and the kernel dies before it replies ("Address already in use")."""
     from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
 
     wrap = f"{{ echo {niceness} > /proc/self/autogroup; }} 2>/dev/null; exec nice -n {niceness} \"$@\""
     niced = bool(niceness) and shutil.which("nice") is not None and shutil.which("sh") is not None
 
     class Kernels(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self):
+            return "tcp" if sockets is None else "ipc"
+
+        @default("ip")
+        def _ip_here(self):
+            # jupyter's ipc default is "kernel-ipc" in the working directory, shared by every kernel there
+            return super()._ip_default() if sockets is None else str(sockets)
+
         def format_kernel_cmd(self, extra_arguments=None):
             cmd = super().format_kernel_cmd(extra_arguments)
             return ["sh", "-c", wrap, "sh", *cmd] if niced else cmd
