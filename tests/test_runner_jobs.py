@@ -287,5 +287,6 @@ def test_a_kernel_starts_when_the_tcp_ports_jupyter_would_pick_are_taken(tmp_pat
             yield None
 
         monkeypatch.setattr(runner, "_socket_folder", no_unix_sockets)
-        with pytest.raises(CtrkitError, match=r"notebook 00_data \(criteo\) did not run: .*Kernel died"):
+        with pytest.raises(CtrkitError, match=r"notebook 00_data \(criteo\) did not run: .*Kernel died.*"
+                           r"kernel log: .*; its last line: .*Address already in use"):
             runner._execute(job, src, tmp_path, timeout=120, progress=False)

@@ -456,10 +456,21 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
         partial.replace(failed) if partial.exists() else None
         msg = " ".join(str(e).split())[:300]
         raise CtrkitError(f"notebook {job.notebook} ({job.dataset}) did not run: {type(e).__name__}: {msg} "
-                          f"(kernel log: {kernel_log})") from None
+                          f"(kernel log: {kernel_log}{_last_words(kernel_log)})") from None
     partial.replace(dest)
     failed.unlink(missing_ok=True)
     return dest
+
+
+def _last_words(log: Path) -> str:
+    """'; its last line: ...' of a kernel log (why a kernel died, where the error is all one sees: CI)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return f"; its last line: {lines[-1][:200]}" if lines else ""
 
 
 @contextmanager
