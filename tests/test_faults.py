@@ -92,10 +92,10 @@ def test_output_through_a_file_fails_before_training(criteo_small, tmp_path):
 # ---------------------------------------------------------------- kill -9, then the same command
 
 
-def _kill_at_random(args, seconds: float, rng: random.Random) -> float:
+def _kill_at_random(args, seconds: float, rng: random.Random, env=ENV) -> float:
     """Start the command, SIGKILL it at a random moment within `seconds`; return the moment."""
     at = rng.uniform(0.3, 1.0) * seconds
-    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         proc.wait(timeout=at)
     except subprocess.TimeoutExpired:
@@ -248,7 +248,8 @@ def test_reproduce_killed_at_a_random_point_then_rerun_equals_the_uninterrupted_
     assert whole.returncode == 0, whole.stderr[-3000:]
     seconds = time.perf_counter() - t0
     cut = tmp_path / "cut"
-    _kill_at_random([*args, "--out", str(cut)], seconds, random.Random("kill-reproduce"))
+    # TMPDIR: a killed runner cannot remove its kernel's socket folder
+    _kill_at_random([*args, "--out", str(cut)], seconds, random.Random("kill-reproduce"), {**ENV, "TMPDIR": str(tmp_path)})
     again = _cli([*args, "--out", str(cut)], timeout=1500)
     assert again.returncode == 0, again.stderr[-3000:]
     ref, got = _tables(tmp_path / "whole"), _tables(cut)
