@@ -23,7 +23,7 @@ from ctrkit.core.utils import CtrkitError, resolve_device, seed_everything
 from ctrkit.experiments import churn, pretrained
 from ctrkit.experiments.record import make_records
 from ctrkit.experiments.store import ResultsStore
-from ctrkit.experiments.workers import InOrder, check_workers, default_workers, in_turn, resolve_workers, run_jobs
+from ctrkit.experiments.workers import check_workers, default_workers, hold_until_recorded, resolve_workers, run_jobs
 from ctrkit.models import build, hparam_defaults
 from ctrkit.models.layers import FeatureEmbedding
 from ctrkit.training import checkpoint, presets
@@ -415,9 +415,12 @@ def execute_many(specs: Sequence[RunSpec], data, *, store=None, force: bool = Fa
 
 
 def _execute_group(specs: list[RunSpec], data, st: ResultsStore | None, out_dirs: list, *, force: bool,
-                   progress=None) -> list[tuple[list[dict], bool]]:
+                   progress=None, append: bool = True) -> list[tuple[list[dict], bool]]:
     """One replica group of `execute_many`: its run keys claimed, those in the store skipped, the rest
-    trained together and recorded. `progress(local indices)` before training. (records, skipped) per spec."""
+    trained together and recorded (test predictions saved beside the store, then the records
+    appended). `progress(local indices)` before training. Without `append` (a worker whose parent
+    appends, `_spread_groups`) the claims are held until the parent has recorded the group
+    (`workers.hold_until_recorded`). (records, skipped) per spec."""
     keys = [spec.key(data.fingerprint) for spec in specs]
     out: list = [None] * len(specs)
     with contextlib.ExitStack() as claims:
@@ -433,29 +436,31 @@ def _execute_group(specs: list[RunSpec], data, st: ResultsStore | None, out_dirs
         if progress is not None and todo:
             progress(todo)
         results = _run_group([specs[j] for j in todo], data, [out_dirs[j] for j in todo], resume=not force)
-        with in_turn():  # in a worker: after the earlier groups' appends
-            for j, result in zip(todo, results):
-                recs = records(specs[j], result, data)
-                if st is not None:
-                    if "test_probs" in result:  # as `execute` does: a stored run has its test predictions
-                        churn.save_predictions(churn.predictions_dir(st.path), keys[j], specs[j].peers,
-                                               result["test_probs"])
-                    st.append(recs)
-                out[j] = (recs, False)
+        for j, result in zip(todo, results):
+            out[j] = (records(specs[j], result, data), False)
+            if st is not None and "test_probs" in result:  # as `execute` does: a stored run has its test predictions
+                churn.save_predictions(churn.predictions_dir(st.path), keys[j], specs[j].peers, result["test_probs"])
+        if not append:
+            hold_until_recorded(claims.pop_all())
+        elif st is not None:
+            for j in todo:
+                st.append(out[j][0])
     return out
 
 
 def _group_task(data, specs: list[RunSpec], out_dirs: list, store_path, force: bool) -> list:
-    """`_execute_group` in a worker process (its own handle on the store)."""
+    """`_execute_group` in a worker process (its own handle on the store); the parent appends."""
     st = ResultsStore(store_path) if store_path is not None else None
-    return _execute_group(specs, data, st, out_dirs, force=force)
+    return _execute_group(specs, data, st, out_dirs, force=force, append=False)
 
 
 def _spread_groups(specs, groups: list[list[int]], data, st, force: bool, out_dirs: list, progress,
                    workers) -> tuple[list[list[int]], dict]:
     """The groups still to train run on worker processes when there is more than one of them and
-    `workers` resolves to more than one process. Returns (the groups left to the sequential path: all
-    or none, {spec index: (records, skipped)} of the groups done here or found wholly in the store)."""
+    `workers` resolves to more than one process: the longest first (`_longest_first`), their records
+    appended here in the groups' order, as the sequential path writes them. Returns (the groups left
+    to the sequential path: all or none, {spec index: (records, skipped)} of the groups done here or
+    found wholly in the store)."""
     check_workers(workers)
     found, todo = {}, []
     for group in groups:
@@ -470,7 +475,14 @@ def _spread_groups(specs, groups: list[list[int]], data, st, force: bool, out_di
     jobs = [([specs[i] for i in g], [out_dirs[i] for i in g], st.path if st is not None else None, force)
             for g in todo]
     names = [_run_name(specs[g[0]], len(g)) for g in todo]
-    for k, out in run_jobs(_group_task, jobs, data, n, names=names):
+
+    def record(k: int, out: list) -> None:  # in the groups' order, while their workers hold the claims
+        for recs, skipped in out:
+            if st is not None and not skipped:
+                st.append(recs)
+
+    first = _longest_first([_run_work([specs[i] for i in g], data) for g in todo], data)
+    for k, out in run_jobs(_group_task, jobs, data, n, names=names, first=first, record=record):
         found.update(zip(todo[k], out))
         ran = [i for i, (_, s) in zip(todo[k], out) if not s]
         if progress is not None and ran:
@@ -537,14 +549,14 @@ def pretrain_groups(groups: Sequence[Sequence[PretrainSpec]], data, *, out_dirs:
             jobs = [(list(groups[k]), list(out_dirs[k]), force) for k in todo]
             names = [f"baseline {groups[k][0].label} seed {groups[k][0].seed}"
                      + (f" (+{len(groups[k]) - 1} replicas)" if len(groups[k]) > 1 else "") for k in todo]
-            due = InOrder()
-            for j, done in run_jobs(_pretrain_task, jobs, data, n, names=names,
-                                    first=_longest_first([groups[k] for k in todo], data)):
+            def record(_, done: list[tuple]) -> None:  # in the groups' order
+                for _, rec in done:
+                    if st is not None and (force or not st.has_run(rec["run_key"])):
+                        st.append([rec])
+
+            for j, done in run_jobs(_pretrain_task, jobs, data, n, names=names, record=record,
+                                    first=_longest_first([_pretrain_work(groups[k], data) for k in todo], data)):
                 out[todo[j]] = done
-                for _, ready in due.put(j, done):
-                    for _, rec in ready:
-                        if st is not None and (force or not st.has_run(rec["run_key"])):
-                            st.append([rec])
                 if progress is not None:
                     progress(todo[j])
     for k in range(len(groups)):
@@ -560,21 +572,41 @@ def _pretrain_task(data, specs: list[PretrainSpec], out_dirs: list, force: bool)
     return pretrain_many(specs, data, out_dirs=out_dirs, store=None, force=force)
 
 
-def _longest_first(groups: Sequence[Sequence[PretrainSpec]], data) -> list[int]:
+def _pretrain_work(group: Sequence[PretrainSpec], data) -> tuple[int, list[tuple[str, dict]]]:
+    """(replicas, [(model, hyperparameters)]) of one baselines group, for `_longest_first`."""
+    j = _pretrain_job(group[0], data, None, True)
+    return len(group), [(j["name"], j["hparams"])]
+
+
+def _run_work(group: Sequence[RunSpec], data) -> tuple[int, list[tuple[str, dict]]]:
+    """(replicas, [(model, hyperparameters)] per peer) of one replica group of runs, for
+    `_longest_first`: a scratch peer's preset (and `--set` model keys); a pretrained peer's too, as
+    its checkpoint's architecture is not read here (an estimate: baselines are pretrained with it)."""
+    spec = group[0]
+    model_sets = {k: v for k, v in dict(spec.overrides).items() if k not in TRAIN_DICT_KEYS}
+    return len(group), [(name, {**presets.get(name, spec.preset, data.dataset, data.protocol).model,
+                                **({} if spec.from_checkpoint[k] else model_sets)})
+                        for k, name in enumerate(spec.names)]
+
+
+def _longest_first(work: Sequence[tuple[int, list[tuple[str, dict]]]], data) -> list[int]:
     """The groups' indices by estimated work, largest first (ties in the given order): replicas x the
-    model's matrix FLOPs per sample (`forward_flops_per_sample`: a grid's groups train on the same
-    rows, and how many epochs each runs is not known before it stops). Started in this order on the
-    workers, the long FiBiNET groups run beside the short ones instead of last, alone. Each model is
-    built here with two rows per field (gathers count no FLOPs, so the vocabularies do not matter and
-    a Criteo-sized table is never allocated), under a forked RNG: nothing a run draws changes."""
+    sum of their models' matrix FLOPs per sample (`forward_flops_per_sample`: a grid's groups train
+    on the same rows, and how many epochs each runs is not known before it stops). Started in this
+    order on the workers, the long FiBiNET groups run beside the short ones instead of last, alone.
+    Each model is built here with two rows per field (gathers count no FLOPs, so the vocabularies do
+    not matter and a Criteo-sized table is never allocated), under a forked RNG: nothing a run draws
+    changes."""
     cost: dict[str, float] = {}
     fields = [2] * len(data.field_sizes)
-    work, x = [], torch.zeros(8, len(fields), dtype=torch.long)
+    total, x = [], torch.zeros(8, len(fields), dtype=torch.long)
     with torch.random.fork_rng(devices=[]):
-        for g in groups:
-            j = _pretrain_job(g[0], data, None, True)
-            key = json.dumps([j["name"], j["hparams"]], sort_keys=True, default=str)
-            if key not in cost:
-                cost[key] = forward_flops_per_sample(build(j["name"], fields, **j["hparams"]), x)
-            work.append(len(g) * cost[key])
-    return sorted(range(len(groups)), key=lambda k: -work[k])
+        for replicas, models in work:
+            flops = 0.0
+            for name, hparams in models:
+                key = json.dumps([name, hparams], sort_keys=True, default=str)
+                if key not in cost:
+                    cost[key] = forward_flops_per_sample(build(name, fields, **hparams), x)
+                flops += cost[key]
+            total.append(replicas * flops)
+    return sorted(range(len(work)), key=lambda k: -total[k])

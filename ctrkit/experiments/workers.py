@@ -4,10 +4,12 @@ On the CPU a run trains on `threads` cores (1 in the synthetic profiles), so on 
 cores the others idle while a grid's runs go one after another; replicas (`ctrkit.training.replicas`)
 do not help there (measured slower). Each worker process trains whole runs with the sequential code,
 so a run's result is the one it gives alone (same seed, same threads: the same numbers) and the
-grid's tables do not depend on `workers`. A run's worker appends its records to the results store
-itself, in the jobs' order (`in_turn`; appends and run claims are file-locked); baselines start
-longest first and the parent appends their records in the jobs' order (`run_jobs(first=...)`,
-`InOrder`).
+grid's tables do not depend on `workers`. Jobs start in a given order (the longest first: no long
+job is left to run alone at the end) and the parent appends their records to the results store in
+the jobs' order (`run_jobs(first=..., record=...)`), as the sequential path writes them, so a worker
+that finishes early goes on to its next job instead of waiting for its turn. A run claimed in the
+store while it trains stays claimed, by the worker, until the parent has recorded it
+(`hold_until_recorded`): another notebook that wants the same run waits, then finds it done.
 
 `default_workers` is the one rule for `workers="auto"`. Processes start from a forkserver, not by
 fork: the parent is often a Jupyter kernel with threads of its own, and a fork copies their locks in
@@ -24,23 +26,28 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import threading
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
 from ctrkit.core.utils import CtrkitError, cpu_slots, die_with_parent, resolve_device
 
-__all__ = ["InOrder", "check_workers", "default_workers", "in_turn", "resolve_workers", "run_jobs", "shutdown"]
+__all__ = ["InOrder", "check_workers", "default_workers", "hold_until_recorded", "resolve_workers", "run_jobs",
+           "shutdown"]
 
 # Imported once by the forkserver, so each worker forks from a process that has torch and ctrkit loaded
 # (a bare spawn re-imports torch per worker); torch._dynamo too: torch.optim imports it on a process's
 # first optimizer, which made every worker's first run ~1.3 s slower.
 _PRELOAD = ["ctrkit.experiments.runs", "torch._dynamo"]
 _DATA: Any = None  # the dataset of this worker process, set by `_init`
-# The pool's shared (Condition, Value): the index of the next job whose records may be appended; and
-# the index of the job this worker runs now. None outside a worker.
+# The pool's shared (Condition, Value): how many of the pool's jobs, numbered over all its calls, the
+# parent has recorded. In a worker: the number of the job it runs now, and the claims it holds until
+# the parent has recorded their job (number -> ExitStack). None / empty outside a worker.
 _ORDER: Any = None
-_JOB: int | None = None
+_SERIAL: int | None = None
+_HELD: dict[int, contextlib.ExitStack] = {}
+_RELEASER: threading.Thread | None = None
 # In the parent: the warm pool of the last grid, (key, pool, order, data); the data is held so that the
 # key's id() cannot be reused by another object while the pool lives.
 _WARM: tuple | None = None
@@ -86,38 +93,43 @@ def _init(data, order) -> None:
     _DATA, _ORDER = data, order
 
 
-@contextlib.contextmanager
-def in_turn() -> Iterator[None]:
-    """In a worker: wait until every earlier job of the pool has recorded (or skipped) its runs, so
-    the store holds the runs in the jobs' order, as the sequential path writes them (some tables sum
-    over the store's rows in order: their last float digit would otherwise follow which worker
-    finished first). A worker that finishes before an earlier job idles until that one records.
-    Outside a worker: nothing."""
-    if _ORDER is not None and _JOB is not None:
-        cond, nxt = _ORDER
+def hold_until_recorded(claims: contextlib.ExitStack) -> None:
+    """In a worker: keep `claims` (the job's runs' claims in the store, taken off their `with` by
+    `ExitStack.pop_all`) until the parent has recorded the job (`run_jobs`), then close them, from a
+    thread of the worker, while it runs its next jobs: a run stays claimed until its records are in
+    the store, so an identical run elsewhere waits and then finds it done. Anywhere else: close them now."""
+    global _RELEASER
+    if _ORDER is None or _SERIAL is None:
+        claims.close()
+        return
+    with _ORDER[0]:
+        _HELD[_SERIAL] = claims
+    if _RELEASER is None:
+        _RELEASER = threading.Thread(target=_release_recorded, name="ctrkit-claims", daemon=True)
+        _RELEASER.start()
+
+
+def _release_recorded() -> None:
+    """The worker's thread that closes held claims once the parent has recorded their jobs."""
+    cond, recorded = _ORDER
+    while True:
         with cond:
-            cond.wait_for(lambda: nxt.value >= _JOB)
-    yield
+            cond.wait_for(lambda: any(n < recorded.value for n in _HELD))
+            due = [_HELD.pop(n) for n in sorted(_HELD) if n < recorded.value]
+        for claims in due:
+            claims.close()
 
 
-def _call(fn: Callable, args: tuple, k: int, turns: bool = True) -> tuple[bool, Any]:
-    """Job k, `fn(data, *args)`, in a worker: (True, its result) or (False, the error in one line);
-    done or failed, it passes the turn to job k + 1 (after its own turn came). Without `turns` (jobs
-    started out of order, whose results the parent records) it neither waits nor passes a turn."""
-    global _JOB
-    _JOB = k if turns else None
+def _call(fn: Callable, args: tuple, serial: int) -> tuple[bool, Any]:
+    """`fn(data, *args)`, the pool's job number `serial`, in a worker: (True, its result) or (False,
+    the error in one line)."""
+    global _SERIAL
+    _SERIAL = serial
     try:
         return True, fn(_DATA, *args)
     except Exception as e:  # noqa: BLE001 - any failure comes back as one line; the parent raises it
         line = (str(e).strip().splitlines() or [""])[0]
         return False, f"{type(e).__name__}: {line}" if not isinstance(e, CtrkitError) else line
-    finally:
-        if turns:
-            cond, nxt = _ORDER
-            with cond:
-                cond.wait_for(lambda: nxt.value >= k)
-                nxt.value = k + 1
-                cond.notify_all()
 
 
 def _context():
@@ -136,7 +148,7 @@ def _pool(data, workers: int) -> tuple[ProcessPoolExecutor, Any]:
         return _WARM[1], _WARM[2]
     shutdown()
     ctx = _context()
-    order = (ctx.Condition(), ctx.Value("i", 0, lock=False))  # the Value is guarded by the Condition
+    order = (ctx.Condition(), ctx.Value("q", 0, lock=False))  # the Value is guarded by the Condition
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init,
                                initargs=(_portable(data), order))
     _WARM = (key, pool, order, data)
@@ -154,25 +166,29 @@ def shutdown(terminate: bool = False) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *,
-             names: Sequence[str], first: Sequence[int] | None = None) -> Iterator[tuple[int, Any]]:
-    """`fn(data, *jobs[i])` for every job on `workers` processes, yielded as (i, result) as each
-    finishes; their appends to a store reach it in the jobs' order (`in_turn`). `first`: the order the
-    jobs start in (every index once; e.g. the longest first, so that no long job is left to run alone
-    at the end); then no job waits for a turn, and the caller records the results in the jobs' order
-    itself (`InOrder`). A failed job: the jobs not started are cancelled, those running finish (and,
-    with turns, record), then CtrkitError naming `names[i]` and the error. Interrupted
-    (KeyboardInterrupt, or the caller stops iterating): the workers are terminated. The pool stays
-    warm for the next call on the same `data` object (`shutdown`)."""
+def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *, names: Sequence[str],
+             first: Sequence[int] | None = None,
+             record: Callable[[int, Any], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """`fn(data, *jobs[i])` for every job on `workers` processes, started in the order `first` (every
+    index once; None: the jobs' order; e.g. the longest first, so that no long job is left to run
+    alone at the end), yielded as (i, result) as each finishes. `record(i, result)` is called here in
+    the jobs' order (`InOrder`: job i's as soon as every earlier one's is in), so a store gets the
+    records as the sequential path writes them (some tables sum over the store's rows in order: their
+    last float digit would otherwise follow which worker finished first) while no worker waits for
+    its turn; after it, the claims job i's worker holds are freed (`hold_until_recorded`). A failed
+    job: the jobs not started are cancelled, those running finish, then CtrkitError naming
+    `names[i]` and the error. Interrupted (KeyboardInterrupt, or the caller stops iterating): the
+    workers are terminated. The pool stays warm for the next call on the same `data` object
+    (`shutdown`)."""
     order = list(range(len(jobs))) if first is None else list(first)
     if sorted(order) != list(range(len(jobs))):
         raise ValueError(f"first must list every job index once, got {order!r}")
-    pool, (cond, nxt) = _pool(data, workers)
+    pool, (cond, recorded) = _pool(data, workers)
     with cond:
-        nxt.value = 0  # no job of an earlier call is running: each call drains its own
-    clean = False
+        base = recorded.value  # every job of an earlier call was recorded (or its pool ended)
+    due, clean = InOrder(), False
     try:
-        futures = {pool.submit(_call, fn, tuple(jobs[i]), i, first is None): i for i in order}
+        futures = {pool.submit(_call, fn, tuple(jobs[i]), base + i): i for i in order}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -183,11 +199,24 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *,
                     shutdown()
                     clean = True
                     raise CtrkitError(f"{names[i]} failed in a worker process: {value}")
+                ready = due.put(i, value)
+                _record_due(ready, record, cond, recorded, base + due.next)
                 yield i, value
         clean = True
     finally:
         if not clean:
             shutdown(terminate=True)
+
+
+def _record_due(ready: list[tuple[int, Any]], record: Callable, cond, recorded, upto: int) -> None:
+    """`record` the jobs now due, then tell the workers which are recorded (their held claims close)."""
+    for j, value in ready:
+        if record is not None:
+            record(j, value)
+    if ready:
+        with cond:
+            recorded.value = upto
+            cond.notify_all()
 
 
 class InOrder:
