@@ -56,6 +56,11 @@ def parse() -> argparse.Namespace:
 
 def one(v: dict, args, out: Path) -> dict:
     out.mkdir(parents=True)
+    return run_notebooks(v, args, out)
+
+
+def run_notebooks(v: dict, args, out: Path) -> dict:
+    """`args.notebooks` of variant `v` one after another into `out`: {variant, wall_s, notebooks: seconds each}."""
     env = {**os.environ, "PYTHONPATH": v["tree"], "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", _RUN, v["tree"], str(out), args.dataset, args.profile, args.seeds,
@@ -66,23 +71,28 @@ def one(v: dict, args, out: Path) -> dict:
             "notebooks": json.loads(p.stdout.strip().splitlines()[-1])}
 
 
-def to_markdown(res: dict) -> str:
+def table(res: dict, title: str, tree=lambda v: f"`{v['tree']}`", stage_head: str = "median (s)",
+          stage=lambda rows, nb: f"{statistics.median(r['notebooks'][nb] for r in rows):.1f}") -> str:
+    """The result as markdown: a row per variant, its walls, median, speed-up and a cell per notebook."""
     names = [v["name"] for v in res["variants"]]
     nbs = res["notebooks"].split(",")
-    lines = [f"# Notebooks side by side ({res['profile']} profile, {res['dataset']}, seeds {res['seeds']})", "",
+    lines = [f"# {title} ({res['profile']} profile, {res['dataset']}, seeds {res['seeds']})", "",
              f"{res['date']} | {res['machine']} | `{res['command']}`", "", res["note"], "",
              "| variant | tree | wall (s) per repeat | median (s) | speed-up vs first | "
-             + " | ".join(f"{nb} median (s)" for nb in nbs) + " | tables equal to the first's |",
+             + " | ".join(f"{nb} {stage_head}" for nb in nbs) + " | tables equal to the first's |",
              "|---|---|---|---:|---:|" + "---:|" * len(nbs) + "---|"]
     med = {}
     for v in res["variants"]:
         rows = [r for r in res["runs"] if r["variant"] == v["name"]]
         med[v["name"]] = statistics.median(r["wall_s"] for r in rows)
-        stages = [statistics.median(r["notebooks"][nb] for r in rows) for nb in nbs]
-        lines.append(f"| {v['name']} | `{v['tree']}` | {', '.join(str(r['wall_s']) for r in rows)} | "
+        lines.append(f"| {v['name']} | {tree(v)} | {', '.join(str(r['wall_s']) for r in rows)} | "
                      f"{med[v['name']]:.1f} | {med[names[0]] / med[v['name']]:.2f}x | "
-                     + " | ".join(f"{s:.1f}" for s in stages) + f" | {[r['tables_equal'] for r in rows]} |")
+                     + " | ".join(stage(rows, nb) for nb in nbs) + f" | {[r['tables_equal'] for r in rows]} |")
     return "\n".join(lines) + "\n"
+
+
+def to_markdown(res: dict) -> str:
+    return table(res, "Notebooks side by side")
 
 
 def main() -> None:

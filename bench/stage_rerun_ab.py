@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from _results import stamp, write
-from notebook_ab import _RUN
+from notebook_ab import run_notebooks, table
 from reproduce_ab import interleaved, variants
 
 
@@ -59,34 +54,15 @@ def reset_store(folder: Path, dataset: str, drop: set[int]) -> int:
 def one(v: dict, args, out: Path) -> dict:
     folder = Path(v["flags"][0])
     reset_store(folder, args.dataset, {int(n) for n in args.drop_peers.split(",")})
-    env = {**os.environ, "PYTHONPATH": v["tree"], "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", _RUN, v["tree"], str(folder), args.dataset, args.profile, args.seeds,
-                        args.notebooks], env=env, cwd=v["tree"], capture_output=True, text=True)
-    if p.returncode:
-        sys.exit(f"{v['name']} failed (rc {p.returncode}): {p.stderr.strip()[-400:]}")
-    wall = round(time.perf_counter() - t0, 1)
+    res = run_notebooks(v, args, folder)
     shutil.copytree(folder / "tables", out / "tables")
-    return {"variant": v["name"], "wall_s": wall, "notebooks": json.loads(p.stdout.strip().splitlines()[-1])}
+    return res
 
 
 def to_markdown(res: dict) -> str:
-    names = [v["name"] for v in res["variants"]]
-    nbs = res["notebooks"].split(",")
-    lines = [f"# Late stages rerun side by side ({res['profile']} profile, {res['dataset']}, seeds {res['seeds']})",
-             "", f"{res['date']} | {res['machine']} | `{res['command']}`", "", res["note"], "",
-             "| variant | tree : folder | wall (s) per repeat | median (s) | speed-up vs first | "
-             + " | ".join(f"{nb} per repeat (s)" for nb in nbs) + " | tables equal to the first's |",
-             "|---|---|---|---:|---:|" + "---|" * len(nbs) + "---|"]
-    med = {}
-    for v in res["variants"]:
-        rows = [r for r in res["runs"] if r["variant"] == v["name"]]
-        med[v["name"]] = statistics.median(r["wall_s"] for r in rows)
-        lines.append(f"| {v['name']} | `{v['tree']}` : `{v['flags'][0]}` | {', '.join(str(r['wall_s']) for r in rows)} | "
-                     f"{med[v['name']]:.1f} | {med[names[0]] / med[v['name']]:.2f}x | "
-                     + " | ".join(", ".join(str(r["notebooks"][nb]) for r in rows) for nb in nbs)
-                     + f" | {[r['tables_equal'] for r in rows]} |")
-    return "\n".join(lines) + "\n"
+    return table(res, "Late stages rerun side by side", tree=lambda v: f"`{v['tree']}` in `{v['flags'][0]}`",
+                 stage_head="per repeat (s)",
+                 stage=lambda rows, nb: ", ".join(str(r["notebooks"][nb]) for r in rows))
 
 
 def main() -> None:
