@@ -133,7 +133,7 @@ def test_run_jobs_starts_jobs_in_the_order_given(small):
 
 
 def test_a_finished_run_stays_claimed_until_the_parent_records_it(small, tmp_path):
-    """Job 1 claims a run and finishes at once; job 0 takes a while. Job 1's worker goes on without
+    """Job 1 claims a run and finishes at once; job 0 takes a while (3 s: the second worker starts well within it). Job 1's worker goes on without
     waiting for its turn, yet the run stays claimed while job 0 is recorded (an identical run elsewhere
     would wait, then find it in the store), and is freed once job 1 is recorded."""
     from filelock import FileLock, Timeout
@@ -151,7 +151,7 @@ def test_a_finished_run_stays_claimed_until_the_parent_records_it(small, tmp_pat
     seen = []
     record = lambda i, value: seen.append((i, "free" if free(0) else "held"))  # noqa: E731
 
-    got = dict(workers.run_jobs(_claim_or_sleep, [(None, 1.5), (str(tmp_path / "s.jsonl"), 0)], small, 2,
+    got = dict(workers.run_jobs(_claim_or_sleep, [(None, 3.0), (str(tmp_path / "s.jsonl"), 0)], small, 2,
                                 names=["probe"] * 2, record=record))
     assert sorted(got) == [0, 1]
     assert got[1] < got[0]  # job 1 finished first, and did not wait for job 0 to be recorded
