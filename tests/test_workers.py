@@ -87,7 +87,8 @@ def test_baselines_start_longest_first_yet_are_recorded_in_grid_order(small, tmp
     kw = dict(seeds=[1, 2], preset="smoke", epochs=2, device="cpu", threads=1, progress=False)
     specs = [[runs.PretrainSpec(model=m, seed=s, preset="smoke")] for m in ("DeepFM", "FiBiNET", "DCN") for s in (1, 2)]
     before = torch.get_rng_state()
-    assert runs._longest_first([runs._pretrain_work(g, small) for g in specs], small) == [2, 3, 4, 5, 0, 1]  # FiBiNET, DCN, DeepFM; ties keep their order
+    work = [runs._pretrain_work(g, small) for g in specs]
+    assert runs._longest_first(work, small) == [2, 3, 4, 5, 0, 1]  # FiBiNET, DCN, DeepFM; ties keep their order
     assert torch.equal(torch.get_rng_state(), before)  # building the models to count drew nothing
     experiments.pretrain_baselines(small, ["DeepFM", "FiBiNET"], tmp_path / "c1", store=tmp_path / "one.jsonl", **kw)
     experiments.pretrain_baselines(small, ["DeepFM", "FiBiNET"], tmp_path / "c2", store=tmp_path / "two.jsonl",
@@ -133,9 +134,10 @@ def test_run_jobs_starts_jobs_in_the_order_given(small):
 
 
 def test_a_finished_run_stays_claimed_until_the_parent_records_it(small, tmp_path):
-    """Job 1 claims a run and finishes at once; job 0 takes a while (3 s: the second worker starts well within it). Job 1's worker goes on without
-    waiting for its turn, yet the run stays claimed while job 0 is recorded (an identical run elsewhere
-    would wait, then find it in the store), and is freed once job 1 is recorded."""
+    """Job 1 claims a run and finishes at once; job 0 takes a while (3 s: the second worker starts well
+    within it). Job 1's worker goes on without waiting for its turn, yet the run stays claimed while
+    job 0 is recorded (an identical run elsewhere would wait, then find it in the store), and is freed
+    once job 1 is recorded."""
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(tmp_path / "s.jsonl.locks" / "R.lock"))
