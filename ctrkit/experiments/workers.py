@@ -208,7 +208,7 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *, names: 
             shutdown(terminate=True)
 
 
-def _record_due(ready: list[tuple[int, Any]], record: Callable, cond, recorded, upto: int) -> None:
+def _record_due(ready: list[tuple[int, Any]], record: Callable | None, cond, recorded, upto: int) -> None:
     """`record` the jobs now due, then tell the workers which are recorded (their held claims close)."""
     for j, value in ready:
         if record is not None:
