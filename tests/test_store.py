@@ -64,6 +64,31 @@ def test_torn_last_line_is_ignored_and_next_append_is_clean(tmp_path):
     assert keys == ["a"] * 3 + ["b"] * 3
 
 
+def test_a_read_parses_only_what_was_appended_and_a_rewritten_store_afresh(tmp_path, monkeypatch):
+    """Every run looks itself up in the store before it trains: a whole-file parse per lookup grew
+    with the square of a grid's runs. The parse of a store's whole lines is kept and only the appended
+    bytes are parsed; a file whose start changed is parsed again; callers get their own records."""
+    import ctrkit.experiments.store as store_mod
+    path = tmp_path / "r.jsonl"
+    s = ResultsStore(path)
+    s.append(_run("a"))
+    parsed = []
+    real = store_mod.json.loads
+    monkeypatch.setattr(store_mod.json, "loads", lambda b: parsed.append(b) or real(b))
+    assert len(s.records()) == 3 and len(parsed) == 3
+    assert len(ResultsStore(path).records()) == 3 and len(parsed) == 3  # another instance, same file
+    s.append(_run("b", n=2))
+    assert [r["run_key"] for r in s.records()] == ["a"] * 3 + ["b"] * 2 and len(parsed) == 5
+    s.run_records("a")[0]["config"]["lr"] = 99.0  # the caller's copy
+    assert s.run_records("a")[0]["config"] == {"lr": 1e-3}
+    # rewritten in place (same inode, longer): parsed from its first byte, not appended to the old
+    lines = path.read_bytes().splitlines(keepends=True)
+    with open(path, "r+b") as f:
+        f.write(b"".join(lines[3:] + lines[:3]) + json.dumps(dict(_run("c", n=1)[0])).encode() + b"\n")
+    assert [r["run_key"] for r in s.records()] == ["b"] * 2 + ["a"] * 3 + ["c"]
+    assert len(parsed) == 11
+
+
 _WRITER = textwrap.dedent("""
     import sys
     from ctrkit.experiments.store import ResultsStore

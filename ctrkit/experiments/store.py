@@ -6,11 +6,13 @@ Guarantees:
   (a writer killed mid-write) is dropped entirely, so a run is either fully in or not at all;
 - two processes appending at once never interleave (a `filelock` lock file next to the store);
 - a torn last line is ignored on read, and the next append starts on a fresh line;
-- records are tidy-readable (`to_frame`) and exportable (`to_csv`).
+- records are tidy-readable (`to_frame`) and exportable (`to_csv`);
+- a read parses only the lines appended since the process's last read of the same file.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import time
@@ -78,31 +80,12 @@ class ResultsStore:
 
     # ---- read --------------------------------------------------------------------------------
     def records(self, latest_only: bool = True) -> list[dict]:
-        """Complete records in file order. With `latest_only`, a run re-run with --force keeps
-        only its newest append (by run_key)."""
+        """Complete records in file order (fresh dicts; their nested values are shared with the
+        parse cache, so read them only). With `latest_only`, a run re-run with --force keeps only
+        its newest append (by run_key)."""
         if not self.path.exists():
             return []
-        raw = self.path.read_bytes()
-        lines = raw.split(b"\n")
-        good: list[dict] = []
-        bad = 0
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                # a writer killed mid-line leaves the start of a JSON record; anything else means
-                # this is not a results store at all
-                if not line.lstrip().startswith(b"{"):
-                    raise CtrkitError(f"results store {self.path}: line {i + 1} is not a JSON record "
-                                      f"(not a ctrkit results store?)") from None
-                if i != len(lines) - 1:  # the last line torn by a killed writer is expected
-                    bad += 1
-                continue
-            good.append(rec)
+        good, bad = _parse(self.path)
         if bad:
             warnings.warn(f"results store {self.path}: skipped {bad} unreadable line(s) "
                           "(left by a writer that was killed mid-write)", stacklevel=2)
@@ -119,11 +102,11 @@ class ResultsStore:
                     last_append[r["run_key"]] = r.get("append_id")
             complete = [r for r in complete
                         if r.get("run_key") is None or last_append[r["run_key"]] == r.get("append_id")]
-        return complete
+        return [dict(r) for r in complete]
 
     def run_records(self, run_key: str) -> list[dict] | None:
         """The records of a finished run (by peer), or None."""
-        done = [r for r in self.records() if r.get("run_key") == run_key]
+        done = [copy.deepcopy(r) for r in self.records() if r.get("run_key") == run_key]
         return sorted(done, key=lambda r: r.get("peer_index", 0)) if done else None
 
     @contextlib.contextmanager
@@ -159,6 +142,48 @@ class ResultsStore:
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.path)!r})"
+
+
+# path -> (the bytes parsed so far: whole lines, ending in a newline; their records; bad lines
+# among them). The store only grows by appends, so a later read parses only what was added: every
+# run looks itself up in the store before it trains, and a grid's reads of a whole store made its
+# JSON parsing grow with the square of its runs. A file whose start no longer matches (rewritten,
+# truncated, replaced) is parsed again from its first byte.
+_PARSED: dict[str, tuple[bytes, list[dict], int]] = {}
+
+
+def _parse(path: Path) -> tuple[list[dict], int]:
+    """(the records of every JSON line of the store at `path`, the number of unreadable lines
+    before its last one). A torn last line (a writer killed mid-line, or one writing now) is skipped
+    without counting; a line that is not a JSON record at all is a one-line error."""
+    raw = path.read_bytes()
+    key = str(path.resolve())
+    done, good, bad = _PARSED.get(key, (b"", [], 0))
+    if not raw.startswith(done):
+        done, good, bad = b"", [], 0
+    start = len(done)
+    lines = raw[start:].split(b"\n")
+    first_line = done.count(b"\n")
+    good, tail = list(good), []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if not line.lstrip().startswith(b"{"):
+                raise CtrkitError(f"results store {path}: line {first_line + i + 1} is not a JSON record "
+                                  f"(not a ctrkit results store?)") from None
+            if i != len(lines) - 1:  # the last line torn by a killed writer is expected
+                bad += 1
+            continue
+        (tail if i == len(lines) - 1 else good).append(rec)  # no newline yet: it may still grow
+    end = raw.rfind(b"\n") + 1
+    if end > start:
+        _PARSED[key] = (raw[:end], good, bad)
+    return good + tail, bad
 
 
 def records_to_frame(records: list[dict]) -> pd.DataFrame:
