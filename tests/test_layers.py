@@ -363,6 +363,19 @@ def test_bilinear_kernel_is_bit_for_bit_the_block_by_block_products(b, fn, d):
         assert torch.equal(a, r)
 
 
+def test_bilinear_kernel_takes_a_non_contiguous_embedding():
+    """Any layout of the embeddings in (a permuted view here): the same values and gradients as its
+    contiguous copy."""
+    torch.manual_seed(5)
+    emb = torch.randn(6, 4, 9).permute(2, 1, 0).requires_grad_()  # [9, 4, 6]: B=9, F=4, d=6
+    w = torch.randn(6, 6, 6, requires_grad=True)
+    g = torch.randn(9, 6, 6)
+    out = cpu._BilinearByLeftField.apply(torch.float32, emb, w)
+    got = (out, *torch.autograd.grad(out, (emb, w), g))
+    for a, r in zip(got, _block_by_block(emb.detach().contiguous(), w.detach(), g)):
+        assert torch.equal(a, r)
+
+
 def test_bilinear_unknown_type():
     with pytest.raises(CtrkitError, match="bilinear_type 'pairwise' is unknown"):
         layers.Bilinear(F, D, "pairwise")

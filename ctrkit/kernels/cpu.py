@@ -139,7 +139,8 @@ class _BilinearByLeftField(torch.autograd.Function):
     def forward(ctx, dtype: torch.dtype, *tensors: torch.Tensor) -> torch.Tensor:
         B, F, d = tensors[0].shape
         P = tensors[1].shape[0]
-        ew = [(e.to(dtype), w.to(dtype)) for e, w in zip(tensors[0::2], tensors[1::2])]
+        # contiguous: the blocks are views of flat matrices (a no-op for the embeddings' own layout)
+        ew = [(e.to(dtype).contiguous(), w.to(dtype)) for e, w in zip(tensors[0::2], tensors[1::2])]
         out = torch.empty(B, len(ew) * P * d, dtype=dtype, device=tensors[0].device)
         widths = _block_widths(F, d)
         # kept for the backward's right-operand gradient instead of recomputing F-1 GEMMs per input;
