@@ -83,12 +83,16 @@ class ResultsStore:
         """Complete records in file order (fresh dicts; their nested values are shared with the
         parse cache, so read them only). With `latest_only`, a run re-run with --force keeps only
         its newest append (by run_key)."""
+        return [dict(r) for r in self._complete(latest_only)]
+
+    def _complete(self, latest_only: bool) -> list[dict]:
+        """`records`, as the parse cache's own dicts (not to be changed)."""
         if not self.path.exists():
             return []
         good, bad = _parse(self.path)
         if bad:
             warnings.warn(f"results store {self.path}: skipped {bad} unreadable line(s) "
-                          "(left by a writer that was killed mid-write)", stacklevel=2)
+                          "(left by a writer that was killed mid-write)", stacklevel=3)
         # Drop appends that did not make it in whole.
         counts: dict[str, int] = {}
         for r in good:
@@ -102,11 +106,11 @@ class ResultsStore:
                     last_append[r["run_key"]] = r.get("append_id")
             complete = [r for r in complete
                         if r.get("run_key") is None or last_append[r["run_key"]] == r.get("append_id")]
-        return [dict(r) for r in complete]
+        return complete
 
     def run_records(self, run_key: str) -> list[dict] | None:
         """The records of a finished run (by peer), or None."""
-        done = [copy.deepcopy(r) for r in self.records() if r.get("run_key") == run_key]
+        done = [copy.deepcopy(r) for r in self._complete(True) if r.get("run_key") == run_key]
         return sorted(done, key=lambda r: r.get("peer_index", 0)) if done else None
 
     @contextlib.contextmanager
@@ -163,7 +167,6 @@ def _parse(path: Path) -> tuple[list[dict], int]:
         done, good, bad = b"", [], 0
     start = len(done)
     lines = raw[start:].split(b"\n")
-    first_line = done.count(b"\n")
     good, tail = list(good), []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -174,7 +177,8 @@ def _parse(path: Path) -> tuple[list[dict], int]:
                 raise ValueError("not an object")
         except ValueError:
             if not line.lstrip().startswith(b"{"):
-                raise CtrkitError(f"results store {path}: line {first_line + i + 1} is not a JSON record "
+                line_no = done.count(b"\n") + i + 1  # counted on this error only, not per read
+                raise CtrkitError(f"results store {path}: line {line_no} is not a JSON record "
                                   f"(not a ctrkit results store?)") from None
             if i != len(lines) - 1:  # the last line torn by a killed writer is expected
                 bad += 1
