@@ -344,3 +344,60 @@ def test_cli_variant_modes_and_shared_embedding(criteo_small, tmp_path, capsys):
     # shared and separate tables are different runs (the flag is part of the run key)
     j = _cli_json(capsys, base + ["--mode", "ektf", "--store", str(store), "--json"])
     assert not j["skipped"] and len(ResultsStore(store).records()) == 6
+
+
+def _counting_predict(monkeypatch, data):
+    """Count the loop's predictions per split (its valid and test tensors are cached: identity)."""
+    calls = {"valid": 0, "test": 0}
+    Xva, Xte = data.tensors("valid")[0], data.tensors("test")[0]
+    real = train.predict
+
+    def counted(model, X, *a, **k):
+        split = "valid" if X is Xva else "test" if X is Xte else "other"
+        calls[split] = calls.get(split, 0) + 1
+        return real(model, X, *a, **k)
+
+    monkeypatch.setattr(train, "predict", counted)
+    return calls
+
+
+@pytest.mark.parametrize("share, seed", [(False, 8), (True, 2)])
+def test_kept_validation_probabilities_give_the_result_of_predicting_again(criteo_small, monkeypatch, share, seed):
+    """The final evaluation (and a stopped peer's epochs) reuse each peer's best epoch's validation
+    probabilities: the same result bit for bit as predicting everything again, and fewer
+    predictions. Peers that share a table move each other's weights (a freeze restores it after
+    the others' predictions): they keep none (keeping them changed the result here)."""
+    # these seeds at lr 0.03: DeepFM's best is epoch 1, it stops after epoch 3 and sits out epoch 4
+    kw = dict(peers=["DeepFM", "PNN"], init="scratch", mode="mutual", weight=0.5, epochs=4, seed=seed,
+              share_embedding=share, **FAST, overrides={"patience": 2, "lr": 0.03})
+    with monkeypatch.context() as m:
+        m.setattr(train.Peer, "kept_valid_probs", lambda self: None)
+        every = _counting_predict(m, criteo_small)
+        ref = run_mutual(criteo_small, **kw)
+    kept = _counting_predict(monkeypatch, criteo_small)
+    got = run_mutual(criteo_small, **kw)
+    timeless = [[{k: v for k, v in row.items() if k != "seconds"} for row in r["history"]] for r in (got, ref)]
+    assert timeless[0] == timeless[1] and got["ensemble"] == ref["ensemble"] and got["peers"] == ref["peers"]
+    assert (got["test_probs"] == ref["test_probs"]).all()
+    epochs, trained = len(ref["history"]), [e["trained"] for row in ref["history"] for e in row["peers"]]
+    assert epochs == 4 and not all(trained)
+    assert every == {"valid": 2 * epochs + 2, "test": 2}  # each epoch, the final valid and test; no second test pass
+    assert kept["test"] == 2
+    if not share:  # predicted: a training peer's epochs; reused: a stopped peer's and the final valid
+        assert kept["valid"] == sum(trained)
+    else:  # a stopped peer's freeze moves the others' table after their predictions: nothing kept
+        assert kept == every
+
+
+def test_a_runs_test_probabilities_are_its_models_predictions(criteo_small, tmp_path):
+    """`test_probs` of a run (churn's input) are what its trained models predict on test, and stay
+    out of result.json."""
+    d = criteo_small
+    ms = [_smoke_model(name, d, 3 + k) for k, name in enumerate(["DeepFM", "DCN"])]
+    cfg = RunConfig(peers=({"lr": 3e-3}, {"lr": 3e-3}), mode="mutual", weight=0.5, epochs=2, batch_size=512, seed=3,
+                    device="cpu", progress=False)
+    r = mutual_fit(ms, d, cfg, out_dir=tmp_path / "run")
+    Xte = d.tensors("test")[0]
+    want = torch.stack([evaluation.predict(m, Xte, cfg.eval_batch_size) for m in ms]).numpy()
+    assert r["test_probs"].shape == want.shape and (r["test_probs"] == want).all()
+    assert "test_probs" not in json.loads((tmp_path / "run" / "result.json").read_text())

@@ -30,7 +30,6 @@ from ctrkit.training import checkpoint, presets
 from ctrkit.training.replicas import replica_bytes
 from ctrkit.training.config import (INITS, MODES, TRAIN_DICT_KEYS, PretrainSpec, RunConfig, RunSpec,
                                     normalize_train_dict, peer_labels, run_key, split_label)
-from ctrkit.training.evaluation import predict
 from ctrkit.training.exchange import Exchange, LocalExchange
 from ctrkit.training.loop import fit, fit_replicas, train_replicas
 from ctrkit.training.metrics import forward_flops_per_sample
@@ -123,13 +122,6 @@ def _share_embedding(models: Sequence, exchange: Exchange) -> None:
         m.embedding = tables[0]
 
 
-def _test_predictions(models: Sequence, data, exchange: Exchange, batch_size: int):
-    """Every peer's test probabilities [N, rows] (numpy float32) from the trained models."""
-    X, _ = data.tensors("test", exchange.device)
-    local = torch.stack([predict(m, X, batch_size) for m in models])
-    return exchange.gather(local, training=False, where="test predictions").float().cpu().numpy()
-
-
 # ---------------------------------------------------------------- one run
 
 
@@ -175,7 +167,8 @@ def _prepare(spec: RunSpec, data, exchange: Exchange) -> tuple[list, RunConfig, 
         _share_embedding([b[0] for b in built], exchange)
     # every process needs every peer's train dict (the run's batch size and epochs come from them)
     cfg = spec.run_config(exchange.gather_objects([b[1] for b in built], where="start-up"), dev)
-    # a pretrained peer's scores measured here on this data (not trusted from the checkpoint)
+    # a pretrained peer's scores on this data: the checkpoint's own only where they are what measuring
+    # here gives (same data, machine and code: `pretrained.scores`), else measured
     pre = [pretrained.scores(m, meta["path"], data, dev, cfg.eval_batch_size) if meta is not None else None
            for m, _, meta in built]
     starts = [p["valid"] if p is not None and spec.init == "pretrained" else None for p in pre]
@@ -186,7 +179,6 @@ def _annotate(spec: RunSpec, result: dict, built: list, pre: list, data, exchang
     """The trainer's result plus each peer's label, seed, init, checkpoint and pretrained scores."""
     mine = [{"meta_path": meta["path"] if meta is not None else None, "pre": p} for (_, _, meta), p in zip(built, pre)]
     everyone = exchange.gather_objects(mine, where="gathering the results")
-    result["test_probs"] = _test_predictions([b[0] for b in built], data, exchange, result["config"]["eval_batch_size"])
     for k, (r, e, c) in enumerate(zip(result["peers"], everyone, churn.peer_churn(result["test_probs"]))):
         pre_k = e["pre"] or {}
         r.update(label=spec.peers[k], peer_churn=c, init="pretrained" if e["meta_path"] else "scratch", checkpoint=e["meta_path"],

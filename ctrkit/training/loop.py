@@ -70,6 +70,8 @@ class Peer:
         self.teachers = torch.tensor(self.learns_from, dtype=torch.long, device=device)
         self.drops = uses_dropout(model)
         self.best_path: Path | None = None
+        # (validation probabilities, the best_state they were predicted with): see `kept_valid_probs`
+        self.kept_valid: tuple[torch.Tensor, dict] | None = None
 
     @property
     def training(self) -> bool:
@@ -91,6 +93,23 @@ class Peer:
         if self.config.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.params, self.config.clip_grad_norm)
         self.optimizer.step()
+
+    def keep_valid_probs(self, probs: torch.Tensor) -> None:
+        """After an epoch that improved it: its validation probabilities at its new best weights."""
+        self.kept_valid = (probs, self.tracker.best_state)
+
+    def kept_valid_probs(self) -> torch.Tensor | None:
+        """Its kept validation probabilities while its weights are still the best ones they were
+        predicted with (back after `freeze` or the final restore), else None: a stopped peer's
+        epochs and the final evaluation then need not predict the same weights again. Checked
+        tensor by tensor, not assumed (peers that share a table move each other's weights; they
+        keep nothing: `_end_epoch`)."""
+        if self.kept_valid is None or self.tracker is None or self.kept_valid[1] is not self.tracker.best_state:
+            return None
+        probs, best = self.kept_valid
+        state = self.model.state_dict()
+        same = state.keys() == best.keys() and all(torch.equal(v.detach().cpu(), best[k]) for k, v in state.items())
+        return probs if same else None
 
     def freeze(self) -> None:
         """Early-stopped: back to its best weights, eval mode, no more updates."""
@@ -137,6 +156,7 @@ class _Run:
     stop: Any = None
     callback: Any = None
     gathers: bool = False
+    shares: bool = False  # whether peers share weights (`share_embedding`): see `_end_epoch`
     # CUDA only: the step's model FLOPs per sample and the chip's matrix rate (progress and env's mfu)
     flops: float | None = None
     peak: float | None = None
@@ -258,9 +278,7 @@ def _end_epoch(run: _Run, epoch: int, losses: torch.Tensor, t_epoch: float) -> t
     which local peers improved (their best.pt is due)."""
     peers, exchange = run.peers, run.exchange
     where = f"evaluation after epoch {epoch}"
-    Xva, yva = run.data.tensors("valid", run.device)
-    probs = exchange.gather(torch.stack([predict(p.model, Xva, run.config.eval_batch_size) for p in peers]),
-                            training=False, where=where)
+    probs, yva = _split_probs(run, "valid", where)
     valid = [scores(yva, q) for q in probs]
     ens = scores(yva, probs.mean(0))
     mine, improved = [], []
@@ -271,7 +289,11 @@ def _end_epoch(run: _Run, epoch: int, losses: torch.Tensor, t_epoch: float) -> t
         improved.append(False)
         if p.training:
             entry["lr"] = p.tracker.lr
-            if p.tracker.on_epoch_end(epoch, v, p.model):
+            stopped = p.tracker.on_epoch_end(epoch, v, p.model)
+            # shared weights: an earlier peer's freeze just now moved them, after `probs` was predicted
+            if p.tracker.improved and not run.shares:
+                p.keep_valid_probs(probs[p.index])
+            if stopped:
                 p.freeze()
                 run.log(f"{p.name}: early stop after epoch {epoch} (best epoch {p.tracker.best_epoch})")
             entry["improved"] = improved[-1] = p.tracker.improved
@@ -440,6 +462,8 @@ def _open(run: _Run, resume: bool) -> None:
                 p.tracker.start_from(p.start, p.model)
     for p in run.peers:
         p.model.train(p.training)
+    tensors = [{t.data_ptr() for t in p.model.state_dict().values()} for p in run.peers]
+    run.shares = len(set().union(*tensors)) < sum(map(len, tensors))
     # whether any peer learns from another: the same answer in every process, so all gather alike
     run.gathers = any(run.exchange.gather_objects([bool(p.learns_from) for p in run.peers], where="start-up"))
 
@@ -451,8 +475,8 @@ def _finish(run: _Run, threads: int, t0: float) -> dict:
         if p.trainable and p.tracker.best_state is not None:
             p.tracker.restore_best(p.model)
         p.model.eval()
-    valid, ens_v = _evaluate_split(run, "valid")
-    test, ens_t = _evaluate_split(run, "test")
+    (valid, ens_v), _ = _evaluate_split(run, "valid")
+    (test, ens_t), test_probs = _evaluate_split(run, "test")
     mine = [{"model": p.name, "index": p.index, "trained": p.trainable, "learns_from": p.learns_from,
              "best_epoch": p.tracker.best_epoch if p.trainable else None,
              "stopped_early": bool(p.trainable and p.tracker.stopped),
@@ -479,9 +503,12 @@ def _finish(run: _Run, threads: int, t0: float) -> dict:
             if p.trainable and p.tracker.best_state is not None and p.best_path is not None and exchange.replica == 0:
                 checkpoint.write_best(p.best_path, p.model, p.model.state_dict(), data=data,
                                       train_config=config.train_dict(p.index), epoch=p.tracker.best_epoch,
-                                      metrics=result["peers"][p.index])
+                                      metrics=result["peers"][p.index],
+                                      scored=checkpoint.scored_by(run.device, config.eval_batch_size))
         if exchange.is_main:
             checkpoint.save_json(run.out / "result.json", result)
+    # every peer's test probabilities [N, rows] (numpy, not JSON: not in result.json), e.g. for churn
+    result["test_probs"] = test_probs.float().cpu().numpy()
     return result
 
 
@@ -492,12 +519,24 @@ def _env_speed(run: _Run, sps: float | None) -> dict:
     return {"graph": run.graph, **metrics.throughput(sps, run.flops, run.peak)}
 
 
-def _evaluate_split(run: _Run, split: str) -> tuple[list[dict], dict]:
-    """Every peer's scores on a split and the ensemble's (mean of the peers' probabilities)."""
+def _split_probs(run: _Run, split: str, where: str, final: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every peer's probabilities on a split [P, rows] (gathered) and its labels. On "valid", a
+    stopped peer (or any, in the `final` evaluation) whose weights are those of its kept
+    probabilities is not predicted again: the same weights, rows and batch size give the same
+    probabilities (a peer still training has moved on: not even checked)."""
     X, y = run.data.tensors(split, run.device)
-    probs = run.exchange.gather(torch.stack([predict(p.model, X, run.config.eval_batch_size) for p in run.peers]),
-                                training=False, where="final evaluation")
-    return [scores(y, q) for q in probs], scores(y, probs.mean(0))
+    local = []
+    for p in run.peers:
+        kept = p.kept_valid_probs() if split == "valid" and (final or not p.training) else None
+        local.append(kept if kept is not None else predict(p.model, X, run.config.eval_batch_size))
+    return run.exchange.gather(torch.stack(local), training=False, where=where), y
+
+
+def _evaluate_split(run: _Run, split: str) -> tuple[tuple[list[dict], dict], torch.Tensor]:
+    """(Every peer's scores on a split, the ensemble's: the mean of the peers' probabilities), and
+    the probabilities [P, rows]."""
+    probs, y = _split_probs(run, split, "final evaluation", final=True)
+    return ([scores(y, q) for q in probs], scores(y, probs.mean(0))), probs
 
 
 # ---------------------------------------------------------------- fit: the one-peer case

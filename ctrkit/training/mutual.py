@@ -60,7 +60,8 @@ def mutual_fit(models: Sequence[nn.Module], data, config: RunConfig | dict, *, e
     """Train `models` together on `data` (CTRData); seed each model's init before building it, the
     shared batch order is seeded with `config.seed`. Returns the result dict: `peers` (per-peer
     valid/test AUC and logloss, best epoch, whether it stopped early), `ensemble`, `history`,
-    `seconds`, `env`. With `out_dir`: a last checkpoint every epoch, `<out_dir>/<i>_<Model>/best.pt`
+    `seconds`, `env`, `test_probs` (every peer's test probabilities, numpy [N, rows]; not in
+    result.json). With `out_dir`: a last checkpoint every epoch, `<out_dir>/<i>_<Model>/best.pt`
     per trained peer and result.json; `loop`: `resume`, `callback`, `stop` as in `train_peers`.
 
     `config.peers`: one TrainConfig per peer of the run (all ranks' under an exchange).
