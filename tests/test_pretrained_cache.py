@@ -87,3 +87,27 @@ def test_a_finetuning_grid_gives_the_same_records_with_and_without_the_caches(se
     cached, fresh = stored(tmp_path / "cached.jsonl"), stored(tmp_path / "fresh.jsonl")
     assert len(cached) == 6 and cached == fresh and len(calls) == 6  # 3 runs x 2 pretrained peers
     assert all(r["pretrained_test_auc"] is not None for r in cached)
+
+
+def test_a_checkpoint_scored_by_its_own_run_here_is_not_measured_again(setup, tmp_path, monkeypatch):
+    """A baseline's best.pt keeps the valid/test scores its run measured and how (`scored_by`); a
+    process finetuning it on the same data, machine and code takes them as they are (they are the
+    bits measuring gives), and measures them where anything differs."""
+    d, root = setup
+    path = runs.checkpoint_path(runs.seed_dir(root / "ck", 1), "FiBiNET")
+    ck = checkpoint.load_checkpoint(path)
+    bs = ck["train_config"]["eval_batch_size"]
+    assert ck["scored_by"] == checkpoint.scored_by("cpu", bs) and ck["scored_by"]["eval_batch_size"] == bs
+    model, _ = pretrained.load(path, "cpu")
+    measured = {s: scores(d.tensors(s)[1], predict(model, d.tensors(s)[0], bs)) for s in ("valid", "test")}
+    calls = []
+    monkeypatch.setattr(pretrained, "predict", lambda *a, **k: calls.append(1) or predict(*a, **k))
+    pretrained.clear()
+    assert pretrained.scores(model, path, d, "cpu", bs) == measured and calls == []
+    assert pretrained.scores(model, path, d, "cpu", bs // 2) == measured and len(calls) == 2  # another batch size
+    # the same file scored under other maths (or machine, device, data): measured here
+    other = tmp_path / "best.pt"
+    checkpoint.save({**ck, "scored_by": {**ck["scored_by"], "maths": "0" * 16}}, other)
+    assert pretrained.scores(model, other, d, "cpu", bs) == measured and len(calls) == 4
+    checkpoint.save({k: v for k, v in ck.items() if k != "scored_by"}, other)  # written before scored_by existed
+    assert pretrained.scores(model, other, d, "cpu", bs) == measured and len(calls) == 6

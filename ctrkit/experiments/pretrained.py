@@ -1,6 +1,8 @@
 """A process's pretrained checkpoints read once and scored once: a grid's runs of one seed finetune
 the same files, and each run used to read every checkpoint twice (the check, then the model) and
-score it on valid and test again.
+score it on valid and test again. A checkpoint whose training run scored it on this data, machine
+and code (`checkpoint.scored_by`) is not scored again at all: every worker process of every
+notebook used to measure the same numbers.
 
 Both caches key a file by its identity (path, device and inode, modification time in ns, size):
 ctrkit replaces a checkpoint by an atomic rename, so a rewritten file is a new key and is read again.
@@ -55,18 +57,31 @@ def load(path: str | Path, device, **expect):
 
 def scores(model, path: str | Path, data, device, batch_size: int) -> dict:
     """{"valid": ..., "test": ...}: the scores of `model`, loaded from `path`, on `data`'s splits,
-    measured once per file, data object, device and batch size in this process."""
+    once per file, data object, device and batch size in this process: the checkpoint's own
+    metrics where they were measured on data of this fingerprint under this `scored_by` (the same
+    bits measuring gives), else measured here."""
     key = (_identity(Path(path)), str(device), batch_size)
     hit = _SCORES.get(key)
     if hit is None or hit[0]() is not data:
-        out = {}
-        for split in ("valid", "test"):
+        out = _recorded(read(path), data, device, batch_size)
+        for split in ("valid", "test") if out is None else ():
             X, y = data.tensors(split, device)
-            out[split] = split_scores(y, predict(model, X, batch_size))
+            out = {**(out or {}), split: split_scores(y, predict(model, X, batch_size))}
         _SCORES[key] = (weakref.ref(data), out)
         while len(_SCORES) > SCORES_KEPT:
             _SCORES.popitem(last=False)
     return {split: dict(s) for split, s in _SCORES[key][1].items()}
+
+
+def _recorded(ck: dict, data, device, batch_size: int) -> dict | None:
+    """The scores a checkpoint recorded when its training run evaluated it, if they are the ones
+    measuring them here would give (same data fingerprint, `checkpoint.scored_by`), else None."""
+    m = ck.get("metrics") or {}
+    keys = [f"{s}_{k}" for s in ("valid", "test") for k in ("auc", "logloss")]
+    if (ck.get("fingerprint") != data.fingerprint or ck.get("scored_by") != checkpoint.scored_by(device, batch_size)
+            or not all(isinstance(m.get(k), float) for k in keys)):
+        return None
+    return {s: {"auc": m[f"{s}_auc"], "logloss": m[f"{s}_logloss"]} for s in ("valid", "test")}
 
 
 def clear() -> None:

@@ -1,8 +1,9 @@
 """Checkpoints: the one writer and reader of `best.pt` (a trained model) and `last.pt` (the state
 a killed run resumes from), the model-identity check, and what may change on resume.
 
-best.pt: {model_name, hparams, field_sizes, fingerprint, train_config, state_dict, epoch, metrics};
-`ctrkit mutual --init pretrained` and `load_pretrained` read it.
+best.pt: {model_name, hparams, field_sizes, fingerprint, train_config, state_dict, epoch, metrics,
+scored_by}; `ctrkit mutual --init pretrained` and `load_pretrained` read it. `scored_by` (the final
+write only) says how its valid/test metrics were measured: `scored_by`.
 last.pt: {format, signature, epoch, global_step, history, rng, training, train_seconds,
 train_samples, peers: [{state_dict, optimizer, tracker}]} for the peers of one process: the whole
 run in one process, or one rank's peer under `ctrkit.training.distributed`.
@@ -10,18 +11,21 @@ run in one process, or one rank's peer under `ctrkit.training.distributed`.
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from ctrkit import kernels, models
 from ctrkit.kernels import for_device
 from ctrkit.models import build
 from ctrkit.core.utils import CtrkitError, resolve_device, torch_save_atomic, write_json_atomic
 
 __all__ = ["LAST_FORMAT", "RESUMABLE", "load_checkpoint", "load_pretrained", "model_from", "check_identity",
-           "model_identity", "save", "save_json", "write_best", "signature", "read_resume", "clean_stale_temp"]
+           "model_identity", "save", "save_json", "write_best", "scored_by", "signature", "read_resume", "clean_stale_temp"]
 
 LAST_FORMAT = "ctrkit-last-2"
 # Settings that may differ between a run and its resumption: a resumed run may train longer, show
@@ -120,11 +124,40 @@ def save_json(path: Path, obj: dict) -> None:
 
 
 def write_best(path: Path, model: nn.Module, state_dict: dict, *, data, train_config: dict, epoch: int | None,
-               metrics: dict) -> None:
+               metrics: dict, scored: dict | None = None) -> None:
+    """`scored`: `scored_by(...)` of the evaluation that measured `metrics` (valid and test)."""
     name, hparams = model_identity(model)
     save({"model_name": name, "hparams": hparams, "field_sizes": list(data.field_sizes),
           "fingerprint": data.fingerprint, "train_config": train_config, "state_dict": state_dict,
-          "epoch": epoch, "metrics": metrics}, path)
+          "epoch": epoch, "metrics": metrics, **({"scored_by": scored} if scored is not None else {})}, path)
+
+
+def scored_by(device, eval_batch_size: int) -> dict:
+    """What a model's predictions depend on besides its weights and data: the device, the batch
+    size, the machine (CPU or GPU model, torch, the BLAS and MKL's mode) and the code of the maths
+    (models, kernels, prediction and metrics, by digest). A checkpoint's metrics measured under an
+    equal `scored_by` on data of its fingerprint are the scores measuring it again would give, bit
+    for bit (`ctrkit.experiments.pretrained.scores` reuses them)."""
+    return {"device": str(device), "eval_batch_size": int(eval_batch_size), **_machine(str(device))}
+
+
+@functools.lru_cache(maxsize=None)
+def _machine(device: str) -> dict:
+    env = kernels.env_info(device)
+    # plain strings: torch.__version__ is a TorchVersion, which a weights-only load refuses
+    return {"maths": _maths_digest(), **{k: None if env.get(k) is None else str(env[k])
+                                         for k in ("torch", "cpu", "gpu", "cpu_blas", "mkl_cbwr")}}
+
+
+@functools.lru_cache(maxsize=1)
+def _maths_digest() -> str:
+    here = Path(__file__).parent
+    files = [*sorted(Path(models.__file__).parent.glob("*.py")), *sorted(Path(kernels.__file__).parent.glob("*.py")),
+             here / "evaluation.py", here / "metrics.py", here / "precision.py"]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def signature(run_config: dict, peers: Sequence[tuple[str, dict, dict]], fingerprint: str,
