@@ -2,8 +2,8 @@
 a killed run resumes from), the model-identity check, and what may change on resume.
 
 best.pt: {model_name, hparams, field_sizes, fingerprint, train_config, state_dict, epoch, metrics,
-scored_by}; `ctrkit mutual --init pretrained` and `load_pretrained` read it. `scored_by` (the final
-write only) says how its valid/test metrics were measured: `scored_by`.
+scored_by}; `ctrkit mutual --init pretrained` and `load_pretrained` read it. `scored_by` (written
+with the final valid/test metrics only) says how they were measured (`scored_by`).
 last.pt: {format, signature, epoch, global_step, history, rng, training, train_seconds,
 train_samples, peers: [{state_dict, optimizer, tracker}]} for the peers of one process: the whole
 run in one process, or one rank's peer under `ctrkit.training.distributed`.
