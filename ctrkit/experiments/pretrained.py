@@ -64,9 +64,10 @@ def scores(model, path: str | Path, data, device, batch_size: int) -> dict:
     hit = _SCORES.get(key)
     if hit is None or hit[0]() is not data:
         out = _recorded(read(path), data, device, batch_size)
-        for split in ("valid", "test") if out is None else ():
-            X, y = data.tensors(split, device)
-            out = {**(out or {}), split: split_scores(y, predict(model, X, batch_size))}
+        if out is None:
+            out = {split: split_scores(data.tensors(split, device)[1],
+                                       predict(model, data.tensors(split, device)[0], batch_size))
+                   for split in ("valid", "test")}
         _SCORES[key] = (weakref.ref(data), out)
         while len(_SCORES) > SCORES_KEPT:
             _SCORES.popitem(last=False)
