@@ -23,9 +23,10 @@ def _kv(text: str) -> tuple[str, str]:
 
 def _run_flags(s: argparse.ArgumentParser) -> None:
     """The flags `pretrain` and `mutual` share."""
-    s.add_argument("--preset", default="quick")
-    s.add_argument("--epochs", type=int, default=None)
-    s.add_argument("--device", default="auto")
+    s.add_argument("--preset", default="quick",
+                   help="model and training sizes: smoke, quick, bars (the BARS winners) or full (default quick)")
+    s.add_argument("--epochs", type=int, default=None, help="the cap on epochs (default: the preset's)")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     s.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast or fp32")
     s.add_argument("--graph", default="auto", choices=["auto", "on", "off"],
                    help="CUDA: the whole training step as one replayed CUDA graph (auto: when it captures)")
@@ -33,7 +34,8 @@ def _run_flags(s: argparse.ArgumentParser) -> None:
                    help="train each peer through torch.compile of its reference maths")
     s.add_argument("--threads", default="auto", help="CPU threads: a number, or auto (the cores other "
                    "processes leave free; OMP_NUM_THREADS when set)")
-    s.add_argument("--seed", type=int, default=2021)
+    s.add_argument("--seed", type=int, default=2021,
+                   help="seeds the initialization, the batch order and dropout (default 2021)")
     s.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
                    help="several seeds trained together as replicas (one batched step); --out and --ckpt-dir "
                         "then hold one seed<S> folder per seed")
@@ -98,10 +100,11 @@ def _threads(text: str):
 
 def _add_synth(sub) -> None:
     s = sub.add_parser("synth", help="write a synthetic Criteo-/Avazu-/Frappe-/MovieLens-shaped raw file with a hidden ground truth")
-    s.add_argument("dataset", choices=["criteo", "avazu", "frappe", "movielens"])
-    s.add_argument("--rows", type=int, required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--seed", type=int, default=2021)
+    s.add_argument("dataset", choices=["criteo", "avazu", "frappe", "movielens"],
+                   help="whose columns and shapes to imitate")
+    s.add_argument("--rows", type=int, required=True, help="rows to write")
+    s.add_argument("--out", required=True, help="folder to write train.txt (criteo) or train.csv into")
+    s.add_argument("--seed", type=int, default=2021, help="seeds the hidden ground truth and the rows (default 2021)")
     s.add_argument("--gzip", action="store_true", help="write train.txt.gz / train.csv.gz")
     s.add_argument("--force", action="store_true", help="replace a file that ctrkit synth wrote before")
 
@@ -111,9 +114,10 @@ def _add_prepare(sub) -> None:
     s.add_argument("dataset", nargs="?", default=None, help="built-in: criteo, avazu, frappe or movielens (or --schema)")
     s.add_argument("--schema", default=None, help="a dataset schema file (.yaml) describing your own data")
     s.add_argument("--raw", required=True, help="file (.csv/.tsv/.txt, .gz, .parquet), directory with train/valid/test, or hf://<hub id>")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="the processed dataset directory to write")
     s.add_argument("--protocol", default=None, help="built-in datasets: x4_001, x4_002 or x1 (BARS)")
-    s.add_argument("--on-bad-lines", default="error", choices=["error", "skip"])
+    s.add_argument("--on-bad-lines", default="error", choices=["error", "skip"],
+                   help="a malformed row: stop with its line number (error, the default) or skip and count it")
     s.add_argument("--seed", type=int, default=None, help="split seed (default: the schema's, 2021)")
     s.add_argument("--force", action="store_true", help="replace a previous ctrkit output in --out")
     s.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
@@ -121,50 +125,58 @@ def _add_prepare(sub) -> None:
 
 def _add_info(sub) -> None:
     s = sub.add_parser("info", help="rows per split, CTR and vocabulary sizes of a processed dataset")
-    s.add_argument("data")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("data", help="a processed dataset directory (`ctrkit prepare --out`)")
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of the text")
 
 
 def _add_pretrain(sub) -> None:
     s = sub.add_parser("pretrain", help="train one model with the BARS protocol")
-    s.add_argument("--data", required=True)
-    s.add_argument("--model", required=True)
-    s.add_argument("--out", default=None)
-    s.add_argument("--resume", action="store_true")
+    s.add_argument("--data", required=True, help="a processed dataset directory (`ctrkit prepare --out`)")
+    s.add_argument("--model", required=True, help="DeepFM, DCN, PNN, FiBiNET, FM or LR")
+    s.add_argument("--out", default=None, help="folder for best.pt and last.pt (default runs/<dataset>/seed<S>/<model>; "
+                   "with --seeds runs/<dataset>, one seed<S>/<model> folder per seed)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue from --out's last.pt: the result of an uninterrupted run")
     s.add_argument("--store", default=None, help="also record the baseline in this results store (.jsonl)")
     _run_flags(s)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="last stdout line: one JSON object (the result)")
 
 
 def _add_mutual(sub) -> None:
     s = sub.add_parser("mutual", help="train N peers mutually (or a control: alone, kd, ensemble)")
-    s.add_argument("--data", required=True)
+    s.add_argument("--data", required=True, help="a processed dataset directory (`ctrkit prepare --out`)")
     s.add_argument("--peers", required=True, help="comma-separated model names, e.g. DeepFM,DCN,PNN,FiBiNET")
-    s.add_argument("--init", required=True, choices=["scratch", "pretrained"])
+    s.add_argument("--init", required=True, choices=["scratch", "pretrained"],
+                   help="train from random weights, or finetune the checkpoints of --ckpt-dir")
     s.add_argument("--ckpt-dir", default=None, help="folder with one `pretrain --out` folder per model")
     # the modes are checked where they are defined (ctrkit.training.config.MODES), in one line
     s.add_argument("--mode", default="mutual", help="mutual, alone, kd, ensemble, ensemble_teacher or ektf")
     s.add_argument("--weight", type=float, default=1.0, help="w of the mutual term (0 = alone)")
-    s.add_argument("--divergence", default="mse", choices=["mse", "kl"])
-    s.add_argument("--warmup-steps", type=int, default=0)
+    s.add_argument("--divergence", default="mse", choices=["mse", "kl"],
+                   help="the mutual term: the paper's squared difference of probabilities, or KL (deep mutual learning)")
+    s.add_argument("--warmup-steps", type=int, default=0,
+                   help="the mutual weight rises linearly from 0 over these steps")
     s.add_argument("--finetune-lr-scale", type=float, default=0.1, help="x each checkpoint's pretraining lr")
     s.add_argument("--finetune-epochs", type=int, default=2, help="epochs of a finetuning run (--epochs wins)")
     s.add_argument("--finetune-monitor", default="AUC-logloss", help="what finetuning early-stops on")
     s.add_argument("--batch-size", type=int, default=None, help="default: the first peer's preset")
     s.add_argument("--share-embedding", action="store_true", help="peers from scratch share one embedding table")
-    s.add_argument("--store", default=None)
-    s.add_argument("--force", action="store_true")
+    s.add_argument("--store", default=None, help="record every peer in this results store (.jsonl); a run already "
+                   "there is skipped")
+    s.add_argument("--force", action="store_true", help="train a run the store already has again")
     s.add_argument("--distributed", action="store_true", help="peer-per-rank under torchrun")
     _run_flags(s)
-    s.add_argument("--out", default=None)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--out", default=None, help="folder for the run's checkpoints and result.json: a killed run "
+                   "resumes from it (not with --force)")
+    s.add_argument("--json", action="store_true", help="last stdout line: one JSON object (the run's summary)")
 
 
 def _add_table(sub) -> None:
     s = sub.add_parser("table", help="print a result table from a results store")
-    s.add_argument("name")
-    s.add_argument("--store", required=True)
-    s.add_argument("--format", default="md", choices=["md", "csv", "tex"])
+    s.add_argument("name", help="baselines, scratch, finetune, sweep, partners, partner_slopes, peer_count, controls, "
+                   "headline, alternatives or tuning")
+    s.add_argument("--store", required=True, help="a results store (.jsonl) of `ctrkit mutual --store` or reproduce")
+    s.add_argument("--format", default="md", choices=["md", "csv", "tex"], help="Markdown (default), CSV or LaTeX")
     s.add_argument("--include-exploration", action="store_true",
                    help="also count runs tagged 'exploration' (the widget's), left out by default")
 
@@ -182,17 +194,19 @@ def _add_reproduce(sub) -> None:
     s = sub.add_parser("reproduce", help="run the notebooks with papermill: every table and figure")
     s.add_argument("--dataset", default="both",
                    help="criteo, avazu, both, frappe, movielens, or a schema file (.yaml; needs --data)")
-    s.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper", "study", "full"])
+    s.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper", "study", "full"],
+                   help="sizes, seeds and epochs (docs/notebooks.md; default quick)")
     s.add_argument("--data", default=None, help="processed or raw data (full profile: the real data you bring)")
-    s.add_argument("--out", default="results")
+    s.add_argument("--out", default="results",
+                   help="data, checkpoints, store, notebooks, tables and figures (default results)")
     s.add_argument("--figures", default=None, help="also copy the figures here (the README's command: figures/)")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     s.add_argument("--amp", default=None, choices=["auto", "off", "bf16"],
                    help="the runs' precision (default: the profile's, fp32 on synthetic data); `ctrkit compare` "
                         "then tells whether it moved a conclusion")
     s.add_argument("--seeds", default=None, metavar="S,S,...",
                    help="every run's seeds instead of the profile's (at least 2; the CIs are paired over them)")
-    s.add_argument("--force", action="store_true")
+    s.add_argument("--force", action="store_true", help="run again the notebooks already done with the same parameters")
     s.add_argument("--jobs", default="auto", metavar="N|auto",
                    help="notebooks run at once, their dependencies allowing (default auto: the CPU cores / the "
                         "profile's threads per run, 1 on CUDA); 1: one after another, in order")

@@ -1,0 +1,45 @@
+"""`ctrkit <command> --help` explains every argument, and the names it lists (tables, presets,
+models) are the ones the library has."""
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from ctrkit import cli, models
+from ctrkit.analysis import tables
+from ctrkit.training import presets
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def _help(command: str, dest: str) -> str:
+    return next(a.help for a in _commands()[command]._actions if a.dest == dest)
+
+
+def _listed(text: str) -> set[str]:
+    """The comma/or-separated names in a help text ("a, b or c (default a)" -> {a, b, c})."""
+    text = re.sub(r"\(.*?\)", "", text.split(":")[-1])
+    return {w.strip() for w in re.split(r",|\bor\b", text) if w.strip()}
+
+
+@pytest.mark.parametrize("command", sorted(_commands()))
+def test_every_argument_of_every_command_has_help(command):
+    parser = _commands()[command]
+    missing = [a.option_strings[0] if a.option_strings else a.dest for a in parser._actions
+               if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    assert missing == [], f"ctrkit {command}: arguments without help: {missing}"
+    parser.format_help()  # a help text with a stray % breaks argparse's formatting
+
+
+def test_the_table_names_in_the_help_are_the_tables_that_exist():
+    assert _listed(_help("table", "name")) == set(tables.NAMES)
+
+
+def test_the_presets_and_models_in_the_help_are_the_ones_the_library_has():
+    assert _listed(_help("pretrain", "preset").replace("the BARS winners", "")) == set(presets.names())
+    assert _listed(_help("pretrain", "model")) == set(models.MODELS)
