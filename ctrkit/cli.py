@@ -37,8 +37,11 @@ def _run_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=2021,
                    help="seeds the initialization, the batch order and dropout (default 2021)")
     s.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
-                   help="several seeds trained together as replicas (one batched step); --out and --ckpt-dir "
-                        "then hold one seed<S> folder per seed")
+                   help="one run per seed; --out and --ckpt-dir then hold one seed<S> folder per seed")
+    s.add_argument("--replicas", type=_replicas_arg, default="auto", metavar="N|auto",
+                   help="with --seeds: seeds trained together in one batched step (auto: up to 8 on a GPU, 1 on "
+                        "the CPU, where one run at a time measured faster and each seed's result is its --seed run's, "
+                        "bit for bit; replicas agree within float tolerance)")
     s.add_argument("--set", dest="overrides", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="a train-config key (lr, patience, ...) or a model hyperparameter; repeatable")
 
@@ -51,6 +54,21 @@ def _seed_list(text: str) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise CtrkitError(f"--seeds: expected distinct ints >= 0, got {text!r}")
     return seeds
+
+
+def _replicas_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise CtrkitError(f"--replicas: expected an integer >= 1 or auto, got {text!r}")
+    return int(text)
+
+
+def _max_replicas(args) -> int:
+    """--replicas resolved: auto is the library's rule for the device (`runs.default_max_replicas`)."""
+    from ctrkit.experiments import runs
+
+    return runs.default_max_replicas(args.device) if args.replicas == "auto" else args.replicas
 
 
 def _overrides(pairs: list[tuple[str, str]], model_names: list[str]) -> dict:
@@ -222,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # a flag's own check (--seeds, --replicas) is one line too
         result = COMMANDS[args.command](args)
     except CtrkitError as e:
         print(f"ctrkit: error: {e}", file=sys.stderr)
@@ -231,15 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ctrkit: interrupted", file=sys.stderr)
         return 130
-    except OSError as e:  # the net under every OS failure a command did not turn into a CtrkitError
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"ctrkit: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
+    except BrokenPipeError:  # before OSError, its base class
         # `ctrkit info B | head`: the reader went away; point stdout at devnull so exit is quiet.
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:  # the net under every OS failure a command did not turn into a CtrkitError
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"ctrkit: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     if getattr(args, "json", False) and result is not None:
         # Contract: with --json the last line printed is one JSON object.
         print(json.dumps(result, default=str))
@@ -311,13 +329,16 @@ def cmd_pretrain(args):
 
 
 def _pretrain_seeds(args, spec, d, name):
-    """`pretrain --seeds`: one model at every seed, trained together as replicas."""
+    """`pretrain --seeds`: one model at every seed, `--replicas` of them per batched step."""
     from ctrkit.experiments import runs
 
     root = Path(args.out) if args.out else Path("runs") / d.dataset
     specs = [dataclasses.replace(spec, seed=s) for s in args.seeds]
-    done = runs.pretrain_many(specs, d, out_dirs=[runs.seed_dir(root, s) / name for s in args.seeds],
-                              store=args.store, force=not args.resume)
+    k = _max_replicas(args)
+    groups = [specs[i:i + k] for i in range(0, len(specs), k)]
+    done = [pair for group in runs.pretrain_groups(groups, d, out_dirs=[[runs.seed_dir(root, s.seed) / name for s in g]
+                                                                       for g in groups],
+                                                   store=args.store, force=not args.resume) for pair in group]
     for s, (result, _) in zip(args.seeds, done):
         print(f"{name} seed {s}: test AUC {result['test_auc']:.6f} logloss {result['test_logloss']:.6f}, "
               f"{result['epochs']} epochs -> {result['checkpoint']}", file=sys.stderr)
@@ -345,7 +366,7 @@ def _run_mutual(args):
                                      else None) for s in args.seeds]
         outs = [runs.seed_dir(args.out, s) if args.out else None for s in args.seeds]
         recs, skipped = runs.execute_many(specs, d, store=args.store, out_dirs=outs, force=args.force,
-                                          max_replicas=len(specs))
+                                          max_replicas=_max_replicas(args))
         return [r for run_recs in recs for r in run_recs], all(skipped), True
     if not args.distributed:
         spec = _spec(args)

@@ -227,6 +227,19 @@ def test_ctrl_c_is_one_line_and_importing_the_cli_loads_nothing_heavy(criteo_sma
     assert capsys.readouterr().err.strip() == "ctrkit: interrupted"
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(criteo_small):
+    """`ctrkit info DIR | head -1`: the closed pipe is exit 141 with nothing on stderr, not an OS error."""
+    code = ("import sys, ctrkit.cli as c\n"
+            "def gone(args):\n    print('x' * 200000)\n    sys.stdout.flush()\n"
+            "c.COMMANDS['info'] = gone\nsys.exit(c.main(['info', sys.argv[1]]))")
+    p = subprocess.Popen([sys.executable, "-c", code, str(criteo_small.path)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()  # the reader goes away before the writer is done
+    assert p.wait(timeout=120) == 141
+    assert p.stderr.read() == b""
+
+
 def _tables(out: Path) -> dict:
     """Every table of a reproduce run, without columns of wall time (the only thing allowed to differ)
     and without run keys (identifiers, not results: a pretrained run's key holds its checkpoint

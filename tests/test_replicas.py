@@ -4,6 +4,7 @@ from the sequential CPU kernels), whole runs' history, best epoch and AUCs withi
 module states (Adam turns that rounding into small weight differences), the same batch order and
 dropout masks, per-replica early stopping and LR decay, resume; K = 1 is bit for bit."""
 import copy
+import json
 import statistics
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctrkit import models
+from ctrkit import cli, models
 from ctrkit.core.utils import CtrkitError, seed_everything
 from ctrkit.experiments import runs
 from ctrkit.experiments.store import ResultsStore
@@ -169,3 +170,45 @@ def test_grouping_default_is_one_run_at_a_time_on_the_cpu():
              for s in (1, 2) for m in ("mutual", "alone")]
     assert runs.replica_groups(specs) == [[0], [1], [2], [3]]
     assert runs.replica_groups(specs, 8) == [[0, 2], [1, 3]]
+
+
+# ---------------------------------------------------------------- the CLI's --seeds and --replicas
+
+
+def _cli_json(argv, capsys):
+    assert cli.main(argv + ["--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _trajectory(r):
+    return ([(h["train_loss"], h["valid_auc"], h["lr"]) for h in r["history"]],
+            r["best_epoch"], r["valid_auc"], r["test_auc"], r["test_logloss"])
+
+
+def test_cli_seeds_on_the_cpu_are_their_seed_runs_and_replicas_on_request(criteo_small, tmp_path, capsys, monkeypatch):
+    """`pretrain --seeds` follows the library's rule (`runs.default_max_replicas`): on the CPU one run
+    at a time, each seed's result its `--seed` run's bit for bit; `--replicas 2` batches them (within
+    the tolerance above)."""
+    base = ["pretrain", "--data", str(criteo_small.path), "--model", "DeepFM", "--preset", "smoke",
+            "--device", "cpu", "--threads", "1", "--amp", "off", "--epochs", "2"]
+    alone = [_cli_json(base + ["--seed", str(s), "--out", str(tmp_path / f"seed{s}")], capsys) for s in (1, 2)]
+    batched = []
+    real = runs.fit_replicas
+    monkeypatch.setattr(runs, "fit_replicas", lambda models, *a, **k: batched.append(len(models)) or real(models, *a, **k))
+    auto = _cli_json(base + ["--seeds", "1,2", "--out", str(tmp_path / "auto")], capsys)
+    assert batched == [1, 1] and [_trajectory(r) for r in auto] == [_trajectory(r) for r in alone]
+    batched.clear()
+    together = _cli_json(base + ["--seeds", "1,2", "--replicas", "2", "--out", str(tmp_path / "together")], capsys)
+    assert batched == [2]
+    for a, b in zip(alone, together):
+        _same(a, b)
+
+
+@pytest.mark.parametrize("command", ["pretrain", "mutual"])
+@pytest.mark.parametrize("flag,value", [("--seeds", "1,1"), ("--seeds", "a,b"), ("--replicas", "0"), ("--replicas", "x")])
+def test_cli_bad_seeds_or_replicas_are_one_line_and_exit_2(criteo_small, capsys, command, flag, value):
+    argv = [command, "--data", str(criteo_small.path)] + (
+        ["--model", "DeepFM"] if command == "pretrain" else ["--peers", "DeepFM,DCN", "--init", "scratch"])
+    assert cli.main(argv + [flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ctrkit: error: {flag}") and err.count("\n") == 1 and "Traceback" not in err
