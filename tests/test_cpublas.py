@@ -203,3 +203,36 @@ def test_a_bad_choice_stops_the_cli_before_training(criteo_small, tmp_path):
     assert r.stderr.strip().splitlines()[-1] == ("ctrkit: error: CTRKIT_CPU_BLAS: expected one of auto, torch, "
                                                  "openblas, got 'mkl'")
     assert "Traceback" not in r.stderr and "epoch" not in r.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(512, 5928, 16), (512, 2208, 16), (300, 1080, 16), (64, 720, 400)])
+def test_a_column_major_input_gives_f_linears_numbers_bit_for_bit(blas, shape, bias):
+    """FiBiNET's first layer reads the pair-major bilinear's output (batch stride 1): with torch's BLAS
+    its products are the mirrored ones, and they are F.linear's on a row-major copy (values and the
+    three gradients, bit for bit: the seeded tables must not move), x's gradient again column-major."""
+    blas("torch")
+    B, K, N = shape
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(B, K, generator=g), torch.randn(N, K, generator=g)
+    b = torch.randn(N, generator=g) if bias else None
+    x_col = x.t().contiguous().t()
+    assert type(cpublas.linear(x_col.detach().requires_grad_(), w, b).grad_fn).__name__ == "_ColumnMajorLinearBackward"
+    ours, ref = _linear_grads(cpublas.linear, x_col, w, b), _linear_grads(F.linear, x, w, b)
+    for a, r in zip(ours, ref):
+        assert (a is None and r is None) or torch.equal(a, r)
+    assert ours[0].is_contiguous() and ours[1].t().is_contiguous()  # out row-major, x's grad column-major
+
+
+def test_a_column_major_input_steps_aside_where_f_linear_keeps_it(blas):
+    """Narrow inputs (at [512, 16] -> 1 the mirrored product rounded differently), row-major inputs,
+    autocast and float64 keep F.linear."""
+    blas("torch")
+    x = torch.randn(300, 16).t().contiguous().t().requires_grad_()
+    assert "ColumnMajor" not in type(cpublas.linear(x, torch.randn(1, 16), None).grad_fn).__name__
+    wide = torch.randn(300, 512).t().contiguous().t().requires_grad_()
+    w = torch.randn(8, 512)
+    assert "ColumnMajor" not in type(cpublas.linear(wide.detach().contiguous().requires_grad_(), w, None).grad_fn).__name__
+    assert "ColumnMajor" not in type(cpublas.linear(wide.double(), w.double(), None).grad_fn).__name__
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert cpublas.linear(wide, w, None).dtype == torch.bfloat16

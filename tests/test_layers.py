@@ -316,7 +316,7 @@ def test_bilinear_cat_equals_the_textbook_cat_values_and_gradients(bilinear_type
     assert torch.equal(layers.BilinearCat()([(lp, emb), (lq, emb * scale)]), ref)  # the reference is the cat
     bilinear_cat = for_device(layers.BilinearCat(), "cpu")
     got = bilinear_cat([(lp, emb), (lq, emb * scale)])
-    assert got.shape == (b, 2 * P, d) and got.is_contiguous()
+    assert got.shape == (b, 2 * P, d) and got.reshape(b, -1).t().is_contiguous()  # pair-major in memory
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     for a, r in zip(torch.autograd.grad(got, wrt, g), torch.autograd.grad(ref, wrt, g)):
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)

@@ -17,15 +17,17 @@ Measured (2 threads, B=10,000, F=39, d=16 unless said):
 * ``CpuFMInteraction``: the gradient in one piece (``_FMFunction``) instead of ~5 full ``[B, F, d]``
   temporaries of autograd through ``pow``/``sum``.
 * ``CpuMLP``: every Linear through ``ctrkit.kernels.cpublas.linear`` (wide fp32 layers in numpy's
-  OpenBLAS on non-Intel x86 CPUs, else ``F.linear``).
-* ``CpuBilinear`` / ``CpuBilinearCat``: batch-major by left field (``_BilinearByLeftField``). The
-  pairs with left field i are (i, i+1..F-1), so their right operands are the contiguous slice
-  ``E[:, i+1:]`` (no gather), and one ``[B, d] x [d, n_i*d]`` GEMM gives all their left products;
-  the products are written straight into the ``[B, P, d]`` output (FiBiNET's p and q into one
-  buffer, no cat copy), and the hand-written backward accumulates into one gradient buffer in place.
-  Under bf16 autocast it runs in bf16, so the MLP gets its input without a cast. One bilinear + the
-  ``Linear(P*d, 400)`` it feeds, forward+backward, B=4,096: pair-major 1,192 ms fp32 / 1,233 ms bf16,
-  this 638 ms / 328 ms. On a GPU the pair-major reference (~6 kernels) beats it (~4F small ones).
+  OpenBLAS on non-Intel x86 CPUs; an input stored column-major, the bilinear's, as its mirrored
+  products; else ``F.linear``).
+* ``CpuBilinear`` / ``CpuBilinearCat``: by left field (``_BilinearByLeftField``). The pairs with
+  left field i are (i, i+1..F-1), so their right operands are the contiguous rows of fields i+1..
+  of the transposed embeddings (no gather), and one ``[n_i*d, d] x [d, B]`` GEMM gives all their
+  left products; the products are written straight into one pair-major ``[P*d, B]`` buffer
+  (FiBiNET's p and q into one, no cat copy), whose transpose is the ``[B, P, d]`` output, and the
+  hand-written backward accumulates into one gradient buffer in place. Under bf16 autocast it runs
+  in bf16, so the MLP gets its input without a cast. One bilinear + the ``Linear(P*d, 400)`` it feeds,
+  forward+backward, B=4,096: the textbook pair-major gather 1,192 ms fp32 / 1,233 ms bf16, this
+  kernel (then batch-major) 638 ms / 328 ms. On a GPU the reference (~6 kernels) beats it (~4F small ones).
 """
 from __future__ import annotations
 
@@ -129,72 +131,74 @@ def _compute_dtype(emb: torch.Tensor) -> torch.dtype:
 
 class _BilinearByLeftField(torch.autograd.Function):
     """``out[:, k*P + p] = (E_k[:, i_p] @ W_k[p]) * E_k[:, j_p]`` for every (E_k ``[B, F, d]``,
-    W_k ``[P, d, d]``) input pair k and pair p in ``triu_pairs`` order, by left field, into one
-    ``[B, k*P, d]`` buffer in ``dtype`` (bf16 under autocast); gradients come back in the inputs'
-    dtypes. Called as ``apply(dtype, E_1, W_1, E_2, W_2, ...)``. Each block's operands are views of
-    flat ``[B, F*d]`` / ``[B, P*d]`` matrices, made by one ``split`` per tensor: the products are the
-    same per element, with fewer Python-level calls per block (the layer's steps are many and small)."""
+    W_k ``[P, d, d]``) input pair k and pair p in ``triu_pairs`` order, by left field, in ``dtype``
+    (bf16 under autocast); gradients come back in the inputs' dtypes. Called as
+    ``apply(dtype, E_1, W_1, E_2, W_2, ...)``.
+
+    Pair-major in memory: the products are the rows of one ``[k*P*d, B]`` buffer and the output is
+    its transpose (``[B, k*P, d]``, batch stride 1). Each left field's block of products is then a
+    contiguous run of rows, written, read back and differentiated in sequential memory, where a
+    batch-major ``[B, k*P*d]`` buffer gave every block a narrow column slice strided over the whole
+    buffer, one row at a time (a TLB miss per row at d=4). The MLP that reads the output takes it as
+    it is (``cpublas.linear``: the same products as from a batch-major copy, bit for bit) and hands
+    back its gradient in the same layout; a gradient in any other layout is transposed once here."""
 
     @staticmethod
     def forward(ctx, dtype: torch.dtype, *tensors: torch.Tensor) -> torch.Tensor:
-        B, F, d = tensors[0].shape
-        P = tensors[1].shape[0]
-        # contiguous: the blocks are views of flat matrices (a no-op for the embeddings' own layout)
-        ew = [(e.to(dtype).contiguous(), w.to(dtype)) for e, w in zip(tensors[0::2], tensors[1::2])]
-        out = torch.empty(B, len(ew) * P * d, dtype=dtype, device=tensors[0].device)
+        (B, F, d), P, k_in = tensors[0].shape, tensors[1].shape[0], len(tensors) // 2
+        out_t = torch.empty(k_in * P * d, B, dtype=dtype, device=tensors[0].device)
         widths = _block_widths(F, d)
-        # kept for the backward's right-operand gradient instead of recomputing F-1 GEMMs per input;
-        # costs one more [B, P, d] per input while the graph lives (0.47 GB fp32 at B=10,000, d=16)
-        lefts = []
-        for k, (e, w) in enumerate(ew):
-            flat = e.view(B, F * d)  # the right operands of left field i: flat[:, (i+1)*d:], no gather
-            # every block's [d, n*d] right matrix side by side, permuted once per step, not per block
-            blocks = zip(e.unbind(1), _side_by_side(w).split(widths, dim=1),
-                         out[:, k * P * d:(k + 1) * P * d].split(widths, dim=1))
-            for i, (col, w_block, o) in enumerate(blocks):
-                left = torch.mm(col, w_block)  # [B, n*d]
-                torch.mul(left, flat[:, (i + 1) * d:], out=o)
-                lefts.append(left)
-        ctx.save_for_backward(*(t for pair in ew for t in pair), *lefts)
-        ctx.n_inputs = len(ew)
-        ctx.dtypes = [t.dtype for t in tensors]
-        return out.view(B, len(ew) * P, d)
+        e_ts, ws, lefts = [], [], []
+        for k in range(k_in):
+            e_t = tensors[2 * k].to(dtype).reshape(B, F * d).t().contiguous()  # [F*d, B]: field i is rows i*d..
+            w = tensors[2 * k + 1].to(dtype)
+            # left field i's pairs (i, i+1..F-1): one [n*d, d] x [d, B] GEMM, times the rows below field i
+            blocks = zip(e_t.split(d), _side_by_side(w).t().split(widths), out_t[k * P * d:(k + 1) * P * d].split(widths))
+            for i, (col_t, w_block_t, o) in enumerate(blocks):
+                left_t = torch.mm(w_block_t, col_t)  # kept for the backward's right-operand gradient
+                torch.mul(left_t, e_t[(i + 1) * d:], out=o)
+                lefts.append(left_t)
+            e_ts.append(e_t)
+            ws.append(w)
+        ctx.save_for_backward(*e_ts, *ws, *lefts)
+        ctx.shape, ctx.dtypes = (B, F, d), [t.dtype for t in tensors]
+        return out_t.t().view(B, k_in * P, d)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        saved = ctx.saved_tensors
-        k_in, P = ctx.n_inputs, saved[1].shape[0]
-        blocks = len(saved) // k_in - 2 if k_in else 0  # left-field blocks per input pair
+        (B, F, d), saved = ctx.shape, ctx.saved_tensors
+        k_in = len(ctx.dtypes) // 2
+        P, blocks = saved[k_in].shape[0], F - 1
+        g_t = grad.reshape(B, -1).t().contiguous()  # a no-op for the gradient cpublas.linear gives back
         grads = []
         for k in range(k_in):
-            e, w = saved[2 * k], saved[2 * k + 1]
+            e_t, w = saved[k], saved[k_in + k]
             lefts = saved[2 * k_in + k * blocks:2 * k_in + (k + 1) * blocks]
-            grads += _bilinear_backward(e, w, lefts, grad[:, k * P:(k + 1) * P].to(e.dtype))
+            grads += _bilinear_backward(e_t, w, lefts, g_t[k * P * d:(k + 1) * P * d].to(e_t.dtype), B, d)
         return (None, *(g.to(dt) for g, dt in zip(grads, ctx.dtypes)))
 
 
-def _bilinear_backward(e: torch.Tensor, w: torch.Tensor, lefts, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients (emb ``[B, F, d]``, weight ``[P, d, d]``) of one by-left-field bilinear from its
-    output gradient ``g`` ``[B, P, d]`` and the forward's left products (one ``[B, n*d]`` per left
-    field), summed in fp32 under bf16. Each block's products are the same GEMMs and elementwise ops
-    as block by block with its own permuted weight (bit for bit, tested); the weight's permutation
+def _bilinear_backward(e_t, w, lefts, g_t, B: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients (emb ``[B, F, d]``, weight ``[P, d, d]``) of one pair-major bilinear from its output
+    gradient ``g_t`` ``[P*d, B]``, the transposed embeddings ``e_t`` ``[F*d, B]`` and the forward's left
+    products (one ``[n*d, B]`` per left field), summed in fp32 under bf16. The weight's permutation
     happens once per step, and its gradient lands in its columns of one ``[d, P*d]`` buffer."""
-    B, F, d = e.shape
-    acc = torch.float32 if e.dtype in (torch.bfloat16, torch.float16) else e.dtype
-    g_emb = torch.zeros(B, F * d, dtype=acc, device=e.device)
-    g_w_cat = torch.empty(d, w.shape[0] * d, dtype=acc, device=e.device)
-    widths, flat = _block_widths(F, d), e.view(B, F * d)
-    blocks = zip(lefts, g.reshape(B, -1).split(widths, dim=1), _side_by_side(w).t().split(widths, dim=0),
-                 g_w_cat.split(widths, dim=1), e.permute(1, 2, 0).unbind(0), g_emb.view(B, F, d).unbind(1))
-    for i, (left, g_block, w_block_t, g_w_block, col_t, g_col) in enumerate(blocks):
-        g_emb[:, (i + 1) * d:].addcmul_(g_block, left)  # right operands
-        g_left = torch.mul(g_block, flat[:, (i + 1) * d:])
-        g_col.add_(torch.mm(g_left, w_block_t))  # left operand
-        if acc == e.dtype:
-            torch.mm(col_t, g_left, out=g_w_block)
+    F = e_t.shape[0] // d
+    acc = torch.float32 if e_t.dtype in (torch.bfloat16, torch.float16) else e_t.dtype
+    g_emb_t = torch.zeros(F * d, B, dtype=acc, device=e_t.device)
+    g_w_cat = torch.empty(d, w.shape[0] * d, dtype=acc, device=e_t.device)
+    widths = _block_widths(F, d)
+    blocks = zip(lefts, g_t.split(widths), _side_by_side(w).split(widths, dim=1), g_w_cat.split(widths, dim=1),
+                 e_t.split(d), g_emb_t.split(d))
+    for i, (left_t, g_block, w_block, g_w_block, col_t, g_col) in enumerate(blocks):
+        g_emb_t[(i + 1) * d:].addcmul_(g_block, left_t)  # right operands
+        g_left = torch.mul(g_block, e_t[(i + 1) * d:])
+        g_col.add_(torch.mm(w_block, g_left))  # left operand
+        if acc == e_t.dtype:
+            torch.mm(col_t, g_left.t(), out=g_w_block)
         else:  # bf16 products into the fp32 buffer
-            g_w_block.copy_(col_t @ g_left)
-    return g_emb.view(B, F, d), g_w_cat.view(d, -1, d).permute(1, 0, 2).contiguous()
+            g_w_block.copy_(col_t @ g_left.t())
+    return g_emb_t.t().reshape(B, F, d), g_w_cat.view(d, -1, d).permute(1, 0, 2).contiguous()
 
 
 def _side_by_side(w: torch.Tensor) -> torch.Tensor:
