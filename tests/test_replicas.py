@@ -194,7 +194,8 @@ def test_cli_seeds_on_the_cpu_are_their_seed_runs_and_replicas_on_request(criteo
     alone = [_cli_json(base + ["--seed", str(s), "--out", str(tmp_path / f"seed{s}")], capsys) for s in (1, 2)]
     batched = []
     real = runs.fit_replicas
-    monkeypatch.setattr(runs, "fit_replicas", lambda models, *a, **k: batched.append(len(models)) or real(models, *a, **k))
+    monkeypatch.setattr(runs, "fit_replicas",
+                        lambda models, *a, **k: batched.append(len(models)) or real(models, *a, **k))
     auto = _cli_json(base + ["--seeds", "1,2", "--out", str(tmp_path / "auto")], capsys)
     assert batched == [1, 1] and [_trajectory(r) for r in auto] == [_trajectory(r) for r in alone]
     batched.clear()
@@ -205,7 +206,8 @@ def test_cli_seeds_on_the_cpu_are_their_seed_runs_and_replicas_on_request(criteo
 
 
 @pytest.mark.parametrize("command", ["pretrain", "mutual"])
-@pytest.mark.parametrize("flag,value", [("--seeds", "1,1"), ("--seeds", "a,b"), ("--replicas", "0"), ("--replicas", "x")])
+@pytest.mark.parametrize("flag,value", [("--seeds", "1,1"), ("--seeds", "a,b"), ("--replicas", "0"),
+                                        ("--replicas", "x")])
 def test_cli_bad_seeds_or_replicas_are_one_line_and_exit_2(criteo_small, capsys, command, flag, value):
     argv = [command, "--data", str(criteo_small.path)] + (
         ["--model", "DeepFM"] if command == "pretrain" else ["--peers", "DeepFM,DCN", "--init", "scratch"])

@@ -140,7 +140,7 @@ class _BilinearByLeftField(torch.autograd.Function):
     contiguous run of rows, written, read back and differentiated in sequential memory, where a
     batch-major ``[B, k*P*d]`` buffer gave every block a narrow column slice strided over the whole
     buffer, one row at a time (a TLB miss per row at d=4). The MLP that reads the output takes it as
-    it is (``cpublas.linear``: the same products as from a batch-major copy, bit for bit) and hands
+    it is (``cpublas.linear``: the products of a batch-major copy, bit for bit with MKL on Intel) and hands
     back its gradient in the same layout; a gradient in any other layout is transposed once here."""
 
     @staticmethod
@@ -153,7 +153,8 @@ class _BilinearByLeftField(torch.autograd.Function):
             e_t = tensors[2 * k].to(dtype).reshape(B, F * d).t().contiguous()  # [F*d, B]: field i is rows i*d..
             w = tensors[2 * k + 1].to(dtype)
             # left field i's pairs (i, i+1..F-1): one [n*d, d] x [d, B] GEMM, times the rows below field i
-            blocks = zip(e_t.split(d), _side_by_side(w).t().split(widths), out_t[k * P * d:(k + 1) * P * d].split(widths))
+            blocks = zip(e_t.split(d), _side_by_side(w).t().split(widths),
+                         out_t[k * P * d:(k + 1) * P * d].split(widths))
             for i, (col_t, w_block_t, o) in enumerate(blocks):
                 left_t = torch.mm(w_block_t, col_t)  # kept for the backward's right-operand gradient
                 torch.mul(left_t, e_t[(i + 1) * d:], out=o)
