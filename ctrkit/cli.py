@@ -336,9 +336,9 @@ def _pretrain_seeds(args, spec, d, name):
     specs = [dataclasses.replace(spec, seed=s) for s in args.seeds]
     k = _max_replicas(args)
     groups = [specs[i:i + k] for i in range(0, len(specs), k)]
-    done = [pair for group in runs.pretrain_groups(groups, d, out_dirs=[[runs.seed_dir(root, s.seed) / name for s in g]
-                                                                       for g in groups],
-                                                   store=args.store, force=not args.resume) for pair in group]
+    out_dirs = [[runs.seed_dir(root, s.seed) / name for s in g] for g in groups]
+    by_group = runs.pretrain_groups(groups, d, out_dirs=out_dirs, store=args.store, force=not args.resume)
+    done = [pair for group in by_group for pair in group]
     for s, (result, _) in zip(args.seeds, done):
         print(f"{name} seed {s}: test AUC {result['test_auc']:.6f} logloss {result['test_logloss']:.6f}, "
               f"{result['epochs']} epochs -> {result['checkpoint']}", file=sys.stderr)
