@@ -65,9 +65,10 @@ def scores(model, path: str | Path, data, device, batch_size: int) -> dict:
     if hit is None or hit[0]() is not data:
         out = _recorded(read(path), data, device, batch_size)
         if out is None:
-            out = {split: split_scores(data.tensors(split, device)[1],
-                                       predict(model, data.tensors(split, device)[0], batch_size))
-                   for split in ("valid", "test")}
+            out = {}
+            for split in ("valid", "test"):
+                X, y = data.tensors(split, device)
+                out[split] = split_scores(y, predict(model, X, batch_size))
         _SCORES[key] = (weakref.ref(data), out)
         while len(_SCORES) > SCORES_KEPT:
             _SCORES.popitem(last=False)
