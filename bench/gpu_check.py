@@ -1,6 +1,6 @@
-"""GPU check (see gpu_check.sh): the whole GPU measurement of issue 23 as one call of at most 8 minutes.
+"""GPU check (see gpu_check.sh): the GPU measurements of issues 23 and 21 as one call of at most 8 minutes.
 
-Sections (`--sections`; the default runs all in this order, the cheap ones last), each a row (or
+Sections (`--sections`; the default runs all in this order), each a row (or
 rows) of the table and the JSON, each skipped once `--budget-s` is spent (a half-measured table
 beats a killed run):
 
@@ -11,11 +11,15 @@ beats a killed run):
              steady rate is epoch 2's (epoch 1 holds the capture).
 - mutual:    4 x DeepFM and the 4 paper models in one mutual step, bf16: eager, graph, graph
              without the peers' streams (`graph.OVERLAP_PEERS`).
+- replicas:  issue 21 here: K = 1, 2, 4, 8, 16 DeepFM replicas in one batched eager step at the smoke,
+             quick and BARS sizes (`bench_replicas.py`'s sweep), each K against one run's step (its
+             target: K = 8 at least 4x at the quick sizes); 8 seeds of the smoke preset as replicas
+             (`fit_replicas`, what `run_many` does on a GPU; graph mode does not capture replicas)
+             against one run alone, eager and graph; 4 seeds at the preset's sizes, against 4 x the
+             matrix's DeepFM graph row.
 - epochs:    one epoch of each model (`--models`) on all `--rows` and one 4-peer mutual epoch
              (`--mutual-peers`), as ctrkit runs them by default (amp auto = bf16, graph auto): the
-             issue's target numbers.
-- replicas:  4 seeds of DeepFM as replicas, one batched eager step (what `run_many` does on a GPU;
-             graph mode does not capture replicas): against 4 x the matrix's DeepFM graph row.
+             issue 23's target numbers.
 - estimate:  `ctrkit reproduce --profile paper` (both datasets) and the study profile at `--study-rows`
              (Criteo x4) on this device, from epoch times measured here at each profile's preset,
              batch and precision, priced with `ctrkit.notebook.runner.estimate` (every run at its
@@ -277,25 +281,62 @@ def section_mutual(ck: Check) -> None:
 
 
 def section_replicas(ck: Check) -> None:
-    """4 seeds of DeepFM as replicas (one vmapped eager step, what run_many does on a GPU): to set
-    against 4 x the `step DeepFM bf16 graph` row (graph mode does not capture replicas yet)."""
-    data = ck.data.head(ck.step_rows, 10_000)
+    """Issue 21 on this device: K DeepFM replicas per step (`bench_replicas`' sweep, eager), each K's
+    aggregate samples/s over one run's eager step at the same size (the target: K = 8 at least 4x at
+    the quick sizes); then whole runs at the smoke preset (what `make reproduce` trains): 8 seeds as
+    replicas (`fit_replicas`, what run_many does on a GPU) against one run alone, eager and in graph
+    mode (ctrkit's default on CUDA: graph mode does not capture replicas); and 4 seeds at the
+    preset's sizes, to set against 4 x the matrix's `step DeepFM bf16 graph` row."""
     amp = "bf16" if ck.cuda else "off"
-    ck.record(f"replicas 4 x DeepFM seeds {'fp32' if amp == 'off' else amp} eager (batched)", _replicas, ck, data, amp, 4)
+    ks = [1, 2, 4, 8, 16] if ck.cuda else [1, 2]
+    for size in ("smoke", "quick", "bars"):
+        rows = [ck.record(f"replicas step {size} DeepFM K={k} {_prec(amp)} eager", _replica_step, ck, size, k, amp)
+                for k in ks]
+        if rows[0]["status"] == "ok":
+            for r in rows[1:]:
+                if r["status"] == "ok":
+                    r["vs_one_run"] = r["samples_per_s"] / rows[0]["samples_per_s"]
+    data = ck.data.head(min(100_000, ck.data.rows["train"]), 10_000)
+    k = 8 if ck.cuda else 2
+    many = ck.record(f"replicas run smoke DeepFM {k} seeds {_prec(amp)} (batched)", _replicas, ck, data, amp, k,
+                     "smoke", 512)
+    for g in ("off", "on"):
+        what = f"replicas run smoke DeepFM alone {_prec(amp)} {'graph' if g == 'on' else 'eager'}"
+        if g == "on" and not ck.cuda:
+            ck.na(what, "graph mode needs CUDA")
+            continue
+        one = ck.record(what, lambda gr=g: _summary(train(ck, ["DeepFM"], data, epochs=2, amp=amp, graph=gr,
+                                                          preset="smoke", batch=512)))
+        if many["status"] == "ok" and one["status"] == "ok":
+            many[f"vs_one_run_{'graph' if g == 'on' else 'eager'}"] = many["samples_per_s"] / one["samples_per_s"]
+    data = ck.data.head(ck.step_rows, 10_000)
+    ck.record(f"replicas 4 x DeepFM seeds {_prec(amp)} eager (batched)", _replicas, ck, data, amp, 4)
 
 
-def _replicas(ck: Check, data, amp: str, k: int) -> dict:
+def _prec(amp: str) -> str:
+    return "fp32" if amp == "off" else amp
+
+
+def _replica_step(ck: Check, size: str, k: int, amp: str) -> dict:
+    """One row of bench_replicas' sweep on this device (its random Criteo-shaped data, its sizes)."""
+    import bench_replicas
+    r = bench_replicas.worker({"size": size, "model": "DeepFM", "k": k, "device": str(ck.device), "amp": amp,
+                               "threads": ck.torch.get_num_threads()})
+    return {"samples_per_s": r["samples_per_s"], "batch_size": r["batch"], "replicas": k, "steps": r["steps"]}
+
+
+def _replicas(ck: Check, data, amp: str, k: int, preset: str | None = None, batch: int | None = None) -> dict:
     from ctrkit import models
     from ctrkit.core.utils import seed_everything
     from ctrkit.training.config import RunConfig
     from ctrkit.training.loop import fit_replicas
 
-    p = ck.preset_of("DeepFM")
+    p = ck.preset_of("DeepFM", preset)
     built = []
     for i in range(k):
         seed_everything(ck.args.seed + i)
         built.append(models.build("DeepFM", data.field_sizes, **p.model))
-    batch = ck.args.batch_size or int(p.train["batch_size"])
+    batch = batch or ck.args.batch_size or int(p.train["batch_size"])
     cfgs = [RunConfig.single(dict(epochs=2, batch_size=batch, seed=ck.args.seed + i, device=str(ck.device), amp=amp,
                                   progress=False, eval_batch_size=65536, lr=p.train["lr"], patience=5,
                                   embedding_regularizer=p.train["embedding_regularizer"])) for i in range(k)]
@@ -402,6 +443,10 @@ def _fmt(v, spec: str) -> str:
     return format(v, spec) if isinstance(v, (int, float)) else "—"
 
 
+# a row's speed-up over another row, as the table shows it
+_VS = (("vs_one_run", "one run"), ("vs_one_run_eager", "one run eager"), ("vs_one_run_graph", "one run graph"))
+
+
 def report(ck: Check, data_s: float, argv) -> Path:
     """Print the table, write the JSON; returns its path."""
     total = time.perf_counter() - ck.t_start
@@ -410,6 +455,7 @@ def report(ck: Check, data_s: float, argv) -> Path:
         ep = r.get("epoch_seconds")
         ep = " / ".join(f"{e:.1f}" for e in ep) if isinstance(ep, list) else "—"
         extra = f" ({r['vs_single_epoch']:.2f}x single)" if r.get("vs_single_epoch") else ""
+        extra += "".join(f" ({r[key]:.2f}x {label})" for key, label in _VS if r.get(key))
         extra += f" total {r['total_hours']:.2f} h" if "total_hours" in r else ""
         print(f"| {r['what']} | {r.get('batch_size', '—') if not isinstance(r.get('batch_size'), dict) else '·'} | "
               f"{_fmt(r.get('samples_per_s'), ',.0f')} | {ep}{extra} | {_fmt(r.get('mfu'), '.1%')} | "
@@ -447,8 +493,8 @@ def parse(argv):
     ap.add_argument("--check-rows", type=int, default=500_000, help="rows of the graph == eager check")
     ap.add_argument("--study-rows", type=int, default=CRITEO_X4_TRAIN_ROWS, help="the study estimate's train rows")
     ap.add_argument("--fuxictr-steps", type=int, default=30)
-    ap.add_argument("--sections", default="equal,matrix,mutual,epochs,replicas,estimate,fuxictr,compile",
-                    help="which sections, in this order (the default: all, the cheap ones last)")
+    ap.add_argument("--sections", default="equal,matrix,mutual,replicas,epochs,estimate,fuxictr,compile",
+                    help="which sections, in this order (the default: all)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="start nothing new after this many seconds")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"))
     ap.add_argument("--seed", type=int, default=2021)

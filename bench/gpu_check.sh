@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# ctrkit GPU check (issue 23), one script, sized to finish within 8 minutes on one H200:
+# ctrkit GPU check (issues 23 and 21), one script, sized to finish within 8 minutes on one H200:
 #   Criteo-scale synthetic tensors made on the device (36.7M x 39 int32, x4_001-like vocab sizes), then
 #   equal    graph == eager (DeepFM alone, DeepFM + DCN mutual; fp32 and bf16; dropout 0)
 #   matrix   every model eager vs graph, fp32 (TF32) vs bf16, the steady epoch on 1M rows (samples/s, mfu)
 #   mutual   4 x DeepFM and the 4 paper models in one step: eager, graph (peers on streams), graph one stream
+#   replicas issue 21: K = 1..16 DeepFM replicas per step (smoke, quick, BARS sizes) vs one run; 8 smoke-preset
+#            seeds as replicas (fit_replicas, what run_many does on a GPU) vs one run alone, eager and graph
 #   epochs   one epoch of DeepFM, DCN, PNN, FiBiNET (BARS x4_001 sizes) and a 4 x DeepFM mutual epoch on
 #            all rows, at ctrkit's defaults (amp auto = bf16, graph auto): the issue's targets
-#   replicas 4 DeepFM seeds as replicas (one batched eager step, what run_many does on a GPU)
 #   estimate `ctrkit reproduce --profile paper` and the study profile (Criteo x4 rows) from epochs timed here
 #   fuxictr  FuxiCTR's own train_step on the same tensors when FUXICTR_SRC points to a FuxiCTR snapshot
 #            (a reczoo/FuxiCTR checkout: its fuxictr/ and model_zoo/); "n/a" otherwise

@@ -1,0 +1,53 @@
+"""The GPU check (`bench/gpu_check.sh`) stays runnable: its CPU dry run covers every section's code path.
+
+A GPU is lent rarely and briefly, and the check is run once there; a script that broke since its last
+dry run would waste that time. So its dry run runs with the tests."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--device", "cpu", "--rows", "4000", "--eval-rows", "1000", "--batch-size", "1000"]
+
+
+def _check(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict | None]:
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": ""}
+    env.pop("FUXICTR_SRC", None)
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), *SMALL, "--out", str(tmp_path), *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+    written = list(tmp_path.glob("*-gpu-check-cpu-dryrun.json"))
+    return proc, json.loads(written[0].read_text()) if written else None
+
+
+@pytest.mark.slow
+def test_the_dry_run_passes_every_section_and_measures_the_replica_sweep(tmp_path):
+    proc, rep = _check(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = {r["what"]: r for r in rep["results"]}
+    assert all(r["status"] == "ok" or r["status"].startswith("n/a") for r in rows.values())
+    for prefix in ("equal", "step DeepFM", "mutual 4 x DeepFM", "replicas step", "epoch FiBiNET", "estimate",
+                   "fuxictr", "step FiBiNET bf16 graph compiled"):
+        assert any(w.startswith(prefix) for w in rows), prefix
+    # issue 21's sweep: each size's K = 2 against its K = 1
+    for size in ("smoke", "quick", "bars"):
+        one, two = rows[f"replicas step {size} DeepFM K=1 fp32 eager"], rows[f"replicas step {size} DeepFM K=2 fp32 eager"]
+        assert one["samples_per_s"] > 0 and two["replicas"] == 2
+        assert two["vs_one_run"] == pytest.approx(two["samples_per_s"] / one["samples_per_s"])
+    # seeds trained as replicas are the runs trained alone (within the replicas' stated tolerance)
+    many, alone = rows["replicas run smoke DeepFM 2 seeds fp32 (batched)"], rows["replicas run smoke DeepFM alone fp32 eager"]
+    assert abs(many["valid_auc"][0] - alone["valid_auc"]) < 2e-3
+    assert many["vs_one_run_eager"] == pytest.approx(many["samples_per_s"] / alone["samples_per_s"])
+    assert "replicas run smoke DeepFM alone fp32 graph" in proc.stdout  # the n/a row is in the printed table
+
+
+def test_a_row_that_fails_makes_the_check_fail(tmp_path):
+    proc, rep = _check(tmp_path, "--sections", "matrix", "--models", "NoSuchModel")
+    assert proc.returncode == 1
+    (row,) = [r for r in rep["results"] if not r["status"].startswith("n/a")]  # the others: graph, bf16
+    assert row["what"] == "step NoSuchModel fp32 eager" and "NoSuchModel" in row["status"]
