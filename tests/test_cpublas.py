@@ -240,3 +240,25 @@ def test_a_column_major_input_steps_aside_where_f_linear_keeps_it(blas):
     assert "ColumnMajor" not in type(cpublas.linear(wide.double(), w.double(), None).grad_fn).__name__
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert cpublas.linear(wide, w, None).dtype == torch.bfloat16
+
+
+@needs_openblas
+def test_with_openblas_a_column_major_input_takes_the_mirrored_products_where_openblas_would_not_run(blas):
+    """FiBiNET's 5,928 -> 16 smoke layer is too thin for OpenBLAS (``_mm`` hands its products to torch):
+    its column-major input takes ``_ColumnMajorLinear``, the torch backend's numbers, with x's gradient
+    column-major; a layer OpenBLAS runs keeps ``_OpenBlasLinear`` (F.linear's numbers within rounding)."""
+    g = torch.Generator().manual_seed(2)
+    for (B, K, N), kind in (((512, 5928, 16), "_ColumnMajorLinearBackward"),
+                            ((512, 5000, 64), "_OpenBlasLinearBackward")):
+        x, w, b = torch.randn(B, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+        x_col = x.t().contiguous().t()
+        blas("torch")
+        on_torch = _linear_grads(cpublas.linear, x_col, w, b)
+        assert blas("openblas") == "openblas"
+        assert type(cpublas.linear(x_col.detach().requires_grad_(), w, b).grad_fn).__name__ == kind
+        ours, ref = _linear_grads(cpublas.linear, x_col, w, b), _linear_grads(F.linear, x, w, b)
+        for a, r in zip(ours, ref):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-3)
+        if kind == "_ColumnMajorLinearBackward":
+            assert all(torch.equal(a, t) for a, t in zip(ours, on_torch))  # the same products as on torch's BLAS
+            assert ours[1].t().is_contiguous()

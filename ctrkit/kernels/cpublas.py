@@ -93,19 +93,30 @@ def _resize(n: int) -> None:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; on CPU in fp32 outside autocast, for a wide layer (``_WIDE``
     inputs or outputs) with the OpenBLAS backend, its three products (forward, input and weight
-    gradients) run in numpy's OpenBLAS; with torch's BLAS, a batch-major-strided input (``[B, in]``
-    with batch stride 1: the pair-major bilinear's output) of at least ``_COLUMNS`` features goes
-    through ``_ColumnMajorLinear``.
+    gradients) run in numpy's OpenBLAS; otherwise a batch-major-strided input (``[B, in]`` with batch
+    stride 1: the pair-major bilinear's output) of at least ``_COLUMNS`` features goes through
+    ``_ColumnMajorLinear``.
 
     Input: ``[B, in]``. Output: ``[B, out]``."""
     if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 2
             or torch.is_autocast_enabled("cpu")):
         return F_.linear(x, weight, bias)
-    if backend() == "openblas":
-        return _OpenBlasLinear.apply(x, weight, bias) if max(weight.shape) >= _WIDE else F_.linear(x, weight, bias)
+    if backend() == "openblas" and max(weight.shape) >= _WIDE and _in_openblas(x.shape[0], *weight.shape):
+        return _OpenBlasLinear.apply(x, weight, bias)
     if x.stride(0) == 1 and x.stride(1) == x.shape[0] and x.shape[0] > 1 and x.shape[1] >= _COLUMNS:
         return _ColumnMajorLinear.apply(x, weight, bias)
+    if backend() == "openblas" and max(weight.shape) >= _WIDE:
+        return _OpenBlasLinear.apply(x, weight, bias)  # row-major: as before, whichever BLAS runs its products
     return F_.linear(x, weight, bias)
+
+
+def _in_openblas(rows: int, out: int, inner: int) -> bool:
+    """Whether ``_mm`` runs a layer's products in OpenBLAS: the forward ``[rows, inner] x [inner, out]``
+    and both gradients' products have the same three dimensions, so one test decides all three.
+    When it does not (a thin layer: FiBiNET's 5,928 -> 16 at the smoke preset), a column-major input
+    takes ``_ColumnMajorLinear``: the same torch products without repacking the strided operand or
+    transposing the input gradient back."""
+    return min(rows, out, inner) >= _THIN and rows * out * inner >= _SMALL
 
 
 # features from which a column-major input takes _ColumnMajorLinear (with MKL on an Intel CPU its
