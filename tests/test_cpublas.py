@@ -35,11 +35,14 @@ def blas(monkeypatch):
 
 
 def _linear_grads(fn, x, w, b):
+    """fn's output and its gradients as the backward hands them over (autograd.grad: no copy into the
+    leaves' layout, so a test sees the layout the producer of x would get)."""
     x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
     b = b.clone().requires_grad_() if b is not None else None
     out = fn(x, w, b)
-    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-    return out.detach(), x.grad, w.grad, None if b is None else b.grad
+    grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+                                [t for t in (x, w, b) if t is not None])
+    return out.detach(), *grads, *([None] if b is None else [])
 
 
 @needs_openblas
@@ -245,8 +248,9 @@ def test_a_column_major_input_steps_aside_where_f_linear_keeps_it(blas):
 @needs_openblas
 def test_with_openblas_a_column_major_input_takes_the_mirrored_products_where_openblas_would_not_run(blas):
     """FiBiNET's 5,928 -> 16 smoke layer is too thin for OpenBLAS (``_mm`` hands its products to torch):
-    its column-major input takes ``_ColumnMajorLinear``, the torch backend's numbers, with x's gradient
-    column-major; a layer OpenBLAS runs keeps ``_OpenBlasLinear`` (F.linear's numbers within rounding)."""
+    its column-major input takes ``_ColumnMajorLinear``, the torch backend's numbers; a layer OpenBLAS
+    runs keeps ``_OpenBlasLinear`` (F.linear's numbers within rounding). Either way x's gradient comes
+    back column-major."""
     g = torch.Generator().manual_seed(2)
     for (B, K, N), kind in (((512, 5928, 16), "_ColumnMajorLinearBackward"),
                             ((512, 5000, 64), "_OpenBlasLinearBackward")):
@@ -261,4 +265,4 @@ def test_with_openblas_a_column_major_input_takes_the_mirrored_products_where_op
             torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-3)
         if kind == "_ColumnMajorLinearBackward":
             assert all(torch.equal(a, t) for a, t in zip(ours, on_torch))  # the same products as on torch's BLAS
-            assert ours[1].t().is_contiguous()
+        assert ours[1].t().is_contiguous()  # x's gradient comes back in x's layout: nothing to transpose

@@ -103,11 +103,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         return F_.linear(x, weight, bias)
     if backend() == "openblas" and max(weight.shape) >= _WIDE and _in_openblas(x.shape[0], *weight.shape):
         return _OpenBlasLinear.apply(x, weight, bias)
-    if x.stride(0) == 1 and x.stride(1) == x.shape[0] and x.shape[0] > 1 and x.shape[1] >= _COLUMNS:
+    if _column_major(x) and x.shape[1] >= _COLUMNS:
         return _ColumnMajorLinear.apply(x, weight, bias)
     if backend() == "openblas" and max(weight.shape) >= _WIDE:
         return _OpenBlasLinear.apply(x, weight, bias)  # row-major: as before, whichever BLAS runs its products
     return F_.linear(x, weight, bias)
+
+
+def _column_major(x: torch.Tensor) -> bool:
+    """``[B, in]`` stored as ``x.t()`` contiguous (batch stride 1), more than one row."""
+    return x.stride(0) == 1 and x.stride(1) == x.shape[0] and x.shape[0] > 1
 
 
 def _in_openblas(rows: int, out: int, inner: int) -> bool:
@@ -200,7 +205,11 @@ class _OpenBlasLinear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        gx = _mm(grad, weight) if ctx.needs_input_grad[0] else None
+        gx = None
+        if ctx.needs_input_grad[0]:
+            # a column-major x (the pair-major bilinear's output) gets its gradient in its own layout:
+            # (W^T g^T)^T, so its producer need not transpose a [B, in] buffer back
+            gx = _mm(weight.t(), grad.t()).t() if _column_major(x) else _mm(grad, weight)
         gw = _mm(grad.t(), x) if ctx.needs_input_grad[1] else None
         gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb
