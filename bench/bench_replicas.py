@@ -126,7 +126,7 @@ def _run_job(job: dict) -> dict:
 
         import torch
         gc.collect()
-        torch.cuda.empty_cache()  # the previous row's stacks must not count in this one's peak
+        torch.cuda.empty_cache()  # the previous row's tensors freed (cycles too) before this row's peak
         return worker(job)
     out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True,
                          text=True, check=True).stdout
