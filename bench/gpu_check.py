@@ -447,33 +447,47 @@ def _fmt(v, spec: str) -> str:
 _VS = (("vs_one_run", "one run"), ("vs_one_run_eager", "one run eager"), ("vs_one_run_graph", "one run graph"))
 
 
-def report(ck: Check, data_s: float, argv) -> Path:
-    """Print the table, write the JSON; returns its path."""
-    total = time.perf_counter() - ck.t_start
-    print("\n| run | batch | samples/s | epoch s | mfu | peak GiB | status |\n|---|---:|---:|---:|---:|---:|---|")
+def _table(ck: Check) -> list[str]:
+    """The rows as a Markdown table."""
+    lines = ["| run | batch | samples/s | epoch s | mfu | peak GiB | status |", "|---|---:|---:|---:|---:|---:|---|"]
     for r in ck.rows:
         ep = r.get("epoch_seconds")
         ep = " / ".join(f"{e:.1f}" for e in ep) if isinstance(ep, list) else "—"
         extra = f" ({r['vs_single_epoch']:.2f}x single)" if r.get("vs_single_epoch") else ""
         extra += "".join(f" ({r[key]:.2f}x {label})" for key, label in _VS if r.get(key))
         extra += f" total {r['total_hours']:.2f} h" if "total_hours" in r else ""
-        print(f"| {r['what']} | {r.get('batch_size', '—') if not isinstance(r.get('batch_size'), dict) else '·'} | "
-              f"{_fmt(r.get('samples_per_s'), ',.0f')} | {ep}{extra} | {_fmt(r.get('mfu'), '.1%')} | "
-              f"{_fmt(r.get('peak_gb'), '.1f')} | {r['status']} |")
+        lines.append(f"| {r['what']} | {r.get('batch_size', '—') if not isinstance(r.get('batch_size'), dict) else '·'} | "
+                     f"{_fmt(r.get('samples_per_s'), ',.0f')} | {ep}{extra} | {_fmt(r.get('mfu'), '.1%')} | "
+                     f"{_fmt(r.get('peak_gb'), '.1f')} | {r['status']} |")
+    return lines
+
+
+def report(ck: Check, data_s: float, argv) -> Path:
+    """Print the table; write the JSON (everything) and the Markdown (the machine, the command, the
+    table: ready to commit under bench/results/); returns the JSON's path."""
+    total = time.perf_counter() - ck.t_start
+    table = _table(ck)
+    print("\n" + "\n".join(table))
     print(f"total {total:.0f}s (data {data_s:.0f}s)")
     from ctrkit.kernels import env_info
     out = Path(ck.args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{time.strftime('%Y-%m-%d')}-gpu-check-{'gpu' if ck.cuda else 'cpu-dryrun'}.json"
+    env = env_info(ck.device, ck.args.seed)
+    command = "bash bench/gpu_check.sh " + " ".join(argv if argv is not None else sys.argv[1:])
     rep = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": ck.args.rows,
            "eval_rows": ck.args.eval_rows, "step_rows": ck.step_rows, "preset": ck.preset, "vocab": X4_001_VOCAB,
            "amp": ck.args.amp, "data_seconds": data_s, "total_seconds": total, "results": ck.rows,
-           "env": env_info(ck.device, ck.args.seed),
-           "command": "bash bench/gpu_check.sh " + " ".join(argv if argv is not None else sys.argv[1:])}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(rep, indent=1, default=str))
-    os.replace(tmp, path)
-    print(f"wrote {path}")
+           "env": env, "command": command}
+    machine = ck.torch.cuda.get_device_name(ck.device) if ck.cuda else f"CPU dry run ({env.get('cpu', '?')})"
+    md = [f"# GPU check: {machine}", "",
+          f"{rep['created']} | torch {ck.torch.__version__} | preset {ck.preset} | {ck.args.rows:,} training rows, "
+          f"step rows {ck.step_rows:,} | total {total:.0f} s (data {data_s:.0f} s) | `{command}`", "", *table, ""]
+    for target, text in ((path, json.dumps(rep, indent=1, default=str)), (path.with_suffix(".md"), "\n".join(md))):
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    print(f"wrote {path} and {path.with_suffix('.md').name}")
     return path
 
 

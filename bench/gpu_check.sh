@@ -11,7 +11,8 @@
 #   estimate `ctrkit reproduce --profile paper` and the study profile (Criteo x4 rows) from epochs timed here
 #   fuxictr  FuxiCTR's own train_step on the same tensors when FUXICTR_SRC points to a FuxiCTR snapshot
 #            (a reczoo/FuxiCTR checkout: its fuxictr/ and model_zoo/); "n/a" otherwise
-#   prints a table (samples/s, epoch seconds, mfu, peak memory) and writes JSON under $OUT (else bench/results).
+#   prints a table (samples/s, epoch seconds, mfu, peak memory) and writes it as Markdown beside the JSON of
+#   everything under $OUT (else bench/results).
 #
 # Usage:  bash bench/gpu_check.sh                      # on the GPU machine, from the repo root
 #         bash bench/gpu_check.sh --device cpu --rows 20000 --eval-rows 2000 --batch-size 2000

@@ -44,6 +44,9 @@ def test_the_dry_run_passes_every_section_and_measures_the_replica_sweep(tmp_pat
     assert abs(many["valid_auc"][0] - alone["valid_auc"]) < 2e-3
     assert many["vs_one_run_eager"] == pytest.approx(many["samples_per_s"] / alone["samples_per_s"])
     assert "replicas run smoke DeepFM alone fp32 graph" in proc.stdout  # the n/a row is in the printed table
+    md = next(tmp_path.glob("*-gpu-check-cpu-dryrun.md")).read_text()  # the result file to commit
+    assert md.startswith("# GPU check: CPU dry run") and rep["command"] in md
+    assert sum(line.startswith("| ") for line in md.splitlines()) == len(rep["results"]) + 1  # + the header
 
 
 def test_a_row_that_fails_makes_the_check_fail(tmp_path):
