@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.abc
+import importlib.util
 import json
 import os
 import sys
@@ -353,18 +355,41 @@ def section_fuxictr(ck: Check) -> None:
         return ck.na("fuxictr", "FUXICTR_SRC unset (a FuxiCTR snapshot with fuxictr/ and model_zoo/)")
     sys.path.insert(0, src)
     os.environ.setdefault("FUXICTR_MODEL_ZOO", str(Path(src) / "model_zoo"))
-    for mod in ("h5py", "polars", "ray", "ray.data", "ray.data.datasource", "ray.data.datasource.filename_provider",
-                "keras_preprocessing", "keras_preprocessing.sequence"):
-        try:  # its data pipeline imports them; train_step never uses them
-            __import__(mod)
-        except ImportError:
-            stub = types.ModuleType(mod)
-            stub.__getattr__ = lambda name: (_ for _ in ()).throw(AttributeError(name)) if name.startswith("__") \
-                else type(name, (), {})
-            stub.__path__ = []
-            sys.modules.setdefault(mod, stub)
+    missing = {m for m in _FUXICTR_UNUSED if importlib.util.find_spec(m) is None}
+    if missing and not any(isinstance(f, _Stubs) for f in sys.meta_path):
+        sys.meta_path.append(_Stubs(missing))
     for name in [m for m in ck.args.models.split(",") if m]:
         ck.record(f"fuxictr step {name} fp32", _fuxictr, ck, name)
+
+
+# packages FuxiCTR's modules import (its data pipeline, its metrics) that its train_step never uses;
+# a bare GPU machine has none of them
+_FUXICTR_UNUSED = ("h5py", "polars", "ray", "keras_preprocessing", "sklearn")
+
+
+class _Stubs(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Empty modules, any submodule included, for the named top-level packages; a name taken from one
+    is an empty class."""
+
+    def __init__(self, tops: set[str]):
+        self.tops = tops
+
+    def find_spec(self, name, path=None, target=None):
+        return importlib.util.spec_from_loader(name, self, is_package=True) if name.split(".")[0] in self.tops else None
+
+    def create_module(self, spec):
+        mod = types.ModuleType(spec.name)
+        mod.__getattr__ = _stub_attr
+        return mod
+
+    def exec_module(self, module) -> None:
+        pass
+
+
+def _stub_attr(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return type(name, (), {})
 
 
 def _fuxictr(ck: Check, name: str) -> dict:

@@ -28,7 +28,7 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 "${PYTHON}" - <<'EOF'
-import importlib, sys
+import importlib.util, sys
 missing = [m for m in ("torch", "numpy", "tqdm") if importlib.util.find_spec(m) is None]
 if missing:
     sys.exit(f"gpu_check: {sys.executable} lacks {', '.join(missing)}; set PYTHON to an interpreter with them")

@@ -1,7 +1,9 @@
 """Shared fixtures: small synthetic datasets, prepared once per test session."""
 from __future__ import annotations
 
+import os
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,38 @@ import torch
 from ctrkit import data
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+ROOT = Path(__file__).resolve().parent.parent
+
+# The import system as if the named top-level packages were not installed: every meta-path finder
+# (the editable install's too) wrapped in one that does not find them, so an import fails as for a
+# missing package and `importlib.util.find_spec` returns None (torch probes optional packages that
+# way); every attempt is recorded. Loaded through sitecustomize, so `python -m ctrkit.cli` runs under it.
+BLOCKER = textwrap.dedent("""
+    import os, sys
+    BLOCKED = set(os.environ["CTRKIT_TEST_BLOCK"].split(","))
+    ATTEMPTS = []
+
+    class _Hiding:
+        def __init__(self, finders):
+            self.finders = finders
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                ATTEMPTS.append(name)
+                return None
+            for finder in self.finders:
+                spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+                if spec is not None:
+                    return spec
+            return None
+
+        def invalidate_caches(self):
+            for finder in self.finders:
+                if hasattr(finder, "invalidate_caches"):
+                    finder.invalidate_caches()
+
+    sys.meta_path[:] = [_Hiding(list(sys.meta_path))]
+""")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -39,6 +73,19 @@ def criteo_small(tmp_path_factory) -> data.CTRData:
 def avazu_small(tmp_path_factory) -> data.CTRData:
     """4,000 synthetic Avazu rows, x4_001 protocol (3,200 / 400 / 400)."""
     return data.synthetic_dataset("avazu", 4000, tmp_path_factory.mktemp("avazu_small"), seed=2021)
+
+
+@pytest.fixture
+def without_modules(tmp_path):
+    """env(blocked) -> the environment of a subprocess in which those top-level packages cannot be
+    imported (as if not installed; its `sitecustomize.ATTEMPTS` lists the tries) and ctrkit is this tree's."""
+    def env(blocked) -> dict:
+        site = tmp_path / "site"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(BLOCKER)
+        return {**os.environ, "CTRKIT_TEST_BLOCK": ",".join(blocked),
+                "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep))}
+    return env
 
 
 @pytest.fixture

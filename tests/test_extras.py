@@ -3,7 +3,6 @@ command that needs a missing extra says which one to install, in one line; and t
 points only at docs pages that exist."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -20,34 +19,16 @@ OPTIONAL = ("papermill", "ipywidgets", "jupyterlab", "datasets", "seaborn")
 LIBRARY = ("ctrkit.data", "ctrkit.models", "ctrkit.training.loop", "ctrkit.experiments.runs",
            "ctrkit.analysis.tables")
 
-# A meta-path finder that makes the named top-level packages unimportable (as if not installed) and
-# records every attempt, loaded through sitecustomize so `python -m ctrkit.cli` runs under it too.
-BLOCKER = textwrap.dedent("""
-    import os, sys
-    BLOCKED = set(os.environ["CTRKIT_TEST_BLOCK"].split(","))
-    ATTEMPTS = []
-
-    class _Blocker:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                ATTEMPTS.append(name)
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
-            return None
-
-    sys.meta_path.insert(0, _Blocker())
-""")
+@pytest.fixture
+def run_blocked(tmp_path, without_modules):
+    """run(blocked, args) -> `python *args` in tmp_path with those packages unimportable."""
+    def run(blocked, args, timeout=300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
+                              env=without_modules(blocked), cwd=tmp_path)
+    return run
 
 
-def run_blocked(tmp_path: Path, blocked, args, timeout=300) -> subprocess.CompletedProcess:
-    site = tmp_path / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(BLOCKER)
-    env = {**os.environ, "CTRKIT_TEST_BLOCK": ",".join(blocked),
-           "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)] + os.environ.get("PYTHONPATH", "").split(os.pathsep))}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
-
-
-def test_library_layers_import_without_the_optional_stack(tmp_path):
+def test_library_layers_import_without_the_optional_stack(run_blocked):
     code = textwrap.dedent(f"""
         import sys, sitecustomize
         for m in {LIBRARY!r}:
@@ -56,7 +37,7 @@ def test_library_layers_import_without_the_optional_stack(tmp_path):
         print("attempted:", sorted(set(a.split(".")[0] for a in sitecustomize.ATTEMPTS)))
         print("loaded:", loaded)
     """)
-    r = run_blocked(tmp_path, OPTIONAL, ["-c", code])
+    r = run_blocked(OPTIONAL, ["-c", code])
     assert r.returncode == 0, r.stderr[-3000:]
     # not only importable without them: the layers do not even try to import them
     assert "attempted: []" in r.stdout and "loaded: []" in r.stdout, r.stdout
@@ -70,9 +51,9 @@ def test_library_layers_do_not_load_the_optional_stack_when_it_is_installed():
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_reproduce_without_papermill_names_the_notebooks_extra(tmp_path):
-    r = run_blocked(tmp_path, ["papermill"], ["-m", "ctrkit.cli", "reproduce", "--profile", "smoke",
-                                              "--dataset", "criteo", "--out", str(tmp_path / "out")])
+def test_reproduce_without_papermill_names_the_notebooks_extra(run_blocked, tmp_path):
+    r = run_blocked(["papermill"], ["-m", "ctrkit.cli", "reproduce", "--profile", "smoke",
+                                    "--dataset", "criteo", "--out", str(tmp_path / "out")])
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -81,16 +62,16 @@ def test_reproduce_without_papermill_names_the_notebooks_extra(tmp_path):
     assert not (tmp_path / "out").exists()  # stopped before doing anything
 
 
-def test_hub_input_without_datasets_names_the_hub_extra(tmp_path):
-    r = run_blocked(tmp_path, ["datasets"], ["-m", "ctrkit.cli", "prepare", "criteo", "--raw", "hf://reczoo/Criteo_x4",
-                                             "--out", str(tmp_path / "out")])
+def test_hub_input_without_datasets_names_the_hub_extra(run_blocked, tmp_path):
+    r = run_blocked(["datasets"], ["-m", "ctrkit.cli", "prepare", "criteo", "--raw", "hf://reczoo/Criteo_x4",
+                                   "--out", str(tmp_path / "out")])
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "hf://reczoo/Criteo_x4" in lines[0] and "'hub' extra" in lines[0] and "ctrkit[hub]" in lines[0]
 
 
-def test_plots_and_widgets_without_their_modules_name_the_notebooks_extra(tmp_path):
+def test_plots_and_widgets_without_their_modules_name_the_notebooks_extra(run_blocked):
     code = textwrap.dedent("""
         from ctrkit.core.errors import CtrkitError
         for m in ("ctrkit.analysis.plots", "ctrkit.notebook.widgets"):
@@ -99,7 +80,7 @@ def test_plots_and_widgets_without_their_modules_name_the_notebooks_extra(tmp_pa
             except CtrkitError as e:
                 print(m, "->", e)
     """)
-    r = run_blocked(tmp_path, ["seaborn", "ipywidgets"], ["-c", code])
+    r = run_blocked(["seaborn", "ipywidgets"], ["-c", code])
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout.strip().splitlines()
     assert len(out) == 2 and all("'notebooks' extra" in line for line in out), r.stdout

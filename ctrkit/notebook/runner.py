@@ -148,8 +148,11 @@ def run(request: Reproduction, *, progress: bool = True, notebooks_dir: str | Pa
     executed notebook is kept as <name>.failed.ipynb and finished notebooks stay done.
     Returns {"out", "index", "tables", "figures", "notebooks", "ran", "skipped", "seconds"}.
     """
+    from ctrkit.core.extras import check
     from ctrkit.core.utils import resolve_device
 
+    # the notebooks run in papermill and draw with seaborn; 06 builds the widget: one line before anything
+    check("notebooks", "papermill", "ipywidgets", "seaborn", what="`ctrkit reproduce`")
     device = resolve_device(request.device)  # fail early on --device cuda without CUDA
     nb_dir = Path(notebooks_dir) if notebooks_dir else NOTEBOOK_DIR
     out_dir = Path(request.out).resolve()
