@@ -249,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ctrkit: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:  # a base dependency missing (the extras say so themselves): e.g. pyarrow
+        # where ctrkit runs from a tree without being installed (a bare GPU machine)
+        print(f"ctrkit: error: this command needs the Python package {e.name!r}, which is not installed "
+              f"(`pip install -e .` installs ctrkit's dependencies)", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # before OSError, its base class
         # `ctrkit info B | head`: the reader went away; point stdout at devnull so exit is quiet.
         import os

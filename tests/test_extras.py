@@ -71,6 +71,18 @@ def test_hub_input_without_datasets_names_the_hub_extra(run_blocked, tmp_path):
     assert "hf://reczoo/Criteo_x4" in lines[0] and "'hub' extra" in lines[0] and "ctrkit[hub]" in lines[0]
 
 
+def test_a_missing_base_dependency_is_one_line_naming_it(run_blocked, tmp_path, criteo_small):
+    """ctrkit run from a tree on a machine without pyarrow (a bare GPU machine): the data commands say
+    what is missing in one line; training from a prepared dataset does not need it."""
+    r = run_blocked(["pyarrow"], ["-m", "ctrkit.cli", "synth", "criteo", "--rows", "100", "--out", str(tmp_path / "raw")])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("ctrkit: error: ") and "'pyarrow'" in line and "pip install" in line
+    r = run_blocked(["pyarrow"], ["-m", "ctrkit.cli", "pretrain", "--data", str(criteo_small.path), "--model", "DeepFM",
+                                  "--preset", "smoke", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "ck")])
+    assert r.returncode == 0 and (tmp_path / "ck" / "best.pt").is_file(), r.stderr[-2000:]
+
+
 def test_plots_and_widgets_without_their_modules_name_the_notebooks_extra(run_blocked):
     code = textwrap.dedent("""
         from ctrkit.core.errors import CtrkitError
