@@ -61,3 +61,16 @@ def test_a_row_that_fails_makes_the_check_fail(tmp_path):
     assert proc.returncode == 1
     (row,) = [r for r in rep["results"] if not r["status"].startswith("n/a")]  # the others: graph, bf16
     assert row["what"] == "step NoSuchModel fp32 eager" and "NoSuchModel" in row["status"]
+
+
+def test_the_session_script_runs_the_gpu_tests_then_the_check(tmp_path):
+    """bench/gpu_session.sh, a GPU loan's one call: the `gpu` tests (here all skipped: no CUDA, but
+    collected and run as on the device) and the check, both into $OUT."""
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    env.pop("FUXICTR_SRC", None)
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_session.sh"), *SMALL, "--sections", "estimate"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    tests = (tmp_path / "gpu-tests.txt").read_text()
+    assert tests.rstrip().endswith("exit status 0") and "skipped" in tests and "error" not in tests.lower()
+    assert len(list(tmp_path.glob("*-gpu-check-cpu-dryrun.md"))) == 1

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One GPU loan in one call: the `gpu` tests, then the GPU check (bench/gpu_check.sh), both under $OUT.
+# Sized for a loan of 15 minutes with the machine's start: tests capped at 120 s, the check at 470 s.
+#
+# Before the loan, in the checkout (bench/work/ is ignored by git; name both folders in the device's carry):
+#   bench/work/pylib     pytest + pytest-timeout for a python without them:
+#                        .venv/bin/pip install -q --target bench/work/pylib pytest pytest-timeout
+#   bench/work/FuxiCTR   a reczoo/FuxiCTR snapshot (its fuxictr/ and model_zoo/), for the check's FuxiCTR rows:
+#                        git --git-dir=<mirror of reczoo/FuxiCTR> archive HEAD | tar -x -C bench/work/FuxiCTR
+# On the GPU machine:   bash bench/gpu_session.sh [gpu_check flags, e.g. --sections fuxictr for a rerun]
+# Writes $OUT/gpu-tests.txt (pytest's report, its exit status last) and $OUT/<date>-gpu-check-gpu.{json,md}.
+# Exit: the check's status (the tests' is in gpu-tests.txt).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-bench/results}"
+mkdir -p "$OUT"
+PYTHON="${PYTHON:-python3}"
+export PYTHON
+[ -d bench/work/FuxiCTR ] && export FUXICTR_SRC="${FUXICTR_SRC:-$PWD/bench/work/FuxiCTR}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/gpu-machine.txt"
+
+# the gpu-marked tests: graph == eager, compiled models, metrics on the device
+(
+  PYTHONPATH="$PWD:$PWD/bench/work/pylib${PYTHONPATH:+:$PYTHONPATH}" timeout --signal=INT --kill-after=10 120 \
+    "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/test_graph_mode.py tests/test_graph.py \
+    tests/test_compiled.py tests/test_metrics.py
+  echo "exit status $?"
+) > "$OUT/gpu-tests.txt" 2>&1
+tail -n 3 "$OUT/gpu-tests.txt"
+
+bash bench/gpu_check.sh "$@"
