@@ -34,4 +34,5 @@ if missing:
     sys.exit(f"gpu_check: {sys.executable} lacks {', '.join(missing)}; set PYTHON to an interpreter with them")
 EOF
 # the whole check under a hard wall-clock cap, so a stuck run cannot eat the device budget
-exec timeout --signal=INT --kill-after=30 470 "${PYTHON}" bench/gpu_check.py "$@"
+# (GPU_CHECK_CAP: seconds, 470 unless set; gpu_session.sh sets less, its tests come first)
+exec timeout --signal=INT --kill-after=30 "${GPU_CHECK_CAP:-470}" "${PYTHON}" bench/gpu_check.py "$@"
