@@ -8,6 +8,9 @@
 #                        .venv/bin/pip install -q --target bench/work/pylib pytest pytest-timeout
 #   bench/work/FuxiCTR   a reczoo/FuxiCTR snapshot (its fuxictr/ and model_zoo/), for the check's FuxiCTR rows:
 #                        git --git-dir=<mirror of reczoo/FuxiCTR> archive HEAD | tar -x -C bench/work/FuxiCTR
+#   bench/work/test-data the tests' small datasets, made here (making them needs pyarrow; loading them does not):
+#                        .venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); import conftest
+#                        [conftest.small_dataset(n, f'bench/work/test-data/{n}_small') for n in ('criteo', 'avazu')]"
 # On the GPU machine:   bash bench/gpu_session.sh [gpu_check flags, e.g. --sections fuxictr for a rerun]
 # Writes $OUT/gpu-tests.txt (pytest's report, its exit status last) and $OUT/<date>-gpu-check-gpu.{json,md}.
 # Exit: the check's status (the tests' is in gpu-tests.txt).
@@ -18,6 +21,7 @@ mkdir -p "$OUT"
 PYTHON="${PYTHON:-python3}"
 export PYTHON
 [ -d bench/work/FuxiCTR ] && export FUXICTR_SRC="${FUXICTR_SRC:-$PWD/bench/work/FuxiCTR}"
+[ -d bench/work/test-data ] && export CTRKIT_TEST_DATA="${CTRKIT_TEST_DATA:-$PWD/bench/work/test-data}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/gpu-machine.txt"
 
 # the gpu-marked tests: graph == eager, metrics on the device, then the compiled models (inductor's

@@ -74,3 +74,20 @@ def test_the_session_script_runs_the_gpu_tests_then_the_check(tmp_path):
     tests = (tmp_path / "gpu-tests.txt").read_text()
     assert tests.rstrip().endswith("exit status 0") and "skipped" in tests and "error" not in tests.lower()
     assert len(list(tmp_path.glob("*-gpu-check-cpu-dryrun.md"))) == 1
+
+
+def test_the_test_datasets_load_from_a_carried_copy_where_pyarrow_is_missing(tmp_path, without_modules, criteo_small):
+    """The GPU machine cannot make the tests' datasets (no pyarrow): `small_dataset` loads the same
+    call's output made here and carried (CTRKIT_TEST_DATA), and without one the test skips."""
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "criteo_small").symlink_to(criteo_small.path.parent)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import conftest\n"
+            "print(conftest.small_dataset('criteo', sys.argv[2]).fingerprint)")
+    env = without_modules(["pyarrow"])
+    args = [sys.executable, "-c", code, str(ROOT / "tests"), str(tmp_path / "unused")]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300, env={**env, "CTRKIT_TEST_DATA": str(tmp_path / "copy")})
+    assert r.returncode == 0 and r.stdout.split()[-1] == criteo_small.fingerprint, r.stderr[-2000:]
+    env.pop("CTRKIT_TEST_DATA", None)
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode != 0 and "Skipped" in r.stderr and "CTRKIT_TEST_DATA" in r.stderr
+    assert not (tmp_path / "unused").exists()  # nothing made without pyarrow
