@@ -1,4 +1,5 @@
-"""The GPU check (`bench/gpu_check.sh`) stays runnable: its CPU dry run covers every section's code path.
+"""A GPU loan's one call stays runnable: the check's CPU dry run (every section's code path) on a python
+without what the GPU machine lacks, the session script, and the tests' datasets without pyarrow.
 
 A GPU is lent rarely and briefly, and the check is run once there; a script that broke since its last
 dry run would waste that time. So its dry run runs with the tests."""
