@@ -1,8 +1,8 @@
 """GPU check (see gpu_check.sh): the GPU measurements of issues 23 and 21 as one call of at most 8 minutes.
 
-Sections (`--sections`; the default runs all in this order), each a row (or
-rows) of the table and the JSON, each skipped once `--budget-s` is spent (a half-measured table
-beats a killed run):
+Sections (`--sections`; the default runs all in this order, the costly full-size epochs and the
+compiles last), each a row (or rows) of the table and the JSON, each skipped once `--budget-s` is
+spent (a half-measured table beats a killed run):
 
 - equal:     graph == eager: DeepFM alone and a DeepFM + DCN mutual run, 2 epochs on `--check-rows`,
              fp32 and bf16, dropout 0 (a graph draws its masks from one stream, eager per peer),
@@ -17,15 +17,17 @@ beats a killed run):
              (`fit_replicas`, what `run_many` does on a GPU; graph mode does not capture replicas)
              against one run alone, eager and graph; 4 seeds at the preset's sizes, against 4 x the
              matrix's DeepFM graph row.
-- epochs:    one epoch of each model (`--models`) on all `--rows` and one 4-peer mutual epoch
-             (`--mutual-peers`), as ctrkit runs them by default (amp auto = bf16, graph auto): the
-             issue 23's target numbers.
+- fuxictr:   FuxiCTR's own `train_step` on the same tensors, when FUXICTR_SRC points to a FuxiCTR
+             snapshot (its `fuxictr/` and `model_zoo/`); "n/a" otherwise.
 - estimate:  `ctrkit reproduce --profile paper` (both datasets) and the study profile at `--study-rows`
              (Criteo x4) on this device, from epoch times measured here at each profile's preset,
              batch and precision, priced with `ctrkit.notebook.runner.estimate` (every run at its
              epoch cap: an upper bound).
-- fuxictr:   FuxiCTR's own `train_step` on the same tensors, when FUXICTR_SRC points to a FuxiCTR
-             snapshot (its `fuxictr/` and `model_zoo/`); "n/a" otherwise.
+- epochs:    one epoch of each model (`--models`) on all `--rows` and one 4-peer mutual epoch
+             (`--mutual-peers`), as ctrkit runs them by default (amp auto = bf16, graph auto): the
+             issue 23's target numbers.
+- compile:   every model in bf16 graph mode with its forward through torch.compile, against the
+             matrix's graph rows.
 
 The data never leaves the device: X int32 [rows, 39] with uniform random per-field indices below
 x4_001-like vocabulary sizes, labels from a hidden logistic model of a few fields (so the loss
@@ -532,7 +534,7 @@ def parse(argv):
     ap.add_argument("--check-rows", type=int, default=500_000, help="rows of the graph == eager check")
     ap.add_argument("--study-rows", type=int, default=CRITEO_X4_TRAIN_ROWS, help="the study estimate's train rows")
     ap.add_argument("--fuxictr-steps", type=int, default=30)
-    ap.add_argument("--sections", default="equal,matrix,mutual,replicas,epochs,estimate,fuxictr,compile",
+    ap.add_argument("--sections", default="equal,matrix,mutual,replicas,fuxictr,estimate,epochs,compile",
                     help="which sections, in this order (the default: all)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="start nothing new after this many seconds")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"))

@@ -6,11 +6,12 @@
 #   mutual   4 x DeepFM and the 4 paper models in one step: eager, graph (peers on streams), graph one stream
 #   replicas issue 21: K = 1..16 DeepFM replicas per step (smoke, quick, BARS sizes) vs one run; 8 smoke-preset
 #            seeds as replicas (fit_replicas, what run_many does on a GPU) vs one run alone, eager and graph
-#   epochs   one epoch of DeepFM, DCN, PNN, FiBiNET (BARS x4_001 sizes) and a 4 x DeepFM mutual epoch on
-#            all rows, at ctrkit's defaults (amp auto = bf16, graph auto): the issue's targets
-#   estimate `ctrkit reproduce --profile paper` and the study profile (Criteo x4 rows) from epochs timed here
 #   fuxictr  FuxiCTR's own train_step on the same tensors when FUXICTR_SRC points to a FuxiCTR snapshot
 #            (a reczoo/FuxiCTR checkout: its fuxictr/ and model_zoo/); "n/a" otherwise
+#   estimate `ctrkit reproduce --profile paper` and the study profile (Criteo x4 rows) from epochs timed here
+#   epochs   one epoch of DeepFM, DCN, PNN, FiBiNET (BARS x4_001 sizes) and a 4 x DeepFM mutual epoch on
+#            all rows, at ctrkit's defaults (amp auto = bf16, graph auto): the issue's targets
+#   compile  every model in bf16 graph mode through torch.compile, against the matrix's graph rows
 #   prints a table (samples/s, epoch seconds, mfu, peak memory) and writes it as Markdown beside the JSON of
 #   everything under $OUT (else bench/results).
 #
