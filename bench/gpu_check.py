@@ -489,6 +489,16 @@ def _table(ck: Check) -> list[str]:
     return lines
 
 
+def _free(path: Path) -> Path:
+    """`path`, or `<stem>-2`, `-3`, ... when a result of the day is there already: a rerun of some
+    sections must not replace the first run's table."""
+    n = 1
+    while path.with_name(f"{path.stem}{'' if n == 1 else f'-{n}'}.json").exists() or \
+            path.with_name(f"{path.stem}{'' if n == 1 else f'-{n}'}.md").exists():
+        n += 1
+    return path.with_name(f"{path.stem}{'' if n == 1 else f'-{n}'}.json")
+
+
 def report(ck: Check, data_s: float, argv) -> Path:
     """Print the table; write the JSON (everything) and the Markdown (the machine, the command, the
     table: ready to commit under bench/results/); returns the JSON's path."""
@@ -499,7 +509,7 @@ def report(ck: Check, data_s: float, argv) -> Path:
     from ctrkit.kernels import env_info
     out = Path(ck.args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{time.strftime('%Y-%m-%d')}-gpu-check-{'gpu' if ck.cuda else 'cpu-dryrun'}.json"
+    path = _free(out / f"{time.strftime('%Y-%m-%d')}-gpu-check-{'gpu' if ck.cuda else 'cpu-dryrun'}.json")
     env = env_info(ck.device, ck.args.seed)
     command = "bash bench/gpu_check.sh " + " ".join(argv if argv is not None else sys.argv[1:])
     rep = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": ck.args.rows,

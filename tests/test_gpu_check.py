@@ -57,11 +57,18 @@ def test_the_dry_run_passes_every_section_and_measures_the_replica_sweep(tmp_pat
     assert sum(line.startswith("| ") for line in md.splitlines()) == len(rep["results"]) + 1  # + the header
 
 
-def test_a_row_that_fails_makes_the_check_fail(tmp_path):
+def test_a_row_that_fails_makes_the_check_fail_and_a_rerun_keeps_the_first_result(tmp_path):
     proc, rep = _check(tmp_path, dict(os.environ), "--sections", "matrix", "--models", "NoSuchModel")
     assert proc.returncode == 1
     (row,) = [r for r in rep["results"] if not r["status"].startswith("n/a")]  # the others: graph, bf16
     assert row["what"] == "step NoSuchModel fp32 eager" and "NoSuchModel" in row["status"]
+    first = {p.name: p.read_bytes() for p in tmp_path.glob("*-gpu-check-*")}
+    proc, _ = _check(tmp_path, dict(os.environ), "--sections", "fuxictr")  # the rerun of one section
+    assert proc.returncode == 0
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*-gpu-check-*") if p.name in first} == first
+    assert sorted(p.name[11:] for p in tmp_path.glob("*-gpu-check-*")) == [
+        "gpu-check-cpu-dryrun-2.json", "gpu-check-cpu-dryrun-2.md", "gpu-check-cpu-dryrun.json",
+        "gpu-check-cpu-dryrun.md"]
 
 
 def test_the_session_script_runs_the_gpu_tests_then_the_check(tmp_path):
