@@ -12,8 +12,8 @@
 #                        .venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); import conftest
 #                        [conftest.small_dataset(n, f'bench/work/test-data/{n}_small') for n in ('criteo', 'avazu')]"
 # On the GPU machine:   bash bench/gpu_session.sh [gpu_check flags, e.g. --sections fuxictr for a rerun]
-# Writes $OUT/gpu-tests.txt (pytest's report, its exit status last) and $OUT/<date>-gpu-check-gpu.{json,md}.
-# Exit: the check's status (the tests' is in gpu-tests.txt).
+# Writes $OUT/<date>-gpu-tests.txt (the machine, then pytest's report, its exit status last) and
+# $OUT/<date>-gpu-check-gpu.{json,md}. Exit: the check's status (the tests' is in the .txt).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-bench/results}"
@@ -22,17 +22,18 @@ PYTHON="${PYTHON:-python3}"
 export PYTHON
 [ -d bench/work/FuxiCTR ] && export FUXICTR_SRC="${FUXICTR_SRC:-$PWD/bench/work/FuxiCTR}"
 [ -d bench/work/test-data ] && export CTRKIT_TEST_DATA="${CTRKIT_TEST_DATA:-$PWD/bench/work/test-data}"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/gpu-machine.txt"
+TESTS="$OUT/$(date -u +%Y-%m-%d)-gpu-tests.txt"
 
 # the gpu-marked tests: graph == eager, metrics on the device, then the compiled models (inductor's
 # compiles are the slow part, so they come last under the cap)
 (
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
   PYTHONPATH="$PWD:$PWD/bench/work/pylib${PYTHONPATH:+:$PYTHONPATH}" timeout --signal=INT --kill-after=10 90 \
     "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/test_graph_mode.py tests/test_graph.py \
     tests/test_metrics.py tests/test_compiled.py
   echo "exit status $?"
-) > "$OUT/gpu-tests.txt" 2>&1
-tail -n 3 "$OUT/gpu-tests.txt"
+) > "$TESTS" 2>&1
+tail -n 3 "$TESTS"
 
 case " $* " in *" --budget-s "*) ;; *) set -- --budget-s 390 "$@" ;; esac
 GPU_CHECK_CAP="${GPU_CHECK_CAP:-440}" bash bench/gpu_check.sh "$@"
