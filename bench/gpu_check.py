@@ -492,11 +492,11 @@ def _table(ck: Check) -> list[str]:
 def _free(path: Path) -> Path:
     """`path`, or `<stem>-2`, `-3`, ... when a result of the day is there already: a rerun of some
     sections must not replace the first run's table."""
-    n = 1
-    while path.with_name(f"{path.stem}{'' if n == 1 else f'-{n}'}.json").exists() or \
-            path.with_name(f"{path.stem}{'' if n == 1 else f'-{n}'}.md").exists():
+    n, stem = 1, path.stem
+    while path.with_name(f"{stem}.json").exists() or path.with_name(f"{stem}.md").exists():
         n += 1
-    return path.with_name(f"{path.stem}{'' if n == 1 else f'-{n}'}.json")
+        stem = f"{path.stem}-{n}"
+    return path.with_name(f"{stem}.json")
 
 
 def report(ck: Check, data_s: float, argv) -> Path:

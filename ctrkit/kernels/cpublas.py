@@ -101,11 +101,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 2
             or torch.is_autocast_enabled("cpu")):
         return F_.linear(x, weight, bias)
-    if backend() == "openblas" and max(weight.shape) >= _WIDE and _in_openblas(x.shape[0], *weight.shape):
+    wide = backend() == "openblas" and max(weight.shape) >= _WIDE
+    if wide and _in_openblas(x.shape[0], *weight.shape):
         return _OpenBlasLinear.apply(x, weight, bias)
     if _column_major(x) and x.shape[1] >= _COLUMNS:
         return _ColumnMajorLinear.apply(x, weight, bias)
-    if backend() == "openblas" and max(weight.shape) >= _WIDE:
+    if wide:
         return _OpenBlasLinear.apply(x, weight, bias)  # row-major: as before, whichever BLAS runs its products
     return F_.linear(x, weight, bias)
 
