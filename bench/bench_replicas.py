@@ -10,16 +10,21 @@ synchronizations. Sizes: "smoke" (the smoke preset, batch 512: what the quick/pa
 profiles train), "quick" (the quick preset's models, batch 2,048, dropout 0.1) and "bars" (embedding
 16, MLP [400, 400, 400], batch 10,000). Speed-up = aggregate samples/s at K / samples/s of one run
 alone (the sequential path K times). `bench/gpu_check.py`'s `replicas` section runs the same sweep
-on a GPU (issue 21's GPU target: K = 8 at least 4x one run at the quick sizes).
+on a GPU (issue 21's GPU target: K = 8 at least 4x one run at the quick sizes). With ``--old REV``
+(CPU) every row runs with ctrkit as of REV ("old") and as in the working tree ("new"), alternating,
+the order flipped every repeat; the table gives each side's median and new / old.
 
     .venv/bin/python bench/bench_replicas.py --threads 1 --tag NAME
+    .venv/bin/python bench/bench_replicas.py --old REV --repeats 3 --tag NAME   # A/B: ctrkit at REV vs now
     python3 bench/bench_replicas.py --device cuda --amp bf16 --tag NAME      # on a GPU
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -39,7 +44,7 @@ def worker(job: dict) -> dict:
     """One (size, model, K, device, amp) measurement: the step's aggregate samples/s and peak memory."""
     import torch
 
-    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, job.get("tree") or str(HERE.parent))  # --old: the old side's copy of ctrkit
     from ctrkit import models
     from ctrkit.core.utils import seed_everything
     from ctrkit.training import presets, replicas
@@ -120,6 +125,31 @@ def sweep(sizes, models_, ks, *, device: str = "cpu", amp: str = "off", threads:
     return rows
 
 
+def ab_sweep(sizes, models_, ks, old_tree: str, *, repeats: int = 3, threads: int = 1, report=None) -> list:
+    """Every (size, model, K) row on both sides, interleaved: `repeats` pairs of old and new jobs
+    (fresh subprocesses), the order flipped every repeat; each side's median samples/s, new / old,
+    and each side's speed-up over its own K = 1."""
+    rows = []
+    for size in sizes:
+        for model in models_:
+            for k in sorted({1, *ks}):
+                job = {"size": size, "model": model, "k": k, "threads": threads, "device": "cpu", "amp": "off"}
+                runs = {"old": [], "new": []}
+                for rep in range(repeats):
+                    for side in ("old", "new") if rep % 2 == 0 else ("new", "old"):
+                        tree = old_tree if side == "old" else None
+                        runs[side].append(_run_job({**job, "tree": tree})["samples_per_s"])
+                med = {side: statistics.median(v) for side, v in runs.items()}
+                rows.append({**job, "batch": SIZES[size]["batch"], "old": med["old"], "new": med["new"],
+                             "old_runs": runs["old"], "new_runs": runs["new"], "new_vs_old": med["new"] / med["old"]})
+                if report:
+                    report(rows[-1])
+    for r in rows:
+        one = next(o for o in rows if (o["size"], o["model"], o["k"]) == (r["size"], r["model"], 1))
+        r["old_vs_sequential"], r["new_vs_sequential"] = r["old"] / one["old"], r["new"] / one["new"]
+    return rows
+
+
 def _run_job(job: dict) -> dict:
     if job["device"] != "cpu":
         import gc
@@ -141,6 +171,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--amp", default="off", choices=["off", "bf16"], help="autocast of the forward (bf16: the GPU default)")
+    ap.add_argument("--old", default=None, metavar="REV", help="A/B (CPU): ctrkit as of this git revision vs the working tree")
+    ap.add_argument("--repeats", type=int, default=3, help="with --old: old/new pairs per row")
     ap.add_argument("--tag", default="replicas")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -150,9 +182,20 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     import _results
 
-    rows = sweep(args.sizes, args.models, args.ks, device=args.device, amp=args.amp, threads=args.threads,
-                 report=lambda r: print(r, file=sys.stderr, flush=True))
+    report = lambda r: print(r, file=sys.stderr, flush=True)  # noqa: E731
     extra = f", {args.threads} torch thread(s)" if args.device == "cpu" else f", {_gpu_name(args.device)}, amp {args.amp}"
+    if args.old:
+        import ab_code
+
+        with tempfile.TemporaryDirectory() as tmp:
+            old_tree = str(ab_code.make_trees(args.old, ["ctrkit"], Path(tmp))["old"])
+            rows = ab_sweep(args.sizes, args.models, args.ks, old_tree, repeats=args.repeats, threads=args.threads,
+                            report=report)
+        res = {**_results.stamp("bench_replicas.py", extra), "old": args.old, "rows": rows}
+        _results.write(HERE / "results", args.tag, res, ab_markdown)
+        return
+    rows = sweep(args.sizes, args.models, args.ks, device=args.device, amp=args.amp, threads=args.threads,
+                 report=report)
     res = {**_results.stamp("bench_replicas.py", extra), "rows": rows}
     _results.write(HERE / "results", args.tag, res, to_markdown)
 
@@ -174,6 +217,21 @@ def to_markdown(res: dict) -> str:
              "|---|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['size']} | {r['model']} | {r['k']} | {r['batch']:,} | {r['samples_per_s']:,.0f} | "
               f"{r['speedup_vs_sequential']:.2f}x | {r.get('peak_mb', r.get('peak_rss_mb', 0)):,.0f} |"
+              for r in res["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+
+def ab_markdown(res: dict) -> str:
+    lines = [f"# Replicas A/B: ctrkit as of {res['old']} (old) vs the working tree (new)\n\n{res['date']} | "
+             f"{res['machine']} | `{res['command']}`\n",
+             "Training step only, as in `bench_replicas.py`; each row's old and new jobs alternate (fresh "
+             f"processes, the order flipped every repeat, {len(res['rows'][0]['old_runs'])} repeats); medians. "
+             "vs sequential: a side's aggregate samples/s over its own K = 1 (one run alone).\n",
+             "| size | model | K | batch | old samples/s | new samples/s | new / old | old vs sequential | "
+             "new vs sequential |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['size']} | {r['model']} | {r['k']} | {r['batch']:,} | {r['old']:,.0f} | {r['new']:,.0f} | "
+              f"{r['new_vs_old']:.2f}x | {r['old_vs_sequential']:.2f}x | {r['new_vs_sequential']:.2f}x |"
               for r in res["rows"]]
     return "\n".join(lines) + "\n"
 

@@ -79,6 +79,54 @@ def test_feature_embedding_cpu_backward_equals_aten_embedding_and_is_determinist
         assert torch.equal(layer(X), w[idx])
 
 
+@pytest.mark.parametrize("kernel,make", [
+    (cpu.CpuFeatureEmbedding, lambda: (layers.FeatureEmbedding([4, 50, 3], 6),
+                                       torch.stack([torch.randint(0, s, (3, 200)) for s in (4, 50, 3)], -1))),
+    (cpu.CpuFMInteraction, lambda: (layers.FMInteraction(), torch.randn(3, 200, 5, 6, requires_grad=True)))])
+def test_cpu_kernels_under_vmap_are_each_replicas_own_kernel_bit_for_bit(kernel, make):
+    """Replicas (ctrkit.training.replicas) vmap the model over K stacked parameter sets: the embedding
+    gather and FM, switched in by ``for_vmap``, run their vmap rule (K tables as one, K batches as one),
+    whose values and gradients are each replica's own sequential kernel's, bit for bit."""
+    torch.manual_seed(4)
+    layer, x = make()
+    assert type(cpu.for_vmap(layer, "cpu")) is kernel
+    assert type(cpu.for_vmap(layers.MLP(6, [4]), "cpu")) is layers.MLP  # no vmap rule: the reference
+    assert type(cpu.for_vmap(layer, "cuda")) is not kernel  # off the CPU: the reference maths
+    cpu.for_vmap(layer, "cpu")
+    params = {n: torch.stack([p.detach() * (k + 1) for k in range(3)]).requires_grad_()
+              for n, p in layer.named_parameters()}
+    batched = torch.func.vmap(lambda th, xk: torch.func.functional_call(layer, (th, dict(layer.named_buffers())), (xk,)))
+    out = batched(params, x)
+    g = torch.randn_like(out)
+    leaves = [*params.values(), *([x] if x.requires_grad else [])]
+    grads = torch.autograd.grad(out, leaves, g)
+    for k in range(3):
+        theta = {n: v[k].detach().clone().requires_grad_() for n, v in params.items()}
+        xk = x[k].detach().clone().requires_grad_(x.requires_grad)
+        one = torch.func.functional_call(layer, (theta, dict(layer.named_buffers())), (xk,))
+        assert torch.equal(out[k], one)
+        mine = torch.autograd.grad(one, [*theta.values(), *([xk] if x.requires_grad else [])], g[k])
+        for a, b in zip(grads, mine):
+            assert torch.equal(a[k], b)
+
+
+def test_cpu_gather_vmapped_over_batches_alone_shares_one_table():
+    layer = for_device(layers.FeatureEmbedding([4, 50, 3], 6), "cpu")
+    X = torch.stack([torch.randint(0, s, (3, 40)) for s in (4, 50, 3)], -1)
+    out = torch.func.vmap(layer)(X)  # the weight is not batched: one table for every batch
+    out.sum().backward()
+    assert torch.equal(out, torch.stack([layer.weight[x + layer.offsets] for x in X]))
+    assert torch.equal(layer.weight.grad, torch.zeros_like(layer.weight).index_add_(
+        0, (X + layer.offsets).reshape(-1), torch.ones(3 * 40 * 3, 6)))
+
+
+def test_a_frozen_tables_cpu_gather_records_no_gradient():
+    layer = for_device(layers.FeatureEmbedding([4, 50, 3], 6), "cpu").requires_grad_(False)
+    X = torch.stack([torch.randint(0, s, (30,)) for s in (4, 50, 3)], 1)
+    out = layer(X)
+    assert not out.requires_grad and torch.equal(out, layer.weight[X + layer.offsets])
+
+
 def test_feature_embedding_init_is_fuxictr_small_normal():
     torch.manual_seed(0)
     w = layers.FeatureEmbedding([100_000], 8).weight

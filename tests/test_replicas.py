@@ -2,7 +2,8 @@
 run gives alone: a step's gradients to float rounding (the batched reference maths rounds differently
 from the sequential CPU kernels), whole runs' history, best epoch and AUCs within the tolerance the
 module states (Adam turns that rounding into small weight differences), the same batch order and
-dropout masks, per-replica early stopping and LR decay, resume; K = 1 is bit for bit."""
+dropout masks, per-replica early stopping and LR decay, resume; K = 1, and replicas of a model whose
+every CPU kernel has a vmap rule (FM), are bit for bit."""
 import copy
 import json
 import statistics
@@ -64,6 +65,19 @@ def test_replicas_equal_sequential_runs(criteo_small, name, hp):
     for a, b in zip(together, alone):
         _same(a, b)
     assert len({r["test_auc"] for r in together}) == len(seeds)  # different seeds, different runs
+
+
+def test_replicas_of_a_model_whose_every_kernel_vmaps_are_its_runs_bit_for_bit(criteo_small):
+    """FM's layers (embedding gather, first-order term, FM) all run their CPU kernel under vmap
+    (``ctrkit.kernels.cpu.for_vmap``): no batched matmul rounds differently, so replicas are the
+    sequential runs exactly."""
+    seeds, changes = [2021, 2022], dict(epochs=3, patience=2, lr_decay=0.5)
+    alone = [loop.fit(_model("FM", criteo_small, s), criteo_small, _cfg("FM", s, **changes)) for s in seeds]
+    together = loop.fit_replicas([_model("FM", criteo_small, s) for s in seeds], criteo_small,
+                                 [_cfg("FM", s, **changes) for s in seeds])
+    for a, b in zip(together, alone):
+        assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+        assert (a["best_epoch"], a["test_auc"], a["test_logloss"]) == (b["best_epoch"], b["test_auc"], b["test_logloss"])
 
 
 @pytest.mark.parametrize("name", ["DeepFM", "DCN", "PNN", "FiBiNET", "FM"])
@@ -214,3 +228,30 @@ def test_cli_bad_seeds_or_replicas_are_one_line_and_exit_2(criteo_small, capsys,
     assert cli.main(argv + [flag, value]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"ctrkit: error: {flag}") and err.count("\n") == 1 and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- bench/bench_replicas.py --old
+
+
+def test_the_replica_ab_interleaves_old_and_new_and_rates_each_side_against_its_own_one_run(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "bench_replicas", Path(__file__).resolve().parent.parent / "bench" / "bench_replicas.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    calls = []
+
+    def fake(job):  # old runs K x 100 samples/s, new K x 150; a repeat's second job of each pair is 10% off
+        calls.append((job["k"], "old" if job["tree"] else "new"))
+        return {"samples_per_s": job["k"] * (100 if job["tree"] else 150) * (0.9 if len(calls) % 2 == 0 else 1.0)}
+
+    monkeypatch.setattr(bench, "_run_job", fake)
+    rows = bench.ab_sweep(["smoke"], ["DeepFM"], [4], "/old/tree", repeats=3)
+    assert calls[:6] == [(1, "old"), (1, "new"), (1, "new"), (1, "old"), (1, "old"), (1, "new")]
+    assert [r["k"] for r in rows] == [1, 4] and len(calls) == 12
+    one, four = rows
+    assert one["old_runs"] == [100, 90, 100] and one["old"] == 100 and one["new"] == 135
+    assert four["new_vs_old"] == pytest.approx(1.35) and four["new_vs_sequential"] == pytest.approx(4.0)
+    assert "| smoke | DeepFM | 4 | 512 | 400 | 540 | 1.35x | 4.00x | 4.00x |" in bench.ab_markdown(
+        {"old": "REV", "date": "d", "machine": "m", "command": "c", "rows": rows})

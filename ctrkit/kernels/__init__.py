@@ -2,7 +2,8 @@
 
 `cpu` holds the layers' CPU fast paths (hand-written backward passes; `cpublas`: wide fp32 layers'
 products in numpy's OpenBLAS on non-Intel x86 CPUs). The trainer switches them in for CPU runs with
-`for_device(model, device)`; the models never import this package. Also here: setting a
+`for_device(model, device)` (`for_vmap`: the kernels that have a vmap rule, for replicas); the models
+never import this package. Also here: setting a
 run's thread count (torch's and the kernels' worker pools together) and the provenance that names the
 BLAS in use.
 """
@@ -15,9 +16,9 @@ import torch
 
 from ctrkit.core import utils
 from ctrkit.kernels import cpublas
-from ctrkit.kernels.cpu import for_device
+from ctrkit.kernels.cpu import for_device, for_vmap
 
-__all__ = ["REFERENCE_DEVICE", "apply_threads", "env_info", "for_device"]
+__all__ = ["REFERENCE_DEVICE", "apply_threads", "env_info", "for_device", "for_vmap"]
 
 # `for_device(model, REFERENCE_DEVICE)` puts the reference maths back on any machine (the kernels
 # are switched in only for "cpu"): what vmapped replicas and torch.compile trace

@@ -3,7 +3,8 @@
 Each replica is an ordinary `ctrkit.training.loop.Peer` (its own model, Adam, plateau schedule,
 early stopping, best weights, checkpoint state), so everything but the step is the sequential code.
 The step stacks the K models' parameters (`torch.stack`, differentiable: the gradients land on each
-replica's own leaves) and runs the model's reference maths once under `torch.func.vmap`:
+replica's own leaves) and runs the model once under `torch.func.vmap` (`ctrkit.kernels.for_vmap`: on
+the CPU the kernels that have a vmap rule, the embedding gather and FM, else the reference maths):
 
     logits[k] = f(theta_k, x_k)        k = 1..K, one batched matmul / gather per layer
     L = sum_k L_k                      L_k depends on theta_k only, so dL/dtheta_k = dL_k/dtheta_k
@@ -17,8 +18,9 @@ them from (`rng.dropout_seed`), in the order and shapes of the model's Dropout l
 the vmapped forward (`_FedDropout`): `x * mask` is what `nn.Dropout` computes on the CPU.
 
 Numerics: the reference maths under vmap (batched matmuls) rounds differently from the CPU kernels
-of a sequential run (`ctrkit.kernels`, autograd Functions that do not vmap): a step's gradients agree
-to ~1e-6 of each tensor's largest entry. Adam divides every entry by its own running size, so the
+of a sequential run (`ctrkit.kernels`; the vmapped gather and FM are each replica's own kernel, bit for
+bit, so FM's replicas are its runs exactly): a step's gradients agree to ~1e-6 of each tensor's
+largest entry. Adam divides every entry by its own running size, so the
 rounding of entries near zero becomes updates of up to the lr, and over a run replicas differ from
 the sequential runs as runs on two CPUs do: measured on an AVX-512 Xeon (3 epochs, smoke preset),
 train losses up to 2e-4 apart and test AUCs up to 7e-4 (a few swapped pairs of near-equal scores),
@@ -37,7 +39,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ctrkit.core.errors import CtrkitError
-from ctrkit.kernels import REFERENCE_DEVICE, for_device
+from ctrkit.kernels import for_vmap
 from ctrkit.training.rng import dropout_seed
 
 __all__ = ["Stack", "check_replicas", "step", "replica_bytes"]
@@ -69,10 +71,10 @@ def check_replicas(groups: Sequence[Sequence], exchange) -> None:
 
 
 class Stack:
-    """One peer position of K replica runs: the reference-maths template and its vmapped forward."""
+    """One peer position of K replica runs: the template model (`for_vmap`) and its vmapped forward."""
 
     def __init__(self, model: nn.Module):
-        self.template = for_device(copy.deepcopy(model), REFERENCE_DEVICE)
+        self.template = for_vmap(copy.deepcopy(model), next(model.parameters()).device)
         self.dropouts = [m for m in self.template.modules() if isinstance(m, nn.Dropout)]
         for m in self.dropouts:
             m.__class__ = _FedDropout
