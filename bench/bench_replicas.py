@@ -125,10 +125,11 @@ def sweep(sizes, models_, ks, *, device: str = "cpu", amp: str = "off", threads:
     return rows
 
 
-def ab_sweep(sizes, models_, ks, old_tree: str, *, repeats: int = 3, threads: int = 1, report=None) -> list:
-    """Every (size, model, K) row on both sides, interleaved: `repeats` pairs of old and new jobs
-    (fresh subprocesses), the order flipped every repeat; each side's median samples/s, new / old,
-    and each side's speed-up over its own K = 1."""
+def ab_sweep(sizes, models_, ks, trees: dict, *, repeats: int = 3, threads: int = 1, report=None) -> list:
+    """Every (size, model, K) row on both sides (`trees`: {"old": dir, "new": dir}, each holding a
+    ctrkit package), interleaved: `repeats` pairs of old and new jobs (fresh subprocesses), the order
+    flipped every repeat; each side's median samples/s, new / old, and each side's speed-up over its
+    own K = 1."""
     rows = []
     for size in sizes:
         for model in models_:
@@ -137,8 +138,7 @@ def ab_sweep(sizes, models_, ks, old_tree: str, *, repeats: int = 3, threads: in
                 runs = {"old": [], "new": []}
                 for rep in range(repeats):
                     for side in ("old", "new") if rep % 2 == 0 else ("new", "old"):
-                        tree = old_tree if side == "old" else None
-                        runs[side].append(_run_job({**job, "tree": tree})["samples_per_s"])
+                        runs[side].append(_run_job({**job, "tree": trees[side]})["samples_per_s"])
                 med = {side: statistics.median(v) for side, v in runs.items()}
                 rows.append({**job, "batch": SIZES[size]["batch"], "old": med["old"], "new": med["new"],
                              "old_runs": runs["old"], "new_runs": runs["new"], "new_vs_old": med["new"] / med["old"]})
@@ -188,8 +188,9 @@ def main() -> None:
         import ab_code
 
         with tempfile.TemporaryDirectory() as tmp:
-            old_tree = str(ab_code.make_trees(args.old, ["ctrkit"], Path(tmp))["old"])
-            rows = ab_sweep(args.sizes, args.models, args.ks, old_tree, repeats=args.repeats, threads=args.threads,
+            # both sides copied: edits to the working tree during the run change neither
+            trees = {side: str(d) for side, d in ab_code.make_trees(args.old, ["ctrkit"], Path(tmp)).items()}
+            rows = ab_sweep(args.sizes, args.models, args.ks, trees, repeats=args.repeats, threads=args.threads,
                             report=report)
         res = {**_results.stamp("bench_replicas.py", extra), "old": args.old, "rows": rows}
         _results.write(HERE / "results", args.tag, res, ab_markdown)

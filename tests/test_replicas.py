@@ -243,11 +243,11 @@ def test_the_replica_ab_interleaves_old_and_new_and_rates_each_side_against_its_
     calls = []
 
     def fake(job):  # old runs K x 100 samples/s, new K x 150; a repeat's second job of each pair is 10% off
-        calls.append((job["k"], "old" if job["tree"] else "new"))
-        return {"samples_per_s": job["k"] * (100 if job["tree"] else 150) * (0.9 if len(calls) % 2 == 0 else 1.0)}
+        calls.append((job["k"], job["tree"]))
+        return {"samples_per_s": job["k"] * (100 if job["tree"] == "old" else 150) * (0.9 if len(calls) % 2 == 0 else 1.0)}
 
     monkeypatch.setattr(bench, "_run_job", fake)
-    rows = bench.ab_sweep(["smoke"], ["DeepFM"], [4], "/old/tree", repeats=3)
+    rows = bench.ab_sweep(["smoke"], ["DeepFM"], [4], {"old": "old", "new": "new"}, repeats=3)
     assert calls[:6] == [(1, "old"), (1, "new"), (1, "new"), (1, "old"), (1, "old"), (1, "new")]
     assert [r["k"] for r in rows] == [1, 4] and len(calls) == 12
     one, four = rows

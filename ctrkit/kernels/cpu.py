@@ -14,10 +14,9 @@ Measured (2 threads, B=10,000, F=39, d=16 unless said):
   ``embedding_dense_backward``, which cost ~22 ms per table per step (d=16 and d=1 alike) against
   6 ms; with the gather batch-major (no transpose copy: 1.6 ms vs 21 ms for a field-major gather +
   transpose) DeepFM's fp32 step went from 44k to ~55k samples/s.
-* Under ``torch.func.vmap`` (replicas: ``for_vmap``) the gather and FM run their vmap rule, the same
-  kernel on K stacked tables / K x the rows; vmapped ``F.embedding`` would run ATen's backward over
-  the K tables (smoke DeepFM, K = 4, one thread: a replica step went from 0.45x to ~0.9x of K
-  sequential steps).
+* Replicas (``for_vmap``, under ``torch.func.vmap``): the gather and FM as ``VmapFeatureEmbedding`` /
+  ``VmapFMInteraction``, the same kernels with a vmap rule (K stacked tables as one table, K batches
+  as K times the rows); vmapped ``F.embedding`` would run ATen's backward over the K tables.
 * ``CpuFMInteraction``: the gradient in one piece (``_FMFunction``) instead of ~5 full ``[B, F, d]``
   temporaries of autograd through ``pow``/``sum``.
 * ``CpuMLP``: every Linear through ``ctrkit.kernels.cpublas.linear`` (wide fp32 layers in numpy's
@@ -52,40 +51,29 @@ class CpuFeatureEmbedding(layers.FeatureEmbedding):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         idx = self.rows(X)  # [B, F] rows of the fused table
-        # not `self.weight.requires_grad`: under vmap (replicas) the batched weight reads False; a frozen
-        # table's gather is the same gather, and autograd then records nothing
-        if self.weight.device.type == "cpu" and torch.is_grad_enabled():
+        if self.weight.device.type == "cpu" and torch.is_grad_enabled() and self.weight.requires_grad:
             return _GatherRows.apply(idx, self.weight)
         return F_.embedding(idx, self.weight)
+
+
+def _gather(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return weight.index_select(0, idx.reshape(-1)).view(*idx.shape, weight.shape[1])
+
+
+def _keep_rows(ctx, idx: torch.Tensor, weight: torch.Tensor) -> None:
+    ctx.save_for_backward(idx)
+    ctx.num_rows = weight.shape[0]
 
 
 class _GatherRows(torch.autograd.Function):
     """``weight[idx]`` for ``idx`` ``[B, F]`` -> ``[B, F, d]``, with the backward as ONE ``index_add_``
     into a zero table. CPU ``index_add_`` adds in index order, so it is deterministic (tested against
-    ``F.embedding``'s gradient). Under ``vmap`` (replicas: K stacked tables ``[K, V, d]``) it is the
-    same gather on the flat ``[K*V, d]`` table, replica k's rows offset by ``k*V``: one ``index_add_``
-    again, where vmapped ``F.embedding`` runs ATen's ``embedding_dense_backward`` (~3x slower)."""
+    ``F.embedding``'s gradient)."""
 
     @staticmethod
-    def forward(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return weight.index_select(0, idx.reshape(-1)).view(*idx.shape, weight.shape[1])
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        idx, weight = inputs
-        ctx.save_for_backward(idx)
-        ctx.num_rows = weight.shape[0]
-
-    @staticmethod
-    def vmap(info, in_dims, idx: torch.Tensor, weight: torch.Tensor):
-        di, dw = in_dims
-        if dw is None:  # one table, batched indices: the gather as it is
-            return _GatherRows.apply(idx.movedim(di, 0), weight), 0
-        weight = weight.movedim(dw, 0)
-        k, rows = weight.shape[0], weight.shape[1]
-        idx = idx.movedim(di, 0) if di is not None else idx.expand(k, *idx.shape)
-        offset = torch.arange(k, device=idx.device, dtype=torch.long).mul_(rows).view(k, *[1] * (idx.dim() - 1))
-        return _GatherRows.apply(idx.long() + offset, weight.reshape(k * rows, weight.shape[2])), 0
+    def forward(ctx, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        _keep_rows(ctx, idx, weight)
+        return _gather(idx, weight)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -103,33 +91,95 @@ class CpuFMInteraction(layers.FMInteraction):
         return _FMFunction.apply(emb)
 
 
+def _fm(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The FM term per row and the field sum ``s`` ``[B, d]`` its gradient needs."""
+    s = emb.sum(dim=1)
+    flat = emb.reshape(emb.shape[0], 1, -1)
+    with torch.autocast(emb.device.type, enabled=False):  # a difference of two sums: keep fp32
+        sum_of_square = torch.bmm(flat, flat.transpose(1, 2)).view(-1)  # row dot products, no temporary
+    return 0.5 * (s.pow(2).sum(dim=1) - sum_of_square), s
+
+
 class _FMFunction(torch.autograd.Function):
     """``0.5 * (|sum_i e_i|^2 - sum_i |e_i|^2)`` per row, with the gradient written in one piece,
     ``g * (sum_j e_j - e_i)``: autograd through ``pow``/``sum`` builds ~5 full ``[B, F, d]``
     temporaries per step (forward squares, backward expand, 2x-scale, add), this builds one."""
 
     @staticmethod
-    def forward(emb: torch.Tensor) -> torch.Tensor:
-        s = emb.sum(dim=1)  # [B, d]
-        flat = emb.reshape(emb.shape[0], 1, -1)
-        with torch.autocast(emb.device.type, enabled=False):  # a difference of two sums: keep fp32
-            sum_of_square = torch.bmm(flat, flat.transpose(1, 2)).view(-1)  # row dot products, no temporary
-        return 0.5 * (s.pow(2).sum(dim=1) - sum_of_square)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(inputs[0])
-
-    @staticmethod
-    def vmap(info, in_dims, emb: torch.Tensor):
-        """Row by row: K replicas' ``[K, B, F, d]`` are K*B rows of the same function."""
-        emb = emb.movedim(in_dims[0], 0)
-        return _FMFunction.apply(emb.reshape(-1, *emb.shape[2:])).view(emb.shape[0], emb.shape[1]), 0
+    def forward(ctx, emb: torch.Tensor) -> torch.Tensor:
+        out, s = _fm(emb)
+        ctx.save_for_backward(emb, s)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (emb,) = ctx.saved_tensors
-        return (emb.sum(dim=1, keepdim=True) - emb).mul_(grad.view(-1, 1, 1).to(emb.dtype))
+        emb, s = ctx.saved_tensors
+        return (s.unsqueeze(1) - emb).mul_(grad.view(-1, 1, 1).to(emb.dtype))
+
+
+# Replicas (``for_vmap``) run the gather and FM under ``torch.func.vmap``, which needs a Function in the
+# ``setup_context`` form with a vmap rule. That form costs an ``inspect.signature`` in every
+# ``Function.apply`` (~30 us, a tenth of a smoke-sized step's embedding and FM), so the sequential
+# kernels above keep the classic form, and these subclasses (same maths, same backward) serve vmap.
+
+
+class _VmapGatherRows(_GatherRows):
+    """``_GatherRows`` under vmap: K stacked tables ``[K, V, d]`` are one flat ``[K*V, d]`` table,
+    replica k's rows offset by ``k*V``, so the backward is one ``index_add_`` again (vmapped
+    ``F.embedding`` runs ATen's ``embedding_dense_backward``, ~3x slower)."""
+
+    @staticmethod
+    def forward(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return _gather(idx, weight)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _keep_rows(ctx, *inputs)
+
+    @staticmethod
+    def vmap(info, in_dims, idx: torch.Tensor, weight: torch.Tensor):
+        di, dw = in_dims
+        if dw is None:  # one table, batched indices: the gather as it is
+            return _VmapGatherRows.apply(idx.movedim(di, 0), weight), 0
+        weight = weight.movedim(dw, 0)
+        k, rows = weight.shape[0], weight.shape[1]
+        idx = idx.movedim(di, 0) if di is not None else idx.expand(k, *idx.shape)
+        offset = torch.arange(k, device=idx.device, dtype=torch.long).mul_(rows).view(k, *[1] * (idx.dim() - 1))
+        return _VmapGatherRows.apply(idx.long() + offset, weight.reshape(k * rows, weight.shape[2])), 0
+
+
+class _VmapFMFunction(_FMFunction):
+    """``_FMFunction`` under vmap: row by row, so K replicas' ``[K, B, F, d]`` are K*B rows of it."""
+
+    @staticmethod
+    def forward(emb: torch.Tensor) -> torch.Tensor:
+        return _fm(emb)[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0], inputs[0].sum(dim=1))  # _fm's s, the same sum
+
+    @staticmethod
+    def vmap(info, in_dims, emb: torch.Tensor):
+        emb = emb.movedim(in_dims[0], 0)
+        return _VmapFMFunction.apply(emb.reshape(-1, *emb.shape[2:])).view(emb.shape[0], emb.shape[1]), 0
+
+
+class VmapFeatureEmbedding(CpuFeatureEmbedding):
+    """``CpuFeatureEmbedding`` for replicas (``for_vmap``): the gather with a vmap rule. Not
+    ``weight.requires_grad``: under vmap a batched weight reads False."""
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if self.weight.device.type == "cpu" and torch.is_grad_enabled():
+            return _VmapGatherRows.apply(self.rows(X), self.weight)
+        return F_.embedding(self.rows(X), self.weight)
+
+
+class VmapFMInteraction(CpuFMInteraction):
+    """``CpuFMInteraction`` for replicas (``for_vmap``): FM with a vmap rule."""
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return _VmapFMFunction.apply(emb)
 
 
 class CpuMLP(layers.MLP):
@@ -250,9 +300,11 @@ def _block_widths(num_fields: int, d: int) -> tuple[int, ...]:
 KERNELS: dict[type, type] = {layers.FeatureEmbedding: CpuFeatureEmbedding, layers.FMInteraction: CpuFMInteraction,
                              layers.MLP: CpuMLP, layers.Bilinear: CpuBilinear, layers.BilinearCat: CpuBilinearCat}
 _REFERENCE = {v: k for k, v in KERNELS.items()}
-# the kernels with a vmap rule (row by row, or a gather: K replicas are the same kernel on K times the
-# rows); the others' weights are per replica under vmap (batched matmuls), where the reference is right
-VMAPPED = (CpuFeatureEmbedding, CpuFMInteraction)
+# for_vmap: reference layer class -> its CPU kernel with a vmap rule (row by row, or a gather: K replicas
+# are the same kernel on K times the rows); the other kernels' weights are per replica under vmap
+# (batched matmuls), where the reference maths is what vmap batches
+VMAPPED: dict[type, type] = {layers.FeatureEmbedding: VmapFeatureEmbedding, layers.FMInteraction: VmapFMInteraction}
+_REFERENCE.update({v: k for k, v in VMAPPED.items()})
 
 
 def for_device(model: nn.Module, device) -> nn.Module:
@@ -260,18 +312,19 @@ def for_device(model: nn.Module, device) -> nn.Module:
     the CPU the kernels above, on any other device the reference maths of ``ctrkit.models.layers``.
     Only the classes change (parameters, buffers and state_dict keys stay), so it can be called again
     after the model moves, and checkpoints do not depend on it."""
-    table = KERNELS if torch.device(device).type == "cpu" else _REFERENCE
+    return _switch(model, KERNELS if torch.device(device).type == "cpu" else _REFERENCE)
+
+
+def for_vmap(model: nn.Module, device) -> nn.Module:
+    """``for_device`` for a model run under ``torch.func.vmap`` (replicas): on the CPU the kernels with
+    a vmap rule (``VMAPPED``) and the reference maths for every other layer; elsewhere the reference."""
+    _switch(model, _REFERENCE)
+    return _switch(model, VMAPPED) if torch.device(device).type == "cpu" else model
+
+
+def _switch(model: nn.Module, table: dict) -> nn.Module:
     for m in model.modules():
         cls = table.get(type(m))
         if cls is not None:
             m.__class__ = cls
-    return model
-
-
-def for_vmap(model: nn.Module, device) -> nn.Module:
-    """``for_device(model, device)`` for a model run under ``torch.func.vmap`` (replicas): on the CPU
-    only the kernels with a vmap rule (``VMAPPED``), the reference maths for everything else."""
-    for m in for_device(model, device).modules():
-        if type(m) in _REFERENCE and not isinstance(m, VMAPPED):
-            m.__class__ = _REFERENCE[type(m)]
     return model
