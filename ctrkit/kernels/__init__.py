@@ -21,7 +21,7 @@ from ctrkit.kernels.cpu import for_device, for_vmap
 __all__ = ["REFERENCE_DEVICE", "apply_threads", "env_info", "for_device", "for_vmap"]
 
 # `for_device(model, REFERENCE_DEVICE)` puts the reference maths back on any machine (the kernels
-# are switched in only for "cpu"): what vmapped replicas and torch.compile trace
+# are switched in only for "cpu"): what torch.compile traces
 REFERENCE_DEVICE = torch.device("meta")
 
 
