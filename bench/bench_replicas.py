@@ -24,8 +24,8 @@ import argparse
 import json
 import statistics
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -220,7 +220,6 @@ def to_markdown(res: dict) -> str:
               f"{r['speedup_vs_sequential']:.2f}x | {r.get('peak_mb', r.get('peak_rss_mb', 0)):,.0f} |"
               for r in res["rows"]]
     return "\n".join(lines) + "\n"
-
 
 
 def ab_markdown(res: dict) -> str:
