@@ -120,9 +120,13 @@ def sweep(sizes, models_, ks, *, device: str = "cpu", amp: str = "off", threads:
                 if report:
                     report(rows[-1])
     for r in rows:
-        one = next(o for o in rows if (o["size"], o["model"], o["k"]) == (r["size"], r["model"], 1))
-        r["speedup_vs_sequential"] = r["samples_per_s"] / one["samples_per_s"]
+        r["speedup_vs_sequential"] = r["samples_per_s"] / _one_run(rows, r)["samples_per_s"]
     return rows
+
+
+def _one_run(rows: list, r: dict) -> dict:
+    """The K = 1 row (one run alone) of r's size and model."""
+    return next(o for o in rows if (o["size"], o["model"], o["k"]) == (r["size"], r["model"], 1))
 
 
 def ab_sweep(sizes, models_, ks, trees: dict, *, repeats: int = 3, threads: int = 1, report=None) -> list:
@@ -145,7 +149,7 @@ def ab_sweep(sizes, models_, ks, trees: dict, *, repeats: int = 3, threads: int 
                 if report:
                     report(rows[-1])
     for r in rows:
-        one = next(o for o in rows if (o["size"], o["model"], o["k"]) == (r["size"], r["model"], 1))
+        one = _one_run(rows, r)
         r["old_vs_sequential"], r["new_vs_sequential"] = r["old"] / one["old"], r["new"] / one["new"]
     return rows
 

@@ -170,9 +170,10 @@ class VmapFeatureEmbedding(CpuFeatureEmbedding):
     ``weight.requires_grad``: under vmap a batched weight reads False."""
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
+        idx = self.rows(X)
         if self.weight.device.type == "cpu" and torch.is_grad_enabled():
-            return _VmapGatherRows.apply(self.rows(X), self.weight)
-        return F_.embedding(self.rows(X), self.weight)
+            return _VmapGatherRows.apply(idx, self.weight)
+        return F_.embedding(idx, self.weight)
 
 
 class VmapFMInteraction(CpuFMInteraction):
