@@ -73,7 +73,8 @@ def test_weight_zero_is_bit_identical_to_independent_fit(criteo_small):
 def test_dropout_masks_are_per_peer_streams_so_alone_peers_equal_fit(criteo_small):
     """With dropout every peer draws its own mask stream (rng.dropout_seed): in `alone` mode each
     dropout peer equals `fit` of that model, whatever model shares the run with it (one shared
-    stream would interleave the peers' draws)."""
+    stream would interleave the peers' draws) and at whatever position (the stream is the model's
+    name, not its index: the tables pair a pair run's peer with the four-model alone run)."""
     d = criteo_small
     hp = {**presets.get("DeepFM", "smoke").model, "net_dropout": 0.3}
     def model(seed):
@@ -82,14 +83,17 @@ def test_dropout_masks_are_per_peer_streams_so_alone_peers_equal_fit(criteo_smal
     assert rng.uses_dropout(model(0)) and not rng.uses_dropout(_smoke_model("DeepFM", d, 0))
     cfg = _smoke_train("DeepFM", seed=9, epochs=2, amp="off")
     ref = train.fit(model(3), d, cfg)
-    for partner in ("dropout", "plain"):
+    for partner, first in (("dropout", True), ("plain", True), ("plain", False)):
         other = model(4) if partner == "dropout" else _smoke_model("DCN", d, 4)
-        res = mutual_fit([model(3), other], d, RunConfig(mode="alone", epochs=2, batch_size=cfg.batch_size,
-                                                         seed=9, device="cpu", amp="off", progress=False,
-                                                         peers=(cfg.peers[0], _smoke_train("DCN").peers[0])))
-        assert res["peers"][0]["valid_auc"] == ref["valid_auc"], partner
-    # the masks do change with the step and the peer
-    assert len({rng.dropout_seed(9, s, p) for s in range(3) for p in range(3)}) == 9
+        pair, confs = [model(3), other], [cfg.peers[0], _smoke_train("DCN").peers[0]]
+        k = 0 if first else 1
+        res = mutual_fit(pair if first else pair[::-1], d, RunConfig(
+            mode="alone", epochs=2, batch_size=cfg.batch_size, seed=9, device="cpu", amp="off", progress=False,
+            peers=tuple(confs if first else confs[::-1])))
+        assert res["peers"][k]["valid_auc"] == ref["valid_auc"], (partner, first)
+    # the masks do change with the step and the model (its name and which of the run's models of that name)
+    streams = [rng.dropout_stream("DeepFM"), rng.dropout_stream("DeepFM", 2), rng.dropout_stream("DCN")]
+    assert len({rng.dropout_seed(9, s, p) for s in range(3) for p in streams}) == 9
 
 
 def test_one_mutual_step_is_the_papers_equation(criteo_small):

@@ -53,6 +53,7 @@ class Record:
     amp: str
     epochs: int = _core()  # epochs that ran
     max_epochs: int
+    run_batch_size: int = ABSENT  # the batch the run trained with (the spec's, else its first peer's preset)
     stopped_early: bool | None
     epoch_cap_hit: bool | None
     finetune_lr_scale: float | None = ABSENT

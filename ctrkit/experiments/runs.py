@@ -134,7 +134,7 @@ def run(spec: RunSpec, data, *, exchange: Exchange | None = None, out_dir: str |
     exchange = exchange or LocalExchange(len(spec.peers), spec.torch_device)
     built, cfg, pre, starts = _prepare(spec, data, exchange)
     result = mutual_fit([b[0] for b in built], data, cfg, exchange=exchange, out_dir=out_dir, resume=resume,
-                        callback=callback, stop=stop, starts=starts)
+                        callback=callback, stop=stop, starts=starts, occurrences=_occurrences(spec))
     return _annotate(spec, result, built, pre, data, exchange)
 
 
@@ -149,11 +149,17 @@ def run_many(specs: Sequence[RunSpec], data, *, out_dirs: Sequence[str | Path | 
     exchange = LocalExchange(len(specs[0].peers), specs[0].torch_device)
     prepared = [_prepare(spec, data, exchange) for spec in specs]
     outs = [Path(o) if o is not None else None for o in out_dirs]
-    groups = [make_peers([b[0] for b in built], cfg, exchange, out, starts)
-              for (built, cfg, _, starts), out in zip(prepared, outs)]
+    groups = [make_peers([b[0] for b in built], cfg, exchange, out, starts, _occurrences(spec))
+              for spec, (built, cfg, _, starts), out in zip(specs, prepared, outs)]
     results = train_replicas(groups, data, [p[1] for p in prepared], exchange=exchange, out_dirs=outs,
                              resume=resume, callback=callback, stop=stop)
     return [_annotate(spec, r, built, pre, data, exchange) for spec, r, (built, _, pre, _) in zip(specs, results, prepared)]
+
+
+def _occurrences(spec: RunSpec) -> list[int]:
+    """Per peer, which of the run's models of its name it is ("DeepFM_2" -> 2): its dropout stream
+    (`ctrkit.training.rng.dropout_stream`), known to every rank of a distributed run."""
+    return [split_label(label)[1] for label in spec.peers]
 
 
 def _prepare(spec: RunSpec, data, exchange: Exchange) -> tuple[list, RunConfig, list, list]:
@@ -198,7 +204,8 @@ def records(spec: RunSpec, result: dict, data) -> list[dict]:
         dataset=result["dataset"], protocol=result.get("protocol"), fingerprint=result["fingerprint"],
         mode=result["mode"], init=result["init"], seed=result["seed"], weight=result["weight"],
         divergence=result["divergence"], warmup_steps=spec.warmup_steps, preset=spec.preset, amp=result["amp"],
-        epochs=epochs_run, max_epochs=max_epochs, finetune_lr_scale=settings["finetune_lr_scale"],
+        epochs=epochs_run, max_epochs=max_epochs, run_batch_size=result["config"]["batch_size"],
+        finetune_lr_scale=settings["finetune_lr_scale"],
         finetune_epochs=settings["finetune_epochs"], ensemble_valid_auc=result["ensemble"]["valid_auc"],
         ensemble_test_auc=result["ensemble"]["test_auc"], ensemble_test_logloss=result["ensemble"]["test_logloss"],
         seconds=result["seconds"], env_info=result["env"])
@@ -309,6 +316,7 @@ def _pretrain_record(j: dict, data, store, force: bool) -> tuple[dict, dict]:
         run_key=key, settings_key=j["settings_key"], tag=None, dataset=data.dataset, protocol=data.protocol,
         fingerprint=data.fingerprint, mode="baseline", init=None, seed=spec.seed, weight=None, divergence=None,
         preset=spec.preset, amp=result["amp"], epochs=result["epochs"], max_epochs=j["cfg"].epochs,
+        run_batch_size=j["cfg"].batch_size,
         ensemble_test_auc=None, ensemble_test_logloss=None, seconds=result["seconds"], env_info=result.get("env")),
         [dict(peer_seed=j["init_seed"], peer=spec.label, model=name, stopped_early=result.get("stopped_early"),
               epoch_cap_hit=result.get("epoch_cap_hit"), valid_auc=result["valid_auc"],

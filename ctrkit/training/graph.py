@@ -45,6 +45,8 @@ OVERLAP_PEERS = True
 # Eager steps run on a side stream before the capture (lazy allocations, cuBLAS workspaces); their
 # effects on weights and optimizer state are undone (`_rewound`).
 WARMUP_STEPS = 2
+# The graph's one dropout stream (every peer's masks come from it): no model's (`rng.dropout_stream`).
+GRAPH_STREAM = (0, 0)
 
 
 def wanted(mode: str, device: torch.device, *, local: bool, runs: int = 1) -> bool:
@@ -184,7 +186,7 @@ class GraphStep:
         self._sync_lr()
         self.step_no.fill_(step)
         if any(p.drops and p.training for p in run.peers):
-            torch.manual_seed(dropout_seed(cfg.seed, run.st.global_step, 0, run.exchange.replica))
+            torch.manual_seed(dropout_seed(cfg.seed, run.st.global_step, GRAPH_STREAM, run.exchange.replica))
         self.replay()
         return True
 

@@ -39,7 +39,7 @@ from ctrkit.training.exchange import Exchange, LocalExchange
 from ctrkit.training.losses import peer_loss, warmup_weight
 from ctrkit.training.optim import Tracker, count_parameters, make_optimizer
 from ctrkit.training.precision import amp_context, resolve_amp
-from ctrkit.training.rng import dropout_seed, epoch_batches, rng_state, set_rng_state, uses_dropout
+from ctrkit.training.rng import dropout_seed, dropout_stream, epoch_batches, rng_state, set_rng_state, uses_dropout
 
 __all__ = ["MODES", "RunConfig", "TrainConfig", "Peer", "LocalExchange", "RunStopped", "train_peers", "train_replicas", "fit",
            "fit_replicas"]
@@ -69,6 +69,8 @@ class Peer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.teachers = torch.tensor(self.learns_from, dtype=torch.long, device=device)
         self.drops = uses_dropout(model)
+        # by name, not position (rng.dropout_stream); the first model of its name unless `make_peers` says
+        self.dropout_stream = dropout_stream(self.name)
         self.best_path: Path | None = None
         # (validation probabilities, the best_state they were predicted with): see `kept_valid_probs`
         self.kept_valid: tuple[torch.Tensor, dict] | None = None
@@ -82,7 +84,7 @@ class Peer:
         reseeding, the caller owns the random stream, as a captured graph does)."""
         if self.training:
             if self.drops and step is not None:  # this peer's own mask stream (see rng.dropout_seed)
-                torch.manual_seed(dropout_seed(seed, step, self.index, self.replica))
+                torch.manual_seed(dropout_seed(seed, step, self.dropout_stream, self.replica))
             return self.train_forward(xb).float()
         with torch.no_grad():  # a fixed teacher or a peer that stopped early still teaches
             return self.model(xb).float()

@@ -34,9 +34,12 @@ def auc(y, p) -> float:
     """ROC AUC as the Mann-Whitney statistic with tied scores counted 1/2 (= sklearn's trapezoids).
 
     One sort plus integer cumulative sums: the pair counts are exact in int64, so the only rounding
-    is the final float64 division.
+    is the final float64 division. A NaN prediction makes it NaN, as it makes the logloss (a sort
+    would rank NaN highest and score it; then the tracker's non-finite check would not see it).
     """
     y, p = _flat(y, p)
+    if p.is_floating_point() and bool(torch.isnan(p).any()):
+        return float("nan")
     ps, order = torch.sort(p)
     pos = (y[order] > 0.5).to(torch.int64)
     n = pos.numel()

@@ -15,16 +15,19 @@ rule (`ctrkit.training.losses.peer_loss`, `rule` = the mode) needs the whole gro
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 from torch import nn
 
 from ctrkit.core.utils import CtrkitError
+from ctrkit.training.checkpoint import model_identity
 from ctrkit.training.config import MODES, RunConfig
 from ctrkit.training.exchange import Exchange, LocalExchange
 from ctrkit.training.loop import Peer, train_peers
 from ctrkit.training.losses import GROUP_RULES
+from ctrkit.training.rng import dropout_stream
 
 __all__ = ["MODES", "RunConfig", "mutual_fit", "make_peers", "teachers", "best_path"]
 
@@ -56,7 +59,8 @@ def _check_peers(models: Sequence[nn.Module], data) -> None:
 
 
 def mutual_fit(models: Sequence[nn.Module], data, config: RunConfig | dict, *, exchange: Exchange | None = None,
-               out_dir: str | Path | None = None, starts: Sequence[dict | None] | None = None, **loop) -> dict:
+               out_dir: str | Path | None = None, starts: Sequence[dict | None] | None = None,
+               occurrences: Sequence[int] | None = None, **loop) -> dict:
     """Train `models` together on `data` (CTRData); seed each model's init before building it, the
     shared batch order is seeded with `config.seed`. Returns the result dict: `peers` (per-peer
     valid/test AUC and logloss, best epoch, whether it stopped early), `ensemble`, `history`,
@@ -67,7 +71,8 @@ def mutual_fit(models: Sequence[nn.Module], data, config: RunConfig | dict, *, e
     `config.peers`: one TrainConfig per peer of the run (all ranks' under an exchange).
     `exchange`: None trains every model in this process; a `ctrkit.training.distributed.DistExchange`
     trains this rank's one model (`models` = [it]) with the others on their ranks. `starts`: per
-    model, the validation metrics of its pretrained weights (epoch 0 of a finetuning run) or None."""
+    model, the validation metrics of its pretrained weights (epoch 0 of a finetuning run) or None.
+    `occurrences`: see `make_peers`."""
     config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     n_peers = exchange.n_peers if exchange is not None else len(models)
     if len(config.peers) != n_peers:
@@ -75,14 +80,23 @@ def mutual_fit(models: Sequence[nn.Module], data, config: RunConfig | dict, *, e
     _check_peers(models, data)
     exchange = exchange or LocalExchange(n_peers, config.torch_device)
     out = Path(out_dir) if out_dir is not None else None
-    return train_peers(make_peers(models, config, exchange, out, starts), data, config, exchange=exchange,
-                       out_dir=out, **loop)
+    return train_peers(make_peers(models, config, exchange, out, starts, occurrences), data, config,
+                       exchange=exchange, out_dir=out, **loop)
 
 
 def make_peers(models: Sequence[nn.Module], config: RunConfig, exchange: Exchange, out: Path | None,
-               starts: Sequence[dict | None] | None = None) -> list[Peer]:
-    """This process's Peers of a run: whom each learns from, which are trainable, where their best.pt goes."""
+               starts: Sequence[dict | None] | None = None, occurrences: Sequence[int] | None = None) -> list[Peer]:
+    """This process's Peers of a run: whom each learns from, which are trainable, where their best.pt
+    goes, their dropout streams. `occurrences[k]` (every peer of the run, k its index): which of the
+    run's models of its name peer k is (`rng.dropout_stream`); None counts them over `models`, right
+    when every peer is in this process (a rank of a distributed run is told: `experiments.runs`)."""
     n_peers = exchange.n_peers
+    if occurrences is None:
+        seen: Counter = Counter()
+        occurrences = {}
+        for k, m in zip(exchange.local_indices(), models):
+            seen[model_identity(m)[0]] += 1
+            occurrences[k] = seen[model_identity(m)[0]]
     learns = teachers(config.mode, n_peers)
     fixed = {0} if config.mode == "kd" else set()
     starts = list(starts) if starts is not None else [None] * len(models)
@@ -90,6 +104,7 @@ def make_peers(models: Sequence[nn.Module], config: RunConfig, exchange: Exchang
     for k, m, start in zip(exchange.local_indices(), models, starts):
         p = Peer(m, config.peers[k], index=k, learns_from=learns[k], trainable=config.mode != "ensemble" and k not in fixed,
                  device=exchange.device, replica=exchange.replica, start=start)
+        p.dropout_stream = dropout_stream(p.name, occurrences[k])
         p.best_path = best_path(out, p.index, p.name) if out is not None else None
         exchange.wrap(p)
         peers.append(p)

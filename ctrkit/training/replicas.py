@@ -103,7 +103,7 @@ class Stack:
         per = []
         for p, step_, seed in zip(peers, steps, seeds):
             if p.training and p.drops:
-                torch.manual_seed(dropout_seed(seed, step_, p.index, p.replica))
+                torch.manual_seed(dropout_seed(seed, step_, p.dropout_stream, p.replica))
                 # what nn.Dropout draws on the CPU: empty_like(x).bernoulli_(1 - p).div_(1 - p)
                 per.append([torch.empty((rows, *s), dtype=like.dtype, device=like.device)
                             .bernoulli_(1 - m.p).div_(1 - m.p) for s, m in zip(self._shapes, self.dropouts)])

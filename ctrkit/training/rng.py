@@ -3,21 +3,32 @@ the seeded batch order."""
 from __future__ import annotations
 
 import random
+import zlib
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["dropout_seed", "uses_dropout", "epoch_batches", "rng_state", "set_rng_state"]
+__all__ = ["dropout_seed", "dropout_stream", "uses_dropout", "epoch_batches", "rng_state", "set_rng_state"]
 
 
-def dropout_seed(seed: int, step: int, peer: int = 0, replica: int = 0) -> int:
+def dropout_stream(name: str, occurrence: int = 1) -> tuple[int, int]:
+    """The dropout stream of a peer: its model's name and which of the run's models of that name it
+    is (1: the first; a run's labels say it, "DeepFM_2" -> 2). Not its position: DeepFM draws the same
+    masks alone in DeepFM+DCN, in DCN+DeepFM and in the four-model run, so an alone control from any
+    peer set is the same training as the one in the treatment's own set (`ctrkit.analysis.pairing`
+    pairs across peer sets). A stable checksum of the name, not `hash()` (salted per process)."""
+    return zlib.crc32(name.encode()), int(occurrence)
+
+
+def dropout_seed(seed: int, step: int, stream: tuple[int, int] = (0, 1), replica: int = 0) -> int:
     """Seed of the dropout masks a model draws at global training step `step` (0-based, counted
-    over epochs). Every model of a mutual run (`peer`) and every DDP replica gets its own stream, so
-    masks don't depend on how many models share a process or in which order they run: `alone` peer
-    0 equals `fit`, and `ctrkit.training.distributed` (one peer per rank) equals the single process step for
-    step, dropout included. The trainers reseed before each forward of a model that has dropout."""
-    return int(np.random.SeedSequence([seed, peer, replica, step]).generate_state(1, np.uint64)[0] >> 1)
+    over epochs). Every model of a mutual run (`stream`: `dropout_stream`) and every DDP replica gets its
+    own stream, so masks don't depend on how many models share a process, in which order they run or
+    which other models they train with: `alone` DeepFM equals `fit` of it, and
+    `ctrkit.training.distributed` (one peer per rank) equals the single process step for step, dropout
+    included. The trainers reseed before each forward of a model that has dropout."""
+    return int(np.random.SeedSequence([seed, *stream, replica, step]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def uses_dropout(model: nn.Module) -> bool:
