@@ -54,6 +54,23 @@ def test_accepts_numpy_lists_and_any_shape():
     assert metrics.auc(torch.from_numpy(y).view(10, 10), torch.from_numpy(p).view(100, 1)) == pytest.approx(ref, abs=1e-6)
 
 
+def test_a_nan_prediction_gives_a_nan_auc_that_the_tracker_stops_on():
+    """A NaN sorts highest and would be scored as the most confident click: NaN, like the logloss,
+    so that a monitor of AUC meets the tracker's non-finite check."""
+    from ctrkit.training.config import TrainConfig
+    from ctrkit.training.evaluation import NonFiniteLossError
+    from ctrkit.training.optim import Tracker, make_optimizer
+
+    y = np.array([0, 1, 0, 1, 1, 0], dtype=np.float32)
+    p = np.array([0.1, 0.9, np.nan, 0.8, 0.3, 0.2], dtype=np.float32)
+    assert np.isnan(metrics.auc(y, p)) and np.isnan(metrics.logloss(y, p))
+    model = torch.nn.Linear(2, 1)
+    cfg = TrainConfig(monitor="AUC")
+    tracker = Tracker(make_optimizer(model, cfg), cfg)
+    with pytest.raises(NonFiniteLossError, match="validation monitor is nan"):
+        tracker.on_epoch_end(1, {"auc": metrics.auc(y, p), "logloss": 0.5}, model)
+
+
 def test_bad_input_is_a_clear_error():
     with pytest.raises(CtrkitError, match="only|all 3 labels are 0"):
         metrics.auc(np.zeros(3), np.array([0.1, 0.2, 0.3]))

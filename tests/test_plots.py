@@ -47,6 +47,17 @@ def test_paired_gains_draws_each_comparison_with_its_interval(tmp_path):
     assert "<svg" in svg
 
 
+def test_a_point_without_an_interval_is_drawn_hollow_and_said_so(tmp_path, drawn):
+    rows = [{"model": m, "comparison": "finetuning: mutual - alone", "rel_pct_mean": 0.1} for m in MODELS]
+    df = _ci_frame(rows)
+    df.loc[df["model"] == "PNN", ["rel_pct_ci_low", "rel_pct_ci_high"]] = np.nan  # one seed: no interval
+    _check(plots.paired_gains(df, tmp_path / "gains", caption=CAP), "hollow: no interval (one seed)")
+    hollow = [ln for ax in drawn[-1].axes for ln in ax.lines if ln.get_markerfacecolor() == "white"]
+    assert len(hollow) == 1 and len(hollow[0].get_xdata()) == 1
+    plots.paired_gains(_ci_frame(rows), tmp_path / "all", caption=CAP)
+    assert "hollow" not in " ".join(t.get_text() for ax in drawn[-1].axes for t in ax.texts)
+
+
 def test_partner_heatmap_annotates_means_and_holm_stars(tmp_path):
     rows = [{"target": m, "partner": p, "rel_pct_mean": 0.5 if (m, p) == ("DCN", "PNN") else 0.1,
              "p_holm": 0.01 if (m, p) == ("DCN", "PNN") else 0.5} for m in MODELS for p in MODELS if m != p]

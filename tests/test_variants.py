@@ -106,6 +106,24 @@ def test_variants_table_pairs_each_variant_with_its_alone_control(variant_store)
     assert len(variants.display(t)) == 6 and len(variants.figure_frame(t)) == 6
 
 
+@pytest.mark.parametrize("shared_cap", [3, 10])
+def test_the_shared_table_row_needs_the_same_schedule_as_its_control(tmp_path, shared_cap):
+    """Shared minus separate embedding tables (both alone) is a row only when nothing else differs:
+    here the shared run's epoch cap (10 against 3) would be measured with it."""
+    store = ResultsStore(tmp_path / "s.jsonl")
+    for seed in (1, 2, 3):
+        for share, cap in ((False, 3), (True, shared_cap)):
+            store.append([dict(run_key=f"{share}{seed}", settings_key=f"k{share}", dataset="criteo", fingerprint="fp",
+                               mode="alone", init="scratch", seed=seed, n_peers=2, peer_index=i, peer=m, model=m,
+                               peers="DeepFM+DCN", weight=0.0, preset="smoke", amp="off", max_epochs=cap,
+                               test_auc=0.7 + 0.01 * share + 0.001 * seed, test_logloss=0.5, valid_auc=0.7,
+                               tag="variants" if share else None, **({"share_embedding": True} if share else {}))
+                          for i, m in enumerate(("DeepFM", "DCN"))])
+    p = variants.pairs(store.path, dataset="criteo", models=["DeepFM", "DCN"],
+                       finetune={"weight": 1.0, "finetune_lr_scale": 0.1})
+    assert (variants.SHARED_TABLE in set(p["variant"])) == (shared_cap == 3)
+
+
 def test_seed_churn_of_a_run_with_itself_is_zero(variant_store):
     p = variants.pairs(variant_store.path, dataset="criteo", models=["DeepFM", "DCN"],
                        finetune={"weight": 1.0, "finetune_lr_scale": 0.1})

@@ -1,10 +1,14 @@
 """Matching treatment runs to their alone controls by seed, and the paired comparison of one treatment.
 
 A treatment (mutual or KD) is compared with the alone records of ONE settings key sharing its
-`control_id` (the same peers, batches, schedule and stopping with weight 0), row by row per (peer, seed).
+`control_id` (the same peers, batches, schedule and stopping with weight 0), row by row per (peer, seed)
+where both started from the same pretrained model. The control may come from another peer set (03's
+pairs and 04's subsets share the four-model alone run): a model's alone training does not depend on
+the models beside it (`ctrkit.training.rng.dropout_stream`), as long as the run's batch is the same.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from ctrkit.analysis.stats import ci_columns, paired, rel_pct
@@ -19,17 +23,34 @@ def largest_peer_set(df: pd.DataFrame) -> str | None:
     return str(sizes.sort_values(["n", "rows", "peers"], ascending=[False, False, True]).iloc[0]["peers"])
 
 
+# Two records started from the same pretrained model when their scores of it agree to this (the same
+# checkpoint scored twice gives the same number; another checkpoint of the same model does not).
+SAME_START_TOL = 1e-9
+
+
 def control_runs(df: pd.DataFrame, treat: pd.DataFrame) -> pd.DataFrame:
-    """The alone records of ONE settings key that controls `treat`: same control fields; of several,
-    the one covering most (peer, seed) pairs, then the same peer set, then the key (deterministic)."""
+    """The alone records of ONE settings key that controls `treat`: same control fields and the same
+    batch as run (where both recorded it: a run's batch is its first peer's preset's unless set); of
+    several, the one covering most of its (peer, seed, pretrained start), then the same peer set, then
+    the key (deterministic)."""
     cand = df[(df["mode"] == "alone") & (df["control_id"] == treat["control_id"].iloc[0])]
+    batch = pd.to_numeric(treat["run_batch_size"], errors="coerce").iloc[0] if "run_batch_size" in treat else np.nan
+    if pd.notna(batch) and "run_batch_size" in cand:
+        size = pd.to_numeric(cand["run_batch_size"], errors="coerce")
+        cand = cand[size.isna() | (size == batch)]
     if cand.empty:
         return cand
-    need = set(zip(treat["peer"], treat["seed"]))
+    need = _units(treat)
     peers = treat["peers"].iloc[0]
-    scores = sorted((-len(need & set(zip(g["peer"], g["seed"]))), g["peers"].iloc[0] != peers, key)
-                    for key, g in cand.groupby("settings_key"))
+    scores = sorted((-len(need & _units(g)), g["peers"].iloc[0] != peers, key) for key, g in cand.groupby("settings_key"))
     return cand[cand["settings_key"] == scores[0][2]]
+
+
+def _units(g: pd.DataFrame) -> set:
+    """(peer, seed, pretrained test AUC rounded to the tolerance; None from scratch) of each record."""
+    start = g["pretrained_test_auc"] if "pretrained_test_auc" in g else pd.Series(np.nan, index=g.index)
+    digits = int(-np.log10(SAME_START_TOL))
+    return set(zip(g["peer"], g["seed"], [None if pd.isna(s) else round(float(s), digits) for s in start]))
 
 
 def seed_pairs(treat: pd.DataFrame, ctrl: pd.DataFrame) -> pd.DataFrame:
@@ -40,6 +61,9 @@ def seed_pairs(treat: pd.DataFrame, ctrl: pd.DataFrame) -> pd.DataFrame:
     t = treat[cols + ["model"]].drop_duplicates(["peer", "seed"], keep="last")
     c = ctrl[cols].drop_duplicates(["peer", "seed"], keep="last")
     m = t.merge(c, on=["peer", "seed"], suffixes=("_t", "_c"))
+    if "pretrained_test_auc_t" in m:  # a pair must start from the same model (e.g. not two ckpt folders)
+        a, b = (pd.to_numeric(m[f"pretrained_test_auc{s}"], errors="coerce") for s in ("_t", "_c"))
+        m = m[(a.isna() & b.isna()) | np.isclose(a, b, rtol=0, atol=SAME_START_TOL)]
     return m.assign(_r=paper_order(m["peer"])).sort_values(["_r", "peer", "seed"]).drop(columns="_r")
 
 
@@ -68,7 +92,7 @@ def versus_alone(df: pd.DataFrame, treat: pd.DataFrame) -> list[dict]:
                           logloss_ref=g["test_logloss_c"]))
         if g["pretrained_test_auc_t"].notna().all():
             row.update(ci_columns("mutual_gain_rel_pct", rel_pct(g["test_auc_t"], g["pretrained_test_auc_t"])))
-            row.update(ci_columns("alone_gain_rel_pct", rel_pct(g["test_auc_c"], g["pretrained_test_auc_t"])))
+            row.update(ci_columns("alone_gain_rel_pct", rel_pct(g["test_auc_c"], g["pretrained_test_auc_c"])))
         row.update(_convergence(g))
         rows.append(row)
     return rows

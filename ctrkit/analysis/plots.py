@@ -88,13 +88,14 @@ def show(paths: Sequence[str | os.PathLike], width: int | None = None):
     return Image(filename=str(png), width=width)
 
 
-def _need(df: pd.DataFrame, cols: Sequence[str | None], what: str) -> pd.DataFrame:
+def _need(df: pd.DataFrame, cols: Sequence[str | None], what: str, may_lack: Sequence[str] = ()) -> pd.DataFrame:
+    """`df` with `cols`, rows missing a value left out, except in `may_lack` (an interval of one seed)."""
     if not isinstance(df, pd.DataFrame):
         raise CtrkitError(f"{what}: expected a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in cols if c is not None and c not in df.columns]
     if missing:
         raise CtrkitError(f"{what}: missing column(s) {missing}; the frame has {list(df.columns)}")
-    df = df.dropna(subset=[c for c in cols if c is not None])
+    df = df.dropna(subset=[c for c in cols if c is not None and c not in may_lack])
     if df.empty:
         raise CtrkitError(f"{what}: no rows to plot (after dropping missing values)")
     return df
@@ -138,18 +139,27 @@ def _caption(fig: plt.Figure, text: str | None) -> None:
 
 def _dodge(ax, df: pd.DataFrame, *, x: str, hue: str, y: str, lo: str, hi: str, order: list, hue_order: list,
            labels: dict | None = None, connect: bool = False, numeric_x: bool = False) -> None:
-    """Points with asymmetric CI bars, hues side by side around each x (only rows present are drawn)."""
+    """Points with asymmetric CI bars, hues side by side around each x (only rows present are drawn).
+    A point without an interval (one seed) is hollow, and the panel says so: no bar must not read
+    as a very narrow one."""
     width = 0.6 if not numeric_x else 0.3
     step = width / max(len(hue_order), 1)
     pos = {v: (float(v) if numeric_x else i) for i, v in enumerate(order)}
+    hollow = False
     for k, h in enumerate(hue_order):
         g = df[df[hue] == h]
         g = g.assign(_x=g[x].map(pos)).dropna(subset=["_x", y]).sort_values("_x")
         xs = g["_x"] + (k - (len(hue_order) - 1) / 2) * step
         err = np.vstack([(g[y] - g[lo]).fillna(0).to_numpy(), (g[hi] - g[y]).fillna(0).to_numpy()])
+        color, bare = _COLORS[k % len(_COLORS)], (g[lo].isna() | g[hi].isna()).to_numpy()
         ax.errorbar(xs, g[y], yerr=np.clip(err, 0, None), fmt="o-" if connect else "o", markersize=4, capsize=2,
-                    linewidth=0.8 if connect else 0, elinewidth=0.9, color=_COLORS[k % len(_COLORS)],
-                    label=(labels or {}).get(h, h))
+                    linewidth=0.8 if connect else 0, elinewidth=0.9, color=color, label=(labels or {}).get(h, h))
+        if bare.any():
+            ax.plot(xs[bare], g[y][bare], "o", markersize=4, markerfacecolor="white", color=color, zorder=3)
+            hollow = True
+    if hollow:
+        ax.text(0.01, 0.01, "hollow: no interval (one seed)", transform=ax.transAxes, fontsize=5, color="0.3",
+                va="bottom")
     if not numeric_x:
         ax.set_xticks(range(len(order)), order)
     ax.axhline(0, color="black", linewidth=0.8)
@@ -163,7 +173,7 @@ def paired_gains(
 ) -> list[Path]:
     """Each model's paired differences (e.g. mutual - alone, by seed) as points with 95% CI bars, one
     colour per comparison: the numbers the tables report, not the seed spread of each arm."""
-    df = _need(df, [x, hue, y, lo, hi], "paired_gains")
+    df = _need(df, [x, hue, y, lo, hi], "paired_gains", may_lack=[lo, hi])
     with style():
         fig, ax = plt.subplots(figsize=(width, height))
         # comparisons at different settings (scratch at its weight, finetuning at the chosen one) say so
@@ -219,8 +229,9 @@ def partner_slopes(
     title: str = "Gain over the alone control vs the partner's pretrained AUC, per model",
     width: float = TEXT, height: float = 2.2,
 ) -> list[Path]:
-    """One panel per finetuned model: its (partner, seed) points and its own least-squares line, the
-    slope with its 95% CI in the panel title. No line pooled across models (they differ in offset)."""
+    """One panel per finetuned model: its (partner, seed) points, each partner's mean with its 95%
+    interval, and its own least-squares line through those means, the slope with its 95% CI in the
+    panel title. No line pooled across models (they differ in offset)."""
     points = _need(points, ["target", "partner", "partner_auc", "rel_pct"], "partner_slopes")
     slopes = _need(slopes, ["target", "slope_mean", "slope_ci_low", "slope_ci_high", "intercept"], "partner_slopes")
     targets = _order(points["target"], MODEL_ORDER)
@@ -329,7 +340,7 @@ def sweep_gain(
     """Gain over the alone control against the weight (log axis), one panel per lr scale, 95% CIs;
     the setting chosen on validation is marked."""
     df = _need(df, ["weight", "finetune_lr_scale", hue, "rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high"],
-               "sweep_gain")
+               "sweep_gain", may_lack=["rel_pct_ci_low", "rel_pct_ci_high"])
     scales = sorted(df["finetune_lr_scale"].unique())
     hue_order = _order(df[hue], MODEL_ORDER)
     with style():

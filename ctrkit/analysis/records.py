@@ -25,9 +25,10 @@ OFF_PAPER = (EXPLORATION, "variants")
 SETTING_FIELDS = ("dataset", "fingerprint", "init", "mode", "weight", "divergence", "warmup_steps", "preset",
                   "max_epochs", "finetune_lr_scale", "finetune_epochs", "finetune_monitor", "batch_size", "overrides",
                   "amp")
-# ... and what a control must share with its treatment (weight, divergence, warm-up are moot at weight 0).
+# ... and what a control must share with its treatment (weight, divergence, warm-up are moot at weight 0;
+# the batch the run resolved and the pretrained start are checked per pair: `analysis.pairing`).
 CONTROL_FIELDS = ("dataset", "fingerprint", "init", "preset", "max_epochs", "finetune_lr_scale",
-                  "finetune_epochs", "finetune_monitor", "batch_size", "overrides", "amp")
+                  "finetune_epochs", "finetune_monitor", "batch_size", "overrides", "amp", "share_embedding")
 _CONFIG_FIELDS = {"finetune_lr_scale": "finetune_lr_scale", "finetune_epochs": "finetune_epochs",
                   "warmup_steps": "warmup_steps", "max_epochs": "epochs", "finetune_monitor": "finetune_monitor",
                   "batch_size": "batch_size", "overrides": "overrides"}
@@ -112,9 +113,10 @@ def _normalised(df: pd.DataFrame, include_exploration: bool, dataset: str | None
               "protocol", "pretrained_test_auc", "pretrained_valid_auc", "ensemble_test_auc", "ensemble_valid_auc",
               "peer_index", "partners", "partners_pretrained_auc", "n_peers", "settings_key", "tag", "amp",
               "stopped_early", "epoch_cap_hit", "epochs", "best_epoch", "checkpoint", "valid_auc", "valid_logloss", "test_auc",
-              "test_logloss", "seed", "config", *_CONFIG_FIELDS):
+              "test_logloss", "seed", "config", "share_embedding", "run_batch_size", *_CONFIG_FIELDS):
         if c not in df.columns:
             df[c] = None
+    df["share_embedding"] = df["share_embedding"].eq(True)  # stored only when true
     df["model"] = df["model"].where(df["model"].notna(), df["peer"])  # hand-made stores: model = label
     # older records keep these inside `config` only; each row's config is parsed once, when a column needs it
     paths = {**{col: (key,) for col, key in _CONFIG_FIELDS.items()}, "amp": ("train", "amp")}
@@ -129,7 +131,8 @@ def _normalised(df: pd.DataFrame, include_exploration: bool, dataset: str | None
     if not include_exploration:
         df = df[~df["tag"].astype(str).isin(OFF_PAPER)]
     df = df.copy()
-    for c in ("weight", "finetune_lr_scale", "test_auc", "valid_auc", "pretrained_test_auc", "pretrained_valid_auc"):
+    for c in ("weight", "finetune_lr_scale", "test_auc", "valid_auc", "pretrained_test_auc", "pretrained_valid_auc",
+              "run_batch_size"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
     fields = lambda r, names: [r.get(f) for f in names]  # noqa: E731
     rows = df.to_dict("records")

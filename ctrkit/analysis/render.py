@@ -27,7 +27,8 @@ CAPTIONS = {
     "partners": f"Pairs (N = 2): mutual - alone of the target with each partner, paired by seed [{CI_NAME}]; "
                 "p_holm: Holm across the cells.",
     "partner_slopes": "Per target: least-squares slope of (mutual - alone, rel %) against the partner's "
-                      "pretrained test AUC over (partner, seed) points, 95% t-interval of the slope (n - 2 df).",
+                      "pretrained test AUC, one point per partner (means over seeds: a partner's seeds are not "
+                      "independent), 95% t-interval of the slope (n_partners - 2 df).",
     "peer_count": f"N peers: per target, the mean over all partner subsets of size N - 1 of the other paper models; "
                   f"rel % = mutual - alone, gain = over the pretrained model, {CI_NAME} over seeds; N = 1: the control.",
     "headline": f"Mutual finetuning minus finetuning alone per model, paired by seed, at the setting chosen on "

@@ -82,7 +82,7 @@ def _mutual_vs_alone(source, *, init: str, include_exploration: bool, peers: str
                 continue
             for r in versus_alone(df, treat):
                 rows.append({"dataset": ds, "peers": main, **setting_columns(treat), **r, "settings_key": key})
-    return with_holm(pd.DataFrame(rows), ["dataset", "settings_key"])
+    return with_holm(pd.DataFrame(rows), ["dataset", "settings_key", "amp"])
 
 
 def scratch(source, *, include_exploration: bool = False, peers: str | None = None) -> pd.DataFrame:
@@ -190,24 +190,33 @@ def partner_points(source, *, include_exploration: bool = False,
 def partner_slopes(source, *, include_exploration: bool = False,
                    pool: Sequence[str] = designs.PAPER_MODELS) -> pd.DataFrame:
     """Per target model: the least-squares slope of its gain over the alone control (rel %) against
-    the partner's pretrained test AUC, over its (partner, seed) points, with the slope's 95%
-    t-interval (n - 2 degrees of freedom). One slope per model, no pooled line across models."""
+    the partner's pretrained test AUC, fitted to one point per partner (its means over seeds), with
+    the slope's 95% t-interval on n_partners - 2 degrees of freedom. Not over the (partner, seed)
+    points: a partner's seeds share whatever else that partner brings, so they are not independent
+    evidence about its AUC, and treating them so makes the interval far too narrow (with 3
+    partners and a partner effect unrelated to AUC, a 15-point fit excluded 0 about half the time).
+    With the paper's pool each model has 3 partners: 1 degree of freedom, an honest, wide interval.
+    One slope per model, no pooled line across models."""
+    return slopes_of_points(partner_points(source, include_exploration=include_exploration, pool=pool))
+
+
+def slopes_of_points(pts: pd.DataFrame) -> pd.DataFrame:
+    """`partner_slopes` of a `partner_points` frame."""
     from scipy import stats
 
-    pts = partner_points(source, include_exploration=include_exploration, pool=pool)
     rows = []
     for (ds, sid, target), g in pts.dropna(subset=["partner_auc", "rel_pct"]).groupby(
             ["dataset", "setting_id", "target"], sort=True):
-        row = {"dataset": ds, "setting_id": sid, "target": target, "n_points": len(g),
-               "n_partners": int(g["partner"].nunique())}
-        if len(g) >= 3 and np.ptp(g["partner_auc"]) > 0:
-            fit = stats.linregress(g["partner_auc"], g["rel_pct"])
-            half = float(stats.t.ppf(0.5 + LEVEL / 2, len(g) - 2) * fit.stderr)
+        means = g.groupby("partner")[["partner_auc", "rel_pct"]].mean()
+        row = {"dataset": ds, "setting_id": sid, "target": target, "n_points": len(g), "n_partners": len(means)}
+        if len(means) >= 3 and np.ptp(means["partner_auc"]) > 0:
+            fit = stats.linregress(means["partner_auc"], means["rel_pct"])
+            half = float(stats.t.ppf(0.5 + LEVEL / 2, len(means) - 2) * fit.stderr)
             row.update(slope_mean=float(fit.slope), slope_ci_low=fit.slope - half, slope_ci_high=fit.slope + half,
                        intercept=float(fit.intercept), r=float(fit.rvalue), p_slope=float(fit.pvalue), note="")
         else:
             row.update(slope_mean=np.nan, slope_ci_low=np.nan, slope_ci_high=np.nan, intercept=np.nan, r=np.nan,
-                       p_slope=np.nan, note="<3 points or one partner AUC: no slope")
+                       p_slope=np.nan, note="<3 partners or one partner AUC: no slope")
         rows.append(row)
     return pd.DataFrame(rows)
 

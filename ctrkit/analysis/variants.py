@@ -88,7 +88,9 @@ def _arms(df: pd.DataFrame, init: str, finetune: dict, scratch_weight: float) ->
                 continue
             if _fields(t, fields) == _fields(c, fields):  # the same schedule, batches and stopping; otherwise no control
                 out[(label, emb)] = (t[t["peer_index"] != 0] if mode == "kd" else t, c)
-    if not alone["shared"].empty and not alone["separate"].empty:
+    same = [f for f in fields if f != "share_embedding"]  # the one difference this row measures
+    if not alone["shared"].empty and not alone["separate"].empty and \
+            _fields(alone["shared"], same) == _fields(alone["separate"], same):
         out[(SHARED_TABLE, "shared")] = (alone["shared"], alone["separate"])
     return out
 
