@@ -278,6 +278,28 @@ def test_partner_slope_interval_keeps_its_level_when_partners_differ_in_more_tha
     assert misses / trials < 0.09
 
 
+def test_controls_compare_mutual_with_alone_at_the_lr_scale_best_for_alone(tmp_path):
+    """The sweep chose lr scale 0.1 for mutual; alone is better at 1 on validation (worse on test,
+    which never chooses): the last arm is mutual (x0.1) minus alone (x1), paired by seed."""
+    s = ResultsStore(tmp_path / "r.jsonl")
+    for seed in SEEDS:
+        s.append(run("alone", POOL[:2], seed, lr=0.1, valid=0.80))
+        s.append([rec("alone", "pretrained", POOL[:2], i, seed, alone_auc(m, seed, 0.1) - 0.0007, lr=1.0, valid=0.90)
+                  for i, m in enumerate(POOL[:2])])
+        for w in (1.0, 10.0):
+            s.append(run("mutual", POOL[:2], seed, weight=w, lr=0.1))
+    t = tables.controls(s).set_index(["arm", "unit"])
+    arm = "mutual vs alone at its own best lr scale (x1, on validation)"
+    assert arm in t.index.get_level_values(0)
+    for m in POOL[:2]:
+        mut = [mutual_auc(m, x, 2, 10.0, 0.1) for x in SEEDS]
+        assert t.loc[("mutual", m), "auc_diff_mean"] == pytest.approx(np.mean(mut) - np.mean(
+            [alone_auc(m, x, 0.1) for x in SEEDS]))
+        assert t.loc[(arm, m), "auc_diff_mean"] == pytest.approx(np.mean(mut) - np.mean(
+            [alone_auc(m, x, 0.1) - 0.0007 for x in SEEDS]))
+        assert t.loc[(arm, m), "n_pairs"] == len(SEEDS)
+
+
 def test_controls_kd_and_ensemble_against_alone(store):
     for seed in SEEDS:
         kd = [rec("kd", "pretrained", ["FiBiNET", "DeepFM", "DCN", "PNN"], i, seed,

@@ -308,22 +308,49 @@ def _control_arms(df: pd.DataFrame, mut: pd.DataFrame) -> list[tuple[str, pd.Dat
     return arms
 
 
+def tuned_alone(df: pd.DataFrame, ctrl: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+    """(lr scale, records) of finetuning alone at the lr scale that is best for ALONE on validation,
+    among the alone runs that differ from the control `ctrl` (the mutual run's, at the mutual run's
+    lr scale) in that scale only: the baseline tuned for itself, not for mutual learning."""
+    from ctrkit.analysis.records import CONTROL_FIELDS
+
+    same = [f for f in CONTROL_FIELDS if f != "finetune_lr_scale"]
+    if ctrl.empty:
+        return float("nan"), ctrl
+    want = [str(v) for v in ctrl[same].iloc[0]]
+    cand = df[(df["mode"] == "alone") & (df["peers"] == ctrl["peers"].iloc[0])]
+    cand = cand[[[str(v) for v in r] == want for r in cand[same].itertuples(index=False)]]
+    groups = [max((g for _, g in c.groupby("settings_key")), key=lambda g: (len(g), g["settings_key"].iloc[0]))
+              for _, c in cand.groupby("finetune_lr_scale")]
+    if not groups:
+        return float(ctrl["finetune_lr_scale"].iloc[0]), ctrl
+    best = designs.choose_on_validation(pd.concat(groups), keys=["finetune_lr_scale"])
+    lr = float(best["finetune_lr_scale"].iloc[0])
+    return lr, next(g for g in groups if np.isclose(float(g["finetune_lr_scale"].iloc[0]), lr))
+
+
 def controls(source, *, include_exploration: bool = False, peers: str | None = None) -> pd.DataFrame:
     """Every arm next to finetuning alone, per model and for the ensemble (the peers' mean
     probability): the pretrained checkpoints and their ensemble, mutual finetuning at the setting
     chosen on validation, and knowledge distillation from the best model (students). Differences
-    are paired by seed against the alone control of the same unit, 95% t-intervals, Holm per dataset."""
+    are paired by seed against the alone control of the same unit, 95% t-intervals, Holm per dataset.
+    The last arm compares mutual with finetuning alone at the lr scale best for alone on validation
+    (`tuned_alone`; its `alone_auc_mean` is that baseline's): the gain over a baseline tuned for itself."""
     df = records(source, include_exploration=include_exploration)
     fin = finetune(df, include_exploration=include_exploration, peers=peers)
     if fin.empty:
         return fin
     rows = []
     for (ds, key), _ in fin.groupby(["dataset", "settings_key"], sort=True):
-        arms = _control_arms(df, df[df["settings_key"] == key])
-        ctrl = arms[1][1]
+        mut = df[df["settings_key"] == key]
+        arms = _control_arms(df, mut)
+        lr, tuned = tuned_alone(df, control_runs(df, mut))
+        versus_tuned = f"mutual vs alone at its own best lr scale (x{lr:g}, on validation)"
+        arms.append((versus_tuned, arms[2][1]))
         for arm, vals in arms:
+            ref = _arm_values(tuned) if arm == versus_tuned else arms[1][1]
             for unit, g in vals.groupby("unit", sort=False):
-                g = g.merge(ctrl, on=["unit", "seed"], suffixes=("", "_alone")).dropna(subset=["auc", "auc_alone"])
+                g = g.merge(ref, on=["unit", "seed"], suffixes=("", "_alone")).dropna(subset=["auc", "auc_alone"])
                 row = {"dataset": ds, "arm": arm, "unit": unit, "auc_mean": float(g["auc"].mean()),
                        "alone_auc_mean": float(g["auc_alone"].mean())}
                 if arm == "alone":
