@@ -296,6 +296,31 @@ def test_senet_matches_numpy():
     assert isinstance(layers.SENet(F, 2, "Sigmoid").excitation[3], torch.nn.Sigmoid)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_senet_cpu_kernel_is_the_reference_bit_for_bit_with_thread_invariant_weight_gradients(threads):
+    """The CPU SENET runs the reference's products; its weight gradients (summed over the batch) have
+    the same bits at 2 threads as at 1, and the thread count is given back."""
+    torch.manual_seed(3)
+    ref = layers.SENet(13, reduction_ratio=3, excitation_activation="Sigmoid")
+    emb = torch.randn(4096, 13, 10)
+    grads = {}
+    old = torch.get_num_threads()
+    try:
+        for name, n in (("reference", 1), ("kernel", 1), ("kernel", threads)):
+            torch.set_num_threads(n)
+            se = copy.deepcopy(ref) if name == "reference" else for_device(copy.deepcopy(ref), "cpu")
+            assert isinstance(se, cpu.CpuSENet) == (name == "kernel")
+            x = emb.clone().requires_grad_()
+            out = se(x)
+            out.pow(2).sum().backward()
+            grads[name, n] = (out.detach(), x.grad, *(p.grad for p in se.parameters()))
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(old)
+    for a, b, c in zip(grads["reference", 1], grads["kernel", 1], grads["kernel", threads]):
+        assert torch.equal(a, b) and torch.equal(b, c)
+
+
 # ---- bilinear -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("layout", ["by_left_field", "pair_major"])  # CPU's and GPU's
 @pytest.mark.parametrize("bilinear_type", ["field_all", "field_each", "field_interaction"])

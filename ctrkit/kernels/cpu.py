@@ -34,6 +34,7 @@ Measured (2 threads, B=10,000, F=39, d=16 unless said):
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -208,6 +209,52 @@ class CpuBilinearCat(layers.BilinearCat):
         return _BilinearByLeftField.apply(_compute_dtype(pairs[0][1]), *flat)
 
 
+class CpuSENet(layers.SENet):
+    """``SENet`` whose two bias-free Linear layers sum their weight gradients over the batch on one
+    thread (``_OneThreadWeightGrad``); under autocast, the reference."""
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled("cpu"):
+            return super().forward(emb)
+        down, relu, up, act = self.excitation
+        z = relu(_OneThreadWeightGrad.apply(emb.mean(dim=-1), down.weight))
+        return emb * act(_OneThreadWeightGrad.apply(z, up.weight)).unsqueeze(-1)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """MKL splits the sum of a product with a small output and a long sum (a weight's gradient summed
+    over the batch) over its threads, and on AMD CPUs its strict reproducibility mode (``MKL_CBWR``,
+    see ``ctrkit/__init__``) does not keep the bits of such a sum the same at another thread count
+    (measured: FiBiNET's bilinear and SENET weight gradients at 1 vs 2 threads on an AVX-512 EPYC).
+    These products run on one thread; they are a small share of the step."""
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
+
+
+class _OneThreadWeightGrad(torch.autograd.Function):
+    """``x @ w.T`` (a bias-free Linear), the products autograd runs for ``F.linear``, with the weight
+    gradient ``g.T @ x`` on one thread (``_one_thread``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        return F_.linear(x, w)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, w = ctx.saved_tensors
+        with _one_thread():
+            g_w = g.t().mm(x) if ctx.needs_input_grad[1] else None
+        return (g.mm(w) if ctx.needs_input_grad[0] else None), g_w
+
+
 def _compute_dtype(emb: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else emb.dtype
 
@@ -279,10 +326,11 @@ def _bilinear_backward(e_t, w, lefts, g_t, B: int, d: int) -> tuple[torch.Tensor
         g_emb_t[(i + 1) * d:].addcmul_(g_block, left_t)  # right operands
         g_left = torch.mul(g_block, e_t[(i + 1) * d:])
         g_col.add_(torch.mm(w_block, g_left))  # left operand
-        if acc == e_t.dtype:
-            torch.mm(col_t, g_left.t(), out=g_w_block)
-        else:  # bf16 products into the fp32 buffer
-            g_w_block.copy_(col_t @ g_left.t())
+        with _one_thread():  # [d, B] x [B, n*d]: summed over the batch
+            if acc == e_t.dtype:
+                torch.mm(col_t, g_left.t(), out=g_w_block)
+            else:  # bf16 products into the fp32 buffer
+                g_w_block.copy_(col_t @ g_left.t())
     return g_emb_t.t().reshape(B, F, d), g_w_cat.view(d, -1, d).permute(1, 0, 2).contiguous()
 
 
@@ -299,7 +347,8 @@ def _block_widths(num_fields: int, d: int) -> tuple[int, ...]:
 
 # reference layer class -> its CPU kernel class (exact classes: a subclass of a layer is left alone)
 KERNELS: dict[type, type] = {layers.FeatureEmbedding: CpuFeatureEmbedding, layers.FMInteraction: CpuFMInteraction,
-                             layers.MLP: CpuMLP, layers.Bilinear: CpuBilinear, layers.BilinearCat: CpuBilinearCat}
+                             layers.MLP: CpuMLP, layers.Bilinear: CpuBilinear, layers.BilinearCat: CpuBilinearCat,
+                             layers.SENet: CpuSENet}
 _REFERENCE = {v: k for k, v in KERNELS.items()}
 # for_vmap: reference layer class -> its CPU kernel with a vmap rule (row by row, or a gather: K replicas
 # are the same kernel on K times the rows); the other kernels' weights are per replica under vmap
