@@ -47,12 +47,14 @@ def _run_flags(s: argparse.ArgumentParser) -> None:
 
 
 def _seed_list(text: str) -> list[int]:
+    from ctrkit.training.config import MAX_SEED
+
     try:
         seeds = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise CtrkitError(f"--seeds: expected comma-separated ints, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise CtrkitError(f"--seeds: expected distinct ints >= 0, got {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) > MAX_SEED:
+        raise CtrkitError(f"--seeds: expected distinct ints in 0..{MAX_SEED}, got {text!r}")
     return seeds
 
 
@@ -243,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)  # a flag's own check (--seeds, --replicas) is one line too
         result = COMMANDS[args.command](args)
+        if getattr(args, "json", False) and result is not None:
+            # Contract: with --json the last line printed is one JSON object (flushed here: a full disk
+            # or a closed pipe is then met below, not at exit as a traceback).
+            print(json.dumps(result, default=str))
+            sys.stdout.flush()
     except CtrkitError as e:
         print(f"ctrkit: error: {e}", file=sys.stderr)
         return 2
@@ -263,9 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"ctrkit: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
-    if getattr(args, "json", False) and result is not None:
-        # Contract: with --json the last line printed is one JSON object.
-        print(json.dumps(result, default=str))
+    except (MemoryError, RuntimeError) as e:  # torch's allocator says it with a RuntimeError
+        if isinstance(e, RuntimeError) and "allocate memory" not in str(e):
+            raise
+        print(f"ctrkit: error: out of memory ({str(e).splitlines()[0] if str(e) else 'MemoryError'}): a setting "
+              f"too large for this machine? (e.g. --set embedding_dim, --batch-size, a schema's bins)", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -430,10 +440,11 @@ def cmd_mutual(args):
 
 
 def cmd_table(args):
-    from ctrkit.analysis import render, tables
+    from ctrkit.analysis import records, render, tables
 
     df = tables.table(args.name, args.store, include_exploration=args.include_exploration)
-    print(render.render(args.name, df, args.format))
+    cap = f"{render.CAPTIONS.get(args.name, args.name)} ({records.provenance(args.store, include_exploration=args.include_exploration)})"
+    print(render.render(args.name, df, args.format, caption=cap))
 
 
 def _jobs_arg(value: str) -> int | str:
@@ -451,14 +462,17 @@ def _jobs_arg(value: str) -> int | str:
 
 def _seeds_arg(value: str | None) -> list[int] | None:
     """--seeds: comma-separated distinct integers, at least 2 (a paired interval needs 2)."""
+    from ctrkit.training.config import MAX_SEED
+
     if value is None:
         return None
     try:
         seeds = [int(v) for v in value.split(",")]
     except ValueError:
         seeds = []
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-        raise CtrkitError(f"--seeds {value!r}: at least 2 distinct integers, comma-separated (e.g. 2026,2027,2028)")
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) > MAX_SEED:
+        raise CtrkitError(f"--seeds {value!r}: at least 2 distinct integers in 0..{MAX_SEED}, comma-separated "
+                          f"(e.g. 2026,2027,2028)")
     return seeds
 
 

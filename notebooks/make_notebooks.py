@@ -50,12 +50,13 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", SETTINGS),
         ("md", "## Rows and click-through rate per split"),
         ("code", "paths = reproduce.data_tables(data, cfg)\nsplits = reproduce.read_table(paths['splits'])\nsplits"),
-        ("code", "plots.show(plots.split_ctr(splits, cfg.figure('data_ctr'),\n"
+        ("code", "plots.show(plots.split_ctr(splits, cfg.figure('data_ctr'), caption=reproduce.caption(cfg, figure=False, runs=False),\n"
                  "                           title=f'Click-through rate per split ({cfg.dataset}, {profile} profile)'))"),
         ("md", "## Vocabulary sizes per field"),
         ("code", "reproduce.read_table(paths['vocab']).sort_values('vocab_size', ascending=False).head(15)"),
         ("md", "## Value frequencies of the largest fields (rank-frequency, log-log)"),
         ("code", "plots.show(plots.rank_frequency(reproduce.read_table(paths['frequency']), cfg.figure('data_frequency'),\n"
+                 "                                caption=reproduce.caption(cfg, figure=False, runs=False),\n"
                  "                                title=f'Categorical value frequency in train ({cfg.dataset}, log-log)'))"),
     ],
     "01_baselines": [

@@ -74,6 +74,14 @@ def test_bad_input_is_one_line(tmp_path):
     twice = _reproduction(tmp_path / "twice", _headline([("DeepFM", 30.0, 0.3, 0.1, 0.5)] * 2))
     with pytest.raises(CtrkitError, match="rows repeat"):
         compare.conclusions(a, twice)
+    # a value that is not a number, and a row with more fields than the header (pandas would make its
+    # first fields the index and read the rest shifted: a bogus "gain")
+    text = _headline([("DeepFM", 30.0, 0.3, 0.1, 0.5)]).to_csv(index=False)
+    for name, edit, words in (("word", text.replace(",0.3,", ",abc,"), "line 2: rel_pct_mean is not a number"),
+                              ("wide", text.rstrip("\n") + ",9,9\n", "line 2: 11 fields, the header has 9")):
+        (_reproduction(tmp_path / name, _headline([])) / "tables" / "criteo_headline.csv").write_text(edit)
+        with pytest.raises(CtrkitError, match=words):
+            compare.conclusions(a, tmp_path / name)
 
 
 def test_cli_writes_its_files_and_replaces_only_its_own(tmp_path):

@@ -89,6 +89,78 @@ def test_output_through_a_file_fails_before_training(criteo_small, tmp_path):
     assert time.perf_counter() - t0 < 120
 
 
+def _main_error(capsys, args) -> str:
+    """cli.main in this process: exit 2 and one `ctrkit: error:` line."""
+    assert cli.main(args) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err[-1].startswith("ctrkit: error: ") and "Traceback" not in "\n".join(err), err
+    return err[-1]
+
+
+def test_out_of_range_settings_are_one_line_before_training(criteo_small, tmp_path, capsys):
+    """Values the old checks let through to numpy, torch or OpenMP (a traceback, a crash, a silent
+    default): a seed beyond 64 bits, 100,000 threads, an lr decay that does not lower the lr, batch 0."""
+    pre = _pretrain_args(criteo_small, tmp_path / "p")
+    mut = _mutual_args(criteo_small, tmp_path / "m", tmp_path / "m.jsonl")
+    for args, words in ((pre + ["--seed", str(2**64)], "seed: expected an int >= 0 and <= "),
+                        (pre + ["--seeds", f"1,{2**64}"], "--seeds: expected distinct ints in 0.."),
+                        (pre + ["--threads", "100000"], "threads: 100000 is more than this machine can use"),
+                        (pre + ["--set", "lr_decay=1"], "lr_decay: expected a number in (0, 1)"),
+                        (mut + ["--batch-size", "0"], "batch_size: expected an int >= 1, got 0")):
+        assert words in _main_error(capsys, args)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "m.jsonl").exists()
+
+
+def test_files_ctrkit_did_not_write_are_neither_appended_to_nor_overwritten(criteo_small, tmp_path, capsys):
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    line = _main_error(capsys, _pretrain_args(criteo_small, tmp_path / "p", "--store", str(notes)))
+    assert "not a ctrkit results store" in line and notes.read_text() == "# my notes\n"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "best.pt").write_text("my own weights\n")
+    line = _main_error(capsys, _pretrain_args(criteo_small, mine))
+    assert f"{mine / 'best.pt'} exists and was not written by ctrkit" in line
+    assert (mine / "best.pt").read_text() == "my own weights\n"
+    # ctrkit's own files in that folder are replaced as before (another setting, the same --out)
+    assert cli.main(_pretrain_args(criteo_small, tmp_path / "again")) == 0
+    assert cli.main(_pretrain_args(criteo_small, tmp_path / "again", "--set", "lr=0.002")) == 0
+    # a result.json copied without its checkpoint is not a finished run: --resume trains
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(tmp_path / "again" / "result.json", copy / "result.json")
+    capsys.readouterr()
+    assert cli.main(_pretrain_args(criteo_small, copy, "--set", "lr=0.002", "--resume")) == 0
+    assert (copy / "best.pt").is_file() and _last_json(capsys.readouterr().out)["checkpoint"] == str(copy / "best.pt")
+
+
+def test_stores_that_are_not_stores_are_one_line(tmp_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "is not a regular file" in _main_error(capsys, ["table", "finetune", "--store", str(fifo)])
+    (tmp_path / "empty.csv").write_text("")
+    assert "not a readable CSV" in _main_error(capsys, ["table", "finetune", "--store", str(tmp_path / "empty.csv")])
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    assert "not a ctrkit results export" in _main_error(capsys, ["table", "finetune", "--store",
+                                                                 str(tmp_path / "other.csv")])
+
+
+def test_json_to_a_full_disk_and_out_of_memory_are_one_line(criteo_small, monkeypatch, capsys):
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([*CLI, "info", str(criteo_small.path), "--json"], stdout=full, stderr=subprocess.PIPE,
+                           text=True, timeout=120, env=ENV)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "No space left on device" in p.stderr
+    for error in (MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                                              "111200000000 bytes")):
+        def boom(args, error=error):
+            raise error
+        monkeypatch.setitem(cli.COMMANDS, "info", boom)
+        assert "out of memory" in _main_error(capsys, ["info", str(criteo_small.path)])
+    monkeypatch.setitem(cli.COMMANDS, "info", lambda args: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError is a bug to see, not to hide
+        cli.main(["info", str(criteo_small.path)])
+
+
 # ---------------------------------------------------------------- kill -9, then the same command
 
 

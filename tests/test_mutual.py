@@ -291,6 +291,8 @@ def test_cli_errors_and_table_command(criteo_small, ckpts, tmp_path, capsys):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "criteo" in p.stdout and "| DeepFM" in p.stdout
+    # what the table rests on: the store's runs, seeds, preset, precision and data
+    assert "(criteo: 2 runs, 1 seeds (1), preset smoke, fp32, data fingerprint " in p.stdout
     for fmt, marker in [("csv", "rel_pct_mean"), ("tex", "\\begin{tabular}")]:
         assert cli.main(["table", "finetune", "--store", str(store), "--format", fmt]) == 0
         out = capsys.readouterr().out

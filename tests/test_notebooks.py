@@ -186,6 +186,9 @@ def test_reproduce_smoke_runs_every_notebook(tmp_path):
         assert len(fin) == 4 and (fin["n_pairs"] == 2).all() and fin["auc_diff_ci_low"].notna().all()
         sweep = reproduce.read_table(out / "tables" / f"{ds}_sweep")
         assert sweep.groupby("weight")["chosen"].first().sum() == 1  # one setting chosen on validation
+        # every written table states its data: the data tables too
+        shaped = f"synthetic {ds.capitalize()}-shaped data"
+        assert all(shaped in (out / "tables" / f"{ds}_{t}.md").read_text() for t in ("data_splits", "data_vocab"))
         peer = reproduce.read_table(out / "tables" / f"{ds}_fig_peer_count")
         assert sorted(peer["n_peers"].unique()) == [1, 2, 3, 4] and set(peer[peer["n_peers"] == 3]["n_subsets"]) == {3}
     for f in ("fig1_knowledge_distillation", "fig2_mutual_learning"):
@@ -198,6 +201,7 @@ def test_reproduce_smoke_runs_every_notebook(tmp_path):
     assert var["peers_abs_t"].notna().all() and (var["n_pairs"] == 2).all()
     summary = reproduce.read_table(out / "tables" / "variants_summary")
     assert (summary["n_datasets"] == 2).all() and summary["p_improve"].between(0, 1).all()
+    assert "Pooled over 2 datasets (avazu, criteo)" in (out / "tables" / "variants_summary.md").read_text()
     index = (out / "index.md").read_text()
     for link in ("tables/criteo_finetune.csv", "tables/avazu_partners.md", "figures/avazu_peer_count.png",
                  "notebooks/criteo/02_scratch_vs_finetune.ipynb"):

@@ -199,3 +199,6 @@ def test_caption_reads_the_loaded_data_not_the_profile(tmp_path):
     assert "real data: ml100k · 100,000 rows (train 80,000 / valid 10,000 / test 10,000)" in text
     assert "200,000" not in text and "Ml100k" not in text and plots.CI_NOTE in text
     assert "ml100k" in reproduce.caption(cfg, figure=False) and plots.CI_NOTE not in reproduce.caption(cfg, figure=False)
+    # the data statistics state the data alone: no seeds or precision of runs that are not theirs
+    assert reproduce.caption(cfg, figure=False, runs=False) == \
+        "real data: ml100k · 100,000 rows (train 80,000 / valid 10,000 / test 10,000) · profile paper"

@@ -357,6 +357,15 @@ def test_empty_store_and_bad_names(tmp_path):
         tables.table("nope", empty.to_frame())
     with pytest.raises(CtrkitError, match="format"):
         render.render("scratch", pd.DataFrame(), "html")
+    # every table of an empty store, and of one with only baselines, says it has no results
+    (tmp_path / "empty.jsonl").write_text("")
+    only = ResultsStore(tmp_path / "baselines.jsonl")
+    only.append([rec("baseline", None, [m], 0, 1, pre(m, 1)) for m in POOL])
+    for source in (tmp_path / "empty.jsonl", only.path):
+        for name in tables.NAMES:
+            if name in ("baselines", "tuning") and source == only.path:
+                continue
+            assert f"no `{name}` results" in render.render(name, tables.table(name, source), "md"), (source, name)
 
 
 def test_runs_of_one_setting_at_two_precisions_stay_apart(tmp_path):

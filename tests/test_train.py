@@ -215,6 +215,14 @@ def test_interaction_models_learn_what_lr_cannot():
         assert auc[name] > auc["LR"] + 0.1, auc
 
 
+@pytest.mark.timeout(120)
+def test_a_run_that_stopped_early_ends_at_once_whatever_its_epoch_cap(criteo_small):
+    """Patience 1 on a tiny lr stops after a few epochs; an epoch cap of a billion must not then walk
+    the remaining epoch numbers (it did: `ctrkit pretrain --epochs 1000000000` hung)."""
+    r = T.fit(smoke_model("LR", criteo_small), criteo_small, cfg(epochs=10**9, lr=1e-9, patience=1))
+    assert r["stopped_early"] and len(r["history"]) <= 3
+
+
 def test_fit_is_deterministic_and_writes_the_contract_files(criteo_small, tmp_path):
     runs = []
     for k in range(2):

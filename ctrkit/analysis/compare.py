@@ -9,6 +9,7 @@ tables' own (per row, not corrected across rows; the tables' `p_holm` stands bes
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Sequence
 
@@ -69,6 +70,7 @@ def _claim_files(tables: Path) -> dict[tuple[str, str], Path]:
 def _read(path: Path, name: str) -> pd.DataFrame:
     keys, est = CLAIMS[name]
     try:
+        _same_field_counts(path)
         df = pd.read_csv(path)
     except (OSError, ValueError) as e:
         raise CtrkitError(f"{path}: cannot read ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})")
@@ -77,12 +79,27 @@ def _read(path: Path, name: str) -> pd.DataFrame:
         raise CtrkitError(f"{path}: not a {name} table (no column {', '.join(missing)})")
     setting = [c for c in SETTING if c in df.columns]
     out = pd.DataFrame({"row": [" · ".join(_text(v) for v in r) for r in df[list(keys)].itertuples(index=False)]})
-    out[["mean", "low", "high"]] = df[list(est)].to_numpy(dtype=float)
+    values = df[list(est)].apply(pd.to_numeric, errors="coerce")
+    bad = values.isna() & df[list(est)].notna()
+    if bad.any().any():
+        line = int(bad.any(axis=1).to_numpy().argmax()) + 2  # + the header, 1-based
+        raise CtrkitError(f"{path}, line {line}: {', '.join(c for c in est if bad[c].any())} is not a number")
+    out[["mean", "low", "high"]] = values.to_numpy(dtype=float)
     out["setting"] = [", ".join(f"{c} {_text(v)}" for c, v in zip(setting, r) if _text(v)) for r in
                       df[setting].itertuples(index=False)] if setting else ""
     if out["row"].duplicated().any():
         raise CtrkitError(f"{path}: rows repeat the same {', '.join(keys)}; cannot pair them")
     return out.set_index("row")
+
+
+def _same_field_counts(path: Path) -> None:
+    """A row with more fields than the header would become pandas' index and shift every column."""
+    with open(path, newline="") as f:
+        rows = csv.reader(f)
+        width = len(next(rows, []))
+        for line, row in enumerate(rows, 2):
+            if row and len(row) != width:
+                raise CtrkitError(f"{path}, line {line}: {len(row)} fields, the header has {width}")
 
 
 def _text(v) -> str:

@@ -114,17 +114,18 @@ MODEL_ORDER = ["DeepFM", "DCN", "PNN", "FiBiNET", "FM", "LR"]
 CI_NOTE = "error bars: 95% paired t-interval over seeds"
 
 
-def provenance(*, data: str, rows: int | None = None, seeds: int, precision: str, profile: str,
+def provenance(*, data: str, rows: int | None = None, seeds: int | None, precision: str | None, profile: str,
                error_bars: bool = True, splits: dict | None = None) -> str:
     """The provenance line every result figure (and table) carries: data (synthetic or real), rows
     (per split as loaded when `splits` is given), seeds, precision and profile, and for a figure
-    what its error bars are."""
+    what its error bars are. Seeds and precision None: a statement of the data alone (no runs)."""
     if splits:
         parts = " / ".join(f"{k} {int(v):,}" for k, v in splits.items())
         rows_text = f"{sum(int(v) for v in splits.values()):,} rows ({parts})"
     else:
         rows_text = f"{rows:,} rows" if rows else "all rows"
-    text = f"{data} · {rows_text} · {seeds} seeds · {precision} · profile {profile}"
+    runs = "" if seeds is None and precision is None else f" · {seeds} seeds · {precision}"
+    text = f"{data} · {rows_text}{runs} · profile {profile}"
     return f"{text} · {CI_NOTE}" if error_bars else text
 
 
@@ -401,7 +402,7 @@ def gain_vs_strength(
 def split_ctr(
     df: pd.DataFrame, out: str | os.PathLike, *, split: str = "split", ctr: str = "ctr",
     rows: str | None = "rows", hue: str | None = None, title: str = "Click-through rate per split",
-    width: float = COLUMN, height: float = 2.3,
+    width: float = COLUMN, height: float = 2.3, caption: str | None = None,
 ) -> list[Path]:
     """Bar of the CTR (positive rate) of each split, the row count written on each bar."""
     df = _need(df, [split, ctr, rows, hue], "split_ctr")
@@ -416,15 +417,18 @@ def split_ctr(
                             ha="center", va="bottom", fontsize=6)
         ax.set(title=title, xlabel="split", ylabel="CTR (fraction of clicks)")
         ax.set_ylim(0, float(df[ctr].max()) * 1.2)
+        _caption(fig, caption)
         return save(fig, out)
 
 
 def rank_frequency(
-    df: pd.DataFrame, out: str | os.PathLike, *, rank: str = "rank", count: str = "count",
-    field: str = "field", title: str = "Categorical value frequency (rank-frequency, log-log)",
-    width: float = COLUMN * 1.3, height: float = 2.6,
+    df: pd.DataFrame, out: str | os.PathLike, *, field: str = "field",
+    title: str = "Categorical value frequency (rank-frequency, log-log)",
+    width: float = COLUMN * 1.3, height: float = 2.6, caption: str | None = None,
 ) -> list[Path]:
-    """Log-log rank-frequency curves, one line per field (Zipf-like tails show as straight lines)."""
+    """Log-log rank-frequency curves, one line per field (Zipf-like tails show as straight lines):
+    `data_tables`' tidy columns `rank` and `count`."""
+    rank, count = "rank", "count"
     df = _need(df, [rank, count, field], "rank_frequency")
     df = df[(df[rank] > 0) & (df[count] > 0)]
     with style():
@@ -433,6 +437,7 @@ def rank_frequency(
         ax.set(xscale="log", yscale="log", title=title, xlabel="rank of the value (1 = most frequent)",
                ylabel="occurrences in train")
         ax.legend(title=field, loc="upper right", frameon=True, ncol=2 if df[field].nunique() > 4 else 1)
+        _caption(fig, caption)
         return save(fig, out)
 
 

@@ -143,6 +143,24 @@ def _normalised(df: pd.DataFrame, include_exploration: bool, dataset: str | None
     return df.reset_index(drop=True)
 
 
+def provenance(source, *, include_exploration: bool = False) -> str:
+    """What a store's tables rest on, in one line: per dataset its runs, seeds (and their range),
+    model presets, precision and data fingerprints (a store knows no row counts: `ctrkit info` on the
+    data folder says them)."""
+    df = records(source, include_exploration=include_exploration)
+    if df.empty:
+        return "no runs"
+    parts = []
+    for ds, d in df.groupby("dataset", sort=True):
+        seeds = sorted(pd.to_numeric(d["seed"], errors="coerce").dropna().astype(int).unique())
+        span = f" ({seeds[0]}-{seeds[-1]})" if len(seeds) > 1 else (f" ({seeds[0]})" if seeds else "")
+        presets = ", ".join(sorted(str(p) for p in d["preset"].dropna().unique())) or "unrecorded"
+        prints = ", ".join(sorted(str(f)[:12] for f in d["fingerprint"].dropna().unique()))
+        parts.append(f"{ds}: {d['run_key'].nunique() if 'run_key' in d else '?'} runs, {len(seeds)} seeds{span}, "
+                     f"preset {presets}, {precision(d)}, data fingerprint {prints}")
+    return "; ".join(parts)
+
+
 def precision(source, *, include_exploration: bool = False) -> str:
     """The precision of the trained runs ("fp32", "bf16", or "mixed: ..."; "unrecorded" for old records)."""
     df = records(source, include_exploration=include_exploration)

@@ -247,7 +247,8 @@ def peer_count(source, *, include_exploration: bool = False, pool: Sequence[str]
     design was run (every N of 2..len(pool) measured: a sweep setting with only the full set is not one)."""
     df = records(source, include_exploration=include_exploration)
     mut = df[(df["mode"] == "mutual") & (df["init"] == "pretrained") & df["model"].isin(pool)]
-    mut = mut[[all(p in pool for p in str(s).split("+")) for s in mut["peers"]]]
+    # a boolean Series, not a list: an empty list would select columns (none), not rows
+    mut = mut[mut["peers"].map(lambda s: all(p in pool for p in str(s).split("+"))).astype(bool)]
     rows = []
     for (ds, sid), d in mut.groupby(["dataset", "setting_id"], sort=True):
         if set(d["n_peers"]) != set(range(2, len(pool) + 1)):

@@ -181,6 +181,9 @@ def resolve_threads(threads: int | str | None = "auto", *, sample_s: float = _TH
         raise CtrkitError(f"threads must be a positive int or 'auto', got {threads!r}") from None
     if n < 1 or (not isinstance(threads, str) and n != threads):
         raise CtrkitError(f"threads must be a positive int or 'auto', got {threads!r}")
+    most = max(64, 4 * (os.cpu_count() or 1))  # beyond, OpenMP's thread start can crash the process
+    if n > most:
+        raise CtrkitError(f"threads: {n} is more than this machine can use (at most {most}: 4 per core, 64 at least)")
     return n
 
 

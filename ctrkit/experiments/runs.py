@@ -337,7 +337,9 @@ def _reusable(out: Path, key: str, data) -> dict | None:
         old = json.loads(done.read_text())
     except (OSError, ValueError):
         return None
-    return old if old.get("fingerprint") == data.fingerprint and old.get("run_key") == key else None
+    # the run's checkpoint must be there too: a result.json copied without it is not a finished run here
+    ours = old.get("fingerprint") == data.fingerprint and old.get("run_key") == key and (out / "best.pt").is_file()
+    return old if ours else None
 
 
 # ---------------------------------------------------------------- many runs as replicas

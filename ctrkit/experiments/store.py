@@ -39,6 +39,8 @@ class ResultsStore:
         self.path = Path(path)
         if self.path.exists() and self.path.is_dir():
             raise CtrkitError(f"results store {self.path} is a directory, expected a .jsonl file")
+        if self.path.exists() and not self.path.is_file():  # a FIFO would block every read
+            raise CtrkitError(f"results store {self.path} is not a regular file (a pipe or a device?)")
         self._lock = FileLock(str(self.path) + ".lock")
 
     # ---- write -------------------------------------------------------------------------------
@@ -68,6 +70,10 @@ class ResultsStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             with open(self.path, "ab+") as f:
+                f.seek(0)
+                if f.read(1) not in (b"", b"{"):  # someone else's file: ctrkit does not write into it
+                    raise CtrkitError(f"results store {self.path}: line 1 is not a JSON record (not a ctrkit "
+                                      f"results store?); nothing was appended")
                 # A writer killed mid-line leaves no newline at the end: start on a fresh line so
                 # the torn fragment stays one bad line instead of corrupting our first record.
                 if f.seek(0, os.SEEK_END) > 0:
@@ -221,7 +227,14 @@ def read_results(source) -> pd.DataFrame:
     if not path.exists():
         raise CtrkitError(f"results store {path} does not exist")
     if path.suffix == ".csv":
-        return pd.read_csv(path)
+        try:
+            df = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+            raise CtrkitError(f"results file {path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+        missing = [c for c in ("run_key", "mode", "peer", "test_auc") if c not in df.columns]
+        if missing:
+            raise CtrkitError(f"results file {path}: not a ctrkit results export (no column {', '.join(missing)})")
+        return df
     return ResultsStore(path).to_frame()
 
 

@@ -291,13 +291,14 @@ def _check_prepared_from(target: Path, data_dir: Path) -> None:
                           f"it is not overwritten; use another out folder")
 
 
-def save_table(df: pd.DataFrame, stem: str | Path, *, floatfmt: str = ".4f") -> pd.DataFrame:
-    """Write a table as <stem>.csv and <stem>.md (atomically) and return it for display."""
+def save_table(df: pd.DataFrame, stem: str | Path, *, floatfmt: str = ".4f", caption: str | None = None) -> pd.DataFrame:
+    """Write a table as <stem>.csv and <stem>.md (atomically; the Markdown ends with `caption`, as the
+    paper tables do) and return it for display."""
     stem = Path(stem)
     with atomic_path(stem.with_name(stem.name + ".csv")) as tmp:
         df.to_csv(tmp, index=False)
     with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
-        tmp.write_text(df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+        tmp.write_text(df.to_markdown(index=False, floatfmt=floatfmt) + (f"\n\n{caption}" if caption else "") + "\n")
     return df
 
 
@@ -343,8 +344,9 @@ def data_tables(data, cfg: Settings, *, top_fields: int = 6) -> dict[str, Path]:
         counts = counts[counts > 0]
         freq.append(pd.DataFrame({"dataset": cfg.dataset, "field": fields[i],
                                   "rank": np.arange(1, len(counts) + 1), "count": counts}))
-    save_table(pd.DataFrame(splits), cfg.table("data_splits"))
-    save_table(vocab, cfg.table("data_vocab"))
+    cap = caption(cfg, figure=False, runs=False)
+    save_table(pd.DataFrame(splits), cfg.table("data_splits"), caption=f"Rows, clicks and CTR per split ({cap})")
+    save_table(vocab, cfg.table("data_vocab"), caption=f"Vocabulary size per field, padding and OOV included ({cap})")
     freq_csv = cfg.table("data_frequency").with_name(cfg.table("data_frequency").name + ".csv")
     with atomic_path(freq_csv) as tmp:
         pd.concat(freq, ignore_index=True).to_csv(tmp, index=False)  # long: CSV only, no Markdown
@@ -382,11 +384,11 @@ def loaded_data(cfg: Settings) -> dict | None:
     return None
 
 
-def caption(cfg: Settings, *, figure: bool = True, source: Path | None = None) -> str:
+def caption(cfg: Settings, *, figure: bool = True, source: Path | None = None, runs: bool = True) -> str:
     """The provenance line of this run's figures and tables: the data by its own name, its rows per
     split as loaded (the profile's synthetic count only before the data exists), seeds, precision
     (of the runs in `source`, a store or results CSV, else this run's results), profile (and for a
-    figure, what its error bars are)."""
+    figure, what its error bars are). `runs` False: the data and profile only (00's data statistics)."""
     from ctrkit.analysis import plots, records
 
     source = source if source is not None else (cfg.results_csv if cfg.results_csv.exists() else None)
@@ -396,7 +398,8 @@ def caption(cfg: Settings, *, figure: bool = True, source: Path | None = None) -
     data = (f"synthetic {name.capitalize()}-shaped data" if cfg.data_dir is None and cfg.schema is None
             else f"real data: {name}")
     return plots.provenance(data=data, rows=None if loaded else cfg.rows, splits=loaded["rows"] if loaded else None,
-                            seeds=len(cfg.seeds), precision=prec, profile=cfg.profile, error_bars=figure)
+                            seeds=len(cfg.seeds) if runs else None, precision=prec if runs else None,
+                            profile=cfg.profile, error_bars=figure)
 
 
 def paper_table(cfg: Settings, name: str) -> pd.DataFrame:
@@ -514,7 +517,11 @@ def variants_summary(cfg: Settings) -> pd.DataFrame:
     out = aggregate.summary(p)
     if p.empty or p["dataset"].nunique() < 2:
         return out
-    save_table(out, cfg.tables / "variants_summary")
+    save_table(out, cfg.tables / "variants_summary", caption=(
+        f"Pooled over {p['dataset'].nunique()} datasets ({', '.join(sorted(p['dataset'].unique()))}), each as its "
+        f"variants table states: interquartile mean of the relative test-AUC difference (treatment - alone, "
+        f"paired by seed) and the probability of improvement, 95% stratified bootstrap intervals. "
+        f"{cfg.dataset}: {caption(cfg, figure=False)}."))
     return out
 
 

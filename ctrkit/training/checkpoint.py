@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -206,6 +207,30 @@ def read_resume(paths: Sequence[Path], sig: dict) -> dict[int, dict]:
     if torn and not found:
         raise torn[0]
     return found
+
+
+def refuse_foreign(folder: Path, names: Sequence[str]) -> None:
+    """A one-line error when a file of `names` in `folder` is not one ctrkit writes there (a
+    checkpoint is torch's zip archive, maybe damaged: its first bytes; a result.json is a JSON object
+    with a result's keys): ctrkit never overwrites what it did not write."""
+    for name in names:
+        path = folder / name
+        if not path.exists():
+            continue
+        if path.suffix == ".pt":
+            try:
+                with open(path, "rb") as f:
+                    ours = f.read(4) == b"PK\x03\x04"
+            except OSError:
+                ours = False
+        else:
+            try:
+                obj = json.loads(path.read_text())
+            except (OSError, ValueError):
+                obj = None
+            ours = isinstance(obj, dict) and bool({"history", "peers", "test_auc", "run_key"} & set(obj))
+        if not ours:
+            raise CtrkitError(f"{path} exists and was not written by ctrkit: not overwritten (use another --out)")
 
 
 def clean_stale_temp(folder: Path, names: Sequence[str]) -> None:

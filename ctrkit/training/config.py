@@ -115,9 +115,14 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
         raise CtrkitError(f"train config {name}: expected one of {', '.join(choices)}, got {value!r}")
 
 
+# torch.manual_seed takes a signed 64-bit seed
+MAX_SEED = 2**63 - 1
+
+
 def _check_int(what: str, name: str, v: Any, lo: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise CtrkitError(f"{what} {name}: expected an int >= {lo}, got {v!r}")
+    hi = MAX_SEED if name == "seed" else None
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        raise CtrkitError(f"{what} {name}: expected an int >= {lo}" + (f" and <= {hi}" if hi else "") + f", got {v!r}")
 
 
 def _parse_regularizer(name: str, value: Any) -> float:
@@ -178,6 +183,8 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
                 raise CtrkitError(f"train config {name}: expected a finite number > 0, got {v!r}")
             set_(name, float(v))
+        if self.lr_decay >= 1:  # the plateau schedule's factor: it must lower the lr
+            raise CtrkitError(f"train config lr_decay: expected a number in (0, 1), got {self.lr_decay!r}")
         set_("embedding_regularizer", _parse_regularizer("embedding_regularizer", self.embedding_regularizer))
         set_("net_regularizer", _parse_regularizer("net_regularizer", self.net_regularizer))
         if self.clip_grad_norm is not None:
@@ -386,10 +393,9 @@ class RunSpec:
                               f"per model)")
         if not (isinstance(self.finetune_lr_scale, (int, float)) and 0 < self.finetune_lr_scale < math.inf):
             raise CtrkitError(f"finetune_lr_scale: expected a finite number > 0, got {self.finetune_lr_scale!r}")
-        for name in ("finetune_epochs", "warmup_steps", "seed") + (("epochs",) if self.epochs is not None else ()):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if "epochs" in name else 0):
-                raise CtrkitError(f"{name}: expected an int >= {1 if 'epochs' in name else 0}, got {v!r}")
+        for name in ("finetune_epochs", "warmup_steps", "seed") + tuple(
+                n for n in ("epochs", "batch_size") if getattr(self, n) is not None):
+            _check_int("run setting", name, getattr(self, name), 1 if name != "warmup_steps" and name != "seed" else 0)
         if self.tag not in TAGS:
             raise CtrkitError(f"tag: expected one of {TAGS}, got {self.tag!r}")
         _check_choice("graph", self.graph, GRAPH_CHOICES)

@@ -321,7 +321,9 @@ def _prepare_out(run: _Run) -> list[Path]:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CtrkitError(f"cannot create the output folder {folder}: {e.strerror or e}") from None
-        checkpoint.clean_stale_temp(folder, ["last.pt", "best.pt", "result.json", *[path.name for path in paths]])
+        names = ["last.pt", "best.pt", "result.json", *[path.name for path in paths]]
+        checkpoint.refuse_foreign(folder, names)
+        checkpoint.clean_stale_temp(folder, names)
     return paths
 
 
@@ -426,6 +428,8 @@ def train_replicas(groups: list[list[Peer]], data, configs: list[RunConfig], *, 
             _measure(run, Xtr)
     for epoch in range(min(r.st.epoch for r in runs) + 1, config.epochs + 1):
         # a run that ended (every peer stopped) draws no more batches; one resumed an epoch ahead waits
+        if not any(any(r.st.training) for r in runs):
+            break  # every run ended: not a walk through the remaining epoch numbers (--epochs 1e9)
         active = [r for r in runs if r.st.epoch < epoch and any(r.st.training)]
         if not active:
             continue
