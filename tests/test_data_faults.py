@@ -2,7 +2,8 @@
 
 1 data loss in prepare, 3 OS failures and damaged files as one-line errors, 4 BOM and blank lines,
 5 stale staging folders, 6 checks at load, 7 train+test without valid, 9 synth overwrite and a
-truncated .npy in info.
+truncated .npy in info, 10 input errors an audit found (bytes and file names that are not UTF-8, a
+feature map of the wrong shape, synth's seed, marker and temp files).
 """
 from __future__ import annotations
 
@@ -267,3 +268,162 @@ def test_disk_full_on_a_real_small_tmpfs(tmp_path, capsys, tmpfs):
     disk = tmpfs("512k")
     fails(capsys, ["prepare", "avazu", "--raw", str(raw), "--out", str(disk / "out")], "no space left on the device")
     assert list(disk.iterdir()) == []  # the staging folder is gone: the disk is as it was
+
+
+# ------------------------------------------------------------------ 10: input errors found by an audit
+
+def _criteo_with(tmp_path, edits: dict, name="train.txt") -> Path:
+    """A synthetic Criteo file (300 rows, ~75 KB) with lines replaced: {line number: bytes -> bytes}."""
+    src = synth.generate("criteo", 300, tmp_path / "src", seed=4, force=True)
+    lines = src.read_bytes().split(b"\n")
+    for n, edit in edits.items():
+        lines[n - 1] = edit(lines[n - 1])
+    path = tmp_path / "bad" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"\n".join(lines))
+    return path
+
+
+def _bad_c1(line: bytes) -> bytes:
+    cells = line.split(b"\t")
+    cells[14] = b"ab\xff\xfe"  # C1: not UTF-8
+    return b"\t".join(cells)
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path, capsys):
+    out = str(tmp_path / "o")
+    late = _criteo_with(tmp_path, {100: _bad_c1}, "late.txt")  # past the first 8 KB, inside Arrow's first block
+    fails(capsys, ["prepare", "criteo", "--raw", str(late), "--out", out], str(late),
+          "line 100: column C1: not UTF-8 text (byte 0xff)")
+    gz = late.with_suffix(".txt.gz")
+    gz.write_bytes(gzip.compress(late.read_bytes()))
+    fails(capsys, ["prepare", "criteo", "--raw", str(gz), "--out", out], "line 100: column C1")
+    early = _criteo_with(tmp_path, {3: _bad_c1}, "early.txt")  # within the first 8 KB
+    fails(capsys, ["prepare", "criteo", "--raw", str(early), "--out", out], "line 3: column C1: not UTF-8")
+    header = tmp_path / "bad" / "header.csv"
+    header.write_bytes(b"click,id\xff\n1,2\n")
+    fails(capsys, ["prepare", "avazu", "--raw", str(header), "--out", out], "line 1: not UTF-8 text (byte 0xff")
+    # with a malformed row after it, the malformed row (Arrow's error) is named, not a traceback
+    both = _criteo_with(tmp_path, {100: _bad_c1, 150: lambda b: b + b"\textra"}, "both.txt")
+    fails(capsys, ["prepare", "criteo", "--raw", str(both), "--out", out], "line 150: expected 40 columns, got 41")
+    # skipping the malformed row, the byte is found (a skipped row is never converted: not counted)
+    fails(capsys, ["prepare", "criteo", "--raw", str(both), "--out", out, "--on-bad-lines", "skip"],
+          "line 100: column C1")
+    assert not Path(out).exists()
+
+
+def test_avazu_bad_label_after_a_bad_byte_in_the_dropped_id(tmp_path, capsys, raw):
+    lines = raw.read_bytes().split(b"\n")
+    lines[499] = b"12\xff3" + lines[499][lines[499].index(b","):]  # id: dropped, never converted
+    cells = lines[1199].split(b",")
+    cells[1] = b"7"
+    lines[1199] = b",".join(cells)
+    raw.write_bytes(b"\n".join(lines))
+    fails(capsys, ["prepare", "avazu", "--raw", str(raw), "--out", str(tmp_path / "o")],
+          "line 1200: label 'click' must be 0 or 1, got '7'")
+    d = _prepare(raw, tmp_path / "o", "--on-bad-lines", "skip")
+    assert sum(d.rows.values()) == 1999
+
+
+def test_raw_that_is_not_a_regular_file(tmp_path, capsys):
+    import os
+
+    fails(capsys, ["prepare", "criteo", "--raw", "/dev/null", "--out", str(tmp_path / "o")],
+          "/dev/null: not a regular file (a character device)")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fails(capsys, ["prepare", "criteo", "--raw", str(fifo), "--out", str(tmp_path / "o")],
+          "not a regular file (a named pipe)")
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda fm: fm.update(rows=[1, 2, 3]), "'rows': expected an object of rows per split, got [1, 2, 3]"),
+    (lambda fm: fm["rows"].pop("test"), "lacks 'rows.test'"),
+    (lambda fm: fm["rows"].update(valid=-1), "'rows.valid': expected an integer >= 0"),
+    (lambda fm: fm["fields"][1].pop("vocab_size"), "lacks 'fields[1].vocab_size'"),
+    (lambda fm: fm["fields"][0].update(vocab_size="7"), "'fields[0].vocab_size': expected an integer >= 1, got '7'"),
+    (lambda fm: fm.update(fields="abc"), "'fields': expected a non-empty list of fields, got 'abc'"),
+    (lambda fm: fm["fields"].__setitem__(2, "C1"), "'fields[2]': expected an object"),
+    (lambda fm: fm.update(ctr={"train": "x"}), "'ctr.train': expected a number or null, got 'x'"),
+    (lambda fm: fm.update(dataset=7), "'dataset': expected a string"),
+    (lambda fm: fm.update(source=["a"]), "'source': expected an object"),
+])
+def test_feature_map_of_the_wrong_shape_is_one_line_naming_the_key(tmp_path, capsys, raw, edit, needle):
+    out = tmp_path / "out"
+    _prepare(raw, out)
+    fm_path = out / "feature_map.json"
+    fm = json.loads(fm_path.read_text())
+    edit(fm)
+    fm_path.write_text(json.dumps(fm))
+    fails(capsys, ["info", str(out)], str(fm_path), needle)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63), str(2**64)])
+def test_synth_seed_out_of_range(tmp_path, capsys, seed):
+    out = tmp_path / "v"
+    fails(capsys, ["synth", "criteo", "--rows", "30", "--out", str(out), "--seed", seed],
+          f"--seed must be an integer from 0 to 2**63-1, got {seed}")
+    assert not out.exists()
+    assert main(["synth", "criteo", "--rows", "30", "--out", str(out), "--seed", str(2**63 - 1)]) == 0
+
+
+def test_paths_that_are_not_utf8_are_one_line(tmp_path, capsys, raw):
+    import os
+
+    bad = tmp_path / os.fsdecode(b"v\xff")
+    fails(capsys, ["synth", "criteo", "--rows", "10", "--out", str(bad)], "--out", "v\\xff", "not UTF-8")
+    assert not bad.exists()
+    copy = tmp_path / os.fsdecode(b"x\xff.csv")
+    copy.write_bytes(raw.read_bytes())
+    fails(capsys, ["prepare", "avazu", "--raw", str(copy), "--out", str(tmp_path / "o")], "x\\xff.csv", "not UTF-8")
+    fails(capsys, ["prepare", "avazu", "--raw", str(raw), "--out", str(bad)], "--out", "v\\xff", "not UTF-8")
+    assert not bad.exists()
+
+
+def test_synth_marks_its_file_before_writing_it(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "s"
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write() raises it: no file name
+
+    monkeypatch.setattr(synth, "write_json_atomic", full)
+    fails(capsys, ["synth", "criteo", "--rows", "30", "--out", str(out)],
+          f"cannot write {out / synth.MARKER}: no space left on the device")
+    assert not (out / "train.txt").exists()  # nothing written that the next run would not know as its own
+    monkeypatch.undo()
+    assert main(["synth", "criteo", "--rows", "30", "--out", str(out), "--force"]) == 0
+
+
+def test_synth_on_a_full_disk_names_the_file_and_keeps_its_marker(tmp_path, capsys, tmpfs):
+    disk = tmpfs("64k")
+    fails(capsys, ["synth", "criteo", "--rows", "3000", "--out", str(disk / "s")],
+          f"cannot write {disk / 's' / 'train.txt'}: no space left on the device")
+    assert sorted(p.name for p in (disk / "s").iterdir()) == [synth.MARKER]  # no temp file left
+    assert json.loads((disk / "s" / synth.MARKER).read_text())["files"] == ["train.txt"]
+
+
+def test_synth_removes_the_temp_file_of_a_killed_run(tmp_path, monkeypatch):
+    import os
+
+    out = tmp_path / "s"
+    seen = []
+    tables = synth._tables
+
+    def spy(*args):
+        for t in tables(*args):
+            yield t
+            seen.extend(p.name for p in out.iterdir())
+
+    monkeypatch.setattr(synth, "_tables", spy)
+    synth.generate("criteo", 30, out)
+    assert f".train.txt.tmp-{os.getpid()}" in seen  # the temp file carries the writer's pid
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    stale, live = out / f".train.txt.tmp-{dead}", out / f".train.txt.tmp-{os.getppid()}"
+    stale.write_bytes(b"\0" * 4096)
+    live.write_bytes(b"x")  # a running writer's: left alone
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / f".train.txt.tmp-{dead}").write_bytes(b"x")  # no marker naming train.txt: not ours
+    synth.generate("criteo", 30, out, force=True)
+    synth.generate("criteo", 30, foreign)
+    assert not stale.exists() and live.exists() and (foreign / f".train.txt.tmp-{dead}").exists()

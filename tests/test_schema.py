@@ -85,6 +85,9 @@ def test_yaml_and_python_object_are_the_same_schema(tmp_path):
     ("name: x\nlabel: y\ncategorical: [a\n", ["invalid YAML"]),
     ("name: x\nlabel: y\ncategorical: [a]\ncolumns: [y, a, a]\n", ["columns: a listed more than once"]),
     ("name: x\nlabel: y\ncategorical: [a]\ncolumns: [y]\n", ["columns: lacks a"]),
+    # bins sized arrays in the encoder: 10**12 ran out of memory
+    ("name: x\nlabel: y\nnumeric: [{column: t, bucket: quantile, bins: 1000000000000}]\n",
+     ["numeric[0].bins", "from 2 to 65536, got 1000000000000"]),
 ])
 def test_bad_schema_names_the_key(tmp_path, capsys, text, needles):
     f = tmp_path / "s.yaml"
@@ -92,6 +95,16 @@ def test_bad_schema_names_the_key(tmp_path, capsys, text, needles):
     raw = _write_csv(tmp_path / "t.csv", ["y", "a", "t"], [[0, "u", 1], [1, "v", 2]])
     out = tmp_path / "out"
     _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(raw), "--out", str(out)], str(f), *needles, out=out)
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_schema_file_not_utf8_names_the_line(tmp_path, capsys, bom):
+    f = tmp_path / "s.yaml"
+    f.write_bytes(bom + b"name: adult\n\xff\xfe: x\n")
+    raw = _write_csv(tmp_path / "t.csv", ["y", "a"], [[0, "u"], [1, "v"]])
+    out = tmp_path / "out"
+    _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(raw), "--out", str(out)], str(f),
+               "line 2: not UTF-8 text (byte 0xff)", out=out)
 
 
 # ------------------------------------------------------------------------ buckets, time, formats
@@ -447,6 +460,9 @@ def test_a_schema_joins_related_files_by_a_key_and_derives_columns(tmp_path, cap
     _write_csv(raw / "users.csv", ["user_id", "age", "zip"], [(1, 20, "123"), (1, 30, "456")])
     _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(raw / "train.csv"), "--out", str(tmp_path / "x")],
                "users.csv", "repeats a value")
+    (raw / "users.csv").write_bytes(b"user_id,age,zip\xff\n1,20,123\n")
+    _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(raw / "train.csv"), "--out", str(tmp_path / "x")],
+               "users.csv: line 1: not UTF-8 text (byte 0xff")
     f.write_text(f.read_text().replace("rule: first", "rule: last"))
     _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(raw / "train.csv"), "--out", str(tmp_path / "y")],
                "derive[1].rule", "valid: first, prefix")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ctrkit.core.errors import CtrkitError
 from ctrkit.data.schema import DatasetSchema, Label
-from ctrkit.data.sources import Part, as_dictionary_table, sniff, untyped, _file_fingerprint
+from ctrkit.data.sources import Part, as_dictionary_table, check_utf8_name, sniff, untyped, _file_fingerprint
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ def _side_table(path: Path):
 
     if not path.is_file():
         raise CtrkitError(f"{path}: no such file (a schema's join)")
+    check_utf8_name(path, "")
     try:
         if sniff(path) == "parquet":
             t = pq.read_table(path)
@@ -46,6 +47,8 @@ def _side_table(path: Path):
             t = pacsv.read_csv(stream, parse_options=pacsv.ParseOptions(delimiter=delim),
                                convert_options=pacsv.ConvertOptions(strings_can_be_null=False,
                                                                     column_types={c: pa.string() for c in names}))
+    except UnicodeDecodeError as e:  # the header; Arrow checks the rest (ArrowInvalid)
+        raise CtrkitError(f"{path}: line 1: not UTF-8 text (byte 0x{e.object[e.start]:02x}; a schema's join)") from None
     except (pa.ArrowInvalid, OSError) as e:
         raise CtrkitError(f"{path}: cannot read (a schema's join): {(str(e).splitlines() or [''])[0]}") from None
     t = t.rename_columns([untyped(c) for c in t.column_names])

@@ -127,13 +127,56 @@ def load(data_dir) -> CTRData:
         raise CtrkitError(f"{fm_path}: unreadable feature map: {e}") from None
     if not isinstance(fm, dict):
         raise CtrkitError(f"{fm_path}: unreadable feature map: not a JSON object")
-    for key in ("dataset", "protocol", "fields", "fingerprint", "rows"):
-        if key not in fm:
-            raise CtrkitError(f"{fm_path}: feature map lacks {key!r}")
+    _check_feature_map(fm, fm_path)
     d = CTRData(path=path, feature_map=fm)
     for split in SPLITS:
         _check_split_files(d, split)
     return d
+
+
+_ABSENT = object()
+
+
+def _is_count(v, least: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _is_ctr(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _expect(fm_path: Path, key: str, value, ok, want: str) -> None:
+    if value is _ABSENT:
+        raise CtrkitError(f"{fm_path}: feature map lacks {key!r}")
+    if not ok(value):
+        raise CtrkitError(f"{fm_path}: feature map {key!r}: expected {want}, got {repr(value)[:60]}")
+
+
+def _check_feature_map(fm: dict, fm_path: Path) -> None:
+    """The keys and types that loading, `info` and training read, checked once here: a feature map
+    edited or damaged into valid JSON of the wrong shape is one line naming the file and the key."""
+    for key in ("dataset", "protocol", "fingerprint"):
+        _expect(fm_path, key, fm.get(key, _ABSENT), lambda v: isinstance(v, str), "a string")
+    fields = fm.get("fields", _ABSENT)
+    _expect(fm_path, "fields", fields, lambda v: isinstance(v, list) and v, "a non-empty list of fields")
+    for i, f in enumerate(fields):
+        _expect(fm_path, f"fields[{i}]", f, lambda v: isinstance(v, dict), "an object with name and vocab_size")
+        _expect(fm_path, f"fields[{i}].name", f.get("name", _ABSENT), lambda v: isinstance(v, str), "a string")
+        _expect(fm_path, f"fields[{i}].vocab_size", f.get("vocab_size", _ABSENT), lambda v: _is_count(v, 1),
+                "an integer >= 1")
+    rows = fm.get("rows", _ABSENT)
+    _expect(fm_path, "rows", rows, lambda v: isinstance(v, dict), "an object of rows per split")
+    for s in SPLITS:
+        _expect(fm_path, f"rows.{s}", rows.get(s, _ABSENT), _is_count, "an integer >= 0")
+    ctr = fm.get("ctr")  # optional, and so is each split's (null: an empty split)
+    _expect(fm_path, "ctr", ctr, lambda v: v is None or isinstance(v, dict), "an object of CTR per split")
+    for s, v in (ctr or {}).items():
+        _expect(fm_path, f"ctr.{s}", v, _is_ctr, "a number or null")
+    source = fm.get("source")
+    _expect(fm_path, "source", source, lambda v: v is None or isinstance(v, dict), "an object")
+    notes = (source or {}).get("notes", [])
+    _expect(fm_path, "source.notes", notes, lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+            "a list of strings")
 
 
 def _check_split_files(d: CTRData, split: str) -> None:

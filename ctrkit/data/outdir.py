@@ -14,8 +14,10 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 from ctrkit.data.loading import SPLITS
+from ctrkit.data.sources import check_utf8_name
 from ctrkit.core.utils import CtrkitError, write_json_atomic
 
 MARKER = ".ctrkit-prepare.json"
@@ -26,6 +28,7 @@ def check_paths(out: Path, inputs: list[Path]) -> None:
     """Refuse an --out that is a file, or equal to / inside / containing an input."""
     if "\0" in str(out):
         raise CtrkitError(f"--out {str(out)!r}: invalid path (a NUL byte)")
+    check_utf8_name(out, "--out ")
     if out.is_file() or (out.exists() and not out.is_dir()):
         raise CtrkitError(f"--out {out}: is an existing file, not a folder; choose another --out")
     o = out.resolve()
@@ -87,22 +90,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def stale(parent: Path, name: str, kinds=("tmp", "old")) -> Iterator[Path]:
+    """The paths `.<name>.<kind>-<pid>` in `parent` whose process is gone: left by a killed run.
+    Whether one is ours to remove is the caller's check (a marker)."""
+    for p in parent.glob(f".{name}.*-*"):
+        kind, _, pid = p.name[len(name) + 2:].partition("-")
+        if kind in kinds and pid.isdigit() and not _pid_alive(int(pid)):
+            yield p
+
+
 def remove_stale(out: Path) -> list[Path]:
     """Staging/old folders of `out` left by killed runs (their pid gone, our marker inside)."""
     removed = []
     if not out.parent.is_dir():
         return removed
-    for p in out.parent.glob(f".{out.name}.*-*"):
-        kind, _, pid = p.name[len(out.name) + 2:].partition("-")
-        if kind in ("tmp", "old") and pid.isdigit() and not _pid_alive(int(pid)) \
-                and p.is_dir() and (p / MARKER).is_file():
+    for p in stale(out.parent, out.name):
+        if p.is_dir() and (p / MARKER).is_file():
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
 
 
-def os_error(out: Path, e: OSError) -> CtrkitError:
-    where = e.filename or out
+def os_error(out: Path, e: OSError, path: Path | None = None) -> CtrkitError:
+    """One line naming `path` (the file being written), else the file the OS names, else `out`."""
+    where = path or e.filename or out
     why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
            errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}.get(e.errno, e.strerror or str(e))
     return CtrkitError(f"--out {out}: cannot write {where}: {why}")

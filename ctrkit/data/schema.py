@@ -22,6 +22,7 @@ class (`BUILTIN`); the BARS protocols (`PROTOCOLS`) adjust a built-in schema's m
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -41,6 +42,9 @@ FRAPPE_CAT = ["user", "item", "daytime", "weekday", "isweekend", "homework", "co
 MOVIELENS_CAT = ["user_id", "item_id", "tag_id"]
 
 BUCKETS = ("log2", "quantile", "edges")
+# Quantile bins of a numeric field, at most: the encoder holds arrays of `bins` entries, and a field
+# cut finer than this is better read as `categorical` (every distinct value its own index).
+MAX_BINS = 1 << 16
 TIME_FORMATS_HELP = "YYMMDDHH, unix (seconds since 1970) or a strptime format such as %Y-%m-%d %H:%M:%S"
 TIME_PARTS = ("hour", "weekday", "weekend")
 
@@ -141,8 +145,8 @@ class Numeric:
                 isinstance(e, bool) or not isinstance(e, (int, float)) for e in n.edges)
                 or any(a >= b for a, b in zip(n.edges, n.edges[1:]))):
             raise CtrkitError(f"{where}.edges: expected a non-empty list of strictly increasing numbers, got {edges!r}")
-        if not isinstance(n.bins, int) or isinstance(n.bins, bool) or n.bins < 2:
-            raise CtrkitError(f"{where}.bins: expected an integer >= 2, got {n.bins!r}")
+        if not isinstance(n.bins, int) or isinstance(n.bins, bool) or not 2 <= n.bins <= MAX_BINS:
+            raise CtrkitError(f"{where}.bins: expected an integer from 2 to {MAX_BINS}, got {n.bins!r}")
         return n
 
 
@@ -354,15 +358,27 @@ class DatasetSchema:
         return dataclasses.replace(self, **changes)
 
 
+def _schema_text(path: Path) -> str:
+    """The file as UTF-8 text (a byte-order mark dropped); a byte that is not UTF-8 is named by line."""
+    try:
+        body = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    except OSError as e:
+        raise CtrkitError(f"{path}: cannot read schema: {e.strerror or e}") from None
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = body[:e.start].count(b"\n") + 1
+        raise CtrkitError(f"{path}: line {line}: not UTF-8 text (byte 0x{body[e.start]:02x}); "
+                          f"save the schema as UTF-8") from None
+
+
 def load_schema(path) -> DatasetSchema:
     """A schema from a YAML (or JSON) file; errors name the file and the key."""
     import yaml
 
     path = Path(path)
     try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except OSError as e:
-        raise CtrkitError(f"{path}: cannot read schema: {e.strerror or e}") from None
+        d = yaml.safe_load(_schema_text(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gzip as _gzip
 import hashlib
+import re
+import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ class Part:
     open: Callable[[], Iterator]             # -> iterator of pyarrow Tables/RecordBatches
     first_line: int                         # line number of the first data row (1-based)
     columns: dict                           # our column name -> column name in the stream
-    locate_bad_row: Callable[[int], str] | None = None  # rows_ok -> "line N: ..." (files)
+    locate_bad_row: Callable[[int, str], str] | None = None  # (rows_ok, Arrow's message) -> "line N: ..." (files)
     line_of: Callable[[int], int] | None = None          # data row k (0-based) -> its line number
     fingerprint: str = ""
     size: int = 0
@@ -61,9 +63,18 @@ def sniff(path: Path) -> str:
 
 def _open_text(path: Path):
     # utf-8-sig: a byte-order mark before the header is not part of the first column's name.
+    # surrogateescape: a byte that is not UTF-8 is read as one lone surrogate (_ESCAPED), not raised,
+    # so the lines around it are still read and counted, and the line holding it can be named.
     if sniff(path) == "gzip":
-        return _gzip.open(path, "rt", newline="", encoding="utf-8-sig")
-    return open(path, newline="", encoding="utf-8-sig")
+        return _gzip.open(path, "rt", newline="", encoding="utf-8-sig", errors="surrogateescape")
+    return open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]")
+
+
+def _bad_byte(m: re.Match) -> str:
+    return f"byte 0x{ord(m.group()) - 0xdc00:02x}"
 
 
 def _file_fingerprint(path: Path) -> str:
@@ -115,12 +126,14 @@ def untyped(name: str) -> str:
 def _read_first_line(path: Path) -> str:
     try:
         with _open_text(path) as f:
-            return f.readline()
-    except UnicodeDecodeError:
-        raise CtrkitError(f"{path}: not UTF-8 text, and its content is not parquet or gzip: give a CSV/TSV "
-                          f"(optionally .gz) or a parquet file") from None
+            first = f.readline()
     except (OSError, EOFError, zlib.error) as e:
         raise CtrkitError(f"{path}: cannot read: {_os_reason(e)}") from None
+    bad = _ESCAPED.search(first)
+    if bad:  # a later line's bad byte is Arrow's to find (it names the column), then _locate's
+        raise CtrkitError(f"{path}: line 1: not UTF-8 text ({_bad_byte(bad)} at character {bad.start() + 1}), "
+                          f"and its content is not parquet or gzip: give a CSV/TSV (optionally .gz) or a parquet file")
+    return first
 
 
 def _os_reason(e: Exception) -> str:
@@ -128,9 +141,36 @@ def _os_reason(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular(path: Path) -> None:
+    """A regular file (a fifo or /dev/null exists but is not one: say which)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise CtrkitError(f"{path}: no such file") from None
+    except OSError as e:
+        raise CtrkitError(f"{path}: cannot read: {_os_reason(e)}") from None
+    if not stat.S_ISREG(mode):
+        what = next((w for test, w in _NOT_REGULAR if test(mode)), "a special file")
+        raise CtrkitError(f"{path}: not a regular file ({what}): give a CSV/TSV (optionally .gz) or a parquet file")
+
+
+def check_utf8_name(path, what: str) -> None:
+    """Refuse a path whose name is not UTF-8: Arrow takes paths as UTF-8 text only, and ctrkit prints
+    paths to stdout, which cannot encode one under a strict UTF-8 locale."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise CtrkitError(f"{what}{shown}: the path is not UTF-8 text; rename it") from None
+
+
 def _file_part(path: Path, schema: DatasetSchema, split: str | None, on_bad_lines: str) -> Part:
-    if not path.is_file():
-        raise CtrkitError(f"{path}: no such file")
+    check_utf8_name(path, "")
+    _check_regular(path)
     kind = sniff(path)
     if kind == "parquet":
         return _parquet_part(path, schema, split)
@@ -161,7 +201,7 @@ def _file_part(path: Path, schema: DatasetSchema, split: str | None, on_bad_line
                  ignored=ignored)
     part.open = _csv_batches(path, part, names if not header else None, delim, on_bad_lines)
     part.line_of = lambda k: _line_of(path, first_line, k)
-    part.locate_bad_row = lambda rows_ok: _locate(path, first_line, rows_ok, delim, len(names))
+    part.locate_bad_row = lambda rows_ok, msg: _locate(path, first_line, rows_ok, delim, names, msg)
     return part
 
 
@@ -221,24 +261,34 @@ def _line_of(path: Path, first_line: int, k: int) -> int:
     return last + 1
 
 
-def _locate(path: Path, first_line: int, rows_ok: int, delim: str, n_cols: int) -> str:
-    # Arrow does not report line numbers: find the first malformed line after the good rows.
+def _locate(path: Path, first_line: int, rows_ok: int, delim: str, names: list, msg: str) -> str:
+    """Arrow does not report line numbers: find the first line after the good rows with the fault
+    Arrow reports, a wrong number of columns or (a conversion error) a byte that is not UTF-8."""
+    utf8 = "UTF8" in msg
+    m = re.search(r"column #(\d+)", msg)  # the file's column, 0-based
+    col = int(m.group(1)) if utf8 and m else None
     try:
         for i, (lineno, line) in enumerate(_data_lines(path, first_line)):
             if i < rows_ok:
                 continue
-            got = len(line.rstrip("\r\n").split(delim))
-            if got != n_cols:
-                return f"line {lineno}: expected {n_cols} columns, got {got}"
+            cells = line.rstrip("\r\n").split(delim)
+            if len(cells) != len(names):
+                if not utf8:
+                    return f"line {lineno}: expected {len(names)} columns, got {len(cells)}"
+                continue  # a row of the wrong width was skipped (--on-bad-lines skip), never converted
+            bad = _ESCAPED.search(line if col is None else cells[col]) if utf8 else None
+            if bad:
+                where = "" if col is None else f"column {names[col]}: "
+                return f"line {lineno}: {where}not UTF-8 text ({_bad_byte(bad)})"
     except (OSError, EOFError, zlib.error) as e:
         return f"near data row {rows_ok + 1}: {_os_reason(e)}"
-    return f"line {_line_of(path, first_line, rows_ok)}: malformed row"
+    return f"line {_line_of(path, first_line, rows_ok)}: {'not UTF-8 text' if utf8 else 'malformed row'}"
 
 
 def _arrow_error(part: Part, e: Exception, rows_ok: int) -> str:
     msg = (str(e).splitlines() or [type(e).__name__])[0]
-    if part.locate_bad_row is not None and "columns" in msg:
-        return f"{part.name}: {part.locate_bad_row(rows_ok)}"
+    if part.locate_bad_row is not None and ("columns" in msg or "UTF8" in msg):
+        return f"{part.name}: {part.locate_bad_row(rows_ok, msg)}"
     return f"{part.name}: near line {part.first_line + rows_ok}: {msg}"
 
 

@@ -20,7 +20,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ctrkit.core.utils import CtrkitError, atomic_path, write_json_atomic
+from ctrkit.core.utils import CtrkitError, write_json_atomic
+from ctrkit.data import outdir
+from ctrkit.data.sources import check_utf8_name
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]
@@ -302,31 +304,48 @@ def _chunk(truth: _Truth, dataset: str, tokens: list, seed: int, chunk_no: int, 
     return pa.table(cols, names=names)
 
 
-def _claim(out: Path, name: str, force: bool) -> None:
-    """Refuse to replace a file unless --force and ctrkit synth (or synthetic_dataset) wrote it."""
+def _marked(out: Path) -> set | None:
+    """The file names the folder's marker lists as written by ctrkit synth (None: no readable marker)."""
     import json
 
+    try:
+        return set(json.loads((out / MARKER).read_text()).get("files", []))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def _claim(out: Path, name: str, force: bool) -> None:
+    """Refuse to replace a file unless --force and ctrkit synth (or synthetic_dataset) wrote it."""
     path = out / name
     if not path.exists():
         return
     if not force:
         raise CtrkitError(f"{path}: exists; pass --force to replace it (only a file ctrkit synth wrote)")
-    try:
-        ours = name in json.loads((out / MARKER).read_text()).get("files", [])
-    except (OSError, ValueError, AttributeError):
-        ours = (out / "synth.json").is_file()  # folders of synthetic_dataset from before the marker
+    files = _marked(out)
+    # without a marker: a folder of synthetic_dataset from before the marker
+    ours = name in files if files is not None else (out / "synth.json").is_file()
     if not ours or not path.is_file():
         raise CtrkitError(f"{path}: exists and was not written by ctrkit synth; not replacing it")
 
 
 def _mark(out: Path, name: str) -> None:
-    import json
-
+    """List `name` in the marker, before the file is written: a file (or a temp file) that a full
+    disk or a kill leaves half-written is then known as ours, and replaced by the next run."""
     try:
-        files = set(json.loads((out / MARKER).read_text()).get("files", []))
-    except (OSError, ValueError, AttributeError):
-        files = set()
-    write_json_atomic(out / MARKER, {"written_by": "ctrkit synth", "files": sorted(files | {name})})
+        write_json_atomic(out / MARKER, {"written_by": "ctrkit synth",
+                                         "files": sorted((_marked(out) or set()) | {name})})
+    except OSError as e:
+        raise outdir.os_error(out, e, out / MARKER) from None
+
+
+def _remove_stale(out: Path, name: str) -> None:
+    """The temp file of `name` left by a killed run (its pid gone; see `_write`), when the marker
+    lists `name`: prepare's mechanism (outdir.stale), for one file."""
+    if name not in (_marked(out) or set()):
+        return
+    for p in outdir.stale(out, name, kinds=("tmp",)):
+        if p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
@@ -345,28 +364,29 @@ def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
         raise CtrkitError(f"unknown dataset {dataset!r}; valid: {', '.join(BASE_CTR)}")
     if not isinstance(rows, (int, np.integer)) or isinstance(rows, bool) or rows < 1:
         raise CtrkitError(f"--rows must be a positive integer, got {rows!r}")
+    # numpy's seeds are >= 0 (and the [seed, k] lists below < 2**64); < 2**63 keeps it an int64 wherever stored
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise CtrkitError(f"--seed must be an integer from 0 to 2**63-1, got {seed!r}")
     out = Path(out)
     name = _FILE[dataset] + (".gz" if gzip else "")
     path = out / name
     _prepare_out(out, name, force)
+    _mark(out, name)
     truth = _Truth(dataset, int(rows), seed)
     tokens = _tokens(truth, dataset, seed)
     bar = tqdm(total=int(rows), unit="rows", desc=f"synth {dataset}", disable=not progress)
     try:
         _write(path, dataset, _tables(truth, tokens, seed, int(rows), bar), gzip=gzip)
     except OSError as e:
-        raise CtrkitError(f"--out {out}: cannot write {path}: {e.strerror or e}") from None
+        raise outdir.os_error(out, e, path) from None
     finally:
         bar.close()
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # the temp file was created private (mkstemp); a data file is not
-    _mark(out, name)
     return path
 
 
 def _prepare_out(out: Path, name: str, force: bool) -> None:
     """The output folder exists and `name` in it may be written (see `_claim`)."""
+    check_utf8_name(out, "--out ")
     if out.exists() and not out.is_dir():
         raise CtrkitError(f"--out {out}: is a file, not a folder")
     _claim(out, name, force)
@@ -374,6 +394,7 @@ def _prepare_out(out: Path, name: str, force: bool) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CtrkitError(f"--out {out}: cannot create: {e.strerror or e}") from None
+    _remove_stale(out, name)
 
 
 def _tables(truth: _Truth, tokens: list, seed: int, rows: int, bar) -> Iterator:
@@ -389,7 +410,8 @@ def _tables(truth: _Truth, tokens: list, seed: int, rows: int, bar) -> Iterator:
 
 def _write(path: Path, dataset: str, tables: Iterable, *, gzip: bool) -> None:
     """Write the tables as the dataset's raw CSV (header by hand: Arrow would quote the column
-    names; Criteo has none), atomically, gzipped when asked."""
+    names; Criteo has none), gzipped when asked, atomically: into `.<name>.tmp-<pid>`, renamed at
+    the end (the pid in the name lets the next run remove the temp file of a killed one)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -397,7 +419,8 @@ def _write(path: Path, dataset: str, tables: Iterable, *, gzip: bool) -> None:
                                     quoting_style="none")
     header = None if dataset == "criteo" else (AVAZU_COLUMNS if dataset == "avazu" else
                                                ["label"] + list(_CATEGORICAL[dataset]))
-    with atomic_path(path) as tmp:
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
         sink = pa.CompressedOutputStream(str(tmp), "gzip") if gzip else pa.OSFile(str(tmp), "wb")
         writer = None
         try:
@@ -411,3 +434,6 @@ def _write(path: Path, dataset: str, tables: Iterable, *, gzip: bool) -> None:
             if writer is not None:
                 writer.close()
             sink.close()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
