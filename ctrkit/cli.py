@@ -86,7 +86,8 @@ def _overrides(pairs: list[tuple[str, str]], model_names: list[str]) -> dict:
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise CtrkitError(f"--set {key}={text}: not a YAML/JSON literal ({e})") from None
+            reason = " ".join(str(e).split())  # YAML's message spans lines: one line here
+            raise CtrkitError(f"--set {key}={text}: not a YAML/JSON literal ({reason})") from None
         if key in strings or (key == "monitor" and not isinstance(value, dict)):
             value = text  # YAML 1.1 would read amp=off as false
         if isinstance(value, str) and key in ("lr", "min_lr", "lr_decay", "clip_grad_norm"):
@@ -363,7 +364,7 @@ def _pretrain_seeds(args, spec, d, name):
 def _spec(args):
     from ctrkit.experiments import runs
 
-    peers = [p for p in str(args.peers).split(",") if p.strip()]
+    peers = [p.strip() for p in str(args.peers).split(",") if p.strip()]  # "FM, LR" is FM and LR
     return runs.RunSpec(**_settings(args, runs.RunSpec), peers=tuple(peers), progress=not args.json,
                         overrides=_overrides(args.overrides, [runs.split_label(p)[0] for p in peers]))
 

@@ -106,9 +106,17 @@ def test_out_of_range_settings_are_one_line_before_training(criteo_small, tmp_pa
                         (pre + ["--seeds", f"1,{2**64}"], "--seeds: expected distinct ints in 0.."),
                         (pre + ["--threads", "100000"], "threads: 100000 is more than this machine can use"),
                         (pre + ["--set", "lr_decay=1"], "lr_decay: expected a number in (0, 1)"),
-                        (mut + ["--batch-size", "0"], "batch_size: expected an int >= 1, got 0")):
+                        (mut + ["--batch-size", "0"], "batch_size: expected an int >= 1, got 0"),
+                        (pre + ["--set", "lr=[1"], "--set lr=[1: not a YAML/JSON literal")):
         assert words in _main_error(capsys, args)
     assert not (tmp_path / "p").exists() and not (tmp_path / "m.jsonl").exists()
+
+
+def test_peers_may_have_a_space_after_the_comma(criteo_small, tmp_path, capsys):
+    args = _mutual_args(criteo_small, tmp_path / "m", tmp_path / "m.jsonl", "--epochs", "1")
+    args[args.index("--peers") + 1] = "DeepFM, DCN"
+    assert cli.main(args) == 0
+    assert [p["label"] for p in _last_json(capsys.readouterr().out)["peers"]] == ["DeepFM", "DCN"]
 
 
 def test_files_ctrkit_did_not_write_are_neither_appended_to_nor_overwritten(criteo_small, tmp_path, capsys):

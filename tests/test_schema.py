@@ -88,6 +88,8 @@ def test_yaml_and_python_object_are_the_same_schema(tmp_path):
     # bins sized arrays in the encoder: 10**12 ran out of memory
     ("name: x\nlabel: y\nnumeric: [{column: t, bucket: quantile, bins: 1000000000000}]\n",
      ["numeric[0].bins", "from 2 to 65536, got 1000000000000"]),
+    # the name names folders (runs/<name>/seed<S>/...): a path would write outside them
+    ('name: "../../evil"\nlabel: y\ncategorical: [a]\n', ["name: a name, not a path", "'../../evil'"]),
 ])
 def test_bad_schema_names_the_key(tmp_path, capsys, text, needles):
     f = tmp_path / "s.yaml"

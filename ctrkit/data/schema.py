@@ -279,6 +279,8 @@ class DatasetSchema:
                 raise CtrkitError(f"{where}: missing key {k!r}")
         if not isinstance(d["name"], str) or not d["name"]:
             raise CtrkitError(f"{where}.name: expected a non-empty string, got {d['name']!r}")
+        if "/" in d["name"] or "\\" in d["name"] or d["name"] in (".", ".."):  # it names folders (runs/<name>/...)
+            raise CtrkitError(f"{where}.name: a name, not a path, got {d['name']!r}")
         s = cls(name=d["name"], label=Label.from_dict(d["label"]),
                 categorical=_names(d.get("categorical") or [], "categorical"),
                 numeric=tuple(Numeric.from_dict(x, f"numeric[{i}]") for i, x in enumerate(d.get("numeric") or [])),
