@@ -298,6 +298,10 @@ def test_controls_compare_mutual_with_alone_at_the_lr_scale_best_for_alone(tmp_p
         assert t.loc[(arm, m), "auc_diff_mean"] == pytest.approx(np.mean(mut) - np.mean(
             [alone_auc(m, x, 0.1) - 0.0007 for x in SEEDS]))
         assert t.loc[(arm, m), "n_pairs"] == len(SEEDS)
+    # its own Holm family: the controls' correction is over the controls alone
+    tuned = t.index.get_level_values(0) == arm
+    for rows in (t[tuned], t[~tuned & t["p_ttest"].notna()]):
+        assert rows["p_holm"].to_numpy() == pytest.approx(pstats.holm(rows["p_ttest"].to_numpy()))
 
 
 def test_controls_kd_and_ensemble_against_alone(store):

@@ -45,8 +45,8 @@ CAPTIONS = {
               "the test AUC is reported, never used to choose.",
     "controls": f"Every arm minus finetuning alone of the same unit (model or ensemble = mean probability of the "
                 f"peers), paired by seed [{CI_NAME}]; KD: students of the best pretrained model; last arm: mutual "
-                f"minus alone at the lr scale best for alone on validation (a baseline tuned for itself); "
-                f"p_holm per dataset.",
+                f"minus alone at the lr scale best for alone on validation (a baseline tuned for itself; Holm "
+                f"within its rows); p_holm per dataset.",
 }
 
 
