@@ -124,6 +124,7 @@ def test_files_ctrkit_did_not_write_are_neither_appended_to_nor_overwritten(crit
     notes.write_text("# my notes\n")
     line = _main_error(capsys, _pretrain_args(criteo_small, tmp_path / "p", "--store", str(notes)))
     assert "not a ctrkit results store" in line and notes.read_text() == "# my notes\n"
+    assert not (tmp_path / "p").exists()  # found before training, not after
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "best.pt").write_text("my own weights\n")

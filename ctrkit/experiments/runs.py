@@ -279,6 +279,8 @@ def pretrain(spec: PretrainSpec, data, *, out_dir: str | Path | None = None, res
     """Pretrain one model (or label, "DeepFM_2": init seed + 1) with its preset and `fit`; a finished
     checkpoint of the same dataset and settings in `out_dir` is reused, an interrupted one resumed,
     unless `force`. Returns (fit's result, the store record, also appended to `store` once)."""
+    if store is not None:
+        _store(store).check_usable()
     j = _pretrain_job(spec, data, out_dir, force)
     if j["result"] is None:
         seed_everything(j["init_seed"])  # the init seed; fit reseeds for the batch order
@@ -517,6 +519,8 @@ def pretrain_many(specs: Sequence[PretrainSpec], data, *, out_dirs: Sequence[str
     """`pretrain` of one model label at several seeds (or settings), those not reusable from their
     `out_dirs` trained together as replicas (`fit_replicas`); each result and record is the one
     `pretrain` gives alone (within `ctrkit.training.replicas`'s tolerance). Returns (result, record) per spec."""
+    if store is not None:
+        _store(store).check_usable()
     jobs = [_pretrain_job(spec, data, out, force) for spec, out in zip(specs, out_dirs)]
     todo = [j for j in jobs if j["result"] is None]
     for j in todo:

@@ -44,6 +44,16 @@ class ResultsStore:
         self._lock = FileLock(str(self.path) + ".lock")
 
     # ---- write -------------------------------------------------------------------------------
+    def check_usable(self) -> None:
+        """Fail now, not after training, when this store cannot take a run: someone else's file (its
+        first line is read) or a folder that cannot be made."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CtrkitError(f"results store {self.path}: cannot create its folder ({e.strerror or e})") from None
+        if self.path.exists():
+            self.run_keys()
+
     def append(self, records: Iterable[dict]) -> int:
         """Append all of one run's records at once; returns how many were written."""
         records = [dict(r) for r in records]
