@@ -107,7 +107,8 @@ def test_out_of_range_settings_are_one_line_before_training(criteo_small, tmp_pa
                         (pre + ["--threads", "100000"], "threads: 100000 is more than this machine can use"),
                         (pre + ["--set", "lr_decay=1"], "lr_decay: expected a number in (0, 1)"),
                         (mut + ["--batch-size", "0"], "batch_size: expected an int >= 1, got 0"),
-                        (pre + ["--set", "lr=[1"], "--set lr=[1: not a YAML/JSON literal")):
+                        (pre + ["--set", "lr=[1"], "--set lr=[1: not a YAML/JSON literal"),
+                        (pre + ["--set", "monitor={AUC: .nan}"], "monitor: bad entry 'AUC': nan")):
         assert words in _main_error(capsys, args)
     assert not (tmp_path / "p").exists() and not (tmp_path / "m.jsonl").exists()
 

@@ -151,8 +151,10 @@ def parse_monitor(value: Any) -> dict[str, float]:
     if isinstance(value, dict) and value:
         out = {}
         for k, w in value.items():
-            if str(k).lower() not in metrics.METRICS or isinstance(w, bool) or not isinstance(w, (int, float)):
-                raise CtrkitError(f"train config monitor: bad entry {k!r}: {w!r}; metrics: AUC, logloss")
+            if str(k).lower() not in metrics.METRICS or isinstance(w, bool) or not isinstance(w, (int, float)) \
+                    or not math.isfinite(w):  # a NaN weight would end the run at its first epoch
+                raise CtrkitError(f"train config monitor: bad entry {k!r}: {w!r}; metrics: AUC, logloss, "
+                                  f"finite weights")
             out[str(k).lower()] = float(w)
         return out
     raise CtrkitError(f"train config monitor: expected AUC, logloss, AUC-logloss or a dict, got {value!r}")
