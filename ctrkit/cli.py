@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 
 # Nothing heavy at import time: torch loads inside main(), where Ctrl-C and errors are handled.
@@ -243,6 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: one `ctrkit: error:` line and exit 2 for bad input or an OS failure, and
+    warnings as one `ctrkit: warning:` line each (Python's show the source line too)."""
+    shown = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"ctrkit: warning: {message}\n"
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = shown
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)  # a flag's own check (--seeds, --replicas) is one line too
         result = COMMANDS[args.command](args)

@@ -155,6 +155,19 @@ def test_stores_that_are_not_stores_are_one_line(tmp_path, capsys):
                                                                  str(tmp_path / "other.csv")])
 
 
+def test_a_warning_is_one_line(tmp_path):
+    """A torn line in the store (a writer killed mid-line) is skipped with one warning line."""
+    store = ResultsStore(tmp_path / "s.jsonl")
+    store.append([{"run_key": "a", "peer": "FM"}])
+    with open(store.path, "a") as f:
+        f.write('{"run_key": "torn", "pe\n')
+    store.append([{"run_key": "b", "peer": "FM"}])
+    p = _cli(["table", "finetune", "--store", str(store.path)])
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == [f"ctrkit: warning: results store {store.path}: skipped 1 unreadable line(s) "
+                                     f"(left by a writer that was killed mid-write)"]
+
+
 def test_json_to_a_full_disk_and_out_of_memory_are_one_line(criteo_small, monkeypatch, capsys):
     with open("/dev/full", "w") as full:
         p = subprocess.run([*CLI, "info", str(criteo_small.path), "--json"], stdout=full, stderr=subprocess.PIPE,
