@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,10 @@ def test_bucketize_hand_checked():
     # BARS convert_to_bucket: v > 2 -> floor(ln(v)^2), else int(v).
     v = np.array([-2, -1, 0, 1, 2, 2.5, 3, 10, 100, 1000, 17668.0])
     assert data.bucketize(v).tolist() == [-2, -1, 0, 1, 2, 0, 1, 5, 21, 47, 95]
+    # a huge negative is one bucket at the bound, without numpy's overflow warning (raised as an error here)
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert data.bucketize(np.array([-1e308, -1e30, -3.5])).tolist() == [-2**62, -2**62, -3]
 
 
 def test_integer_missing_is_its_own_token(tmp_path):

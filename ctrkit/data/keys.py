@@ -58,12 +58,13 @@ _INT_KEY_OFFSET = 1 << 40  # bucket b -> key b + 2^40 (> 0); key 0 is "missing"
 
 
 def bucketize(v: np.ndarray) -> np.ndarray:
-    """BARS `convert_to_bucket`: v > 2 -> floor(ln(v)^2), else int(v) (truncation)."""
+    """BARS `convert_to_bucket`: v > 2 -> floor(ln(v)^2), else int(v) (truncation); a value below
+    -2**62 (e.g. -1e308) is that bound, one bucket, not an int64 overflow's arbitrary one."""
     v = np.asarray(v, dtype=np.float64)
     out = np.trunc(v)
     big = v > 2
     out[big] = np.floor(np.log(v[big]) ** 2)
-    return out.astype(np.int64)
+    return np.maximum(out, -2.0**62).astype(np.int64)
 
 
 def _numbers(values) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
