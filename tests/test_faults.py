@@ -132,6 +132,9 @@ def test_files_ctrkit_did_not_write_are_neither_appended_to_nor_overwritten(crit
     line = _main_error(capsys, _pretrain_args(criteo_small, mine))
     assert f"{mine / 'best.pt'} exists and was not written by ctrkit" in line
     assert (mine / "best.pt").read_text() == "my own weights\n"
+    (tmp_path / "dir" / "last.pt").mkdir(parents=True)  # found before training, not at the first save
+    line = _main_error(capsys, _pretrain_args(criteo_small, tmp_path / "dir", "--resume"))
+    assert "last.pt exists and was not written by ctrkit" in line
     # ctrkit's own files in that folder are replaced as before (another setting, the same --out)
     assert cli.main(_pretrain_args(criteo_small, tmp_path / "again")) == 0
     assert cli.main(_pretrain_args(criteo_small, tmp_path / "again", "--set", "lr=0.002")) == 0
