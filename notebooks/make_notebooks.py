@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 PARAMETERS = '''# Parameters (papermill replaces this cell; None = the profile's value, see ctrkit.notebook.profiles.PROFILES)
 dataset = "criteo"      # criteo | avazu
 data_dir = None         # None: synthetic data; else a processed dataset dir or raw files (profile full)
-profile = "smoke"       # smoke | quick | full
+profile = "quick"       # smoke | quick | paper | study | full (quick: what `make reproduce` wrote to results/)
 device = "auto"         # auto | cpu | cuda
 out = "results"         # shared output folder: data, checkpoints, store, tables, figures
 rows = None             # synthetic rows
@@ -109,8 +109,10 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "                            caption=reproduce.caption(cfg),\n"
                  "                            title=f'Finetuning sweep: mutual - alone vs the weight ({cfg.dataset})'))"),
         ("md", "## Mutual finetuning vs finetuning alone, at the chosen setting"),
-        ("code", "best = reproduce.chosen(cfg)\nprint(best)\nreproduce.paper_table(cfg, 'headline')\n"
-                 "reproduce.paper_table(cfg, 'finetune')"),
+        ("code", "best = reproduce.chosen(cfg)\n"
+                 "print(f\"chosen on validation: weight {best['weight']:g}, lr scale {best['finetune_lr_scale']:g}\")\n"
+                 "reproduce.paper_table(cfg, 'finetune')  # every column, written to tables/; shown: the headline\n"
+                 "reproduce.paper_table(cfg, 'headline')"),
         ("md", "## Paired gains per model (95% paired t-intervals)"),
         ("code", "plots.show(plots.paired_gains(reproduce.figure_data(cfg, 'gains'), cfg.figure('paired_gains'),\n"
                  "                              caption=reproduce.caption(cfg),\n"

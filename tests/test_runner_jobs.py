@@ -54,8 +54,9 @@ with log.open("a") as f:
 
 
 def _awaits(out: Path, dataset: str, notebook: str, name: str) -> None:
-    """Notebook (dataset, notebook) holds its slot until OUT/name exists."""
-    out.mkdir(exist_ok=True)
+    """Notebook (dataset, notebook) holds its slot until OUT/name exists (OUT made a reproduction's
+    folder first, its `.done`: reproduce writes into no folder of other files)."""
+    (out / ".done").mkdir(parents=True, exist_ok=True)
     (out / f"await_{dataset}_{notebook}").write_text(name)
 
 
@@ -142,7 +143,7 @@ def test_one_job_is_sequential_in_plan_order(fake_notebooks, tmp_path):
 
 def test_failure_stops_new_starts_lets_the_running_finish_and_a_rerun_resumes(fake_notebooks, tmp_path):
     out, logs = tmp_path / "out", []
-    out.mkdir()
+    (out / ".done").mkdir(parents=True)  # a reproduction's folder: its signal files are not foreign
     (out / "fail_criteo_01_baselines").touch()
     # criteo's 01 fails once avazu's 01 runs beside it, and avazu's is still running when the runner
     # takes in the failure: the runner's own log line releases it
@@ -244,9 +245,23 @@ def test_the_longest_chain_of_work_starts_first():
         + cost["04_peer_count"]
 
 
+def test_an_out_of_other_files_is_refused_and_a_bad_plan_makes_no_folder(fake_notebooks, tmp_path):
+    """reproduce writes index.md, tables and notebooks: into a folder of someone else's files it
+    writes nothing (it replaced them before); a bad --dataset fails before the folder is made."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.md").write_text("my index\n")
+    with pytest.raises(CtrkitError, match="holds files that ctrkit did not write"):
+        _run(fake_notebooks, mine, jobs=1)
+    assert [p.name for p in mine.iterdir()] == ["index.md"] and (mine / "index.md").read_text() == "my index\n"
+    with pytest.raises(CtrkitError, match="--dataset 'foo'"):
+        _run(fake_notebooks, tmp_path / "new", jobs=1, dataset="foo")
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_worker_that_dies_is_one_line_naming_its_notebook(fake_notebooks, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    out.mkdir()
+    (out / ".done").mkdir(parents=True)  # a reproduction's folder: its signal files are not foreign
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the killed worker cannot remove its kernel's socket folder
     (out / "kill_criteo_01_baselines").touch()
     with pytest.raises(CtrkitError) as e:

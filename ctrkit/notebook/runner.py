@@ -158,8 +158,9 @@ def run(request: Reproduction, *, progress: bool = True, notebooks_dir: str | Pa
     out_dir = Path(request.out).resolve()
     sizes = PROFILES[request.profile]
     jobs = parallel_jobs(request.jobs, sizes, device.type)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    todo = _todo(_jobs(request), nb_dir, out_dir, sizes, force=request.force)
+    planned = _jobs(request)  # a bad plan (an unknown dataset) fails before the folder is made
+    _claim_out(out_dir)
+    todo = _todo(planned, nb_dir, out_dir, sizes, force=request.force)
     t0, steps = time.perf_counter(), _Steps(todo, out_dir, sizes, log, progress_every)
     if jobs == 1:
         ran, skipped = _run_in_order(steps, progress=progress)
@@ -414,6 +415,27 @@ def _jobs(request: Reproduction) -> list[Job]:
             raise CtrkitError(f"unknown notebook(s) {unknown}; valid: {', '.join(NOTEBOOKS)}")
         jobs = [j for j in jobs if j.notebook in request.only]
     return jobs
+
+
+# What marks a folder as ctrkit's own output: a reproduction's `.done`, or what the notebooks write
+# when run by hand in JupyterLab (synthetic or prepared data with their markers, a results store).
+_OURS = (".done", "data/*/raw/.ctrkit-synth.json", "data/*/*/.ctrkit-prepare.json", "*/store.jsonl")
+
+
+def _claim_out(out_dir: Path) -> None:
+    """--out is new, empty or ctrkit's (`_OURS`; its `.done` is made here before anything else is
+    written, so an interrupted first run's folder is one too): reproduce writes its index, tables,
+    figures and notebooks there and replaces its own; a folder of other files is refused, not written
+    into (it replaced a user's index.md and tables before)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CtrkitError(f"--out {out_dir}: is a file, not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not any(any(out_dir.glob(p)) for p in _OURS):
+        raise CtrkitError(f"--out {out_dir}: holds files that ctrkit did not write (no reproduction, data or "
+                          f"results store of ctrkit's in it); not writing into it: give a new or empty folder")
+    try:
+        (out_dir / ".done").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CtrkitError(f"--out {out_dir}: cannot create: {e.strerror or e}") from None
 
 
 def _done_before(marker: Path, dest: Path, digest: str) -> bool:
