@@ -46,11 +46,17 @@ def control_runs(df: pd.DataFrame, treat: pd.DataFrame) -> pd.DataFrame:
     return cand[cand["settings_key"] == scores[0][2]]
 
 
-def _units(g: pd.DataFrame) -> set:
-    """(peer, seed, pretrained test AUC rounded to the tolerance; None from scratch) of each record."""
-    start = g["pretrained_test_auc"] if "pretrained_test_auc" in g else pd.Series(np.nan, index=g.index)
+def _starts(aucs) -> list:
+    """Each record's pretrained start as a comparable key: its pretrained test AUC rounded to the
+    tolerance, None from scratch (the one rule both `control_runs` and `seed_pairs` apply)."""
     digits = int(-np.log10(SAME_START_TOL))
-    return set(zip(g["peer"], g["seed"], [None if pd.isna(s) else round(float(s), digits) for s in start]))
+    return [None if pd.isna(s) else round(float(s), digits) for s in pd.to_numeric(pd.Series(aucs), errors="coerce")]
+
+
+def _units(g: pd.DataFrame) -> set:
+    """(peer, seed, pretrained start) of each record."""
+    start = g["pretrained_test_auc"] if "pretrained_test_auc" in g else [np.nan] * len(g)
+    return set(zip(g["peer"], g["seed"], _starts(start)))
 
 
 def seed_pairs(treat: pd.DataFrame, ctrl: pd.DataFrame) -> pd.DataFrame:
@@ -62,8 +68,8 @@ def seed_pairs(treat: pd.DataFrame, ctrl: pd.DataFrame) -> pd.DataFrame:
     c = ctrl[cols].drop_duplicates(["peer", "seed"], keep="last")
     m = t.merge(c, on=["peer", "seed"], suffixes=("_t", "_c"))
     if "pretrained_test_auc_t" in m:  # a pair must start from the same model (e.g. not two ckpt folders)
-        a, b = (pd.to_numeric(m[f"pretrained_test_auc{s}"], errors="coerce") for s in ("_t", "_c"))
-        m = m[(a.isna() & b.isna()) | np.isclose(a, b, rtol=0, atol=SAME_START_TOL)]
+        same = [a == b for a, b in zip(_starts(m["pretrained_test_auc_t"]), _starts(m["pretrained_test_auc_c"]))]
+        m = m[pd.Series(same, index=m.index, dtype=bool)]  # a Series: an empty list would select columns
     return m.assign(_r=paper_order(m["peer"])).sort_values(["_r", "peer", "seed"]).drop(columns="_r")
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ctrkit.analysis.pairing import (control_runs, largest_peer_set, paper_order, seed_pairs, setting_columns,
                                      versus_alone)
-from ctrkit.analysis.records import per_file_version, records
+from ctrkit.analysis.records import CONTROL_FIELDS, per_file_version, records
 from ctrkit.analysis.stats import LEVEL, ci_columns, paired, rel_pct, with_holm
 from ctrkit.core.utils import CtrkitError
 from ctrkit.experiments import designs
@@ -313,8 +313,6 @@ def tuned_alone(df: pd.DataFrame, ctrl: pd.DataFrame) -> tuple[float, pd.DataFra
     """(lr scale, records) of finetuning alone at the lr scale that is best for ALONE on validation,
     among the alone runs that differ from the control `ctrl` (the mutual run's, at the mutual run's
     lr scale) in that scale only: the baseline tuned for itself, not for mutual learning."""
-    from ctrkit.analysis.records import CONTROL_FIELDS
-
     same = [f for f in CONTROL_FIELDS if f != "finetune_lr_scale"]
     if ctrl.empty:
         return float("nan"), ctrl

@@ -94,9 +94,9 @@ def make_peers(models: Sequence[nn.Module], config: RunConfig, exchange: Exchang
     if occurrences is None:
         seen: Counter = Counter()
         occurrences = {}
-        for k, m in zip(exchange.local_indices(), models):
-            seen[model_identity(m)[0]] += 1
-            occurrences[k] = seen[model_identity(m)[0]]
+        for k, name in zip(exchange.local_indices(), (model_identity(m)[0] for m in models)):
+            seen[name] += 1
+            occurrences[k] = seen[name]
     learns = teachers(config.mode, n_peers)
     fixed = {0} if config.mode == "kd" else set()
     starts = list(starts) if starts is not None else [None] * len(models)
