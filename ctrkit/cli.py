@@ -234,8 +234,20 @@ def _add_reproduce(sub) -> None:
                         "profile's threads per run, 1 on CUDA); 1: one after another, in order")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with ctrkit's one-line error (argparse prints its whole usage block first); the
+    subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        if message.startswith("argument ") and message.endswith("expected one argument"):
+            # `--seeds -1,2`: argparse reads a value that starts with '-' as the next flag
+            message += " (a value that starts with '-' is given as --flag=VALUE)"
+        sub = self.prog.removeprefix("ctrkit").strip()
+        self.exit(2, f"ctrkit: error: {sub + ': ' if sub else ''}{message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ctrkit", description="Mutual learning for CTR models.")
+    p = _Parser(prog="ctrkit", description="Mutual learning for CTR models.")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_synth, _add_prepare, _add_info, _add_pretrain, _add_mutual, _add_table, _add_reproduce,
                 _add_compare):

@@ -43,3 +43,17 @@ def test_the_table_names_in_the_help_are_the_tables_that_exist():
 def test_the_presets_and_models_in_the_help_are_the_ones_the_library_has():
     assert _listed(_help("pretrain", "preset").replace("the BARS winners", "")) == set(presets.names())
     assert _listed(_help("pretrain", "model")) == set(models.MODELS)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["reproduce", "--profile", "bogus"], "reproduce: argument --profile: invalid choice: 'bogus'"),
+    (["pretrain", "--data", "d", "--model", "DeepFM", "--seeds", "-1,2"], "--flag=VALUE"),
+    (["bogus"], "argument command: invalid choice: 'bogus'"),
+    ([], "required: command"),
+])
+def test_a_flag_argparse_refuses_is_one_error_line_and_exit_2(capsys, argv, says):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("ctrkit: error: ") and says in err
+    assert "usage:" not in err
