@@ -188,7 +188,22 @@ def test_checkpoint_folder_follows_the_seed_and_another_seed_is_refused(criteo_s
     sel.peers.value, sel.init.value = ("FM", "DeepFM"), "pretrained"
     _train(sel)
     assert "seed2021 was pretrained with seed 2021, the run's seed is 7" in sel.last_error
+    assert "pretrain seed 7" in sel.last_error and "seed7" not in sel.last_error  # no folder that is not there
     assert "Error:" in sel.error.value
+    assert not (tmp_path / "store.jsonl").exists()
+
+
+@pytest.mark.parametrize("field, value, says", [("weight", -1.0, "mutual weight must be >= 0"),
+                                                 ("weight", float("nan"), "mutual weight must be >= 0"),
+                                                 ("seed", -1, "seed must be in 0.."),
+                                                 ("epochs", 0, "epochs must be >= 1")])
+def test_an_out_of_range_field_is_refused_at_train_not_clamped(criteo_small, tmp_path, field, value, says):
+    sel = _selector(criteo_small, tmp_path / "store.jsonl", None)
+    sel.weight.value = 1e9  # a field keeps what was typed: a bounded one clamped this to 100 without a word
+    assert sel.weight.value == 1e9 and sel._validate().weight == 1e9
+    setattr(getattr(sel, field), "value", value)
+    _train(sel)
+    assert says in sel.last_error and "Error:" in sel.error.value
     assert not (tmp_path / "store.jsonl").exists()
 
 

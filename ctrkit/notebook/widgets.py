@@ -32,6 +32,7 @@ from ctrkit.models import MODELS
 from ctrkit.experiments.store import ResultsStore
 from ctrkit.training import config
 from ctrkit.training.loop import RunStopped
+from ctrkit.training.losses import check_weight
 from ctrkit.core.extras import require
 from ctrkit.core.utils import CtrkitError
 
@@ -167,10 +168,10 @@ class PeerSelector(W.VBox):
         self.init = W.Dropdown(options=list(INITS), value="pretrained" if have else "scratch",
                                description="init")
         self.mode = W.Dropdown(options=list(MODES), value="mutual", description="mode")
-        self.weight = W.BoundedFloatText(value=1.0, min=0.0, max=100.0, step=0.1, description="weight")
-        self.epochs = W.BoundedIntText(value=1, min=1, max=100, description="epochs")
-        self.seed = W.BoundedIntText(value=_seed_of(self.checkpoints.value) or 2021, min=0, max=2**31 - 1,
-                                     description="seed")
+        # unbounded fields, checked at Train: a bounded one would clamp a typed 1e9 to its max without a word
+        self.weight = W.FloatText(value=1.0, step=0.1, description="weight")
+        self.epochs = W.IntText(value=1, description="epochs")
+        self.seed = W.IntText(value=_seed_of(self.checkpoints.value) or 2021, description="seed")
         self.force = W.Checkbox(value=False, description="re-run if already in the store", indent=False)
         self.train_button = W.Button(description="Train", button_style="primary", icon="play")
         self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
@@ -225,6 +226,11 @@ class PeerSelector(W.VBox):
     def _validate(self) -> _Request:
         peers = list(self.peers.value)
         mode, init, seed = self.mode.value, self.init.value, int(self.seed.value)
+        check_weight(float(self.weight.value))
+        if not 0 <= seed <= config.MAX_SEED:
+            raise CtrkitError(f"seed must be in 0..{config.MAX_SEED}, got {seed}")
+        if int(self.epochs.value) < 1:
+            raise CtrkitError(f"epochs must be >= 1, got {self.epochs.value}")
         need = config.min_peers(mode)
         if len(peers) < need:
             raise CtrkitError(f"mode {mode!r} needs at least {need} peers; {len(peers)} selected")
@@ -234,8 +240,7 @@ class PeerSelector(W.VBox):
                 raise CtrkitError(f"init {init!r} / mode {mode!r} needs pretrained checkpoints and none were "
                                   f"found under {self.ckpt_dir} (run 01_baselines first)")
             if _seed_of(folder) not in (None, seed):
-                raise CtrkitError(f"checkpoint folder {folder.name} was pretrained with seed {_seed_of(folder)}, "
-                                  f"the run's seed is {seed}: pick seed {_seed_of(folder)} or the seed{seed} folder")
+                raise CtrkitError(self._seed_mismatch(folder, seed))
             need_ckpt = peers if init == "pretrained" else peers[:1]
             missing = [p for p in need_ckpt if not (folder / p / "best.pt").is_file()]  # pretrain_baselines' layout
             if missing:
@@ -245,6 +250,13 @@ class PeerSelector(W.VBox):
         return _Request(peers=peers, init=init, mode=mode, seed=seed, weight=float(self.weight.value),
                         epochs=int(self.epochs.value), force=bool(self.force.value), ckpt_folder=folder,
                         out_dir=out_dir)
+
+    def _seed_mismatch(self, folder: Path, seed: int) -> str:
+        said = f"checkpoint folder {folder.name} was pretrained with seed {_seed_of(folder)}, the run's seed is {seed}"
+        if any(_seed_of(v) == seed for _, v in self.checkpoints.options):
+            return f"{said}: pick seed {_seed_of(folder)} or the seed{seed} checkpoints"
+        return (f"{said}: pick seed {_seed_of(folder)}, or pretrain seed {seed} in 01_baselines "
+                f"(no checkpoints of seed {seed} under {self.ckpt_dir})")
 
     # ---- running -------------------------------------------------------------------------------
     def _clear(self) -> None:
