@@ -367,3 +367,24 @@ def test_reproduce_killed_at_a_random_point_then_rerun_equals_the_uninterrupted_
     assert ref.keys() == got.keys() and len(ref) >= 10
     for name in ref:
         assert ref[name].equals(got[name]), name
+
+
+def test_ctrl_c_of_a_parallel_reproduce_is_one_line(tmp_path):
+    """Ctrl-C reaches the terminal's whole process group: the runner and its notebook workers. The
+    runner says `ctrkit: interrupted` (exit 130); a worker's interrupted cell is no traceback."""
+    args = ["reproduce", "--profile", "smoke", "--device", "cpu", "--jobs", "2", "--out", str(tmp_path / "out")]
+    # SIGINT as a shell's foreground job gets it (a background job of a script would ignore it)
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, "TMPDIR": str(tmp_path)}, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    for line in proc.stdout:  # interrupt once both workers are inside a training notebook's cells
+        seen.append(line)
+        if sum("_01_baselines ..." in ln for ln in seen) == 2:
+            time.sleep(3)
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines() == ["ctrkit: interrupted"], err[-3000:]
+    assert "Traceback" not in out and "Task exception" not in out, out[-3000:]

@@ -249,7 +249,7 @@ def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
                for i, t in enumerate(todo) if t[3]}
     running, failure, chain = {}, None, _chains(todo, steps.sizes)
     # spawn: a fresh interpreter per worker (forking a process with threads running is unsafe)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_notebook_worker,
                              initargs=(os.getpid(),)) as pool:
         while True:
             ready = [i for i in waiting if failure is None and not waiting[i]]
@@ -284,6 +284,22 @@ def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
     if failure is not None:
         raise failure
     return ran, skipped
+
+
+def _notebook_worker(parent: int) -> None:
+    """A `_run_graph` worker: it dies with `parent`, and a Ctrl-C (which reaches the whole process
+    group) ends its notebook without asyncio logging nbclient's interrupted cell as a coloured
+    traceback; the parent prints the one `ctrkit: interrupted` line."""
+    import logging
+
+    die_with_parent(parent)
+    logging.getLogger("asyncio").addFilter(_not_an_interrupt)
+
+
+def _not_an_interrupt(record) -> bool:
+    """False for asyncio's "Task exception was never retrieved" of a cell that Ctrl-C interrupted."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not any(isinstance(e, KeyboardInterrupt) for e in (exc, getattr(exc, "__context__", None)))
 
 
 def _outcome(fut, job: Job) -> Path:
