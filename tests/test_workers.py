@@ -308,3 +308,49 @@ def test_default_workers_rule():
     assert workers.resolve_workers(" AUTO ", "cpu", "auto", jobs=5) == 1
     with pytest.raises(CtrkitError, match="^workers must be"):
         runs.execute_many([], None, workers=0)
+
+
+_OWNER = """
+import multiprocessing.forkserver, sys, time
+from ctrkit import data as ctrdata
+from ctrkit.experiments import workers
+if __name__ == "__main__":
+    small = ctrdata.synthetic_dataset("criteo", 300, sys.argv[1], seed=1)
+    list(workers.run_jobs(id, [()] * 2, small, 2, names=["probe"] * 2))
+    print(multiprocessing.forkserver._forkserver._forkserver_pid, *workers._WARM[1]._processes, flush=True)
+    time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc (Linux)")
+def test_a_killed_owner_of_a_warm_pool_leaves_no_forkserver_or_workers_behind(tmp_path):
+    """kill -9 of the process that owns the pool (a run, a kernel that died): the forkserver and the
+    idle warm workers end too, instead of each waiting on the other for good."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "owner.py"
+    script.write_text(_OWNER)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "data")], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 3 and all(_alive(p) for p in pids), pids
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in pids if _alive(p)]
+    for p in left:  # a failing run of this test leaves nothing running either
+        os.kill(p, signal.SIGKILL)
+    assert not left, "left running after their owner was killed"

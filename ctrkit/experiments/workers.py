@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import threading
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -86,11 +87,27 @@ def _portable(data):
 
 def _init(data, order) -> None:
     global _DATA, _ORDER
+    _release_forkserver()
     die_with_parent()  # the forkserver, which ends with the process that started it
     # Ctrl-C / a kernel's interrupt or shutdown signals the whole process group: the parent ends the
     # pool (`run_jobs` terminates its workers), while an idle warm worker would print a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _DATA, _ORDER = data, order
+
+
+def _release_forkserver() -> None:
+    """Close this worker's copy of the forkserver's keep-alive pipe. The forkserver exits when every
+    holder of that pipe has closed it, and multiprocessing gives one to each process it forks: with
+    the copies held, a killed parent (kill -9 of a run, a kernel that died) left the forkserver waiting
+    on its idle workers and the workers waiting on it (`die_with_parent`) for good. Released, the
+    forkserver ends with the parent and its end ends the workers. (A worker starts no processes.)"""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        os.close(fd)
+        server._forkserver_alive_fd = None
 
 
 def hold_until_recorded(claims: contextlib.ExitStack) -> None:
