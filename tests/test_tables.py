@@ -506,7 +506,10 @@ def test_index_opens_with_the_data_statement_and_the_headline(store, tmp_path):
     (out / "tables").mkdir(parents=True)
     (out / "data" / "criteo" / "raw").mkdir(parents=True)
     (out / "data" / "criteo" / "raw" / "synth.json").write_text("{}")
-    tables.headline(store).to_csv(out / "tables" / "criteo_headline.csv", index=False)
+    head_df = tables.headline(store)
+    head_df.to_csv(out / "tables" / "criteo_headline.csv", index=False)
+    cap = "Mutual minus alone (synthetic Criteo-shaped data · 100 rows · 2 seeds · fp32 · profile quick)"
+    (out / "tables" / "criteo_headline.md").write_text(render.render("headline", head_df, "md", caption=cap))
     pd.DataFrame({"dataset": "criteo", "split": ["train", "valid", "test"], "rows": [80, 10, 10],
                   "clicks": [20, 2, 3], "ctr": [0.25, 0.2, 0.3]}).to_csv(out / "tables" / "criteo_data_splits.csv",
                                                                         index=False)
@@ -516,3 +519,7 @@ def test_index_opens_with_the_data_statement_and_the_headline(store, tmp_path):
     assert "<h2>Headline</h2>" in head and "criteo: synthetic" in head and "100 rows as loaded" in head
     assert "train 80 / valid 10 / test 10" in head and "<table" in head and "DeepFM" in head
     assert (out / "index.md").read_text().index("## Headline") < (out / "index.md").read_text().index("## Notebooks")
+    # the headline, in the lead and among the tables, is its human form with its caption (data, seeds,
+    # precision, profile), not the tidy CSV
+    assert page.count("2 seeds · fp32") == 2 and page.count("<table") == 2
+    assert "_ci_low" not in page and "nan" not in page.lower() and "[" in head

@@ -2,7 +2,7 @@
 
 The library layers (data, models, training, experiments, analysis tables) need only the base
 dependencies; the notebook stack (`notebooks`: jupyterlab, papermill, ipykernel, ipywidgets,
-seaborn) and Hugging Face `datasets` (`hub`) are extras, reached where they are used through
+seaborn, markdown) and Hugging Face `datasets` (`hub`) are extras, reached where they are used through
 `require` (imports) or `check` (finds without importing), so a missing one is a `CtrkitError` (the
 CLI's one line, exit 2), not a traceback.
 """
@@ -18,7 +18,7 @@ __all__ = ["EXTRAS", "require", "check", "missing"]
 
 # extra -> the modules ctrkit reaches through it (the pip extra also brings jupyterlab and ipykernel).
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "notebooks": ("papermill", "ipywidgets", "seaborn"),
+    "notebooks": ("papermill", "ipywidgets", "seaborn", "markdown"),
     "hub": ("datasets",),
 }
 

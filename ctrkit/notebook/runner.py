@@ -152,7 +152,7 @@ def run(request: Reproduction, *, progress: bool = True, notebooks_dir: str | Pa
     from ctrkit.core.utils import resolve_device
 
     # the notebooks run in papermill and draw with seaborn; 06 builds the widget: one line before anything
-    check("notebooks", "papermill", "ipywidgets", "seaborn", what="`ctrkit reproduce`")
+    check("notebooks", "papermill", "ipywidgets", "seaborn", "markdown", what="`ctrkit reproduce`")
     device = resolve_device(request.device)  # fail early on --device cuda without CUDA
     nb_dir = Path(notebooks_dir) if notebooks_dir else NOTEBOOK_DIR
     out_dir = Path(request.out).resolve()
@@ -603,7 +603,6 @@ def _data_statement(out: Path, dataset: str) -> str:
 def _lead(out: Path) -> tuple[list[str], list[str]]:
     """What index.md/index.html open with: the data statement and the headline table of each dataset
     (mutual - alone at the setting chosen on validation), before the lists of everything else."""
-    from ctrkit.analysis import render
 
     md, h = ["## Headline", ""], ["<h2>Headline</h2>"]
     for csv in sorted((out / "tables").glob("*_headline.csv")):
@@ -614,14 +613,16 @@ def _lead(out: Path) -> tuple[list[str], list[str]]:
         mdp = csv.with_suffix(".md")
         if mdp.exists():
             md += [mdp.read_text().strip(), ""]
-        try:
-            df = pd.read_csv(csv)
-            shown, line = render.constant_settings(render.display("headline", df)) if len(df) else (df, "")
-            h.append(shown.to_html(index=False, border=0) if len(df) else "")
-            h.append(f"<p>{html.escape(f'Settings: {line}. ' if line else '')}{html.escape(render.CAPTIONS['headline'])}</p>")
-        except (pd.errors.ParserError, pd.errors.EmptyDataError):
-            pass
+            h.append(_md_html(mdp))
     return (md, h) if len(md) > 2 else ([], [])
+
+
+def _md_html(mdp: Path) -> str:
+    """A table's Markdown twin as HTML: the human form ctrkit wrote (intervals, 3-digit p-values, the
+    constant settings and the caption naming the data, seeds, precision and profile), not its tidy CSV."""
+    import markdown
+
+    return markdown.markdown(mdp.read_text(), extensions=["tables"], output_format="html")
 
 
 def write_index(out: str | Path, *, profile: str | None = None) -> dict:
@@ -658,10 +659,7 @@ def write_index(out: str | Path, *, profile: str | None = None) -> dict:
     for p in tables:
         h.append(f"<h3><a href='{html.escape(rel(p))}'>{html.escape(p.stem)}</a></h3>")
         if p.with_suffix(".md").exists():  # only the small tables have a Markdown twin; inline those
-            try:
-                h.append(pd.read_csv(p).to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0))
-            except (pd.errors.ParserError, pd.errors.EmptyDataError):
-                pass
+            h.append(_md_html(p.with_suffix(".md")))
     h.append("<h2>Figures</h2>")
     for p in figures:
         h.append(f"<h3>{html.escape(p.stem)}</h3><img src='{html.escape(rel(p))}' alt='{html.escape(p.stem)}'>")
