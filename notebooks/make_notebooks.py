@@ -72,15 +72,13 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "hyperparameters are first chosen on validation only from a small search (the tuning table); "
                "the other profiles use the preset."),
         ("code", "tuned = reproduce.tune(cfg, data)\n"
-                 "runs = experiments.pretrain_baselines(\n"
+                 "experiments.pretrain_baselines(\n"
                  "    data, models=cfg.models, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, seeds=cfg.seeds, epochs=cfg.epochs,\n"
                  "    overrides=cfg.overrides, per_model=tuned, store=cfg.store, device=cfg.device, threads=cfg.threads,\n"
                  "    workers=cfg.workers, amp=cfg.amp, graph=cfg.graph, progress=cfg.progress)\n"
-                 "runs[['peer', 'seed', 'epochs', 'epoch_cap_hit', 'valid_auc', 'test_auc', 'test_logloss', 'seconds']]"),
+                 "reproduce.export_results(cfg)  # the runs, as the tidy CSV the tables read"),
         ("md", "## Our baselines next to BARS (`flag`: seeds that stopped at the epoch cap)"),
-        ("code", "reproduce.export_results(cfg)\nreproduce.paper_table(cfg, 'baselines')"),
-        ("md", "Source of the BARS numbers:"),
-        ("code", "reproduce.bars_source()"),
+        ("code", "reproduce.paper_table(cfg, 'baselines')"),
     ],
     "02_scratch_vs_finetune": [
         ("md", "# 02 · Mutual learning from scratch vs mutual finetuning\nEvery number is a paired difference "
@@ -195,8 +193,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", "grid = reproduce.variant_grid(cfg)\n"
                  "for settings in grid:\n"
                  "    experiments.run(data, **settings)\n"
-                 "reproduce.export_results(cfg)\n"
-                 "[(g['inits'], g['modes'], g.get('divergence', 'mse'), g.get('share_embedding', False)) for g in grid]"),
+                 "reproduce.export_results(cfg)"),
         ("md", "## Each variant minus alone, per model (95% paired t-intervals, Holm across the table), with churn"),
         ("code", "reproduce.variants_table(cfg)"),
         ("md", "The figure's labels: MSE / KL = mutual learning with that divergence, ens = the ensemble teacher, "

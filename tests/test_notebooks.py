@@ -215,3 +215,20 @@ def test_reproduce_smoke_runs_every_notebook(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"ran 0 notebook(s), skipped {2 * len(profiles.PER_DATASET) + len(profiles.ONCE)} already done" in again.stdout
+
+
+@pytest.mark.parametrize("name", profiles.NOTEBOOKS)
+def test_a_cell_shows_what_ctrkit_wrote_not_what_it_holds_in_memory(name):
+    """Table and figure cells only read what ctrkit wrote: a cell's shown value is a name (settings, a
+    table read back, the widget) or a call of `reproduce`, `plots` or the widget, never a run's
+    in-memory result (a frame returned by training, a list of the grid)."""
+    for cell in _code_cells(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)):
+        body = ast.parse(cell.source).body
+        shown = body[-1].value if body and isinstance(body[-1], ast.Expr) else None
+        if shown is None or isinstance(shown, ast.Name):
+            continue
+        root = shown.func if isinstance(shown, ast.Call) else shown
+        while isinstance(root, (ast.Attribute, ast.Call, ast.Subscript)):
+            root = root.func if isinstance(root, ast.Call) else root.value
+        assert isinstance(shown, ast.Call) and getattr(root, "id", None) in ("reproduce", "plots", "selector"), \
+            f"{name}: a cell shows {ast.unparse(shown)[:80]}"

@@ -302,15 +302,17 @@ def save_table(df: pd.DataFrame, stem: str | Path, *, floatfmt: str = ".4f", cap
     return df
 
 
-def bars_source() -> dict:
-    """Where the BARS reference numbers of `ctrkit/training/bars.json` come from (shown under the baselines table)."""
+def bars_source() -> str:
+    """Where the BARS reference numbers of `ctrkit/training/bars.json` come from: a sentence that ends
+    the baselines table's caption."""
     from importlib import resources
 
     try:
         meta = json.loads(resources.files("ctrkit.training").joinpath("bars.json").read_text())
     except (FileNotFoundError, OSError):
-        return {"about": "ctrkit/training/bars.json is not installed: no BARS reference numbers"}
-    return {k: meta[k] for k in ("about", "source") if k in meta}
+        return "ctrkit/training/bars.json is not installed: no BARS reference numbers."
+    return (f"BARS columns (real data, comparable to ours only under the `full` profile): "
+            f"{meta.get('about', '').strip()} Source: {meta.get('source', 'not recorded')}.")
 
 
 def read_table(stem: str | Path) -> pd.DataFrame:
@@ -411,6 +413,8 @@ def paper_table(cfg: Settings, name: str) -> pd.DataFrame:
     df = tables.table(name, _need_results(cfg))
     df = df[df["dataset"] == cfg.dataset].reset_index(drop=True) if "dataset" in df.columns and len(df) else df
     cap = f"{render.CAPTIONS[name]} ({caption(cfg, figure=False)})"
+    if name == "baselines":  # its BARS columns are published real-data numbers: say whose
+        cap += f" {bars_source()}"
     stem = cfg.table(name)
     for fmt in render.FORMATS:
         with atomic_path(stem.with_name(f"{stem.name}.{fmt}")) as tmp:
