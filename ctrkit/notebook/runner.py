@@ -603,7 +603,6 @@ def _data_statement(out: Path, dataset: str) -> str:
 def _lead(out: Path) -> tuple[list[str], list[str]]:
     """What index.md/index.html open with: the data statement and the headline table of each dataset
     (mutual - alone at the setting chosen on validation), before the lists of everything else."""
-
     md, h = ["## Headline", ""], ["<h2>Headline</h2>"]
     for csv in sorted((out / "tables").glob("*_headline.csv")):
         dataset = csv.name[: -len("_headline.csv")]
