@@ -247,7 +247,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ctrkit import __version__
+
     p = _Parser(prog="ctrkit", description="Mutual learning for CTR models.")
+    p.add_argument("--version", action="version", version=f"ctrkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_add_synth, _add_prepare, _add_info, _add_pretrain, _add_mutual, _add_table, _add_reproduce,
                 _add_compare):

@@ -57,3 +57,16 @@ def test_a_flag_argparse_refuses_is_one_error_line_and_exit_2(capsys, argv, says
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("ctrkit: error: ") and says in err
     assert "usage:" not in err
+
+
+def test_version_is_the_package_version(capsys):
+    import ctrkit
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"ctrkit {ctrkit.__version__}"
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    assert project["version"] == ctrkit.__version__  # the two places a version is written agree
