@@ -72,13 +72,13 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "hyperparameters are first chosen on validation only from a small search (the tuning table); "
                "the other profiles use the preset."),
         ("code", "tuned = reproduce.tune(cfg, data)\n"
-                 "experiments.pretrain_baselines(\n"
+                 "baselines = experiments.pretrain_baselines(  # the runs' records; the table below reads them back\n"
                  "    data, models=cfg.models, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset, seeds=cfg.seeds, epochs=cfg.epochs,\n"
                  "    overrides=cfg.overrides, per_model=tuned, store=cfg.store, device=cfg.device, threads=cfg.threads,\n"
-                 "    workers=cfg.workers, amp=cfg.amp, graph=cfg.graph, progress=cfg.progress)\n"
-                 "reproduce.export_results(cfg)  # the runs, as the tidy CSV the tables read"),
+                 "    workers=cfg.workers, amp=cfg.amp, graph=cfg.graph, progress=cfg.progress)"),
         ("md", "## Our baselines next to BARS (`flag`: seeds that stopped at the epoch cap)"),
-        ("code", "reproduce.paper_table(cfg, 'baselines')"),
+        ("code", "reproduce.export_results(cfg)  # the store as the tidy CSV every table reads\n"
+                 "reproduce.paper_table(cfg, 'baselines')"),
     ],
     "02_scratch_vs_finetune": [
         ("md", "# 02 · Mutual learning from scratch vs mutual finetuning\nEvery number is a paired difference "
@@ -127,8 +127,9 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "The headline at each model size side by side (the full-size tuned preset from the runs above, the small "
                "`smoke` preset pretrained and finetuned at the chosen setting in its own store), and each model's gain "
                "against the pretrained test AUC it started from."),
-        ("code", "shown, paths = reproduce.strength(cfg, data)\n"
-                 "if paths:\n    display(shown)\n    display(plots.show(paths))"),
+        ("code", "shown, paths = reproduce.strength(cfg, data)  # without `sizes`: a sentence saying so\n"
+                 "display(shown)\n"
+                 "if paths:\n    display(plots.show(paths))"),
     ],
     "03_partners": [
         ("md", "# 03 · Which partner helps?\nEvery pair of pretrained models finetuned mutually (N = 2) at the "
@@ -192,10 +193,9 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("md", "## Runs (tagged `variants`, left out of the paper's tables; those in the store are skipped)"),
         ("code", "grid = reproduce.variant_grid(cfg)\n"
                  "for settings in grid:\n"
-                 "    experiments.run(data, **settings)\n"
-                 "reproduce.export_results(cfg)"),
+                 "    experiments.run(data, **settings)"),
         ("md", "## Each variant minus alone, per model (95% paired t-intervals, Holm across the table), with churn"),
-        ("code", "reproduce.variants_table(cfg)"),
+        ("code", "reproduce.export_results(cfg)\nreproduce.variants_table(cfg)"),
         ("md", "The figure's labels: MSE / KL = mutual learning with that divergence, ens = the ensemble teacher, "
                "EKTF, KD = from the best pretrained model, table = the shared table alone (shared alone - separate "
                "alone); FT = finetuning, scratch = from scratch, shared = one embedding table."),
@@ -211,7 +211,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "`OUT/figures/` (a relative `out` is relative to the repository root)."),
         ("code", "from ctrkit.analysis import plots\nfrom ctrkit.notebook import reproduce"),
         ("params", PARAMETERS),
-        ("code", "figures = reproduce.resolve_path(out) / 'figures'\nfigures"),
+        ("code", "figures = reproduce.resolve_path(out) / 'figures'\nprint(f'written to {figures}')"),
         ("md", "## Figure 1: knowledge distillation (teacher → student)"),
         ("code", "plots.show(plots.figure_kd(figures / 'fig1_knowledge_distillation'))"),
         ("md", "## Figure 2: mutual learning among N peers"),

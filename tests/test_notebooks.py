@@ -176,6 +176,14 @@ def test_reproduce_smoke_runs_every_notebook(tmp_path):
             executed = nbformat.read(out / "notebooks" / ds / f"{nb}.ipynb", as_version=4)
             errors = [o for c in _code_cells(executed) for o in c.outputs if o.get("output_type") == "error"]
             assert not errors, (ds, nb, errors)
+            shown = [o for c in _code_cells(executed) for o in c.outputs if "data" in o]
+            # a table cell shows the Markdown written beside the CSV, caption included; `cfg`, its settings
+            assert all("PosixPath" not in str(o["data"]["text/plain"]) for o in shown if set(o["data"]) == {"text/plain"}), \
+                (ds, nb)  # (a rich output's text/plain twin is what a plain-text reader sees instead)
+            assert any("| setting | value |" in o["data"].get("text/markdown", "") for o in shown), (ds, nb)
+        headline = nbformat.read(out / "notebooks" / ds / "02_scratch_vs_finetune.ipynb", as_version=4)
+        assert any(o.get("data", {}).get("text/markdown") == (out / "tables" / f"{ds}_headline.md").read_text()
+                   for c in _code_cells(headline) for o in c.outputs)
         # the tables hold real numbers from the runs: 4 models x 2 seeds pretrained, every pair finetuned
         base = reproduce.read_table(out / "tables" / f"{ds}_baselines")
         assert set(base["model"]) == {"DeepFM", "DCN", "PNN", "FiBiNET"}  # FM is not in the paper's pool
@@ -220,8 +228,8 @@ def test_reproduce_smoke_runs_every_notebook(tmp_path):
 @pytest.mark.parametrize("name", profiles.NOTEBOOKS)
 def test_a_cell_shows_what_ctrkit_wrote_not_what_it_holds_in_memory(name):
     """Table and figure cells only read what ctrkit wrote: a cell's shown value is a name (settings, a
-    table read back, the widget) or a call of `reproduce`, `plots` or the widget, never a run's
-    in-memory result (a frame returned by training, a list of the grid)."""
+    table read back, the widget), a call of `reproduce`, `plots` or the widget, or a print, never a
+    run's in-memory result (a frame returned by training, a list of the grid)."""
     for cell in _code_cells(nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)):
         body = ast.parse(cell.source).body
         shown = body[-1].value if body and isinstance(body[-1], ast.Expr) else None
@@ -230,5 +238,5 @@ def test_a_cell_shows_what_ctrkit_wrote_not_what_it_holds_in_memory(name):
         root = shown.func if isinstance(shown, ast.Call) else shown
         while isinstance(root, (ast.Attribute, ast.Call, ast.Subscript)):
             root = root.func if isinstance(root, ast.Call) else root.value
-        assert isinstance(shown, ast.Call) and getattr(root, "id", None) in ("reproduce", "plots", "selector"), \
+        assert isinstance(shown, ast.Call) and getattr(root, "id", None) in ("reproduce", "plots", "selector", "print"), \
             f"{name}: a cell shows {ast.unparse(shown)[:80]}"

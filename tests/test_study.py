@@ -226,7 +226,8 @@ def test_gain_vs_strength_draws_each_interval(tmp_path, monkeypatch):
 def test_strength_runs_nothing_without_sizes(tmp_path):
     cfg = reproduce.settings(dataset="criteo", profile="quick", out=str(tmp_path / "o"))
     shown, paths = reproduce.strength(cfg, None)
-    assert shown.empty and paths == [] and not (tmp_path / "o").exists()
+    assert len(shown) == 0 and "Not run under profile `quick`" in shown._repr_markdown_()
+    assert paths == [] and not (tmp_path / "o").exists()
 
 
 def test_estimate_from_a_fake_timing():
@@ -303,6 +304,7 @@ def test_strength_end_to_end_runs_the_other_size_in_its_own_store(tmp_path):
     assert set(t[t["size"] == "quick"]["weight"]) == {reproduce.chosen(cfg)["weight"]}
     other = pd.read_json(cfg.run_dir / "sizes" / "quick" / "store.jsonl", lines=True)
     assert set(other["preset"]) == {"quick"} and set(other["mode"]) == {"baseline", "alone", "mutual"}
-    assert "quick: mutual - alone (rel. %)" in shown.columns and len(shown) == 2
-    assert "paired by seed within each size" in cfg.table("strength").with_name("criteo_strength.md").read_text()
+    assert "quick: mutual - alone (rel. %)" in shown.frame.columns and len(shown) == 2
+    written = cfg.table("strength").with_name("criteo_strength.md").read_text()
+    assert "paired by seed within each size" in written and shown._repr_markdown_() == written  # shows the file
     assert all(p.exists() for p in paths) and paths[0].name == "criteo_gain_vs_strength.png"

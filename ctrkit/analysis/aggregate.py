@@ -20,7 +20,7 @@ import copy
 import numpy as np
 import pandas as pd
 
-__all__ = ["iqm", "probability_of_improvement", "summary", "REPS", "LEVEL"]
+__all__ = ["iqm", "probability_of_improvement", "summary", "display", "REPS", "LEVEL"]
 
 REPS = 2000
 LEVEL = 0.95
@@ -136,3 +136,15 @@ def summary(pairs: pd.DataFrame, *, reps: int = REPS, seed: int = SEED) -> pd.Da
                      "p_improve": probability_of_improvement(tasks), "p_improve_ci_low": float(np.nanpercentile(pois, lo)),
                      "p_improve_ci_high": float(np.nanpercentile(pois, hi))})
     return pd.DataFrame(rows, columns=cols)
+
+
+def display(summary_frame: pd.DataFrame) -> pd.DataFrame:
+    """Human form of `summary`: each estimate with its [95% bootstrap interval], as the other tables."""
+    keep = [c for c in ("init", "embedding", "variant", "n_datasets", "n_tasks", "n_runs") if c in summary_frame]
+    out = summary_frame[keep].copy()
+    out["iqm_rel_pct"] = [f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, lo, hi in
+                          zip(summary_frame["iqm_rel_pct"], summary_frame["iqm_ci_low"], summary_frame["iqm_ci_high"])]
+    out["p_improve"] = [f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in
+                        zip(summary_frame["p_improve"], summary_frame["p_improve_ci_low"],
+                            summary_frame["p_improve_ci_high"])]
+    return out

@@ -28,6 +28,26 @@ from ctrkit.notebook.profiles import (DATASETS, PROFILES, SCHEMA_SUFFIXES, SMALL
                                       resolve_path)
 
 
+@dataclass(frozen=True)
+class Shown:
+    """A written table as a notebook shows it: the Markdown file ctrkit wrote beside the CSV (the human
+    form, its settings line and its caption: data, seeds, precision, profile), read back, so the cell
+    shows what is on disk, every column and the caption included; `frame` is the human-form DataFrame."""
+
+    frame: pd.DataFrame
+    markdown: str
+
+    def _repr_markdown_(self) -> str:
+        return self.markdown
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+def _shown(frame: pd.DataFrame, md: Path) -> Shown:
+    return Shown(frame, md.read_text())
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Resolved parameters of one notebook run: the profile's sizes plus where everything goes."""
@@ -127,6 +147,27 @@ class Settings:
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    def _repr_markdown_(self) -> str:
+        """What a notebook shows for `cfg`: the resolved settings in words (the device as resolved, 07's
+        seeds as they run), not the dataclass's repr of paths and empty lists."""
+        from ctrkit.core.utils import resolve_device
+
+        seeds = lambda s: f"{len(s)} ({', '.join(map(str, s))})"  # noqa: E731
+        rows = [("dataset", self.dataset + (f" (schema {self.schema})" if self.schema else "")),
+                ("data", f"{self.data_path}" + ("" if self.data_dir is None else f", prepared from {self.data_dir}")),
+                ("profile", f"{self.profile}: models {', '.join(self.models)} at preset `{self.preset}`"),
+                ("seeds", seeds(self.seeds) + (f"; 07's: {seeds(self.variant_seeds)}" if self.variant_seeds else "")),
+                ("epochs", f"cap {self.epochs or 'the preset’s'}, patience {self.patience or 'the preset’s'}; "
+                           f"finetuning at most {self.finetune_epochs}"),
+                ("sweep", f"weight {', '.join(f'{w:g}' for w in self.sweep_weights)} x finetuning lr scale "
+                          f"{', '.join(f'{x:g}' for x in self.sweep_lr_scales)}, chosen on validation"),
+                ("search", f"{len(self.tune)} candidates per model" if self.tune else "none (the preset)"),
+                ("sizes", ", ".join(self.sizes) if self.sizes else "the profile's preset only"),
+                ("compute", f"{resolve_device(self.device)} (asked: {self.device}), amp {self.amp}, graph {self.graph}, "
+                            f"threads per run {self.threads}, workers {self.workers}"),
+                ("output", str(self.out))]
+        return "| setting | value |\n|:--|:--|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
 def settings(
@@ -404,10 +445,10 @@ def caption(cfg: Settings, *, figure: bool = True, source: Path | None = None, r
                             profile=cfg.profile, error_bars=figure)
 
 
-def paper_table(cfg: Settings, name: str) -> pd.DataFrame:
+def paper_table(cfg: Settings, name: str) -> Shown:
     """One of the paper's tables (`ctrkit.analysis.tables`) from the results CSV, written as
     tables/<dataset>_<name>.csv (numeric, tidy), .md and .tex (human form, captioned with the
-    provenance line); returned in the human form for display."""
+    provenance line); returned as the notebook shows it (the Markdown read back)."""
     from ctrkit.analysis import render, tables
 
     df = tables.table(name, _need_results(cfg))
@@ -419,7 +460,7 @@ def paper_table(cfg: Settings, name: str) -> pd.DataFrame:
     for fmt in render.FORMATS:
         with atomic_path(stem.with_name(f"{stem.name}.{fmt}")) as tmp:
             tmp.write_text(render.render(name, df, fmt, caption=cap) + ("\n" if fmt != "csv" else ""))
-    return render.display(name, df) if len(df) else df
+    return _shown(render.display(name, df) if len(df) else df, stem.with_name(f"{stem.name}.md"))
 
 
 def figure_data(cfg: Settings, kind: str) -> pd.DataFrame:
@@ -487,10 +528,10 @@ def for_variants(cfg: Settings) -> Settings:
 SCRATCH_WEIGHT = 1.0
 
 
-def variants_table(cfg: Settings) -> pd.DataFrame:
+def variants_table(cfg: Settings) -> Shown:
     """The variants table (`ctrkit.analysis.variants`) of this dataset: tables/<dataset>_variants.csv
     (numeric), .md (human form, captioned), _variants_pairs.csv (per seed: what the summary across
-    datasets reads) and _fig_variants.csv (what the figure draws); returned in the human form."""
+    datasets reads) and _fig_variants.csv (what the figure draws); returned as the notebook shows it."""
     from ctrkit.analysis import variants
     from ctrkit.experiments import churn
 
@@ -505,28 +546,40 @@ def variants_table(cfg: Settings) -> pd.DataFrame:
     human = variants.display(t)
     cap = (f"Variants minus alone, paired by seed; churn: mean |p_a - p_b| on test, within a run (peers) and "
            f"between consecutive seeds ({caption(cfg, figure=False)})")
-    with atomic_path(cfg.table("variants").with_name(cfg.table("variants").name + ".md")) as tmp:
-        tmp.write_text(f"{cap}\n\n" + (human.to_markdown(index=False, disable_numparse=True) if len(human) else "(no runs)") + "\n")
-    return human
+    md = cfg.table("variants").with_name(cfg.table("variants").name + ".md")
+    with atomic_path(md) as tmp:
+        tmp.write_text((human.to_markdown(index=False, disable_numparse=True) if len(human) else "(no runs)")
+                       + f"\n\n{cap}\n")
+    return _shown(human, md)
 
 
-def variants_summary(cfg: Settings) -> pd.DataFrame:
+def variants_summary(cfg: Settings) -> Shown:
     """IQM and probability of improvement over alone across every dataset whose variants were run into
     this output folder (`ctrkit.analysis.aggregate`), written as tables/variants_summary.csv and .md
-    when there are two or more; with one dataset, the same rows for it alone (not written)."""
+    (each estimate with its interval; the caption gives each dataset's provenance) when there are two
+    or more. With one so far (another dataset's 07 not run yet), its rows alone, shown, not written,
+    and said so (`ctrkit reproduce` writes the summary again after the last dataset)."""
     from ctrkit.analysis import aggregate
 
     found = sorted(cfg.tables.glob("*_variants_pairs.csv"))
     p = pd.concat([pd.read_csv(f) for f in found], ignore_index=True) if found else pd.DataFrame()
-    out = aggregate.summary(p)
-    if p.empty or p["dataset"].nunique() < 2:
-        return out
-    save_table(out, cfg.tables / "variants_summary", caption=(
-        f"Pooled over {p['dataset'].nunique()} datasets ({', '.join(sorted(p['dataset'].unique()))}), each as its "
-        f"variants table states: interquartile mean of the relative test-AUC difference (treatment - alone, "
-        f"paired by seed) and the probability of improvement, 95% stratified bootstrap intervals. "
-        f"{cfg.dataset}: {caption(cfg, figure=False)}."))
-    return out
+    out, names = aggregate.summary(p), sorted(p["dataset"].unique()) if len(p) else []
+    human = aggregate.display(out)
+    text = (human.to_markdown(index=False, disable_numparse=True) if len(human) else "(no runs)") + (
+        f"\n\nPooled over {len(names)} dataset{'s' * (len(names) != 1)} ({', '.join(names)}), each as its variants "
+        f"table states: "
+        f"interquartile mean of the relative test-AUC difference (treatment - alone, paired by seed) and the "
+        f"probability of improvement, [95% stratified bootstrap interval]. "
+        + "; ".join(f"{d}: {caption(for_variants(replace(cfg, dataset=d)), figure=False)}" for d in names) + ".\n")
+    if len(names) < 2:
+        return Shown(human, text + "\nOne dataset so far: tables/variants_summary.md is written once a second "
+                                   "dataset's 07 has run.\n")
+    stem = cfg.tables / "variants_summary"
+    with atomic_path(stem.with_suffix(".csv")) as tmp:
+        out.to_csv(tmp, index=False)
+    with atomic_path(stem.with_suffix(".md")) as tmp:
+        tmp.write_text(text)
+    return _shown(human, stem.with_suffix(".md"))
 
 
 def tune(cfg: Settings, data) -> dict[str, dict]:
@@ -581,18 +634,19 @@ def size_runs(cfg: Settings, data, size: str) -> Path:
     return store
 
 
-def strength(cfg: Settings, data) -> tuple[pd.DataFrame, list[Path]]:
+def strength(cfg: Settings, data) -> tuple[Shown, list[Path]]:
     """The headline at each model size of the profile (`sizes`) side by side, and the gain against the
     baseline's pretrained test AUC (`ctrkit.analysis.strength`): the profile's own preset from this
     run's results (its tuned baselines, its sweep's choice), every other size from `size_runs`.
     Writes tables/<dataset>_strength.csv (numeric) and .md (side by side, captioned) and
     figures/<dataset>_gain_vs_strength; returns (the side-by-side table, the figure's paths).
-    Without sizes (every profile but study) nothing is run or written: (empty frame, [])."""
+    Without sizes (every profile but study) nothing is run or written: (a sentence saying so, [])."""
     from ctrkit.analysis import plots
     from ctrkit.analysis import strength as st
 
     if not cfg.sizes:
-        return pd.DataFrame(), []
+        return Shown(pd.DataFrame(), f"Not run under profile `{cfg.profile}`: only a profile with model `sizes` "
+                                     f"(`study`) compares the gain across baseline strengths."), []
     sources = {size: (_need_results(cfg) if size == cfg.preset else size_runs(cfg, data, size)) for size in cfg.sizes}
     t = st.table(sources, dataset=cfg.dataset)
     human = st.display(t)
@@ -602,8 +656,8 @@ def strength(cfg: Settings, data) -> tuple[pd.DataFrame, list[Path]]:
     cap = (f"Mutual - alone finetuning per model size, paired by seed within each size, at the "
            f"setting 02's sweep chose on validation; the pretrained test AUC is the baseline's ({caption(cfg, figure=False)})")
     with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
-        tmp.write_text(f"{cap}\n\n" + (human.to_markdown(index=False, disable_numparse=True) if len(human)
-                                       else "(no runs)") + "\n")
+        tmp.write_text((human.to_markdown(index=False, disable_numparse=True) if len(human) else "(no runs)")
+                       + f"\n\n{cap}\n")
     paths = plots.gain_vs_strength(t, cfg.figure("gain_vs_strength"), caption=caption(cfg),
                                    title=f"Mutual finetuning gain vs the baseline's strength ({cfg.dataset})")
-    return human, paths
+    return _shown(human, stem.with_name(stem.name + ".md")), paths
