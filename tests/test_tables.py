@@ -118,6 +118,10 @@ def test_paired_ci_and_wilcoxon_only_from_six_pairs():
     five = pstats.paired(new[:5], ref[:5])
     assert np.isnan(five["p_wilcoxon"]) and five["note"] == pstats.NOTE_NO_WILCOXON
     assert pstats.paired(new[:1], ref[:1])["note"] == pstats.NOTE_FEW
+    # arms identical in every pair (both kept their checkpoints): a zero-width interval, said to be no evidence
+    same = pstats.paired(ref, ref)
+    assert same["auc_diff_ci_low"] == same["auc_diff_ci_high"] == 0 and pstats.NOTE_IDENTICAL in same["note"]
+    assert pstats.NOTE_IDENTICAL not in st["note"]
 
 
 # ---- tables ------------------------------------------------------------------------------------
@@ -465,6 +469,10 @@ def test_finetune_and_scratch_report_epochs_caps_and_runs_that_kept_epoch_0(tmp_
     assert sc.loc["DeepFM", "flag"] == "epoch cap hit: alone 1/3"
     md = render.render("scratch", tables.scratch(s), "md")
     assert "epochs (mutual/alone)" in md and "4/5" in md
+    # the headline has no `flag`: it says in a column how many arms are in effect the pretrained model
+    head = render.display("headline", tables.headline(s)).set_index("model")
+    assert head.loc["DCN", "kept pretrained (m/a)"] == "1/3 of 3"
+    assert "kept pretrained (m/a)" in render.CAPTIONS["headline"]
 
 
 def _tex_specials_escaped(tex: str) -> list[str]:

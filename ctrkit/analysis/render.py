@@ -33,7 +33,9 @@ CAPTIONS = {
                   f"rel % = mutual - alone, gain = over the pretrained model, {CI_NAME} over seeds; N = 1: the control.",
     "headline": f"Mutual finetuning minus finetuning alone per model, paired by seed, at the setting chosen on "
                 f"validation: relative % and RelaImpr of test AUC [{CI_NAME}], test logloss difference; "
-                "p_holm: paired t-test, Holm across the models.",
+                "p_holm: paired t-test, Holm across the models; kept pretrained (m/a): the seeds whose mutual / "
+                "alone arm kept its pretrained weights (no finetuning epoch beat the checkpoint on validation), "
+                "in effect the pretrained model.",
     "alternatives": f"The practical alternative: a single mutually finetuned model minus the pretrained ensemble (the "
                     f"plain mean of the pretrained peers' probabilities, no training), paired by seed [{CI_NAME}], "
                     "at the setting chosen on validation; `vs_pretrained_rel_pct`: the same model minus its own "
@@ -136,6 +138,11 @@ def display(name: str, df: pd.DataFrame) -> pd.DataFrame:
             out[c] = [_fmt(v, 3) for v in df[c]]
         else:
             out[c] = [_value(c, v) for v in df[c]]
+    if "n_kept_pretrained_mutual" in df and "flag" not in df and "n_pairs" in df:
+        # a table without the words of `flag` (the headline) still says how many finetuned arms are in
+        # effect the pretrained model: a difference of such arms is the checkpoints', not the method's
+        out["kept pretrained (m/a)"] = [f"{_value('n_pairs', m)}/{_value('n_pairs', a)} of {_value('n_pairs', n)}" for m, a, n in
+                                        zip(df["n_kept_pretrained_mutual"], df["n_kept_pretrained_alone"], df["n_pairs"])]
     return pd.DataFrame(out)
 
 

@@ -18,6 +18,9 @@ MIN_WILCOXON = 6
 CI_NAME = "95% paired t-interval"
 NOTE_FEW = "<2 pairs: no CI or test"
 NOTE_NO_WILCOXON = f"<{MIN_WILCOXON} pairs: no Wilcoxon"
+# both arms gave the same AUC in every pair (e.g. finetuning where both kept the pretrained weights):
+# a zero-width interval here is no evidence of a precise null, just no difference to measure
+NOTE_IDENTICAL = "identical in every pair: nothing to test"
 
 
 def t_interval(values, *, level: float = LEVEL) -> tuple[float, float, float]:
@@ -84,6 +87,8 @@ def paired(new, ref, *, logloss_new=None, logloss_ref=None) -> dict:
         if n >= MIN_WILCOXON and np.any(new != ref):
             p_w = float(stats.wilcoxon(new, ref).pvalue)
     notes = [NOTE_FEW] if n < 2 else ([NOTE_NO_WILCOXON] if n < MIN_WILCOXON else [])
+    if n >= 1 and np.array_equal(new, ref):
+        notes.append(NOTE_IDENTICAL)
     return {**out, "p_ttest": p_t, "p_wilcoxon": p_w, "note": "; ".join(notes)}
 
 
