@@ -445,6 +445,17 @@ def test_alternatives_mutual_against_the_pretrained_ensemble(store):
     assert "pretrained ensemble" in render.render("alternatives", tables.alternatives(store), "md")
 
 
+def test_no_share_of_an_ensemble_gain_that_is_not_above_zero(store):
+    wobble = dict(zip(SEEDS, [0.001, -0.001, 0.0005, -0.0005, 0.0002, -0.0003]))  # ensemble = DCN's checkpoint + noise
+    for seed in SEEDS:
+        store.append([rec("ensemble", "pretrained", POOL, i, seed, pre(m, seed),
+                          ensemble_test_auc=pre("DCN", seed) + wobble[seed], ensemble_test_logloss=0.42)
+                      for i, m in enumerate(POOL)])
+    t = tables.alternatives(store).set_index("unit")
+    assert np.isnan(t.loc["DCN", "share_of_ensemble_gain_pct"]) and tables.NOTE_NO_SHARE in t.loc["DCN", "note"]
+    assert t.loc["DCN", "n_pairs"] == len(SEEDS)  # the comparison itself stands
+
+
 def test_alternatives_without_an_ensemble_run_still_give_mutual_minus_pretrained(store):
     t = tables.alternatives(store).set_index("unit")
     assert t.loc["DCN", "n_pairs"] == 0 and "no pretrained ensemble" in t.loc["DCN", "note"]

@@ -40,7 +40,8 @@ CAPTIONS = {
                     f"plain mean of the pretrained peers' probabilities, no training), paired by seed [{CI_NAME}], "
                     "at the setting chosen on validation; `vs_pretrained_rel_pct`: the same model minus its own "
                     "pretrained checkpoint; `share_of_ensemble_gain_pct`: 100 x mean(mutual - pretrained) / "
-                    "mean(ensemble - pretrained); `n_ensemble_better`: seeds in which the pretrained ensemble wins; "
+                    "mean(ensemble - pretrained), only where the ensemble's own gain has a 95% interval above 0; "
+                    "`n_ensemble_better`: seeds in which the pretrained ensemble wins; "
                     "the best mutual model is chosen per seed on validation.",
     "tuning": "Baseline hyperparameter search: per model, each candidate beside the preset, mean ± SD over seeds; "
               "`chosen`: the best mean validation AUC (ties: validation logloss), chosen on validation only; "
@@ -102,6 +103,8 @@ def _value(c: str, v):
         return str(int(v))
     if c in ("weight", "finetune_lr_scale"):
         return f"{v:g}"
+    if c == "share_of_ensemble_gain_pct" and isinstance(v, (float, np.floating)):
+        return f"{v:.1f}"  # a share in %: four decimals would claim a precision it has not
     if isinstance(v, (float, np.floating)):
         return _fmt(float(v), 4)
     return v

@@ -22,7 +22,7 @@ import pandas as pd
 from ctrkit.analysis.pairing import (control_runs, largest_peer_set, paper_order, seed_pairs, setting_columns,
                                      versus_alone)
 from ctrkit.analysis.records import CONTROL_FIELDS, per_file_version, records
-from ctrkit.analysis.stats import LEVEL, ci_columns, paired, rel_pct, with_holm
+from ctrkit.analysis.stats import LEVEL, ci_columns, paired, rel_pct, t_interval, with_holm
 from ctrkit.core.utils import CtrkitError
 from ctrkit.experiments import designs
 
@@ -406,8 +406,11 @@ def alternatives(source, *, include_exploration: bool = False, peers: str | None
             h = g.dropna(subset=["auc", "ens_auc"])
             if len(h):
                 row.update(paired(h["auc"], h["ens_auc"], logloss_new=h["logloss"], logloss_ref=h["ens_logloss"]))
-                gain, ens_gain = (h["auc"] - h["pre"]).mean(), (h["ens_auc"] - h["pre"]).mean()
-                row["share_of_ensemble_gain_pct"] = 100 * gain / ens_gain if ens_gain > 0 else np.nan
+                gain, (ens_gain, ens_low, _) = (h["auc"] - h["pre"]).mean(), t_interval(h["ens_auc"] - h["pre"])
+                # a share of a gain indistinguishable from 0 is a ratio of noise (it ran to 16,000%)
+                row["share_of_ensemble_gain_pct"] = 100 * gain / ens_gain if ens_low > 0 else np.nan
+                if not ens_low > 0:
+                    row["note"] = "; ".join(filter(None, [row.get("note"), NOTE_NO_SHARE]))
                 row["n_ensemble_better"] = int((h["ens_auc"] > h["auc"]).sum())
             else:
                 row.update(n_pairs=0, note="no pretrained ensemble run: only mutual - pretrained")
@@ -415,6 +418,8 @@ def alternatives(source, *, include_exploration: bool = False, peers: str | None
             rows.append({**row, "settings_key": key})
     return with_holm(pd.DataFrame(rows), ["dataset"])
 
+
+NOTE_NO_SHARE = "ensemble gain over pretrained not above 0 (95% CI): no share"
 
 _NOT_HYPER = ("seed", "device", "progress", "threads", "check_every", "eval_batch_size")
 
