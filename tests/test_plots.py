@@ -81,8 +81,9 @@ def test_peer_count_measured_points_with_intervals(tmp_path):
              "rel_pct_ci_low": np.nan if n == 1 else 0.05 * n - 0.02, "rel_pct_ci_high": np.nan if n == 1 else 0.05 * n + 0.02}
             for m in MODELS for n in (1, 2, 4)]  # N = 3 not measured: no tick, no point
     svg = _check(plots.peer_count(pd.DataFrame(rows), tmp_path / "peers", caption=CAP), "number of peers N",
-                 "gain over finetuning alone vs N", "gain over the pretrained model vs N")
-    assert ">3<" not in svg.replace(" ", "")
+                 "gain over finetuning alone vs N", "gain over the pretrained model vs N",
+                 "the control itself (0 by definition)")  # N = 1's missing interval is not "one seed"
+    assert ">3<" not in svg.replace(" ", "") and "one seed" not in svg
 
 
 def test_sweep_gain_marks_the_setting_chosen_on_validation(tmp_path):

@@ -139,10 +139,11 @@ def _caption(fig: plt.Figure, text: str | None) -> None:
 
 
 def _dodge(ax, df: pd.DataFrame, *, x: str, hue: str, y: str, lo: str, hi: str, order: list, hue_order: list,
-           labels: dict | None = None, connect: bool = False, numeric_x: bool = False) -> None:
+           labels: dict | None = None, connect: bool = False, numeric_x: bool = False,
+           no_interval: str = "hollow: no interval (one seed)") -> None:
     """Points with asymmetric CI bars, hues side by side around each x (only rows present are drawn).
-    A point without an interval (one seed) is hollow, and the panel says so: no bar must not read
-    as a very narrow one."""
+    A point without an interval is hollow, and the panel says why (`no_interval`): no bar must not
+    read as a very narrow one."""
     width = 0.6 if not numeric_x else 0.3
     step = width / max(len(hue_order), 1)
     pos = {v: (float(v) if numeric_x else i) for i, v in enumerate(order)}
@@ -159,8 +160,7 @@ def _dodge(ax, df: pd.DataFrame, *, x: str, hue: str, y: str, lo: str, hi: str, 
             ax.plot(xs[bare], g[y][bare], "o", markersize=4, markerfacecolor="white", color=color, zorder=3)
             hollow = True
     if hollow:
-        ax.text(0.01, 0.01, "hollow: no interval (one seed)", transform=ax.transAxes, fontsize=5, color="0.3",
-                va="bottom")
+        ax.text(0.01, 0.01, no_interval, transform=ax.transAxes, fontsize=5, color="0.3", va="bottom")
     if not numeric_x:
         ax.set_xticks(range(len(order)), order)
     ax.axhline(0, color="black", linewidth=0.8)
@@ -288,8 +288,12 @@ def peer_count(
         fig, axes = plt.subplots(1, 2, figsize=(width, height), layout="constrained")
         for ax, p, label in ((axes[0], "gain_rel_pct", "gain over the pretrained model (%)"),
                              (axes[1], "rel_pct", "mutual - alone (%)")):
+            bare = df[df[f"{p}_ci_low"].isna() | df[f"{p}_ci_high"].isna()]
+            control = p == "rel_pct" and len(bare) and (bare[x] == 1).all()  # N = 1 is alone minus itself
             _dodge(ax, df, x=x, hue=hue, y=f"{p}_mean", lo=f"{p}_ci_low", hi=f"{p}_ci_high", order=order,
-                   hue_order=hue_order, connect=True, numeric_x=True)
+                   hue_order=hue_order, connect=True, numeric_x=True,
+                   no_interval="hollow: N = 1, the control itself (0 by definition)" if control
+                   else "hollow: no interval (one seed)")
             ax.set(xlabel="number of peers N", ylabel=label, xticks=order)
         axes[0].set_title("gain over the pretrained model vs N")
         axes[1].set_title("gain over finetuning alone vs N")
