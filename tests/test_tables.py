@@ -141,6 +141,12 @@ def test_finetune_is_mutual_minus_alone_at_the_setting_chosen_on_validation(stor
          for m in POOL]
     assert t.loc[POOL, "p_holm"].to_numpy() == pytest.approx(pstats.holm(p))
     assert "logloss_diff_mean" in t and "relaimpr_pct_mean" in t
+    # how firm the choice is: the runner-up's validation score, and both settings at the grid's edge
+    sw = tables.sweep(store).drop_duplicates("settings_key").sort_values("selection_valid_auc")
+    runner, best = sw["selection_valid_auc"].iloc[-2], sw["selection_valid_auc"].iloc[-1]
+    assert set(t["choice"]) == {f"validation AUC {best:.4f} vs the runner-up's {runner:.4f}; weight 10 is the largest "
+                                "tried; lr scale 1 is the largest tried"}
+    assert "weight 10 is the largest tried" in render.render("headline", tables.headline(store), "md")
 
 
 def test_selection_reads_validation_not_test(tmp_path):

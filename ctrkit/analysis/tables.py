@@ -141,7 +141,25 @@ def finetune(source, *, include_exploration: bool = False, peers: str | None = N
     n = s.groupby("dataset")["settings_key"].nunique()
     keep.insert(keep.columns.get_loc("peer"), "chosen_on",
                 ["validation" if n[d] > 1 else "only setting" for d in keep["dataset"]])
+    words = {d: _choice_words(s[s["dataset"] == d]) for d in keep["dataset"].unique()}
+    keep.insert(keep.columns.get_loc("peer"), "choice", keep["dataset"].map(words))
     return keep.reset_index(drop=True)
+
+
+def _choice_words(s: pd.DataFrame) -> str:
+    """How firm one dataset's choice is: its validation score against the runner-up's, and whether it
+    lies at the edge of the grid (the best setting may then lie outside what was tried)."""
+    g = s.drop_duplicates("settings_key")
+    if len(g) < 2:
+        return ""
+    best, rest = g[g["chosen"]].iloc[0], g[~g["chosen"]]
+    runner = rest.loc[rest["selection_valid_auc"].idxmax()]
+    said = [f"validation AUC {best['selection_valid_auc']:.4f} vs the runner-up's {runner['selection_valid_auc']:.4f}"]
+    for col, name in (("weight", "weight"), ("finetune_lr_scale", "lr scale")):
+        tried = sorted(g[col].dropna().unique())
+        if len(tried) > 1 and best[col] in (tried[0], tried[-1]):
+            said.append(f"{name} {best[col]:g} is the {'largest' if best[col] == tried[-1] else 'smallest'} tried")
+    return "; ".join(said)
 
 
 def partners(source, *, include_exploration: bool = False, pool: Sequence[str] = designs.PAPER_MODELS) -> pd.DataFrame:
@@ -468,7 +486,7 @@ def tuning(source, *, include_exploration: bool = False) -> pd.DataFrame:
 HEADLINE_COLS = ["dataset", "model", "weight", "finetune_lr_scale", "n_pairs", "rel_pct_mean", "rel_pct_ci_low",
                  "rel_pct_ci_high", "relaimpr_pct_mean", "relaimpr_pct_ci_low", "relaimpr_pct_ci_high",
                  "logloss_diff_mean", "logloss_diff_ci_low", "logloss_diff_ci_high", "p_holm", "note",
-                 "n_kept_pretrained_mutual", "n_kept_pretrained_alone"]
+                 "n_kept_pretrained_mutual", "n_kept_pretrained_alone", "choice"]
 
 
 def headline(source, *, include_exploration: bool = False) -> pd.DataFrame:
