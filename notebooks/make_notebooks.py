@@ -149,7 +149,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "reproduce.paper_table(cfg, 'partners')"),
         ("md", "## The partner matrix (mutual - alone, * Holm p < 0.05)"),
         ("code", "plots.show(plots.partner_heatmap(reproduce.figure_data(cfg, 'partners'), cfg.figure('partner_matrix'),\n"
-                 "                                 caption=reproduce.caption(cfg),\n"
+                 "                                 caption=reproduce.caption(cfg, figure=False),  # intervals: in the cells\n"
                  "                                 title=f'Pairs: mutual - alone of the row model with each partner ({cfg.dataset})'))"),
         ("md", "## Gain vs the partner's pretrained AUC: one slope per model, with its 95% CI"),
         ("code", "reproduce.paper_table(cfg, 'partner_slopes')"),

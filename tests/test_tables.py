@@ -269,7 +269,13 @@ def test_partner_slopes_one_per_model_from_the_points(tmp_path):
     assert len(part) == 12 and part.loc[("DCN", "PNN"), "n_pairs"] == 3
     assert part.loc[("DCN", "PNN"), "partner_auc_mean"] == pytest.approx(np.mean([pre("PNN", x) for x in SEEDS[:3]]))
     shown = render.display("partners", tables.partners(s)).set_index("target \\ partner")
-    assert shown.loc["DCN", "PNN"].endswith("]") and shown.loc["DCN", "DCN"] == ""
+    assert shown.loc["DCN", "DCN"] == "" and list(shown.index) == POOL and list(shown.columns[-4:]) == POOL  # paper order
+    sig = tables.partners(s)
+    sig.loc[(sig["target"] == "DCN") & (sig["partner"] == "PNN"), "p_holm"] = 0.01  # as if it were significant
+    starred = render.display("partners", sig).set_index("target \\ partner")
+    for (target, partner), p in sig.set_index(["target", "partner"])["p_holm"].items():  # a star as in the heatmap
+        assert starred.loc[target, partner].endswith(" *") == (p < 0.05) and "]" in starred.loc[target, partner]
+    assert starred.loc["DCN", "PNN"].endswith("] *") and shown.loc["DCN", "PNN"].endswith("]")
 
 
 def test_partner_slope_interval_keeps_its_level_when_partners_differ_in_more_than_auc():

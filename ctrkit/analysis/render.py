@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ctrkit.analysis.pairing import paper_order
 from ctrkit.analysis.stats import CI_NAME, MIN_WILCOXON
 from ctrkit.core.utils import CtrkitError
 
@@ -25,7 +26,7 @@ CAPTIONS = {
     "sweep": f"Finetuning sweep (weight x lr scale): mutual - alone on test per model [{CI_NAME}]; "
              "`selection_valid_auc`: mean validation AUC of the mutual peers, the only criterion of `chosen`.",
     "partners": f"Pairs (N = 2): mutual - alone of the target with each partner, paired by seed [{CI_NAME}]; "
-                "p_holm: Holm across the cells.",
+                "* Holm p < 0.05 (Holm across the cells; p_holm in the CSV).",
     "partner_slopes": "Per target: least-squares slope of (mutual - alone, rel %) against the partner's "
                       "pretrained test AUC, one point per partner (means over seeds: a partner's seeds are not "
                       "independent), 95% t-interval of the slope (n_partners - 2 df).",
@@ -119,11 +120,15 @@ def constant_settings(shown: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 def display(name: str, df: pd.DataFrame) -> pd.DataFrame:
     """Human form: mean with [95% CI] (or ± SD), p-values with 3 digits, partners as a matrix."""
     if name == "partners" and len(df):
-        cell = {(r.dataset, r.weight, r.finetune_lr_scale, r.target, r.partner):
+        star = lambda p: " *" if isinstance(p, (float, np.floating)) and p < 0.05 else ""  # noqa: E731 (as the heatmap)
+        cell = {(r.dataset, f"{r.weight:g}", f"{r.finetune_lr_scale:g}", r.target, r.partner):
                 f"{_fmt(r.rel_pct_mean, 3, True)}% [{_fmt(r.rel_pct_ci_low, 3, True)}, {_fmt(r.rel_pct_ci_high, 3, True)}]"
-                for r in df.itertuples()}
+                f"{star(getattr(r, 'p_holm', None))}" for r in df.itertuples()}
         mat = pd.Series(cell).unstack(fill_value="")
-        mat.index.names, mat.columns.name = ["dataset", "weight", "lr scale", "target \\ partner"], None
+        partners = pd.Series(mat.columns)
+        mat = mat[list(partners.iloc[paper_order(partners).argsort(kind="stable")])]
+        mat = mat.iloc[paper_order(pd.Series(mat.index.get_level_values(-1))).argsort(kind="stable").to_numpy()]
+        mat.index.names, mat.columns.name = ["dataset", "weight", "finetune_lr_scale", "target \\ partner"], None
         return mat.reset_index()
     out = {}
     same_model = "model" in df and "peer" in df and (df["model"].astype(str) == df["peer"].astype(str)).all()
