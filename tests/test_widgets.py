@@ -215,6 +215,17 @@ def test_empty_store_is_a_sentence_not_a_table(criteo_small, tmp_path):
     assert list(sel.table().columns) == widgets._STORE_COLUMNS and sel.table().empty
 
 
+def test_a_large_store_is_shown_as_counts_and_its_newest_records(criteo_small, tmp_path):
+    store = ResultsStore(tmp_path / "store.jsonl")
+    for seed in range(30):  # a reproduction's store: many records; the view must stay readable
+        store.append([{"run_key": f"k{seed}", "mode": "alone", "init": "pretrained", "peer": "DeepFM", "seed": seed,
+                       "test_auc": 0.7, "tag": "variants" if seed % 3 == 0 else None}])
+    view = _selector(criteo_small, store.path, None).refresh_store_view().value
+    assert "30 record(s)" in view and ">variants<" in view and ">paper<" in view
+    assert view.count("<tr>") == 2 + widgets.STORE_VIEW_ROWS  # body rows: the counts (2 kinds), the newest 20
+    assert ">29<" in view and ">0<" not in view.split("newest first")[1]  # the newest, not the oldest
+
+
 def test_legend_is_outside_the_axes():
     # 7: the legend never covers a point
     history = [{"epoch": e, "ensemble_valid_auc": 0.7 + e / 100,

@@ -85,6 +85,9 @@ _TABLE_CSS = ("<style>.ctrkit-table{border-collapse:collapse}.ctrkit-table th,.c
               "{padding:2px 6px;text-align:right}</style>")
 
 
+STORE_VIEW_ROWS = 20  # the store's newest records the view shows in full
+
+
 def _html_table(df: pd.DataFrame) -> str:
     text = pd.DataFrame({c: [_cell(v, c) for v in df[c]] for c in df.columns})
     return _TABLE_CSS + text.to_html(index=False, border=0, classes="ctrkit-table")
@@ -410,7 +413,13 @@ class PeerSelector(W.VBox):
                                      f"(<code>{html.escape(str(self.store.path))}</code>): choose peers above "
                                      f"and press Train.</p>")
         else:
+            # a reproduction's store holds hundreds of records: their counts, then the newest few in full
+            counts = (t.assign(tag=t["tag"].fillna("paper")).groupby(["tag", "mode", "init"], dropna=False)
+                      .size().rename("records").reset_index())
+            newest = t.iloc[::-1].head(STORE_VIEW_ROWS)
             self.store_view.value = (f"<p>{len(t)} record(s) in <code>{html.escape(str(self.store.path))}</code>"
-                                     f" (one per peer per run; tag “{EXPLORATION_TAG}”: this widget's)</p>"
-                                     + _html_table(t))
+                                     f" (one per peer per run; tag “{EXPLORATION_TAG}”: this widget's), by kind:</p>"
+                                     + _html_table(counts)
+                                     + f"<p>The newest {len(newest)}, newest first (<code>selector.table()</code>: "
+                                       f"all of them):</p>" + _html_table(newest))
         return self.store_view
