@@ -554,3 +554,34 @@ def test_index_opens_with_the_data_statement_and_the_headline(store, tmp_path):
     # precision, profile), not the tidy CSV
     assert page.count("2 seeds · fp32") == 2 and page.count("<table") == 2
     assert "_ci_low" not in page and "nan" not in page.lower() and "[" in head
+
+
+def test_index_follows_the_reading_order(tmp_path):
+    """Criteo before Avazu, the data and baselines before the claims, the executed notebooks by dataset and
+    number (05 and 06 after them), the CSVs behind the figures listed once, and ctrkit's version."""
+    import ctrkit
+    from ctrkit.notebook import runner
+
+    out = tmp_path / "out"
+    for d in ("tables", "figures", "notebooks/avazu", "notebooks/criteo"):
+        (out / d).mkdir(parents=True)
+    for ds in ("avazu", "criteo"):
+        for name in ("headline", "baselines", "data_vocab"):
+            (out / "tables" / f"{ds}_{name}.csv").write_text("a\n1\n")
+            (out / "tables" / f"{ds}_{name}.md").write_text(f"| a |\n|:--|\n| {ds} {name} |\n")
+        (out / "tables" / f"{ds}_fig_gains.csv").write_text("a\n1\n")
+        for nb in ("07_variants", "00_data"):
+            (out / "notebooks" / ds / f"{nb}.ipynb").write_text("{}")
+        for fig in ("peer_count", "data_ctr"):
+            (out / "figures" / f"{ds}_{fig}.png").write_bytes(b"")
+    (out / "notebooks" / "05_architectures.ipynb").write_text("{}")
+    runner.write_index(out, profile="quick")
+    md = (out / "index.md").read_text()
+    order = lambda *names: [md.index(n) for n in names] == sorted(md.index(n) for n in names)  # noqa: E731
+    assert order("criteo headline", "avazu headline", "## Notebooks")  # the lead: Criteo first
+    assert order("notebooks/criteo/00_data", "notebooks/criteo/07_variants", "notebooks/avazu/00_data",
+                 "notebooks/05_architectures")
+    assert order("[criteo_data_vocab]", "[criteo_baselines]", "[criteo_headline]", "[avazu_data_vocab]")
+    assert order("### criteo_data_ctr", "### criteo_peer_count", "### avazu_data_ctr")
+    assert "The numbers behind the figures (CSV): [avazu_fig_gains]" in md and "### criteo_fig_gains" not in md
+    assert f"by ctrkit {ctrkit.__version__}" in md and f"by ctrkit {ctrkit.__version__}" in (out / "index.html").read_text()

@@ -604,7 +604,7 @@ def _lead(out: Path) -> tuple[list[str], list[str]]:
     """What index.md/index.html open with: the data statement and the headline table of each dataset
     (mutual - alone at the setting chosen on validation), before the lists of everything else."""
     md, h = ["## Headline", ""], ["<h2>Headline</h2>"]
-    for csv in sorted((out / "tables").glob("*_headline.csv")):
+    for csv in sorted((out / "tables").glob("*_headline.csv"), key=lambda p: _dataset_rank(p.name[: -len("_headline.csv")])):
         dataset = csv.name[: -len("_headline.csv")]
         statement = _data_statement(out, dataset)
         md += [statement, ""]
@@ -624,49 +624,85 @@ def _md_html(mdp: Path) -> str:
     return markdown.markdown(mdp.read_text(), extensions=["tables"], output_format="html")
 
 
+# The order a reader follows, per dataset: the data, the baselines, the paper's claims, then beyond it.
+_READING = ("data_splits", "data_vocab", "data_ctr", "data_frequency", "tuning", "baselines", "scratch", "sweep",
+            "sweep_gain", "finetune", "headline", "paired_gains", "controls", "alternatives", "strength",
+            "gain_vs_strength", "partners", "partner_matrix", "partner_slopes", "peer_count", "variants",
+            "variants_summary")
+
+
+def _dataset_rank(name: str) -> tuple:
+    return (DATASETS.index(name), "") if name in DATASETS else (len(DATASETS), name)
+
+
+def _in_reading_order(paths: list[Path], out: Path) -> list[Path]:
+    """Tables and figures by dataset (Criteo, Avazu, then others; the paper's Figures 1-2 first) and
+    within one in `_READING` order; executed notebooks by dataset and number, 05 and 06 after them."""
+    def key(p: Path):
+        if p.suffix == ".ipynb":
+            folder = p.parent.relative_to(out / "notebooks").as_posix()
+            return (_dataset_rank(folder) if folder != "." else (len(DATASETS) + 1, ""), p.name)
+        kind = next((k for k in _READING if p.stem == k or p.stem.endswith("_" + k)), None)
+        if kind is None:
+            return ((-1, "") if p.stem.startswith("fig") else (len(DATASETS) + 1, ""), 0, p.stem)
+        dataset = p.stem[: -len(kind) - 1]
+        return (_dataset_rank(dataset) if dataset else (len(DATASETS), ""), _READING.index(kind), p.stem)
+    return sorted(paths, key=key)
+
+
 def write_index(out: str | Path, *, profile: str | None = None) -> dict:
-    """OUT/index.md and OUT/index.html linking the executed notebooks, tables and figures."""
+    """OUT/index.md and OUT/index.html linking the executed notebooks, tables and figures in reading
+    order (`_in_reading_order`); index.html inlines each table's Markdown form. The CSVs without a
+    Markdown form (the numbers behind each figure) are listed once, as links."""
+    from ctrkit import __version__
+
     out = Path(out)
-    notebooks = sorted(p for p in (out / "notebooks").rglob("*.ipynb") if not p.name.startswith("."))
-    tables = sorted((out / "tables").glob("*.csv"))
-    figures = sorted((out / "figures").glob("*.png"))
+    notebooks = _in_reading_order([p for p in (out / "notebooks").rglob("*.ipynb") if not p.name.startswith(".")], out)
+    tables = _in_reading_order(list((out / "tables").glob("*.csv")), out)
+    shown = [p for p in tables if p.with_suffix(".md").exists()]
+    data = sorted(p for p in tables if p not in shown)
+    figures = _in_reading_order(list((out / "figures").glob("*.png")), out)
     rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
-    md = [f"# ctrkit reproduction{f' (profile {profile})' if profile else ''}", "",
-          f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    title = f"ctrkit reproduction{f' (profile {profile})' if profile else ''}"
+    made = f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by ctrkit {__version__}."
     lead_md, lead_html = _lead(out)
-    md += lead_md + ["## Notebooks", ""]
+    md = [f"# {title}", "", made, "", *lead_md, "## Notebooks", ""]
     md += [f"- [{rel(p)}]({rel(p)})" + (" (FAILED)" if p.stem.endswith(".failed") else "") for p in notebooks]
-    md += ["", "## Tables", ""]
-    for p in tables:
-        mdp = p.with_suffix(".md")
-        md.append(f"- [{p.stem}]({rel(p)}) (CSV)" + (f", [Markdown]({rel(mdp)})" if mdp.exists() else ""))
-    md += ["", "## Figures", ""]
+    md += ["", "## Tables", ""] + [f"- [{p.stem}]({rel(p)}) (CSV), [Markdown]({rel(p.with_suffix('.md'))})"
+                                   for p in shown]
+    md += ["", "The numbers behind the figures (CSV): " + ", ".join(f"[{p.stem}]({rel(p)})" for p in data), ""]
+    md += ["## Figures", ""]
     for p in figures:
         svg = p.with_suffix(".svg")
         md += [f"### {p.stem}", "", f"![{p.stem}]({rel(p)})", "",
                f"[PNG]({rel(p)})" + (f" · [SVG]({rel(svg)})" if svg.exists() else ""), ""]
     with atomic_path(out / "index.md") as tmp:
         tmp.write_text("\n".join(md) + "\n")
-    # HTML: same content, tables inlined (Markdown tables rendered by pandas), figures as <img>.
-    h = [f"<!doctype html><meta charset='utf-8'><title>ctrkit reproduction</title>",
-         "<style>body{font-family:sans-serif;max-width:960px;margin:auto}img{max-width:100%}"
-         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
-         f"<h1>ctrkit reproduction{html.escape(f' (profile {profile})' if profile else '')}</h1>", *lead_html,
-         "<h2>Notebooks</h2><ul>"]
-    h += [f"<li><a href='{html.escape(rel(p))}'>{html.escape(rel(p))}</a></li>" for p in notebooks]
-    h.append("</ul><h2>Tables</h2>")
-    for p in tables:
-        h.append(f"<h3><a href='{html.escape(rel(p))}'>{html.escape(p.stem)}</a></h3>")
-        if p.with_suffix(".md").exists():  # only the small tables have a Markdown twin; inline those
-            h.append(_md_html(p.with_suffix(".md")))
-    h.append("<h2>Figures</h2>")
-    for p in figures:
-        h.append(f"<h3>{html.escape(p.stem)}</h3><img src='{html.escape(rel(p))}' alt='{html.escape(p.stem)}'>")
     with atomic_path(out / "index.html") as tmp:
-        tmp.write_text("\n".join(h) + "\n")
+        tmp.write_text(_index_html(title, made, lead_html, notebooks, shown, data, figures, rel))
     return {"out": str(out), "index": str(out / "index.md"), "html": str(out / "index.html"),
             "notebooks": [str(p) for p in notebooks], "tables": [str(p) for p in tables],
             "figures": [str(p) for p in figures]}
+
+
+def _index_html(title, made, lead, notebooks, shown, data, figures, rel) -> str:
+    """index.html: index.md's content, each table inlined in its Markdown form, figures as <img>."""
+    link = lambda p, text=None: f"<a href='{html.escape(rel(p))}'>{html.escape(text or rel(p))}</a>"  # noqa: E731
+    h = ["<!doctype html><meta charset='utf-8'><title>ctrkit reproduction</title>",
+         "<style>body{font-family:sans-serif;max-width:960px;margin:auto}img{max-width:100%}"
+         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
+         f"<h1>{html.escape(title)}</h1><p>{html.escape(made)}</p>", *lead, "<h2>Notebooks</h2><ul>"]
+    h += [f"<li>{link(p)}</li>" for p in notebooks]
+    h.append("</ul><h2>Tables</h2>")
+    for p in shown:
+        h += [f"<h3>{link(p, p.stem)}</h3>", _md_html(p.with_suffix(".md"))]
+    h.append(f"<p>The numbers behind the figures (CSV): {', '.join(link(p, p.stem) for p in data)}</p>")
+    h.append("<h2>Figures</h2>")
+    for p in figures:
+        svg = p.with_suffix(".svg")
+        h.append(f"<h3>{html.escape(p.stem)}</h3><img src='{html.escape(rel(p))}' alt='{html.escape(p.stem)}'>"
+                 f"<p>{link(p, 'PNG')}" + (f" · {link(svg, 'SVG')}" if svg.exists() else "") + "</p>")
+    return "\n".join(h) + "\n"
 
 
 # ---------------------------------------------------------------- cost shown first: the estimate and progress
