@@ -29,7 +29,7 @@ amp = None              # precision. None: as the profile (fp32 on synthetic dat
 EXPLORE_PARAMETERS = '''# Parameters (papermill replaces this cell; None = the profile's value, see ctrkit.notebook.profiles.PROFILES)
 dataset = "criteo"      # criteo | avazu
 data_dir = None         # None: synthetic data; else a processed dataset dir or raw files (profile full)
-profile = "quick"       # smoke | quick | full: the profile that made the data under `out`
+profile = "quick"       # smoke | quick | paper | study | full: the profile that made the data under `out`
 device = "auto"         # auto | cpu | cuda
 out = "results"         # output folder of `make reproduce`, relative to the repository root
 rows = None             # synthetic rows
@@ -52,7 +52,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", "paths = reproduce.data_tables(data, cfg)\nsplits = reproduce.read_table(paths['splits'])\nsplits"),
         ("code", "plots.show(plots.split_ctr(splits, cfg.figure('data_ctr'), caption=reproduce.caption(cfg, figure=False, runs=False),\n"
                  "                           title=f'Click-through rate per split ({cfg.dataset}, {profile} profile)'))"),
-        ("md", "## Vocabulary sizes per field"),
+        ("md", "## Vocabulary sizes per field (the 15 largest; every field in `tables/<dataset>_data_vocab`)"),
         ("code", "reproduce.read_table(paths['vocab']).sort_values('vocab_size', ascending=False).head(15)"),
         ("md", "## Value frequencies of the largest fields (rank-frequency, log-log)"),
         ("code", "plots.show(plots.rank_frequency(reproduce.read_table(paths['frequency']), cfg.figure('data_frequency'),\n"
@@ -114,7 +114,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("md", "## Paired gains per model (95% paired t-intervals)"),
         ("code", "plots.show(plots.paired_gains(reproduce.figure_data(cfg, 'gains'), cfg.figure('paired_gains'),\n"
                  "                              caption=reproduce.caption(cfg),\n"
-                 "                              title=f'Mutual learning vs its control, per model ({cfg.dataset})'))"),
+                 "                              title=f'Each comparison against its control, per model ({cfg.dataset})'))"),
         ("md", "## Controls: KD from the best pretrained model, the ensembles (at the chosen setting)"),
         ("code", "experiments.run(data, [reproduce.kd_peers(cfg)], inits=['pretrained'], modes=['kd'], weight=best['weight'],\n"
                  "                finetune_lr_scale=best['finetune_lr_scale'], finetune_epochs=cfg.finetune_epochs, **common)\n"
@@ -186,7 +186,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "the peers as the teacher, EKTF (ensemble teacher + peers weighted by their examination scores, "
                "arXiv 2411.16122), KD from the best pretrained model; finetuning (at the setting 02 chose) and from "
                "scratch, with separate embedding tables and with one shared table. Churn: how much predictions "
-               "disagree, between a run's peers and between two seeds of the same configuration."),
+               "disagree, between a run's peers and between consecutive seeds of the same configuration."),
         ("code", "from ctrkit import experiments\nfrom ctrkit.analysis import plots\nfrom ctrkit.notebook import reproduce"),
         ("params", PARAMETERS),
         ("code", SETTINGS),

@@ -29,7 +29,9 @@ CAPTIONS = {
                 "* Holm p < 0.05 (Holm across the cells; p_holm in the CSV).",
     "partner_slopes": "Per target: least-squares slope of (mutual - alone, rel %) against the partner's "
                       "pretrained test AUC, one point per partner (means over seeds: a partner's seeds are not "
-                      "independent), 95% t-interval of the slope (n_partners - 2 df).",
+                      "independent), 95% t-interval of the slope (n_partners - 2 df: with 3 partners one df, "
+                      "so descriptive); n_points: the seed-level points behind the partner means; the slope is "
+                      "in % per 1.0 of partner AUC, far beyond the range the partners span.",
     "peer_count": f"N peers: per target, the mean over all partner subsets of size N - 1 of the other paper models; "
                   f"rel % = mutual - alone, gain = over the pretrained model, {CI_NAME} over seeds; N = 1: the control.",
     "headline": f"Mutual finetuning minus finetuning alone per model, paired by seed, at the setting chosen on "

@@ -352,8 +352,9 @@ def bars_source() -> str:
         meta = json.loads(resources.files("ctrkit.training").joinpath("bars.json").read_text())
     except (FileNotFoundError, OSError):
         return "ctrkit/training/bars.json is not installed: no BARS reference numbers."
+    source = meta.get("source", "not recorded").split(" (copied")[0]  # the public source, not our copy's path
     return (f"BARS columns (real data, comparable to ours only under the `full` profile): "
-            f"{meta.get('about', '').strip()} Source: {meta.get('source', 'not recorded')}.")
+            f"{meta.get('about', '').strip()} Source: {source}.")
 
 
 def read_table(stem: str | Path) -> pd.DataFrame:
@@ -545,7 +546,9 @@ def variants_table(cfg: Settings) -> Shown:
             df.to_csv(tmp, index=False)
     human = variants.display(t)
     cap = (f"Variants minus alone, paired by seed; churn: mean |p_a - p_b| on test, within a run (peers) and "
-           f"between consecutive seeds ({caption(cfg, figure=False)})")
+           f"between consecutive seeds of one configuration, treatment/control (t/c); churn_seeds_diff and "
+           f"top10_flip_seeds_diff: treatment minus control of the seed churn and of the share of test rows "
+           f"that enter or leave the top 10% of scores from one seed to the next ({caption(cfg, figure=False)})")
     md = cfg.table("variants").with_name(cfg.table("variants").name + ".md")
     with atomic_path(md) as tmp:
         tmp.write_text((human.to_markdown(index=False, disable_numparse=True) if len(human) else "(no runs)")
