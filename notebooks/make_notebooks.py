@@ -200,7 +200,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                "EKTF, KD = from the best pretrained model, table = the shared table alone (shared alone - separate "
                "alone); FT = finetuning, scratch = from scratch, shared = one embedding table."),
         ("code", "plots.show(plots.paired_gains(reproduce.read_table(cfg.table('fig_variants')), cfg.figure('variants'),\n"
-                 "                              x='comparison', hue='model', width=9.0, height=3.2,\n"
+                 "                              x='comparison', hue='model', panel='init', width=9.0, height=3.2,\n"
                  "                              caption=reproduce.caption(reproduce.for_variants(cfg)),\n"
                  "                              title=f'Relatives of mutual learning minus alone, per model ({cfg.dataset})'))"),
         ("md", "## Across datasets: interquartile mean and probability of improvement (stratified bootstrap 95% CIs)"),

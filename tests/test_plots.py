@@ -203,3 +203,16 @@ def test_caption_reads_the_loaded_data_not_the_profile(tmp_path):
     # the data statistics state the data alone: no seeds or precision of runs that are not theirs
     assert reproduce.caption(cfg, figure=False, runs=False) == \
         "real data: ml100k · 100,000 rows (train 80,000 / valid 10,000 / test 10,000) · profile paper"
+
+
+def test_panels_give_each_group_its_own_scale(tmp_path, drawn):
+    """07's figure: one interval from scratch at -9% must not flatten the finetuning ones beside it."""
+    rows = ([{"model": m, "comparison": f"{v}\nFT", "init": "finetune", "rel_pct_mean": 0.2} for m in MODELS
+             for v in ("MSE", "KL")]
+            + [{"model": m, "comparison": "MSE\nscratch", "init": "from scratch", "rel_pct_mean": -9.0} for m in MODELS])
+    _check(plots.paired_gains(_ci_frame(rows), tmp_path / "v", caption=CAP, x="comparison", hue="model", panel="init",
+                              title="Relatives"), "finetune", "from scratch", "Relatives")
+    ft, scratch = drawn[-1].axes[:2]
+    assert ft.get_title() == "finetune" and scratch.get_title() == "from scratch"
+    assert ft.get_ylim()[0] > -1 and scratch.get_ylim()[0] < -9  # each panel scaled to its own points
+    assert len(drawn[-1].axes) == 2 and ft.get_legend() is None and scratch.get_legend() is not None

@@ -170,20 +170,28 @@ def paired_gains(
     df: pd.DataFrame, out: str | os.PathLike, *, caption: str | None = None,
     title: str = "Paired gains per model", x: str = "model", hue: str = "comparison", y: str = "rel_pct_mean",
     lo: str = "rel_pct_ci_low", hi: str = "rel_pct_ci_high", ylabel: str = "relative Δ test AUC (%)",
-    width: float = COLUMN * 1.6, height: float = 2.5,
+    width: float = COLUMN * 1.6, height: float = 2.5, panel: str | None = None,
 ) -> list[Path]:
     """Each model's paired differences (e.g. mutual - alone, by seed) as points with 95% CI bars, one
-    colour per comparison: the numbers the tables report, not the seed spread of each arm."""
-    df = _need(df, [x, hue, y, lo, hi], "paired_gains", may_lack=[lo, hi])
+    colour per comparison: the numbers the tables report, not the seed spread of each arm. `panel`: a
+    column whose values get a panel each, with its own y scale (one wide interval from scratch must
+    not flatten the finetuning ones beside it)."""
+    df = _need(df, [x, hue, y, lo, hi] + ([panel] if panel else []), "paired_gains", may_lack=[lo, hi])
+    groups = list(df.groupby(panel, sort=False)) if panel and df[panel].nunique() > 1 else [(None, df)]
+    hue_order = list(dict.fromkeys(df[hue]))
+    # comparisons at different settings (scratch at its weight, finetuning at the chosen one) say so
+    labels = ({h: f"{h} ({g['setting'].iloc[0]})" for h, g in df.groupby(hue) if g["setting"].nunique() == 1
+               and str(g["setting"].iloc[0])} if "setting" in df.columns else None)
     with style():
-        fig, ax = plt.subplots(figsize=(width, height))
-        # comparisons at different settings (scratch at its weight, finetuning at the chosen one) say so
-        labels = ({h: f"{h} ({g['setting'].iloc[0]})" for h, g in df.groupby(hue) if g["setting"].nunique() == 1
-                   and str(g["setting"].iloc[0])} if "setting" in df.columns else None)
-        _dodge(ax, df, x=x, hue=hue, y=y, lo=lo, hi=hi, order=_order(df[x], MODEL_ORDER),
-               hue_order=list(dict.fromkeys(df[hue])), labels=labels)
-        ax.set(title=title, xlabel=x, ylabel=ylabel)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside: it would hide points
+        fig, axes = plt.subplots(1, len(groups), figsize=(width, height), squeeze=False, layout="constrained",
+                                 width_ratios=[g[x].nunique() for _, g in groups])
+        for ax, (name, g) in zip(axes[0], groups):
+            _dodge(ax, g, x=x, hue=hue, y=y, lo=lo, hi=hi, order=_order(g[x], MODEL_ORDER), hue_order=hue_order,
+                   labels=labels)
+            ax.set(title=str(name) if name is not None else title, xlabel=x, ylabel=ylabel if ax is axes[0][0] else "")
+        if len(groups) > 1:
+            fig.suptitle(title, fontsize=9)
+        axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside: it would hide points
         _caption(fig, caption)
         return save(fig, out)
 

@@ -172,14 +172,15 @@ def table(p: pd.DataFrame, seeds: pd.DataFrame | None = None) -> pd.DataFrame:
 def figure_frame(t: pd.DataFrame) -> pd.DataFrame:
     """What the variants figure draws: per model and comparison (variant, init, embedding, in `SHORT`
     words: MSE/KL mutual, ens(emble teacher), EKTF, KD, table = sharing alone; FT = finetuning), the
-    mean relative % with its 95% t-interval (the shape `ctrkit.analysis.plots.paired_gains` reads)."""
+    mean relative % with its 95% t-interval (the shape `ctrkit.analysis.plots.paired_gains` reads; `init`
+    its panels)."""
+    cols = ["dataset", "model", "init", "comparison", "setting", "n_pairs", "rel_pct_mean", "rel_pct_ci_low",
+            "rel_pct_ci_high"]
     if t.empty:
-        return pd.DataFrame(columns=["dataset", "model", "comparison", "setting", "n_pairs", "rel_pct_mean",
-                                     "rel_pct_ci_low", "rel_pct_ci_high"])
+        return pd.DataFrame(columns=cols)
     comp = (t["variant"].map(lambda v: SHORT.get(v, v)) + "\n" + t["init"].map(lambda v: SHORT.get(v, v))
             + np.where(t["embedding"] == "shared", "\nshared", ""))
-    return t.assign(comparison=comp, setting="")[["dataset", "model", "comparison", "setting", "n_pairs",
-                                                  "rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high"]]
+    return t.assign(comparison=comp, setting="")[cols]
 
 
 def per_seed_rel_pct(p: pd.DataFrame) -> pd.Series:
