@@ -459,11 +459,19 @@ def rank_frequency(
 _COLORS = sns.color_palette("deep")
 
 
+_BOX_PAD = 0.02
+
+
 def _box(ax, xy, w, h, text, color, fontsize=7):
     x, y = xy
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.06",
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle=f"round,pad={_BOX_PAD},rounding_size=0.06",
                                 facecolor=(*color, 0.25), edgecolor=color, linewidth=1.2))
     ax.text(x, y, text, ha="center", va="center", fontsize=fontsize)
+
+
+def _edge(column: tuple[float, float], side: int) -> float:
+    """The x of a `_box` column's right (side 1) or left (-1) edge: half its width plus the rounding pad."""
+    return column[0] + side * (column[1] / 2 + _BOX_PAD)
 
 
 def _arrow(ax, a, b, *, color="black", ls="-", label=None, loff=(0, 0.04)):
@@ -522,23 +530,27 @@ def figure_mutual(out: str | os.PathLike, *, n: int = 4, names: Sequence[str] | 
         ax.text(0.66, 0.97, "2. finetune them together (mutual learning)", ha="center", va="top", fontsize=8,
                 weight="bold")
         h = min(0.12, 0.5 / n)
+        # (centre, width) of each column of boxes; arrows run from one box's edge to the next one's
+        model, bce, peer, loss = (0.07, 0.1), (0.24, 0.08), (0.46, 0.1), (0.70, 0.165)
         for i, (name, y) in enumerate(zip(names, ys)):
             c = _COLORS[i % len(_COLORS)]
-            _box(ax, (0.08, y), 0.12, h, name, c, fontsize=6)
-            _arrow(ax, (0.14, y), (0.2, y), color="0.3")
-            _box(ax, (0.25, y), 0.09, h, "BCE", _COLORS[7], fontsize=6)
-            _arrow(ax, (0.3, y), (0.41, y), color="0.3", label="checkpoint" if i == 0 else None, loff=(0, 0.05))
-            _box(ax, (0.47, y), 0.12, h, f"{name}\n$p_{{{i + 1}}}$", c, fontsize=6)
-            _arrow(ax, (0.53, y), (0.6, y), color="0.3")
-            _box(ax, (0.69, y), 0.17, h, f"$L_{{{i + 1}}}$ = BCE$(y, p_{{{i + 1}}})$ + mutual", c, fontsize=6)
-        # the pull of every other peer's detached prediction on peer n's loss
+            _box(ax, (model[0], y), model[1], h, name, c, fontsize=6)
+            _arrow(ax, (_edge(model, 1), y), (_edge(bce, -1), y), color="0.3")
+            _box(ax, (bce[0], y), bce[1], h, "BCE", _COLORS[7], fontsize=6)
+            _arrow(ax, (_edge(bce, 1), y), (_edge(peer, -1), y), color="0.3", label="checkpoint" if i == 0 else None,
+                   loff=(0, 0.06))
+            _box(ax, (peer[0], y), peer[1], h, f"{name}\n$p_{{{i + 1}}}$", c, fontsize=6)
+            _arrow(ax, (_edge(peer, 1), y), (_edge(loss, -1), y), color="0.3")
+            _box(ax, (loss[0], y), loss[1], h, f"$L_{{{i + 1}}}$ = BCE$(y, p_{{{i + 1}}})$ + mutual", c, fontsize=6)
+        # the pull of every other peer's detached prediction on peer n's loss, box edge to box edge
         for i, yi in enumerate(ys):
             for j, yj in enumerate(ys):
                 if i != j:
-                    _arrow(ax, (0.55, yj - 0.01 * (i - j)), (0.61, yi + 0.01 * (i - j)), color="0.55", ls=":")
-        ax.text(0.89, 0.62, "$L_n = \\mathrm{BCE}(y, p_n)$\n$+ \\frac{w}{N-1}\\sum_{i \\neq n}"
+                    _arrow(ax, (_edge(peer, 1), yj - 0.01 * (i - j)), (_edge(loss, -1), yi + 0.01 * (i - j)),
+                           color="0.55", ls=":")
+        ax.text(0.905, 0.62, "$L_n = \\mathrm{BCE}(y, p_n)$\n$+ \\frac{w}{N-1}\\sum_{i \\neq n}"
                 "(\\bar p_i - p_n)^2$", ha="center", va="center", fontsize=7)
-        ax.text(0.89, 0.36, "$\\bar p_i$: peer i's prediction,\ndetached (no gradient);\n"
+        ax.text(0.905, 0.36, "$\\bar p_i$: peer i's prediction,\ndetached (no gradient);\n"
                 "every peer is trained\n(two-way, unlike KD)", ha="center", va="center", fontsize=6, color="0.25")
         ax.set_title(f"Figure 2. Mutual learning for finetuning among N = {n} peers")
         return save(fig, out)
