@@ -240,3 +240,26 @@ def test_a_cell_shows_what_ctrkit_wrote_not_what_it_holds_in_memory(name):
             root = root.func if isinstance(root, ast.Call) else root.value
         assert isinstance(shown, ast.Call) and getattr(root, "id", None) in ("reproduce", "plots", "selector", "print"), \
             f"{name}: a cell shows {ast.unparse(shown)[:80]}"
+
+
+def test_the_headline_tables_the_docs_quote_are_the_committed_ones():
+    """README.md, docs/index.md and docs/results.md quote the quick headline tables: each quoted table
+    is, line for line, one that `make reproduce` committed in figures/tables (a regeneration that
+    changes a digit must change the docs too)."""
+    root = NB_DIR.parent
+
+    def blocks(text: str) -> list[list[str]]:
+        out, cur = [], []
+        for line in text.splitlines() + [""]:
+            if line.startswith("|"):
+                cur.append(line)
+            elif cur:
+                out.append(cur)
+                cur = []
+        return out
+
+    committed = [blocks((root / "figures" / "tables" / f"{ds}_headline.md").read_text())[0] for ds in profiles.DATASETS]
+    for doc in ("README.md", "docs/index.md", "docs/results.md"):
+        quoted = [b for b in blocks((root / doc).read_text()) if b[0].split("|")[1:3] == committed[0][0].split("|")[1:3]]
+        assert len(quoted) == 2, doc
+        assert quoted == committed, f"{doc}: its headline tables differ from figures/tables/*_headline.md"
