@@ -320,6 +320,17 @@ def test_controls_compare_mutual_with_alone_at_the_lr_scale_best_for_alone(tmp_p
         assert rows["p_holm"].to_numpy() == pytest.approx(pstats.holm(rows["p_ttest"].to_numpy()))
 
 
+def test_the_pretrained_arm_has_its_logloss_difference_too(tmp_path):
+    s = ResultsStore(tmp_path / "r.jsonl")
+    for seed in SEEDS:
+        s.append(run("alone", POOL[:2], seed, pretrained_test_logloss=0.45 + seed / 1000))
+        s.append(run("mutual", POOL[:2], seed, weight=10.0))
+    t = tables.controls(s).set_index(["arm", "unit"])
+    alone_ll = np.array([0.5 - alone_auc("DCN", x) / 10 for x in SEEDS])  # rec()'s test logloss of that arm
+    assert t.loc[("pretrained", "DCN"), "logloss_diff_mean"] == pytest.approx(
+        np.mean([0.45 + x / 1000 for x in SEEDS] - alone_ll))
+
+
 def test_controls_kd_and_ensemble_against_alone(store):
     for seed in SEEDS:
         kd = [rec("kd", "pretrained", ["FiBiNET", "DeepFM", "DCN", "PNN"], i, seed,

@@ -297,8 +297,9 @@ def peer_count(source, *, include_exploration: bool = False, pool: Sequence[str]
 def _arm_values(frame: pd.DataFrame, *, auc: str = "test_auc", students_only: bool = False) -> pd.DataFrame:
     """[unit, seed, auc, logloss] of one arm: each peer (unit = its label) and the run's ensemble."""
     peers = frame[frame["peer_index"] != 0] if students_only else frame
+    ll = {"test_auc": "test_logloss", "pretrained_test_auc": "pretrained_test_logloss"}[auc]
     out = [pd.DataFrame({"unit": peers["peer"], "seed": peers["seed"], "auc": pd.to_numeric(peers[auc]),
-                         "logloss": pd.to_numeric(peers["test_logloss"]) if auc == "test_auc" else np.nan})]
+                         "logloss": pd.to_numeric(peers[ll]) if ll in peers else np.nan})]
     if auc == "test_auc":
         ens = frame.drop_duplicates("seed", keep="last")
         out.append(pd.DataFrame({"unit": "ensemble", "seed": ens["seed"],
