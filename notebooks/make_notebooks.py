@@ -54,7 +54,9 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "                           title=f'Click-through rate per split ({cfg.dataset}, {profile} profile)'))"),
         ("md", "## Vocabulary sizes per field (the 15 largest; every field in `tables/<dataset>_data_vocab`)"),
         ("code", "reproduce.read_table(paths['vocab']).sort_values('vocab_size', ascending=False).head(15)"),
-        ("md", "## Value frequencies of the largest fields (rank-frequency, log-log)"),
+        ("md", "## Value frequencies of the largest fields (rank-frequency, log-log)\nValues seen fewer times in "
+               "train than the dataset's min-count (BARS: Criteo 10, Avazu 2) share the one OOV index and are not "
+               "drawn, so the curves end there."),
         ("code", "plots.show(plots.rank_frequency(reproduce.read_table(paths['frequency']), cfg.figure('data_frequency'),\n"
                  "                                caption=reproduce.caption(cfg, figure=False, runs=False),\n"
                  "                                title=f'Categorical value frequency in train ({cfg.dataset}, log-log)'))"),
