@@ -2,8 +2,9 @@
 
 Modules, bottom to top: `loading` (the processed-directory API trainers need), `schema` (dataset
 schemas: built-in and your own), `keys` (value -> 64-bit key), `sources` and `hub` (files, hub
-datasets as Arrow streams), `encode` (a block -> keys and codes, splits, vocabularies), `outdir`
-(what an output may replace), `ingest` (`prepare`, `synthetic_dataset`). Nothing here imports
+datasets as Arrow streams), `inputs` (which of them reads an input), `joins` (a schema's `join` and
+`derive`), `encode` (a block -> keys and codes, splits, vocabularies), `outdir` (what an output may
+replace), `ingest` (`prepare`, `synthetic_dataset`). Nothing here imports
 training or results modules.
 """
 from ctrkit.data.ingest import prepare, resolve_schema, synthetic_dataset

@@ -6,10 +6,10 @@ holds their hash) is skipped; a failing one stops the run with one line naming t
 
 Output layout (everything under OUT):
     data/<dataset>/            processed data (synthetic for smoke/quick, prepared from --data for full)
-    <dataset>/pretrained/      pretrained checkpoints from 01, reused by 02-04 and the widget
+    <dataset>/pretrained/      pretrained checkpoints from 01, reused by 02-04, 07 and the widget
     <dataset>/store.jsonl      the results store (one record per peer per run); results.csv its export
     tables/<dataset>_*.csv|md  every table          figures/<dataset>_*.png|svg   every figure
-    notebooks/<dataset>/<nb>.ipynb  the executed notebooks 00-04; notebooks/<nb>.ipynb  05 and 06 (run once)
+    notebooks/<dataset>/<nb>.ipynb  the executed notebooks 00-04 and 07; notebooks/<nb>.ipynb  05 and 06 (run once)
     notebooks/.../<nb>.kernel.log   what its kernel (and the processes it started) printed
     .done/<job>.json           marker of a finished notebook with the hash of its parameters
     index.md, index.html       links to all of the above
@@ -54,7 +54,7 @@ class Job:
         return f"{self.dataset}_{self.notebook}" if self.notebook in PER_DATASET else self.notebook
 
     def executed(self, out: Path) -> Path:
-        """Where the executed notebook lands: OUT/notebooks/<dataset>/<nb>.ipynb for 00-04, and
+        """Where the executed notebook lands: OUT/notebooks/<dataset>/<nb>.ipynb for 00-04 and 07, and
         OUT/notebooks/<nb>.ipynb for 05/06, which run once (on the first dataset)."""
         folder = out / "notebooks" / self.dataset if self.notebook in PER_DATASET else out / "notebooks"
         return folder / f"{self.notebook}.ipynb"
