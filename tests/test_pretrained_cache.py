@@ -111,3 +111,27 @@ def test_a_checkpoint_scored_by_its_own_run_here_is_not_measured_again(setup, tm
     assert pretrained.scores(model, other, d, "cpu", bs) == measured and len(calls) == 4
     checkpoint.save({k: v for k, v in ck.items() if k != "scored_by"}, other)  # written before scored_by existed
     assert pretrained.scores(model, other, d, "cpu", bs) == measured and len(calls) == 6
+
+
+def test_a_stored_run_is_not_reused_once_its_checkpoint_was_pretrained_again(setup, tmp_path):
+    """A finetuning run in the store came from the checkpoints then in ckpt_dir; after one of them is
+    pretrained again (other settings, same folder) the stored run is not returned as this one's: a
+    one-line error, and --force trains it from the new checkpoint."""
+    from ctrkit.core.utils import CtrkitError
+
+    d, _ = setup
+    ck, store = tmp_path / "ck", tmp_path / "s.jsonl"
+    base = dict(preset="smoke", seeds=[1], device="cpu", threads=1, progress=False)
+    experiments.pretrain_baselines(d, ["DeepFM", "FiBiNET"], ck, epochs=1, **base)
+    grid = dict(inits=["pretrained"], modes=["mutual"], ckpt_dir=ck, finetune_epochs=1, store=store, **base)
+    first = experiments.run(d, [["DeepFM", "FiBiNET"]], **grid)
+    assert first["checkpoint_key"].notna().all()
+    experiments.run(d, [["DeepFM", "FiBiNET"]], **grid)  # the same checkpoints: reused, nothing appended
+    assert len(store.read_text().splitlines()) == 2
+    experiments.pretrain_baselines(d, ["DeepFM"], ck, epochs=2, **base)  # other weights in the same folder
+    with pytest.raises(CtrkitError, match="finetuned from an earlier DeepFM checkpoint .* pretrained again since"):
+        experiments.run(d, [["DeepFM", "FiBiNET"]], **grid)
+    again = experiments.run(d, [["DeepFM", "FiBiNET"]], force=True, **grid)
+    assert len(store.read_text().splitlines()) == 4
+    assert (again.set_index("peer").loc["DeepFM", "pretrained_test_auc"]
+            != first.set_index("peer").loc["DeepFM", "pretrained_test_auc"])

@@ -77,6 +77,9 @@ class Record:
     peer_churn_top10: float = ABSENT
     seconds: float = _core()
     checkpoint: str | None = ABSENT
+    # the run key of the pretraining that wrote `checkpoint` (its result.json): a stored run is reused only
+    # while its checkpoint is still that one (`runs.check_same_checkpoints`)
+    checkpoint_key: str | None = ABSENT
     config: dict = _core()
     env_info: dict | None = _core()
     distributed: dict = ABSENT

@@ -222,9 +222,35 @@ def records(spec: RunSpec, result: dict, data) -> list[dict]:
            if p.get("peer_churn") else {}),
         **{k: p[k] for k in ("pretrained_valid_auc", "pretrained_valid_logloss", "pretrained_test_auc",
                              "pretrained_test_logloss")},
+        **({"checkpoint": p["checkpoint"], "checkpoint_key": checkpoint_key(p["checkpoint"])}
+           if p.get("checkpoint") else {}),
         config={**settings, "seed": spec.seed, "train": p["train_config"], "hparams": p["hparams"]})
         for p, label in zip(result["peers"], result["labels"])]
     return make_records(run_fields, peers)
+
+
+def checkpoint_key(best: str | Path | None) -> str | None:
+    """The run key of the pretraining that wrote checkpoint `best` (the result.json beside it), or None
+    (a checkpoint ctrkit did not pretrain, or one from before result.json held its key)."""
+    if best is None:
+        return None
+    try:
+        return json.loads((Path(best).parent / "result.json").read_text()).get("run_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_same_checkpoints(done: list[dict] | None) -> list[dict] | None:
+    """`done` (a stored run's records) when each peer's checkpoint is still the one it was finetuned from;
+    a one-line CtrkitError when one was pretrained again since (same path, other weights): reusing the
+    stored result would report the old checkpoint's run as this one's."""
+    for r in done or []:
+        was = r.get("checkpoint_key")
+        if was is not None and checkpoint_key(r.get("checkpoint")) != was:
+            raise CtrkitError(f"the store holds this run (run {r['run_key'][:12]}), finetuned from an earlier "
+                              f"{r['peer']} checkpoint than {r['checkpoint']} now holds (it was pretrained again "
+                              f"since): use another --store, or --force to train it again from the new one")
+    return done
 
 
 def _store(store) -> ResultsStore | None:
@@ -245,7 +271,7 @@ def execute(spec: RunSpec, data, *, store=None, force: bool = False, exchange: E
     st = _store(store) if main else None
     key = spec.key(data.fingerprint)
     with st.claim(key) if st is not None else contextlib.nullcontext():
-        done = None if st is None or force else st.run_records(key)
+        done = None if st is None or force else check_same_checkpoints(st.run_records(key))
         if exchange is not None:
             done = exchange.broadcast(done)  # the main process decides "already done" for everyone
         if done:
@@ -432,7 +458,7 @@ def _execute_group(specs: list[RunSpec], data, st: ResultsStore | None, out_dirs
             claims.enter_context(st.claim(key))
         todo = []
         for j, key in enumerate(keys):
-            done = None if st is None or force else st.run_records(key)
+            done = None if st is None or force else check_same_checkpoints(st.run_records(key))
             if done:
                 out[j] = (done, True)
             else:
@@ -468,7 +494,8 @@ def _spread_groups(specs, groups: list[list[int]], data, st, force: bool, out_di
     check_workers(workers)
     found, todo = {}, []
     for group in groups:
-        done = [None if st is None or force else st.run_records(specs[i].key(data.fingerprint)) for i in group]
+        done = [None if st is None or force else check_same_checkpoints(st.run_records(specs[i].key(data.fingerprint)))
+                for i in group]
         if all(done):
             found.update({i: (d, True) for i, d in zip(group, done)})
         else:
