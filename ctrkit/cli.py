@@ -410,7 +410,7 @@ def _run_mutual(args):
         outs = [runs.seed_dir(args.out, s) if args.out else None for s in args.seeds]
         recs, skipped = runs.execute_many(specs, d, store=args.store, out_dirs=outs, force=args.force,
                                           max_replicas=_max_replicas(args))
-        return [r for run_recs in recs for r in run_recs], all(skipped), True
+        return [r for run_recs in recs for r in run_recs], skipped, True  # one flag per seed
     if not args.distributed:
         spec = _spec(args)
         recs, skipped = runs.execute(spec, data.load(args.data), store=args.store, out_dir=args.out,
@@ -446,7 +446,9 @@ def cmd_mutual(args):
         for r in records:
             by_run.setdefault(r["run_key"], []).append(r)
         summaries = [runs.summary(recs) for recs in by_run.values()]
-        for seed, sm in zip(args.seeds, summaries):
+        for seed, sm, was in zip(args.seeds, summaries, skipped):
+            if was:  # as one seed says it: a result from the store is not a run that just trained
+                print(f"seed {seed}: already in {args.store} (run {sm['run_key']}); --force re-runs it", file=sys.stderr)
             print(f"seed {seed}: ensemble test AUC {sm['ensemble_test_auc']:.6f}; " + ", ".join(
                 f"{p['label']} {p['test_auc']:.6f}" for p in sm["peers"]), file=sys.stderr)
         return summaries if args.json else None

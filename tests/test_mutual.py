@@ -279,7 +279,27 @@ def test_cli_errors_and_table_command(criteo_small, ckpts, tmp_path, capsys):
     assert cli.main(base + ["--peers", "DeepFM,DCN", "--init", "scratch", "--weight", "-1"]) == 2
     assert "weight must be >= 0" in capsys.readouterr().err
     assert cli.main(base + ["--peers", "DeepFM,DCN", "--init", "pretrained", "--ckpt-dir", str(tmp_path)]) == 2
-    assert "missing checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the hint is a command that runs as pasted
+    assert "missing checkpoint" in err and f"ctrkit pretrain --data {criteo_small.path} --model DeepFM --seed 2021" in err
+    # a --ckpt-dir above `pretrain --seeds`'s seed<S> folders: told so, not to pretrain again
+    root = ckpts["criteo"].parent
+    assert cli.main(base + ["--peers", "DeepFM,DCN", "--init", "pretrained", "--ckpt-dir", str(root)]) == 2
+    assert f"({root} holds seed1: pass --seeds" in capsys.readouterr().err
+    # --seeds: every seed's checkpoints are checked before the first seed trains (seed 2 was never pretrained)
+    partial = tmp_path / "partial.jsonl"
+    assert cli.main(base + ["--peers", "DeepFM,DCN", "--init", "pretrained", "--ckpt-dir", str(root), "--seeds", "1,2",
+                            "--store", str(partial)]) == 2
+    assert "seed2/DeepFM/best.pt" in capsys.readouterr().err and not partial.exists()
+    seeded = base + ["--peers", "DeepFM,DCN", "--init", "pretrained", "--ckpt-dir", str(root), "--seeds", "1",
+                     "--epochs", "1", "--store", str(partial)]
+    assert cli.main(seeded) == 0 and "already in" not in capsys.readouterr().err
+    assert cli.main(seeded) == 0 and f"seed 1: already in {partial}" in capsys.readouterr().err  # said, per seed
+    # a typo in --set is an unknown key (with the valid ones), a real hyperparameter a pretrained peer's architecture
+    pre = base + ["--peers", "DeepFM,DCN", "--init", "pretrained", "--ckpt-dir", str(ckpts["criteo"]), "--seed", "1"]
+    assert cli.main(pre + ["--set", "wieght=3"]) == 2
+    assert "--set wieght: unknown key; valid: train config" in capsys.readouterr().err
+    assert cli.main(pre + ["--set", "hidden_units=[8]"]) == 2
+    assert "a pretrained peer's architecture is its checkpoint's" in capsys.readouterr().err
     assert cli.main(["table", "finetune", "--store", str(tmp_path / "none.jsonl")]) == 2
     # a real store through the installed console script: the table prints
     store = tmp_path / "r.jsonl"

@@ -76,8 +76,12 @@ def _check_checkpoints(spec: RunSpec, data, labels: Sequence[str]) -> None:
             continue
         path = checkpoint_path(spec.ckpt_dir, label)
         if not path.is_file():
-            raise CtrkitError(f"missing checkpoint {path} for peer {label} "
-                              f"(run `ctrkit pretrain --model {split_label(label)[0]} --out {path.parent}`)")
+            # `pretrain --seeds` writes seed<S>/ folders: a --ckpt-dir above them is the usual slip
+            seeds = sorted(p.parent.parent.name for p in Path(spec.ckpt_dir).glob(f"seed*/{label}/best.pt"))
+            raise CtrkitError(f"missing checkpoint {path} for peer {label} " + (
+                f"({spec.ckpt_dir} holds {', '.join(seeds)}: pass --seeds, or --ckpt-dir one of them)" if seeds else
+                f"(run `ctrkit pretrain --data {data.path} --model {split_label(label)[0]} --seed {spec.seed} "
+                f"--out {path.parent}`)"))
         ck = pretrained.read(path)
         if ck.get("fingerprint") != data.fingerprint:
             raise CtrkitError(f"checkpoint {path} was pretrained on feature map {ck.get('fingerprint')!r}, "
@@ -95,6 +99,7 @@ def _build_peer(spec: RunSpec, data, k: int, dev) -> tuple[Any, dict, dict | Non
                                       expect_fingerprint=data.fingerprint, expect_model=name)
         tc = normalize_train_dict(meta["train_config"])
         model_keys = sorted(set(overrides) - set(TRAIN_DICT_KEYS))
+        apply_overrides(name, {}, {}, {k: overrides[k] for k in model_keys})  # a typo is "unknown key" first
         if model_keys:
             raise CtrkitError(f"--set {', '.join(model_keys)}: a pretrained peer's architecture is its checkpoint's")
         train = {**tc, "lr": tc["lr"] * spec.finetune_lr_scale, "monitor": spec.finetune_monitor, **overrides}
@@ -245,8 +250,8 @@ def check_same_checkpoints(done: list[dict] | None) -> list[dict] | None:
     a one-line CtrkitError when one was pretrained again since (same path, other weights): reusing the
     stored result would report the old checkpoint's run as this one's."""
     for r in done or []:
-        was = r.get("checkpoint_key")
-        if was is not None and checkpoint_key(r.get("checkpoint")) != was:
+        was, now = r.get("checkpoint_key"), checkpoint_key(r.get("checkpoint"))
+        if None not in (was, now) and now != was:  # (a checkpoint gone since: the stored run still stands)
             raise CtrkitError(f"the store holds this run (run {r['run_key'][:12]}), finetuned from an earlier "
                               f"{r['peer']} checkpoint than {r['checkpoint']} now holds (it was pretrained again "
                               f"since): use another --store, or --force to train it again from the new one")
@@ -428,6 +433,9 @@ def execute_many(specs: Sequence[RunSpec], data, *, store=None, force: bool = Fa
     process). `progress(spec_indices)` is called before each group (with workers: as each group
     finishes). Returns (records, skipped) per spec."""
     st = _store(store)
+    for spec in specs:  # every run's checkpoints before the first trains: a missing seed is not found halfway
+        if force or st is None or st.run_records(spec.key(data.fingerprint)) is None:
+            _check_checkpoints(spec, data, spec.peers)
     out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(specs)
     recs: list = [None] * len(specs)
     skipped = [False] * len(specs)
