@@ -365,10 +365,14 @@ def cmd_pretrain(args):
         return _pretrain_seeds(args, spec, d, name)
     result, _ = runs.pretrain(spec, d, out_dir=out, resume=args.resume, store=args.store, force=not args.resume)
     print(f"{name} on {d.dataset}: valid AUC {result['valid_auc']:.6f} logloss {result['valid_logloss']:.6f}, "
-          f"test AUC {result['test_auc']:.6f} logloss {result['test_logloss']:.6f}, {result['epochs']} epochs"
+          f"test AUC {result['test_auc']:.6f} logloss {result['test_logloss']:.6f}, {_epochs(result['epochs'])}"
           f"{' (stopped early)' if result.get('stopped_early') else ' (hit the epoch cap)'}, "
           f"{result['seconds']:.1f} s -> {result['checkpoint']}", file=sys.stderr)
     return result if args.json else None
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
 
 
 def _pretrain_seeds(args, spec, d, name):
@@ -384,7 +388,7 @@ def _pretrain_seeds(args, spec, d, name):
     done = [pair for group in by_group for pair in group]
     for s, (result, _) in zip(args.seeds, done):
         print(f"{name} seed {s}: test AUC {result['test_auc']:.6f} logloss {result['test_logloss']:.6f}, "
-              f"{result['epochs']} epochs -> {result['checkpoint']}", file=sys.stderr)
+              f"{_epochs(result['epochs'])} -> {result['checkpoint']}", file=sys.stderr)
     return [result for result, _ in done] if args.json else None
 
 

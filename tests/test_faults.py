@@ -138,6 +138,11 @@ def test_files_ctrkit_did_not_write_are_neither_appended_to_nor_overwritten(crit
     # ctrkit's own files in that folder are replaced as before (another setting, the same --out)
     assert cli.main(_pretrain_args(criteo_small, tmp_path / "again")) == 0
     assert cli.main(_pretrain_args(criteo_small, tmp_path / "again", "--set", "lr=0.002")) == 0
+    # ... but not another model's checkpoint: a mistyped --out loses no pretraining
+    before = (tmp_path / "again" / "best.pt").read_bytes()
+    line = _main_error(capsys, _pretrain_args(criteo_small, tmp_path / "again", "--model", "DCN"))  # the last --model
+    assert "holds a DeepFM checkpoint of criteo" in line and "not DCN of criteo" in line
+    assert (tmp_path / "again" / "best.pt").read_bytes() == before
     # a result.json copied without its checkpoint is not a finished run: --resume trains
     copy = tmp_path / "copy"
     copy.mkdir()

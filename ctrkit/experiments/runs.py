@@ -69,19 +69,26 @@ def apply_overrides(name: str, hparams: dict, train: dict, overrides: dict) -> t
 # ---------------------------------------------------------------- building the peers
 
 
-def _check_checkpoints(spec: RunSpec, data, labels: Sequence[str]) -> None:
-    """Every checkpoint a run loads checked (exists, readable, this dataset, this model) first."""
+def _check_present(spec: RunSpec, data, labels: Sequence[str]) -> None:
+    """A one-line error for the first checkpoint of the run that is not there, saying what to do."""
     for label, use in zip(labels, spec.from_checkpoint):
-        if not use:
-            continue
-        path = checkpoint_path(spec.ckpt_dir, label)
-        if not path.is_file():
+        path = checkpoint_path(spec.ckpt_dir, label) if use else None
+        if path is not None and not path.is_file():
             # `pretrain --seeds` writes seed<S>/ folders: a --ckpt-dir above them is the usual slip
             seeds = sorted(p.parent.parent.name for p in Path(spec.ckpt_dir).glob(f"seed*/{label}/best.pt"))
             raise CtrkitError(f"missing checkpoint {path} for peer {label} " + (
                 f"({spec.ckpt_dir} holds {', '.join(seeds)}: pass --seeds, or --ckpt-dir one of them)" if seeds else
                 f"(run `ctrkit pretrain --data {data.path} --model {split_label(label)[0]} --seed {spec.seed} "
                 f"--out {path.parent}`)"))
+
+
+def _check_checkpoints(spec: RunSpec, data, labels: Sequence[str]) -> None:
+    """Every checkpoint a run loads checked (exists, readable, this dataset, this model) first."""
+    _check_present(spec, data, labels)
+    for label, use in zip(labels, spec.from_checkpoint):
+        if not use:
+            continue
+        path = checkpoint_path(spec.ckpt_dir, label)
         ck = pretrained.read(path)
         if ck.get("fingerprint") != data.fingerprint:
             raise CtrkitError(f"checkpoint {path} was pretrained on feature map {ck.get('fingerprint')!r}, "
@@ -330,9 +337,26 @@ def _pretrain_job(spec: PretrainSpec, data, out_dir, force: bool) -> dict:
     train = cfg.train_dict(0)
     key, settings_key = spec.keys(data.fingerprint, hparams, train)
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        _refuse_other_model(out, name, data)
     return {"spec": spec, "name": name, "init_seed": spec.seed + k - 1, "hparams": hparams, "train": train,
             "cfg": cfg, "key": key, "settings_key": settings_key, "out": out,
             "result": _reusable(out, key, data) if out is not None and not force else None}
+
+
+def _refuse_other_model(out: Path, name: str, data) -> None:
+    """A one-line error when `out` holds the checkpoint of another model or dataset: retraining the same
+    model there replaces its own earlier run, but a long pretrain of something else is not lost to a
+    mistyped --out (ctrkit deletes nothing; the user can)."""
+    try:
+        old = json.loads((out / "result.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(old, dict) and (old.get("model"), old.get("fingerprint")) != (name, data.fingerprint) \
+            and old.get("model") is not None:
+        raise CtrkitError(f"{out} holds a {old.get('model')} checkpoint of {old.get('dataset')} (feature map "
+                          f"{old.get('fingerprint')}), not {name} of {data.dataset} ({data.fingerprint}): not "
+                          f"replaced (use another --out, or remove that folder first)")
 
 
 def _keyed(result: dict, key: str, out: Path | None) -> dict:
@@ -433,9 +457,9 @@ def execute_many(specs: Sequence[RunSpec], data, *, store=None, force: bool = Fa
     process). `progress(spec_indices)` is called before each group (with workers: as each group
     finishes). Returns (records, skipped) per spec."""
     st = _store(store)
-    for spec in specs:  # every run's checkpoints before the first trains: a missing seed is not found halfway
+    for spec in specs:  # every run's checkpoints there before the first trains: a missing seed is not found halfway
         if force or st is None or st.run_records(spec.key(data.fingerprint)) is None:
-            _check_checkpoints(spec, data, spec.peers)
+            _check_present(spec, data, spec.peers)  # (each is read and checked in full where its run starts)
     out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(specs)
     recs: list = [None] * len(specs)
     skipped = [False] * len(specs)
