@@ -427,3 +427,10 @@ def test_synth_removes_the_temp_file_of_a_killed_run(tmp_path, monkeypatch):
     synth.generate("criteo", 30, out, force=True)
     synth.generate("criteo", 30, foreign)
     assert not stale.exists() and live.exists() and (foreign / f".train.txt.tmp-{dead}").exists()
+
+
+def test_a_data_folder_that_does_not_exist_says_so(tmp_path, capsys):
+    fails(capsys, ["info", str(tmp_path / "nope")], "nope: no such directory")
+    (tmp_path / "empty").mkdir()
+    fails(capsys, ["info", str(tmp_path / "empty")], "empty: not a prepared dataset (no feature_map.json)")
+    fails(capsys, ["compare", str(tmp_path / "nope"), str(tmp_path / "empty")], "nope: no such directory")

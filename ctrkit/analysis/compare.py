@@ -49,6 +49,8 @@ def verdict(mean: float, low: float, high: float) -> str:
 
 def _tables_dir(out) -> Path:
     d = Path(out).expanduser() / "tables"
+    if not Path(out).expanduser().exists():
+        raise CtrkitError(f"{out}: no such directory (give the --out folder of a `ctrkit reproduce` run)")
     if not d.is_dir():
         raise CtrkitError(f"{d}: no tables folder (give the --out folder of a `ctrkit reproduce` run)")
     return d

@@ -119,6 +119,8 @@ def load(data_dir) -> CTRData:
     labels 0/1, and both classes present in train."""
     path = Path(data_dir)
     fm_path = path / "feature_map.json"
+    if not path.exists():
+        raise CtrkitError(f"{path}: no such directory (give a folder written by `ctrkit prepare`)")
     if not fm_path.is_file():
         raise CtrkitError(f"{path}: not a prepared dataset (no feature_map.json); run `ctrkit prepare`")
     try:
