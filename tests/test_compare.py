@@ -64,8 +64,11 @@ def test_a_moved_conclusion_is_named_and_rows_of_one_side_are_kept(tmp_path):
 
 def test_bad_input_is_one_line(tmp_path):
     a = _reproduction(tmp_path / "a", _headline([("DeepFM", 30.0, 0.3, 0.1, 0.5)]))
-    with pytest.raises(CtrkitError, match="no tables folder"):
+    with pytest.raises(CtrkitError, match="missing: no such directory"):
         compare.conclusions(a, tmp_path / "missing")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(CtrkitError, match="no tables folder"):
+        compare.conclusions(a, tmp_path / "plain")
     with pytest.raises(CtrkitError, match="labels"):
         compare.conclusions(a, a, labels=("x", "x"))
     bad = _reproduction(tmp_path / "bad", _headline([("DeepFM", 30.0, 0.3, 0.1, 0.5)]).drop(columns="rel_pct_ci_low"))
@@ -113,7 +116,7 @@ def test_cli_writes_its_files_and_replaces_only_its_own(tmp_path):
     assert r.returncode == 2 and "compare.png: exists" in r.stderr
     assert (pictures / "compare.png").read_bytes() == b"mine" and not (pictures / "compare.csv").exists()
     r = subprocess.run(cmd[:5] + [str(tmp_path / "nope")], capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "no tables folder" in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "nope: no such directory" in r.stderr
 
 
 def test_amp_overrides_the_profile_and_reaches_the_notebooks_only_when_given(tmp_path):

@@ -268,7 +268,7 @@ def test_bad_files_and_names(tmp_path, capsys):
     _cli_fails(capsys, ["prepare", "criteo", "--raw", str(ok), "--out", str(out), "--protocol", "x9"], out,
                "unknown protocol 'x9'", "x4_001, x4_002, x1")
     _cli_fails(capsys, ["prepare", "avazu", "--raw", str(ok), "--out", str(out)], out, "ok.txt", "line 1")
-    _cli_fails(capsys, ["info", str(tmp_path / "nothing")], tmp_path / "nothing", "feature_map.json")
+    _cli_fails(capsys, ["info", str(tmp_path / "nothing")], tmp_path / "nothing", "no such directory")
 
 
 def test_gzip_truncated_fails_cleanly(tmp_path, capsys):
