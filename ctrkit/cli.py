@@ -515,6 +515,8 @@ def cmd_compare(args):
 
     labels = args.labels.split(",")
     df = compare.conclusions(args.a, args.b, labels=labels)
+    for line in compare.not_comparable(args.a, args.b):  # compare is for other seeds or precision, same protocol
+        warnings.warn(f"not like for like: {line}")
     caption = (f"Each claim table's estimates [95% CI, the tables' own] side by side; verdict: gain (interval above 0), "
                f"loss (below 0), no clear difference (spans 0). {labels[0]}: {compare.provenance(args.a)}; "
                f"{labels[1]}: {compare.provenance(args.b)}.")

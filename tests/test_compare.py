@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ctrkit import cli
 from ctrkit.analysis import compare
 from ctrkit.core.utils import CtrkitError
 from ctrkit.notebook import reproduce, runner
@@ -162,6 +163,29 @@ def test_provenance_is_the_line_each_dataset_s_tables_carry(tmp_path):
     line = "synthetic Criteo-shaped data · 8,000 rows (train 6,399 / valid 800 / test 801) · 5 seeds · bf16 · profile quick"
     (out / "tables" / "criteo_headline.md").write_text(f"| model |\n|:--|\n| DeepFM |\n\nMutual minus alone. ({line})\n")
     assert compare.provenance(out) == f"{out} (criteo: {line})"
+
+
+def test_runs_of_other_data_or_profile_are_said_not_to_be_like_for_like(tmp_path, capsys):
+    """compare is for the same protocol under other seeds or precision: other rows, another profile or a
+    dataset on one side only is one warning line each; other seeds and precision are not."""
+    def repro(name, line, datasets=("criteo",)):
+        out = _reproduction(tmp_path / name, _headline([("DeepFM", 30.0, 0.3, 0.1, 0.5)]))
+        for ds in datasets:
+            (out / ds).mkdir()
+            (out / ds / "results.csv").write_text("")
+            (out / "tables" / f"{ds}_headline.md").write_text(f"| model |\n|:--|\n| DeepFM |\n\nCaption. ({line})\n")
+        return out
+
+    quick = "synthetic Criteo-shaped data · 8,000 rows (train 6,399 / valid 800 / test 801) · 5 seeds · fp32 · profile quick"
+    a = repro("a", quick)
+    b = repro("b", quick.replace("5 seeds", "5 seeds (2026-2030)").replace("fp32", "bf16"))
+    assert compare.not_comparable(a, b) == []
+    c = repro("c", quick.replace("8,000 rows", "1,000 rows").replace("quick", "smoke"), ("criteo", "avazu"))
+    said = compare.not_comparable(a, c)
+    assert said[0] == f"avazu: only in {c}" and said[1].startswith("criteo: other data, rows or profile (")
+    with pytest.warns(UserWarning, match="not like for like") as seen:  # the CLI prints each as one warning line
+        assert cli.main(["compare", str(a), str(c)]) == 0
+    assert len(seen) == 2 and "profile smoke" in str(seen[1].message)
 
 
 def test_another_precision_into_the_same_out_is_refused_and_leaves_the_first_run(tmp_path):

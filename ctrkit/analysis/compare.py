@@ -182,6 +182,27 @@ def provenance(out) -> str:
     return f"{out} ({'; '.join(parts) or 'no results.csv'})"
 
 
+def _provenances(out) -> dict[str, str]:
+    out = Path(out).expanduser()
+    return {r.parent.name: next((_last_parenthesis(p) for p in (out / "tables" / f"{r.parent.name}_headline.md",
+                                                                 out / "tables" / f"{r.parent.name}_scratch.md")
+                                 if p.is_file()), "") for r in sorted(out.glob("*/results.csv"))}
+
+
+def not_comparable(a, b) -> list[str]:
+    """What makes two reproductions other than the same protocol under another seed or precision: a
+    dataset on one side only, or other data, rows or profile (the provenance lines without their seeds
+    and precision). One sentence each; none when only seeds or precision differ (what compare is for)."""
+    pa, pb = _provenances(a), _provenances(b)
+    said = [f"{d}: only in {a if d in pa else b}" for d in sorted(set(pa) ^ set(pb))]
+    for d in sorted(set(pa) & set(pb)):
+        keep = lambda line: [p for p in line.split(" · ")  # noqa: E731
+                             if "seed" not in p and not p.startswith(("fp32", "bf16", "mixed", "unrecorded"))]
+        if pa[d] and pb[d] and keep(pa[d]) != keep(pb[d]):
+            said.append(f"{d}: other data, rows or profile ({' · '.join(keep(pa[d]))} vs {' · '.join(keep(pb[d]))})")
+    return said
+
+
 def _last_parenthesis(path: Path) -> str:
     """The text inside the parenthesis that closes a table's caption (its provenance), or ''."""
     lines = path.read_text(errors="replace").rstrip().splitlines()
