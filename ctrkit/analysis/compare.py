@@ -173,20 +173,21 @@ def provenance(out) -> str:
     (data, rows as loaded, seeds, precision, profile: the last parenthesis of `<dataset>_headline.md`
     or `_scratch.md`), else the precision of its `<dataset>/results.csv`."""
     out = Path(out).expanduser()
-    parts = []
-    for results in sorted(out.glob("*/results.csv")):
-        dataset = results.parent.name
-        line = next((_last_parenthesis(p) for p in (out / "tables" / f"{dataset}_headline.md",
-                                                     out / "tables" / f"{dataset}_scratch.md") if p.is_file()), "")
-        parts.append(f"{dataset}: {line or precision(results)}")
+    parts = [f"{d}: {line or precision(out / d / 'results.csv')}" for d, line in _provenances(out).items()]
     return f"{out} ({'; '.join(parts) or 'no results.csv'})"
 
 
 def _provenances(out) -> dict[str, str]:
+    """Per dataset with a results.csv in `out`: the provenance line of its headline (else scratch) table, or ''."""
     out = Path(out).expanduser()
     return {r.parent.name: next((_last_parenthesis(p) for p in (out / "tables" / f"{r.parent.name}_headline.md",
                                                                  out / "tables" / f"{r.parent.name}_scratch.md")
                                  if p.is_file()), "") for r in sorted(out.glob("*/results.csv"))}
+
+
+def _protocol(line: str) -> list[str]:
+    """A provenance line's parts less its seeds and precision: what two runs of one protocol share."""
+    return [p for p in line.split(" · ") if "seed" not in p and not p.startswith(("fp32", "bf16", "mixed", "unrecorded"))]
 
 
 def not_comparable(a, b) -> list[str]:
@@ -196,10 +197,9 @@ def not_comparable(a, b) -> list[str]:
     pa, pb = _provenances(a), _provenances(b)
     said = [f"{d}: only in {a if d in pa else b}" for d in sorted(set(pa) ^ set(pb))]
     for d in sorted(set(pa) & set(pb)):
-        keep = lambda line: [p for p in line.split(" · ")  # noqa: E731
-                             if "seed" not in p and not p.startswith(("fp32", "bf16", "mixed", "unrecorded"))]
-        if pa[d] and pb[d] and keep(pa[d]) != keep(pb[d]):
-            said.append(f"{d}: other data, rows or profile ({' · '.join(keep(pa[d]))} vs {' · '.join(keep(pb[d]))})")
+        if pa[d] and pb[d] and _protocol(pa[d]) != _protocol(pb[d]):
+            said.append(f"{d}: other data, rows or profile "
+                        f"({' · '.join(_protocol(pa[d]))} vs {' · '.join(_protocol(pb[d]))})")
     return said
 
 

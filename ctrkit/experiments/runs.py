@@ -458,7 +458,7 @@ def execute_many(specs: Sequence[RunSpec], data, *, store=None, force: bool = Fa
     finishes). Returns (records, skipped) per spec."""
     st = _store(store)
     for spec in specs:  # every run's checkpoints there before the first trains: a missing seed is not found halfway
-        if force or st is None or st.run_records(spec.key(data.fingerprint)) is None:
+        if force or st is None or not st.has_run(spec.key(data.fingerprint)):
             _check_present(spec, data, spec.peers)  # (each is read and checked in full where its run starts)
     out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(specs)
     recs: list = [None] * len(specs)

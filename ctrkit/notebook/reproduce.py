@@ -48,6 +48,11 @@ def _shown(frame: pd.DataFrame, md: Path) -> Shown:
     return Shown(frame, md.read_text())
 
 
+def _markdown(human: pd.DataFrame) -> str:
+    """A human-form table as Markdown (cells as written), or "(no runs)"."""
+    return human.to_markdown(index=False, disable_numparse=True) if len(human) else "(no runs)"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Resolved parameters of one notebook run: the profile's sizes plus where everything goes."""
@@ -551,8 +556,7 @@ def variants_table(cfg: Settings) -> Shown:
            f"that enter or leave the top 10% of scores from one seed to the next ({caption(cfg, figure=False)})")
     md = cfg.table("variants").with_name(cfg.table("variants").name + ".md")
     with atomic_path(md) as tmp:
-        tmp.write_text((human.to_markdown(index=False, disable_numparse=True) if len(human) else "(no runs)")
-                       + f"\n\n{cap}\n")
+        tmp.write_text(f"{_markdown(human)}\n\n{cap}\n")
     return _shown(human, md)
 
 
@@ -568,7 +572,7 @@ def variants_summary(cfg: Settings) -> Shown:
     p = pd.concat([pd.read_csv(f) for f in found], ignore_index=True) if found else pd.DataFrame()
     out, names = aggregate.summary(p), sorted(p["dataset"].unique()) if len(p) else []
     human = aggregate.display(out)
-    text = (human.to_markdown(index=False, disable_numparse=True) if len(human) else "(no runs)") + (
+    text = _markdown(human) + (
         f"\n\nPooled over {len(names)} dataset{'s' * (len(names) != 1)} ({', '.join(names)}), each as its variants "
         f"table states: "
         f"interquartile mean of the relative test-AUC difference (treatment - alone, paired by seed) and the "
@@ -659,8 +663,7 @@ def strength(cfg: Settings, data) -> tuple[Shown, list[Path]]:
     cap = (f"Mutual - alone finetuning per model size, paired by seed within each size, at the "
            f"setting 02's sweep chose on validation; the pretrained test AUC is the baseline's ({caption(cfg, figure=False)})")
     with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
-        tmp.write_text((human.to_markdown(index=False, disable_numparse=True) if len(human) else "(no runs)")
-                       + f"\n\n{cap}\n")
+        tmp.write_text(f"{_markdown(human)}\n\n{cap}\n")
     paths = plots.gain_vs_strength(t, cfg.figure("gain_vs_strength"), caption=caption(cfg),
                                    title=f"Mutual finetuning gain vs the baseline's strength ({cfg.dataset})")
     return _shown(human, stem.with_name(stem.name + ".md")), paths
