@@ -220,6 +220,29 @@ def test_baselines_flag_the_epoch_cap(tmp_path):
     assert "not converged" in render.render("baselines", tables.baselines(s), "md")
 
 
+def test_two_baselines_of_one_model_say_how_they_differ(tmp_path):
+    s = ResultsStore(tmp_path / "r.jsonl")
+    cfg = lambda lr, seed: {"model": {"embedding_dim": 4}, "train": {"lr": lr, "seed": seed, "threads": 1}}  # noqa: E731
+    for seed in SEEDS[:3]:
+        for lr, key in ((0.01, "k1"), (0.001, "k2")):
+            s.append([rec("baseline", None, ["DeepFM"], 0, seed, 0.78, config=cfg(lr, seed), settings_key=key, key=False,
+                          run_key=f"DeepFM|{lr}|{seed}")])
+        s.append([rec("baseline", None, ["DCN"], 0, seed, 0.79, config=cfg(0.01, seed), settings_key="k1", key=False)])
+    t = tables.baselines(s)
+    # the seed and the thread count differ between records too, but they are not what sets the rows apart
+    assert sorted(t.loc[t["model"] == "DeepFM", "differs"]) == ["lr 0.001", "lr 0.01"]
+    assert t.loc[t["model"] == "DCN", "differs"].tolist() == [""]
+    assert "| differs" in render.render("baselines", t, "md")
+    # one setting per model: no such column (the committed tables stay as they were)
+    assert "differs" not in tables.baselines(_only_dcn(tmp_path, cfg)).columns
+
+
+def _only_dcn(tmp_path, cfg):
+    s = ResultsStore(tmp_path / "dcn.jsonl")
+    s.append([rec("baseline", None, ["DCN"], 0, seed, 0.79, config=cfg(0.01, seed)) for seed in SEEDS[:2]])
+    return s
+
+
 def test_peer_count_is_the_mean_over_partner_subsets(store):
     t = tables.peer_count(store)
     # the sweep's other settings measured N = 4 only: not a peer-count design, never mixed into this one

@@ -57,6 +57,23 @@ def _config_value(cfg, *path):
     return cfg
 
 
+# Config entries that do not change what a model learns (or are the seed): left out of `flat_settings`.
+_NOT_SETTINGS = ("seed", "progress", "device", "threads", "check_every", "eval_batch_size")
+
+
+def flat_settings(row) -> dict:
+    """What a record's run was trained with, as one flat {name: value}: its preset and data
+    fingerprint, then its config's model and train entries (the seed and bookkeeping left out); a
+    record without a config gives its setting fields instead. Tables name the ones that differ."""
+    cfg = _config(row.get("config"))
+    if cfg is None:
+        return {f: row.get(f) for f in SETTING_FIELDS if f not in ("dataset", "mode", "init")}
+    out = {"preset": row.get("preset"), "fingerprint": row.get("fingerprint")}
+    for part in ("model", "train"):
+        out.update({k: v for k, v in (_config(cfg.get(part)) or {}).items() if k not in _NOT_SETTINGS})
+    return out
+
+
 _MEMO_SIZE = 8
 
 

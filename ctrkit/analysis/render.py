@@ -92,7 +92,7 @@ _IN_FLAG = ("n_cap_hit_mutual", "n_cap_hit_alone", "n_kept_pretrained_mutual", "
 # Columns that describe the setting: when one value holds for every row, display moves it into one
 # "settings" line under the table instead of repeating it in every row.
 _SETTING_COLS = ("dataset", "peers", "weight", "finetune_lr_scale", "finetune_epochs", "amp", "chosen_on",
-                 "selection_valid_auc", "choice")
+                 "selection_valid_auc", "choice", "differs")
 _INT_COLS = ("finetune_epochs", "epochs_min", "epochs_max", "n_pairs", "n_seeds", "n_subsets", "n_points",
              "n_partners", "n_cap_hit", "n_peers", "mutual_epochs_max", "alone_epochs_max", "n_cap_hit_mutual",
              "n_cap_hit_alone", "n_kept_pretrained_mutual", "n_kept_pretrained_alone", "n_ensemble_better",

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ctrkit.analysis.pairing import (control_runs, largest_peer_set, paper_order, seed_pairs, setting_columns,
                                      versus_alone)
-from ctrkit.analysis.records import CONTROL_FIELDS, per_file_version, records
+from ctrkit.analysis.records import CONTROL_FIELDS, flat_settings, per_file_version, records
 from ctrkit.analysis.stats import LEVEL, ci_columns, paired, rel_pct, t_interval, with_holm
 from ctrkit.core.utils import CtrkitError
 from ctrkit.experiments import designs
@@ -42,10 +42,11 @@ def bars_reference() -> dict:
 
 def baselines(source, *, include_exploration: bool = False) -> pd.DataFrame:
     """Pretrained baselines (mode "baseline") per model and settings key: mean ± SD over seeds, the
-    epochs run, and how many seeds stopped at the epoch cap (not converged: flagged in `flag`)."""
+    epochs run, and how many seeds stopped at the epoch cap (not converged: flagged in `flag`). A model
+    with baselines under several settings gets a row each, and a `differs` column names what differs."""
     df = records(source, include_exploration=include_exploration)
     b = df[df["mode"] == "baseline"]
-    rows, ref = [], bars_reference()
+    rows, ref, differs = [], bars_reference(), _differs(b)
     for (ds, peer, key), g in b.groupby(["dataset", "peer", "settings_key"], sort=True, dropna=False):
         cap = int((g["epoch_cap_hit"] == True).sum())  # noqa: E712 (None/NaN in older records: unknown)
         known = int(g["epoch_cap_hit"].notna().sum())
@@ -62,10 +63,35 @@ def baselines(source, *, include_exploration: bool = False) -> pd.DataFrame:
             hit = ref.get((g["model"].iloc[0], ds, proto or "x4_001"))  # x4_001: ctrkit's default protocol
             row["bars_auc"] = hit["auc"] if hit else float("nan")
             row["bars_logloss"] = hit["logloss"] if hit and hit["logloss"] is not None else float("nan")
-        rows.append({**row, "settings_key": key})
+        rows.append({**row, **({"differs": differs.get((ds, peer, key), "")} if differs else {}), "settings_key": key})
     out = pd.DataFrame(rows)
+    if "differs" in out:  # beside the model it qualifies
+        out.insert(2, "differs", out.pop("differs"))
     return out.assign(_r=paper_order(out["model"])).sort_values(["dataset", "_r", "model"]).drop(columns="_r") \
         .reset_index(drop=True) if len(out) else out
+
+
+def _differs(b: pd.DataFrame) -> dict:
+    """{(dataset, peer, settings key): "name value, ..."} for a model with baselines under more than one
+    setting: the settings its groups do not share, so two rows of one model say how they differ."""
+    out = {}
+    for (ds, peer), d in b.groupby(["dataset", "peer"], sort=False, dropna=False):
+        firsts = d.drop_duplicates("settings_key")
+        if len(firsts) < 2:
+            continue
+        flat = {r["settings_key"]: flat_settings(r) for _, r in firsts.iterrows()}
+        names = list(dict.fromkeys(n for f in flat.values() for n in f))
+        apart = [n for n in names if len({_shown_value(f.get(n)) for f in flat.values()}) > 1]
+        for key, f in flat.items():
+            out[(ds, peer, key)] = (", ".join(f"{n} {_shown_value(f.get(n))}" for n in apart)
+                                    or f"settings key {key}")
+    return out
+
+
+def _shown_value(v) -> str:
+    if isinstance(v, float):
+        return "–" if np.isnan(v) else f"{v:g}"
+    return "–" if v is None else str(v)
 
 
 def _mutual_vs_alone(source, *, init: str, include_exploration: bool, peers: str | None,
