@@ -124,6 +124,24 @@ def test_paired_ci_and_wilcoxon_only_from_six_pairs():
     assert pstats.NOTE_IDENTICAL not in st["note"]
 
 
+def test_paired_says_when_few_pairs_carry_the_test():
+    ref = np.array([0.70, 0.71, 0.72, 0.73, 0.74])
+    # four arms kept their checkpoints: t = 1 and p = 0.374 whatever the fifth difference, so said
+    for x in (1e-4, 0.1):
+        st = pstats.paired(ref + np.array([0, 0, 0, 0, x]), ref)
+        assert st["p_ttest"] == pytest.approx(0.3739, abs=1e-4) and "4/5 pairs identical" in st["note"]
+    # one and the same non-zero difference in every pair: no spread, no test (scipy says p = 0)
+    const = pstats.paired(ref + 0.25, ref)
+    assert np.isnan(const["p_ttest"]) and pstats.NOTE_CONSTANT in const["note"]
+    # a pair without an AUC is left out of the interval, the test and n_pairs alike
+    new = np.array([0.705, 0.72, np.nan, 0.74, 0.741])
+    st = pstats.paired(new, ref, logloss_new=ref, logloss_ref=ref + [0.01, 0.02, 0.03, 0.04, 0.06])
+    keep = ~np.isnan(new)
+    assert st["n_pairs"] == 4 and "pairs without an AUC left out: 1" in st["note"]
+    assert st["p_ttest"] == pytest.approx(stats.ttest_rel(new[keep], ref[keep]).pvalue)
+    assert st["logloss_diff_mean"] == pytest.approx(-np.mean([0.01, 0.02, 0.04, 0.06]))
+
+
 # ---- tables ------------------------------------------------------------------------------------
 def test_finetune_is_mutual_minus_alone_at_the_setting_chosen_on_validation(store):
     t = tables.finetune(store).set_index("peer")

@@ -21,6 +21,12 @@ NOTE_NO_WILCOXON = f"<{MIN_WILCOXON} pairs: no Wilcoxon"
 # both arms gave the same AUC in every pair (e.g. finetuning where both kept the pretrained weights):
 # a zero-width interval here is no evidence of a precise null, just no difference to measure
 NOTE_IDENTICAL = "identical in every pair: nothing to test"
+# ... in some pairs only: the t statistic then rests on the few pairs that differ (with one differing
+# pair of five, t = 1 and p = 0.374 whatever its size), which a reader should know before reading p
+NOTE_SOME_IDENTICAL = "{k}/{n} pairs identical"
+# one and the same non-zero difference in every pair: no spread, so no t-test (scipy would say p = 0)
+NOTE_CONSTANT = "the same difference in every pair: no t-test"
+NOTE_DROPPED = "pairs without an AUC left out: {k}"
 
 
 def t_interval(values, *, level: float = LEVEL) -> tuple[float, float, float]:
@@ -70,26 +76,41 @@ def ci_columns(prefix: str, values) -> dict:
 
 def paired(new, ref, *, logloss_new=None, logloss_ref=None) -> dict:
     """Paired comparison of AUCs `new` vs `ref` (one value per seed): the difference, relative %,
-    RelaImpr (each mean + 95% t-interval), the logloss difference, paired t and Wilcoxon p-values."""
+    RelaImpr (each mean + 95% t-interval), the logloss difference, paired t and Wilcoxon p-values.
+    A pair missing either AUC is left out of all of them (so every number stands on `n_pairs`)."""
     from scipy import stats
 
     new, ref = np.asarray(new, dtype=float), np.asarray(ref, dtype=float)
-    n = len(new)
+    keep = ~(np.isnan(new) | np.isnan(ref))
+    new, ref, n = new[keep], ref[keep], int(keep.sum())
     out = {"n_pairs": n, **ci_columns("auc_diff", new - ref), **ci_columns("rel_pct", rel_pct(new, ref)),
            **ci_columns("relaimpr_pct", rela_impr(new, ref))}
     if logloss_new is not None and logloss_ref is not None:
-        out.update(ci_columns("logloss_diff", np.asarray(logloss_new, dtype=float) - np.asarray(logloss_ref, dtype=float)))
+        ll = np.asarray(logloss_new, dtype=float) - np.asarray(logloss_ref, dtype=float)
+        out.update(ci_columns("logloss_diff", ll[keep]))
+    spread = n >= 2 and float(np.std(new - ref)) > 0
     p_t = p_w = float("nan")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zero-variance differences: NaN is the honest answer
-        if n >= 2:
+        warnings.simplefilter("ignore")  # scipy's warnings of ties and few pairs: the notes say what matters
+        if spread:
             p_t = float(stats.ttest_rel(new, ref).pvalue)
         if n >= MIN_WILCOXON and np.any(new != ref):
             p_w = float(stats.wilcoxon(new, ref).pvalue)
+    return {**out, "p_ttest": p_t, "p_wilcoxon": p_w, "note": _notes(new, ref, dropped=len(keep) - n)}
+
+
+def _notes(new: np.ndarray, ref: np.ndarray, *, dropped: int) -> str:
+    n, same = len(new), int((new == ref).sum())
     notes = [NOTE_FEW] if n < 2 else ([NOTE_NO_WILCOXON] if n < MIN_WILCOXON else [])
-    if n >= 1 and np.array_equal(new, ref):
+    if n and same == n:
         notes.append(NOTE_IDENTICAL)
-    return {**out, "p_ttest": p_t, "p_wilcoxon": p_w, "note": "; ".join(notes)}
+    elif same:
+        notes.append(NOTE_SOME_IDENTICAL.format(k=same, n=n))
+    elif n >= 2 and float(np.std(new - ref)) == 0:
+        notes.append(NOTE_CONSTANT)
+    if dropped:
+        notes.append(NOTE_DROPPED.format(k=dropped))
+    return "; ".join(notes)
 
 
 def with_holm(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ctrkit.analysis.pairing import same_start
 from ctrkit.analysis.records import CONTROL_FIELDS, EXPLORATION, records
 from ctrkit.analysis.stats import ci_columns, paired, rel_pct, with_holm
 from ctrkit.experiments import churn
@@ -39,7 +40,8 @@ INITS = (("pretrained", "finetune"), ("scratch", "from scratch"))
 SHORT = {"mutual (MSE)": "MSE", "mutual (KL)": "KL", "ensemble teacher": "ens", "KD from the best": "KD",
          SHARED_TABLE: "table", "finetune": "FT", "from scratch": "scratch"}
 _FINETUNE_FIELDS = ("finetune_lr_scale", "finetune_epochs", "finetune_monitor")
-_KEEP = ["peer", "seed", "model", "run_key", "test_auc", "test_logloss", "peer_churn_abs", "peer_churn_top10"]
+_KEEP = ["peer", "seed", "model", "run_key", "test_auc", "test_logloss", "pretrained_test_auc", "peer_churn_abs",
+         "peer_churn_top10"]
 
 
 def _frame(source, dataset: str, models: Sequence[str]) -> pd.DataFrame:
@@ -106,6 +108,7 @@ def pairs(source, *, dataset: str, models: Sequence[str], finetune: dict, scratc
         for (variant, emb), (t, c) in _arms(df, init, finetune, scratch_weight).items():
             m = t[_KEEP].drop_duplicates(["peer", "seed"], keep="last").merge(
                 c[_KEEP].drop_duplicates(["peer", "seed"], keep="last"), on=["peer", "seed"], suffixes=("_t", "_c"))
+            m = m[same_start(m)]  # as every table's pairs: both arms from the same checkpoint
             rows.append(m.assign(dataset=dataset, init=init_label, embedding=emb, variant=variant,
                                  weight=float(t["weight"].iloc[0]), model=m["model_t"]))
     cols = ["dataset", "init", "embedding", "variant", "weight", "model", "peer", "seed"]
