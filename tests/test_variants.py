@@ -124,6 +124,25 @@ def test_the_shared_table_row_needs_the_same_schedule_as_its_control(tmp_path, s
     assert (variants.SHARED_TABLE in set(p["variant"])) == (shared_cap == 3)
 
 
+def test_a_variants_pair_must_start_from_one_checkpoint(tmp_path):
+    """As every table's pairs: a finetuning treatment whose pretrained start differs from its control's
+    (another checkpoint folder) compares checkpoints, not the method, and is no pair."""
+    store = ResultsStore(tmp_path / "s.jsonl")
+    for seed in (1, 2, 3):
+        for mode, w in (("alone", 0.0), ("mutual", 1.0)):
+            start = 0.70 + 0.001 * seed + (0.02 if (mode, seed) == ("mutual", 2) else 0)
+            store.append([dict(run_key=f"{mode}{seed}", settings_key=mode, dataset="criteo", fingerprint="fp",
+                               mode=mode, init="pretrained", seed=seed, n_peers=2, peer_index=i, peer=m, model=m,
+                               peers="DeepFM+DCN", weight=w, divergence="mse" if w else None, finetune_lr_scale=0.1,
+                               finetune_epochs=2, preset="smoke",
+                               amp="off", max_epochs=3, test_auc=start + 0.001, test_logloss=0.5, valid_auc=0.7,
+                               pretrained_test_auc=start) for i, m in enumerate(("DeepFM", "DCN"))])
+    p = variants.pairs(store.path, dataset="criteo", models=["DeepFM", "DCN"],
+                       finetune={"weight": 1.0, "finetune_lr_scale": 0.1})
+    fin = p[p["init"] != "from scratch"]
+    assert len(fin) and sorted(set(fin["seed"])) == [1, 3]
+
+
 def test_seed_churn_of_a_run_with_itself_is_zero(variant_store):
     p = variants.pairs(variant_store.path, dataset="criteo", models=["DeepFM", "DCN"],
                        finetune={"weight": 1.0, "finetune_lr_scale": 0.1})

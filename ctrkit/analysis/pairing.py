@@ -67,10 +67,16 @@ def seed_pairs(treat: pd.DataFrame, ctrl: pd.DataFrame) -> pd.DataFrame:
     t = treat[cols + ["model"]].drop_duplicates(["peer", "seed"], keep="last")
     c = ctrl[cols].drop_duplicates(["peer", "seed"], keep="last")
     m = t.merge(c, on=["peer", "seed"], suffixes=("_t", "_c"))
-    if "pretrained_test_auc_t" in m:  # a pair must start from the same model (e.g. not two ckpt folders)
-        same = [a == b for a, b in zip(_starts(m["pretrained_test_auc_t"]), _starts(m["pretrained_test_auc_c"]))]
-        m = m[pd.Series(same, index=m.index, dtype=bool)]  # a Series: an empty list would select columns
+    if "pretrained_test_auc_t" in m:
+        m = m[same_start(m)]
     return m.assign(_r=paper_order(m["peer"])).sort_values(["_r", "peer", "seed"]).drop(columns="_r")
+
+
+def same_start(m: pd.DataFrame) -> pd.Series:
+    """Which treatment/control pairs (`pretrained_test_auc_t`, `_c` side by side) started from the same
+    model, both from scratch included: a pair of two checkpoint folders compares the checkpoints."""
+    same = [a == b for a, b in zip(_starts(m["pretrained_test_auc_t"]), _starts(m["pretrained_test_auc_c"]))]
+    return pd.Series(same, index=m.index, dtype=bool)  # a Series: an empty list would select columns
 
 
 def paper_order(labels: pd.Series) -> pd.Series:
