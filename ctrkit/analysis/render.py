@@ -19,24 +19,26 @@ CAPTIONS = {
                  "`flag`: seeds that stopped at the epoch cap (not converged).",
     "scratch": f"Mutual learning from scratch minus the same peers trained alone under the identical schedule "
                f"and stopping, paired by seed: mean [{CI_NAME}]; rel % and RelaImpr (gain of AUC - 0.5) in %; "
-               f"p: paired t-test, Holm-corrected across the models (p_holm); Wilcoxon only with >= {MIN_WILCOXON} pairs.",
+               f"p: paired t-test of the AUC difference, Holm-corrected across the models (p_holm); Wilcoxon only with >= {MIN_WILCOXON} pairs.",
     "finetune": f"Mutual finetuning minus finetuning alone (same steps, batches and stopping, weight 0), paired by "
                 f"seed: mean [{CI_NAME}], at the setting chosen on validation; gains of both arms over the "
-                f"pretrained model; p_holm: Holm across the models; Wilcoxon only with >= {MIN_WILCOXON} pairs.",
+                f"pretrained model; p_holm: paired t-test of the AUC difference, Holm across the models; Wilcoxon only with >= {MIN_WILCOXON} pairs.",
     "sweep": f"Finetuning sweep (weight x lr scale): mutual - alone on test per model [{CI_NAME}]; "
-             "`selection_valid_auc`: mean validation AUC of the mutual peers, the only criterion of `chosen`.",
+             "`selection_valid_auc`: mean validation AUC of the mutual peers, the only criterion of `chosen`; "
+             "p_holm: paired t-test of the AUC difference, Holm across the models of each setting (not across the sweep).",
     "partners": f"Pairs (N = 2): mutual - alone of the target with each partner, paired by seed [{CI_NAME}]; "
-                "* Holm p < 0.05 (Holm across the cells; p_holm in the CSV).",
+                "* Holm p < 0.05 (paired t-test of the AUC difference, Holm across the cells; p_holm in the CSV).",
     "partner_slopes": "Per target: least-squares slope of (mutual - alone, rel %) against the partner's "
                       "pretrained test AUC, one point per partner (means over seeds: a partner's seeds are not "
                       "independent), 95% t-interval of the slope (n_partners - 2 df: with 3 partners one df, "
                       "so descriptive); n_points: the seed-level points behind the partner means; the slope is "
                       "in % per 1.0 of partner AUC, far beyond the range the partners span.",
     "peer_count": f"N peers: per target, the mean over all partner subsets of size N - 1 of the other paper models; "
-                  f"rel % = mutual - alone, gain = over the pretrained model, {CI_NAME} over seeds; N = 1: the control.",
+                  f"rel % = mutual - alone, gain = over the pretrained model, {CI_NAME} over seeds; N = 1: the control; "
+                  "p_ttest: paired t-test of the AUC difference; p_holm: Holm across every model and N of the setting.",
     "headline": f"Mutual finetuning minus finetuning alone per model, paired by seed, at the setting chosen on "
                 f"validation: relative % and RelaImpr of test AUC [{CI_NAME}], test logloss difference; "
-                "p_holm: paired t-test, Holm across the models; kept pretrained (m/a): the seeds whose mutual / "
+                "p_holm: paired t-test of the AUC difference, Holm across the models; kept pretrained (m/a): the seeds whose mutual / "
                 "alone arm kept its pretrained weights (no finetuning epoch beat the checkpoint on validation), "
                 "in effect the pretrained model.",
     "alternatives": f"The practical alternative: a single mutually finetuned model minus the pretrained ensemble (the "
@@ -45,14 +47,14 @@ CAPTIONS = {
                     "pretrained checkpoint; `share_of_ensemble_gain_pct`: 100 x mean(mutual - pretrained) / "
                     "mean(ensemble - pretrained), only where the ensemble's own gain has a 95% interval above 0; "
                     "`n_ensemble_better`: seeds in which the pretrained ensemble wins; "
-                    "the best mutual model is chosen per seed on validation.",
+                    "the best mutual model is chosen per seed on validation; p_holm: paired t-test of the AUC difference, Holm across the units.",
     "tuning": "Baseline hyperparameter search: per model, each candidate beside the preset, mean ± SD over seeds; "
               "`chosen`: the best mean validation AUC (ties: validation logloss), chosen on validation only; "
               "the test AUC is reported, never used to choose.",
     "controls": f"Every arm minus finetuning alone of the same unit (model or ensemble = mean probability of the "
                 f"peers), paired by seed [{CI_NAME}]; KD: students of the best pretrained model; last arm: mutual "
                 f"minus alone at the lr scale best for alone on validation (a baseline tuned for itself; Holm "
-                f"within its rows); p_holm per dataset.",
+                f"within its rows); p_holm: paired t-test of the AUC difference, Holm across the rows of a dataset.",
 }
 
 

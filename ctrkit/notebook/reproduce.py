@@ -539,6 +539,7 @@ def variants_table(cfg: Settings) -> Shown:
     (numeric), .md (human form, captioned), _variants_pairs.csv (per seed: what the summary across
     datasets reads) and _fig_variants.csv (what the figure draws); returned as the notebook shows it."""
     from ctrkit.analysis import variants
+    from ctrkit.analysis.stats import CI_NAME
     from ctrkit.experiments import churn
 
     p = variants.pairs(_need_results(cfg), dataset=cfg.dataset, models=cfg.models, finetune=chosen(cfg),
@@ -550,10 +551,13 @@ def variants_table(cfg: Settings) -> Shown:
         with atomic_path(cfg.table(name).with_name(cfg.table(name).name + ".csv")) as tmp:
             df.to_csv(tmp, index=False)
     human = variants.display(t)
-    cap = (f"Variants minus alone, paired by seed; churn: mean |p_a - p_b| on test, within a run (peers) and "
+    cap = (f"Variants minus alone, paired by seed [{CI_NAME}]; p_holm: paired t-test of the AUC difference, Holm "
+           f"across every row of the dataset; churn: mean |p_a - p_b| on test, within a run (peers) and "
            f"between consecutive seeds of one configuration, treatment/control (t/c); churn_seeds_diff and "
            f"top10_flip_seeds_diff: treatment minus control of the seed churn and of the share of test rows "
-           f"that enter or leave the top 10% of scores from one seed to the next ({caption(cfg, figure=False)})")
+           f"that enter or leave the top 10% of scores from one seed to the next (consecutive pairs share a "
+           f"seed, so their interval, which treats them as independent, is approximate) "
+           f"({caption(cfg, figure=False)})")
     md = cfg.table("variants").with_name(cfg.table("variants").name + ".md")
     with atomic_path(md) as tmp:
         tmp.write_text(f"{_markdown(human)}\n\n{cap}\n")
