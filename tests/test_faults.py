@@ -113,6 +113,31 @@ def test_out_of_range_settings_are_one_line_before_training(criteo_small, tmp_pa
     assert not (tmp_path / "p").exists() and not (tmp_path / "m.jsonl").exists()
 
 
+def test_another_tools_checkpoint_and_json_under_ctrkits_names_are_not_replaced(criteo_small, tmp_path, capsys):
+    """A torch archive or a JSON object is not enough to be ctrkit's: what its pickle or keys say is."""
+    import torch
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    torch.save({"w": torch.ones(3)}, mine / "best.pt")  # the user's own weights, saved with torch
+    before = (mine / "best.pt").read_bytes()
+    assert "best.pt exists and was not written by ctrkit" in _main_error(capsys, _pretrain_args(criteo_small, mine))
+    assert (mine / "best.pt").read_bytes() == before
+    (mine / "best.pt").unlink()
+    (mine / "result.json").write_text('{"history": [0.7, 0.71]}')  # another tool's training log
+    assert "result.json exists and was not written by ctrkit" in _main_error(capsys, _pretrain_args(criteo_small, mine))
+    assert (mine / "result.json").read_text() == '{"history": [0.7, 0.71]}'
+    (mine / "result.json").unlink()
+    # a user's file that merely looks like a temporary one stays; ctrkit's own leftover (mkstemp's
+    # 8 characters) is removed, as after a kill
+    (mine / ".best.pt.backup.tmp").write_text("keep me")
+    (mine / ".best.pt.k3x_9q2a.tmp").write_text("a killed writer's")
+    assert cli.main(_pretrain_args(criteo_small, mine)) == 0
+    assert (mine / ".best.pt.backup.tmp").read_text() == "keep me" and not (mine / ".best.pt.k3x_9q2a.tmp").exists()
+    # what ctrkit wrote there is its own: the same --out again replaces it
+    assert cli.main(_pretrain_args(criteo_small, mine, "--set", "lr=0.002")) == 0
+
+
 def test_peers_may_have_a_space_after_the_comma(criteo_small, tmp_path, capsys):
     args = _mutual_args(criteo_small, tmp_path / "m", tmp_path / "m.jsonl", "--epochs", "1")
     args[args.index("--peers") + 1] = "DeepFM, DCN"
@@ -236,7 +261,7 @@ def test_kill_9_at_a_random_point_then_rerun_equals_the_uninterrupted_run(criteo
 def test_a_killed_writers_temp_checkpoint_is_removed_by_the_next_run(criteo_small, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    stale = out / ".last.pt.abc123.tmp"  # what utils.atomic_path leaves when killed mid-write
+    stale = out / ".last.pt.abc123xy.tmp"  # what utils.atomic_path (mkstemp) leaves when killed mid-write
     stale.write_bytes(b"\0" * 1000)
     proc = _cli(_pretrain_args(criteo_small, out, "--epochs", "1"))
     assert proc.returncode == 0, proc.stderr[-2000:]

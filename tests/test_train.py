@@ -337,7 +337,7 @@ class NaNAfter(nn.Module):
 
 def test_non_finite_loss_names_epoch_and_step_and_keeps_the_last_good_checkpoint(criteo_small, tmp_path):
     steps = math.ceil(criteo_small.rows["train"] / 512)
-    (tmp_path / "result.json").write_text('{"test_auc": 0.99}')  # an older run's result
+    (tmp_path / "result.json").write_text('{"test_auc": 0.99, "history": [], "env": {}}')  # an older run's result
     model = NaNAfter(smoke_model("DeepFM", criteo_small), at=steps + 3)  # epoch 2, step 3
     with pytest.raises(evaluation.NonFiniteLossError, match=r"at epoch 2, step 3\b"):
         T.fit(model, criteo_small, cfg(epochs=3), out_dir=tmp_path)

@@ -14,6 +14,8 @@ import copy
 import functools
 import hashlib
 import json
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -211,32 +213,58 @@ def read_resume(paths: Sequence[Path], sig: dict) -> dict[int, dict]:
 
 def refuse_foreign(folder: Path, names: Sequence[str]) -> None:
     """A one-line error when a file of `names` in `folder` is not one ctrkit writes there (a
-    checkpoint is torch's zip archive, maybe damaged: its first bytes; a result.json is a JSON object
-    with a result's keys): ctrkit never overwrites what it did not write."""
+    checkpoint: a torch archive whose pickle has a ctrkit checkpoint's keys; a result.json: a JSON
+    object with a run's history and environment): ctrkit never overwrites what it did not write, and
+    a file another tool saved as best.pt, or one damaged since, is not provably ctrkit's."""
     for name in names:
         path = folder / name
         if not path.exists():
             continue
         if path.suffix == ".pt":
-            try:
-                with open(path, "rb") as f:
-                    ours = f.read(4) == b"PK\x03\x04"
-            except OSError:
-                ours = False
+            ours = _ctrkit_archive(path)
+            if ours is None:
+                raise CtrkitError(f"{path}: unreadable (truncated or corrupt), so not provably ctrkit's: not "
+                                  f"overwritten (remove it, or use another --out)")
         else:
             try:
                 obj = json.loads(path.read_text())
             except (OSError, ValueError):
                 obj = None
-            ours = isinstance(obj, dict) and bool({"history", "peers", "test_auc", "run_key"} & set(obj))
+            ours = isinstance(obj, dict) and "history" in obj and bool({"env", "run_key", "fingerprint"} & set(obj))
         if not ours:
             raise CtrkitError(f"{path} exists and was not written by ctrkit: not overwritten (use another --out)")
 
 
+# What the pickle of every checkpoint ctrkit writes names: a best.pt's keys (`write_best`), or the
+# format tag of a last.pt (any version, so an older one is still known as ctrkit's).
+_BEST_KEYS = (b"model_name", b"hparams", b"field_sizes", b"fingerprint", b"train_config", b"state_dict")
+_LAST_TAG = b"ctrkit-last-"
+
+
+def _ctrkit_archive(path: Path) -> bool | None:
+    """Whether `path` is a torch archive that ctrkit wrote, read from its data.pkl's bytes (small: the
+    tensors are other entries) without unpickling anything; None: a zip archive, but a damaged one."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return False
+        with zipfile.ZipFile(path) as z:
+            pkl = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
+            data = z.read(pkl) if pkl is not None else b""
+    except OSError:
+        return False
+    except (zipfile.BadZipFile, RuntimeError, ValueError, EOFError):
+        return None
+    return _LAST_TAG in data or all(k in data for k in _BEST_KEYS)
+
+
 def clean_stale_temp(folder: Path, names: Sequence[str]) -> None:
-    """Remove the temporary files a killed writer of `names` left in `folder` (ctrkit's own
-    `.NAME.*.tmp`, see utils.atomic_path): a checkpoint of real data is hundreds of MB."""
+    """Remove the temporary files a killed writer of `names` left in `folder`: a checkpoint of real
+    data is hundreds of MB. Only the exact names utils.atomic_path makes (mkstemp's `.NAME.` + 8
+    characters + `.tmp`), so a user's `.best.pt.backup.tmp` stays."""
     if folder.is_dir():
         for name in names:
+            mine = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp")
             for tmp in folder.glob(f".{name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
+                if mine.fullmatch(tmp.name):
+                    tmp.unlink(missing_ok=True)
