@@ -162,7 +162,8 @@ _FREE_CORE_MIN = 0.75  # a core counts as free when at least this share of it wa
 def resolve_threads(threads: int | str | None = "auto", *, sample_s: float = _THREAD_SAMPLE_S) -> int:
     """The number of intra-op CPU threads to use: an int (or its string) as given, or ``"auto"``/None.
 
-    ``"auto"``: ``OMP_NUM_THREADS`` when set (the user's choice); otherwise the cores this process may
+    ``"auto"``: ``OMP_NUM_THREADS`` when set (the user's choice, held to the same cap as a given count;
+    of an OpenMP list "4,2" the first, outer count); otherwise the cores this process may
     run on (``os.sched_getaffinity``, capped by a cgroup CPU quota) minus those other processes keep
     busy right now (``/proc/stat`` sampled for ``sample_s`` seconds, this process's own CPU time taken
     out), at least 1. Why not all cores: a PyTorch op splits its work evenly over its threads and waits
@@ -181,16 +182,38 @@ def resolve_threads(threads: int | str | None = "auto", *, sample_s: float = _TH
         raise CtrkitError(f"threads must be a positive int or 'auto', got {threads!r}") from None
     if n < 1 or (not isinstance(threads, str) and n != threads):
         raise CtrkitError(f"threads must be a positive int or 'auto', got {threads!r}")
-    most = max(64, 4 * (os.cpu_count() or 1))  # beyond, OpenMP's thread start can crash the process
-    if n > most:
-        raise CtrkitError(f"threads: {n} is more than this machine can use (at most {most}: 4 per core, 64 at least)")
+    if n > _most_threads():
+        raise CtrkitError(f"threads: {n} is more than this machine can use (at most {_most_threads()}: 4 per core, "
+                          f"64 at least)")
+    return n
+
+
+def _most_threads() -> int:
+    return max(64, 4 * (os.cpu_count() or 1))  # beyond, OpenMP's thread start can crash the process
+
+
+def _omp_num_threads() -> int | None:
+    """OMP_NUM_THREADS as "auto" takes it, or None when unset/empty. Checked like an explicit count:
+    torch.set_num_threads(999999) crashes the process in libgomp at the first parallel op."""
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not text:
+        return None
+    try:
+        n = int(text.split(",")[0])  # an OpenMP list "4,2": the outer count is the one torch uses
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise CtrkitError(f"OMP_NUM_THREADS={text!r}: expected a positive int (threads 'auto' follows it)")
+    if n > _most_threads():
+        raise CtrkitError(f"OMP_NUM_THREADS={text!r}: more threads than this machine can use (at most "
+                          f"{_most_threads()}: 4 per core, 64 at least)")
     return n
 
 
 def _auto_threads(sample_s: float) -> int:
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) >= 1:
-        return int(env)
+    env = _omp_num_threads()
+    if env is not None:
+        return env
     cores = _usable_cores()
     busy = _busy_cores_of_others(sample_s)
     if busy is None:  # no /proc/stat (not Linux): all usable cores

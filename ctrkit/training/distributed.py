@@ -31,9 +31,12 @@ that all ranks have (`--force` starts over). Rank 0 alone writes result.json and
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -45,12 +48,15 @@ from ctrkit.training.loop import Peer
 from ctrkit.core.utils import CtrkitError
 
 __all__ = ["Layout", "Comm", "DistExchange", "shard_of", "comm_bytes_per_step", "init_from_env", "shutdown",
-           "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
+           "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S", "MAX_TIMEOUT_S"]
 
 # Collective timeout: a rank that died or hangs turns into an error on the others after this long
 # instead of a silent hang. The CLI has no flag for it (yet): set the environment variable.
 TIMEOUT_ENV = "CTRKIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
+# Longer is no timeout at all, and far longer overflows: timedelta raises on inf/1e300, gloo's
+# nanosecond count turns negative near 1e11 s. 30 days was checked to work with gloo.
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
 # Phrases of gloo/NCCL errors that mean "another rank is gone", not a local mistake.
 _LOST_MARKERS = ("connection", "closed", "reset by peer", "timed out", "timeout", "broken pipe", "nccl",
                  "remote", "aborted", "socket")
@@ -119,17 +125,73 @@ def comm_bytes_per_step(n_peers: int, batch_size: int, replicas: int = 1, n_para
 
 
 def _timeout_s(timeout_s: float | None) -> float:
+    source = ""  # names the variable in the error when the value came from it
     if timeout_s is not None:
         value = timeout_s
     else:
         text = os.environ.get(TIMEOUT_ENV, "")
+        source = f"{TIMEOUT_ENV}={text!r}: " if text else ""
         try:
             value = float(text) if text else DEFAULT_TIMEOUT_S
         except ValueError:
             raise CtrkitError(f"{TIMEOUT_ENV}={text!r}: expected seconds (a number > 0)") from None
-    if not value > 0:
-        raise CtrkitError(f"distributed timeout must be > 0 seconds, got {value!r}")
+    if not 0 < value <= MAX_TIMEOUT_S:  # also refuses nan and inf
+        raise CtrkitError(f"{source}distributed timeout must be > 0 seconds and at most {MAX_TIMEOUT_S:.0f} "
+                          f"(30 days), got {value!r}")
     return float(value)
+
+
+def _env_int(name: str, default: str | None = None) -> int:
+    text = os.environ.get(name, default)
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise CtrkitError(f"{name}={text!r}: expected an integer (torchrun sets it)") from None
+
+
+def _ranks_from_env() -> tuple[int, int, int]:
+    """(RANK, WORLD_SIZE, LOCAL_RANK), checked now: a rank outside the world would otherwise wait
+    out the whole rendezvous timeout for ranks that never come."""
+    rank, world, local_rank = _env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK", "0")
+    if world < 1:
+        raise CtrkitError(f"WORLD_SIZE={world}: expected at least 1 process")
+    if not 0 <= rank < world:
+        raise CtrkitError(f"RANK={rank}: expected 0..{world - 1} (WORLD_SIZE={world})")
+    if local_rank < 0:
+        raise CtrkitError(f"LOCAL_RANK={local_rank}: expected an integer >= 0")
+    return rank, world, local_rank
+
+
+_CPP_FRAME_LINES = (b"Exception raised from ", b"frame #", b"<omitting python frames>")
+
+
+@contextlib.contextmanager
+def _without_cpp_frames():
+    """Keep torch's C++ stack frames out of stderr for the block, every other line kept (written
+    after it). c10d logs each failed rendezvous try (a rank up before the store, a timeout) with its
+    exception's ~40 frames; TORCH_SHOW_CPP_STACKTRACES=0 does not reach those log lines, and
+    TORCH_CPP_LOG_LEVEL is read once when torch loads and would silence every later C++ error too.
+    A file, not a pipe: nothing can block on a full buffer."""
+    try:
+        tmp = tempfile.TemporaryFile()
+    except OSError:  # no room for it: the frames are noise, not a reason to fail the join
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().splitlines(keepends=True)
+                    if ln.strip() and not ln.startswith(_CPP_FRAME_LINES)]
+            with os.fdopen(2, "wb", closefd=False) as err:
+                err.write(b"".join(kept))
 
 
 class Comm:
@@ -218,8 +280,7 @@ def init_from_env(n_peers: int, device: str = "auto", backend: str = "auto",
         raise CtrkitError(f"--distributed: {', '.join(missing)} not set; launch with torchrun, e.g. "
                           f"`torchrun --nproc_per_node={max(n_peers, 2)} -m ctrkit.cli mutual --distributed ...`")
     timeout = _timeout_s(timeout_s)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = _ranks_from_env()
     layout = Layout(world, n_peers)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -240,8 +301,9 @@ def init_from_env(n_peers: int, device: str = "auto", backend: str = "auto",
     if not dist.is_initialized():
         kwargs = {"device_id": dev} if backend == "nccl" else {}
         try:
-            dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout),
-                                    **kwargs)
+            with _without_cpp_frames():
+                dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=timeout),
+                                        **kwargs)
         except (RuntimeError, ValueError) as e:
             raise CtrkitError(f"rank {rank}: cannot join the process group at {os.environ['MASTER_ADDR']}:"
                               f"{os.environ['MASTER_PORT']} ({backend}): {str(e).strip().splitlines()[0][:300]}") from None
