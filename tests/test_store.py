@@ -77,8 +77,8 @@ def test_a_read_parses_only_what_was_appended_and_a_rewritten_store_afresh(tmp_p
     monkeypatch.setattr(store_mod.json, "loads", lambda b: parsed.append(b) or real(b))
     assert len(s.records()) == 3 and len(parsed) == 3
     assert len(ResultsStore(path).records()) == 3 and len(parsed) == 3  # another instance, same file
-    s.append(_run("b", n=2))
-    assert [r["run_key"] for r in s.records()] == ["a"] * 3 + ["b"] * 2 and len(parsed) == 5
+    s.append(_run("b", n=2))  # the append reads line 1 once (is this file a ctrkit store?)
+    assert [r["run_key"] for r in s.records()] == ["a"] * 3 + ["b"] * 2 and len(parsed) == 1 + 5
     s.run_records("a")[0]["config"]["lr"] = 99.0  # the caller's copy
     assert s.run_records("a")[0]["config"] == {"lr": 1e-3}
     # rewritten in place (same inode, longer): parsed from its first byte, not appended to the old
@@ -86,7 +86,7 @@ def test_a_read_parses_only_what_was_appended_and_a_rewritten_store_afresh(tmp_p
     with open(path, "r+b") as f:
         f.write(b"".join(lines[3:] + lines[:3]) + json.dumps(dict(_run("c", n=1)[0])).encode() + b"\n")
     assert [r["run_key"] for r in s.records()] == ["b"] * 2 + ["a"] * 3 + ["c"]
-    assert len(parsed) == 11
+    assert len(parsed) == 1 + 11
 
 
 _WRITER = textwrap.dedent("""
@@ -142,3 +142,40 @@ def test_store_path_errors(tmp_path):
         ResultsStore(tmp_path / "x.jsonl").append([{"run_key": "a", "bad": object()}])
     assert not os.path.exists(tmp_path / "x.jsonl")
     assert isinstance(read_results(pd.DataFrame({"a": [1]})), pd.DataFrame)
+
+
+def test_an_append_the_disk_could_not_take_leaves_the_store_as_it_was(tmp_path, monkeypatch):
+    import ctrkit.experiments.store as store_mod
+
+    s = ResultsStore(tmp_path / "r.jsonl")
+    s.append(_run("a"))
+    before = s.path.read_bytes()
+
+    def full(fd):  # the bytes went out, the disk could not keep them
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_mod.os, "fsync", full)
+    with pytest.raises(CtrkitError, match="No space left on device.*nothing of this run was recorded"):
+        s.append(_run("b"))
+    monkeypatch.undo()
+    assert s.path.read_bytes() == before  # not a torn append that every later read warns of
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [r["run_key"] for r in s.records()] == ["a"] * 3
+
+
+def test_another_programs_json_lines_are_not_appended_to(tmp_path):
+    theirs = tmp_path / "events.jsonl"
+    theirs.write_text('{"hello": 1}\n')
+    for check in (lambda st: st.check_usable(), lambda st: st.append(_run("a"))):
+        with pytest.raises(CtrkitError, match="line 1 is not a ctrkit record"):
+            check(ResultsStore(theirs))
+    assert theirs.read_text() == '{"hello": 1}\n'
+    # a store whose first append was killed mid-line is still ours
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text('{"run_key": "x", "peer": "DeepF')
+    ResultsStore(torn).append(_run("a"))
+    with pytest.warns(UserWarning, match="skipped 1 unreadable line"):
+        assert len(ResultsStore(torn).records()) == 3

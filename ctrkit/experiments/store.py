@@ -52,6 +52,11 @@ class ResultsStore:
         except OSError as e:
             raise CtrkitError(f"results store {self.path}: cannot create its folder ({e.strerror or e})") from None
         if self.path.exists():
+            try:
+                with open(self.path, "rb") as f:
+                    self._refuse_foreign(f)
+            except OSError as e:
+                raise CtrkitError(f"results store {self.path}: cannot read it ({e.strerror or e})") from None
             self.run_keys()
 
     def append(self, records: Iterable[dict]) -> int:
@@ -80,19 +85,42 @@ class ResultsStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             with open(self.path, "ab+") as f:
-                f.seek(0)
-                if f.read(1) not in (b"", b"{"):  # someone else's file: ctrkit does not write into it
-                    raise CtrkitError(f"results store {self.path}: line 1 is not a JSON record (not a ctrkit "
-                                      f"results store?); nothing was appended")
+                self._refuse_foreign(f)
                 # A writer killed mid-line leaves no newline at the end: start on a fresh line so
                 # the torn fragment stays one bad line instead of corrupting our first record.
-                if f.seek(0, os.SEEK_END) > 0:
+                size = f.seek(0, os.SEEK_END)
+                if size > 0:
                     f.seek(-1, os.SEEK_END)
                     if f.read(1) != b"\n":
                         payload = b"\n" + payload
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
+                try:
+                    f.write(payload)
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError:
+                    # a full disk takes part of the append: cut it off, so the store is as it was
+                    # (a reader would drop the torn append, but warn of it on every read forever)
+                    with contextlib.suppress(OSError):
+                        f.truncate(size)
+                    raise
+
+    def _refuse_foreign(self, f) -> None:
+        """A one-line error unless the open file `f` is empty or a ctrkit store: its first line one of
+        our records (every append stamps `append_id`; older ones had a `run_key`), or torn JSON (an
+        append killed mid-line)."""
+        f.seek(0)
+        first = f.readline(1 << 20)
+        if not first.strip():
+            return
+        try:
+            rec = json.loads(first)
+        except ValueError:
+            ours = first.startswith(b"{")
+        else:
+            ours = isinstance(rec, dict) and bool({"append_id", "run_key"} & set(rec))
+        if not ours:
+            raise CtrkitError(f"results store {self.path}: line 1 is not a ctrkit record (not a ctrkit "
+                              f"results store?); nothing was appended")
 
     # ---- read --------------------------------------------------------------------------------
     def records(self, latest_only: bool = True) -> list[dict]:
