@@ -289,6 +289,17 @@ def test_checkpoint_of_another_model_is_refused(criteo_small, deepfm_dir, tmp_pa
     assert "DCN/best.pt holds a DeepFM, not the DCN asked for" in line
 
 
+def test_a_pretraining_that_did_not_finish_is_not_finetuned_from(criteo_small, deepfm_dir, tmp_path):
+    """A killed `pretrain` leaves best.pt (a few epochs' model) and last.pt, not result.json."""
+    ck = tmp_path / "ck"
+    shutil.copytree(deepfm_dir, ck / "DeepFM")
+    assert (ck / "DeepFM" / "last.pt").is_file()
+    (ck / "DeepFM" / "result.json").unlink()
+    line = _one_error_line(_cli(["mutual", "--data", str(criteo_small.path), "--peers", "DeepFM,DCN", "--init",
+                                 "pretrained", "--ckpt-dir", str(ck), "--device", "cpu", "--preset", "smoke"]))
+    assert "DeepFM/best.pt: its pretraining did not finish" in line and f"--out {ck / 'DeepFM'} --resume" in line
+
+
 def test_garbage_checkpoint_and_store_and_infinite_settings_are_one_line(criteo_small, deepfm_dir, tmp_path):
     ck = tmp_path / "ck"
     (ck / "DeepFM").mkdir(parents=True)

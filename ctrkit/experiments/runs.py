@@ -80,6 +80,11 @@ def _check_present(spec: RunSpec, data, labels: Sequence[str]) -> None:
                 f"({spec.ckpt_dir} holds {', '.join(seeds)}: pass --seeds, or --ckpt-dir one of them)" if seeds else
                 f"(run `ctrkit pretrain --data {data.path} --model {split_label(label)[0]} --seed {spec.seed} "
                 f"--out {path.parent}`)"))
+        if path is not None and (path.parent / "last.pt").is_file() and not (path.parent / "result.json").is_file():
+            # a pretraining keeps best.pt and last.pt as it goes and writes result.json when it ends:
+            # without it the run was stopped, and its best.pt is a few epochs' model, not the baseline
+            raise CtrkitError(f"checkpoint {path}: its pretraining did not finish (last.pt but no result.json "
+                              f"beside it): finish it with `ctrkit pretrain ... --out {path.parent} --resume`")
 
 
 def _check_checkpoints(spec: RunSpec, data, labels: Sequence[str]) -> None:
