@@ -6,6 +6,8 @@ control must share with its treatment). Runs tagged "exploration" (the widget) a
 """
 from __future__ import annotations
 
+import csv
+import dataclasses
 import functools
 import hashlib
 import json
@@ -15,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctrkit.experiments.store import read_results
+from ctrkit.core.utils import CtrkitError
+from ctrkit.experiments.record import Record
+from ctrkit.experiments.store import ResultsStore, read_results
 
 EXPLORATION = "exploration"
 # Tags of runs the paper's tables leave out: the widget's, the variants notebook's (07).
@@ -121,7 +125,93 @@ def records(source, *, include_exploration: bool = False, dataset: str | None = 
         df = source  # already normalised (tables calling tables): only filter
         df = df if dataset is None else df[df["dataset"] == dataset]
         return df if include_exploration else df[~df["tag"].astype(str).isin(OFF_PAPER)]
-    return _normalised(read_results(source), include_exploration, dataset)
+    df = read_results(source)
+    check_numbers(df, source)
+    return _normalised(df, include_exploration, dataset)
+
+
+# The record fields that hold a number (an int or a float in `Record`, so a new one is checked too).
+NUMERIC_FIELDS = tuple(f.name for f in dataclasses.fields(Record) if str(f.type).split(" |")[0] in ("int", "float"))
+FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(Record) if str(f.type).split(" |")[0] == "float")
+# Text that means "no value" as pandas reads a CSV cell (a JSONL record may hold it as a string).
+_NO_VALUE = {"", "nan", "none", "null", "na", "n/a", "<na>"}
+
+
+def check_numbers(df: pd.DataFrame, source) -> None:
+    """Fail, naming the file, line, column and value, when a numeric field holds something that is
+    not a number (`abc` typed into a CSV): coerced to NaN it silently left that seed out of a mean
+    while n_seeds still counted it. Empty, NaN and null stay missing (older records lack fields; a
+    diverged run stores NaN). Vectorised, as records() reads ~1000-row stores often: a column is
+    looked at cell by cell only where coercion made a NaN the original did not have."""
+    bad = []  # (row position, column, value)
+    for col in NUMERIC_FIELDS:
+        if col not in df.columns or pd.api.types.is_numeric_dtype(df[col]):
+            continue  # absent, or already numbers (NaN included): nothing to coerce
+        values = df[col].to_numpy()
+        lost = pd.to_numeric(df[col], errors="coerce").isna().to_numpy() & ~df[col].isna().to_numpy()
+        bad += [(i, col, values[i]) for i in np.flatnonzero(lost)
+                if not (isinstance(values[i], str) and values[i].strip().lower() in _NO_VALUE)]
+    if not bad:
+        return
+    row, col, value = min(bad, key=lambda b: b[0])  # the first in file order
+    more = f" ({len(bad) - 1} more such value(s))" if len(bad) > 1 else ""
+    text = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise CtrkitError(f"{_where(df, source, row, col, value)}, column {col}: {text} is not a number "
+                      f"(leave the cell empty for a missing value){more}")
+
+
+def _where(df: pd.DataFrame, source, row: int, col: str, value) -> str:
+    """'results file PATH: line N' for the row at position `row` of what `source` held (a CSV export,
+    a JSONL store, a ResultsStore); 'results frame: row N' for a DataFrame. Only on an error."""
+    path = source.path if isinstance(source, ResultsStore) else source
+    if not isinstance(path, (str, os.PathLike)):
+        return f"results frame: row {row}"
+    path = Path(path)
+    if path.suffix == ".csv":
+        line = _csv_line(path, row)
+        return f"results file {path}: " + (f"line {line}" if line else f"data row {row + 1}")
+    line = _jsonl_line(path, df.iloc[row], col, value)
+    return f"results store {path}: " + (f"line {line}" if line else f"record {row + 1}")
+
+
+def _csv_line(path: Path, row: int) -> int | None:
+    """The line of `path` where data row `row` (0-based, as pandas read it) starts: a quoted cell (a
+    config) may span lines, and pandas skips blank lines, so the row number alone can be off."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader, end, k = csv.reader(f), 0, -1  # k = -1: the header
+            for cells in reader:
+                start, end = end + 1, reader.line_num
+                if not cells:
+                    continue
+                if k == row:
+                    return start
+                k += 1
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass
+    return None
+
+
+def _jsonl_line(path: Path, rec: pd.Series, col: str, value) -> int | None:
+    """The line of the JSONL store at `path` holding the record `rec` (the frame's row): the first
+    with its bad `value` in `col` and the same run, append and peer. The frame has no line numbers
+    (torn appends and re-runs are dropped on read), so the file is scanned, on this error only."""
+    ids = {k: rec[k] for k in ("run_key", "append_id", "peer") if k in rec.index and isinstance(rec[k], str)}
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError:
+        return None
+    for n, line in enumerate(lines, 1):
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(r, dict) or any(r.get(k) != v for k, v in ids.items()):
+            continue
+        cell = r.get(col)
+        if cell == value or (isinstance(cell, (dict, list)) and json.dumps(cell, sort_keys=True, default=str) == value):
+            return n
+    return None
 
 
 def _normalised(df: pd.DataFrame, include_exploration: bool, dataset: str | None) -> pd.DataFrame:
@@ -148,9 +238,12 @@ def _normalised(df: pd.DataFrame, include_exploration: bool, dataset: str | None
     if not include_exploration:
         df = df[~df["tag"].astype(str).isin(OFF_PAPER)]
     df = df.copy()
-    for c in ("weight", "finetune_lr_scale", "test_auc", "valid_auc", "pretrained_test_auc", "pretrained_valid_auc",
-              "run_batch_size"):
-        df[c] = pd.to_numeric(df[c], errors="coerce")
+    # `check_numbers` let through only numbers and missing values (some as text: "", "NaN"), so coercing
+    # loses nothing; every float field, so no table meets a "NaN" string (the int fields stay as stored:
+    # some are hashed into the setting ids, and an int column with a gap would turn 8 into 8.0)
+    for c in (*FLOAT_FIELDS, "run_batch_size"):
+        if c in df.columns and not pd.api.types.is_numeric_dtype(df[c]):
+            df[c] = pd.to_numeric(df[c], errors="coerce")
     fields = lambda r, names: [r.get(f) for f in names]  # noqa: E731
     rows = df.to_dict("records")
     df["setting_id"] = [_hash(fields(r, SETTING_FIELDS)) for r in rows]
