@@ -305,3 +305,37 @@ def test_a_kernel_starts_when_the_tcp_ports_jupyter_would_pick_are_taken(tmp_pat
         with pytest.raises(CtrkitError, match=r"notebook 00_data \(criteo\) did not run: .*Kernel died.*"
                            r"kernel log: .*; its last line: .*Address already in use"):
             runner._execute(job, src, tmp_path, timeout=120, progress=False)
+
+
+def test_figures_are_copied_over_only_what_ctrkit_wrote_there(tmp_path):
+    src, tables, dest = tmp_path / "figs", tmp_path / "tables", tmp_path / "dest"
+    src.mkdir(), tables.mkdir()
+    (src / "a.png").write_bytes(b"png 1")
+    (tables / "t.md").write_text("| t |\n")
+    runner.copy_figures(src, dest, tables_src=tables)
+    assert (dest / "a.png").read_bytes() == b"png 1" and (dest / "tables" / "t.md").read_text() == "| t |\n"
+    (src / "a.png").write_bytes(b"png 2")  # a new reproduction: its own files are replaced
+    runner.copy_figures(src, dest, tables_src=tables)
+    assert (dest / "a.png").read_bytes() == b"png 2"
+    (dest / "tables" / "t.md").write_text("| my edit |\n")  # changed since ctrkit wrote it: the user's now
+    (src / "a.png").write_bytes(b"png 3")
+    with pytest.raises(CtrkitError, match=r"t\.md exists and was not written by ctrkit: nothing copied"):
+        runner.copy_figures(src, dest, tables_src=tables)
+    assert (dest / "a.png").read_bytes() == b"png 2" and (dest / "tables" / "t.md").read_text() == "| my edit |\n"
+    (dest / "tables" / "t.md").write_text("| t |\n")  # already what ctrkit would write: nothing lost
+    (dest / "b.svg").write_text("the user's own figure")
+    (src / "b.svg").write_text("ctrkit's b")
+    with pytest.raises(CtrkitError, match="b.svg exists and was not written by ctrkit"):
+        runner.copy_figures(src, dest, tables_src=tables)
+    (dest / "b.svg").unlink()
+    runner.copy_figures(src, dest, tables_src=tables)
+    assert (dest / "a.png").read_bytes() == b"png 3" and (dest / "b.svg").read_text() == "ctrkit's b"
+
+
+def test_figures_into_a_file_fails_before_any_notebook(tmp_path):
+    blocker = tmp_path / "figures"
+    blocker.write_text("mine")
+    with pytest.raises(CtrkitError, match="--figures .*is a file, not a folder"):
+        runner.run(runner.Reproduction(profile="smoke", dataset="criteo", out=str(tmp_path / "out"),
+                                       figures=str(blocker), device="cpu"))
+    assert not (tmp_path / "out").exists() and blocker.read_text() == "mine"

@@ -159,6 +159,8 @@ def run(request: Reproduction, *, progress: bool = True, notebooks_dir: str | Pa
     sizes = PROFILES[request.profile]
     jobs = parallel_jobs(request.jobs, sizes, device.type)
     planned = _jobs(request)  # a bad plan (an unknown dataset) fails before the folder is made
+    if request.figures and Path(request.figures).exists() and not Path(request.figures).is_dir():
+        raise CtrkitError(f"--figures {request.figures}: is a file, not a folder")  # now, not after the notebooks
     _claim_out(out_dir)
     todo = _todo(planned, nb_dir, out_dir, sizes, force=request.force)
     t0, steps = time.perf_counter(), _Steps(todo, out_dir, sizes, log, progress_every)
@@ -575,16 +577,49 @@ def _kernels(niceness: int, log: Path, sockets: Path | None = None):
     return Kernels
 
 
+# What copy_figures wrote into a --figures folder, {path relative to it: sha256}: a file there is
+# replaced only if it is still what ctrkit wrote (or already what it would write).
+FIGURES_MANIFEST = ".ctrkit-figures.json"
+
+
 def copy_figures(src: str | Path, dest: str | Path, *, tables_src: str | Path | None = None) -> list[str]:
     """Copy every PNG/SVG figure from `src` into `dest`, and with `tables_src` its Markdown tables
-    into `dest/tables` (what the repository commits beside the figures), atomically per file."""
-    pairs = [(p, Path(dest) / p.name) for p in sorted(Path(src).glob("*")) if p.suffix in (".png", ".svg")]
+    into `dest/tables` (what the repository commits beside the figures), atomically per file, then
+    `dest`'s manifest. A file in the way that ctrkit did not write (not in the manifest as it is now,
+    and not the same bytes) stops the copy before anything is replaced."""
+    dest = Path(dest)
+    pairs = [(p, dest / p.name) for p in sorted(Path(src).glob("*")) if p.suffix in (".png", ".svg")]
     if tables_src is not None:
-        pairs += [(p, Path(dest) / "tables" / p.name) for p in sorted(Path(tables_src).glob("*.md"))]
-    for path, target in pairs:
-        with atomic_path(target) as tmp:
-            shutil.copyfile(path, tmp)
+        pairs += [(p, dest / "tables" / p.name) for p in sorted(Path(tables_src).glob("*.md"))]
+    manifest = dest / FIGURES_MANIFEST
+    try:
+        written = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        written = written if isinstance(written, dict) else {}  # a damaged manifest proves nothing
+        foreign = [t for p, t in pairs if t.exists() and written.get(t.relative_to(dest).as_posix()) != _sha256(t)
+                   and t.read_bytes() != p.read_bytes()]
+    except (OSError, ValueError) as e:
+        raise CtrkitError(f"--figures {dest}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
+    if foreign:
+        raise CtrkitError(f"--figures {dest}: {foreign[0]} exists and was not written by ctrkit"
+                          f"{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''}: nothing copied "
+                          f"(the figures are in {src}; move those files, or give another --figures)")
+    try:
+        for path, target in pairs:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(path, tmp)
+            written[target.relative_to(dest).as_posix()] = _sha256(target)
+        with atomic_path(manifest) as tmp:
+            tmp.write_text(json.dumps(dict(sorted(written.items())), indent=1) + "\n")
+    except OSError as e:
+        raise CtrkitError(f"--figures {dest}: cannot copy the figures there: {e.strerror or e}") from None
     return [str(t) for _, t in pairs]
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _data_statement(out: Path, dataset: str) -> str:
