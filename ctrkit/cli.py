@@ -22,24 +22,50 @@ def _kv(text: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
+class _Given(argparse.Action):
+    """Store a flag's value and note it in `args.given` (dest -> the flag as typed, for messages): a
+    flag at its default and one the user typed then differ, so a conflict (--seed with --seeds) is
+    caught even when the typed value equals the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = {**getattr(namespace, "given", {}), self.dest: f"{self.option_strings[0]} {values}"}
+
+
+def _seed(text: str, name: str = "--seed") -> int:
+    """A `synth`/`prepare` seed: the rule and words of synth's own check (torch's signed 64-bit
+    range), so the two commands take the same seeds. (pretrain/mutual's --seed is checked, in other
+    words, where the run config is.)"""
+    from ctrkit.training.config import MAX_SEED
+
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed <= MAX_SEED:  # MAX_SEED is 2**63-1, written as synth writes it
+        raise CtrkitError(f"{name} must be an integer from 0 to 2**63-1, got {text}")
+    return seed
+
+
 def _run_flags(s: argparse.ArgumentParser) -> None:
     """The flags `pretrain` and `mutual` share."""
     s.add_argument("--preset", default="quick",
                    help="model and training sizes: smoke, quick, bars (the BARS winners) or full (default quick)")
-    s.add_argument("--epochs", type=int, default=None, help="the cap on epochs (default: the preset's)")
-    s.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    s.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast or fp32")
+    s.add_argument("--epochs", type=int, default=None, action=_Given, help="the cap on epochs (default: the preset's)")
+    s.add_argument("--device", default="auto", action=_Given, help="auto (CUDA when present), cpu, cuda or cuda:N")
+    s.add_argument("--amp", default="auto", action=_Given, choices=["auto", "bf16", "off"],
+                   help="bf16 autocast or fp32")
     s.add_argument("--graph", default="auto", choices=["auto", "on", "off"],
                    help="CUDA: the whole training step as one replayed CUDA graph (auto: when it captures)")
     s.add_argument("--compile", default="off", choices=["off", "on"],
                    help="train each peer through torch.compile of its reference maths")
-    s.add_argument("--threads", default="auto", help="CPU threads: a number, or auto (the cores other "
+    s.add_argument("--threads", default="auto", action=_Given, help="CPU threads: a number, or auto (the cores other "
                    "processes leave free; OMP_NUM_THREADS when set)")
-    s.add_argument("--seed", type=int, default=2021,
+    s.add_argument("--seed", type=int, default=2021, action=_Given,
                    help="seeds the initialization, the batch order and dropout (default 2021)")
     s.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
                    help="one run per seed; --out and --ckpt-dir then hold one seed<S> folder per seed")
-    s.add_argument("--replicas", type=_replicas_arg, default="auto", metavar="N|auto",
+    s.add_argument("--replicas", type=_replicas_arg, default="auto", metavar="N|auto", action=_Given,
                    help="with --seeds: seeds trained together in one batched step (auto: up to 8 on a GPU, 1 on "
                         "the CPU, where one run at a time measured faster and each seed's result is its --seed run's, "
                         "bit for bit; replicas agree within float tolerance)")
@@ -113,11 +139,92 @@ def _settings(args, spec_class) -> dict:
     return out
 
 
-def _threads(text: str):
+def _threads(text: str, name: str = "--threads"):
     try:
         return text if text == "auto" else int(text)
     except ValueError:
-        raise CtrkitError(f"--threads: expected a number or auto, got {text!r}") from None
+        raise CtrkitError(f"{name}: expected a number or auto, got {text!r}") from None
+
+
+# `--set` keys that have a flag of their own. Each becomes that flag's value, so one setting has one
+# path: pretrain let `--set` win over the flag, mutual the flag (and its loop never read `--set seed`,
+# `amp`, `threads` or `device` at all); both given with different values is an error naming both.
+_FLAGGED = ("epochs", "seed", "amp", "threads", "device", "batch_size")
+
+
+def _fold_sets(args) -> None:
+    """Move the `--set` keys of `_FLAGGED` onto their flags (`args.given` notes them as given)."""
+    given, rest = dict(getattr(args, "given", {})), []
+    for key, text in args.overrides:
+        if key not in _FLAGGED or not hasattr(args, key):  # pretrain has no --batch-size: a train key there
+            rest.append((key, text))
+            continue
+        said, value = f"--set {key}={text}", _set_value(key, text)
+        if key in given and _same_value(key, getattr(args, key)) != _same_value(key, value):
+            raise CtrkitError(f"{given[key]} and {said} disagree: give one")
+        given.setdefault(key, said)
+        setattr(args, key, value)
+    args.overrides, args.given = rest, given
+
+
+def _set_value(key: str, text: str):
+    """A `--set` value of a key that has a flag, checked as the flag would be and in the flag's form;
+    an error names the `--set` key, not the flag the user did not type."""
+    from ctrkit.core.utils import resolve_device
+    from ctrkit.training.config import AMP_CHOICES
+
+    said = f"--set {key}={text}"
+    if key == "seed":
+        return _seed(text, f"--set {key}")
+    if key == "amp" and text not in AMP_CHOICES:
+        raise CtrkitError(f"{said}: expected one of {', '.join(AMP_CHOICES)}")
+    if key == "threads":
+        _threads(text, said)
+    if key == "device":
+        try:
+            resolve_device(text)
+        except CtrkitError as e:  # its message names --device; here the value came from --set
+            raise CtrkitError(f"{said}: {str(e).removeprefix(f'--device {text}: ').removeprefix('--device ')}") from None
+    if key in ("epochs", "batch_size"):
+        try:
+            return int(text)
+        except ValueError:
+            raise CtrkitError(f"{said}: expected an integer") from None
+    return text
+
+
+def _same_value(key: str, value):
+    """A flag's value as compared with its `--set` twin: threads "4" and 4 are one setting."""
+    return _threads(str(value)) if key == "threads" else value
+
+
+def _reconcile(args) -> None:
+    """`pretrain`/`mutual` flags that contradict each other or would be ignored, before any work."""
+    _fold_sets(args)
+    given = args.given
+    if args.seeds and "seed" in given:
+        raise CtrkitError(f"{given['seed']} and --seeds {','.join(map(str, args.seeds))}: give one "
+                          f"(--seeds trains one run per seed)")
+    if "replicas" in given and not args.seeds:
+        # speed only: replicas agree with one run at a time, so the run is what the user asked for
+        warnings.warn(f"{given['replicas']} ignored: it batches the seeds of --seeds, and there is none")
+
+
+def _unused_mutual_flags(args, spec) -> None:
+    """A mutual flag this run would not use is an error: the run would quietly differ from the command."""
+    from ctrkit.training.config import weight_matters
+
+    given, settings = getattr(args, "given", {}), spec.settings()
+    if not weight_matters(spec.mode):  # nobody learns from a peer: the mutual term's flags do nothing
+        for dest, neutral in (("weight", 0.0), ("warmup_steps", 0), ("divergence", "mse")):
+            if dest in given and getattr(args, dest) != neutral:
+                raise CtrkitError(f"{given[dest]}: --mode {spec.mode} has no mutual term, so it would be ignored; "
+                                  f"drop it or choose another --mode")
+    for dest in ("ckpt_dir", "finetune_lr_scale", "finetune_epochs", "finetune_monitor"):
+        if dest in given and settings[dest] is None:  # `RunSpec.settings`: None is what this run does not use
+            raise CtrkitError(f"{given[dest]}: --init {spec.init} --mode {spec.mode} "
+                              f"{'loads' if dest == 'ckpt_dir' else 'finetunes'} no checkpoint, so it would be "
+                              f"ignored; drop it or use --init pretrained")
 
 
 def _add_synth(sub) -> None:
@@ -126,7 +233,7 @@ def _add_synth(sub) -> None:
                    help="whose columns and shapes to imitate")
     s.add_argument("--rows", type=int, required=True, help="rows to write")
     s.add_argument("--out", required=True, help="folder to write train.txt (criteo) or train.csv into")
-    s.add_argument("--seed", type=int, default=2021, help="seeds the hidden ground truth and the rows (default 2021)")
+    s.add_argument("--seed", type=_seed, default=2021, help="seeds the hidden ground truth and the rows (default 2021)")
     s.add_argument("--gzip", action="store_true", help="write train.txt.gz / train.csv.gz")
     s.add_argument("--force", action="store_true", help="replace a file that ctrkit synth wrote before")
 
@@ -140,7 +247,7 @@ def _add_prepare(sub) -> None:
     s.add_argument("--protocol", default=None, help="built-in datasets: x4_001, x4_002 or x1 (BARS)")
     s.add_argument("--on-bad-lines", default="error", choices=["error", "skip"],
                    help="a malformed row: stop with its line number (error, the default) or skip and count it")
-    s.add_argument("--seed", type=int, default=None, help="split seed (default: the schema's, 2021)")
+    s.add_argument("--seed", type=_seed, default=None, help="split seed (default: the schema's, 2021)")
     s.add_argument("--force", action="store_true", help="replace a previous ctrkit output in --out")
     s.add_argument("--json", action="store_true", help="last stdout line: one JSON object")
 
@@ -170,18 +277,18 @@ def _add_mutual(sub) -> None:
     s.add_argument("--peers", required=True, help="comma-separated model names, e.g. DeepFM,DCN,PNN,FiBiNET")
     s.add_argument("--init", required=True, choices=["scratch", "pretrained"],
                    help="train from random weights, or finetune the checkpoints of --ckpt-dir")
-    s.add_argument("--ckpt-dir", default=None, help="folder with one `pretrain --out` folder per model")
+    s.add_argument("--ckpt-dir", default=None, action=_Given, help="folder with one `pretrain --out` folder per model")
     # the modes are checked where they are defined (ctrkit.training.config.MODES), in one line
     s.add_argument("--mode", default="mutual", help="mutual, alone, kd, ensemble, ensemble_teacher or ektf")
-    s.add_argument("--weight", type=float, default=1.0, help="w of the mutual term (0 = alone)")
-    s.add_argument("--divergence", default="mse", choices=["mse", "kl"],
+    s.add_argument("--weight", type=float, default=1.0, action=_Given, help="w of the mutual term (0 = alone)")
+    s.add_argument("--divergence", default="mse", choices=["mse", "kl"], action=_Given,
                    help="the mutual term: the paper's squared difference of probabilities, or KL (deep mutual learning)")
-    s.add_argument("--warmup-steps", type=int, default=0,
+    s.add_argument("--warmup-steps", type=int, default=0, action=_Given,
                    help="the mutual weight rises linearly from 0 over these steps")
-    s.add_argument("--finetune-lr-scale", type=float, default=0.1, help="x each checkpoint's pretraining lr")
-    s.add_argument("--finetune-epochs", type=int, default=2, help="epochs of a finetuning run (--epochs wins)")
-    s.add_argument("--finetune-monitor", default="AUC-logloss", help="what finetuning early-stops on")
-    s.add_argument("--batch-size", type=int, default=None, help="default: the first peer's preset")
+    s.add_argument("--finetune-lr-scale", type=float, default=0.1, action=_Given, help="x each checkpoint's pretraining lr")
+    s.add_argument("--finetune-epochs", type=int, default=2, action=_Given, help="epochs of a finetuning run (--epochs wins)")
+    s.add_argument("--finetune-monitor", default="AUC-logloss", action=_Given, help="what finetuning early-stops on")
+    s.add_argument("--batch-size", type=int, default=None, action=_Given, help="default: the first peer's preset")
     s.add_argument("--share-embedding", action="store_true", help="peers from scratch share one embedding table")
     s.add_argument("--store", default=None, help="record every peer in this results store (.jsonl); a run already "
                    "there is skipped")
@@ -261,12 +368,42 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """The command line: one `ctrkit: error:` line and exit 2 for bad input or an OS failure, and
     warnings as one `ctrkit: warning:` line each (Python's show the source line too)."""
-    shown = warnings.formatwarning
+    shown, stdout = warnings.formatwarning, sys.stdout
     warnings.formatwarning = lambda message, *_, **__: f"ctrkit: warning: {message}\n"
+    if stdout is not None:  # None: Python started without a stdout, and print() writes nowhere
+        sys.stdout = _NamedStdout(stdout)
     try:
         return _main(argv)
     finally:
-        warnings.formatwarning = shown
+        warnings.formatwarning, sys.stdout = shown, stdout
+
+
+class _NamedStdout:
+    """sys.stdout while a command runs, its OS errors named `stdout`: output redirected to a full disk
+    otherwise reads "No space left on device" without saying which file."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        return self._named(self._stream.write, text)
+
+    def flush(self):
+        return self._named(self._stream.flush)
+
+    @staticmethod
+    def _named(call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:  # the reader went away: _main ends quietly, nothing to name
+            raise
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror or str(e), "stdout") from None
+
+    def __getattr__(self, name):  # isatty, fileno, encoding...: the stream's own
+        return getattr(self._stream, name)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -274,10 +411,9 @@ def _main(argv: list[str] | None) -> int:
         args = build_parser().parse_args(argv)  # a flag's own check (--seeds, --replicas) is one line too
         result = COMMANDS[args.command](args)
         if getattr(args, "json", False) and result is not None:
-            # Contract: with --json the last line printed is one JSON object (flushed here: a full disk
-            # or a closed pipe is then met below, not at exit as a traceback).
+            # Contract: with --json the last line printed is one JSON object.
             print(json.dumps(result, default=str))
-            sys.stdout.flush()
+        sys.stdout.flush()  # here a full disk or a closed pipe is met below, not at exit as a traceback
     except CtrkitError as e:
         print(f"ctrkit: error: {e}", file=sys.stderr)
         return 2
@@ -354,6 +490,7 @@ def cmd_pretrain(args):
     from ctrkit import data, models
     from ctrkit.experiments import runs
 
+    _reconcile(args)
     d = data.load(args.data)
     name = models.canonical_name(args.model)
     # runs/<dataset>/seed<S>/ holds one folder per model: what `ctrkit mutual --ckpt-dir` expects
@@ -396,8 +533,10 @@ def _spec(args):
     from ctrkit.experiments import runs
 
     peers = [p.strip() for p in str(args.peers).split(",") if p.strip()]  # "FM, LR" is FM and LR
-    return runs.RunSpec(**_settings(args, runs.RunSpec), peers=tuple(peers), progress=not args.json,
+    spec = runs.RunSpec(**_settings(args, runs.RunSpec), peers=tuple(peers), progress=not args.json,
                         overrides=_overrides(args.overrides, [runs.split_label(p)[0] for p in peers]))
+    _unused_mutual_flags(args, spec)
+    return spec
 
 
 def _run_mutual(args):
@@ -405,6 +544,7 @@ def _run_mutual(args):
     from ctrkit import data
     from ctrkit.experiments import runs
 
+    _reconcile(args)
     if args.seeds and args.distributed:
         raise CtrkitError("--seeds trains the seeds as replicas in one process: not with --distributed")
     if args.seeds:
@@ -523,9 +663,9 @@ def cmd_compare(args):
     if args.out:
         from ctrkit.analysis import plots
 
-        paths = compare.write(df, args.out, labels, caption=caption)
-        figure = plots.compared(df, paths["csv"].with_name("compare"), labels=labels, caption=caption)
-        print(f"written: {paths['csv']}, {paths['md']} and {figure[0]} (+ SVG)")
+        paths = compare.write(df, args.out, labels, caption=caption,
+                              figure=lambda stem: plots.compared(df, stem, labels=labels, caption=caption))
+        print(f"written: {paths['csv']}, {paths['md']} and {paths['png']} (+ SVG)")
     print(compare.summary(df, labels))
     return compare.counts(df, labels) if args.json else None
 

@@ -9,7 +9,12 @@ tables' own (per row, not corrected across rows; the tables' `p_holm` stands bes
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
+import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ctrkit.analysis.records import precision
-from ctrkit.core.utils import CtrkitError, atomic_path
+from ctrkit.core.utils import CtrkitError, write_json_atomic
 
 # claim table -> (the columns that identify a row, its estimate's (mean, low, high) columns). The
 # per-dataset tables are `tables/<dataset>_<name>.csv`; the summary across datasets has no prefix.
@@ -238,29 +243,111 @@ def to_markdown(df: pd.DataFrame, labels: Sequence[str], *, caption: str) -> str
     return human.to_markdown(index=False) + f"\n\n{caption}\n"
 
 
-# the first line of what `write` writes: another file of the same name is not replaced
-_SIGNATURE = {"csv": "dataset,table,row,estimate,", "md": "<!-- ctrkit compare -->"}
+# What `write` wrote, with each file's SHA-256: only a file listed with the same content is replaced,
+# so a user's compare.csv (e.g. `conclusions(...).to_csv`, same header) or figure is never overwritten.
+# Hidden: bookkeeping, not a result. An output of a ctrkit from before the list cannot be told from a
+# user's file, so it is refused like one (the user removes it or chooses another --out).
+MANIFEST = ".compare-manifest.json"
+_WRITER = "ctrkit compare"
+OUTPUTS = ("compare.csv", "compare.md", "compare.png", "compare.svg")
+# compare.md's first line: marks the human form as generated
+_MD_SIGNATURE = "<!-- ctrkit compare -->"
 
 
-def write(df: pd.DataFrame, out_dir, labels: Sequence[str], *, caption: str) -> dict[str, Path]:
-    """compare.csv (tidy, numeric) and compare.md (human form, with `caption`) in `out_dir`, each
-    written atomically, replacing only an earlier comparison's files (the figure's too: compare.png
-    and .svg are replaced only beside an earlier comparison's compare.csv); their paths."""
+def write(df: pd.DataFrame, out_dir, labels: Sequence[str], *, caption: str, figure=None) -> dict[str, Path]:
+    """compare.csv (tidy, numeric), compare.md (human form, with `caption`) and, with `figure`
+    (stem -> the paths it saved: `plots.compared`), compare.png and .svg in `out_dir`; their paths by
+    suffix. An existing output is replaced only when `MANIFEST` lists it as written here and unchanged
+    since; every file is staged first and moved in, so a failure leaves the earlier ones whole."""
     out_dir = Path(out_dir).expanduser()
-    paths = {"csv": out_dir / "compare.csv", "md": out_dir / "compare.md"}
-    texts = {"csv": df.to_csv(index=False), "md": _SIGNATURE["md"] + "\n" + to_markdown(df, labels, caption=caption)}
+    texts = {"compare.csv": df.to_csv(index=False),
+             "compare.md": _MD_SIGNATURE + "\n" + to_markdown(df, labels, caption=caption)}
+    names = OUTPUTS if figure is not None else tuple(texts)
+    with _named(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    present = _refuse_foreign(out_dir, names, _earlier(out_dir))
+    with _named(out_dir / names[0]):  # the first output is what a read-only folder fails to take
+        staging = tempfile.TemporaryDirectory(prefix=".compare.", dir=out_dir)
+    with staging as tmp:
+        staged = _stage(Path(tmp), texts, figure, out_dir)
+        new = {name: _sha256(path) for name, path in staged.items()}
+        kept = {n: [h] for n, h in present.items() if n not in new}
+        # while files move in, the old content and the new are both ours: a kill here refuses nothing
+        _write_manifest(out_dir, {**kept, **{n: sorted({new[n], present.get(n, new[n])}) for n in new}})
+        for name, path in staged.items():
+            with _named(out_dir / name):
+                os.replace(path, out_dir / name)
+        _write_manifest(out_dir, {**kept, **{n: [h] for n, h in new.items()}})
+    return {name.rsplit(".", 1)[1]: out_dir / name for name in staged}
+
+
+@contextlib.contextmanager
+def _named(path: Path):
+    """An OS error as one line naming `path` (the output), not the temp file that met it."""
     try:
-        ours = {kind: path.exists() and path.read_text(errors="replace").startswith(_SIGNATURE[kind])
-                for kind, path in paths.items()}
-        for kind, path in paths.items():
-            if path.exists() and not ours[kind]:
-                raise CtrkitError(f"{path}: exists and is not an earlier comparison; choose another --out")
-        for figure in (out_dir / "compare.png", out_dir / "compare.svg"):
-            if figure.exists() and not ours["csv"]:
-                raise CtrkitError(f"{figure}: exists and is not an earlier comparison's figure; choose another --out")
-        for kind, path in paths.items():
-            with atomic_path(path) as tmp:
-                tmp.write_text(texts[kind])
+        yield
     except OSError as e:
-        raise CtrkitError(f"{e.filename or out_dir}: cannot write ({e.strerror or e})")
-    return paths
+        raise CtrkitError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _earlier(out_dir: Path) -> dict[str, list[str]]:
+    """Output name -> the SHA-256s an earlier `write` listed in `out_dir`'s manifest ({} without one)."""
+    path = out_dir / MANIFEST
+    if not os.path.lexists(path):
+        return {}
+    try:
+        m = json.loads(path.read_text())
+        files = m["files"] if isinstance(m, dict) and m.get("written_by") == _WRITER else None
+    except (OSError, ValueError, KeyError):
+        files = None
+    if not isinstance(files, dict) or not all(isinstance(v, list) for v in files.values()):
+        raise CtrkitError(f"{path}: exists and is not {_WRITER}'s list of its files; choose another --out")
+    return files
+
+
+def _listed(ours: dict[str, list[str]], out_dir: Path) -> dict[str, str]:
+    """Of the outputs the manifest lists, those still in `out_dir` as written: name -> SHA-256."""
+    found = {}
+    for name in OUTPUTS:
+        path = out_dir / name
+        if path.is_file() and not path.is_symlink():
+            digest = _sha256(path)
+            if digest in ours.get(name, []):
+                found[name] = digest
+    return found
+
+
+def _refuse_foreign(out_dir: Path, names: Sequence[str], ours: dict[str, list[str]]) -> dict[str, str]:
+    """One line for the first of `names` in `out_dir` that `write` did not write (or that changed
+    since): ctrkit replaces only its own files. Else `_listed`: the outputs present and ours."""
+    with _named(out_dir):
+        listed = _listed(ours, out_dir)
+    for name in names:
+        path = out_dir / name
+        if os.path.lexists(path) and name not in listed:
+            raise CtrkitError(f"{path}: exists and is not an earlier comparison's file (or changed since "
+                              f"ctrkit wrote it); choose another --out")
+    return listed
+
+
+def _stage(tmp: Path, texts: dict[str, str], figure, out_dir: Path) -> dict[str, Path]:
+    """Every output written into the staging folder `tmp`: name -> its staged path."""
+    staged = {}
+    for name, text in texts.items():
+        with _named(out_dir / name):
+            (tmp / name).write_text(text)
+        staged[name] = tmp / name
+    if figure is not None:
+        with _named(out_dir / "compare.png"):
+            saved = [Path(p) for p in figure(tmp / "compare")]
+        staged.update({p.name: p for p in saved})
+    return staged
+
+
+def _write_manifest(out_dir: Path, files: dict[str, list[str]]) -> None:
+    with _named(out_dir / MANIFEST):
+        write_json_atomic(out_dir / MANIFEST, {"written_by": _WRITER, "files": dict(sorted(files.items()))})
