@@ -3,8 +3,9 @@
 ctrkit replaces only what it wrote: every output folder (and every staging folder) carries a
 marker file; `--force` replaces a folder with the marker (or a pre-marker ctrkit output: a
 feature map of ours and nothing else) and refuses anything else. An output equal to, inside or
-containing an input is refused. A staging folder left by a killed run (its process gone) is
-removed by the next run on the same output.
+containing an input is refused, and so is a symbolic link where something would be written (a
+rename would replace the link, not its target). A staging folder left by a killed run (its
+process gone) is removed by the next run on the same output.
 """
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ def previous_fingerprint(out: Path) -> str | None:
 
 def check_replace(out: Path, fp: str, force: bool) -> None:
     """Raise unless `out` is absent, empty, or a previous ctrkit output that may be replaced."""
+    if out.is_symlink():
+        # Replacing works by renaming folders: through a link it would replace the link itself with
+        # a folder (the user's link gone, its target left as it was), so say which folder to give.
+        raise CtrkitError(f"--out {out}: is a symbolic link (to {os.readlink(out)}); give the folder "
+                          f"itself as --out, or another --out")
     if not out.exists() or not any(out.iterdir()):
         return
     if not is_ours(out):
@@ -105,7 +111,7 @@ def remove_stale(out: Path) -> list[Path]:
     if not out.parent.is_dir():
         return removed
     for p in stale(out.parent, out.name):
-        if p.is_dir() and (p / MARKER).is_file():
+        if p.is_dir() and not p.is_symlink() and (p / MARKER).is_file():  # a link is not ours to remove
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed

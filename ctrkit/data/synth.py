@@ -63,6 +63,12 @@ _CATEGORICAL = {
 }
 BASE_CTR = {"criteo": 0.25, "avazu": 0.17, "frappe": 0.33, "movielens": 0.33}
 _FILE = {"criteo": "train.txt", "avazu": "train.csv", "frappe": "train.csv", "movielens": "train.csv"}
+# The most rows one call writes: 20x the largest real CTR set imitated here (Criteo, 45M rows) and
+# already ~250 GB of Criteo text, ~150 GB of int32 arrays once prepared (39 fields x 4 bytes a row),
+# more than a machine holds in memory to train on. A fixed number, not this machine's free memory
+# or disk, so the same command means the same everywhere; a typo of a few zeros fails at once
+# instead of filling the disk for hours.
+MAX_ROWS = 10**9
 MARKER = ".ctrkit-synth.json"  # the files this folder got from `ctrkit synth` (may be replaced)
 
 
@@ -364,6 +370,9 @@ def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
         raise CtrkitError(f"unknown dataset {dataset!r}; valid: {', '.join(BASE_CTR)}")
     if not isinstance(rows, (int, np.integer)) or isinstance(rows, bool) or rows < 1:
         raise CtrkitError(f"--rows must be a positive integer, got {rows!r}")
+    if rows > MAX_ROWS:
+        raise CtrkitError(f"--rows {rows}: too many; ctrkit synth writes at most {MAX_ROWS:,} rows "
+                          f"(20x the real Criteo)")
     # numpy's seeds are >= 0 (and the [seed, k] lists below < 2**64); < 2**63 keeps it an int64 wherever stored
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise CtrkitError(f"--seed must be an integer from 0 to 2**63-1, got {seed!r}")

@@ -286,6 +286,8 @@ def execute(spec: RunSpec, data, *, store=None, force: bool = False, exchange: E
     recording nothing). `exchange`: see `ctrkit.training.mutual.mutual_fit`."""
     main = exchange is None or exchange.is_main
     st = _store(store) if main else None
+    if st is not None:
+        st.check_usable()  # a store it cannot append to fails now, not after the training
     key = spec.key(data.fingerprint)
     with st.claim(key) if st is not None else contextlib.nullcontext():
         done = None if st is None or force else check_same_checkpoints(st.run_records(key))
@@ -462,6 +464,8 @@ def execute_many(specs: Sequence[RunSpec], data, *, store=None, force: bool = Fa
     process). `progress(spec_indices)` is called before each group (with workers: as each group
     finishes). Returns (records, skipped) per spec."""
     st = _store(store)
+    if st is not None:
+        st.check_usable()
     for spec in specs:  # every run's checkpoints there before the first trains: a missing seed is not found halfway
         if force or st is None or not st.has_run(spec.key(data.fingerprint)):
             _check_present(spec, data, spec.peers)  # (each is read and checked in full where its run starts)

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import json
 import os
+import tempfile
 import time
 import uuid
 import warnings
@@ -46,7 +47,8 @@ class ResultsStore:
     # ---- write -------------------------------------------------------------------------------
     def check_usable(self) -> None:
         """Fail now, not after training, when this store cannot take a run: someone else's file (its
-        first line is read) or a folder that cannot be made."""
+        first line is read), a folder that cannot be made, or a store or lock file that cannot be
+        written (a read-only folder or file, a store name too long to add `.lock` to)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -58,6 +60,24 @@ class ResultsStore:
             except OSError as e:
                 raise CtrkitError(f"results store {self.path}: cannot read it ({e.strerror or e})") from None
             self.run_keys()
+        # What `_write` will do, writing nothing: take the lock (its file stays, as after every append:
+        # waiters share its inode), open the store for append, or where there is none yet create and
+        # remove a file of our own beside it (an empty store made and removed here could vanish
+        # under another process reading it).
+        try:
+            with self._lock:
+                if self.path.exists():
+                    open(self.path, "ab").close()
+                else:
+                    try:
+                        fd, probe = tempfile.mkstemp(prefix=".ctrkit-probe.", suffix=".tmp", dir=self.path.parent)
+                    except OSError as e:  # named by the folder: the probe's random name means nothing to a user
+                        raise OSError(e.errno, e.strerror, str(self.path.parent)) from None
+                    os.close(fd)
+                    os.unlink(probe)  # only the file mkstemp just made for us
+        except OSError as e:
+            raise CtrkitError(f"results store {self.path}: cannot write {e.filename or 'it'} ({e.strerror or e}); "
+                              f"nothing was trained") from None
 
     def append(self, records: Iterable[dict]) -> int:
         """Append all of one run's records at once; returns how many were written."""

@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -316,15 +317,31 @@ def _prepare_out(run: _Run) -> list[Path]:
     returns this process's last-checkpoint paths."""
     paths = run.exchange.last_paths(run.out, run.peers)
     best = [p.best_path for p in run.peers if p.best_path is not None]
-    for folder in {path.parent for path in [*paths, *best]}:
+    folders = {path.parent for path in [*paths, *best]}
+    for folder in folders:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CtrkitError(f"cannot create the output folder {folder}: {e.strerror or e}") from None
         names = ["last.pt", "best.pt", "result.json", *[path.name for path in paths]]
         checkpoint.refuse_foreign(folder, names)
+        _probe_writable(folder)
         checkpoint.clean_stale_temp(folder, names)
+    if run.exchange.is_main and run.out not in folders:  # result.json (distributed: checkpoints are in subfolders)
+        _probe_writable(run.out)
     return paths
+
+
+def _probe_writable(folder: Path) -> None:
+    """Create and remove a file of our own in `folder`: every checkpoint is written as a temp file
+    there and renamed, so a folder that takes this one takes them (a read-only --out, a read-only
+    disk), and one that does not fails before the first epoch instead of after it."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ctrkit-probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)  # only the file mkstemp just made for us
+    except OSError as e:
+        raise CtrkitError(f"cannot write in the output folder {folder}: {e.strerror or e}") from None
 
 
 def _start(run: _Run, resume: bool) -> None:
