@@ -81,6 +81,8 @@ def test_yaml_and_python_object_are_the_same_schema(tmp_path):
     ("name: x\nlabel: {column: y, positive: [yes], negative: [no]}\ncategorical: [a]\n", ["label.positive: got a boolean", "quote"]),
     ("name: x\nlabel: y\ncategorical: [a, y]\n", ["categorical: column 'y' is listed twice", "label.column"]),
     ("name: x\nlabel: y\ncategorical: [a]\nsplit: {ratios: [0, 1, 1]}\n", ["split.ratios"]),
+    # the seed rule of every other seed (synth, prepare --seed, the runs): torch's signed 64 bits
+    ("name: x\nlabel: y\ncategorical: [a]\nsplit: {seed: -1}\n", ["split.seed", "from 0 to 2**63-1, got -1"]),
     ("name: x\nlabel: y\ntime: [{column: t, derive: [minute]}]\n", ["time[0].derive", "valid: hour, weekday, weekend"]),
     ("name: x\nlabel: y\ncategorical: [a\n", ["invalid YAML"]),
     ("name: x\nlabel: y\ncategorical: [a]\ncolumns: [y, a, a]\n", ["columns: a listed more than once"]),

@@ -58,6 +58,10 @@ def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
             raise OSError(code, os.strerror(code), str(path)) from e
 
 
+# torch.manual_seed takes a signed 64-bit seed: every seed ctrkit takes (runs, synth, splits) is in 0..MAX_SEED
+MAX_SEED = 2**63 - 1
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch.Generator for explicit draws (permutations)."""
     random.seed(seed)

@@ -245,8 +245,10 @@ class Split:
         if len(r) != 3 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in r) \
                 or r[0] < 1 or sum(r) > 1000:
             raise CtrkitError(f"{where}.ratios: expected three integers train, valid, test (train >= 1), got {list(r)}")
-        if not isinstance(s.seed, int) or isinstance(s.seed, bool):
-            raise CtrkitError(f"{where}.seed: expected an integer, got {s.seed!r}")
+        from ctrkit.core.utils import MAX_SEED  # (here, not at the top: a schema is read before torch is needed)
+
+        if not isinstance(s.seed, int) or isinstance(s.seed, bool) or not 0 <= s.seed <= MAX_SEED:
+            raise CtrkitError(f"{where}.seed: expected an integer from 0 to 2**63-1, got {s.seed!r}")
         if not isinstance(s.stratified, bool):
             raise CtrkitError(f"{where}.stratified: expected true or false, got {s.stratified!r}")
         return s

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ctrkit.core import utils
 from ctrkit.core.errors import CtrkitError
 from ctrkit.core.utils import resolve_device, resolve_threads
 from ctrkit.models import canonical_name
@@ -115,8 +116,7 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
         raise CtrkitError(f"train config {name}: expected one of {', '.join(choices)}, got {value!r}")
 
 
-# torch.manual_seed takes a signed 64-bit seed
-MAX_SEED = 2**63 - 1
+MAX_SEED = utils.MAX_SEED  # (in core: the data layer's split seed follows the same rule)
 
 
 def _check_int(what: str, name: str, v: Any, lo: int) -> None:
