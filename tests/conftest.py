@@ -56,6 +56,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listened on a moment ago (the tests' rendezvous and servers)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """/work/shared (real data samples, BARS anchors); skips the test when it is absent."""

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 import torch
 
 from ctrkit import cli, experiments
@@ -30,10 +30,6 @@ WARMUP = 3  # the first step has mutual weight 0: no gather (covered by the equa
 LAUNCH_TIMEOUT = 180  # a hung run fails the test instead of hanging CI
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra) -> dict:
@@ -53,14 +49,14 @@ def _mutual_args(data_dir, out: Path, store: Path, preset: str = "smoke", epochs
 def _torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
     """`python -m torch.distributed.run` (torchrun) on loopback, as a user launches it."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "ctrkit.cli", *args]
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "ctrkit.cli", *args]
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
 
 
 def _launch_ranks(nproc: int, script: list[str], env_extra: dict | None = None) -> list[subprocess.Popen]:
     """The ranks started by hand with the env:// variables (what torchrun does on each host),
     so each rank's own exit code and message are visible."""
-    port = _free_port()
+    port = free_port()
     procs = []
     for r in range(nproc):
         env = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), WORLD_SIZE=str(nproc),

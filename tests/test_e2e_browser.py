@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import free_port
 
 from ctrkit import experiments
 from ctrkit.notebook import reproduce
@@ -53,10 +53,6 @@ def _browser() -> tuple[str, str]:
     return chrome, driver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -89,7 +85,7 @@ def workspace(chromium, tmp_path):
 @pytest.fixture
 def lab_server(workspace):
     """JupyterLab on a free port with a random token, its config/runtime/settings under tmp."""
-    tmp, token, port = workspace["tmp"], uuid.uuid4().hex, _free_port()
+    tmp, token, port = workspace["tmp"], uuid.uuid4().hex, free_port()
     settings = tmp / "lab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)
     # no news/update check: it would reach the internet and pop a notification over the notebook

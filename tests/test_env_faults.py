@@ -4,11 +4,11 @@ and a failed rendezvous does not print torch's C++ stack frames."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
+from conftest import free_port
 
 from ctrkit.core.utils import CtrkitError, resolve_threads
 from ctrkit.training import distributed
@@ -17,17 +17,13 @@ CLI = [sys.executable, "-m", "ctrkit.cli"]
 TIMEOUT = 120  # a run that hangs fails the test instead of hanging CI
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _dist_env(**extra) -> dict:
     """env:// variables of a one-rank world on a port nobody listens on, then `extra` on top."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                              "MASTER_PORT", "LOCAL_WORLD_SIZE", "CTRKIT_DIST_TIMEOUT")}
-    env.update({"OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
+    env.update({"OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
                 "WORLD_SIZE": "1", "LOCAL_RANK": "0", "CTRKIT_DIST_TIMEOUT": "5", **extra})
     return env
 
