@@ -136,6 +136,9 @@ def test_another_tools_checkpoint_and_json_under_ctrkits_names_are_not_replaced(
     assert (mine / ".best.pt.backup.tmp").read_text() == "keep me" and not (mine / ".best.pt.k3x_9q2a.tmp").exists()
     # what ctrkit wrote there is its own: the same --out again replaces it
     assert cli.main(_pretrain_args(criteo_small, mine, "--set", "lr=0.002")) == 0
+    # ... and so is an older version's resume checkpoint (a mutual run's format before 97acdfc)
+    torch.save({"format": "ctrkit-mutual-last-1", "epoch": 1}, mine / "last.pt")
+    assert cli.main(_pretrain_args(criteo_small, mine)) == 0  # a fresh start replaces it
 
 
 def test_peers_may_have_a_space_after_the_comma(criteo_small, tmp_path, capsys):

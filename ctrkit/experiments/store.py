@@ -113,15 +113,18 @@ class ResultsStore:
                     f.seek(-1, os.SEEK_END)
                     if f.read(1) != b"\n":
                         payload = b"\n" + payload
+                # Straight to the descriptor (O_APPEND), not through `f`'s buffer: a full disk takes
+                # part of the append, and the part is cut off again, so the store is as it was (a
+                # reader drops a torn append, but warns of it on every read forever). A buffered
+                # write would keep the rest to flush again at close, after the cut.
                 try:
-                    f.write(payload)
-                    f.flush()
+                    view = memoryview(payload)
+                    while view:
+                        view = view[os.write(f.fileno(), view):]
                     os.fsync(f.fileno())
                 except OSError:
-                    # a full disk takes part of the append: cut it off, so the store is as it was
-                    # (a reader would drop the torn append, but warn of it on every read forever)
                     with contextlib.suppress(OSError):
-                        f.truncate(size)
+                        os.ftruncate(f.fileno(), size)
                     raise
 
     def _refuse_foreign(self, f) -> None:

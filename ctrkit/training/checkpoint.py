@@ -236,9 +236,10 @@ def refuse_foreign(folder: Path, names: Sequence[str]) -> None:
 
 
 # What the pickle of every checkpoint ctrkit writes names: a best.pt's keys (`write_best`), or the
-# format tag of a last.pt (any version, so an older one is still known as ctrkit's).
+# format tag of a last.pt (any version, so an older one is still known as ctrkit's: before 97acdfc a
+# mutual run's was "ctrkit-mutual-last-1").
 _BEST_KEYS = (b"model_name", b"hparams", b"field_sizes", b"fingerprint", b"train_config", b"state_dict")
-_LAST_TAG = b"ctrkit-last-"
+_LAST_TAGS = (b"ctrkit-last-", b"ctrkit-mutual-last-")
 
 
 def _ctrkit_archive(path: Path) -> bool | None:
@@ -255,7 +256,7 @@ def _ctrkit_archive(path: Path) -> bool | None:
         return False
     except (zipfile.BadZipFile, RuntimeError, ValueError, EOFError):
         return None
-    return _LAST_TAG in data or all(k in data for k in _BEST_KEYS)
+    return any(t in data for t in _LAST_TAGS) or all(k in data for k in _BEST_KEYS)
 
 
 def clean_stale_temp(folder: Path, names: Sequence[str]) -> None:
