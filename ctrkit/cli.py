@@ -162,6 +162,10 @@ def _fold_sets(args) -> None:
         said, value = f"--set {key}={text}", _set_value(key, text)
         if key in given and _same_value(key, getattr(args, key)) != _same_value(key, value):
             raise CtrkitError(f"{given[key]} and {said} disagree: give one")
+        if args.command == "mutual" and key in ("epochs", "batch_size") and key not in given:
+            # mutual always trained with these as train keys: kept there, a stored run's key stays its key
+            rest.append((key, text))
+            continue
         given.setdefault(key, said)
         setattr(args, key, value)
     args.overrides, args.given = rest, given

@@ -169,3 +169,17 @@ def test_stdout_on_a_full_disk_is_named(two):
         p = subprocess.run([sys.executable, "-m", "ctrkit.cli", "compare", *two], stdout=full, stderr=subprocess.PIPE,
                            text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.splitlines() == ["ctrkit: error: stdout: No space left on device"], p.stderr
+
+
+def test_mutual_set_epochs_and_batch_size_keep_the_run_key_of_the_python_api():
+    """mutual always trained with `--set epochs/batch_size` as train keys: a stored run (and the same
+    run made through `RunSpec(overrides=...)`) must keep its key, or it is trained again and no
+    longer pairs with its control."""
+    from ctrkit.experiments import runs
+
+    args = cli.build_parser().parse_args(["mutual", "--data", "/nowhere", "--peers", "FM,LR", "--init", "scratch",
+                                          "--set", "epochs=3", "--set", "batch_size=512"])
+    cli._reconcile(args)
+    spec = cli._spec(args)
+    api = runs.RunSpec(peers=("FM", "LR"), init="scratch", overrides={"epochs": 3, "batch_size": 512})
+    assert spec.key("fp") == api.key("fp")
