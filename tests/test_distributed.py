@@ -317,3 +317,14 @@ def test_killed_rank_stops_the_others_and_the_rerun_resumes(reference, criteo_sm
         b = _weights(out / f"{k}_{name}" / "best.pt")
         assert _max_diff(a, b) <= 1e-6
     assert len(ResultsStore(store).records()) == 2
+
+
+def test_a_store_that_cannot_take_the_run_stops_every_rank_with_its_reason(criteo_small, tmp_path):
+    """Checked on every rank alike: the other ranks used to wait for rank 0, then report it lost."""
+    store = tmp_path / "events.jsonl"
+    store.write_text('{"hello": 1}\n')  # another program's JSON lines: not appended to
+    results = _wait(_launch_ranks(2, ["-m", "ctrkit.cli", *_mutual_args(criteo_small.path, tmp_path / "out", store)]))
+    for rc, _, err in results:
+        assert rc == 2, err[-2000:]
+        assert "line 1 is not a ctrkit record" in err and "lost the other ranks" not in err, err[-2000:]
+    assert store.read_text() == '{"hello": 1}\n'

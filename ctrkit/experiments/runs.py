@@ -286,8 +286,10 @@ def execute(spec: RunSpec, data, *, store=None, force: bool = False, exchange: E
     recording nothing). `exchange`: see `ctrkit.training.mutual.mutual_fit`."""
     main = exchange is None or exchange.is_main
     st = _store(store) if main else None
-    if st is not None:
-        st.check_usable()  # a store it cannot append to fails now, not after the training
+    # a store it cannot append to fails now, not after the training; on every rank alike (the others
+    # would wait for the main one, then report it lost)
+    check = lambda: st.check_usable() if st is not None else None  # noqa: E731
+    exchange.agree(check, where="checking the results store") if exchange is not None else check()
     key = spec.key(data.fingerprint)
     with st.claim(key) if st is not None else contextlib.nullcontext():
         done = None if st is None or force else check_same_checkpoints(st.run_records(key))
