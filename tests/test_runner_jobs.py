@@ -339,3 +339,30 @@ def test_figures_into_a_file_fails_before_any_notebook(tmp_path):
         runner.run(runner.Reproduction(profile="smoke", dataset="criteo", out=str(tmp_path / "out"),
                                        figures=str(blocker), device="cpu"))
     assert not (tmp_path / "out").exists() and blocker.read_text() == "mine"
+
+
+def test_a_figures_copy_cut_short_leaves_every_file_known_as_ctrkits(tmp_path, monkeypatch):
+    src, dest = tmp_path / "figs", tmp_path / "dest"
+    src.mkdir()
+    for n in ("a.png", "b.png"):
+        (src / n).write_bytes(b"1 " + n.encode())
+    runner.copy_figures(src, dest)
+    for n in ("a.png", "b.png"):
+        (src / n).write_bytes(b"2 " + n.encode())
+    real, copied = runner.shutil.copyfile, []
+
+    def full_after_one(a, b):  # the disk fills after the first file
+        if copied:
+            raise OSError(28, "No space left on device")
+        copied.append(a)
+        return real(a, b)
+
+    monkeypatch.setattr(runner.shutil, "copyfile", full_after_one)
+    with pytest.raises(CtrkitError, match="No space left on device"):
+        runner.copy_figures(src, dest)
+    monkeypatch.undo()
+    assert (dest / "a.png").read_bytes() == b"2 a.png" and (dest / "b.png").read_bytes() == b"1 b.png"
+    for n in ("a.png", "b.png"):
+        (src / n).write_bytes(b"3 " + n.encode())  # the next reproduction: both files are still ctrkit's
+    runner.copy_figures(src, dest)
+    assert (dest / "a.png").read_bytes() == b"3 a.png" and (dest / "b.png").read_bytes() == b"3 b.png"

@@ -584,35 +584,55 @@ FIGURES_MANIFEST = ".ctrkit-figures.json"
 
 def copy_figures(src: str | Path, dest: str | Path, *, tables_src: str | Path | None = None) -> list[str]:
     """Copy every PNG/SVG figure from `src` into `dest`, and with `tables_src` its Markdown tables
-    into `dest/tables` (what the repository commits beside the figures), atomically per file, then
-    `dest`'s manifest. A file in the way that ctrkit did not write (not in the manifest as it is now,
-    and not the same bytes) stops the copy before anything is replaced."""
+    into `dest/tables` (what the repository commits beside the figures), atomically per file. A file
+    in the way that ctrkit did not write (not in `dest`'s manifest as it is now, and not the same
+    bytes) stops the copy before anything is replaced. The manifest lists the old and the new hash
+    of each file while they are copied, so a copy cut short leaves every file known as ctrkit's."""
     dest = Path(dest)
     pairs = [(p, dest / p.name) for p in sorted(Path(src).glob("*")) if p.suffix in (".png", ".svg")]
     if tables_src is not None:
         pairs += [(p, dest / "tables" / p.name) for p in sorted(Path(tables_src).glob("*.md"))]
-    manifest = dest / FIGURES_MANIFEST
+    name = lambda t: t.relative_to(dest).as_posix()  # noqa: E731
     try:
-        written = json.loads(manifest.read_text()) if manifest.is_file() else {}
-        written = written if isinstance(written, dict) else {}  # a damaged manifest proves nothing
-        foreign = [t for p, t in pairs if t.exists() and written.get(t.relative_to(dest).as_posix()) != _sha256(t)
-                   and t.read_bytes() != p.read_bytes()]
-    except (OSError, ValueError) as e:
-        raise CtrkitError(f"--figures {dest}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
+        written = _figures_manifest(dest)
+        now = {name(t): _sha256(t) for _, t in pairs if t.exists()}
+        new = {name(t): _sha256(p) for p, t in pairs}
+        foreign = [t for p, t in pairs if name(t) in now and now[name(t)] not in written.get(name(t), ())
+                   and now[name(t)] != new[name(t)]]
+    except OSError as e:
+        raise CtrkitError(f"--figures {dest}: cannot read it: {e.strerror or e}") from None
     if foreign:
         raise CtrkitError(f"--figures {dest}: {foreign[0]} exists and was not written by ctrkit"
                           f"{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''}: nothing copied "
                           f"(the figures are in {src}; move those files, or give another --figures)")
     try:
+        both = {n: sorted({h, now[n]} if n in now else {h}) for n, h in new.items()}
+        _write_figures_manifest(dest, {**written, **both})
         for path, target in pairs:
             with atomic_path(target) as tmp:
                 shutil.copyfile(path, tmp)
-            written[target.relative_to(dest).as_posix()] = _sha256(target)
-        with atomic_path(manifest) as tmp:
-            tmp.write_text(json.dumps(dict(sorted(written.items())), indent=1) + "\n")
+        _write_figures_manifest(dest, {**written, **{n: [h] for n, h in new.items()}})
     except OSError as e:
         raise CtrkitError(f"--figures {dest}: cannot copy the figures there: {e.strerror or e}") from None
     return [str(t) for _, t in pairs]
+
+
+def _figures_manifest(dest: Path) -> dict[str, list[str]]:
+    """{file: its hashes} of what copy_figures wrote into `dest`; {} without one (or a damaged one,
+    which proves nothing). A single hash per file is the settled form, a list the one mid-copy."""
+    path = dest / FIGURES_MANIFEST
+    try:
+        m = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+    m = m if isinstance(m, dict) else {}
+    return {k: [v] if isinstance(v, str) else list(v) for k, v in m.items() if isinstance(v, (str, list))}
+
+
+def _write_figures_manifest(dest: Path, files: dict[str, list[str]]) -> None:
+    settled = {k: v[0] if len(v) == 1 else v for k, v in sorted(files.items())}
+    with atomic_path(dest / FIGURES_MANIFEST) as tmp:
+        tmp.write_text(json.dumps(settled, indent=1) + "\n")
 
 
 def _sha256(path: Path) -> str | None:
