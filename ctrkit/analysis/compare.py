@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import os
 import tempfile
@@ -22,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ctrkit.analysis.records import precision
-from ctrkit.core.utils import CtrkitError, write_json_atomic
+from ctrkit.core.utils import CtrkitError, sha256_file, write_json_atomic
 
 # claim table -> (the columns that identify a row, its estimate's (mean, low, high) columns). The
 # per-dataset tables are `tables/<dataset>_<name>.csv`; the summary across datasets has no prefix.
@@ -270,7 +269,7 @@ def write(df: pd.DataFrame, out_dir, labels: Sequence[str], *, caption: str, fig
         staging = tempfile.TemporaryDirectory(prefix=".compare.", dir=out_dir)
     with staging as tmp:
         staged = _stage(Path(tmp), texts, figure, out_dir)
-        new = {name: _sha256(path) for name, path in staged.items()}
+        new = {name: sha256_file(path) for name, path in staged.items()}
         kept = {n: [h] for n, h in present.items() if n not in new}
         # while files move in, the old content and the new are both ours: a kill here refuses nothing
         _write_manifest(out_dir, {**kept, **{n: sorted({new[n], present.get(n, new[n])}) for n in new}})
@@ -288,10 +287,6 @@ def _named(path: Path):
         yield
     except OSError as e:
         raise CtrkitError(f"{path}: cannot write ({e.strerror or e})") from None
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _earlier(out_dir: Path) -> dict[str, list[str]]:
@@ -315,7 +310,7 @@ def _listed(ours: dict[str, list[str]], out_dir: Path) -> dict[str, str]:
     for name in OUTPUTS:
         path = out_dir / name
         if path.is_file() and not path.is_symlink():
-            digest = _sha256(path)
+            digest = sha256_file(path)
             if digest in ours.get(name, []):
                 found[name] = digest
     return found

@@ -83,12 +83,13 @@ def paired(new, ref, *, logloss_new=None, logloss_ref=None) -> dict:
     new, ref = np.asarray(new, dtype=float), np.asarray(ref, dtype=float)
     keep = ~(np.isnan(new) | np.isnan(ref))
     new, ref, n = new[keep], ref[keep], int(keep.sum())
-    out = {"n_pairs": n, **ci_columns("auc_diff", new - ref), **ci_columns("rel_pct", rel_pct(new, ref)),
+    diff = new - ref
+    out = {"n_pairs": n, **ci_columns("auc_diff", diff), **ci_columns("rel_pct", rel_pct(new, ref)),
            **ci_columns("relaimpr_pct", rela_impr(new, ref))}
     if logloss_new is not None and logloss_ref is not None:
         ll = np.asarray(logloss_new, dtype=float) - np.asarray(logloss_ref, dtype=float)
         out.update(ci_columns("logloss_diff", ll[keep]))
-    spread = n >= 2 and float(np.std(new - ref)) > 0
+    spread = n >= 2 and float(np.std(diff)) > 0
     p_t = p_w = float("nan")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy's warnings of ties and few pairs: the notes say what matters
@@ -96,17 +97,17 @@ def paired(new, ref, *, logloss_new=None, logloss_ref=None) -> dict:
             p_t = float(stats.ttest_rel(new, ref).pvalue)
         if n >= MIN_WILCOXON and np.any(new != ref):
             p_w = float(stats.wilcoxon(new, ref).pvalue)
-    return {**out, "p_ttest": p_t, "p_wilcoxon": p_w, "note": _notes(new, ref, dropped=len(keep) - n)}
+    return {**out, "p_ttest": p_t, "p_wilcoxon": p_w, "note": _notes(diff, spread=spread, dropped=len(keep) - n)}
 
 
-def _notes(new: np.ndarray, ref: np.ndarray, *, dropped: int) -> str:
-    n, same = len(new), int((new == ref).sum())
+def _notes(diff: np.ndarray, *, spread: bool, dropped: int) -> str:
+    n, same = len(diff), int((diff == 0).sum())
     notes = [NOTE_FEW] if n < 2 else ([NOTE_NO_WILCOXON] if n < MIN_WILCOXON else [])
     if n and same == n:
         notes.append(NOTE_IDENTICAL)
     elif same:
         notes.append(NOTE_SOME_IDENTICAL.format(k=same, n=n))
-    elif n >= 2 and float(np.std(new - ref)) == 0:
+    elif n >= 2 and not spread:
         notes.append(NOTE_CONSTANT)
     if dropped:
         notes.append(NOTE_DROPPED.format(k=dropped))

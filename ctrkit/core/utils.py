@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import platform
@@ -38,6 +39,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def probe_writable(folder: str | os.PathLike) -> None:
+    """Create and remove a file of our own in `folder` (OSError, named by the folder, when it cannot
+    be): what atomic writes there need, checked before the work that leads to them."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ctrkit-probe.", suffix=".tmp", dir=folder)
+    except OSError as e:  # the probe's random name would mean nothing to a user
+        raise OSError(e.errno, e.strerror, str(folder)) from None
+    os.close(fd)
+    os.unlink(probe)  # only the file mkstemp just made for us
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """A file's SHA-256, hex: what ctrkit's manifests record of a file it wrote."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

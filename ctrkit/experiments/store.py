@@ -15,7 +15,6 @@ import contextlib
 import copy
 import json
 import os
-import tempfile
 import time
 import uuid
 import warnings
@@ -25,7 +24,7 @@ from typing import Iterable, Iterator
 import pandas as pd
 from filelock import FileLock
 
-from ctrkit.core.utils import CtrkitError, atomic_path
+from ctrkit.core.utils import CtrkitError, atomic_path, probe_writable
 from ctrkit.experiments.record import CORE_FIELDS
 
 # Columns every record is expected to carry (`ctrkit.experiments.record.Record`'s core fields), in the
@@ -69,12 +68,7 @@ class ResultsStore:
                 if self.path.exists():
                     open(self.path, "ab").close()
                 else:
-                    try:
-                        fd, probe = tempfile.mkstemp(prefix=".ctrkit-probe.", suffix=".tmp", dir=self.path.parent)
-                    except OSError as e:  # named by the folder: the probe's random name means nothing to a user
-                        raise OSError(e.errno, e.strerror, str(self.path.parent)) from None
-                    os.close(fd)
-                    os.unlink(probe)  # only the file mkstemp just made for us
+                    probe_writable(self.path.parent)
         except OSError as e:
             raise CtrkitError(f"results store {self.path}: cannot write {e.filename or 'it'} ({e.strerror or e}); "
                               f"nothing was trained") from None

@@ -33,7 +33,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from ctrkit.core.utils import CtrkitError, atomic_path, die_with_parent, write_json_atomic
+from ctrkit.core.utils import CtrkitError, atomic_path, die_with_parent, sha256_file, write_json_atomic
 from ctrkit.notebook import profiles
 from ctrkit.notebook.profiles import (DATASETS, NOTEBOOK_DIR, NOTEBOOKS, ONCE, PER_DATASET, PROFILES,
                                       SCHEMA_SUFFIXES, SMALL_DATASETS)
@@ -595,8 +595,8 @@ def copy_figures(src: str | Path, dest: str | Path, *, tables_src: str | Path | 
     name = lambda t: t.relative_to(dest).as_posix()  # noqa: E731
     try:
         written = _figures_manifest(dest)
-        now = {name(t): _sha256(t) for _, t in pairs if t.exists()}
-        new = {name(t): _sha256(p) for p, t in pairs}
+        now = {name(t): sha256_file(t) for _, t in pairs if t.exists()}
+        new = {name(t): sha256_file(p) for p, t in pairs}
         foreign = [t for p, t in pairs if name(t) in now and now[name(t)] not in written.get(name(t), ())
                    and now[name(t)] != new[name(t)]]
     except OSError as e:
@@ -633,13 +633,6 @@ def _write_figures_manifest(dest: Path, files: dict[str, list[str]]) -> None:
     settled = {k: v[0] if len(v) == 1 else v for k, v in sorted(files.items())}
     with atomic_path(dest / FIGURES_MANIFEST) as tmp:
         tmp.write_text(json.dumps(settled, indent=1) + "\n")
-
-
-def _sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
 
 
 def _data_statement(out: Path, dataset: str) -> str:

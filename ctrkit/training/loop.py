@@ -21,7 +21,6 @@ import dataclasses
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ctrkit.core.utils import CtrkitError, seed_everything, tune_cpu_allocator
+from ctrkit.core.utils import CtrkitError, probe_writable, seed_everything, tune_cpu_allocator
 from ctrkit.kernels import apply_threads, env_info, for_device
 from ctrkit.training import checkpoint, compiled, graph, metrics, replicas
 from ctrkit.training.checkpoint import model_identity
@@ -337,9 +336,7 @@ def _probe_writable(folder: Path) -> None:
     there and renamed, so a folder that takes this one takes them (a read-only --out, a read-only
     disk), and one that does not fails before the first epoch instead of after it."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=".ctrkit-probe.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        os.unlink(probe)  # only the file mkstemp just made for us
+        probe_writable(folder)
     except OSError as e:
         raise CtrkitError(f"cannot write in the output folder {folder}: {e.strerror or e}") from None
 
