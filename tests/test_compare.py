@@ -200,3 +200,21 @@ def test_another_precision_into_the_same_out_is_refused_and_leaves_the_first_run
     with pytest.raises(CtrkitError, match=r"cannot resume with different settings \(amp: 'off' -> 'bf16'"):
         runner.run(runner.Reproduction(**request, amp="bf16"), progress=False, log=lambda m: None)
     assert best.read_bytes() == before
+
+
+def test_a_killed_writers_staging_folder_is_removed_by_the_next_and_a_foreign_one_stays(tmp_path):
+    a = _reproduction(tmp_path / "a", _headline([("DeepFM", 30.0, 0.3, 0.1, 0.5)]))
+    df = compare.conclusions(a, a)
+    out = tmp_path / "cmp"
+    out.mkdir()
+    dead = 2**22 + 12345  # above the default pid_max (4,194,304): no such process
+    killed = out / f".compare.tmp-{dead}"  # a write killed mid-stage: outputs only
+    killed.mkdir()
+    (killed / "compare.csv").write_text("half")
+    theirs = out / f".compare.tmp-{dead + 1}"  # same shape of name, a file that is no output: not ours
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    compare.write(df, out, ("a", "b"), caption="c")
+    assert not killed.exists() and (theirs / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == sorted([".compare-manifest.json", "compare.csv", "compare.md",
+                                                            theirs.name])

@@ -13,7 +13,7 @@ import contextlib
 import csv
 import json
 import os
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +22,7 @@ import pandas as pd
 
 from ctrkit.analysis.records import precision
 from ctrkit.core.utils import CtrkitError, sha256_file, write_json_atomic
+from ctrkit.data import outdir
 
 # claim table -> (the columns that identify a row, its estimate's (mean, low, high) columns). The
 # per-dataset tables are `tables/<dataset>_<name>.csv`; the summary across datasets has no prefix.
@@ -265,10 +266,8 @@ def write(df: pd.DataFrame, out_dir, labels: Sequence[str], *, caption: str, fig
     with _named(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
     present = _refuse_foreign(out_dir, names, _earlier(out_dir))
-    with _named(out_dir / names[0]):  # the first output is what a read-only folder fails to take
-        staging = tempfile.TemporaryDirectory(prefix=".compare.", dir=out_dir)
-    with staging as tmp:
-        staged = _stage(Path(tmp), texts, figure, out_dir)
+    with _staging(out_dir, names[0]) as tmp:
+        staged = _stage(tmp, texts, figure, out_dir)
         new = {name: sha256_file(path) for name, path in staged.items()}
         kept = {n: [h] for n, h in present.items() if n not in new}
         # while files move in, the old content and the new are both ours: a kill here refuses nothing
@@ -278,6 +277,33 @@ def write(df: pd.DataFrame, out_dir, labels: Sequence[str], *, caption: str, fig
                 os.replace(path, out_dir / name)
         _write_manifest(out_dir, {**kept, **{n: [h] for n, h in new.items()}})
     return {name.rsplit(".", 1)[1]: out_dir / name for name in staged}
+
+
+# The staging folder `.compare.tmp-<pid>`: one a killed `write` left (its process gone, nothing
+# in it but outputs) is removed by the next; the pid keeps two live writers apart.
+_STAGING = "compare"
+
+
+@contextlib.contextmanager
+def _staging(out_dir: Path, first: str):
+    """A fresh staging folder in `out_dir`, removed afterwards (success or failure)."""
+    for p in outdir.stale(out_dir, _STAGING, kinds=("tmp",)):
+        _remove_if_staging(p)
+    tmp = out_dir / f".{_STAGING}.tmp-{os.getpid()}"
+    _remove_if_staging(tmp)  # this pid's own, from an earlier process that had it
+    with _named(out_dir / first):  # the first output is what a read-only folder fails to take
+        tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_if_staging(p: Path) -> None:
+    """Remove `p` if it is a staging folder (a real folder holding nothing but outputs)."""
+    if p.is_dir() and not p.is_symlink() and all(
+            c.name in OUTPUTS and c.is_file() and not c.is_symlink() for c in p.iterdir()):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 @contextlib.contextmanager
