@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ctrkit import cli
@@ -206,3 +207,53 @@ def test_synth_rows_beyond_the_limit_fail_at_once(tmp_path, capsys, monkeypatch)
     line = _main_error(capsys, ["synth", "criteo", "--rows", str(10**12), "--out", str(out)])
     assert "--rows 1000000000000: too many" in line and "1,000,000,000" in line, line
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- the Python API: models and splits
+
+@pytest.mark.parametrize("change", [+50, -1])
+def test_fit_refuses_a_model_built_for_other_field_sizes(criteo_small, tmp_path, no_training, change):
+    # bigger tables trained silently into a best.pt no model of this data loads; smaller ones hit an index error
+    from ctrkit import models
+    from ctrkit.core.utils import CtrkitError
+
+    model = models.build("FM", [s + change for s in criteo_small.field_sizes])
+    with pytest.raises(CtrkitError, match=r"peer 0 \(FM\) was built for field sizes .*data.field_sizes"):
+        loop.fit(model, criteo_small, {"epochs": 1}, out_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_one_module_given_as_two_peers_is_refused(criteo_small, no_training):
+    from ctrkit import models
+    from ctrkit.core.utils import CtrkitError
+    from ctrkit.training.mutual import mutual_fit
+
+    m = models.build("FM", criteo_small.field_sizes)
+    with pytest.raises(CtrkitError, match=r"peer 1 \(FM\) is the same model object as peer 0 \(FM\)"):
+        mutual_fit([m, m], criteo_small, {"peers": [{}, {}], "mode": "mutual", "epochs": 1})
+
+
+@pytest.mark.parametrize("split,labels,words", [("valid", [], "no rows"), ("test", [0.0] * 5, "all 5 labels are 0"),
+                                                ("valid", [1.0] * 3, "all 3 labels are 1")])
+def test_a_split_auc_cannot_score_fails_before_training(criteo_small, tmp_path, no_training, split, labels, words):
+    # found after every epoch had trained before: "metrics: no samples to score", no split named;
+    # `load` takes the folder (`info` shows it)
+    import json
+
+    from ctrkit import data
+    from ctrkit.core.utils import CtrkitError
+
+    d = tmp_path / "d"
+    shutil.copytree(criteo_small.path, d)
+    y = np.asarray(labels, dtype=np.load(d / f"{split}_y.npy").dtype)
+    X = np.load(d / f"{split}_X.npy")[:len(y)]
+    np.save(d / f"{split}_y.npy", y)
+    np.save(d / f"{split}_X.npy", X)
+    fm = json.loads((d / "feature_map.json").read_text())
+    fm["rows"][split] = len(y)
+    (d / "feature_map.json").write_text(json.dumps(fm))
+    from ctrkit import models
+
+    loaded = data.load(d)
+    with pytest.raises(CtrkitError, match=rf"split '{split}': {words}"):
+        loop.fit(models.build("FM", loaded.field_sizes), loaded, {"epochs": 1})

@@ -419,6 +419,7 @@ def train_replicas(groups: list[list[Peer]], data, configs: list[RunConfig], *, 
         replicas.check_replicas(groups, exchange)
         if len({(c.batch_size, c.epochs, c.mode, c.amp, str(c.torch_device)) for c in configs}) > 1:
             raise CtrkitError("replicas must share batch_size, epochs, mode, amp and device")
+    _check_models(groups, data)
     config = configs[0]
     exchange = exchange or LocalExchange(len(groups[0]), config.torch_device)
     device = exchange.device
@@ -431,7 +432,7 @@ def train_replicas(groups: list[list[Peer]], data, configs: list[RunConfig], *, 
         compiled.switch_in(runs[0].peers)
     tune_cpu_allocator(device)
     Xtr, ytr = data.tensors("train", device)
-    data.tensors("valid", device)  # loaded (and its indices checked) now: a bad split fails before an epoch
+    _check_scorable(data, device)  # valid and test loaded (indices checked) now: a bad split fails before an epoch
     for run in runs:
         _open(run, resume)
     stacks = [replicas.Stack(p.model) for p in groups[0]] if len(groups) > 1 else None
@@ -461,6 +462,41 @@ def train_replicas(groups: list[list[Peer]], data, configs: list[RunConfig], *, 
     if graphed is not None:
         runs[0].graph = graphed.status
     return [_finish(run, threads, t0) for run in runs]
+
+
+def _check_models(groups: list[list[Peer]], data) -> None:
+    """Every model built for `data`'s feature map (else an index out of range, or a best.pt that
+    fits no model of the data), and no model given twice (it would get two optimizers and learn
+    from itself; peers of `share_embedding` are distinct models sharing one table)."""
+    sizes = list(data.field_sizes)
+    owner: dict[int, str] = {}
+    for k, group in enumerate(groups):
+        for peer in group:
+            where = f"peer {peer.index} ({peer.name})" + (f" of run {k}" if len(groups) > 1 else "")
+            fs = getattr(peer.model, "field_sizes", None)
+            if fs is not None and list(fs) != sizes:
+                raise CtrkitError(f"{where} was built for field sizes {list(fs)[:4]}..., the data "
+                                  f"{getattr(data, 'path', '')} has {sizes[:4]}...: build it with data.field_sizes")
+            if owner.setdefault(id(peer.model), where) != where:
+                raise CtrkitError(f"{where} is the same model object as {owner[id(peer.model)]}: "
+                                  f"each peer needs a model of its own")
+
+
+def _check_scorable(data, device: torch.device) -> None:
+    """Rows of both labels in every split: valid and test are scored by AUC (early stopping, the
+    result), undefined otherwise; train has nothing to learn. `data.load` refuses only a one-label
+    train split (`info` shows any prepared folder)."""
+    for split in ("train", "valid", "test"):
+        y = data.tensors(split, device)[1]
+        ones = int(torch.count_nonzero(y == 1))
+        where = f"{getattr(data, 'path', 'the data')}: split {split!r}"
+        if not len(y):
+            raise CtrkitError(f"{where}: no rows; training needs rows of both labels in every split "
+                              f"(check the split ratios)")
+        if ones in (0, len(y)):
+            raise CtrkitError(f"{where}: all {len(y)} labels are {int(ones > 0)}: "
+                              f"{'nothing to learn' if split == 'train' else 'its AUC is undefined'} "
+                              f"(a larger split, or a stratified one, has both labels)")
 
 
 def _measure(run: _Run, Xtr: torch.Tensor) -> None:

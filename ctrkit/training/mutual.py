@@ -48,16 +48,6 @@ def best_path(out: Path, index: int, name: str) -> Path:
     return out / f"{index}_{name}" / "best.pt"
 
 
-def _check_peers(models: Sequence[nn.Module], data) -> None:
-    sizes = list(data.field_sizes)
-    for i, m in enumerate(models):
-        fs = getattr(m, "field_sizes", None)
-        if fs is not None and list(fs) != sizes:
-            raise CtrkitError(f"peer {i} ({getattr(m, 'name', type(m).__name__)}) was built for field sizes "
-                              f"{list(fs)[:4]}..., the dataset {data.path} has {sizes[:4]}...: "
-                              f"peers must share the dataset's feature map")
-
-
 def mutual_fit(models: Sequence[nn.Module], data, config: RunConfig | dict, *, exchange: Exchange | None = None,
                out_dir: str | Path | None = None, starts: Sequence[dict | None] | None = None,
                occurrences: Sequence[int] | None = None, **loop) -> dict:
@@ -77,7 +67,6 @@ def mutual_fit(models: Sequence[nn.Module], data, config: RunConfig | dict, *, e
     n_peers = exchange.n_peers if exchange is not None else len(models)
     if len(config.peers) != n_peers:
         raise CtrkitError(f"run config: {len(config.peers)} peer configs for {n_peers} peers")
-    _check_peers(models, data)
     exchange = exchange or LocalExchange(n_peers, config.torch_device)
     out = Path(out_dir) if out_dir is not None else None
     return train_peers(make_peers(models, config, exchange, out, starts, occurrences), data, config,
