@@ -82,6 +82,22 @@ def test_bad_input_is_a_clear_error():
         metrics.auc(np.zeros(0), np.zeros(0))
 
 
+@pytest.mark.parametrize("fn", [metrics.auc, metrics.logloss])
+@pytest.mark.parametrize("label,shown", [(2.0, "2.0"), (np.nan, "nan"), (-1.0, "-1.0"), (0.5, "0.5")])
+def test_a_label_other_than_0_or_1_is_refused(fn, label, shown):
+    # were scored: labels {0, 2} gave a logloss of -0.99, a NaN label an AUC of 1.0
+    y = np.array([0, 1, label, 1], dtype=np.float32)
+    with pytest.raises(CtrkitError, match=f"labels must be 0 or 1, found {shown}"):
+        fn(y, np.array([0.1, 0.9, 0.5, 0.8], dtype=np.float32))
+
+
+def test_logloss_refuses_logits_and_auc_takes_any_score():
+    y, logits = np.array([0, 1, 0, 1], dtype=np.float32), np.array([-3.0, 2.5, -1.0, 4.0], dtype=np.float32)
+    with pytest.raises(CtrkitError, match="probabilities in .0, 1. .logits. apply a sigmoid., found -3"):
+        metrics.logloss(y, logits)  # scored 1.2e-7 (clipped to [eps, 1 - eps])
+    assert metrics.auc(y, logits) == 1.0  # a ranking: logits and probabilities agree
+
+
 @pytest.mark.gpu
 def test_on_cuda_equals_the_cpu():
     """CUDA against the CPU (which equals sklearn, above): sklearn is not on the GPU machine."""

@@ -27,6 +27,10 @@ def _flat(y, p) -> tuple[torch.Tensor, torch.Tensor]:
         raise CtrkitError("metrics: no samples to score")
     if p.device != y.device:
         y = y.to(p.device)
+    # one reduction per call (an evaluation, not a step): a label of 2 or NaN would score silently
+    bad = (y != 0) & (y != 1)
+    if bool(bad.any()):
+        raise CtrkitError(f"metrics: labels must be 0 or 1, found {y[bad][0].item()}")
     return y, p
 
 
@@ -62,6 +66,9 @@ def auc(y, p) -> float:
 def logloss(y, p) -> float:
     """Mean binary cross-entropy of probabilities p, clipped like sklearn to [eps, 1-eps] of p's dtype."""
     y, p = _flat(y, p)
+    if bool(((p < 0) | (p > 1)).any()):  # NaN passes: a diverged model's NaN logloss is seen by the tracker
+        raise CtrkitError(f"logloss: predictions must be probabilities in [0, 1] (logits? apply a sigmoid), "
+                          f"found {p[(p < 0) | (p > 1)][0].item():g}")
     eps = torch.finfo(p.dtype).eps if p.is_floating_point() else torch.finfo(torch.float64).eps
     p64 = p.to(torch.float64).clamp(eps, 1.0 - eps)
     y64 = y.to(torch.float64)
