@@ -184,3 +184,23 @@ def test_another_programs_json_lines_are_not_appended_to(tmp_path):
     ResultsStore(torn).append(_run("a"))
     with pytest.warns(UserWarning, match="skipped 1 unreadable line"):
         assert len(ResultsStore(torn).records()) == 3
+
+
+def test_csv_export_replaces_only_an_earlier_export(tmp_path):
+    s = ResultsStore(tmp_path / "r.jsonl")
+    s.append(_run("a"))
+    out = tmp_path / "results.csv"
+    s.to_csv(out)
+    s.append(_run("b", n=2))
+    s.to_csv(out)  # an earlier export: replaced by the newer one
+    assert len(pd.read_csv(out)) == 5
+    mine = tmp_path / "mine.csv"
+    mine.write_text("model,auc\nDeepFM,0.8\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(out)
+    for theirs in (mine, link):
+        with pytest.raises(CtrkitError, match=f"{theirs.name}: exists and is not a ctrkit results export"):
+            s.to_csv(theirs)
+    assert mine.read_text() == "model,auc\nDeepFM,0.8\n" and link.is_symlink()
+    with pytest.raises(CtrkitError, match="is a folder; give the CSV file's path"):
+        s.to_csv(tmp_path)

@@ -266,9 +266,22 @@ def records_to_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def export_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """`df` (a `records_to_frame`) as tidy CSV at `path`, written atomically. A file already there is
+    replaced only if it is such an export (its header starts with run_key and names append_id):
+    ctrkit never overwrites what it did not write."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+    if path.is_dir():
+        raise CtrkitError(f"{path}: is a folder; give the CSV file's path")
+    try:
+        if os.path.lexists(path):
+            with open(path, "rb") as f:
+                header = f.readline(1 << 16).decode("utf-8", "replace").rstrip("\r\n").split(",")
+            if path.is_symlink() or header[0] != "run_key" or "append_id" not in header:
+                raise CtrkitError(f"{path}: exists and is not a ctrkit results export; choose another path")
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False)
+    except OSError as e:
+        raise CtrkitError(f"{path}: cannot write the results CSV ({e.strerror or e})") from None
     return path
 
 
