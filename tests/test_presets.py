@@ -159,6 +159,10 @@ def test_bars_results_cover_models_and_datasets():
     assert (deepfm["auc"], deepfm["logloss"]) == (0.8143, 0.4376)  # hand-read from the BARS leaderboard
     (ipnn,) = presets.bars_results("PNN", "avazu", "x4_002")
     assert ipnn["bars_name"] == "IPNN" and ipnn["auc"] == 0.7988
+    for bad in ({"dataset": "critieo"}, {"protocol": "x4-001"}):  # read as "no leaderboard row" before
+        with pytest.raises(CtrkitError, match=f"unknown {next(iter(bad))} '{next(iter(bad.values()))}'; the "
+                                              f"leaderboard has .*(criteo|x4_001)"):
+            presets.bars_results(**bad)
 
 
 @pytest.mark.skipif(not ANCHORS.exists(), reason="../shared/anchors (beside the repository) not present")

@@ -87,6 +87,10 @@ def bars_results(model: str | None = None, dataset: str | None = None,
     rows = _load("bars.json")["results"]
     if model is not None:
         model = canonical_name(model)
+    for name, value in (("dataset", dataset), ("protocol", protocol)):
+        known = sorted({r[name] for r in rows})
+        if value is not None and value not in known:  # a typo would read as "no leaderboard row"
+            raise CtrkitError(f"bars_results: unknown {name} {value!r}; the leaderboard has {', '.join(known)}")
     return [dict(r) for r in rows
             if (model is None or r["model"] == model) and (dataset is None or r["dataset"] == dataset)
             and (protocol is None or r["protocol"] == protocol)]
