@@ -6,7 +6,9 @@ a second pass over those files rewrites the codes in place as vocabulary indices
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import numpy as np
 from ctrkit.data import outdir
 from ctrkit.data.encode import Counter, Splitter, bad_row_message, build_vocab, decode, field_plan
 from ctrkit.data.loading import FIRST, FORMAT_VERSION, OOV, PAD, SPLITS, CTRData, load
-from ctrkit.data.schema import DEFAULT_PROTOCOL, LEGACY, PROTOCOLS, DatasetSchema, Split, builtin, load_schema
+from ctrkit.data.schema import DEFAULT_PROTOCOL, LEGACY, PROTOCOLS, DatasetSchema, builtin, check_seed, load_schema
 from ctrkit.data.inputs import resolve_source
 from ctrkit.data.sources import Part
 from ctrkit.core.utils import CtrkitError, env_info, write_json_atomic
@@ -57,16 +59,21 @@ class _NpyAppender:
 
 
 def resolve_schema(dataset, protocol: str | None, seed: int | None) -> tuple[DatasetSchema, str]:
-    """(schema, protocol name) of a built-in name, a DatasetSchema or a schema file path."""
+    """(schema, protocol name) of a built-in name, a DatasetSchema or a schema file path; `seed`
+    (None: the schema's own) replaces the split seed. The schema checked itself when it was built."""
+    # an int: a float or a string would be recorded as given but split by another seed
+    seed = None if seed is None else check_seed(seed)
     if isinstance(dataset, str) and not dataset.endswith((".yaml", ".yml", ".json")):
         return builtin(dataset, protocol, seed), protocol or DEFAULT_PROTOCOL[dataset]
+    if not isinstance(dataset, (str, os.PathLike, DatasetSchema)):
+        raise CtrkitError(f"dataset: expected a built-in name, a DatasetSchema or a schema file (.yaml), "
+                          f"got {type(dataset).__name__}")
     schema = dataset if isinstance(dataset, DatasetSchema) else load_schema(dataset)
     if protocol is not None:
         raise CtrkitError(f"--protocol {protocol}: applies to the built-in datasets only; a schema "
                           f"sets min_count and split itself")
     if seed is not None:
-        schema = schema.replace(split=Split(ratios=schema.split.ratios, seed=seed, stratified=schema.split.stratified))
-    schema.validate()
+        schema = schema.replace(split=dataclasses.replace(schema.split, seed=seed))
     return schema, "schema"
 
 

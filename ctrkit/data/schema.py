@@ -16,8 +16,9 @@ min_count: 1
 split: {ratios: [8, 1, 1], seed: 2021}    # used only for a single unsplit file
 ```
 
-`DatasetSchema.from_dict` / `load_schema(path)` check every key (an unknown one is an error listing
-the valid ones). The built-in Criteo, Avazu, Frappe and MovieLens schemas are instances of the same
+A schema built in Python (`DatasetSchema(name=..., label=Label(...), ...)`) is checked when built,
+by the same rules as `DatasetSchema.from_dict` / `load_schema(path)`, which also refuse an unknown
+key (listing the valid ones). The built-in Criteo, Avazu, Frappe and MovieLens schemas are instances of the same
 class (`BUILTIN`); the BARS protocols (`PROTOCOLS`) adjust a built-in schema's min-count and split.
 """
 from __future__ import annotations
@@ -26,11 +27,15 @@ import codecs
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ctrkit.data.keys import floats
 from ctrkit.core.errors import CtrkitError
+from ctrkit.core.utils import MAX_SEED  # the seed rule of every ctrkit seed (the package imports torch anyway)
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]
@@ -49,6 +54,35 @@ TIME_FORMATS_HELP = "YYMMDDHH, unix (seconds since 1970) or a strptime format su
 TIME_PARTS = ("hour", "weekday", "weekend")
 
 
+# Every value's rule lives in its class's __post_init__, so a schema built in Python is checked
+# exactly as one read from YAML; `from_dict` adds only the YAML's own checks (unknown and missing keys).
+
+def _bad(where: str, key: str, problem: str) -> CtrkitError:
+    """A value breaking its field's rule, said as `<where>.<key>: <problem>`, where `where` names the
+    object built (e.g. numeric 'price'); `from_dict` says it again at the YAML's key path (numeric[0]).
+    A plain CtrkitError: the key and problem ride along as attributes for `from_dict`."""
+    e = CtrkitError(f"{where}.{key}: {problem}" if where else f"{key}: {problem}")
+    e.schema_field = (key, problem)
+    return e
+
+
+def _set(obj, key: str, value) -> None:
+    object.__setattr__(obj, key, value)  # a frozen dataclass storing its own normalised value
+
+
+def _int(v) -> int | None:
+    """v as an int when it is an integer (Python or NumPy; a bool is not), else None."""
+    return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else None
+
+
+def check_seed(v, where: str = "", key: str = "seed") -> int:
+    """A seed as an int: the rule of every ctrkit seed (torch's signed 64 bits, 0..2**63-1)."""
+    s = _int(v)
+    if s is None or not 0 <= s <= MAX_SEED:
+        raise _bad(where, key, f"expected an integer from 0 to 2**63-1, got {v!r}")
+    return s
+
+
 def _check_keys(d, cls, where: str) -> None:
     if not isinstance(d, dict):
         raise CtrkitError(f"{where}: expected a mapping, got {type(d).__name__}")
@@ -58,32 +92,64 @@ def _check_keys(d, cls, where: str) -> None:
         raise CtrkitError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; valid: {', '.join(valid)}")
 
 
-def _names(v, where: str) -> tuple:
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
-        raise CtrkitError(f"{where}: expected a list of column names, got {v!r}")
+def _from_dict(cls, d, where: str):
+    """An object from its YAML mapping: unknown and missing keys named here, every value checked by
+    the class itself and its error said at `where` (e.g. numeric[0].bucket)."""
+    _check_keys(d, cls, where)
+    for f in dataclasses.fields(cls):
+        if f.default is dataclasses.MISSING and f.name not in d:
+            raise CtrkitError(f"{where}: missing key {f.name!r}")
+    try:
+        return cls(**d)
+    except CtrkitError as e:
+        if not hasattr(e, "schema_field"):  # already said at its own place (a nested part's from_dict)
+            raise
+        key, problem = e.schema_field
+        raise CtrkitError(f"{where}.{key}: {problem}") from None
+
+
+def _name(v, where: str, key: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise _bad(where, key, f"expected a column name, got {v!r}")
+    return v
+
+
+def _names(v, where: str, key: str, what: str = "column names") -> tuple:
+    """A tuple of non-empty strings; one may be given bare (YAML `categorical: user`)."""
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) and x for x in items):
+        raise _bad(where, key, f"expected a list of {what}, got {v!r}")
+    return tuple(items)
+
+
+def _items(v, key: str) -> tuple:
+    if v is None:
+        return ()
+    if not isinstance(v, (list, tuple)):
+        raise _bad("", key, f"expected a list, got {v!r}")
     return tuple(v)
 
 
-def _items(v, where: str) -> list:
-    if v is None:
-        return []
-    if not isinstance(v, (list, tuple)):
-        raise CtrkitError(f"{where}: expected a list of mappings, got {v!r}")
-    return list(v)
-
-
-def _values(v, where: str) -> tuple:
+def _values(v, where: str, key: str) -> tuple:
     """Label values as strings (YAML may give 1 or ">50K")."""
-    if not isinstance(v, (list, tuple)):
-        v = [v]
-    if any(isinstance(x, bool) for x in v):
-        raise CtrkitError(f"{where}: got a boolean: YAML reads unquoted yes/no/true/false/on/off as "
-                          f"booleans; quote the value, e.g. ['yes']")
-    if not v or not all(isinstance(x, (str, int, float)) for x in v):
-        raise CtrkitError(f"{where}: expected a non-empty list of values, got {v!r}")
-    return tuple(str(x).strip() for x in v)
+    items = v if isinstance(v, (list, tuple)) else [v]
+    if any(isinstance(x, bool) for x in items):
+        raise _bad(where, key, "got a boolean: YAML reads unquoted yes/no/true/false/on/off as booleans; "
+                               "quote the value, e.g. ['yes']")
+    if not items or not all(isinstance(x, (str, numbers.Real)) for x in items):
+        raise _bad(where, key, f"expected a non-empty list of values, got {v!r}")
+    return tuple(str(x).strip() for x in items)
+
+
+def _edges(v, where: str) -> tuple:
+    """Fixed bin edges: finite numbers, strictly increasing (an int stays an int: it is in the digest)."""
+    ok = isinstance(v, (list, tuple)) and len(v) > 0 and all(
+        isinstance(e, numbers.Real) and not isinstance(e, bool)
+        and (isinstance(e, numbers.Integral) or math.isfinite(e)) for e in v)
+    edges = tuple(int(e) if isinstance(e, numbers.Integral) else float(e) for e in v) if ok else ()
+    if not ok or any(a >= b for a, b in zip(edges, edges[1:])):
+        raise _bad(where, "edges", f"expected a non-empty list of strictly increasing numbers, got {v!r}")
+    return edges
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,17 +160,15 @@ class Label:
     positive: tuple = ("1",)
     negative: tuple | str | None = None
 
+    def __post_init__(self):
+        _set(self, "column", _name(self.column, "label", "column"))
+        _set(self, "positive", _values(self.positive, "label", "positive"))
+        if self.negative is not None and not (isinstance(self.negative, str) and self.negative == "rest"):
+            _set(self, "negative", _values(self.negative, "label", "negative"))
+
     @classmethod
     def from_dict(cls, d, where: str = "label") -> Label:
-        if isinstance(d, str):
-            d = {"column": d}
-        _check_keys(d, cls, where)
-        if "column" not in d:
-            raise CtrkitError(f"{where}: missing key 'column'")
-        neg = d.get("negative")
-        return cls(column=_names(d["column"], f"{where}.column")[0],
-                   positive=_values(d.get("positive", [1]), f"{where}.positive"),
-                   negative=neg if neg in (None, "rest") else _values(neg, f"{where}.negative"))
+        return _from_dict(cls, {"column": d} if isinstance(d, str) else d, where)
 
     @property
     def negatives(self) -> tuple | str:
@@ -120,34 +184,33 @@ class Label:
 class Numeric:
     """A numeric column bucketed into a categorical field: `log2` (BARS's floor(ln(v)^2) for
     v > 2, else int(v)), `quantile` (`bins` equal-count bins of the training rows) or `edges`
-    (fixed bins at the given increasing `edges`: v < edges[0], edges[0] <= v < edges[1], ...)."""
+    (fixed bins at the given increasing `edges`: v < edges[0], edges[0] <= v < edges[1], ...).
+    `bucket` left out: edges when `edges` are given, else log2."""
     column: str
-    bucket: str = "log2"
+    bucket: str | None = None
     bins: int = 10
     edges: tuple | None = None
 
+    def __post_init__(self):
+        where = f"numeric {self.column!r}"
+        _set(self, "column", _name(self.column, where, "column"))
+        if self.bucket is None:
+            _set(self, "bucket", "log2" if self.edges is None else "edges")
+        if not isinstance(self.bucket, str) or self.bucket not in BUCKETS:
+            raise _bad(where, "bucket", f"unknown bucket {self.bucket!r}; valid: {', '.join(BUCKETS)}")
+        if (self.bucket == "edges") != (self.edges is not None):
+            raise _bad(where, "edges", f"give edges exactly with bucket: edges (got bucket {self.bucket!r}, "
+                                       f"edges {self.edges!r})")
+        if self.edges is not None:
+            _set(self, "edges", _edges(self.edges, where))
+        bins = _int(self.bins)
+        if bins is None or not 2 <= bins <= MAX_BINS:
+            raise _bad(where, "bins", f"expected an integer from 2 to {MAX_BINS}, got {self.bins!r}")
+        _set(self, "bins", bins)
+
     @classmethod
     def from_dict(cls, d, where: str) -> Numeric:
-        if isinstance(d, str):
-            d = {"column": d}
-        _check_keys(d, cls, where)
-        if "column" not in d:
-            raise CtrkitError(f"{where}: missing key 'column'")
-        edges = d.get("edges")
-        n = cls(column=_names(d["column"], f"{where}.column")[0], bucket=d.get("bucket", "edges" if edges else "log2"),
-                bins=d.get("bins", 10), edges=tuple(edges) if isinstance(edges, (list, tuple)) else edges)
-        if n.bucket not in BUCKETS:
-            raise CtrkitError(f"{where}.bucket: unknown bucket {n.bucket!r}; valid: {', '.join(BUCKETS)}")
-        if (n.bucket == "edges") != (n.edges is not None):
-            raise CtrkitError(f"{where}.edges: give edges exactly with bucket: edges (got bucket {n.bucket!r}, "
-                              f"edges {edges!r})")
-        if n.edges is not None and (not isinstance(n.edges, tuple) or not n.edges or any(
-                isinstance(e, bool) or not isinstance(e, (int, float)) for e in n.edges)
-                or any(a >= b for a, b in zip(n.edges, n.edges[1:]))):
-            raise CtrkitError(f"{where}.edges: expected a non-empty list of strictly increasing numbers, got {edges!r}")
-        if not isinstance(n.bins, int) or isinstance(n.bins, bool) or not 2 <= n.bins <= MAX_BINS:
-            raise CtrkitError(f"{where}.bins: expected an integer from 2 to {MAX_BINS}, got {n.bins!r}")
-        return n
+        return _from_dict(cls, {"column": d} if isinstance(d, str) else d, where)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,20 +222,23 @@ class Time:
     derive: tuple = TIME_PARTS
     names: tuple | None = None
 
+    def __post_init__(self):
+        where = f"time {self.column!r}"
+        _set(self, "column", _name(self.column, where, "column"))
+        if not isinstance(self.format, str) or not self.format:
+            raise _bad(where, "format", f"expected {TIME_FORMATS_HELP}, got {self.format!r}")
+        _set(self, "derive", _names(self.derive, where, "derive", "parts"))
+        bad = [p for p in self.derive if p not in TIME_PARTS]
+        if bad:
+            raise _bad(where, "derive", f"unknown part(s) {', '.join(bad)}; valid: {', '.join(TIME_PARTS)}")
+        if self.names is not None:
+            _set(self, "names", _names(self.names, where, "names", "field names"))
+            if len(self.names) != len(self.derive):
+                raise _bad(where, "names", f"{len(self.names)} names for {len(self.derive)} derived fields")
+
     @classmethod
     def from_dict(cls, d, where: str) -> Time:
-        _check_keys(d, cls, where)
-        if "column" not in d:
-            raise CtrkitError(f"{where}: missing key 'column'")
-        t = cls(column=_names(d["column"], f"{where}.column")[0], format=str(d.get("format", "YYMMDDHH")),
-                derive=_names(d.get("derive", list(TIME_PARTS)), f"{where}.derive"),
-                names=None if d.get("names") is None else _names(d["names"], f"{where}.names"))
-        bad = [p for p in t.derive if p not in TIME_PARTS]
-        if bad:
-            raise CtrkitError(f"{where}.derive: unknown part(s) {', '.join(bad)}; valid: {', '.join(TIME_PARTS)}")
-        if t.names is not None and len(t.names) != len(t.derive):
-            raise CtrkitError(f"{where}.names: {len(t.names)} names for {len(t.derive)} derived fields")
-        return t
+        return _from_dict(cls, d, where)
 
     @property
     def field_names(self) -> tuple:
@@ -187,15 +253,17 @@ class Join:
     file: str
     key: str
 
+    def __post_init__(self):
+        where = f"join {self.file!r}"
+        if isinstance(self.file, os.PathLike):
+            _set(self, "file", os.fspath(self.file))
+        if not isinstance(self.file, str) or not self.file:
+            raise _bad(where, "file", f"expected a file path, got {self.file!r}")
+        _set(self, "key", _name(self.key, where, "key"))
+
     @classmethod
     def from_dict(cls, d, where: str) -> Join:
-        _check_keys(d, cls, where)
-        for k in ("file", "key"):
-            if k not in d:
-                raise CtrkitError(f"{where}: missing key {k!r}")
-        if not isinstance(d["file"], str) or not d["file"]:
-            raise CtrkitError(f"{where}.file: expected a file path, got {d['file']!r}")
-        return cls(file=d["file"], key=_names(d["key"], f"{where}.key")[0])
+        return _from_dict(cls, d, where)
 
 
 DERIVE_RULES = ("first", "prefix")
@@ -211,21 +279,22 @@ class Derive:
     sep: str = "|"
     length: int = 1
 
+    def __post_init__(self):
+        where = f"derive {self.column!r}"
+        _set(self, "column", _name(self.column, where, "column"))
+        _set(self, "source", _name(self.source, where, "source"))
+        if not isinstance(self.rule, str) or self.rule not in DERIVE_RULES:
+            raise _bad(where, "rule", f"unknown rule {self.rule!r}; valid: {', '.join(DERIVE_RULES)}")
+        if not isinstance(self.sep, str) or not self.sep:
+            raise _bad(where, "sep", f"expected a non-empty string, got {self.sep!r}")
+        length = _int(self.length)
+        if length is None or length < 1:
+            raise _bad(where, "length", f"expected an integer >= 1, got {self.length!r}")
+        _set(self, "length", length)
+
     @classmethod
     def from_dict(cls, d, where: str) -> Derive:
-        _check_keys(d, cls, where)
-        for k in ("column", "source", "rule"):
-            if k not in d:
-                raise CtrkitError(f"{where}: missing key {k!r}")
-        x = cls(column=_names(d["column"], f"{where}.column")[0], source=_names(d["source"], f"{where}.source")[0],
-                rule=d["rule"], sep=d.get("sep", "|"), length=d.get("length", 1))
-        if x.rule not in DERIVE_RULES:
-            raise CtrkitError(f"{where}.rule: unknown rule {x.rule!r}; valid: {', '.join(DERIVE_RULES)}")
-        if not isinstance(x.sep, str) or not x.sep:
-            raise CtrkitError(f"{where}.sep: expected a non-empty string, got {x.sep!r}")
-        if not isinstance(x.length, int) or isinstance(x.length, bool) or x.length < 1:
-            raise CtrkitError(f"{where}.length: expected an integer >= 1, got {x.length!r}")
-        return x
+        return _from_dict(cls, d, where)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,22 +305,23 @@ class Split:
     seed: int = 2021
     stratified: bool = True
 
+    def __post_init__(self):
+        r = self.ratios
+        ints = [_int(x) for x in r] if isinstance(r, (list, tuple)) else [None]
+        if len(ints) != 3 or None in ints or min(ints) < 0 or ints[0] < 1 or sum(ints) > 1000:
+            # fractions such as 0.8, 0.1, 0.1 are refused: the split assigns blocks of sum(ratios) rows
+            hint = "; ratios are whole numbers, e.g. [8, 1, 1] for 80/10/10" \
+                if isinstance(r, (list, tuple)) and any(isinstance(x, float) for x in r) else ""
+            raise _bad("split", "ratios", f"expected three integers train, valid, test (train >= 1, sum <= 1000), "
+                                          f"got {list(r) if isinstance(r, (list, tuple)) else r!r}{hint}")
+        _set(self, "ratios", tuple(ints))
+        _set(self, "seed", check_seed(self.seed, "split"))
+        if not isinstance(self.stratified, bool):
+            raise _bad("split", "stratified", f"expected true or false, got {self.stratified!r}")
+
     @classmethod
     def from_dict(cls, d, where: str = "split") -> Split:
-        _check_keys(d, cls, where)
-        s = cls(ratios=tuple(d.get("ratios", (8, 1, 1))), seed=d.get("seed", 2021),
-                stratified=d.get("stratified", True))
-        r = s.ratios
-        if len(r) != 3 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in r) \
-                or r[0] < 1 or sum(r) > 1000:
-            raise CtrkitError(f"{where}.ratios: expected three integers train, valid, test (train >= 1), got {list(r)}")
-        from ctrkit.core.utils import MAX_SEED  # (here, not at the top: a schema is read before torch is needed)
-
-        if not isinstance(s.seed, int) or isinstance(s.seed, bool) or not 0 <= s.seed <= MAX_SEED:
-            raise CtrkitError(f"{where}.seed: expected an integer from 0 to 2**63-1, got {s.seed!r}")
-        if not isinstance(s.stratified, bool):
-            raise CtrkitError(f"{where}.stratified: expected true or false, got {s.stratified!r}")
-        return s
+        return _from_dict(cls, {} if d is None else d, where)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,7 +329,8 @@ class DatasetSchema:
     """What a raw table's columns mean (see the module docstring). Columns not named anywhere are
     ignored and listed in the feature map (`source.ignored_columns`); `drop` ignores silently.
     `columns`: every column in order, for files without a header. `order`: the processed fields'
-    order (default: categorical, numeric, then derived time fields)."""
+    order (default: categorical, numeric, then derived time fields). Built directly, a part may be
+    given as in YAML (a label column name, a bare numeric column, a split mapping)."""
     name: str
     label: Label
     categorical: tuple = ()
@@ -273,33 +344,40 @@ class DatasetSchema:
     join: tuple = ()
     derive: tuple = ()
 
+    def __post_init__(self):
+        n = self.name
+        if not isinstance(n, str) or not n:
+            raise CtrkitError(f"schema.name: expected a non-empty string, got {n!r}")
+        if "/" in n or "\\" in n or "\0" in n or n in (".", ".."):  # it names folders (runs/<name>/...)
+            raise CtrkitError(f"schema.name: a name, not a path, got {n!r}")
+        if not isinstance(self.label, Label):
+            _set(self, "label", Label.from_dict(self.label))
+        for key in ("categorical", "drop"):
+            _set(self, key, () if getattr(self, key) is None else _names(getattr(self, key), "", key))
+        for key in ("columns", "order"):
+            if getattr(self, key) is not None:
+                _set(self, key, _names(getattr(self, key), "", key))
+        for key, cls in (("numeric", Numeric), ("time", Time), ("join", Join), ("derive", Derive)):
+            _set(self, key, tuple(x if isinstance(x, cls) else cls.from_dict(x, f"{key}[{i}]")
+                                  for i, x in enumerate(_items(getattr(self, key), key))))
+        min_count = _int(self.min_count)
+        if min_count is None or min_count < 1:
+            raise CtrkitError(f"min_count: expected an integer >= 1, got {self.min_count!r}")
+        _set(self, "min_count", min_count)
+        if not isinstance(self.split, Split):
+            _set(self, "split", Split.from_dict(self.split))
+        self.validate()
+
     @classmethod
     def from_dict(cls, d, where: str = "schema") -> DatasetSchema:
         _check_keys(d, cls, where)
         for k in ("name", "label"):
             if k not in d:
                 raise CtrkitError(f"{where}: missing key {k!r}")
-        if not isinstance(d["name"], str) or not d["name"]:
-            raise CtrkitError(f"{where}.name: expected a non-empty string, got {d['name']!r}")
-        if "/" in d["name"] or "\\" in d["name"] or d["name"] in (".", ".."):  # it names folders (runs/<name>/...)
-            raise CtrkitError(f"{where}.name: a name, not a path, got {d['name']!r}")
-        s = cls(name=d["name"], label=Label.from_dict(d["label"]),
-                categorical=_names(d.get("categorical") or [], "categorical"),
-                numeric=tuple(Numeric.from_dict(x, f"numeric[{i}]") for i, x in enumerate(d.get("numeric") or [])),
-                time=tuple(Time.from_dict(x, f"time[{i}]") for i, x in enumerate(d.get("time") or [])),
-                drop=_names(d.get("drop") or [], "drop"), min_count=d.get("min_count", 1),
-                split=Split.from_dict(d.get("split") or {}),
-                columns=None if d.get("columns") is None else _names(d["columns"], "columns"),
-                order=None if d.get("order") is None else _names(d["order"], "order"),
-                join=tuple(Join.from_dict(x, f"join[{i}]") for i, x in enumerate(_items(d.get("join"), "join"))),
-                derive=tuple(Derive.from_dict(x, f"derive[{i}]")
-                             for i, x in enumerate(_items(d.get("derive"), "derive"))))
-        s.validate()
-        return s
+        return cls(**d)
 
     def validate(self) -> None:
-        if not isinstance(self.min_count, int) or isinstance(self.min_count, bool) or self.min_count < 1:
-            raise CtrkitError(f"min_count: expected an integer >= 1, got {self.min_count!r}")
+        """The rules across fields (run when the schema is built, after each field's own)."""
         seen = {}
         uses = [("label.column", self.label.column)] + [("categorical", c) for c in self.categorical] \
             + [("numeric", n.column) for n in self.numeric] + [("time", t.column) for t in self.time] \
