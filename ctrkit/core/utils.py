@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import difflib
 import hashlib
 import json
+import numbers
 import os
 import platform
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -79,8 +81,59 @@ def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
 MAX_SEED = 2**63 - 1
 
 
+# ---------------------------------------------------------------- the one rule of numbers and names
+
+
+def as_int(value: Any) -> int | None:
+    """`value` as a Python int when it is an integer (`numbers.Integral`: int and NumPy's integers, so
+    `seeds=list(np.arange(3))` works), else None. Every integer setting of ctrkit goes through here.
+    A bool is refused although Python counts it an int: `True` where a count is expected is a slip,
+    not a 1. A float is refused even when whole: 2.0 epochs says the value came from arithmetic."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
+def as_number(value: Any) -> int | float | None:
+    """`value` as a Python number when it is a real number (`numbers.Real`: int, float, NumPy's
+    scalars; not bool, as in `as_int`), else None: an integer as int, anything else as float. An int
+    stays an int because run keys record the value as given (1 and 1.0 key apart). NaN and inf come
+    back as they are: each setting states its own bounds."""
+    n = as_int(value)
+    if n is not None:
+        return n
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def as_float(value: Any) -> float | None:
+    """`as_number` as a float: the rule of every setting that is a float."""
+    n = as_number(value)
+    return None if n is None else float(n)
+
+
+def did_you_mean(value: Any, choices: Sequence[str]) -> str:
+    """"; did you mean 'X'?" when one of `choices` is close to `value` (case-insensitive, difflib),
+    else "": appended to the one-line error of a name looked up in a fixed list."""
+    if not isinstance(value, str):
+        return ""
+    lower = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(value.lower(), list(lower), n=1)
+    return f"; did you mean {lower[close[0]]!r}?" if close else ""
+
+
+# torch.Generator.manual_seed's range (unsigned 64-bit): a run's seed is at most MAX_SEED, and the
+# k-th copy of a model is seeded seed + k - 1
+_MAX_TORCH_SEED = 2**64 - 1
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch.Generator for explicit draws (permutations)."""
+    n = as_int(seed)
+    if n is None or not 0 <= n <= _MAX_TORCH_SEED:
+        raise CtrkitError(f"seed: expected an int >= 0 and <= {_MAX_TORCH_SEED}, got {seed!r}")
+    seed = n
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -195,13 +248,11 @@ def resolve_threads(threads: int | str | None = "auto", *, sample_s: float = _TH
     """
     if threads is None or (isinstance(threads, str) and threads.strip().lower() == "auto"):
         return _auto_threads(sample_s)
-    if isinstance(threads, bool):
-        raise CtrkitError(f"threads must be a positive int or 'auto', got {threads!r}")
-    try:
-        n = int(threads.strip()) if isinstance(threads, str) else int(threads)
-    except (TypeError, ValueError):
-        raise CtrkitError(f"threads must be a positive int or 'auto', got {threads!r}") from None
-    if n < 1 or (not isinstance(threads, str) and n != threads):
+    n = as_int(threads)
+    if isinstance(threads, str):  # a count typed as text (--threads, a config file)
+        with contextlib.suppress(ValueError):
+            n = int(threads.strip())
+    if n is None or n < 1:
         raise CtrkitError(f"threads must be a positive int or 'auto', got {threads!r}")
     if n > _most_threads():
         raise CtrkitError(f"threads: {n} is more than this machine can use (at most {_most_threads()}: 4 per core, "

@@ -7,7 +7,9 @@ Notebook API (each returns a tidy DataFrame, one row per peer per run):
     experiments.run(data, [["DeepFM", "DCN"], ...], inits=[...], modes=[...], seeds=[...], store=...,
                     ckpt_dir=..., weight=[0.3, 1, 3], finetune_lr_scale=[0.1, 1])
 
-Every other keyword is a setting: a `PretrainSpec` field (baselines) or a `RunSpec` field (runs),
+`peer_sets` is a list of peer sets (a flat list of names is refused with a hint); every other axis
+(inits, modes, seeds, weight, finetune_lr_scale) a list or one value, never an empty list.
+The remaining keywords are settings: a `PretrainSpec` field (baselines) or a `RunSpec` field (runs),
 checked there (an unknown one is an error), so a new knob needs no change here.
 
 Checkpoints of the baselines live in `ckpt_dir/seed<S>/<Model>` (one `pretrain --out` folder per
@@ -18,8 +20,11 @@ RunSpec and the data) is skipped unless `force`.
 from __future__ import annotations
 
 import itertools
+import numbers
+import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -47,8 +52,11 @@ def pretrain_baselines(data, models: Sequence[str], ckpt_dir: str | Path, *, see
     label -> overrides that replace `overrides` for that label (e.g. each model's tuned setting), so
     that all models train in one grid: with workers, one call keeps both cores busy to its end,
     where a call per model waits for each model's last seed."""
-    seeds, labels = list(seeds), list(models)
-    max_replicas = settings.pop("max_replicas", None) or runs.default_max_replicas(settings.get("device", "auto"))
+    seeds, labels = _values("seeds", seeds), _values("models", models)
+    if not isinstance(ckpt_dir, (str, os.PathLike)):
+        raise CtrkitError(f"ckpt_dir: expected the folder the baselines go into (seed<S>/<Model>), got {ckpt_dir!r}")
+    max_replicas = (runs.check_max_replicas(settings.pop("max_replicas", None))
+                    or runs.default_max_replicas(settings.get("device", "auto")))
     workers = check_workers(settings.pop("workers", 1))  # a bad value fails before any run
     per_model = dict(settings.pop("per_model", None) or {})
     if set(per_model) - set(labels):
@@ -73,18 +81,37 @@ def _chunks(items: list, n: int) -> list[list]:
     return [items[i:i + max(1, n)] for i in range(0, len(items), max(1, n))]
 
 
-def _as_list(v) -> list:
-    return list(v) if isinstance(v, (list, tuple)) else [v]
+def _values(name: str, v) -> list:
+    """A grid axis as a list: one value (a string, a number) is a list of one, so `modes="alone"` is
+    not read letter by letter; an empty list runs nothing, which is a slip, not a request."""
+    values = [v] if isinstance(v, (str, bytes, numbers.Number)) or not isinstance(v, Iterable) else list(v)
+    if not values:
+        raise CtrkitError(f"{name}: an empty list runs nothing; give at least one value")
+    return values
+
+
+def _peer_sets(peer_sets) -> list:
+    """`peer_sets` as a list of peer sets (each a list of names or a string "DeepFM,DCN"). A flat
+    list of bare names, `["LR", "FM"]`, would be one one-peer run per name (each model alone) where
+    one run of these peers was almost surely meant: an error that says how to write either."""
+    sets = _values("peer_sets", peer_sets)
+    if all(isinstance(p, str) and "," not in p for p in sets):
+        raise CtrkitError(f"peer_sets: expected a list of peer sets, got a flat list of model names {sets}: "
+                          f"write {[sets]} for one run of these peers" + (
+                              f" (or {[[p] for p in sets]} for one run per model)" if len(sets) > 1 else ""))
+    return sets
 
 
 def expand(peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(2021,), weight=1.0,
            finetune_lr_scale=0.1) -> list[dict]:
-    """The grid as a list of run settings. `ensemble` from scratch is left out (averaging untrained
+    """The grid as a list of run settings. `peer_sets` is a list of peer sets (`[["DeepFM", "DCN"]]`);
+    every other axis a list or one value. `ensemble` from scratch is left out (averaging untrained
     models means nothing); so are the weights of runs where nobody learns (alone, ensemble) beyond
     the first."""
     out, seen = [], set()
-    for seed, peers, init, mode, w, lr in itertools.product(seeds, peer_sets, inits, modes, _as_list(weight),
-                                                            _as_list(finetune_lr_scale)):
+    axes = [_values(name, v) for name, v in (("seeds", seeds), ("inits", inits), ("modes", modes),
+                                             ("weight", weight), ("finetune_lr_scale", finetune_lr_scale))]
+    for seed, peers, init, mode, w, lr in itertools.product(axes[0], _peer_sets(peer_sets), *axes[1:]):
         if mode == "ensemble" and init == "scratch":
             continue
         key = (seed, tuple(runs.peer_labels(_peer_list(peers))), init, mode, w if weight_matters(mode) else 0.0,
@@ -126,7 +153,7 @@ def run(data, peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(202
     replicas measured slower; 1: one by one, bit for bit as before). `workers` (default 1): processes
     the runs (their replica groups) are spread over, each run's result the one it gives alone
     (`ctrkit.experiments.workers`; "auto": the CPU's cores / `threads`, 1 on CUDA)."""
-    progress, max_replicas = settings.pop("progress", True), settings.pop("max_replicas", None)
+    progress, max_replicas = settings.pop("progress", True), runs.check_max_replicas(settings.pop("max_replicas", None))
     workers = check_workers(settings.pop("workers", 1))  # a bad value fails before any run
     weight, lr_scale = settings.pop("weight", 1.0), settings.pop("finetune_lr_scale", 0.1)
     ckpt_dir = settings.pop("ckpt_dir", None)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ctrkit.core.utils import CtrkitError, resolve_device, seed_everything
+from ctrkit.core.utils import CtrkitError, as_int, resolve_device, seed_everything
 from ctrkit.experiments import churn, pretrained
 from ctrkit.experiments.record import make_records
 from ctrkit.experiments.store import ResultsStore
@@ -38,7 +38,7 @@ from ctrkit.training.mutual import make_peers, mutual_fit
 __all__ = ["INITS", "MODES", "RunSpec", "PretrainSpec", "run", "execute", "records", "pretrain", "peer_labels",
            "split_label", "checkpoint_path", "seed_dir", "run_key", "summary", "apply_overrides", "run_many",
            "execute_many", "pretrain_many", "pretrain_groups", "replica_groups", "default_max_replicas",
-           "default_workers"]
+           "check_max_replicas", "default_workers"]
 
 
 def checkpoint_path(ckpt_dir: str | Path, label: str) -> Path:
@@ -321,11 +321,14 @@ def summary(recs: Sequence[dict]) -> dict:
 # ---------------------------------------------------------------- one baseline
 
 
-def pretrain(spec: PretrainSpec, data, *, out_dir: str | Path | None = None, resume: bool = True, store=None,
+def pretrain(spec: PretrainSpec, data, *, out_dir: str | Path | None = None, resume: bool | None = None, store=None,
              force: bool = False) -> tuple[dict, dict]:
     """Pretrain one model (or label, "DeepFM_2": init seed + 1) with its preset and `fit`; a finished
     checkpoint of the same dataset and settings in `out_dir` is reused, an interrupted one resumed,
-    unless `force`. Returns (fit's result, the store record, also appended to `store` once)."""
+    unless `force`. `resume` None: resume when there is an `out_dir` to resume from (as `execute`);
+    True without `out_dir` is an error (`fit`'s). Returns (fit's result, the store record, also
+    appended to `store` once)."""
+    resume = out_dir is not None if resume is None else resume
     if store is not None:
         _store(store).check_usable()
     j = _pretrain_job(spec, data, out_dir, force)
@@ -421,6 +424,18 @@ MAX_REPLICAS = 8
 def default_max_replicas(device: str) -> int:
     """Replicas per group when not given: MAX_REPLICAS on a GPU, 1 on the CPU."""
     return MAX_REPLICAS if resolve_device(device).type == "cuda" else 1
+
+
+def check_max_replicas(max_replicas: Any) -> int | None:
+    """`max_replicas` as given when valid: None (`default_max_replicas`) or an int >= 1."""
+    if max_replicas is None:
+        return None
+    n = as_int(max_replicas)
+    if n is None or n < 1:
+        raise CtrkitError(f"max_replicas must be an int >= 1 or None, got {max_replicas!r}")
+    return n
+
+
 # The share of the machine's memory the replicas of one group may take (`replicas.replica_bytes`).
 _MEMORY_SHARE = 0.25
 
@@ -429,6 +444,7 @@ def replica_groups(specs: Sequence[RunSpec], max_replicas: int | None = None) ->
     """Indices of `specs` grouped into replicas: runs whose settings differ only in seed, weight,
     finetuning lr scale and checkpoint folder (one architecture, one schedule), at most
     `max_replicas` per group, in the specs' order; ensemble runs (nothing trains) stay single."""
+    max_replicas = check_max_replicas(max_replicas)
     groups: dict = {}
     for i, spec in enumerate(specs):
         s = spec.settings()

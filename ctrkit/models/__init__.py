@@ -19,7 +19,7 @@ from ctrkit.models.fibinet import FiBiNET
 from ctrkit.models.fm import FM
 from ctrkit.models.lr import LR
 from ctrkit.models.pnn import PNN
-from ctrkit.core.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError, did_you_mean
 
 MODELS: dict[str, type[CTRModel]] = {c.name: c for c in (LR, FM, DeepFM, DCN, PNN, FiBiNET)}
 _ALIASES = {"IPNN": "PNN"}  # the BARS leaderboard calls our PNN "IPNN"
@@ -29,7 +29,8 @@ def canonical_name(name: str) -> str:
     """Case-insensitive model name (or alias) -> canonical registry name; CtrkitError if unknown."""
     lookup = {k.lower(): k for k in MODELS} | {k.lower(): v for k, v in _ALIASES.items()}
     if not isinstance(name, str) or name.lower() not in lookup:
-        raise CtrkitError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+        raise CtrkitError(f"unknown model {name!r}; valid: {', '.join(MODELS)}"
+                          f"{did_you_mean(name, [*MODELS, *_ALIASES])}")
     return lookup[name.lower()]
 
 

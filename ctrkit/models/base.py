@@ -3,13 +3,15 @@ import cycle: ``ctrkit.models`` imports every model file)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from ctrkit.models import layers
-from ctrkit.core.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError, as_float, as_int, as_number
 
 
 def field_sizes_of(fields: Any) -> list[int]:
@@ -24,32 +26,34 @@ def field_sizes_of(fields: Any) -> list[int]:
             fields = [f["vocab_size"] for f in fields["fields"]]
         except (TypeError, KeyError) as e:
             raise CtrkitError(f"fields: feature_map entry without vocab_size ({e})") from None
-    try:
-        sizes = [int(s) for s in fields]
-    except (TypeError, ValueError):
+    if isinstance(fields, (str, bytes)) or not isinstance(fields, Iterable):
         raise CtrkitError(f"fields must be a list of vocab sizes, a feature_map dict or CTRData, "
-                          f"got {type(fields).__name__}") from None
-    if not sizes or any(s < 1 for s in sizes) or any(int(s) != s for s in fields):
+                          f"got {type(fields).__name__}")
+    fields = list(fields)
+    sizes = [as_int(s) for s in fields]  # the one integer rule: numpy ints yes; bool, 10.0, "10" no
+    if not sizes or any(s is None or s < 1 for s in sizes):
         raise CtrkitError(f"fields: need at least one field and every vocab size a positive int, got {list(fields)}")
     return sizes
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    n = as_int(value)
+    if n is None or n < minimum:
         raise CtrkitError(f"hyperparameter {name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return n
 
 
 def check_units(value: Any) -> list[int]:
-    if isinstance(value, int) or not isinstance(value, Sequence) or isinstance(value, str):
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
         raise CtrkitError(f"hyperparameter hidden_units must be a list of positive ints, got {value!r}")
     return [check_int("hidden_units[]", v, 1) for v in value]
 
 
 def check_dropout(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+    p = as_float(value)
+    if p is None or not 0 <= p < 1:
         raise CtrkitError(f"hyperparameter net_dropout must be a float in [0, 1), got {value!r}")
-    return float(value)
+    return p
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -76,6 +80,15 @@ def check_deep_args(embedding_dim: Any, hidden_units: Any, hidden_activations: A
     return units
 
 
+def _plain(value: Any) -> Any:
+    """A hyperparameter as the checkpoint records it (JSON): numbers as Python's (np.int64(16) -> 16,
+    checked by `check_int` already), sequences as lists; bools and names as given."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    n = as_number(value)
+    return value if n is None else n
+
+
 class CTRModel(nn.Module):
     """Common surface of every ctrkit model: ``name``, ``field_sizes``, ``hparams`` (complete, defaults
     filled, JSON-able) and ``forward(X int32/int64 [B, F]) -> logits float32 [B]``."""
@@ -87,8 +100,7 @@ class CTRModel(nn.Module):
         self.field_sizes = field_sizes_of(fields)
         self.num_fields = len(self.field_sizes)
         # deep copy + list() so later mutation of the caller's lists cannot change the record
-        self.hparams = {k: list(v) if isinstance(v, (list, tuple)) else v
-                        for k, v in copy.deepcopy(hparams).items()}
+        self.hparams = {k: _plain(v) for k, v in copy.deepcopy(hparams).items()}
 
     def check_input(self, X: torch.Tensor) -> None:
         """Shape and dtype: what is known without reading the batch. The index range is checked

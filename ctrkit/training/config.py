@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +25,7 @@ import torch
 
 from ctrkit.core import utils
 from ctrkit.core.errors import CtrkitError
-from ctrkit.core.utils import resolve_device, resolve_threads
+from ctrkit.core.utils import as_float, as_int, as_number, did_you_mean, resolve_device, resolve_threads
 from ctrkit.models import canonical_name
 from ctrkit.training import metrics
 from ctrkit.training.losses import check_divergence, check_weight
@@ -105,24 +106,49 @@ def split_label(label: str) -> tuple[str, int]:
 
 
 def _reject_unknown(cls, d: dict, what: str) -> None:
-    valid = [f.name for f in dataclasses.fields(cls)]
+    _reject_keys(d, [f.name for f in dataclasses.fields(cls)], what)
+
+
+def _reject_keys(d: dict, valid: Sequence[str], what: str) -> None:
     unknown = sorted(set(d) - set(valid))
     if unknown:
-        raise CtrkitError(f"unknown {what} key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        raise CtrkitError(f"unknown {what} key(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
+                          f"{did_you_mean(unknown[0], valid) if len(unknown) == 1 else ''}")
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     if not isinstance(value, str) or value not in choices:
-        raise CtrkitError(f"train config {name}: expected one of {', '.join(choices)}, got {value!r}")
+        raise CtrkitError(f"train config {name}: expected one of {', '.join(choices)}, got {value!r}"
+                          f"{did_you_mean(value, choices)}")
+
+
+def check_mode(mode: Any) -> str:
+    """The one check of a run's mode (RunConfig, RunSpec, the grids through RunSpec)."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise CtrkitError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}{did_you_mean(mode, MODES)}")
+    return mode
+
+
+def check_run_weight(weight: Any) -> float:
+    """The mutual term's weight as a float: a number (`as_float`: not a string, not a bool) that
+    `losses.check_weight` accepts (>= 0, finite)."""
+    w = as_float(weight)
+    if w is None:
+        raise CtrkitError(f"mutual weight must be a number >= 0 and finite, got {weight!r}")
+    check_weight(w)
+    return w
 
 
 MAX_SEED = utils.MAX_SEED  # (in core: the data layer's split seed follows the same rule)
 
 
-def _check_int(what: str, name: str, v: Any, lo: int) -> None:
+def _check_int(what: str, name: str, v: Any, lo: int) -> int:
+    """`v` as an int (`as_int`: numpy's ints converted; bool and float refused), within bounds."""
     hi = MAX_SEED if name == "seed" else None
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+    n = as_int(v)
+    if n is None or n < lo or (hi is not None and n > hi):
         raise CtrkitError(f"{what} {name}: expected an int >= {lo}" + (f" and <= {hi}" if hi else "") + f", got {v!r}")
+    return n
 
 
 def _parse_regularizer(name: str, value: Any) -> float:
@@ -135,9 +161,10 @@ def _parse_regularizer(name: str, value: Any) -> float:
             value = float(text)
         except ValueError:
             raise CtrkitError(f"train config {name}: expected a number or l2(number), got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+    v = as_float(value)
+    if v is None or not v >= 0:
         raise CtrkitError(f"train config {name}: expected a number >= 0, got {value!r}")
-    return float(value)
+    return v
 
 
 def parse_monitor(value: Any) -> dict[str, float]:
@@ -146,16 +173,19 @@ def parse_monitor(value: Any) -> dict[str, float]:
         key = value.replace(" ", "").lower()
         if key not in _MONITOR_ALIASES:
             raise CtrkitError(f"train config monitor: unknown {value!r}; valid: AUC, logloss, AUC-logloss "
-                              f"or a dict like {{\"AUC\": 1, \"logloss\": -1}}")
+                              f"or a dict like {{\"AUC\": 1, \"logloss\": -1}}"
+                              f"{did_you_mean(value, ('AUC', 'logloss', 'AUC-logloss'))}")
         return dict(_MONITOR_ALIASES[key])
     if isinstance(value, dict) and value:
         out = {}
         for k, w in value.items():
-            if str(k).lower() not in metrics.METRICS or isinstance(w, bool) or not isinstance(w, (int, float)) \
-                    or not math.isfinite(w):  # a NaN weight would end the run at its first epoch
+            weight = as_float(w)
+            if str(k).lower() not in metrics.METRICS or weight is None \
+                    or not math.isfinite(weight):  # a NaN weight would end the run at its first epoch
+                hint = did_you_mean(str(k), ("AUC", "logloss")) if str(k).lower() not in metrics.METRICS else ""
                 raise CtrkitError(f"train config monitor: bad entry {k!r}: {w!r}; metrics: AUC, logloss, "
-                                  f"finite weights")
-            out[str(k).lower()] = float(w)
+                                  f"finite weights{hint}")
+            out[str(k).lower()] = weight
         return out
     raise CtrkitError(f"train config monitor: expected AUC, logloss, AUC-logloss or a dict, got {value!r}")
 
@@ -179,21 +209,22 @@ class TrainConfig:
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
-        _check_int("train config", "patience", self.patience, 0)
+        set_("patience", _check_int("train config", "patience", self.patience, 0))
         for name in ("lr", "lr_decay", "min_lr"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-                raise CtrkitError(f"train config {name}: expected a finite number > 0, got {v!r}")
-            set_(name, float(v))
+            v = as_float(getattr(self, name))
+            if v is None or not (v > 0 and math.isfinite(v)):
+                raise CtrkitError(f"train config {name}: expected a finite number > 0, got {getattr(self, name)!r}")
+            set_(name, v)
         if self.lr_decay >= 1:  # the plateau schedule's factor: it must lower the lr
             raise CtrkitError(f"train config lr_decay: expected a number in (0, 1), got {self.lr_decay!r}")
         set_("embedding_regularizer", _parse_regularizer("embedding_regularizer", self.embedding_regularizer))
         set_("net_regularizer", _parse_regularizer("net_regularizer", self.net_regularizer))
         if self.clip_grad_norm is not None:
-            v = self.clip_grad_norm
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise CtrkitError(f"train config clip_grad_norm: expected a number > 0 or null, got {v!r}")
-            set_("clip_grad_norm", float(v))
+            v = as_float(self.clip_grad_norm)
+            if v is None or not v > 0:
+                raise CtrkitError(f"train config clip_grad_norm: expected a number > 0 or null, got "
+                                  f"{self.clip_grad_norm!r}")
+            set_("clip_grad_norm", v)
         parse_monitor(self.monitor)
 
     @classmethod
@@ -214,6 +245,15 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- what the loop runs
+
+
+def _train_configs(peers: Any) -> tuple:
+    """RunConfig.peers as TrainConfigs: one TrainConfig or dict (one peer), or a list/tuple of them."""
+    if isinstance(peers, (TrainConfig, dict)):
+        peers = [peers]
+    if not isinstance(peers, (list, tuple)) or not all(isinstance(p, (TrainConfig, dict)) for p in peers):
+        raise CtrkitError(f"run config peers: expected a TrainConfig or dict per peer (a list of them), got {peers!r}")
+    return tuple(p if isinstance(p, TrainConfig) else TrainConfig.from_dict(p) for p in peers)
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -246,23 +286,22 @@ class RunConfig:
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
-        if self.mode not in MODES:
-            raise CtrkitError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
-        check_weight(self.weight)
+        check_mode(self.mode)
+        set_("weight", stored_weight(self.mode, check_run_weight(self.weight)))
         check_divergence(self.divergence)
-        set_("weight", stored_weight(self.mode, self.weight))
         for name in ("warmup_steps", "epochs", "batch_size", "seed", "eval_batch_size", "check_every"):
-            _check_int("train config", name, getattr(self, name), 0 if name in ("warmup_steps", "seed", "epochs") else 1)
+            set_(name, _check_int("train config", name, getattr(self, name),
+                                  0 if name in ("warmup_steps", "seed", "epochs") else 1))
         _check_choice("amp", self.amp, AMP_CHOICES)
         _check_choice("graph", self.graph, GRAPH_CHOICES)
         _check_choice("compile", self.compile, COMPILE_CHOICES)
         set_("device", str(self.device))
         if self.threads not in (None, "auto"):
             resolve_threads(self.threads)  # a bad value is an error now, not at the start of training
+            set_("threads", as_int(self.threads) if as_int(self.threads) is not None else self.threads)
         if not isinstance(self.progress, bool):
             raise CtrkitError(f"train config progress: expected true or false, got {self.progress!r}")
-        peers = [self.peers] if isinstance(self.peers, (TrainConfig, dict)) else list(self.peers)
-        set_("peers", tuple(p if isinstance(p, TrainConfig) else TrainConfig.from_dict(p) for p in peers))
+        set_("peers", _train_configs(self.peers))
         if len(self.peers) < min_peers(self.mode):
             raise CtrkitError(f"mode {self.mode!r} needs at least {min_peers(self.mode)} peers, got {len(self.peers)}")
 
@@ -275,10 +314,7 @@ class RunConfig:
     def single(cls, train: dict | None = None) -> "RunConfig":
         """One model trained alone (`fit`) from a flat train dict (a preset's `train` plus run keys)."""
         train = dict(train or {})
-        unknown = sorted(set(train) - set(TRAIN_DICT_KEYS) - set(_RUN_ONLY_KEYS))
-        if unknown:
-            raise CtrkitError(f"unknown train config key(s) {', '.join(unknown)}; valid: "
-                              f"{', '.join((*TRAIN_DICT_KEYS, *_RUN_ONLY_KEYS))}")
+        _reject_keys(train, (*TRAIN_DICT_KEYS, *_RUN_ONLY_KEYS), "train config")
         peer = TrainConfig.from_dict({k: v for k, v in train.items() if k not in (*RUN_TRAIN_KEYS, *_RUN_ONLY_KEYS)})
         run = {k: v for k, v in train.items() if k in (*RUN_TRAIN_KEYS, *_RUN_ONLY_KEYS)}
         return cls(mode="alone", weight=0.0, peers=(peer,), **run)
@@ -301,7 +337,9 @@ class RunConfig:
         return {key: peer[key] if key in peer else run[key] for key in TRAIN_DICT_KEYS}
 
     def replace(self, **changes: Any) -> "RunConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes`, checked as a new RunConfig; an unknown key is a one-line CtrkitError
+        as in `TrainConfig.replace` (dataclasses.replace would raise Python's TypeError)."""
+        return RunConfig.from_dict({**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **changes})
 
 
 TRAIN_DICT_KEYS: tuple[str, ...] = (*_TRAIN_DICT_ORDER,
@@ -314,6 +352,15 @@ def normalize_train_dict(train: dict) -> dict:
 
 
 # ---------------------------------------------------------------- a mutual run, as the store keys it
+
+
+def _peer_names(peers: Any) -> list[str]:
+    """RunSpec.peers as model names (or labels): "DeepFM,DCN" or a list/tuple of names."""
+    names = peers.split(",") if isinstance(peers, str) else peers
+    names = list(names) if isinstance(names, Iterable) and not isinstance(names, dict) else None
+    if names is None or not all(isinstance(p, str) for p in names):
+        raise CtrkitError(f"peers: expected model names (a list, or one string like 'DeepFM,DCN'), got {peers!r}")
+    return [p.strip() for p in names if p.strip()]
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -352,8 +399,7 @@ class RunSpec:
     compile: str = "off"
 
     def __post_init__(self):
-        peers = self.peers.split(",") if isinstance(self.peers, str) else self.peers
-        object.__setattr__(self, "peers", tuple(peer_labels([canonical_name(p.strip()) for p in peers if p.strip()])))
+        object.__setattr__(self, "peers", tuple(peer_labels([canonical_name(p) for p in _peer_names(self.peers)])))
         if isinstance(self.overrides, dict) or self.overrides is None:
             object.__setattr__(self, "overrides", tuple(sorted((self.overrides or {}).items())))
         if self.ckpt_dir is not None:
@@ -379,25 +425,21 @@ class RunSpec:
         return resolve_device(self.device)
 
     def validate(self) -> None:
-        if self.init not in INITS:
-            raise CtrkitError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
-        if self.mode not in MODES:
-            raise CtrkitError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
-        check_weight(self.weight)
+        """Every setting checked, its numbers made Python's (`as_int`/`as_number`: numpy's converted)."""
+        if not isinstance(self.init, str) or self.init not in INITS:
+            raise CtrkitError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}{did_you_mean(self.init, INITS)}")
+        check_mode(self.mode)
+        self._check_numbers()
         check_divergence(self.divergence)
+        parse_monitor(self.finetune_monitor)  # a typo fails here, not when the first pretrained peer loads
         if len(self.peers) < min_peers(self.mode):
-            raise CtrkitError(f"--peers: mode {self.mode!r} needs at least {min_peers(self.mode)} peers, got "
+            raise CtrkitError(f"peers: mode {self.mode!r} needs at least {min_peers(self.mode)} peers, got "
                               f"{len(self.peers)} ({','.join(self.peers)})")
         if self.mode == "ensemble" and self.init != "pretrained":
             raise CtrkitError("mode 'ensemble' averages pretrained peers: use --init pretrained with --ckpt-dir")
         if any(self.from_checkpoint) and self.ckpt_dir is None:
             raise CtrkitError(f"init {self.init!r} / mode {self.mode!r} needs --ckpt-dir (one `pretrain --out` folder "
                               f"per model)")
-        if not (isinstance(self.finetune_lr_scale, (int, float)) and 0 < self.finetune_lr_scale < math.inf):
-            raise CtrkitError(f"finetune_lr_scale: expected a finite number > 0, got {self.finetune_lr_scale!r}")
-        for name in ("finetune_epochs", "warmup_steps", "seed") + tuple(
-                n for n in ("epochs", "batch_size") if getattr(self, n) is not None):
-            _check_int("run setting", name, getattr(self, name), 1 if name != "warmup_steps" and name != "seed" else 0)
         if self.tag not in TAGS:
             raise CtrkitError(f"tag: expected one of {TAGS}, got {self.tag!r}")
         _check_choice("graph", self.graph, GRAPH_CHOICES)
@@ -408,6 +450,19 @@ class RunSpec:
             raise CtrkitError(f"share_embedding: the peers share one table trained from scratch; init {self.init!r} / "
                               f"mode {self.mode!r} loads pretrained tables (use init scratch, mode mutual, alone, "
                               f"ensemble_teacher or ektf)")
+
+    def _check_numbers(self) -> None:
+        set_ = functools.partial(object.__setattr__, self)
+        set_("weight", check_run_weight(self.weight))
+        # as_number: an int stays an int, as the run key has always recorded it (1 and 1.0 key apart)
+        scale = as_number(self.finetune_lr_scale)
+        if scale is None or not 0 < scale < math.inf:
+            raise CtrkitError(f"finetune_lr_scale: expected a finite number > 0, got {self.finetune_lr_scale!r}")
+        set_("finetune_lr_scale", scale)
+        for name in ("finetune_epochs", "warmup_steps", "seed") + tuple(
+                n for n in ("epochs", "batch_size") if getattr(self, n) is not None):
+            lo = 0 if name in ("warmup_steps", "seed") else 1
+            set_(name, _check_int("run setting", name, getattr(self, name), lo))
 
     def settings(self) -> dict:
         """Every setting that changes a result, as stored; what is irrelevant to this run is None."""
@@ -470,6 +525,10 @@ class PretrainSpec:
     def __post_init__(self):
         _check_choice("graph", self.graph, GRAPH_CHOICES)
         _check_choice("compile", self.compile, COMPILE_CHOICES)
+        # checked as RunConfig.single will, but now: the baseline's key records them (np.int64 as a string)
+        object.__setattr__(self, "seed", _check_int("pretrain setting", "seed", self.seed, 0))
+        if self.epochs is not None:
+            object.__setattr__(self, "epochs", _check_int("pretrain setting", "epochs", self.epochs, 0))
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainSpec":
