@@ -10,8 +10,8 @@ import pytest
 from ctrkit import experiments, models
 from ctrkit.core import utils
 from ctrkit.core.utils import CtrkitError, seed_everything
-from ctrkit.experiments import runs
-from ctrkit.training import config as C
+from ctrkit.experiments import designs, runs
+from ctrkit.training import config as C, losses, presets
 
 TWO = (C.TrainConfig(), C.TrainConfig())
 
@@ -190,6 +190,8 @@ def test_run_config_replace_rejects_unknown_keys_like_train_config():
     (lambda: C.RunConfig(peers=TWO, amp="bf61"), "bf16"),
     (lambda: C.RunSpec.from_dict({"peers": ("LR", "FM"), "wieght": 1}), "weight"),
     (lambda: C.RunConfig.single({"epoch": 1}), "epochs"),
+    (lambda: presets.get("DeepFM", "quik"), "quick"),
+    (lambda: losses.check_divergence("mes"), "mse"),
 ])
 def test_typos_get_a_did_you_mean(make, suggestion):
     with pytest.raises(CtrkitError, match=f"did you mean '{suggestion}'\\?$"):
@@ -323,3 +325,37 @@ def test_pretrain_with_its_defaults_trains(criteo_small, one_thread):
     with pytest.raises(CtrkitError, match="resume=True needs out_dir"):
         runs.pretrain(C.PretrainSpec(model="LR", preset="smoke", epochs=1, device="cpu", threads=1, progress=False),
                       criteo_small, resume=True)
+
+
+# ---------------------------------------------------------------- the same rule further out
+
+
+def test_workers_take_numpy_ints_and_refuse_bools():
+    from ctrkit.experiments.workers import check_workers
+
+    assert check_workers(np.int64(2)) == 2 and type(check_workers(np.int64(2))) is int
+    for bad in (True, 1.5, 0):
+        with pytest.raises(CtrkitError, match="workers must be a positive int"):
+            check_workers(bad)
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda: designs.partner_subsets(target="DCN", n_peers=True), "n_peers must be an integer"),
+    (lambda: designs.peer_count_sets(max_peers=True), "max_peers must be an integer"),
+    (lambda: designs.sweep_grid(weights=[float("nan")], lr_scales=[1]), "weight values must be non-negative"),
+    (lambda: designs.sweep_grid(weights=[1], lr_scales=[True]), "finetune_lr_scale values must be non-negative"),
+    (lambda: models.build("FiBiNET", [3, 4], reduction_ratio=float("nan")), "reduction_ratio must be a positive"),
+])
+def test_designs_and_models_refuse_bools_and_nan(make, says):
+    with pytest.raises(CtrkitError, match=says):
+        make()
+    assert designs.partner_subsets(target="DCN", n_peers=np.int64(2))[0] == ("DeepFM",)
+
+
+def test_a_numpy_seed_finds_the_synthetic_cache(tmp_path):
+    from ctrkit.data import ingest
+
+    first = ingest.synthetic_dataset("criteo", 300, tmp_path, seed=np.int64(5))
+    stamp = (tmp_path / "raw" / "synth.json").stat().st_mtime_ns
+    again = ingest.synthetic_dataset("criteo", 300, tmp_path, seed=5)  # was stored as "5": never matched
+    assert again.fingerprint == first.fingerprint and (tmp_path / "raw" / "synth.json").stat().st_mtime_ns == stamp

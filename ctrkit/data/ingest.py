@@ -295,7 +295,7 @@ def synthetic_dataset(dataset: str, rows: int, out, seed: int = 2021, protocol: 
 
     from ctrkit.data import synth
 
-    out = Path(out)
+    out, seed = Path(out), check_seed(seed)  # a numpy int would be cached as text and never match
     raw_dir, data_dir = out / "raw", out / "data"
     meta = raw_dir / "synth.json"
     want = {"dataset": dataset, "rows": int(rows), "seed": seed}

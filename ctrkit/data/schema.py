@@ -35,7 +35,7 @@ from pathlib import Path
 
 from ctrkit.data.keys import floats
 from ctrkit.core.errors import CtrkitError
-from ctrkit.core.utils import MAX_SEED  # the seed rule of every ctrkit seed (the package imports torch anyway)
+from ctrkit.core.utils import MAX_SEED, as_int  # the seed and number rules of all ctrkit (the package imports torch anyway)
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]
@@ -70,14 +70,9 @@ def _set(obj, key: str, value) -> None:
     object.__setattr__(obj, key, value)  # a frozen dataclass storing its own normalised value
 
 
-def _int(v) -> int | None:
-    """v as an int when it is an integer (Python or NumPy; a bool is not), else None."""
-    return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else None
-
-
 def check_seed(v, where: str = "", key: str = "seed") -> int:
     """A seed as an int: the rule of every ctrkit seed (torch's signed 64 bits, 0..2**63-1)."""
-    s = _int(v)
+    s = as_int(v)
     if s is None or not 0 <= s <= MAX_SEED:
         raise _bad(where, key, f"expected an integer from 0 to 2**63-1, got {v!r}")
     return s
@@ -203,7 +198,7 @@ class Numeric:
                                        f"edges {self.edges!r})")
         if self.edges is not None:
             _set(self, "edges", _edges(self.edges, where))
-        bins = _int(self.bins)
+        bins = as_int(self.bins)
         if bins is None or not 2 <= bins <= MAX_BINS:
             raise _bad(where, "bins", f"expected an integer from 2 to {MAX_BINS}, got {self.bins!r}")
         _set(self, "bins", bins)
@@ -287,7 +282,7 @@ class Derive:
             raise _bad(where, "rule", f"unknown rule {self.rule!r}; valid: {', '.join(DERIVE_RULES)}")
         if not isinstance(self.sep, str) or not self.sep:
             raise _bad(where, "sep", f"expected a non-empty string, got {self.sep!r}")
-        length = _int(self.length)
+        length = as_int(self.length)
         if length is None or length < 1:
             raise _bad(where, "length", f"expected an integer >= 1, got {self.length!r}")
         _set(self, "length", length)
@@ -307,7 +302,7 @@ class Split:
 
     def __post_init__(self):
         r = self.ratios
-        ints = [_int(x) for x in r] if isinstance(r, (list, tuple)) else [None]
+        ints = [as_int(x) for x in r] if isinstance(r, (list, tuple)) else [None]
         if len(ints) != 3 or None in ints or min(ints) < 0 or ints[0] < 1 or sum(ints) > 1000:
             # fractions such as 0.8, 0.1, 0.1 are refused: the split assigns blocks of sum(ratios) rows
             hint = "; ratios are whole numbers, e.g. [8, 1, 1] for 80/10/10" \
@@ -360,7 +355,7 @@ class DatasetSchema:
         for key, cls in (("numeric", Numeric), ("time", Time), ("join", Join), ("derive", Derive)):
             _set(self, key, tuple(x if isinstance(x, cls) else cls.from_dict(x, f"{key}[{i}]")
                                   for i, x in enumerate(_items(getattr(self, key), key))))
-        min_count = _int(self.min_count)
+        min_count = as_int(self.min_count)
         if min_count is None or min_count < 1:
             raise CtrkitError(f"min_count: expected an integer >= 1, got {self.min_count!r}")
         _set(self, "min_count", min_count)

@@ -10,12 +10,13 @@ Nothing here trains or reads files; `ctrkit.analysis.tables` and the notebooks c
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from ctrkit.core.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError, as_int, as_number
 
 # The paper's four models: the default pool of the peer-count and partner designs (FM/LR are not
 # among the paper's models, so they never enter a peer set unless asked for).
@@ -36,7 +37,7 @@ def partner_subsets(*, target: str, pool: Sequence[str] = PAPER_MODELS, n_peers:
     of the pool without the target, in pool order. n_peers = 1 gives [()] (the alone control)."""
     pool = _pool(pool)
     others = [m for m in pool if m != target]
-    if not isinstance(n_peers, (int, np.integer)) or not 1 <= n_peers <= len(others) + 1:
+    if as_int(n_peers) is None or not 1 <= n_peers <= len(others) + 1:
         raise CtrkitError(f"n_peers must be an integer in 1..{len(others) + 1} for target {target!r} "
                           f"and pool {pool}, got {n_peers!r}")
     return list(itertools.combinations(others, int(n_peers) - 1))
@@ -58,7 +59,7 @@ def peer_count_sets(*, pool: Sequence[str] = PAPER_MODELS, max_peers: int | None
     the whole pool), smallest first. With these, every target has all its partner subsets for every N."""
     pool = _pool(pool)
     top = len(pool) if max_peers is None else max_peers
-    if not isinstance(top, (int, np.integer)) or not 2 <= top <= len(pool):
+    if as_int(top) is None or not 2 <= top <= len(pool):
         raise CtrkitError(f"max_peers must be an integer in 2..{len(pool)}, got {max_peers!r}")
     return [list(c) for n in range(2, int(top) + 1) for c in itertools.combinations(pool, n)]
 
@@ -68,7 +69,7 @@ def sweep_grid(*, weights: Sequence[float], lr_scales: Sequence[float]) -> list[
     if not weights or not lr_scales:
         raise CtrkitError(f"a sweep needs at least one weight and one lr scale, got {weights!r} x {lr_scales!r}")
     for name, values in (("weight", weights), ("finetune_lr_scale", lr_scales)):
-        if any(not isinstance(v, (int, float)) or v < 0 for v in values):
+        if any(as_number(v) is None or not 0 <= v < math.inf for v in values):  # NaN, inf and True too
             raise CtrkitError(f"sweep {name} values must be non-negative numbers, got {list(values)}")
     return [{"weight": float(w), "finetune_lr_scale": float(s)} for w in weights for s in lr_scales]
 

@@ -32,7 +32,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
-from ctrkit.core.utils import CtrkitError, cpu_slots, die_with_parent, resolve_device
+from ctrkit.core.utils import CtrkitError, as_int, cpu_slots, die_with_parent, resolve_device
 
 __all__ = ["InOrder", "check_workers", "default_workers", "hold_until_recorded", "resolve_workers", "run_jobs",
            "shutdown"]
@@ -58,9 +58,10 @@ def check_workers(workers) -> int | str:
     """`workers` as given when valid (a positive int or "auto"); one-line CtrkitError otherwise."""
     if isinstance(workers, str) and workers.strip().lower() == "auto":
         return "auto"
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    n = as_int(workers)
+    if n is None or n < 1:
         raise CtrkitError(f"workers must be a positive int or 'auto', got {workers!r}")
-    return workers
+    return n
 
 
 def default_workers(device: str, threads) -> int:

@@ -9,11 +9,13 @@ F (field_each) or P (field_interaction).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ctrkit.models import layers
 from ctrkit.models.base import CTRModel, check_activation, check_deep_args
-from ctrkit.core.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError, as_number
 
 
 class FiBiNET(CTRModel):
@@ -25,7 +27,7 @@ class FiBiNET(CTRModel):
                  excitation_activation: str = "ReLU"):
         hidden_units = check_deep_args(embedding_dim, hidden_units, hidden_activations, net_dropout, batch_norm)
         check_activation("excitation_activation", excitation_activation)
-        if isinstance(reduction_ratio, bool) or not isinstance(reduction_ratio, (int, float)) or reduction_ratio <= 0:
+        if as_number(reduction_ratio) is None or not 0 < reduction_ratio < math.inf:  # NaN fails too
             raise CtrkitError(f"hyperparameter reduction_ratio must be a positive number, got {reduction_ratio!r}")
         if bilinear_type not in layers.BILINEAR_TYPES:
             raise CtrkitError(f"hyperparameter bilinear_type must be one of {list(layers.BILINEAR_TYPES)}, "

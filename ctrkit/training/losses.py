@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ctrkit.core.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError, did_you_mean
 
 DIVERGENCES = ("mse", "kl")
 # The rules that learn from every peer of the run: their targets are all N peers' probabilities,
@@ -34,7 +34,8 @@ def check_weight(weight: float) -> None:
 
 def check_divergence(divergence: str) -> None:
     if divergence not in DIVERGENCES:
-        raise CtrkitError(f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
+        raise CtrkitError(f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}"
+                          f"{did_you_mean(divergence, DIVERGENCES)}")
 
 
 def divergence_to(own_logits: torch.Tensor, others_probs: torch.Tensor, divergence: str = "mse") -> torch.Tensor:

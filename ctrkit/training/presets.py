@@ -16,7 +16,7 @@ from functools import lru_cache
 from importlib import resources
 
 from ctrkit.models import MODELS, canonical_name
-from ctrkit.core.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError, did_you_mean
 
 DATASETS = ("criteo", "avazu")          # BARS presets for every protocol of PROTOCOLS
 PROTOCOLS = ("x1", "x4_001", "x4_002")
@@ -64,7 +64,7 @@ def get(model: str, preset: str, dataset: str | None = None, protocol: str | Non
     """The `preset` for `model`. smoke/quick/full ignore dataset/protocol; bars requires them."""
     name = canonical_name(model)
     if preset not in names():
-        raise CtrkitError(f"unknown preset {preset!r}; valid: {', '.join(names())}")
+        raise CtrkitError(f"unknown preset {preset!r}; valid: {', '.join(names())}{did_you_mean(preset, names())}")
     data = _load("presets.json")
     if preset != "bars":
         entry, source = data[preset][name], {}
