@@ -359,3 +359,8 @@ def test_a_numpy_seed_finds_the_synthetic_cache(tmp_path):
     stamp = (tmp_path / "raw" / "synth.json").stat().st_mtime_ns
     again = ingest.synthetic_dataset("criteo", 300, tmp_path, seed=5)  # was stored as "5": never matched
     assert again.fingerprint == first.fingerprint and (tmp_path / "raw" / "synth.json").stat().st_mtime_ns == stamp
+
+
+def test_a_misspelt_device_for_a_split_is_one_line(criteo_small):
+    with pytest.raises(CtrkitError, match=r"^device 'cdua': not a torch device"):
+        criteo_small.tensors("valid", "cdua")

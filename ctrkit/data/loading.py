@@ -85,7 +85,10 @@ class CTRData:
         """
         import torch
 
-        key = (split, str(torch.device(device)))
+        try:
+            key = (split, str(torch.device(device)))
+        except (RuntimeError, TypeError):  # torch's multi-line "Expected one of cpu, cuda, ..."
+            raise CtrkitError(f"device {device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
         if key not in self._tensors:
             X, y = self.numpy(split, mmap=False)
             if split not in self._checked:
