@@ -71,8 +71,8 @@ def test_partner_slopes_one_line_per_model(tmp_path):
                          "rel_pct": 0.1 + rng.normal(0, 0.01)} for t in MODELS for p in MODELS if p != t for s in range(3)])
     slopes = pd.DataFrame({"target": MODELS, "slope_mean": [1.5, -2.0, 0.5, 3.0], "slope_ci_low": [0.5, -4, -1, 1],
                            "slope_ci_high": [2.5, 0, 2, 5], "intercept": [-1.0, 1.5, -0.3, -2.0]})
-    _check(plots.partner_slopes(pts, slopes, tmp_path / "slopes", caption=CAP), "slope +1.5 [+0.5, +2.5]",
-           "slope -2.0 [-4.0, +0.0]", "partner's pretrained AUC")
+    _check(plots.partner_slopes(pts, slopes, tmp_path / "slopes", caption=CAP), "slope +1.500 [+0.500, +2.500]",
+           "slope -2.000 [-4.000, +0.000]", "partner's pretrained AUC", "per 0.01 of AUC")
 
 
 def test_peer_count_measured_points_with_intervals(tmp_path):

@@ -301,8 +301,8 @@ def test_partner_slopes_one_per_model_from_the_points(tmp_path):
     slopes = tables.partner_slopes(s).set_index("target")
     # one point per partner: the seeds of a partner are not independent evidence about its AUC
     g = pts[pts["target"] == "DCN"].groupby("partner")[["partner_auc", "rel_pct"]].mean()
-    fit = stats.linregress(g["partner_auc"], g["rel_pct"])
-    assert slopes.loc["DCN", "slope_mean"] == pytest.approx(np.polyfit(g["partner_auc"], g["rel_pct"], 1)[0])
+    fit = stats.linregress(g["partner_auc"] / 0.01, g["rel_pct"])  # in rel % per AUC point
+    assert slopes.loc["DCN", "slope_mean"] == pytest.approx(np.polyfit(g["partner_auc"], g["rel_pct"], 1)[0] / 100)
     half = stats.t.ppf(0.975, 3 - 2) * fit.stderr
     assert fit.stderr > 0 and slopes.loc["DCN", "slope_ci_high"] == pytest.approx(fit.slope + half)
     assert slopes.loc["DCN", "n_points"] == 9 and slopes.loc["DCN", "n_partners"] == 3

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from ctrkit.analysis.stats import t_interval
+from ctrkit.analysis.stats import AUC_POINT, t_interval
 from ctrkit.core.extras import require
 from ctrkit.core.utils import CtrkitError, atomic_path
 
@@ -263,8 +263,9 @@ def partner_slopes(
             if len(s):
                 s = s.iloc[0]
                 xs = np.linspace(g["partner_auc"].min(), g["partner_auc"].max(), 20)
-                ax.plot(xs, s["intercept"] + s["slope_mean"] * xs, color="black", linewidth=1, linestyle="--")
-                ax.set_title(f"{t}\nslope {s['slope_mean']:+.1f} [{s['slope_ci_low']:+.1f}, {s['slope_ci_high']:+.1f}]",
+                ax.plot(xs, s["intercept"] + s["slope_mean"] * xs / AUC_POINT, color="black", linewidth=1,
+                        linestyle="--")
+                ax.set_title(f"{t}\nslope {s['slope_mean']:+.3f} [{s['slope_ci_low']:+.3f}, {s['slope_ci_high']:+.3f}]",
                              fontsize=7)
             else:
                 ax.set_title(t, fontsize=7)
@@ -277,7 +278,7 @@ def partner_slopes(
         fig.legend([handles[p] for p in partners if p in handles], [p for p in partners if p in handles],
                    title="partner", loc="upper left", bbox_to_anchor=(1.0, 0.9), frameon=False)
         fig.suptitle(title + " (dots: seeds; diamonds: mean over seeds [95% paired t-interval]; slope: rel. % "
-                     "per unit of AUC, 95% t-interval)", fontsize=8)
+                     f"per {AUC_POINT:g} of AUC, 95% t-interval)", fontsize=8)
         _caption(fig, caption)
         return save(fig, out)
 

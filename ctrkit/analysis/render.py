@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ctrkit.analysis.pairing import paper_order
-from ctrkit.analysis.stats import CI_NAME, MIN_WILCOXON
+from ctrkit.analysis.stats import AUC_POINT, CI_NAME, MIN_WILCOXON
 from ctrkit.core.utils import CtrkitError
 
 FORMATS = ("md", "csv", "tex")
@@ -32,7 +32,7 @@ CAPTIONS = {
                       "pretrained test AUC, one point per partner (means over seeds: a partner's seeds are not "
                       "independent), 95% t-interval of the slope (n_partners - 2 df: with 3 partners one df, "
                       "so descriptive); n_points: the seed-level points behind the partner means; the slope is "
-                      "in % per 1.0 of partner AUC, far beyond the range the partners span.",
+                      f"in % per {AUC_POINT:g} of partner AUC (one AUC point).",
     "peer_count": f"N peers: per target, the mean over all partner subsets of size N - 1 of the other paper models; "
                   f"rel % = mutual - alone, gain = over the pretrained model, {CI_NAME} over seeds; N = 1: the control; "
                   "p_ttest: paired t-test of the AUC difference; p_holm: Holm across every model and N of the setting.",

@@ -16,6 +16,9 @@ import pandas as pd
 LEVEL = 0.95
 MIN_WILCOXON = 6
 CI_NAME = "95% paired t-interval"
+# The unit of a slope against a partner's AUC: rel % per 0.01 of AUC (one AUC point), the scale the
+# pretrained partners differ on (per 1.0 of AUC reads as an effect far outside any partner's range)
+AUC_POINT = 0.01
 NOTE_FEW = "<2 pairs: no CI or test"
 NOTE_NO_WILCOXON = f"<{MIN_WILCOXON} pairs: no Wilcoxon"
 # both arms gave the same AUC in every pair (e.g. finetuning where both kept the pretrained weights):

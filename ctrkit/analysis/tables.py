@@ -22,7 +22,7 @@ import pandas as pd
 from ctrkit.analysis.pairing import (control_runs, largest_peer_set, paper_order, seed_pairs, setting_columns,
                                      versus_alone)
 from ctrkit.analysis.records import CONTROL_FIELDS, flat_settings, per_file_version, records
-from ctrkit.analysis.stats import LEVEL, ci_columns, paired, rel_pct, t_interval, with_holm
+from ctrkit.analysis.stats import AUC_POINT, LEVEL, ci_columns, paired, rel_pct, t_interval, with_holm
 from ctrkit.core.utils import CtrkitError
 from ctrkit.experiments import designs
 
@@ -245,7 +245,8 @@ def partner_slopes(source, *, include_exploration: bool = False,
 
 
 def slopes_of_points(pts: pd.DataFrame) -> pd.DataFrame:
-    """`partner_slopes` of a `partner_points` frame."""
+    """`partner_slopes` of a `partner_points` frame: slope and interval in rel % per AUC point
+    (`stats.AUC_POINT`), the intercept at a partner AUC of 0."""
     from scipy import stats
 
     rows = []
@@ -254,7 +255,7 @@ def slopes_of_points(pts: pd.DataFrame) -> pd.DataFrame:
         means = g.groupby("partner")[["partner_auc", "rel_pct"]].mean()
         row = {"dataset": ds, "setting_id": sid, "target": target, "n_points": len(g), "n_partners": len(means)}
         if len(means) >= 3 and np.ptp(means["partner_auc"]) > 0:
-            fit = stats.linregress(means["partner_auc"], means["rel_pct"])
+            fit = stats.linregress(means["partner_auc"] / AUC_POINT, means["rel_pct"])
             half = float(stats.t.ppf(0.5 + LEVEL / 2, len(means) - 2) * fit.stderr)
             row.update(slope_mean=float(fit.slope), slope_ci_low=fit.slope - half, slope_ci_high=fit.slope + half,
                        intercept=float(fit.intercept), r=float(fit.rvalue), p_slope=float(fit.pvalue), note="")
