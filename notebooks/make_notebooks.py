@@ -221,17 +221,22 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
     ],
     "06_explore": [
         ("md", "# 06 · Explore: the peer selector\nPick peers (models and/or pretrained checkpoints of 01), "
-               "the initialisation, the mode, the mutual weight, epochs and seed, then press **Train**: the "
-               "per-peer validation AUC is drawn live and the result table appears when done; **Stop** ends a "
-               "run after the current step and keeps nothing of it. Runs land in the results store tagged "
-               "`exploration`, which the paper's tables leave out.\n\n"
+               "the initialisation, the mode (for KD: its teacher), the mutual weight, the finetuning lr scale, "
+               "epochs and seed, then press **Train**: the per-peer validation AUC is drawn live and the result "
+               "table appears when done; **Stop** ends a run after the current step and keeps nothing of it. Runs "
+               "land in the results store tagged `exploration`, which the paper's tables leave out. Runs take the "
+               "profile's precision and threads; pretrained finetuning starts at the weight and lr scale 02's "
+               "sweep chose on validation, and a selection equal to a run of the paper's tables shows that run.\n\n"
                "The parameters must match the data under `out` (made by `make reproduce`: profile `quick`); "
                "other settings stop with a message instead of regenerating that data."),
         ("code", "from ctrkit.notebook import reproduce, widgets"),
         ("params", EXPLORE_PARAMETERS),
         ("code", SETTINGS),
+        # the profile's compute settings: a widget run is computed as the notebooks' runs are (amp "auto"
+        # would be bf16 on a CUDA/AMX machine where the profile's tables are fp32)
         ("code", "selector = widgets.PeerSelector(data, store=cfg.store, ckpt_dir=cfg.ckpt_dir, preset=cfg.preset,\n"
-                 "                                device=cfg.device)\nselector"),
+                 "                                device=cfg.device, amp=cfg.amp, threads=cfg.threads, graph=cfg.graph)\n"
+                 "selector"),
         ("md", "## Runs in the store so far (brought up to date after every run)"),
         ("code", "selector.refresh_store_view()"),
     ],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -25,10 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def pretrained(criteo_small, tmp_path_factory):
-    """Tiny real checkpoints of FM and DeepFM (smoke preset, 1 epoch) for seeds 2021 and 2022."""
+    """Tiny real checkpoints of FM and DeepFM (smoke preset, 1 epoch, fp32) for seeds 2021 and 2022; their
+    baseline records in baselines.jsonl beside the seed folders."""
     ckpt = tmp_path_factory.mktemp("ckpt")
     experiments.pretrain_baselines(criteo_small, ["FM", "DeepFM"], ckpt, preset="smoke", seeds=[2021, 2022],
-                                   epochs=1, device="cpu", progress=False)
+                                   epochs=1, device="cpu", amp="off", progress=False,
+                                   store=ckpt / "baselines.jsonl")
     return ckpt
 
 
@@ -294,3 +297,174 @@ def test_executed_05_and_06_land_where_the_readme_says(tmp_path):
         assert rel == f"notebooks/{nb}.ipynb" and f"`{rel}`" in readme
     rel = runner.Job("02_scratch_vs_finetune", "avazu", {}).executed(tmp_path).relative_to(tmp_path).as_posix()
     assert rel == "notebooks/avazu/02_scratch_vs_finetune.ipynb" and "`notebooks/<dataset>/<notebook>.ipynb`" in readme
+
+
+# ---- the audit of the selector against the tables (each test fails on the selector before it) ---------------
+
+def _sweep(data, store, ckpt):
+    """A finetuning sweep of FM+DeepFM as 02 runs it (paper runs, untagged), at the profile's fp32."""
+    experiments.run(data, [["FM", "DeepFM"]], inits=["pretrained"], modes=["alone", "mutual"], weight=[0.5, 3.0],
+                    finetune_lr_scale=[0.3, 1.0], seeds=[2021], store=store, ckpt_dir=ckpt, preset="smoke",
+                    device="cpu", amp="off", threads=1, finetune_epochs=1, progress=False)
+
+
+def test_runs_take_the_profiles_settings_and_the_sweeps_choice(criteo_small, pretrained, tmp_path):
+    # 1: the selection the tables report is the widget's default, is shown from the paper run, and
+    # trained again gives the same numbers (the profile's amp and threads, the chosen lr scale)
+    from ctrkit.analysis import tables
+
+    store = tmp_path / "store.jsonl"
+    _sweep(criteo_small, store, pretrained)
+    best = tables.chosen_setting(store, dataset=criteo_small.dataset)
+    sel = widgets.PeerSelector(criteo_small, store=store, ckpt_dir=pretrained, preset="smoke", device="cpu",
+                               amp="off", threads=1)
+    assert (sel.weight.value, sel.lr_scale.value, sel.epochs.value) == (best["weight"], best["finetune_lr_scale"], 1)
+    assert "chose on validation" in sel.defaults_note.value and "amp <code>off</code>" in sel.children[0].value
+    sel.mode.value = "mutual"
+    paper = {r["peer"]: r["test_auc"] for r in ResultsStore(store).records() if r["mode"] == "mutual"
+             and r["weight"] == best["weight"] and r["finetune_lr_scale"] == best["finetune_lr_scale"]}
+    n = len(ResultsStore(store).records())
+    _train(sel)
+    assert sel.last_error is None and sel.skipped and sel.paper_run
+    assert "as a paper run" in sel.status.value and len(ResultsStore(store).records()) == n
+    assert "lr_scale" in sel.result.value and f"<td>{best['finetune_lr_scale']:g}</td>" in sel.result.value
+
+    sel.force.value = True  # trained again, as an exploration run: the paper run's numbers
+    _train(sel)
+    assert sel.last_error is None and not sel.skipped, sel.last_error
+    mine = [r for r in ResultsStore(store).records() if r.get("tag") == widgets.EXPLORATION_TAG]
+    assert {(r["amp"], r["finetune_lr_scale"], r["weight"]) for r in mine} == \
+        {("off", best["finetune_lr_scale"], best["weight"])}
+    assert {r["peer"]: r["test_auc"] for r in mine} == pytest.approx(paper, abs=1e-6)
+
+    sel.init.value = "scratch"  # fields still at the sweep's values take scratch's (RunSpec's weight)
+    assert sel.weight.value == 1.0
+    sel.init.value = "pretrained"
+    assert sel.weight.value == best["weight"]
+
+
+def test_default_peers_have_checkpoints_in_either_folder_layout(criteo_small, pretrained, tmp_path):
+    # 2: the default selection trains on the first click; 7: a seed folder (the CLI's --ckpt-dir) works too
+    ckpt = tmp_path / "pretrained"
+    experiments.pretrain_baselines(criteo_small, ["DCN"], ckpt, preset="smoke", seeds=[2021], epochs=1,
+                                   device="cpu", progress=False)
+    shutil.copytree(pretrained / "seed2021" / "DeepFM", ckpt / "seed2021" / "DeepFM")
+    for folder in (ckpt, ckpt / "seed2021"):
+        sel = _selector(criteo_small, tmp_path / "store.jsonl", folder)
+        assert sel.checkpoints.value == str(ckpt / "seed2021") and sel.seed.value == 2021
+        assert sel.peers.value == ("DeepFM", "DCN") and sel.init.value == "pretrained"
+    sel.mode.value = "alone"
+    _train(sel)
+    assert sel.last_error is None, sel.last_error
+    assert sorted(r["peer"] for r in ResultsStore(tmp_path / "store.jsonl").records()) == ["DCN", "DeepFM"]
+
+
+def test_the_kd_teacher_is_a_control_and_is_named(criteo_small, pretrained, tmp_path):
+    # 3: the teacher is chosen, not whichever selected model the list shows first; by default the best
+    # baseline on validation (as the notebooks' KD control); the status and the table name it
+    store = tmp_path / "store.jsonl"
+    lines = [json.loads(x) for x in (pretrained / "baselines.jsonl").read_text().splitlines()]
+    for r in lines:  # DeepFM, listed after FM, is the better baseline here
+        r["valid_auc"] = 0.9 if r["peer"] == "DeepFM" else 0.6
+    store.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    sel = _selector(criteo_small, store, pretrained)
+    sel.peers.value, sel.mode.value = ("FM", "DeepFM"), "mutual"
+    assert sel.teacher.layout.display == "none"
+    # (hiding the teacher hides nothing else: each control has a layout of its own)
+    assert all(c.layout.display != "none" for c in sel._inputs if c is not sel.teacher)
+    sel.mode.value = "kd"
+    assert sel.teacher.layout.display is None and sel.teacher.options == ("FM", "DeepFM")
+    assert sel.teacher.value == "DeepFM"
+    sel.teacher.value = "FM"  # the user's pick stays while FM is selected
+    sel.peers.value = ("DeepFM", "FM")
+    assert sel.teacher.value == "FM"
+    sel.teacher.value = "DeepFM"
+    _train(sel)
+    assert sel.last_error is None, sel.last_error
+    recs = [r for r in ResultsStore(store).records() if r["mode"] == "kd"]
+    assert {r["peer_index"]: r["peer"] for r in recs} == {0: "DeepFM", 1: "FM"}
+    assert "KD teacher: DeepFM" in sel.status.value and "<td>teacher</td>" in sel.result.value
+
+
+def test_controls_are_locked_while_a_run_trains_and_labels_follow_the_run(criteo_small, pretrained, tmp_path,
+                                                                          monkeypatch):
+    # 4: a control changed mid-run (possible headless; disabled in the browser) does not relabel the run
+    titles = []
+    draw = widgets.curve_figure
+    monkeypatch.setattr(widgets, "curve_figure", lambda h, labels, *, title: titles.append(title) or draw(
+        h, labels, title=title))
+    sel = _selector(criteo_small, tmp_path / "store.jsonl", pretrained)
+    sel.peers.value, sel.init.value, sel.mode.value, sel.epochs.value = ("FM", "DeepFM"), "scratch", "mutual", 3
+    seen, on_epoch = [], sel._on_epoch
+
+    def user_edits_controls(row):
+        seen.append([c.disabled for c in (sel.peers, sel.init, sel.mode, sel.weight, sel.epochs, sel.seed)])
+        sel.mode.value, sel.init.value, sel.epochs.value = "alone", "pretrained", 50
+        on_epoch(row)
+        seen.append(sel.status.value)
+
+    sel._on_epoch = user_edits_controls
+    _train(sel)
+    assert sel.last_error is None, sel.last_error
+    assert [s for s in seen if isinstance(s, str)][:2] == ["training… epoch 1 of 3", "training… epoch 2 of 3"]
+    assert set(titles) == {"mutual (scratch): validation AUC per peer"}
+    assert seen[0] == [True] * 6
+    assert not any(c.disabled for c in sel._inputs) and not sel.train_button.disabled
+
+
+def test_a_store_that_cannot_be_read_stays_in_the_red_box(criteo_small, pretrained, tmp_path, monkeypatch):
+    # 6: nothing escapes the training thread as a traceback outside the widget
+    escaped = []
+    monkeypatch.setattr("threading.excepthook", lambda a: escaped.append(f"{a.exc_type.__name__}: {a.exc_value}"))
+    store = tmp_path / "foreign.jsonl"
+    store.write_text("peer,test_auc\nDeepFM,0.7\n")
+    sel = _selector(criteo_small, store, pretrained)
+    _train(sel)
+    assert escaped == []
+    assert "not a JSON record" in sel.last_error and "Error:" in sel.error.value
+    assert not sel.train_button.disabled and not sel._busy
+    assert "no sweep" in sel.defaults_note.value  # said, not raised, at construction
+
+
+def test_choices_are_refused_in_the_widgets_words(criteo_small, pretrained, tmp_path):
+    # 7: before a run starts, one line in the widget's terms (not the command line's)
+    sel = _selector(criteo_small, tmp_path / "store.jsonl", pretrained)
+    sel.peers.value, sel.mode.value = (), "alone"
+    _train(sel)
+    assert sel.last_error.startswith("no peers selected")
+    sel.peers.value, sel.init.value, sel.mode.value = ("FM", "DeepFM"), "scratch", "ensemble"
+    with pytest.raises(CtrkitError, match="pick init 'pretrained'") as e:
+        sel._validate()
+    assert "--" not in str(e.value)
+    sel.lr_scale.value = 0.0
+    sel.mode.value = "mutual"
+    with pytest.raises(CtrkitError, match="lr scale must be a finite number > 0"):
+        sel._validate()
+
+    sel = widgets.PeerSelector(criteo_small, store=tmp_path / "s.jsonl", ckpt_dir=pretrained, models=["deepfm", "fm"],
+                               device="cpu")
+    assert [v for _, v in sel.peers.options] == ["DeepFM", "FM"] and sel.peers.value == ("DeepFM", "FM")
+    for bad, says in ((["NoSuch"], "parameter models: unknown model 'NoSuch'"),
+                      (["DeepFM", "deepfm"], "parameter models: DeepFM is listed twice"),
+                      ("DeepFM", "parameter models: expected a non-empty list")):
+        with pytest.raises(CtrkitError, match=says):
+            widgets.PeerSelector(criteo_small, store=tmp_path / "s.jsonl", models=bad)
+    for kw, says in (({"device": "gpu"}, "parameter device"), ({"device": None}, "parameter device"),
+                     ({"amp": "fp16"}, "parameter amp"), ({"epochs": 3}, "parameter epochs: not a setting")):
+        with pytest.raises(CtrkitError, match=says):
+            widgets.PeerSelector(criteo_small, store=tmp_path / "s.jsonl", **kw)
+
+
+def test_a_diverged_auc_is_nan_not_the_dash_of_not_applicable(criteo_small, tmp_path):
+    # 8: NaN (a diverged run) and None (does not apply) read differently, in the result and in the store
+    rec = {"run_key": "k", "mode": "mutual", "init": "scratch", "peer": "DeepFM", "peers": "DeepFM+DCN", "seed": 1,
+           "weight": 1.0, "epochs": 1, "pretrained_test_auc": None, "valid_auc": float("nan"),
+           "test_auc": float("nan"), "ensemble_test_auc": float("nan")}
+    store = ResultsStore(tmp_path / "store.jsonl")
+    store.append([rec])
+    view = _selector(criteo_small, store.path, None).refresh_store_view().value
+    assert "<td>nan</td>" in view and "diverged" in view
+    request = widgets._Request(peers=["DeepFM", "DCN"], init="scratch", mode="mutual", seed=1, weight=1.0,
+                               lr_scale=0.1, epochs=1, force=False, ckpt_folder=None, out_dir=tmp_path)
+    shown = widgets.PeerSelector._result_html([rec], request)
+    assert "<td>nan</td>" in shown and "<td>–</td>" in shown and "diverged" in shown

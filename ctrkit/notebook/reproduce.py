@@ -15,6 +15,7 @@ command line, resolves DIR against the working directory before the notebooks se
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -22,10 +23,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ctrkit.core.utils import CtrkitError, atomic_path
+from ctrkit.core.utils import CtrkitError, as_int, atomic_path
 from ctrkit.notebook import profiles
 from ctrkit.notebook.profiles import (DATASETS, PROFILES, SCHEMA_SUFFIXES, SMALL_DATASETS, SYNTH_SEED,
-                                      resolve_path)
+                                      check_device, resolve_path)
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,8 @@ def settings(
     `amp` overrides the profile's precision (e.g. "bf16" to see whether bf16 moves a conclusion;
     `ctrkit compare` sets two such outputs side by side). Progress bars stay off
     (`dataclasses.replace(cfg, progress=True)` turns them on)."""
+    _check_parameters(profile=profile, out=out, data_dir=data_dir, device=device, seeds=seeds, sizes=dict(
+        rows=rows, epochs=epochs))
     schema = None
     if str(dataset).endswith(SCHEMA_SUFFIXES):
         from ctrkit.data import load_schema
@@ -196,21 +199,16 @@ def settings(
     prof = profiles.profile(profile)
     if profile == "full" and not data_dir:
         raise CtrkitError("profile full runs the BARS protocol on real data: pass data_dir (--data DIR)")
-    if seeds is not None and (not seeds or not all(isinstance(s, int) for s in seeds)):
-        raise CtrkitError(f"parameter seeds must be a non-empty list of integers, got {seeds!r}")
     from ctrkit.training.precision import AMP_CHOICES
 
     if amp is not None and amp not in AMP_CHOICES:
         raise CtrkitError(f"parameter amp must be one of {', '.join(AMP_CHOICES)} or None, got {amp!r}")
-    for name, value in (("rows", rows), ("epochs", epochs)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise CtrkitError(f"parameter {name} must be a positive integer or None, got {value!r}")
     return Settings(
         dataset=dataset, profile=profile, out=resolve_path(out), device=device,
         data_dir=resolve_path(data_dir) if data_dir else None,
-        rows=rows if rows is not None else prof["rows"], preset=prof["preset"],
-        epochs=epochs if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
-        seeds=list(seeds) if seeds is not None else prof["seeds"], models=prof["models"],
+        rows=int(rows) if rows is not None else prof["rows"], preset=prof["preset"],
+        epochs=int(epochs) if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
+        seeds=[int(x) for x in seeds] if seeds is not None else prof["seeds"], models=prof["models"],
         patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
         threads=prof["threads"], workers=prof.get("workers", 1), amp=amp if amp is not None else prof["amp"],
         graph=prof.get("graph", "auto"), schema=schema,
@@ -218,6 +216,38 @@ def settings(
         min_steps=prof.get("min_steps"),
         variant_seeds=_variant_seeds(prof, seeds),
     )
+
+
+def _check_parameters(*, profile, out, data_dir, device, seeds, sizes: dict) -> None:
+    """One line naming the parameter for a value settings() cannot use, before it is used: papermill
+    passes what was typed (`-p seeds 2021` is an int, `-p out ''` an empty path, which would put the
+    data into the repository root)."""
+    from ctrkit.core.utils import MAX_SEED
+
+    if not isinstance(profile, str) or profile not in PROFILES:
+        raise CtrkitError(f"parameter profile: unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+    for name, value in (("out", out), ("data_dir", data_dir)):
+        if name == "data_dir" and value in (None, ""):  # no data_dir: synthetic data
+            continue
+        if not isinstance(value, (str, os.PathLike)):
+            raise CtrkitError(f"parameter {name}: expected a folder path, got {value!r}")
+        if not str(value).strip():
+            raise CtrkitError(f"parameter {name}: an empty path is the repository root; give a folder, e.g. "
+                              f"{'results' if name == 'out' else 'data/criteo'!r}")
+    check_device(device)
+    for name, value in sizes.items():
+        if value is not None and (as_int(value) is None or value < 1):
+            raise CtrkitError(f"parameter {name}: expected a positive integer or None, got {value!r}")
+    if seeds is None:
+        return
+    if not isinstance(seeds, (list, tuple)) or not seeds:
+        raise CtrkitError(f"parameter seeds: expected a non-empty list of seeds, e.g. [2021], got {seeds!r}")
+    bad = [x for x in seeds if as_int(x) is None or not 0 <= x <= MAX_SEED]
+    if bad:
+        raise CtrkitError(f"parameter seeds: each seed is an integer in 0..{MAX_SEED}, got {bad[0]!r}")
+    twice = sorted({x for x in seeds if list(seeds).count(x) > 1})
+    if twice:
+        raise CtrkitError(f"parameter seeds: {twice[0]} is listed twice (each seed runs once)")
 
 
 def _variant_seeds(prof: dict, seeds: Sequence[int] | None) -> list[int]:
