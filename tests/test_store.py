@@ -204,3 +204,44 @@ def test_csv_export_replaces_only_an_earlier_export(tmp_path):
     assert mine.read_text() == "model,auc\nDeepFM,0.8\n" and link.is_symlink()
     with pytest.raises(CtrkitError, match="is a folder; give the CSV file's path"):
         s.to_csv(tmp_path)
+
+
+def test_lookups_read_a_settled_store_once_and_see_every_change(tmp_path, monkeypatch):
+    # a grid looks every run up before training: a read and a scan per lookup grew with the square of its runs
+    from pathlib import Path
+
+    from ctrkit.experiments import store as S
+
+    path = tmp_path / "r.jsonl"
+    s = ResultsStore(path)
+    for k in ("a", "b", "c"):
+        s.append(_run(k))
+    old = path.stat().st_mtime - 60
+    os.utime(path, (old, old))  # settled: written a minute ago
+    reads = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda p: reads.append(p) or real(p))
+    for _ in range(3):
+        assert s.has_run("b") and not s.has_run("z") and s.run_keys() == {"a", "b", "c"}
+        assert [r["peer"] for r in s.run_records("c")] == ["M0", "M1", "M2"]
+    assert len(reads) == 1
+    s.append(_run("d", n=2))  # an append changes the size: read again (each lookup while it is fresh)
+    assert s.has_run("d") and len(s.run_records("d")) == 2 and len(reads) == 3
+    os.utime(path, (old, old))
+    assert s.has_run("d") and s.has_run("a") and len(s.run_records("d")) == 2 and len(reads) == 4
+    s.append(_run("b", n=2))  # a re-run: the lookup returns its newest append
+    assert [r["peer"] for r in s.run_records("b")] == ["M0", "M1"]
+    brute = [r for r in s.records() if r["run_key"] == "b"]
+    assert [r["append_id"] for r in s.run_records("b")] == [r["append_id"] for r in brute]
+
+
+def test_a_same_size_rewrite_just_after_a_read_is_seen(tmp_path):
+    # size and mtime can stay the same within the file system's mtime granularity: a fresh file is read again
+    path = tmp_path / "r.jsonl"
+    s = ResultsStore(path)
+    s.append(_run("a"))
+    assert s.run_records("a")[0]["test_auc"] == 0.7
+    text = path.read_text()
+    path.write_text(text.replace('"test_auc": 0.7,', '"test_auc": 0.9,', 1))
+    assert path.stat().st_size == len(text)
+    assert s.run_records("a")[0]["test_auc"] == 0.9

@@ -201,6 +201,22 @@ def test_tables_never_mix_settings(tmp_path):
     assert t.groupby("settings_key").size().tolist() == [2, 2, 2]
 
 
+def test_one_sweep_per_file_version_however_the_tables_ask_for_it(store, tmp_path):
+    # the notebooks' cells each ask: finetune's sweep(src, peers=None) and sweep(src) were two entries, and
+    # controls, alternatives and the gains figure passed a frame (never memoised): 7 sweeps where 1 is needed
+    path = store.to_csv(tmp_path / "results.csv")
+    first = tables.sweep(path)
+    misses = tables.sweep.cache_info().misses
+    tables.sweep(path, include_exploration=False, peers=None)
+    tables.finetune(path)
+    tables.controls(path)
+    tables.alternatives(path)
+    frames.figure_frame(path, "gains")
+    assert tables.sweep.cache_info().misses == misses and len(first)
+    tables.sweep(path, include_exploration=True)  # another question: computed
+    assert tables.sweep.cache_info().misses == misses + 1
+
+
 def test_exploration_runs_left_out_unless_asked(store):
     store.append([rec("mutual", "pretrained", POOL, i, 1, 0.99, weight=100.0, tag="exploration") for i in range(4)])
     assert 100.0 not in set(tables.sweep(store)["weight"])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ctrkit.analysis.records import records
 from ctrkit.analysis.tables import TABLES, finetune, partner_points, scratch
 from ctrkit.core.utils import CtrkitError
 
@@ -14,8 +13,7 @@ COMPARISONS = {"scratch": "from scratch: mutual - alone", "finetune_alone": "fin
 
 def _gains(source, *, include_exploration: bool) -> pd.DataFrame:
     """Per model and comparison: mean relative % with its 95% t-interval (the gains figure)."""
-    parts = []
-    source = records(source, include_exploration=include_exploration)
+    parts = []  # `source` as given: a results file's scratch and finetune tables are memoised per version
     sc = scratch(source, include_exploration=include_exploration)
     if len(sc):
         parts.append(sc.assign(comparison=COMPARISONS["scratch"], setting=_setting(sc))[

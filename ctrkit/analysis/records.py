@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -92,11 +93,17 @@ def per_file_version(fn):
     def cached(version: tuple, keywords: tuple):
         return fn(version[0], **dict(keywords))
 
+    signature = inspect.signature(fn)
+
     @functools.wraps(fn)
     def wrapper(source, **keywords):
         version = _file_version(source)
         if version is None:
             return fn(source, **keywords)
+        # keyed by every keyword with its default filled in: f(src) and f(src, peers=None) are one entry
+        bound = signature.bind(source, **keywords)
+        bound.apply_defaults()
+        keywords = {k: v for k, v in bound.arguments.items() if k != next(iter(signature.parameters))}
         return cached(version, tuple(sorted(keywords.items()))).copy()
 
     wrapper.cache_info = cached.cache_info

@@ -383,7 +383,7 @@ def controls(source, *, include_exploration: bool = False, peers: str | None = N
     (`tuned_alone`; its `alone_auc_mean` is that baseline's): the gain over a baseline tuned for
     itself, Holm-corrected within its own rows."""
     df = records(source, include_exploration=include_exploration)
-    fin = finetune(df, include_exploration=include_exploration, peers=peers)
+    fin = finetune(source, include_exploration=include_exploration, peers=peers)  # memoised per file version
     if fin.empty:
         return fin
     rows = []
@@ -438,7 +438,7 @@ def alternatives(source, *, include_exploration: bool = False, peers: str | None
     ensemble's gain over the pretrained model that the single model keeps (100 * mean(mutual -
     pretrained) / mean(ensemble - pretrained)), and in how many seeds the pretrained ensemble wins."""
     df = records(source, include_exploration=include_exploration)
-    fin = finetune(df, include_exploration=include_exploration, peers=peers)
+    fin = finetune(source, include_exploration=include_exploration, peers=peers)  # memoised per file version
     rows = []
     for (ds, key), f in (fin.groupby(["dataset", "settings_key"], sort=True) if len(fin) else []):
         mut = df[df["settings_key"] == key]

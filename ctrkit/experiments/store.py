@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -148,30 +149,38 @@ class ResultsStore:
 
     def _complete(self, latest_only: bool) -> list[dict]:
         """`records`, as the parse cache's own dicts (not to be changed)."""
+        memo = self._whole(latest_only)
+        return memo.records if memo is not None else []
+
+    def _whole(self, latest_only: bool) -> _Whole | None:
+        """The complete records of the store as it is now, made once per parse; None without a store."""
         if not self.path.exists():
-            return []
+            return None
         good, bad = _parse(self.path)
         if bad:
             warnings.warn(f"results store {self.path}: skipped {bad} unreadable line(s) "
-                          "(left by a writer that was killed mid-write)", stacklevel=3)
-        # Drop appends that did not make it in whole.
-        counts: dict[str, int] = {}
-        for r in good:
-            counts[r.get("append_id")] = counts.get(r.get("append_id"), 0) + 1
-        complete = [r for r in good if r.get("append_id") is None
-                    or counts[r["append_id"]] == r.get("append_size", counts[r["append_id"]])]
-        if latest_only:
-            last_append = {}
-            for r in complete:
-                if r.get("run_key") is not None:
-                    last_append[r["run_key"]] = r.get("append_id")
-            complete = [r for r in complete
-                        if r.get("run_key") is None or last_append[r["run_key"]] == r.get("append_id")]
-        return complete
+                          "(left by a writer that was killed mid-write)", stacklevel=4)
+        key = (str(self.path.resolve()), latest_only)
+        memo = _WHOLE.get(key)
+        if memo is None or memo.source is not good:  # a new parse is a new list
+            memo = _WHOLE[key] = _Whole(source=good, records=_whole_appends(good, latest_only))
+        return memo
+
+    def _by_run_key(self, latest_only: bool) -> dict:
+        """run_key -> its records, indexed once per parse: a grid looks every run up before it trains,
+        and a scan of the whole store per lookup grew with the square of its runs."""
+        memo = self._whole(latest_only)
+        if memo is None:
+            return {}
+        if memo.by_key is None:
+            memo.by_key = {}
+            for r in memo.records:
+                memo.by_key.setdefault(r.get("run_key"), []).append(r)
+        return memo.by_key
 
     def run_records(self, run_key: str) -> list[dict] | None:
         """The records of a finished run (by peer), or None."""
-        done = [copy.deepcopy(r) for r in self._complete(True) if r.get("run_key") == run_key]
+        done = [copy.deepcopy(r) for r in self._by_run_key(True).get(run_key, [])]
         return sorted(done, key=lambda r: r.get("peer_index", 0)) if done else None
 
     @contextlib.contextmanager
@@ -188,7 +197,7 @@ class ResultsStore:
             yield
 
     def run_keys(self) -> set[str]:
-        return {r["run_key"] for r in self.records(latest_only=False) if r.get("run_key")}
+        return {k for k in self._by_run_key(False) if k}
 
     def has_run(self, run_key: str) -> bool:
         return run_key in self.run_keys()
@@ -215,14 +224,55 @@ class ResultsStore:
 # JSON parsing grow with the square of its runs. A file whose start no longer matches (rewritten,
 # truncated, replaced) is parsed again from its first byte.
 _PARSED: dict[str, tuple[bytes, list[dict], int]] = {}
+# path -> ((inode, size, mtime in ns) at its last parse, the records): a store unchanged since is not
+# read again (an append changes its size, a replaced file its inode). Trusted only for a file whose
+# mtime was already _SETTLED_NS old when read: a write within the file system's mtime granularity
+# (a jiffy; 2 s on FAT) of the read could leave size and mtime as they were ("racy git").
+_SEEN: dict[str, tuple[tuple, list[dict]]] = {}
+_SETTLED_NS = 5_000_000_000
+
+
+@dataclasses.dataclass
+class _Whole:
+    """`ResultsStore._complete` of one parse (`source`, by identity), with its run-key index."""
+    source: list
+    records: list
+    by_key: dict | None = None
+
+
+# (path, latest_only) -> the _Whole of its last parse
+_WHOLE: dict[tuple[str, bool], _Whole] = {}
+
+
+def _whole_appends(good: list[dict], latest_only: bool) -> list[dict]:
+    """The records of appends that made it in whole (a killed writer's part is dropped); with
+    `latest_only`, a run re-run with --force keeps only its newest append."""
+    counts: dict[str, int] = {}
+    for r in good:
+        counts[r.get("append_id")] = counts.get(r.get("append_id"), 0) + 1
+    complete = [r for r in good if r.get("append_id") is None
+                or counts[r["append_id"]] == r.get("append_size", counts[r["append_id"]])]
+    if latest_only:
+        last_append = {}
+        for r in complete:
+            if r.get("run_key") is not None:
+                last_append[r["run_key"]] = r.get("append_id")
+        complete = [r for r in complete
+                    if r.get("run_key") is None or last_append[r["run_key"]] == r.get("append_id")]
+    return complete
 
 
 def _parse(path: Path) -> tuple[list[dict], int]:
     """(the records of every JSON line of the store at `path`, the number of unreadable lines
     before its last one). A torn last line (a writer killed mid-line, or one writing now) is skipped
     without counting; a line that is not a JSON record at all is a one-line error."""
-    raw = path.read_bytes()
     key = str(path.resolve())
+    st = os.stat(path)
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _SEEN and _SEEN[key][0] == stamp:
+        return _SEEN[key][1], _PARSED[key][2] if key in _PARSED else 0
+    settled = time.time_ns() - st.st_mtime_ns > _SETTLED_NS
+    raw = path.read_bytes()
     done, good, bad = _PARSED.get(key, (b"", [], 0))
     if not raw.startswith(done):
         done, good, bad = b"", [], 0
@@ -248,7 +298,12 @@ def _parse(path: Path) -> tuple[list[dict], int]:
     end = raw.rfind(b"\n") + 1
     if end > start:
         _PARSED[key] = (raw[:end], good, bad)
-    return good + tail, bad
+    records = good + tail
+    if settled:
+        _SEEN[key] = (stamp, records)
+    else:
+        _SEEN.pop(key, None)
+    return records, bad
 
 
 def records_to_frame(records: list[dict]) -> pd.DataFrame:
