@@ -3,7 +3,7 @@
 # Sized for one device call (at most 600 s) in a loan of 15 minutes with the machine's start: the tests
 # capped at 90 s, the check at 440 s (its own budget 390 s unless --budget-s is given), 570 s at worst.
 #
-# Before the loan, in the checkout (bench/work/ is ignored by git; name both folders in the device's carry):
+# Before the loan, in the checkout (bench/work/ is ignored by git; name the three folders in the device's carry):
 #   bench/work/pylib     pytest + pytest-timeout for a python without them:
 #                        .venv/bin/pip install -q --target bench/work/pylib pytest pytest-timeout
 #   bench/work/FuxiCTR   a reczoo/FuxiCTR snapshot (its fuxictr/ and model_zoo/), for the check's FuxiCTR rows:
