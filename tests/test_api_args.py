@@ -364,3 +364,11 @@ def test_a_numpy_seed_finds_the_synthetic_cache(tmp_path):
 def test_a_misspelt_device_for_a_split_is_one_line(criteo_small):
     with pytest.raises(CtrkitError, match=r"^device 'cdua': not a torch device"):
         criteo_small.tensors("valid", "cdua")
+
+
+@pytest.mark.parametrize("device, says", [("gpu", "got 'gpu'"), ("cdua", "did you mean 'cuda'"), (None, "got None"),
+                                          (3, "got 3")])
+def test_a_bad_device_names_the_setting_not_a_flag(device, says):
+    with pytest.raises(CtrkitError, match=says) as e:
+        utils.resolve_device(device)
+    assert str(e.value).startswith("device must be cpu, cuda, cuda:N or auto") and "--" not in str(e.value)

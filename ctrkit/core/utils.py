@@ -145,10 +145,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise CtrkitError(f"--device must be cpu, cuda or auto, got {device!r}")
+    # "device" names the setting and the CLI's --device alike
+    if not isinstance(device, str) or (device not in ("cpu", "cuda") and not device.startswith("cuda:")):
+        raise CtrkitError(f"device must be cpu, cuda, cuda:N or auto, got {device!r}"
+                          f"{did_you_mean(device, ('cpu', 'cuda', 'auto'))}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CtrkitError(f"--device {device}: no CUDA device is available on this machine")
+        raise CtrkitError(f"device {device}: no CUDA device is available on this machine")
     return torch.device(device)
 
 
