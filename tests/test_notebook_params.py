@@ -68,3 +68,11 @@ def test_06_hands_the_profiles_compute_settings_to_the_selector():
     given = {k.arg: ast.unparse(k.value) for k in calls[0].keywords}
     for name in ("preset", "device", "amp", "threads", "graph"):
         assert given.get(name) == f"cfg.{name}", (name, given)
+
+
+def test_a_table_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    import pandas as pd
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(CtrkitError, match="afile/t.csv: cannot write the table"):
+        reproduce.save_table(pd.DataFrame({"a": [1]}), tmp_path / "afile" / "t")

@@ -2,8 +2,11 @@
 and values, and rejects frames that lack the columns it needs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import matplotlib.pyplot as plt
 import pytest
 
 from ctrkit.analysis import plots
@@ -216,3 +219,12 @@ def test_panels_give_each_group_its_own_scale(tmp_path, drawn):
     assert ft.get_title() == "finetune" and scratch.get_title() == "from scratch"
     assert ft.get_ylim()[0] > -1 and scratch.get_ylim()[0] < -9  # each panel scaled to its own points
     assert len(drawn[-1].axes) == 2 and ft.get_legend() is None and scratch.get_legend() is not None
+
+
+def test_a_figure_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    (tmp_path / "afile").write_text("")
+    for stem, shown in ((Path("/proc/ctrkit-none/fig"), "ctrkit-none/fig.png"), (tmp_path / "afile" / "fig", "afile/fig.png")):
+        fig = plt.figure()
+        with pytest.raises(CtrkitError, match=f"{shown}: cannot write the figure") as e:
+            plots.save(fig, stem)
+        assert "\n" not in str(e.value) and not plt.get_fignums()  # closed all the same

@@ -73,6 +73,9 @@ def save(fig: plt.Figure, out: str | os.PathLike, formats: Sequence[str] = FORMA
                 # The temp file's name ends in .tmp, so the format must be explicit.
                 fig.savefig(tmp, format=fmt, metadata=metadata)
             paths.append(path)
+    except OSError as e:  # a missing or unwritable folder, a full disk: the figure's path, not a temp name
+        raise CtrkitError(f"{stem.with_name(stem.name + '.' + formats[len(paths)])}: cannot write the figure "
+                          f"({e.strerror or e})") from None
     finally:
         plt.close(fig)
     return paths

@@ -371,10 +371,17 @@ def save_table(df: pd.DataFrame, stem: str | Path, *, floatfmt: str = ".4f", cap
     """Write a table as <stem>.csv and <stem>.md (atomically; the Markdown ends with `caption`, as the
     paper tables do) and return it for display."""
     stem = Path(stem)
-    with atomic_path(stem.with_name(stem.name + ".csv")) as tmp:
-        df.to_csv(tmp, index=False)
-    with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
-        tmp.write_text(df.to_markdown(index=False, floatfmt=floatfmt) + (f"\n\n{caption}" if caption else "") + "\n")
+    for suffix in (".csv", ".md"):
+        path = stem.with_name(stem.name + suffix)
+        try:
+            with atomic_path(path) as tmp:
+                if suffix == ".csv":
+                    df.to_csv(tmp, index=False)
+                else:
+                    tmp.write_text(df.to_markdown(index=False, floatfmt=floatfmt) + (f"\n\n{caption}" if caption else "")
+                                   + "\n")
+        except OSError as e:
+            raise CtrkitError(f"{path}: cannot write the table ({e.strerror or e})") from None
     return df
 
 
