@@ -76,3 +76,10 @@ def test_a_table_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(CtrkitError, match="afile/t.csv: cannot write the table"):
         reproduce.save_table(pd.DataFrame({"a": [1]}), tmp_path / "afile" / "t")
+
+
+def test_seeds_may_be_any_iterable_of_ints(tmp_path):
+    import numpy as np
+
+    for seeds in (range(2021, 2023), np.arange(2021, 2023), (s for s in (2021, 2022))):
+        assert reproduce.settings(dataset="criteo", profile="quick", out=str(tmp_path), seeds=seeds).seeds == [2021, 2022]

@@ -217,3 +217,10 @@ def test_prepare_refuses_a_dataset_that_is_not_a_name_schema_or_file(tmp_path, r
     with pytest.raises(CtrkitError) as e:
         data.prepare(5, raw, tmp_path / "out", progress=False)
     _one_line(e, "dataset: expected a built-in name, a DatasetSchema or a schema file", "got int")
+
+
+def test_a_one_item_list_is_a_column_name_as_before():
+    # YAML `label: {column: [y]}` loaded before the checks moved into the classes (same digest)
+    assert Label(column=["y"]).column == "y"
+    with pytest.raises(CtrkitError, match="expected a column name"):
+        Label(column=["y", "z"])

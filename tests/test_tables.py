@@ -2,6 +2,7 @@
 designs (mutual - alone paired by seed, one settings key per row, selection on validation, the peer-count
 mean over partner subsets), and the flags (epoch cap, exploration runs)."""
 import itertools
+import json
 
 import numpy as np
 import pandas as pd
@@ -654,3 +655,17 @@ def test_index_follows_the_reading_order(tmp_path):
     assert order("### criteo_data_ctr", "### criteo_peer_count", "### avazu_data_ctr")
     assert "The numbers behind the figures (CSV): [avazu_fig_gains]" in md and "### criteo_fig_gains" not in md
     assert f"by ctrkit {ctrkit.__version__}" in md and f"by ctrkit {ctrkit.__version__}" in (out / "index.html").read_text()
+
+
+def test_the_file_memo_takes_any_keywords(tmp_path):
+    calls = []
+
+    @records.per_file_version
+    def f(source, *, peers=None, **more):
+        calls.append((peers, more))
+        return pd.DataFrame({"peers": [peers], "more": [json.dumps(more)]})
+
+    path = tmp_path / "r.csv"
+    path.write_text("a\n1\n")
+    assert f(path)["more"][0] == "{}" and f(path, peers=None)["peers"][0] is None
+    assert f(path, peers="A", x=1)["more"][0] == '{"x": 1}' and len(calls) == 2

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctrkit.core.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError, file_stamp
 from ctrkit.experiments.record import Record
 from ctrkit.experiments.store import ResultsStore, read_results
 
@@ -93,33 +93,31 @@ def per_file_version(fn):
     def cached(version: tuple, keywords: tuple):
         return fn(version[0], **dict(keywords))
 
-    signature = inspect.signature(fn)
+    # keyed by every keyword with its default filled in: f(src) and f(src, peers=None) are one entry
+    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
 
     @functools.wraps(fn)
     def wrapper(source, **keywords):
         version = _file_version(source)
         if version is None:
             return fn(source, **keywords)
-        # keyed by every keyword with its default filled in: f(src) and f(src, peers=None) are one entry
-        bound = signature.bind(source, **keywords)
-        bound.apply_defaults()
-        keywords = {k: v for k, v in bound.arguments.items() if k != next(iter(signature.parameters))}
-        return cached(version, tuple(sorted(keywords.items()))).copy()
+        return cached(version, tuple(sorted({**defaults, **keywords}.items()))).copy()
 
     wrapper.cache_info = cached.cache_info
     return wrapper
 
 
 def _file_version(source) -> tuple | None:
-    """(resolved path, inode, size, mtime) of a results file; None for anything else or a file not
-    there (then the reader says so)."""
+    """(resolved path, `file_stamp`) of a results file; None for anything else or a file not there
+    (then the reader says so)."""
     if not isinstance(source, (str, os.PathLike)):
         return None
     try:
         st = os.stat(source)
     except OSError:
         return None
-    return str(Path(source).resolve()), st.st_ino, st.st_size, st.st_mtime_ns
+    return str(Path(source).resolve()), *file_stamp(st)
 
 
 @per_file_version

@@ -81,6 +81,12 @@ def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
 MAX_SEED = 2**63 - 1
 
 
+def file_stamp(st: os.stat_result) -> tuple:
+    """What tells two versions of a file apart without reading it: device, inode, size, mtime and
+    ctime (a copy with its mtime kept, `cp -p` or `shutil.copy2`, still changes the ctime)."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 # ---------------------------------------------------------------- the one rule of numbers and names
 
 

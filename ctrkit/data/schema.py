@@ -104,6 +104,8 @@ def _from_dict(cls, d, where: str):
 
 
 def _name(v, where: str, key: str) -> str:
+    if isinstance(v, (list, tuple)) and len(v) == 1:  # YAML `column: [y]`, read as its one name as before
+        v = v[0]
     if not isinstance(v, str) or not v:
         raise _bad(where, key, f"expected a column name, got {v!r}")
     return v

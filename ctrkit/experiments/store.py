@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 import pandas as pd
 from filelock import FileLock
 
-from ctrkit.core.utils import CtrkitError, atomic_path, probe_writable
+from ctrkit.core.utils import CtrkitError, atomic_path, file_stamp, probe_writable
 from ctrkit.experiments.record import CORE_FIELDS
 
 # Columns every record is expected to carry (`ctrkit.experiments.record.Record`'s core fields), in the
@@ -224,10 +224,11 @@ class ResultsStore:
 # JSON parsing grow with the square of its runs. A file whose start no longer matches (rewritten,
 # truncated, replaced) is parsed again from its first byte.
 _PARSED: dict[str, tuple[bytes, list[dict], int]] = {}
-# path -> ((inode, size, mtime in ns) at its last parse, the records): a store unchanged since is not
-# read again (an append changes its size, a replaced file its inode). Trusted only for a file whose
-# mtime was already _SETTLED_NS old when read: a write within the file system's mtime granularity
-# (a jiffy; 2 s on FAT) of the read could leave size and mtime as they were ("racy git").
+# path -> (its `file_stamp` at its last parse, the records): a store unchanged since is not read
+# again (an append changes its size, a replaced file its inode, a copy over it its ctime). Trusted
+# only for a file whose mtime and ctime were already _SETTLED_NS old when read: a write within the
+# file system's time granularity (a jiffy; 2 s on FAT) of the read could leave them as they were
+# ("racy git").
 _SEEN: dict[str, tuple[tuple, list[dict]]] = {}
 _SETTLED_NS = 5_000_000_000
 
@@ -268,10 +269,10 @@ def _parse(path: Path) -> tuple[list[dict], int]:
     without counting; a line that is not a JSON record at all is a one-line error."""
     key = str(path.resolve())
     st = os.stat(path)
-    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    stamp = file_stamp(st)
     if key in _SEEN and _SEEN[key][0] == stamp:
         return _SEEN[key][1], _PARSED[key][2] if key in _PARSED else 0
-    settled = time.time_ns() - st.st_mtime_ns > _SETTLED_NS
+    settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SETTLED_NS
     raw = path.read_bytes()
     done, good, bad = _PARSED.get(key, (b"", [], 0))
     if not raw.startswith(done):
@@ -331,7 +332,8 @@ def export_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
         if os.path.lexists(path):
             with open(path, "rb") as f:
                 header = f.readline(1 << 16).decode("utf-8", "replace").rstrip("\r\n").split(",")
-            if path.is_symlink() or header[0] != "run_key" or "append_id" not in header:
+            empty = path.is_file() and path.stat().st_size == 0  # e.g. made by mkstemp for this
+            if not empty and (path.is_symlink() or header[0] != "run_key" or "append_id" not in header):
                 raise CtrkitError(f"{path}: exists and is not a ctrkit results export; choose another path")
         with atomic_path(path) as tmp:
             df.to_csv(tmp, index=False)

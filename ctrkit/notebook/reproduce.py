@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -185,6 +186,8 @@ def settings(
     `amp` overrides the profile's precision (e.g. "bf16" to see whether bf16 moves a conclusion;
     `ctrkit compare` sets two such outputs side by side). Progress bars stay off
     (`dataclasses.replace(cfg, progress=True)` turns them on)."""
+    if isinstance(seeds, Iterable) and not isinstance(seeds, (str, bytes)):
+        seeds = list(seeds)  # read once: range(...), np.arange(...) or a generator
     _check_parameters(profile=profile, out=out, data_dir=data_dir, device=device, seeds=seeds, sizes=dict(
         rows=rows, epochs=epochs))
     schema = None
@@ -240,7 +243,7 @@ def _check_parameters(*, profile, out, data_dir, device, seeds, sizes: dict) -> 
             raise CtrkitError(f"parameter {name}: expected a positive integer or None, got {value!r}")
     if seeds is None:
         return
-    if not isinstance(seeds, (list, tuple)) or not seeds:
+    if not isinstance(seeds, list) or not seeds:  # settings() made any iterable a list
         raise CtrkitError(f"parameter seeds: expected a non-empty list of seeds, e.g. [2021], got {seeds!r}")
     bad = [x for x in seeds if as_int(x) is None or not 0 <= x <= MAX_SEED]
     if bad:
