@@ -669,3 +669,26 @@ def test_the_file_memo_takes_any_keywords(tmp_path):
     path.write_text("a\n1\n")
     assert f(path)["more"][0] == "{}" and f(path, peers=None)["peers"][0] is None
     assert f(path, peers="A", x=1)["more"][0] == '{"x": 1}' and len(calls) == 2
+
+
+@pytest.mark.parametrize("name", ["controls", "alternatives"])
+def test_a_table_never_mixes_two_versions_of_the_results_file(store, tmp_path, monkeypatch, name):
+    # it reads the records and the (memoised) finetune table: an export landing between the two reads
+    # must not pair one version's records with the other's chosen setting
+    import shutil
+
+    path = store.to_csv(tmp_path / "results.csv")
+    shutil.copy(path, tmp_path / "before.csv")
+    expected = getattr(tables, name)(tmp_path / "before.csv")
+    real = tables.records
+
+    def then_an_export_lands(source, **kw):
+        df = real(source, **kw)
+        for seed in SEEDS:  # a setting the sweep would choose now (valid AUC 0.99)
+            store.append([rec("mutual", "pretrained", POOL, i, seed, 0.99, weight=100.0) for i in range(4)])
+        store.to_csv(path)
+        return df
+
+    monkeypatch.setattr(tables, "records", then_an_export_lands)
+    got = getattr(tables, name)(path)
+    assert len(expected) and got.equals(expected)

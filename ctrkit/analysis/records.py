@@ -99,7 +99,7 @@ def per_file_version(fn):
 
     @functools.wraps(fn)
     def wrapper(source, **keywords):
-        version = _file_version(source)
+        version = file_version(source)
         if version is None:
             return fn(source, **keywords)
         return cached(version, tuple(sorted({**defaults, **keywords}.items()))).copy()
@@ -108,7 +108,7 @@ def per_file_version(fn):
     return wrapper
 
 
-def _file_version(source) -> tuple | None:
+def file_version(source) -> tuple | None:
     """(resolved path, `file_stamp`) of a results file; None for anything else or a file not there
     (then the reader says so)."""
     if not isinstance(source, (str, os.PathLike)):

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ctrkit.analysis.pairing import (control_runs, largest_peer_set, paper_order, seed_pairs, setting_columns,
                                      versus_alone)
-from ctrkit.analysis.records import CONTROL_FIELDS, flat_settings, per_file_version, records
+from ctrkit.analysis.records import CONTROL_FIELDS, file_version, flat_settings, per_file_version, records
 from ctrkit.analysis.stats import AUC_POINT, LEVEL, ci_columns, paired, rel_pct, t_interval, with_holm
 from ctrkit.core.utils import CtrkitError
 from ctrkit.experiments import designs
@@ -374,6 +374,19 @@ def tuned_alone(df: pd.DataFrame, ctrl: pd.DataFrame) -> tuple[float, pd.DataFra
     return lr, next(g for g in groups if np.isclose(float(g["finetune_lr_scale"].iloc[0]), lr))
 
 
+def _with_finetune(source, *, include_exploration: bool, peers: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(records, finetune) of one version of `source`: a results file's finetune table is memoised
+    (its sweep with it), and a file replaced between the two reads (an export landing) falls back to
+    the finetune of the records read, so the two never mix versions."""
+    version = file_version(source)
+    df = records(source, include_exploration=include_exploration)
+    same = version is not None and file_version(source) == version
+    fin = finetune(source if same else df, include_exploration=include_exploration, peers=peers)
+    if same and file_version(source) != version:
+        fin = finetune(df, include_exploration=include_exploration, peers=peers)
+    return df, fin
+
+
 def controls(source, *, include_exploration: bool = False, peers: str | None = None) -> pd.DataFrame:
     """Every arm next to finetuning alone, per model and for the ensemble (the peers' mean
     probability): the pretrained checkpoints and their ensemble, mutual finetuning at the setting
@@ -382,8 +395,7 @@ def controls(source, *, include_exploration: bool = False, peers: str | None = N
     The last arm compares mutual with finetuning alone at the lr scale best for alone on validation
     (`tuned_alone`; its `alone_auc_mean` is that baseline's): the gain over a baseline tuned for
     itself, Holm-corrected within its own rows."""
-    df = records(source, include_exploration=include_exploration)
-    fin = finetune(source, include_exploration=include_exploration, peers=peers)  # memoised per file version
+    df, fin = _with_finetune(source, include_exploration=include_exploration, peers=peers)
     if fin.empty:
         return fin
     rows = []
@@ -437,8 +449,7 @@ def alternatives(source, *, include_exploration: bool = False, peers: str | None
     (the main columns, Holm per dataset), mutual - its pretrained checkpoint, the share of the
     ensemble's gain over the pretrained model that the single model keeps (100 * mean(mutual -
     pretrained) / mean(ensemble - pretrained)), and in how many seeds the pretrained ensemble wins."""
-    df = records(source, include_exploration=include_exploration)
-    fin = finetune(source, include_exploration=include_exploration, peers=peers)  # memoised per file version
+    df, fin = _with_finetune(source, include_exploration=include_exploration, peers=peers)
     rows = []
     for (ds, key), f in (fin.groupby(["dataset", "settings_key"], sort=True) if len(fin) else []):
         mut = df[df["settings_key"] == key]
