@@ -372,3 +372,15 @@ def test_a_bad_device_names_the_setting_not_a_flag(device, says):
     with pytest.raises(CtrkitError, match=says) as e:
         utils.resolve_device(device)
     assert str(e.value).startswith("device must be cpu, cuda, cuda:N or auto") and "--" not in str(e.value)
+
+
+def test_one_rule_names_a_device_for_runs_and_notebooks():
+    import torch
+
+    from ctrkit.notebook import profiles
+
+    for name in ("cuda:x", "cuda:", "tpu"):  # 'cuda:x' was a format error to one, "no CUDA" to the other
+        for check in (utils.resolve_device, profiles.check_device):
+            with pytest.raises(CtrkitError, match="device must be cpu, cuda, cuda:N or auto"):
+                check(name)
+    assert profiles.check_device(torch.device("cpu")) == torch.device("cpu")

@@ -10,6 +10,7 @@ import numbers
 import os
 import platform
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -146,15 +147,22 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def check_device(device: str | torch.device) -> str | torch.device:
+    """`device` when it names one (auto, cpu, cuda, cuda:N or a torch.device), without asking the
+    machine whether it has it (`resolve_device` does): the one rule of a device's name."""
+    if isinstance(device, torch.device) or (isinstance(device, str) and (
+            device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", device))):
+        return device
+    # "device" names the setting and the CLI's --device alike
+    raise CtrkitError(f"device must be cpu, cuda, cuda:N or auto, got {device!r}"
+                      f"{did_you_mean(device, ('cpu', 'cuda', 'auto'))}")
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if isinstance(device, torch.device):
+    if isinstance(check_device(device), torch.device):
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    # "device" names the setting and the CLI's --device alike
-    if not isinstance(device, str) or (device not in ("cpu", "cuda") and not device.startswith("cuda:")):
-        raise CtrkitError(f"device must be cpu, cuda, cuda:N or auto, got {device!r}"
-                          f"{did_you_mean(device, ('cpu', 'cuda', 'auto'))}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CtrkitError(f"device {device}: no CUDA device is available on this machine")
     return torch.device(device)

@@ -6,9 +6,9 @@ both read these; they are data, so the notebooks' parameter cells stay plain lit
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
+from ctrkit.core import utils
 from ctrkit.core.utils import CtrkitError
 
 # This file is ctrkit/notebook/profiles.py: the clone's notebooks/ folder is two levels up.
@@ -126,17 +126,14 @@ def profile(name: str) -> dict:
     return json.loads(json.dumps(PROFILES[name]))
 
 
-# The devices a notebook's `device` names (`ctrkit.core.utils.resolve_device` reads them): whether CUDA
-# is there is the run's question, asked on the machine that runs it.
-DEVICES = ("auto", "cpu", "cuda")
-
-
 def check_device(device) -> str:
-    """`device` when it names a device (auto, cpu, cuda, cuda:N); else a one-line CtrkitError naming the
-    parameter, before a run fails on it in the words of the command line."""
-    if not (isinstance(device, str) and (device in DEVICES or re.fullmatch(r"cuda:\d+", device))):
-        raise CtrkitError(f"parameter device: expected {', '.join(DEVICES)} or cuda:N, got {device!r}")
-    return device
+    """`device` when it names a device (`ctrkit.core.utils.check_device`: auto, cpu, cuda, cuda:N),
+    else one line naming the notebook parameter; whether CUDA is there is the run's question, asked
+    on the machine that runs it."""
+    try:
+        return utils.check_device(device)
+    except CtrkitError as e:
+        raise CtrkitError(f"parameter {e}") from None
 
 
 def resolve_path(path: str | Path) -> Path:
