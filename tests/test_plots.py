@@ -78,6 +78,23 @@ def test_partner_slopes_one_line_per_model(tmp_path):
            "slope -2.000 [-4.000, +0.000]", "partner's pretrained AUC", "per 0.01 of AUC")
 
 
+def test_partner_slopes_draw_each_line_in_its_unit(tmp_path, monkeypatch):
+    # the slope is in rel % per AUC point (0.01): drawn against AUC itself, y = intercept + slope * x / 0.01
+    drawn = {}
+    real = plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, out, **kw: drawn.setdefault("fig", fig) and real(fig, out, **kw))
+    pts = pd.DataFrame([{"target": t, "partner": p, "seed": 0, "partner_auc": 0.70 + 0.01 * MODELS.index(p),
+                         "rel_pct": 0.1} for t in MODELS for p in MODELS if p != t])
+    slopes = pd.DataFrame({"target": MODELS, "slope_mean": 0.5, "slope_ci_low": 0.0, "slope_ci_high": 1.0,
+                           "intercept": -35.0})
+    plots.partner_slopes(pts, slopes, tmp_path / "slopes", caption=CAP)
+    dashed = [ln for ax in drawn["fig"].axes for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == len(MODELS)
+    for ln in dashed:
+        x, y = ln.get_xdata(), ln.get_ydata()
+        assert np.allclose(y, -35.0 + 0.5 * x / 0.01)  # at AUC 0.70: +0.0; at 0.73: +1.5
+
+
 def test_peer_count_measured_points_with_intervals(tmp_path):
     rows = [{"model": m, "n_peers": n, "gain_rel_pct_mean": 0.1 * n, "gain_rel_pct_ci_low": 0.1 * n - 0.05,
              "gain_rel_pct_ci_high": 0.1 * n + 0.05, "rel_pct_mean": 0.0 if n == 1 else 0.05 * n,
