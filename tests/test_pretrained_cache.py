@@ -129,7 +129,8 @@ def test_a_stored_run_is_not_reused_once_its_checkpoint_was_pretrained_again(set
     experiments.run(d, [["DeepFM", "FiBiNET"]], **grid)  # the same checkpoints: reused, nothing appended
     assert len(store.read_text().splitlines()) == 2
     experiments.pretrain_baselines(d, ["DeepFM"], ck, epochs=2, **base)  # other weights in the same folder
-    with pytest.raises(CtrkitError, match="finetuned from an earlier DeepFM checkpoint .* pretrained again since"):
+    with pytest.raises(CtrkitError, match="finetuned from an earlier DeepFM checkpoint .* pretrained again since.*force=True; "
+                                          "the widget.s re-run box"):
         experiments.run(d, [["DeepFM", "FiBiNET"]], **grid)
     again = experiments.run(d, [["DeepFM", "FiBiNET"]], force=True, **grid)
     assert len(store.read_text().splitlines()) == 4

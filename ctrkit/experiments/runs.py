@@ -266,7 +266,8 @@ def check_same_checkpoints(done: list[dict] | None) -> list[dict] | None:
         if None not in (was, now) and now != was:  # (a checkpoint gone since: the stored run still stands)
             raise CtrkitError(f"the store holds this run (run {r['run_key'][:12]}), finetuned from an earlier "
                               f"{r['peer']} checkpoint than {r['checkpoint']} now holds (it was pretrained again "
-                              f"since): use another --store, or --force to train it again from the new one")
+                              f"since): use another store, or force it to train again from the new one "
+                              f"(--store / --force; force=True; the widget's re-run box)")
     return done
 
 
