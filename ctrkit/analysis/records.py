@@ -232,12 +232,16 @@ def _normalised(df: pd.DataFrame, include_exploration: bool, dataset: str | None
     df["model"] = df["model"].where(df["model"].notna(), df["peer"])  # hand-made stores: model = label
     # older records keep these inside `config` only; each row's config is parsed once, when a column needs it
     paths = {**{col: (key,) for col, key in _CONFIG_FIELDS.items()}, "amp": ("train", "amp")}
-    configs = None
+    configs: dict[int, dict] = {}  # row -> its parsed config, for the rows that lack a column only
     for col, path in paths.items():
-        missing = df[col].isna()
+        missing = df[col].isna().to_numpy()
         if missing.any():
-            configs = configs if configs is not None else [_config(c) for c in df["config"]]
-            df[col] = df[col].where(~missing, [_config_value(c, *path) for c in configs])
+            raw, fill = df["config"].to_numpy(), np.full(len(df), None, dtype=object)
+            for i in np.flatnonzero(missing):
+                if i not in configs:
+                    configs[i] = _config(raw[i])
+                fill[i] = _config_value(configs[i], *path)
+            df[col] = df[col].where(~missing, list(fill))
     if dataset is not None:
         df = df[df["dataset"] == dataset]
     if not include_exploration:
@@ -250,7 +254,8 @@ def _normalised(df: pd.DataFrame, include_exploration: bool, dataset: str | None
         if c in df.columns and not pd.api.types.is_numeric_dtype(df[c]):
             df[c] = pd.to_numeric(df[c], errors="coerce")
     fields = lambda r, names: [r.get(f) for f in names]  # noqa: E731
-    rows = df.to_dict("records")
+    # only the hashed columns as dicts: the whole frame's ~60 columns cost most of the time here
+    rows = df[[c for c in dict.fromkeys((*SETTING_FIELDS, *CONTROL_FIELDS, "peers")) if c in df.columns]].to_dict("records")
     df["setting_id"] = [_hash(fields(r, SETTING_FIELDS)) for r in rows]
     df["control_id"] = [_hash(fields(r, CONTROL_FIELDS)) for r in rows]
     computed = [_hash(fields(r, SETTING_FIELDS) + [r.get("peers")]) for r in rows]
