@@ -309,11 +309,11 @@ def _parse(path: Path) -> tuple[list[dict], int]:
 
 def records_to_frame(records: list[dict]) -> pd.DataFrame:
     """Tidy frame: one row per peer per run; lists and dicts (partners, config, env) as JSON text."""
-    rows = []
-    for r in records:
-        rows.append({k: (json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v)
-                     for k, v in r.items()})
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(records)
+    for c in df.columns[df.dtypes == object]:  # only where a dict or list can be: not a pass per record and key
+        values = df[c].tolist()
+        if any(isinstance(v, (dict, list)) for v in values):
+            df[c] = [json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v for v in values]
     for c in COLUMNS:
         if c not in df.columns:
             df[c] = None
