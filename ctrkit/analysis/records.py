@@ -233,10 +233,11 @@ def _normalised(df: pd.DataFrame, include_exploration: bool, dataset: str | None
     # older records keep these inside `config` only; each row's config is parsed once, when a column needs it
     paths = {**{col: (key,) for col, key in _CONFIG_FIELDS.items()}, "amp": ("train", "amp")}
     configs: dict[int, dict] = {}  # row -> its parsed config, for the rows that lack a column only
+    raw = df["config"].to_numpy()
     for col, path in paths.items():
         missing = df[col].isna().to_numpy()
         if missing.any():
-            raw, fill = df["config"].to_numpy(), np.full(len(df), None, dtype=object)
+            fill = np.full(len(df), None, dtype=object)
             for i in np.flatnonzero(missing):
                 if i not in configs:
                     configs[i] = _config(raw[i])

@@ -121,7 +121,7 @@ def batch_size(sizes: dict, preset_batch: int, train_rows: int) -> int | None:
 
 def profile(name: str) -> dict:
     """A copy of one profile's sizes; CtrkitError listing the valid names otherwise."""
-    if name not in PROFILES:
+    if not isinstance(name, str) or name not in PROFILES:  # a list from papermill would be unhashable
         raise CtrkitError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
     return json.loads(json.dumps(PROFILES[name]))
 

@@ -227,8 +227,10 @@ def _check_parameters(*, profile, out, data_dir, device, seeds, sizes: dict) -> 
     data into the repository root)."""
     from ctrkit.core.utils import MAX_SEED
 
-    if not isinstance(profile, str) or profile not in PROFILES:
-        raise CtrkitError(f"parameter profile: unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+    try:
+        profiles.profile(profile)  # the profile's own rule, said as the notebook parameter's
+    except CtrkitError as e:
+        raise CtrkitError(f"parameter profile: {e}") from None
     for name, value in (("out", out), ("data_dir", data_dir)):
         if name == "data_dir" and value in (None, ""):  # no data_dir: synthetic data
             continue
