@@ -125,6 +125,34 @@ def test_paired_ci_and_wilcoxon_only_from_six_pairs():
     assert pstats.NOTE_IDENTICAL not in st["note"]
 
 
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+def test_mde_is_the_effect_the_t_test_finds_four_times_in_five(n):
+    # the independent check: simulate the paired t-test at a true mean of mde and the same spread
+    values = np.array([-1.0, 1.0, 0.5, -0.5, 0.0, 0.2, -0.2, 0.1])[:n]
+    m, sd = pstats.mde(values), values.std(ddof=1)
+    x = np.random.default_rng(n).normal(m, sd, size=(40_000, n))
+    assert (stats.ttest_1samp(x, 0, axis=1).pvalue < 0.05).mean() == pytest.approx(0.80, abs=0.01)
+    # many pairs: the normal approximation (z_0.975 + z_0.8) sd / sqrt(n)
+    big = np.resize(values - values.mean(), 2000)
+    assert pstats.mde(big) == pytest.approx(2.8016 * big.std(ddof=1) / np.sqrt(2000), rel=2e-3)
+    assert pstats.seeds_needed(values, m) == n and pstats.seeds_needed(values, m * 0.98) == n + 1
+    assert pstats.seeds_needed(values, -m) == n  # the sign of a claimed effect does not matter
+    # the same from the interval a table prints, without the per-seed values
+    _, lo, hi = pstats.t_interval(values + 0.3)
+    assert pstats.mde_of_interval(lo, hi, n) == pytest.approx(m, rel=1e-9)
+
+
+def test_mde_without_spread_and_in_the_paired_tables():
+    assert np.isnan(pstats.mde([0.3])) and np.isnan(pstats.mde([0.3, 0.3, np.nan]))
+    assert pstats.seeds_needed([0.3, 0.3], 0.1) == 0 and pstats.seeds_needed([1.0, -1.0], 1e-6, most=50) == 51
+    ref = np.array([0.70, 0.71, 0.72, 0.73, 0.74])
+    new = ref * (1 + np.array([0.1, -0.3, 0.4, 0.2, 0.05]) / 100)
+    st = pstats.paired(new, ref)
+    assert st["rel_pct_mde"] == pytest.approx(pstats.mde(100 * (new - ref) / ref))
+    shown = render.display("headline", pd.DataFrame([{"model": "DeepFM", **st}]))
+    assert shown["rel_pct_mde"].iloc[0] == f"{st['rel_pct_mde']:.3f}" and "80% power" in render.CAPTIONS["headline"]
+
+
 def test_paired_says_when_few_pairs_carry_the_test():
     ref = np.array([0.70, 0.71, 0.72, 0.73, 0.74])
     # four arms kept their checkpoints: t = 1 and p = 0.374 whatever the fifth difference, so said

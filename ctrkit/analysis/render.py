@@ -9,10 +9,14 @@ import numpy as np
 import pandas as pd
 
 from ctrkit.analysis.pairing import paper_order
-from ctrkit.analysis.stats import AUC_POINT, CI_NAME, MIN_WILCOXON
+from ctrkit.analysis.stats import AUC_POINT, CI_NAME, LEVEL, MIN_WILCOXON, POWER
 from ctrkit.core.utils import CtrkitError
 
 FORMATS = ("md", "csv", "tex")
+
+# Every table with a paired test says what its null results can rule out
+MDE_WORDS = (f"rel_pct_mde: the smallest true rel % the paired t-test (alpha {1 - LEVEL:.2g}, uncorrected) "
+             f"finds with {POWER:.0%} power at these pairs' number and spread (a null result does not rule out less).")
 
 CAPTIONS = {
     "baselines": "Pretrained baselines: test AUC and logloss, mean ± SD over seeds; epochs run (min-max); "
@@ -56,6 +60,8 @@ CAPTIONS = {
                 f"minus alone at the lr scale best for alone on validation (a baseline tuned for itself; Holm "
                 f"within its rows); p_holm: paired t-test of the AUC difference, Holm across the rows of a dataset.",
 }
+for _name in ("scratch", "finetune", "sweep", "headline", "alternatives", "controls"):
+    CAPTIONS[_name] += " " + MDE_WORDS
 
 
 def _fmt(v, digits: int, signed: bool = False) -> str:
@@ -103,11 +109,13 @@ _INT_COLS = ("finetune_epochs", "epochs_min", "epochs_max", "n_pairs", "n_seeds"
 
 def _value(c: str, v):
     if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "–" if c in _INT_COLS or c in ("weight", "finetune_lr_scale") else ""
+        return "–" if c in _INT_COLS or c in ("weight", "finetune_lr_scale") or c.endswith("_mde") else ""
     if c in _INT_COLS and isinstance(v, (int, float, np.integer, np.floating)) and float(v).is_integer():
         return str(int(v))
     if c in ("weight", "finetune_lr_scale"):
         return f"{v:g}"
+    if c.endswith("_mde"):
+        return _fmt(float(v), 3)  # in % as the estimate beside it
     if c == "share_of_ensemble_gain_pct" and isinstance(v, (float, np.floating)):
         return f"{v:.1f}"  # a share in %: four decimals would claim a precision it has not
     if isinstance(v, (float, np.floating)):

@@ -3,7 +3,8 @@
 Every headline number is a paired difference of one value per seed; its 95% confidence interval is
 the paired t-interval (scipy.stats.t), p the paired t-test, Holm-corrected across the rows of a table
 (`with_holm`); Wilcoxon only with >= 6 pairs. Relative % = 100 (AUC - AUC_ref) / AUC_ref and
-RelaImpr = 100 ((AUC - 0.5) / (AUC_ref - 0.5) - 1), per seed, then averaged.
+RelaImpr = 100 ((AUC - 0.5) / (AUC_ref - 0.5) - 1), per seed, then averaged. A null result comes with
+its power: `mde`, the smallest true effect the same test would have found with 80% power.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 LEVEL = 0.95
+POWER = 0.80
 MIN_WILCOXON = 6
 CI_NAME = "95% paired t-interval"
 # The unit of a slope against a partner's AUC: rel % per 0.01 of AUC (one AUC point), the scale the
@@ -45,6 +47,65 @@ def t_interval(values, *, level: float = LEVEL) -> tuple[float, float, float]:
         return m, float("nan"), float("nan")
     half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
     return m, m - half, m + half
+
+
+def _power(nc: float, df: int, crit: float) -> float:
+    from scipy import stats
+
+    # the far tail (a significant result of the wrong sign) underflows to NaN in scipy for large nc
+    return float(stats.nct.sf(crit, df, nc) + np.nan_to_num(stats.nct.cdf(-crit, df, nc)))
+
+
+def mde(values, *, level: float = LEVEL, power: float = POWER) -> float:
+    """The minimum detectable effect: the smallest true mean that a two-sided one-sample (paired) t-test
+    at alpha = 1 - `level` finds with probability `power`, with as many values as `values` and their
+    standard deviation taken as the true one (noncentral t). What a null result at this size rules out:
+    an effect below it could well have been missed. Uncorrected alpha, so under Holm it is larger still.
+    NaN with fewer than 2 values or no spread."""
+    from scipy import optimize, stats
+
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    sd = float(v.std(ddof=1)) if len(v) >= 2 else 0.0
+    if not sd > 0:
+        return float("nan")
+    df = len(v) - 1
+    crit = float(stats.t.ppf(0.5 + level / 2, df))
+    high = 2 * crit + 4.0
+    while _power(high, df, crit) < power:  # two values (one df) need a noncentrality near 25
+        high *= 2
+    nc = optimize.brentq(lambda x: _power(x, df, crit) - power, 0.0, high, xtol=1e-10)
+    return nc * sd / float(np.sqrt(len(v)))
+
+
+def mde_of_interval(low: float, high: float, n: int, *, level: float = LEVEL, power: float = POWER) -> float:
+    """`mde` from a published paired t-interval (`level`) of `n` pairs, as the tables print it: the
+    interval's half-width is t * sd / sqrt(n), so the spread needs no per-seed values."""
+    from scipy import stats
+
+    if n < 2 or not high > low:
+        return float("nan")
+    sd = (high - low) / 2 / float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(np.sqrt(n))
+    unit = np.array([-1.0, 1.0] + [0.0] * (n - 2))  # n values of standard deviation sd_unit
+    return mde(unit, level=level, power=power) * sd / float(unit.std(ddof=1))
+
+
+def seeds_needed(values, effect: float, *, level: float = LEVEL, power: float = POWER, most: int = 10_000) -> int:
+    """How many pairs the paired t-test needs to find a true mean of `effect` with probability `power`,
+    at the spread of `values` (e.g. the per-seed rel % of a pilot run, against the paper's claimed gain);
+    0 when `values` has fewer than 2 values or no spread, `most` + 1 when even `most` pairs are not enough."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    sd = float(v.std(ddof=1)) if len(v) >= 2 else 0.0
+    if not sd > 0 or effect == 0:
+        return 0 if sd == 0 or len(v) < 2 else most + 1
+    from scipy import stats
+
+    for n in range(2, most + 1):
+        crit = float(stats.t.ppf(0.5 + level / 2, n - 1))
+        if _power(abs(effect) * np.sqrt(n) / sd, n - 1, crit) >= power - 1e-9:  # float noise at the boundary
+            return n
+    return most + 1
 
 
 def holm(pvalues) -> np.ndarray:
@@ -86,8 +147,8 @@ def paired(new, ref, *, logloss_new=None, logloss_ref=None) -> dict:
     new, ref = np.asarray(new, dtype=float), np.asarray(ref, dtype=float)
     keep = ~(np.isnan(new) | np.isnan(ref))
     new, ref, n = new[keep], ref[keep], int(keep.sum())
-    diff = new - ref
-    out = {"n_pairs": n, **ci_columns("auc_diff", diff), **ci_columns("rel_pct", rel_pct(new, ref)),
+    diff, rel = new - ref, rel_pct(new, ref)
+    out = {"n_pairs": n, **ci_columns("auc_diff", diff), **ci_columns("rel_pct", rel), "rel_pct_mde": mde(rel),
            **ci_columns("relaimpr_pct", rela_impr(new, ref))}
     if logloss_new is not None and logloss_ref is not None:
         ll = np.asarray(logloss_new, dtype=float) - np.asarray(logloss_ref, dtype=float)

@@ -523,7 +523,7 @@ def tuning(source, *, include_exploration: bool = False) -> pd.DataFrame:
 
 
 HEADLINE_COLS = ["dataset", "model", "weight", "finetune_lr_scale", "n_pairs", "rel_pct_mean", "rel_pct_ci_low",
-                 "rel_pct_ci_high", "relaimpr_pct_mean", "relaimpr_pct_ci_low", "relaimpr_pct_ci_high",
+                 "rel_pct_ci_high", "rel_pct_mde", "relaimpr_pct_mean", "relaimpr_pct_ci_low", "relaimpr_pct_ci_high",
                  "logloss_diff_mean", "logloss_diff_ci_low", "logloss_diff_ci_high", "p_holm", "note",
                  "n_kept_pretrained_mutual", "n_kept_pretrained_alone", "choice"]
 

@@ -204,7 +204,8 @@ def display(t: pd.DataFrame) -> pd.DataFrame:
     f = lambda p, fmt: [_ci(*v, fmt) for v in zip(t[f"{p}_mean"], t[f"{p}_ci_low"], t[f"{p}_ci_high"])]  # noqa: E731
     return pd.DataFrame({
         "init": t["init"], "embedding": t["embedding"], "variant": t["variant"], "model": t["model"],
-        "n_pairs": t["n_pairs"], "rel_pct": f("rel_pct", "+.3f"), "logloss_diff": f("logloss_diff", "+.4f"),
+        "n_pairs": t["n_pairs"], "rel_pct": f("rel_pct", "+.3f"),
+        "rel_pct_mde": t["rel_pct_mde"].map(lambda v: "–" if pd.isna(v) else f"{v:.3f}"), "logloss_diff": f("logloss_diff", "+.4f"),
         "p_holm": t["p_holm"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}"),
         "churn_peers (t/c)": [f"{a:.4f}/{b:.4f}" if not pd.isna(a) else "" for a, b in zip(t["peers_abs_t"],
                                                                                           t["peers_abs_c"])],

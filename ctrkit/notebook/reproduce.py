@@ -580,7 +580,7 @@ def variants_table(cfg: Settings) -> Shown:
     """The variants table (`ctrkit.analysis.variants`) of this dataset: tables/<dataset>_variants.csv
     (numeric), .md (human form, captioned), _variants_pairs.csv (per seed: what the summary across
     datasets reads) and _fig_variants.csv (what the figure draws); returned as the notebook shows it."""
-    from ctrkit.analysis import variants
+    from ctrkit.analysis import render, variants
     from ctrkit.analysis.stats import CI_NAME
     from ctrkit.experiments import churn
 
@@ -598,7 +598,7 @@ def variants_table(cfg: Settings) -> Shown:
            f"between consecutive seeds of one configuration, treatment/control (t/c); churn_seeds_diff and "
            f"top10_flip_seeds_diff: treatment minus control of the seed churn and of the share of test rows "
            f"that enter or leave the top 10% of scores from one seed to the next (consecutive pairs share a "
-           f"seed, so their interval, which treats them as independent, is approximate) "
+           f"seed, so their interval, which treats them as independent, is approximate); {render.MDE_WORDS} "
            f"({caption(cfg, figure=False)})")
     md = cfg.table("variants").with_name(cfg.table("variants").name + ".md")
     with atomic_path(md) as tmp:
