@@ -74,6 +74,25 @@ def store(tmp_path):
     return s
 
 
+def test_one_dataset_name_on_two_data_is_two_datasets(tmp_path, store):
+    """Runs on another data of the same name (a 200-row real sample beside the synthetic `criteo`) get
+    their own dataset label: one sweep would otherwise choose between the data on validation."""
+    other = ResultsStore(tmp_path / "mixed.jsonl")
+    other.append(store.records())
+    for seed in SEEDS[:2]:
+        for mode in ("alone", "mutual"):
+            rows = run(mode, POOL, seed, weight=50.0 if mode == "mutual" else 1.0)
+            other.append([{**r, "fingerprint": "realsample01", "valid_auc": 0.99, "run_key": r["run_key"] + "|real",
+                           "settings_key": r["settings_key"] + "|real"} for r in rows])
+    ft = tables.finetune(other)
+    assert sorted(ft["dataset"].unique()) == ["criteo [fp]", "criteo [realsamp]"]
+    # each data chooses its own setting: the sample's 0.99 validation AUC does not win the synthetic sweep
+    assert set(ft.loc[ft["dataset"] == "criteo [fp]", "weight"]) != {50.0}
+    assert set(ft.loc[ft["dataset"] == "criteo [realsamp]", "weight"]) == {50.0}
+    assert "criteo [realsamp]: 4 runs, 2 seeds" in records.provenance(other)
+    assert set(tables.finetune(store)["dataset"]) == {"criteo"}  # one data: its plain name
+
+
 # ---- statistics against independent computations -------------------------------------------------
 def test_t_interval_matches_scipy():
     x = np.array([0.3, 0.1, 0.4, 0.15, 0.2])

@@ -261,7 +261,21 @@ def _normalised(df: pd.DataFrame, include_exploration: bool, dataset: str | None
     df["control_id"] = [_hash(fields(r, CONTROL_FIELDS)) for r in rows]
     computed = [_hash(fields(r, SETTING_FIELDS) + [r.get("peers")]) for r in rows]
     df["settings_key"] = df["settings_key"].where(df["settings_key"].notna(), computed)
+    df["dataset"] = data_labels(df)
     return df.reset_index(drop=True)
+
+
+def data_labels(df: pd.DataFrame) -> pd.Series:
+    """Each row's dataset as the tables group it: its name, and where one name covers runs on different
+    data (a 200-row sample and the synthetic table, both `criteo`) the name with its data's fingerprint,
+    `criteo [40e3d40b]`: pooled under one name, a sweep would choose between datasets on validation
+    and a mean would mix them. Records without a fingerprint (older ones) keep the name."""
+    prints = df.dropna(subset=["fingerprint"]).groupby("dataset")["fingerprint"].nunique()
+    mixed = set(prints[prints > 1].index)
+    if not mixed:
+        return df["dataset"]
+    return pd.Series([f"{d} [{str(f)[:8]}]" if d in mixed and isinstance(f, str) else d
+                      for d, f in zip(df["dataset"], df["fingerprint"])], index=df.index, dtype=object)
 
 
 def provenance(source, *, include_exploration: bool = False) -> str:
