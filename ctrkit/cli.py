@@ -312,6 +312,8 @@ def _add_table(sub) -> None:
     s.add_argument("--format", default="md", choices=["md", "csv", "tex"], help="Markdown (default), CSV or LaTeX")
     s.add_argument("--include-exploration", action="store_true",
                    help="also count runs tagged 'exploration' (the widget's), left out by default")
+    s.add_argument("--peers", default=None, help="the mutual peer set of scratch, finetune, sweep, controls, "
+                   "alternatives and headline, e.g. DeepFM+DCN (default: the largest per dataset)")
 
 
 def _add_compare(sub) -> None:
@@ -620,8 +622,11 @@ def cmd_mutual(args):
 def cmd_table(args):
     from ctrkit.analysis import records, render, tables
 
-    df = tables.table(args.name, args.store, include_exploration=args.include_exploration)
-    cap = f"{render.CAPTIONS.get(args.name, args.name)} ({records.provenance(args.store, include_exploration=args.include_exploration)})"
+    kw = {"include_exploration": args.include_exploration}
+    df = tables.table(args.name, args.store, peers=args.peers, **kw)
+    left = tables.left_out_peer_sets(args.name, args.store, peers=args.peers, **kw)
+    cap = f"{render.CAPTIONS.get(args.name, args.name)} ({records.provenance(args.store, **kw)})" + \
+        (f" {left}." if left else "")
     print(render.render(args.name, df, args.format, caption=cap))
 
 

@@ -93,6 +93,27 @@ def test_one_dataset_name_on_two_data_is_two_datasets(tmp_path, store):
     assert set(tables.finetune(store)["dataset"]) == {"criteo"}  # one data: its plain name
 
 
+def test_a_table_of_another_peer_set_and_what_the_main_one_leaves_out(store, capsys):
+    """The paired tables show one peer set per dataset (the largest); `peers` picks another, and the CLI's
+    caption says which sets it left out, so 2- and 3-peer runs are not dropped without a word."""
+    assert tables.left_out_peer_sets("finetune", store) == ("Shown: one peer set per dataset; also in the store: "
+                                                            "criteo: 10 peer sets of 2-3 peers (choose with --peers / peers=)")
+    two = tables.table("finetune", store, peers="DeepFM+DCN")
+    assert set(two["peers"]) == {"DeepFM+DCN"} and list(two["model"]) == ["DeepFM", "DCN"]
+    # the pair's own mutual - alone: 0.0002 per partner at weight 1, against the four-model alone control
+    assert two["auc_diff_mean"].to_numpy() == pytest.approx([0.0002 + np.mean(list(JITTER.values()))] * 2)
+    assert "criteo: 10 peer sets of 2-4 peers" in tables.left_out_peer_sets("headline", store, peers="DeepFM+DCN")
+    assert tables.left_out_peer_sets("baselines", store) == ""
+    with pytest.raises(CtrkitError, match=r"peers 'DeepFM\+DNC': no mutual run \(pretrained\).*did you mean 'DeepFM\+DCN'"):
+        tables.table("finetune", store, peers="DeepFM+DNC")
+    with pytest.raises(CtrkitError, match="the baselines table has no peer-set choice"):
+        tables.table("baselines", store, peers="DeepFM+DCN")
+    from ctrkit import cli
+    assert cli.main(["table", "headline", "--store", str(store.path), "--peers", "DCN+PNN"]) == 0
+    out = capsys.readouterr().out
+    assert "| DCN " in out and "| DeepFM " not in out and "also in the store: criteo: 10 peer sets" in out
+
+
 # ---- statistics against independent computations -------------------------------------------------
 def test_t_interval_matches_scipy():
     x = np.array([0.3, 0.1, 0.4, 0.15, 0.2])

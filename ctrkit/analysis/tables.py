@@ -23,7 +23,7 @@ from ctrkit.analysis.pairing import (control_runs, largest_peer_set, paper_order
                                      versus_alone)
 from ctrkit.analysis.records import CONTROL_FIELDS, file_version, flat_settings, per_file_version, records
 from ctrkit.analysis.stats import AUC_POINT, LEVEL, ci_columns, paired, rel_pct, t_interval, with_holm
-from ctrkit.core.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError, did_you_mean
 from ctrkit.experiments import designs
 
 
@@ -98,6 +98,7 @@ def _mutual_vs_alone(source, *, init: str, include_exploration: bool, peers: str
                      settings: Sequence[str] | None) -> pd.DataFrame:
     df = records(source, include_exploration=include_exploration)
     mut = df[(df["mode"] == "mutual") & (df["init"] == init)]
+    _check_peers(mut, peers, init)
     rows = []
     for ds, d in mut.groupby("dataset", sort=True):
         main = peers or largest_peer_set(d)
@@ -109,6 +110,34 @@ def _mutual_vs_alone(source, *, init: str, include_exploration: bool, peers: str
             for r in versus_alone(df, treat):
                 rows.append({"dataset": ds, "peers": main, **setting_columns(treat), **r, "settings_key": key})
     return with_holm(pd.DataFrame(rows), ["dataset", "settings_key", "amp"])
+
+
+def _check_peers(mut: pd.DataFrame, peers: str | None, init: str) -> None:
+    """A peer set asked for by name that no mutual run of `init` has: one line, not an empty table."""
+    have = sorted(set(mut["peers"].dropna().astype(str)))
+    if peers is not None and peers not in have:
+        raise CtrkitError(f"peers {peers!r}: no mutual run ({init}) of that peer set in the store; it has "
+                          f"{', '.join(have) or 'none'}{did_you_mean(peers, have)}")
+
+
+def left_out_peer_sets(name: str, source, *, include_exploration: bool = False, peers: str | None = None) -> str:
+    """The mutual peer sets in the store that table `name` leaves out (it shows one per dataset: `peers`,
+    else the largest), in words for its caption; '' when it leaves none out or has no peer set."""
+    if name not in PEER_TABLES:
+        return ""
+    df = records(source, include_exploration=include_exploration)
+    mut = df[(df["mode"] == "mutual") & (df["init"] == PEER_TABLES[name])]
+    said = []
+    for ds, d in mut.groupby("dataset", sort=True):
+        main = peers or largest_peer_set(d)
+        rest = sorted(set(d["peers"].dropna().astype(str)) - {main}, key=lambda p: (-p.count("+"), p))
+        if rest:
+            sizes = sorted({p.count("+") + 1 for p in rest})
+            what = ", ".join(rest) if len(rest) <= 3 else \
+                f"{len(rest)} peer sets of {sizes[0]}{'' if len(sizes) == 1 else f'-{sizes[-1]}'} peers"
+            said.append(f"{ds}: {what}")
+    return (f"Shown: one peer set per dataset; also in the store: {'; '.join(said)} (choose with --peers / peers=)"
+            if said else "")
 
 
 def scratch(source, *, include_exploration: bool = False, peers: str | None = None) -> pd.DataFrame:
@@ -528,10 +557,10 @@ HEADLINE_COLS = ["dataset", "model", "weight", "finetune_lr_scale", "n_pairs", "
                  "n_kept_pretrained_mutual", "n_kept_pretrained_alone", "choice"]
 
 
-def headline(source, *, include_exploration: bool = False) -> pd.DataFrame:
+def headline(source, *, include_exploration: bool = False, peers: str | None = None) -> pd.DataFrame:
     """The README's table: mutual - alone finetuning per model and dataset at the setting chosen on
     validation, relative % and RelaImpr with their 95% paired t-intervals, the logloss difference."""
-    ft = finetune(source, include_exploration=include_exploration)
+    ft = finetune(source, include_exploration=include_exploration, peers=peers)
     return ft[[c for c in HEADLINE_COLS if c in ft.columns]].reset_index(drop=True) if len(ft) else ft
 
 
@@ -541,9 +570,17 @@ TABLES: dict[str, Callable] = {
     "alternatives": alternatives, "tuning": tuning,
 }
 NAMES = tuple(TABLES)
+# The tables of one peer set per dataset (the largest unless `peers` names one), and the init they read
+PEER_TABLES = {"scratch": "scratch", "finetune": "pretrained", "sweep": "pretrained", "controls": "pretrained",
+               "alternatives": "pretrained", "headline": "pretrained"}
 
 
-def table(name: str, source, *, include_exploration: bool = False) -> pd.DataFrame:
+def table(name: str, source, *, include_exploration: bool = False, peers: str | None = None) -> pd.DataFrame:
+    """Table `name` of `source`; `peers` ("DeepFM+DCN") picks the peer set of the PEER_TABLES."""
     if name not in TABLES:
-        raise CtrkitError(f"unknown table {name!r}; valid: {', '.join(NAMES)}")
-    return TABLES[name](source, include_exploration=include_exploration)
+        raise CtrkitError(f"unknown table {name!r}; valid: {', '.join(NAMES)}{did_you_mean(name, NAMES)}")
+    if peers is None:
+        return TABLES[name](source, include_exploration=include_exploration)
+    if name not in PEER_TABLES:
+        raise CtrkitError(f"peers: the {name} table has no peer-set choice (these have: {', '.join(PEER_TABLES)})")
+    return TABLES[name](source, include_exploration=include_exploration, peers=peers)
