@@ -114,6 +114,28 @@ def test_a_table_of_another_peer_set_and_what_the_main_one_leaves_out(store, cap
     assert "| DCN " in out and "| DeepFM " not in out and "also in the store: criteo: 10 peer sets" in out
 
 
+def test_the_mutual_term_is_a_setting_the_tables_show(tmp_path, store):
+    """KL runs beside the paper's squared difference at the same weight and lr scale are rows a reader can
+    tell apart (a `divergence` column), not two rows with the same visible settings; the paper's own
+    term alone says nothing (no "divergence mse" in every Settings line)."""
+    for seed in SEEDS:
+        store.append([{**r, "divergence": "kl", "run_key": r["run_key"] + "|kl"}
+                      for r in run("mutual", POOL, seed, key=False)])
+    sw = tables.sweep(store)
+    assert set(sw["divergence"].fillna("mse")) == {"mse", "kl"}
+    one = sw[(sw["weight"] == 1.0) & (sw["finetune_lr_scale"] == 0.1) & (sw["model"] == "DCN")]
+    assert len(one) == 2 and one["divergence"].nunique(dropna=False) == 2
+    assert "| divergence" in render.render("sweep", sw, "md")
+    mse_only = render.render("sweep", tables.sweep(_mse_only(tmp_path, store)), "md")
+    assert "divergence" not in mse_only.split("\n\n")[0] and "divergence mse" not in mse_only
+
+
+def _mse_only(tmp_path, store):
+    s = ResultsStore(tmp_path / "mse.jsonl")
+    s.append([{**r, "divergence": "mse"} for r in store.records() if r.get("divergence") != "kl"])
+    return s
+
+
 # ---- statistics against independent computations -------------------------------------------------
 def test_t_interval_matches_scipy():
     x = np.array([0.3, 0.1, 0.4, 0.15, 0.2])

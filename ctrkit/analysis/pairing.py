@@ -87,7 +87,7 @@ def paper_order(labels: pd.Series) -> pd.Series:
 
 def setting_columns(g: pd.DataFrame) -> dict:
     r = g.iloc[0]
-    return {"weight": r["weight"], "finetune_lr_scale": r["finetune_lr_scale"],
+    return {"weight": r["weight"], "divergence": r["divergence"], "finetune_lr_scale": r["finetune_lr_scale"],
             "finetune_epochs": r["finetune_epochs"], "amp": r["amp"]}
 
 

@@ -99,7 +99,7 @@ _HIDDEN = ("settings_key", "setting_id", "intercept")
 _IN_FLAG = ("n_cap_hit_mutual", "n_cap_hit_alone", "n_kept_pretrained_mutual", "n_kept_pretrained_alone")
 # Columns that describe the setting: when one value holds for every row, display moves it into one
 # "settings" line under the table instead of repeating it in every row.
-_SETTING_COLS = ("dataset", "peers", "weight", "finetune_lr_scale", "finetune_epochs", "amp", "chosen_on",
+_SETTING_COLS = ("dataset", "peers", "weight", "divergence", "finetune_lr_scale", "finetune_epochs", "amp", "chosen_on",
                  "selection_valid_auc", "choice", "differs")
 _INT_COLS = ("finetune_epochs", "epochs_min", "epochs_max", "n_pairs", "n_seeds", "n_subsets", "n_points",
              "n_partners", "n_cap_hit", "n_peers", "mutual_epochs_max", "alone_epochs_max", "n_cap_hit_mutual",
@@ -123,9 +123,14 @@ def _value(c: str, v):
     return v
 
 
+# A setting value too common to say in every Settings line: the paper's own mutual term
+_UNSAID = {("divergence", "mse")}
+
+
 def constant_settings(shown: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     same = [c for c in _SETTING_COLS if c in shown.columns and shown[c].astype(str).nunique() == 1]
-    line = ", ".join(f"{c} {shown[c].iloc[0]}" for c in same if str(shown[c].iloc[0]) not in ("", "–"))
+    line = ", ".join(f"{c} {shown[c].iloc[0]}" for c in same
+                     if str(shown[c].iloc[0]) not in ("", "–") and (c, str(shown[c].iloc[0])) not in _UNSAID)
     return shown.drop(columns=same), line
 
 
