@@ -87,7 +87,9 @@ def paper_order(labels: pd.Series) -> pd.Series:
 
 def setting_columns(g: pd.DataFrame) -> dict:
     r = g.iloc[0]
-    return {"weight": r["weight"], "divergence": r["divergence"], "finetune_lr_scale": r["finetune_lr_scale"],
+    # a record without a divergence (hand-made, older) reads None from JSONL and NaN from a CSV export: one value
+    div = None if pd.isna(r["divergence"]) else r["divergence"]
+    return {"weight": r["weight"], "divergence": div, "finetune_lr_scale": r["finetune_lr_scale"],
             "finetune_epochs": r["finetune_epochs"], "amp": r["amp"]}
 
 
