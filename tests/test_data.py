@@ -143,6 +143,80 @@ def test_min_count_oov_and_train_only_vocab(tmp_path):
     assert d2.numpy("valid")[0][:, c1].tolist() == [2, 3, 4, 1]
 
 
+# ------------------------------------------------------------------------ too little data: one warning
+
+def _small_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, data.SmallDataWarning)]
+
+
+def test_few_of_a_class_and_empty_vocabularies_warn_once_with_the_numbers(tmp_path, capsys):
+    """valid: 9 positives (under 10) -> said; test: 10 of each -> not said; C1 all distinct in train
+    (under min-count 10) -> only padding and OOV; `info` shows the same facts."""
+    def rows(pos, neg, c1=lambda i: "aaaa"):
+        return [criteo_row(label=str(int(i < pos)), cats=[c1(i)] + ["zz"] * 25) for i in range(pos + neg)]
+
+    train = rows(20, 30, c1=lambda i: f"v{i}")
+    with pytest.warns(data.SmallDataWarning) as record:
+        d = _presplit(tmp_path, train, rows(9, 10), rows(10, 10))
+    (msg,) = _small_warnings(record)
+    # test (10 of each class) is enough: not named
+    assert msg == (f"{d.path}: too little data: valid 19 rows (9 positive, 10 negative): under 10 of a class, "
+                   f"an AUC there is mostly noise; 1 of 39 fields keeps only padding and OOV after min_count 10 "
+                   f"(C1): no information in it"), msg
+    assert d.field_sizes[d.field_names.index("C1")] == 2
+    # `ctrkit info` says the same, as text and as JSON
+    assert main(["info", str(d.path)]) == 0
+    assert f"  warning: {msg.split(': ', 1)[1]}" in capsys.readouterr().out.splitlines()
+    assert main(["info", str(d.path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["warnings"] == [msg.split(": ", 1)[1]]
+
+
+def test_enough_of_each_class_and_kept_values_do_not_warn(tmp_path, capsys):
+    def rows(pos, neg):
+        return [criteo_row(label=str(int(i < pos))) for i in range(pos + neg)]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", data.SmallDataWarning)
+        d = _presplit(tmp_path, rows(20, 30), rows(10, 10), rows(10, 10))
+    assert data.info(d)["warnings"] == []
+    assert main(["info", str(d.path)]) == 0 and "warning" not in capsys.readouterr().out
+
+
+@needs_samples
+def test_real_criteo_sample_warns_with_its_numbers_every_time_it_is_prepared(tmp_path):
+    out = tmp_path / "c"
+    for _ in range(2):  # the second call finds it prepared already: the folder is as small as it was
+        with pytest.warns(data.SmallDataWarning) as record:
+            data.prepare("criteo", CRITEO_SAMPLE, out, progress=False)
+        (msg,) = _small_warnings(record)
+        assert msg.startswith(f"{out}: too little data: valid 19 rows (4 positive, 15 negative) and test 20 rows "
+                              f"(5 positive, 15 negative): under 10 of a class"), msg
+        assert "11 of 39 fields keep only padding and OOV after min_count 10 (I5, C3, C4, C7, C11, ...)" in msg, msg
+
+
+@needs_samples
+def test_cli_prepare_of_the_real_avazu_sample_prints_one_warning_line(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "ctrkit.cli", "prepare", "avazu", "--raw", str(AVAZU_SAMPLE),
+                        "--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.splitlines() == [
+        f"ctrkit: warning: {tmp_path / 'a'}: too little data: valid 10 rows (2 positive, 8 negative) and test 10 "
+        f"rows (2 positive, 8 negative): under 10 of a class, an AUC there is mostly noise; 1 of 24 fields keeps "
+        f"only padding and OOV after min_count 2 (device_ip): no information in it"], r.stderr
+
+
+@pytest.mark.parametrize("dataset", ["criteo", "avazu"])
+def test_the_synthetic_data_of_make_reproduce_does_not_warn(tmp_path, dataset):
+    """`make reproduce` (profile quick) prepares 8,000 synthetic rows of each dataset: no warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", data.SmallDataWarning)
+        d = data.synthetic_dataset(dataset, 8000, tmp_path)
+    assert data.info(d)["warnings"] == []
+
+
 # ------------------------------------------------------------------------ splits
 
 def test_split_deterministic_stratified_and_seeded(tmp_path):

@@ -267,6 +267,32 @@ def test_bad_input_is_one_line_naming_where(tmp_path, capsys, case):
     _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(raw), "--out", str(out)], *needles, out=out)
 
 
+def test_a_typo_in_a_schema_column_names_the_close_header_column(tmp_path, capsys):
+    """`marital_status` in the schema, `marital-status` in the header (UCI Adult's spelling)."""
+    raw = _write_csv(tmp_path / "adult.csv", ["income", "marital-status", "hours-per-week", "race"],
+                     [["<=50K", "Never-married", 40, "Black"], [">50K", "Divorced", 50, "White"]])
+    f = tmp_path / "s.yaml"
+    f.write_text("name: adult2\nlabel: {column: income, positive: ['>50K'], negative: ['<=50K']}\n"
+                 "categorical: [marital_status, race]\nnumeric: [hours-per-week]\n")
+    out = tmp_path / "out"
+    argv = ["prepare", "--schema", str(f), "--raw", str(raw), "--out", str(out)]
+    err = _cli_fails(capsys, argv, out=out)
+    assert err == (f"ctrkit: error: {raw}: line 1: header lacks column(s) marital_status for adult2; "
+                   f"did you mean 'marital-status'?\n"), err
+    # several: each its own suggestion; a name close to nothing gets none
+    f.write_text(f.read_text().replace("[hours-per-week]", "[hours_per_week]").replace("race]", "zzz]"))
+    _cli_fails(capsys, argv, "header lacks column(s) marital_status (did you mean 'marital-status'?), zzz, "
+                             "hours_per_week (did you mean 'hours-per-week'?) for adult2", out=out)
+    # the same file as parquet (its own reader of column names)
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.csv as pacsv
+
+    pq.write_table(pacsv.read_csv(raw), tmp_path / "adult.parquet")
+    f.write_text(f.read_text().replace("zzz]", "race]").replace("[hours_per_week]", "[hours-per-week]"))
+    _cli_fails(capsys, ["prepare", "--schema", str(f), "--raw", str(tmp_path / "adult.parquet"), "--out", str(out)],
+               "header lacks column(s) marital_status for adult2; did you mean 'marital-status'?", out=out)
+
+
 def test_protocol_and_schema_do_not_mix(tmp_path, capsys):
     f = tmp_path / "s.yaml"
     f.write_text("name: t\nlabel: y\ncategorical: [a]\n")

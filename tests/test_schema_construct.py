@@ -205,6 +205,14 @@ def test_prepare_refuses_a_pandas_dataframe_in_one_line_naming_the_way_in(tmp_pa
     assert sum(d.rows.values()) == 40  # the way the message names works
 
 
+def test_a_datasets_object_lacking_a_schema_column_names_the_close_one(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"y": [0, 1] * 20, "marital-status": list("abcde") * 8})
+    with pytest.raises(CtrkitError) as e:
+        data.prepare(_schema(label="y", categorical=("marital_status",)), ds, tmp_path / "out", progress=False)
+    _one_line(e, "datasets: dataset lacks column(s) marital_status for s; did you mean 'marital-status'?")
+
+
 @pytest.mark.parametrize("raw_value", [None, 5, ["t.csv"]])
 def test_prepare_refuses_a_raw_that_is_not_a_path_in_one_line(tmp_path, raw_value):
     with pytest.raises(CtrkitError) as e:

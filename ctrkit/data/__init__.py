@@ -9,11 +9,13 @@ training or results modules.
 """
 from ctrkit.data.ingest import prepare, resolve_schema, synthetic_dataset
 from ctrkit.data.keys import bucketize, hash_strings
-from ctrkit.data.loading import FIRST, FORMAT_VERSION, OOV, PAD, SPLITS, CTRData, format_info, info, load
+from ctrkit.data.loading import (FIRST, FORMAT_VERSION, OOV, PAD, SPLITS, CTRData, SmallDataWarning, format_info, info,
+                                 load, small_data)
 from ctrkit.data.schema import (AVAZU_CAT, BUILTIN, CRITEO_CAT, CRITEO_INT, FRAPPE_CAT, MOVIELENS_CAT, PROTOCOLS,
                                 DatasetSchema, Label, Numeric, Protocol, Split, Time, builtin, load_schema)
 
-__all__ = ["CTRData", "load", "info", "format_info", "prepare", "synthetic_dataset", "resolve_schema",
+__all__ = ["CTRData", "load", "info", "format_info", "small_data", "SmallDataWarning", "prepare", "synthetic_dataset",
+           "resolve_schema",
            "hash_strings", "bucketize", "DatasetSchema", "Label", "Numeric", "Time", "Split", "load_schema",
            "builtin", "BUILTIN", "Protocol", "PROTOCOLS", "SPLITS", "PAD", "OOV", "FIRST", "FORMAT_VERSION",
            "CRITEO_INT", "CRITEO_CAT", "AVAZU_CAT", "FRAPPE_CAT", "MOVIELENS_CAT"]

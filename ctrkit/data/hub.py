@@ -6,7 +6,7 @@ import os
 
 from ctrkit.data.loading import SPLITS
 from ctrkit.data.schema import DatasetSchema
-from ctrkit.data.sources import SPLIT_NAMES, Part, as_dictionary_table
+from ctrkit.data.sources import SPLIT_NAMES, Part, as_dictionary_table, lacks_columns
 from ctrkit.core.errors import CtrkitError
 from ctrkit.core.extras import require
 
@@ -35,9 +35,11 @@ def dataset_parts(ds, schema: DatasetSchema, name: str) -> list[Part]:
     for split, d in splits.items():
         lower = {c.lower(): c for c in d.column_names}
         missing = [c for c in schema.used_columns if c not in d.column_names and c.lower() not in lower]
+        columns = {c: c if c in d.column_names else lower[c.lower()] for c in schema.used_columns
+                   if c not in missing}
         if missing:
-            raise CtrkitError(f"{name}: dataset lacks column(s) {', '.join(missing)} for {schema.name}")
-        columns = {c: c if c in d.column_names else lower[c.lower()] for c in schema.used_columns}
+            lacks = lacks_columns("dataset", missing, d.column_names, columns.values(), schema.name)
+            raise CtrkitError(f"{name}: {lacks}")
         named = {v.lower() for v in columns.values()} | {c.lower() for c in schema.drop}
 
         def batches(d=d, columns=columns):

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ctrkit.data import outdir
 from ctrkit.data.encode import Counter, Splitter, bad_row_message, build_vocab, decode, field_plan
-from ctrkit.data.loading import FIRST, FORMAT_VERSION, OOV, PAD, SPLITS, CTRData, load
+from ctrkit.data.loading import FIRST, FORMAT_VERSION, OOV, PAD, SPLITS, CTRData, SmallDataWarning, load, small_data
 from ctrkit.data.schema import DEFAULT_PROTOCOL, LEGACY, PROTOCOLS, DatasetSchema, builtin, check_seed, load_schema
 from ctrkit.data.inputs import resolve_source
 from ctrkit.data.sources import Part
@@ -105,7 +107,9 @@ def prepare(dataset, raw, out, *, protocol: str | None = None, on_bad_lines: str
     folder (train/valid/test files used as given; train + test: valid carved from train; or one
     train file, split by the schema), `hf://<hub id>`, or a `datasets` Dataset/DatasetDict.
     Preparing the same input with the same settings again is a no-op unless `force`; `force`
-    replaces only a previous ctrkit output. The output appears only when complete.
+    replaces only a previous ctrkit output. The output appears only when complete. Data too small to
+    evaluate on (valid/test with under 10 of a class, fields left with only padding and OOV) gets
+    one `SmallDataWarning`.
     """
     schema, protocol = resolve_schema(dataset, protocol, seed)
     if on_bad_lines not in ("error", "skip"):
@@ -116,13 +120,30 @@ def prepare(dataset, raw, out, *, protocol: str | None = None, on_bad_lines: str
     outdir.check_paths(out, _inputs(raw, source))
     if not force and out.is_dir() and outdir.previous_fingerprint(out) == fp:
         outdir.remove_stale(out)
+        _warn_if_small(out, None)  # said again: the folder is as small as when it was made
         return out
     outdir.check_replace(out, fp, force)
     marker = {"written_by": "ctrkit prepare", "fingerprint": fp, "format_version": FORMAT_VERSION}
     with outdir.staging(out, marker) as tmp:
         fm = _prepare_into(tmp, schema, protocol, parts, source, fp, on_bad_lines, progress)
         write_json_atomic(tmp / "feature_map.json", fm)
+    _warn_if_small(out, fm)
     return out
+
+
+def _warn_if_small(out: Path, fm: dict | None) -> None:
+    """One SmallDataWarning line naming the folder and its numbers when it is too small to learn
+    from or evaluate on (`loading.small_data`): a run on it would report noise as results."""
+    if fm is None:
+        try:
+            fm = json.loads((out / "feature_map.json").read_text())
+            text = small_data(fm)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return  # a damaged feature map is load()'s to report, in its own one line
+    else:
+        text = small_data(fm)
+    if text:
+        warnings.warn(f"{out}: too little data: {text}", SmallDataWarning, stacklevel=3)
 
 
 def _stream(part: Part, schema: DatasetSchema, plan, on_bad_lines: str, progress: bool):
@@ -291,8 +312,6 @@ def synthetic_dataset(dataset: str, rows: int, out, seed: int = 2021, protocol: 
 
     Cached: when `out` already holds the same synthetic rows prepared the same way, nothing runs.
     """
-    import json
-
     from ctrkit.data import synth
 
     out, seed = Path(out), check_seed(seed)  # a numpy int would be cached as text and never match

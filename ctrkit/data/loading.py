@@ -3,7 +3,7 @@
 A processed directory holds `feature_map.json` and per split `{split}_X.npy` (int32 [rows, fields],
 per-field local indices) and `{split}_y.npy` (float32 [rows]). Index layout of every field:
 0 = padding (never produced; kept for FuxiCTR-style embedding tables), 1 = OOV, 2.. = kept values,
-most frequent first.
+most frequent first. `info` says what a folder holds, and `small_data` whether it is too small to trust.
 """
 from __future__ import annotations
 
@@ -203,13 +203,59 @@ def _check_split_files(d: CTRData, split: str) -> None:
         raise CtrkitError(f"{where}: every training label is {int(ones > 0)}: there is nothing to learn")
 
 
+class SmallDataWarning(UserWarning):
+    """A prepared dataset too small to learn from or evaluate on: its metrics would be noise."""
+
+
+# Fewer positives or negatives than this in valid or test: an AUC there is mostly noise. Its standard
+# error (Hanley & McNeil 1982, at AUC 0.75) is about sqrt(0.08 / positives) or sqrt(0.04 / negatives),
+# over 0.06 below 10 of a class: tens of times the 0.001-0.01 gaps between the models a table compares.
+MIN_CLASS_ROWS = 10
+
+
+def _few_of_a_class(fm: dict) -> list[str]:
+    """"valid 19 rows (4 positive, 15 negative)" per evaluation split with under MIN_CLASS_ROWS of a class."""
+    rows, ctr, said = fm["rows"], fm.get("ctr") or {}, []
+    for s in ("valid", "test"):
+        n = rows[s]
+        if n and ctr.get(s) is None:  # a feature map without CTRs: the classes are unknown
+            continue
+        # the CTR is the labels' float32 mean, whose sum of 0/1 is exact: rows x CTR rounds to the positives
+        pos = round(n * (ctr.get(s) or 0.0))
+        if min(pos, n - pos) < MIN_CLASS_ROWS:
+            said.append(f"{s} {n} rows ({pos} positive, {n - pos} negative)")
+    return said
+
+
+def small_data(fm: dict) -> str:
+    """Why a prepared dataset (its feature map) is too small to learn from or evaluate on, as one
+    line ("" when it is not): evaluation splits with under MIN_CLASS_ROWS of a class, and fields
+    whose vocabulary is only padding and OOV (every training value rarer than min_count)."""
+    said = []
+    few = _few_of_a_class(fm)
+    if few:
+        said.append(f"{' and '.join(few)}: under {MIN_CLASS_ROWS} of a class, an AUC there is mostly noise")
+    # vocab_size FIRST: no kept value (quantile/edges bins always have at least one bin besides)
+    empty = [f["name"] for f in fm["fields"] if f["vocab_size"] <= FIRST]
+    if empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        after = f" after min_count {fm['min_count']}" if fm.get("min_count") else ""
+        keep = "keeps" if len(empty) == 1 else "keep"
+        said.append(f"{len(empty)} of {len(fm['fields'])} fields {keep} only padding and OOV{after} ({shown}): "
+                    f"no information in {'it' if len(empty) == 1 else 'them'}")
+    return "; ".join(said)
+
+
 def info(d: CTRData) -> dict:
-    """Rows per split, CTR, fields with vocabulary sizes: what `ctrkit info` shows."""
+    """Rows per split, CTR, fields with vocabulary sizes, and what makes the data too small to trust
+    (`small_data`): what `ctrkit info` shows."""
     fm = d.feature_map
+    small = small_data(fm)
     return {"path": str(d.path), "dataset": d.dataset, "protocol": d.protocol,
             "fingerprint": d.fingerprint, "rows": fm["rows"], "ctr": fm.get("ctr"),
             "fields": [{"name": f["name"], "vocab_size": f["vocab_size"]} for f in fm["fields"]],
-            "total_vocab": int(sum(d.field_sizes)), "source": fm.get("source")}
+            "total_vocab": int(sum(d.field_sizes)), "source": fm.get("source"),
+            "warnings": [f"too little data: {small}"] if small else []}
 
 
 def format_info(i: dict) -> str:
@@ -221,6 +267,7 @@ def format_info(i: dict) -> str:
     lines.append(f"  {len(i['fields'])} fields, {i['total_vocab']:,d} embedding rows in all:")
     lines += [f"    {f['name']:<18} {f['vocab_size']:>10,d}" for f in i["fields"]]
     lines += [f"  note: {n}" for n in (i.get("source") or {}).get("notes", [])]
+    lines += [f"  warning: {w}" for w in i.get("warnings", [])]
     return "\n".join(lines)
 
 

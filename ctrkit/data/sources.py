@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 from ctrkit.data.loading import SPLITS
 from ctrkit.data.schema import DatasetSchema
 from ctrkit.core.errors import CtrkitError
+from ctrkit.core.utils import did_you_mean
 
 
 @dataclass
@@ -107,9 +108,23 @@ def match_columns(tokens: list, schema: DatasetSchema, where: str) -> tuple[dict
             columns[c] = hits[0]
     missing = [c for c in schema.used_columns if c not in columns]
     if missing:
-        raise CtrkitError(f"{where}: header lacks column(s) {', '.join(missing)} for {schema.name}")
+        raise CtrkitError(f"{where}: {lacks_columns('header', missing, tokens, columns.values(), schema.name)}")
     named = {v.lower() for v in columns.values()} | {d.lower() for d in schema.drop}
     return columns, tuple(t for t in tokens if t.lower() not in named and untyped(t).lower() not in named)
+
+
+def lacks_columns(what: str, missing: list, names: list, matched, dataset: str) -> str:
+    """"<what> lacks column(s) a, b for <dataset>", with "did you mean" the close input column (of
+    `names`, less the `matched` ones) where there is one: a typo'd schema column such as
+    `marital_status` for the header's `marital-status`. One missing column gets it at the end of the
+    line, as every other lookup does; each of several gets its own, after its name."""
+    used = set(matched)
+    unused = [untyped(n) for n in names if n not in used]
+    hints = [did_you_mean(c, unused) for c in missing]
+    if len(missing) == 1:
+        return f"{what} lacks column(s) {missing[0]} for {dataset}{hints[0]}"
+    listed = ", ".join(f"{c} ({h.removeprefix('; ')})" if h else c for c, h in zip(missing, hints))
+    return f"{what} lacks column(s) {listed} for {dataset}"
 
 
 _TYPES = ("int", "integer", "long", "float", "double", "number", "numeric", "str", "string", "text", "category",
