@@ -625,7 +625,9 @@ def cmd_table(args):
     kw = {"include_exploration": args.include_exploration}
     df = tables.table(args.name, args.store, peers=args.peers, **kw)
     left = tables.left_out_peer_sets(args.name, args.store, peers=args.peers, **kw)
-    cap = f"{render.CAPTIONS.get(args.name, args.name)} ({records.provenance(args.store, **kw)})" + \
+    # the datasets the table shows, not every dataset of the store
+    shown = sorted(set(df["dataset"])) if "dataset" in df.columns else None
+    cap = f"{render.CAPTIONS.get(args.name, args.name)} ({records.provenance(args.store, datasets=shown, **kw)})" + \
         (f" {left}." if left else "")
     print(render.render(args.name, df, args.format, caption=cap))
 

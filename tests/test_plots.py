@@ -133,8 +133,13 @@ def test_architecture_diagrams(tmp_path):
 
 
 def test_missing_columns_and_empty_frames_are_clear_errors(tmp_path):
-    with pytest.raises(CtrkitError, match=r"paired_gains: missing column\(s\) \['comparison'"):
+    with pytest.raises(CtrkitError, match=r"paired_gains: missing column\(s\) comparison, rel_pct_ci_low, .*the frame has \['model'"):
         plots.paired_gains(pd.DataFrame({"model": ["DCN"], "rel_pct_mean": [0.1]}), tmp_path / "x")
+    # a whole table passed for the figure's frame: the frame's recipe, not a list of 40 column names
+    table = pd.DataFrame({f"c{i}": [1] for i in range(40)})
+    with pytest.raises(CtrkitError, match=r"the frame has 40 others \(c0, c1, c2, c3, c4, c5, \.\.\.\); draw the "
+                                          r"figure's frame: ctrkit.analysis.frames.figure_frame\(store, 'gains'\)$"):
+        plots.paired_gains(table, tmp_path / "x")
     with pytest.raises(CtrkitError, match="no rows to plot"):
         plots.peer_count(pd.DataFrame(columns=["n_peers", "model", "gain_rel_pct_mean", "rel_pct_mean"]), tmp_path / "y")
     assert not list(tmp_path.iterdir())

@@ -90,6 +90,9 @@ def test_one_dataset_name_on_two_data_is_two_datasets(tmp_path, store):
     assert set(ft.loc[ft["dataset"] == "criteo [fp]", "weight"]) != {50.0}
     assert set(ft.loc[ft["dataset"] == "criteo [realsamp]", "weight"]) == {50.0}
     assert "criteo [realsamp]: 4 runs, 2 seeds" in records.provenance(other)
+    # a table of one of them is captioned with its runs only
+    assert "realsamp" not in records.provenance(other, datasets=["criteo [fp]"])
+    assert records.provenance(other, datasets=["criteo [realsamp]"]).startswith("criteo [realsamp]: 4 runs")
     assert set(tables.finetune(store)["dataset"]) == {"criteo"}  # one data: its plain name
 
 

@@ -91,13 +91,20 @@ def show(paths: Sequence[str | os.PathLike], width: int | None = None):
     return Image(filename=str(png), width=width)
 
 
+# The figure frame (`ctrkit.analysis.frames.figure_frame` kind) each plot draws: a table is not one
+_FRAME_OF = {"paired_gains": "gains", "partner_heatmap": "partners", "peer_count": "peer_count", "sweep_gain": "sweep"}
+
+
 def _need(df: pd.DataFrame, cols: Sequence[str | None], what: str, may_lack: Sequence[str] = ()) -> pd.DataFrame:
     """`df` with `cols`, rows missing a value left out, except in `may_lack` (an interval of one seed)."""
     if not isinstance(df, pd.DataFrame):
         raise CtrkitError(f"{what}: expected a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in cols if c is not None and c not in df.columns]
     if missing:
-        raise CtrkitError(f"{what}: missing column(s) {missing}; the frame has {list(df.columns)}")
+        has = list(df.columns) if len(df.columns) <= 12 else f"{len(df.columns)} others ({', '.join(map(str, df.columns[:6]))}, ...)"
+        frame = _FRAME_OF.get(what)
+        hint = f"; draw the figure's frame: ctrkit.analysis.frames.figure_frame(store, {frame!r})" if frame else ""
+        raise CtrkitError(f"{what}: missing column(s) {', '.join(missing)}; the frame has {has}{hint}")
     df = df.dropna(subset=[c for c in cols if c is not None and c not in may_lack])
     if df.empty:
         raise CtrkitError(f"{what}: no rows to plot (after dropping missing values)")

@@ -278,11 +278,13 @@ def data_labels(df: pd.DataFrame) -> pd.Series:
                       for d, f in zip(df["dataset"], df["fingerprint"])], index=df.index, dtype=object)
 
 
-def provenance(source, *, include_exploration: bool = False) -> str:
-    """What a store's tables rest on, in one line: per dataset its runs, seeds (and their range),
-    model presets, precision and data fingerprints (a store knows no row counts: `ctrkit info` on the
-    data folder says them)."""
+def provenance(source, *, include_exploration: bool = False, datasets=None) -> str:
+    """What a store's tables rest on, in one line: per dataset (of `datasets` when given: a table's)
+    its runs, seeds (and their range), model presets, precision and data fingerprints (a store knows
+    no row counts: `ctrkit info` on the data folder says them)."""
     df = records(source, include_exploration=include_exploration)
+    if datasets is not None:
+        df = df[df["dataset"].isin(list(datasets))]
     if df.empty:
         return "no runs"
     parts = []
