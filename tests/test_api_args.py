@@ -384,3 +384,93 @@ def test_one_rule_names_a_device_for_runs_and_notebooks():
             with pytest.raises(CtrkitError, match="device must be cpu, cuda, cuda:N or auto"):
                 check(name)
     assert profiles.check_device(torch.device("cpu")) == torch.device("cpu")
+
+
+# ---------------------------------------------------------------- a model registered by the user
+
+
+def test_a_registered_model_without_a_preset_is_one_line(monkeypatch, criteo_small, tmp_path):
+    """`models.MODELS["MyMLP"] = MyMLP` builds, but nothing that trains by name has a preset for it:
+    one line naming the preset, the models that have one and the route left (was a bare KeyError)."""
+    class MyMLP(models.MODELS["LR"]):
+        name = "MyMLP"
+
+    monkeypatch.setitem(models.MODELS, "MyMLP", MyMLP)
+    assert models.build("MyMLP", [3, 4]).name == "MyMLP"  # registered: only the preset is missing
+    for preset in ("smoke", "bars"):
+        with pytest.raises(CtrkitError, match=f"^no '{preset}' preset for model 'MyMLP' \\(presets exist for: "
+                                              f"LR, FM, DeepFM, DCN, PNN, FiBiNET\\)") as e:
+            presets.get("MyMLP", preset, "criteo", "x1")
+        assert "\n" not in str(e.value) and "loop.fit(models.build('MyMLP', data.field_sizes" in str(e.value)
+    with pytest.raises(CtrkitError, match="^no 'smoke' preset for model 'MyMLP'"):
+        experiments.pretrain_baselines(criteo_small, ["MyMLP"], tmp_path, preset="smoke", device="cpu", progress=False)
+    assert not any(tmp_path.rglob("*.pt"))
+
+
+# ---------------------------------------------------------------- messages the CLI and Python share
+
+
+def test_shared_errors_name_the_python_form_and_the_runs_preset(tmp_path):
+    """Messages that the CLI and the Python API both reach name both forms, and a missing checkpoint's
+    pretrain hint carries the run's preset (it said `pretrain_baselines(data, ['FM'], ..., seeds=[7])`)."""
+    with pytest.raises(CtrkitError) as e:
+        runs.apply_overrides("LR", {}, {}, {"hiden": 1})
+    assert str(e.value).startswith("--set hiden: unknown key") and "overrides={'hiden': ...} from Python" in str(e.value)
+    with pytest.raises(CtrkitError) as e:  # experiments.run: its own check, before anything runs
+        experiments.run(None, [["FM", "LR"]], ckpt_dir=tmp_path, seeds=[7], preset="smoke")
+    assert f"experiments.pretrain_baselines(data, ['FM'], {str(tmp_path)!r}, seeds=[7], preset='smoke')" in str(e.value)
+    data = types.SimpleNamespace(path="dd", fingerprint="fp")
+    spec = C.RunSpec(peers=("FM", "LR"), init="pretrained", ckpt_dir=tmp_path, seed=7, preset="smoke", device="cpu")
+    with pytest.raises(CtrkitError) as e:  # runs.execute: what `ctrkit mutual` reaches too
+        runs.execute(spec, data)
+    msg = str(e.value)
+    assert "ctrkit pretrain --data dd --model FM --seed 7 --preset smoke --out " in msg and "\n" not in msg
+    assert f"runs.pretrain(runs.PretrainSpec(model='FM', seed=7, preset='smoke'), data, out_dir=" in msg
+    (tmp_path / "seed7" / "FM").mkdir(parents=True)
+    (tmp_path / "seed7" / "FM" / "best.pt").touch()
+    with pytest.raises(CtrkitError, match=r"holds seed7: pass --seeds, or --ckpt-dir one of them; from Python: "
+                                          r"ckpt_dir one of them, or experiments.run\(\.\.\., ckpt_dir="):
+        runs.execute(spec, data)
+
+
+# ---------------------------------------------------------------- divergence: an axis, moot for the control
+
+
+def test_a_divergence_axis_keeps_one_alone_control():
+    """alone learns from nobody: one run (at the default divergence, the key it always had) for every
+    divergence of the grid, as for every weight; the runs that learn get one per divergence."""
+    grid = experiments.expand([["LR", "FM"]], inits=["scratch"], modes=["mutual", "alone", "kd"], weight=[1, 3],
+                              divergence=["mse", "kl"])
+    got = sorted((s["mode"], s["weight"], s["divergence"]) for s in grid)
+    assert got == [("alone", 1, "mse"), ("kd", 1, "kl"), ("kd", 1, "mse"), ("kd", 3, "kl"), ("kd", 3, "mse"),
+                   ("mutual", 1, "kl"), ("mutual", 1, "mse"), ("mutual", 3, "kl"), ("mutual", 3, "mse")]
+    # the alone run of a KL grid is the same control run (and key) as the MSE grid's
+    alone_kl, = experiments.expand([["LR", "FM"]], inits=["scratch"], modes=["alone"], divergence="kl")
+    alone_mse, = experiments.expand([["LR", "FM"]], inits=["scratch"], modes=["alone"])
+    assert C.RunSpec(**alone_kl).key("fp") == C.RunSpec(**alone_mse).key("fp")
+    with pytest.raises(CtrkitError, match="unknown divergence 'kll'"):  # checked even where only alone would carry it
+        experiments.expand([["LR", "FM"]], inits=["scratch"], modes=["alone"], divergence=["mse", "kll"])
+    with pytest.raises(CtrkitError, match="^divergence: an empty list runs nothing"):
+        experiments.expand([["LR", "FM"]], divergence=[])
+
+
+def test_a_two_divergence_grid_trains_each_alone_run_once_and_pairs_both(criteo_small, tmp_path, one_thread):
+    """The grid over MSE and KL trains the alone control once (one call, or one call per divergence),
+    and the tables pair the mutual runs of both divergences with it."""
+    from ctrkit.analysis import records, tables
+
+    kw = dict(inits=["scratch"], modes=["mutual", "alone"], seeds=[1], preset="smoke", epochs=1, device="cpu",
+              threads=1, progress=False)
+    one = tmp_path / "one.jsonl"
+    experiments.run(criteo_small, [["LR", "FM"]], divergence=["mse", "kl"], store=one, **kw)
+    per_call = tmp_path / "per_call.jsonl"
+    for div in ("mse", "kl"):
+        experiments.run(criteo_small, [["LR", "FM"]], divergence=div, store=per_call, **kw)
+    for store in (one, per_call):
+        df = records.records(store)
+        assert sorted(df.groupby("mode")["run_key"].nunique().items()) == [("alone", 1), ("mutual", 2)]
+        assert (df["mode"] == "alone").sum() == 2  # one run of two peers, recorded once
+        t = tables.scratch(store)
+        div = df.drop_duplicates("settings_key").set_index("settings_key")["divergence"]
+        assert sorted(div[t["settings_key"]].unique()) == ["kl", "mse"]
+        assert (t["n_pairs"] == 1).all() and len(t) == 4  # each divergence x each model, paired with the control

@@ -257,3 +257,32 @@ def test_a_split_auc_cannot_score_fails_before_training(criteo_small, tmp_path, 
     loaded = data.load(d)
     with pytest.raises(CtrkitError, match=rf"split '{split}': {words}"):
         loop.fit(models.build("FM", loaded.field_sizes), loaded, {"epochs": 1})
+
+
+# ---------------------------------------------------------------- mutual --preset against the checkpoints'
+
+
+def test_mutual_with_another_preset_than_the_checkpoints_is_one_line(criteo_small, tmp_path, capsys, monkeypatch):
+    """`ctrkit pretrain --preset smoke`, then `ctrkit mutual --preset quick` on that checkpoint: the run
+    would record "quick" for a smoke model (a pretrained peer is its checkpoint's model and training
+    settings): exit 2 before training, naming the checkpoint, both presets and the flag. The same
+    preset passes the check, and so does a checkpoint whose result.json predates the preset field."""
+    import json
+
+    ck = tmp_path / "ck"
+    assert cli.main(_pretrain_args(criteo_small, ck / "DeepFM", "--epochs", "1")) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(loop, "_train_epoch", lambda *_a, **_k: (_ for _ in ()).throw(_Trained()))
+    mutual = ["mutual", "--data", str(criteo_small.path), "--peers", "DeepFM", "--mode", "alone", "--init",
+              "pretrained", "--ckpt-dir", str(ck), "--seed", "3", "--device", "cpu", "--epochs", "1"]
+    line = _main_error(capsys, mutual + ["--preset", "quick"])
+    assert line == (f"ctrkit: error: checkpoint {ck / 'DeepFM' / 'best.pt'} was pretrained with preset 'smoke', but "
+                    f"this run has preset 'quick' (a pretrained peer keeps its checkpoint's model and training "
+                    f"settings, and the run records its preset): pass preset='smoke' (--preset smoke), or pretrain "
+                    f"it again with preset 'quick'")
+    with pytest.raises(_Trained):
+        cli.main(mutual + ["--preset", "smoke"])
+    rj = ck / "DeepFM" / "result.json"
+    rj.write_text(json.dumps({k: v for k, v in json.loads(rj.read_text()).items() if k != "preset"}))
+    with pytest.raises(_Trained):  # an older checkpoint: accepted as before
+        cli.main(mutual + ["--preset", "quick"])

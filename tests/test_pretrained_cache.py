@@ -136,3 +136,56 @@ def test_a_stored_run_is_not_reused_once_its_checkpoint_was_pretrained_again(set
     assert len(store.read_text().splitlines()) == 4
     assert (again.set_index("peer").loc["DeepFM", "pretrained_test_auc"]
             != first.set_index("peer").loc["DeepFM", "pretrained_test_auc"])
+
+
+def _strip_preset(ck) -> None:
+    """result.json as written before it recorded the baseline's preset."""
+    for rj in ck.rglob("result.json"):
+        old = json.loads(rj.read_text())
+        del old["preset"]
+        rj.write_text(json.dumps(old))
+
+
+def test_a_run_refuses_a_preset_other_than_its_checkpoints(setup, tmp_path):
+    """A pretrained peer is its checkpoint's model and training settings, so a finetuning run records
+    the preset the checkpoints were pretrained with or none: smoke checkpoints finetuned under
+    preset "quick" were recorded as quick models. Refused before anything trains, in one line."""
+    from ctrkit.core.utils import CtrkitError
+
+    d, root = setup
+    assert all(json.loads(rj.read_text())["preset"] == "smoke" for rj in (root / "ck").rglob("result.json"))
+    grid = dict(inits=["pretrained"], modes=["mutual", "alone"], seeds=[1], ckpt_dir=root / "ck", finetune_epochs=1,
+                device="cpu", threads=1, progress=False)
+    store = tmp_path / "s.jsonl"
+    with pytest.raises(CtrkitError) as e:
+        experiments.run(d, [["DeepFM", "FiBiNET"]], preset="quick", store=store, **grid)
+    path = runs.checkpoint_path(runs.seed_dir(root / "ck", 1), "DeepFM")
+    assert str(e.value) == (f"checkpoint {path} was pretrained with preset 'smoke', but this run has preset 'quick' "
+                            f"(a pretrained peer keeps its checkpoint's model and training settings, and the run "
+                            f"records its preset): pass preset='smoke' (--preset smoke), or pretrain it again with "
+                            f"preset 'quick'")
+    assert not store.exists()  # nothing ran
+    df = experiments.run(d, [["DeepFM", "FiBiNET"]], preset="smoke", store=store, **grid)
+    assert len(df) == 4 and set(df["preset"]) == {"smoke"}
+
+
+def test_a_checkpoint_without_a_recorded_preset_is_accepted_and_gets_it_when_reused(setup, tmp_path):
+    """Checkpoints pretrained before result.json recorded the preset pass as before; pretrain_baselines
+    reusing one (its run key holds the preset) records it, and from then on the check applies."""
+    from ctrkit.core.utils import CtrkitError
+
+    d, root = setup
+    ck = tmp_path / "ck"
+    shutil.copytree(root / "ck", ck)
+    _strip_preset(ck)
+    grid = dict(inits=["pretrained"], modes=["alone"], seeds=[1], ckpt_dir=ck, finetune_epochs=1, device="cpu",
+                threads=1, progress=False)
+    assert set(experiments.run(d, [["DeepFM", "FiBiNET"]], preset="quick", **grid)["preset"]) == {"quick"}
+    best = runs.checkpoint_path(runs.seed_dir(ck, 1), "DeepFM")
+    stamp = best.stat().st_mtime_ns
+    experiments.pretrain_baselines(d, ["DeepFM", "FiBiNET"], ck, preset="smoke", seeds=[1], epochs=1, device="cpu",
+                                   threads=1, progress=False)  # the setup's call: reused, not trained again
+    assert best.stat().st_mtime_ns == stamp
+    assert all(json.loads(rj.read_text())["preset"] == "smoke" for rj in ck.rglob("result.json"))
+    with pytest.raises(CtrkitError, match="was pretrained with preset 'smoke', but this run has preset 'quick'"):
+        experiments.run(d, [["DeepFM", "FiBiNET"]], preset="quick", **grid)

@@ -8,7 +8,7 @@ Notebook API (each returns a tidy DataFrame, one row per peer per run):
                     ckpt_dir=..., weight=[0.3, 1, 3], finetune_lr_scale=[0.1, 1])
 
 `peer_sets` is a list of peer sets (a flat list of names is refused with a hint); every other axis
-(inits, modes, seeds, weight, finetune_lr_scale) a list or one value, never an empty list.
+(inits, modes, seeds, weight, divergence, finetune_lr_scale) a list or one value, never an empty list.
 The remaining keywords are settings: a `PretrainSpec` field (baselines) or a `RunSpec` field (runs),
 checked there (an unknown one is an error), so a new knob needs no change here.
 
@@ -35,8 +35,13 @@ from ctrkit.experiments.runs import PretrainSpec, RunSpec, seed_dir
 from ctrkit.experiments.store import records_to_frame
 from ctrkit.experiments.workers import check_workers
 from ctrkit.training.config import weight_matters
+from ctrkit.training.losses import check_divergence
 
 __all__ = ["pretrain_baselines", "run", "run_one", "expand", "seed_dir"]
+
+# The divergence a run where nobody learns from anyone (alone, ensemble) records: RunSpec's default,
+# the one every such run has been keyed with unless a caller passed another (see `expand`).
+_MOOT_DIVERGENCE = RunSpec.__dataclass_fields__["divergence"].default
 
 
 def pretrain_baselines(data, models: Sequence[str], ckpt_dir: str | Path, *, seeds: Iterable[int] = (2021,),
@@ -103,24 +108,30 @@ def _peer_sets(peer_sets) -> list:
 
 
 def expand(peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(2021,), weight=1.0,
-           finetune_lr_scale=0.1) -> list[dict]:
+           finetune_lr_scale=0.1, divergence=_MOOT_DIVERGENCE) -> list[dict]:
     """The grid as a list of run settings. `peer_sets` is a list of peer sets (`[["DeepFM", "DCN"]]`);
     every other axis a list or one value. `ensemble` from scratch is left out (averaging untrained
-    models means nothing); so are the weights of runs where nobody learns (alone, ensemble) beyond
-    the first."""
+    models means nothing); so are the weights and divergences of runs where nobody learns (alone,
+    ensemble) beyond the first. Such a run takes the default divergence (mse) whatever `divergence`
+    says: it does not use one, and so one alone control serves every divergence of the grid and of
+    later grids (its run key is the one it always had), as one serves every weight."""
     out, seen = [], set()
     axes = [_values(name, v) for name, v in (("seeds", seeds), ("inits", inits), ("modes", modes),
-                                             ("weight", weight), ("finetune_lr_scale", finetune_lr_scale))]
-    for seed, peers, init, mode, w, lr in itertools.product(axes[0], _peer_sets(peer_sets), *axes[1:]):
+                                             ("weight", weight), ("divergence", divergence),
+                                             ("finetune_lr_scale", finetune_lr_scale))]
+    for div in axes[4]:
+        check_divergence(div)  # a typo fails even where only the alone runs would have carried it
+    for seed, peers, init, mode, w, div, lr in itertools.product(axes[0], _peer_sets(peer_sets), *axes[1:]):
         if mode == "ensemble" and init == "scratch":
             continue
-        key = (seed, tuple(runs.peer_labels(_peer_list(peers))), init, mode, w if weight_matters(mode) else 0.0,
-               lr if init == "pretrained" or mode == "kd" else None)
+        learns = weight_matters(mode)
+        key = (seed, tuple(runs.peer_labels(_peer_list(peers))), init, mode, w if learns else 0.0,
+               div if learns else _MOOT_DIVERGENCE, lr if init == "pretrained" or mode == "kd" else None)
         if key in seen:
             continue
         seen.add(key)
         out.append({"seed": seed, "peers": list(key[1]), "init": init, "mode": mode, "weight": w,
-                    "finetune_lr_scale": lr})
+                    "divergence": key[5], "finetune_lr_scale": lr})
     return out
 
 
@@ -143,7 +154,7 @@ def run_one(data, peers, *, store=None, force: bool = False, out_dir: str | Path
 
 def run(data, peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(2021,), store=None, force: bool = False,
         **settings) -> pd.DataFrame:
-    """Every run of the grid (see `expand`; `weight` and `finetune_lr_scale` may be lists), each
+    """Every run of the grid (see `expand`; `weight`, `divergence` and `finetune_lr_scale` may be lists), each
     recorded as it finishes; every spec is validated and the checkpoints a pretrained/kd run needs
     are checked for all runs before the first one starts. `settings`: `RunSpec` fields for every run
     (`ckpt_dir` is the folder of the `seed<S>` folders; `overrides`: train-config keys for every peer
@@ -156,16 +167,18 @@ def run(data, peer_sets, *, inits=("pretrained",), modes=("mutual",), seeds=(202
     progress, max_replicas = settings.pop("progress", True), runs.check_max_replicas(settings.pop("max_replicas", None))
     workers = check_workers(settings.pop("workers", 1))  # a bad value fails before any run
     weight, lr_scale = settings.pop("weight", 1.0), settings.pop("finetune_lr_scale", 0.1)
-    ckpt_dir = settings.pop("ckpt_dir", None)
+    divergence, ckpt_dir = settings.pop("divergence", _MOOT_DIVERGENCE), settings.pop("ckpt_dir", None)
     specs = []
-    for s in expand(peer_sets, inits=inits, modes=modes, seeds=seeds, weight=weight, finetune_lr_scale=lr_scale):
+    for s in expand(peer_sets, inits=inits, modes=modes, seeds=seeds, weight=weight, finetune_lr_scale=lr_scale,
+                    divergence=divergence):
         ck = seed_dir(ckpt_dir, s["seed"]) if ckpt_dir is not None else None
         spec = RunSpec.from_dict({**settings, **s, "peers": tuple(s["peers"]), "ckpt_dir": ck, "progress": False})
         for label, use in zip(spec.peers, spec.from_checkpoint):
             path = runs.checkpoint_path(ck, label) if use else None
             if path is not None and not path.is_file():
                 raise CtrkitError(f"missing checkpoint {path}: pretrain it first (experiments.pretrain_baselines("
-                                  f"data, [{label!r}], {str(ckpt_dir)!r}, seeds=[{s['seed']}]))")
+                                  f"data, [{label!r}], {str(ckpt_dir)!r}, seeds=[{s['seed']}], "
+                                  f"preset={spec.preset!r}))")
         specs.append(spec)
     bar = tqdm(total=len(specs), desc="runs", disable=not progress)
 

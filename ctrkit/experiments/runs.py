@@ -61,8 +61,10 @@ def apply_overrides(name: str, hparams: dict, train: dict, overrides: dict) -> t
         elif key in valid_model:
             hparams[key] = value
         else:
+            # the CLI's --set and Python's `overrides` reach this one check: the message names both
             raise CtrkitError(f"--set {key}: unknown key; valid: train config {', '.join(TRAIN_DICT_KEYS)}; "
-                              f"{name} hyperparameters {', '.join(sorted(valid_model))}")
+                              f"{name} hyperparameters {', '.join(sorted(valid_model))} (--set {key}=... from the CLI, "
+                              f"overrides={{{key!r}: ...}} from Python)")
     return hparams, train
 
 
@@ -70,21 +72,47 @@ def apply_overrides(name: str, hparams: dict, train: dict, overrides: dict) -> t
 
 
 def _check_present(spec: RunSpec, data, labels: Sequence[str]) -> None:
-    """A one-line error for the first checkpoint of the run that is not there, saying what to do."""
+    """A one-line error for the first checkpoint of the run that is not there, not finished or
+    pretrained with another preset, saying what to do. The CLI and the Python API both land here,
+    so each message names both forms."""
     for label, use in zip(labels, spec.from_checkpoint):
         path = checkpoint_path(spec.ckpt_dir, label) if use else None
-        if path is not None and not path.is_file():
-            # `pretrain --seeds` writes seed<S>/ folders: a --ckpt-dir above them is the usual slip
-            seeds = sorted(p.parent.parent.name for p in Path(spec.ckpt_dir).glob(f"seed*/{label}/best.pt"))
-            raise CtrkitError(f"missing checkpoint {path} for peer {label} " + (
-                f"({spec.ckpt_dir} holds {', '.join(seeds)}: pass --seeds, or --ckpt-dir one of them)" if seeds else
-                f"(run `ctrkit pretrain --data {data.path} --model {split_label(label)[0]} --seed {spec.seed} "
-                f"--out {path.parent}`)"))
-        if path is not None and (path.parent / "last.pt").is_file() and not (path.parent / "result.json").is_file():
+        if path is None:
+            continue
+        if not path.is_file():
+            raise CtrkitError(f"missing checkpoint {path} for peer {label} {_how_to_pretrain(spec, data, label, path)}")
+        if (path.parent / "last.pt").is_file() and not (path.parent / "result.json").is_file():
             # a pretraining keeps best.pt and last.pt as it goes and writes result.json when it ends:
             # without it the run was stopped, and its best.pt is a few epochs' model, not the baseline
             raise CtrkitError(f"checkpoint {path}: its pretraining did not finish (last.pt but no result.json "
-                              f"beside it): finish it with `ctrkit pretrain ... --out {path.parent} --resume`")
+                              f"beside it): finish it with `ctrkit pretrain ... --out {path.parent} --resume` "
+                              f"(from Python: the same pretrain_baselines / runs.pretrain call again, which resumes)")
+        _check_preset(spec, path)
+
+
+def _how_to_pretrain(spec: RunSpec, data, label: str, path: Path) -> str:
+    """The hint of a missing checkpoint, in parentheses, at the run's seed and preset."""
+    # `pretrain --seeds` writes seed<S>/ folders: a ckpt_dir above them is the usual slip
+    seeds = sorted(p.parent.parent.name for p in Path(spec.ckpt_dir).glob(f"seed*/{label}/best.pt"))
+    if seeds:
+        return (f"({spec.ckpt_dir} holds {', '.join(seeds)}: pass --seeds, or --ckpt-dir one of them; from Python: "
+                f"ckpt_dir one of them, or experiments.run(..., ckpt_dir={str(spec.ckpt_dir)!r}, seeds=[...]))")
+    return (f"(run `ctrkit pretrain --data {data.path} --model {split_label(label)[0]} --seed {spec.seed} "
+            f"--preset {spec.preset} --out {path.parent}`; from Python: runs.pretrain(runs.PretrainSpec("
+            f"model={label!r}, seed={spec.seed}, preset={spec.preset!r}), data, out_dir={str(path.parent)!r}))")
+
+
+def _check_preset(spec: RunSpec, path: Path) -> None:
+    """A pretrained peer is its checkpoint's architecture and training settings (`_build_peer`), not
+    the run's preset's, yet the run's records carry `spec.preset`: a run whose preset is not the one
+    its checkpoints were pretrained with would label, say, smoke models as quick in every table. So
+    it is refused. Checkpoints whose result.json records no preset (pretrained before it did) pass."""
+    was = _pretrain_result(path).get("preset")
+    if was is not None and was != spec.preset:
+        raise CtrkitError(f"checkpoint {path} was pretrained with preset {was!r}, but this run has preset "
+                          f"{spec.preset!r} (a pretrained peer keeps its checkpoint's model and training settings, "
+                          f"and the run records its preset): pass preset={was!r} (--preset {was}), or pretrain "
+                          f"it again with preset {spec.preset!r}")
 
 
 def _check_checkpoints(spec: RunSpec, data, labels: Sequence[str]) -> None:
@@ -113,7 +141,8 @@ def _build_peer(spec: RunSpec, data, k: int, dev) -> tuple[Any, dict, dict | Non
         model_keys = sorted(set(overrides) - set(TRAIN_DICT_KEYS))
         apply_overrides(name, {}, {}, {k: overrides[k] for k in model_keys})  # a typo is "unknown key" first
         if model_keys:
-            raise CtrkitError(f"--set {', '.join(model_keys)}: a pretrained peer's architecture is its checkpoint's")
+            raise CtrkitError(f"--set / overrides {', '.join(model_keys)}: a pretrained peer's architecture is its "
+                              f"checkpoint's")
         train = {**tc, "lr": tc["lr"] * spec.finetune_lr_scale, "monitor": spec.finetune_monitor, **overrides}
         return model, normalize_train_dict(train), meta
     p = presets.get(name, spec.preset, data.dataset, data.protocol)
@@ -249,12 +278,17 @@ def records(spec: RunSpec, result: dict, data) -> list[dict]:
 def checkpoint_key(best: str | Path | None) -> str | None:
     """The run key of the pretraining that wrote checkpoint `best` (the result.json beside it), or None
     (a checkpoint ctrkit did not pretrain, or one from before result.json held its key)."""
-    if best is None:
-        return None
+    return _pretrain_result(best).get("run_key") if best is not None else None
+
+
+def _pretrain_result(best: str | Path) -> dict:
+    """The result.json beside checkpoint `best` (its pretraining's run key and preset), {} when there
+    is none or it is not a JSON object."""
     try:
-        return json.loads((Path(best).parent / "result.json").read_text()).get("run_key")
-    except (OSError, ValueError, AttributeError):
-        return None
+        out = json.loads((Path(best).parent / "result.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 def check_same_checkpoints(done: list[dict] | None) -> list[dict] | None:
@@ -337,7 +371,7 @@ def pretrain(spec: PretrainSpec, data, *, out_dir: str | Path | None = None, res
         seed_everything(j["init_seed"])  # the init seed; fit reseeds for the batch order
         result = fit(build(j["name"], data.field_sizes, **j["hparams"]), data, j["cfg"], out_dir=j["out"],
                      resume=resume and not force)
-        j["result"] = _keyed(result, j["key"], j["out"])
+        j["result"] = _keyed(result, j)
     return _pretrain_record(j, data, store, force)
 
 
@@ -354,7 +388,7 @@ def _pretrain_job(spec: PretrainSpec, data, out_dir, force: bool) -> dict:
         _refuse_other_model(out, name, data)
     return {"spec": spec, "name": name, "init_seed": spec.seed + k - 1, "hparams": hparams, "train": train,
             "cfg": cfg, "key": key, "settings_key": settings_key, "out": out,
-            "result": _reusable(out, key, data) if out is not None and not force else None}
+            "result": _reusable(out, key, data, spec.preset) if out is not None and not force else None}
 
 
 def _refuse_other_model(out: Path, name: str, data) -> None:
@@ -369,13 +403,16 @@ def _refuse_other_model(out: Path, name: str, data) -> None:
             and old.get("model") is not None:
         raise CtrkitError(f"{out} holds a {old.get('model')} checkpoint of {old.get('dataset')} (feature map "
                           f"{old.get('fingerprint')}), not {name} of {data.dataset} ({data.fingerprint}): not "
-                          f"replaced (use another --out, or remove that folder first)")
+                          f"replaced (use another --out / out_dir (pretrain_baselines: ckpt_dir), or remove that "
+                          f"folder first)")
 
 
-def _keyed(result: dict, key: str, out: Path | None) -> dict:
-    result["run_key"] = key
-    if out is not None:  # fit wrote result.json already; our key lets a re-run reuse it
-        checkpoint.save_json(out / "result.json", result)
+def _keyed(result: dict, j: dict) -> dict:
+    """fit's result with the baseline's run key (a re-run reuses it) and preset (a run finetuning the
+    checkpoint must have the same one: `_check_preset`), written to result.json beside best.pt."""
+    result["run_key"], result["preset"] = j["key"], j["spec"].preset
+    if j["out"] is not None:  # fit wrote result.json already
+        checkpoint.save_json(j["out"] / "result.json", result)
     return result
 
 
@@ -399,7 +436,7 @@ def _pretrain_record(j: dict, data, store, force: bool) -> tuple[dict, dict]:
     return result, rec
 
 
-def _reusable(out: Path, key: str, data) -> dict | None:
+def _reusable(out: Path, key: str, data, preset: str) -> dict | None:
     done = out / "result.json"
     if not done.is_file():
         return None
@@ -409,6 +446,13 @@ def _reusable(out: Path, key: str, data) -> dict | None:
         return None
     # the run's checkpoint must be there too: a result.json copied without it is not a finished run here
     ours = old.get("fingerprint") == data.fingerprint and old.get("run_key") == key and (out / "best.pt").is_file()
+    if ours and "preset" not in old:
+        # written before result.json held the preset: the run key has it (`PretrainSpec.keys`), so the
+        # preset is known; recorded now, the runs finetuning this checkpoint are checked too. A
+        # checkpoint folder this process cannot write keeps working unchecked, as before.
+        old["preset"] = preset
+        with contextlib.suppress(CtrkitError):
+            checkpoint.save_json(done, old)
     return old if ours else None
 
 
@@ -617,7 +661,7 @@ def pretrain_many(specs: Sequence[PretrainSpec], data, *, out_dirs: Sequence[str
         results = fit_replicas([j["model"] for j in todo], data, [j["cfg"] for j in todo],
                                [j["out"] for j in todo], resume=not force)
         for j, result in zip(todo, results):
-            j["result"] = _keyed(result, j["key"], j["out"])
+            j["result"] = _keyed(result, j)
     return [_pretrain_record(j, data, store, force) for j in jobs]
 
 

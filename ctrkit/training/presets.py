@@ -60,12 +60,28 @@ def _split(dataset: str | None, protocol: str | None) -> tuple[str, str]:
     return dataset, protocol
 
 
+def _check_covered(data: dict, preset: str, name: str) -> None:
+    """A model registered in `ctrkit.models.MODELS` by the user has no preset (the table is the
+    package's data): one line saying which models have one and how such a model trains instead,
+    not a KeyError from inside the table. Everything that trains by model name (`runs`,
+    `experiments`, the CLI, the widget) starts from a preset, and `overrides`/`--set` only change
+    keys of one, so the route left is building the model and calling the loop."""
+    if name in data[preset]:
+        return
+    raise CtrkitError(f"no {preset!r} preset for model {name!r} (presets exist for: {', '.join(data[preset])}): "
+                      f"runs by model name (experiments, runs, the CLI) start from a preset, so only those models "
+                      f"run there; train {name} with its hyperparameters and a train dict yourself: "
+                      f"loop.fit(models.build({name!r}, data.field_sizes, **hparams), data, train) or "
+                      f"mutual.mutual_fit([...], data, RunConfig(...))")
+
+
 def get(model: str, preset: str, dataset: str | None = None, protocol: str | None = None) -> Preset:
     """The `preset` for `model`. smoke/quick/full ignore dataset/protocol; bars requires them."""
     name = canonical_name(model)
     if preset not in names():
         raise CtrkitError(f"unknown preset {preset!r}; valid: {', '.join(names())}{did_you_mean(preset, names())}")
     data = _load("presets.json")
+    _check_covered(data, preset, name)
     if preset != "bars":
         entry, source = data[preset][name], {}
     else:
