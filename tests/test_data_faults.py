@@ -71,7 +71,7 @@ def test_force_replaces_only_a_previous_ctrkit_output(tmp_path, capsys, raw):
     out = tmp_path / "out"
     first = _prepare(raw, out).fingerprint
     assert (out / outdir.MARKER).is_file()
-    fails(capsys, ["prepare", "avazu", "--raw", str(raw), "--out", str(out), "--seed", "5"], "pass --force")
+    fails(capsys, ["prepare", "avazu", "--raw", str(raw), "--out", str(out), "--seed", "5"], "pass --force (force=True from Python)")
     assert _prepare(raw, out, "--seed", "5", "--force").fingerprint != first
     # a ctrkit output with a foreign file added is no longer replaced
     (out / "notes.md").write_text("added by hand")

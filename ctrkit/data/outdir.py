@@ -83,7 +83,7 @@ def check_replace(out: Path, fp: str, force: bool) -> None:
                           f"({', '.join(example) or 'no ctrkit marker'}); choose another --out")
     if not force:
         raise CtrkitError(f"--out {out}: already holds a dataset prepared from other input or settings "
-                          f"(fingerprint {previous_fingerprint(out)}, now {fp}); pass --force to replace it")
+                          f"(fingerprint {previous_fingerprint(out)}, now {fp}); pass --force (force=True from Python) to replace it")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -326,7 +326,8 @@ def _claim(out: Path, name: str, force: bool) -> None:
     if not path.exists():
         return
     if not force:
-        raise CtrkitError(f"{path}: exists; pass --force to replace it (only a file ctrkit synth wrote)")
+        raise CtrkitError(f"{path}: exists; pass --force (force=True from Python) to replace it "
+                          f"(only a file ctrkit synth wrote)")
     files = _marked(out)
     # without a marker: a folder of synthetic_dataset from before the marker
     ours = name in files if files is not None else (out / "synth.json").is_file()

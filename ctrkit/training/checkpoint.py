@@ -200,11 +200,12 @@ def read_resume(paths: Sequence[Path], sig: dict) -> dict[int, dict]:
             torn.append(e)
             continue
         if ck.get("format") != LAST_FORMAT:
-            raise CtrkitError(f"{path}: not a resume checkpoint of this ctrkit version; use --force to start over")
+            raise CtrkitError(f"{path}: not a resume checkpoint of this ctrkit version; use --force (force=True) to "
+                              f"start over")
         diff = _differences(ck["signature"], sig)
         if diff:
             raise CtrkitError(f"{path}: cannot resume with different settings ({', '.join(diff)}); "
-                              f"use another --out or --force to start over")
+                              f"use another --out (out_dir) or --force (force=True) to start over")
         found[int(ck["epoch"])] = ck
     if torn and not found:
         raise torn[0]

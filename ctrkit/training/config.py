@@ -436,10 +436,11 @@ class RunSpec:
             raise CtrkitError(f"peers: mode {self.mode!r} needs at least {min_peers(self.mode)} peers, got "
                               f"{len(self.peers)} ({','.join(self.peers)})")
         if self.mode == "ensemble" and self.init != "pretrained":
-            raise CtrkitError("mode 'ensemble' averages pretrained peers: use --init pretrained with --ckpt-dir")
+            raise CtrkitError("mode 'ensemble' averages pretrained peers: use --init pretrained with --ckpt-dir "
+                              "(init='pretrained', ckpt_dir=... from Python)")
         if any(self.from_checkpoint) and self.ckpt_dir is None:
-            raise CtrkitError(f"init {self.init!r} / mode {self.mode!r} needs --ckpt-dir (one `pretrain --out` folder "
-                              f"per model)")
+            raise CtrkitError(f"init {self.init!r} / mode {self.mode!r} needs --ckpt-dir / ckpt_dir= (one `pretrain --out` "
+                              f"folder per model)")
         if self.tag not in TAGS:
             raise CtrkitError(f"tag: expected one of {TAGS}, got {self.tag!r}")
         _check_choice("graph", self.graph, GRAPH_CHOICES)
