@@ -629,6 +629,8 @@ def cmd_table(args):
     shown = sorted(set(df["dataset"])) if "dataset" in df.columns else None
     cap = f"{render.CAPTIONS.get(args.name, args.name)} ({records.provenance(args.store, datasets=shown, **kw)})" + \
         (f" {left}." if left else "")
+    if df.empty:  # an empty table says why, not just that it is empty (on stderr: a CSV stays a CSV)
+        print(f"ctrkit: no `{args.name}` rows: {tables.why_empty(args.name, args.store, **kw)}", file=sys.stderr)
     print(render.render(args.name, df, args.format, caption=cap))
 
 

@@ -139,6 +139,21 @@ def _mse_only(tmp_path, store):
     return s
 
 
+def test_an_empty_table_says_what_it_needs(tmp_path, capsys):
+    s = ResultsStore(tmp_path / "r.jsonl")
+    s.append(run("mutual", POOL[:2], 1))  # mutual runs, but no alone control
+    assert tables.table("finetune", s.path).empty and tables.table("peer_count", s.path).empty
+    assert tables.why_empty("finetune", s.path).startswith("no mutual run (pretrained) has an alone control")
+    assert tables.why_empty("scratch", s.path) == "the store has no mutual runs from scratch"
+    assert "every subset of the paper's four models" in tables.why_empty("peer_count", s.path)
+    from ctrkit import cli
+    assert cli.main(["table", "finetune", "--store", str(s.path), "--format", "csv"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("ctrkit: no `finetune` rows: no mutual run (pretrained) has an alone control") and err.count("\n") == 1
+    s.append(run("alone", POOL[:2], 1))
+    assert not tables.table("finetune", s.path).empty
+
+
 # ---- statistics against independent computations -------------------------------------------------
 def test_t_interval_matches_scipy():
     x = np.array([0.3, 0.1, 0.4, 0.15, 0.2])

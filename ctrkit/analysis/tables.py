@@ -575,6 +575,33 @@ PEER_TABLES = {"scratch": "scratch", "finetune": "pretrained", "sweep": "pretrai
                "alternatives": "pretrained", "headline": "pretrained"}
 
 
+# What a table needs from the store, said when it comes out empty
+_NEEDS = {
+    "baselines": "pretrained baselines (`ctrkit pretrain`, experiments.pretrain_baselines)",
+    "tuning": "pretrained baselines (`ctrkit pretrain`, experiments.pretrain_baselines)",
+    "partners": "mutual runs of pairs (N = 2) of the paper's models from pretrained peers, with their alone control",
+    "partner_slopes": "mutual runs of pairs (N = 2) of the paper's models from pretrained peers, with their alone "
+                      "control, for 3 or more partners of a model",
+    "peer_count": "for a model, mutual runs of every subset of the paper's four models that holds it "
+                  "(designs.peer_count_sets) from pretrained peers, with their alone control",
+}
+
+
+def why_empty(name: str, source, *, include_exploration: bool = False) -> str:
+    """Why table `name` of `source` has no rows, in words: what it needs and what the store lacks."""
+    df = records(source, include_exploration=include_exploration)
+    if df.empty:
+        return "the store has no runs" + ("" if include_exploration else " (exploration runs left out)")
+    if name not in PEER_TABLES:
+        return f"it needs {_NEEDS.get(name, 'other runs')}"
+    init = PEER_TABLES[name]
+    if not ((df["mode"] == "mutual") & (df["init"] == init)).any():
+        return f"the store has no mutual runs from {'scratch' if init == 'scratch' else 'pretrained peers'}"
+    return (f"no mutual run ({init}) has an alone control of the same settings (data, preset, batch, epochs, lr "
+            f"scale and the same pretrained peers, seed by seed): run modes=['mutual', 'alone'] "
+            f"(`ctrkit mutual --mode alone`) with the same settings")
+
+
 def table(name: str, source, *, include_exploration: bool = False, peers: str | None = None) -> pd.DataFrame:
     """Table `name` of `source`; `peers` ("DeepFM+DCN") picks the peer set of the PEER_TABLES."""
     if name not in TABLES:
