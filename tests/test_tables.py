@@ -276,6 +276,17 @@ def test_finetune_is_mutual_minus_alone_at_the_setting_chosen_on_validation(stor
     assert "weight 10 is the largest tried" in render.render("headline", tables.headline(store), "md")
 
 
+@pytest.mark.parametrize("runner, words", [
+    (0.92508, "validation AUC 0.92514 vs the runner-up's 0.92508"),      # equal at 4 digits: 5 tell them apart
+    (0.9240, "validation AUC 0.9251 vs the runner-up's 0.9240"),
+    (0.9251400001, "validation AUC 0.925140 vs the runner-up's 0.925140 (tied at 6 digits)")])
+def test_the_choice_shows_the_digits_that_tell_the_settings_apart(runner, words):
+    s = pd.DataFrame({"settings_key": ["a", "b", "c"], "chosen": [True, False, False],
+                      "selection_valid_auc": [0.92514, runner, 0.5], "weight": [1.0, 3.0, 10.0],
+                      "finetune_lr_scale": [0.1, 0.1, 0.1]})
+    assert tables._choice_words(s) == words + "; weight 1 is the smallest tried"
+
+
 def test_selection_reads_validation_not_test(tmp_path):
     """Setting A is better on test, B on validation: B is chosen, and its test numbers are reported."""
     s = ResultsStore(tmp_path / "r.jsonl")

@@ -209,7 +209,10 @@ def _choice_words(s: pd.DataFrame) -> str:
         return ""
     best, rest = g[g["chosen"]].iloc[0], g[~g["chosen"]]
     runner = rest.loc[rest["selection_valid_auc"].idxmax()]
-    said = [f"validation AUC {best['selection_valid_auc']:.4f} vs the runner-up's {runner['selection_valid_auc']:.4f}"]
+    a, b = best["selection_valid_auc"], runner["selection_valid_auc"]
+    # as many digits as tell the two apart (0.92514 vs 0.92508, not 0.9251 vs 0.9251), from 4 up to 6
+    d = next((k for k in (4, 5, 6) if f"{a:.{k}f}" != f"{b:.{k}f}"), 6)
+    said = [f"validation AUC {a:.{d}f} vs the runner-up's {b:.{d}f}" + (" (tied at 6 digits)" if f"{a:.6f}" == f"{b:.6f}" else "")]
     for col, name in (("weight", "weight"), ("finetune_lr_scale", "lr scale")):
         tried = sorted(g[col].dropna().unique())
         if len(tried) > 1 and best[col] in (tried[0], tried[-1]):
