@@ -36,14 +36,14 @@ def _seed(text: str, name: str = "--seed") -> int:
     """A `synth`/`prepare` seed: the rule and words of synth's own check (torch's signed 64-bit
     range), so the two commands take the same seeds. (pretrain/mutual's --seed is checked, in other
     words, where the run config is.)"""
-    from ctrkit.training.config import MAX_SEED
+    from ctrkit.core.utils import seed_problem
 
     try:
         seed = int(text)
     except ValueError:
-        seed = -1
-    if not 0 <= seed <= MAX_SEED:  # MAX_SEED is 2**63-1, written as synth writes it
-        raise CtrkitError(f"{name} must be an integer from 0 to 2**63-1, got {text}")
+        seed = text
+    if seed_problem(seed):
+        raise CtrkitError(f"{name}: {seed_problem(seed)}")
     return seed
 
 
@@ -73,15 +73,16 @@ def _run_flags(s: argparse.ArgumentParser) -> None:
                    help="a train-config key (lr, patience, ...) or a model hyperparameter; repeatable")
 
 
-def _seed_list(text: str) -> list[int]:
-    from ctrkit.training.config import MAX_SEED
+def _seed_list(text: str, *, at_least: int = 1) -> list[int]:
+    """--seeds: comma-separated seeds under the one seed rule (`core.utils.seeds_problem`)."""
+    from ctrkit.core.utils import seeds_problem
 
     try:
         seeds = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise CtrkitError(f"--seeds: expected comma-separated ints, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) > MAX_SEED:
-        raise CtrkitError(f"--seeds: expected distinct ints in 0..{MAX_SEED}, got {text!r}")
+        raise CtrkitError(f"--seeds {text!r}: expected comma-separated integers (e.g. 2026,2027,2028)") from None
+    if seeds_problem(seeds, at_least=at_least):
+        raise CtrkitError(f"--seeds {text!r}: {seeds_problem(seeds, at_least=at_least)}")
     return seeds
 
 
@@ -648,19 +649,8 @@ def _jobs_arg(value: str) -> int | str:
 
 
 def _seeds_arg(value: str | None) -> list[int] | None:
-    """--seeds: comma-separated distinct integers, at least 2 (a paired interval needs 2)."""
-    from ctrkit.training.config import MAX_SEED
-
-    if value is None:
-        return None
-    try:
-        seeds = [int(v) for v in value.split(",")]
-    except ValueError:
-        seeds = []
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) > MAX_SEED:
-        raise CtrkitError(f"--seeds {value!r}: at least 2 distinct integers in 0..{MAX_SEED}, comma-separated "
-                          f"(e.g. 2026,2027,2028)")
-    return seeds
+    """--seeds of reproduce: at least 2 (a paired interval needs 2)."""
+    return None if value is None else _seed_list(value, at_least=2)
 
 
 def cmd_compare(args):

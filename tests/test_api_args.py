@@ -30,6 +30,19 @@ def test_non_integers_are_not_ints(value):
     assert utils.as_int(value) is None
 
 
+def test_the_one_seed_rule():
+    """Every seed (flags, notebook parameters, the widget, schemas, run settings) is checked by these two,
+    so the same seed is taken or refused everywhere, in the same words."""
+    assert utils.seed_problem(0) is None and utils.seed_problem(np.int64(2**63 - 1)) is None
+    for bad in (-1, 2**63, True, 2021.0, "2021"):
+        assert utils.seed_problem(bad) == f"expected an integer from 0 to 2**63-1, got {bad!r}"
+    assert utils.seeds_problem([1, 2]) is None and utils.seeds_problem([7], at_least=2) == "expected at least 2 seeds, got 1"
+    assert utils.seeds_problem([1, 2, 1]) == "1 is listed twice (each seed runs once)"
+    assert utils.seeds_problem([1, -5, 1]) == "expected an integer from 0 to 2**63-1, got -5"
+    with pytest.raises(CtrkitError, match=r"run setting seed: expected an integer from 0 to 2\*\*63-1, got -1"):
+        C.RunSpec(peers=("DeepFM", "DCN"), init="scratch", seed=-1)
+
+
 @pytest.mark.parametrize("value, expected", [(0.5, 0.5), (np.float32(0.5), 0.5), (np.float64(0.25), 0.25),
                                              (1, 1.0), (np.int64(2), 2.0)])
 def test_reals_are_python_floats(value, expected):

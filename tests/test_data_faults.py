@@ -362,7 +362,7 @@ def test_feature_map_of_the_wrong_shape_is_one_line_naming_the_key(tmp_path, cap
 def test_synth_seed_out_of_range(tmp_path, capsys, seed):
     out = tmp_path / "v"
     fails(capsys, ["synth", "criteo", "--rows", "30", "--out", str(out), "--seed", seed],
-          f"--seed must be an integer from 0 to 2**63-1, got {seed}")
+          f"--seed: expected an integer from 0 to 2**63-1, got {seed}")
     assert not out.exists()
     assert main(["synth", "criteo", "--rows", "30", "--out", str(out), "--seed", str(2**63 - 1)]) == 0
 

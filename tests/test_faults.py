@@ -102,8 +102,9 @@ def test_out_of_range_settings_are_one_line_before_training(criteo_small, tmp_pa
     default): a seed beyond 64 bits, 100,000 threads, an lr decay that does not lower the lr, batch 0."""
     pre = _pretrain_args(criteo_small, tmp_path / "p")
     mut = _mutual_args(criteo_small, tmp_path / "m", tmp_path / "m.jsonl")
-    for args, words in ((pre + ["--seed", str(2**64)], "seed: expected an int >= 0 and <= "),
-                        (pre + ["--seeds", f"1,{2**64}"], "--seeds: expected distinct ints in 0.."),
+    for args, words in ((pre + ["--seed", str(2**64)], f"seed: expected an integer from 0 to 2**63-1, got {2**64}"),
+                        (pre + ["--seeds", f"1,{2**64}"], f"--seeds '1,{2**64}': expected an integer from 0 to 2**63-1"),
+                        (pre + ["--seeds", "1,2,1"], "--seeds '1,2,1': 1 is listed twice (each seed runs once)"),
                         (pre + ["--threads", "100000"], "threads: 100000 is more than this machine can use"),
                         (pre + ["--set", "lr_decay=1"], "lr_decay: expected a number in (0, 1)"),
                         (mut + ["--batch-size", "0"], "batch_size: expected an int >= 1, got 0"),

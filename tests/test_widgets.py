@@ -198,7 +198,7 @@ def test_checkpoint_folder_follows_the_seed_and_another_seed_is_refused(criteo_s
 
 @pytest.mark.parametrize("field, value, says", [("weight", -1.0, "mutual weight must be >= 0"),
                                                  ("weight", float("nan"), "mutual weight must be >= 0"),
-                                                 ("seed", -1, "seed must be in 0.."),
+                                                 ("seed", -1, "seed: expected an integer from 0 to 2**63-1, got -1"),
                                                  ("epochs", 0, "epochs must be >= 1")])
 def test_an_out_of_range_field_is_refused_at_train_not_clamped(criteo_small, tmp_path, field, value, says):
     sel = _selector(criteo_small, tmp_path / "store.jsonl", None)

@@ -82,6 +82,26 @@ def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
 MAX_SEED = 2**63 - 1
 
 
+def seed_problem(value: Any) -> str | None:
+    """What is wrong with `value` as a seed, or None: the one seed rule (an integer, `as_int`, from 0 to
+    MAX_SEED), in the words every caller (CLI flag, notebook parameter, widget, schema) prefixes with its name."""
+    s = as_int(value)
+    return None if s is not None and 0 <= s <= MAX_SEED else f"expected an integer from 0 to 2**63-1, got {value!r}"
+
+
+def seeds_problem(seeds: Any, *, at_least: int = 1) -> str | None:
+    """What is wrong with a list of seeds, or None: at least `at_least` (a paired interval needs 2),
+    each a seed (`seed_problem`), each once (a seed twice would run one run twice and count it twice)."""
+    seeds = list(seeds)
+    if len(seeds) < at_least:
+        return f"expected at least {at_least} seed{'s' if at_least > 1 else ''}, got {len(seeds)}"
+    bad = next((p for p in map(seed_problem, seeds) if p), None)
+    if bad:
+        return bad
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    return f"{twice[0]} is listed twice (each seed runs once)" if twice else None
+
+
 def file_stamp(st: os.stat_result) -> tuple:
     """What tells two versions of a file apart without reading it: device, inode, size, mtime and
     ctime (a copy with its mtime kept, `cp -p` or `shutil.copy2`, still changes the ctime)."""

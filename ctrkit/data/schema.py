@@ -35,7 +35,7 @@ from pathlib import Path
 
 from ctrkit.data.keys import floats
 from ctrkit.core.errors import CtrkitError
-from ctrkit.core.utils import MAX_SEED, as_int  # the seed and number rules of all ctrkit (the package imports torch anyway)
+from ctrkit.core.utils import as_int, seed_problem  # the seed and number rules of all ctrkit (the package imports torch anyway)
 
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]
@@ -72,10 +72,10 @@ def _set(obj, key: str, value) -> None:
 
 def check_seed(v, where: str = "", key: str = "seed") -> int:
     """A seed as an int: the rule of every ctrkit seed (torch's signed 64 bits, 0..2**63-1)."""
-    s = as_int(v)
-    if s is None or not 0 <= s <= MAX_SEED:
-        raise _bad(where, key, f"expected an integer from 0 to 2**63-1, got {v!r}")
-    return s
+    problem = seed_problem(v)
+    if problem:
+        raise _bad(where, key, problem)
+    return as_int(v)
 
 
 def _check_keys(d, cls, where: str) -> None:

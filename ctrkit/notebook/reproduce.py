@@ -225,7 +225,7 @@ def _check_parameters(*, profile, out, data_dir, device, seeds, sizes: dict) -> 
     """One line naming the parameter for a value settings() cannot use, before it is used: papermill
     passes what was typed (`-p seeds 2021` is an int, `-p out ''` an empty path, which would put the
     data into the repository root)."""
-    from ctrkit.core.utils import MAX_SEED
+    from ctrkit.core.utils import seeds_problem
 
     try:
         profiles.profile(profile)  # the profile's own rule, said as the notebook parameter's
@@ -247,12 +247,8 @@ def _check_parameters(*, profile, out, data_dir, device, seeds, sizes: dict) -> 
         return
     if not isinstance(seeds, list) or not seeds:  # settings() made any iterable a list
         raise CtrkitError(f"parameter seeds: expected a non-empty list of seeds, e.g. [2021], got {seeds!r}")
-    bad = [x for x in seeds if as_int(x) is None or not 0 <= x <= MAX_SEED]
-    if bad:
-        raise CtrkitError(f"parameter seeds: each seed is an integer in 0..{MAX_SEED}, got {bad[0]!r}")
-    twice = sorted({x for x in seeds if list(seeds).count(x) > 1})
-    if twice:
-        raise CtrkitError(f"parameter seeds: {twice[0]} is listed twice (each seed runs once)")
+    if seeds_problem(seeds):
+        raise CtrkitError(f"parameter seeds: {seeds_problem(seeds)}")
 
 
 def _variant_seeds(prof: dict, seeds: Sequence[int] | None) -> list[int]:

@@ -44,7 +44,7 @@ from ctrkit.training import config
 from ctrkit.training.loop import RunStopped
 from ctrkit.training.losses import check_weight
 from ctrkit.core.extras import require
-from ctrkit.core.utils import CtrkitError
+from ctrkit.core.utils import CtrkitError, seed_problem
 from ctrkit.notebook.profiles import check_device
 
 W = require("notebooks", "ipywidgets", what="ctrkit.notebook.widgets")
@@ -408,8 +408,8 @@ class PeerSelector(W.VBox):
         check_weight(weight)
         if not (math.isfinite(lr_scale) and lr_scale > 0):
             raise CtrkitError(f"lr scale must be a finite number > 0, got {lr_scale:g}")
-        if not 0 <= seed <= config.MAX_SEED:
-            raise CtrkitError(f"seed must be in 0..{config.MAX_SEED}, got {seed}")
+        if seed_problem(seed):
+            raise CtrkitError(f"seed: {seed_problem(seed)}")
         if int(self.epochs.value) < 1:
             raise CtrkitError(f"epochs must be >= 1, got {self.epochs.value}")
         need = config.min_peers(mode)

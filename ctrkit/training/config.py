@@ -25,7 +25,7 @@ import torch
 
 from ctrkit.core import utils
 from ctrkit.core.errors import CtrkitError
-from ctrkit.core.utils import as_float, as_int, as_number, did_you_mean, resolve_device, resolve_threads
+from ctrkit.core.utils import as_float, as_int, as_number, did_you_mean, resolve_device, resolve_threads, seed_problem
 from ctrkit.models import canonical_name
 from ctrkit.training import metrics
 from ctrkit.training.losses import check_divergence, check_weight
@@ -144,6 +144,8 @@ MAX_SEED = utils.MAX_SEED  # (in core: the data layer's split seed follows the s
 
 def _check_int(what: str, name: str, v: Any, lo: int) -> int:
     """`v` as an int (`as_int`: numpy's ints converted; bool and float refused), within bounds."""
+    if name == "seed" and seed_problem(v):  # the one seed rule, in its words
+        raise CtrkitError(f"{what} {name}: {seed_problem(v)}")
     hi = MAX_SEED if name == "seed" else None
     n = as_int(v)
     if n is None or n < lo or (hi is not None and n > hi):
