@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ctrkit.core.utils import CtrkitError, write_json_atomic
+from ctrkit.core.utils import CtrkitError, seed_problem, write_json_atomic
 from ctrkit.data import outdir
 from ctrkit.data.sources import check_utf8_name
 
@@ -375,8 +375,8 @@ def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
         raise CtrkitError(f"--rows {rows}: too many; ctrkit synth writes at most {MAX_ROWS:,} rows "
                           f"(20x the real Criteo)")
     # numpy's seeds are >= 0 (and the [seed, k] lists below < 2**64); < 2**63 keeps it an int64 wherever stored
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-        raise CtrkitError(f"--seed must be an integer from 0 to 2**63-1, got {seed!r}")
+    if seed_problem(seed):
+        raise CtrkitError(f"--seed: {seed_problem(seed)}")
     out = Path(out)
     name = _FILE[dataset] + (".gz" if gzip else "")
     path = out / name
