@@ -438,7 +438,7 @@ def test_choices_are_refused_in_the_widgets_words(criteo_small, pretrained, tmp_
     assert "--" not in str(e.value)
     sel.lr_scale.value = 0.0
     sel.mode.value = "mutual"
-    with pytest.raises(CtrkitError, match="lr scale must be a finite number > 0"):
+    with pytest.raises(CtrkitError, match="finetune_lr_scale: expected a finite number > 0"):
         sel._validate()
 
     sel = widgets.PeerSelector(criteo_small, store=tmp_path / "s.jsonl", ckpt_dir=pretrained, models=["deepfm", "fm"],

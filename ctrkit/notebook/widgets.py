@@ -406,8 +406,7 @@ class PeerSelector(W.VBox):
         peers, mode, init = list(self.peers.value), self.mode.value, self.init.value
         seed, weight, lr_scale = int(self.seed.value), float(self.weight.value), float(self.lr_scale.value)
         check_weight(weight)
-        if not (math.isfinite(lr_scale) and lr_scale > 0):
-            raise CtrkitError(f"lr scale must be a finite number > 0, got {lr_scale:g}")
+        config.check_lr_scale(lr_scale)  # RunSpec's own rule, said before anything trains
         if seed_problem(seed):
             raise CtrkitError(f"seed: {seed_problem(seed)}")
         if int(self.epochs.value) < 1:

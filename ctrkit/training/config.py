@@ -139,6 +139,15 @@ def check_run_weight(weight: Any) -> float:
     return w
 
 
+def check_lr_scale(scale: Any) -> int | float:
+    """The finetuning lr scale: a finite number > 0 (`as_number`: an int stays an int, as the run key
+    has always recorded it, 1 and 1.0 keying apart)."""
+    n = as_number(scale)
+    if n is None or not 0 < n < math.inf:
+        raise CtrkitError(f"finetune_lr_scale: expected a finite number > 0, got {scale!r}")
+    return n
+
+
 MAX_SEED = utils.MAX_SEED  # (in core: the data layer's split seed follows the same rule)
 
 
@@ -457,11 +466,7 @@ class RunSpec:
     def _check_numbers(self) -> None:
         set_ = functools.partial(object.__setattr__, self)
         set_("weight", check_run_weight(self.weight))
-        # as_number: an int stays an int, as the run key has always recorded it (1 and 1.0 key apart)
-        scale = as_number(self.finetune_lr_scale)
-        if scale is None or not 0 < scale < math.inf:
-            raise CtrkitError(f"finetune_lr_scale: expected a finite number > 0, got {self.finetune_lr_scale!r}")
-        set_("finetune_lr_scale", scale)
+        set_("finetune_lr_scale", check_lr_scale(self.finetune_lr_scale))
         for name in ("finetune_epochs", "warmup_steps", "seed") + tuple(
                 n for n in ("epochs", "batch_size") if getattr(self, n) is not None):
             lo = 0 if name in ("warmup_steps", "seed") else 1
