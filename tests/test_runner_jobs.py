@@ -254,6 +254,14 @@ def test_an_out_of_other_files_is_refused_and_a_bad_plan_makes_no_folder(fake_no
     with pytest.raises(CtrkitError, match="holds files that ctrkit did not write"):
         _run(fake_notebooks, mine, jobs=1)
     assert [p.name for p in mine.iterdir()] == ["index.md"] and (mine / "index.md").read_text() == "my index\n"
+    # a results store beside one's own files (the README's runs/store.jsonl) is no reproduction of ctrkit's
+    proj = tmp_path / "proj"
+    (proj / "runs").mkdir(parents=True)
+    (proj / "runs" / "store.jsonl").write_text('{"run_key": "k", "append_id": "a"}\n')
+    (proj / "runs" / "figures").mkdir()
+    with pytest.raises(CtrkitError, match="holds files that ctrkit did not write"):
+        _run(fake_notebooks, proj / "runs", jobs=1)
+    assert sorted(p.name for p in (proj / "runs").iterdir()) == ["figures", "store.jsonl"]
     with pytest.raises(CtrkitError, match="--dataset 'foo'"):
         _run(fake_notebooks, tmp_path / "new", jobs=1, dataset="foo")
     assert not (tmp_path / "new").exists()

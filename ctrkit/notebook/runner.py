@@ -437,7 +437,9 @@ def _jobs(request: Reproduction) -> list[Job]:
 
 # What marks a folder as ctrkit's own output: a reproduction's `.done`, or what the notebooks write
 # when run by hand in JupyterLab (synthetic or prepared data with their markers, a results store).
-_OURS = (".done", "data/*/raw/.ctrkit-synth.json", "data/*/*/.ctrkit-prepare.json", "*/store.jsonl")
+# Only markers ctrkit alone writes: a results store is no such proof (a user's project folder holds the
+# store of its own API runs beside its own figures and tables, which a reproduction would replace)
+_OURS = (".done", "data/*/raw/.ctrkit-synth.json", "data/*/*/.ctrkit-prepare.json")
 
 
 def _claim_out(out_dir: Path) -> None:
@@ -448,8 +450,8 @@ def _claim_out(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise CtrkitError(f"--out {out_dir}: is a file, not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not any(any(out_dir.glob(p)) for p in _OURS):
-        raise CtrkitError(f"--out {out_dir}: holds files that ctrkit did not write (no reproduction, data or "
-                          f"results store of ctrkit's in it); not writing into it: give a new or empty folder")
+        raise CtrkitError(f"--out {out_dir}: holds files that ctrkit did not write (no earlier reproduction or "
+                          f"data of ctrkit's in it); not writing into it: give a new or empty folder")
     try:
         (out_dir / ".done").mkdir(parents=True, exist_ok=True)
     except OSError as e:
