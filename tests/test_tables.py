@@ -372,6 +372,10 @@ def test_baselines_flag_the_epoch_cap(tmp_path):
     assert (t.loc["DeepFM", "epochs_min"], t.loc["DeepFM", "epochs_max"]) == (4, 10)
     assert t.loc["DCN", "n_cap_hit"] == 0 and t.loc["DCN", "flag"] == ""
     assert "not converged" in render.render("baselines", tables.baselines(s), "md")
+    # a seed whose record lacks its metrics (another version's layout) is said, not silently averaged away
+    s.append([{k: v for k, v in rec("baseline", None, ["DCN"], 0, 9, 0.79).items() if k not in ("test_auc", "test_logloss")}])
+    t = tables.baselines(s).set_index("model")
+    assert t.loc["DCN", "n_seeds"] == 4 and t.loc["DCN", "flag"] == "test AUC missing in 1/4 seeds"
 
 
 def test_two_baselines_of_one_model_say_how_they_differ(tmp_path):

@@ -56,8 +56,12 @@ def baselines(source, *, include_exploration: bool = False) -> pd.DataFrame:
                "test_logloss_mean": float(pd.to_numeric(g["test_logloss"]).mean()),
                "test_logloss_sd": float(pd.to_numeric(g["test_logloss"]).std(ddof=1)),
                "epochs_min": float(epochs.min()), "epochs_max": float(epochs.max()), "n_cap_hit": cap,
-               "flag": (f"epoch cap hit in {cap}/{len(g)} seeds: not converged" if cap else
-                        ("" if known else "convergence not recorded"))}
+               "flag": "; ".join(filter(None, [
+                   f"epoch cap hit in {cap}/{len(g)} seeds: not converged" if cap else
+                   ("" if known else "convergence not recorded"),
+                   # a record without its metrics (diverged, or another version's layout): the mean
+                   # and SD stand on fewer seeds than n_seeds, which a reader must be told
+                   f"test AUC missing in {n_gone}/{len(g)} seeds" if (n_gone := int(g["test_auc"].isna().sum())) else ""]))}
         proto = g["protocol"].dropna().iloc[0] if g["protocol"].notna().any() else None
         if ref:
             hit = ref.get((g["model"].iloc[0], ds, proto or "x4_001"))  # x4_001: ctrkit's default protocol
