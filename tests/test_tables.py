@@ -154,6 +154,23 @@ def test_an_empty_table_says_what_it_needs(tmp_path, capsys):
     assert not tables.table("finetune", s.path).empty
 
 
+def test_power_lays_a_claim_beside_each_null_result(store):
+    t = tables.power(store).set_index("model")
+    ft = tables.finetune(store).set_index("model")
+    # the interval's SD: the same as the per-seed rel % the finetune table's interval was made of
+    rel = [100 * (mutual_auc("DCN", s, 4, 10.0, 1.0) - alone_auc("DCN", s, 1.0)) / alone_auc("DCN", s, 1.0) for s in SEEDS]
+    assert t.loc["DCN", "sd_per_seed"] == pytest.approx(np.std(rel, ddof=1))
+    assert t.loc["DCN", "rel_pct_mde"] == pytest.approx(ft.loc["DCN", "rel_pct_mde"])
+    assert set(t["claimed_rel_pct"]) == {tables.PAPER_GAINS["criteo"]}
+    assert t.loc["DCN", "seeds_for_claim"] == pstats.seeds_needed(rel, 0.37)
+    assert t.loc["DCN", "claim_outside_ci"] == (not ft.loc["DCN", "rel_pct_ci_low"] <= 0.37 <= ft.loc["DCN", "rel_pct_ci_high"])
+    inside = float(np.mean(rel))  # an effect inside the interval (the estimate itself), larger than 0.37 here
+    other = tables.power(store, effect=inside).set_index("model")
+    assert not other.loc["DCN", "claim_outside_ci"] and other.loc["DCN", "claimed_rel_pct"] == inside
+    assert other.loc["DCN", "seeds_for_claim"] == pstats.seeds_needed(rel, inside) <= t.loc["DCN", "seeds_for_claim"]
+    assert "seeds_for_claim" in render.render("power", tables.table("power", store), "md")
+
+
 # ---- statistics against independent computations -------------------------------------------------
 def test_t_interval_matches_scipy():
     x = np.array([0.3, 0.1, 0.4, 0.15, 0.2])

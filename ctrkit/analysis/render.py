@@ -60,7 +60,12 @@ CAPTIONS = {
                 f"minus alone at the lr scale best for alone on validation (a baseline tuned for itself; Holm "
                 f"within its rows); p_holm: paired t-test of the AUC difference, Holm across the rows of a dataset.",
 }
-for _name in ("scratch", "finetune", "sweep", "headline", "alternatives", "controls"):
+CAPTIONS["power"] = (f"What the headline's null results rule out: per model, mutual - alone finetuning [{CI_NAME}] "
+                     f"beside a claimed gain (the paper's largest, +0.37% on Criteo and +0.66% on Avazu, unless given); "
+                     f"`claim_outside_ci`: the interval excludes it; `sd_per_seed`: the SD of the per-seed rel %; "
+                     f"`seeds_for_claim`: the pairs the paired t-test (alpha {1 - LEVEL:.2g}) needs to find the claim "
+                     f"with {POWER:.0%} power at that SD.")
+for _name in ("scratch", "finetune", "sweep", "headline", "alternatives", "controls", "power"):
     CAPTIONS[_name] += " " + MDE_WORDS
 
 
@@ -104,17 +109,17 @@ _SETTING_COLS = ("dataset", "peers", "weight", "divergence", "finetune_lr_scale"
 _INT_COLS = ("finetune_epochs", "epochs_min", "epochs_max", "n_pairs", "n_seeds", "n_subsets", "n_points",
              "n_partners", "n_cap_hit", "n_peers", "mutual_epochs_max", "alone_epochs_max", "n_cap_hit_mutual",
              "n_cap_hit_alone", "n_kept_pretrained_mutual", "n_kept_pretrained_alone", "n_ensemble_better",
-             "epochs_max")
+             "epochs_max", "seeds_for_claim")
 
 
 def _value(c: str, v):
     if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "–" if c in _INT_COLS or c in ("weight", "finetune_lr_scale") or c.endswith("_mde") else ""
+        return "–" if c in _INT_COLS or c in ("weight", "finetune_lr_scale", "claimed_rel_pct") or c.endswith("_mde") else ""
     if c in _INT_COLS and isinstance(v, (int, float, np.integer, np.floating)) and float(v).is_integer():
         return str(int(v))
     if c in ("weight", "finetune_lr_scale"):
         return f"{v:g}"
-    if c.endswith("_mde"):
+    if c.endswith("_mde") or c in ("claimed_rel_pct", "sd_per_seed"):
         return _fmt(float(v), 3)  # in % as the estimate beside it
     if c == "share_of_ensemble_gain_pct" and isinstance(v, (float, np.floating)):
         return f"{v:.1f}"  # a share in %: four decimals would claim a precision it has not

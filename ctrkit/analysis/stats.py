@@ -97,15 +97,26 @@ def seeds_needed(values, effect: float, *, level: float = LEVEL, power: float = 
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
     sd = float(v.std(ddof=1)) if len(v) >= 2 else 0.0
+    return seeds_for_spread(sd, effect, level=level, power=power, most=most)
+
+
+def seeds_for_spread(sd: float, effect: float, *, level: float = LEVEL, power: float = POWER, most: int = 10_000) -> int:
+    """`seeds_needed` from the standard deviation of the per-seed differences (0 without a spread)."""
     if not sd > 0 or effect == 0:
-        return 0 if sd == 0 or len(v) < 2 else most + 1
+        return 0 if not sd > 0 else most + 1
     from scipy import stats
 
-    for n in range(2, most + 1):
+    def enough(n: int) -> bool:
         crit = float(stats.t.ppf(0.5 + level / 2, n - 1))
-        if _power(abs(effect) * np.sqrt(n) / sd, n - 1, crit) >= power - 1e-9:  # float noise at the boundary
-            return n
-    return most + 1
+        return _power(abs(effect) * np.sqrt(n) / sd, n - 1, crit) >= power - 1e-9  # float noise at the boundary
+
+    if not enough(most):
+        return most + 1
+    lo, hi = 2, most  # power grows with n: the smallest n that is enough, by bisection
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid + 1, hi)
+    return lo
 
 
 def holm(pvalues) -> np.ndarray:

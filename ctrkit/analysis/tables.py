@@ -22,7 +22,7 @@ import pandas as pd
 from ctrkit.analysis.pairing import (control_runs, largest_peer_set, paper_order, seed_pairs, setting_columns,
                                      versus_alone)
 from ctrkit.analysis.records import CONTROL_FIELDS, file_version, flat_settings, per_file_version, records
-from ctrkit.analysis.stats import AUC_POINT, LEVEL, ci_columns, paired, rel_pct, t_interval, with_holm
+from ctrkit.analysis.stats import AUC_POINT, LEVEL, ci_columns, paired, rel_pct, seeds_for_spread, t_interval, with_holm
 from ctrkit.core.utils import CtrkitError, did_you_mean
 from ctrkit.experiments import designs
 
@@ -571,15 +571,45 @@ def headline(source, *, include_exploration: bool = False, peers: str | None = N
     return ft[[c for c in HEADLINE_COLS if c in ft.columns]].reset_index(drop=True) if len(ft) else ft
 
 
+# The paper's largest relative test-AUC gains of mutual finetuning over finetuning alone (Yilmaz &
+# Aldemir): the effect sizes `power` asks the finetune table's pairs about
+PAPER_GAINS = {"criteo": 0.37, "avazu": 0.66}
+
+
+def power(source, *, include_exploration: bool = False, peers: str | None = None,
+          effect: float | None = None) -> pd.DataFrame:
+    """What the headline's null results rule out: per model, the finetune table's interval and
+    `rel_pct_mde` beside a claimed gain (`effect`, else the paper's for the dataset: PAPER_GAINS),
+    whether the interval excludes it, and how many seeds the paired t-test would need to find it with
+    80% power at the spread seen (the per-seed SD, from the interval)."""
+    from scipy import stats as st
+
+    ft = finetune(source, include_exploration=include_exploration, peers=peers)
+    if ft.empty:
+        return ft
+    n = ft["n_pairs"].astype(int)
+    half = (ft["rel_pct_ci_high"] - ft["rel_pct_ci_low"]) / 2
+    sd = [h / float(st.t.ppf(0.5 + LEVEL / 2, k - 1)) * np.sqrt(k) if k >= 2 else np.nan for h, k in zip(half, n)]
+    claim = [effect if effect is not None else PAPER_GAINS.get(str(d).split(" [")[0], np.nan) for d in ft["dataset"]]
+    out = ft[["dataset", "model", "n_pairs", "rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high", "rel_pct_mde"]].copy()
+    out["sd_per_seed"] = sd
+    out["claimed_rel_pct"] = claim
+    out["claim_outside_ci"] = [bool(c > hi or c < lo) if not (np.isnan(c) or np.isnan(lo)) else None
+                               for c, lo, hi in zip(claim, out["rel_pct_ci_low"], out["rel_pct_ci_high"])]
+    out["seeds_for_claim"] = [seeds_for_spread(s, c) if not (np.isnan(c) or np.isnan(s)) else np.nan
+                              for s, c in zip(sd, claim)]
+    return out.reset_index(drop=True)
+
+
 TABLES: dict[str, Callable] = {
     "baselines": baselines, "scratch": scratch, "finetune": finetune, "sweep": sweep, "partners": partners,
     "partner_slopes": partner_slopes, "peer_count": peer_count, "controls": controls, "headline": headline,
-    "alternatives": alternatives, "tuning": tuning,
+    "alternatives": alternatives, "tuning": tuning, "power": power,
 }
 NAMES = tuple(TABLES)
 # The tables of one peer set per dataset (the largest unless `peers` names one), and the init they read
 PEER_TABLES = {"scratch": "scratch", "finetune": "pretrained", "sweep": "pretrained", "controls": "pretrained",
-               "alternatives": "pretrained", "headline": "pretrained"}
+               "alternatives": "pretrained", "headline": "pretrained", "power": "pretrained"}
 
 
 # What a table needs from the store, said when it comes out empty
