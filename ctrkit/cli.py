@@ -308,13 +308,13 @@ def _add_mutual(sub) -> None:
 def _add_table(sub) -> None:
     s = sub.add_parser("table", help="print a result table from a results store")
     s.add_argument("name", help="baselines, scratch, finetune, sweep, partners, partner_slopes, peer_count, controls, "
-                   "headline, alternatives or tuning")
+                   "headline, alternatives, tuning or power")
     s.add_argument("--store", required=True, help="a results store (.jsonl) of `ctrkit mutual --store` or reproduce")
     s.add_argument("--format", default="md", choices=["md", "csv", "tex"], help="Markdown (default), CSV or LaTeX")
     s.add_argument("--include-exploration", action="store_true",
                    help="also count runs tagged 'exploration' (the widget's), left out by default")
     s.add_argument("--peers", default=None, help="the mutual peer set of scratch, finetune, sweep, controls, "
-                   "alternatives and headline, e.g. DeepFM+DCN (default: the largest per dataset)")
+                   "alternatives, headline and power, e.g. DeepFM+DCN (default: the largest per dataset)")
 
 
 def _add_compare(sub) -> None:
@@ -414,6 +414,9 @@ class _NamedStdout:
 
 
 def _main(argv: list[str] | None) -> int:
+    from ctrkit.core.utils import Terminated, stop_on_sigterm
+
+    stop_on_sigterm()  # `kill` / a scheduler's stop ends the run as Ctrl-C does, in one line
     try:
         args = build_parser().parse_args(argv)  # a flag's own check (--seeds, --replicas) is one line too
         result = COMMANDS[args.command](args)
@@ -424,6 +427,9 @@ def _main(argv: list[str] | None) -> int:
     except CtrkitError as e:
         print(f"ctrkit: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("ctrkit: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("ctrkit: interrupted", file=sys.stderr)
         return 130
@@ -453,9 +459,12 @@ def _main(argv: list[str] | None) -> int:
 def cmd_synth(args):
     from ctrkit.data import synth
 
-    path = synth.generate(args.dataset, args.rows, args.out, seed=args.seed, gzip=args.gzip,
-                          progress=sys.stderr.isatty(), force=args.force)
-    print(f"wrote {args.rows} synthetic {args.dataset} rows to {path}")
+    done = None if args.force else synth.written_before(args.dataset, args.rows, args.out, seed=args.seed,
+                                                         gzip=args.gzip)
+    path = done or synth.generate(args.dataset, args.rows, args.out, seed=args.seed, gzip=args.gzip,
+                                  progress=sys.stderr.isatty(), force=args.force)
+    print(f"{path}: already holds these {args.rows} synthetic {args.dataset} rows (seed {args.seed}); nothing written"
+          if done else f"wrote {args.rows} synthetic {args.dataset} rows to {path}")
     return {"path": str(path), "rows": args.rows, "dataset": args.dataset, "seed": args.seed}
 
 

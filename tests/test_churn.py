@@ -61,3 +61,96 @@ def test_a_one_peer_run_records_no_peer_churn(criteo_small):
     result = runs.run(runs.RunSpec(peers=("DCN",), mode="alone", epochs=1, preset="smoke", device="cpu",
                                    progress=False), criteo_small)
     assert result["peers"][0]["peer_churn"] is None and result["test_probs"].shape[0] == 1
+
+
+# ---------------------------------------------------------------- the predictions folder beside a store
+
+SPEC = dict(peers=("DeepFM", "DCN"), mode="mutual", epochs=1, preset="smoke", device="cpu", progress=False, seed=3)
+
+
+def _error_line(capsys) -> str:
+    """The last stderr line of a failed `cli.main` (above it: progress bars), with no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return [ln for ln in err.splitlines() if ln.strip()][-1]
+
+
+def _mutual_args(data, store, *extra):
+    return ["mutual", "--data", str(data.path), "--peers", "DeepFM,DCN", "--init", "scratch", "--preset", "smoke",
+            "--device", "cpu", "--seed", "3", "--epochs", "1", "--store", str(store), *extra]
+
+
+def test_a_killed_predictions_writers_temp_files_are_removed_by_the_next_run_of_it(criteo_small, tmp_path):
+    """A run killed while saving its predictions leaves `atomic_path`'s temp file in predictions/<key>;
+    the run again (under its claim on the key) removes it, but not a temp file young enough to be a
+    live writer's (a second store in the same folder shares predictions/, not its claims), nor files
+    of other names or of other runs."""
+    import os
+    import time
+
+    store = ResultsStore(tmp_path / "store.jsonl")
+    spec = runs.RunSpec(**SPEC)
+    run_dir = churn.predictions_dir(store.path) / spec.key(criteo_small.fingerprint)
+    run_dir.mkdir(parents=True)
+    other_run = run_dir.parent / "another_key"
+    other_run.mkdir()
+    stale = [run_dir / ".DCN.npy.7emaoupe.tmp", run_dir / ".DeepFM.npy.a_b0c1d2.tmp"]
+    keep = [run_dir / ".DCN.npy.backup.tmp", run_dir / ".notes.txt.7emaoupe.tmp", run_dir / "DCN.npy.7emaoupe.tmp",
+            other_run / ".DCN.npy.7emaoupe.tmp"]
+    an_hour_ago = time.time() - 3600
+    for p in stale + keep:
+        p.write_bytes(b"\0" * 100)
+        os.utime(p, (an_hour_ago, an_hour_ago))
+    live = run_dir / ".DCN.npy.livewrit.tmp"  # being written right now by another store's identical run
+    live.write_bytes(b"\0" * 10)
+    runs.execute(spec, criteo_small, store=store)
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in keep) and live.exists()
+    assert (run_dir / "DCN.npy").is_file() and (run_dir / "DeepFM.npy").is_file()
+
+
+def test_predictions_that_the_disk_cannot_take_are_one_line_naming_the_file(criteo_small, tmp_path, monkeypatch,
+                                                                                capsys):
+    """A full disk while the predictions are saved: `ctrkit: error:` naming the .npy (it said only
+    "No space left on device"), no temp file left, nothing recorded in the store."""
+    import errno
+
+    from ctrkit import cli
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write() raises it: no file name
+
+    monkeypatch.setattr(np, "save", full)
+    store = tmp_path / "store.jsonl"
+    assert cli.main(_mutual_args(criteo_small, store)) == 2
+    key = runs.RunSpec(**SPEC, init="scratch").key(criteo_small.fingerprint)
+    path = churn.predictions_dir(store) / key / "DeepFM.npy"
+    assert _error_line(capsys) == f"ctrkit: error: cannot write the test predictions {path}: No space left on device"
+    assert not list(tmp_path.rglob("*.tmp")) and not store.exists()
+
+
+def test_a_file_named_predictions_beside_the_store_is_refused_before_training(criteo_small, tmp_path, monkeypatch,
+                                                                               capsys):
+    """The predictions of a stored run go in <store folder>/predictions: a user's file of that name
+    was found only after the whole training (and not named). Now one line naming it, before any
+    run trains, from the CLI and from a grid, and the file is left as it was."""
+    from ctrkit import cli, experiments
+    from ctrkit.core.utils import CtrkitError
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the predictions could not be saved")
+
+    monkeypatch.setattr(runs, "run", no_training)
+    monkeypatch.setattr(runs, "run_many", no_training)
+    mine = tmp_path / "predictions"
+    mine.write_text("my predictions\n")
+    store = tmp_path / "store.jsonl"
+    want = (f"results store {store}: {mine} is not a folder (the test predictions of the runs recorded there go in "
+            f"it): move it away, or use another store; nothing was trained")
+    assert cli.main(_mutual_args(criteo_small, store)) == 2
+    assert _error_line(capsys) == f"ctrkit: error: {want}"
+    with pytest.raises(CtrkitError) as e:
+        experiments.run(criteo_small, [["DeepFM", "DCN"]], modes=["mutual"], inits=["scratch"], seeds=[3],
+                        preset="smoke", epochs=1, device="cpu", progress=False, store=store)
+    assert str(e.value) == want
+    assert mine.read_text() == "my predictions\n" and not store.exists()

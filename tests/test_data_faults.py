@@ -228,6 +228,34 @@ def test_synth_refuses_to_overwrite(tmp_path, capsys):
     assert len((out / "train.txt").read_text().splitlines()) == 200
 
 
+def test_synth_again_with_the_same_settings_writes_nothing_and_succeeds(tmp_path, capsys):
+    """The same `ctrkit synth` again, after it finished, would write the same bytes: it was refused
+    ("exists; pass --force"). Now it leaves the file as it is and exits 0. Other settings (rows,
+    seed, a dataset of the same file name) or a file changed since are refused as before."""
+    out = tmp_path / "s"
+    args = ["synth", "criteo", "--rows", "300", "--out", str(out)]
+    assert main(args) == 0
+    path = out / "train.txt"
+    before = path.stat()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out == f"{path}: already holds these 300 synthetic criteo rows (seed 2021); nothing written\n"
+    assert synth.written_before("criteo", 300, out) == path
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+    fails(capsys, [*args[:3], "301", *args[4:]], "exists", "--force")
+    fails(capsys, [*args, "--seed", "7"], "exists", "--force")
+    avazu = tmp_path / "a"
+    assert main(["synth", "avazu", "--rows", "300", "--out", str(avazu)]) == 0
+    fails(capsys, ["synth", "frappe", "--rows", "300", "--out", str(avazu)], "exists", "--force")  # train.csv too
+    with path.open("a") as f:
+        f.write("1\t2\n")  # changed since synth wrote it: not the file the settings describe
+    assert synth.written_before("criteo", 300, out) is None
+    fails(capsys, args, "exists", "--force")
+    assert main([*args, "--force"]) == 0 and synth.written_before("criteo", 300, out) == path
+    assert len(path.read_text().splitlines()) == 300
+
+
 def test_info_notices_a_truncated_npy(tmp_path, capsys, raw):
     out = tmp_path / "out"
     _prepare(raw, out)

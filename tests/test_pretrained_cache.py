@@ -189,3 +189,56 @@ def test_a_checkpoint_without_a_recorded_preset_is_accepted_and_gets_it_when_reu
     assert all(json.loads(rj.read_text())["preset"] == "smoke" for rj in ck.rglob("result.json"))
     with pytest.raises(CtrkitError, match="was pretrained with preset 'smoke', but this run has preset 'quick'"):
         experiments.run(d, [["DeepFM", "FiBiNET"]], preset="quick", **grid)
+
+
+def test_a_finished_pretraining_is_reused_only_while_best_pt_is_the_file_it_wrote(setup, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """result.json records best.pt's size and sha256; a finished pretraining is reused only while its
+    best.pt is that file (it was reused truncated), and then reports where it is now, not where it
+    was written (a copied or moved folder). A changed one is a one-line error and left as it is.
+    A result.json from before it recorded them is taken as before."""
+    import hashlib
+
+    from ctrkit import cli
+    from ctrkit.core.utils import CtrkitError
+
+    d, root = setup
+    ck = tmp_path / "moved"
+    shutil.copytree(root / "ck", ck)
+    best = runs.checkpoint_path(runs.seed_dir(ck, 1), "DeepFM")
+    whole, result_json = best.read_bytes(), best.parent / "result.json"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(runs, "fit", no_training)
+    monkeypatch.setattr(runs, "fit_replicas", no_training)
+    again = dict(preset="smoke", seeds=[1], epochs=1, device="cpu", threads=1, progress=False)
+    df = experiments.pretrain_baselines(d, ["DeepFM"], ck, **again)
+    assert df["checkpoint"].tolist() == [str(best)]  # not setup's folder, where it was written
+    assert json.loads(result_json.read_text())["checkpoint_digest"] == {
+        "bytes": len(whole), "sha256": hashlib.sha256(whole).hexdigest()}
+    cut = whole[:-1000]
+    best.write_bytes(cut)
+    with pytest.raises(CtrkitError) as e:
+        experiments.pretrain_baselines(d, ["DeepFM"], ck, **again)
+    assert str(e.value) == (f"checkpoint {best}: not the file its pretraining wrote ({len(cut)} bytes, not the "
+                            f"{len(whole)} written; result.json beside it records its size and sha256): not reused "
+                            f"and not overwritten (restore it, or remove it and run again to pretrain it again, or "
+                            f"use another --out / out_dir)")
+    args = ["pretrain", "--data", str(d.path), "--model", "DeepFM", "--preset", "smoke", "--seed", "1", "--epochs", "1",
+            "--device", "cpu", "--threads", "1", "--out", str(best.parent), "--resume"]
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"ctrkit: error: {e.value}"]
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF
+    best.write_bytes(bytes(flipped))
+    with pytest.raises(CtrkitError, match=r"not the file its pretraining wrote \(other bytes than written \(sha256 "
+                                          r"differs, same size"):
+        experiments.pretrain_baselines(d, ["DeepFM"], ck, **again)
+    assert best.read_bytes() == bytes(flipped)  # left for the user to look at
+    best.write_bytes(whole)
+    old = json.loads(result_json.read_text())
+    del old["checkpoint_digest"]
+    result_json.write_text(json.dumps(old))  # as written before it held the digest
+    assert experiments.pretrain_baselines(d, ["DeepFM"], ck, **again)["checkpoint"].tolist() == [str(best)]

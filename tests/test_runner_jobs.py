@@ -374,3 +374,29 @@ def test_a_figures_copy_cut_short_leaves_every_file_known_as_ctrkits(tmp_path, m
         (src / n).write_bytes(b"3 " + n.encode())  # the next reproduction: both files are still ctrkit's
     runner.copy_figures(src, dest)
     assert (dest / "a.png").read_bytes() == b"3 a.png" and (dest / "b.png").read_bytes() == b"3 b.png"
+
+
+def test_a_killed_reproductions_temp_files_are_removed_by_the_next_one(fake_notebooks, tmp_path):
+    """kill -9 while a table or figure is written leaves `atomic_path`'s temp file in OUT/tables or
+    OUT/figures (it survived reruns and --force). The next reproduction removes those of the files it
+    writes there, but not a user's files, temp files of other names, nor one young enough to be a live
+    writer's (a notebook run by hand on the same OUT)."""
+    import time
+
+    out = tmp_path / "out"
+    for sub in ("tables", "figures", ".done"):
+        (out / sub).mkdir(parents=True)
+    stale = [out / "tables" / ".criteo_peer_count.tex.f9fycz96.tmp", out / "tables" / ".criteo_headline.csv.a_b0c1d2.tmp",
+             out / "figures" / ".fig1_knowledge_distillation.png.c95a1ttn.tmp", out / ".index.html.x1y2z3w4.tmp",
+             out / ".done" / ".criteo_00_data.json.abcdefgh.tmp"]
+    keep = [out / "tables" / "mine.csv", out / "tables" / ".notes.txt.f9fycz96.tmp",
+            out / "figures" / ".fig1.png.backup.tmp", out / ".other.md.x1y2z3w4.tmp"]
+    an_hour_ago = time.time() - 3600
+    for p in stale + keep:
+        p.write_bytes(b"x")
+        os.utime(p, (an_hour_ago, an_hour_ago))
+    live = out / "tables" / ".criteo_baselines.md.livewrit.tmp"
+    live.write_bytes(b"x")
+    _run(fake_notebooks, out, jobs=1, only=["00_data"])
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in keep) and live.exists()

@@ -11,7 +11,9 @@ import os
 import platform
 import random
 import re
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -56,8 +58,48 @@ def probe_writable(folder: str | os.PathLike) -> None:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """A file's SHA-256, hex: what ctrkit's manifests record of a file it wrote."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """A file's SHA-256, hex: what ctrkit's manifests record of a file it wrote. Read in chunks: a
+    checkpoint of real data is hundreds of MB."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# The temp file `atomic_path` writes: mkstemp's "." + the final name + "." + 8 characters of
+# "abcdefghijklmnopqrstuvwxyz0123456789_" + ".tmp". Only names of this form are ever cleaned.
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+# How long a live writer's temp file can go unmodified: `atomic_path`'s callers write a table, a
+# figure or a predictions file within seconds of making it. In a folder other processes may write
+# to at the same time, only temp files older than this are a killed writer's for sure.
+LIVE_TEMP_S = 60.0
+
+
+def remove_stale_temp(folder: str | os.PathLike, names: Sequence[str] = (), *, suffixes: Sequence[str] = (),
+                      older_than: float = 0.0) -> list[Path]:
+    """Remove the temp files a killed `atomic_path` writer left in `folder` (not below it) for a final
+    name in `names` or ending in one of `suffixes`, not modified for `older_than` seconds (0: any:
+    for a folder no other process writes in meanwhile). Returns the files removed. A folder that is
+    not there or cannot be listed, or a file that cannot be removed, is left: this run's own writes
+    there fail with a one-line error naming the file if the folder is unusable."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    now, removed = time.time(), []
+    for entry in entries:
+        m = _TEMP_NAME.fullmatch(entry.name)
+        if m is None or not (m["name"] in names or any(m["name"].endswith(s) for s in suffixes)):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime >= older_than:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:  # gone meanwhile (another run cleaned it), or not ours to remove here
+            continue
+    return removed
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
@@ -337,6 +379,25 @@ def cpu_slots(threads) -> int:
     if threads is None or (isinstance(threads, str) and threads.strip().lower() == "auto"):
         return 1
     return max(1, _usable_cores() // max(1, int(threads)))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`, a container's shutdown), raised where Ctrl-C raises
+    KeyboardInterrupt: the same clean stop (claims released, workers ended, nothing half-written
+    kept), so that one tested path serves both; the CLI tells them apart in its last line."""
+
+
+def stop_on_sigterm(error: type[BaseException] = Terminated) -> None:
+    """Make SIGTERM raise `error` in this process's main thread (a no-op elsewhere: only the main
+    thread may set a handler). Without it SIGTERM ends Python at once, without its cleanup."""
+    import signal
+    import threading
+
+    def _raise(signum, frame):
+        raise error()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise)
 
 
 def die_with_parent(parent: int | None = None) -> None:

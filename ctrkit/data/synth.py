@@ -14,6 +14,7 @@ generator; rows are generated in fixed-size chunks, each from its own seeded gen
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -310,14 +311,47 @@ def _chunk(truth: _Truth, dataset: str, tokens: list, seed: int, chunk_no: int, 
     return pa.table(cols, names=names)
 
 
-def _marked(out: Path) -> set | None:
-    """The file names the folder's marker lists as written by ctrkit synth (None: no readable marker)."""
+def _marker(out: Path) -> dict | None:
+    """The folder's marker (None: none, or not readable as one)."""
     import json
 
     try:
-        return set(json.loads((out / MARKER).read_text()).get("files", []))
-    except (OSError, ValueError, AttributeError, TypeError):
+        m = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
         return None
+    return m if isinstance(m, dict) else None
+
+
+def _marked(out: Path) -> set | None:
+    """The file names the folder's marker lists as written by ctrkit synth (None: no readable marker)."""
+    m = _marker(out)
+    try:
+        return None if m is None else set(m.get("files", []))
+    except TypeError:  # "files" is not a list of names
+        return None
+
+
+def _written(out: Path) -> dict:
+    """{file name: what was written there} of the files a finished ctrkit synth left as it wrote them:
+    its settings and the file's size and mtime then (`_record`)."""
+    w = (_marker(out) or {}).get("written")
+    return w if isinstance(w, dict) else {}
+
+
+def written_before(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False) -> Path | None:
+    """The file `generate` with these settings would write, when a finished ctrkit synth of the same
+    dataset, rows, seed and format wrote it there and it is unchanged since (its size and mtime as
+    the marker recorded them): writing it again would give the same bytes. Else None."""
+    out = Path(out)
+    name = _FILE.get(dataset, "") + (".gz" if gzip else "")
+    path = out / name
+    was = _written(out).get(name)
+    try:
+        st = path.lstat()  # a link is not what synth wrote there
+    except OSError:
+        return None
+    now = {"dataset": dataset, "rows": int(rows), "seed": int(seed), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return path if stat.S_ISREG(st.st_mode) and was == now else None
 
 
 def _claim(out: Path, name: str, force: bool) -> None:
@@ -337,10 +371,22 @@ def _claim(out: Path, name: str, force: bool) -> None:
 
 def _mark(out: Path, name: str) -> None:
     """List `name` in the marker, before the file is written: a file (or a temp file) that a full
-    disk or a kill leaves half-written is then known as ours, and replaced by the next run."""
+    disk or a kill leaves half-written is then known as ours, and replaced by the next run. What
+    `name` held is no longer recorded as written (`_record` does when the new one is in place)."""
+    _write_marker(out, sorted((_marked(out) or set()) | {name}), {k: v for k, v in _written(out).items() if k != name})
+
+
+def _record(out: Path, name: str, settings: dict) -> None:
+    """Record that the finished file `name` holds `settings`, with its size and mtime: a rerun with the
+    same settings finds it unchanged and writes nothing (`written_before`)."""
+    st = (out / name).stat()
+    written = {**_written(out), name: {**settings, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
+    _write_marker(out, sorted((_marked(out) or set()) | {name}), written)
+
+
+def _write_marker(out: Path, files: list, written: dict) -> None:
     try:
-        write_json_atomic(out / MARKER, {"written_by": "ctrkit synth",
-                                         "files": sorted((_marked(out) or set()) | {name})})
+        write_json_atomic(out / MARKER, {"written_by": "ctrkit synth", "files": files, "written": written})
     except OSError as e:
         raise outdir.os_error(out, e, out / MARKER) from None
 
@@ -359,7 +405,8 @@ def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
              progress: bool = False, force: bool = False) -> Path:
     """Write `out/train.txt` (criteo) or `out/train.csv` (avazu, frappe, movielens), optionally
     gzipped; return the file. An existing file is replaced only with `force`, and only when ctrkit
-    wrote it.
+    wrote it; without `force`, a file a finished call with the same settings wrote is left as it is
+    (`written_before`: it would be written again byte for byte).
 
     Realistic in shape: Zipf-like categorical frequencies, cardinalities scaled with `rows`,
     missing values, heavy-tailed integers, base CTR ~0.25 (criteo) / ~0.17 (avazu) / ~0.33
@@ -380,6 +427,8 @@ def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
     out = Path(out)
     name = _FILE[dataset] + (".gz" if gzip else "")
     path = out / name
+    if not force and written_before(dataset, rows, out, seed, gzip) is not None:
+        return path  # the same file again: nothing to write (the CLI says so)
     _prepare_out(out, name, force)
     _mark(out, name)
     truth = _Truth(dataset, int(rows), seed)
@@ -391,6 +440,7 @@ def generate(dataset: str, rows: int, out, seed: int = 2021, gzip: bool = False,
         raise outdir.os_error(out, e, path) from None
     finally:
         bar.close()
+    _record(out, name, {"dataset": dataset, "rows": int(rows), "seed": int(seed)})
     return path
 
 

@@ -14,15 +14,16 @@ atomically by `save_predictions`).
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ctrkit.core.utils import CtrkitError, atomic_path
+from ctrkit.core.utils import LIVE_TEMP_S, CtrkitError, atomic_path, probe_writable, remove_stale_temp
 
 __all__ = ["mean_abs", "top_decile", "top_decile_flip", "churn", "peer_churn", "predictions_dir",
-           "prediction_path", "save_predictions", "load_predictions"]
+           "prediction_path", "check_writable", "save_predictions", "load_predictions"]
 
 
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -82,15 +83,42 @@ def prediction_path(folder: str | Path, run_key: str, label: str) -> Path:
     return Path(folder) / run_key / f"{label}.npy"
 
 
+def check_writable(store_path: str | Path) -> None:
+    """Fail now, not after the training, when a run recorded in the store at `store_path` could not
+    save its test predictions (`save_predictions`, before the store's append): `predictions_dir`
+    must be a folder this process can write in, or one it can create. The store's own checks are
+    `ResultsStore.check_usable`'s (which makes the store's folder)."""
+    folder = predictions_dir(store_path)
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise CtrkitError(f"results store {store_path}: {folder} is not a folder (the test predictions of the runs "
+                          f"recorded there go in it): move it away, or use another store; nothing was trained")
+    try:
+        probe_writable(folder if folder.is_dir() else folder.parent)
+    except OSError as e:
+        raise CtrkitError(f"results store {store_path}: cannot write the test predictions folder {folder} "
+                          f"({e.strerror or e}); nothing was trained") from None
+
+
 def save_predictions(folder: str | Path, run_key: str, labels: Sequence[str], probs) -> list[Path]:
-    """Each peer's test predictions (`probs` [N, rows]) as float32 .npy, written atomically."""
+    """Each peer's test predictions (`probs` [N, rows]) as float32 .npy, written atomically; a full
+    disk or an unwritable folder is a one-line error naming the file (the store's append comes
+    after: the run is then not recorded)."""
+    labels = list(labels)
+    # The temp files a killed writer of this run left (`atomic_path`'s, of these very names). Only in
+    # this run's folder, whose run key the caller holds claimed in its store (`ResultsStore.claim`),
+    # so no other run of the store writes there now; yet a second store in the same folder shares
+    # predictions/ but not its claims, so only temp files older than any live write are removed.
+    remove_stale_temp(Path(folder) / run_key, [f"{label}.npy" for label in labels], older_than=LIVE_TEMP_S)
     paths = []
     for label, p in zip(labels, np.asarray(probs, dtype=np.float32)):
         path = prediction_path(folder, run_key, label)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, p)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, p)
+        except OSError as e:
+            raise CtrkitError(f"cannot write the test predictions {path}: {e.strerror or e}") from None
         paths.append(path)
     return paths
 

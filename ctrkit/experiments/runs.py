@@ -311,6 +311,13 @@ def _store(store) -> ResultsStore | None:
     return ResultsStore(store)
 
 
+def _check_store(st: ResultsStore) -> None:
+    """Before a run that records in `st` trains: the store takes an append, and the folder beside it
+    takes the run's test predictions (saved before the append)."""
+    st.check_usable()
+    churn.check_writable(st.path)
+
+
 def execute(spec: RunSpec, data, *, store=None, force: bool = False, exchange: Exchange | None = None,
             out_dir: str | Path | None = None, resume: bool | None = None, **hooks) -> tuple[list[dict], bool]:
     """One run, recorded in `store` in one append. Returns (records, skipped): a run already in the
@@ -323,7 +330,7 @@ def execute(spec: RunSpec, data, *, store=None, force: bool = False, exchange: E
     st = _store(store) if main else None
     # a store it cannot append to fails now, not after the training; on every rank alike (the others
     # would wait for the main one, then report it lost)
-    check = lambda: st.check_usable() if st is not None else None  # noqa: E731
+    check = lambda: _check_store(st) if st is not None else None  # noqa: E731
     exchange.agree(check, where="checking the results store") if exchange is not None else check()
     key = spec.key(data.fingerprint)
     with st.claim(key) if st is not None else contextlib.nullcontext():
@@ -408,10 +415,17 @@ def _refuse_other_model(out: Path, name: str, data) -> None:
 
 
 def _keyed(result: dict, j: dict) -> dict:
-    """fit's result with the baseline's run key (a re-run reuses it) and preset (a run finetuning the
-    checkpoint must have the same one: `_check_preset`), written to result.json beside best.pt."""
+    """fit's result with the baseline's run key (a re-run reuses it), preset (a run finetuning the
+    checkpoint must have the same one: `_check_preset`) and best.pt's size and sha256 (a re-run reuses
+    only that very file: `_reusable`), written to result.json beside best.pt."""
     result["run_key"], result["preset"] = j["key"], j["spec"].preset
     if j["out"] is not None:  # fit wrote result.json already
+        best = j["out"] / "best.pt"
+        if best.is_file():
+            try:
+                result["checkpoint_digest"] = checkpoint.digest(best)
+            except OSError as e:
+                raise CtrkitError(f"checkpoint {best}: cannot read it back: {e.strerror or e}") from None
         checkpoint.save_json(j["out"] / "result.json", result)
     return result
 
@@ -445,15 +459,35 @@ def _reusable(out: Path, key: str, data, preset: str) -> dict | None:
     except (OSError, ValueError):
         return None
     # the run's checkpoint must be there too: a result.json copied without it is not a finished run here
-    ours = old.get("fingerprint") == data.fingerprint and old.get("run_key") == key and (out / "best.pt").is_file()
-    if ours and "preset" not in old:
+    best = out / "best.pt"
+    ours = isinstance(old, dict) and old.get("fingerprint") == data.fingerprint and old.get("run_key") == key \
+        and best.is_file()
+    if not ours:
+        return None
+    _check_intact(best, old.get("checkpoint_digest"))
+    old["checkpoint"] = str(best)  # where it is now: the folder may have been moved or copied since
+    if "preset" not in old:
         # written before result.json held the preset: the run key has it (`PretrainSpec.keys`), so the
         # preset is known; recorded now, the runs finetuning this checkpoint are checked too. A
         # checkpoint folder this process cannot write keeps working unchecked, as before.
         old["preset"] = preset
         with contextlib.suppress(CtrkitError):
             checkpoint.save_json(done, old)
-    return old if ours else None
+    return old
+
+
+def _check_intact(best: Path, recorded) -> None:
+    """A one-line error when `best` is not the file its pretraining wrote (the size and sha256 that
+    result.json records; a result.json from before it did is taken as before): a truncated or
+    replaced checkpoint is neither reused nor overwritten, as `checkpoint.refuse_foreign` treats a
+    damaged one, since a copy that went wrong may be the user's only one."""
+    if not isinstance(recorded, dict):
+        return
+    how = checkpoint.changed_since(best, recorded)
+    if how is not None:
+        raise CtrkitError(f"checkpoint {best}: not the file its pretraining wrote ({how}; result.json beside it "
+                          f"records its size and sha256): not reused and not overwritten (restore it, or remove it "
+                          f"and run again to pretrain it again, or use another --out / out_dir)")
 
 
 # ---------------------------------------------------------------- many runs as replicas
@@ -528,7 +562,7 @@ def execute_many(specs: Sequence[RunSpec], data, *, store=None, force: bool = Fa
     finishes). Returns (records, skipped) per spec."""
     st = _store(store)
     if st is not None:
-        st.check_usable()
+        _check_store(st)
     for spec in specs:  # every run's checkpoints there before the first trains: a missing seed is not found halfway
         if force or st is None or not st.has_run(spec.key(data.fingerprint)):
             _check_present(spec, data, spec.peers)  # (each is read and checked in full where its run starts)

@@ -33,7 +33,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from ctrkit.core.utils import CtrkitError, atomic_path, die_with_parent, sha256_file, write_json_atomic
+from ctrkit.core.utils import CtrkitError, atomic_path, die_with_parent, sha256_file, stop_on_sigterm, write_json_atomic
 from ctrkit.notebook import profiles
 from ctrkit.notebook.profiles import (DATASETS, NOTEBOOK_DIR, NOTEBOOKS, ONCE, PER_DATASET, PROFILES,
                                       SCHEMA_SUFFIXES, SMALL_DATASETS)
@@ -162,6 +162,7 @@ def run(request: Reproduction, *, progress: bool = True, notebooks_dir: str | Pa
     if request.figures and Path(request.figures).exists() and not Path(request.figures).is_dir():
         raise CtrkitError(f"--figures {request.figures}: is a file, not a folder")  # now, not after the notebooks
     _claim_out(out_dir)
+    _remove_killed_writers_temp(out_dir)
     todo = _todo(planned, nb_dir, out_dir, sizes, force=request.force)
     t0, steps = time.perf_counter(), _Steps(todo, out_dir, sizes, log, progress_every)
     if jobs == 1:
@@ -295,6 +296,7 @@ def _notebook_worker(parent: int) -> None:
     import logging
 
     die_with_parent(parent)
+    stop_on_sigterm(KeyboardInterrupt)  # a SIGTERM to the group stops its notebook as Ctrl-C does
     logging.getLogger("asyncio").addFilter(_not_an_interrupt)
 
 
@@ -456,6 +458,23 @@ def _claim_out(out_dir: Path) -> None:
         (out_dir / ".done").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CtrkitError(f"--out {out_dir}: cannot create: {e.strerror or e}") from None
+
+
+# What reproduce and its notebooks write in --out: (folder, file names, name endings). The temp files
+# (`atomic_path`'s) of those files that a killed run left are removed by the next one.
+_WRITTEN = [("tables", (), (".csv", ".md", ".tex")), ("figures", (), (".png", ".svg", ".pdf")),
+            (".", ("index.md", "index.html"), ()), (".done", (), (".json",))]
+
+
+def _remove_killed_writers_temp(out_dir: Path) -> None:
+    """Remove the temp files a killed reproduction left in `out_dir` (`_claim_out` has made sure it is
+    ctrkit's), of the names `_WRITTEN` lists only. Only those unmodified for `LIVE_TEMP_S`: nothing
+    stops a notebook run by hand, or a second reproduction, from writing a table there right now,
+    and a live writer's temp file is seconds old."""
+    from ctrkit.core.utils import LIVE_TEMP_S, remove_stale_temp
+
+    for sub, names, ends in _WRITTEN:
+        remove_stale_temp(out_dir / sub, names, suffixes=ends, older_than=LIVE_TEMP_S)
 
 
 def _done_before(marker: Path, dest: Path, digest: str) -> bool:

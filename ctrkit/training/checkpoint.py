@@ -14,7 +14,7 @@ import copy
 import functools
 import hashlib
 import json
-import re
+import os
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,10 +25,12 @@ from torch import nn
 from ctrkit import kernels, models
 from ctrkit.kernels import for_device
 from ctrkit.models import build
-from ctrkit.core.utils import CtrkitError, resolve_device, torch_save_atomic, write_json_atomic
+from ctrkit.core.utils import (CtrkitError, file_stamp, remove_stale_temp, resolve_device, sha256_file,
+                               torch_save_atomic, write_json_atomic)
 
 __all__ = ["LAST_FORMAT", "RESUMABLE", "load_checkpoint", "load_pretrained", "model_from", "check_identity",
-           "model_identity", "save", "save_json", "write_best", "scored_by", "signature", "read_resume", "clean_stale_temp"]
+           "model_identity", "save", "save_json", "write_best", "scored_by", "signature", "read_resume", "clean_stale_temp",
+           "digest", "changed_since"]
 
 LAST_FORMAT = "ctrkit-last-2"
 # Settings that may differ between a run and its resumption: a resumed run may train longer, show
@@ -133,6 +135,38 @@ def write_best(path: Path, model: nn.Module, state_dict: dict, *, data, train_co
     save({"model_name": name, "hparams": hparams, "field_sizes": list(data.field_sizes),
           "fingerprint": data.fingerprint, "train_config": train_config, "state_dict": state_dict,
           "epoch": epoch, "metrics": metrics, **({"scored_by": scored} if scored is not None else {})}, path)
+
+
+# path -> (its `file_stamp`, its digest): a checkpoint reused by several calls of one process (a grid's
+# baselines are looked at before and where they would train) is hashed once until it changes
+_DIGESTS: dict[str, tuple[tuple, dict]] = {}
+
+
+def digest(path: Path) -> dict:
+    """{"bytes", "sha256"} of the file at `path` (OSError if unreadable): what result.json records of
+    the best.pt its pretraining wrote (`ctrkit.experiments.runs`), to know it again before reuse."""
+    st = os.stat(path)
+    key, stamp = str(Path(path).resolve()), file_stamp(st)
+    if key not in _DIGESTS or _DIGESTS[key][0] != stamp:
+        _DIGESTS[key] = (stamp, {"bytes": st.st_size, "sha256": sha256_file(path)})
+    return dict(_DIGESTS[key][1])
+
+
+def changed_since(path: Path, recorded: dict) -> str | None:
+    """How the file at `path` differs from its `digest` as `recorded` ("N bytes, not M", "other bytes"
+    of the same size, "missing", "unreadable: ..."), or None when it is that file. The size first: a
+    truncated checkpoint is told without reading it."""
+    try:
+        size = os.stat(path).st_size
+        if size != recorded.get("bytes"):
+            return f"{size} bytes, not the {recorded.get('bytes')} written"
+        if digest(path)["sha256"] != recorded.get("sha256"):
+            return f"other bytes than written (sha256 differs, same size {size})"
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    return None
 
 
 def scored_by(device, eval_batch_size: int) -> dict:
@@ -263,10 +297,6 @@ def _ctrkit_archive(path: Path) -> bool | None:
 def clean_stale_temp(folder: Path, names: Sequence[str]) -> None:
     """Remove the temporary files a killed writer of `names` left in `folder`: a checkpoint of real
     data is hundreds of MB. Only the exact names utils.atomic_path makes (mkstemp's `.NAME.` + 8
-    characters + `.tmp`), so a user's `.best.pt.backup.tmp` stays."""
-    if folder.is_dir():
-        for name in names:
-            mine = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp")
-            for tmp in folder.glob(f".{name}.*.tmp"):
-                if mine.fullmatch(tmp.name):
-                    tmp.unlink(missing_ok=True)
+    characters + `.tmp`), so a user's `.best.pt.backup.tmp` stays. Any age: the run's output folder
+    is its own while it runs (a second run there at once would clash anyway)."""
+    remove_stale_temp(folder, names)
