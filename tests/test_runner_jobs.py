@@ -315,6 +315,21 @@ def test_a_kernel_starts_when_the_tcp_ports_jupyter_would_pick_are_taken(tmp_pat
             runner._execute(job, src, tmp_path, timeout=120, progress=False)
 
 
+def test_a_full_disk_while_papermill_writes_names_where(tmp_path, monkeypatch):
+    import errno
+
+    import papermill
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as json.dump's write raises it: no file named
+
+    monkeypatch.setattr(papermill, "execute_notebook", full)
+    job = runner.Job("00_data", "criteo", {})
+    with pytest.raises(CtrkitError, match=r"notebook 00_data \(criteo\) did not run: OSError: \[Errno 28\] No space left "
+                                          r"on device \(writing .*\.00_data\.partial\.ipynb and the kernel log under "):
+        runner._execute(job, tmp_path / "00_data.ipynb", tmp_path, timeout=10, progress=False)
+
+
 def test_figures_are_copied_over_only_what_ctrkit_wrote_there(tmp_path):
     src, tables, dest = tmp_path / "figs", tmp_path / "tables", tmp_path / "dest"
     src.mkdir(), tables.mkdir()

@@ -519,6 +519,8 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
     except Exception as e:  # kernel died, timeout, missing kernel: still name the notebook
         partial.replace(failed) if partial.exists() else None
         msg = " ".join(str(e).split())[:300]
+        if isinstance(e, OSError) and not e.filename:  # papermill's own write (a full disk): where it wrote
+            msg += f" (writing {partial} and the kernel log under {out_dir})"
         raise CtrkitError(f"notebook {job.notebook} ({job.dataset}) did not run: {type(e).__name__}: {msg} "
                           f"(kernel log: {kernel_log}{_last_words(kernel_log)})") from None
     partial.replace(dest)
