@@ -266,3 +266,66 @@ def test_with_openblas_a_column_major_input_takes_the_mirrored_products_where_op
         if kind == "_ColumnMajorLinearBackward":
             assert all(torch.equal(a, t) for a, t in zip(ours, on_torch))  # the same products as on torch's BLAS
         assert ours[1].t().is_contiguous()  # x's gradient comes back in x's layout: nothing to transpose
+
+
+# ---- torch's small products: the bits of one thread at any thread count (product_threads) -------------
+
+def _at(threads: int, fn):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_product_threads_keeps_every_thread_for_large_outputs_and_fewer_for_small_ones():
+    b_row, b_col = torch.empty(64, 40), torch.empty(40, 64).t()
+    assert _at(1, lambda: cpublas.product_threads(16, 16, b_row)) == 1
+    assert _at(2, lambda: cpublas.product_threads(512, 16, b_row)) == 2  # a normal batch keeps its threads
+    assert _at(2, lambda: cpublas.product_threads(16, 16, b_row)) == 1
+    assert _at(4, lambda: cpublas.product_threads(16, 40, b_row)) == 2  # max(M, N) // 16
+    assert _at(2, lambda: cpublas.product_threads(1, 20, b_row)) == 2  # a row or a column: never split
+    assert _at(2, lambda: cpublas.product_threads(3, 2048, b_col)) == 1  # F.linear on 3 rows
+    assert _at(2, lambda: cpublas.product_threads(3, 2048, b_row)) == 2
+
+
+@pytest.mark.parametrize("layout", ["NN", "NT", "TN", "TT"])
+def test_small_products_give_the_bits_of_one_thread_at_2_3_and_4_threads(layout):
+    """torch.mm gives other bits at 2-4 threads than at 1 for some of these (MKL splits their sums);
+    cpublas.mm gives the 1-thread bits at every count."""
+    g = torch.Generator().manual_seed(3)
+    split = 0
+    for M, K, N in [(4, 152, 16), (8, 39, 13), (16, 39, 20), (2, 39, 100), (3, 624, 400), (12, 200, 40),
+                    (40, 64, 30), (16, 5928, 20), (5, 156, 16), (33, 40, 47)]:
+        a, b = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
+        if layout[0] == "T":
+            a = a.t().contiguous().t()
+        if layout[1] == "T":
+            b = b.t().contiguous().t()
+        one = _at(1, lambda: torch.mm(a, b))
+        for t in (2, 3, 4):
+            split += not torch.equal(one, _at(t, lambda: torch.mm(a, b)))
+            assert torch.equal(one, _at(t, lambda: cpublas.mm(a, b))), (M, K, N, t)
+    if cpublas._cpu_vendor() == "AuthenticAMD":
+        assert split > 0  # what this guards against did happen here
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("x_layout", ["row", "column"])
+def test_f_linear_on_few_threads_is_f_linears_autograd_bit_for_bit(bias, x_layout):
+    """f_linear switches to _SmallLinear by thread count and shape: its products must be the ones
+    autograd runs for F.linear (the same bits on one thread), and at 2-4 threads give those bits."""
+    g = torch.Generator().manual_seed(4)
+    for B, K, N in [(8, 156, 16), (16, 16, 1), (3, 624, 400), (2, 40, 24), (16, 200, 20)]:
+        x, w = torch.randn(B, K, generator=g), torch.randn(N, K, generator=g)
+        if x_layout == "column":
+            x = x.t().contiguous().t()
+        b = torch.randn(N, generator=g) if bias else None
+        ref = _at(1, lambda: _linear_grads(F.linear, x, w, b))
+        small = _at(1, lambda: _linear_grads(cpublas._SmallLinear.apply, x, w, b))
+        for t in (1, 2, 3, 4):
+            ours = _at(t, lambda: _linear_grads(cpublas.f_linear, x, w, b))
+            for got in (small, ours):
+                for a, r in zip(got, ref):
+                    assert (a is None and r is None) or (torch.equal(a, r) and a.stride() == r.stride()), (B, K, N, t)

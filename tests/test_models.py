@@ -326,3 +326,30 @@ def test_kernels_equal_the_reference_logits_and_gradients(name, extra, dtype, to
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
     with torch.no_grad():
         torch.testing.assert_close(fast.eval()(X), ref.eval()(X), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8, 16])
+@pytest.mark.parametrize("name", NAMES)
+def test_kernels_equal_the_reference_at_small_batches_on_2_threads(name, batch):
+    """At small batches the CPU kernels run small products on fewer threads (ctrkit.kernels.cpublas.
+    product_threads; PNN's Gram matrix on one thread below 32 rows): still the reference's numbers."""
+    import copy
+
+    from ctrkit.kernels import apply_threads, for_device
+
+    old = torch.get_num_threads()
+    try:
+        apply_threads(2)
+        extra = {"batch_norm": False} if "batch_norm" in SMALL[name] else {}  # a batch may be 1 row
+        ref = _model(name, **extra, **({"num_cross_layers": 4} if name == "DCN" else {}))
+        fast = for_device(copy.deepcopy(ref), "cpu")
+        X, y = _batch(5, batch)
+        outs = []
+        for m in (ref, fast):
+            torch.manual_seed(7)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(m(X), y)
+            outs.append((loss, *torch.autograd.grad(loss, list(m.parameters()))))
+    finally:
+        apply_threads(old)
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

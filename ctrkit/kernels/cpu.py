@@ -1,7 +1,8 @@
 """CPU fast paths of the model layers: hand-written forward/backward passes and OpenBLAS products,
 switched in by changing a layer's class in place (``for_device``).
 
-Every class here subclasses a layer of ``ctrkit.models.layers`` and overrides ``forward`` only: the
+Every class here subclasses a layer of ``ctrkit.models.layers`` and overrides ``forward`` only
+(``CpuCrossNet``: its product, ``dots``): the
 parameters, buffers and state_dict keys are the layer's own, so checkpoints are the same with and
 without them, and ``for_device(model, "cuda")`` puts the reference class back. They are what ctrkit
 trains with on the CPU (the seeded results, figures and tables were made with them); the reference
@@ -22,6 +23,11 @@ Measured (2 threads, B=10,000, F=39, d=16 unless said):
 * ``CpuMLP``: every Linear through ``ctrkit.kernels.cpublas.linear`` (wide fp32 layers in numpy's
   OpenBLAS on non-Intel x86 CPUs; an input stored column-major, the bilinear's, as its mirrored
   products; else ``F.linear``).
+* Thread counts: every fp32 product here (and ``cpublas.linear``'s) runs on
+  ``cpublas.product_threads`` threads, fewer where its output is too small for MKL to share out
+  without splitting its sums (small batches, a last batch of a few rows): the bits of one thread at
+  any count. Hence ``CpuCrossNet`` (DCN's ``[B, D] x [D, L]``) and ``CpuInnerProduct`` (PNN's Gram
+  matrix on one thread below 32 rows).
 * ``CpuBilinear`` / ``CpuBilinearCat``: by left field (``_BilinearByLeftField``). The pairs with
   left field i are (i, i+1..F-1), so their right operands are the contiguous rows of fields i+1..
   of the transposed embeddings (no gather), and one ``[n_i*d, d] x [d, B]`` GEMM gives all their
@@ -221,6 +227,50 @@ class CpuSENet(layers.SENet):
         return emb * act(_OneThreadWeightGrad.apply(z, up.weight)).unsqueeze(-1)
 
 
+class CpuCrossNet(layers.CrossNet):
+    """``CrossNet`` whose one product ``x0 @ W^T`` (``[B, D] x [D, L]``) is ``cpublas.f_linear``'s: the
+    same products, on fewer threads where the output is small (a batch of 2 or 3 rows, or B and L
+    both small; see ``cpublas.product_threads``). fp32 outside autocast; else the reference."""
+
+    def dots(self, x0: torch.Tensor) -> torch.Tensor:
+        if x0.device.type != "cpu" or x0.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            return super().dots(x0)
+        return cpublas.f_linear(x0, self.weight)
+
+
+class CpuInnerProduct(layers.InnerProduct):
+    """``InnerProduct``; a batch of fewer than ``_FEW_ROWS`` rows (a last batch can be that small) takes
+    its Gram matrix and gradient on one thread (``_FewRowsGram``): torch's ``bmm`` shares too few
+    matrices out over its threads by splitting their sums in MKL (measured: at 1 row from 4 threads;
+    at 2-4 rows with F=100 from 8). fp32 outside autocast; else, and for more rows, the reference."""
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        if (emb.shape[0] >= _FEW_ROWS or emb.device.type != "cpu" or emb.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu")):
+            return super().forward(emb)
+        return _FewRowsGram.apply(emb).flatten(1).index_select(1, self.flat_index)
+
+
+_FEW_ROWS = 32  # a function of the batch only, not of the thread count: the same path at every count
+
+
+class _FewRowsGram(torch.autograd.Function):
+    """``bmm(E, E^T)`` ``[B, F, F]`` and its gradient ``G E + (E^T G)^T`` (autograd's two products), on
+    one thread."""
+
+    @staticmethod
+    def forward(ctx, emb: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(emb)
+        with _one_thread():
+            return torch.bmm(emb, emb.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (emb,) = ctx.saved_tensors
+        with _one_thread():
+            return torch.bmm(grad, emb) + torch.bmm(emb.transpose(1, 2), grad).transpose(1, 2)
+
+
 @contextlib.contextmanager
 def _one_thread():
     """MKL splits the sum of a product with a small output and a long sum (a weight's gradient summed
@@ -240,19 +290,21 @@ def _one_thread():
 
 class _OneThreadWeightGrad(torch.autograd.Function):
     """``x @ w.T`` (a bias-free Linear), the products autograd runs for ``F.linear``, with the weight
-    gradient ``g.T @ x`` on one thread (``_one_thread``)."""
+    gradient ``g.T @ x`` on one thread (``_one_thread``) and the other two on
+    ``cpublas.product_threads`` (at batch 8 SENET's ``[B, F] x [F, F/3]`` met MKL's split sums too)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, w)
-        return F_.linear(x, w)
+        with cpublas.threads(cpublas.product_threads(x.shape[0], w.shape[0], w.t())):
+            return F_.linear(x, w)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, w = ctx.saved_tensors
         with _one_thread():
             g_w = g.t().mm(x) if ctx.needs_input_grad[1] else None
-        return (g.mm(w) if ctx.needs_input_grad[0] else None), g_w
+        return (cpublas.mm(g, w) if ctx.needs_input_grad[0] else None), g_w
 
 
 def _compute_dtype(emb: torch.Tensor) -> torch.dtype:
@@ -287,7 +339,7 @@ class _BilinearByLeftField(torch.autograd.Function):
             blocks = zip(e_t.split(d), _side_by_side(w).t().split(widths),
                          out_t[k * P * d:(k + 1) * P * d].split(widths))
             for i, (col_t, w_block_t, o) in enumerate(blocks):
-                left_t = torch.mm(w_block_t, col_t)  # kept for the backward's right-operand gradient
+                left_t = cpublas.mm(w_block_t, col_t)  # kept for the backward's right-operand gradient
                 torch.mul(left_t, e_t[(i + 1) * d:], out=o)
                 lefts.append(left_t)
             e_ts.append(e_t)
@@ -325,7 +377,7 @@ def _bilinear_backward(e_t, w, lefts, g_t, B: int, d: int) -> tuple[torch.Tensor
     for i, (left_t, g_block, w_block, g_w_block, col_t, g_col) in enumerate(blocks):
         g_emb_t[(i + 1) * d:].addcmul_(g_block, left_t)  # right operands
         g_left = torch.mul(g_block, e_t[(i + 1) * d:])
-        g_col.add_(torch.mm(w_block, g_left))  # left operand
+        g_col.add_(cpublas.mm(w_block, g_left))  # left operand: [d, n*d] x [n*d, B], small at a small batch
         with _one_thread():  # [d, B] x [B, n*d]: summed over the batch
             if acc == e_t.dtype:
                 torch.mm(col_t, g_left.t(), out=g_w_block)
@@ -348,7 +400,8 @@ def _block_widths(num_fields: int, d: int) -> tuple[int, ...]:
 # reference layer class -> its CPU kernel class (exact classes: a subclass of a layer is left alone)
 KERNELS: dict[type, type] = {layers.FeatureEmbedding: CpuFeatureEmbedding, layers.FMInteraction: CpuFMInteraction,
                              layers.MLP: CpuMLP, layers.Bilinear: CpuBilinear, layers.BilinearCat: CpuBilinearCat,
-                             layers.SENet: CpuSENet}
+                             layers.SENet: CpuSENet, layers.CrossNet: CpuCrossNet,
+                             layers.InnerProduct: CpuInnerProduct}
 _REFERENCE = {v: k for k, v in KERNELS.items()}
 # for_vmap: reference layer class -> its CPU kernel with a vmap rule (row by row, or a gather: K replicas
 # are the same kernel on K times the rows); the other kernels' weights are per replica under vmap

@@ -12,9 +12,14 @@ numpy's BLAS is OpenBLAS), ``torch`` or ``openblas``. The choice is recorded wit
 (``env.cpu_blas``); the same choice on the same CPU gives the same result for the same seed, for any
 thread count (see ``_mm``). bf16 autocast, float64 and every device but the CPU keep torch's
 ``F.linear``.
+
+Also here: how many threads torch's own fp32 products may use (``product_threads``, ``mm``). MKL
+shares a product whose output is small out over its threads by splitting its sums, and those bits
+change with the thread count; such products run on fewer threads (see ``product_threads``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -90,6 +95,98 @@ def _resize(n: int) -> None:
     _N_WORKERS = n
 
 
+# Rows (or columns) of output per thread from which MKL keeps a product's sums whole (measured: 12, see
+# product_threads; 16 leaves a margin)
+_SHARE = 16
+
+
+def product_threads(m: int, n: int, b: torch.Tensor) -> int:
+    """How many of torch's threads the product ``a @ b`` (``[m, K] x [K, n]``) may use and still give
+    the bits it gives on one thread: torch's thread count, fewer for a small output.
+
+    Why: MKL shares a product whose output is too small to give every thread its rows out over the
+    threads by splitting the sum over K, so its bits depend on the thread count; its strict
+    reproducibility mode (``ctrkit/__init__``) does not stop that on AMD CPUs. Measured on an AVX-512
+    AMD EPYC (MKL 2024.2, ``MKL_CBWR=AUTO,STRICT``; 1 vs t = 2..16 threads, every layout, K = 4 to
+    40,000): every product that gave other bits had ``max(m, n) < 12 * t``, or ``m`` 2 or 3 with a
+    column-major ``b`` (F.linear's forward on 2 or 3 rows: at any n, 2,048 at 3 threads); none with
+    ``m`` or ``n`` 1, or K below 4. FiBiNET's SENET and bilinear products at batch 16, a 16-wide
+    layer's at batch 8, and any layer's on a last batch of 2 or 3 rows met it. So the product runs on
+    at most ``max(m, n) // 16`` threads (one below 32), where MKL leaves every sum whole; on one
+    thread for the thin case. Normal batches (any output of 32 x 32 or more at 2 threads) keep every
+    thread. On one thread MKL never splits a sum, so these are the 1-thread results at any count."""
+    t = torch.get_num_threads()
+    if t == 1 or m == 1 or n == 1 or b.shape[0] == 1:  # a row, a column, or no sum to split
+        return t
+    if m <= 3 and b.stride(0) == 1:
+        return 1
+    return min(t, max(1, max(m, n) // _SHARE))
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Run the block on at most ``n`` of torch's threads (the count is put back after)."""
+    t = torch.get_num_threads()
+    if n < t:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n < t:
+            torch.set_num_threads(t)
+
+
+def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``torch.mm(a, b, out=out)`` on ``product_threads`` threads: the bits of one thread at any count."""
+    n = product_threads(a.shape[0], b.shape[1], b)
+    if n >= torch.get_num_threads():
+        return torch.mm(a, b, out=out)
+    with threads(n):
+        return torch.mm(a, b, out=out)
+
+
+def f_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` (2-D fp32 ``x``), with its three products (forward ``[B, out]``, x's gradient
+    ``[B, in]``, the weight's ``[out, in]``) on ``product_threads`` threads where one's output is small
+    (``_SmallLinear``: autograd's products, so the bits of ``F.linear`` on one thread); else F.linear."""
+    t = torch.get_num_threads()
+    if t > 1 and x.dim() == 2 and min(product_threads(x.shape[0], weight.shape[0], weight.t()),
+                                      product_threads(x.shape[0], weight.shape[1], weight),
+                                      product_threads(weight.shape[0], weight.shape[1], x)) < t:
+        return _SmallLinear.apply(x, weight, bias)
+    return F_.linear(x, weight, bias)
+
+
+class _SmallLinear(torch.autograd.Function):
+    """``F.linear`` with the products autograd runs for it (``addmm``/``mm`` forward; ``mm_mat1_backward``
+    and ``mm_mat2_backward``'s choice of product by layout; the bias's gradient summed over the batch),
+    each on ``product_threads`` threads."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        with threads(product_threads(x.shape[0], weight.shape[0], weight.t())):
+            return F_.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:  # a column-major x gets its gradient column-major, as autograd gives it
+            gx = mm(weight.t(), grad.t()).t() if _torch_column_major(x) else mm(grad, weight)
+        if ctx.needs_input_grad[1]:  # W^T is column-major for a row-major W: autograd's (g^T x)
+            gw = mm(grad.t(), x) if _torch_column_major(weight.t()) else mm(x.t(), grad).t()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad.sum(0)
+        return gx, gw, gb
+
+
+def _torch_column_major(t: torch.Tensor) -> bool:
+    """autograd's test (``mm_mat1_backward``) for a column-major 2-D operand."""
+    return t.stride(0) == 1 and t.stride(1) == t.shape[0]
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; on CPU in fp32 outside autocast, for a wide layer (``_WIDE``
     inputs or outputs) with the OpenBLAS backend, its three products (forward, input and weight
@@ -108,7 +205,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         return _ColumnMajorLinear.apply(x, weight, bias)
     if wide:
         return _OpenBlasLinear.apply(x, weight, bias)  # row-major: as before, whichever BLAS runs its products
-    return F_.linear(x, weight, bias)
+    return f_linear(x, weight, bias)
 
 
 def _column_major(x: torch.Tensor) -> bool:
@@ -143,14 +240,15 @@ class _ColumnMajorLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        out_t = torch.addmm(bias.unsqueeze(1), weight, x.t()) if bias is not None else torch.mm(weight, x.t())
+        with threads(product_threads(weight.shape[0], x.shape[0], x.t())):
+            out_t = torch.addmm(bias.unsqueeze(1), weight, x.t()) if bias is not None else torch.mm(weight, x.t())
         return out_t.t().contiguous()  # the next layer gets the row-major [B, out] it always got
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
-        gx = torch.mm(weight.t(), grad.t()).t() if ctx.needs_input_grad[0] else None
-        gw = torch.mm(x.t(), grad).t() if ctx.needs_input_grad[1] else None
+        gx = mm(weight.t(), grad.t()).t() if ctx.needs_input_grad[0] else None
+        gw = mm(x.t(), grad).t() if ctx.needs_input_grad[1] else None
         gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return gx, gw, gb
 
@@ -164,7 +262,7 @@ def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     shapes, so any number of workers computes the same bits."""
     (M, K), N = a.shape, b.shape[1]
     if min(M, N, K) < _THIN or M * N * K < _SMALL:
-        return torch.mm(a.detach(), b.detach())
+        return mm(a.detach(), b.detach())
     x, y = a.detach().numpy(), b.detach().numpy()  # views of the tensors' memory, transposes included
     out = np.empty((M, N), dtype=np.float32)
     by_rows = M >= N  # measured: row blocks for the forward, column blocks for the weight gradient

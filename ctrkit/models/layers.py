@@ -180,13 +180,18 @@ class CrossNet(nn.Module):
         # more backward: DCN train step, 2 threads, B=10,000, D=624, bf16: that was most of the step.
         if self.weight.shape[0] == 0:
             return x0
-        t = x0 @ self.weight.t()  # [B, L]: x0 . w_l for every layer
+        t = self.dots(x0)  # [B, L]: x0 . w_l for every layer
         a = torch.ones(x0.shape[0], dtype=x0.dtype, device=x0.device)  # [B], x0's dtype: fp32 sums under autocast
         c = torch.zeros_like(self.bias[0])  # [D]
         for l in range(self.weight.shape[0]):  # L scalar updates per row, not [B, D] passes
             a = a + a * t[:, l] + c @ self.weight[l]
             c = c + self.bias[l]
         return torch.addcmul(c, x0, a.unsqueeze(1))
+
+    def dots(self, x0: torch.Tensor) -> torch.Tensor:
+        """``[B, L]``: ``x0 . w_l`` for every layer (its own method: the CPU kernel runs this product
+        on a thread count that does not change its bits)."""
+        return x0 @ self.weight.t()
 
 
 class InnerProduct(nn.Module):
