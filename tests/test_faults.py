@@ -201,8 +201,10 @@ def test_a_warning_is_one_line(tmp_path):
     store.append([{"run_key": "b", "peer": "FM"}])
     p = _cli(["table", "finetune", "--store", str(store.path)])
     assert p.returncode == 0, p.stderr
+    # the warning once, in one line (the store is read again for the empty table's reason, which follows)
     assert p.stderr.splitlines() == [f"ctrkit: warning: results store {store.path}: skipped 1 unreadable line(s) "
-                                     f"(left by a writer that was killed mid-write)"]
+                                     f"(left by a writer that was killed mid-write)",
+                                     "ctrkit: no `finetune` rows: the store has no mutual runs from pretrained peers"]
 
 
 def test_json_to_a_full_disk_and_out_of_memory_are_one_line(criteo_small, monkeypatch, capsys):
