@@ -56,48 +56,58 @@ def _power(nc: float, df: int, crit: float) -> float:
     return float(stats.nct.sf(crit, df, nc) + np.nan_to_num(stats.nct.cdf(-crit, df, nc)))
 
 
+def _spread(values) -> tuple[float, int]:
+    """(the SD of the non-NaN `values`, 0.0 with fewer than 2; how many there are)."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    return (float(v.std(ddof=1)) if len(v) >= 2 else 0.0), len(v)
+
+
 def mde(values, *, level: float = LEVEL, power: float = POWER) -> float:
     """The minimum detectable effect: the smallest true mean that a two-sided one-sample (paired) t-test
     at alpha = 1 - `level` finds with probability `power`, with as many values as `values` and their
     standard deviation taken as the true one (noncentral t). What a null result at this size rules out:
     an effect below it could well have been missed. Uncorrected alpha, so under Holm it is larger still.
     NaN with fewer than 2 values or no spread."""
+    return mde_for_spread(*_spread(values), level=level, power=power)
+
+
+def mde_for_spread(sd: float, n: int, *, level: float = LEVEL, power: float = POWER) -> float:
+    """`mde` of `n` pairs whose differences have standard deviation `sd`."""
     from scipy import optimize, stats
 
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    sd = float(v.std(ddof=1)) if len(v) >= 2 else 0.0
-    if not sd > 0:
+    if n < 2 or not sd > 0:
         return float("nan")
-    df = len(v) - 1
+    df = n - 1
     crit = float(stats.t.ppf(0.5 + level / 2, df))
     high = 2 * crit + 4.0
     while _power(high, df, crit) < power:  # two values (one df) need a noncentrality near 25
         high *= 2
     nc = optimize.brentq(lambda x: _power(x, df, crit) - power, 0.0, high, xtol=1e-10)
-    return nc * sd / float(np.sqrt(len(v)))
+    return nc * sd / float(np.sqrt(n))
+
+
+def sd_of_interval(low: float, high: float, n: int, *, level: float = LEVEL) -> float:
+    """The SD of the `n` per-seed values behind a printed paired t-interval (`level`): its half-width
+    is t * sd / sqrt(n). NaN with fewer than 2 pairs."""
+    from scipy import stats
+
+    if n < 2:
+        return float("nan")
+    return (high - low) / 2 / float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(np.sqrt(n))
 
 
 def mde_of_interval(low: float, high: float, n: int, *, level: float = LEVEL, power: float = POWER) -> float:
-    """`mde` from a published paired t-interval (`level`) of `n` pairs, as the tables print it: the
-    interval's half-width is t * sd / sqrt(n), so the spread needs no per-seed values."""
-    from scipy import stats
-
-    if n < 2 or not high > low:
-        return float("nan")
-    sd = (high - low) / 2 / float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(np.sqrt(n))
-    unit = np.array([-1.0, 1.0] + [0.0] * (n - 2))  # n values of standard deviation sd_unit
-    return mde(unit, level=level, power=power) * sd / float(unit.std(ddof=1))
+    """`mde` from a published paired t-interval (`level`) of `n` pairs, as the tables print it, without
+    the per-seed values."""
+    return mde_for_spread(sd_of_interval(low, high, n, level=level), n, level=level, power=power)
 
 
 def seeds_needed(values, effect: float, *, level: float = LEVEL, power: float = POWER, most: int = 10_000) -> int:
     """How many pairs the paired t-test needs to find a true mean of `effect` with probability `power`,
     at the spread of `values` (e.g. the per-seed rel % of a pilot run, against the paper's claimed gain);
     0 when `values` has fewer than 2 values or no spread, `most` + 1 when even `most` pairs are not enough."""
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    sd = float(v.std(ddof=1)) if len(v) >= 2 else 0.0
-    return seeds_for_spread(sd, effect, level=level, power=power, most=most)
+    return seeds_for_spread(_spread(values)[0], effect, level=level, power=power, most=most)
 
 
 def seeds_for_spread(sd: float, effect: float, *, level: float = LEVEL, power: float = POWER, most: int = 10_000) -> int:

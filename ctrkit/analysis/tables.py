@@ -22,7 +22,8 @@ import pandas as pd
 from ctrkit.analysis.pairing import (control_runs, largest_peer_set, paper_order, seed_pairs, setting_columns,
                                      versus_alone)
 from ctrkit.analysis.records import CONTROL_FIELDS, file_version, flat_settings, per_file_version, records
-from ctrkit.analysis.stats import AUC_POINT, LEVEL, ci_columns, paired, rel_pct, seeds_for_spread, t_interval, with_holm
+from ctrkit.analysis.stats import (AUC_POINT, LEVEL, ci_columns, paired, rel_pct, sd_of_interval, seeds_for_spread,
+                                   t_interval, with_holm)
 from ctrkit.core.utils import CtrkitError, did_you_mean
 from ctrkit.experiments import designs
 
@@ -582,14 +583,10 @@ def power(source, *, include_exploration: bool = False, peers: str | None = None
     `rel_pct_mde` beside a claimed gain (`effect`, else the paper's for the dataset: PAPER_GAINS),
     whether the interval excludes it, and how many seeds the paired t-test would need to find it with
     80% power at the spread seen (the per-seed SD, from the interval)."""
-    from scipy import stats as st
-
     ft = finetune(source, include_exploration=include_exploration, peers=peers)
     if ft.empty:
         return ft
-    n = ft["n_pairs"].astype(int)
-    half = (ft["rel_pct_ci_high"] - ft["rel_pct_ci_low"]) / 2
-    sd = [h / float(st.t.ppf(0.5 + LEVEL / 2, k - 1)) * np.sqrt(k) if k >= 2 else np.nan for h, k in zip(half, n)]
+    sd = [sd_of_interval(lo, hi, int(k)) for lo, hi, k in zip(ft["rel_pct_ci_low"], ft["rel_pct_ci_high"], ft["n_pairs"])]
     claim = [effect if effect is not None else PAPER_GAINS.get(str(d).split(" [")[0], np.nan) for d in ft["dataset"]]
     out = ft[["dataset", "model", "n_pairs", "rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high", "rel_pct_mde"]].copy()
     out["sd_per_seed"] = sd
