@@ -165,3 +165,34 @@ def test_fibinet_at_batch_16_trains_to_the_same_result_at_1_and_2_threads(criteo
     strip = [[{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]] for r in runs]
     assert strip[0] == strip[1]
     assert (runs[0]["test_auc"], runs[0]["test_logloss"]) == (runs[1]["test_auc"], runs[1]["test_logloss"])
+
+
+def test_clipping_over_a_large_table_is_the_same_bits_at_1_and_2_threads():
+    """The trainer's gradient norm (`Peer.step`) runs over every embedding row: 39 x 20,000 x 16 values
+    here, made dense. A plain torch.sum over so many values gives other bits at 2 threads than at 1 on
+    this machine (a sum-of-squares norm fails this test); torch's vector_norm, which clipping uses, does
+    not. The clipped gradients are compared: under Adam a scale's last bit seldom reaches the weights."""
+    from ctrkit.models import build
+    from ctrkit.training.config import TrainConfig
+    from ctrkit.training.loop import Peer
+
+    sizes = [20_000] * 39
+    g = torch.Generator().manual_seed(3)
+    X = torch.stack([torch.randint(0, s, (2048,), generator=g) for s in sizes], 1)
+    y = torch.randint(0, 2, (2048,), generator=g).float()
+    old, runs = torch.get_num_threads(), []
+    try:
+        for t in (1, 2):
+            apply_threads(t)
+            torch.manual_seed(0)
+            model = build("DeepFM", sizes, embedding_dim=16, hidden_units=[400, 400, 400], net_dropout=0.0)
+            table = max(model.parameters(), key=torch.Tensor.numel)
+            dense = torch.randn(table.shape, generator=torch.Generator().manual_seed(4))
+            peer = Peer(model, TrainConfig(clip_grad_norm=1e-3), index=0, learns_from=[], trainable=True,
+                        device="cpu")
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(peer.logits(X), y) + (table * dense).sum()
+            peer.step(loss)  # the bound is tiny: the gradients are scaled by the norm's bits
+            runs.append([p.grad.clone() for p in model.parameters()] + [p.detach().clone() for p in model.parameters()])
+    finally:
+        apply_threads(old)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
