@@ -668,8 +668,7 @@ def _run_group(specs: list[RunSpec], data, out_dirs: list, *, resume: bool) -> l
     """`run_many`, halved while the group would not fit the memory share."""
     if not specs:
         return []
-    models = [build(n, data.field_sizes, **presets.get(n, specs[0].preset, data.dataset, data.protocol).model)
-              for n in specs[0].names]
+    models = [_sized_model(specs[0], data, k) for k in range(len(specs[0].peers))]
     bs = specs[0].batch_size or 4096
     if len(specs) > 1 and not _fits_memory(models, bs, len(data.field_sizes), len(specs)):
         half = len(specs) // 2
@@ -677,6 +676,17 @@ def _run_group(specs: list[RunSpec], data, out_dirs: list, *, resume: bool) -> l
                 + _run_group(specs[half:], data, out_dirs[half:], resume=resume))
     resume = resume and any(o is not None for o in out_dirs)
     return run_many(specs, data, out_dirs=out_dirs, resume=resume)
+
+
+def _sized_model(spec: RunSpec, data, k: int):
+    """Peer k as its run builds it, for the memory estimate only: a pretrained peer is its checkpoint's
+    architecture (read once; the run reads it from `pretrained`'s cache), which needs no preset, so a
+    model added to `models.MODELS` finetunes in a grid as in one run."""
+    if spec.from_checkpoint[k]:
+        return pretrained.load(checkpoint_path(spec.ckpt_dir, spec.peers[k]), "cpu", expect_fingerprint=data.fingerprint,
+                               expect_model=spec.names[k])[0]
+    return build(spec.names[k], data.field_sizes, **presets.get(spec.names[k], spec.preset, data.dataset,
+                                                                   data.protocol).model)
 
 
 def pretrain_many(specs: Sequence[PretrainSpec], data, *, out_dirs: Sequence[str | Path | None],
@@ -708,6 +718,8 @@ def pretrain_groups(groups: Sequence[Sequence[PretrainSpec]], data, *, out_dirs:
     this process appends their records in the groups' order, as the sequential path does; a failure
     leaves the later groups' finished checkpoints to be reused and recorded by the next call.
     `progress(group index)` as each group finishes. Returns each group's (result, record) per spec."""
+    for spec in {(s.model, s.preset): s for g in groups for s in g}.values():  # a model without the preset
+        presets.get(split_label(spec.model)[0], spec.preset, data.dataset, data.protocol)  # fails before any training
     out: list = [None] * len(groups)
     if workers != 1:
         check_workers(workers)

@@ -65,14 +65,16 @@ def _check_covered(data: dict, preset: str, name: str) -> None:
     package's data): one line saying which models have one and how such a model trains instead,
     not a KeyError from inside the table. Everything that trains by model name (`runs`,
     `experiments`, the CLI, the widget) starts from a preset, and `overrides`/`--set` only change
-    keys of one, so the route left is building the model and calling the loop."""
+    keys of one. Two routes are left: the loop with your own settings, or your own pretraining into
+    the checkpoint layout, after which finetuning runs (init="pretrained") take the checkpoint's
+    architecture and settings and need no preset."""
     if name in data[preset]:
         return
     raise CtrkitError(f"no {preset!r} preset for model {name!r} (presets exist for: {', '.join(data[preset])}): "
-                      f"runs by model name (experiments, runs, the CLI) start from a preset, so only those models "
-                      f"run there; train {name} with its hyperparameters and a train dict yourself: "
-                      f"loop.fit(models.build({name!r}, data.field_sizes, **hparams), data, train) or "
-                      f"mutual.mutual_fit([...], data, RunConfig(...))")
+                      f"runs from scratch by model name (experiments, runs, the CLI) start from a preset; train "
+                      f"{name} yourself with loop.fit(models.build({name!r}, data.field_sizes, **hparams), data, "
+                      f"train, out_dir=<ckpt_dir>/seed<S>/{name}) and finetune it with init='pretrained', or "
+                      f"call mutual.mutual_fit([...], data, RunConfig(...)) (docs: Your own model)")
 
 
 def get(model: str, preset: str, dataset: str | None = None, protocol: str | None = None) -> Preset:
