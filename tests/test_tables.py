@@ -169,6 +169,21 @@ def test_power_lays_a_claim_beside_each_null_result(store):
     assert not other.loc["DCN", "claim_outside_ci"] and other.loc["DCN", "claimed_rel_pct"] == inside
     assert other.loc["DCN", "seeds_for_claim"] == pstats.seeds_needed(rel, inside) <= t.loc["DCN", "seeds_for_claim"]
     assert "seeds_for_claim" in render.render("power", tables.table("power", store), "md")
+    # the MDE if the spread were as large as the seeds leave possible, and the pairs' note, come along
+    assert t.loc["DCN", "rel_pct_mde_sd_upper"] == pytest.approx(
+        pstats.mde_for_spread(pstats.sd_upper(np.std(rel, ddof=1), len(SEEDS)), len(SEEDS)))
+    assert t.loc["DCN", "rel_pct_mde_sd_upper"] > 2 * t.loc["DCN", "rel_pct_mde"]
+    assert (t["note"] == ft.loc[t.index, "note"]).all()
+
+
+def test_the_sd_upper_bound_covers_the_true_sd_95_percent_of_the_time():
+    """5 normal values, 40,000 times: the one-sided 95% bound is at least the true SD in 95% of draws."""
+    rng = np.random.default_rng(7)
+    sds = rng.normal(0.0, 0.3, size=(40_000, 5)).std(axis=1, ddof=1)
+    cover = np.mean([pstats.sd_upper(v, 5) >= 0.3 for v in sds])
+    assert cover == pytest.approx(0.95, abs=0.005)
+    assert pstats.sd_upper(1.0, 5) == pytest.approx(2.3724, abs=1e-4)  # sqrt(4 / chi2.ppf(0.05, 4))
+    assert np.isnan(pstats.sd_upper(1.0, 1))
 
 
 # ---- statistics against independent computations -------------------------------------------------

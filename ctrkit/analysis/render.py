@@ -64,7 +64,9 @@ CAPTIONS["power"] = (f"What the headline's null results rule out: per model, mut
                      f"beside a claimed gain (the paper's largest, +0.37% on Criteo and +0.66% on Avazu, unless given); "
                      f"`claim_outside_ci`: the interval excludes it; `sd_per_seed`: the SD of the per-seed rel %; "
                      f"`seeds_for_claim`: the pairs the paired t-test (alpha {1 - LEVEL:.2g}) needs to find the claim "
-                     f"with {POWER:.0%} power at that SD.")
+                     f"with {POWER:.0%} power at that SD; `rel_pct_mde_sd_upper`: the MDE if the true SD were its "
+                     f"one-sided 95% upper bound (a few seeds' SD is itself uncertain); `note`: pairs identical to the "
+                     f"last bit leave the SD to the others.")
 for _name in ("scratch", "finetune", "sweep", "headline", "alternatives", "controls", "power"):
     CAPTIONS[_name] += " " + MDE_WORDS
 
@@ -119,7 +121,7 @@ def _value(c: str, v):
         return str(int(v))
     if c in ("weight", "finetune_lr_scale"):
         return f"{v:g}"
-    if c.endswith("_mde") or c in ("claimed_rel_pct", "sd_per_seed"):
+    if c.endswith(("_mde", "_mde_sd_upper")) or c in ("claimed_rel_pct", "sd_per_seed"):
         return _fmt(float(v), 3)  # in % as the estimate beside it
     if c == "share_of_ensemble_gain_pct" and isinstance(v, (float, np.floating)):
         return f"{v:.1f}"  # a share in %: four decimals would claim a precision it has not

@@ -97,6 +97,17 @@ def sd_of_interval(low: float, high: float, n: int, *, level: float = LEVEL) -> 
     return (high - low) / 2 / float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(np.sqrt(n))
 
 
+def sd_upper(sd: float, n: int, *, level: float = LEVEL) -> float:
+    """The one-sided upper `level` confidence bound of a normal population's SD from the sample SD `sd`
+    of `n` values (chi-square): a few seeds' SD is itself uncertain (at 5 seeds the true SD may be up to
+    2.37x the sample's), so an MDE at this SD is what the pairs rule out with that confidence too."""
+    from scipy import stats
+
+    if n < 2 or np.isnan(sd):
+        return float("nan")
+    return float(sd * np.sqrt((n - 1) / stats.chi2.ppf(1 - level, n - 1)))
+
+
 def mde_of_interval(low: float, high: float, n: int, *, level: float = LEVEL, power: float = POWER) -> float:
     """`mde` from a published paired t-interval (`level`) of `n` pairs, as the tables print it, without
     the per-seed values."""

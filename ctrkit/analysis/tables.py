@@ -22,8 +22,8 @@ import pandas as pd
 from ctrkit.analysis.pairing import (control_runs, largest_peer_set, paper_order, seed_pairs, setting_columns,
                                      versus_alone)
 from ctrkit.analysis.records import CONTROL_FIELDS, file_version, flat_settings, per_file_version, records
-from ctrkit.analysis.stats import (AUC_POINT, LEVEL, ci_columns, paired, rel_pct, sd_of_interval, seeds_for_spread,
-                                   t_interval, with_holm)
+from ctrkit.analysis.stats import (AUC_POINT, LEVEL, ci_columns, mde_for_spread, paired, rel_pct, sd_of_interval,
+                                   sd_upper, seeds_for_spread, t_interval, with_holm)
 from ctrkit.core.utils import CtrkitError, did_you_mean
 from ctrkit.experiments import designs
 
@@ -582,19 +582,23 @@ def power(source, *, include_exploration: bool = False, peers: str | None = None
     """What the headline's null results rule out: per model, the finetune table's interval and
     `rel_pct_mde` beside a claimed gain (`effect`, else the paper's for the dataset: PAPER_GAINS),
     whether the interval excludes it, and how many seeds the paired t-test would need to find it with
-    80% power at the spread seen (the per-seed SD, from the interval)."""
+    80% power at the spread seen (the per-seed SD, from the interval). The spread of a few seeds is
+    itself uncertain: `rel_pct_mde_sd_upper` is the MDE at the SD's one-sided 95% upper bound, and the
+    finetune table's `note` (pairs identical to the last bit leave the SD to the others) comes along."""
     ft = finetune(source, include_exploration=include_exploration, peers=peers)
     if ft.empty:
         return ft
     sd = [sd_of_interval(lo, hi, int(k)) for lo, hi, k in zip(ft["rel_pct_ci_low"], ft["rel_pct_ci_high"], ft["n_pairs"])]
     claim = [effect if effect is not None else PAPER_GAINS.get(str(d).split(" [")[0], np.nan) for d in ft["dataset"]]
     out = ft[["dataset", "model", "n_pairs", "rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high", "rel_pct_mde"]].copy()
+    out["rel_pct_mde_sd_upper"] = [mde_for_spread(sd_upper(v, int(k)), int(k)) for v, k in zip(sd, ft["n_pairs"])]
     out["sd_per_seed"] = sd
     out["claimed_rel_pct"] = claim
     out["claim_outside_ci"] = [bool(c > hi or c < lo) if not (np.isnan(c) or np.isnan(lo)) else None
                                for c, lo, hi in zip(claim, out["rel_pct_ci_low"], out["rel_pct_ci_high"])]
     out["seeds_for_claim"] = [seeds_for_spread(s, c) if not (np.isnan(c) or np.isnan(s)) else np.nan
                               for s, c in zip(sd, claim)]
+    out["note"] = ft["note"].to_numpy() if "note" in ft.columns else ""
     return out.reset_index(drop=True)
 
 
