@@ -205,7 +205,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "                              x='comparison', hue='model', panel='init', width=9.0, height=3.2,\n"
                  "                              caption=reproduce.caption(reproduce.for_variants(cfg)),\n"
                  "                              title=f'Relatives of mutual learning minus alone, per model ({cfg.dataset})'))"),
-        ("md", "## Across datasets: interquartile mean and probability of improvement (stratified bootstrap 95% CIs)"),
+        ("md", "## Across datasets: interquartile mean and probability of improvement (95% CIs: bootstrap of seeds within each dataset, a seed's models together)"),
         ("code", "reproduce.variants_summary(cfg)"),
     ],
     "05_architectures": [

@@ -1,6 +1,6 @@
-"""Aggregates across datasets as the evaluation literature asks (Agarwal et al. 2021, "Deep RL at the
-edge of the statistical precipice", the rliable library): the interquartile mean and the probability
-of improvement, each with a stratified bootstrap confidence interval.
+"""Pools the variants' comparisons across datasets as the evaluation literature asks (Agarwal et al. 2021,
+"Deep RL at the edge of the statistical precipice", the rliable library): the interquartile mean and the
+probability of improvement, each with a bootstrap confidence interval that resamples seeds as clusters.
 
 The tasks are (dataset, model); the runs of a task its seeds. For one comparison (a variant vs its
 alone control):
@@ -8,8 +8,19 @@ alone control):
   the per-seed paired relative differences 100 (AUC_t - AUC_c) / AUC_c pooled over all tasks;
 - probability of improvement: the mean over tasks of P(X > Y) + P(X = Y)/2, X the treatment's and
   Y the control's test AUCs over seeds (the Mann-Whitney statistic / (n m), rliable's definition);
-- the 95% CIs: percentile intervals of the stratified bootstrap, seeds resampled with replacement
-  within each task (paired rows together for the IQM; each arm's seeds for the probability).
+- the 95% CIs: percentile intervals of a cluster bootstrap stratified by dataset: within each dataset
+  its seeds are drawn with replacement, and a drawn seed brings every row of that seed of every task
+  of the dataset (each model's treatment and control AUCs). A task that lacks a drawn seed gets
+  nothing from it (a task drawing none of its seeds leaves the probability's mean over tasks).
+
+Why clusters, not each task's seeds resampled on their own (rliable's stratified bootstrap): the models
+of one seed are the peers of ONE run, trained together on the same batches (the control too is one run
+of all the peers), and a treatment and its control of one seed share that seed's pretrained checkpoints
+and batches. The tasks (dataset, DeepFM), (dataset, DCN), ... of one seed are therefore not independent,
+and resampling each task's seeds apart treats them as if they were: the IQM's intervals came out too
+narrow. The independent units are the (dataset, seed) runs, so they are what is resampled. Drawing both
+arms of a seed together also makes the probability's interval reflect their pairing (arms that move
+together from seed to seed vary less in P(X > Y) than two independent samples would).
 
 Written with numpy and scipy: rliable itself pulls in `arch` (and statsmodels), too heavy for one table.
 """
@@ -48,22 +59,43 @@ def probability_of_improvement(tasks: list[tuple[np.ndarray, np.ndarray]]) -> fl
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def _bootstrap(tasks: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, reps: int) -> tuple:
-    """(IQM draws, probability-of-improvement draws) of the stratified bootstrap: the resampled
-    indices are drawn rep by rep and task by task (`_indices`), then every rep's statistics are
-    computed at once, each rep's numbers exactly as `iqm` and `probability_of_improvement` give them
-    one rep at a time (tests/test_aggregate.py compares the two bit for bit)."""
-    rows, xs, ys = _indices(tasks, rng, reps)
-    diffs = np.concatenate([100.0 * (x[i] - y[i]) / y[i] for (x, y), i in zip(tasks, rows)], axis=1)
-    iqms = _iqm_rows(diffs) if not np.isnan(diffs).any() else np.array([iqm(d) for d in diffs])
-    return iqms, _poi_rows([(x[ix], y[iy]) for (x, y), ix, iy in zip(tasks, xs, ys)])
+def _strata(g: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per dataset (sorted), [tasks, seeds] arrays of the treatment's and the control's test AUCs and of
+    which (task, seed) rows exist: the columns are every seed of the dataset's tasks (sorted), the rows its
+    models (sorted, so the tasks come in `summary`'s order); a task without a seed has a hole there (NaN)."""
+    if g.duplicated(["dataset", "peer", "seed"]).any():  # a seed's row must be one run's, or clusters mean nothing
+        raise ValueError("aggregate.summary: two rows for one (dataset, peer, seed) of a comparison")
+    out = []
+    for _, d in g.groupby("dataset", sort=True):
+        peers, seeds = np.unique(d["peer"].to_numpy()), np.unique(d["seed"].to_numpy())
+        at = (np.searchsorted(peers, d["peer"].to_numpy()), np.searchsorted(seeds, d["seed"].to_numpy()))
+        x, y = np.full((2, len(peers), len(seeds)), np.nan)
+        ok = np.zeros((len(peers), len(seeds)), bool)
+        x[at], y[at], ok[at] = d["test_auc_t"].to_numpy(float), d["test_auc_c"].to_numpy(float), True
+        out.append((x, y, ok))
+    return out
 
 
-def _indices(tasks, rng: np.random.Generator, reps: int) -> tuple[list, list, list]:
-    """Per task, [reps, n] index arrays: the paired rows, the treatment's and the control's seeds, drawn
-    in the order of one rep after another (the stream the intervals were first computed with): all
-    at once (`_draw_at_once`) when that gives the same draws, else one `integers` call at a time."""
-    sizes = [n for x, y in tasks for n in (len(x), len(x), len(y))]  # one rep's calls, in order
+def _bootstrap(strata: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator,
+               reps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(IQM draws, probability-of-improvement draws) of the cluster bootstrap over `_strata`: per rep and
+    dataset one draw of the dataset's seeds (`_indices`), shared by all its tasks and both arms, then
+    every rep's statistics at once, each rep's numbers exactly as `iqm` and `probability_of_improvement`
+    give them on that rep's rows (tests/test_aggregate.py compares the two bit for bit)."""
+    picks = _indices([x.shape[1] for x, _, _ in strata], rng, reps)
+    diffs, pois = [], []
+    for (x, y, ok), i in zip(strata, picks):
+        d = np.where(ok, 100.0 * (x - y) / y, np.nan)[:, i]  # [tasks, reps, drawn seeds]; holes NaN
+        diffs.append(d.transpose(1, 0, 2).reshape(reps, -1))  # pooled in the order task, then drawn seed
+        pois += [_poi_rows(xt[i], yt[i], kt[i]) for xt, yt, kt in zip(x, y, ok)]
+    iqms = _by_count(np.concatenate(diffs, axis=1), _iqm_rows)
+    return iqms, _by_count(np.stack(pois, axis=1), lambda v: v.mean(axis=1))
+
+
+def _indices(sizes: list[int], rng: np.random.Generator, reps: int) -> list[np.ndarray]:
+    """Per stratum of `sizes` seeds, the [reps, n] drawn seed indices, `rng.integers(0, n, n)` in the
+    order of one rep after another, stratum by stratum: all at once (`_draw_at_once`) when that gives the
+    same draws, else one `integers` call at a time."""
     saved = copy.deepcopy(rng)
     cols, check = _draw_at_once(sizes, rng, reps), copy.deepcopy(saved)
     if cols is None or not all(np.array_equal(c[0], check.integers(0, n, n)) for c, n in zip(cols, sizes)):
@@ -71,7 +103,7 @@ def _indices(tasks, rng: np.random.Generator, reps: int) -> tuple[list, list, li
         for r in range(reps):
             for c, n in zip(cols, sizes):
                 c[r] = saved.integers(0, n, n)
-    return cols[0::3], cols[1::3], cols[2::3]
+    return cols
 
 
 def _draw_at_once(sizes: list[int], rng: np.random.Generator, reps: int) -> list | None:
@@ -104,21 +136,37 @@ def _iqm_rows(v: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(part[:, cut:n - cut]).mean(axis=1)
 
 
-def _poi_rows(pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """`probability_of_improvement` of every rep: pairs of [reps, n] treatment and [reps, m] control values."""
-    per_task = []
-    for x, y in pairs:
-        gt = (x[:, :, None] > y[:, None, :]).mean(axis=(1, 2))
-        eq = (x[:, :, None] == y[:, None, :]).mean(axis=(1, 2))
-        per_task.append(gt + 0.5 * eq)
-    return np.ascontiguousarray(np.stack(per_task, axis=1)).mean(axis=1)  # [reps, tasks], each row alone
+def _poi_rows(x: np.ndarray, y: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """One task's P(X > Y) + P(X = Y) / 2 in every rep: [reps, n] drawn treatment and control values, and
+    which of them exist (a drawn seed the task lacks counts in neither arm); NaN where none does. The
+    counts over n^2 are exact, so the same bits as `_poi_task` on the existing values."""
+    both = ok[:, :, None] & ok[:, None, :]
+    n = ok.sum(axis=1) ** 2
+    gt = ((x[:, :, None] > y[:, None, :]) & both).sum(axis=(1, 2))
+    eq = ((x[:, :, None] == y[:, None, :]) & both).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return gt / n + 0.5 * (eq / n)
+
+
+def _by_count(v: np.ndarray, stat) -> np.ndarray:
+    """`stat` (a [rows, k] -> [rows] reduction) of each row's non-NaN values, in their order, rows grouped
+    by how many they have (a drawn seed a task lacks, or a missing AUC, leaves a NaN); NaN for a row with
+    none. The same values in the same order as the one-rep computation, so the same bits."""
+    ok = ~np.isnan(v)
+    k = ok.sum(axis=1)
+    packed = np.take_along_axis(v, np.argsort(~ok, axis=1, kind="stable"), axis=1)  # non-NaN first, in order
+    out = np.full(len(v), np.nan)
+    for n in np.unique(k[k > 0]):
+        rows = k == n
+        out[rows] = stat(np.ascontiguousarray(packed[rows, :n]))
+    return out
 
 
 def summary(pairs: pd.DataFrame, *, reps: int = REPS, seed: int = SEED) -> pd.DataFrame:
     """One row per comparison (init, embedding, variant) over every dataset and model of `pairs`
     (the frame of `ctrkit.analysis.variants.pairs`, several datasets concatenated): the number of
     datasets and tasks, the IQM of the relative difference and the probability of improvement over
-    alone, each with its 95% stratified bootstrap interval."""
+    alone, each with its 95% interval of the (dataset, seed) cluster bootstrap (the module's docstring)."""
     cols = ["init", "embedding", "variant", "n_datasets", "n_tasks", "n_runs", "iqm_rel_pct", "iqm_ci_low",
             "iqm_ci_high", "p_improve", "p_improve_ci_low", "p_improve_ci_high"]
     if pairs.empty:
@@ -129,7 +177,7 @@ def summary(pairs: pd.DataFrame, *, reps: int = REPS, seed: int = SEED) -> pd.Da
         tasks = [(t["test_auc_t"].to_numpy(float), t["test_auc_c"].to_numpy(float))
                  for _, t in g.groupby(["dataset", "peer"], sort=True)]
         point = iqm(np.concatenate([100.0 * (x - y) / y for x, y in tasks]))
-        iqms, pois = _bootstrap(tasks, np.random.default_rng(seed), reps)
+        iqms, pois = _bootstrap(_strata(g), np.random.default_rng(seed), reps)
         rows.append({"init": key[0], "embedding": key[1], "variant": key[2], "n_datasets": g["dataset"].nunique(),
                      "n_tasks": len(tasks), "n_runs": len(g), "iqm_rel_pct": point,
                      "iqm_ci_low": float(np.nanpercentile(iqms, lo)), "iqm_ci_high": float(np.nanpercentile(iqms, hi)),

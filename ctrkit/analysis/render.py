@@ -56,7 +56,7 @@ CAPTIONS = {
               "`chosen`: the best mean validation AUC (ties: validation logloss), chosen on validation only; "
               "the test AUC is reported, never used to choose.",
     "controls": f"Every arm minus finetuning alone of the same unit (model or ensemble = mean probability of the "
-                f"peers), paired by seed [{CI_NAME}]; KD: students of the best pretrained model; last arm: mutual "
+                f"peers), paired by seed [{CI_NAME}]; KD: students of the best pretrained model (chosen on validation); last arm: mutual "
                 f"minus alone at the lr scale best for alone on validation (a baseline tuned for itself; Holm "
                 f"within its rows); p_holm: paired t-test of the AUC difference, Holm across the rows of a dataset.",
 }

@@ -618,7 +618,8 @@ def variants_summary(cfg: Settings) -> Shown:
         f"\n\nPooled over {len(names)} dataset{'s' * (len(names) != 1)} ({', '.join(names)}), each as its variants "
         f"table states: "
         f"interquartile mean of the relative test-AUC difference (treatment - alone, paired by seed) and the "
-        f"probability of improvement, [95% stratified bootstrap interval]. "
+        f"probability of improvement, [95% cluster bootstrap interval: a dataset's seeds drawn with replacement, each "
+        f"with every model of its run, the peers of one seed sharing their run]. "
         + "; ".join(f"{d}: {caption(for_variants(replace(cfg, dataset=d)), figure=False)}" for d in names) + ".\n")
     if len(names) < 2:
         return Shown(human, text + "\nOne dataset so far: tables/variants_summary.md is written once a second "
