@@ -250,3 +250,106 @@ def test_a_figure_that_cannot_be_written_is_one_line_naming_it(tmp_path):
         with pytest.raises(CtrkitError, match=f"{shown}: cannot write the figure") as e:
             plots.save(fig, stem)
         assert "\n" not in str(e.value) and not plt.get_fignums()  # closed all the same
+
+
+# ---- review of the committed figures: fit range, one relative unit, the variants' key, the sweep's mark --------
+def test_partner_slopes_line_spans_the_partner_means_it_was_fitted_to(tmp_path, drawn):
+    """The fit rests on the partner means (`tables.slopes_of_points`): its line must not run across
+    the seeds' wider spread, which would look like support the fit does not have; the seeds light."""
+    spread = (-0.015, 0.0, 0.015)  # each partner's seeds 0.03 wide around a mean
+    pts = pd.DataFrame([{"target": t, "partner": p, "seed": s, "partner_auc": 0.70 + 0.001 * MODELS.index(p) + d,
+                         "rel_pct": 0.1 * s} for t in MODELS for p in MODELS if p != t for s, d in enumerate(spread)])
+    slopes = pd.DataFrame({"target": MODELS, "slope_mean": 0.5, "slope_ci_low": -1.0, "slope_ci_high": 2.0,
+                           "intercept": -35.0})
+    plots.partner_slopes(pts, slopes, tmp_path / "slopes", caption=CAP)
+    for ax, t in zip(drawn[-1].axes, MODELS):
+        means = pts[pts["target"] == t].groupby("partner")["partner_auc"].mean()
+        (line,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+        x = line.get_xdata()
+        assert np.isclose(x.min(), means.min()) and np.isclose(x.max(), means.max())
+        assert np.allclose(line.get_ydata(), -35.0 + 0.5 * x / 0.01)  # still the fit, in its unit
+        assert all(c.get_alpha() < 0.45 for c in ax.collections if c.get_label() in MODELS)  # seeds lighter
+
+
+def _rel_labels(fig) -> list[str]:
+    return [label for ax in fig.axes for label in (ax.get_ylabel(),) if "%" in label]
+
+
+def test_every_relative_auc_axis_says_the_same_unit(tmp_path, drawn):
+    """peer_count's left panel said "(%)" where every other relative-AUC axis said "(rel. %)"."""
+    pc = [{"model": m, "n_peers": n, "gain_rel_pct_mean": 0.1, "gain_rel_pct_ci_low": 0.0, "gain_rel_pct_ci_high": 0.2,
+           "rel_pct_mean": 0.1, "rel_pct_ci_low": 0.0, "rel_pct_ci_high": 0.2} for m in MODELS for n in (2, 3)]
+    plots.peer_count(pd.DataFrame(pc), tmp_path / "pc", caption=CAP)
+    gains = _ci_frame([{"model": m, "comparison": "c", "rel_pct_mean": 0.1} for m in MODELS])
+    plots.paired_gains(gains, tmp_path / "g")
+    plots.sweep_gain(_ci_frame([{"model": m, "weight": w, "finetune_lr_scale": 1.0, "rel_pct_mean": 0.1}
+                                for m in MODELS for w in (1, 10)]), tmp_path / "sweep")
+    plots.partner_heatmap(pd.DataFrame([{"target": m, "partner": p, "rel_pct_mean": 0.1} for m in MODELS
+                                        for p in MODELS if m != p]), tmp_path / "heat")
+    plots.gain_vs_strength(_ci_frame([{"size": s, "peer": m, "pretrained_auc_mean": 0.7, "rel_pct_mean": 0.1}
+                                      for m in MODELS for s in ("smoke", "full")]), tmp_path / "strength")
+    plots.compared(pd.DataFrame([{"dataset": "criteo", "table": "headline", "row": m, "estimate": "rel_pct",
+                                  "same": True, **{f"{r}_{k}": v for r in ("a", "b") for k, v in
+                                                   (("mean", 0.1), ("ci_low", 0.0), ("ci_high", 0.2))}}
+                                 for m in MODELS]), tmp_path / "cmp", labels=("a", "b"))
+    labels = [label for fig in drawn for label in _rel_labels(fig)]
+    assert len(labels) == 7  # two of peer_count, the heatmap's colour bar, one each of the rest
+    assert all(label.endswith("(rel. %)") for label in labels), labels
+    assert drawn[0].axes[0].get_ylabel() == "gain over the pretrained model (rel. %)"
+
+
+VARIANT_TICKS = ["MSE\nFT", "ens\nFT", "EKTF\nscratch\nshared", "KD\nscratch", "KL\nscratch", "table\nscratch\nshared"]
+
+
+def test_the_variants_abbreviations_are_explained_on_the_figure(tmp_path, drawn):
+    rows = [{"model": m, "comparison": c, "init": "finetune" if "FT" in c else "from scratch", "rel_pct_mean": 0.1}
+            for m in MODELS for c in VARIANT_TICKS]
+    plots.paired_gains(_ci_frame(rows), tmp_path / "v", caption=CAP, x="comparison", hue="model", panel="init",
+                       width=9.0, height=3.2)
+    texts = [t.get_text() for t in drawn[-1].texts]
+    key = next(t for t in texts if t.startswith("tick labels:"))
+    for word in ("MSE", "KL", "ens", "EKTF", "KD", "FT", "shared", "table"):
+        assert f"{word} = {plots.TICK_KEY[word]}" in key  # every abbreviation on the axis, spelled out
+    assert all(len(line) <= 9.0 * 20 for line in key.split("\n"))  # broken into lines that fit the width
+    assert any(CAP in t for t in texts)  # the provenance line stays
+    # a figure without abbreviations on its axis (the gains figure, x = model) gets no key; key={} turns it off
+    plots.paired_gains(_ci_frame([{"model": m, "comparison": "c", "rel_pct_mean": 0.1} for m in MODELS]),
+                       tmp_path / "g", caption=CAP)
+    plots.paired_gains(_ci_frame(rows), tmp_path / "v2", x="comparison", hue="model", panel="init", key={})
+    assert not [t for fig in drawn[-2:] for t in fig.texts if "tick labels" in t.get_text()]
+
+
+def test_the_sweep_mark_cannot_run_into_the_legend(tmp_path, drawn):
+    """The study's case (figures/study-criteo/criteo_sweep_gain.png): the setting chosen at the largest
+    weight of the last panel, whose "chosen on validation" text ran into the legend beside it."""
+    rows = [{"model": m, "weight": w, "finetune_lr_scale": s, "rel_pct_mean": 0.01 * w, "chosen": (w, s) == (30, 1)}
+            for m in MODELS for w in (1, 10, 30) for s in (0.1, 1)]
+    plots.sweep_gain(_ci_frame(rows), tmp_path / "sweep", caption=CAP, title="Finetuning sweep (criteo)")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = drawn[-1]
+    FigureCanvasAgg(fig).draw()  # `save` closed it: lay it out again, as it was saved
+    renderer = fig.canvas.get_renderer()
+    legend = fig.axes[-1].get_legend()
+    box = legend.get_window_extent(renderer)
+    others = [t for t in [*fig.texts, *(t for ax in fig.axes for t in ax.texts)] if t.get_text().strip()]
+    assert not [t.get_text() for t in others if t.get_window_extent(renderer).overlaps(box)]
+    marked = [t.get_text() for t in legend.get_texts() if t.get_text().startswith("chosen on validation")]
+    assert marked == ["chosen on validation (w 30, lr x1)"]  # named, with its setting
+    (line,) = [ln for ln in fig.axes[-1].get_lines() if ln.get_linestyle() == ":"]
+    assert np.allclose(line.get_xdata(), np.log10(30))  # at the chosen weight, in the chosen lr's panel
+    assert not [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == ":"]
+
+
+def test_data_figures_carry_the_provenance_line(tmp_path, drawn):
+    """The data figures take the provenance as `caption` (00_data passes `reproduce.caption(cfg,
+    figure=False, runs=False)`): synthetic or real, and rows per split, under the figure."""
+    about = plots.provenance(data="synthetic Criteo-shaped data", splits={"train": 80, "valid": 10, "test": 10},
+                             seeds=None, precision=None, profile="quick", error_bars=False)
+    ctr = pd.DataFrame({"split": ["train", "valid", "test"], "ctr": [0.25, 0.22, 0.2], "rows": [80, 10, 10]})
+    plots.split_ctr(ctr, tmp_path / "ctr", caption=about)
+    freq = pd.DataFrame({"field": "C1", "rank": np.arange(1, 51), "count": np.arange(50, 0, -1)})
+    plots.rank_frequency(freq, tmp_path / "freq", caption=about)
+    for fig in drawn[-2:]:
+        assert [t.get_text() for t in fig.texts] == ["synthetic Criteo-shaped data · 100 rows (train 80 / valid 10 / "
+                                                     "test 10) · profile quick"]

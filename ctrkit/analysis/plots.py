@@ -37,9 +37,9 @@ FORMATS = ("png", "svg")
 DPI = 200
 
 __all__ = [
-    "COLUMN", "TEXT", "style", "save", "show", "provenance", "paired_gains", "partner_heatmap", "partner_slopes",
-    "peer_count", "compared", "sweep_gain", "gain_vs_strength", "split_ctr", "rank_frequency", "figure_kd",
-    "figure_mutual",
+    "COLUMN", "TEXT", "REL_PCT", "REL_LABEL", "GAIN_LABEL", "TICK_KEY", "style", "save", "show", "provenance",
+    "paired_gains", "partner_heatmap", "partner_slopes", "peer_count", "compared", "sweep_gain", "gain_vs_strength",
+    "split_ctr", "rank_frequency", "figure_kd", "figure_mutual",
 ]
 
 
@@ -122,6 +122,11 @@ def _order(values: pd.Series, preferred: Sequence[str] | None) -> list:
 # Canonical order so every figure lists models the same way.
 MODEL_ORDER = ["DeepFM", "DCN", "PNN", "FiBiNET", "FM", "LR"]
 CI_NOTE = "error bars: 95% paired t-interval over seeds"
+# One unit for every relative test-AUC difference (100 * (treatment - control) / control), so axes
+# of different figures that show the same quantity read the same (as the tables' "(rel. %)" columns).
+REL_PCT = "rel. %"
+REL_LABEL = f"Δ test AUC ({REL_PCT})"
+GAIN_LABEL = f"mutual - alone ({REL_PCT})"
 
 
 def provenance(*, data: str, rows: int | None = None, seeds: int | None, precision: str | None, profile: str,
@@ -176,16 +181,41 @@ def _dodge(ax, df: pd.DataFrame, *, x: str, hue: str, y: str, lo: str, hi: str, 
     ax.axhline(0, color="black", linewidth=0.8)
 
 
+# The short words of the variants figure's tick labels (`ctrkit.analysis.variants.SHORT`, stacked
+# so 14 comparisons fit side by side), explained under the figure: a reader has nothing else.
+TICK_KEY = {
+    "MSE": "mutual learning, squared-difference pull (the paper)", "KL": "mutual learning, KL pull",
+    "ens": "the peers' ensemble as teacher", "EKTF": "ensemble teacher + examination-weighted peers",
+    "KD": "distillation from the best pretrained model", "FT": "finetuned from the pretrained models",
+    "shared": "the peers share one embedding table",
+    "table": "one shared embedding table vs separate ones, both trained alone",
+}
+
+
+def _tick_key(labels, key: dict[str, str], width: float) -> str | None:
+    """'word = meaning' for each word of `key` among the tick `labels`, in `key`'s order, packed into
+    lines that fit `width` inches at the caption's 6 pt (broken between entries, never inside one)."""
+    words = {w for label in labels for w in str(label).split()}
+    used = [f"{w} = {meaning}" for w, meaning in key.items() if w in words]
+    lines, fit = [[]], int(width * 20) - 15  # ~20 characters per inch at 6 pt, less the "tick labels: "
+    for entry in used:
+        if lines[-1] and len(" · ".join(lines[-1] + [entry])) > fit:
+            lines.append([])
+        lines[-1].append(entry)
+    return "tick labels: " + "\n".join(" · ".join(line) for line in lines) if used else None
+
+
 def paired_gains(
     df: pd.DataFrame, out: str | os.PathLike, *, caption: str | None = None,
     title: str = "Paired gains per model", x: str = "model", hue: str = "comparison", y: str = "rel_pct_mean",
-    lo: str = "rel_pct_ci_low", hi: str = "rel_pct_ci_high", ylabel: str = "relative Δ test AUC (%)",
-    width: float = COLUMN * 1.6, height: float = 2.5, panel: str | None = None,
+    lo: str = "rel_pct_ci_low", hi: str = "rel_pct_ci_high", ylabel: str = REL_LABEL,
+    width: float = COLUMN * 1.6, height: float = 2.5, panel: str | None = None, key: dict[str, str] | None = None,
 ) -> list[Path]:
     """Each model's paired differences (e.g. mutual - alone, by seed) as points with 95% CI bars, one
     colour per comparison: the numbers the tables report, not the seed spread of each arm. `panel`: a
     column whose values get a panel each, with its own y scale (one wide interval from scratch must
-    not flatten the finetuning ones beside it)."""
+    not flatten the finetuning ones beside it). `key`: abbreviation -> meaning, each one found in the
+    x tick labels explained under the axes (default `TICK_KEY`; {} for none)."""
     df = _need(df, [x, hue, y, lo, hi] + ([panel] if panel else []), "paired_gains", may_lack=[lo, hi])
     groups = list(df.groupby(panel, sort=False)) if panel and df[panel].nunique() > 1 else [(None, df)]
     hue_order = list(dict.fromkeys(df[hue]))
@@ -202,7 +232,8 @@ def paired_gains(
         if len(groups) > 1:
             fig.suptitle(title, fontsize=9)
         axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside: it would hide points
-        _caption(fig, caption)
+        note = _tick_key(df[x].unique(), TICK_KEY if key is None else key, width)
+        _caption(fig, "\n".join(t for t in (note, caption) if t))
         return save(fig, out)
 
 
@@ -210,7 +241,7 @@ def partner_heatmap(
     df: pd.DataFrame, out: str | os.PathLike, *, caption: str | None = None, row: str = "target",
     col: str = "partner", value: str = "rel_pct_mean", p: str | None = "p_holm",
     title: str = "Pairs: mutual - alone of the row model with each partner",
-    cbar_label: str = "relative Δ test AUC (%), mutual - alone", order: Sequence[str] | None = None,
+    cbar_label: str = GAIN_LABEL, order: Sequence[str] | None = None,
     width: float = COLUMN * 1.25, height: float = COLUMN,
 ) -> list[Path]:
     """Heatmap of the mean paired gain of each (row model, partner) pair; * marks Holm p < 0.05."""
@@ -248,9 +279,10 @@ def partner_slopes(
     title: str = "Gain over the alone control vs the partner's pretrained AUC, per model",
     width: float = TEXT, height: float = 2.2,
 ) -> list[Path]:
-    """One panel per finetuned model: its (partner, seed) points, each partner's mean with its 95%
-    interval, and its own least-squares line through those means, the slope with its 95% CI in the
-    panel title. No line pooled across models (they differ in offset)."""
+    """One panel per finetuned model: its (partner, seed) points (light), each partner's mean with its
+    95% interval, and its own least-squares line through those means, drawn only over the range of
+    the means it was fitted to; the slope with its 95% CI in the panel title. No line pooled across
+    models (they differ in offset)."""
     points = _need(points, ["target", "partner", "partner_auc", "rel_pct"], "partner_slopes")
     slopes = _need(slopes, ["target", "slope_mean", "slope_ci_low", "slope_ci_high", "intercept"], "partner_slopes")
     targets = _order(points["target"], MODEL_ORDER)
@@ -264,33 +296,42 @@ def partner_slopes(
                 h = g[g["partner"] == pname]
                 if len(h):
                     color = _COLORS[MODEL_ORDER.index(pname) % 10] if pname in MODEL_ORDER else _COLORS[k]
-                    ax.scatter(h["partner_auc"], h["rel_pct"], s=8, alpha=0.45, color=color, label=pname)
+                    # light: the seeds are not what the line is fitted to, the means are
+                    ax.scatter(h["partner_auc"], h["rel_pct"], s=6, alpha=0.35, linewidths=0, color=color, label=pname)
                     if len(h) >= 2:  # the pair's mean over seeds with its 95% paired t-interval
                         m, lo, hi = t_interval(h["rel_pct"])
                         ax.errorbar([h["partner_auc"].mean()], [m], yerr=[[m - lo], [hi - m]], fmt="D",
                                     markersize=4, capsize=2, elinewidth=1, color=color)
             s = slopes[slopes["target"] == t]
-            if len(s):
-                s = s.iloc[0]
-                xs = np.linspace(g["partner_auc"].min(), g["partner_auc"].max(), 20)
-                ax.plot(xs, s["intercept"] + s["slope_mean"] * xs / AUC_POINT, color="black", linewidth=1,
-                        linestyle="--")
-                ax.set_title(f"{t}\nslope {s['slope_mean']:+.3f} [{s['slope_ci_low']:+.3f}, {s['slope_ci_high']:+.3f}]",
-                             fontsize=7)
-            else:
-                ax.set_title(t, fontsize=7)
+            head = t if not len(s) else _slope_line(ax, g, s.iloc[0])
+            ax.set_title(head, fontsize=7)
             ax.axhline(0, color="0.6", linewidth=0.6)
             ax.set_xlabel("partner's pretrained AUC")
             ax.tick_params(axis="x", labelrotation=30)
-        axes[0][0].set_ylabel("mutual - alone (rel. %)")
-        # one legend for all panels: each panel lacks its own model among the partners
-        handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
-        fig.legend([handles[p] for p in partners if p in handles], [p for p in partners if p in handles],
-                   title="partner", loc="upper left", bbox_to_anchor=(1.0, 0.9), frameon=False)
-        fig.suptitle(title + " (dots: seeds; diamonds: mean over seeds [95% paired t-interval]; slope: rel. % "
-                     f"per {AUC_POINT:g} of AUC, 95% t-interval)", fontsize=8)
+        axes[0][0].set_ylabel(GAIN_LABEL)
+        # one legend for all panels (each lacks its own model among the partners), in full colour:
+        # the light seed dots would make faint keys
+        drawn = {h.get_label() for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+        keys = [plt.Line2D([], [], marker="D", markersize=4, linestyle="", label=p,
+                           color=_COLORS[MODEL_ORDER.index(p) % 10] if p in MODEL_ORDER else _COLORS[k % 10])
+                for k, p in enumerate(partners) if p in drawn]
+        fig.legend(handles=keys, title="partner", loc="upper left", bbox_to_anchor=(1.0, 0.9), frameon=False)
+        fig.suptitle(f"{title}\n(dots: seeds; diamonds: mean over seeds [95% paired t-interval]; dashed: fit to "
+                     f"the means, over their range; slope: {REL_PCT} per {AUC_POINT:g} of AUC, 95% t-interval)",
+                     fontsize=8)
         _caption(fig, caption)
         return save(fig, out)
+
+
+def _slope_line(ax, g: pd.DataFrame, s: pd.Series) -> str:
+    """Draw a model's fitted line over the x range of its partner means, as `tables.slopes_of_points`
+    fits it (the seeds spread wider: a line across them would claim support the fit does not have);
+    return the panel title with the slope and its interval."""
+    means = g.groupby("partner")["partner_auc"].mean()
+    xs = np.linspace(means.min(), means.max(), 20)
+    ax.plot(xs, s["intercept"] + s["slope_mean"] * xs / AUC_POINT, color="black", linewidth=1, linestyle="--",
+            zorder=3)  # over the diamonds: a short line must not vanish under them
+    return f"{g['target'].iloc[0]}\nslope {s['slope_mean']:+.3f} [{s['slope_ci_low']:+.3f}, {s['slope_ci_high']:+.3f}]"
 
 
 def peer_count(
@@ -305,8 +346,8 @@ def peer_count(
     order = sorted(df[x].unique())
     with style():
         fig, axes = plt.subplots(1, 2, figsize=(width, height), layout="constrained")
-        for ax, p, label in ((axes[0], "gain_rel_pct", "gain over the pretrained model (%)"),
-                             (axes[1], "rel_pct", "mutual - alone (%)")):
+        for ax, p, label in ((axes[0], "gain_rel_pct", f"gain over the pretrained model ({REL_PCT})"),
+                             (axes[1], "rel_pct", GAIN_LABEL)):
             bare = df[df[f"{p}_ci_low"].isna() | df[f"{p}_ci_high"].isna()]
             control = p == "rel_pct" and len(bare) and (bare[x] == 1).all()  # N = 1 is alone minus itself
             _dodge(ax, df, x=x, hue=hue, y=f"{p}_mean", lo=f"{p}_ci_low", hi=f"{p}_ci_high", order=order,
@@ -350,7 +391,7 @@ def compared(
             ax.set_xticks(range(len(order)), [f"{r}*" if r in moved else r for r in order], rotation=25, ha="right")
             est = g["estimate"].iloc[0] if "estimate" in g.columns and len(g) else "rel_pct"
             ax.set(title=f"{dataset}: {_CLAIM_TITLES.get(table, table)}", xlabel="",
-                   ylabel=("relative Δ test AUC (%)" if est == "rel_pct" else est) if j == 0 else "")
+                   ylabel=(REL_LABEL if est == "rel_pct" else est) if j == 0 else "")
         axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.suptitle(title + " (* the verdict moved)", fontsize=9)
         _caption(fig, caption)
@@ -367,6 +408,7 @@ def sweep_gain(
                "sweep_gain", may_lack=["rel_pct_ci_low", "rel_pct_ci_high"])
     scales = sorted(df["finetune_lr_scale"].unique())
     hue_order = _order(df[hue], MODEL_ORDER)
+    marks = []  # the dotted line at the chosen setting (one panel)
     with style():
         fig, axes = plt.subplots(1, len(scales), figsize=(width, height), sharey=True, layout="constrained",
                                  squeeze=False)
@@ -378,12 +420,15 @@ def sweep_gain(
             ax.set_xticks(np.log10(np.clip(ws, 1e-3, None)), [f"{w:g}" for w in ws])
             chosen = g[g["chosen"] == True] if "chosen" in g else g.iloc[:0]  # noqa: E712
             if len(chosen):
-                ax.axvline(chosen["logw"].iloc[0], color="0.5", linestyle=":", linewidth=1)
-                ax.text(chosen["logw"].iloc[0], ax.get_ylim()[1], " chosen on validation", fontsize=6, ha="left",
-                        va="top", color="0.3")
+                # named in the legend, not by a text at the line: beside the last weight of the last
+                # panel such a text ran into the legend, and at the top it would cover interval caps
+                marks.append(ax.axvline(chosen["logw"].iloc[0], color="0.5", linestyle=":", linewidth=1,
+                                        label=f"chosen on validation (w {chosen['weight'].iloc[0]:g}, lr x{s:g})"))
             ax.set(title=f"finetuning lr x{s:g}", xlabel="mutual weight w")
-        axes[0][0].set_ylabel("mutual - alone (rel. %)")
-        axes[0][-1].legend(title=hue, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        axes[0][0].set_ylabel(GAIN_LABEL)
+        handles = [h for h in axes[0][-1].get_legend_handles_labels()[0] if h not in marks] + marks[:1]
+        axes[0][-1].legend(handles=handles, labels=[h.get_label() for h in handles], title=hue, loc="upper left",
+                           bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.suptitle(title, fontsize=9)
         _caption(fig, caption)
         return save(fig, out)
@@ -412,7 +457,7 @@ def gain_vs_strength(
                 ax.errorbar([r[x]], [r[y]], yerr=err, fmt=markers[sizes.index(r[size]) % len(markers)],
                             markersize=4, capsize=2, elinewidth=0.9, color=color)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set(title=title, xlabel="baseline's pretrained test AUC", ylabel="mutual - alone (rel. %)")
+        ax.set(title=title, xlabel="baseline's pretrained test AUC", ylabel=GAIN_LABEL)
         handles = [plt.Line2D([], [], color=_COLORS[MODEL_ORDER.index(m) % 10] if m in MODEL_ORDER
                               else _COLORS[k % 10], marker="o", linestyle="", label=m) for k, m in enumerate(models)]
         handles += [plt.Line2D([], [], color="0.3", marker=markers[i % len(markers)], linestyle="",
