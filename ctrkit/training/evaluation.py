@@ -8,7 +8,7 @@ from ctrkit.core.errors import CtrkitError
 from ctrkit.training import metrics
 from ctrkit.training.precision import amp_context
 
-__all__ = ["NonFiniteLossError", "NonFiniteCheck", "predict", "scores", "evaluate"]
+__all__ = ["NonFiniteLossError", "NonFiniteCheck", "predict", "scores", "evaluate", "looks_like_probabilities"]
 
 
 class NonFiniteLossError(CtrkitError):
@@ -28,6 +28,13 @@ class NonFiniteCheck:
 
     def check(self, epoch: int, what: str = "loss") -> None:
         step = int(self.first_bad)
+        if epoch == 1 and step == 1:
+            # the loss of the untouched init weights: no update (lr, clipping) and no checkpoint is to
+            # blame, the forward is (or a teacher's: a peer's loss takes its teachers' probabilities)
+            also = "" if what == "loss" else ", and those of the peers it learns from"
+            raise NonFiniteLossError(f"non-finite training {what} at epoch 1, step 1, the very first step: "
+                                     f"the model's output is non-finite from the start, before any update "
+                                     f"(check the model's forward{also})")
         if step >= 0:
             raise NonFiniteLossError(f"non-finite training {what} at epoch {epoch}, step {step}; "
                                      f"training stopped, the last good checkpoint is kept "
@@ -48,10 +55,32 @@ def predict(model: nn.Module, X: torch.Tensor, batch_size: int = 65536,
         for start in range(0, X.shape[0], batch_size):
             with amp_context(X.device, amp_dtype):
                 logits = model(X[start:start + batch_size])
-            out.append(torch.sigmoid(logits.float()))
+            z = logits.float()
+            # sigmoid(+-inf) is exactly 1 or 0, which would be scored as a confident valid prediction:
+            # a non-finite logit becomes a NaN probability, which the metrics and trackers refuse
+            out.append(torch.sigmoid(z).masked_fill_(~torch.isfinite(z), float("nan")))
         return torch.cat(out) if out else torch.empty(0, device=X.device)
     finally:
         model.train(was_training)
+
+
+# a logit in [0, 1] is a probability in [0.5, sigmoid(1)] (sigmoid is monotone; float32, as `predict`'s)
+_SIGMOID_ONE = float(torch.sigmoid(torch.tensor(1.0)))
+
+
+def looks_like_probabilities(y: torch.Tensor, p: torch.Tensor) -> bool:
+    """Whether click probabilities `p` (of labels `y`) look like a forward that returns probabilities:
+    every logit in [0, 1] (every `p` in [0.5, sigmoid(1)]) while fewer than half the labels are clicks.
+
+    A probability forward has every logit in (0, 1) by construction. A logit forward trained even one
+    epoch by BCE on such data predicts a mean probability near the click rate (< 0.5), so most of
+    its logits are negative; at init the built-ins' logits straddle 0 (zero biases, small weights).
+    A logit model with every prediction >= 0.5 on data of a click rate < 0.5 would be miscalibrated
+    beyond use anyway. NaN probabilities compare false: not flagged (they are an error of their own)."""
+    if not len(p) or float(y.float().mean()) >= 0.5:
+        return False
+    lo, hi = torch.aminmax(p)
+    return bool(lo >= 0.5) and bool(hi <= _SIGMOID_ONE)
 
 
 def scores(y: torch.Tensor, p: torch.Tensor) -> dict:

@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,7 +35,8 @@ from ctrkit.kernels import apply_threads, env_info, for_device
 from ctrkit.training import checkpoint, compiled, graph, metrics, replicas
 from ctrkit.training.checkpoint import model_identity
 from ctrkit.training.config import MODES, RunConfig, TrainConfig
-from ctrkit.training.evaluation import NonFiniteCheck, predict, scores
+from ctrkit.training.evaluation import (NonFiniteCheck, NonFiniteLossError, looks_like_probabilities, predict,
+                                        scores)
 from ctrkit.training.exchange import Exchange, LocalExchange
 from ctrkit.training.losses import peer_loss, warmup_weight
 from ctrkit.training.optim import Tracker, count_parameters, make_optimizer
@@ -59,13 +61,15 @@ class Peer:
 
     def __init__(self, model: nn.Module, config: TrainConfig, *, index: int, learns_from: Sequence[int],
                  trainable: bool, device, replica: int = 0, start: dict | None = None):
+        _check_built(model, index)  # here, where every trainer (fit, mutual_fit, replicas) first touches it
         self.model, self.config, self.index, self.replica = model.to(device), config, index, replica
         for_device(self.model, device)  # CPU: the layers' fast kernels (ctrkit.kernels.cpu), else the reference maths
         self.learns_from, self.trainable, self.start = list(learns_from), trainable, start
         self.name, self.hparams = model_identity(model)
+        who = f"peer {index} ({self.name})"
         self.train_forward: nn.Module = self.model  # DDP wraps it when the peer has replicas
-        self.optimizer = make_optimizer(model, config) if trainable else None
-        self.tracker = Tracker(self.optimizer, config) if trainable else None
+        self.optimizer = make_optimizer(model, config, who) if trainable else None
+        self.tracker = Tracker(self.optimizer, config, who=who) if trainable else None
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.teachers = torch.tensor(self.learns_from, dtype=torch.long, device=device)
         self.drops = uses_dropout(model)
@@ -132,6 +136,19 @@ class Peer:
                 self.freeze()
 
 
+def _check_built(model, index: int) -> None:
+    """A built model (an nn.Module instance), not its class or anything else: else torch's
+    `'torch.device' object has no attribute '_apply'` from `model.to(device)`."""
+    if isinstance(model, nn.Module):
+        return
+    what = "expected a built model (an nn.Module instance)"
+    if isinstance(model, type):
+        raise CtrkitError(f"peer {index}: {what}, got the class {model.__name__}: build it first "
+                          f"(ctrkit.models.build or {model.__name__}(...))")
+    raise CtrkitError(f"peer {index}: {what}, got {type(model).__name__} {str(model)[:40]!r}: build it first "
+                      f"(ctrkit.models.build(name, data.field_sizes, ...))")
+
+
 @dataclasses.dataclass
 class _State:
     """Where a run is: what last.pt holds besides the peers."""
@@ -163,6 +180,7 @@ class _Run:
     flops: float | None = None
     peak: float | None = None
     graph: str | None = None  # CUDA only: on, off or fallback (env's `graph`)
+    probs_checked: bool = False  # whether the first validation was checked for probability forwards
     st: _State = dataclasses.field(default_factory=_State)
     sig: dict = dataclasses.field(default_factory=dict)
 
@@ -281,6 +299,7 @@ def _end_epoch(run: _Run, epoch: int, losses: torch.Tensor, t_epoch: float) -> t
     peers, exchange = run.peers, run.exchange
     where = f"evaluation after epoch {epoch}"
     probs, yva = _split_probs(run, "valid", where)
+    _warn_probabilities(run, probs, yva, f"epoch {epoch}")
     valid = [scores(yva, q) for q in probs]
     ens = scores(yva, probs.mean(0))
     mine, improved = [], []
@@ -433,6 +452,7 @@ def train_replicas(groups: list[list[Peer]], data, configs: list[RunConfig], *, 
     tune_cpu_allocator(device)
     Xtr, ytr = data.tensors("train", device)
     _check_scorable(data, device)  # valid and test loaded (indices checked) now: a bad split fails before an epoch
+    _probe_models(groups, Xtr[:config.batch_size])
     for run in runs:
         _open(run, resume)
     stacks = [replicas.Stack(p.model) for p in groups[0]] if len(groups) > 1 else None
@@ -472,7 +492,7 @@ def _check_models(groups: list[list[Peer]], data) -> None:
     owner: dict[int, str] = {}
     for k, group in enumerate(groups):
         for peer in group:
-            where = f"peer {peer.index} ({peer.name})" + (f" of run {k}" if len(groups) > 1 else "")
+            where = _where(peer, k, groups)
             fs = getattr(peer.model, "field_sizes", None)
             if fs is not None and list(fs) != sizes:
                 raise CtrkitError(f"{where} was built for field sizes {list(fs)[:4]}..., the data "
@@ -480,6 +500,43 @@ def _check_models(groups: list[list[Peer]], data) -> None:
             if owner.setdefault(id(peer.model), where) != where:
                 raise CtrkitError(f"{where} is the same model object as {owner[id(peer.model)]}: "
                                   f"each peer needs a model of its own")
+
+
+def _where(peer: Peer, k: int, groups: list[list[Peer]]) -> str:
+    """A peer in messages: "peer 0 (DeepFM)", "... of run k" among replicas."""
+    return f"peer {peer.index} ({peer.name})" + (f" of run {k}" if len(groups) > 1 else "")
+
+
+@torch.no_grad()
+def _probe_models(groups: list[list[Peer]], X: torch.Tensor) -> None:
+    """One forward of every model on the first training rows, in eval mode (no dropout draw, no
+    BatchNorm update, no graph), once before the first step: a forward that does not return finite
+    floating logits of shape [B] fails here in one line naming the peer, not as a torch error deep in
+    the step (a [B, 1] output: BCE's size error, or the peers' `torch.stack`)."""
+    for k, group in enumerate(groups):
+        for peer in group:
+            was = peer.model.training
+            peer.model.eval()
+            try:
+                out = peer.model(X)
+            finally:
+                peer.model.train(was)
+            _check_logits(out, X.shape[0], _where(peer, k, groups))
+
+
+def _check_logits(out, rows: int, where: str) -> None:
+    """`_probe_models`' verdict on one forward's output of `rows` rows."""
+    what = f"{where}: forward must return logits of shape [B] (one per row)"
+    if not isinstance(out, torch.Tensor):
+        raise CtrkitError(f"{what}, got a {type(out).__name__}")
+    if tuple(out.shape) != (rows,):
+        hint = ": squeeze the last dimension (.squeeze(-1))" if tuple(out.shape) == (rows, 1) else ""
+        raise CtrkitError(f"{what}, got {list(out.shape)}{hint}")
+    if not out.is_floating_point():
+        raise CtrkitError(f"{where}: forward must return floating-point logits, got {out.dtype}")
+    if not bool(torch.isfinite(out).all()):
+        raise NonFiniteLossError(f"{where}: the model's output is non-finite from the start (inf or nan logits on "
+                                 f"the first training rows, before any update): check the model's forward")
 
 
 def _check_scorable(data, device: torch.device) -> None:
@@ -592,7 +649,36 @@ def _evaluate_split(run: _Run, split: str) -> tuple[tuple[list[dict], dict], tor
     """(Every peer's scores on a split, the ensemble's: the mean of the peers' probabilities), and
     the probabilities [P, rows]."""
     probs, y = _split_probs(run, split, "final evaluation", final=True)
-    return ([scores(y, q) for q in probs], scores(y, probs.mean(0))), probs
+    if split == "valid":
+        _warn_probabilities(run, probs, y, "the final evaluation")  # a run of no epoch (ensemble mode)
+    peers = [scores(y, q) for q in probs]
+    for j, s in enumerate(peers):
+        # the tracker refuses a non-finite monitor each epoch; this also covers teachers and the test split
+        if not all(math.isfinite(v) for v in s.values()):
+            raise NonFiniteLossError(f"{_peer_label(run, j)}, final evaluation: the {split} metrics are not finite "
+                                     f"(metrics {s}): its {split} logits include inf or nan (check the model's forward)")
+    return (peers, scores(y, probs.mean(0))), probs
+
+
+def _peer_label(run: _Run, j: int) -> str:
+    """Peer j in messages: "peer j (Model)", or "peer j" for another process's peer (distributed)."""
+    names = {p.index: p.name for p in run.peers}
+    return f"peer {j}" + (f" ({names[j]})" if j in names else "")
+
+
+def _warn_probabilities(run: _Run, probs: torch.Tensor, y: torch.Tensor, when: str) -> None:
+    """At the run's first validation (once per peer and run; by the process that trains the peer), a
+    warning for each peer whose validation logits look like probabilities (`looks_like_probabilities`):
+    such a model trains without an error to an AUC near 0.5."""
+    if run.probs_checked:
+        return
+    run.probs_checked = True
+    if run.exchange.replica != 0:
+        return
+    for p in run.peers:
+        if looks_like_probabilities(y, probs[p.index]):
+            warnings.warn(f"peer {p.index} ({p.name}): every validation logit of {when} is in [0, 1]: does forward "
+                          f"return probabilities? It must return logits (ctrkit applies the sigmoid)")
 
 
 # ---------------------------------------------------------------- fit: the one-peer case

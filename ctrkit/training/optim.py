@@ -20,8 +20,9 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
-    """Adam with FuxiCTR's L2 regularizers as per-group weight decay.
+def make_optimizer(model: nn.Module, config: TrainConfig, who: str = "the model") -> torch.optim.Adam:
+    """Adam with FuxiCTR's L2 regularizers as per-group weight decay (`who`: the model in messages,
+    e.g. "peer 1 (DCN)").
 
     FuxiCTR adds `lambda / 2 * ||W||_2^2` (its `(lambda / p) * ||W||_p^p` with p = 2) over the
     embedding tables (lambda = embedding_regularizer) and over all other parameters
@@ -39,7 +40,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
                           {"params": [p for p in net if p.requires_grad], "weight_decay": config.net_regularizer,
                            "name": "net"}) if g["params"]]
     if not groups:
-        raise CtrkitError("make_optimizer: the model has no trainable parameters")
+        raise CtrkitError(f"make_optimizer: {who} has no trainable parameters: a trained peer needs some "
+                          f"(a fixed model can be the teacher of mode kd, peer 0, or a peer of mode ensemble)")
     # The protocol updates every embedding row every step (dense Adam + decay), so the optimizer
     # step over the tables is a large share of a step; the fused kernel does it in one pass
     # (~4x faster than the per-tensor loop on CPU, measured).
@@ -59,11 +61,13 @@ class Tracker:
     `on_epoch_end(epoch, valid_metrics, model)` returns True when training should stop. An epoch
     improves when the monitor beats the best so far by more than `min_delta` (FuxiCTR: 1e-6);
     every other epoch multiplies the LR by `lr_decay` (floor `min_lr`) and counts towards
-    `patience`. The best weights are kept in memory (CPU copies) for `restore_best`.
+    `patience`. The best weights are kept in memory (CPU copies) for `restore_best`. `who` names
+    the model in messages (a peer: "peer 0 (DeepFM)").
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, min_delta: float = 1e-6):
-        self.config = config
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, min_delta: float = 1e-6,
+                 who: str | None = None):
+        self.config, self.who = config, who
         self.monitor = config.monitor
         self.patience = config.patience
         # torch's scheduler with patience=0 and an absolute threshold is FuxiCTR's lr_decay rule.
@@ -88,7 +92,8 @@ class Tracker:
     def on_epoch_end(self, epoch: int, valid_metrics: dict, model: nn.Module) -> bool:
         score = monitor_score(self.monitor, valid_metrics)
         if not math.isfinite(score):
-            raise NonFiniteLossError(f"epoch {epoch}: the validation monitor is {score} (metrics {valid_metrics})")
+            raise NonFiniteLossError(f"{self.who + ', ' if self.who else ''}epoch {epoch}: the validation monitor "
+                                     f"is {score} (metrics {valid_metrics})")
         self.improved = score > self.best_score + self.min_delta
         self.scheduler.step(score)
         if self.improved:
