@@ -133,3 +133,17 @@ def test_baselines_with_a_model_without_a_preset_fail_before_any_training(regist
         experiments.pretrain_baselines(criteo_small, ["DeepFM", "WideDeep"], tmp_path / "runs", seeds=[1, 2],
                                        preset="smoke", epochs=1, device="cpu", progress=False)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_the_docs_page_runs_as_it_stands(registry, tmp_path, monkeypatch):
+    """docs/custom-models.md's example, executed in a fresh folder: its table has the user's model, paired."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "custom-models.md").read_text()
+    block = page.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "docs/custom-models.md", "exec"), namespace)  # noqa: S102 - our own page
+    t = tables.table("finetune", tmp_path / "results" / "store.jsonl").set_index("peer")
+    assert set(t.index) == {"WideDeep", "DeepFM", "DCN"} and (t["n_pairs"] == 2).all()
+    assert models.MODELS["WideDeep"] is namespace["WideDeep"]
