@@ -125,10 +125,11 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
                  "reproduce.paper_table(cfg, 'controls')"),
         ("md", "## The practical alternative: one mutual model vs the pretrained ensemble (no training)"),
         ("code", "reproduce.paper_table(cfg, 'alternatives')"),
-        ("md", "## Gain vs the baseline's strength (profile `study`: its `sizes`; the other profiles run nothing here)\n"
-               "The headline at each model size side by side (the full-size tuned preset from the runs above, the small "
-               "`smoke` preset pretrained and finetuned at the chosen setting in its own store), and each model's gain "
-               "against the pretrained test AUC it started from."),
+        ("md", "## Gain vs the baseline's strength (profiles `quick` and `study`: their `sizes`; the others run nothing here)\n"
+               "The headline at each model size side by side (the profile's own preset from the runs above, each other "
+               "size pretrained and finetuned at the chosen setting in its own store), each model's gain against the "
+               "pretrained test AUC it started from, and the paired test of whether the gain changes with strength: "
+               "per model, the gain at one size minus the other, seed by seed (`tables/<dataset>_strength_contrast`)."),
         ("code", "shown, paths = reproduce.strength(cfg, data)  # without `sizes`: a sentence saying so\n"
                  "display(shown)\n"
                  "if paths:\n    display(plots.show(paths))"),

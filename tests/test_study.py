@@ -145,7 +145,10 @@ def test_study_resolves_to_the_full_preset_and_it_trains_every_model_on_a_schema
     f, raw = _schema_data(tmp_path)
     cfg = reproduce.settings(dataset=str(f), profile="study", data_dir=str(raw), out=str(tmp_path / "o"))
     assert cfg.dataset == "mylogs" and cfg.preset == "full" and cfg.patience >= 3 and cfg.sizes == ["full", "smoke"]
-    assert all(not profiles.profile(p).get("sizes") for p in profiles.PROFILES if p != "study")
+    # quick and study compare baseline strengths, the profile's own preset first; smoke (CI) and paper do not
+    assert {p for p in profiles.PROFILES if profiles.profile(p).get("sizes")} == {"quick", "study"}
+    quick = profiles.profile("quick")
+    assert quick["sizes"] == ["smoke", "quick"] and quick["sizes"][0] == quick["preset"]
     data = reproduce.dataset(cfg)
     base = experiments.pretrain_baselines(data, cfg.models, tmp_path / "ckpt", preset=cfg.preset, seeds=[2021],
                                           epochs=1, overrides=cfg.overrides, device="cpu", threads=1, amp="off",
@@ -224,9 +227,9 @@ def test_gain_vs_strength_draws_each_interval(tmp_path, monkeypatch):
 
 
 def test_strength_runs_nothing_without_sizes(tmp_path):
-    cfg = reproduce.settings(dataset="criteo", profile="quick", out=str(tmp_path / "o"))
+    cfg = reproduce.settings(dataset="criteo", profile="paper", out=str(tmp_path / "o"))
     shown, paths = reproduce.strength(cfg, None)
-    assert len(shown) == 0 and "Not run under profile `quick`" in shown._repr_markdown_()
+    assert len(shown) == 0 and "Not run under profile `paper`" in shown._repr_markdown_()
     assert paths == [] and not (tmp_path / "o").exists()
 
 
@@ -281,16 +284,18 @@ def test_reproduce_prints_the_estimate_first_and_progress(tmp_path, monkeypatch)
     assert runner.count_runs(out / "criteo") == 4
 
 
-def test_strength_end_to_end_runs_the_other_size_in_its_own_store(tmp_path):
-    """Smoke-sized: the profile's size from the main store, the other pretrained and finetuned at the
-    chosen setting under OUT/<dataset>/sizes/<size>/; the table, its Markdown and the figure written."""
+def test_strength_end_to_end_under_quick_writes_the_table_and_the_contrast(tmp_path):
+    """The quick profile's own sizes at smoke-like scale (1,000 rows, 2 seeds, 2 models, 1 epoch): its
+    preset from the main store, the `quick` preset pretrained and finetuned at the chosen setting under
+    OUT/<dataset>/sizes/quick/; the strength table, its contrast (paired by seed), and the figure written."""
     import dataclasses
 
     from ctrkit import experiments
 
-    cfg = reproduce.settings(dataset="criteo", profile="smoke", out=str(tmp_path / "o"))
-    cfg = dataclasses.replace(cfg, models=["DeepFM", "DCN"], epochs=1, sizes=["smoke", "quick"], threads=1,
-                              device="cpu")
+    cfg = reproduce.settings(dataset="criteo", profile="quick", out=str(tmp_path / "o"), rows=1000,
+                             seeds=[2021, 2022], epochs=1)
+    assert cfg.sizes == ["smoke", "quick"]  # the profile's, not set here
+    cfg = dataclasses.replace(cfg, models=["DeepFM", "DCN"], threads=1, device="cpu")
     data = reproduce.dataset(cfg)
     common = dict(seeds=cfg.seeds, store=cfg.store, preset=cfg.preset, device="cpu", threads=1, amp="off",
                   progress=False)
@@ -305,6 +310,19 @@ def test_strength_end_to_end_runs_the_other_size_in_its_own_store(tmp_path):
     other = pd.read_json(cfg.run_dir / "sizes" / "quick" / "store.jsonl", lines=True)
     assert set(other["preset"]) == {"quick"} and set(other["mode"]) == {"baseline", "alone", "mutual"}
     assert "quick: mutual - alone (rel. %)" in shown.frame.columns and len(shown) == 2
+    # the contrast: one row per model, smoke - quick over the 2 shared seeds; with the same seeds in both
+    # sizes its means are the strength table's differences
+    c = pd.read_csv(cfg.table("strength_contrast").with_name("criteo_strength_contrast.csv"))
+    assert list(c["peer"]) == ["DeepFM", "DCN"] and set(c["size_a"]) == {"smoke"} and set(c["size_b"]) == {"quick"}
+    assert (c["n_pairs"] == 2).all() and (c["n_left_out"] == 0).all() and c["p_holm"].notna().all()
+    by = t.set_index(["size", "peer"])
+    for r in c.itertuples():
+        for col, of in (("gain_diff_mean", "rel_pct_mean"), ("pretrained_auc_diff_mean", "pretrained_auc_mean")):
+            assert getattr(r, col) == pytest.approx(by.loc[("smoke", r.peer), of] - by.loc[("quick", r.peer), of])
+    contrast_md = cfg.table("strength_contrast").with_name("criteo_strength_contrast.md").read_text()
+    assert "one-sample t-test of the per-seed differences" in contrast_md and "Holm across the models" in contrast_md
+    assert "synthetic Criteo-shaped data" in contrast_md and "profile quick" in contrast_md
     written = cfg.table("strength").with_name("criteo_strength.md").read_text()
-    assert "paired by seed within each size" in written and shown._repr_markdown_() == written  # shows the file
+    assert "paired by seed within each size" in written and written.endswith(contrast_md)
+    assert shown._repr_markdown_() == written  # the cell shows the file: both tables
     assert all(p.exists() for p in paths) and paths[0].name == "criteo_gain_vs_strength.png"

@@ -437,11 +437,15 @@ def sweep_gain(
 def gain_vs_strength(
     df: pd.DataFrame, out: str | os.PathLike, *, caption: str | None = None,
     title: str = "Mutual finetuning gain vs the baseline's strength", width: float = COLUMN * 1.6,
-    height: float = 2.6,
+    height: float = 2.6, contrast: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Each model's mutual - alone gain (95% paired t-interval) against the pretrained test AUC it
     started from, one colour per model, one marker per model size; a thin line joins a model's sizes
-    (does the gain shrink as the baseline gets stronger?). Columns: `ctrkit.analysis.strength.COLUMNS`."""
+    (does the gain shrink as the baseline gets stronger?). Columns: `ctrkit.analysis.strength.COLUMNS`.
+    `contrast` (`strength.contrast`): each model's legend entry also says its paired test of that,
+    the per-seed gain difference between the sizes [95% CI] and its Holm p."""
+    from ctrkit.analysis.strength import contrast_label
+
     size, x, y, lo, hi = "size", "pretrained_auc_mean", "rel_pct_mean", "rel_pct_ci_low", "rel_pct_ci_high"
     df = _need(df, [size, "peer", x, y, lo, hi], "gain_vs_strength")
     sizes, models = list(dict.fromkeys(df[size])), _order(df["peer"], MODEL_ORDER)
@@ -458,11 +462,17 @@ def gain_vs_strength(
                             markersize=4, capsize=2, elinewidth=0.9, color=color)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set(title=title, xlabel="baseline's pretrained test AUC", ylabel=GAIN_LABEL)
+        said = {m: contrast_label(contrast, m) if contrast is not None else "" for m in models}
         handles = [plt.Line2D([], [], color=_COLORS[MODEL_ORDER.index(m) % 10] if m in MODEL_ORDER
-                              else _COLORS[k % 10], marker="o", linestyle="", label=m) for k, m in enumerate(models)]
+                              else _COLORS[k % 10], marker="o", linestyle="",
+                              label=f"{m}\n{said[m]}" if said[m] else m) for k, m in enumerate(models)]
         handles += [plt.Line2D([], [], color="0.3", marker=markers[i % len(markers)], linestyle="",
                                label=f"size {s}") for i, s in enumerate(sizes)]
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        if any(said.values()):  # what the second line of each model's entry is
+            handles.append(plt.Line2D([], [], linestyle="", label="2nd line: gain A - gain B (rel. % pts,\n"
+                                                                   "paired by seed) [95% CI], Holm p"))
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                  fontsize=6 if any(said.values()) else None)
         _caption(fig, caption)
         return save(fig, out)
 

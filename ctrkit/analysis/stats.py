@@ -196,9 +196,26 @@ def paired(new, ref, *, logloss_new=None, logloss_ref=None) -> dict:
     return {**out, "p_ttest": p_t, "p_wilcoxon": p_w, "note": _notes(diff, spread=spread, dropped=len(keep) - n)}
 
 
-def _notes(diff: np.ndarray, *, spread: bool, dropped: int) -> str:
+def differences(diff, *, prefix: str) -> dict:
+    """The paired comparison of per-seed differences already taken (e.g. one seed's gain at one model
+    size minus the same seed's gain at another): their mean [95% t-interval], `mde`, the one-sample
+    t-test against 0 (the paired t-test of the two sides) and `paired`'s notes; NaN left out."""
+    from scipy import stats
+
+    d = np.asarray(diff, dtype=float)
+    keep = ~np.isnan(d)
+    d, n = d[keep], int(keep.sum())
+    spread = n >= 2 and float(np.std(d)) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = float(stats.ttest_1samp(d, 0.0).pvalue) if spread else float("nan")
+    return {"n_pairs": n, **ci_columns(prefix, d), f"{prefix}_mde": mde(d), "p_ttest": p,
+            "note": _notes(d, spread=spread, dropped=len(keep) - n, wilcoxon=False)}  # (no Wilcoxon here)
+
+
+def _notes(diff: np.ndarray, *, spread: bool, dropped: int, wilcoxon: bool = True) -> str:
     n, same = len(diff), int((diff == 0).sum())
-    notes = [NOTE_FEW] if n < 2 else ([NOTE_NO_WILCOXON] if n < MIN_WILCOXON else [])
+    notes = [NOTE_FEW] if n < 2 else ([NOTE_NO_WILCOXON] if n < MIN_WILCOXON and wilcoxon else [])
     if n and same == n:
         notes.append(NOTE_IDENTICAL)
     elif same:

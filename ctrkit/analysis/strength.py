@@ -6,14 +6,21 @@ paired by seed within one size (never a full-size mutual run against a small alo
 seed), at the setting the size's own sweep chose on validation (its only setting when it has none).
 `display()` is the side-by-side form; `table()` is also what `ctrkit.analysis.plots.gain_vs_strength` draws
 (gain with its 95% paired t-interval against the pretrained test AUC, per model and size).
+
+Whether the gain changes with strength is `contrast()`: per model and pair of sizes A, B, the per-seed
+difference gain_s(A) - gain_s(B) over the seeds both sizes ran (`seed_gains`: the very pairs the
+`table()` rows rest on), its mean [95% t-interval], one-sample t-test and Holm across the models of a
+dataset, beside how much stronger A's pretrained model is than B's (A - B, the same seeds).
 """
 from __future__ import annotations
 
+from itertools import combinations
 from typing import Mapping
 
 import pandas as pd
 
-from ctrkit.analysis import records, tables
+from ctrkit.analysis import pairing, records, tables
+from ctrkit.analysis.stats import ci_columns, differences, rel_pct, with_holm
 from ctrkit.core.utils import CtrkitError
 
 COLUMNS = ["size", "dataset", "model", "peer", "n_pairs", "pretrained_auc_mean", "alone_auc_mean",
@@ -29,8 +36,7 @@ def table(sources: Mapping[str, object], *, dataset: str | None = None) -> pd.Da
         raise CtrkitError("strength table: no sizes given")
     out = []
     for size, source in sources.items():
-        df = records.records(source, dataset=dataset)
-        df = df[df["preset"].astype(str) == str(size)]
+        df = _size_records(source, size, dataset)
         ft = tables.finetune(df) if len(df) else pd.DataFrame()
         if ft.empty:
             continue
@@ -38,6 +44,72 @@ def table(sources: Mapping[str, object], *, dataset: str | None = None) -> pd.Da
     if not out:
         return pd.DataFrame(columns=COLUMNS)
     return pd.concat(out, ignore_index=True).reindex(columns=COLUMNS)
+
+
+def _size_records(source, size: str, dataset: str | None) -> pd.DataFrame:
+    """The paper-table records (exploration left out) of one size: its preset's only."""
+    df = records.records(source, dataset=dataset)
+    return df[df["preset"].astype(str) == str(size)]
+
+
+SEED_COLUMNS = ["size", "dataset", "peer", "seed", "pretrained_auc", "gain_rel_pct"]
+
+
+def seed_gains(sources: Mapping[str, object], *, dataset: str | None = None) -> pd.DataFrame:
+    """One row per size, model and seed: the mutual/alone pair a `table()` row rests on (the setting
+    `tables.finetune` chose, its control and seed pairing from `ctrkit.analysis.pairing`), its gain
+    (mutual - alone, rel %) and the pretrained test AUC both arms started from. A pair missing either
+    AUC is left out, as `stats.paired` leaves it out of the row's interval."""
+    out = []
+    for size, source in sources.items():
+        df = _size_records(source, size, dataset)
+        ft = tables.finetune(df) if len(df) else pd.DataFrame()
+        if ft.empty:
+            continue
+        mut = df[(df["mode"] == "mutual") & (df["init"] == "pretrained")]
+        # the treatment of each chosen row group: its dataset's main peer set at the chosen settings key, split
+        # by precision as tables.finetune splits it (as text: None and NaN are one value there)
+        for r in ft.drop_duplicates(["dataset", "peers", "settings_key", "amp"]).itertuples(index=False):
+            treat = mut[(mut["dataset"] == r.dataset) & (mut["peers"] == r.peers)
+                        & (mut["settings_key"] == r.settings_key) & (mut["amp"].astype(str) == str(r.amp))]
+            m = pairing.seed_pairs(treat, pairing.control_runs(df, treat)).dropna(subset=["test_auc_t", "test_auc_c"])
+            out.append(pd.DataFrame({"size": size, "dataset": r.dataset, "peer": m["peer"], "seed": m["seed"],
+                                     "pretrained_auc": pd.to_numeric(m["pretrained_test_auc_t"]),
+                                     "gain_rel_pct": rel_pct(m["test_auc_t"], m["test_auc_c"])}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=SEED_COLUMNS)
+
+
+CONTRAST_COLUMNS = ["dataset", "peer", "size_a", "size_b", "n_pairs", "n_left_out", "gain_a_mean", "gain_b_mean",
+                    "pretrained_auc_diff_mean", "pretrained_auc_diff_ci_low", "pretrained_auc_diff_ci_high",
+                    "gain_diff_mean", "gain_diff_ci_low", "gain_diff_ci_high", "gain_diff_mde", "p_ttest", "p_holm",
+                    "note"]
+
+
+def contrast(sources: Mapping[str, object], *, dataset: str | None = None) -> pd.DataFrame:
+    """Does the gain change with the baseline's strength? One row per dataset, model and pair of sizes
+    (A before B in `sources`' order): the per-seed difference gain_s(A) - gain_s(B) of `seed_gains`
+    over the seeds both sizes have (`n_left_out`: seeds of one size only), its mean [95% paired
+    t-interval], MDE and one-sample t-test (p_holm: Holm across every row of a dataset), beside the
+    pretrained test AUC difference A - B of the same seeds [95% t-interval] and both sizes' mean gains."""
+    g = seed_gains(sources, dataset=dataset)
+    rows = []
+    for (ds, peer), one in g.groupby(["dataset", "peer"], sort=False):
+        for a, b in combinations(list(sources), 2):
+            ga = one[one["size"] == a].set_index("seed")
+            gb = one[one["size"] == b].set_index("seed")
+            if ga.empty or gb.empty:
+                continue  # the model ran at one size only: nothing to contrast
+            both = ga.index.intersection(gb.index).sort_values()
+            d = ga.loc[both, "gain_rel_pct"] - gb.loc[both, "gain_rel_pct"]
+            rows.append({"dataset": ds, "peer": peer, "size_a": a, "size_b": b,
+                         "n_left_out": len(ga.index.symmetric_difference(gb.index)),
+                         "gain_a_mean": float(ga.loc[both, "gain_rel_pct"].mean()),
+                         "gain_b_mean": float(gb.loc[both, "gain_rel_pct"].mean()),
+                         **ci_columns("pretrained_auc_diff", ga.loc[both, "pretrained_auc"] - gb.loc[both, "pretrained_auc"]),
+                         **differences(d, prefix="gain_diff")})
+    if not rows:
+        return pd.DataFrame(columns=CONTRAST_COLUMNS)
+    return with_holm(pd.DataFrame(rows), ["dataset"]).reindex(columns=CONTRAST_COLUMNS)
 
 
 def _interval(r, prefix: str, fmt: str) -> str:
@@ -63,4 +135,32 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values())).reindex(columns=cols).fillna("")
 
 
-__all__ = ["COLUMNS", "table", "display"]
+def display_contrast(df: pd.DataFrame) -> pd.DataFrame:
+    """The human form of `contrast`: one row per model and pair of sizes, intervals in brackets."""
+    if df.empty:
+        return pd.DataFrame()
+    p = lambda v, f=".3f": "–" if pd.isna(v) else f"{v:{f}}"  # noqa: E731
+    rows = []
+    for r in df.itertuples(index=False):
+        r = r._asdict()
+        a, b = r["size_a"], r["size_b"]
+        rows.append({"dataset": r["dataset"], "model": r["peer"], "sizes (A - B)": f"{a} - {b}",
+                     "pairs": f"{int(r['n_pairs'])}" + (f" ({int(r['n_left_out'])} left out)" if r["n_left_out"] else ""),
+                     "pretrained AUC, A - B": _interval(r, "pretrained_auc_diff", "+.4f"),
+                     "gain A (rel. %)": p(r["gain_a_mean"], "+.3f"), "gain B (rel. %)": p(r["gain_b_mean"], "+.3f"),
+                     "gain A - gain B (rel. % points)": _interval(r, "gain_diff", "+.3f"),
+                     "MDE": p(r["gain_diff_mde"]), "p": p(r["p_ttest"]), "p (Holm)": p(r["p_holm"]),
+                     "note": r["note"]})
+    return pd.DataFrame(rows)
+
+
+def contrast_label(df: pd.DataFrame, peer: str) -> str:
+    """One model's contrast in a few words for a figure's legend ('' without one): the gain
+    difference [95% CI] and Holm p of each pair of sizes."""
+    rows = df[df["peer"] == peer] if len(df) else df
+    return "; ".join(f"{r.size_a} - {r.size_b}: {_interval(r._asdict(), 'gain_diff', '+.2f') or '–'}, "
+                     f"p_holm {'–' if pd.isna(r.p_holm) else f'{r.p_holm:.2f}'}" for r in rows.itertuples(index=False))
+
+
+__all__ = ["COLUMNS", "CONTRAST_COLUMNS", "SEED_COLUMNS", "table", "display", "seed_gains", "contrast",
+           "display_contrast", "contrast_label"]

@@ -50,6 +50,10 @@ NOTEBOOKS = PER_DATASET + ONCE
 #   run's key (the same numbers within float tolerance).
 # quick/paper run the `smoke` model preset (small embeddings, batch 512): FiBiNET's bilinear layer
 # dominates the 2-core CPU budget, so the rows are sized for it (quick: <= 20 minutes for both datasets).
+# quick's `sizes` (see study's below): a gain over one weak baseline is no evidence, so 02 also runs the
+# `quick` model preset (embedding 10, MLP 64x64, batch 2048, lr 1e-3: ~3 steps an epoch on 6,400 train
+# rows, so within the 8-epoch cap another baseline strength) and tests, paired by seed, whether the gain
+# differs between the two (`ctrkit.analysis.strength.contrast`).
 PROFILES: dict[str, dict] = {
     "smoke": {
         "rows": 1000, "preset": "smoke", "epochs": 2, "patience": 1, "finetune_epochs": 1, "seeds": [2021, 2022],
@@ -60,7 +64,7 @@ PROFILES: dict[str, dict] = {
         "rows": 8000, "preset": "smoke", "epochs": 8, "patience": 2, "finetune_epochs": 1,
         "seeds": [2021, 2022, 2023, 2024, 2025], "models": ["DeepFM", "DCN", "PNN", "FiBiNET"],
         "sweep_weights": [0.3, 1.0, 3.0, 10.0, 30.0], "sweep_lr_scales": [0.1, 1.0], "threads": 1, "workers": "auto",
-        "amp": "off", "graph": "auto", "execution_timeout": 3600,
+        "amp": "off", "graph": "auto", "execution_timeout": 3600, "sizes": ["smoke", "quick"],
     },
     "paper": {
         "rows": 200000, "preset": "smoke", "epochs": 20, "patience": 3, "finetune_epochs": 2,
@@ -83,7 +87,8 @@ PROFILES: dict[str, dict] = {
     # study), 03 and 04 not run (`skip`: the paper profile has them). On a GPU pass more seeds.
     # `sizes`: 02 also reports the headline at each of these model presets side by side (the profile's
     # own, tuned, from 01/02; the others pretrained and finetuned at 02's chosen setting in their own
-    # store), with the gain against the baseline's strength (empty: not run; every other profile).
+    # store), with the gain against the baseline's strength and the paired test of whether it changes
+    # with it (empty: not run; every profile but quick and study).
     "study": {
         "rows": 10000, "preset": "full", "epochs": 30, "patience": 3, "finetune_epochs": 2,
         "seeds": [2021, 2022, 2023, 2024, 2025],

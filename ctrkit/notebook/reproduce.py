@@ -81,7 +81,7 @@ class Settings:
     schema: str | None = None  # a schema file's path (dataset is then the schema's name)
     tune: list[dict] = field(default_factory=list)  # candidates of the baselines' search (study); [] = none
     tune_seeds: list[int] = field(default_factory=list)
-    sizes: list[str] = field(default_factory=list)  # model presets of 02's strength comparison (study); [] = none
+    sizes: list[str] = field(default_factory=list)  # model presets of 02's strength comparison (quick, study); [] = none
     min_steps: int | None = None  # the batch rule of profiles.batch_size (study); None = the preset's batch
     variant_seeds: list[int] = field(default_factory=list)  # 07's seeds (study); [] = `seeds`
 
@@ -688,25 +688,51 @@ def strength(cfg: Settings, data) -> tuple[Shown, list[Path]]:
     """The headline at each model size of the profile (`sizes`) side by side, and the gain against the
     baseline's pretrained test AUC (`ctrkit.analysis.strength`): the profile's own preset from this
     run's results (its tuned baselines, its sweep's choice), every other size from `size_runs`.
-    Writes tables/<dataset>_strength.csv (numeric) and .md (side by side, captioned) and
-    figures/<dataset>_gain_vs_strength; returns (the side-by-side table, the figure's paths).
-    Without sizes (every profile but study) nothing is run or written: (a sentence saying so, [])."""
+    Writes tables/<dataset>_strength.csv (numeric) and .md (side by side, captioned), the paired test of
+    whether the gain changes with strength (`strength_contrast`, `_strength_contrast_table`) and
+    figures/<dataset>_gain_vs_strength; returns (the side-by-side table and the contrast, the figure's
+    paths). Without sizes nothing is run or written: (a sentence saying so, [])."""
     from ctrkit.analysis import plots
     from ctrkit.analysis import strength as st
 
     if not cfg.sizes:
         return Shown(pd.DataFrame(), f"Not run under profile `{cfg.profile}`: only a profile with model `sizes` "
-                                     f"(`study`) compares the gain across baseline strengths."), []
+                                     f"(`quick`, `study`) compares the gain across baseline strengths."), []
     sources = {size: (_need_results(cfg) if size == cfg.preset else size_runs(cfg, data, size)) for size in cfg.sizes}
     t = st.table(sources, dataset=cfg.dataset)
-    human = st.display(t)
     stem = cfg.table("strength")
     with atomic_path(stem.with_name(stem.name + ".csv")) as tmp:
         t.to_csv(tmp, index=False)
     cap = (f"Mutual - alone finetuning per model size, paired by seed within each size, at the "
            f"setting 02's sweep chose on validation; the pretrained test AUC is the baseline's ({caption(cfg, figure=False)})")
+    c, contrast_md = _strength_contrast_table(cfg, sources)
     with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
-        tmp.write_text(f"{_markdown(human)}\n\n{cap}\n")
-    paths = plots.gain_vs_strength(t, cfg.figure("gain_vs_strength"), caption=caption(cfg),
+        tmp.write_text(f"{_markdown(st.display(t))}\n\n{cap}\n\n{contrast_md}")
+    paths = plots.gain_vs_strength(t, cfg.figure("gain_vs_strength"), caption=caption(cfg), contrast=c,
                                    title=f"Mutual finetuning gain vs the baseline's strength ({cfg.dataset})")
-    return _shown(human, stem.with_name(stem.name + ".md")), paths
+    return _shown(st.display(t), stem.with_name(stem.name + ".md")), paths
+
+
+def _strength_contrast_table(cfg: Settings, sources: dict) -> tuple[pd.DataFrame, str]:
+    """tables/<dataset>_strength_contrast.csv (numeric) and .md (human form, captioned): does the gain
+    change with the baseline's strength, paired by seed across the sizes; returns (the numeric table,
+    the Markdown written, which the strength table's Markdown also ends with)."""
+    from ctrkit.analysis import strength as st
+    from ctrkit.analysis.stats import CI_NAME, POWER
+
+    c = st.contrast(sources, dataset=cfg.dataset)
+    stem = cfg.table("strength_contrast")
+    with atomic_path(stem.with_name(stem.name + ".csv")) as tmp:
+        c.to_csv(tmp, index=False)
+    left = int(c["n_left_out"].max()) if len(c) else 0
+    cap = (f"Does the gain change with the baseline's strength? Per model, the gain (mutual - alone finetuning, "
+           f"rel %, each size at the setting 02's sweep chose) at size A minus at size B, seed by seed (the same "
+           f"pairs as the strength table; seeds of one size only left out: at most {left} per model), mean "
+           f"[{CI_NAME}]; beside it how much stronger A's pretrained model is (test AUC, A - B, the same seeds, "
+           f"[{CI_NAME}]); p: one-sample t-test of the per-seed differences, p (Holm): Holm across the models of "
+           f"the dataset; MDE: the smallest true difference that test finds with {POWER:.0%} power at these pairs' number "
+           f"and spread (a null result does not rule out less) ({caption(cfg, figure=False)})")
+    text = f"{_markdown(st.display_contrast(c))}\n\n{cap}\n"
+    with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
+        tmp.write_text(text)
+    return c, text
