@@ -34,22 +34,22 @@ def table(sources: Mapping[str, object], *, dataset: str | None = None) -> pd.Da
     order the sizes are shown; a source may hold other presets' records too (they are left out)."""
     if not sources:
         raise CtrkitError("strength table: no sizes given")
-    out = []
-    for size, source in sources.items():
-        df = _size_records(source, size, dataset)
-        ft = tables.finetune(df) if len(df) else pd.DataFrame()
-        if ft.empty:
-            continue
-        out.append(ft.assign(size=size)[[c for c in COLUMNS if c in ft.columns or c == "size"]])
+    out = [ft.assign(size=size)[[c for c in COLUMNS if c in ft.columns or c == "size"]]
+           for size, _, ft in _finetuned(sources, dataset)]
     if not out:
         return pd.DataFrame(columns=COLUMNS)
     return pd.concat(out, ignore_index=True).reindex(columns=COLUMNS)
 
 
-def _size_records(source, size: str, dataset: str | None) -> pd.DataFrame:
-    """The paper-table records (exploration left out) of one size: its preset's only."""
-    df = records.records(source, dataset=dataset)
-    return df[df["preset"].astype(str) == str(size)]
+def _finetuned(sources: Mapping[str, object], dataset: str | None):
+    """(size, its records, its finetune table) of every size with finetuning rows, in `sources`' order:
+    each size's records are its preset's only (exploration left out)."""
+    for size, source in sources.items():
+        df = records.records(source, dataset=dataset)
+        df = df[df["preset"].astype(str) == str(size)]
+        ft = tables.finetune(df) if len(df) else pd.DataFrame()
+        if not ft.empty:
+            yield size, df, ft
 
 
 SEED_COLUMNS = ["size", "dataset", "peer", "seed", "pretrained_auc", "gain_rel_pct"]
@@ -61,11 +61,7 @@ def seed_gains(sources: Mapping[str, object], *, dataset: str | None = None) -> 
     (mutual - alone, rel %) and the pretrained test AUC both arms started from. A pair missing either
     AUC is left out, as `stats.paired` leaves it out of the row's interval."""
     out = []
-    for size, source in sources.items():
-        df = _size_records(source, size, dataset)
-        ft = tables.finetune(df) if len(df) else pd.DataFrame()
-        if ft.empty:
-            continue
+    for size, df, ft in _finetuned(sources, dataset):
         mut = df[(df["mode"] == "mutual") & (df["init"] == "pretrained")]
         # the treatment of each chosen row group: its dataset's main peer set at the chosen settings key, split
         # by precision as tables.finetune splits it (as text: None and NaN are one value there)
