@@ -123,6 +123,14 @@ def test_a_model_of_ones_own_finetunes_in_a_grid_into_the_paired_tables(registry
         (("DeepFM", "alone"), 2), (("DeepFM", "mutual"), 2), (("WideDeep", "alone"), 2), (("WideDeep", "mutual"), 2)]
     t = tables.table("finetune", store)
     assert set(t["peer"]) == {"WideDeep", "DeepFM"} and (t["n_pairs"] == 2).all()
+    # worker processes import ctrkit afresh and never saw `register`: one line before any run (it was
+    # "no 'smoke' preset" from the work estimate, or an unknown model inside a worker)
+    lines = store.read_text().count("\n")
+    with pytest.raises(CtrkitError, match="^workers: WideDeep is registered in this process only .* workers=1$"):
+        experiments.run(criteo_small, [["WideDeep", "DeepFM"]], inits=["pretrained"], modes=["mutual", "alone"],
+                        seeds=seeds, ckpt_dir=ckpt, preset="smoke", epochs=1, device="cpu", store=store,
+                        progress=False, force=True, workers=2, max_replicas=1)
+    assert store.read_text().count("\n") == lines
 
 
 def test_baselines_with_a_model_without_a_preset_fail_before_any_training(registry, criteo_small, tmp_path):

@@ -24,7 +24,7 @@ from ctrkit.experiments import churn, pretrained
 from ctrkit.experiments.record import make_records
 from ctrkit.experiments.store import ResultsStore
 from ctrkit.experiments.workers import check_workers, default_workers, hold_until_recorded, resolve_workers, run_jobs
-from ctrkit.models import build, hparam_defaults
+from ctrkit.models import build, hparam_defaults, is_built_in
 from ctrkit.models.layers import FeatureEmbedding
 from ctrkit.training import checkpoint, presets
 from ctrkit.training.replicas import replica_bytes
@@ -641,6 +641,7 @@ def _spread_groups(specs, groups: list[list[int]], data, st, force: bool, out_di
     n = resolve_workers(workers, specs[0].device, specs[0].threads, len(todo)) if todo else 1
     if n <= 1:
         return todo, found
+    _check_built_in(specs[i] for g in todo for i in g)
     jobs = [([specs[i] for i in g], [out_dirs[i] for i in g], st.path if st is not None else None, force)
             for g in todo]
     names = [_run_name(specs[g[0]], len(g)) for g in todo]
@@ -759,6 +760,15 @@ def _pretrain_work(group: Sequence[PretrainSpec], data) -> tuple[int, list[tuple
     """(replicas, [(model, hyperparameters)]) of one baselines group, for `_longest_first`."""
     j = _pretrain_job(group[0], data, None, True)
     return len(group), [(j["name"], j["hparams"])]
+
+
+def _check_built_in(specs) -> None:
+    """Worker processes start from a fresh import of ctrkit: a model registered in this process
+    (`models.register`) is unknown there, so a grid holding one runs here (one line, before any work)."""
+    mine = sorted({n for spec in specs for n in spec.names if not is_built_in(n)})
+    if mine:
+        raise CtrkitError(f"workers: {', '.join(mine)} is registered in this process only (models.register) and "
+                          f"worker processes cannot build it: run this grid with workers=1")
 
 
 def _run_work(group: Sequence[RunSpec], data) -> tuple[int, list[tuple[str, dict]]]:

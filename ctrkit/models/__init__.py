@@ -62,6 +62,12 @@ def register(cls: type[CTRModel]) -> type[CTRModel]:
     return cls
 
 
+def is_built_in(name: str) -> bool:
+    """Whether model `name` (any case or alias) is one of ctrkit's own, not one `register`ed."""
+    name = canonical_name(name)
+    return _BUILT_IN.get(name) is MODELS[name]
+
+
 def _check_registry() -> None:
     """`MODELS` edited by hand is checked as `register` checks (one lookup per call: a few entries)."""
     seen: dict[str, str] = {}
@@ -121,5 +127,5 @@ def net_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in emb]
 
 
-__all__ = ["MODELS", "register", "build", "embedding_parameters", "net_parameters", "hparam_defaults",
+__all__ = ["MODELS", "register", "is_built_in", "build", "embedding_parameters", "net_parameters", "hparam_defaults",
            "canonical_name", "CTRModel", "LR", "FM", "DeepFM", "DCN", "PNN", "FiBiNET"]
