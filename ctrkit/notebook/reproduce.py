@@ -705,12 +705,13 @@ def strength(cfg: Settings, data) -> tuple[Shown, list[Path]]:
         t.to_csv(tmp, index=False)
     cap = (f"Mutual - alone finetuning per model size, paired by seed within each size, at the "
            f"setting 02's sweep chose on validation; the pretrained test AUC is the baseline's ({caption(cfg, figure=False)})")
+    human = st.display(t)
     c, contrast_md = _strength_contrast_table(cfg, sources)
     with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
-        tmp.write_text(f"{_markdown(st.display(t))}\n\n{cap}\n\n{contrast_md}")
+        tmp.write_text(f"{_markdown(human)}\n\n{cap}\n\n{contrast_md}")
     paths = plots.gain_vs_strength(t, cfg.figure("gain_vs_strength"), caption=caption(cfg), contrast=c,
                                    title=f"Mutual finetuning gain vs the baseline's strength ({cfg.dataset})")
-    return _shown(st.display(t), stem.with_name(stem.name + ".md")), paths
+    return _shown(human, stem.with_name(stem.name + ".md")), paths
 
 
 def _strength_contrast_table(cfg: Settings, sources: dict) -> tuple[pd.DataFrame, str]:
