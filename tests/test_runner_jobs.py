@@ -415,3 +415,37 @@ def test_a_killed_reproductions_temp_files_are_removed_by_the_next_one(fake_note
     _run(fake_notebooks, out, jobs=1, only=["00_data"])
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in keep) and live.exists()
+
+
+def test_a_reproductions_output_edited_by_hand_is_never_replaced(fake_notebooks, tmp_path):
+    """Every file reproduce writes at a fixed name (index, executed notebooks; tables and figures via
+    `owned`, tested in test_owned) has a record: a rerun replaces its own files, refuses before any
+    notebook runs when one was edited, and refuses a hand-made file where a notebook would land. An
+    output written before records existed is taken as ctrkit's (its folder proves it)."""
+    from ctrkit.core import owned
+
+    out = tmp_path / "out"
+    _run(fake_notebooks, out, jobs=1, only=["00_data"])
+    index, nb = out / "index.md", out / "notebooks" / "criteo" / "00_data.ipynb"
+    assert owned.changed([index, nb]) == [] and owned.recorded(index) and owned.recorded(nb)
+    _run(fake_notebooks, out, jobs=1, only=["00_data"], logs=None)  # its own files: replaced
+    index.write_text(index.read_text() + "my note\n")
+    (out / "events.log").unlink()
+    with pytest.raises(CtrkitError, match=r"--out .*: index.md was changed after ctrkit wrote it, .*move it away"):
+        runner.run(runner.Reproduction(dataset="criteo", profile="smoke", out=str(out), device="cpu", force=True,
+                                       only=["00_data"]), progress=False, notebooks_dir=fake_notebooks,
+                   log=[].append, progress_every=None)
+    assert index.read_text().endswith("my note\n") and not (out / "events.log").exists()  # nothing ran
+    index.unlink()
+    mine = out / "notebooks" / "criteo" / "01_baselines.ipynb"
+    mine.write_text("{}")
+    with pytest.raises(CtrkitError, match="01_baselines.ipynb: exists and ctrkit did not write it"):
+        _run(fake_notebooks, out, jobs=1, only=["01_baselines"])
+    assert mine.read_text() == "{}" and not (out / "started_criteo_01_baselines").exists()
+    mine.unlink()
+    for records in out.rglob(owned.RECORDS):  # a reproduction made before records existed
+        for p in records.iterdir():
+            p.unlink()
+        records.rmdir()
+    _run(fake_notebooks, out, jobs=1, only=["00_data"], logs=None)
+    assert owned.changed([index, nb]) == [] and owned.recorded(nb)

@@ -26,7 +26,9 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from ctrkit.analysis.stats import AUC_POINT, t_interval
 from ctrkit.core.extras import require
-from ctrkit.core.utils import CtrkitError, atomic_path
+from ctrkit.core import owned
+from ctrkit.core.owned import owned_path
+from ctrkit.core.utils import CtrkitError
 
 sns = require("notebooks", "seaborn", what="ctrkit.analysis.plots (the figures)")
 
@@ -58,18 +60,22 @@ def style() -> Iterator[None]:
 
 
 def save(fig: plt.Figure, out: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Write `fig` as `<out>.png` and `<out>.svg` (atomically: temp file, then rename) and close it."""
+    """Write `fig` as `<out>.png` and `<out>.svg` (atomically: temp file, then rename) and close it.
+    A file of either name that ctrkit did not write stops it before either is written (`owned`)."""
     stem = Path(out)
     if stem.suffix.lower() in (".png", ".svg", ".pdf"):
         stem = stem.with_suffix("")
     paths = []
     try:
+        taken = [p for p in (stem.with_name(f"{stem.name}.{fmt}") for fmt in formats) if owned.foreign(p)]
+        if taken:
+            raise owned.refuse(taken[0], ", or save under another name")
         for fmt in formats:
             path = stem.with_name(f"{stem.name}.{fmt}")
             # Same data, same bytes: no creation date, fixed SVG ids (so re-running `make reproduce`
             # only changes the figures whose content changed, and git diffs stay meaningful).
             metadata = {"Date": None} if fmt in ("svg", "pdf") else {}
-            with atomic_path(path) as tmp, plt.rc_context({"svg.hashsalt": stem.name}):
+            with owned_path(path) as tmp, plt.rc_context({"svg.hashsalt": stem.name}):
                 # The temp file's name ends in .tmp, so the format must be explicit.
                 fig.savefig(tmp, format=fmt, metadata=metadata)
             paths.append(path)

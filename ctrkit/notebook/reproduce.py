@@ -24,11 +24,29 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ctrkit.core.utils import CtrkitError, as_int, atomic_path
+from ctrkit.core import owned
+from ctrkit.core.owned import owned_path
+from ctrkit.core.utils import CtrkitError, as_int
 from ctrkit.notebook import profiles
 from ctrkit.notebook.profiles import (DATASETS, PROFILES, SCHEMA_SUFFIXES, SMALL_DATASETS, SYNTH_SEED,
                                       check_device, resolve_path)
 
+
+
+def _adopt_legacy(folder: Path) -> None:
+    """The tables or figures of a reproduction made before `owned` records existed (its `.done` beside
+    them, no records) are ctrkit's: recorded as such, so a notebook run by hand there replaces them.
+    (`ctrkit reproduce` does the same as it starts.) Unreadable: the write says so, naming its file."""
+    try:
+        if (folder.parent / ".done").is_dir() and folder.is_dir() and not (folder / owned.RECORDS).is_dir():
+            owned.adopt([p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")])
+    except OSError:
+        pass
+
+
+def _owned(path: str | Path):
+    """The atomic write of a table: a file of that name that ctrkit did not write stays (`owned`)."""
+    return owned_path(path, where=", or use another out folder")
 
 @dataclass(frozen=True)
 class Shown:
@@ -119,10 +137,12 @@ class Settings:
 
     def table(self, name: str) -> Path:
         """Stem of a table file: tables/<dataset>_<name> (.csv and .md are added by save_table)."""
+        _adopt_legacy(self.tables)
         return self.tables / f"{self.dataset}_{name}"
 
     def figure(self, name: str) -> Path:
         """Stem of a figure file: figures/<dataset>_<name> (.png and .svg are added by ctrkit.analysis.plots)."""
+        _adopt_legacy(self.figures)
         return self.figures / f"{self.dataset}_{name}"
 
     @property
@@ -375,7 +395,7 @@ def save_table(df: pd.DataFrame, stem: str | Path, *, floatfmt: str = ".4f", cap
     for suffix in (".csv", ".md"):
         path = stem.with_name(stem.name + suffix)
         try:
-            with atomic_path(path) as tmp:
+            with _owned(path) as tmp:
                 if suffix == ".csv":
                     df.to_csv(tmp, index=False)
                 else:
@@ -435,7 +455,7 @@ def data_tables(data, cfg: Settings, *, top_fields: int = 6) -> dict[str, Path]:
     save_table(pd.DataFrame(splits), cfg.table("data_splits"), caption=f"Rows, clicks and CTR per split ({cap})")
     save_table(vocab, cfg.table("data_vocab"), caption=f"Vocabulary size per field, padding and OOV included ({cap})")
     freq_csv = cfg.table("data_frequency").with_name(cfg.table("data_frequency").name + ".csv")
-    with atomic_path(freq_csv) as tmp:
+    with _owned(freq_csv) as tmp:
         pd.concat(freq, ignore_index=True).to_csv(tmp, index=False)  # long: CSV only, no Markdown
     return {"splits": cfg.table("data_splits").with_name(f"{cfg.dataset}_data_splits.csv"),
             "vocab": cfg.table("data_vocab").with_name(f"{cfg.dataset}_data_vocab.csv"),
@@ -502,7 +522,7 @@ def paper_table(cfg: Settings, name: str) -> Shown:
         cap += f" {bars_source()}"
     stem = cfg.table(name)
     for fmt in render.FORMATS:
-        with atomic_path(stem.with_name(f"{stem.name}.{fmt}")) as tmp:
+        with _owned(stem.with_name(f"{stem.name}.{fmt}")) as tmp:
             tmp.write_text(render.render(name, df, fmt, caption=cap) + ("\n" if fmt != "csv" else ""))
     return _shown(render.display(name, df) if len(df) else df, stem.with_name(f"{stem.name}.md"))
 
@@ -514,7 +534,7 @@ def figure_data(cfg: Settings, kind: str) -> pd.DataFrame:
 
     df = frames.figure_frame(_need_results(cfg), kind, dataset=cfg.dataset)
     stem = cfg.table(f"fig_{kind}")
-    with atomic_path(stem.with_name(stem.name + ".csv")) as tmp:
+    with _owned(stem.with_name(stem.name + ".csv")) as tmp:
         df.to_csv(tmp, index=False)
     return df
 
@@ -586,7 +606,7 @@ def variants_table(cfg: Settings) -> Shown:
     p = p[p["seed"].isin(cfg.seeds)].reset_index(drop=True)
     t = variants.table(p, variants.seed_churn(p, churn.predictions_dir(cfg.store)))
     for name, df in (("variants_pairs", p), ("variants", t), ("fig_variants", variants.figure_frame(t))):
-        with atomic_path(cfg.table(name).with_name(cfg.table(name).name + ".csv")) as tmp:
+        with _owned(cfg.table(name).with_name(cfg.table(name).name + ".csv")) as tmp:
             df.to_csv(tmp, index=False)
     human = variants.display(t)
     cap = (f"Variants minus alone, paired by seed [{CI_NAME}]; p_holm: paired t-test of the AUC difference, Holm "
@@ -597,7 +617,7 @@ def variants_table(cfg: Settings) -> Shown:
            f"seed, so their interval, which treats them as independent, is approximate); {render.MDE_WORDS} "
            f"({caption(cfg, figure=False)})")
     md = cfg.table("variants").with_name(cfg.table("variants").name + ".md")
-    with atomic_path(md) as tmp:
+    with _owned(md) as tmp:
         tmp.write_text(f"{_markdown(human)}\n\n{cap}\n")
     return _shown(human, md)
 
@@ -625,9 +645,9 @@ def variants_summary(cfg: Settings) -> Shown:
         return Shown(human, text + "\nOne dataset so far: tables/variants_summary.md is written once a second "
                                    "dataset's 07 has run.\n")
     stem = cfg.tables / "variants_summary"
-    with atomic_path(stem.with_suffix(".csv")) as tmp:
+    with _owned(stem.with_suffix(".csv")) as tmp:
         out.to_csv(tmp, index=False)
-    with atomic_path(stem.with_suffix(".md")) as tmp:
+    with _owned(stem.with_suffix(".md")) as tmp:
         tmp.write_text(text)
     return _shown(human, stem.with_suffix(".md"))
 
@@ -660,7 +680,7 @@ def tune(cfg: Settings, data) -> dict[str, dict]:
     cap = f"{render.CAPTIONS['tuning']} ({caption(replace(cfg, seeds=seeds), figure=False, source=root / 'store.jsonl')})"
     stem = cfg.table("tuning")
     for fmt in render.FORMATS:
-        with atomic_path(stem.with_name(f"{stem.name}.{fmt}")) as tmp:
+        with _owned(stem.with_name(f"{stem.name}.{fmt}")) as tmp:
             tmp.write_text(render.render("tuning", table, fmt, caption=cap) + ("\n" if fmt != "csv" else ""))
     return {r.model: cands[int(r.cand)] for r in choice.itertuples()}
 
@@ -701,13 +721,13 @@ def strength(cfg: Settings, data) -> tuple[Shown, list[Path]]:
     sources = {size: (_need_results(cfg) if size == cfg.preset else size_runs(cfg, data, size)) for size in cfg.sizes}
     t = st.table(sources, dataset=cfg.dataset)
     stem = cfg.table("strength")
-    with atomic_path(stem.with_name(stem.name + ".csv")) as tmp:
+    with _owned(stem.with_name(stem.name + ".csv")) as tmp:
         t.to_csv(tmp, index=False)
     cap = (f"Mutual - alone finetuning per model size, paired by seed within each size, at the "
            f"setting 02's sweep chose on validation; the pretrained test AUC is the baseline's ({caption(cfg, figure=False)})")
     human = st.display(t)
     c, contrast_md = _strength_contrast_table(cfg, sources)
-    with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
+    with _owned(stem.with_name(stem.name + ".md")) as tmp:
         tmp.write_text(f"{_markdown(human)}\n\n{cap}\n\n{contrast_md}")
     paths = plots.gain_vs_strength(t, cfg.figure("gain_vs_strength"), caption=caption(cfg), contrast=c,
                                    title=f"Mutual finetuning gain vs the baseline's strength ({cfg.dataset})")
@@ -723,7 +743,7 @@ def _strength_contrast_table(cfg: Settings, sources: dict) -> tuple[pd.DataFrame
 
     c = st.contrast(sources, dataset=cfg.dataset)
     stem = cfg.table("strength_contrast")
-    with atomic_path(stem.with_name(stem.name + ".csv")) as tmp:
+    with _owned(stem.with_name(stem.name + ".csv")) as tmp:
         c.to_csv(tmp, index=False)
     left = int(c["n_left_out"].max()) if len(c) else 0
     cap = (f"Does the gain change with the baseline's strength? Per model, the gain (mutual - alone finetuning, "
@@ -734,6 +754,6 @@ def _strength_contrast_table(cfg: Settings, sources: dict) -> tuple[pd.DataFrame
            f"the dataset; MDE: the smallest true difference that test finds with {POWER:.0%} power at these pairs' number "
            f"and spread (a null result does not rule out less) ({caption(cfg, figure=False)})")
     text = f"{_markdown(st.display_contrast(c))}\n\n{cap}\n"
-    with atomic_path(stem.with_name(stem.name + ".md")) as tmp:
+    with _owned(stem.with_name(stem.name + ".md")) as tmp:
         tmp.write_text(text)
     return c, text

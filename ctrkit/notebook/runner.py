@@ -33,6 +33,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from ctrkit.core import owned
+from ctrkit.core.owned import owned_path
 from ctrkit.core.utils import CtrkitError, atomic_path, die_with_parent, sha256_file, stop_on_sigterm, write_json_atomic
 from ctrkit.notebook import profiles
 from ctrkit.notebook.profiles import (DATASETS, NOTEBOOK_DIR, NOTEBOOKS, ONCE, PER_DATASET, PROFILES,
@@ -163,6 +165,7 @@ def run(request: Reproduction, *, progress: bool = True, notebooks_dir: str | Pa
         raise CtrkitError(f"--figures {request.figures}: is a file, not a folder")  # now, not after the notebooks
     _claim_out(out_dir)
     _remove_killed_writers_temp(out_dir)
+    _check_outputs(out_dir)
     todo = _todo(planned, nb_dir, out_dir, sizes, force=request.force)
     t0, steps = time.perf_counter(), _Steps(todo, out_dir, sizes, log, progress_every)
     if jobs == 1:
@@ -466,6 +469,35 @@ _WRITTEN = [("tables", (), (".csv", ".md", ".tex")), ("figures", (), (".png", ".
             (".", ("index.md", "index.html"), ()), (".done", (), (".json",))]
 
 
+def _outputs(out_dir: Path) -> list[Path]:
+    """The files in `out_dir` of the names reproduce writes (`_WRITTEN`, and the executed notebooks)."""
+    found = [p for p in (out_dir / "notebooks").rglob("*.ipynb") if not p.name.startswith(".")]
+    for sub, names, ends in _WRITTEN:
+        if sub != ".done" and (out_dir / sub).is_dir():
+            found += [p for p in (out_dir / sub).iterdir() if p.name in names or (ends and p.name.endswith(ends))]
+    return sorted(p for p in found if not p.name.startswith("."))
+
+
+def _check_outputs(out_dir: Path) -> None:
+    """Refuse, before any notebook runs, a reproduction's output edited since ctrkit wrote it (its
+    record, `owned`, no longer matches): the run would replace it. The outputs in a folder without
+    records (written before records existed, in a folder `_claim_out` proved ctrkit's) are recorded
+    as ctrkit's first."""
+    try:
+        outputs = _outputs(out_dir)
+        owned.adopt([p for p in outputs if not (p.parent / owned.RECORDS).is_dir()])
+        edited = owned.changed(outputs)
+    except OSError as e:
+        raise CtrkitError(f"--out {out_dir}: cannot read {e.filename or 'it'}: {e.strerror or e}") from None
+    if edited:
+        names = ", ".join(p.relative_to(out_dir).as_posix() for p in edited[:3])
+        more = f" and {len(edited) - 3} more" if len(edited) > 3 else ""
+        one = len(edited) == 1
+        raise CtrkitError(f"--out {out_dir}: {names}{more} {'was' if one else 'were'} changed after ctrkit wrote "
+                          f"{'it' if one else 'them'}, and a reproduction may replace {'it' if one else 'them'}: "
+                          f"move {'it' if one else 'them'} away, or give another --out")
+
+
 def _remove_killed_writers_temp(out_dir: Path) -> None:
     """Remove the temp files a killed reproduction left in `out_dir` (`_claim_out` has made sure it is
     ctrkit's), of the names `_WRITTEN` lists only. Only those unmodified for `LIVE_TEMP_S`: nothing
@@ -475,6 +507,7 @@ def _remove_killed_writers_temp(out_dir: Path) -> None:
 
     for sub, names, ends in _WRITTEN:
         remove_stale_temp(out_dir / sub, names, suffixes=ends, older_than=LIVE_TEMP_S)
+        remove_stale_temp(out_dir / sub / owned.RECORDS, (), suffixes=(".json",), older_than=LIVE_TEMP_S)
 
 
 def _done_before(marker: Path, dest: Path, digest: str) -> bool:
@@ -495,6 +528,8 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
     from papermill.exceptions import PapermillExecutionError
 
     dest = job.executed(out_dir)
+    if owned.foreign(dest):  # before the work, not after it
+        raise owned.refuse(dest, ", or give another --out")
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(f".{dest.stem}.partial.ipynb")
     failed = dest.with_name(f"{dest.stem}.failed.ipynb")
@@ -523,7 +558,7 @@ def _execute(job: Job, src: Path, out_dir: Path, *, timeout: int | None, progres
             msg += f" (writing {partial} and the kernel log under {out_dir})"
         raise CtrkitError(f"notebook {job.notebook} ({job.dataset}) did not run: {type(e).__name__}: {msg} "
                           f"(kernel log: {kernel_log}{_last_words(kernel_log)})") from None
-    partial.replace(dest)
+    owned.move_into(partial, dest, where=f" (this run's notebook is {partial}), or give another --out")
     failed.unlink(missing_ok=True)
     return dest
 
@@ -747,9 +782,9 @@ def write_index(out: str | Path, *, profile: str | None = None) -> dict:
         svg = p.with_suffix(".svg")
         md += [f"### {p.stem}", "", f"![{p.stem}]({rel(p)})", "",
                f"[PNG]({rel(p)})" + (f" · [SVG]({rel(svg)})" if svg.exists() else ""), ""]
-    with atomic_path(out / "index.md") as tmp:
+    with owned_path(out / "index.md", where=", or give another --out") as tmp:
         tmp.write_text("\n".join(md) + "\n")
-    with atomic_path(out / "index.html") as tmp:
+    with owned_path(out / "index.html", where=", or give another --out") as tmp:
         tmp.write_text(_index_html(title, made, lead_html, notebooks, shown, data, figures, rel))
     return {"out": str(out), "index": str(out / "index.md"), "html": str(out / "index.html"),
             "notebooks": [str(p) for p in notebooks], "tables": [str(p) for p in tables],
