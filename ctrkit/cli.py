@@ -266,7 +266,7 @@ def _add_info(sub) -> None:
 def _add_pretrain(sub) -> None:
     s = sub.add_parser("pretrain", help="train one model with the BARS protocol")
     s.add_argument("--data", required=True, help="a processed dataset directory (`ctrkit prepare --out`)")
-    s.add_argument("--model", required=True, help="DeepFM, DCN, PNN, FiBiNET, FM or LR")
+    s.add_argument("--model", required=True, help=_model_names())
     s.add_argument("--out", default=None, help="folder for best.pt and last.pt (default runs/<dataset>/seed<S>/<model>; "
                    "with --seeds runs/<dataset>, one seed<S>/<model> folder per seed)")
     s.add_argument("--resume", action="store_true",
@@ -274,6 +274,17 @@ def _add_pretrain(sub) -> None:
     s.add_argument("--store", default=None, help="also record the baseline in this results store (.jsonl)")
     _run_flags(s)
     s.add_argument("--json", action="store_true", help="last stdout line: one JSON object (the result)")
+
+
+def _model_names() -> str:
+    """The models `--model` takes: the built-in ones and those installed packages declare (their entry
+    points' names, read without importing them or torch, so the help stays fast)."""
+    from importlib import metadata
+
+    # the group of ctrkit.models.ENTRY_POINTS (not imported here: it loads torch)
+    plugins = sorted({ep.name for ep in metadata.entry_points(group="ctrkit.models")})
+    names = ["DeepFM", "DCN", "PNN", "FiBiNET", "FM", "LR", *plugins]
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _add_mutual(sub) -> None:

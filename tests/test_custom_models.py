@@ -1,8 +1,16 @@
 """A model of the user's own: `models.register`, the registry's checks, its embedding tables under the
-regularizer, and finetuning it in a grid (seeds as replicas) into the paired tables."""
+regularizer, finetuning it in a grid (seeds as replicas) into the paired tables, an installed package's
+models (the `ctrkit.models` entry points: the CLI knows them) and worker processes importing a
+registered model's module."""
 from __future__ import annotations
 
+import importlib
+import json
+import os
 import re
+import subprocess
+import sys
+import types
 
 import pytest
 import torch
@@ -10,7 +18,9 @@ from torch import nn
 
 from ctrkit import experiments, models
 from ctrkit.analysis import tables
+from ctrkit import cli
 from ctrkit.core.utils import CtrkitError, seed_everything
+from ctrkit.experiments import workers
 from ctrkit.models.base import CTRModel
 from ctrkit.models.layers import FeatureEmbedding
 from ctrkit.training import loop
@@ -123,14 +133,6 @@ def test_a_model_of_ones_own_finetunes_in_a_grid_into_the_paired_tables(registry
         (("DeepFM", "alone"), 2), (("DeepFM", "mutual"), 2), (("WideDeep", "alone"), 2), (("WideDeep", "mutual"), 2)]
     t = tables.table("finetune", store)
     assert set(t["peer"]) == {"WideDeep", "DeepFM"} and (t["n_pairs"] == 2).all()
-    # worker processes import ctrkit afresh and never saw `register`: one line before any run (it was
-    # "no 'smoke' preset" from the work estimate, or an unknown model inside a worker)
-    lines = store.read_text().count("\n")
-    with pytest.raises(CtrkitError, match="^workers: WideDeep is registered in this process only .* workers=1$"):
-        experiments.run(criteo_small, [["WideDeep", "DeepFM"]], inits=["pretrained"], modes=["mutual", "alone"],
-                        seeds=seeds, ckpt_dir=ckpt, preset="smoke", epochs=1, device="cpu", store=store,
-                        progress=False, force=True, workers=2, max_replicas=1)
-    assert store.read_text().count("\n") == lines
 
 
 def test_baselines_with_a_model_without_a_preset_fail_before_any_training(registry, criteo_small, tmp_path):
@@ -155,3 +157,193 @@ def test_the_docs_page_runs_as_it_stands(registry, tmp_path, monkeypatch):
     t = tables.table("finetune", tmp_path / "results" / "store.jsonl").set_index("peer")
     assert set(t.index) == {"WideDeep", "DeepFM", "DCN"} and (t["n_pairs"] == 2).all()
     assert models.MODELS["WideDeep"] is namespace["WideDeep"]
+
+
+# ---------------------------------------------------------------- installed packages, worker processes
+
+NET = """
+from torch import nn
+from ctrkit.models import CTRModel
+from ctrkit.models.layers import FeatureEmbedding
+
+
+class {cls}(CTRModel):
+    name = "{name}"
+
+    def __init__(self, fields, embedding_dim: int = 4):
+        super().__init__(fields, dict(embedding_dim=embedding_dim))
+        self.embedding = FeatureEmbedding(self.field_sizes, embedding_dim)
+        self.out = nn.Linear(self.num_fields * embedding_dim, 1)
+
+    def forward(self, X):
+        return self.out(self.embedding(X).flatten(1)).squeeze(-1)
+"""
+VOLATILE = {"seconds", "env_info", "append_id", "written_at", "checkpoint"}
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch, registry):
+    """install(dist, {entry: "module:Class"}, {module: source}) -> a folder on sys.path holding the
+    modules and `<dist>-1.0.dist-info/entry_points.txt`, as pip leaves a package (importlib.metadata
+    finds it there); the registry loads its entry points afresh at the next lookup, and forgets them
+    and the modules after the test."""
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setattr(models, "_PLUGINS", None, raising=False)
+    added: list[str] = []
+
+    def install(dist: str, entries: dict, modules: dict):
+        for module, source in modules.items():
+            (root / f"{module}.py").write_text(source)
+            added.append(module)
+        info = root / f"{dist}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        lines = "".join(f"{k} = {v}\n" for k, v in entries.items())
+        (info / "entry_points.txt").write_text(f"[ctrkit.models]\n{lines}")
+        importlib.invalidate_caches()
+        return root
+
+    yield install
+    for module in added:
+        sys.modules.pop(module, None)
+
+
+@pytest.fixture
+def pool():
+    """The worker pool the test started, ended after it."""
+    yield
+    workers.shutdown()
+
+
+def _stored(path):
+    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in path.read_text().splitlines()]
+
+
+def _pretrain_own(name: str, d, ckpt, seeds) -> None:
+    """Your own pretraining of model `name` into the checkpoint layout (as docs/custom-models.md)."""
+    for s in seeds:
+        seed_everything(s)
+        loop.fit(models.build(name, d), d, RunConfig.single(dict(epochs=1, batch_size=256, progress=False,
+                                                                device="cpu", amp="off", seed=s, threads=1)),
+                 out_dir=ckpt / f"seed{s}" / name)
+
+
+def test_an_installed_packages_model_is_registered_at_the_first_lookup(site):
+    site("ctrkit_test_nets", {"MyNet": "mynets:MyNet"}, {"mynets": NET.format(cls="MyNet", name="MyNet")})
+    assert "MyNet" not in models.MODELS  # not at import: at the first lookup
+    m = models.build("mynet", [3, 4], embedding_dim=2)
+    assert type(m).__name__ == "MyNet" and type(m).__module__ == "mynets" and m.hparams == {"embedding_dim": 2}
+    assert list(models.MODELS)[-1] == "MyNet" and not models.is_built_in("MyNet")
+    assert models.reference("MyNet") is None  # a worker finds it itself
+    assert "MyNet" in cli._model_names().split(", ")[-1]  # `ctrkit pretrain --help` lists it
+
+
+@pytest.mark.parametrize("entries, modules, says", [
+    ({"MyNet": "missing_nets:MyNet"}, {}, "MyNet = missing_nets:MyNet of distribution broken 1.0: cannot load it: "
+                                          "ModuleNotFoundError: No module named 'missing_nets'"),
+    ({"MyNet": "bad_nets:MyNet"}, {"bad_nets": "raise RuntimeError('no GPU here\\nsecond line')"},
+     "MyNet = bad_nets:MyNet of distribution broken 1.0: cannot load it: RuntimeError: no GPU here"),
+    ({"MyNet": "bad_nets:helper"}, {"bad_nets": "def helper():\n    pass\n"},
+     "expected a subclass of ctrkit.models.CTRModel"),
+    ({"Net": "bad_nets:MyNet"}, {"bad_nets": NET.format(cls="MyNet", name="MyNet")},
+     "registered as 'Net' but its name is 'MyNet'"),
+    ({"DeepFM": "bad_nets:MyNet"}, {"bad_nets": NET.format(cls="MyNet", name="DeepFM")},
+     "'DeepFM' is the built-in DeepFM's name"),
+    ({"MyNet": "bad_nets:MyNet", "mynet": "bad_nets:Other"},
+     {"bad_nets": NET.format(cls="MyNet", name="MyNet") + NET.format(cls="Other", name="mynet")},
+     "mynet = bad_nets:Other of distribution broken 1.0: 'mynet' is claimed by entry point MyNet = bad_nets:MyNet"),
+])
+def test_a_broken_entry_point_is_one_line_naming_it_and_its_distribution(site, entries, modules, says):
+    site("broken", entries, modules)
+    for _ in range(2):  # at every lookup until it is fixed, not once and then silently gone
+        with pytest.raises(CtrkitError, match=f"^models: entry point .*{re.escape(says)}") as e:
+            models.build("DCN", [3, 4])
+        assert "\n" not in str(e.value) and "of distribution broken 1.0" in str(e.value)
+
+
+def test_the_cli_finetunes_an_installed_packages_model_with_no_extra_step(site, criteo_small, tmp_path, capsys):
+    """A fresh `ctrkit` process finds the package's model by its entry point: `mutual` finetunes it from
+    a checkpoint of your own pretraining (the message was "unknown model 'MyNet'"); `pretrain` knows it
+    and asks for what it lacks, a preset."""
+    root = site("ctrkit_test_nets", {"MyNet": "mynets:MyNet"}, {"mynets": NET.format(cls="MyNet", name="MyNet")})
+    _pretrain_own("MyNet", criteo_small, tmp_path / "runs", [1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-m", "ctrkit.cli", "mutual", "--data", str(criteo_small.path),
+                           "--peers", "mynet", "--init", "pretrained", "--mode", "alone",
+                           "--ckpt-dir", str(tmp_path / "runs" / "seed1"), "--preset", "smoke", "--epochs", "1",
+                           "--device", "cpu", "--threads", "1", "--seed", "1", "--json"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [p["model"] for p in summary["peers"]] == ["MyNet"] and 0 < summary["peers"][0]["test_auc"] < 1
+    assert cli.main(["pretrain", "--data", str(criteo_small.path), "--model", "mynet", "--preset", "smoke"]) == 2
+    assert capsys.readouterr().err.startswith("ctrkit: error: no 'smoke' preset for model 'MyNet'")
+
+
+def test_a_grid_with_workers_imports_a_registered_model_from_its_module(registry, criteo_small, tmp_path,
+                                                                        monkeypatch, pool):
+    """A class registered in this process from a .py module (a file next to the notebook) trains on
+    worker processes, which import its module: the store equals the one-process grid's (it was a
+    refusal). Its module gone when the workers start: one line naming the model and the module."""
+    root = tmp_path / "nets"
+    root.mkdir()
+    (root / "usernets.py").write_text(NET.format(cls="UserNet", name="UserNet"))
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(sys.modules, "usernets", raising=False)
+    models.register(importlib.import_module("usernets").UserNet)
+    ckpt, seeds = tmp_path / "runs", [1, 2]
+    experiments.pretrain_baselines(criteo_small, ["DeepFM"], ckpt, seeds=seeds, preset="smoke", epochs=1,
+                                   device="cpu", threads=1, progress=False)
+    _pretrain_own("UserNet", criteo_small, ckpt, seeds)
+    grid = dict(inits=["pretrained"], modes=["mutual"], seeds=seeds, ckpt_dir=ckpt, preset="smoke", epochs=1,
+                device="cpu", threads=1, progress=False)
+    experiments.run(criteo_small, [["UserNet", "DeepFM"]], store=tmp_path / "one.jsonl", **grid)
+    experiments.run(criteo_small, [["UserNet", "DeepFM"]], store=tmp_path / "two.jsonl", workers=2, **grid)
+    one = _stored(tmp_path / "one.jsonl")
+    assert _stored(tmp_path / "two.jsonl") == one and {r["peer"] for r in one} == {"UserNet", "DeepFM"}
+    assert len({r["test_auc"] for r in one}) == 4
+    workers.shutdown()
+    (root / "usernets.py").unlink()
+    sys.path.remove(str(root))  # the workers start without the folder (the parent sends its sys.path: not there)
+    with pytest.raises(CtrkitError) as e:
+        experiments.run(criteo_small, [["UserNet", "DeepFM"]], store=tmp_path / "three.jsonl", workers=2, **grid)
+    assert "\n" not in str(e.value) and re.search(
+        "failed in a worker process: model UserNet: cannot import its class UserNet from module usernets: "
+        "ModuleNotFoundError", str(e.value))
+
+
+def _notebook_class(monkeypatch):
+    """A class as a notebook cell makes it: in a `__main__` with no file to import."""
+    main = types.ModuleType("__main__")
+    main.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    main.CellNet = type("CellNet", (WideDeep,), {"name": "CellNet", "__module__": "__main__"})
+    return main.CellNet, "is defined in a notebook cell or an interactive session (__main__)"
+
+
+def _local_class(monkeypatch):
+    class LocalNet(WideDeep):
+        name = "LocalNet"
+
+    return LocalNet, f"is defined inside a function ({__name__}._local_class.<locals>.LocalNet)"
+
+
+@pytest.mark.parametrize("make", [_notebook_class, _local_class])
+def test_a_class_workers_cannot_import_is_one_line_before_any_work(registry, criteo_small, tmp_path, monkeypatch,
+                                                                     pool, make):
+    cls, says = make(monkeypatch)
+    models.register(cls)
+    for s in (1, 2):  # (checked for presence only before the refusal)
+        (tmp_path / "runs" / f"seed{s}" / cls.name).mkdir(parents=True)
+        (tmp_path / "runs" / f"seed{s}" / cls.name / "best.pt").write_bytes(b"")
+    workers.shutdown()
+    with pytest.raises(CtrkitError) as e:
+        experiments.run(criteo_small, [[cls.name]], inits=["pretrained"], modes=["alone"], seeds=[1, 2],
+                        ckpt_dir=tmp_path / "runs", preset="smoke", epochs=1, device="cpu", store=tmp_path / "s.jsonl",
+                        progress=False, workers=2)
+    assert str(e.value) == (f"workers: {cls.name} is registered in this process only and its class {says}, so another "
+                            f"process cannot import it: put the class in a .py module (importable, e.g. a file next to "
+                            f"the notebook) and import it from there, or run this grid with workers=1")
+    assert workers._WARM is None and not (tmp_path / "s.jsonl").exists()

@@ -24,7 +24,7 @@ from ctrkit.experiments import churn, pretrained
 from ctrkit.experiments.record import make_records
 from ctrkit.experiments.store import ResultsStore
 from ctrkit.experiments.workers import check_workers, default_workers, hold_until_recorded, resolve_workers, run_jobs
-from ctrkit.models import build, hparam_defaults, is_built_in
+from ctrkit.models import build, hparam_defaults, is_built_in, reference
 from ctrkit.models.layers import FeatureEmbedding
 from ctrkit.training import checkpoint, presets
 from ctrkit.training.replicas import replica_bytes
@@ -641,7 +641,7 @@ def _spread_groups(specs, groups: list[list[int]], data, st, force: bool, out_di
     n = resolve_workers(workers, specs[0].device, specs[0].threads, len(todo)) if todo else 1
     if n <= 1:
         return todo, found
-    _check_built_in(specs[i] for g in todo for i in g)
+    refs = _model_references(specs[i] for g in todo for i in g)
     jobs = [([specs[i] for i in g], [out_dirs[i] for i in g], st.path if st is not None else None, force)
             for g in todo]
     names = [_run_name(specs[g[0]], len(g)) for g in todo]
@@ -652,7 +652,7 @@ def _spread_groups(specs, groups: list[list[int]], data, st, force: bool, out_di
                 st.append(recs)
 
     first = _longest_first([_run_work([specs[i] for i in g], data) for g in todo], data)
-    for k, out in run_jobs(_group_task, jobs, data, n, names=names, first=first, record=record):
+    for k, out in run_jobs(_group_task, jobs, data, n, names=names, first=first, record=record, models=refs):
         found.update(zip(todo[k], out))
         ran = [i for i, (_, s) in zip(todo[k], out) if not s]
         if progress is not None and ran:
@@ -762,24 +762,37 @@ def _pretrain_work(group: Sequence[PretrainSpec], data) -> tuple[int, list[tuple
     return len(group), [(j["name"], j["hparams"])]
 
 
-def _check_built_in(specs) -> None:
+def _model_references(specs) -> tuple:
     """Worker processes start from a fresh import of ctrkit: a model registered in this process
-    (`models.register`) is unknown there, so a grid holding one runs here (one line, before any work)."""
-    mine = sorted({n for spec in specs for n in spec.names if not is_built_in(n)})
-    if mine:
-        raise CtrkitError(f"workers: {', '.join(mine)} is registered in this process only (models.register) and "
-                          f"worker processes cannot build it: run this grid with workers=1")
+    (`models.register`) goes to them as the module and name they import its class by
+    (`models.reference`; built-in and entry-point models they know). One that cannot (a notebook
+    cell's class) is one line before any work, saying what to do."""
+    refs = []
+    for name in sorted({n for spec in specs for n in spec.names}):
+        try:
+            refs.append(reference(name))
+        except CtrkitError as e:
+            raise CtrkitError(f"workers: {e}: put the class in a .py module (importable, e.g. a file next to the "
+                              f"notebook) and import it from there, or run this grid with workers=1") from None
+    return tuple(r for r in refs if r is not None)
 
 
 def _run_work(group: Sequence[RunSpec], data) -> tuple[int, list[tuple[str, dict]]]:
     """(replicas, [(model, hyperparameters)] per peer) of one replica group of runs, for
     `_longest_first`: a scratch peer's preset (and `--set` model keys); a pretrained peer's too, as
-    its checkpoint's architecture is not read here (an estimate: baselines are pretrained with it)."""
+    its checkpoint's architecture is not read here (an estimate: baselines are pretrained with it). A
+    pretrained model of your own has no preset: its result.json's hyperparameters (else its defaults)."""
     spec = group[0]
     model_sets = {k: v for k, v in dict(spec.overrides).items() if k not in TRAIN_DICT_KEYS}
-    return len(group), [(name, {**presets.get(name, spec.preset, data.dataset, data.protocol).model,
-                                **({} if spec.from_checkpoint[k] else model_sets)})
-                        for k, name in enumerate(spec.names)]
+
+    def hparams(k: int, name: str) -> dict:
+        if spec.from_checkpoint[k] and not is_built_in(name):
+            found = _pretrain_result(checkpoint_path(spec.ckpt_dir, spec.peers[k])).get("hparams")
+            return found if isinstance(found, dict) else {}
+        return {**presets.get(name, spec.preset, data.dataset, data.protocol).model,
+                **({} if spec.from_checkpoint[k] else model_sets)}
+
+    return len(group), [(name, hparams(k, name)) for k, name in enumerate(spec.names)]
 
 
 def _longest_first(work: Sequence[tuple[int, list[tuple[str, dict]]]], data) -> list[int]:

@@ -14,7 +14,9 @@ store while it trains stays claimed, by the worker, until the parent has recorde
 `default_workers` is the one rule for `workers="auto"`. Processes start from a forkserver, not by
 fork: the parent is often a Jupyter kernel with threads of its own, and a fork copies their locks in
 whatever state they are in. The dataset is sent to each worker once (the pool's initializer); a
-worker reads its splits from disk itself. The pool outlives a grid: the next grid on the same dataset
+worker reads its splits from disk itself. A model the parent `register`ed goes with every job as the
+reference a worker imports it by (`run_jobs(models=...)`, `ctrkit.models.reference`); a package's
+entry points each worker loads itself. The pool outlives a grid: the next grid on the same dataset
 object and worker count (a notebook runs several) reuses its warm workers instead of starting new
 ones and loading the splits again (`shutdown` ends it; a failure or an interrupt ends it at once;
 idle, it holds the workers' copies of the splits until then). As with any spawn/forkserver process,
@@ -27,6 +29,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -138,16 +141,32 @@ def _release_recorded() -> None:
             claims.close()
 
 
-def _call(fn: Callable, args: tuple, serial: int) -> tuple[bool, Any]:
-    """`fn(data, *args)`, the pool's job number `serial`, in a worker: (True, its result) or (False,
+def _call(fn: Callable, args: tuple, serial: int, models: tuple = (), paths: tuple = ()) -> tuple[bool, Any]:
+    """`fn(data, *args)`, the pool's job number `serial`, in a worker, after registering `models`
+    (`ctrkit.models.reference`s) with the parent's import path `paths`: (True, its result) or (False,
     the error in one line)."""
     global _SERIAL
     _SERIAL = serial
     try:
+        _know(models, paths)
         return True, fn(_DATA, *args)
     except Exception as e:  # noqa: BLE001 - any failure comes back as one line; the parent raises it
         line = (str(e).strip().splitlines() or [""])[0]
         return False, f"{type(e).__name__}: {line}" if not isinstance(e, CtrkitError) else line
+
+
+def _know(models: tuple, paths: tuple) -> None:
+    """Register the parent's models in this worker. They come with each job, not once with the pool:
+    a warm pool serves the next grid, which may hold a model registered since. The parent's import
+    path comes with them (appended, the worker's own first): a folder it added since the pool
+    started (a notebook's `sys.path.append`) holds the module as much as the one it had then."""
+    if not models:
+        return
+    from ctrkit.models import register_reference
+
+    sys.path.extend(p for p in paths if p not in sys.path)
+    for ref in models:
+        register_reference(ref)
 
 
 def _context():
@@ -185,15 +204,16 @@ def shutdown(terminate: bool = False) -> None:
 
 
 def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *, names: Sequence[str],
-             first: Sequence[int] | None = None,
-             record: Callable[[int, Any], None] | None = None) -> Iterator[tuple[int, Any]]:
+             first: Sequence[int] | None = None, record: Callable[[int, Any], None] | None = None,
+             models: Sequence[tuple] = ()) -> Iterator[tuple[int, Any]]:
     """`fn(data, *jobs[i])` for every job on `workers` processes, started in the order `first` (every
     index once; None: the jobs' order; e.g. the longest first, so that no long job is left to run
     alone at the end), yielded as (i, result) as each finishes. `record(i, result)` is called here in
     the jobs' order (`InOrder`: job i's as soon as every earlier one's is in), so a store gets the
     records as the sequential path writes them (some tables sum over the store's rows in order: their
     last float digit would otherwise follow which worker finished first) while no worker waits for
-    its turn; after it, the claims job i's worker holds are freed (`hold_until_recorded`). A failed
+    its turn; after it, the claims job i's worker holds are freed (`hold_until_recorded`). `models`:
+    the `ctrkit.models.reference`s of the models registered here that the jobs build. A failed
     job: the jobs not started are cancelled, those running finish, then CtrkitError naming
     `names[i]` and the error. Interrupted (KeyboardInterrupt, or the caller stops iterating): the
     workers are terminated. The pool stays warm for the next call on the same `data` object
@@ -206,7 +226,8 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple], data, workers: int, *, names: 
         base = recorded.value  # every job of an earlier call was recorded (or its pool ended)
     due, clean = InOrder(), False
     try:
-        futures = {pool.submit(_call, fn, tuple(jobs[i]), base + i): i for i in order}
+        known = (tuple(models), tuple(sys.path) if models else ())
+        futures = {pool.submit(_call, fn, tuple(jobs[i]), base + i, *known): i for i in order}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -1,5 +1,6 @@
 """Model registry: ``build(name, fields, **hparams)`` for LR, FM, DeepFM, DCN, PNN (IPNN), FiBiNET,
-and ``register(cls)`` for a model of your own.
+``register(cls)`` for a model of your own, and the models installed packages declare under the
+``ctrkit.models`` entry-point group (loaded at the first name lookup).
 
 Every model maps ``X`` int32/int64 ``[B, F]`` (per-field local indices) to logits float32 ``[B]``,
 owns no optimizer/device/loop, and carries ``.name`` and ``.hparams`` so that
@@ -7,8 +8,11 @@ owns no optimizer/device/loop, and carries ``.name`` and ``.hparams`` so that
 """
 from __future__ import annotations
 
+import importlib
 import inspect
+import os
 import re
+import sys
 from typing import Any
 
 from torch import nn
@@ -29,6 +33,11 @@ _ALIASES = {"IPNN": "PNN"}  # the BARS leaderboard calls our PNN "IPNN"
 # a name is a folder (runs/<dataset>/seed<S>/<name>) and a peer label; "_2" is the label of a model's
 # second copy in a run (DeepFM_2), and "+" / "," separate names in peer sets and CLI lists
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# The entry-point group an installed package declares its models in (pyproject.toml:
+# [project.entry-points."ctrkit.models"] MyNet = "mypkg.nets:MyNet"); the CLI's help reads it too.
+ENTRY_POINTS = "ctrkit.models"
+# name -> class of each entry point registered in this process; None until the group is loaded
+_PLUGINS: dict[str, type[CTRModel]] | None = None
 
 
 def _name_problem(key: Any, cls: Any) -> str | None:
@@ -54,7 +63,9 @@ def _name_problem(key: Any, cls: Any) -> str | None:
 def register(cls: type[CTRModel]) -> type[CTRModel]:
     """Add a model class of your own under its ``name``: `build`, the checkpoints, `runs` (finetuning
     from checkpoints), the tables and the widget then know it. Registering the same name again replaces
-    your earlier class (a notebook cell run twice); a built-in's name is refused. Usable as a decorator."""
+    your earlier class (a notebook cell run twice, or an installed package's); a built-in's name is
+    refused. Usable as a decorator. It lasts for this process: worker processes import the class by
+    its module (`reference`), the CLI knows a package's entry points only (`ENTRY_POINTS`)."""
     problem = _name_problem(getattr(cls, "name", None), cls)
     if problem:
         raise CtrkitError(f"models.register: {problem}")
@@ -68,8 +79,103 @@ def is_built_in(name: str) -> bool:
     return _BUILT_IN.get(name) is MODELS[name]
 
 
+def _load_plugins() -> None:
+    """Register the classes of the `ENTRY_POINTS` group, once per process, at its first name lookup:
+    not at import (`import ctrkit` stays fast, and a broken package fails where a model is looked
+    up), and every process (the CLI, a worker) finds them itself. Each is checked as `register`
+    checks; a class this process `register`ed under the same name stays (as a re-registration
+    replaces). A broken entry point is a one-line error naming it and its distribution, at every
+    lookup until it is fixed or uninstalled (the good ones are registered already)."""
+    global _PLUGINS
+    if _PLUGINS is not None:
+        return
+    from importlib import metadata  # here: ~50 ms that a process which looks up no model never pays
+
+    found: dict[str, type[CTRModel]] = {}
+    where: dict[str, str] = {}  # lower-case name -> the entry point that claimed it
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINTS), key=lambda e: (e.name, e.value)):
+        dist = getattr(ep, "dist", None)
+        said = (f"models: entry point {ep.name} = {ep.value} of distribution "
+                f"{getattr(dist, 'name', None) or '(unnamed)'} {getattr(dist, 'version', None) or ''}".rstrip())
+        try:
+            cls = ep.load()
+        except Exception as e:  # noqa: BLE001 - whatever the package raises, one line naming it
+            raise CtrkitError(f"{said}: cannot load it: {type(e).__name__}: "
+                              f"{(str(e).strip().splitlines() or [''])[0]}") from None
+        problem = _name_problem(ep.name, cls)
+        if problem is None and ep.name.lower() in where and found.get(ep.name) is not cls:
+            problem = f"{ep.name!r} is claimed by {where[ep.name.lower()]} too (names are case-insensitive)"
+        if problem:
+            raise CtrkitError(f"{said}: {problem}")
+        found[ep.name], where[ep.name.lower()] = cls, said.removeprefix("models: ")
+        if MODELS.get(ep.name) is None:
+            MODELS[ep.name] = cls
+    _PLUGINS = found
+
+
+def reference(name: str) -> tuple[str, str, str] | None:
+    """(name, module, qualname) by which a fresh process (a worker) imports model `name`'s class and
+    `register_reference`s it; None for a model every process knows itself (built-in, entry point). A
+    class that cannot be imported so is a one-line CtrkitError saying why."""
+    name = canonical_name(name)
+    cls = MODELS[name]
+    if _BUILT_IN.get(name) is cls or (_PLUGINS or {}).get(name) is cls:
+        return None
+    module, qualname = cls.__module__, cls.__qualname__
+    if "<locals>" in qualname:
+        why = f"is defined inside a function ({module}.{qualname})"
+    elif module == "__main__" and not _main_importable():
+        why = "is defined in a notebook cell or an interactive session (__main__)"
+    elif _lookup(sys.modules.get(module), qualname) is not cls:
+        why = f"is not the class {module}.{qualname} names (made by type(), or that name was redefined since)"
+    else:
+        return name, module, qualname
+    raise CtrkitError(f"{name} is registered in this process only and its class {why}, so another process "
+                      f"cannot import it")
+
+
+def _main_importable() -> bool:
+    """Whether a process started by spawn/forkserver imports this process's `__main__` (as
+    `__mp_main__`, also `__main__` there): a script run by path or `python -m` is, an interactive
+    session or a notebook kernel is not (multiprocessing.spawn's own rule)."""
+    main = sys.modules.get("__main__")
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if spec_name is not None:
+        return spec_name != "__main__" and not spec_name.endswith(".__main__")
+    path = getattr(main, "__file__", None)
+    return path is not None and os.path.splitext(os.path.basename(path))[0] != "ipython"
+
+
+def _lookup(owner: Any, qualname: str) -> Any:
+    for part in qualname.split("."):
+        owner = getattr(owner, part, None)
+    return owner
+
+
+def register_reference(ref: tuple[str, str, str]) -> None:
+    """In a fresh process: import the class of a `reference` and `register` it (nothing when it is
+    registered already, so a warm worker takes the same reference with every job). One-line
+    CtrkitError naming the model and module when the import fails."""
+    name, module, qualname = ref
+    try:
+        cls = _lookup(importlib.import_module(module), qualname)
+    except Exception as e:  # noqa: BLE001 - the user's module may raise anything on import
+        raise CtrkitError(f"model {name}: cannot import its class {qualname} from module {module}: "
+                          f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}") from None
+    if cls is None:
+        raise CtrkitError(f"model {name}: module {module} has no class {qualname} here (defined under the "
+                          f"`if __name__ == \"__main__\":` guard? define it above the guard)")
+    if MODELS.get(name) is not cls:
+        problem = _name_problem(name, cls)
+        if problem:
+            raise CtrkitError(f"model {name} ({module}.{qualname}): {problem}")
+        MODELS[name] = cls
+
+
 def _check_registry() -> None:
-    """`MODELS` edited by hand is checked as `register` checks (one lookup per call: a few entries)."""
+    """`MODELS` edited by hand is checked as `register` checks (one lookup per call: a few entries);
+    the installed packages' models are registered first (`_load_plugins`)."""
+    _load_plugins()
     seen: dict[str, str] = {}
     for key, cls in MODELS.items():
         problem = _name_problem(key, cls)
@@ -86,7 +192,8 @@ def canonical_name(name: str) -> str:
     lookup = {k.lower(): k for k in MODELS} | {k.lower(): v for k, v in _ALIASES.items()}
     if not isinstance(name, str) or name.lower() not in lookup:
         raise CtrkitError(f"unknown model {name!r}; valid: {', '.join(MODELS)} (a model of your own: "
-                          f"ctrkit.models.register(cls) first, in this process)"
+                          f"ctrkit.models.register(cls) first, in this process, or a package's "
+                          f"{ENTRY_POINTS!r} entry point: docs, Your own model)"
                           f"{did_you_mean(name, [*MODELS, *_ALIASES])}")
     return lookup[name.lower()]
 
@@ -127,5 +234,6 @@ def net_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in emb]
 
 
-__all__ = ["MODELS", "register", "is_built_in", "build", "embedding_parameters", "net_parameters", "hparam_defaults",
-           "canonical_name", "CTRModel", "LR", "FM", "DeepFM", "DCN", "PNN", "FiBiNET"]
+__all__ = ["MODELS", "ENTRY_POINTS", "register", "reference", "register_reference", "is_built_in", "build",
+           "embedding_parameters", "net_parameters", "hparam_defaults", "canonical_name", "CTRModel",
+           "LR", "FM", "DeepFM", "DCN", "PNN", "FiBiNET"]
