@@ -3,8 +3,9 @@ import cycle: ``ctrkit.models`` imports every model file)."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
-from typing import Any, Sequence
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -91,9 +92,16 @@ def _plain(value: Any) -> Any:
 
 class CTRModel(nn.Module):
     """Common surface of every ctrkit model: ``name``, ``field_sizes``, ``hparams`` (complete, defaults
-    filled, JSON-able) and ``forward(X int32/int64 [B, F]) -> logits float32 [B]``."""
+    filled, JSON-able) and ``forward(X int32/int64 [B, F]) -> logits float32 [B]``.
+
+    ``presets``: a model of your own's presets by name ("smoke", "quick", "full"; not "bars", the BARS
+    leaderboard's table), each ``{"model": {hyperparameters}, "train": {training settings}}``: what
+    training it by name starts from (``ctrkit.training.presets.get`` reads and checks them). The
+    built-in models keep theirs in ``ctrkit/training/presets.json``."""
 
     name: str = ""
+    # read-only: `MyNet.presets["smoke"] = ...` on a class without its own dict would edit every model's
+    presets: ClassVar[Mapping[str, Mapping[str, dict]]] = MappingProxyType({})
 
     def __init__(self, fields: Any, hparams: dict):
         super().__init__()

@@ -1,26 +1,32 @@
-"""Model + training presets as data (``ctrkit/training/presets.json``) and the BARS published numbers
+"""Model + training presets: the built-in models' as data (``ctrkit/training/presets.json``), a model of
+your own's from its class's ``presets`` attribute (``CTRModel.presets``), and the BARS published numbers
 (``ctrkit/training/bars.json``).
 
 ``get(model, preset, dataset=None, protocol=None) -> Preset`` with ``.model`` (hyperparameters for
 ``ctrkit.models.build``) and ``.train`` (TrainConfig fields: batch_size, lr, embedding_regularizer,
 net_regularizer, epochs, patience, monitor; ``full`` also lr_decay). Presets: ``smoke`` (tiny, tests),
 ``quick`` (2-core CPU), ``full`` (full-size BARS-like defaults for any dataset), ``bars`` (the BARS winning
-configuration; needs dataset + protocol).
+configuration; needs dataset + protocol; built-in models only).
 """
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
-from ctrkit.models import MODELS, canonical_name
+from ctrkit.models import MODELS, canonical_name, hparam_defaults
 from ctrkit.core.utils import CtrkitError, did_you_mean
+from ctrkit.training.config import RunConfig
 
 DATASETS = ("criteo", "avazu")          # BARS presets for every protocol of PROTOCOLS
 PROTOCOLS = ("x1", "x4_001", "x4_002")
 SMALL_DATASETS = ("frappe", "movielens")  # BARS Frappe_x1 / MovielensLatest_x1: protocol x1 only
+# The presets a model of your own may declare: 'bars' is the BARS leaderboard's per-dataset table of the
+# built-in models' published runs, which no other model has.
+OWN_PRESETS = ("smoke", "quick", "full")
 TRAIN_KEYS = ("batch_size", "lr", "embedding_regularizer", "net_regularizer", "epochs", "patience", "monitor")
 
 
@@ -60,31 +66,86 @@ def _split(dataset: str | None, protocol: str | None) -> tuple[str, str]:
     return dataset, protocol
 
 
+def _declared(cls: type, preset: str) -> Mapping | None:
+    """`preset`'s entry in the class attribute `presets` of a model of your own (None: not declared),
+    the whole attribute checked first, so a slip in any preset fails at its first read, whichever
+    preset that asks for. Checked at every read (a few small dicts), so a class edited in a notebook
+    is checked as it is now; each problem is one line naming the class, the preset and the key."""
+    table = cls.presets
+    if not isinstance(table, Mapping):
+        raise CtrkitError(f"{cls.__name__}.presets: expected a dict {{preset: {{'model': {{...}}, 'train': {{...}}}}}}, "
+                          f"got {type(table).__name__}")
+    for name, entry in table.items():
+        if name not in OWN_PRESETS:
+            raise CtrkitError(f"{cls.__name__}.presets: unknown preset {name!r}; valid: {', '.join(OWN_PRESETS)} "
+                              f"('bars' is the BARS leaderboard's table of the built-in models)"
+                              f"{did_you_mean(name, OWN_PRESETS)}")
+        _check_entry(cls, f"{cls.__name__}.presets[{name!r}]", entry)
+    return table.get(preset)
+
+
+def _check_entry(cls: type, at: str, entry) -> None:
+    """One declared preset: exactly 'model' (hyperparameters `cls.__init__` takes) and 'train' (a train
+    dict that `RunConfig.single` takes, as it will when the preset trains); `at` names it."""
+    shape = "{'model': {hyperparameters}, 'train': {training settings}}"
+    if not isinstance(entry, Mapping):
+        raise CtrkitError(f"{at}: expected {shape}, got {type(entry).__name__}")
+    missing = [k for k in ("model", "train") if k not in entry]
+    extra = sorted(map(str, set(entry) - {"model", "train"}))
+    if missing or extra:
+        what = f"missing {missing[0]!r}" if missing else f"unknown key {extra[0]!r}"
+        raise CtrkitError(f"{at}: {what}; expected {shape}")
+    for key in ("model", "train"):
+        if not isinstance(entry[key], Mapping):
+            raise CtrkitError(f"{at}[{key!r}]: expected a dict, got {type(entry[key]).__name__}")
+    valid = hparam_defaults(cls.name)
+    unknown = sorted(map(str, set(entry["model"]) - set(valid)))
+    if unknown:
+        raise CtrkitError(f"{at}['model']: {cls.__name__}.__init__ takes no hyperparameter {unknown[0]!r}; "
+                          f"valid: {', '.join(valid) or '(none)'}{did_you_mean(unknown[0], valid)}")
+    try:  # the check a preset's train dict meets when it trains (keys and values), not a second list
+        RunConfig.single(dict(entry["train"]))
+    except CtrkitError as e:
+        raise CtrkitError(f"{at}['train']: {e}") from None
+
+
 def _check_covered(data: dict, preset: str, name: str) -> None:
-    """A model registered in `ctrkit.models.MODELS` by the user has no preset (the table is the
-    package's data): one line saying which models have one and how such a model trains instead,
-    not a KeyError from inside the table. Everything that trains by model name (`runs`,
-    `experiments`, the CLI, the widget) starts from a preset, and `overrides`/`--set` only change
-    keys of one. Two routes are left: the loop with your own settings, or your own pretraining into
-    the checkpoint layout, after which finetuning runs (init="pretrained") take the checkpoint's
-    architecture and settings and need no preset."""
+    """A model of your own without `preset` (presets.json is the built-ins' table, and its class's
+    `presets` attribute does not declare it): one line saying which models have one and how such a
+    model trains instead, not a KeyError from inside the table. Everything that trains by model name
+    (`runs`, `experiments`, the CLI, the widget) starts from a preset, and `overrides`/`--set` only
+    change keys of one. The routes: declare it in the class (not 'bars', the leaderboard's table), the
+    loop with your own settings, or your own pretraining into the checkpoint layout, after which
+    finetuning runs (init="pretrained") take the checkpoint's architecture and settings."""
     if name in data[preset]:
         return
-    raise CtrkitError(f"no {preset!r} preset for model {name!r} (presets exist for: {', '.join(data[preset])}): "
-                      f"runs from scratch by model name (experiments, runs, the CLI) start from a preset; train "
-                      f"{name} yourself with loop.fit(models.build({name!r}, data.field_sizes, **hparams), data, "
-                      f"train, out_dir=<ckpt_dir>/seed<S>/{name}) and finetune it with init='pretrained', or "
+    cls = MODELS[name].__name__
+    if preset == "bars":
+        how = (f"'bars' is the BARS leaderboard's per-dataset table of the built-in models' published runs, not "
+               f"for a model of your own: use a preset that the class attribute {cls}.presets declares "
+               f"({', '.join(OWN_PRESETS)})")
+    else:
+        how = (f"runs from scratch by model name (experiments, runs, the CLI) start from a preset: give the class "
+               f"{cls} a class attribute `presets` = {{{preset!r}: {{'model': {{hyperparameters}}, 'train': "
+               f"{{training settings}}}}}}")
+    raise CtrkitError(f"no {preset!r} preset for model {name!r} (presets exist for: {', '.join(data[preset])}): {how}; "
+                      f"or train {name} yourself with loop.fit(models.build({name!r}, data.field_sizes, **hparams), "
+                      f"data, train, out_dir=<ckpt_dir>/seed<S>/{name}) and finetune it with init='pretrained', or "
                       f"call mutual.mutual_fit([...], data, RunConfig(...)) (docs: Your own model)")
 
 
 def get(model: str, preset: str, dataset: str | None = None, protocol: str | None = None) -> Preset:
-    """The `preset` for `model`. smoke/quick/full ignore dataset/protocol; bars requires them."""
+    """The `preset` for `model`: a built-in's from presets.json, a model of your own's from its class's
+    `presets` attribute (`_declared`). smoke/quick/full ignore dataset/protocol; bars requires them."""
     name = canonical_name(model)
     if preset not in names():
         raise CtrkitError(f"unknown preset {preset!r}; valid: {', '.join(names())}{did_you_mean(preset, names())}")
     data = _load("presets.json")
-    _check_covered(data, preset, name)
-    if preset != "bars":
+    if name not in data[preset]:  # a model of your own: its class's `presets` (never 'bars')
+        entry, source = _declared(MODELS[name], preset) if preset != "bars" else None, {}
+        if entry is None:
+            _check_covered(data, preset, name)  # raises: which models have it, and what to do
+    elif preset != "bars":
         entry, source = data[preset][name], {}
     else:
         dataset, protocol = _split(dataset, protocol)
@@ -93,9 +154,9 @@ def get(model: str, preset: str, dataset: str | None = None, protocol: str | Non
             have = [m for m in data["bars"] if f"{dataset}_{protocol}" in data["bars"][m]]
             raise CtrkitError(f"no BARS preset for {name} on {dataset}_{protocol}; it has: {', '.join(have)}")
         source = {k: entry[k] for k in ("source", "model_id", "seed")}
-    # deep copies: callers may edit their preset without changing the cached table
-    return Preset(name=preset, model_name=name, model=copy.deepcopy(entry["model"]),
-                  train=copy.deepcopy(entry["train"]), dataset=dataset, protocol=protocol, source=source)
+    # deep copies: callers may edit their preset without changing the cached table (or the class's)
+    return Preset(name=preset, model_name=name, model=copy.deepcopy(dict(entry["model"])),
+                  train=copy.deepcopy(dict(entry["train"])), dataset=dataset, protocol=protocol, source=source)
 
 
 def bars_results(model: str | None = None, dataset: str | None = None,
@@ -119,4 +180,4 @@ def bars_source() -> str:
 
 
 __all__ = ["Preset", "get", "names", "bars_results", "bars_source", "DATASETS", "SMALL_DATASETS", "PROTOCOLS",
-           "TRAIN_KEYS", "MODELS"]
+           "OWN_PRESETS", "TRAIN_KEYS", "MODELS"]
