@@ -144,3 +144,33 @@ def test_the_figure_says_each_models_contrast(tmp_path, monkeypatch):
         assert f"{m}\n{label}" in texts and f"{r.gain_diff_mean:+.2f}" in label and f"{r.p_holm:.2f}" in label
     shown = strength.display_contrast(c)
     assert list(shown["sizes (A - B)"]) == ["full - smoke"] * 3 and set(shown["pairs"]) == {"4 (2 left out)"}
+
+
+def test_the_tables_say_which_arm_kept_its_pretrained_weights(tmp_path):
+    """A size where mutual kept the pretrained weights (best epoch 0) and alone finetuned has a 'gain'
+    that is only minus alone's finetuning: the side-by-side table counts the kept runs per arm beside
+    each size's Holm p, and the contrast's note names the size and arm; the setting and the
+    baselines at the epoch cap of each size are what `sizes_note` says."""
+    s = _store(tmp_path)
+    lines = [__import__("json").loads(x) for x in s.path.read_text().splitlines()]
+    for r in lines:  # smoke's DCN mutual runs at the chosen weight 1 kept their pretrained weights
+        if r["preset"] == "smoke" and r["peer"] == "DCN" and r["mode"] == "mutual" and r["weight"] == 1.0 \
+                and r["dataset"] == "criteo" and r["seed"] in (2, 3, 4):
+            r["best_epoch"] = 0
+    s.path.write_text("".join(__import__("json").dumps(r) + "\n" for r in lines))
+    drop = ("append_id", "append_size", "written_at")
+    ResultsStore(s.path).append([{**{k: v for k, v in lines[0].items() if k not in drop}, "run_key": f"b{i}",
+                                  "mode": "baseline", "init": None, "epoch_cap_hit": i < 2} for i in range(3)])
+    sources = {"full": s.path, "smoke": s.path}
+    t = strength.table(sources)
+    human = strength.display(t).set_index(["dataset", "model"])
+    assert human.loc[("criteo", "DCN"), f"smoke: {strength.PAIRS}"] == "5 (3/0)"
+    assert human.loc[("criteo", "DeepFM"), f"smoke: {strength.PAIRS}"] == "5 (0/0)"
+    p = t.set_index(["size", "dataset", "peer"]).loc[("full", "avazu", "PNN"), "p_holm"]
+    assert human.loc[("avazu", "PNN"), "full: p (Holm)"] == f"{p:.3f}"
+    c = strength.contrast(sources).set_index(["dataset", "peer"])
+    assert c.loc[("criteo", "DCN"), "note"] == "kept the pretrained weights (best epoch 0): smoke mutual 3/4"
+    assert c.loc[("criteo", "DeepFM"), "note"] == ""
+    assert strength.sizes_note(sources, t, dataset="criteo") == (
+        "full: weight 10, lr scale 0.1, baselines at the epoch cap 2/3; "
+        "smoke: weight 1, lr scale 0.1, baselines at the epoch cap 0/0")

@@ -478,6 +478,11 @@ def test_partner_slopes_one_per_model_from_the_points(tmp_path):
     half = stats.t.ppf(0.975, 3 - 2) * fit.stderr
     assert fit.stderr > 0 and slopes.loc["DCN", "slope_ci_high"] == pytest.approx(fit.slope + half)
     assert slopes.loc["DCN", "n_points"] == 9 and slopes.loc["DCN", "n_partners"] == 3
+    # Holm across the dataset's targets, one family as in every other table of a dataset
+    p = slopes["p_slope"].to_numpy()
+    k = np.argsort(p)
+    by_hand = np.minimum(np.maximum.accumulate(p[k] * (len(p) - np.arange(len(p)))), 1)[np.argsort(k)]
+    assert np.allclose(slopes["p_holm"], by_hand) and (slopes["p_holm"] >= slopes["p_slope"]).all()
     part = tables.partners(s).set_index(["target", "partner"])
     assert len(part) == 12 and part.loc[("DCN", "PNN"), "n_pairs"] == 3
     assert part.loc[("DCN", "PNN"), "partner_auc_mean"] == pytest.approx(np.mean([pre("PNN", x) for x in SEEDS[:3]]))

@@ -36,7 +36,8 @@ CAPTIONS = {
                       "pretrained test AUC, one point per partner (means over seeds: a partner's seeds are not "
                       "independent), 95% t-interval of the slope (n_partners - 2 df: with 3 partners one df, "
                       "so descriptive); n_points: the seed-level points behind the partner means; the slope is "
-                      f"in % per {AUC_POINT:g} of partner AUC (one AUC point).",
+                      f"in % per {AUC_POINT:g} of partner AUC (one AUC point); p_slope: the slope's t-test, "
+                      "uncorrected; p_holm: Holm across the targets of the dataset.",
     "peer_count": f"N peers: per target, the mean over all partner subsets of size N - 1 of the other paper models; "
                   f"rel % = mutual - alone, gain = over the pretrained model, {CI_NAME} over seeds; N = 1: the control; "
                   "p_ttest: paired t-test of the AUC difference; p_holm: Holm across every model and N of the setting.",

@@ -25,7 +25,8 @@ from ctrkit.core.utils import CtrkitError
 
 COLUMNS = ["size", "dataset", "model", "peer", "n_pairs", "pretrained_auc_mean", "alone_auc_mean",
            "mutual_auc_mean", "auc_diff_mean", "auc_diff_ci_low", "auc_diff_ci_high", "rel_pct_mean",
-           "rel_pct_ci_low", "rel_pct_ci_high", "p_holm", "weight", "finetune_lr_scale", "chosen_on", "flag"]
+           "rel_pct_ci_low", "rel_pct_ci_high", "p_holm", "n_kept_pretrained_mutual", "n_kept_pretrained_alone",
+           "weight", "finetune_lr_scale", "chosen_on", "flag"]
 
 
 def table(sources: Mapping[str, object], *, dataset: str | None = None) -> pd.DataFrame:
@@ -52,14 +53,29 @@ def _finetuned(sources: Mapping[str, object], dataset: str | None):
             yield size, df, ft
 
 
-SEED_COLUMNS = ["size", "dataset", "peer", "seed", "pretrained_auc", "gain_rel_pct"]
+def sizes_note(sources: Mapping[str, object], t: pd.DataFrame, *, dataset: str | None = None) -> str:
+    """Per size, the finetuning setting its rows ran at and how many of its baselines stopped at the
+    epoch cap (an undertrained baseline is a weaker one): what a caption owes the strength table."""
+    parts = []
+    for size, source in sources.items():
+        df = records.records(source, dataset=dataset)
+        base = df[(df["preset"].astype(str) == str(size)) & (df["mode"] == "baseline")]
+        rows = t[t["size"] == size].drop_duplicates(["weight", "finetune_lr_scale"])
+        setting = ", ".join(f"weight {r.weight:g}, lr scale {r.finetune_lr_scale:g}" for r in rows.itertuples())
+        cap = f"{int((base['epoch_cap_hit'] == True).sum())}/{len(base)}" if "epoch_cap_hit" in base else "?"  # noqa: E712
+        parts.append(f"{size}: {setting or 'no finetuning rows'}, baselines at the epoch cap {cap}")
+    return "; ".join(parts)
+
+
+SEED_COLUMNS = ["size", "dataset", "peer", "seed", "pretrained_auc", "gain_rel_pct", "kept_mutual", "kept_alone"]
 
 
 def seed_gains(sources: Mapping[str, object], *, dataset: str | None = None) -> pd.DataFrame:
     """One row per size, model and seed: the mutual/alone pair a `table()` row rests on (the setting
     `tables.finetune` chose, its control and seed pairing from `ctrkit.analysis.pairing`), its gain
-    (mutual - alone, rel %) and the pretrained test AUC both arms started from. A pair missing either
-    AUC is left out, as `stats.paired` leaves it out of the row's interval."""
+    (mutual - alone, rel %), the pretrained test AUC both arms started from and whether each arm kept
+    its pretrained weights (best epoch 0). A pair missing either AUC is left out, as `stats.paired`
+    leaves it out of the row's interval."""
     out = []
     for size, df, ft in _finetuned(sources, dataset):
         mut = df[(df["mode"] == "mutual") & (df["init"] == "pretrained")]
@@ -71,8 +87,15 @@ def seed_gains(sources: Mapping[str, object], *, dataset: str | None = None) -> 
             m = pairing.seed_pairs(treat, pairing.control_runs(df, treat)).dropna(subset=["test_auc_t", "test_auc_c"])
             out.append(pd.DataFrame({"size": size, "dataset": r.dataset, "peer": m["peer"], "seed": m["seed"],
                                      "pretrained_auc": pd.to_numeric(m["pretrained_test_auc_t"]),
-                                     "gain_rel_pct": rel_pct(m["test_auc_t"], m["test_auc_c"])}))
+                                     "gain_rel_pct": rel_pct(m["test_auc_t"], m["test_auc_c"]),
+                                     **{f"kept_{arm}": _kept(m, s) for arm, s in (("mutual", "_t"), ("alone", "_c"))}}))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=SEED_COLUMNS)
+
+
+def _kept(m: pd.DataFrame, suffix: str) -> pd.Series:
+    """Per pair, whether that arm kept its pretrained weights (best epoch 0: no epoch beat the checkpoint)."""
+    col = f"best_epoch{suffix}"
+    return pd.to_numeric(m[col], errors="coerce").eq(0) if col in m else pd.Series(False, index=m.index)
 
 
 CONTRAST_COLUMNS = ["dataset", "peer", "size_a", "size_b", "n_pairs", "n_left_out", "gain_a_mean", "gain_b_mean",
@@ -102,10 +125,19 @@ def contrast(sources: Mapping[str, object], *, dataset: str | None = None) -> pd
                          "gain_a_mean": float(ga.loc[both, "gain_rel_pct"].mean()),
                          "gain_b_mean": float(gb.loc[both, "gain_rel_pct"].mean()),
                          **ci_columns("pretrained_auc_diff", ga.loc[both, "pretrained_auc"] - gb.loc[both, "pretrained_auc"]),
-                         **differences(d, prefix="gain_diff")})
+                         **_with_kept(differences(d, prefix="gain_diff"), {a: ga.loc[both], b: gb.loc[both]})})
     if not rows:
         return pd.DataFrame(columns=CONTRAST_COLUMNS)
     return with_holm(pd.DataFrame(rows), ["dataset"]).reindex(columns=CONTRAST_COLUMNS)
+
+
+def _with_kept(row: dict, by_size: dict[str, pd.DataFrame]) -> dict:
+    """`row` with its note saying, per size, how many of the pairs' arms kept the pretrained weights:
+    a size where mutual kept them and alone did not has a gain that is only minus alone's finetuning."""
+    words = [f"{size} {arm} {int(g[f'kept_{arm}'].sum())}/{len(g)}" for size, g in by_size.items()
+             for arm in ("mutual", "alone") if g[f"kept_{arm}"].sum()]
+    kept = f"kept the pretrained weights (best epoch 0): {', '.join(words)}" if words else ""
+    return {**row, "note": "; ".join(n for n in (row["note"], kept) if n)}
 
 
 def _interval(r, prefix: str, fmt: str) -> str:
@@ -114,8 +146,10 @@ def _interval(r, prefix: str, fmt: str) -> str:
 
 
 def display(df: pd.DataFrame) -> pd.DataFrame:
-    """The side-by-side form: one row per model, per size its pretrained AUC and its gain
-    (relative % with the 95% paired t-interval, the pairs it rests on)."""
+    """The side-by-side form: one row per model, per size its pretrained AUC, its gain (relative %
+    with the 95% paired t-interval), its Holm p and the pairs it rests on with how many of each arm
+    kept the pretrained weights (mutual/alone: a gain where only mutual kept them is minus alone's
+    finetuning, not a mutual effect)."""
     if df.empty:
         return pd.DataFrame()
     sizes = list(dict.fromkeys(df["size"]))
@@ -125,10 +159,19 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
         row = rows.setdefault((r["dataset"], r["peer"]), {"dataset": r["dataset"], "model": r["peer"]})
         row[f"{r['size']}: pretrained AUC"] = f"{r['pretrained_auc_mean']:.4f}"
         row[f"{r['size']}: mutual - alone (rel. %)"] = _interval(r, "rel_pct", "+.3f")
-        row[f"{r['size']}: pairs"] = int(r["n_pairs"])
+        row[f"{r['size']}: p (Holm)"] = "–" if pd.isna(r["p_holm"]) else f"{r['p_holm']:.3f}"
+        row[f"{r['size']}: {PAIRS}"] = f"{int(r['n_pairs'])} ({_count(r['n_kept_pretrained_mutual'])}/" \
+                                       f"{_count(r['n_kept_pretrained_alone'])})"
     cols = ["dataset", "model"] + [f"{s}: {c}" for s in sizes
-                                   for c in ("pretrained AUC", "mutual - alone (rel. %)", "pairs")]
+                                   for c in ("pretrained AUC", "mutual - alone (rel. %)", "p (Holm)", PAIRS)]
     return pd.DataFrame(list(rows.values())).reindex(columns=cols).fillna("")
+
+
+PAIRS = "pairs (kept pretrained: mutual/alone)"
+
+
+def _count(v) -> str:
+    return "?" if pd.isna(v) else str(int(v))
 
 
 def display_contrast(df: pd.DataFrame) -> pd.DataFrame:
@@ -159,4 +202,4 @@ def contrast_label(df: pd.DataFrame, peer: str) -> str:
 
 
 __all__ = ["COLUMNS", "CONTRAST_COLUMNS", "SEED_COLUMNS", "table", "display", "seed_gains", "contrast",
-           "display_contrast", "contrast_label"]
+           "display_contrast", "contrast_label", "sizes_note"]

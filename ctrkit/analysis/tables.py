@@ -22,7 +22,7 @@ import pandas as pd
 from ctrkit.analysis.pairing import (control_runs, largest_peer_set, paper_order, seed_pairs, setting_columns,
                                      versus_alone)
 from ctrkit.analysis.records import CONTROL_FIELDS, file_version, flat_settings, per_file_version, records
-from ctrkit.analysis.stats import (AUC_POINT, LEVEL, ci_columns, mde_for_spread, paired, rel_pct, sd_of_interval,
+from ctrkit.analysis.stats import (AUC_POINT, LEVEL, ci_columns, holm, mde_for_spread, paired, rel_pct, sd_of_interval,
                                    sd_upper, seeds_for_spread, t_interval, with_holm)
 from ctrkit.core.utils import CtrkitError, did_you_mean
 from ctrkit.experiments import designs
@@ -283,7 +283,8 @@ def partner_slopes(source, *, include_exploration: bool = False,
 
 def slopes_of_points(pts: pd.DataFrame) -> pd.DataFrame:
     """`partner_slopes` of a `partner_points` frame: slope and interval in rel % per AUC point
-    (`stats.AUC_POINT`), the intercept at a partner AUC of 0."""
+    (`stats.AUC_POINT`), the intercept at a partner AUC of 0; p_holm: p_slope Holm-corrected across
+    the targets of one dataset and setting."""
     from scipy import stats
 
     rows = []
@@ -300,7 +301,14 @@ def slopes_of_points(pts: pd.DataFrame) -> pd.DataFrame:
             row.update(slope_mean=np.nan, slope_ci_low=np.nan, slope_ci_high=np.nan, intercept=np.nan, r=np.nan,
                        p_slope=np.nan, note="<3 partners or one partner AUC: no slope")
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    # one family per dataset and setting (its targets), as every other table of the dataset corrects
+    out.insert(out.columns.get_loc("p_slope") + 1, "p_holm", np.nan)
+    for _, g in out.groupby(["dataset", "setting_id"], sort=False):
+        out.loc[g.index, "p_holm"] = holm(g["p_slope"].to_numpy())
+    return out
 
 
 def _per_seed_design(df: pd.DataFrame, d: pd.DataFrame, *, target: str, n: int, pool: Sequence[str]) -> pd.DataFrame:

@@ -491,7 +491,7 @@ def loaded_data(cfg: Settings) -> dict | None:
     return None
 
 
-def caption(cfg: Settings, *, figure: bool = True, source: Path | None = None, runs: bool = True) -> str:
+def caption(cfg: Settings, *, figure: bool = True, source: Path | pd.DataFrame | None = None, runs: bool = True) -> str:
     """The provenance line of this run's figures and tables: the data by its own name, its rows per
     split as loaded (the profile's synthetic count only before the data exists), seeds, precision
     (of the runs in `source`, a store or results CSV, else this run's results), profile (and for a
@@ -712,7 +712,7 @@ def strength(cfg: Settings, data) -> tuple[Shown, list[Path]]:
     whether the gain changes with strength (`strength_contrast`, `_strength_contrast_table`) and
     figures/<dataset>_gain_vs_strength; returns (the side-by-side table and the contrast, the figure's
     paths). Without sizes nothing is run or written: (a sentence saying so, [])."""
-    from ctrkit.analysis import plots
+    from ctrkit.analysis import plots, records
     from ctrkit.analysis import strength as st
 
     if not cfg.sizes:
@@ -723,18 +723,22 @@ def strength(cfg: Settings, data) -> tuple[Shown, list[Path]]:
     stem = cfg.table("strength")
     with _owned(stem.with_name(stem.name + ".csv")) as tmp:
         t.to_csv(tmp, index=False)
-    cap = (f"Mutual - alone finetuning per model size, paired by seed within each size, at the "
-           f"setting 02's sweep chose on validation; the pretrained test AUC is the baseline's ({caption(cfg, figure=False)})")
+    every = pd.concat([records.records(s) for s in sources.values()])  # the precision of every size's runs
+    prov = caption(cfg, figure=False, source=every)
+    cap = (f"Mutual - alone finetuning per model size, paired by seed within each size, at the setting 02's "
+           f"sweep chose on validation ({st.sizes_note(sources, t, dataset=cfg.dataset)}); the pretrained test "
+           f"AUC is the baseline's; p (Holm): Holm across the models of one size; kept pretrained: runs whose "
+           f"best epoch was 0, so that arm is the pretrained model ({prov})")
     human = st.display(t)
-    c, contrast_md = _strength_contrast_table(cfg, sources)
+    c, contrast_md = _strength_contrast_table(cfg, sources, prov)
     with _owned(stem.with_name(stem.name + ".md")) as tmp:
         tmp.write_text(f"{_markdown(human)}\n\n{cap}\n\n{contrast_md}")
-    paths = plots.gain_vs_strength(t, cfg.figure("gain_vs_strength"), caption=caption(cfg), contrast=c,
+    paths = plots.gain_vs_strength(t, cfg.figure("gain_vs_strength"), caption=caption(cfg, source=every), contrast=c,
                                    title=f"Mutual finetuning gain vs the baseline's strength ({cfg.dataset})")
     return _shown(human, stem.with_name(stem.name + ".md")), paths
 
 
-def _strength_contrast_table(cfg: Settings, sources: dict) -> tuple[pd.DataFrame, str]:
+def _strength_contrast_table(cfg: Settings, sources: dict, prov: str) -> tuple[pd.DataFrame, str]:
     """tables/<dataset>_strength_contrast.csv (numeric) and .md (human form, captioned): does the gain
     change with the baseline's strength, paired by seed across the sizes; returns (the numeric table,
     the Markdown written, which the strength table's Markdown also ends with)."""
@@ -748,11 +752,14 @@ def _strength_contrast_table(cfg: Settings, sources: dict) -> tuple[pd.DataFrame
     left = int(c["n_left_out"].max()) if len(c) else 0
     cap = (f"Does the gain change with the baseline's strength? Per model, the gain (mutual - alone finetuning, "
            f"rel %, each size at the setting 02's sweep chose) at size A minus at size B, seed by seed (the same "
-           f"pairs as the strength table; seeds of one size only left out: at most {left} per model), mean "
-           f"[{CI_NAME}]; beside it how much stronger A's pretrained model is (test AUC, A - B, the same seeds, "
-           f"[{CI_NAME}]); p: one-sample t-test of the per-seed differences, p (Holm): Holm across the models of "
-           f"the dataset; MDE: the smallest true difference that test finds with {POWER:.0%} power at these pairs' number "
-           f"and spread (a null result does not rule out less) ({caption(cfg, figure=False)})")
+           f"pairs as the strength table; seeds of one size only left out: "
+           f"{f'at most {left} per model' if left else 'none'}), mean [{CI_NAME}]; a seed's two sizes share "
+           f"its seed, not its batches (each size has its own batch size and training), so the pairing is by "
+           f"seed only; beside it how much stronger A's pretrained model is (test AUC, A - B, the same seeds, "
+           f"[{CI_NAME}]); p: one-sample t-test of the per-seed differences, p (Holm): Holm across the rows of "
+           f"the dataset (its models, for each pair of sizes); MDE: the smallest true difference that test finds "
+           f"with {POWER:.0%} power at these pairs' number and spread (a null result does not rule out less); "
+           f"note: how many pairs kept the pretrained weights at each size ({prov})")
     text = f"{_markdown(st.display_contrast(c))}\n\n{cap}\n"
     with _owned(stem.with_name(stem.name + ".md")) as tmp:
         tmp.write_text(text)

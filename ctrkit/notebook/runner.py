@@ -732,7 +732,7 @@ def _md_html(mdp: Path) -> str:
 
 # The order a reader follows, per dataset: the data, the baselines, the paper's claims, then beyond it.
 _READING = ("data_splits", "data_vocab", "data_ctr", "data_frequency", "tuning", "baselines", "scratch", "sweep",
-            "sweep_gain", "finetune", "headline", "paired_gains", "controls", "alternatives", "strength",
+            "sweep_gain", "finetune", "headline", "paired_gains", "power", "controls", "alternatives", "strength",
             "strength_contrast", "gain_vs_strength", "partners", "partner_matrix", "partner_slopes", "peer_count", "variants",
             "variants_summary")
 
