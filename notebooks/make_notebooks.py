@@ -117,6 +117,10 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", "plots.show(plots.paired_gains(reproduce.figure_data(cfg, 'gains'), cfg.figure('paired_gains'),\n"
                  "                              caption=reproduce.caption(cfg),\n"
                  "                              title=f'Each comparison against its control, per model ({cfg.dataset})'))"),
+        ("md", "## What the null results rule out\n"
+               "Per model: the smallest gain these seeds would find (MDE, also at the SD's upper bound), whether the "
+               "paper's claimed gain lies outside the interval, and the seeds the claim would need."),
+        ("code", "reproduce.paper_table(cfg, 'power')"),
         ("md", "## Controls: KD from the best pretrained model, the ensembles (at the chosen setting)"),
         ("code", "experiments.run(data, [reproduce.kd_peers(cfg)], inits=['pretrained'], modes=['kd'], weight=best['weight'],\n"
                  "                finetune_lr_scale=best['finetune_lr_scale'], finetune_epochs=cfg.finetune_epochs, **common)\n"
