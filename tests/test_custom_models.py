@@ -461,3 +461,16 @@ def test_a_class_workers_cannot_import_is_one_line_before_any_work(registry, cri
                             f"process cannot import it: put the class in a .py module (importable, e.g. a file next to "
                             f"the notebook) and import it from there, or run this grid with workers=1")
     assert workers._WARM is None and not (tmp_path / "s.jsonl").exists()
+
+
+def test_the_peer_selector_offers_an_installed_packages_model(site, criteo_small, tmp_path):
+    """The widget's model list is the registry's, entry points loaded: an installed package's model is
+    offered though no lookup has loaded it yet (it read `MODELS` as it stood)."""
+    pytest.importorskip("ipywidgets")
+    from ctrkit.notebook import widgets
+
+    site("ctrkit_test_nets", {"MyNet": "mynets:MyNet"}, {"mynets": NET.format(cls="MyNet", name="MyNet")})
+    assert "MyNet" not in models.MODELS
+    sel = widgets.PeerSelector(criteo_small, store=tmp_path / "store.jsonl", background=False)
+    offered = [value for _, value in sel.peers.options]
+    assert "MyNet" in offered and "DeepFM" in offered and "LR" not in offered

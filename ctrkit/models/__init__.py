@@ -186,6 +186,13 @@ def _check_registry() -> None:
         seen[key.lower()] = key
 
 
+def names() -> list[str]:
+    """Every model this process knows, by name: the built-in ones, those `register`ed and those of the
+    installed packages' entry points (loaded here if no lookup has yet): what a list of models offers."""
+    _check_registry()
+    return list(MODELS)
+
+
 def canonical_name(name: str) -> str:
     """Case-insensitive model name (or alias) -> canonical registry name; CtrkitError if unknown."""
     _check_registry()
@@ -234,6 +241,6 @@ def net_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in emb]
 
 
-__all__ = ["MODELS", "ENTRY_POINTS", "register", "reference", "register_reference", "is_built_in", "build",
+__all__ = ["MODELS", "ENTRY_POINTS", "names", "register", "reference", "register_reference", "is_built_in", "build",
            "embedding_parameters", "net_parameters", "hparam_defaults", "canonical_name", "CTRModel",
            "LR", "FM", "DeepFM", "DCN", "PNN", "FiBiNET"]

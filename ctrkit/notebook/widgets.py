@@ -37,7 +37,8 @@ from typing import Sequence
 import pandas as pd
 
 from ctrkit import experiments
-from ctrkit.models import MODELS, canonical_name
+from ctrkit import models as registry
+from ctrkit.models import canonical_name
 from ctrkit.experiments import designs, runs
 from ctrkit.experiments.store import ResultsStore
 from ctrkit.training import config
@@ -135,7 +136,7 @@ def _seed_of(folder: str | Path | None) -> int | None:
 def _model_names(models: Sequence[str] | None) -> list[str]:
     """The models the list offers: canonical names (a checkpoint folder is named so), each once."""
     if models is None:
-        return [m for m in MODELS if m != "LR"]
+        return [m for m in registry.names() if m != "LR"]  # with an installed package's models
     if isinstance(models, str) or not models:
         raise CtrkitError(f"parameter models: expected a non-empty list of model names, got {models!r}")
     names = []
