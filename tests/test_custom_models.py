@@ -217,15 +217,19 @@ def test_bars_and_an_undeclared_preset_are_refused_for_a_model_of_ones_own(regis
     models.register(PresetNet)
     grid = dict(inits=["scratch"], modes=["alone"], seeds=[1], device="cpu", store=tmp_path / "s.jsonl", progress=False)
     assert presets.get("DeepFM", "bars", criteo_small.dataset, criteo_small.protocol).model  # the built-in has one
-    with pytest.raises(CtrkitError, match="^no 'bars' preset for model 'PresetNet' .*'bars' is the BARS leaderboard's "
-                                          "per-dataset table of the built-in models' published runs, not for a model "
-                                          "of your own: use a preset that the class attribute PresetNet.presets "
-                                          "declares \\(smoke, quick, full\\)") as e:
+    with pytest.raises(CtrkitError, match="^no 'bars' preset for model 'PresetNet': 'bars' is the BARS leaderboard's "
+                                          "table of the built-in models; PresetNet.presets declares 'smoke': pass one "
+                                          "of them \\(--preset, preset=\\)$") as e:
         experiments.run(criteo_small, [["PresetNet"]], preset="bars", **grid)
     assert "\n" not in str(e.value)
-    with pytest.raises(CtrkitError, match="^no 'quick' preset for model 'PresetNet' .*give the class PresetNet a "
-                                          "class attribute `presets` = {'quick': "):
+    with pytest.raises(CtrkitError, match="^no 'quick' preset for model 'PresetNet': PresetNet.presets declares "
+                                          "'smoke': pass one of them \\(--preset, preset=\\), or add 'quick' to it$"):
         experiments.run(criteo_small, [["PresetNet"]], preset="quick", **grid)
+    bare = type("BareNet", (PresetNet,), {"name": "BareNet", "presets": {}})  # none declared: how to have one
+    models.register(bare)
+    with pytest.raises(CtrkitError, match="^no 'quick' preset for model 'BareNet' .*give the class BareNet a "
+                                          "class attribute `presets` = {'quick': "):
+        experiments.run(criteo_small, [["BareNet"]], preset="quick", **grid)
     assert not (tmp_path / "s.jsonl").exists()
 
 
@@ -474,3 +478,18 @@ def test_the_peer_selector_offers_an_installed_packages_model(site, criteo_small
     sel = widgets.PeerSelector(criteo_small, store=tmp_path / "store.jsonl", background=False)
     offered = [value for _, value in sel.peers.options]
     assert "MyNet" in offered and "DeepFM" in offered and "LR" not in offered
+
+
+def test_a_hyperparameter_of_the_wrong_kind_is_one_line_naming_the_call(registry, criteo_small, tmp_path):
+    """A class's constructor failing on a value (a string for a width) is the user's input, not a
+    traceback: one line naming the model and the call, whether from `build` or from declared presets."""
+    models.register(PresetNet)
+    with pytest.raises(CtrkitError, match=r"^PresetNet\(hidden='big'\): cannot build it: TypeError: ") as e:
+        models.build("PresetNet", [3, 4], hidden="big")
+    assert "\n" not in str(e.value)
+    bad = type("BigNet", (PresetNet,), {"name": "BigNet", "presets": {"smoke": {
+        "model": {"hidden": "big"}, "train": dict(PresetNet.presets["smoke"]["train"])}}})
+    models.register(bad)
+    with pytest.raises(CtrkitError, match=r"^BigNet\(.*hidden='big'.*\): cannot build it"):
+        experiments.run(criteo_small, [["BigNet"]], inits=["scratch"], modes=["alone"], seeds=[1], device="cpu",
+                        store=tmp_path / "s.jsonl", progress=False, preset="smoke")

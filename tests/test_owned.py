@@ -152,3 +152,14 @@ def test_a_notebook_run_by_hand_replaces_a_reproductions_tables_written_before_r
         else:
             with pytest.raises(CtrkitError, match="did not write it"):
                 reproduce.save_table(df, cfg.table("headline"))
+    # a reproduction that has had records (its .done says so) adopts nothing again: a record deleted
+    # by hand does not make an edited file ctrkit's
+    marked = tmp_path / "marked"
+    assert (marked / ".done" / "owned.json").exists()
+    for p in (marked / "tables" / owned.RECORDS).iterdir():
+        p.unlink()
+    (marked / "tables" / "criteo_headline.md").write_text("mine\n")
+    cfg = reproduce.settings(dataset="criteo", profile="smoke", out=str(marked))
+    with pytest.raises(CtrkitError, match="did not write it"):
+        reproduce.save_table(df, cfg.table("headline"))
+    assert (marked / "tables" / "criteo_headline.md").read_text() == "mine\n"

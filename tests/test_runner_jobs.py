@@ -423,6 +423,7 @@ def test_a_reproductions_output_edited_by_hand_is_never_replaced(fake_notebooks,
     notebook runs when one was edited, and refuses a hand-made file where a notebook would land. An
     output written before records existed is taken as ctrkit's (its folder proves it)."""
     from ctrkit.core import owned
+    from ctrkit.notebook import outputs
 
     out = tmp_path / "out"
     _run(fake_notebooks, out, jobs=1, only=["00_data"])
@@ -431,7 +432,7 @@ def test_a_reproductions_output_edited_by_hand_is_never_replaced(fake_notebooks,
     _run(fake_notebooks, out, jobs=1, only=["00_data"], logs=None)  # its own files: replaced
     index.write_text(index.read_text() + "my note\n")
     (out / "events.log").unlink()
-    with pytest.raises(CtrkitError, match=r"--out .*: index.md was changed after ctrkit wrote it, .*move it away"):
+    with pytest.raises(CtrkitError, match=r"--out .*: index.md was changed \(or made a link\) after ctrkit wrote it, .*move it away .*--force"):
         runner.run(runner.Reproduction(dataset="criteo", profile="smoke", out=str(out), device="cpu", force=True,
                                        only=["00_data"]), progress=False, notebooks_dir=fake_notebooks,
                    log=[].append, progress_every=None)
@@ -443,9 +444,26 @@ def test_a_reproductions_output_edited_by_hand_is_never_replaced(fake_notebooks,
         _run(fake_notebooks, out, jobs=1, only=["01_baselines"])
     assert mine.read_text() == "{}" and not (out / "started_criteo_01_baselines").exists()
     mine.unlink()
-    for records in out.rglob(owned.RECORDS):  # a reproduction made before records existed
-        for p in records.iterdir():
-            p.unlink()
-        records.rmdir()
+
+    def forced():
+        runner.run(runner.Reproduction(dataset="criteo", profile="smoke", out=str(out), device="cpu", force=True,
+                                       only=["00_data"]), progress=False, notebooks_dir=fake_notebooks,
+                   log=[].append, progress_every=None)
+
+    def drop_records():
+        for records in out.rglob(owned.RECORDS):
+            for p in records.iterdir():
+                p.unlink()
+            records.rmdir()
+
+    drop_records()  # records deleted by hand: nothing is thereby ctrkit's again
+    with pytest.raises(CtrkitError, match="00_data.ipynb: exists and ctrkit did not write it"):
+        forced()
+    drop_records()
+    (out / ".done" / outputs.RECORDS_SINCE).unlink()  # a reproduction made before records existed
     _run(fake_notebooks, out, jobs=1, only=["00_data"], logs=None)
-    assert owned.changed([index, nb]) == [] and owned.recorded(nb)
+    assert owned.changed([index, nb]) == [] and owned.recorded(nb) and (out / ".done" / outputs.RECORDS_SINCE).exists()
+    nb.unlink()
+    nb.symlink_to(index)  # a link where ctrkit wrote a file
+    with pytest.raises(CtrkitError, match=r"00_data.ipynb was changed \(or made a link\)"):
+        forced()

@@ -95,8 +95,10 @@ def owned_path(path: str | os.PathLike, *, where: str = "") -> Iterator[Path]:
 
 
 def changed(paths: Iterable[Path]) -> list[Path]:
-    """Of `paths`, the files that have a record their bytes no longer match (edited by hand)."""
-    return [p for p in paths if p.is_file() and (h := recorded(p)) and sha256_file(p) not in h]
+    """Of `paths`, the files that have a record their bytes no longer match (edited by hand), or that
+    are a link now (ctrkit writes none)."""
+    return [p for p in paths if (p.is_file() or p.is_symlink()) and (h := recorded(p))
+            and (p.is_symlink() or sha256_file(p) not in h)]
 
 
 def adopt(paths: Iterable[Path]) -> int:

@@ -215,7 +215,8 @@ def hparam_defaults(name: str) -> dict[str, Any]:
 def build(name: str, fields: Any, **hparams: Any) -> CTRModel:
     """Build model `name` for `fields` (list of vocab sizes, feature_map dict or CTRData).
 
-    Unknown hyperparameters raise CtrkitError listing the valid ones (checked before construction).
+    Unknown hyperparameters raise CtrkitError listing the valid ones (checked before construction);
+    a value the class cannot take (a TypeError or ValueError of its constructor) is one line too.
     """
     cls = MODELS[canonical_name(name)]
     valid = hparam_defaults(cls.name)
@@ -223,7 +224,12 @@ def build(name: str, fields: Any, **hparams: Any) -> CTRModel:
     if unknown:
         raise CtrkitError(f"{cls.name}: unknown hyperparameter(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(valid) or '(none)'}")
-    return cls(field_sizes_of(fields), **hparams)
+    try:
+        return cls(field_sizes_of(fields), **hparams)
+    except (TypeError, ValueError) as e:  # a value of the wrong kind (hidden="big"): one line naming the call
+        given = ", ".join(f"{k}={v!r}" for k, v in hparams.items())
+        raise CtrkitError(f"{cls.name}({given}): cannot build it: {type(e).__name__}: "
+                          f"{(str(e).strip().splitlines() or [''])[0]}") from None
 
 
 def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:

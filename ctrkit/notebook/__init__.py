@@ -1,5 +1,6 @@
 """Notebook layer: what the notebooks call to stay thin (`reproduce`), the papermill runner of `ctrkit
-reproduce` (`runner`), the profiles both read (`profiles`), and the peer-selector widget (`widgets`).
+reproduce` (`runner`), the profiles both read (`profiles`), the files a reproduction writes and their
+`owned` records (`outputs`), and the peer-selector widget (`widgets`).
 
 The runner and the widget need the `notebooks` extra and say so in one line where they start
 (`runner.run`, importing `widgets`); the profiles and the runner's cost model (`runner.estimate`) do

@@ -24,7 +24,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ctrkit.core import owned
 from ctrkit.core.owned import owned_path
 from ctrkit.core.utils import CtrkitError, as_int
 from ctrkit.notebook import profiles
@@ -34,12 +33,13 @@ from ctrkit.notebook.profiles import (DATASETS, PROFILES, SCHEMA_SUFFIXES, SMALL
 
 
 def _adopt_legacy(folder: Path) -> None:
-    """The tables or figures of a reproduction made before `owned` records existed (its `.done` beside
-    them, no records) are ctrkit's: recorded as such, so a notebook run by hand there replaces them.
-    (`ctrkit reproduce` does the same as it starts.) Unreadable: the write says so, naming its file."""
+    """The outputs of a reproduction made before `owned` records existed are ctrkit's: recorded as
+    such (`outputs.adopt_legacy`, as `ctrkit reproduce` does as it starts), so a notebook run by hand
+    there replaces them. Unreadable: the write says so, naming its file."""
+    from ctrkit.notebook.outputs import adopt_legacy
+
     try:
-        if (folder.parent / ".done").is_dir() and folder.is_dir() and not (folder / owned.RECORDS).is_dir():
-            owned.adopt([p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")])
+        adopt_legacy(folder.parent)
     except OSError:
         pass
 

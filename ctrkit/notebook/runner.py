@@ -37,6 +37,7 @@ from ctrkit.core import owned
 from ctrkit.core.owned import owned_path
 from ctrkit.core.utils import CtrkitError, atomic_path, die_with_parent, sha256_file, stop_on_sigterm, write_json_atomic
 from ctrkit.notebook import profiles
+from ctrkit.notebook.outputs import WRITTEN, adopt_legacy, outputs
 from ctrkit.notebook.profiles import (DATASETS, NOTEBOOK_DIR, NOTEBOOKS, ONCE, PER_DATASET, PROFILES,
                                       SCHEMA_SUFFIXES, SMALL_DATASETS)
 
@@ -463,49 +464,33 @@ def _claim_out(out_dir: Path) -> None:
         raise CtrkitError(f"--out {out_dir}: cannot create: {e.strerror or e}") from None
 
 
-# What reproduce and its notebooks write in --out: (folder, file names, name endings). The temp files
-# (`atomic_path`'s) of those files that a killed run left are removed by the next one.
-_WRITTEN = [("tables", (), (".csv", ".md", ".tex")), ("figures", (), (".png", ".svg", ".pdf")),
-            (".", ("index.md", "index.html"), ()), (".done", (), (".json",))]
-
-
-def _outputs(out_dir: Path) -> list[Path]:
-    """The files in `out_dir` of the names reproduce writes (`_WRITTEN`, and the executed notebooks)."""
-    found = [p for p in (out_dir / "notebooks").rglob("*.ipynb") if not p.name.startswith(".")]
-    for sub, names, ends in _WRITTEN:
-        if sub != ".done" and (out_dir / sub).is_dir():
-            found += [p for p in (out_dir / sub).iterdir() if p.name in names or (ends and p.name.endswith(ends))]
-    return sorted(p for p in found if not p.name.startswith("."))
-
-
 def _check_outputs(out_dir: Path) -> None:
     """Refuse, before any notebook runs, a reproduction's output edited since ctrkit wrote it (its
-    record, `owned`, no longer matches): the run would replace it. The outputs in a folder without
-    records (written before records existed, in a folder `_claim_out` proved ctrkit's) are recorded
-    as ctrkit's first."""
+    record, `owned`, no longer matches, or it became a link): the run may replace it. The outputs of
+    a reproduction made before records existed are recorded as ctrkit's first (`adopt_legacy`)."""
     try:
-        outputs = _outputs(out_dir)
-        owned.adopt([p for p in outputs if not (p.parent / owned.RECORDS).is_dir()])
-        edited = owned.changed(outputs)
+        adopt_legacy(out_dir)
+        edited = owned.changed(outputs(out_dir))
     except OSError as e:
         raise CtrkitError(f"--out {out_dir}: cannot read {e.filename or 'it'}: {e.strerror or e}") from None
     if edited:
         names = ", ".join(p.relative_to(out_dir).as_posix() for p in edited[:3])
         more = f" and {len(edited) - 3} more" if len(edited) > 3 else ""
         one = len(edited) == 1
-        raise CtrkitError(f"--out {out_dir}: {names}{more} {'was' if one else 'were'} changed after ctrkit wrote "
-                          f"{'it' if one else 'them'}, and a reproduction may replace {'it' if one else 'them'}: "
-                          f"move {'it' if one else 'them'} away, or give another --out")
+        it = "it" if one else "them"
+        raise CtrkitError(f"--out {out_dir}: {names}{more} {'was' if one else 'were'} changed (or made a link) after "
+                          f"ctrkit wrote {it}, and a reproduction may replace {it}: move {it} away (a notebook "
+                          f"already done writes {it} again only with --force), or give another --out")
 
 
 def _remove_killed_writers_temp(out_dir: Path) -> None:
     """Remove the temp files a killed reproduction left in `out_dir` (`_claim_out` has made sure it is
-    ctrkit's), of the names `_WRITTEN` lists only. Only those unmodified for `LIVE_TEMP_S`: nothing
+    ctrkit's), of the names `WRITTEN` lists only. Only those unmodified for `LIVE_TEMP_S`: nothing
     stops a notebook run by hand, or a second reproduction, from writing a table there right now,
     and a live writer's temp file is seconds old."""
     from ctrkit.core.utils import LIVE_TEMP_S, remove_stale_temp
 
-    for sub, names, ends in _WRITTEN:
+    for sub, names, ends in WRITTEN:
         remove_stale_temp(out_dir / sub, names, suffixes=ends, older_than=LIVE_TEMP_S)
         remove_stale_temp(out_dir / sub / owned.RECORDS, (), suffixes=(".json",), older_than=LIVE_TEMP_S)
 

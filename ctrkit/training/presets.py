@@ -120,6 +120,12 @@ def _check_covered(data: dict, preset: str, name: str) -> None:
     if name in data[preset]:
         return
     cls = MODELS[name].__name__
+    declared = sorted(MODELS[name].presets)
+    if declared:  # the class has presets, not this one: name them, not the route to having any
+        why = ("'bars' is the BARS leaderboard's table of the built-in models; " if preset == "bars" else "")
+        add = "" if preset == "bars" else f", or add {preset!r} to it"
+        raise CtrkitError(f"no {preset!r} preset for model {name!r}: {why}{cls}.presets declares "
+                          f"{', '.join(map(repr, declared))}: pass one of them (--preset, preset=){add}")
     if preset == "bars":
         how = (f"'bars' is the BARS leaderboard's per-dataset table of the built-in models' published runs, not "
                f"for a model of your own: use a preset that the class attribute {cls}.presets declares "
