@@ -65,15 +65,22 @@ def record(path: str | os.PathLike) -> None:
     _write_record(Path(path), [sha256_file(path)])
 
 
+def _begin(path: Path, new: str, where: str) -> None:
+    """Before the bytes of hash `new` are renamed onto `path`: refuse if ctrkit did not write what
+    `path` holds, else record old and new, so a writer killed mid-rename leaves both known as ctrkit's
+    (the record is settled to `new` alone after the rename)."""
+    if foreign(path, new):
+        raise refuse(path, where)
+    old = sha256_file(path) if path.exists() else None
+    _write_record(path, [new] + ([old] if old else []))
+
+
 def move_into(src: str | os.PathLike, dest: str | os.PathLike, *, where: str = "") -> None:
     """Rename ctrkit's finished file `src` (e.g. an executed notebook) onto `dest`, as `owned_path`
     replaces a file: only if ctrkit wrote what `dest` holds, recording the new bytes."""
     src, dest = Path(src), Path(dest)
     new = sha256_file(src)
-    if foreign(dest, new):
-        raise refuse(dest, where)
-    old = sha256_file(dest) if dest.exists() else None
-    _write_record(dest, [new] + ([old] if old else []))
+    _begin(dest, new, where)
     os.replace(src, dest)
     _write_record(dest, [new])
 
@@ -87,10 +94,7 @@ def owned_path(path: str | os.PathLike, *, where: str = "") -> Iterator[Path]:
     with atomic_path(path) as tmp:
         yield tmp
         new = sha256_file(tmp)
-        if foreign(path, new):
-            raise refuse(path, where)
-        old = sha256_file(path) if path.exists() else None
-        _write_record(path, [new] + ([old] if old else []))
+        _begin(path, new, where)  # atomic_path renames tmp onto path as this block ends
     _write_record(path, [new])
 
 

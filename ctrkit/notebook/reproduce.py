@@ -31,22 +31,22 @@ from ctrkit.notebook.profiles import (DATASETS, PROFILES, SCHEMA_SUFFIXES, SMALL
                                       check_device, resolve_path)
 
 
+def _owned(path: str | Path):
+    """The atomic write of a table: a file of that name that ctrkit did not write stays (`owned`)."""
+    return owned_path(path, where=", or use another out folder")
 
-def _adopt_legacy(folder: Path) -> None:
+
+def _adopt_legacy(out: Path) -> None:
     """The outputs of a reproduction made before `owned` records existed are ctrkit's: recorded as
     such (`outputs.adopt_legacy`, as `ctrkit reproduce` does as it starts), so a notebook run by hand
     there replaces them. Unreadable: the write says so, naming its file."""
     from ctrkit.notebook.outputs import adopt_legacy
 
     try:
-        adopt_legacy(folder.parent)
+        adopt_legacy(out)
     except OSError:
         pass
 
-
-def _owned(path: str | Path):
-    """The atomic write of a table: a file of that name that ctrkit did not write stays (`owned`)."""
-    return owned_path(path, where=", or use another out folder")
 
 @dataclass(frozen=True)
 class Shown:
@@ -137,12 +137,10 @@ class Settings:
 
     def table(self, name: str) -> Path:
         """Stem of a table file: tables/<dataset>_<name> (.csv and .md are added by save_table)."""
-        _adopt_legacy(self.tables)
         return self.tables / f"{self.dataset}_{name}"
 
     def figure(self, name: str) -> Path:
         """Stem of a figure file: figures/<dataset>_<name> (.png and .svg are added by ctrkit.analysis.plots)."""
-        _adopt_legacy(self.figures)
         return self.figures / f"{self.dataset}_{name}"
 
     @property
@@ -226,6 +224,7 @@ def settings(
 
     if amp is not None and amp not in AMP_CHOICES:
         raise CtrkitError(f"parameter amp must be one of {', '.join(AMP_CHOICES)} or None, got {amp!r}")
+    _adopt_legacy(resolve_path(out))  # once, before any table or figure of this notebook is written
     return Settings(
         dataset=dataset, profile=profile, out=resolve_path(out), device=device,
         data_dir=resolve_path(data_dir) if data_dir else None,
