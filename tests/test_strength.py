@@ -9,6 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from ctrkit.analysis import strength
+from ctrkit.core.utils import CtrkitError
 from ctrkit.experiments.store import ResultsStore
 
 MODELS = ("DeepFM", "DCN", "PNN")
@@ -174,3 +175,28 @@ def test_the_tables_say_which_arm_kept_its_pretrained_weights(tmp_path):
     assert strength.sizes_note(sources, t, dataset="criteo") == (
         "full: weight 10, lr scale 0.1, baselines at the epoch cap 2/3; "
         "smoke: weight 1, lr scale 0.1, baselines at the epoch cap 0/0")
+
+
+@pytest.mark.parametrize("size, parts", [("smoke", ("smoke", 1.0)), ("smoke@25%", ("smoke", 0.25)),
+                                         ("full@1%", ("full", 0.01)), ("my-net_2@99%", ("my-net_2", 0.99))])
+def test_a_size_is_a_preset_and_a_share_of_the_training_rows(size, parts):
+    assert strength.size_parts(size) == parts
+
+
+@pytest.mark.parametrize("size", ["smoke@100%", "smoke@0%", "smoke@25", "smoke@2.5%", "@25%", "smoke@25%x", "", 3])
+def test_a_size_of_another_form_is_one_line_naming_it(size):
+    with pytest.raises(CtrkitError, match=r"size .*expected a model preset, or a preset at a share"):
+        strength.size_parts(size)
+
+
+def test_a_share_size_reads_its_presets_records_from_its_own_source(tmp_path):
+    """A size "smoke@50%" is the smoke preset's records of its source (a share's own store holds its runs
+    only): the same rows as the size "smoke" of that source, under its own name."""
+    s = _store(tmp_path)
+    plain = strength.table({"full": s, "smoke": s})
+    share = strength.table({"full": s, "smoke@50%": s})
+    assert list(share["size"]) == [z if z == "full" else "smoke@50%" for z in plain["size"]]
+    pd.testing.assert_frame_equal(share.drop(columns="size"), plain.drop(columns="size"))
+    c = strength.contrast({"full": s, "smoke@50%": s})
+    assert set(c["size_b"]) == {"smoke@50%"} and (c["n_pairs"] == 4).all()
+    assert "smoke@50%: weight 1" in strength.sizes_note({"full": s, "smoke@50%": s}, share)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ctrkit import data as data_module
 from ctrkit.analysis import render, tables
 from ctrkit.experiments import designs
 from ctrkit.experiments.store import ResultsStore
@@ -148,7 +149,7 @@ def test_study_resolves_to_the_full_preset_and_it_trains_every_model_on_a_schema
     # quick and study compare baseline strengths, the profile's own preset first; smoke (CI) and paper do not
     assert {p for p in profiles.PROFILES if profiles.profile(p).get("sizes")} == {"quick", "study"}
     quick = profiles.profile("quick")
-    assert quick["sizes"] == ["smoke", "quick"] and quick["sizes"][0] == quick["preset"]
+    assert quick["sizes"] == ["smoke", "smoke@25%"] and quick["sizes"][0] == quick["preset"]
     data = reproduce.dataset(cfg)
     base = experiments.pretrain_baselines(data, cfg.models, tmp_path / "ckpt", preset=cfg.preset, seeds=[2021],
                                           epochs=1, overrides=cfg.overrides, device="cpu", threads=1, amp="off",
@@ -286,15 +287,16 @@ def test_reproduce_prints_the_estimate_first_and_progress(tmp_path, monkeypatch)
 
 def test_strength_end_to_end_under_quick_writes_the_table_and_the_contrast(tmp_path):
     """The quick profile's own sizes at smoke-like scale (1,000 rows, 2 seeds, 2 models, 1 epoch): its
-    preset from the main store, the `quick` preset pretrained and finetuned at the chosen setting under
-    OUT/<dataset>/sizes/quick/; the strength table, its contrast (paired by seed), and the figure written."""
+    preset from the main store, the same preset on 25% of the training rows pretrained and finetuned at
+    the chosen setting under OUT/<dataset>/sizes/smoke@25%/ with 4x the epochs and patience; the
+    strength table, its contrast (paired by seed), and the figure written."""
     import dataclasses
 
     from ctrkit import experiments
 
     cfg = reproduce.settings(dataset="criteo", profile="quick", out=str(tmp_path / "o"), rows=1000,
                              seeds=[2021, 2022], epochs=1)
-    assert cfg.sizes == ["smoke", "quick"]  # the profile's, not set here
+    assert cfg.sizes == ["smoke", "smoke@25%"]  # the profile's, not set here
     cfg = dataclasses.replace(cfg, models=["DeepFM", "DCN"], threads=1, device="cpu")
     data = reproduce.dataset(cfg)
     common = dict(seeds=cfg.seeds, store=cfg.store, preset=cfg.preset, device="cpu", threads=1, amp="off",
@@ -305,24 +307,33 @@ def test_strength_end_to_end_under_quick_writes_the_table_and_the_contrast(tmp_p
     reproduce.export_results(cfg)
     shown, paths = reproduce.strength(cfg, data)
     t = pd.read_csv(cfg.table("strength").with_name("criteo_strength.csv"))
-    assert list(t["size"]) == ["smoke", "smoke", "quick", "quick"] and (t["n_pairs"] == 2).all()
-    assert set(t[t["size"] == "quick"]["weight"]) == {reproduce.chosen(cfg)["weight"]}
-    other = pd.read_json(cfg.run_dir / "sizes" / "quick" / "store.jsonl", lines=True)
-    assert set(other["preset"]) == {"quick"} and set(other["mode"]) == {"baseline", "alone", "mutual"}
-    assert "quick: mutual - alone (rel. %)" in shown.frame.columns and len(shown) == 2
-    # the contrast: one row per model, smoke - quick over the 2 shared seeds; with the same seeds in both
-    # sizes its means are the strength table's differences
+    assert list(t["size"]) == ["smoke", "smoke", "smoke@25%", "smoke@25%"] and (t["n_pairs"] == 2).all()
+    assert set(t[t["size"] == "smoke@25%"]["weight"]) == {reproduce.chosen(cfg)["weight"]}
+    other = pd.read_json(cfg.run_dir / "sizes" / "smoke@25%" / "store.jsonl", lines=True)
+    assert set(other["preset"]) == {"smoke"} and set(other["mode"]) == {"baseline", "alone", "mutual"}
+    # trained on its share's own data (never the full data's fingerprint), at 4x the epochs and patience
+    share = data_module.load(cfg.run_dir / "sizes" / "smoke@25%" / "data")
+    assert share.rows["train"] == round(0.25 * data.rows["train"]) and set(other["fingerprint"]) == {share.fingerprint}
+    base = other[other["mode"] == "baseline"]
+    configs = [json.loads(c) if isinstance(c, str) else c for c in base["config"]]
+    assert {c["train"]["patience"] for c in configs} == {4 * cfg.patience}
+    assert set(base["max_epochs"]) == {4} and (base["epochs"] > 1).any()  # cap 1 x 4: more than the full data's 1
+    assert "smoke@25%: mutual - alone (rel. %)" in shown.frame.columns and len(shown) == 2
+    # the contrast: one row per model, smoke - smoke@25% over the 2 shared seeds; with the same seeds in
+    # both sizes its means are the strength table's differences
     c = pd.read_csv(cfg.table("strength_contrast").with_name("criteo_strength_contrast.csv"))
-    assert list(c["peer"]) == ["DeepFM", "DCN"] and set(c["size_a"]) == {"smoke"} and set(c["size_b"]) == {"quick"}
+    assert list(c["peer"]) == ["DeepFM", "DCN"] and set(c["size_a"]) == {"smoke"} and set(c["size_b"]) == {"smoke@25%"}
     assert (c["n_pairs"] == 2).all() and (c["n_left_out"] == 0).all() and c["p_holm"].notna().all()
     by = t.set_index(["size", "peer"])
     for r in c.itertuples():
         for col, of in (("gain_diff_mean", "rel_pct_mean"), ("pretrained_auc_diff_mean", "pretrained_auc_mean")):
-            assert getattr(r, col) == pytest.approx(by.loc[("smoke", r.peer), of] - by.loc[("quick", r.peer), of])
+            assert getattr(r, col) == pytest.approx(by.loc[("smoke", r.peer), of] - by.loc[("smoke@25%", r.peer), of])
     contrast_md = cfg.table("strength_contrast").with_name("criteo_strength_contrast.md").read_text()
     assert "one-sample t-test of the per-seed differences" in contrast_md and "Holm across the rows" in contrast_md
     assert "synthetic Criteo-shaped data" in contrast_md and "profile quick" in contrast_md
     written = cfg.table("strength").with_name("criteo_strength.md").read_text()
     assert "paired by seed within each size" in written and written.endswith(contrast_md)
+    assert f"smoke@25%: the smoke preset on a fixed 25% of the training rows ({share.rows['train']:,} of " \
+           f"{data.rows['train']:,}; the same validation and test rows), epoch cap 4, patience {4 * cfg.patience}" in written
     assert shown._repr_markdown_() == written  # the cell shows the file: both tables
     assert all(p.exists() for p in paths) and paths[0].name == "criteo_gain_vs_strength.png"

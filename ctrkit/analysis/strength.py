@@ -1,7 +1,8 @@
 """The mutual-finetuning gain against the baseline's strength: the headline at several model sizes side by side.
 
-Each size is a model preset (`ctrkit.training.presets`) with its own records (a store, a results CSV or a
-frame): `table()` keeps each source's records of that preset only, so mutual and alone finetuning are
+Each size is a model preset (`ctrkit.training.presets`), or a preset on a share of the training rows
+(`"smoke@25%"`: `size_parts`; a baseline weaker for less data, not for less training), with its own
+records (a store, a results CSV or a frame): `table()` keeps each source's records of that preset only, so mutual and alone finetuning are
 paired by seed within one size (never a full-size mutual run against a small alone run of the same
 seed), at the setting the size's own sweep chose on validation (its only setting when it has none).
 `display()` is the side-by-side form; `table()` is also what `ctrkit.analysis.plots.gain_vs_strength` draws
@@ -14,6 +15,7 @@ dataset, beside how much stronger A's pretrained model is than B's (A - B, the s
 """
 from __future__ import annotations
 
+import re
 from itertools import combinations
 from typing import Mapping
 
@@ -27,6 +29,24 @@ COLUMNS = ["size", "dataset", "model", "peer", "n_pairs", "pretrained_auc_mean",
            "mutual_auc_mean", "auc_diff_mean", "auc_diff_ci_low", "auc_diff_ci_high", "rel_pct_mean",
            "rel_pct_ci_low", "rel_pct_ci_high", "p_holm", "n_kept_pretrained_mutual", "n_kept_pretrained_alone",
            "weight", "finetune_lr_scale", "chosen_on", "flag"]
+
+
+_SIZE = re.compile(r"([A-Za-z0-9_-]+)(?:@([1-9][0-9]?)%)?")
+
+
+def size_parts(size: str) -> tuple[str, float]:
+    """A size's (model preset, share of the training rows): "smoke" -> ("smoke", 1.0), "smoke@25%" ->
+    ("smoke", 0.25); anything else is one line naming the size and the form."""
+    m = _SIZE.fullmatch(size) if isinstance(size, str) else None
+    if m is None:
+        raise CtrkitError(f"size {size!r}: expected a model preset, or a preset at a share of the training rows "
+                          f"in whole percent from 1 to 99, e.g. 'smoke' or 'smoke@25%'")
+    return m[1], (int(m[2]) / 100 if m[2] else 1.0)
+
+
+def _of_size(df: pd.DataFrame, size: str) -> pd.Series:
+    """The records of a size's preset (a size's own store holds only its share's runs)."""
+    return df["preset"].astype(str) == size_parts(str(size))[0]
 
 
 def table(sources: Mapping[str, object], *, dataset: str | None = None) -> pd.DataFrame:
@@ -47,7 +67,7 @@ def _finetuned(sources: Mapping[str, object], dataset: str | None):
     each size's records are its preset's only (exploration left out)."""
     for size, source in sources.items():
         df = records.records(source, dataset=dataset)
-        df = df[df["preset"].astype(str) == str(size)]
+        df = df[_of_size(df, size)]
         ft = tables.finetune(df) if len(df) else pd.DataFrame()
         if not ft.empty:
             yield size, df, ft
@@ -59,7 +79,7 @@ def sizes_note(sources: Mapping[str, object], t: pd.DataFrame, *, dataset: str |
     parts = []
     for size, source in sources.items():
         df = records.records(source, dataset=dataset)
-        base = df[(df["preset"].astype(str) == str(size)) & (df["mode"] == "baseline")]
+        base = df[_of_size(df, size) & (df["mode"] == "baseline")]
         rows = t[t["size"] == size].drop_duplicates(["weight", "finetune_lr_scale"])
         setting = ", ".join(f"weight {r.weight:g}, lr scale {r.finetune_lr_scale:g}" for r in rows.itertuples())
         cap = f"{int((base['epoch_cap_hit'] == True).sum())}/{len(base)}" if "epoch_cap_hit" in base else "?"  # noqa: E712
@@ -201,5 +221,5 @@ def contrast_label(df: pd.DataFrame, peer: str) -> str:
                      f"p_holm {'–' if pd.isna(r.p_holm) else f'{r.p_holm:.2f}'}" for r in rows.itertuples(index=False))
 
 
-__all__ = ["COLUMNS", "CONTRAST_COLUMNS", "SEED_COLUMNS", "table", "display", "seed_gains", "contrast",
+__all__ = ["COLUMNS", "CONTRAST_COLUMNS", "SEED_COLUMNS", "size_parts", "table", "display", "seed_gains", "contrast",
            "display_contrast", "contrast_label", "sizes_note"]

@@ -685,22 +685,64 @@ def tune(cfg: Settings, data) -> dict[str, dict]:
 
 
 def size_runs(cfg: Settings, data, size: str) -> Path:
-    """One extra model size of the strength comparison (a preset other than the profile's): its baselines
-    (the profile's seeds, epoch cap and patience; no search) and alone + mutual finetuning at the setting
-    02's sweep chose, in OUT/<dataset>/sizes/<size>/ with its own store (the paper's tables never see
-    it); runs already there are skipped. Returns the store."""
+    """One extra size of the strength comparison (a preset other than the profile's, or a preset on a
+    share of the training rows: `ctrkit.analysis.strength.size_parts`): its baselines (the profile's
+    seeds, epoch cap and patience; no search) and alone + mutual finetuning at the setting 02's sweep
+    chose, in OUT/<dataset>/sizes/<size>/ with its own store (the paper's tables never see it); runs
+    already there are skipped. A share trains on `ctrkit.data.subset.train_share`'s rows in
+    sizes/<size>/data, at `_share_budget`. Returns the store."""
     from ctrkit import experiments
+    from ctrkit.analysis.strength import size_parts
 
+    preset, share = size_parts(size)
     root = cfg.run_dir / "sizes" / size
     store, best = root / "store.jsonl", chosen(cfg)
-    common = dict(seeds=cfg.seeds, store=store, preset=size, device=cfg.device, threads=cfg.threads,
+    epochs, overrides, finetune_epochs = cfg.epochs, cfg.overrides, cfg.finetune_epochs
+    if share < 1:
+        from ctrkit.data.subset import train_share
+
+        data = train_share(data, root / "data", share)
+        epochs, overrides, finetune_epochs = _share_budget(cfg, preset, share)
+    common = dict(seeds=cfg.seeds, store=store, preset=preset, device=cfg.device, threads=cfg.threads,
                   workers=cfg.workers, amp=cfg.amp, graph=cfg.graph, progress=cfg.progress)
-    experiments.pretrain_baselines(data, cfg.models, root / "pretrained", epochs=cfg.epochs, overrides=cfg.overrides,
+    experiments.pretrain_baselines(data, cfg.models, root / "pretrained", epochs=epochs, overrides=overrides,
                                    **common)
     experiments.run(data, [cfg.models], inits=["pretrained"], modes=["alone", "mutual"], ckpt_dir=root / "pretrained",
                     weight=best["weight"], finetune_lr_scale=best["finetune_lr_scale"],
-                    finetune_epochs=cfg.finetune_epochs, **common)
+                    finetune_epochs=finetune_epochs, **common)
     return store
+
+
+def _share_budget(cfg: Settings, preset: str, share: float) -> tuple[int, dict, int]:
+    """(epoch cap, train overrides, finetuning epochs) of a size on a share of the training rows: the
+    profile's (else the preset's) epoch cap, patience and finetuning epochs, each x ceil(1 / share), so
+    a baseline gets the optimizer steps (and patience in steps) it has on all the rows, at the same
+    batch: weaker for less data, not for less training."""
+    from math import ceil
+
+    from ctrkit.training import presets
+
+    k = ceil(1 / share - 1e-9)
+    train = presets.get(cfg.models[0], preset).train
+    epochs, patience = cfg.epochs or train["epochs"], cfg.patience or train["patience"]
+    return epochs * k, {**cfg.overrides, "patience": patience * k}, cfg.finetune_epochs * k
+
+
+def _shares_note(cfg: Settings) -> str:
+    """What a caption owes a size on a share of the training rows: its rows and budget ("" without one)."""
+    from ctrkit.analysis.strength import size_parts
+
+    said = []
+    for size in cfg.sizes:
+        preset, share = size_parts(size)
+        if share < 1:
+            fm = json.loads((cfg.run_dir / "sizes" / size / "data" / "feature_map.json").read_text())
+            epochs, overrides, ft = _share_budget(cfg, preset, share)
+            said.append(f"{size}: the {preset} preset on a fixed {share:.0%} of the training rows "
+                        f"({fm['rows']['train']:,} of {fm['source']['train_share']['of_rows']:,}; the same "
+                        f"validation and test rows), epoch cap {epochs}, patience {overrides['patience']}, "
+                        f"finetuning at most {ft} epochs: the steps of all the rows")
+    return "; ".join(said)
 
 
 def strength(cfg: Settings, data) -> tuple[Shown, list[Path]]:
@@ -723,16 +765,18 @@ def strength(cfg: Settings, data) -> tuple[Shown, list[Path]]:
     with _owned(stem.with_name(stem.name + ".csv")) as tmp:
         t.to_csv(tmp, index=False)
     every = pd.concat([records.records(s) for s in sources.values()])  # the precision of every size's runs
-    prov = caption(cfg, figure=False, source=every)
+    prov, shares = caption(cfg, figure=False, source=every), _shares_note(cfg)
     cap = (f"Mutual - alone finetuning per model size, paired by seed within each size, at the setting 02's "
-           f"sweep chose on validation ({st.sizes_note(sources, t, dataset=cfg.dataset)}); the pretrained test "
+           f"sweep chose on validation ({st.sizes_note(sources, t, dataset=cfg.dataset)}); "
+           f"{shares + '; ' if shares else ''}the pretrained test "
            f"AUC is the baseline's; p (Holm): Holm across the models of one size; kept pretrained: runs whose "
            f"best epoch was 0, so that arm is the pretrained model ({prov})")
     human = st.display(t)
     c, contrast_md = _strength_contrast_table(cfg, sources, prov)
     with _owned(stem.with_name(stem.name + ".md")) as tmp:
         tmp.write_text(f"{_markdown(human)}\n\n{cap}\n\n{contrast_md}")
-    paths = plots.gain_vs_strength(t, cfg.figure("gain_vs_strength"), caption=caption(cfg, source=every), contrast=c,
+    paths = plots.gain_vs_strength(t, cfg.figure("gain_vs_strength"), contrast=c,
+                                   caption=caption(cfg, source=every) + (f"; {shares}" if shares else ""),
                                    title=f"Mutual finetuning gain vs the baseline's strength ({cfg.dataset})")
     return _shown(human, stem.with_name(stem.name + ".md")), paths
 
@@ -753,8 +797,8 @@ def _strength_contrast_table(cfg: Settings, sources: dict, prov: str) -> tuple[p
            f"rel %, each size at the setting 02's sweep chose) at size A minus at size B, seed by seed (the same "
            f"pairs as the strength table; seeds of one size only left out: "
            f"{f'at most {left} per model' if left else 'none'}), mean [{CI_NAME}]; a seed's two sizes share "
-           f"its seed, not its batches (each size has its own batch size and training), so the pairing is by "
-           f"seed only; beside it how much stronger A's pretrained model is (test AUC, A - B, the same seeds, "
+           f"its seed, not its batches (each size trains on its own: its rows, batch size and schedule), so the "
+           f"pairing is by seed only; beside it how much stronger A's pretrained model is (test AUC, A - B, the same seeds, "
            f"[{CI_NAME}]); p: one-sample t-test of the per-seed differences, p (Holm): Holm across the rows of "
            f"the dataset (its models, for each pair of sizes); MDE: the smallest true difference that test finds "
            f"with {POWER:.0%} power at these pairs' number and spread (a null result does not rule out less); "
