@@ -131,7 +131,7 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
         ("code", "reproduce.paper_table(cfg, 'alternatives')"),
         ("md", "## Gain vs the baseline's strength (profiles `quick` and `study`: their `sizes`; the others run nothing here)\n"
                "The headline at each model size side by side (the profile's own preset from the runs above, each other "
-               "size pretrained and finetuned at the chosen setting in its own store), each model's gain against the "
+               "size pretrained and finetuned over the sweep in its own store, at the setting its own validation chose), each model's gain against the "
                "pretrained test AUC it started from, and the paired test of whether the gain changes with strength: "
                "per model, the gain at one size minus the other, seed by seed (`tables/<dataset>_strength_contrast`)."),
         ("code", "shown, paths = reproduce.strength(cfg, data)  # without `sizes`: a sentence saying so\n"

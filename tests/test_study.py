@@ -247,6 +247,9 @@ def test_estimate_from_a_fake_timing():
     assert runs["03_partners"][0] == 5 * 6 and runs["04_peer_count"][0] == 5 * 11 and runs["07_variants"][0] == 36
     assert set(runner.estimate(sizes, {m: 1.0 for m in sizes["models"]}, ["01_baselines"])) == {"01_baselines"}
     assert runner.workload(profiles.profile("quick"))["02_scratch_vs_finetune"][1] < runs["02_scratch_vs_finetune"][1]
+    # 02 under quick: per seed 2 from scratch, the sweep (2 alone + 5 x 2 mutual), KD and the ensemble; its
+    # other size (smoke@25%) per seed 4 baselines and its own sweep
+    assert runner.workload(profiles.profile("quick"))["02_scratch_vs_finetune"][0] == 5 * (2 + 12 + 2) + 5 * (4 + 12)
     # the timing itself: positive, per model, scaled by the steps of an epoch; `bars` needs the BARS data's name
     full = profiles.profile("full")
     one = runner.epoch_seconds([5, 7, 3], 8192, full, device="cpu", steps=1, bars_data=("criteo", "x1"))
@@ -308,9 +311,16 @@ def test_strength_end_to_end_under_quick_writes_the_table_and_the_contrast(tmp_p
     shown, paths = reproduce.strength(cfg, data)
     t = pd.read_csv(cfg.table("strength").with_name("criteo_strength.csv"))
     assert list(t["size"]) == ["smoke", "smoke", "smoke@25%", "smoke@25%"] and (t["n_pairs"] == 2).all()
-    assert set(t[t["size"] == "smoke@25%"]["weight"]) == {reproduce.chosen(cfg)["weight"]}
-    other = pd.read_json(cfg.run_dir / "sizes" / "smoke@25%" / "store.jsonl", lines=True)
+    other = ResultsStore(cfg.run_dir / "sizes" / "smoke@25%" / "store.jsonl").to_frame()  # read_json: 0.3 != 0.3
     assert set(other["preset"]) == {"smoke"} and set(other["mode"]) == {"baseline", "alone", "mutual"}
+    # finetuned over the whole sweep, at the setting its own validation scores chose (not the main size's)
+    mutual = other[other["mode"] == "mutual"]
+    assert set(zip(mutual["weight"], mutual["finetune_lr_scale"])) == {
+        (w, x) for w in cfg.sweep_weights for x in cfg.sweep_lr_scales}
+    own = tables.finetune(cfg.run_dir / "sizes" / "smoke@25%" / "store.jsonl")
+    row = t[t["size"] == "smoke@25%"]
+    assert set(row["weight"]) == set(own["weight"]) and set(row["finetune_lr_scale"]) == set(own["finetune_lr_scale"])
+    assert set(row["chosen_on"]) == {"validation"}
     # trained on its share's own data (never the full data's fingerprint), at 4x the epochs and patience
     share = data_module.load(cfg.run_dir / "sizes" / "smoke@25%" / "data")
     assert share.rows["train"] == round(0.25 * data.rows["train"]) and set(other["fingerprint"]) == {share.fingerprint}

@@ -2,9 +2,10 @@
 
 Each size is a model preset (`ctrkit.training.presets`), or a preset on a share of the training rows
 (`"smoke@25%"`: `size_parts`; a baseline weaker for less data, not for less training), with its own
-records (a store, a results CSV or a frame): `table()` keeps each source's records of that preset only, so mutual and alone finetuning are
-paired by seed within one size (never a full-size mutual run against a small alone run of the same
-seed), at the setting the size's own sweep chose on validation (its only setting when it has none).
+records (a store, a results CSV or a frame): `table()` keeps each source's records of that preset only,
+so mutual and alone finetuning are paired by seed within one size (never a full-size mutual run against
+a small alone run of the same seed), at the setting the size's own sweep chose on validation (its only
+setting when it has none).
 `display()` is the side-by-side form; `table()` is also what `ctrkit.analysis.plots.gain_vs_strength` draws
 (gain with its 95% paired t-interval against the pretrained test AUC, per model and size).
 

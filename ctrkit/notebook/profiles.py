@@ -88,9 +88,9 @@ PROFILES: dict[str, dict] = {
     # 10 and 30, 07's variants at `variant_seeds` (3: its 9 runs from scratch per seed cost ~80% of the
     # study), 03 and 04 not run (`skip`: the paper profile has them). On a GPU pass more seeds.
     # `sizes`: 02 also reports the headline at each of these model presets side by side (the profile's
-    # own, tuned, from 01/02; the others pretrained and finetuned at 02's chosen setting in their own
-    # store), with the gain against the baseline's strength and the paired test of whether it changes
-    # with it (empty: not run; every profile but quick and study).
+    # own, tuned, from 01/02; the others pretrained and finetuned over the sweep in their own store, each
+    # at the setting its own validation chose), with the gain against the baseline's strength and the
+    # paired test of whether it changes with it (empty: not run; every profile but quick and study).
     "study": {
         "rows": 10000, "preset": "full", "epochs": 30, "patience": 3, "finetune_epochs": 2,
         "seeds": [2021, 2022, 2023, 2024, 2025],

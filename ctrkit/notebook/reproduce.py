@@ -687,16 +687,17 @@ def tune(cfg: Settings, data) -> dict[str, dict]:
 def size_runs(cfg: Settings, data, size: str) -> Path:
     """One extra size of the strength comparison (a preset other than the profile's, or a preset on a
     share of the training rows: `ctrkit.analysis.strength.size_parts`): its baselines (the profile's
-    seeds, epoch cap and patience; no search) and alone + mutual finetuning at the setting 02's sweep
-    chose, in OUT/<dataset>/sizes/<size>/ with its own store (the paper's tables never see it); runs
-    already there are skipped. A share trains on `ctrkit.data.subset.train_share`'s rows in
-    sizes/<size>/data, at `_share_budget`. Returns the store."""
+    seeds, epoch cap and patience; no search) and alone + mutual finetuning over the profile's sweep, so
+    that its tables choose its own setting on its own validation scores (a setting chosen for another
+    size would favour that size), in OUT/<dataset>/sizes/<size>/ with its own store (the paper's tables
+    never see it); runs already there are skipped. A share trains on `ctrkit.data.subset.train_share`'s
+    rows in sizes/<size>/data, at `_share_budget`. Returns the store."""
     from ctrkit import experiments
     from ctrkit.analysis.strength import size_parts
 
     preset, share = size_parts(size)
     root = cfg.run_dir / "sizes" / size
-    store, best = root / "store.jsonl", chosen(cfg)
+    store = root / "store.jsonl"
     epochs, overrides, finetune_epochs = cfg.epochs, cfg.overrides, cfg.finetune_epochs
     if share < 1:
         from ctrkit.data.subset import train_share
@@ -708,7 +709,7 @@ def size_runs(cfg: Settings, data, size: str) -> Path:
     experiments.pretrain_baselines(data, cfg.models, root / "pretrained", epochs=epochs, overrides=overrides,
                                    **common)
     experiments.run(data, [cfg.models], inits=["pretrained"], modes=["alone", "mutual"], ckpt_dir=root / "pretrained",
-                    weight=best["weight"], finetune_lr_scale=best["finetune_lr_scale"],
+                    weight=cfg.sweep_weights, finetune_lr_scale=cfg.sweep_lr_scales,
                     finetune_epochs=finetune_epochs, **common)
     return store
 
@@ -766,8 +767,9 @@ def strength(cfg: Settings, data) -> tuple[Shown, list[Path]]:
         t.to_csv(tmp, index=False)
     every = pd.concat([records.records(s) for s in sources.values()])  # the precision of every size's runs
     prov, shares = caption(cfg, figure=False, source=every), _shares_note(cfg)
-    cap = (f"Mutual - alone finetuning per model size, paired by seed within each size, at the setting 02's "
-           f"sweep chose on validation ({st.sizes_note(sources, t, dataset=cfg.dataset)}); "
+    cap = (f"Mutual - alone finetuning per model size, paired by seed within each size, each size at the "
+           f"setting its own sweep chose on its own validation scores "
+           f"({st.sizes_note(sources, t, dataset=cfg.dataset)}); "
            f"{shares + '; ' if shares else ''}the pretrained test "
            f"AUC is the baseline's; p (Holm): Holm across the models of one size; kept pretrained: runs whose "
            f"best epoch was 0, so that arm is the pretrained model ({prov})")
@@ -794,8 +796,8 @@ def _strength_contrast_table(cfg: Settings, sources: dict, prov: str) -> tuple[p
         c.to_csv(tmp, index=False)
     left = int(c["n_left_out"].max()) if len(c) else 0
     cap = (f"Does the gain change with the baseline's strength? Per model, the gain (mutual - alone finetuning, "
-           f"rel %, each size at the setting 02's sweep chose) at size A minus at size B, seed by seed (the same "
-           f"pairs as the strength table; seeds of one size only left out: "
+           f"rel %, each size at the setting its own sweep chose) at size A minus at size B, seed by seed (the "
+           f"same pairs as the strength table; seeds of one size only left out: "
            f"{f'at most {left} per model' if left else 'none'}), mean [{CI_NAME}]; a seed's two sizes share "
            f"its seed, not its batches (each size trains on its own: its rows, batch size and schedule), so the "
            f"pairing is by seed only; beside it how much stronger A's pretrained model is (test AUC, A - B, the same seeds, "

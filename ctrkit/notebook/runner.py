@@ -815,9 +815,10 @@ def workload(sizes: dict, n_models: int | None = None) -> dict[str, tuple[int, f
     return {
         "01_baselines": (n * (s + tune), float(e * (s + tune))),
         # scratch (mutual, alone), the sweep, KD, the ensemble (no training); each extra size: its
-        # baselines and alone + mutual finetuning (counted at the profile preset's epoch time: an upper bound)
-        "02_scratch_vs_finetune": (s * (2 + sweep + 2) + extra * s * (n + 2),
-                                   float(s * (2 * e + sweep * f + f) + extra * s * (e + 2 * f))),
+        # baselines and its own sweep (counted at the profile preset's epoch time: an upper bound; a size
+        # on a share of the rows runs 1/share the epochs of share x the rows, the same cost)
+        "02_scratch_vs_finetune": (s * (2 + sweep + 2) + extra * s * (n + sweep),
+                                   float(s * (2 * e + sweep * f + f) + extra * s * (e + sweep * f))),
         "03_partners": (s * n * (n - 1) // 2, float(s * f * (n - 1))),
         "04_peer_count": (s * (2 ** n - 1 - n), float(s * f * (2 ** (n - 1) - 1))),
         "07_variants": (v * 12, float(v * (3 * f + 9 * e))),
