@@ -71,3 +71,11 @@ def test_a_share_outside_0_to_1_is_one_line_naming_it(criteo_small, tmp_path, sh
 def test_a_share_inside_its_own_data_is_refused(criteo_small):
     with pytest.raises(CtrkitError, match="--out"):
         train_share(criteo_small, criteo_small.path / "share", 0.5)
+
+
+def test_info_says_whose_rows_a_share_holds(criteo_small, tmp_path):
+    part = train_share(criteo_small, tmp_path / "q", 0.25)
+    text = data.format_info(data.info(part))
+    assert f"train rows: a fixed 25% sample of {criteo_small.path}'s {criteo_small.rows['train']:,} " \
+           f"(fingerprint {criteo_small.fingerprint})" in text
+    assert "sample of" not in data.format_info(data.info(criteo_small))

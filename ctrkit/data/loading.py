@@ -260,6 +260,11 @@ def info(d: CTRData) -> dict:
 
 def format_info(i: dict) -> str:
     lines = [f"{i['path']}: {i['dataset']} / protocol {i['protocol']} / fingerprint {i['fingerprint']}"]
+    share = (i.get("source") or {}).get("train_share")
+    if isinstance(share, dict):  # `ctrkit.data.subset.train_share`'s folder: whose rows it holds
+        lines.append(f"  train rows: a fixed {share.get('share', 0):.0%} sample of {share.get('of_path')}'s "
+                     f"{share.get('of_rows', 0):,} (fingerprint {share.get('of_fingerprint')}); its feature map, "
+                     f"valid and test")
     for s in SPLITS:
         ctr = (i.get("ctr") or {}).get(s)
         lines.append(f"  {s:<5} {i['rows'][s]:>12,d} rows  CTR {ctr:.4f}" if ctr is not None
