@@ -347,3 +347,19 @@ def test_strength_end_to_end_under_quick_writes_the_table_and_the_contrast(tmp_p
            f"{data.rows['train']:,}; the same validation and test rows), epoch cap 4, patience {4 * cfg.patience}" in written
     assert shown._repr_markdown_() == written  # the cell shows the file: both tables
     assert all(p.exists() for p in paths) and paths[0].name == "criteo_gain_vs_strength.png"
+
+
+@pytest.mark.parametrize("share, k", [(0.25, 4), (0.5, 2), (0.3, 4), (0.99, 2)])
+def test_a_share_size_gets_the_steps_of_all_the_rows(tmp_path, share, k):
+    """Epoch cap, patience and finetuning epochs times ceil(1 / share): at least the optimizer steps of
+    the full data at the same batch; with no cap or patience of the profile's own, the preset's (a
+    `bars` preset: the data's dataset and protocol)."""
+    import dataclasses
+
+    cfg = reproduce.settings(dataset="criteo", profile="quick", out=str(tmp_path / "o"))
+    fm = {"dataset": "criteo", "protocol": "x4_001"}
+    epochs, overrides, ft = reproduce._share_budget(cfg, "smoke", share, fm)
+    assert (epochs, overrides["patience"], ft) == (cfg.epochs * k, cfg.patience * k, cfg.finetune_epochs * k)
+    bare = dataclasses.replace(cfg, epochs=None, patience=None)
+    epochs, overrides, _ = reproduce._share_budget(bare, "bars", share, fm)
+    assert (epochs, overrides["patience"]) == (100 * k, 2 * k)  # DeepFM's BARS criteo x4_001 run: 100 epochs, patience 2

@@ -703,7 +703,7 @@ def size_runs(cfg: Settings, data, size: str) -> Path:
         from ctrkit.data.subset import train_share
 
         data = train_share(data, root / "data", share)
-        epochs, overrides, finetune_epochs = _share_budget(cfg, preset, share)
+        epochs, overrides, finetune_epochs = _share_budget(cfg, preset, share, data.feature_map)
     common = dict(seeds=cfg.seeds, store=store, preset=preset, device=cfg.device, threads=cfg.threads,
                   workers=cfg.workers, amp=cfg.amp, graph=cfg.graph, progress=cfg.progress)
     experiments.pretrain_baselines(data, cfg.models, root / "pretrained", epochs=epochs, overrides=overrides,
@@ -714,17 +714,18 @@ def size_runs(cfg: Settings, data, size: str) -> Path:
     return store
 
 
-def _share_budget(cfg: Settings, preset: str, share: float) -> tuple[int, dict, int]:
+def _share_budget(cfg: Settings, preset: str, share: float, fm: dict) -> tuple[int, dict, int]:
     """(epoch cap, train overrides, finetuning epochs) of a size on a share of the training rows: the
     profile's (else the preset's) epoch cap, patience and finetuning epochs, each x ceil(1 / share), so
-    a baseline gets the optimizer steps (and patience in steps) it has on all the rows, at the same
-    batch: weaker for less data, not for less training."""
+    a baseline gets at least the optimizer steps (and patience in steps) it has on all the rows, at the
+    same batch: weaker for less data, not for less training. `fm`: the data's feature map (a `bars` preset
+    is the one of its dataset and protocol)."""
     from math import ceil
 
     from ctrkit.training import presets
 
     k = ceil(1 / share - 1e-9)
-    train = presets.get(cfg.models[0], preset).train
+    train = presets.get(cfg.models[0], preset, fm["dataset"], fm["protocol"]).train
     epochs, patience = cfg.epochs or train["epochs"], cfg.patience or train["patience"]
     return epochs * k, {**cfg.overrides, "patience": patience * k}, cfg.finetune_epochs * k
 
@@ -738,7 +739,7 @@ def _shares_note(cfg: Settings) -> str:
         preset, share = size_parts(size)
         if share < 1:
             fm = json.loads((cfg.run_dir / "sizes" / size / "data" / "feature_map.json").read_text())
-            epochs, overrides, ft = _share_budget(cfg, preset, share)
+            epochs, overrides, ft = _share_budget(cfg, preset, share, fm)
             said.append(f"{size}: the {preset} preset on a fixed {share:.0%} of the training rows "
                         f"({fm['rows']['train']:,} of {fm['source']['train_share']['of_rows']:,}; the same "
                         f"validation and test rows), epoch cap {epochs}, patience {overrides['patience']}, "
