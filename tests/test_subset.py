@@ -79,3 +79,11 @@ def test_info_says_whose_rows_a_share_holds(criteo_small, tmp_path):
     assert f"train rows: a fixed 25% sample of {criteo_small.path}'s {criteo_small.rows['train']:,} " \
            f"(fingerprint {criteo_small.fingerprint})" in text
     assert "sample of" not in data.format_info(data.info(criteo_small))
+
+
+def test_a_share_of_one_label_only_is_refused_before_anything_is_written(criteo_small, tmp_path):
+    n = f"{criteo_small.rows['train']:,}"
+    with pytest.raises(CtrkitError, match=rf"share 1e-06: keeps 1 of {n} training rows, every label [01]: nothing "
+                                          r"to learn; take a larger share"):
+        train_share(criteo_small, tmp_path / "q", 1e-6)
+    assert not (tmp_path / "q").exists() and not list(tmp_path.iterdir())

@@ -34,6 +34,7 @@ def train_share(data: CTRData, out, share: float) -> CTRData:
     n_all = data.rows["train"]
     keep = np.sort(np.random.default_rng(SAMPLE_SEED).permutation(n_all)[:max(1, round(share * n_all))])
     fp = hashlib.sha256(f"{data.fingerprint}|train share {share!r}|".encode() + keep.tobytes()).hexdigest()[:16]
+    _check_classes(data, keep, share)
     outdir.check_paths(out, [Path(data.path)])
     if out.is_dir() and outdir.previous_fingerprint(out) == fp:
         outdir.remove_stale(out)
@@ -49,6 +50,16 @@ def train_share(data: CTRData, out, share: float) -> CTRData:
                 _link_or_copy(Path(data.path) / f"{split}_{a}.npy", tmp / f"{split}_{a}.npy")
         write_json_atomic(tmp / "feature_map.json", _feature_map(data, fp, share, len(keep), float(y[keep].mean())))
     return load(out)
+
+
+def _check_classes(data: CTRData, keep: np.ndarray, share: float) -> None:
+    """Refuse, before anything is written, a share whose rows hold one label only (a tiny share, or rare
+    clicks): `load` would refuse the folder for it, and a rerun would find it again."""
+    _, y = data.numpy("train")
+    ones = int(np.count_nonzero(np.asarray(y[keep]) == 1.0))
+    if ones in (0, len(keep)):
+        raise CtrkitError(f"share {share!r}: keeps {len(keep):,} of {data.rows['train']:,} training rows, every "
+                          f"label {int(ones > 0)}: nothing to learn; take a larger share")
 
 
 def _feature_map(data: CTRData, fp: str, share: float, rows: int, ctr: float) -> dict:
