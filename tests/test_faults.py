@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -438,3 +439,25 @@ def test_ctrl_c_of_a_parallel_reproduce_is_one_line(tmp_path, sig, code, word):
     assert proc.returncode == code, err[-3000:]
     assert err.strip().splitlines() == [f"ctrkit: {word}"], err[-3000:]
     assert "Traceback" not in out and "Task exception" not in out, out[-3000:]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_notebook_worker_logs_nothing_more(sig):
+    """A reproduce worker (`runner._notebook_worker`) that gets Ctrl-C or SIGTERM ends as a KeyboardInterrupt
+    and then logs nothing: its kernel got the signal too and may have died, and nbclient's "Kernel died"
+    line or asyncio's traceback of the cell would otherwise print beside the runner's one line."""
+    script = textwrap.dedent(f"""
+        import logging, os, sys, time
+        from ctrkit.notebook import runner
+        runner._notebook_worker(os.getppid())
+        logging.basicConfig()  # a handler on stderr, as nbclient's logger has
+        try:
+            os.kill(os.getpid(), {int(sig)})
+            time.sleep(30)
+        except KeyboardInterrupt:
+            logging.getLogger("nbclient").error("Kernel died while waiting for execute reply.")
+            sys.exit(0)
+        sys.exit(3)
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=120)
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr

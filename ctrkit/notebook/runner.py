@@ -35,7 +35,7 @@ import pandas as pd
 
 from ctrkit.core import owned
 from ctrkit.core.owned import owned_path
-from ctrkit.core.utils import CtrkitError, atomic_path, die_with_parent, sha256_file, stop_on_sigterm, write_json_atomic
+from ctrkit.core.utils import CtrkitError, atomic_path, die_with_parent, sha256_file, write_json_atomic
 from ctrkit.notebook import profiles
 from ctrkit.notebook.outputs import WRITTEN, adopt_legacy, outputs
 from ctrkit.notebook.profiles import (DATASETS, NOTEBOOK_DIR, NOTEBOOKS, ONCE, PER_DATASET, PROFILES,
@@ -294,20 +294,24 @@ def _run_graph(steps: _Steps, jobs: int) -> tuple[list[int], list[str]]:
 
 
 def _notebook_worker(parent: int) -> None:
-    """A `_run_graph` worker: it dies with `parent`, and a Ctrl-C (which reaches the whole process
-    group) ends its notebook without asyncio logging nbclient's interrupted cell as a coloured
-    traceback; the parent prints the one `ctrkit: interrupted` line."""
-    import logging
+    """A `_run_graph` worker: it dies with `parent`, and a Ctrl-C or SIGTERM (which reach the whole
+    process group) ends its notebook as a KeyboardInterrupt and silences it (`_interrupted`); the
+    parent prints the one `ctrkit: interrupted` line."""
+    import signal
 
     die_with_parent(parent)
-    stop_on_sigterm(KeyboardInterrupt)  # a SIGTERM to the group stops its notebook as Ctrl-C does
-    logging.getLogger("asyncio").addFilter(_not_an_interrupt)
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
 
 
-def _not_an_interrupt(record) -> bool:
-    """False for asyncio's "Task exception was never retrieved" of a cell that Ctrl-C interrupted."""
-    exc = record.exc_info[1] if record.exc_info else None
-    return not any(isinstance(e, KeyboardInterrupt) for e in (exc, getattr(exc, "__context__", None)))
+def _interrupted(signum, frame) -> None:
+    """From an interrupt on, the worker logs nothing: the kernel gets the signal too and may die, and
+    nbclient then logs "Kernel died while waiting for execute reply" and asyncio an unretrieved task's
+    DeadKernelError (or the interrupted cell's KeyboardInterrupt) as a traceback; none of it is news."""
+    import logging
+
+    logging.disable(logging.CRITICAL)
+    raise KeyboardInterrupt
 
 
 def _outcome(fut, job: Job) -> Path:
