@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -291,8 +292,10 @@ def test_a_kernel_starts_when_the_tcp_ports_jupyter_would_pick_are_taken(tmp_pat
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     monkeypatch.setattr(connect.LocalPortCache, "find_available_port", lambda self, ip: taken.getsockname()[1])
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
+    # a short folder: under pytest's tmp_path (its pytest-N counter grows with every run on a machine)
+    # the socket path can pass the ~96 bytes unix sockets allow, and the runner then rightly picks TCP
+    short = Path(tempfile.mkdtemp(prefix="ck-"))
+    monkeypatch.setattr(tempfile, "tempdir", str(short))
     src = tmp_path / "00_data.ipynb"
     cell = ("import json, pathlib\nfrom ipykernel.connect import get_connection_info\n"
             "pathlib.Path('transport').write_text(json.loads(get_connection_info())['transport'])")
@@ -303,7 +306,7 @@ def test_a_kernel_starts_when_the_tcp_ports_jupyter_would_pick_are_taken(tmp_pat
     with taken:
         dest = runner._execute(job, src, tmp_path, timeout=120, progress=False)
         assert dest.exists() and (tmp_path / "transport").read_text() == "ipc"
-        assert list((tmp_path / "tmp").iterdir()) == []  # the socket folder went with the kernel
+        assert list(short.iterdir()) == []  # the socket folder went with the kernel
 
         @contextlib.contextmanager
         def no_unix_sockets():
@@ -313,6 +316,7 @@ def test_a_kernel_starts_when_the_tcp_ports_jupyter_would_pick_are_taken(tmp_pat
         with pytest.raises(CtrkitError, match=r"notebook 00_data \(criteo\) did not run: .*Kernel died.*"
                            r"kernel log: .*; its last line: .*Address already in use"):
             runner._execute(job, src, tmp_path, timeout=120, progress=False)
+    shutil.rmtree(short, ignore_errors=True)
 
 
 def test_a_full_disk_while_papermill_writes_names_where(tmp_path, monkeypatch):
