@@ -47,8 +47,12 @@ def test_a_folder_already_holding_the_share_is_reused_and_another_share_replaces
 
 
 def test_a_folder_ctrkit_prepare_wrote_or_a_users_folder_is_never_replaced(criteo_small, tmp_path):
-    with pytest.raises(CtrkitError, match="--force"):  # a prepared dataset of its own is not a share's to replace
-        train_share(criteo_small, _prepared_copy(tmp_path), 0.5)
+    prepared = _prepared_copy(tmp_path)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in prepared.iterdir())
+    with pytest.raises(CtrkitError, match="holds a dataset `ctrkit prepare` wrote, not a share: give the share a "
+                                          "folder of its own"):
+        train_share(criteo_small, prepared, 0.5)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in prepared.iterdir()) == before
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
