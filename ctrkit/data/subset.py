@@ -39,10 +39,11 @@ def train_share(data: CTRData, out, share: float) -> CTRData:
     if out.is_dir() and outdir.previous_fingerprint(out) == fp:
         outdir.remove_stale(out)
         return load(out)
-    if out.is_dir() and not out.is_symlink() and outdir.is_ours(out) and any(out.iterdir()) and not _written_here(out):
+    mine = _written_here(out)  # another share, or other data's: ours to replace
+    if not mine and out.is_dir() and not out.is_symlink() and outdir.is_ours(out) and any(out.iterdir()):
         raise CtrkitError(f"{out}: holds a dataset `ctrkit prepare` wrote, not a share: give the share a folder "
                           f"of its own")
-    outdir.check_replace(out, fp, force=_written_here(out))  # another share, or other data's: ours to replace
+    outdir.check_replace(out, fp, force=mine)
     marker = {"written_by": "ctrkit train_share", "fingerprint": fp, "format_version": FORMAT_VERSION}
     with outdir.staging(out, marker) as tmp:
         X, y = data.numpy("train")
