@@ -78,7 +78,9 @@ PROFILES: dict[str, dict] = {
     # 2-core CPU affords with full-size models (FiBiNET's bilinear layer on Criteo's 39 fields is 23,712
     # wide). The `full` preset (full-size BARS-like models for any dataset: `bars` exists only for the
     # BARS datasets; its plateau decay is x0.5, not BARS's x0.1), baselines to convergence (patience 3:
-    # one noisy epoch does not end a run; a cap of 30 epochs, flagged when hit), the sweep, and a small
+    # one noisy epoch does not end a run; a cap of 30 epochs, flagged when hit), finetuning to convergence
+# too (the checkpoint's patience 3, a cap of 10 epochs: at a cap of 2 every finetuning run of the first
+# studies used the whole budget, neither arm converged), the sweep, and a small
     # search per model chosen on validation only (`tune`: candidates beside the preset, `tune_seeds` its
     # seeds; the tuning table says what was chosen). `min_steps`: the preset's batch (4,096) is halved,
     # not below 512, until an epoch has at least this many steps (`batch_size`): on UCI Adult (39k train
@@ -92,7 +94,7 @@ PROFILES: dict[str, dict] = {
     # at the setting its own validation chose), with the gain against the baseline's strength and the
     # paired test of whether it changes with it (empty: not run; every profile but quick and study).
     "study": {
-        "rows": 10000, "preset": "full", "epochs": 30, "patience": 3, "finetune_epochs": 2,
+        "rows": 10000, "preset": "full", "epochs": 30, "patience": 3, "finetune_epochs": 10,
         "seeds": [2021, 2022, 2023, 2024, 2025],
         "models": ["DeepFM", "DCN", "PNN", "FiBiNET"], "sweep_weights": [1.0, 10.0, 30.0],
         "sweep_lr_scales": [0.1, 1.0], "threads": 1, "workers": "auto", "amp": "off", "graph": "auto", "execution_timeout": None,
