@@ -716,7 +716,7 @@ def test_finetune_and_scratch_report_epochs_caps_and_runs_that_kept_epoch_0(tmp_
     assert (ft.loc["DCN", "n_kept_pretrained_alone"], ft.loc["DCN", "n_kept_pretrained_mutual"]) == (3, 1)
     assert ft.loc["DCN", "n_cap_hit_alone"] == 3 and ft.loc["DCN", "alone_epochs_max"] == 2
     assert "kept the pretrained weights (best epoch 0): mutual 1/3, alone 3/3" in ft.loc["DCN", "flag"]
-    assert ft.loc["DCN", "flag"].startswith("whole finetuning budget used: mutual 3/3, alone 3/3;")  # by design
+    assert ft.loc["DCN", "flag"].startswith("finetuning epoch cap hit: mutual 3/3, alone 3/3;")
     sc = tables.scratch(s).set_index("peer")
     assert (sc.loc["DeepFM", "mutual_epochs_max"], sc.loc["DeepFM", "alone_epochs_max"]) == (4, 5)
     assert sc.loc["DeepFM", "flag"] == "epoch cap hit: alone 1/3"

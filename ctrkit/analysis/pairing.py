@@ -131,9 +131,9 @@ def _convergence(g: pd.DataFrame) -> dict:
             out[f"n_kept_pretrained_{arm}"] = kept if best is not None and best.notna().any() else float("nan")
             if kept:
                 kept_words.append(f"{arm} {kept}/{len(g)}")
-    # finetuning runs for a set budget of epochs (the profile's finetune_epochs): using all of it is the
-    # design, not a failure to converge, so it is said as such
-    cap_said = "whole finetuning budget used" if finetuning else "epoch cap hit"
+    # a finetuning run stops at its checkpoint's patience or at finetune_epochs: reaching the cap means
+    # early stopping never ended it (converged or not, it might have gone on), said apart from pretraining's
+    cap_said = "finetuning epoch cap hit" if finetuning else "epoch cap hit"
     out["flag"] = "; ".join(([f"{cap_said}: {', '.join(cap_words)}"] if cap_words else [])
                             + ([f"kept the pretrained weights (best epoch 0): {', '.join(kept_words)}"]
                                if kept_words else []))
