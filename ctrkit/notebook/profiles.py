@@ -34,7 +34,7 @@ NOTEBOOKS = PER_DATASET + ONCE
 #   reaches the cap is flagged in the baselines table); finetune_epochs: the cap of every finetuning run
 #   (the pretrained weights are its epoch 0; it stops at the checkpoint's patience): finetuning runs to
 #   convergence too (quick: the baselines' cap of 8; at a cap of 1 the quick headline's arms kept their
-#   pretrained weights in most seeds, and at 4, 2-4 of 5 runs at lr scale 0.1 still improved at the cap);
+#   pretrained weights in most seeds, and at 4, patience had not stopped 2-4 of 5 runs at lr scale 0.1 by the cap);
 #   seeds: every run's seeds (>= 5: the CIs are paired
 #   t-intervals over them); models: the paper's four, the pool of every design (partner subsets, peer
 #   count; FM/LR are not in it); sweep_weights x sweep_lr_scales: the finetuning grid, chosen on validation;
