@@ -241,8 +241,10 @@ def test_estimate_from_a_fake_timing():
     secs = runner.estimate(sizes, {"DeepFM": 1.0, "DCN": 1.0, "PNN": 1.0, "FiBiNET": 2.0})
     # 01: 5 seeds + 3 candidates x 2 tuning seeds, 30 epochs each, 5 s per epoch of the four models
     assert secs["01_baselines"] == 5.0 * 30 * (5 + 6)
-    # 07: 3 variant seeds, 3 finetuning runs (2 epochs) and 9 from scratch (30) each; 03/04 skipped
-    assert secs["07_variants"] == 5.0 * 3 * (3 * 2 + 9 * 30) and "03_partners" not in secs
+    # 07: 3 variant seeds, 3 finetuning runs (at the finetuning cap, 10) and 9 from scratch (30) each;
+    # 03/04 skipped
+    assert sizes["finetune_epochs"] == 10
+    assert secs["07_variants"] == 5.0 * 3 * (3 * 10 + 9 * 30) and "03_partners" not in secs
     runs = runner.workload(sizes)
     assert runs["03_partners"][0] == 5 * 6 and runs["04_peer_count"][0] == 5 * 11 and runs["07_variants"][0] == 36
     assert set(runner.estimate(sizes, {m: 1.0 for m in sizes["models"]}, ["01_baselines"])) == {"01_baselines"}
