@@ -52,7 +52,7 @@ NOTEBOOKS = PER_DATASET + ONCE
 #   step as one CUDA graph and falls back to eager with one warning; moot on the CPU, and not part of a
 #   run's key (the same numbers within float tolerance).
 # quick/paper run the `smoke` model preset (small embeddings, batch 512): FiBiNET's bilinear layer
-# dominates the 2-core CPU budget, so the rows are sized for it (quick: <= 20 minutes for both datasets).
+# dominates the 2-core CPU budget, so the rows are sized for it (quick: about 9 minutes for both datasets).
 # quick's `sizes` (see study's below): a gain over one weak baseline is no evidence, so 02 also runs the
 # same preset on a fixed 25% of the training rows ("smoke@25%": `ctrkit.data.subset.train_share`), with
 # 4x the epoch cap, patience and finetuning epochs (the optimizer steps of all the rows): a baseline
