@@ -34,7 +34,8 @@ NOTEBOOKS = PER_DATASET + ONCE
 #   reaches the cap is flagged in the baselines table); finetune_epochs: the cap of every finetuning run
 #   (the pretrained weights are its epoch 0; it stops at the checkpoint's patience): finetuning runs to
 #   convergence too (quick: the baselines' cap of 8; at a cap of 1 the quick headline's arms kept their
-#   pretrained weights in most seeds, and at 4, patience had not stopped 2-4 of 5 runs at lr scale 0.1 by the cap);
+#   pretrained weights in most seeds, and at 4, patience had not stopped 2-4 of 5 runs at lr scale
+#   0.1 by the cap);
 #   seeds: every run's seeds (>= 5: the CIs are paired
 #   t-intervals over them); models: the paper's four, the pool of every design (partner subsets, peer
 #   count; FM/LR are not in it); sweep_weights x sweep_lr_scales: the finetuning grid, chosen on validation;
@@ -82,8 +83,8 @@ PROFILES: dict[str, dict] = {
     # wide). The `full` preset (full-size BARS-like models for any dataset: `bars` exists only for the
     # BARS datasets; its plateau decay is x0.5, not BARS's x0.1), baselines to convergence (patience 3:
     # one noisy epoch does not end a run; a cap of 30 epochs, flagged when hit), finetuning to convergence
-# too (the checkpoint's patience 3, a cap of 10 epochs: at a cap of 2 every finetuning run of the first
-# studies used the whole budget, neither arm converged), the sweep, and a small
+    # too (the checkpoint's patience 3, a cap of 10 epochs: at a cap of 2 every finetuning run of the
+    # first studies used the whole budget, neither arm converged), the sweep, and a small
     # search per model chosen on validation only (`tune`: candidates beside the preset, `tune_seeds` its
     # seeds; the tuning table says what was chosen). `min_steps`: the preset's batch (4,096) is halved,
     # not below 512, until an epoch has at least this many steps (`batch_size`): on UCI Adult (39k train
