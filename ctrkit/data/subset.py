@@ -34,7 +34,9 @@ def train_share(data: CTRData, out, share: float) -> CTRData:
     n_all = data.rows["train"]
     keep = np.sort(np.random.default_rng(SAMPLE_SEED).permutation(n_all)[:max(1, round(share * n_all))])
     fp = hashlib.sha256(f"{data.fingerprint}|train share {share!r}|".encode() + keep.tobytes()).hexdigest()[:16]
-    _check_classes(data, keep, share)
+    X, y = data.numpy("train")  # once: the label check and the share's own arrays
+    y_kept = np.ascontiguousarray(y[keep])
+    _check_classes(y_kept, n_all, share)
     outdir.check_paths(out, [Path(data.path)])
     if out.is_dir() and outdir.previous_fingerprint(out) == fp:
         outdir.remove_stale(out)
@@ -46,23 +48,21 @@ def train_share(data: CTRData, out, share: float) -> CTRData:
     outdir.check_replace(out, fp, force=mine)
     marker = {"written_by": "ctrkit train_share", "fingerprint": fp, "format_version": FORMAT_VERSION}
     with outdir.staging(out, marker) as tmp:
-        X, y = data.numpy("train")
         np.save(tmp / "train_X.npy", np.ascontiguousarray(X[keep]))
-        np.save(tmp / "train_y.npy", np.ascontiguousarray(y[keep]))
+        np.save(tmp / "train_y.npy", y_kept)
         for split in ("valid", "test"):
             for a in ("X", "y"):
                 _link_or_copy(Path(data.path) / f"{split}_{a}.npy", tmp / f"{split}_{a}.npy")
-        write_json_atomic(tmp / "feature_map.json", _feature_map(data, fp, share, len(keep), float(y[keep].mean())))
+        write_json_atomic(tmp / "feature_map.json", _feature_map(data, fp, share, len(keep), float(y_kept.mean())))
     return load(out)
 
 
-def _check_classes(data: CTRData, keep: np.ndarray, share: float) -> None:
+def _check_classes(y_kept: np.ndarray, n_all: int, share: float) -> None:
     """Refuse, before anything is written, a share whose rows hold one label only (a tiny share, or rare
     clicks): `load` would refuse the folder for it, and a rerun would find it again."""
-    _, y = data.numpy("train")
-    ones = int(np.count_nonzero(np.asarray(y[keep]) == 1.0))
-    if ones in (0, len(keep)):
-        raise CtrkitError(f"share {share!r}: keeps {len(keep):,} of {data.rows['train']:,} training rows, every "
+    ones = int(np.count_nonzero(np.asarray(y_kept) == 1.0))
+    if ones in (0, len(y_kept)):
+        raise CtrkitError(f"share {share!r}: keeps {len(y_kept):,} of {n_all:,} training rows, every "
                           f"label {int(ones > 0)}: nothing to learn; take a larger share")
 
 
