@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -215,6 +216,28 @@ def test_the_synthetic_data_of_make_reproduce_does_not_warn(tmp_path, dataset):
         warnings.simplefilter("error", data.SmallDataWarning)
         d = data.synthetic_dataset(dataset, 8000, tmp_path)
     assert data.info(d)["warnings"] == []
+
+
+def test_synthetic_rows_split_other_than_the_protocol(tmp_path):
+    """`split` (the study profile's 8:5:5): the same rows scored on larger valid/test sets, the
+    protocol's min-count kept, recorded in the feature map and its fingerprint; cached like the rest."""
+    plain = data.synthetic_dataset("avazu", 1800, tmp_path / "plain")
+    d = data.synthetic_dataset("avazu", 1800, tmp_path / "split", split=(8, 5, 5))
+    rows = d.rows
+    assert sum(rows.values()) == 1800 and abs(rows["train"] - 800) <= 2 and abs(rows["valid"] - 500) <= 2, rows
+    assert plain.rows["valid"] < 200  # the protocol's 8:1:1
+    schema = d.feature_map["schema"]
+    assert schema["split"]["ratios"] == [8, 5, 5] and schema["min_count"] == 2  # Avazu x4_001's min-count
+    assert d.protocol == "schema" and d.fingerprint != plain.fingerprint
+    # the same rows either way (only the split differs): the raw file is byte-identical
+    raw = lambda folder: next(p for p in (folder / "raw").iterdir() if p.name.startswith("train."))  # noqa: E731
+    assert raw(tmp_path / "plain").read_bytes() == raw(tmp_path / "split").read_bytes()
+    fmap = tmp_path / "split" / "data" / "feature_map.json"
+    before = os.stat(fmap).st_mtime_ns
+    assert data.synthetic_dataset("avazu", 1800, tmp_path / "split", split=[8, 5, 5]).fingerprint == d.fingerprint
+    assert os.stat(fmap).st_mtime_ns == before  # cached: nothing prepared again
+    with pytest.raises(CtrkitError, match=r"split.*ratios.*three integers"):
+        data.synthetic_dataset("avazu", 1800, tmp_path / "bad", split=(0.8, 0.1, 0.1))
 
 
 # ------------------------------------------------------------------------ splits

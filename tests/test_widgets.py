@@ -4,6 +4,7 @@ Each numbered defect of issue 14 that a headless test can see has a test here (t
 ones are in test_e2e_browser.py)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -273,6 +274,20 @@ def test_data_of_other_settings_is_never_regenerated(tmp_path):
     with pytest.raises(CtrkitError, match="is not ctrkit's synthetic data"):
         reproduce.dataset(foreign)
     assert not (foreign.data_path / "raw").exists()
+
+
+def test_data_of_another_split_is_never_regenerated(tmp_path):
+    """The study profile scores 8,000 training rows on 5,000 valid/test rows (`split` 8:5:5): an OUT
+    whose data was made with the protocol's split at the same rows is refused, naming the split."""
+    study = reproduce.settings(dataset="avazu", profile="study", out=str(tmp_path / "out"), rows=900)
+    assert study.split == [8, 5, 5] and "split 8:5:5" in study._repr_markdown_()
+    plain = reproduce.settings(dataset="avazu", profile="smoke", out=str(tmp_path / "out"), rows=900)
+    assert plain.split is None and "train/valid/test split" not in plain._repr_markdown_()
+    reproduce.dataset(plain)
+    with pytest.raises(CtrkitError, match=r"other settings: split None \(asked: \[8, 5, 5\]\)"):
+        reproduce.dataset(study)
+    d = reproduce.dataset(dataclasses.replace(study, out=tmp_path / "out2"))
+    assert abs(d.rows["valid"] - 250) <= 2 and abs(d.rows["train"] - 400) <= 2, d.rows  # blocks of 18 per class
 
 
 def test_cli_error_for_other_data_is_one_line(tmp_path):

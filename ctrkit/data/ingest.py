@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ import numpy as np
 from ctrkit.data import outdir
 from ctrkit.data.encode import Counter, Splitter, bad_row_message, build_vocab, decode, field_plan
 from ctrkit.data.loading import FIRST, FORMAT_VERSION, OOV, PAD, SPLITS, CTRData, SmallDataWarning, load, small_data
-from ctrkit.data.schema import DEFAULT_PROTOCOL, LEGACY, PROTOCOLS, DatasetSchema, builtin, check_seed, load_schema
+from ctrkit.data.schema import (DEFAULT_PROTOCOL, LEGACY, PROTOCOLS, DatasetSchema, Split, builtin, check_seed,
+                                load_schema)
 from ctrkit.data.inputs import resolve_source
 from ctrkit.data.sources import Part
 from ctrkit.core.utils import CtrkitError, env_info, write_json_atomic
@@ -307,17 +309,24 @@ def _prepare_into(tmp: Path, schema: DatasetSchema, protocol: str, parts: list[P
 
 
 def synthetic_dataset(dataset: str, rows: int, out, seed: int = 2021, protocol: str | None = None,
-                      progress: bool = False) -> CTRData:
+                      progress: bool = False, split: Sequence[int] | None = None) -> CTRData:
     """Synthesize raw files into `out/raw` and prepare them into `out/data`; return the CTRData.
 
-    Cached: when `out` already holds the same synthetic rows prepared the same way, nothing runs.
+    `split`: train/valid/test ratios (whole numbers, e.g. (8, 5, 5)) instead of the protocol's, its
+    min-count kept: the data is then the protocol's schema with that split (protocol "schema"), so a
+    small training set can be scored on larger valid/test sets. Cached: when `out` already holds the
+    same synthetic rows prepared the same way, nothing runs.
     """
     from ctrkit.data import synth
 
     out, seed = Path(out), check_seed(seed)  # a numpy int would be cached as text and never match
     raw_dir, data_dir = out / "raw", out / "data"
     meta = raw_dir / "synth.json"
-    want = {"dataset": dataset, "rows": int(rows), "seed": seed}
+    want = synth_settings(dataset, rows, seed, split)
+    source = dataset if split is None else builtin(dataset, protocol, seed).replace(
+        split=Split(ratios=tuple(split), seed=seed, stratified=PROTOCOLS[protocol or DEFAULT_PROTOCOL[dataset]].stratified))
+    if split is not None:
+        protocol = None  # the schema carries the protocol's min-count and this split
     raw_file = None
     if meta.is_file():
         try:
@@ -331,9 +340,16 @@ def synthetic_dataset(dataset: str, rows: int, out, seed: int = 2021, protocol: 
         write_json_atomic(meta, want)
     # prepare() is a no-op when the fingerprint (raw content + settings) matches; anything else
     # in data_dir is a stale synthetic dataset of ours, replaced.
-    return load(prepare(dataset, raw_file, data_dir, protocol=protocol, seed=seed,
-                        force=not _same_fingerprint(dataset, raw_file, data_dir, protocol, seed),
+    return load(prepare(source, raw_file, data_dir, protocol=protocol, seed=seed,
+                        force=not _same_fingerprint(source, raw_file, data_dir, protocol, seed),
                         progress=progress))
+
+
+def synth_settings(dataset: str, rows: int, seed: int, split: Sequence[int] | None = None) -> dict:
+    """What `out/raw/synth.json` records of a synthetic dataset (the split only when not the protocol's,
+    so folders made before the split could be chosen still match)."""
+    want = {"dataset": dataset, "rows": int(rows), "seed": seed}
+    return want if split is None else {**want, "split": [int(r) for r in split]}
 
 
 def _same_fingerprint(dataset, raw_file, data_dir, protocol, seed) -> bool:

@@ -83,6 +83,7 @@ class Settings:
     device: str = "auto"
     data_dir: Path | None = None
     rows: int | None = None
+    split: list[int] | None = None  # train/valid/test ratios of synthetic rows (study); None = the protocol's
     preset: str = "quick"
     epochs: int | None = None
     finetune_epochs: int = 1
@@ -180,7 +181,9 @@ class Settings:
 
         seeds = lambda s: f"{len(s)} ({', '.join(map(str, s))})"  # noqa: E731
         rows = [("dataset", self.dataset + (f" (schema {self.schema})" if self.schema else "")),
-                ("data", f"{self.data_path}" + ("" if self.data_dir is None else f", prepared from {self.data_dir}")),
+                ("data", f"{self.data_path}" + ("" if self.data_dir is None else f", prepared from {self.data_dir}")
+                 + (f", train/valid/test split {':'.join(map(str, self.split))}" if self.split and self.data_dir is None
+                    else "")),
                 ("profile", f"{self.profile}: models {', '.join(self.models)} at preset `{self.preset}`"),
                 ("seeds", seeds(self.seeds) + (f"; 07's: {seeds(self.variant_seeds)}" if self.variant_seeds else "")),
                 ("epochs", f"cap {self.epochs or 'the preset’s'}, patience {self.patience or 'the preset’s'}; "
@@ -228,7 +231,7 @@ def settings(
     return Settings(
         dataset=dataset, profile=profile, out=resolve_path(out), device=device,
         data_dir=resolve_path(data_dir) if data_dir else None,
-        rows=int(rows) if rows is not None else prof["rows"], preset=prof["preset"],
+        rows=int(rows) if rows is not None else prof["rows"], split=prof.get("split"), preset=prof["preset"],
         epochs=int(epochs) if epochs is not None else prof["epochs"], finetune_epochs=prof["finetune_epochs"],
         seeds=[int(x) for x in seeds] if seeds is not None else prof["seeds"], models=prof["models"],
         patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
@@ -318,7 +321,7 @@ def dataset(cfg: Settings):
             raise CtrkitError(f"profile {cfg.profile}: no data_dir and no synthetic row count")
         _check_synthetic(cfg)
         return ctrdata.synthetic_dataset(cfg.dataset, cfg.rows, cfg.data_path, seed=SYNTH_SEED,
-                                         progress=cfg.progress)
+                                         progress=cfg.progress, split=cfg.split)
     if not cfg.data_dir.exists():
         raise CtrkitError(f"--data {cfg.data_dir}: no such file or directory")
     if (cfg.data_dir / "feature_map.json").exists():
@@ -361,9 +364,13 @@ def _check_synthetic(cfg: Settings) -> None:
         raise CtrkitError(f"{folder} holds data that is not ctrkit's synthetic data ({meta} is missing or "
                           f"unreadable): it is not overwritten; pass data_dir={str(folder / 'data')!r} "
                           f"to use it, or another out folder") from None
-    want = {"dataset": cfg.dataset, "rows": int(cfg.rows), "seed": SYNTH_SEED}
+    from ctrkit.data.ingest import synth_settings
+
+    want = synth_settings(cfg.dataset, cfg.rows, SYNTH_SEED, cfg.split)
     if have != want:
-        diff = ", ".join(f"{k} {have.get(k)!r} (asked: {v!r})" for k, v in want.items() if have.get(k) != v)
+        have = have if isinstance(have, dict) else {}
+        diff = ", ".join(f"{k} {have.get(k)!r} (asked: {want.get(k)!r})" for k in dict.fromkeys([*want, *have])
+                         if have.get(k) != want.get(k))
         raise CtrkitError(f"{folder} holds synthetic data made with other settings: {diff}"
                           f"{_profiles_with_rows(have.get('rows'))}; it is not regenerated: set the profile "
                           f"or rows that made it, or another out folder")
