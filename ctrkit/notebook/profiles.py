@@ -82,10 +82,11 @@ PROFILES: dict[str, dict] = {
     # study: the evidence run. Real data (--data, a schema file): all rows; synthetic: 8,000 training rows,
     # what the 2-core CPU affords with full-size models (FiBiNET's bilinear layer on Criteo's 39 fields is
     # 23,712 wide), scored on 5,000 validation and 5,000 test rows (`split` 8:5:5 of 18,000 rows, the
-    # protocol's min-count kept): with the protocol's 8:1:1 of 10,000 rows, the 1,001 validation rows
-    # stopped 12 of 15 Avazu-shaped baselines (DeepFM, DCN, PNN x 5 seeds) at epoch 2-3 while their test
-    # AUC peaked at epoch 3-4, 0.015 AUC higher on average; at 5,000, 12 of 15 stopped at their best test
-    # epoch and the rest within 0.0003 (bench/validation_size.py). Evaluation is the cheap part of a run.
+    # protocol's min-count kept). With the protocol's 8:1:1 of 10,000 rows, ~1,000 validation rows stopped
+    # 22 of 54 baselines (DeepFM, DCN, PNN x 3 seeds x 3 split draws, both synthetic datasets) at their
+    # best test epoch, 0.006 test AUC short of it on average (up to 0.015 in one draw's mean: more than
+    # the paper's gains); 8:5:5 stopped 46 of 54 there, 0.0008 short (bench/validation_size.py,
+    # bench/results/*-validation-size-*). Evaluation is the cheap part of a run.
     # The `full` preset (full-size BARS-like models for any dataset: `bars` exists only for the
     # BARS datasets; its plateau decay is x0.5, not BARS's x0.1), baselines to convergence (patience 3:
     # one noisy epoch does not end a run; a cap of 30 epochs, flagged when hit), finetuning to convergence
