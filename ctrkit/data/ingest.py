@@ -20,8 +20,7 @@ import numpy as np
 from ctrkit.data import outdir
 from ctrkit.data.encode import Counter, Splitter, bad_row_message, build_vocab, decode, field_plan
 from ctrkit.data.loading import FIRST, FORMAT_VERSION, OOV, PAD, SPLITS, CTRData, SmallDataWarning, load, small_data
-from ctrkit.data.schema import (DEFAULT_PROTOCOL, LEGACY, PROTOCOLS, DatasetSchema, Split, builtin, check_seed,
-                                load_schema)
+from ctrkit.data.schema import DEFAULT_PROTOCOL, LEGACY, PROTOCOLS, DatasetSchema, builtin, check_seed, load_schema
 from ctrkit.data.inputs import resolve_source
 from ctrkit.data.sources import Part
 from ctrkit.core.utils import CtrkitError, env_info, write_json_atomic
@@ -323,10 +322,7 @@ def synthetic_dataset(dataset: str, rows: int, out, seed: int = 2021, protocol: 
     raw_dir, data_dir = out / "raw", out / "data"
     meta = raw_dir / "synth.json"
     want = synth_settings(dataset, rows, seed, split)
-    source = dataset if split is None else builtin(dataset, protocol, seed).replace(
-        split=Split(ratios=tuple(split), seed=seed, stratified=PROTOCOLS[protocol or DEFAULT_PROTOCOL[dataset]].stratified))
-    if split is not None:
-        protocol = None  # the schema carries the protocol's min-count and this split
+    source, protocol = _with_split(dataset, protocol, seed, split)
     raw_file = None
     if meta.is_file():
         try:
@@ -343,6 +339,15 @@ def synthetic_dataset(dataset: str, rows: int, out, seed: int = 2021, protocol: 
     return load(prepare(source, raw_file, data_dir, protocol=protocol, seed=seed,
                         force=not _same_fingerprint(source, raw_file, data_dir, protocol, seed),
                         progress=progress))
+
+
+def _with_split(dataset: str, protocol: str | None, seed: int, split: Sequence[int] | None) -> tuple:
+    """(what `prepare` reads, its protocol): the built-in name and protocol, or with `split` the
+    protocol's schema (its min-count and stratification) with those ratios, which carries them itself."""
+    if split is None:
+        return dataset, protocol
+    schema = builtin(dataset, protocol, seed)
+    return schema.replace(split=dataclasses.replace(schema.split, ratios=tuple(split))), None
 
 
 def synth_settings(dataset: str, rows: int, seed: int, split: Sequence[int] | None = None) -> dict:
