@@ -236,8 +236,9 @@ def test_synthetic_rows_split_other_than_the_protocol(tmp_path):
     before = os.stat(fmap).st_mtime_ns
     assert data.synthetic_dataset("avazu", 1800, tmp_path / "split", split=[8, 5, 5]).fingerprint == d.fingerprint
     assert os.stat(fmap).st_mtime_ns == before  # cached: nothing prepared again
-    with pytest.raises(CtrkitError, match=r"split.*ratios.*three integers"):
-        data.synthetic_dataset("avazu", 1800, tmp_path / "bad", split=(0.8, 0.1, 0.1))
+    for bad in ((0.8, 0.1, 0.1), ("a", "b", "c"), (8, 1)):
+        with pytest.raises(CtrkitError, match=r"split.*ratios.*three integers"):
+            data.synthetic_dataset("avazu", 1800, tmp_path / "bad", split=bad)
 
 
 # ------------------------------------------------------------------------ splits

@@ -321,8 +321,8 @@ def synthetic_dataset(dataset: str, rows: int, out, seed: int = 2021, protocol: 
     out, seed = Path(out), check_seed(seed)  # a numpy int would be cached as text and never match
     raw_dir, data_dir = out / "raw", out / "data"
     meta = raw_dir / "synth.json"
+    source, protocol = _with_split(dataset, protocol, seed, split)  # a bad split: its one-line error first
     want = synth_settings(dataset, rows, seed, split)
-    source, protocol = _with_split(dataset, protocol, seed, split)
     raw_file = None
     if meta.is_file():
         try:
