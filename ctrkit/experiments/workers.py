@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
@@ -96,6 +97,8 @@ def _init(data, order) -> None:
     # Ctrl-C / a kernel's interrupt or shutdown signals the whole process group: the parent ends the
     # pool (`run_jobs` terminates its workers), while an idle warm worker would print a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a broken installed model: the parent said so once when it looked its models up; N workers would repeat it
+    warnings.filterwarnings("ignore", message="models: entry point ")
     _DATA, _ORDER = data, order
 
 

@@ -13,6 +13,7 @@ import inspect
 import os
 import re
 import sys
+import warnings
 from typing import Any
 
 from torch import nn
@@ -38,6 +39,8 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 ENTRY_POINTS = "ctrkit.models"
 # name -> class of each entry point registered in this process; None until the group is loaded
 _PLUGINS: dict[str, type[CTRModel]] | None = None
+# lower-case name -> the one-line error of the entry point that claims it and cannot be registered
+_BROKEN: dict[str, str] = {}
 
 
 def _name_problem(key: Any, cls: Any) -> str | None:
@@ -84,33 +87,48 @@ def _load_plugins() -> None:
     not at import (`import ctrkit` stays fast, and a broken package fails where a model is looked
     up), and every process (the CLI, a worker) finds them itself. Each is checked as `register`
     checks; a class this process `register`ed under the same name stays (as a re-registration
-    replaces). A broken entry point is a one-line error naming it and its distribution, at every
-    lookup until it is fixed or uninstalled (the good ones are registered already)."""
-    global _PLUGINS
+    replaces). A broken entry point costs only its own name: one warning line naming it and its
+    distribution, and a lookup of that name is the same line as an error, at every lookup until it
+    is fixed or uninstalled; every other model, built-in or installed, works (one stale package must
+    not stop `reproduce`). A name two entry points claim is neither's."""
+    global _PLUGINS, _BROKEN
     if _PLUGINS is not None:
         return
     from importlib import metadata  # here: ~50 ms that a process which looks up no model never pays
 
-    found: dict[str, type[CTRModel]] = {}
+    found: dict[str, type[CTRModel]] = {}  # lower-case name -> class
     where: dict[str, str] = {}  # lower-case name -> the entry point that claimed it
+    broken: dict[str, str] = {}
     for ep in sorted(metadata.entry_points(group=ENTRY_POINTS), key=lambda e: (e.name, e.value)):
-        dist = getattr(ep, "dist", None)
-        said = (f"models: entry point {ep.name} = {ep.value} of distribution "
-                f"{getattr(dist, 'name', None) or '(unnamed)'} {getattr(dist, 'version', None) or ''}".rstrip())
-        try:
-            cls = ep.load()
-        except Exception as e:  # noqa: BLE001 - whatever the package raises, one line naming it
-            raise CtrkitError(f"{said}: cannot load it: {type(e).__name__}: "
-                              f"{(str(e).strip().splitlines() or [''])[0]}") from None
-        problem = _name_problem(ep.name, cls)
-        if problem is None and ep.name.lower() in where and found.get(ep.name) is not cls:
-            problem = f"{ep.name!r} is claimed by {where[ep.name.lower()]} too (names are case-insensitive)"
+        said, cls, problem = _entry_point(ep)
+        key = ep.name.lower()
+        if problem is None and key in where and found.get(key) is not cls:
+            problem = f"{ep.name!r} is claimed by {where[key]} too (names are case-insensitive)"
+            found.pop(key, None)
+        where.setdefault(key, said.removeprefix("models: "))
         if problem:
-            raise CtrkitError(f"{said}: {problem}")
-        found[ep.name], where[ep.name.lower()] = cls, said.removeprefix("models: ")
-        if MODELS.get(ep.name) is None:
-            MODELS[ep.name] = cls
-    _PLUGINS = found
+            broken[key] = f"{said}: {problem}"
+            warnings.warn(broken[key], stacklevel=2)
+        elif key not in broken:
+            found[key] = cls
+    taken = {k.lower() for k in _BUILT_IN} | {a.lower() for a in _ALIASES}
+    _BROKEN = {k: why for k, why in broken.items() if k not in taken}  # a built-in's name stays the built-in's
+    for cls in found.values():
+        if MODELS.get(cls.name) is None:
+            MODELS[cls.name] = cls
+    _PLUGINS = {cls.name: cls for cls in found.values()}
+
+
+def _entry_point(ep: Any) -> tuple[str, Any, str | None]:
+    """(how to name entry point `ep`, its class or None, why it cannot be registered or None)."""
+    dist = getattr(ep, "dist", None)
+    said = (f"models: entry point {ep.name} = {ep.value} of distribution "
+            f"{getattr(dist, 'name', None) or '(unnamed)'} {getattr(dist, 'version', None) or ''}".rstrip())
+    try:
+        cls = ep.load()
+    except Exception as e:  # noqa: BLE001 - whatever the package raises, one line naming it
+        return said, None, f"cannot load it: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    return said, cls, _name_problem(ep.name, cls)
 
 
 def reference(name: str) -> tuple[str, str, str] | None:
@@ -198,6 +216,8 @@ def canonical_name(name: str) -> str:
     _check_registry()
     lookup = {k.lower(): k for k in MODELS} | {k.lower(): v for k, v in _ALIASES.items()}
     if not isinstance(name, str) or name.lower() not in lookup:
+        if isinstance(name, str) and name.lower() in _BROKEN:  # an installed package's, that failed
+            raise CtrkitError(_BROKEN[name.lower()])
         raise CtrkitError(f"unknown model {name!r}; valid: {', '.join(MODELS)} (a model of your own: "
                           f"ctrkit.models.register(cls) first, in this process, or a package's "
                           f"{ENTRY_POINTS!r} entry point: docs, Your own model)"
