@@ -11,18 +11,21 @@ So, per baseline (the profile's settings, test AUC after every epoch):
 - continued: the test AUC after the run's own epoch best+1 (its Adam state, lr not yet decayed);
 - fresh lr x1: one epoch from the best weights with a fresh Adam at the same lr, over `--restarts`
   batch orders (the seed's, then seed+1, ...): the spread is what the batch order alone moves;
-- fresh lr x0.1: the same at a tenth of the lr (what the plateau decay would have used).
+- fresh lr x0.1: the same at a tenth of the lr (what the plateau decay would have used);
+- with `--same-batches`: the run's own epoch best+1 resumed from a replay's checkpoint with Adam's state
+  kept (must equal "continued"), reset, or its first moments reset: the optimizer's state alone differs.
 
 No epoch is selected on validation here: each number is the test AUC of the weights one epoch gives,
 so the comparison is of what the optimizer does, not of what validation picks. Paired by baseline:
 fresh minus continued, mean and 95% t-interval over the baselines.
 
-    .venv/bin/python bench/restart.py --dataset avazu
+    .venv/bin/python bench/restart.py --dataset avazu --same-batches
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import shutil
 import statistics
 import sys
 import tempfile
@@ -38,12 +41,15 @@ from ctrkit import data as ctrdata, models  # noqa: E402
 from ctrkit.analysis.stats import t_interval  # noqa: E402
 from ctrkit.core.utils import seed_everything  # noqa: E402
 from ctrkit.notebook import profiles  # noqa: E402
-from ctrkit.training import presets  # noqa: E402
+from ctrkit.training import loop, presets  # noqa: E402
+from ctrkit.training.config import RunConfig  # noqa: E402
+from ctrkit.training.evaluation import predict  # noqa: E402
+from ctrkit.training.metrics import auc as roc_auc  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
 
-def one(data, dataset: str, profile: str, name: str, seed: int, restarts: int) -> dict:
+def one(data, dataset: str, profile: str, name: str, seed: int, restarts: int, same: bool) -> dict:
     train = train_dict(profile, name, dataset, seed)
     seed_everything(seed)
     model = models.build(name, data.field_sizes, **presets.get(name, profiles.profile(profile)["preset"]).model)
@@ -60,13 +66,61 @@ def one(data, dataset: str, profile: str, name: str, seed: int, restarts: int) -
                                    start={"auc": base["valid_auc"], "logloss": base["valid_logloss"]})
             got.append(after[0])
         row[f"fresh_x{scale:g}"] = got
+    if same and row["continued"] is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            row.update(same_batches(data, dataset, profile, name, train, base["best_epoch"], Path(tmp)))
     return row
+
+
+# Adam's state entries each same-batches arm starts epoch best+1 without (zeroed; "step" 0 is a fresh Adam)
+RESETS = {"same_continued": (), "same_fresh": ("step", "exp_avg", "exp_avg_sq"), "same_fresh_m": ("exp_avg",)}
+
+
+def same_batches(data, dataset: str, profile: str, name: str, train: dict, best_epoch: int, tmp: Path) -> dict:
+    """The run replayed to its best epoch into a checkpoint (last.pt: weights, Adam, RNGs), then its
+    epoch best+1 resumed from it with Adam's state as it was, all of it reset, or only its first
+    moments reset (the second kept): the run's own batches and dropout masks in every arm, so the
+    arms differ in the optimizer's state alone. Test AUC after that epoch per arm."""
+    replay = tmp / "replay"
+    shutil.rmtree(replay, ignore_errors=True)
+    _tracked(data, profile, name, {**train, "epochs": best_epoch}, replay, resume=False)
+    got = {}
+    for arm, reset in RESETS.items():
+        out = tmp / arm
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(replay, out)
+        last = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+        for state in last["peers"][0]["optimizer"]["state"].values():
+            for key in reset:
+                state[key] = torch.zeros_like(state[key])
+        torch.save(last, out / "last.pt")
+        got[arm] = _tracked(data, profile, name, {**train, "epochs": best_epoch + 1}, out, resume=True)[-1]
+    return got
+
+
+def _tracked(data, profile: str, name: str, train: dict, out: Path, resume: bool) -> list[float]:
+    """A fresh model of the run's seed trained (or resumed) into `out`; the test AUC after each epoch."""
+    seed_everything(train["seed"])
+    model = models.build(name, data.field_sizes, **presets.get(name, profiles.profile(profile)["preset"]).model)
+    config = RunConfig.single({**train, "progress": False})
+    Xte, yte = data.tensors("test")
+    tests: list[float] = []
+    peer = loop.Peer(model, config.peers[0], index=0, learns_from=[], trainable=True, device=config.torch_device)
+    peer.best_path = out / "best.pt"
+    loop.train_peers([peer], data, config, out_dir=out, resume=resume,
+                     callback=lambda row: tests.append(roc_auc(yte.numpy(), predict(model, Xte).numpy())))
+    return tests
 
 
 def paired(rows: list[dict], key: str) -> dict:
     d = [statistics.fmean(r[key]) - r["continued"] for r in rows if r["continued"] is not None]
     m, lo, hi = t_interval(d)
     return {"n": len(d), "mean": m, "low": lo, "high": hi, "positive": sum(x > 0 for x in d)}
+
+
+def _interval(d: list[float]) -> str:
+    m, lo, hi = t_interval(d)
+    return f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
 
 
 def to_markdown(res: dict) -> str:
@@ -91,7 +145,18 @@ def to_markdown(res: dict) -> str:
         lines.append(f"| {name} | {len(rs)} | {statistics.median(r['best_epoch'] for r in rs):g} | "
                      f"{statistics.fmean(r['continued'] - r['test_auc'] for r in rs):+.4f} | {gain['fresh_x1']:+.4f} | "
                      f"{gain['fresh_x0.1']:+.4f} | "
-                     f"{statistics.fmean(statistics.stdev(r['fresh_x1']) for r in rs):.4f} |")
+                     f"{statistics.fmean(statistics.stdev(r['fresh_x1']) if len(r['fresh_x1']) > 1 else 0.0 for r in rs):.4f} |")
+    same = [r for r in res["runs"] if "same_fresh" in r]
+    if same:
+        lines += ["", "The run's own epoch best+1 resumed from its checkpoint (the same batches and dropout masks), "
+                  "Adam's state kept or reset: test AUC minus the run's own next epoch, paired by baseline", "",
+                  "| model | baselines | resumed as it was (must be 0) | Adam reset | first moments reset, second kept |",
+                  "|:--|--:|--:|:--|:--|"]
+        for name in [*dict.fromkeys(r["model"] for r in same), None]:
+            rs = [r for r in same if name is None or r["model"] == name]
+            cells = [_interval([r[k] - r["continued"] for r in rs]) for k in ("same_fresh", "same_fresh_m")]
+            lines.append(f"| {name or 'all'} | {len(rs)} | {max(abs(r['same_continued'] - r['continued']) for r in rs):.4f} | "
+                         f"{cells[0]} | {cells[1]} |")
     lines += ["", "Per baseline (test AUC; fresh: each batch order's):", "",
               "| model | seed | best epoch | of | at the best epoch | its next epoch (continued) | fresh, same lr | "
               "fresh, lr x0.1 |", "|:--|--:|--:|--:|--:|--:|:--|:--|"]
@@ -110,6 +175,8 @@ def main() -> None:
     ap.add_argument("--models", default="DeepFM,DCN,PNN,FiBiNET")
     ap.add_argument("--seeds", default="2021,2022,2023,2024,2025,2026,2027,2028,2029,2030")
     ap.add_argument("--restarts", type=int, default=3)
+    ap.add_argument("--same-batches", action="store_true",
+                    help="also resume the run's epoch best+1 with Adam's state kept, reset, or its first moments reset")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -121,7 +188,7 @@ def main() -> None:
         data = split_data(args.dataset, p["rows"], p.get("split"), 2021, Path(tmp))
         for name in args.models.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                res["runs"].append(one(data, args.dataset, args.profile, name, seed, args.restarts))
+                res["runs"].append(one(data, args.dataset, args.profile, name, seed, args.restarts, args.same_batches))
                 r = res["runs"][-1]
                 print(f"{name} {seed}: best {r['best_epoch']}, continued {r['continued']}, fresh {r['fresh_x1']}",
                       flush=True)
