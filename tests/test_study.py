@@ -63,6 +63,39 @@ def test_a_planted_test_leak_fails_the_check(tmp_path, monkeypatch):
         _check_chosen_on_validation(tables.tuning(_store(tmp_path)))
 
 
+def _grid(tmp_path, best_lr: float, lrs=(0.0003, 0.001, 0.003), units=None) -> pd.DataFrame:
+    """DeepFM over `lrs` (and hidden `units` lists when given), validation best at `best_lr`."""
+    s = ResultsStore(tmp_path / "grid.jsonl")
+    for seed in SEEDS:
+        for i, lr in enumerate(lrs):
+            model = {"embedding_dim": 10, **({"hidden_units": units[i]} if units else {})}
+            s.append([{"run_key": f"b|{lr}|{seed}", "dataset": "criteo", "fingerprint": "fp", "mode": "baseline",
+                       "init": None, "seed": seed, "n_peers": 1, "peer_index": 0, "peer": "DeepFM", "model": "DeepFM",
+                       "peers": "DeepFM", "preset": "quick", "amp": "off", "valid_auc": 0.8 - abs(lr - best_lr),
+                       "valid_logloss": 0.45, "test_auc": 0.79, "test_logloss": 0.45, "epochs": 3,
+                       "epoch_cap_hit": False, "weight": 0.0, "settings_key": f"b|{lr}",
+                       "config": json.dumps({"model": model, "train": {"lr": lr, "seed": seed}})}])
+    return tables.tuning(s)
+
+
+@pytest.mark.parametrize("best_lr, edge", [(0.001, ""), (0.003, "largest tried: lr"), (0.0003, "smallest tried: lr")])
+def test_the_tuning_table_says_when_the_choice_is_at_the_end_of_the_range(tmp_path, best_lr, edge):
+    """A choice at the largest or smallest value tried is flagged on its row (the best may lie beyond);
+    one inside the range is not, and the rows not chosen never are."""
+    t = _grid(tmp_path, best_lr)
+    assert t.loc[t["chosen"], "edge"].tolist() == [edge]
+    assert set(t.loc[~t["chosen"], "edge"]) == {""}
+    assert "`edge`" in render.render("tuning", t, "md")
+
+
+def test_the_tuning_edge_is_per_hyperparameter_and_numbers_only(tmp_path):
+    """Two hyperparameters vary: each is judged on its own values; a list (hidden units) is not a number."""
+    t = _grid(tmp_path, 0.003, units=[[400, 400], [200, 200], [100, 100]])
+    assert t.loc[t["chosen"], "edge"].tolist() == ["largest tried: lr"]
+    assert _grid(tmp_path / "two", 0.001, lrs=(0.0003, 0.001)).loc[lambda d: d["chosen"], "edge"].tolist() == [
+        "largest tried: lr"]
+
+
 def test_study_profile_sizes():
     p = profiles.profile("study")
     assert len(p["seeds"]) >= 5 and p["epochs"] >= 20 and p["patience"] >= 2 and p["tune"][0] == {}

@@ -526,9 +526,9 @@ NOTE_NO_SHARE = "ensemble gain over pretrained not above 0 (95% CI): no share"
 _NOT_HYPER = ("seed", "device", "progress", "threads", "check_every", "eval_batch_size")
 
 
-def _candidates(b: pd.DataFrame) -> list[str]:
-    """Each baseline's hyperparameters as a candidate label: the model and train settings of its
-    config that differ between the model's runs ("lr=0.0003"), or "preset" where none differ."""
+def _varying(b: pd.DataFrame) -> list[dict[str, str]]:
+    """Each baseline's hyperparameters that differ between its model's runs (the model and train
+    settings of its config, values as JSON text): {} where none differ."""
     import json
 
     flat = []
@@ -536,33 +536,60 @@ def _candidates(b: pd.DataFrame) -> list[str]:
         c = json.loads(cfg) if isinstance(cfg, str) else (cfg if isinstance(cfg, dict) else {})
         flat.append({k: json.dumps(v, sort_keys=True) for part in ("model", "train")
                      for k, v in (c.get(part) or {}).items() if k not in _NOT_HYPER})
-    labels = [""] * len(flat)
+    out: list[dict[str, str]] = [{} for _ in flat]
     for _, idx in pd.Series(range(len(flat))).groupby([b["dataset"].to_numpy(), b["model"].to_numpy()]):
         rows = [flat[i] for i in idx]
         vary = sorted(k for k in set().union(*rows) if len({r.get(k) for r in rows}) > 1)
         for i in idx:
-            labels[i] = ", ".join(f"{k}={flat[i].get(k, '-')}" for k in vary) or "preset"
-    return labels
+            out[i] = {k: flat[i].get(k, "-") for k in vary}
+    return out
+
+
+def _edge(chosen: dict[str, str], tried: list[dict[str, str]]) -> str:
+    """The hyperparameters whose chosen value is the largest or the smallest number the search tried
+    (of two or more): the best on validation may lie beyond it, so the search did not bracket it."""
+    import json
+
+    def number(text: str | None) -> float | None:
+        try:
+            v = json.loads(text) if text is not None else None
+        except ValueError:  # "-": the candidate does not set it
+            return None
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    said: dict[str, list[str]] = {"largest": [], "smallest": []}
+    for key, text in chosen.items():
+        values = {x for t in tried if (x := number(t.get(key))) is not None}
+        v = number(text)
+        if v is not None and len(values) >= 2 and v in (max(values), min(values)):
+            said["largest" if v == max(values) else "smallest"].append(key)
+    return "; ".join(f"{side} tried: {', '.join(keys)}" for side, keys in said.items() if keys)
 
 
 def tuning(source, *, include_exploration: bool = False) -> pd.DataFrame:
     """The baselines' hyperparameter search: per model, every candidate (the hyperparameters in which
     its runs differ) with its mean validation AUC and logloss over seeds, and `chosen`: the best on validation
     (`designs.choose_on_validation`, which reads validation columns only). The test AUC is shown
-    beside it and never chooses."""
+    beside it and never chooses. `edge`, on the chosen row: the hyperparameters it took at the end
+    of the range tried (`_edge`)."""
     df = records(source, include_exploration=include_exploration)
     b = df[df["mode"] == "baseline"]
     if b.empty:
         return pd.DataFrame()
-    b = b.assign(candidate=_candidates(b))
+    varying = _varying(b)
+    b = b.assign(candidate=[", ".join(f"{k}={v}" for k, v in row.items()) or "preset" for row in varying])
     b = b.assign(valid_logloss=pd.to_numeric(b["valid_logloss"]), test_logloss=pd.to_numeric(b["test_logloss"]))
     choice = designs.choose_on_validation(b, keys=["candidate"], by=["dataset", "model"])
     chosen = set(zip(choice["dataset"], choice["model"], choice["candidate"]))
+    values = dict(zip(zip(b["dataset"], b["model"], b["candidate"]), varying))
     out = b.groupby(["dataset", "model", "candidate"], sort=True).agg(
         n_seeds=("seed", "nunique"), valid_auc_mean=("valid_auc", "mean"), valid_auc_sd=("valid_auc", "std"),
         valid_logloss_mean=("valid_logloss", "mean"), test_auc_mean=("test_auc", "mean"),
         test_auc_sd=("test_auc", "std"), epochs_max=("epochs", "max")).reset_index()
-    out["chosen"] = [(d, m, c) in chosen for d, m, c in zip(out["dataset"], out["model"], out["candidate"])]
+    keys = list(zip(out["dataset"], out["model"], out["candidate"]))
+    out["chosen"] = [k in chosen for k in keys]
+    out["edge"] = [_edge(values[k], [v for (d, m, _), v in values.items() if (d, m) == k[:2]]) if k in chosen
+                   else "" for k in keys]
     out = out.assign(_r=paper_order(out["model"])).sort_values(["dataset", "_r", "model", "candidate"])
     return out.drop(columns="_r").reset_index(drop=True)
 
