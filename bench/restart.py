@@ -34,17 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import stamp, write  # noqa: E402  (puts the repository on sys.path)
-from validation_size import fit_tracked, split_data, train_dict  # noqa: E402
+from validation_size import build_model, fit_tracked, split_data, train_dict  # noqa: E402
 
 import torch  # noqa: E402
-from ctrkit import data as ctrdata, models  # noqa: E402
+from ctrkit import data as ctrdata  # noqa: E402
 from ctrkit.analysis.stats import t_interval  # noqa: E402
 from ctrkit.core.utils import seed_everything  # noqa: E402
 from ctrkit.notebook import profiles  # noqa: E402
-from ctrkit.training import loop, presets  # noqa: E402
-from ctrkit.training.config import RunConfig  # noqa: E402
-from ctrkit.training.evaluation import predict  # noqa: E402
-from ctrkit.training.metrics import auc as roc_auc  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 def one(data, dataset: str, profile: str, name: str, seed: int, restarts: int, same: bool) -> dict:
     train = train_dict(profile, name, dataset, seed)
     seed_everything(seed)
-    model = models.build(name, data.field_sizes, **presets.get(name, profiles.profile(profile)["preset"]).model)
+    model = build_model(data, profile, name)
     base, tests = fit_tracked(model, data, train)  # ends holding its best weights
     best = copy.deepcopy(model.state_dict())
     row = {"model": name, "seed": seed, "best_epoch": base["best_epoch"], "epochs_run": len(tests),
@@ -68,7 +64,7 @@ def one(data, dataset: str, profile: str, name: str, seed: int, restarts: int, s
         row[f"fresh_x{scale:g}"] = got
     if same and row["continued"] is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            row.update(same_batches(data, dataset, profile, name, train, base["best_epoch"], Path(tmp)))
+            row.update(same_batches(data, profile, name, train, base["best_epoch"], Path(tmp)))
     return row
 
 
@@ -76,18 +72,16 @@ def one(data, dataset: str, profile: str, name: str, seed: int, restarts: int, s
 RESETS = {"same_continued": (), "same_fresh": ("step", "exp_avg", "exp_avg_sq"), "same_fresh_m": ("exp_avg",)}
 
 
-def same_batches(data, dataset: str, profile: str, name: str, train: dict, best_epoch: int, tmp: Path) -> dict:
+def same_batches(data, profile: str, name: str, train: dict, best_epoch: int, tmp: Path) -> dict:
     """The run replayed to its best epoch into a checkpoint (last.pt: weights, Adam, RNGs), then its
     epoch best+1 resumed from it with Adam's state as it was, all of it reset, or only its first
     moments reset (the second kept): the run's own batches and dropout masks in every arm, so the
     arms differ in the optimizer's state alone. Test AUC after that epoch per arm."""
     replay = tmp / "replay"
-    shutil.rmtree(replay, ignore_errors=True)
     _tracked(data, profile, name, {**train, "epochs": best_epoch}, replay, resume=False)
     got = {}
     for arm, reset in RESETS.items():
         out = tmp / arm
-        shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(replay, out)
         last = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
         for state in last["peers"][0]["optimizer"]["state"].values():
@@ -101,15 +95,7 @@ def same_batches(data, dataset: str, profile: str, name: str, train: dict, best_
 def _tracked(data, profile: str, name: str, train: dict, out: Path, resume: bool) -> list[float]:
     """A fresh model of the run's seed trained (or resumed) into `out`; the test AUC after each epoch."""
     seed_everything(train["seed"])
-    model = models.build(name, data.field_sizes, **presets.get(name, profiles.profile(profile)["preset"]).model)
-    config = RunConfig.single({**train, "progress": False})
-    Xte, yte = data.tensors("test")
-    tests: list[float] = []
-    peer = loop.Peer(model, config.peers[0], index=0, learns_from=[], trainable=True, device=config.torch_device)
-    peer.best_path = out / "best.pt"
-    loop.train_peers([peer], data, config, out_dir=out, resume=resume,
-                     callback=lambda row: tests.append(roc_auc(yte.numpy(), predict(model, Xte).numpy())))
-    return tests
+    return fit_tracked(build_model(data, profile, name), data, {**train, "progress": False}, out=out, resume=resume)[1]
 
 
 def paired(rows: list[dict], key: str) -> dict:

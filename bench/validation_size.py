@@ -59,14 +59,22 @@ def train_dict(profile: str, name: str, dataset: str, seed: int) -> dict:
     return t
 
 
-def fit_tracked(model, data, train: dict, start: dict | None = None) -> tuple[dict, list[float]]:
-    """`loop.fit`'s training, with the model's test AUC after every epoch: (result's peer, test AUCs)."""
+def build_model(data, profile: str, name: str):
+    """Model `name` at the profile's preset, for `data` (seed first for a reproducible init)."""
+    return models.build(name, data.field_sizes, **presets.get(name, profiles.profile(profile)["preset"]).model)
+
+
+def fit_tracked(model, data, train: dict, start: dict | None = None, out: Path | None = None,
+                resume: bool = False) -> tuple[dict, list[float]]:
+    """`loop.fit`'s training, with the model's test AUC after every epoch: (result's peer, test AUCs).
+    With `out`: its checkpoints there (`resume` continues from its last.pt)."""
     config = RunConfig.single(train)
     Xte, yte = data.tensors("test")
     tests: list[float] = []
     peer = loop.Peer(model, config.peers[0], index=0, learns_from=[], trainable=True, device=config.torch_device,
                      start=start)
-    r = loop.train_peers([peer], data, config,
+    peer.best_path = out / "best.pt" if out is not None else None
+    r = loop.train_peers([peer], data, config, out_dir=out, resume=resume,
                          callback=lambda row: tests.append(roc_auc(yte.numpy(), predict(model, Xte).numpy())))
     return r["peers"][0], tests
 
@@ -81,7 +89,7 @@ def split_data(dataset: str, rows: int, split, draw: int, tmp: Path):
 def one(data, dataset: str, profile: str, name: str, seed: int) -> dict:
     train = train_dict(profile, name, dataset, seed)
     seed_everything(seed)
-    model = models.build(name, data.field_sizes, **presets.get(name, profiles.profile(profile)["preset"]).model)
+    model = build_model(data, profile, name)
     base, tests = fit_tracked(model, data, train)  # ends holding its best weights
     ft, _ = fit_tracked(model, data, {**train, "epochs": profiles.profile(profile)["finetune_epochs"]},
                         start={"auc": base["valid_auc"], "logloss": base["valid_logloss"]})
