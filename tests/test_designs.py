@@ -82,3 +82,26 @@ def test_seeds_for_half_width_is_the_smallest_n():
     assert half(n) <= 0.1 < half(n - 1) and n == 7
     assert designs.seeds_for_half_width(sd=0.0, half_width=0.1) == 2
     assert designs.seeds_for_half_width(sd=float("nan"), half_width=0.1) is None
+
+
+def test_edges_name_a_choice_the_search_did_not_bracket():
+    tried = [{"lr": 1e-3, "reg": 1e-5}, {"lr": 3e-4, "reg": 1e-5}, {"lr": 1e-3, "reg": 0.01}]
+    assert designs.edges(tried[2], tried) == {"lr": "largest", "reg": "largest"}
+    assert designs.edges(tried[1], tried) == {"lr": "smallest", "reg": "smallest"}
+    inner = tried + [{"lr": 3e-3, "reg": 0.01}, {"lr": 1e-3, "reg": 0.03}]
+    assert designs.edges(tried[2], inner) == {}  # bracketed on both keys
+    assert designs.edges({"lr": 1e-3}, [{"lr": 1e-3}]) == {}  # one value tried: no range, no edge
+    assert designs.edges({"lr": None}, tried) == {}
+
+
+def test_beyond_edges_steps_out_one_key_at_a_time():
+    tried = [{"lr": 1e-3, "reg": 1e-5}, {"lr": 3e-4, "reg": 1e-5}, {"lr": 1e-3, "reg": 0.01}]
+    assert designs.beyond_edges(tried[2], tried) == [{"lr": 0.003, "reg": 0.01}, {"lr": 0.001, "reg": 0.03}]
+    assert designs.beyond_edges(tried[1], tried) == [{"lr": 0.0001, "reg": 1e-5}, {"lr": 3e-4, "reg": 3.33e-6}]
+    # a step already taken is not proposed again; a bracketed choice proposes nothing
+    tried += [{"lr": 0.003, "reg": 0.01}]
+    assert designs.beyond_edges(tried[2], tried) == [{"lr": 0.001, "reg": 0.03}]
+    assert designs.beyond_edges({"lr": 0.0, "reg": 1e-5}, [{"lr": 0.0, "reg": 1e-5}, {"lr": 1.0, "reg": 1e-5}]) == []
+    assert designs.beyond_edges(tried[2], tried, factor=10) == [{"lr": 0.001, "reg": 0.1}]
+    with pytest.raises(CtrkitError, match="factor"):
+        designs.beyond_edges(tried[2], tried, factor=1)

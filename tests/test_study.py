@@ -159,6 +159,35 @@ def test_tune_runs_a_small_search_and_returns_the_validation_choice(tmp_path):
     assert reproduce.tune(dataclasses.replace(cfg, tune=[]), data) == {}
 
 
+def test_tune_widen_steps_past_the_edge_and_resumes_without_training(tmp_path):
+    """Two lr values tried: the choice is one of them, an edge, so one round past it tries lr x3 (or
+    /3) of the chosen; the answer is the best of all three on validation. Run again, nothing trains."""
+    import dataclasses
+
+    cfg = reproduce.settings(dataset="criteo", profile="smoke", out=str(tmp_path / "out"))
+    cfg = dataclasses.replace(cfg, models=["DeepFM", "DCN"], tune=[{}, {"lr": 0.001}], tune_seeds=[2021], epochs=1,
+                              tune_widen=1)
+    data = reproduce.dataset(cfg)
+    chosen = reproduce.tune(cfg, data)
+    t = pd.read_csv(cfg.table("tuning").with_name("criteo_tuning.csv"))
+    assert t.groupby("model").size().tolist() == [3, 3]
+    for model, rows in t.groupby("model"):
+        lrs = [float(c.split("lr=")[1]) for c in rows["candidate"]]
+        assert {0.001, 0.01} < set(lrs) and (0.03 in lrs or 0.000333 in lrs)  # smoke's lr is 0.01
+        best = rows.loc[rows["valid_auc_mean"].idxmax()]
+        assert best["chosen"] and chosen[model]["lr"] == pytest.approx(float(best["candidate"].split("lr=")[1]))
+    assert sorted(p.name for p in (cfg.run_dir / "tuning").iterdir() if p.is_dir()) == [
+        "candidate0", "candidate1", "widen1_0"]
+    store = (cfg.run_dir / "tuning" / "store.jsonl").read_text()
+    assert reproduce.tune(cfg, data) == chosen and (cfg.run_dir / "tuning" / "store.jsonl").read_text() == store
+    # the workload counts the rounds past an edge: at most one candidate per searched key each
+    from ctrkit.notebook import runner
+
+    sizes = {**profiles.profile("study"), "tune": [{}, {"lr": 0.1}], "tune_seeds": [1]}
+    assert (runner.workload({**sizes, "tune_widen": 2})["01_baselines"][0]
+            == runner.workload({**sizes, "tune_widen": 0})["01_baselines"][0] + 2 * 4)
+
+
 # ---------------------------------------------------------------- issue 22, items 1, 3 and 7
 
 
@@ -272,8 +301,9 @@ def test_estimate_from_a_fake_timing():
 
     sizes = profiles.profile("study")
     secs = runner.estimate(sizes, {"DeepFM": 1.0, "DCN": 1.0, "PNN": 1.0, "FiBiNET": 2.0})
-    # 01: 5 seeds + 3 candidates x 2 tuning seeds, 30 epochs each, 5 s per epoch of the four models
-    assert secs["01_baselines"] == 5.0 * 30 * (5 + 6)
+    # 01: 5 seeds + (3 candidates + 2 rounds past an edge x 2 searched keys) x 2 tuning seeds, 30 epochs
+    # each, 5 s per epoch of the four models
+    assert secs["01_baselines"] == 5.0 * 30 * (5 + (3 + 2 * 2) * 2)
     # 07: 3 variant seeds, 3 finetuning runs (at the finetuning cap, 10) and 9 from scratch (30) each;
     # 03/04 skipped
     assert sizes["finetune_epochs"] == 10

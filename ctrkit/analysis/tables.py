@@ -547,7 +547,7 @@ def _varying(b: pd.DataFrame) -> list[dict[str, str]]:
 
 def _edge(chosen: dict[str, str], tried: list[dict[str, str]]) -> str:
     """The hyperparameters whose chosen value is the largest or the smallest number the search tried
-    (of two or more): the best on validation may lie beyond it, so the search did not bracket it."""
+    (`designs.edges`, on the values' JSON text): the best on validation may lie beyond it."""
     import json
 
     def number(text: str | None) -> float | None:
@@ -557,13 +557,10 @@ def _edge(chosen: dict[str, str], tried: list[dict[str, str]]) -> str:
             return None
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
-    said: dict[str, list[str]] = {"largest": [], "smallest": []}
-    for key, text in chosen.items():
-        values = {x for t in tried if (x := number(t.get(key))) is not None}
-        v = number(text)
-        if v is not None and len(values) >= 2 and v in (max(values), min(values)):
-            said["largest" if v == max(values) else "smallest"].append(key)
-    return "; ".join(f"{side} tried: {', '.join(keys)}" for side, keys in said.items() if keys)
+    found = designs.edges({k: number(v) for k, v in chosen.items()},
+                          [{k: number(v) for k, v in t.items()} for t in tried])
+    return "; ".join(f"{side} tried: {', '.join(k for k, s in found.items() if s == side)}"
+                     for side in ("largest", "smallest") if side in found.values())
 
 
 def tuning(source, *, include_exploration: bool = False) -> pd.DataFrame:

@@ -4,6 +4,8 @@
   size N - 1 of the other models of the pool, so the mean over subsets does not depend on which
   models happen to join first (`partner_subsets`, `peer_count_sets`).
 - Sweep selection on validation only: the test split never chooses a setting (`choose_on_validation`).
+- A search that brackets its choice: where the chosen value is the largest or smallest tried
+  (`edges`), the next candidates step one further out (`beyond_edges`).
 
 Nothing here trains or reads files; `ctrkit.analysis.tables` and the notebooks call these on tidy frames.
 """
@@ -23,6 +25,9 @@ from ctrkit.core.utils import CtrkitError, as_int, as_number
 PAPER_MODELS = ("DeepFM", "DCN", "PNN", "FiBiNET")
 # What a sweep varies; a setting is one value of each.
 SWEEP_KEYS = ("weight", "finetune_lr_scale")
+# One step past a search's edge: x3 (or /3), half a decade, the spacing of the usual lr and regularizer
+# grids (1e-3, 3e-3, 1e-2, ...): small enough not to skip the optimum, large enough to leave the plateau.
+WIDEN_FACTOR = 3.0
 
 
 def _pool(pool: Sequence[str]) -> list[str]:
@@ -108,6 +113,35 @@ def choose_on_validation(frame: pd.DataFrame, *, keys: Sequence[str] = SWEEP_KEY
         rows.append({**{c: best[c] for c in by + keys}, f"selection_{metric}": float(best["score"]),
                      "n_settings": len(g), "n_rows": int(best["n_rows"])})
     return pd.DataFrame(rows)
+
+
+def edges(chosen: dict[str, float | None], tried: Sequence[dict[str, float | None]]) -> dict[str, str]:
+    """The keys whose chosen number is the largest or the smallest of the two or more distinct numbers
+    tried for it: {key: "largest" | "smallest"}. The best may lie beyond such a value: the search did
+    not bracket it. None (a key a candidate leaves unset, a non-number) is not a value."""
+    out = {}
+    for key, v in chosen.items():
+        values = {x for t in tried if (x := t.get(key)) is not None}
+        if v is not None and len(values) >= 2 and v in (max(values), min(values)):
+            out[key] = "largest" if v == max(values) else "smallest"
+    return out
+
+
+def beyond_edges(chosen: dict[str, float | None], tried: Sequence[dict[str, float | None]], *,
+                 factor: float = WIDEN_FACTOR) -> list[dict[str, float]]:
+    """The next candidates of a search whose choice sits at an edge (`edges`): per such key, in the
+    chosen's order, the chosen values with that key one step further out (x `factor` past the largest,
+    / `factor` past the smallest, to 3 significant digits), leaving out a candidate already tried
+    (e.g. 0 divided again)."""
+    if not factor > 1:
+        raise CtrkitError(f"beyond_edges: factor must be > 1, got {factor!r}")
+    out = []
+    for key, side in edges(chosen, tried).items():
+        value = float(f"{chosen[key] * factor if side == 'largest' else chosen[key] / factor:.3g}")
+        cand = {**chosen, key: value}
+        if cand not in [dict(t) for t in tried] + out:
+            out.append(cand)
+    return out
 
 
 def best_model(frame: pd.DataFrame, *, model: str = "model", metric: str = "valid_auc") -> str:

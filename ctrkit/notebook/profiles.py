@@ -111,6 +111,9 @@ PROFILES: dict[str, dict] = {
         "sweep_lr_scales": [0.1, 1.0], "threads": 1, "workers": "auto", "amp": "off", "graph": "auto", "execution_timeout": None,
         # the third candidate: the small-data regularizer of the BARS Frappe/MovieLens winners (0.01-0.05)
         "tune": [{}, {"lr": 0.0003}, {"embedding_regularizer": 0.01}], "tune_seeds": [2021, 2022],
+        # the first studies chose lr 1e-3 and regularizer 0.01 for every model, the largest of each tried:
+        # `tune_widen` rounds step x3 past such an edge (ctrkit.experiments.designs.beyond_edges)
+        "tune_widen": 2,
         "sizes": ["full", "smoke"], "min_steps": 64, "variant_seeds": [2021, 2022, 2023],
         "skip": ["03_partners", "04_peer_count"],
     },

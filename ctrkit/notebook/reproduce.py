@@ -100,6 +100,7 @@ class Settings:
     schema: str | None = None  # a schema file's path (dataset is then the schema's name)
     tune: list[dict] = field(default_factory=list)  # candidates of the baselines' search (study); [] = none
     tune_seeds: list[int] = field(default_factory=list)
+    tune_widen: int = 0  # rounds of the search that step past its edges (study); 0 = the candidates only
     sizes: list[str] = field(default_factory=list)  # model presets of 02's strength comparison (quick, study); [] = none
     min_steps: int | None = None  # the batch rule of profiles.batch_size (study); None = the preset's batch
     variant_seeds: list[int] = field(default_factory=list)  # 07's seeds (study); [] = `seeds`
@@ -190,7 +191,9 @@ class Settings:
                            f"finetuning at most {self.finetune_epochs}"),
                 ("sweep", f"weight {', '.join(f'{w:g}' for w in self.sweep_weights)} x finetuning lr scale "
                           f"{', '.join(f'{x:g}' for x in self.sweep_lr_scales)}, chosen on validation"),
-                ("search", f"{len(self.tune)} candidates per model" if self.tune else "none (the preset)"),
+                ("search", f"{len(self.tune)} candidates per model" + (f", up to {self.tune_widen} rounds past an edge"
+                                                                  if self.tune_widen else "")
+                 if self.tune else "none (the preset)"),
                 ("sizes", ", ".join(self.sizes) if self.sizes else "the profile's preset only"),
                 ("compute", f"{resolve_device(self.device)} (asked: {self.device}), amp {self.amp}, graph {self.graph}, "
                             f"threads per run {self.threads}, workers {self.workers}"),
@@ -237,7 +240,8 @@ def settings(
         patience=prof["patience"], sweep_weights=prof["sweep_weights"], sweep_lr_scales=prof["sweep_lr_scales"],
         threads=prof["threads"], workers=prof.get("workers", 1), amp=amp if amp is not None else prof["amp"],
         graph=prof.get("graph", "auto"), schema=schema,
-        tune=prof.get("tune", []), tune_seeds=prof.get("tune_seeds", []), sizes=prof.get("sizes", []),
+        tune=prof.get("tune", []), tune_seeds=prof.get("tune_seeds", []),
+        tune_widen=prof.get("tune_widen", 0), sizes=prof.get("sizes", []),
         min_steps=prof.get("min_steps"),
         variant_seeds=_variant_seeds(prof, seeds),
     )
@@ -661,34 +665,71 @@ def variants_summary(cfg: Settings) -> Shown:
 def tune(cfg: Settings, data) -> dict[str, dict]:
     """The baselines' search of the profile (`tune`), chosen on validation only: every model under
     every candidate (overrides beside the preset) for `tune_seeds`, in OUT/<dataset>/tuning/ with its
-    own store (the other tables never see the candidates); writes tables/<dataset>_tuning.* and
-    returns each model's chosen overrides, for 01's baselines ({} without a search: the preset)."""
-    import re
-
+    own store (the other tables never see the candidates); then up to `tune_widen` rounds that step
+    past an edge of the search (`_widen`). Writes tables/<dataset>_tuning.* and returns each model's
+    chosen overrides, for 01's baselines ({} without a search: the preset)."""
     from ctrkit import experiments
     from ctrkit.analysis import records, render, tables
-    from ctrkit.experiments import designs
 
     if not cfg.tune:
         return {}
     root, seeds = cfg.run_dir / "tuning", cfg.tune_seeds or cfg.seeds[:2]
-    cands = [{**cfg.overrides, **c} for c in cfg.tune]
-    for i, overrides in enumerate(cands):
-        experiments.pretrain_baselines(data, cfg.models, root / f"candidate{i}", preset=cfg.preset,
-                                       seeds=seeds, epochs=cfg.epochs, overrides=overrides,
+
+    def run(folder: str, per_model: dict[str, dict]) -> None:
+        experiments.pretrain_baselines(data, list(per_model), root / folder, preset=cfg.preset, seeds=seeds,
+                                       epochs=cfg.epochs, overrides=cfg.overrides, per_model=per_model,
                                        store=root / "store.jsonl", device=cfg.device, threads=cfg.threads,
                                        workers=cfg.workers, amp=cfg.amp, graph=cfg.graph, progress=cfg.progress)
-    df = records.records(root / "store.jsonl", dataset=cfg.dataset)
-    df = df[df["mode"] == "baseline"].assign(
-        cand=[int(m.group(1)) if (m := re.search(r"candidate(\d+)", str(c))) else -1 for c in df["checkpoint"]])
-    choice = designs.choose_on_validation(df[df["cand"] >= 0], keys=["cand"], by=["model"])
-    table = tables.tuning(df)
+        tried.update({(folder, m): c for m, c in per_model.items()})
+
+    tried: dict[tuple[str, str], dict] = {}  # (candidate folder, model) -> its overrides
+    for i, c in enumerate(cfg.tune):
+        run(f"candidate{i}", {m: {**cfg.overrides, **c} for m in cfg.models})
+    for r in range(1, cfg.tune_widen + 1):
+        steps = _widen(cfg, _chosen(cfg, root, tried), tried)
+        for j in range(max(map(len, steps.values()), default=0)):
+            run(f"widen{r}_{j}", {m: c[j] for m, c in steps.items() if len(c) > j})
+    table = tables.tuning(records.records(root / "store.jsonl", dataset=cfg.dataset))
     cap = f"{render.CAPTIONS['tuning']} ({caption(replace(cfg, seeds=seeds), figure=False, source=root / 'store.jsonl')})"
     stem = cfg.table("tuning")
     for fmt in render.FORMATS:
         with _owned(stem.with_name(f"{stem.name}.{fmt}")) as tmp:
             tmp.write_text(render.render("tuning", table, fmt, caption=cap) + ("\n" if fmt != "csv" else ""))
-    return {r.model: cands[int(r.cand)] for r in choice.itertuples()}
+    return {m: tried[(folder, m)] for m, folder in _chosen(cfg, root, tried).items()}
+
+
+def _chosen(cfg: Settings, root: Path, tried: dict[tuple[str, str], dict]) -> dict[str, str]:
+    """Each model's candidate folder with the best validation AUC over the search so far (its store)."""
+    from ctrkit.analysis import records
+    from ctrkit.experiments import designs
+
+    df = records.records(root / "store.jsonl", dataset=cfg.dataset)
+    # a checkpoint's first folder under the search's root names its candidate
+    df = df[df["mode"] == "baseline"].assign(cand=[Path(os.path.relpath(str(c), root)).parts[0]
+                                                   for c in df["checkpoint"]])
+    df = df[[(c, m) in tried for c, m in zip(df["cand"], df["model"])]]
+    return {r.model: r.cand for r in designs.choose_on_validation(df, keys=["cand"], by=["model"]).itertuples()}
+
+
+def _widen(cfg: Settings, chosen: dict[str, str], tried: dict[tuple[str, str], dict]) -> dict[str, list[dict]]:
+    """Per model whose chosen candidate sits at an edge of what its search tried, on a key the profile
+    searches (`designs.beyond_edges`, on each candidate's values: its overrides, else the preset's),
+    the next candidates as overrides; {} once every choice is bracketed. Why: a baseline tuned to the
+    edge of its grid may be weaker than the grid could show, and a gain over it no evidence."""
+    from ctrkit.experiments import designs
+    from ctrkit.training import presets
+
+    keys = sorted({k for c in cfg.tune for k in c})
+    out = {}
+    for model, folder in chosen.items():
+        p = presets.get(model, cfg.preset)
+        value = lambda c: {k: c.get(k, p.train.get(k, p.model.get(k))) for k in keys}  # noqa: E731
+        mine = [c for (_, m), c in sorted(tried.items()) if m == model]
+        base = tried[(folder, model)]
+        steps = [{**base, **s} for s in designs.beyond_edges(value(base), [value(c) for c in mine])]
+        if steps:
+            out[model] = steps
+    return out
 
 
 def size_runs(cfg: Settings, data, size: str) -> Path:

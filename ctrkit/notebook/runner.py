@@ -813,7 +813,10 @@ def workload(sizes: dict, n_models: int | None = None) -> dict[str, tuple[int, f
     s, e, f = len(sizes["seeds"]), sizes["epochs"] or 100, sizes["finetune_epochs"] or 1
     v = len(sizes.get("variant_seeds") or sizes["seeds"])
     w, lr = len(sizes["sweep_weights"]), len(sizes["sweep_lr_scales"])
-    tune = len(sizes.get("tune") or []) * len(sizes.get("tune_seeds") or sizes["seeds"][:2])
+    # the search's candidates and, at most, one more per searched key in each round past an edge
+    axes = len({k for c in sizes.get("tune") or [] for k in c})
+    tune = (len(sizes.get("tune") or []) + (sizes.get("tune_widen") or 0) * axes) * len(
+        sizes.get("tune_seeds") or sizes["seeds"][:2])
     extra = len([z for z in sizes.get("sizes") or [] if z != sizes["preset"]])
     sweep = lr + w * lr  # the alone control per lr scale (weight 0), mutual per weight and scale
     return {
