@@ -301,9 +301,9 @@ def test_estimate_from_a_fake_timing():
 
     sizes = profiles.profile("study")
     secs = runner.estimate(sizes, {"DeepFM": 1.0, "DCN": 1.0, "PNN": 1.0, "FiBiNET": 2.0})
-    # 01: 5 seeds + (3 candidates + 2 rounds past an edge x 2 searched keys) x 2 tuning seeds, 30 epochs
+    # 01: 5 seeds + (3 candidates + 4 rounds past an edge x 2 searched keys) x 2 tuning seeds, 30 epochs
     # each, 5 s per epoch of the four models
-    assert secs["01_baselines"] == 5.0 * 30 * (5 + (3 + 2 * 2) * 2)
+    assert secs["01_baselines"] == 5.0 * 30 * (5 + (3 + 4 * 2) * 2)
     # 07: 3 variant seeds, 3 finetuning runs (at the finetuning cap, 10) and 9 from scratch (30) each;
     # 03/04 skipped
     assert sizes["finetune_epochs"] == 10
