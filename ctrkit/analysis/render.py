@@ -56,7 +56,8 @@ CAPTIONS = {
     "tuning": "Baseline hyperparameter search: per model, each candidate beside the preset, mean ± SD over seeds; "
               "`chosen`: the best mean validation AUC (ties: validation logloss), chosen on validation only; "
               "the test AUC is reported, never used to choose; `edge`: the chosen candidate's hyperparameters at the "
-              "largest or smallest value the search tried, so the best may lie beyond (widen the search there).",
+              "largest or smallest value the search tried, so the best may lie beyond (the `study` profile's "
+              "search steps x3 past such an edge for `tune_widen` rounds: an edge shown here outlasted them).",
     "controls": f"Every arm minus finetuning alone of the same unit (model or ensemble = mean probability of the "
                 f"peers), paired by seed [{CI_NAME}]; KD: students of the best pretrained model (chosen on validation); last arm: mutual "
                 f"minus alone at the lr scale best for alone on validation (a baseline tuned for itself; Holm "
