@@ -178,6 +178,7 @@ def test_tune_widen_steps_past_the_edge_and_resumes_without_training(tmp_path):
         assert best["chosen"] and chosen[model]["lr"] == pytest.approx(float(best["candidate"].split("lr=")[1]))
     assert sorted(p.name for p in (cfg.run_dir / "tuning").iterdir() if p.is_dir()) == [
         "candidate0", "candidate1", "widen1_0"]
+    assert "| search | 2 candidates per model, then up to 1 round(s) x3 past an edge |" in cfg._repr_markdown_()
     store = (cfg.run_dir / "tuning" / "store.jsonl").read_text()
     assert reproduce.tune(cfg, data) == chosen and (cfg.run_dir / "tuning" / "store.jsonl").read_text() == store
     # the workload counts the rounds past an edge: at most one candidate per searched key each

@@ -191,8 +191,8 @@ class Settings:
                            f"finetuning at most {self.finetune_epochs}"),
                 ("sweep", f"weight {', '.join(f'{w:g}' for w in self.sweep_weights)} x finetuning lr scale "
                           f"{', '.join(f'{x:g}' for x in self.sweep_lr_scales)}, chosen on validation"),
-                ("search", f"{len(self.tune)} candidates per model" + (f", up to {self.tune_widen} rounds past an edge"
-                                                                  if self.tune_widen else "")
+                ("search", f"{len(self.tune)} candidates per model" + (f", then up to {self.tune_widen} round(s) x3 "
+                                                                  "past an edge" if self.tune_widen else "")
                  if self.tune else "none (the preset)"),
                 ("sizes", ", ".join(self.sizes) if self.sizes else "the profile's preset only"),
                 ("compute", f"{resolve_device(self.device)} (asked: {self.device}), amp {self.amp}, graph {self.graph}, "
