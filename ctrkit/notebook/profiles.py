@@ -113,7 +113,7 @@ PROFILES: dict[str, dict] = {
         "tune": [{}, {"lr": 0.0003}, {"embedding_regularizer": 0.01}], "tune_seeds": [2021, 2022],
         # the first studies chose lr 1e-3 and regularizer 0.01 for every model, the largest of each tried:
         # `tune_widen` rounds step x3 past such an edge (ctrkit.experiments.designs.beyond_edges). On the
-        # Criteo-shaped study 2 rounds left DeepFM and PNN at lr 9e-3, still the largest tried (and 0.016-0.021
+        # Criteo-shaped study 2 rounds left DeepFM and PNN at lr 9e-3, still the largest tried (and 0.014-0.016
         # validation AUC above lr 1e-3), so 4: up to lr 0.081, x81 the preset's
         "tune_widen": 4,
         "sizes": ["full", "smoke"], "min_steps": 64, "variant_seeds": [2021, 2022, 2023],
