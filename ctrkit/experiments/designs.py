@@ -139,7 +139,7 @@ def beyond_edges(chosen: dict[str, float | None], tried: Sequence[dict[str, floa
     for key, side in edges(chosen, tried).items():
         value = float(f"{chosen[key] * factor if side == 'largest' else chosen[key] / factor:.3g}")
         cand = {**chosen, key: value}
-        if cand not in [dict(t) for t in tried] + out:
+        if cand not in [*tried, *out]:
             out.append(cand)
     return out
 

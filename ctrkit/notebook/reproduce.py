@@ -686,24 +686,24 @@ def tune(cfg: Settings, data) -> dict[str, dict]:
     for i, c in enumerate(cfg.tune):
         run(f"candidate{i}", {m: {**cfg.overrides, **c} for m in cfg.models})
     for r in range(1, cfg.tune_widen + 1):
-        steps = _widen(cfg, _chosen(cfg, root, tried), tried)
+        steps = _widen(cfg, _chosen(records.records(root / "store.jsonl", dataset=cfg.dataset), root, tried), tried)
         for j in range(max(map(len, steps.values()), default=0)):
             run(f"widen{r}_{j}", {m: c[j] for m, c in steps.items() if len(c) > j})
-    table = tables.tuning(records.records(root / "store.jsonl", dataset=cfg.dataset))
+    df = records.records(root / "store.jsonl", dataset=cfg.dataset)  # the table and the choice read it once
+    table = tables.tuning(df)
     cap = f"{render.CAPTIONS['tuning']} ({caption(replace(cfg, seeds=seeds), figure=False, source=root / 'store.jsonl')})"
     stem = cfg.table("tuning")
     for fmt in render.FORMATS:
         with _owned(stem.with_name(f"{stem.name}.{fmt}")) as tmp:
             tmp.write_text(render.render("tuning", table, fmt, caption=cap) + ("\n" if fmt != "csv" else ""))
-    return {m: tried[(folder, m)] for m, folder in _chosen(cfg, root, tried).items()}
+    return {m: tried[(folder, m)] for m, folder in _chosen(df, root, tried).items()}
 
 
-def _chosen(cfg: Settings, root: Path, tried: dict[tuple[str, str], dict]) -> dict[str, str]:
-    """Each model's candidate folder with the best validation AUC over the search so far (its store)."""
-    from ctrkit.analysis import records
+def _chosen(df: pd.DataFrame, root: Path, tried: dict[tuple[str, str], dict]) -> dict[str, str]:
+    """Each model's candidate folder with the best validation AUC over the search so far (`df`: the
+    records of its store)."""
     from ctrkit.experiments import designs
 
-    df = records.records(root / "store.jsonl", dataset=cfg.dataset)
     # a checkpoint's first folder under the search's root names its candidate
     df = df[df["mode"] == "baseline"].assign(cand=[Path(os.path.relpath(str(c), root)).parts[0]
                                                    for c in df["checkpoint"]])
@@ -724,7 +724,7 @@ def _widen(cfg: Settings, chosen: dict[str, str], tried: dict[tuple[str, str], d
     for model, folder in chosen.items():
         p = presets.get(model, cfg.preset)
         value = lambda c: {k: c.get(k, p.train.get(k, p.model.get(k))) for k in keys}  # noqa: E731
-        mine = [c for (_, m), c in sorted(tried.items()) if m == model]
+        mine = [c for (_, m), c in tried.items() if m == model]
         base = tried[(folder, model)]
         steps = [{**base, **s} for s in designs.beyond_edges(value(base), [value(c) for c in mine])]
         if steps:
